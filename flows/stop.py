@@ -1,0 +1,35 @@
+"""Stop a TorchServe left up by `python -m flows.validate --keep-serving`.
+
+    python -m flows.stop [RUN_DIR]      (default: runs/latest)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tasks.config import REPO_ROOT
+from tasks.server import ServerError, load_record, stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.stop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", nargs="?", type=Path, default=REPO_ROOT / "runs" / "latest")
+    args = parser.parse_args(argv)
+    server = load_record(args.run_dir / "server")
+    if server is None:
+        print(f"no TorchServe recorded in {args.run_dir}; nothing to stop")
+        return 0
+    try:
+        result = stop(server)
+    except ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"stopped TorchServe of {args.run_dir.resolve()} ({result['stopped']} processes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The validation flow: trace -> archive -> start -> register -> check -> benchmark -> stop.
+
+    python -m flows.validate [--config FILE] [--batch-size N] ... (see --help)
+
+The DAG only: the work is in tasks/. stop runs whatever failed before it, and the summary
+and artifacts are written either way; a failed stage or check fails the flow run after that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+# No network here or on many validation hosts: Prefect must not try to phone home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from tasks import archive as archive_stage  # noqa: E402
+from tasks import benchmark as benchmark_stage  # noqa: E402
+from tasks import check as check_stage  # noqa: E402
+from tasks import register as register_stage  # noqa: E402
+from tasks import server as server_stage  # noqa: E402
+from tasks import trace as trace_stage  # noqa: E402
+from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
+from tasks.report import Stages, build_summary, new_run_dir, publish_artifacts, write_summary  # noqa: E402
+
+STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "stop"]
+
+
+def _retry_register(task, task_run, state) -> bool:
+    """Retry connection errors and 5xx while TorchServe starts; a 4xx is a verdict."""
+    try:
+        state.result()
+    except register_stage.RegisterError as error:
+        return error.retryable
+    except Exception:
+        return False
+    return False
+
+
+trace_task = task(trace_stage.trace, name="trace", cache_policy=NO_CACHE)
+archive_task = task(archive_stage.archive, name="archive", cache_policy=NO_CACHE)
+start_task = task(server_stage.start, name="start", cache_policy=NO_CACHE)
+ping_task = task(server_stage.wait_healthy, name="wait-healthy", cache_policy=NO_CACHE)
+register_task = task(register_stage.register, name="register", cache_policy=NO_CACHE, retries=3,
+                     retry_delay_seconds=[2, 5, 10], retry_condition_fn=_retry_register)
+check_task = task(check_stage.tutorial_check, name="check", cache_policy=NO_CACHE)
+benchmark_task = task(benchmark_stage.benchmark, name="benchmark", cache_policy=NO_CACHE)
+stop_task = task(server_stage.stop, name="stop", cache_policy=NO_CACHE)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a cancelled flow run, a killed job) turned into an exception so `finally` runs."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@flow(name="bert-serving-validation", log_prints=True)
+def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any] | None = None) -> dict:
+    """Prove a BERT model still serves correctly and fast on TorchServe."""
+    log = get_run_logger()
+    config = load_config(config_file, overrides)  # a bad config stops here, before anything starts
+    resolved = resolve_serving(config.serving)
+    serving = config.serving
+    run_dir = new_run_dir(config.runs_dir)
+    log.info("run directory %s; %d workers x %d threads (%s)", run_dir, resolved.initial_workers,
+             resolved.threads_per_worker, resolved.cores_source)
+    stages = Stages(STAGES)
+    checks: list[check_stage.CheckResult] = []
+    bench = None
+    server = None
+    keep = False
+    try:
+        with sigterm_raises():
+            with stages.run("trace"):
+                traced = trace_task(config.model, serving.batch_size, serving.max_length, run_dir / "model")
+            with stages.run("archive"):
+                mar = archive_task(traced, run_dir / "model_store")
+            with stages.run("start"):
+                server = start_task(serving, resolved, mar.model_store, run_dir / "server")
+                ping_task(server, serving.startup_timeout)
+            with stages.run("register"):
+                register_task(server, mar, serving.batch_size, serving.max_batch_delay, resolved.initial_workers)
+            with stages.run("check"):
+                checks.append(check_task(server, mar.model_name, serving.batch_size))
+                if not checks[-1].passed:
+                    raise check_stage.CheckFailed(checks[-1].detail)
+            keep = config.keep_serving
+            if config.benchmark.enabled:
+                with stages.run("benchmark"):
+                    bench = benchmark_task(
+                        f"{server.inference_url}/predictions/{mar.model_name}", server.credentials().inference_header(),
+                        config.benchmark.concurrency, config.benchmark.duration, config.benchmark.warmup, log,
+                    )
+    finally:
+        # The run directory records a started server even when start itself did not return.
+        server = server or server_stage.load_record(run_dir / "server")
+        if server is not None and not keep:
+            with stages.run("stop"):
+                stop_task(server)
+        summary = build_summary(
+            stages, checks, bench, config.model_dump(mode="json"),
+            {"run_dir": str(run_dir), "resolved": resolved.model_dump(), "kept_serving": keep},
+        )
+        write_summary(run_dir, summary)
+        publish_artifacts(summary, checks, run_dir)
+        log.info("summary: %s", run_dir / "summary.json")
+    if keep:
+        _print_kept(server)
+    return summary
+
+
+def _print_kept(server) -> None:
+    print(f"TorchServe is still serving.\n  inference:  {server.inference_url}\n"
+          f"  management: {server.management_url}\n  keys:       {server.key_file} (inference / management)\n"
+          "  stop it:    python -m flows.stop")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.validate",
+        description="Trace, archive, serve, check and benchmark a BERT paraphrase model on TorchServe.",
+    )
+    parser.add_argument("--config", default="configs/default.yaml", help="YAML run config (default: %(default)s)")
+    parser.add_argument("--model", dest="model.source", help="'embedded', a checkpoint directory, or a hub id")
+    parser.add_argument("--kind", dest="model.kind", choices=["auto", "bi-encoder", "sequence-classification"])
+    parser.add_argument("--batch-size", dest="serving.batch_size", type=int)
+    parser.add_argument("--max-length", dest="serving.max_length", type=int)
+    parser.add_argument("--max-batch-delay", dest="serving.max_batch_delay", type=int, help="ms")
+    parser.add_argument("--workers", dest="serving.initial_workers", help="number, or 'auto'")
+    parser.add_argument("--free-ports", dest="serving.free_ports", action="store_const", const=True,
+                        help="pick free ports instead of 8080-8082")
+    parser.add_argument("--concurrency", dest="benchmark.concurrency", type=int)
+    parser.add_argument("--duration", dest="benchmark.duration", type=float, help="benchmark seconds")
+    parser.add_argument("--no-benchmark", dest="benchmark.enabled", action="store_const", const=False)
+    parser.add_argument("--runs-dir", dest="runs_dir", help="where run directories go (default: runs/)")
+    parser.add_argument("--keep-serving", dest="keep_serving", action="store_const", const=True,
+                        help="leave TorchServe up after check; python -m flows.stop ends it")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+    config_file = args.pop("config")
+    overrides = {key: value for key, value in args.items() if value is not None}
+    try:
+        load_config(config_file, overrides)  # refuse a bad config before Prefect starts anything
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    state = validate(config_file=config_file, overrides=overrides, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):
+        print(f"error: {summary}\nsummary: {Path(load_config(config_file, overrides).runs_dir) / 'latest'}",
+              file=sys.stderr)
+        return 1
+    print(f"status: {summary['status']}  summary: {Path(summary['run_dir']) / 'summary.json'}")
+    return 0 if summary["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""TorchServe handler for the paraphrase model: runs INSIDE a TorchServe worker.
+
+It ships in the .mar, so it imports torch, transformers and ts only -- never flows/ or tasks/.
+Everything it needs (traced model, tokenizer files, model_info.json) is loaded from the
+model directory TorchServe unpacks the .mar into; nothing comes from the hub (the tutorial's
+handler downloaded its tokenizer at worker start, which is one reason it broke).
+
+Requests carry a sentence pair as form fields seq_0 / seq_1 (the tutorial's client) or as a
+JSON body {"seq_0": ..., "seq_1": ...}. Each answer is ["paraphrase"] or ["not paraphrase"].
+A malformed request gets its own 400 and does not disturb the requests batched with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+from ts.torch_handler.base_handler import BaseHandler
+
+logger = logging.getLogger(__name__)
+
+MODEL_INFO_FILE = "model_info.json"
+THREADS_ENV = "BERT_THREADS_PER_WORKER"
+FIELDS = ("seq_0", "seq_1")
+
+
+# TorchServe loads a handler module only if it defines exactly one class, so a bad request is
+# a plain ValueError here, and becomes that request's 400 in ParaphraseHandler.handle.
+
+
+def parse_request(request: dict) -> tuple[str, str]:
+    """Pull (seq_0, seq_1) out of one TorchServe request, from form fields or a JSON body."""
+    fields = request
+    if not any(name in request for name in FIELDS) and "body" in request:
+        fields = _json_fields(request["body"])
+    texts = []
+    for name in FIELDS:
+        if name not in fields or fields[name] is None:
+            raise ValueError(f"missing field {name}: send seq_0 and seq_1 (form fields or JSON)")
+        texts.append(_text(name, fields[name]))
+    return texts[0], texts[1]
+
+
+def _json_fields(body) -> dict:
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"body is not JSON ({error}); send seq_0 and seq_1") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"JSON body must be an object with seq_0 and seq_1, not {type(body).__name__}")
+    return body
+
+
+def _text(name: str, value) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{name} is not valid UTF-8 text") from None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} is empty")
+    return value
+
+
+def encode_pairs(tokenizer, kind: str, pairs: list[tuple[str, str]], max_length: int):
+    """Tokenize pairs into the traced module's inputs, padded to max_length.
+
+    sequence-classification: one pair encoding [CLS] a [SEP] b [SEP] -> (ids, mask, token types).
+    bi-encoder: each sentence on its own -> (ids_0, mask_0, ids_1, mask_1).
+    Returns the tensors and, per pair, whether anything was truncated.
+    """
+    options = dict(padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    if kind == "sequence-classification":
+        enc = tokenizer(firsts, seconds, **options)
+        full = tokenizer(firsts, seconds, truncation=False)["input_ids"]
+        truncated = [len(ids) > max_length for ids in full]
+        return (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), truncated
+    enc_0, enc_1 = tokenizer(firsts, **options), tokenizer(seconds, **options)
+    full_0 = tokenizer(firsts, truncation=False)["input_ids"]
+    full_1 = tokenizer(seconds, truncation=False)["input_ids"]
+    truncated = [max(len(a), len(b)) > max_length for a, b in zip(full_0, full_1)]
+    inputs = (enc_0["input_ids"], enc_0["attention_mask"], enc_1["input_ids"], enc_1["attention_mask"])
+    return inputs, truncated
+
+
+def pad_to_batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Fill a partial batch up to the traced batch_size by repeating the first row.
+
+    A traced graph has a static batch dimension. Repeating a real row (rather than all-padding
+    rows) keeps mean pooling away from a zero mask. The padding's results are dropped later.
+    """
+    rows = inputs[0].shape[0]
+    if rows == batch_size:
+        return inputs
+    if rows > batch_size:
+        raise ValueError(f"{rows} requests in one batch but the model was traced for {batch_size}")
+    return tuple(torch.cat([t, t[:1].expand(batch_size - rows, *t.shape[1:])]) for t in inputs)
+
+
+class ParaphraseHandler(BaseHandler):
+    """initialize / preprocess / inference / postprocess, as TorchServe's BaseHandler lays out."""
+
+    def initialize(self, context):
+        self.context = context
+        model_dir = Path(context.system_properties["model_dir"])
+        self.info = json.loads((model_dir / MODEL_INFO_FILE).read_text())
+        threads = int(os.environ.get(THREADS_ENV, "0"))
+        if threads > 0:
+            # One worker per core: more intra-op threads than that only makes workers fight.
+            torch.set_num_threads(threads)
+        self.device = torch.device("cpu")
+        serialized = context.manifest["model"]["serializedFile"]
+        self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        self.class_names = self.info["class_names"]
+        self.initialized = True
+        logger.info(
+            "loaded %s (%s) batch_size=%s max_length=%s threads=%s",
+            serialized, self.info["kind"], self.info["batch_size"], self.info["max_length"],
+            torch.get_num_threads(),
+        )
+
+    def preprocess(self, pairs: list[tuple[str, str]]):
+        inputs, truncated = encode_pairs(self.tokenizer, self.info["kind"], pairs, self.info["max_length"])
+        return pad_to_batch(inputs, self.info["batch_size"]), truncated
+
+    def inference(self, inputs, *args, **kwargs) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(*inputs)
+
+    def postprocess(self, scores: torch.Tensor, count: int) -> list[tuple[str, float]]:
+        """Label and paraphrase probability for the first `count` rows; the rest were padding."""
+        probabilities = torch.softmax(scores[:count].float(), dim=-1)
+        labels = probabilities.argmax(dim=-1).tolist()
+        return [(self.class_names[label], float(p[1])) for label, p in zip(labels, probabilities)]
+
+    def handle(self, data, context):
+        self.context = context
+        answers: list = [None] * len(data)
+        good: list[int] = []
+        pairs: list[tuple[str, str]] = []
+        for index, request in enumerate(data):
+            try:
+                pairs.append(parse_request(request))
+                good.append(index)
+            except ValueError as error:
+                logger.warning("request %d refused: %s", index, error)
+                context.set_response_status(code=400, phrase=str(error), idx=index)
+                answers[index] = {"error": str(error)}
+        if pairs:
+            inputs, truncated = self.preprocess(pairs)
+            scores = self.inference(inputs)
+            for index, (label, probability), cut in zip(good, self.postprocess(scores, len(pairs)), truncated):
+                answers[index] = [label]
+                context.set_response_header(index, "X-Paraphrase-Probability", f"{probability:.6f}")
+                context.set_response_header(index, "X-Truncated", "true" if cut else "false")
+                if cut:
+                    logger.info("request %d truncated to max_length=%d", index, self.info["max_length"])
+        return answers

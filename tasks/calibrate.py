@@ -1,0 +1,70 @@
+"""Choose the embedded bi-encoder's cosine threshold on the MSR Paraphrase TRAINING split.
+
+    python -m tasks.calibrate [TRAIN_TSV]
+
+Prints the threshold that maximises training accuracy, and that accuracy. The result is
+written by hand into configs/default.yaml (model.threshold) and the README, so a run never
+tunes itself: the dev split stays a measurement, and no test split is ever looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.handler import encode_pairs
+from tasks.config import REPO_ROOT, ModelConfig
+from tasks.trace import load_checkpoint
+
+DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
+
+
+def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Pairs and 0/1 labels from an MSR Paraphrase / GLUE MRPC TSV (Quality, #1 ID, #2 ID, #1 String, #2 String)."""
+    pairs, labels = [], []
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows)
+        if header[0] != "Quality" or len(header) != 5:
+            raise ValueError(f"{path} is not MRPC TSV: header {header}")
+        for row in rows:
+            labels.append(int(row[0]))
+            pairs.append((row[3], row[4]))
+    return pairs, np.array(labels)
+
+
+def cosines(pairs: list[tuple[str, str]], max_length: int = 128, chunk: int = 64) -> np.ndarray:
+    """Cosine similarity of each pair under the embedded model (threshold 0 -> margin = cosine)."""
+    scorer, tokenizer, kind = load_checkpoint(ModelConfig(kind="bi-encoder", threshold=0.0))
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(pairs), chunk):
+            inputs, _ = encode_pairs(tokenizer, kind, pairs[start : start + chunk], max_length)
+            out.append(scorer(*inputs)[:, 1].numpy())
+    return np.concatenate(out)
+
+
+def best_threshold(similarity: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Threshold (midpoint between neighbouring scores) with the highest accuracy."""
+    ordered = np.sort(similarity)
+    candidates = (ordered[1:] + ordered[:-1]) / 2
+    accuracy = [((similarity >= t) == labels).mean() for t in candidates]
+    best = int(np.argmax(accuracy))
+    return float(candidates[best]), float(accuracy[best])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("train_tsv", nargs="?", type=Path, default=DEFAULT_TRAIN)
+    args = parser.parse_args()
+    pairs, labels = read_mrpc(args.train_tsv)
+    threshold, accuracy = best_threshold(cosines(pairs), labels)
+    print(f"pairs={len(pairs)} threshold={threshold:.4f} training_accuracy={accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()

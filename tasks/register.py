@@ -1,0 +1,136 @@
+"""register: the .mar -> a model with batch_size / max_batch_delay / initial_workers, workers READY.
+
+The tutorial's registration broke in two ways this stage handles: the management API now
+needs the management token, and registering a name twice answers 409. On a 409 we look at
+what is registered: same batching -> scale to the wanted workers; different -> unregister and
+register again. Connection errors and 5xx (the server still starting) are retryable; the
+Prefect task retries on exactly those (see RegisterError.retryable).
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from pydantic import BaseModel
+
+from tasks.archive import Archive
+from tasks.server import Server, log_tail
+
+
+class RegisterError(RuntimeError):
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Registration(BaseModel):
+    model_name: str
+    batch_size: int
+    max_batch_delay: int
+    workers: int
+    action: str  # "registered", "scaled existing", "re-registered"
+
+
+def register(
+    server: Server,
+    archive: Archive,
+    batch_size: int,
+    max_batch_delay: int,
+    workers: int,
+    timeout: float = 300.0,
+) -> Registration:
+    params = {
+        "url": archive.mar_file.name,
+        "model_name": archive.model_name,
+        "batch_size": batch_size,
+        "max_batch_delay": max_batch_delay,
+        "initial_workers": workers,
+        "synchronous": "true",
+    }
+    headers = server.credentials().management_header()
+    with httpx.Client(base_url=server.management_url, headers=headers, timeout=timeout) as client:
+        try:
+            action = _register(client, params)
+            wait_workers_ready(client, archive.model_name, workers, timeout)
+        except RegisterError as error:
+            if error.retryable:
+                raise
+            # A refusal is final: give the reader the workers' own account of it.
+            raise RegisterError(f"{error}\n{model_log_tail(server)}") from None
+    return Registration(
+        model_name=archive.model_name, batch_size=batch_size, max_batch_delay=max_batch_delay,
+        workers=workers, action=action,
+    )
+
+
+def _register(client: httpx.Client, params: dict) -> str:
+    answer = _call(client, "POST", "/models", params=params)
+    if answer.status_code == 409:
+        return _reconcile(client, params)
+    if answer.status_code != 200:
+        raise RegisterError(f"register refused: HTTP {answer.status_code} {answer.text[:500]}")
+    return "registered"
+
+
+def describe(client: httpx.Client, name: str) -> dict:
+    answer = _call(client, "GET", f"/models/{name}")
+    if answer.status_code != 200:
+        raise RegisterError(f"describe {name}: HTTP {answer.status_code} {answer.text[:300]}")
+    return answer.json()[0]
+
+
+def _reconcile(client: httpx.Client, params: dict) -> str:
+    """A second registration of the same name: keep it if batching matches, else replace it."""
+    name = params["model_name"]
+    current = describe(client, name)
+    if current.get("batchSize") == params["batch_size"] and current.get("maxBatchDelay") == params["max_batch_delay"]:
+        scaled = _call(client, "PUT", f"/models/{name}",
+                       params={"min_worker": params["initial_workers"], "max_worker": params["initial_workers"],
+                               "synchronous": "true"})
+        if scaled.status_code not in (200, 202):
+            raise RegisterError(f"scaling {name}: HTTP {scaled.status_code} {scaled.text[:300]}")
+        return "scaled existing"
+    dropped = _call(client, "DELETE", f"/models/{name}/{current.get('modelVersion', '1.0')}")
+    if dropped.status_code != 200:
+        raise RegisterError(f"unregistering {name}: HTTP {dropped.status_code} {dropped.text[:300]}")
+    again = _call(client, "POST", "/models", params=params)
+    if again.status_code != 200:
+        raise RegisterError(f"re-registering {name}: HTTP {again.status_code} {again.text[:300]}")
+    return "re-registered"
+
+
+def wait_workers_ready(client: httpx.Client, name: str, workers: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        states = [worker.get("status", "?") for worker in describe(client, name).get("workers", [])]
+        if len(states) >= workers and all(state == "READY" for state in states[:workers]):
+            return
+        time.sleep(0.5)
+    raise RegisterError(f"{name}: workers not READY after {timeout:.0f} s (states: {states})")
+
+
+def model_log_tail(server: Server, lines: int = 60) -> str:
+    """The workers' own log: where a handler's traceback lands."""
+    path = server.server_dir / "logs" / "model_log.log"
+    if path.is_file():
+        text = path.read_text(errors="replace").splitlines()
+        return f"--- {path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
+    return log_tail(server.server_dir / "logs", lines)
+
+
+def _call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
+    try:
+        answer = client.request(method, url, **kwargs)
+    except httpx.TransportError as error:
+        raise RegisterError(f"management API unreachable ({type(error).__name__}: {error})", retryable=True) from None
+    if answer.status_code == 500 and "Failed to start workers" in answer.text:
+        # TorchServe already retried the workers itself; their traceback says why they can't load.
+        raise RegisterError(f"workers could not load the model: {answer.json().get('message')}\n"
+                            "fix: read the worker traceback below", retryable=False)
+    if answer.status_code >= 500 and answer.status_code != 507:
+        # 5xx while starting is a race, not a verdict; the task's retry condition acts on this.
+        raise RegisterError(f"management API {method} {url}: HTTP {answer.status_code} {answer.text[:500]}",
+                            retryable=True)
+    return answer

@@ -1,0 +1,142 @@
+"""report: the run directory, summary.json, and the same results as Prefect artifacts.
+
+Nothing here reads a key: the summary is built from typed results that never hold one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+import uuid
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.benchmark import BenchmarkResult
+from tasks.check import CheckResult
+
+SUMMARY_FILE = "summary.json"
+
+
+class StageRecord(BaseModel):
+    name: str
+    status: str  # "ok", "failed", "skipped"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class Stages:
+    """Times each stage and records how it ended; a failure is recorded, then re-raised."""
+
+    def __init__(self, names: list[str]):
+        self.records = {name: StageRecord(name=name, status="skipped") for name in names}
+
+    @contextlib.contextmanager
+    def run(self, name: str):
+        started = time.monotonic()
+        record = self.records[name]
+        try:
+            yield
+            record.status = "ok"
+        except BaseException as error:
+            record.status = "failed"
+            record.error = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            record.seconds = round(time.monotonic() - started, 3)
+
+    def failed(self) -> list[StageRecord]:
+        return [r for r in self.records.values() if r.status == "failed"]
+
+    def as_list(self) -> list[dict]:
+        return [r.model_dump() for r in self.records.values()]
+
+
+def new_run_dir(runs_dir: Path) -> Path:
+    """runs/<UTC time>-<id>, with runs/latest pointing at it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True)
+    latest = runs_dir / "latest"
+    temporary = runs_dir / f".latest-{uuid.uuid4().hex[:6]}"
+    temporary.symlink_to(run_dir.name)
+    os.replace(temporary, latest)  # atomic: a reader never sees latest missing
+    return run_dir
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "torchserve", "torch-model-archiver", "prefect"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def build_summary(
+    stages: Stages,
+    checks: list[CheckResult],
+    bench: BenchmarkResult | None,
+    config: dict,
+    extra: dict,
+) -> dict:
+    failed = stages.failed() or [c for c in checks if not c.passed]
+    return {
+        "status": "failed" if failed else "ok",
+        "stages": stages.as_list(),
+        "checks": [c.model_dump(exclude={"predictions"}) for c in checks],
+        "benchmark": bench.model_dump() if bench else None,
+        "versions": versions(),
+        "config": config,
+        **extra,
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    path = run_dir / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    return path
+
+
+def markdown(summary: dict, run_dir: Path) -> str:
+    lines = [f"# BERT serving validation: **{summary['status']}**", "", f"Run directory: `{run_dir}`", "",
+             "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in summary["stages"]]
+    errors = [s for s in summary["stages"] if s.get("error")]
+    if errors:
+        lines += ["", "## Failure", "", f"Stage **{errors[0]['name']}**:", "", "```", errors[0]["error"][-3000:], "```"]
+    if summary["checks"]:
+        lines += ["", "| check | passed | detail |", "|---|---|---|"]
+        lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in summary["checks"]]
+    bench = summary.get("benchmark")
+    if bench:
+        lat = bench["latency_ms"]
+        lines += ["", f"Benchmark: {bench['inferences_per_s']:.1f} inferences/s at concurrency "
+                  f"{bench['concurrency']}; p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, "
+                  f"p99 {lat['p99']:.0f} ms; errors {bench['errors']}"]
+    return "\n".join(lines)
+
+
+def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path) -> None:
+    """The summary, the predictions and the benchmark as artifacts of the current flow run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(key="summary", markdown=markdown(summary, run_dir), description="Run summary")
+    rows = [
+        {"check": c.name, "seq_0": p.seq_0, "seq_1": p.seq_1, "expected": p.expected, "answer": p.answer,
+         "http": p.status_code, "latency_ms": round(p.latency_ms, 1)}
+        for c in checks for p in c.predictions
+    ]
+    if rows:
+        create_table_artifact(key="predictions", table=rows, description="Predictions from the check stage")
+    bench = summary.get("benchmark")
+    if bench:
+        table = [{"figure": k, "value": round(v, 2)} for k, v in bench.items() if isinstance(v, (int, float))]
+        table += [{"figure": f"latency_ms {k}", "value": round(v, 2)} for k, v in bench["latency_ms"].items()]
+        create_table_artifact(key="benchmark", table=table, description="Benchmark figures")

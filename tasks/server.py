@@ -1,0 +1,329 @@
+"""start / stop: one TorchServe per run, owned from its first process to its last.
+
+TorchServe >= 0.11 keeps token authorization on (keys in key_file.json, written to the server's
+working directory) and the model API off; we keep the first and turn on the second, on the
+loopback management address only. Each run gets its own working directory, temp directory
+(TorchServe's pid file and worker sockets live there, so two servers on one host don't collide)
+and a server.json recording the processes, so stop -- or the next run -- can always find them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from pydantic import BaseModel, SecretStr
+
+from serving.handler import THREADS_ENV
+from tasks.config import ResolvedServing, ServingConfig
+
+SERVER_RECORD = "server.json"
+KEY_FILE = "key_file.json"
+LOG_TAIL_LINES = 40
+
+
+class ServerError(RuntimeError):
+    """TorchServe could not be started, reached or stopped; the message says why and what to do."""
+
+
+class Keys(BaseModel):
+    """TorchServe's tokens. SecretStr keeps them out of reprs, logs and artifacts."""
+
+    inference: SecretStr
+    management: SecretStr
+
+    def inference_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.inference.get_secret_value()}"}
+
+    def management_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.management.get_secret_value()}"}
+
+
+class ProcessRef(BaseModel):
+    """A pid plus its start time, so a recycled pid is never mistaken for ours."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, process: psutil.Process) -> "ProcessRef":
+        return cls(pid=process.pid, create_time=process.create_time())
+
+    def alive(self) -> psutil.Process | None:
+        try:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.create_time) < 0.01 and process.is_running():
+                return process
+        except psutil.Error:
+            pass
+        return None
+
+
+class Server(BaseModel):
+    """A running TorchServe: where it listens, where its files are, which processes are its."""
+
+    server_dir: Path
+    temp_dir: Path
+    inference_url: str
+    management_url: str
+    metrics_url: str
+    key_file: Path
+    processes: list[ProcessRef]
+
+    def credentials(self) -> Keys:
+        return read_keys(self.key_file)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return log_tail(self.server_dir / "logs", lines)
+
+
+def read_keys(key_file: Path) -> Keys:
+    data = json.loads(key_file.read_text())
+    return Keys(inference=data["inference"]["key"], management=data["management"]["key"])
+
+
+def log_tail(log_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Last lines of TorchServe's own log, falling back to the launcher's output."""
+    for name in ("ts_log.log", "torchserve.out"):
+        path = log_dir / name
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()
+            return f"--- {path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
+    return f"(no TorchServe log in {log_dir})"
+
+
+def check_java() -> str:
+    """TorchServe's frontend is Java 11+; say so plainly before anything starts."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    fix = "fix: install Java 11 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+    if not java or not Path(java).exists():
+        raise ServerError(f"Java is not installed; TorchServe needs Java 11+\n{fix}")
+    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < 11:
+        raise ServerError(f"Java {major or '?'} found at {java}; TorchServe needs Java 11+\n{fix}")
+    return java
+
+
+def pick_ports(serving: ServingConfig) -> tuple[int, int, int]:
+    """The configured ports, checked free; or three free ones when free_ports is set."""
+    if serving.free_ports:
+        return tuple(_free_port(serving.address) for _ in range(3))  # type: ignore[return-value]
+    ports = (serving.inference_port, serving.management_port, serving.metrics_port)
+    for port in ports:
+        if not _port_free(serving.address, port):
+            raise ServerError(
+                f"port {port} on {serving.address} is already in use{_port_owner(port)}\n"
+                "fix: stop what holds it (python -m flows.stop, if it is a kept TorchServe), "
+                "choose other ports, or set serving.free_ports: true"
+            )
+    return ports
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+def _port_owner(port: int) -> str:
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f" (by pid {conn.pid}, {psutil.Process(conn.pid).name()})"
+    except (psutil.Error, PermissionError):
+        pass
+    return ""
+
+
+def write_config(
+    serving: ServingConfig, ports: tuple[int, int, int], model_store: Path, server_dir: Path
+) -> Path:
+    inference, management, metrics = ports
+    host = serving.address
+    lines = [
+        f"inference_address=http://{host}:{inference}",
+        f"management_address=http://{host}:{management}",
+        f"metrics_address=http://{host}:{metrics}",
+        f"model_store={model_store}",
+        # Only .mar files in this run's model store may be registered.
+        f"allowed_urls=file://{re.escape(str(model_store))}/.*",
+        "enable_model_api=true",
+        f"default_response_timeout={serving.response_timeout}",
+        "install_py_dep_per_model=false",
+    ]
+    path = server_dir / "config.properties"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(
+    serving: ServingConfig, resolved: ResolvedServing, model_store: Path, server_dir: Path
+) -> Server:
+    """Start TorchServe in the run's server_dir and return once it is up (not yet Healthy)."""
+    java = check_java()
+    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent))
+    if torchserve is None:
+        raise ServerError("torchserve is not installed in this environment\nfix: run ./setup.sh")
+    if not model_store.is_dir() or not os.access(model_store, os.W_OK):
+        raise ServerError(f"model store {model_store} is missing or not writable\nfix: check the run directory")
+    server_dir.mkdir(parents=True, exist_ok=True)
+    (server_dir / "logs").mkdir(exist_ok=True)
+    ports = pick_ports(serving)
+    config_file = write_config(serving, ports, model_store, server_dir)
+    # A short path of its own: TorchServe's pid file and worker unix sockets (<=108 chars) go here.
+    temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
+    env = dict(
+        os.environ,
+        TMPDIR=str(temp_dir),
+        TEMP=str(temp_dir),
+        LOG_LOCATION=str(server_dir / "logs"),
+        METRICS_LOCATION=str(server_dir / "logs"),
+        JAVA_HOME=str(Path(java).resolve().parent.parent),
+        OMP_NUM_THREADS=str(resolved.threads_per_worker),
+        **{THREADS_ENV: str(resolved.threads_per_worker)},
+    )
+    command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
+               "--ts-config", str(config_file)]
+    with open(server_dir / "logs" / "torchserve.out", "ab") as out:
+        launcher = subprocess.Popen(
+            command, cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Own process group: Ctrl-C in the terminal reaches us, and we stop TorchServe in order.
+            start_new_session=True,
+            # The key file TorchServe writes in its working directory is readable by us alone.
+            umask=0o077,
+        )
+    server = Server(
+        server_dir=server_dir,
+        temp_dir=temp_dir,
+        inference_url=f"http://{serving.address}:{ports[0]}",
+        management_url=f"http://{serving.address}:{ports[1]}",
+        metrics_url=f"http://{serving.address}:{ports[2]}",
+        key_file=server_dir / KEY_FILE,
+        processes=[ProcessRef.of(psutil.Process(launcher.pid))],
+    )
+    record(server)
+    return server
+
+
+def record(server: Server) -> None:
+    """server.json: enough for stop (or a later run) to find every process. No keys in it."""
+    (server.server_dir / SERVER_RECORD).write_text(server.model_dump_json(indent=2))
+
+
+def load_record(server_dir: Path) -> Server | None:
+    path = server_dir / SERVER_RECORD
+    return Server.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def wait_healthy(server: Server, timeout: float) -> float:
+    """Poll /ping with backoff until Healthy: the ping races start-up, so a refusal is expected at first."""
+    started = time.monotonic()
+    deadline = started + timeout
+    delay = 0.2
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not any(ref.alive() for ref in server.processes):
+            raise ServerError(f"TorchServe exited during start-up\n{server.log_tail()}")
+        _adopt_children(server)
+        if server.key_file.is_file():
+            try:
+                answer = httpx.get(f"{server.inference_url}/ping", headers=server.credentials().inference_header(), timeout=5)
+                if answer.status_code == 200 and answer.json().get("status") == "Healthy":
+                    return time.monotonic() - started
+                last = f"HTTP {answer.status_code}"
+            except (httpx.TransportError, json.JSONDecodeError, KeyError, ValueError) as error:
+                last = type(error).__name__
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+    raise ServerError(
+        f"TorchServe did not answer /ping Healthy within {timeout:.0f} s (last: {last})\n"
+        f"fix: read the log below; raise serving.startup_timeout on a slow host\n{server.log_tail()}"
+    )
+
+
+def _adopt_children(server: Server) -> None:
+    """Record the Java frontend and any workers as they appear, so a crash of ours can't orphan them."""
+    known = {ref.pid for ref in server.processes}
+    for ref in list(server.processes):
+        process = ref.alive()
+        if process is None:
+            continue
+        try:
+            children = process.children(recursive=True)
+        except psutil.Error:
+            continue
+        for child in children:
+            if child.pid not in known:
+                try:
+                    server.processes.append(ProcessRef.of(child))
+                    known.add(child.pid)
+                except psutil.Error:
+                    pass
+    record(server)
+
+
+def stop(server: Server, grace: float = 30.0) -> dict:
+    """Graceful stop (SIGTERM to the frontend), then terminate, then kill whatever of its tree is left."""
+    _adopt_children(server)
+    processes = [p for p in (ref.alive() for ref in server.processes) if p is not None]
+    for process in list(processes):
+        try:
+            processes.extend(c for c in process.children(recursive=True) if c not in processes)
+        except psutil.Error:
+            pass
+    java = [p for p in processes if _is_frontend(p)]
+    for process in java or processes[:1]:
+        _signal(process, signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    escalated = [p.pid for p in alive]
+    for process in alive:
+        _signal(process, signal.SIGTERM)
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for process in alive:
+        _signal(process, signal.SIGKILL)
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    if alive:
+        raise ServerError(f"TorchServe processes {[p.pid for p in alive]} survived SIGKILL")
+    server.key_file.unlink(missing_ok=True)
+    shutil.rmtree(server.temp_dir, ignore_errors=True)
+    return {"stopped": len(processes), "escalated": escalated}
+
+
+def _is_frontend(process: psutil.Process) -> bool:
+    try:
+        return "org.pytorch.serve.ModelServer" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _signal(process: psutil.Process, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except psutil.Error:
+        pass
