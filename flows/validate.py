@@ -122,20 +122,21 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
                 stop_task(server)
         summary = build_summary(
             stages, checks, bench, config.model_dump(mode="json"),
-            {"run_dir": str(run_dir), "resolved": resolved.model_dump(), "kept_serving": keep},
+            {"run_dir": str(run_dir), "resolved": resolved.model_dump(), "kept_serving": keep,
+             "server": _server_facts(server) if keep else None},
         )
         write_summary(run_dir, summary)
         publish_artifacts(summary, checks, run_dir)
         log.info("summary: %s", run_dir / "summary.json")
     if keep:
-        _print_kept(server)
+        log.info("TorchServe kept serving at %s; stop it with: python -m flows.stop", server.inference_url)
     return summary
 
 
-def _print_kept(server) -> None:
-    print(f"TorchServe is still serving.\n  inference:  {server.inference_url}\n"
-          f"  management: {server.management_url}\n  keys:       {server.key_file} (inference / management)\n"
-          "  stop it:    python -m flows.stop")
+def _server_facts(server) -> dict:
+    """Where a kept server is; the key file's path, never a key."""
+    return {"inference_url": server.inference_url, "management_url": server.management_url,
+            "key_file": str(server.key_file)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     print(f"status: {summary['status']}  summary: {Path(summary['run_dir']) / 'summary.json'}")
+    if summary["server"]:
+        facts = summary["server"]
+        print(f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
+              f"  management: {facts['management_url']}\n"
+              f"  keys:       {facts['key_file']} (\"inference\" and \"management\" keys; send as Bearer tokens)\n"
+              "  stop it:    python -m flows.stop")
     return 0 if summary["status"] == "ok" else 1
 
 

@@ -9,7 +9,7 @@ field, the value and the fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psutil
 import yaml
@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
 EMBEDDED_MODEL = "embedded"
+PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
 
 class ConfigError(ValueError):
@@ -58,24 +59,29 @@ class ServingConfig(_Section):
         le=60_000,
         description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
     )
-    initial_workers: int | Literal["auto"] = Field(
+    initial_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="auto: one worker per physical CPU core"
     )
     address: str = Field("127.0.0.1", description="address TorchServe binds to")
     inference_port: int = Field(8080, ge=1, le=65535)
     management_port: int = Field(8081, ge=1, le=65535)
     metrics_port: int = Field(8082, ge=1, le=65535)
-    free_ports: bool = Field(False, description="pick free ports instead of the three above")
+    # TorchServe 0.12 always opens its gRPC APIs too; they need ports of their own per server.
+    grpc_inference_port: int = Field(7070, ge=1, le=65535)
+    grpc_management_port: int = Field(7071, ge=1, le=65535)
+    free_ports: bool = Field(False, description="pick free ports instead of the five above")
     startup_timeout: float = Field(120.0, gt=0, description="s to wait for /ping Healthy")
     response_timeout: int = Field(120, ge=1, description="s TorchServe allows one batch")
 
+    def ports(self) -> dict[str, int]:
+        return {name: getattr(self, f"{name}_port") for name in PORT_NAMES}
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> "ServingConfig":
-        ports = [self.inference_port, self.management_port, self.metrics_port]
-        if not self.free_ports and len(set(ports)) != 3:
+        ports = self.ports()
+        if not self.free_ports and len(set(ports.values())) != len(ports):
             raise ValueError(
-                f"inference_port, management_port and metrics_port must differ (got {ports}); "
-                "give each its own port or set free_ports: true"
+                f"ports must differ (got {ports}); give each its own port or set free_ports: true"
             )
         return self
 
@@ -153,5 +159,7 @@ def _explain(error: ValidationError, path: Path) -> str:
             lines.append(f"  {field}: unknown field; remove it or check its spelling")
         else:
             given = problem.get("input")
-            lines.append(f"  {field} = {given!r}: {problem['msg']}")
+            # A whole section as the "value" (cross-field checks) would bury the message.
+            shown = "" if isinstance(given, dict) else f" = {given!r}"
+            lines.append(f"  {field}{shown}: {problem['msg']}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ and a server.json recording the processes, so stop -- or the next run -- can alw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,6 +79,7 @@ class Server(BaseModel):
     inference_url: str
     management_url: str
     metrics_url: str
+    ports: dict[str, int]
     key_file: Path
     processes: list[ProcessRef]
 
@@ -120,19 +122,18 @@ def check_java() -> str:
     return java
 
 
-def pick_ports(serving: ServingConfig) -> tuple[int, int, int]:
-    """The configured ports, checked free; or three free ones when free_ports is set."""
+def pick_ports(serving: ServingConfig) -> dict[str, int]:
+    """The configured ports, checked free; or free ones picked together when free_ports is set."""
     if serving.free_ports:
-        return tuple(_free_port(serving.address) for _ in range(3))  # type: ignore[return-value]
-    ports = (serving.inference_port, serving.management_port, serving.metrics_port)
-    for port in ports:
+        return _free_ports(serving.address, list(serving.ports()))
+    for port in serving.ports().values():
         if not _port_free(serving.address, port):
             raise ServerError(
                 f"port {port} on {serving.address} is already in use{_port_owner(port)}\n"
                 "fix: stop what holds it (python -m flows.stop, if it is a kept TorchServe), "
                 "choose other ports, or set serving.free_ports: true"
             )
-    return ports
+    return serving.ports()
 
 
 def _port_free(address: str, port: int) -> bool:
@@ -144,10 +145,13 @@ def _port_free(address: str, port: int) -> bool:
             return False
 
 
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
+def _free_ports(address: str, names: list[str]) -> dict[str, int]:
+    # All probes stay open until every port is picked, so the OS can't hand out one port twice.
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in names]
+        for probe in probes:
+            probe.bind((address, 0))
+        return {name: probe.getsockname()[1] for name, probe in zip(names, probes)}
 
 
 def _port_owner(port: int) -> str:
@@ -160,18 +164,20 @@ def _port_owner(port: int) -> str:
     return ""
 
 
-def write_config(
-    serving: ServingConfig, ports: tuple[int, int, int], model_store: Path, server_dir: Path
-) -> Path:
-    inference, management, metrics = ports
+def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path) -> Path:
     host = serving.address
     lines = [
-        f"inference_address=http://{host}:{inference}",
-        f"management_address=http://{host}:{management}",
-        f"metrics_address=http://{host}:{metrics}",
+        f"inference_address=http://{host}:{ports['inference']}",
+        f"management_address=http://{host}:{ports['management']}",
+        f"metrics_address=http://{host}:{ports['metrics']}",
+        f"grpc_inference_address={host}",
+        f"grpc_inference_port={ports['grpc_inference']}",
+        f"grpc_management_address={host}",
+        f"grpc_management_port={ports['grpc_management']}",
         f"model_store={model_store}",
         # Only .mar files in this run's model store may be registered.
-        f"allowed_urls=file://{re.escape(str(model_store))}/.*",
+        # (a regex; backslashes doubled because Java's properties reader drops single ones)
+        "allowed_urls=" + f"file://{re.escape(str(model_store))}/.*".replace("\\", "\\\\"),
         "enable_model_api=true",
         f"default_response_timeout={serving.response_timeout}",
         "install_py_dep_per_model=false",
@@ -221,9 +227,10 @@ def start(
     server = Server(
         server_dir=server_dir,
         temp_dir=temp_dir,
-        inference_url=f"http://{serving.address}:{ports[0]}",
-        management_url=f"http://{serving.address}:{ports[1]}",
-        metrics_url=f"http://{serving.address}:{ports[2]}",
+        inference_url=f"http://{serving.address}:{ports['inference']}",
+        management_url=f"http://{serving.address}:{ports['management']}",
+        metrics_url=f"http://{serving.address}:{ports['metrics']}",
+        ports=ports,
         key_file=server_dir / KEY_FILE,
         processes=[ProcessRef.of(psutil.Process(launcher.pid))],
     )

@@ -1,0 +1,124 @@
+"""The whole pipeline once, for real: traced embedded model, real TorchServe, real Prefect server."""
+
+import json
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+import tasks.server
+from flows import stop as stop_cli
+from flows.validate import STAGES, validate
+from tasks.config import DEFAULT_CONFIG_FILE
+from tests.e2e.conftest import assert_server_gone
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def run(prefect_server, tmp_path_factory):
+    """One real pipeline run; every TorchServe key it read is remembered for the leak checks."""
+    seen_keys = []
+    real_read_keys = tasks.server.read_keys
+
+    def spy(path):
+        keys = real_read_keys(path)
+        seen_keys.append(keys)
+        return keys
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    overrides = {
+        "runs_dir": str(runs_dir),
+        "serving.free_ports": True,
+        "benchmark.concurrency": 12,
+        "benchmark.duration": 4,
+        "benchmark.warmup": 1,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks.server, "read_keys", spy)
+        state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides, return_state=True)
+    summary = state.result()
+    return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
+
+
+def test_all_seven_stages_complete_and_are_timed(run):
+    summary = run["summary"]
+    assert summary["status"] == "ok"
+    assert [s["name"] for s in summary["stages"]] == STAGES
+    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in summary["stages"]), summary["stages"]
+
+
+def test_tutorial_check_gets_every_label_right(run):
+    (check,) = run["summary"]["checks"]
+    assert check["passed"], check["detail"]
+    assert check["detail"].startswith("6/6")
+
+
+def test_benchmark_reports_throughput_and_latency(run):
+    bench = run["summary"]["benchmark"]
+    assert bench["concurrency"] == 12 and bench["errors"] == 0
+    assert bench["requests_per_s"] > 0 and bench["requests"] > 0
+    latency = bench["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+
+
+def test_run_directory_holds_model_archive_server_files_and_summary(run):
+    run_dir = run["run_dir"]
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["run_dir"] == str(run_dir.resolve())
+    for path in ["model/model.pt", "model/model_info.json", "model_store/bert-max_length128-batch_size6.mar",
+                 "server/config.properties", "server/logs/ts_log.log", "server/logs/model_log.log"]:
+        assert (run_dir / path).is_file(), path
+    assert set(on_disk["versions"]) >= {"python", "torch", "transformers", "torchserve", "prefect"}
+
+
+def test_no_torchserve_process_outlives_the_run(run):
+    server = tasks.server.load_record(run["run_dir"] / "server")
+    assert len(server.processes) >= 3  # launcher, java frontend, workers
+    assert_server_gone(server)
+
+
+def test_results_are_artifacts_of_the_flow_run(run):
+    flow_run_id = run["state"].state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    assert {"summary", "predictions", "benchmark"} <= set(by_key)
+    assert "**ok**" in by_key["summary"].data
+    predictions = json.loads(by_key["predictions"].data) if isinstance(by_key["predictions"].data, str) \
+        else by_key["predictions"].data
+    assert len(predictions) == 6
+
+
+def test_no_key_in_summary_artifacts_or_flow_log(run):
+    keys = {secret for k in run["keys"] for secret in
+            (k.inference.get_secret_value(), k.management.get_secret_value())}
+    assert keys, "the run read no keys: token auth was not on"
+    flow_run_id = run["state"].state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    texts = [(run["run_dir"] / "summary.json").read_text(), (run["run_dir"] / "server" / "server.json").read_text()]
+    texts += [str(a.data) for a in artifacts] + [log.message for log in logs]
+    assert logs, "no flow log came back from the Prefect API"
+    leaked = [key for key in keys for text in texts if key in text]
+    assert leaked == []
+
+
+def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, tmp_path):
+    overrides = {"runs_dir": str(tmp_path), "serving.free_ports": True, "benchmark.enabled": False,
+                 "keep_serving": True}
+    try:
+        summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
+        server = tasks.server.load_record(tmp_path / "latest" / "server")
+        assert summary["status"] == "ok" and summary["kept_serving"] is True
+        assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
+        assert summary["server"]["inference_url"] == server.inference_url
+        answer = httpx.post(f"{server.inference_url}/predictions/bert-max_length128-batch_size6",
+                            data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
+                            headers=server.credentials().inference_header(), timeout=60)
+        assert answer.status_code == 200 and answer.json() == ["not paraphrase"]
+    finally:
+        assert stop_cli.main([str(tmp_path / "latest")]) == 0
+    assert_server_gone(server)

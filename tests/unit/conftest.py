@@ -1,0 +1,11 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real tokenizer of the embedded all-MiniLM-L6-v2 checkpoint (local files only)."""
+    from transformers import AutoTokenizer
+
+    from tasks.trace import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(str(embedded_model_dir()), local_files_only=True)

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from tasks.calibrate import best_threshold, read_mrpc
+from tasks.config import REPO_ROOT
+
+DEV = REPO_ROOT.parent / "shared/data/msr_paraphrase_dev.tsv"
+
+
+@pytest.mark.skipif(not DEV.is_file(), reason=f"{DEV} not present")
+def test_read_mrpc_dev_split():
+    pairs, labels = read_mrpc(DEV)
+    rows = len(DEV.read_text(encoding="utf-8").splitlines()) - 1
+    assert len(pairs) == rows == 400
+    assert len(labels) == len(pairs)
+    assert set(np.unique(labels)) == {0, 1}
+    assert all(isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip() for a, b in pairs)
+
+
+def test_read_mrpc_keeps_quotes_and_columns(tmp_path):
+    path = tmp_path / "mini.tsv"
+    path.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+                    '1\t1\t2\t"Quoted" start\tplain\n'
+                    '0\t3\t4\tan "inner\tother side\n', encoding="utf-8")
+    pairs, labels = read_mrpc(path)
+    assert pairs == [('"Quoted" start', "plain"), ('an "inner', "other side")]
+    assert labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("text", ["a,b,c\n1,2,3\n", "label\tx\ty\tz\tw\n1\ta\tb\tc\td\n", "Quality\tonly\n1\tx\n"])
+def test_read_mrpc_refuses_other_files(tmp_path, text):
+    path = tmp_path / "other.tsv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="not MRPC"):
+        read_mrpc(path)
+
+
+def test_best_threshold_separates_separable_data():
+    rng = np.random.default_rng(0)
+    negatives = rng.uniform(0.0, 0.4, 50)
+    positives = rng.uniform(0.6, 1.0, 50)
+    similarity = np.concatenate([negatives, positives])
+    labels = np.concatenate([np.zeros(50, int), np.ones(50, int)])
+    order = rng.permutation(100)
+    threshold, accuracy = best_threshold(similarity[order], labels[order])
+    assert accuracy == 1.0
+    assert negatives.max() < threshold <= positives.min()
+
+
+def test_best_threshold_on_overlapping_data():
+    threshold, accuracy = best_threshold(np.array([0.1, 0.6, 0.4, 0.9]), np.array([0, 0, 1, 1]))
+    assert accuracy == pytest.approx(0.75)
+    assert ((np.array([0.1, 0.6, 0.4, 0.9]) >= threshold) == np.array([0, 0, 1, 1])).mean() == accuracy

@@ -1,0 +1,125 @@
+import pytest
+import yaml
+
+import tasks.config as config_module
+from tasks.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
+
+
+def test_defaults_come_from_default_yaml():
+    expected = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+    config = load_config()
+    for section in ("model", "serving", "benchmark"):
+        got = getattr(config, section)
+        for key, value in expected[section].items():
+            assert getattr(got, key) == value, f"{section}.{key}"
+
+
+def test_dotted_overrides_apply_and_leave_the_rest():
+    base = load_config()
+    config = load_config(None, {"serving.batch_size": 4, "benchmark.enabled": False, "model.kind": None})
+    assert config.serving.batch_size == 4
+    assert config.benchmark.enabled is False
+    # None means "not given": the file's value stays.
+    assert config.model.kind == base.model.kind
+    assert config.serving.max_length == base.serving.max_length
+
+
+def test_unknown_key_is_refused_naming_it():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"serving.batchsize": 4})
+    message = str(caught.value)
+    assert "serving.batchsize" in message
+    assert "unknown field" in message
+
+
+def test_unknown_key_in_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("benchmark:\n  concurency: 8\n")
+    with pytest.raises(ConfigError, match=r"benchmark\.concurency: unknown field"):
+        load_config(path)
+
+
+def test_zero_batch_size_is_refused_naming_the_field():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"serving.batch_size": 0})
+    assert "serving.batch_size" in str(caught.value)
+    assert "0" in str(caught.value)
+
+
+def test_same_port_for_inference_and_management_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"serving.inference_port": 9000, "serving.management_port": 9000})
+    message = str(caught.value)
+    assert "serving" in message
+    assert "must differ" in message
+
+
+def test_same_ports_allowed_when_free_ports_is_set():
+    config = load_config(None, {"serving.inference_port": 9000, "serving.management_port": 9000,
+                                "serving.free_ports": True})
+    assert config.serving.free_ports is True
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing)
+    assert str(missing) in str(caught.value)
+
+
+def test_config_file_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_non_positive_worker_count_is_refused(workers):
+    # initial_workers is sent to TorchServe and divides the cores in resolve_serving.
+    with pytest.raises(ConfigError, match=r"serving\.initial_workers"):
+        load_config(None, {"serving.initial_workers": workers})
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """Pretend this host has the given physical and logical core counts."""
+    counts = {}
+
+    def cpu_count(logical=True):
+        return counts["logical"] if logical else counts["physical"]
+
+    def set_cores(physical, logical):
+        counts.update(physical=physical, logical=logical)
+        monkeypatch.setattr(config_module.psutil, "cpu_count", cpu_count)
+
+    return set_cores
+
+
+def test_auto_workers_is_one_per_physical_core(cores):
+    cores(physical=4, logical=8)
+    resolved = resolve_serving(ServingConfig(initial_workers="auto"))
+    assert resolved.initial_workers == 4
+    assert resolved.threads_per_worker == 1
+    assert resolved.cores == 4
+
+
+def test_fixed_workers_split_the_cores_into_threads(cores):
+    cores(physical=8, logical=16)
+    resolved = resolve_serving(ServingConfig(initial_workers=2))
+    assert resolved.initial_workers == 2
+    assert resolved.threads_per_worker == 4
+
+
+def test_threads_never_below_one(cores):
+    cores(physical=2, logical=4)
+    resolved = resolve_serving(ServingConfig(initial_workers=6))
+    assert resolved.initial_workers == 6
+    assert resolved.threads_per_worker == 1
+
+
+def test_unknown_physical_cores_falls_back_to_logical(cores):
+    cores(physical=None, logical=3)
+    resolved = resolve_serving(ServingConfig())
+    assert resolved.initial_workers == 3
+    assert resolved.threads_per_worker == 1

@@ -1,0 +1,126 @@
+import httpx
+import pytest
+
+from tasks.register import RegisterError, _call, _register, wait_workers_ready
+
+NAME = "bert-max_length128-batch_size6"
+PARAMS = {"url": f"{NAME}.mar", "model_name": NAME, "batch_size": 6, "max_batch_delay": 50,
+          "initial_workers": 4, "synchronous": "true"}
+
+
+class FakeManagement:
+    """A scripted management API: (method, path) -> list of responses, recording every call."""
+
+    def __init__(self, script):
+        self.script = {key: list(value) for key, value in script.items()}
+        self.calls = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append((request.method, request.url.path, dict(request.url.params)))
+        answers = self.script.get((request.method, request.url.path))
+        if not answers:
+            return httpx.Response(404, json={"message": "unexpected call"})
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def client(self):
+        return httpx.Client(base_url="http://127.0.0.1:8081", transport=httpx.MockTransport(self))
+
+
+def test_unreachable_api_is_retryable():
+    api = FakeManagement({("GET", "/models"): [httpx.ConnectError("refused")]})
+    with pytest.raises(RegisterError) as caught:
+        _call(api.client(), "GET", "/models")
+    assert caught.value.retryable is True
+    assert "unreachable" in str(caught.value)
+
+
+def test_server_error_is_retryable_but_not_insufficient_storage():
+    api = FakeManagement({("GET", "/a"): [httpx.Response(503, text="starting")],
+                          ("GET", "/b"): [httpx.Response(507, text="full")]})
+    with pytest.raises(RegisterError) as caught:
+        _call(api.client(), "GET", "/a")
+    assert caught.value.retryable is True and "503" in str(caught.value)
+    assert _call(api.client(), "GET", "/b").status_code == 507
+
+
+def test_workers_that_cannot_load_are_final():
+    api = FakeManagement({("POST", "/models"): [httpx.Response(
+        500, json={"code": 500, "type": "InternalServerException", "message": "Failed to start workers for model x"})]})
+    with pytest.raises(RegisterError) as caught:
+        _call(api.client(), "POST", "/models")
+    assert caught.value.retryable is False
+    assert "Failed to start workers for model x" in str(caught.value)
+
+
+def test_client_error_is_returned_for_the_caller_to_judge():
+    api = FakeManagement({("GET", "/models/x"): [httpx.Response(404, json={"message": "no such model"})]})
+    assert _call(api.client(), "GET", "/models/x").status_code == 404
+
+
+def test_first_registration():
+    api = FakeManagement({("POST", "/models"): [httpx.Response(200, json={"status": "ok"})]})
+    assert _register(api.client(), PARAMS) == "registered"
+    method, path, params = api.calls[0]
+    assert (method, path) == ("POST", "/models")
+    assert params["batch_size"] == "6" and params["max_batch_delay"] == "50" and params["initial_workers"] == "4"
+
+
+def test_refused_registration_is_final_and_says_why():
+    api = FakeManagement({("POST", "/models"): [httpx.Response(400, text="bad archive")]})
+    with pytest.raises(RegisterError) as caught:
+        _register(api.client(), PARAMS)
+    assert caught.value.retryable is False
+    assert "400" in str(caught.value) and "bad archive" in str(caught.value)
+
+
+def test_409_with_same_batching_scales_the_existing_model():
+    api = FakeManagement({
+        ("POST", "/models"): [httpx.Response(409, text="already registered")],
+        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
+            {"modelName": NAME, "modelVersion": "1.0", "batchSize": 6, "maxBatchDelay": 50, "workers": []}])],
+        ("PUT", f"/models/{NAME}"): [httpx.Response(202, json={"status": "scaled"})],
+    })
+    assert _register(api.client(), PARAMS) == "scaled existing"
+    methods = [method for method, _, _ in api.calls]
+    assert "DELETE" not in methods and methods.count("POST") == 1
+    put = next(params for method, _, params in api.calls if method == "PUT")
+    assert put["min_worker"] == "4" and put["max_worker"] == "4"
+
+
+@pytest.mark.parametrize("registered", [{"batchSize": 8, "maxBatchDelay": 50}, {"batchSize": 6, "maxBatchDelay": 5000}])
+def test_409_with_other_batching_replaces_the_model(registered):
+    api = FakeManagement({
+        ("POST", "/models"): [httpx.Response(409, text="already registered"), httpx.Response(200, json={})],
+        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "2.0", **registered}])],
+        ("DELETE", f"/models/{NAME}/2.0"): [httpx.Response(200, json={})],
+    })
+    assert _register(api.client(), PARAMS) == "re-registered"
+    assert [(m, p) for m, p, _ in api.calls] == [
+        ("POST", "/models"), ("GET", f"/models/{NAME}"), ("DELETE", f"/models/{NAME}/2.0"), ("POST", "/models")]
+
+
+def test_failed_unregister_stops_with_an_error():
+    api = FakeManagement({
+        ("POST", "/models"): [httpx.Response(409)],
+        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "1.0", "batchSize": 1}])],
+        ("DELETE", f"/models/{NAME}/1.0"): [httpx.Response(400, text="in use")],
+    })
+    with pytest.raises(RegisterError, match="unregistering"):
+        _register(api.client(), PARAMS)
+    assert [m for m, _, _ in api.calls].count("POST") == 1
+
+
+def test_wait_workers_ready_returns_when_all_ready():
+    api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
+        {"workers": [{"status": "READY"}, {"status": "READY"}]}])]})
+    wait_workers_ready(api.client(), NAME, 2, timeout=5)
+
+
+def test_wait_workers_ready_times_out_naming_states():
+    api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
+        {"workers": [{"status": "READY"}, {"status": "UNLOADING"}]}])]})
+    with pytest.raises(RegisterError, match="UNLOADING"):
+        wait_workers_ready(api.client(), NAME, 2, timeout=0.1)

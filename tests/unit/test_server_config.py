@@ -1,0 +1,178 @@
+import contextlib
+import ipaddress
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from tasks.config import ServingConfig
+from tasks.server import Keys, ProcessRef, ServerError, check_java, pick_ports, read_keys, write_config
+
+
+def _properties(path):
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+PORTS = {"inference": 18080, "management": 18081, "metrics": 18082, "grpc_inference": 17070,
+         "grpc_management": 17071}
+
+
+def test_write_config_uses_loopback_and_given_ports(tmp_path):
+    store = tmp_path / "model_store"
+    store.mkdir()
+    serving = ServingConfig()
+    props = _properties(write_config(serving, PORTS, store, tmp_path))
+    for key in ("inference", "management", "metrics"):
+        host, _, got_port = props[f"{key}_address"].removeprefix("http://").rpartition(":")
+        assert ipaddress.ip_address(host).is_loopback, key
+        assert int(got_port) == PORTS[key]
+    # TorchServe 0.12 always opens gRPC too: it must be on loopback and on the run's own ports.
+    for key in ("grpc_inference", "grpc_management"):
+        assert ipaddress.ip_address(props[f"{key}_address"]).is_loopback, key
+        assert int(props[f"{key}_port"]) == PORTS[key]
+    assert props["enable_model_api"] == "true"
+    assert props["model_store"] == str(store)
+    assert props["default_response_timeout"] == str(serving.response_timeout)
+
+
+def _java_unescape(value):
+    """What Java's Properties.load makes of a value: a backslash escapes the next character."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def test_write_config_allows_urls_only_from_the_model_store(tmp_path):
+    store = tmp_path / "run-1.x" / "model_store"
+    store.mkdir(parents=True)
+    pattern = _java_unescape(_properties(write_config(ServingConfig(), PORTS, store, tmp_path))["allowed_urls"])
+    assert re.fullmatch(pattern, f"file://{store}/bert.mar")
+    assert not re.fullmatch(pattern, f"file://{store}_other/bert.mar")
+    assert not re.fullmatch(pattern, f"file://{tmp_path}/run-1yx/model_store/bert.mar")
+    assert not re.fullmatch(pattern, f"file://{tmp_path}/bert.mar")
+    assert not re.fullmatch(pattern, "https://example.com/bert.mar")
+
+
+def test_write_config_uses_an_explicit_address(tmp_path):
+    props = _properties(write_config(ServingConfig(address="10.1.2.3"), PORTS, tmp_path, tmp_path))
+    assert props["inference_address"] == "http://10.1.2.3:18080"
+    assert props["grpc_inference_address"] == "10.1.2.3"
+
+
+def _unused_ports(count):
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
+NAMES = ["inference", "management", "metrics", "grpc_inference", "grpc_management"]
+
+
+@pytest.mark.parametrize("busy", ["inference", "management", "grpc_inference"])
+def test_pick_ports_refuses_a_port_in_use(busy):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = dict(zip(NAMES, _unused_ports(len(NAMES))))
+        ports[busy] = taken
+        with pytest.raises(ServerError) as caught:
+            pick_ports(ServingConfig(**{f"{name}_port": port for name, port in ports.items()}))
+    message = str(caught.value)
+    assert f"port {taken}" in message
+    assert "free_ports" in message
+
+
+def test_pick_ports_keeps_free_configured_ports():
+    ports = dict(zip(NAMES, _unused_ports(len(NAMES))))
+    serving = ServingConfig(**{f"{name}_port": port for name, port in ports.items()})
+    assert pick_ports(serving) == ports
+
+
+def test_free_ports_gives_five_distinct_bindable_ports():
+    ports = pick_ports(ServingConfig(free_ports=True))
+    assert set(ports) == set(NAMES) and len(set(ports.values())) == len(NAMES)
+    for port in ports.values():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+
+
+SECRET_INFERENCE = "inf-SECRET-3f9a"
+SECRET_MANAGEMENT = "mgmt-SECRET-77c1"
+
+
+def test_keys_never_show_their_values():
+    keys = Keys(inference=SECRET_INFERENCE, management=SECRET_MANAGEMENT)
+    for shown in (repr(keys), str(keys), keys.model_dump_json(), str(keys.model_dump())):
+        assert SECRET_INFERENCE not in shown and SECRET_MANAGEMENT not in shown
+    assert keys.inference_header() == {"Authorization": f"Bearer {SECRET_INFERENCE}"}
+    assert keys.management_header() == {"Authorization": f"Bearer {SECRET_MANAGEMENT}"}
+
+
+def test_read_keys_from_torchserve_key_file(tmp_path):
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(
+        '{"management": {"key": "%s", "expiration time": "2030-01-01T00:00:00Z"},'
+        ' "inference": {"key": "%s", "expiration time": "2030-01-01T00:00:00Z"},'
+        ' "API": {"key": "other"}}' % (SECRET_MANAGEMENT, SECRET_INFERENCE)
+    )
+    keys = read_keys(key_file)
+    assert keys.inference.get_secret_value() == SECRET_INFERENCE
+    assert keys.management.get_secret_value() == SECRET_MANAGEMENT
+    assert SECRET_INFERENCE not in repr(keys)
+
+
+def test_process_ref_finds_this_process():
+    ref = ProcessRef.of(psutil.Process())
+    process = ref.alive()
+    assert process is not None and process.pid == os.getpid()
+
+
+def test_process_ref_with_other_create_time_is_not_ours():
+    me = psutil.Process()
+    assert ProcessRef(pid=me.pid, create_time=me.create_time() - 5.0).alive() is None
+
+
+def test_process_ref_of_an_ended_process_is_none():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    ref = ProcessRef.of(psutil.Process(child.pid))
+    child.wait()
+    assert ref.alive() is None
+
+
+def _fake_java_home(tmp_path, version_line):
+    java = tmp_path / "jdk" / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo '{version_line}' >&2
+        """))
+    java.chmod(java.stat().st_mode | stat.S_IXUSR)
+    return tmp_path / "jdk", java
+
+
+def test_check_java_accepts_java_17(tmp_path, monkeypatch):
+    home, java = _fake_java_home(tmp_path, 'openjdk version "17.0.2" 2022-01-18')
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    assert check_java() == str(java)
+
+
+def test_check_java_refuses_java_8(tmp_path, monkeypatch):
+    home, _ = _fake_java_home(tmp_path, 'java version "1.8.0_292"')
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    with pytest.raises(ServerError, match="Java 8 found"):
+        check_java()
+
+
+def test_check_java_missing_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-such-jdk"))
+    with pytest.raises(ServerError) as caught:
+        check_java()
+    assert "not installed" in str(caught.value) and "fix:" in str(caught.value)
