@@ -55,6 +55,7 @@ register_task = task(register_stage.register, name="register", cache_policy=NO_C
 check_task = task(check_stage.tutorial_check, name="check", cache_policy=NO_CACHE)
 benchmark_task = task(benchmark_stage.benchmark, name="benchmark", cache_policy=NO_CACHE)
 stop_task = task(server_stage.stop, name="stop", cache_policy=NO_CACHE)
+stop_stale_task = task(server_stage.stop_stale, name="stop-stale", cache_policy=NO_CACHE)
 
 
 class Terminated(BaseException):
@@ -87,6 +88,8 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
     run_dir = new_run_dir(config.runs_dir)
     log.info("run directory %s; %d workers x %d threads (%s)", run_dir, resolved.initial_workers,
              resolved.threads_per_worker, resolved.cores_source)
+    for warning in serving.security_warnings():
+        log.warning(warning)
     stages = Stages(STAGES)
     checks: list[check_stage.CheckResult] = []
     bench = None
@@ -99,6 +102,8 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
             with stages.run("archive"):
                 mar = archive_task(traced, run_dir / "model_store")
             with stages.run("start"):
+                for line in stop_stale_task(config.runs_dir):
+                    log.warning(line)
                 server = start_task(serving, resolved, mar.model_store, run_dir / "server")
                 ping_task(server, serving.startup_timeout)
             with stages.run("register"):
@@ -111,7 +116,7 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
             if config.benchmark.enabled:
                 with stages.run("benchmark"):
                     bench = benchmark_task(
-                        f"{server.inference_url}/predictions/{mar.model_name}", server.credentials().inference_header(),
+                        f"{server.inference_url}/predictions/{mar.model_name}", server.inference_headers(),
                         config.benchmark.concurrency, config.benchmark.duration, config.benchmark.warmup, log,
                     )
     finally:
@@ -123,6 +128,8 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
         summary = build_summary(
             stages, checks, bench, config.model_dump(mode="json"),
             {"run_dir": str(run_dir), "resolved": resolved.model_dump(), "kept_serving": keep,
+             "security": {"token_auth": serving.token_auth, "address": serving.address,
+                          "warnings": serving.security_warnings()},
              "server": _server_facts(server) if keep else None},
         )
         write_summary(run_dir, summary)
@@ -153,6 +160,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", dest="serving.initial_workers", help="number, or 'auto'")
     parser.add_argument("--free-ports", dest="serving.free_ports", action="store_const", const=True,
                         help="pick free ports instead of 8080-8082")
+    parser.add_argument("--address", dest="serving.address",
+                        help="address TorchServe binds to (default 127.0.0.1; anything else warns)")
+    parser.add_argument("--no-token-auth", dest="serving.token_auth", action="store_const", const=False,
+                        help="turn TorchServe token auth off, for legacy clients that send no token (warns)")
     parser.add_argument("--concurrency", dest="benchmark.concurrency", type=int)
     parser.add_argument("--duration", dest="benchmark.duration", type=float, help="benchmark seconds")
     parser.add_argument("--no-benchmark", dest="benchmark.enabled", action="store_const", const=False)

@@ -30,7 +30,7 @@ def model_name(max_length: int, batch_size: int) -> str:
     return f"bert-max_length{max_length}-batch_size{batch_size}"
 
 
-def archive(traced: TracedModel, model_store: Path) -> Archive:
+def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE) -> Archive:
     model_store.mkdir(parents=True, exist_ok=True)
     name = model_name(traced.max_length, traced.batch_size)
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
@@ -41,7 +41,7 @@ def archive(traced: TracedModel, model_store: Path) -> Archive:
         "--model-name", name,
         "--version", "1.0",
         "--serialized-file", str(traced.model_file),
-        "--handler", str(HANDLER_FILE),
+        "--handler", str(handler),
         "--extra-files", ",".join(str(path) for path in traced.extra_files),
         "--export-path", str(model_store),
         "--force",

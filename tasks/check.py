@@ -62,7 +62,7 @@ def tutorial_check(server: Server, model_name: str, batch_size: int, timeout: fl
     half = batch_size // 2 or 1
     cases = [PARAPHRASE if i < half else NOT_PARAPHRASE for i in range(batch_size)]
     url = f"{server.inference_url}/predictions/{model_name}"
-    with httpx.Client(headers=server.credentials().inference_header(), timeout=timeout) as client:
+    with httpx.Client(headers=server.inference_headers(), timeout=timeout) as client:
         # All at once, so TorchServe batches them together as the tutorial's threads did.
         with ThreadPoolExecutor(max_workers=batch_size) as pool:
             predictions = list(pool.map(lambda case: predict(client, url, *case), cases))

@@ -8,6 +8,7 @@ field, the value and the fix.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -62,7 +63,10 @@ class ServingConfig(_Section):
     initial_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="auto: one worker per physical CPU core"
     )
-    address: str = Field("127.0.0.1", description="address TorchServe binds to")
+    address: str = Field("127.0.0.1", description="address TorchServe binds to; not loopback warns")
+    token_auth: bool = Field(
+        True, description="TorchServe token authorization; false only for legacy clients (warns)"
+    )
     inference_port: int = Field(8080, ge=1, le=65535)
     management_port: int = Field(8081, ge=1, le=65535)
     metrics_port: int = Field(8082, ge=1, le=65535)
@@ -72,6 +76,19 @@ class ServingConfig(_Section):
     free_ports: bool = Field(False, description="pick free ports instead of the five above")
     startup_timeout: float = Field(120.0, gt=0, description="s to wait for /ping Healthy")
     response_timeout: int = Field(120, ge=1, description="s TorchServe allows one batch")
+
+    def security_warnings(self) -> list[str]:
+        """What a reader of the run must know when security is loosened."""
+        warnings = []
+        try:
+            loopback = ipaddress.ip_address(self.address).is_loopback
+        except ValueError:
+            loopback = self.address == "localhost"
+        if not loopback:
+            warnings.append(f"TorchServe binds to {self.address}, not loopback: other hosts can reach it")
+        if not self.token_auth:
+            warnings.append("token authorization is OFF: anyone who reaches the ports can call every API")
+        return warnings
 
     def ports(self) -> dict[str, int]:
         return {name: getattr(self, f"{name}_port") for name in PORT_NAMES}

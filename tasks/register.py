@@ -48,7 +48,9 @@ def register(
         "initial_workers": workers,
         "synchronous": "true",
     }
-    headers = server.credentials().management_header()
+    if not archive.mar_file.is_file():
+        raise RegisterError(f"model archive {archive.mar_file} does not exist\nfix: run the archive stage first")
+    headers = server.management_headers()
     with httpx.Client(base_url=server.management_url, headers=headers, timeout=timeout) as client:
         try:
             action = _register(client, params)

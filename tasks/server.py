@@ -81,10 +81,18 @@ class Server(BaseModel):
     metrics_url: str
     ports: dict[str, int]
     key_file: Path
+    token_auth: bool = True
+    owner: ProcessRef | None = None  # the pipeline process that started it
     processes: list[ProcessRef]
 
     def credentials(self) -> Keys:
         return read_keys(self.key_file)
+
+    def inference_headers(self) -> dict[str, str]:
+        return self.credentials().inference_header() if self.token_auth else {}
+
+    def management_headers(self) -> dict[str, str]:
+        return self.credentials().management_header() if self.token_auth else {}
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return log_tail(self.server_dir / "logs", lines)
@@ -179,6 +187,7 @@ def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Pat
         # (a regex; backslashes doubled because Java's properties reader drops single ones)
         "allowed_urls=" + f"file://{re.escape(str(model_store))}/.*".replace("\\", "\\\\"),
         "enable_model_api=true",
+        f"disable_token_authorization={'false' if serving.token_auth else 'true'}",
         f"default_response_timeout={serving.response_timeout}",
         "install_py_dep_per_model=false",
     ]
@@ -232,6 +241,8 @@ def start(
         metrics_url=f"http://{serving.address}:{ports['metrics']}",
         ports=ports,
         key_file=server_dir / KEY_FILE,
+        token_auth=serving.token_auth,
+        owner=ProcessRef.of(psutil.Process()),
         processes=[ProcessRef.of(psutil.Process(launcher.pid))],
     )
     record(server)
@@ -248,6 +259,32 @@ def load_record(server_dir: Path) -> Server | None:
     return Server.model_validate_json(path.read_text()) if path.is_file() else None
 
 
+def find_stale(runs_dir: Path) -> list[Server]:
+    """TorchServes recorded under runs_dir whose pipeline process is gone: left by a crashed run.
+
+    A server whose owner is still alive belongs to a run in progress and is never touched.
+    """
+    stale = []
+    for record_file in sorted(runs_dir.glob(f"*/server/{SERVER_RECORD}")):
+        try:
+            server = Server.model_validate_json(record_file.read_text())
+        except ValueError:
+            continue
+        owner_alive = server.owner is not None and server.owner.alive() is not None
+        if not owner_alive and any(ref.alive() for ref in server.processes):
+            stale.append(server)
+    return stale
+
+
+def stop_stale(runs_dir: Path) -> list[str]:
+    """Stop what crashed runs left behind; return a line per server for the log."""
+    stopped = []
+    for server in find_stale(runs_dir):
+        stop(server)
+        stopped.append(f"stopped a TorchServe left by a crashed run: {server.server_dir} ({server.inference_url})")
+    return stopped
+
+
 def wait_healthy(server: Server, timeout: float) -> float:
     """Poll /ping with backoff until Healthy: the ping races start-up, so a refusal is expected at first."""
     started = time.monotonic()
@@ -258,9 +295,9 @@ def wait_healthy(server: Server, timeout: float) -> float:
         if not any(ref.alive() for ref in server.processes):
             raise ServerError(f"TorchServe exited during start-up\n{server.log_tail()}")
         _adopt_children(server)
-        if server.key_file.is_file():
+        if server.key_file.is_file() or not server.token_auth:
             try:
-                answer = httpx.get(f"{server.inference_url}/ping", headers=server.credentials().inference_header(), timeout=5)
+                answer = httpx.get(f"{server.inference_url}/ping", headers=server.inference_headers(), timeout=5)
                 if answer.status_code == 200 and answer.json().get("status") == "Healthy":
                     return time.monotonic() - started
                 last = f"HTTP {answer.status_code}"

@@ -117,7 +117,7 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_serve
         assert summary["server"]["inference_url"] == server.inference_url
         answer = httpx.post(f"{server.inference_url}/predictions/bert-max_length128-batch_size6",
                             data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
-                            headers=server.credentials().inference_header(), timeout=60)
+                            headers=server.inference_headers(), timeout=60)
         assert answer.status_code == 200 and answer.json() == ["not paraphrase"]
     finally:
         assert stop_cli.main([str(tmp_path / "latest")]) == 0

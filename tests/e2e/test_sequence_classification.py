@@ -54,7 +54,7 @@ def test_sequence_classification_checkpoint_serves_what_it_computes_in_process(t
         wait_healthy(server, timeout=120)
         register(server, mar, batch_size=4, max_batch_delay=20, workers=1)
         url = f"{server.inference_url}/predictions/{mar.model_name}"
-        headers = server.credentials().inference_header()
+        headers = server.inference_headers()
         served = [httpx.post(url, json={"seq_0": a, "seq_1": b}, headers=headers, timeout=60) for a, b in PAIRS]
     finally:
         stop(server)
