@@ -193,3 +193,27 @@ def test_a_server_whose_run_is_alive_is_not_stale(served):
     assert list(runs_dir.glob("*/server/server.json")) == [served.server_dir / "server.json"]
     assert load_record(served.server_dir).owner is not None
     assert find_stale(runs_dir) == []  # its owner (this test process) is alive: hands off
+
+
+def test_a_frontend_that_ignores_the_graceful_stop_is_killed(mar, tmp_path):
+    server = start(SERVING, resolve_serving(SERVING), mar.model_store, tmp_path / "server")
+    wait_healthy(server, timeout=120)
+    frontend = next(p for p in (ref.alive() for ref in server.processes)
+                    if p is not None and "org.pytorch.serve.ModelServer" in " ".join(p.cmdline()))
+    frontend.suspend()  # SIGSTOP: it cannot act on SIGTERM
+    result = stop(server, grace=2)
+    assert frontend.pid in result["escalated"]
+    assert_server_gone(server)
+
+
+def test_a_ping_deadline_fails_with_the_torchserve_log_tail(mar, tmp_path):
+    server = start(SERVING, resolve_serving(SERVING), mar.model_store, tmp_path / "server")
+    try:
+        with pytest.raises(ServerError) as caught:
+            wait_healthy(server, timeout=0.5)
+    finally:
+        stop(server)
+    assert_server_gone(server)
+    message = str(caught.value)
+    assert "did not answer /ping Healthy within" in message and "startup_timeout" in message
+    assert "--- " in message and "logs" in message  # the log tail is attached
