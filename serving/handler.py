@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 MODEL_INFO_FILE = "model_info.json"
 THREADS_ENV = "BERT_THREADS_PER_WORKER"
 FIELDS = ("seq_0", "seq_1")
+# Longer than max_length is truncated, not refused; but a text this long is not a sentence, and
+# tokenizing it would stall the batch it arrived in.
+MAX_TEXT_CHARS = 20_000
 
 
 # TorchServe loads a handler module only if it defines exactly one class, so a bad request is
@@ -66,6 +69,8 @@ def _text(name: str, value) -> str:
         raise ValueError(f"{name} must be a string, not {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{name} is empty")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name} is {len(value):,} characters; the limit is {MAX_TEXT_CHARS:,}")
     return value
 
 
@@ -136,11 +141,17 @@ class ParaphraseHandler(BaseHandler):
         with torch.inference_mode():
             return self.model(*inputs)
 
-    def postprocess(self, scores: torch.Tensor, count: int) -> list[tuple[str, float]]:
-        """Label and paraphrase probability for the first `count` rows; the rest were padding."""
-        probabilities = torch.softmax(scores[:count].float(), dim=-1)
+    def postprocess(self, scores: torch.Tensor, count: int) -> list[tuple[str, float] | None]:
+        """Label and paraphrase probability for the first `count` rows; the rest were padding.
+
+        A row whose scores are NaN or Inf gets None: no label is better than an arbitrary one.
+        """
+        rows = scores[:count].float()
+        finite = torch.isfinite(rows).all(dim=-1).tolist()
+        probabilities = torch.softmax(rows, dim=-1)
         labels = probabilities.argmax(dim=-1).tolist()
-        return [(self.class_names[label], float(p[1])) for label, p in zip(labels, probabilities)]
+        return [(self.class_names[label], float(p[1])) if ok else None
+                for label, p, ok in zip(labels, probabilities, finite)]
 
     def handle(self, data, context):
         self.context = context
@@ -158,7 +169,14 @@ class ParaphraseHandler(BaseHandler):
         if pairs:
             inputs, truncated = self.preprocess(pairs)
             scores = self.inference(inputs)
-            for index, (label, probability), cut in zip(good, self.postprocess(scores, len(pairs)), truncated):
+            for index, result, cut in zip(good, self.postprocess(scores, len(pairs)), truncated):
+                if result is None:
+                    message = "the model returned NaN or Inf scores for this request"
+                    logger.error("request %d: %s", index, message)
+                    context.set_response_status(code=500, phrase=message, idx=index)
+                    answers[index] = {"error": message}
+                    continue
+                label, probability = result
                 answers[index] = [label]
                 context.set_response_header(index, "X-Paraphrase-Probability", f"{probability:.6f}")
                 context.set_response_header(index, "X-Truncated", "true" if cut else "false")

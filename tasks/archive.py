@@ -30,9 +30,10 @@ def model_name(max_length: int, batch_size: int) -> str:
     return f"bert-max_length{max_length}-batch_size{batch_size}"
 
 
-def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE) -> Archive:
+def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE, name: str | None = None,
+            extra_files: tuple[Path, ...] = ()) -> Archive:
     model_store.mkdir(parents=True, exist_ok=True)
-    name = model_name(traced.max_length, traced.batch_size)
+    name = name or model_name(traced.max_length, traced.batch_size)
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
     if archiver is None:
         raise ArchiveError("torch-model-archiver is not installed in this environment\nfix: run ./setup.sh")
@@ -42,7 +43,7 @@ def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE
         "--version", "1.0",
         "--serialized-file", str(traced.model_file),
         "--handler", str(handler),
-        "--extra-files", ",".join(str(path) for path in traced.extra_files),
+        "--extra-files", ",".join(str(path) for path in [*traced.extra_files, *extra_files]),
         "--export-path", str(model_store),
         "--force",
     ]

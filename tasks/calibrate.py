@@ -10,31 +10,17 @@ tunes itself: the dev split stays a measurement, and no test split is ever looke
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from serving.handler import encode_pairs
+from tasks.accuracy import read_mrpc
 from tasks.config import REPO_ROOT, ModelConfig
 from tasks.trace import load_checkpoint
 
 DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
-
-
-def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """Pairs and 0/1 labels from an MSR Paraphrase / GLUE MRPC TSV (Quality, #1 ID, #2 ID, #1 String, #2 String)."""
-    pairs, labels = [], []
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows)
-        if header[0] != "Quality" or len(header) != 5:
-            raise ValueError(f"{path} is not MRPC TSV: header {header}")
-        for row in rows:
-            labels.append(int(row[0]))
-            pairs.append((row[3], row[4]))
-    return pairs, np.array(labels)
 
 
 def cosines(pairs: list[tuple[str, str]], max_length: int = 128, chunk: int = 64) -> np.ndarray:

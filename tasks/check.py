@@ -1,17 +1,26 @@
-"""check: the tutorial's check, made to fail loudly instead of waiting for a person to read it.
+"""check: correctness a nightly run can trust, each check named, with pass/fail and detail.
 
-batch_size concurrent requests -- the first half a paraphrase pair, the rest a non-paraphrase
-pair -- sent as the tutorial's client sent them (form fields seq_0, seq_1). Every label must
-be right.
+The tutorial's check was a person reading six printed labels. Here every answer is compared
+with what it must be -- the golden label, and the original untraced model run in-process --
+and the faults a server really has are provoked on purpose: partial batches, malformed
+requests batched with good ones, over-long texts.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+import numpy as np
+import yaml
 from pydantic import BaseModel
 
+from tasks.accuracy import read_mrpc, scores
+from tasks.config import ChecksConfig, ModelConfig
+from tasks.reference import Reference
 from tasks.server import Server
 
 # The tutorial's three sentences.
@@ -20,6 +29,11 @@ SEQUENCE_1 = "Apples are especially bad for your health"
 SEQUENCE_2 = "HuggingFace's headquarters are situated in Manhattan"
 PARAPHRASE = (SEQUENCE_0, SEQUENCE_2, "paraphrase")
 NOT_PARAPHRASE = (SEQUENCE_0, SEQUENCE_1, "not paraphrase")
+# How late a partial batch may come back, beyond max_batch_delay, before we call it lost.
+PARTIAL_BATCH_SLACK_S = 30.0
+LONG_TEXT = " ".join(["The committee reviewed the proposal in detail and asked for revisions."] * 60)
+
+GENERIC = ("not paraphrase", "paraphrase")
 
 
 class CheckFailed(RuntimeError):
@@ -27,12 +41,15 @@ class CheckFailed(RuntimeError):
 
 
 class Prediction(BaseModel):
+    check: str = ""
     seq_0: str
     seq_1: str
     expected: str
     answer: str
     status_code: int
     latency_ms: float
+    probability: float | None = None
+    truncated: bool | None = None
 
     @property
     def correct(self) -> bool:
@@ -43,32 +60,218 @@ class CheckResult(BaseModel):
     name: str
     passed: bool
     detail: str
+    metrics: dict = {}
     predictions: list[Prediction] = []
 
 
-def predict(client: httpx.Client, url: str, seq_0: str, seq_1: str, expected: str) -> Prediction:
-    answer = client.post(url, data={"seq_0": seq_0, "seq_1": seq_1})
+class Inference:
+    """The inference API as the tutorial's client used it, answers turned into Predictions."""
+
+    def __init__(self, server: Server, model_name: str, class_names: list[str], timeout: float = 120.0):
+        self.url = f"{server.inference_url}/predictions/{model_name}"
+        self.client = httpx.Client(headers=server.inference_headers(), timeout=timeout)
+        # Checks speak the tutorial's labels; a model with its own id2label answers in those.
+        self.names = dict(zip(GENERIC, class_names))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def send(self, seq_0: str, seq_1: str, expected: str, check: str = "", **request) -> Prediction:
+        """POST one pair (form fields, unless `request` says how) and read the answer."""
+        request = request or {"data": {"seq_0": seq_0, "seq_1": seq_1}}
+        started = time.monotonic()
+        try:
+            answer = self.client.post(self.url, **request)
+        except httpx.HTTPError as error:
+            return Prediction(check=check, seq_0=seq_0, seq_1=seq_1, expected=self.names.get(expected, expected),
+                              answer=f"{type(error).__name__}: {error}", status_code=0,
+                              latency_ms=(time.monotonic() - started) * 1000)
+        return Prediction(
+            check=check, seq_0=seq_0, seq_1=seq_1, expected=self.names.get(expected, expected),
+            answer=_answer_text(answer), status_code=answer.status_code,
+            latency_ms=(time.monotonic() - started) * 1000,
+            probability=_float(answer.headers.get("X-Paraphrase-Probability")),
+            truncated={"true": True, "false": False}.get(answer.headers.get("X-Truncated", "")),
+        )
+
+    def send_all(self, cases: list[tuple], check: str, workers: int) -> list[Prediction]:
+        """All at once, so TorchServe batches them together as the tutorial's threads did."""
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            return list(pool.map(lambda case: self.send(*case, check=check), cases))
+
+
+def _answer_text(answer: httpx.Response) -> str:
     try:
-        label = answer.json()[0] if answer.status_code == 200 else answer.text
-    except (ValueError, IndexError, KeyError):
-        label = answer.text
-    return Prediction(
-        seq_0=seq_0, seq_1=seq_1, expected=expected, answer=str(label),
-        status_code=answer.status_code, latency_ms=answer.elapsed.total_seconds() * 1000,
+        body = answer.json()
+    except ValueError:
+        return answer.text[:300]
+    if answer.status_code == 200 and isinstance(body, list) and len(body) == 1:
+        return str(body[0])
+    return str(body.get("message") or body.get("error") or body)[:300] if isinstance(body, dict) else str(body)[:300]
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _verdict(name: str, predictions: list[Prediction], what: str = "labels right") -> CheckResult:
+    wrong = [p for p in predictions if not p.correct]
+    detail = f"{len(predictions) - len(wrong)}/{len(predictions)} {what}" + "".join(
+        f"; {p.seq_0[:40]!r}: expected {p.expected!r}, got {p.answer!r} (HTTP {p.status_code})" for p in wrong[:3]
     )
+    return CheckResult(name=name, passed=not wrong, detail=detail, predictions=predictions)
 
 
-def tutorial_check(server: Server, model_name: str, batch_size: int, timeout: float = 120.0) -> CheckResult:
+def full_batch(inference: Inference, batch_size: int) -> CheckResult:
+    """The tutorial's check: batch_size at once, the first half a paraphrase pair, the rest not."""
     half = batch_size // 2 or 1
     cases = [PARAPHRASE if i < half else NOT_PARAPHRASE for i in range(batch_size)]
-    url = f"{server.inference_url}/predictions/{model_name}"
-    with httpx.Client(headers=server.inference_headers(), timeout=timeout) as client:
-        # All at once, so TorchServe batches them together as the tutorial's threads did.
-        with ThreadPoolExecutor(max_workers=batch_size) as pool:
-            predictions = list(pool.map(lambda case: predict(client, url, *case), cases))
-    wrong = [p for p in predictions if not p.correct]
-    detail = (
-        f"{batch_size - len(wrong)}/{batch_size} labels right"
-        + "".join(f"; expected {p.expected!r}, got {p.answer!r} (HTTP {p.status_code})" for p in wrong[:3])
-    )
-    return CheckResult(name="tutorial pairs", passed=not wrong, detail=detail, predictions=predictions)
+    return _verdict("tutorial pairs (full batch)", inference.send_all(cases, "full batch", batch_size))
+
+
+def partial_batch(inference: Inference, batch_size: int, max_batch_delay_ms: int) -> CheckResult:
+    """Fewer than batch_size: TorchServe waits max_batch_delay, the handler pads and drops the padding."""
+    count = max(1, batch_size - 1)
+    cases = [PARAPHRASE if i % 2 == 0 else NOT_PARAPHRASE for i in range(count)]
+    predictions = inference.send_all(cases, "partial batch", count)
+    result = _verdict("partial batch", predictions)
+    slowest = max(p.latency_ms for p in predictions)
+    limit_ms = max_batch_delay_ms + PARTIAL_BATCH_SLACK_S * 1000
+    result.detail += f"; {count} of batch_size {batch_size}, slowest {slowest:.0f} ms (max_batch_delay {max_batch_delay_ms} ms)"
+    if slowest > limit_ms:
+        result.passed = False
+        result.detail += f"; slower than max_batch_delay + {PARTIAL_BATCH_SLACK_S:.0f} s: the batch is stuck"
+    result.metrics = {"requests": count, "slowest_ms": round(slowest, 1)}
+    return result
+
+
+def load_golden(path: Path) -> list[tuple[str, str, str]]:
+    rows = yaml.safe_load(path.read_text())
+    pairs = []
+    for number, row in enumerate(rows, 1):
+        if row.get("label") not in GENERIC or not row.get("seq_0") or not row.get("seq_1"):
+            raise ValueError(f"{path} entry {number}: needs seq_0, seq_1 and label 'paraphrase' or 'not paraphrase'")
+        pairs.append((row["seq_0"], row["seq_1"], row["label"]))
+    return pairs
+
+
+def golden_pairs(inference: Inference, golden: list[tuple[str, str, str]], workers: int) -> CheckResult:
+    predictions = inference.send_all(golden, "golden", workers)
+    result = _verdict("golden pairs", predictions)
+    bad_scores = [p for p in predictions if p.status_code == 200 and not _finite(p.probability)]
+    if bad_scores:
+        result.passed = False
+        result.detail += f"; {len(bad_scores)} answers without a finite score (NaN/Inf)"
+    return result
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def parity(predictions: list[Prediction], reference: Reference, tolerance: float) -> CheckResult:
+    """Served answers equal the original model's in-process: same labels, scores within tolerance."""
+    expected = reference.predict([(p.seq_0, p.seq_1) for p in predictions])
+    label_mismatch = sum(p.answer != label for p, (label, _) in zip(predictions, expected))
+    diffs = [abs(p.probability - prob) if _finite(p.probability) else math.inf
+             for p, (_, prob) in zip(predictions, expected)]
+    worst = max(diffs, default=0.0)
+    passed = label_mismatch == 0 and worst <= tolerance
+    detail = (f"{len(predictions) - label_mismatch}/{len(predictions)} labels equal in-process; "
+              f"largest probability difference {worst:.2e} (tolerance {tolerance:.0e})")
+    return CheckResult(name="parity with in-process model", passed=passed, detail=detail,
+                       metrics={"label_mismatches": label_mismatch, "max_abs_diff": worst})
+
+
+def malformed_requests() -> list[tuple[str, dict]]:
+    """Requests a client gets wrong; each must get its own 4xx."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    return [
+        ("missing seq_1", {"data": {"seq_0": SEQUENCE_0}}),
+        ("empty text", {"data": {"seq_0": "   ", "seq_1": SEQUENCE_2}}),
+        ("non-UTF-8 bytes", {"content": b"seq_0=%FF%FE%FD&seq_1=hello", "headers": form}),
+        ("1 MB text", {"json": {"seq_0": "a" * 1_000_000, "seq_1": SEQUENCE_2}}),
+        ("wrong JSON types", {"json": {"seq_0": 5, "seq_1": ["not", "a", "string"]}}),
+    ]
+
+
+def isolation(inference: Inference, batch_size: int) -> CheckResult:
+    """Malformed requests sent together with good ones: 4xx for each bad one, right answers for the rest."""
+    bad = [(kind, kind, "4xx", request) for kind, request in malformed_requests()]
+    good = [PARAPHRASE if i % 2 == 0 else NOT_PARAPHRASE for i in range(max(batch_size, len(bad)))]
+    with ThreadPoolExecutor(max_workers=len(bad) + len(good)) as pool:
+        # Interleaved, so every batch TorchServe forms from them holds good and bad requests.
+        bad_futures, good_futures = [], []
+        for i, case in enumerate(good):
+            if i < len(bad):
+                kind, text, expected, request = bad[i]
+                bad_futures.append(pool.submit(inference.send, kind, text, expected, "isolation", **request))
+            good_futures.append(pool.submit(inference.send, *case, "isolation"))
+        refused = [f.result() for f in bad_futures]
+        answered = [f.result() for f in good_futures]
+    not_4xx = [p for p in refused if not 400 <= p.status_code < 500]
+    unclear = [p for p in refused if 400 <= p.status_code < 500 and len(p.answer) < 8]
+    wrong = [p for p in answered if not p.correct]
+    for p in refused:
+        p.expected, p.answer = "4xx", f"{p.status_code}: {p.answer}"
+    passed = not (not_4xx or unclear or wrong)
+    detail = (f"{len(refused) - len(not_4xx)}/{len(refused)} malformed requests got a 4xx; "
+              f"{len(answered) - len(wrong)}/{len(answered)} batch-mates answered right")
+    detail += "".join(f"; {p.seq_0}: HTTP {p.status_code}" for p in not_4xx)
+    detail += "".join(f"; batch-mate got {p.answer!r} (HTTP {p.status_code})" for p in wrong[:2])
+    return CheckResult(name="malformed requests isolated", passed=passed, detail=detail, predictions=refused + answered)
+
+
+def truncation(inference: Inference, max_length: int) -> CheckResult:
+    """Texts longer than max_length are truncated, not refused, and the answer says so."""
+    p = inference.send(LONG_TEXT, LONG_TEXT, "paraphrase", check="truncation")
+    passed = p.status_code == 200 and p.truncated is True and p.answer == p.expected
+    detail = f"a {len(LONG_TEXT.split())}-word pair: HTTP {p.status_code}, X-Truncated {p.truncated}, answer {p.answer!r}"
+    return CheckResult(name=f"texts over max_length {max_length} truncated", passed=passed, detail=detail,
+                       predictions=[p])
+
+
+def accuracy_check(inference: Inference, reference: Reference, path: Path, min_accuracy: float | None,
+                   concurrency: int) -> CheckResult:
+    """A labelled file through the server: accuracy, F1, confusion matrix -- and every served label
+    equal to the original model's in-process label (the same model, not just as good a one)."""
+    pairs, truth = read_mrpc(path)
+    names = list(inference.names.values())  # index 0 = not paraphrase, 1 = paraphrase
+    cases = [(a, b, GENERIC[label]) for (a, b), label in zip(pairs, truth)]
+    served = inference.send_all(cases, "accuracy", concurrency)
+    in_process = [label for label, _ in reference.predict(pairs)]
+    failed = [p for p in served if p.status_code != 200]
+    metrics = scores(truth, np.array([names.index(p.answer) if p.answer in names else -1 for p in served]))
+    metrics["agreement_with_in_process"] = sum(p.answer == label for p, label in zip(served, in_process))
+    metrics["http_errors"] = len(failed)
+    agree = metrics["agreement_with_in_process"] == len(pairs)
+    good_enough = min_accuracy is None or metrics["accuracy"] >= min_accuracy
+    detail = (f"{path.name}: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f} on {len(pairs)} pairs; "
+              f"{metrics['agreement_with_in_process']}/{len(pairs)} equal to in-process")
+    if not good_enough:
+        detail += f"; below min_accuracy {min_accuracy}"
+    if failed:
+        detail += f"; {len(failed)} requests failed (first: HTTP {failed[0].status_code} {failed[0].answer!r})"
+    return CheckResult(name="accuracy", passed=agree and good_enough and not failed, detail=detail, metrics=metrics)
+
+
+def run_checks(server: Server, model_name: str, class_names: list[str], model: ModelConfig,
+               checks: ChecksConfig, batch_size: int, max_batch_delay: int, max_length: int) -> list[CheckResult]:
+    """Every check, in order; none stops the others, so the summary shows all that failed."""
+    inference = Inference(server, model_name, class_names)
+    reference = Reference(model, max_length) if checks.golden_pairs or checks.accuracy_file else None
+    try:
+        results = [full_batch(inference, batch_size), partial_batch(inference, batch_size, max_batch_delay)]
+        if checks.golden_pairs is not None:
+            golden = golden_pairs(inference, load_golden(checks.golden_pairs), batch_size)
+            results += [golden, parity(golden.predictions, reference, checks.parity_tolerance)]
+        results += [isolation(inference, batch_size), truncation(inference, max_length)]
+        if checks.accuracy_file is not None:
+            results.append(accuracy_check(inference, reference, checks.accuracy_file, checks.min_accuracy,
+                                          checks.concurrency))
+    finally:
+        inference.close()
+    return results

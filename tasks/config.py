@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import psutil
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
@@ -110,9 +110,35 @@ class BenchmarkConfig(_Section):
     warmup: float = Field(3.0, ge=0, description="s of load before measuring")
 
 
+class ChecksConfig(_Section):
+    golden_pairs: Path | None = Field(
+        REPO_ROOT / "configs" / "golden_pairs.yaml", description="labelled pairs every answer must match"
+    )
+    parity_tolerance: float = Field(
+        1e-3, gt=0, description="largest allowed |served - in-process| paraphrase probability"
+    )
+    accuracy_file: Path | None = Field(
+        None, description="optional labelled pairs in MSR Paraphrase / GLUE MRPC TSV format"
+    )
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="fail the run below this accuracy")
+    concurrency: int = Field(16, ge=1, le=256, description="clients sending the accuracy file")
+
+    @field_validator("golden_pairs", "accuracy_file")
+    @classmethod
+    def _existing_file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        # Relative to where the command runs, else to the checkout (deployments run from there).
+        for candidate in (path, REPO_ROOT / path):
+            if candidate.is_file():
+                return candidate.resolve()
+        raise ValueError(f"{path} does not exist; give an existing file or null")
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     serving: ServingConfig = ServingConfig()
+    checks: ChecksConfig = ChecksConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     runs_dir: Path = Field(REPO_ROOT / "runs", description="where run directories are written")
     keep_serving: bool = Field(

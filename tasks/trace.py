@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from serving.handler import MODEL_INFO_FILE, encode_pairs
 from tasks.config import EMBEDDED_MODEL, ModelConfig
 
+# Index 1 is the paraphrase class, as in MRPC (1 = equivalent) and the tutorial's model.
 CLASS_NAMES = ["not paraphrase", "paraphrase"]
 MODEL_FILE = "model.pt"
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
@@ -42,6 +44,7 @@ class TracedModel(BaseModel):
     kind: str
     batch_size: int
     max_length: int
+    class_names: list[str]
     parity_max_abs_diff: float
 
 
@@ -92,6 +95,16 @@ def embedded_model_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def class_names(config, kind: str) -> list[str]:
+    """The checkpoint's own label names when it has meaningful ones (not LABEL_0/LABEL_1)."""
+    labels = getattr(config, "id2label", None) or {}
+    names = [str(labels.get(i, labels.get(str(i), ""))) for i in range(2)]
+    generic = all(not name or re.fullmatch(r"LABEL_\d+", name) for name in names)
+    if kind != "sequence-classification" or generic or len(set(names)) != 2:
+        return list(CLASS_NAMES)
+    return names
+
+
 def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
     """Load (wrapped module, tokenizer, kind) from the embedded model, a local dir or the hub."""
     local = model.source == EMBEDDED_MODEL or Path(model.source).is_dir()
@@ -113,6 +126,7 @@ def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
         wrapped = PairClassifier(AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local))
     else:
         wrapped = BiEncoderScorer(AutoModel.from_pretrained(source, local_files_only=local), model.threshold)
+    wrapped.class_names = class_names(config, kind)
     return wrapped.eval(), tokenizer, kind
 
 
@@ -138,7 +152,7 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path) -
         "backend": "cpu",
         "batch_size": batch_size,
         "max_length": max_length,
-        "class_names": CLASS_NAMES,
+        "class_names": wrapped.class_names,
         "threshold": model.threshold if kind == "bi-encoder" else None,
         "source": model.source,
         "parity_max_abs_diff": diff,
@@ -156,6 +170,7 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path) -
         kind=kind,
         batch_size=batch_size,
         max_length=max_length,
+        class_names=wrapped.class_names,
         parity_max_abs_diff=diff,
     )
 

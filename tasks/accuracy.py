@@ -1,0 +1,37 @@
+"""Labelled pair files (MSR Paraphrase / GLUE MRPC TSV) and the scores computed on them."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+
+
+def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Pairs and 0/1 labels (1 = paraphrase) from an MSR Paraphrase / GLUE MRPC TSV."""
+    pairs, labels = [], []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows, [])
+        if header != MRPC_HEADER:
+            raise ValueError(f"{path} is not MRPC TSV: expected header {MRPC_HEADER}, got {header}")
+        for line, row in enumerate(rows, 2):
+            if len(row) != 5 or row[0] not in ("0", "1"):
+                raise ValueError(f"{path} line {line}: expected 5 tab-separated fields with Quality 0 or 1")
+            labels.append(int(row[0]))
+            pairs.append((row[3], row[4]))
+    return pairs, np.array(labels, dtype=int)
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """Accuracy, F1 of the paraphrase class, and the confusion matrix [[tn, fp], [fn, tp]]."""
+    tp = int(np.sum((predicted == 1) & (truth == 1)))
+    tn = int(np.sum((predicted == 0) & (truth == 0)))
+    fp = int(np.sum((predicted == 1) & (truth == 0)))
+    fn = int(np.sum((predicted == 0) & (truth == 1)))
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"pairs": int(truth.size), "accuracy": float(np.mean(truth == predicted)) if truth.size else 0.0,
+            "f1": f1, "confusion": [[tn, fp], [fn, tp]]}

@@ -1,0 +1,109 @@
+"""Plant each fault a served model really has in a real TorchServe worker, and see the check
+meant for it fail -- while the real handler passes every check.
+
+Each faulty handler subclasses the real one and breaks one thing; all are registered side by
+side in one TorchServe, so a single server start covers every fault.
+"""
+
+import textwrap
+
+import pytest
+
+from tasks.archive import HANDLER_FILE, archive
+from tasks.check import run_checks
+from tasks.config import ChecksConfig, ModelConfig, ServingConfig, resolve_serving
+from tasks.register import register
+from tasks.server import start, stop, wait_healthy
+from tasks.trace import trace
+from tests.e2e.conftest import assert_server_gone
+
+pytestmark = pytest.mark.e2e
+
+BATCH, LENGTH, DELAY = 4, 64, 100
+MODEL = ModelConfig(threshold=0.6821)
+
+FAULTS = {
+    "wrong-label": """
+        def postprocess(self, scores, count):
+            flipped = {self.class_names[0]: self.class_names[1], self.class_names[1]: self.class_names[0]}
+            return [(flipped[label], p) for label, p in super().postprocess(scores, count)]
+    """,
+    "nan-scores": """
+        def inference(self, inputs, *args, **kwargs):
+            return super().inference(inputs) * float("nan")
+    """,
+    "padding-kept": """
+        def handle(self, data, context):
+            answers = super().handle(data, context)
+            return answers + [["paraphrase"]] * (self.info["batch_size"] - len(answers))
+    """,
+    "batch-poisoned": """
+        def handle(self, data, context):
+            for request in data:
+                parse_request(request)  # one malformed request takes the whole batch down
+            return super().handle(data, context)
+    """,
+}
+# The check each fault must fail, and, where the fault leaves labels alone, one it must still pass
+# (a wrong label or a NaN rightly fails every check that reads a label).
+EXPECTED = {
+    "wrong-label": ("golden pairs", None),
+    "nan-scores": ("golden pairs", None),
+    "padding-kept": ("partial batch", "tutorial pairs (full batch)"),
+    "batch-poisoned": ("malformed requests isolated", "golden pairs"),
+}
+
+
+@pytest.fixture(scope="module")
+def server_with_faults(tmp_path_factory):
+    work = tmp_path_factory.mktemp("faults")
+    traced = trace(MODEL, BATCH, LENGTH, work / "model")
+    store = work / "model_store"
+    archive(traced, store)
+    names = {"real": traced.class_names}
+    for fault, body in FAULTS.items():
+        handler = work / f"{fault.replace('-', '_')}.py"
+        handler.write_text("from handler import ParaphraseHandler, parse_request\n\n\n"
+                           "class Faulty(ParaphraseHandler):" + textwrap.indent(textwrap.dedent(body), "    "))
+        archive(traced, store, handler=handler, name=fault, extra_files=(HANDLER_FILE,))
+    serving = ServingConfig(batch_size=BATCH, max_length=LENGTH, max_batch_delay=DELAY, free_ports=True,
+                            initial_workers=1)
+    server = start(serving, resolve_serving(serving), store, work / "server")
+    try:
+        wait_healthy(server, timeout=120)
+        for mar in sorted(store.glob("*.mar")):
+            register(server, _archive(mar, store), batch_size=BATCH, max_batch_delay=DELAY, workers=1)
+        yield server, traced
+    finally:
+        stop(server)
+        assert_server_gone(server)
+
+
+def _archive(mar, store):
+    from tasks.archive import Archive
+
+    return Archive(model_name=mar.stem, mar_file=mar, model_store=store)
+
+
+def _checks(server, traced, model_name):
+    results = run_checks(server, model_name, traced.class_names, MODEL, ChecksConfig(), BATCH, DELAY, LENGTH)
+    return {result.name: result for result in results}
+
+
+def test_the_real_handler_passes_every_check(server_with_faults):
+    server, traced = server_with_faults
+    results = _checks(server, traced, "bert-max_length64-batch_size4")
+    assert {name: r.passed for name, r in results.items()} == {name: True for name in results}
+    assert len(results) == 6
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_planted_fault_fails_the_check_meant_for_it(server_with_faults, fault):
+    server, traced = server_with_faults
+    results = _checks(server, traced, fault)
+    must_fail, must_pass = EXPECTED[fault]
+    assert results[must_fail].passed is False, results[must_fail].detail
+    if must_pass:
+        assert results[must_pass].passed is True, results[must_pass].detail
+    if fault == "nan-scores":
+        assert "NaN or Inf" in results[must_fail].detail

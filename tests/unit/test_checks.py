@@ -1,0 +1,71 @@
+"""The verdicts of the checks, on answers made up to be right or wrong (no server needed)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks.accuracy import read_mrpc, scores
+from tasks.check import Prediction, _verdict, load_golden, parity
+from tasks.config import DEFAULT_CONFIG_FILE
+
+
+def _prediction(answer="paraphrase", expected="paraphrase", status=200, probability=0.9):
+    return Prediction(seq_0="a", seq_1="b", expected=expected, answer=answer, status_code=status,
+                      latency_ms=1.0, probability=probability)
+
+
+class FakeReference:
+    def __init__(self, answers):
+        self.answers = answers
+
+    def predict(self, pairs):
+        return self.answers[: len(pairs)]
+
+
+def test_a_wrong_label_or_an_http_error_fails_the_verdict_and_is_named():
+    result = _verdict("golden pairs", [_prediction(), _prediction(answer="not paraphrase"), _prediction(status=503)])
+    assert not result.passed
+    assert result.detail.startswith("1/3 labels right")
+    assert "expected 'paraphrase', got 'not paraphrase'" in result.detail and "HTTP 503" in result.detail
+
+
+def test_parity_passes_within_tolerance_and_fails_beyond_it_or_on_a_label():
+    served = [_prediction(probability=0.9), _prediction(answer="not paraphrase", probability=0.2)]
+    close = FakeReference([("paraphrase", 0.9000004), ("not paraphrase", 0.2)])
+    assert parity(served, close, 1e-3).passed
+    drifted = FakeReference([("paraphrase", 0.95), ("not paraphrase", 0.2)])
+    assert not parity(served, drifted, 1e-3).passed
+    relabelled = FakeReference([("paraphrase", 0.9), ("paraphrase", 0.2)])
+    result = parity(served, relabelled, 1e-3)
+    assert not result.passed and result.metrics["label_mismatches"] == 1
+
+
+def test_parity_fails_on_a_missing_or_nan_score():
+    result = parity([_prediction(probability=math.nan)], FakeReference([("paraphrase", 0.9)]), 1e-3)
+    assert not result.passed and math.isinf(result.metrics["max_abs_diff"])
+
+
+def test_scores_give_accuracy_f1_and_the_confusion_matrix():
+    truth = np.array([1, 1, 1, 0, 0])
+    predicted = np.array([1, 1, 0, 1, 0])
+    got = scores(truth, predicted)
+    assert got["accuracy"] == pytest.approx(0.6)
+    assert got["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert got["confusion"] == [[1, 1], [1, 2]]
+
+
+def test_the_golden_file_loads_and_a_bad_entry_is_refused(tmp_path):
+    golden = load_golden(DEFAULT_CONFIG_FILE.parent / "golden_pairs.yaml")
+    assert len(golden) >= 10 and {label for _, _, label in golden} == {"paraphrase", "not paraphrase"}
+    bad = tmp_path / "golden.yaml"
+    bad.write_text('- {label: same, seq_0: "a", seq_1: "b"}\n')
+    with pytest.raises(ValueError, match="entry 1"):
+        load_golden(bad)
+
+
+def test_an_mrpc_file_with_a_bad_row_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\tb\nyes\t1\t2\ta\tb\n")
+    with pytest.raises(ValueError, match="line 3"):
+        read_mrpc(path)
