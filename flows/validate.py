@@ -30,7 +30,14 @@ from tasks import register as register_stage  # noqa: E402
 from tasks import server as server_stage  # noqa: E402
 from tasks import trace as trace_stage  # noqa: E402
 from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
-from tasks.report import Stages, build_summary, new_run_dir, publish_artifacts, write_summary  # noqa: E402
+from tasks.report import (  # noqa: E402
+    Stages,
+    build_summary,
+    new_run_dir,
+    publish_artifacts,
+    publish_run_config,
+    write_summary,
+)
 
 STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "stop"]
 
@@ -52,7 +59,7 @@ start_task = task(server_stage.start, name="start", cache_policy=NO_CACHE)
 ping_task = task(server_stage.wait_healthy, name="wait-healthy", cache_policy=NO_CACHE)
 register_task = task(register_stage.register, name="register", cache_policy=NO_CACHE, retries=3,
                      retry_delay_seconds=[2, 5, 10], retry_condition_fn=_retry_register)
-check_task = task(check_stage.tutorial_check, name="check", cache_policy=NO_CACHE)
+check_task = task(check_stage.run_checks, name="check", cache_policy=NO_CACHE)
 benchmark_task = task(benchmark_stage.benchmark, name="benchmark", cache_policy=NO_CACHE)
 stop_task = task(server_stage.stop, name="stop", cache_policy=NO_CACHE)
 stop_stale_task = task(server_stage.stop_stale, name="stop-stale", cache_policy=NO_CACHE)
@@ -60,6 +67,13 @@ stop_stale_task = task(server_stage.stop_stale, name="stop-stale", cache_policy=
 
 class Terminated(BaseException):
     """SIGTERM (a cancelled flow run, a killed job) turned into an exception so `finally` runs."""
+
+
+class StageFailed(Exception):
+    """Fails the flow run with a message naming the failed stage(s); the summary artifact has the rest."""
+
+    def __init__(self, stages: Stages):
+        super().__init__("; ".join(f"stage {r.name} failed: {(r.error or '')[:500]}" for r in stages.failed()))
 
 
 @contextlib.contextmanager
@@ -109,9 +123,11 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
             with stages.run("register"):
                 register_task(server, mar, serving.batch_size, serving.max_batch_delay, resolved.initial_workers)
             with stages.run("check"):
-                checks.append(check_task(server, mar.model_name, serving.batch_size))
-                if not checks[-1].passed:
-                    raise check_stage.CheckFailed(checks[-1].detail)
+                checks = check_task(server, mar.model_name, traced.class_names, config.model, config.checks,
+                                    serving.batch_size, serving.max_batch_delay, serving.max_length)
+                failed = [c for c in checks if not c.passed]
+                if failed:
+                    raise check_stage.CheckFailed("; ".join(f"{c.name}: {c.detail}" for c in failed))
             keep = config.keep_serving
             if config.benchmark.enabled:
                 with stages.run("benchmark"):
@@ -119,12 +135,20 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
                         f"{server.inference_url}/predictions/{mar.model_name}", server.inference_headers(),
                         config.benchmark.concurrency, config.benchmark.duration, config.benchmark.warmup, log,
                     )
+    except Exception as error:
+        if not stages.failed():
+            raise
+        raise StageFailed(stages) from error  # the Failed state then names the stage
     finally:
         # The run directory records a started server even when start itself did not return.
         server = server or server_stage.load_record(run_dir / "server")
+        stop_error = None
         if server is not None and not keep:
-            with stages.run("stop"):
-                stop_task(server)
+            try:
+                with stages.run("stop"):
+                    stop_task(server)
+            except Exception as error:  # recorded; raised once the summary and artifacts are out
+                stop_error = error
         summary = build_summary(
             stages, checks, bench, config.model_dump(mode="json"),
             {"run_dir": str(run_dir), "resolved": resolved.model_dump(), "kept_serving": keep,
@@ -134,7 +158,10 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
         )
         write_summary(run_dir, summary)
         publish_artifacts(summary, checks, run_dir)
+        publish_run_config({"config_file": config_file, "overrides": overrides}, summary)
         log.info("summary: %s", run_dir / "summary.json")
+        if stop_error is not None:
+            raise StageFailed(stages) from stop_error
     if keep:
         log.info("TorchServe kept serving at %s; stop it with: python -m flows.stop", server.inference_url)
     return summary
@@ -164,6 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="address TorchServe binds to (default 127.0.0.1; anything else warns)")
     parser.add_argument("--no-token-auth", dest="serving.token_auth", action="store_const", const=False,
                         help="turn TorchServe token auth off, for legacy clients that send no token (warns)")
+    parser.add_argument("--accuracy-file", dest="checks.accuracy_file",
+                        help="labelled pairs (MRPC TSV) to send through the server, e.g. msr_paraphrase_dev.tsv")
+    parser.add_argument("--min-accuracy", dest="checks.min_accuracy", type=float,
+                        help="fail the run when accuracy on --accuracy-file is below this (0-1)")
     parser.add_argument("--concurrency", dest="benchmark.concurrency", type=int)
     parser.add_argument("--duration", dest="benchmark.duration", type=float, help="benchmark seconds")
     parser.add_argument("--no-benchmark", dest="benchmark.enabled", action="store_const", const=False)

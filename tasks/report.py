@@ -79,6 +79,20 @@ def versions() -> dict[str, str]:
     return found
 
 
+def host() -> dict:
+    """Which machine ran: enough to tell two nightly hosts (or a changed host) apart."""
+    import psutil
+
+    return {
+        "name": platform.node(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
 def build_summary(
     stages: Stages,
     checks: list[CheckResult],
@@ -93,6 +107,7 @@ def build_summary(
         "checks": [c.model_dump(exclude={"predictions"}) for c in checks],
         "benchmark": bench.model_dump() if bench else None,
         "versions": versions(),
+        "host": host(),
         "config": config,
         **extra,
     }
@@ -129,14 +144,61 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path) -
 
     create_markdown_artifact(key="summary", markdown=markdown(summary, run_dir), description="Run summary")
     rows = [
-        {"check": c.name, "seq_0": p.seq_0, "seq_1": p.seq_1, "expected": p.expected, "answer": p.answer,
-         "http": p.status_code, "latency_ms": round(p.latency_ms, 1)}
+        {"check": c.name, "seq_0": p.seq_0[:120], "seq_1": p.seq_1[:120], "expected": p.expected,
+         "answer": p.answer, "http": p.status_code, "probability": p.probability, "truncated": p.truncated,
+         "latency_ms": round(p.latency_ms, 1)}
         for c in checks for p in c.predictions
     ]
     if rows:
         create_table_artifact(key="predictions", table=rows, description="Predictions from the check stage")
+    accuracy = next((c for c in checks if c.name == "accuracy"), None)
+    if accuracy is not None:
+        (tn, fp), (fn, tp) = accuracy.metrics["confusion"]
+        table = [{"figure": k, "value": v} for k, v in accuracy.metrics.items() if k != "confusion"]
+        table += [{"figure": "true not paraphrase / predicted not paraphrase (tn)", "value": tn},
+                  {"figure": "true not paraphrase / predicted paraphrase (fp)", "value": fp},
+                  {"figure": "true paraphrase / predicted not paraphrase (fn)", "value": fn},
+                  {"figure": "true paraphrase / predicted paraphrase (tp)", "value": tp}]
+        create_table_artifact(key="accuracy", table=table, description=accuracy.detail)
     bench = summary.get("benchmark")
     if bench:
         table = [{"figure": k, "value": round(v, 2)} for k, v in bench.items() if isinstance(v, (int, float))]
         table += [{"figure": f"latency_ms {k}", "value": round(v, 2)} for k, v in bench["latency_ms"].items()]
         create_table_artifact(key="benchmark", table=table, description="Benchmark figures")
+
+
+RUN_CONFIG_KEY = "run-config"
+
+
+def _flatten(prefix: str, value) -> list[tuple[str, object]]:
+    if isinstance(value, dict) and value:
+        return [pair for key in sorted(value)
+                for pair in _flatten(f"{prefix}.{key}" if prefix else str(key), value[key])]
+    return [(prefix, value)]
+
+
+def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
+    """One row per setting, in a fixed order, so two runs' tables line up side by side:
+    the flow's parameters, the configuration they gave, what `auto` resolved to, package
+    versions and the host. Built from the summary and parameters only, which hold no key."""
+    sections = [
+        ("parameter", {"config_file": parameters.get("config_file"),
+                       "overrides": json.dumps(parameters.get("overrides") or {}, sort_keys=True, default=str)}),
+        ("config", summary.get("config") or {}),
+        ("resolved", summary.get("resolved") or {}),
+        ("version", summary.get("versions") or {}),
+        ("host", summary.get("host") or {}),
+    ]
+    return [
+        {"section": section, "name": name,
+         "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)}
+        for section, values in sections for name, value in _flatten("", values)
+    ]
+
+
+def publish_run_config(parameters: dict, summary: dict) -> None:
+    """The run's parameters, resolved configuration, versions and host as a table artifact."""
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key=RUN_CONFIG_KEY, table=run_config_rows(parameters, summary),
+                          description="Parameters, resolved configuration, package versions and host of this run")

@@ -49,10 +49,15 @@ def test_all_seven_stages_complete_and_are_timed(run):
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in summary["stages"]), summary["stages"]
 
 
-def test_tutorial_check_gets_every_label_right(run):
-    (check,) = run["summary"]["checks"]
-    assert check["passed"], check["detail"]
-    assert check["detail"].startswith("6/6")
+CHECKS = ["tutorial pairs (full batch)", "partial batch", "golden pairs", "parity with in-process model",
+          "malformed requests isolated", "texts over max_length 128 truncated"]
+
+
+def test_every_correctness_check_runs_and_passes(run):
+    checks = run["summary"]["checks"]
+    assert [c["name"] for c in checks] == CHECKS
+    assert all(c["passed"] for c in checks), [c["detail"] for c in checks if not c["passed"]]
+    assert checks[0]["detail"].startswith("6/6")
 
 
 def test_benchmark_reports_throughput_and_latency(run):
@@ -88,7 +93,8 @@ def test_results_are_artifacts_of_the_flow_run(run):
     assert "**ok**" in by_key["summary"].data
     predictions = json.loads(by_key["predictions"].data) if isinstance(by_key["predictions"].data, str) \
         else by_key["predictions"].data
-    assert len(predictions) == 6
+    assert sum(row["check"] == "tutorial pairs (full batch)" for row in predictions) == 6
+    assert {row["check"] for row in predictions} >= {"golden pairs", "malformed requests isolated"}
 
 
 def test_no_key_in_summary_artifacts_or_flow_log(run):

@@ -1,0 +1,322 @@
+"""The nightly setup on one host, in one command each way.
+
+    .venv/bin/python deployments/local.py up      # server + work pools + deploy + worker + one run
+    .venv/bin/python deployments/local.py down    # stop exactly what `up` started
+    .venv/bin/python deployments/local.py status
+
+`up` starts a Prefect server on 127.0.0.1 (SQLite under .prefect-local/), creates the process
+work pools named in prefect.yaml from deployments/process-pool.json, runs `prefect deploy --all`,
+starts a process worker on the CPU pool and triggers one run with `prefect deployment run`.
+Every process it starts gets its own process group and a pid file under .prefect-local/pids/,
+so `down` stops exactly those: first the flow runs in progress (SIGTERM: the flow stops its
+TorchServe), then the workers, then the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = Path(sys.executable).parent / "prefect"
+POOL_TEMPLATE = ROOT / "deployments" / "process-pool.json"
+DEFAULT_DEPLOYMENT = "bert-serving-validation/nightly-cpu-embedded"
+DEFAULT_POOL = "bert-validation-cpu"
+FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+
+
+class LocalError(RuntimeError):
+    """Something `up` or `down` cannot do; the message says why and what to do."""
+
+
+def _state_dir(args) -> Path:
+    return Path(args.dir or os.environ.get("BERT_LOCAL_DIR") or ROOT / ".prefect-local").resolve()
+
+
+def api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
+def prefect_env(state: Path, port: int) -> dict[str, str]:
+    """The environment of every Prefect process here: this server, this state directory, no analytics."""
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(state / "home"),
+        PREFECT_API_URL=api_url(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{state / 'prefect.db'}",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    return env
+
+
+# -- pid files: "pid create_time", so a recycled pid is never taken for ours ------------------
+
+
+def _pid_file(state: Path, name: str) -> Path:
+    return state / "pids" / f"{name}.pid"
+
+
+def _record(state: Path, name: str, process: subprocess.Popen) -> None:
+    path = _pid_file(state, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{process.pid} {psutil.Process(process.pid).create_time()}\n")
+
+
+def _recorded(state: Path, name: str) -> psutil.Process | None:
+    """The live process a pid file names, or None (and the stale file is removed)."""
+    path = _pid_file(state, name)
+    try:
+        pid, created = path.read_text().split()
+        process = psutil.Process(int(pid))
+        if abs(process.create_time() - float(created)) < 0.01 and process.status() != psutil.STATUS_ZOMBIE:
+            return process
+    except (OSError, ValueError, psutil.Error):
+        pass
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _names(state: Path, prefix: str) -> list[str]:
+    folder = state / "pids"
+    return sorted(p.stem for p in folder.glob(f"{prefix}*.pid")) if folder.is_dir() else []
+
+
+def _spawn(state: Path, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    _record(state, name, process)
+    return process
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 300) -> str:
+    try:
+        done = subprocess.run([str(PREFECT), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LocalError(f"{what}: `prefect {' '.join(args)}` took over {timeout:.0f} s") from None
+    if done.returncode != 0:
+        raise LocalError(f"{what} failed: `prefect {' '.join(args)}`\n{(done.stdout + done.stderr)[-3000:]}")
+    return done.stdout
+
+
+# -- up ---------------------------------------------------------------------------------------
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"{api_url(port)}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_server(state: Path, port: int, env: dict[str, str], timeout: float = 180) -> None:
+    if _recorded(state, "server") is not None:
+        if not _healthy(port):
+            raise LocalError(f"a server from {state} is running but not answering on port {port}; "
+                             "run `down` first, or pass the --port it was started with")
+        print(f"server: already up at {api_url(port)}")
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise LocalError(f"port {port} on 127.0.0.1 is taken by another program; pass --port N") from None
+    process = _spawn(state, "server", [str(PREFECT), "server", "start", "--host", "127.0.0.1",
+                                       "--port", str(port)], env)
+    deadline = time.monotonic() + timeout
+    while not _healthy(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise LocalError(f"the Prefect server did not come up on port {port}; its log:\n"
+                             f"{_tail(state / 'logs' / 'server.log')}")
+        time.sleep(0.5)
+    print(f"server: {api_url(port)} (SQLite: {state / 'prefect.db'})")
+
+
+def work_pools() -> list[str]:
+    """The work pools prefect.yaml's deployments name, in order."""
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    pools = [d["work_pool"]["name"] for d in config["deployments"]]
+    return list(dict.fromkeys(pools))
+
+
+def create_pools(env: dict[str, str]) -> None:
+    for pool in work_pools():
+        _prefect(["work-pool", "create", pool, "--type", "process", "--base-job-template", str(POOL_TEMPLATE),
+                  "--overwrite"], env, f"creating work pool {pool}")
+        print(f"work pool: {pool}")
+
+
+def deploy(env: dict[str, str]) -> None:
+    # Deployed with BERT_VALIDATION_HOME unset: the pull step keeps its placeholder and each
+    # worker resolves it to its own checkout (see prefect.yaml).
+    deploy_env = {k: v for k, v in env.items() if k != "BERT_VALIDATION_HOME"}
+    _prefect(["deploy", "--all"], deploy_env, "prefect deploy --all")
+    print("deployed: prefect.yaml (--all)")
+
+
+def start_workers(state: Path, env: dict[str, str], pool: str, count: int) -> None:
+    worker_env = dict(env, BERT_VALIDATION_HOME=str(ROOT))
+    for index in range(1, count + 1):
+        name = f"worker-{index}"
+        if _recorded(state, name) is not None:
+            print(f"{name}: already running")
+            continue
+        # --limit 1: this host runs one validation (one TorchServe) at a time, whatever the deployment.
+        _spawn(state, name, [str(PREFECT), "worker", "start", "--pool", pool, "--type", "process",
+                             "--name", f"{socket.gethostname()}-{name}", "--limit", "1"], worker_env)
+        print(f"{name}: polling {pool} (log {state / 'logs' / (name + '.log')})")
+
+
+def trigger(env: dict[str, str], deployment: str, params: str | None) -> str:
+    command = ["deployment", "run", deployment]
+    if params:
+        command += ["--params", params]
+    out = _prefect(command, env, f"prefect deployment run {deployment}")
+    found = FLOW_RUN_ID.search(out)
+    if not found:
+        raise LocalError(f"no flow run id in the output of `prefect deployment run`:\n{out}")
+    return found.group(1)
+
+
+def up(args) -> int:
+    state = _state_dir(args)
+    if not PREFECT.is_file():
+        raise LocalError(f"{PREFECT} not found; run ./setup.sh first")
+    if args.params:
+        json.loads(args.params)  # refuse bad JSON before anything starts
+    state.mkdir(parents=True, exist_ok=True)
+    env = prefect_env(state, args.port)
+    start_server(state, args.port, env)
+    create_pools(env)
+    deploy(env)
+    start_workers(state, env, args.pool, args.workers)
+    if not args.no_run:
+        flow_run = trigger(env, args.deployment, args.params)
+        print(f"flow run: {flow_run}")
+        print(f"  API:  {api_url(args.port)}/flow_runs/{flow_run}  (artifacts: POST "
+              f"{api_url(args.port)}/artifacts/filter)")
+        print(f"  UI:   http://127.0.0.1:{args.port}/runs/flow-run/{flow_run}")
+    print("stop everything: .venv/bin/python deployments/local.py down" + (f" --dir {state}" if args.dir else ""))
+    return 0
+
+
+# -- down -------------------------------------------------------------------------------------
+
+
+def _terminate(processes: list[psutil.Process], grace: float, group: bool) -> list[psutil.Process]:
+    """SIGTERM (to the process group where asked), wait, then SIGKILL what is left."""
+    for process in processes:
+        try:
+            if group:
+                os.killpg(process.pid, signal.SIGTERM)
+            else:
+                process.terminate()
+        except (ProcessLookupError, psutil.Error):
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        try:
+            os.killpg(process.pid, signal.SIGKILL) if group else process.kill()
+        except (ProcessLookupError, psutil.Error):
+            pass
+    _, still = psutil.wait_procs(alive, timeout=5)
+    return still
+
+
+def down(args) -> int:
+    state = _state_dir(args)
+    left: list[psutil.Process] = []
+    workers = [p for p in (_recorded(state, n) for n in _names(state, "worker-")) if p is not None]
+    # Flow runs in progress first: SIGTERM reaches the flow, whose `finally` stops TorchServe and
+    # publishes the run's summary while the server is still up to take it.
+    descendants = [child for worker in workers for child in _children(worker)]
+    runs = [child for worker in workers for child in _children(worker, recursive=False)]
+    if runs:
+        print(f"stopping {len(runs)} flow run(s) in progress")
+        left += _terminate(runs, grace=120, group=True)
+    if workers:
+        print(f"stopping {len(workers)} worker(s)")
+        left += _terminate(workers, grace=30, group=True)
+    # Anything a run left (it would be a TorchServe of a run killed outright) goes too.
+    left += _terminate([p for p in descendants if p.is_running()], grace=30, group=False)
+    server = _recorded(state, "server")
+    if server is not None:
+        print("stopping the Prefect server")
+        left += _terminate([server, *_children(server)], grace=30, group=False)
+    for name in _names(state, ""):
+        _pid_file(state, name).unlink(missing_ok=True)
+    if left:
+        print(f"error: still running: {[p.pid for p in left]}", file=sys.stderr)
+        return 1
+    print("down: no process left")
+    return 0
+
+
+def _children(process: psutil.Process, recursive: bool = True) -> list[psutil.Process]:
+    try:
+        return process.children(recursive=recursive)
+    except psutil.Error:
+        return []
+
+
+def status(args) -> int:
+    state = _state_dir(args)
+    names = _names(state, "")
+    for name in names:
+        process = _recorded(state, name)
+        print(f"{name}: {'pid ' + str(process.pid) if process else 'not running'}")
+    print(f"server API {api_url(args.port)}: {'healthy' if _healthy(args.port) else 'not answering'}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--dir", help="state directory: SQLite database, logs, pid files "
+                        "(default: $BERT_LOCAL_DIR or .prefect-local/)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("BERT_LOCAL_PORT", 4200)),
+                        help="Prefect server port on 127.0.0.1 (default: $BERT_LOCAL_PORT or 4200)")
+    parser.add_argument("--workers", type=int, default=1, help="process workers on the pool (default: 1)")
+    parser.add_argument("--pool", default=DEFAULT_POOL, help="work pool the workers poll (default: %(default)s)")
+    parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help="deployment to run (default: %(default)s)")
+    parser.add_argument("--params", help="JSON parameters for the run, e.g. "
+                        "'{\"overrides\": {\"benchmark.duration\": 5}}'")
+    parser.add_argument("--no-run", action="store_true", help="set up, but trigger no run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return {"up": up, "down": down, "status": status}[args.command](args)
+    except LocalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

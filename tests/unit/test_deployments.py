@@ -1,0 +1,112 @@
+"""prefect.yaml, the per-target configs, the work-pool template, and the run-config artifact's rows."""
+
+import importlib.util
+import json
+import os
+import platform
+
+import pytest
+import yaml
+
+from tasks.config import REPO_ROOT, load_config
+from tasks.report import Stages, build_summary, host, run_config_rows
+
+PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in PREFECT_YAML["deployments"]}
+
+
+def _local_helper():
+    spec = importlib.util.spec_from_file_location("deployments_local", REPO_ROOT / "deployments" / "local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_nightly_deployment_per_target_each_on_its_own_pool():
+    assert set(DEPLOYMENTS) == {"nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu"}
+    pools = [d["work_pool"]["name"] for d in DEPLOYMENTS.values()]
+    assert len(set(pools)) == 3
+    for deployment in DEPLOYMENTS.values():
+        assert deployment["entrypoint"] == "flows/validate.py:validate"
+        assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        (schedule,) = deployment["schedules"]
+        assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "UTC"
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_each_deployments_config_file_is_a_valid_run_config(name):
+    config = load_config(REPO_ROOT / DEPLOYMENTS[name]["parameters"]["config_file"])
+    assert config.serving.address == "127.0.0.1" and config.serving.token_auth
+
+
+def test_inf2_xlarge_serves_one_worker_per_neuron_core():
+    assert load_config(REPO_ROOT / "configs" / "inf2-xlarge.yaml").serving.initial_workers == 2
+
+
+def test_pull_step_moves_the_run_into_the_workers_checkout():
+    assert PREFECT_YAML["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}]
+
+
+def test_pull_step_placeholder_is_resolved_from_the_environment_at_run_time(monkeypatch, tmp_path):
+    from prefect.utilities.templating import apply_values
+
+    monkeypatch.setenv("BERT_VALIDATION_HOME", str(tmp_path))
+    # What prefect's run_step does with a step's inputs on the worker.
+    assert apply_values(PREFECT_YAML["pull"][0], os.environ) == {
+        "prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}
+
+
+def test_work_pool_template_is_a_process_template_and_the_helper_creates_every_pool():
+    template = json.loads((REPO_ROOT / "deployments" / "process-pool.json").read_text())
+    assert set(template) == {"job_configuration", "variables"}
+    assert template["job_configuration"]["working_dir"] == "{{ working_dir }}"
+    assert _local_helper().work_pools() == [d["work_pool"]["name"] for d in DEPLOYMENTS.values()]
+
+
+def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
+    local = _local_helper()
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "server.pid").write_text("999999999 1.0\n")
+    assert local._recorded(tmp_path, "server") is None
+    assert not (tmp_path / "pids" / "server.pid").exists()
+
+
+def _summary():
+    stages = Stages(["trace", "stop"])
+    for name in ("trace", "stop"):
+        with stages.run(name):
+            pass
+    config = {"model": {"source": "embedded"}, "serving": {"batch_size": 6, "initial_workers": "auto"},
+              "runs_dir": "/tmp/runs"}
+    return build_summary(stages, [], None, config, {"resolved": {"initial_workers": 2, "threads_per_worker": 1}})
+
+
+def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
+    parameters = {"config_file": "configs/default.yaml", "overrides": {"serving.free_ports": True}}
+    rows = run_config_rows(parameters, _summary())
+    table = {(r["section"], r["name"]): r["value"] for r in rows}
+    assert table[("parameter", "config_file")] == "configs/default.yaml"
+    assert json.loads(table[("parameter", "overrides")]) == {"serving.free_ports": True}
+    assert table[("config", "serving.batch_size")] == "6"
+    assert table[("config", "serving.initial_workers")] == "auto"
+    assert table[("resolved", "initial_workers")] == "2"
+    assert table[("version", "prefect")] == "3.8.8"
+    assert table[("host", "name")] == platform.node()
+    assert table[("host", "cpus")] == str(os.cpu_count())
+    assert [r["section"] for r in rows] == sorted([r["section"] for r in rows], key=[
+        "parameter", "config", "resolved", "version", "host"].index)
+    assert all(set(r) == {"section", "name", "value"} and isinstance(r["value"], str) for r in rows)
+
+
+def test_run_config_rows_line_up_between_runs_and_tolerate_no_overrides():
+    first = run_config_rows({"config_file": "a.yaml", "overrides": None}, _summary())
+    second = run_config_rows({"config_file": "b.yaml"}, _summary())
+    assert [(r["section"], r["name"]) for r in first] == [(r["section"], r["name"]) for r in second]
+    assert next(r["value"] for r in first if r["name"] == "overrides") == "{}"
+
+
+def test_host_names_the_machine_os_and_cpus():
+    facts = host()
+    assert facts["name"] == platform.node() and facts["cpus"] == os.cpu_count()
+    assert facts["os"] and facts["physical_cores"] >= 1 and facts["memory_gib"] > 0
