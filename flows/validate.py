@@ -112,7 +112,8 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
     try:
         with sigterm_raises():
             with stages.run("trace"):
-                traced = trace_task(config.model, serving.batch_size, serving.max_length, run_dir / "model")
+                traced = trace_task(config.model, serving.batch_size, serving.max_length, run_dir / "model",
+                                    resolved.backend)
             with stages.run("archive"):
                 mar = archive_task(traced, run_dir / "model_store")
             with stages.run("start"):
@@ -185,6 +186,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", dest="serving.max_length", type=int)
     parser.add_argument("--max-batch-delay", dest="serving.max_batch_delay", type=int, help="ms")
     parser.add_argument("--workers", dest="serving.initial_workers", help="number, or 'auto'")
+    parser.add_argument("--backend", dest="serving.backend", choices=["auto", "neuron", "cuda", "cpu"],
+                        help="where to compile and serve (default auto)")
+    parser.add_argument("--instance-type", dest="serving.instance_type",
+                        help="e.g. inf2.xlarge, to count NeuronCores where neuron-ls is missing")
     parser.add_argument("--free-ports", dest="serving.free_ports", action="store_const", const=True,
                         help="pick free ports instead of 8080-8082")
     parser.add_argument("--address", dest="serving.address",
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     config_file = args.pop("config")
     overrides = {key: value for key, value in args.items() if value is not None}
     try:
-        load_config(config_file, overrides)  # refuse a bad config before Prefect starts anything
+        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything.
+        resolve_serving(load_config(config_file, overrides).serving)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

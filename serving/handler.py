@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_INFO_FILE = "model_info.json"
 THREADS_ENV = "BERT_THREADS_PER_WORKER"
+BACKEND_ENV = "BERT_BACKEND"  # the backend this server was started for (set by the pipeline)
 FIELDS = ("seq_0", "seq_1")
 # Longer than max_length is truncated, not refused; but a text this long is not a sentence, and
 # tokenizing it would stall the batch it arrived in.
@@ -110,6 +111,30 @@ def pad_to_batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[tor
     return tuple(torch.cat([t, t[:1].expand(batch_size - rows, *t.shape[1:])]) for t in inputs)
 
 
+def prepare_backend(backend: str, gpu_id) -> torch.device:
+    """Get the worker ready for a model traced for `backend`; refuse one traced for another."""
+    serving = os.environ.get(BACKEND_ENV, backend)
+    if backend != serving:
+        raise RuntimeError(
+            f"this model was traced for backend {backend!r} but the server runs the {serving!r} backend; "
+            f"trace it again with serving.backend: {serving}"
+        )
+    if backend == "neuron":
+        # Each worker process takes one NeuronCore of its own from the Neuron runtime.
+        os.environ.setdefault("NEURON_RT_NUM_CORES", "1")
+        try:
+            import torch_neuronx  # noqa: F401  registers the Neuron ops torch.jit.load needs
+        except ImportError:
+            raise RuntimeError("this model was traced for neuron, but torch_neuronx is not installed "
+                               "in this worker's environment") from None
+        return torch.device("cpu")  # a Neuron graph takes its inputs on the host
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("this model was traced for cuda, but no CUDA GPU is visible to this worker")
+        return torch.device(f"cuda:{gpu_id if gpu_id is not None else 0}")
+    return torch.device("cpu")
+
+
 class ParaphraseHandler(BaseHandler):
     """initialize / preprocess / inference / postprocess, as TorchServe's BaseHandler lays out."""
 
@@ -121,16 +146,16 @@ class ParaphraseHandler(BaseHandler):
         if threads > 0:
             # One worker per core: more intra-op threads than that only makes workers fight.
             torch.set_num_threads(threads)
-        self.device = torch.device("cpu")
+        self.device = prepare_backend(self.info.get("backend", "cpu"), context.system_properties.get("gpu_id"))
         serialized = context.manifest["model"]["serializedFile"]
         self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.class_names = self.info["class_names"]
         self.initialized = True
         logger.info(
-            "loaded %s (%s) batch_size=%s max_length=%s threads=%s",
-            serialized, self.info["kind"], self.info["batch_size"], self.info["max_length"],
-            torch.get_num_threads(),
+            "loaded %s (%s, %s on %s) batch_size=%s max_length=%s threads=%s",
+            serialized, self.info["kind"], self.info.get("backend", "cpu"), self.device, self.info["batch_size"],
+            self.info["max_length"], torch.get_num_threads(),
         )
 
     def preprocess(self, pairs: list[tuple[str, str]]):
@@ -139,7 +164,7 @@ class ParaphraseHandler(BaseHandler):
 
     def inference(self, inputs, *args, **kwargs) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(*inputs)
+            return self.model(*(t.to(self.device) for t in inputs)).cpu()
 
     def postprocess(self, scores: torch.Tensor, count: int) -> list[tuple[str, float] | None]:
         """Label and paraphrase probability for the first `count` rows; the rest were padding.

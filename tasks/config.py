@@ -12,7 +12,6 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -60,8 +59,14 @@ class ServingConfig(_Section):
         le=60_000,
         description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
     )
+    backend: Literal["auto", "neuron", "cuda", "cpu"] = Field(
+        "auto", description="auto: neuron if torch_neuronx and a NeuronCore are there, else cuda, else cpu"
+    )
+    instance_type: str | None = Field(
+        None, description="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)"
+    )
     initial_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="auto: one worker per physical CPU core"
+        "auto", description="auto: one per NeuronCore / GPU / physical CPU core; never more than that"
     )
     address: str = Field("127.0.0.1", description="address TorchServe binds to; not loopback warns")
     token_auth: bool = Field(
@@ -147,12 +152,15 @@ class RunConfig(_Section):
 
 
 class ResolvedServing(BaseModel):
-    """What 'auto' turned into on this host."""
+    """What 'auto' turned into on this host, and where each number came from."""
 
-    initial_workers: int
-    threads_per_worker: int
+    backend: str
+    device_name: str
     cores: int
     cores_source: str
+    initial_workers: int
+    threads_per_worker: int
+    versions: dict[str, str] = {}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -173,14 +181,29 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def resolve_serving(serving: ServingConfig) -> ResolvedServing:
-    """Size workers to the host: one per physical core, threads split so workers don't oversubscribe."""
-    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    workers = cores if serving.initial_workers == "auto" else serving.initial_workers
+    """Pick the backend and size the workers to it, before anything starts.
+
+    One worker per NeuronCore / GPU / physical core by default; asking for more is refused,
+    naming the count and its source. CPU threads are split so workers don't oversubscribe.
+    """
+    from tasks.backends import BackendError, detect, physical_cores
+
+    try:
+        accelerator = detect(serving.backend, serving.instance_type)
+    except BackendError as error:
+        raise ConfigError(f"serving.backend = {serving.backend!r}: {error}") from None
+    workers = accelerator.cores if serving.initial_workers == "auto" else serving.initial_workers
+    if workers > accelerator.cores:
+        unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical CPU cores"}[accelerator.backend]
+        raise ConfigError(
+            f"serving.initial_workers = {workers}: this host has {accelerator.cores} {unit} "
+            f"(from {accelerator.cores_source}), and each worker needs one of its own\n"
+            f"fix: set serving.initial_workers to {accelerator.cores} or fewer, or to auto"
+        )
     return ResolvedServing(
+        **accelerator.model_dump(),
         initial_workers=workers,
-        threads_per_worker=max(1, cores // workers),
-        cores=cores,
-        cores_source="physical CPU cores (psutil)",
+        threads_per_worker=max(1, physical_cores() // workers),
     )
 
 

@@ -26,7 +26,7 @@ import httpx
 import psutil
 from pydantic import BaseModel, SecretStr
 
-from serving.handler import THREADS_ENV
+from serving.handler import BACKEND_ENV, THREADS_ENV
 from tasks.config import ResolvedServing, ServingConfig
 
 SERVER_RECORD = "server.json"
@@ -172,7 +172,8 @@ def _port_owner(port: int) -> str:
     return ""
 
 
-def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path) -> Path:
+def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path,
+                 gpus: int = 0) -> Path:
     host = serving.address
     lines = [
         f"inference_address=http://{host}:{ports['inference']}",
@@ -190,6 +191,8 @@ def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Pat
         f"disable_token_authorization={'false' if serving.token_auth else 'true'}",
         f"default_response_timeout={serving.response_timeout}",
         "install_py_dep_per_model=false",
+        # GPUs TorchServe may hand to workers: none unless the backend is cuda.
+        f"number_of_gpu={gpus}",
     ]
     path = server_dir / "config.properties"
     path.write_text("\n".join(lines) + "\n")
@@ -209,7 +212,8 @@ def start(
     server_dir.mkdir(parents=True, exist_ok=True)
     (server_dir / "logs").mkdir(exist_ok=True)
     ports = pick_ports(serving)
-    config_file = write_config(serving, ports, model_store, server_dir)
+    gpus = resolved.cores if resolved.backend == "cuda" else 0
+    config_file = write_config(serving, ports, model_store, server_dir, gpus)
     # A short path of its own: TorchServe's pid file and worker unix sockets (<=108 chars) go here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
     env = dict(
@@ -220,7 +224,7 @@ def start(
         METRICS_LOCATION=str(server_dir / "logs"),
         JAVA_HOME=str(Path(java).resolve().parent.parent),
         OMP_NUM_THREADS=str(resolved.threads_per_worker),
-        **{THREADS_ENV: str(resolved.threads_per_worker)},
+        **{THREADS_ENV: str(resolved.threads_per_worker), BACKEND_ENV: resolved.backend},
     )
     command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
                "--ts-config", str(config_file)]

@@ -135,27 +135,29 @@ def _detect_kind(config) -> str:
     return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
 
 
-def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path) -> TracedModel:
-    """Trace at batch_size x max_length on the CPU, check it against the untraced model, save it all."""
+def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path, backend: str = "cpu") -> TracedModel:
+    """Compile at batch_size x max_length for the backend, check it against the untraced model, save it all."""
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapped, tokenizer, kind = load_checkpoint(model)
     pairs = [EXAMPLE_PAIRS[i % len(EXAMPLE_PAIRS)] for i in range(batch_size)]
     inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length)
     with torch.inference_mode():
-        traced = torch.jit.trace(wrapped, inputs)
-        expected, got = wrapped(*inputs), traced(*inputs)
+        expected = wrapped(*inputs)  # on the CPU, before any move to a device
+        traced, device_inputs = compile_for(backend, wrapped, inputs)
+        got = traced(*device_inputs).cpu()
     diff = _parity(expected, got)
     torch.jit.save(traced, str(out_dir / MODEL_FILE))
     tokenizer_files = [Path(p) for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
     info = {
         "kind": kind,
-        "backend": "cpu",
+        "backend": backend,
         "batch_size": batch_size,
         "max_length": max_length,
         "class_names": wrapped.class_names,
         "threshold": model.threshold if kind == "bi-encoder" else None,
         "source": model.source,
         "parity_max_abs_diff": diff,
+        "parity_labels_agree": f"{batch_size}/{batch_size}",
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -175,8 +177,20 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path) -
     )
 
 
+def compile_for(backend: str, wrapped: torch.nn.Module, inputs: tuple) -> tuple[torch.nn.Module, tuple]:
+    """One static graph for the backend; returns it with the inputs moved where it runs."""
+    if backend == "neuron":
+        import torch_neuronx  # only on Inf2/Trn1 hosts; compiles for one NeuronCore
+
+        return torch_neuronx.trace(wrapped, inputs), inputs
+    if backend == "cuda":
+        wrapped = wrapped.to("cuda")
+        inputs = tuple(t.to("cuda") for t in inputs)
+    return torch.jit.trace(wrapped, inputs), inputs
+
+
 def _parity(expected: torch.Tensor, got: torch.Tensor) -> float:
-    """Fail on NaN/Inf (reported after Neuron tracing with newer transformers) or drift."""
+    """Fail on NaN/Inf (reported after Neuron tracing with newer transformers), drift or a changed label."""
     if not torch.isfinite(got).all():
         raise TraceError("the traced model returned NaN or Inf scores; do not serve it")
     diff = float((expected - got).abs().max())

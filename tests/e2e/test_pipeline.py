@@ -8,6 +8,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 import tasks.server
+from tasks import backends
 from flows import stop as stop_cli
 from flows.validate import STAGES, validate
 from tasks.config import DEFAULT_CONFIG_FILE
@@ -40,6 +41,13 @@ def run(prefect_server, tmp_path_factory):
         state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides, return_state=True)
     summary = state.result()
     return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
+
+
+def test_auto_backend_is_cpu_here_with_one_worker_per_physical_core(run):
+    resolved = run["summary"]["resolved"]
+    assert resolved["backend"] == "cpu"
+    assert resolved["initial_workers"] == resolved["cores"] == backends.physical_cores()
+    assert json.loads((run["run_dir"] / "model" / "model_info.json").read_text())["backend"] == "cpu"
 
 
 def test_all_seven_stages_complete_and_are_timed(run):

@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 import tasks.config as config_module
+from tasks import backends
 from tasks.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
 
 
@@ -91,7 +92,8 @@ def cores(monkeypatch):
 
     def set_cores(physical, logical):
         counts.update(physical=physical, logical=logical)
-        monkeypatch.setattr(config_module.psutil, "cpu_count", cpu_count)
+        monkeypatch.setattr(backends.psutil, "cpu_count", cpu_count)
+        monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: False)
 
     return set_cores
 
@@ -111,11 +113,13 @@ def test_fixed_workers_split_the_cores_into_threads(cores):
     assert resolved.threads_per_worker == 4
 
 
-def test_threads_never_below_one(cores):
+def test_more_workers_than_cores_is_refused_naming_the_count_and_its_source(cores):
     cores(physical=2, logical=4)
-    resolved = resolve_serving(ServingConfig(initial_workers=6))
-    assert resolved.initial_workers == 6
-    assert resolved.threads_per_worker == 1
+    with pytest.raises(ConfigError) as caught:
+        resolve_serving(ServingConfig(initial_workers=6))
+    message = str(caught.value)
+    assert "serving.initial_workers = 6" in message and "2 physical CPU cores" in message
+    assert "psutil" in message and "2 or fewer" in message
 
 
 def test_unknown_physical_cores_falls_back_to_logical(cores):

@@ -8,6 +8,7 @@ import platform
 import pytest
 import yaml
 
+from tasks.backends import neuron_core_count
 from tasks.config import REPO_ROOT, load_config
 from tasks.report import Stages, build_summary, host, run_config_rows
 
@@ -39,8 +40,11 @@ def test_each_deployments_config_file_is_a_valid_run_config(name):
     assert config.serving.address == "127.0.0.1" and config.serving.token_auth
 
 
-def test_inf2_xlarge_serves_one_worker_per_neuron_core():
-    assert load_config(REPO_ROOT / "configs" / "inf2-xlarge.yaml").serving.initial_workers == 2
+def test_inf2_xlarge_serves_one_worker_per_neuron_core(monkeypatch, tmp_path):
+    serving = load_config(REPO_ROOT / "configs" / "inf2-xlarge.yaml").serving
+    assert (serving.backend, serving.instance_type, serving.initial_workers) == ("neuron", "inf2.xlarge", "auto")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no neuron-ls: the instance table decides
+    assert neuron_core_count(serving.instance_type)[0] == 2
 
 
 def test_pull_step_moves_the_run_into_the_workers_checkout():

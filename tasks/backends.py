@@ -1,0 +1,141 @@
+"""Which accelerator a run serves on, and how many workers it can hold.
+
+neuron: torch_neuronx compiles for one NeuronCore; each TorchServe worker holds one copy, so
+workers may never outnumber NeuronCores. cuda: one worker per GPU. cpu: one worker per
+physical core. backend=auto picks neuron when torch_neuronx imports and a NeuronCore is
+visible, else cuda when available, else cpu.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import psutil
+import torch
+import yaml
+from pydantic import BaseModel
+
+NEURON_CORES_FILE = Path(__file__).resolve().parent.parent / "configs" / "neuron_cores.yaml"
+# Where a host can say what it is when neuron-ls is not there (set it in the worker's environment).
+INSTANCE_TYPE_ENV = "INSTANCE_TYPE"
+
+
+class BackendError(ValueError):
+    """The requested backend cannot run here, or its cores cannot be counted."""
+
+
+class Accelerator(BaseModel):
+    backend: str
+    device_name: str
+    cores: int
+    cores_source: str
+    versions: dict[str, str] = {}
+
+
+def detect(requested: str = "auto", instance_type: str | None = None) -> Accelerator:
+    """The accelerator to serve on, with its core count and where that count came from."""
+    if requested == "auto":
+        if importlib.util.find_spec("torch_neuronx") and _neuron_visible():
+            requested = "neuron"
+        elif torch.cuda.is_available():
+            requested = "cuda"
+        else:
+            requested = "cpu"
+    return {"neuron": _neuron, "cuda": _cuda, "cpu": _cpu}[requested](instance_type)
+
+
+def _neuron_visible() -> bool:
+    return shutil.which("neuron-ls") is not None or any(Path("/dev").glob("neuron*"))
+
+
+def _neuron(instance_type: str | None) -> Accelerator:
+    if importlib.util.find_spec("torch_neuronx") is None:
+        raise BackendError(
+            "backend neuron: torch_neuronx is not installed\n"
+            "fix: install torch-neuronx from Neuron's package index (see README, 'Running on Inf2/Trn1'), "
+            "or choose serving.backend: auto"
+        )
+    cores, source = neuron_core_count(instance_type)
+    return Accelerator(backend="neuron", device_name=f"{cores} NeuronCores", cores=cores, cores_source=source,
+                       versions=_versions("torch-neuronx", "neuronx-cc"))
+
+
+def neuron_core_count(instance_type: str | None = None) -> tuple[int, str]:
+    """From `neuron-ls --json-output` when present, else from the instance type through the table."""
+    listed = _neuron_ls_cores()
+    if listed:
+        return listed, "neuron-ls --json-output"
+    instance_type = instance_type or os.environ.get(INSTANCE_TYPE_ENV)
+    table = yaml.safe_load(NEURON_CORES_FILE.read_text())
+    if not instance_type:
+        raise BackendError(
+            "cannot count NeuronCores: neuron-ls is not available and no instance type is known\n"
+            f"fix: set serving.instance_type (or {INSTANCE_TYPE_ENV}) to one of {', '.join(table)}"
+        )
+    if instance_type not in table:
+        raise BackendError(
+            f"instance type {instance_type!r} is not in {NEURON_CORES_FILE.name}\n"
+            f"fix: use one of {', '.join(table)}, or add it to that file"
+        )
+    return int(table[instance_type]), f"instance type {instance_type} ({NEURON_CORES_FILE.name})"
+
+
+def _neuron_ls_cores() -> int:
+    neuron_ls = shutil.which("neuron-ls")
+    if neuron_ls is None:
+        return 0
+    done = subprocess.run([neuron_ls, "--json-output"], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        return 0
+    try:
+        listing = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return 0
+    # A list of devices; newer releases may wrap it in an object.
+    devices = listing if isinstance(listing, list) else listing.get("neuron_devices", [])
+    return sum(int(device.get("nc_count", 0)) for device in devices if isinstance(device, dict))
+
+
+def _cuda(instance_type: str | None) -> Accelerator:
+    if not torch.cuda.is_available():
+        raise BackendError("backend cuda: no CUDA GPU is visible to torch\nfix: choose serving.backend: auto or cpu")
+    count = torch.cuda.device_count()
+    return Accelerator(backend="cuda", device_name=torch.cuda.get_device_name(0), cores=count,
+                       cores_source="torch.cuda.device_count()", versions={"cuda": str(torch.version.cuda)})
+
+
+def _cpu(instance_type: str | None) -> Accelerator:
+    return Accelerator(backend="cpu", device_name=_cpu_name(), cores=physical_cores(),
+                       cores_source="psutil.cpu_count(logical=False)")
+
+
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            module = importlib.util.find_spec(package.replace("-", "_"))
+            found[package] = "present (no package metadata)" if module else "not installed"
+    return found

@@ -1,0 +1,123 @@
+"""Backend choice and NeuronCore counting: the tutorial's table, neuron-ls, and the refusals."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from serving.handler import BACKEND_ENV, prepare_backend
+from tasks import backends
+from tasks.config import ConfigError, ServingConfig, resolve_serving
+from tasks.trace import compile_for
+
+STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"
+
+# The tutorial's table (plus trn1n.32xlarge): the spec the code must follow.
+TUTORIAL_CORES = {"inf2.xlarge": 2, "inf2.8xlarge": 2, "inf2.24xlarge": 12, "inf2.48xlarge": 24,
+                  "trn1.2xlarge": 2, "trn1.32xlarge": 32, "trn1n.32xlarge": 32}
+
+
+@pytest.fixture
+def no_neuron_ls(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv(backends.INSTANCE_TYPE_ENV, raising=False)
+
+
+@pytest.fixture
+def neuron_host(monkeypatch, tmp_path):
+    """The stand-in torch_neuronx importable and the stand-in neuron-ls on PATH."""
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    # The stand-in neuron-ls is a Python script: keep this interpreter's directory on PATH.
+    monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{Path(sys.executable).parent}")
+    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_LOG", str(tmp_path / "stand-in.log"))
+    importlib.invalidate_caches()
+    yield tmp_path / "stand-in.log"
+    sys.modules.pop("torch_neuronx", None)
+
+
+@pytest.mark.parametrize("instance_type, cores", sorted(TUTORIAL_CORES.items()))
+def test_every_instance_size_maps_to_its_neuroncores(no_neuron_ls, instance_type, cores):
+    count, source = backends.neuron_core_count(instance_type)
+    assert count == cores
+    assert instance_type in source
+
+
+def test_the_instance_type_can_come_from_the_environment(no_neuron_ls, monkeypatch):
+    monkeypatch.setenv(backends.INSTANCE_TYPE_ENV, "inf2.24xlarge")
+    assert backends.neuron_core_count() == (12, "instance type inf2.24xlarge (neuron_cores.yaml)")
+
+
+def test_an_unknown_or_missing_instance_type_is_refused_with_the_choices(no_neuron_ls):
+    with pytest.raises(backends.BackendError, match="inf2.xlarge"):
+        backends.neuron_core_count("p4d.24xlarge")
+    with pytest.raises(backends.BackendError, match="serving.instance_type"):
+        backends.neuron_core_count(None)
+
+
+def test_neuron_ls_wins_over_the_instance_type(neuron_host, monkeypatch):
+    monkeypatch.setenv("STAND_IN_NEURON_DEVICES", "3")
+    assert backends.neuron_core_count("inf2.xlarge") == (6, "neuron-ls --json-output")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: auto picks cuda")
+def test_auto_picks_cpu_on_this_host(no_neuron_ls):
+    accelerator = backends.detect("auto")
+    assert accelerator.backend == "cpu"
+    assert accelerator.cores == backends.physical_cores()
+
+
+def test_auto_picks_neuron_when_torch_neuronx_imports_and_a_core_is_visible(neuron_host):
+    accelerator = backends.detect("auto")
+    assert accelerator.backend == "neuron" and accelerator.cores == 2
+    assert accelerator.versions["torch-neuronx"] == "present (no package metadata)"
+
+
+def test_workers_default_to_neuroncores_and_more_are_refused_early(neuron_host):
+    resolved = resolve_serving(ServingConfig(backend="neuron"))
+    assert (resolved.backend, resolved.initial_workers, resolved.cores_source) == ("neuron", 2, "neuron-ls --json-output")
+    assert resolved.threads_per_worker >= 1
+    with pytest.raises(ConfigError) as caught:
+        resolve_serving(ServingConfig(backend="neuron", initial_workers=3))
+    assert "2 NeuronCores (from neuron-ls --json-output)" in str(caught.value)
+
+
+def test_a_backend_that_is_not_there_is_refused_before_anything_starts(no_neuron_ls):
+    with pytest.raises(ConfigError, match="torch_neuronx is not installed"):
+        resolve_serving(ServingConfig(backend="neuron"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_serving(ServingConfig(backend="cuda"))
+
+
+def test_neuron_compilation_goes_through_torch_neuronx_trace(neuron_host):
+    module = torch.nn.Linear(4, 2)
+    inputs = (torch.ones(3, 4),)
+    traced, moved = compile_for("neuron", module, inputs)
+    assert torch.allclose(traced(*moved), module(*inputs))
+    events = [json.loads(line) for line in neuron_host.read_text().splitlines()]
+    assert [e["shapes"] for e in events if e["event"] == "trace"] == [[[3, 4]]]
+
+
+def test_the_handler_refuses_a_model_traced_for_another_backend(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "cpu")
+    with pytest.raises(RuntimeError, match="traced for backend 'neuron' but the server runs the 'cpu' backend"):
+        prepare_backend("neuron", None)
+
+
+def test_the_handler_needs_torch_neuronx_for_a_neuron_model(monkeypatch, no_neuron_ls):
+    monkeypatch.setenv(BACKEND_ENV, "neuron")
+    monkeypatch.setitem(sys.modules, "torch_neuronx", None)  # import fails
+    with pytest.raises(RuntimeError, match="torch_neuronx is not installed"):
+        prepare_backend("neuron", None)
+
+
+def test_a_neuron_worker_takes_one_core_before_torch_neuronx_loads(neuron_host, monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "neuron")
+    monkeypatch.delenv("NEURON_RT_NUM_CORES", raising=False)
+    sys.modules.pop("torch_neuronx", None)
+    assert prepare_backend("neuron", None) == torch.device("cpu")
+    imports = [json.loads(line) for line in neuron_host.read_text().splitlines()]
+    assert imports[-1]["event"] == "import" and imports[-1]["NEURON_RT_NUM_CORES"] == "1"
