@@ -75,26 +75,29 @@ def _text(name: str, value) -> str:
     return value
 
 
-def encode_pairs(tokenizer, kind: str, pairs: list[tuple[str, str]], max_length: int):
-    """Tokenize pairs into the traced module's inputs, padded to max_length.
+def encode_pairs(tokenizer, kind: str, pairs: list[tuple[str, str]], max_length: int, buckets=None):
+    """Tokenize pairs into the traced module's inputs, padded to the smallest bucket that holds them.
 
     sequence-classification: one pair encoding [CLS] a [SEP] b [SEP] -> (ids, mask, token types).
     bi-encoder: each sentence on its own -> (ids_0, mask_0, ids_1, mask_1).
-    Returns the tensors and, per pair, whether anything was truncated.
+    Texts longer than max_length are truncated to it. buckets: the traced lengths (default
+    max_length only). Returns the tensors and, per pair, whether anything was truncated.
     """
-    options = dict(padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
     if kind == "sequence-classification":
+        full = [len(ids) for ids in tokenizer(firsts, seconds, truncation=False)["input_ids"]]
+    else:
+        lengths = zip(tokenizer(firsts)["input_ids"], tokenizer(seconds)["input_ids"])
+        full = [max(len(a), len(b)) for a, b in lengths]
+    longest = min(max(full), max_length)
+    length = min((b for b in buckets or [max_length] if b >= longest), default=max_length)
+    options = dict(padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    truncated = [n > max_length for n in full]
+    if kind == "sequence-classification":
         enc = tokenizer(firsts, seconds, **options)
-        full = tokenizer(firsts, seconds, truncation=False)["input_ids"]
-        truncated = [len(ids) > max_length for ids in full]
         return (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), truncated
     enc_0, enc_1 = tokenizer(firsts, **options), tokenizer(seconds, **options)
-    full_0 = tokenizer(firsts, truncation=False)["input_ids"]
-    full_1 = tokenizer(seconds, truncation=False)["input_ids"]
-    truncated = [max(len(a), len(b)) > max_length for a, b in zip(full_0, full_1)]
-    inputs = (enc_0["input_ids"], enc_0["attention_mask"], enc_1["input_ids"], enc_1["attention_mask"])
-    return inputs, truncated
+    return (enc_0["input_ids"], enc_0["attention_mask"], enc_1["input_ids"], enc_1["attention_mask"]), truncated
 
 
 def pad_to_batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
@@ -147,24 +150,31 @@ class ParaphraseHandler(BaseHandler):
             # One worker per core: more intra-op threads than that only makes workers fight.
             torch.set_num_threads(threads)
         self.device = prepare_backend(self.info.get("backend", "cpu"), context.system_properties.get("gpu_id"))
-        serialized = context.manifest["model"]["serializedFile"]
-        self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
+        # One graph per length bucket; model-config.yaml may narrow them (e.g. max_length only).
+        wanted = ((getattr(context, "model_yaml_config", None) or {}).get("handler") or {}).get("length_buckets")
+        files = {int(length): name for length, name in self.info["model_files"].items()}
+        self.buckets = sorted(int(b) for b in wanted) if wanted else sorted(files)
+        self.models = {
+            length: torch.jit.load(str(model_dir / files[length]), map_location=self.device).eval()
+            for length in self.buckets
+        }
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.class_names = self.info["class_names"]
         self.initialized = True
         logger.info(
-            "loaded %s (%s, %s on %s) batch_size=%s max_length=%s threads=%s",
-            serialized, self.info["kind"], self.info.get("backend", "cpu"), self.device, self.info["batch_size"],
+            "loaded buckets %s (%s, %s on %s) batch_size=%s max_length=%s threads=%s",
+            self.buckets, self.info["kind"], self.info.get("backend", "cpu"), self.device, self.info["batch_size"],
             self.info["max_length"], torch.get_num_threads(),
         )
 
     def preprocess(self, pairs: list[tuple[str, str]]):
-        inputs, truncated = encode_pairs(self.tokenizer, self.info["kind"], pairs, self.info["max_length"])
+        inputs, truncated = encode_pairs(self.tokenizer, self.info["kind"], pairs, self.info["max_length"], self.buckets)
         return pad_to_batch(inputs, self.info["batch_size"]), truncated
 
     def inference(self, inputs, *args, **kwargs) -> torch.Tensor:
+        model = self.models[inputs[0].shape[1]]  # the bucket encode_pairs padded to
         with torch.inference_mode():
-            return self.model(*(t.to(self.device) for t in inputs)).cpu()
+            return model(*(t.to(self.device) for t in inputs)).cpu()
 
     def postprocess(self, scores: torch.Tensor, count: int) -> list[tuple[str, float] | None]:
         """Label and paraphrase probability for the first `count` rows; the rest were padding.

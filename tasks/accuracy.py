@@ -11,8 +11,20 @@ MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
 
 
 def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """Pairs and 0/1 labels (1 = paraphrase) from an MSR Paraphrase / GLUE MRPC TSV."""
-    pairs, labels = [], []
+    """Pairs and 0/1 labels (1 = paraphrase) from an MSR Paraphrase / GLUE MRPC TSV; any bad line is an error."""
+    pairs, labels, skipped = read_mrpc_lenient(path)
+    if skipped:
+        raise ValueError(f"{path} line {skipped[0]}: expected 5 tab-separated fields with Quality 0 or 1")
+    return pairs, labels
+
+
+def read_mrpc_lenient(path: Path) -> tuple[list[tuple[str, str]], np.ndarray, list[int]]:
+    """Like read_mrpc, but skips malformed lines and returns their numbers.
+
+    The MSR Paraphrase training file itself has one (line 2124: two records run together),
+    so a caller reading real files reports what it skipped rather than refusing the file.
+    """
+    pairs, labels, skipped = [], [], []
     with path.open(encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, [])
@@ -20,10 +32,11 @@ def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
             raise ValueError(f"{path} is not MRPC TSV: expected header {MRPC_HEADER}, got {header}")
         for line, row in enumerate(rows, 2):
             if len(row) != 5 or row[0] not in ("0", "1"):
-                raise ValueError(f"{path} line {line}: expected 5 tab-separated fields with Quality 0 or 1")
+                skipped.append(line)
+                continue
             labels.append(int(row[0]))
             pairs.append((row[3], row[4]))
-    return pairs, np.array(labels, dtype=int)
+    return pairs, np.array(labels, dtype=int), skipped
 
 
 def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel
 
 from tasks.config import REPO_ROOT
@@ -31,9 +32,15 @@ def model_name(max_length: int, batch_size: int) -> str:
 
 
 def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE, name: str | None = None,
-            extra_files: tuple[Path, ...] = ()) -> Archive:
+            extra_files: tuple[Path, ...] = (), handler_config: dict | None = None) -> Archive:
+    """The .mar; handler_config goes into its model-config.yaml (e.g. {"length_buckets": [128]})."""
     model_store.mkdir(parents=True, exist_ok=True)
     name = name or model_name(traced.max_length, traced.batch_size)
+    config_args = []
+    if handler_config:
+        config_file = model_store / f"{name}.model-config.yaml"
+        config_file.write_text(yaml.safe_dump({"handler": handler_config}))
+        config_args = ["--config-file", str(config_file)]
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
     if archiver is None:
         raise ArchiveError("torch-model-archiver is not installed in this environment\nfix: run ./setup.sh")
@@ -46,6 +53,10 @@ def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE
         "--extra-files", ",".join(str(path) for path in [*traced.extra_files, *extra_files]),
         "--export-path", str(model_store),
         "--force",
+        # Uncompressed: deflating several graphs of float weights gains little and costs seconds
+        # both here and when TorchServe unpacks the archive at registration.
+        "--archive-format", "zip-store",
+        *config_args,
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     mar = model_store / f"{name}.mar"

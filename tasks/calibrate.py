@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from serving.handler import encode_pairs
-from tasks.accuracy import read_mrpc
+from tasks.accuracy import read_mrpc_lenient
 from tasks.config import REPO_ROOT, ModelConfig
 from tasks.trace import load_checkpoint
 
@@ -47,7 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train_tsv", nargs="?", type=Path, default=DEFAULT_TRAIN)
     args = parser.parse_args()
-    pairs, labels = read_mrpc(args.train_tsv)
+    pairs, labels, skipped = read_mrpc_lenient(args.train_tsv)
+    if skipped:
+        print(f"skipped malformed lines {skipped} of {args.train_tsv}")
     threshold, accuracy = best_threshold(cosines(pairs), labels)
     print(f"pairs={len(pairs)} threshold={threshold:.4f} training_accuracy={accuracy:.4f}")
 

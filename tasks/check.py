@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from tasks.accuracy import read_mrpc, scores
+from tasks.accuracy import read_mrpc_lenient, scores
 from tasks.config import ChecksConfig, ModelConfig
 from tasks.reference import Reference
 from tasks.server import Server
@@ -238,7 +238,7 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
                    concurrency: int) -> CheckResult:
     """A labelled file through the server: accuracy, F1, confusion matrix -- and every served label
     equal to the original model's in-process label (the same model, not just as good a one)."""
-    pairs, truth = read_mrpc(path)
+    pairs, truth, skipped = read_mrpc_lenient(path)
     names = list(inference.names.values())  # index 0 = not paraphrase, 1 = paraphrase
     cases = [(a, b, GENERIC[label]) for (a, b), label in zip(pairs, truth)]
     served = inference.send_all(cases, "accuracy", concurrency)
@@ -255,6 +255,9 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
         detail += f"; below min_accuracy {min_accuracy}"
     if failed:
         detail += f"; {len(failed)} requests failed (first: HTTP {failed[0].status_code} {failed[0].answer!r})"
+    if skipped:
+        detail += f"; skipped malformed lines {skipped[:5]}"
+        metrics["skipped_lines"] = skipped
     return CheckResult(name="accuracy", passed=agree and good_enough and not failed, detail=detail, metrics=metrics)
 
 

@@ -23,7 +23,6 @@ from tasks.config import EMBEDDED_MODEL, ModelConfig
 
 # Index 1 is the paraphrase class, as in MRPC (1 = equivalent) and the tutorial's model.
 CLASS_NAMES = ["not paraphrase", "paraphrase"]
-MODEL_FILE = "model.pt"
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
 EXAMPLE_PAIRS = [
     ("The company HuggingFace is based in New York City", "HuggingFace's headquarters are situated in Manhattan"),
@@ -44,6 +43,7 @@ class TracedModel(BaseModel):
     kind: str
     batch_size: int
     max_length: int
+    buckets: list[int]
     class_names: list[str]
     parity_max_abs_diff: float
 
@@ -135,29 +135,38 @@ def _detect_kind(config) -> str:
     return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
 
 
-def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path, backend: str = "cpu") -> TracedModel:
-    """Compile at batch_size x max_length for the backend, check it against the untraced model, save it all."""
+def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path, backend: str = "cpu",
+          buckets: list[int] | None = None) -> TracedModel:
+    """Compile one graph per length bucket at batch_size for the backend, check each against the
+    untraced model (and the shorter buckets against the max_length one), save it all."""
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapped, tokenizer, kind = load_checkpoint(model)
+    buckets = sorted(set(buckets or []) | {max_length})
     pairs = [EXAMPLE_PAIRS[i % len(EXAMPLE_PAIRS)] for i in range(batch_size)]
-    inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length)
+    files, diff = {}, 0.0
     with torch.inference_mode():
-        expected = wrapped(*inputs)  # on the CPU, before any move to a device
-        traced, device_inputs = compile_for(backend, wrapped, inputs)
-        got = traced(*device_inputs).cpu()
-    diff = _parity(expected, got)
-    torch.jit.save(traced, str(out_dir / MODEL_FILE))
+        full_inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length)
+        expected = wrapped(*full_inputs)  # the untraced model, on the CPU, at max_length
+        for length in buckets:
+            # The examples are short enough for every bucket, so each graph sees the same tokens.
+            inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length, [length])
+            traced, device_inputs = compile_for(backend, wrapped, inputs)
+            diff = max(diff, _parity(expected, traced(*device_inputs).cpu()))
+            files[length] = f"model_{length}.pt"
+            torch.jit.save(traced, str(out_dir / files[length]))
     tokenizer_files = [Path(p) for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
     info = {
         "kind": kind,
         "backend": backend,
         "batch_size": batch_size,
         "max_length": max_length,
+        "length_buckets": buckets,
+        "model_files": {str(length): name for length, name in files.items()},
         "class_names": wrapped.class_names,
         "threshold": model.threshold if kind == "bi-encoder" else None,
         "source": model.source,
         "parity_max_abs_diff": diff,
-        "parity_labels_agree": f"{batch_size}/{batch_size}",
+        "parity_labels_agree": f"{batch_size}/{batch_size} in each of {len(buckets)} buckets",
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -166,12 +175,14 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path, b
     }
     info_file = out_dir / MODEL_INFO_FILE
     info_file.write_text(json.dumps(info, indent=2))
+    shorter = [out_dir / files[length] for length in buckets if length != max_length]
     return TracedModel(
-        model_file=out_dir / MODEL_FILE,
-        extra_files=[info_file, *tokenizer_files],
+        model_file=out_dir / files[max_length],
+        extra_files=[info_file, *shorter, *tokenizer_files],
         kind=kind,
         batch_size=batch_size,
         max_length=max_length,
+        buckets=buckets,
         class_names=wrapped.class_names,
         parity_max_abs_diff=diff,
     )

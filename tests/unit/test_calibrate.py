@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.calibrate import best_threshold, read_mrpc
+from tasks.accuracy import read_mrpc
+from tasks.calibrate import best_threshold
 from tasks.config import REPO_ROOT
 
 DEV = REPO_ROOT.parent / "shared/data/msr_paraphrase_dev.tsv"

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.accuracy import read_mrpc, scores
+from tasks.accuracy import read_mrpc, read_mrpc_lenient, scores
 from tasks.check import Prediction, _verdict, load_golden, parity
 from tasks.config import DEFAULT_CONFIG_FILE
 
@@ -69,3 +69,13 @@ def test_an_mrpc_file_with_a_bad_row_is_refused_with_its_line(tmp_path):
     path.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\tb\nyes\t1\t2\ta\tb\n")
     with pytest.raises(ValueError, match="line 3"):
         read_mrpc(path)
+
+
+def test_the_training_split_has_one_broken_line_which_is_skipped_and_reported():
+    train = DEFAULT_CONFIG_FILE.parent.parent.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
+    if not train.is_file():
+        pytest.skip("../shared/data is not beside this checkout")
+    with pytest.raises(ValueError, match="line 2124"):
+        read_mrpc(train)
+    pairs, labels, skipped = read_mrpc_lenient(train)
+    assert skipped == [2124] and len(pairs) == len(labels) == 3674

@@ -151,12 +151,14 @@ class StandInPairClassifier:
         return torch.stack([-margin, margin], dim=-1)
 
 
-def make_handler(tokenizer, model, kind="bi-encoder", batch_size=4, max_length=16):
+def make_handler(tokenizer, model, kind="bi-encoder", batch_size=4, max_length=16, models=None):
     handler = ParaphraseHandler()
     handler.info = {"kind": kind, "batch_size": batch_size, "max_length": max_length,
                     "class_names": ["not paraphrase", "paraphrase"]}
     handler.class_names = handler.info["class_names"]
-    handler.model = model
+    handler.models = models or {max_length: model}
+    handler.buckets = sorted(handler.models)
+    handler.device = torch.device("cpu")
     handler.tokenizer = tokenizer
     handler.initialized = True
     return handler
@@ -225,3 +227,28 @@ def test_sequence_classification_handler_feeds_three_inputs(tokenizer):
     answers = handler.handle([short, long], FakeContext())
     assert model.calls == [[(3, 32)] * 3]
     assert answers == [["not paraphrase"], ["paraphrase"]]
+
+
+class Recorder:
+    """A stand-in graph for one bucket: remembers the shapes it was called with."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, ids_0, mask_0, ids_1, mask_1):
+        self.shapes.append(tuple(ids_0.shape))
+        return torch.zeros(ids_0.shape[0], 2)
+
+
+def test_each_batch_runs_in_the_smallest_bucket_that_holds_its_longest_sentence(tokenizer):
+    graphs = {8: Recorder(), 16: Recorder(), 32: Recorder()}
+    handler = make_handler(tokenizer, None, batch_size=2, max_length=32, models=graphs)
+    short = {"seq_0": "Hi there", "seq_1": "Hello"}
+    medium = {"seq_0": "The quick brown fox jumps over the lazy dog", "seq_1": "Hello"}
+    long = {"seq_0": " ".join(["word"] * 40), "seq_1": "Hello"}
+    context = FakeContext()
+    handler.handle([short, short], context)
+    handler.handle([short, medium], context)
+    handler.handle([long], context)
+    assert graphs[8].shapes == [(2, 8)] and graphs[16].shapes == [(2, 16)] and graphs[32].shapes == [(2, 32)]
+    assert context.headers[0]["X-Truncated"] == "true"  # the long one, cut to max_length 32
