@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from tasks import archive as archive_stage  # noqa: E402
 from tasks import benchmark as benchmark_stage  # noqa: E402
+from tasks import bucket_compare  # noqa: E402
 from tasks import check as check_stage  # noqa: E402
 from tasks import register as register_stage  # noqa: E402
 from tasks import server as server_stage  # noqa: E402
@@ -60,9 +61,10 @@ ping_task = task(server_stage.wait_healthy, name="wait-healthy", cache_policy=NO
 register_task = task(register_stage.register, name="register", cache_policy=NO_CACHE, retries=3,
                      retry_delay_seconds=[2, 5, 10], retry_condition_fn=_retry_register)
 check_task = task(check_stage.run_checks, name="check", cache_policy=NO_CACHE)
-benchmark_task = task(benchmark_stage.benchmark, name="benchmark", cache_policy=NO_CACHE)
+benchmark_task = task(benchmark_stage.run, name="benchmark", cache_policy=NO_CACHE)
 stop_task = task(server_stage.stop, name="stop", cache_policy=NO_CACHE)
 stop_stale_task = task(server_stage.stop_stale, name="stop-stale", cache_policy=NO_CACHE)
+compare_task = task(bucket_compare.compare, name="compare-buckets", cache_policy=NO_CACHE)
 
 
 class Terminated(BaseException):
@@ -106,14 +108,14 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
         log.warning(warning)
     stages = Stages(STAGES)
     checks: list[check_stage.CheckResult] = []
-    bench = None
+    bench = comparison = None
     server = None
     keep = False
     try:
         with sigterm_raises():
             with stages.run("trace"):
                 traced = trace_task(config.model, serving.batch_size, serving.max_length, run_dir / "model",
-                                    resolved.backend)
+                                    resolved.backend, serving.buckets())
             with stages.run("archive"):
                 mar = archive_task(traced, run_dir / "model_store")
             with stages.run("start"):
@@ -132,10 +134,19 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
             keep = config.keep_serving
             if config.benchmark.enabled:
                 with stages.run("benchmark"):
-                    bench = benchmark_task(
-                        f"{server.inference_url}/predictions/{mar.model_name}", server.inference_headers(),
-                        config.benchmark.concurrency, config.benchmark.duration, config.benchmark.warmup, log,
-                    )
+                    bench = benchmark_task(server, mar.model_name, traced.model_file, config, resolved, run_dir, log)
+                    if config.benchmark.compare_buckets and len(traced.buckets) > 1:
+                        # The same graphs narrowed to max_length: the tutorial's padding, same traffic.
+                        single = archive_task(traced, mar.model_store,
+                                              name=bucket_compare.single_bucket_model_name(mar.model_name),
+                                              handler_config={"length_buckets": [serving.max_length]})
+                        register_task(server, single, serving.batch_size, serving.max_batch_delay,
+                                      resolved.initial_workers)
+                        comparison = compare_task(server, mar.model_name, traced.buckets, serving.max_length,
+                                                  config, log)
+                    if bench.regression and bench.regression["status"] == "regressed" \
+                            and bench.regression["action"] == "fail":
+                        raise benchmark_stage.BenchmarkError(f"regression: {bench.regression['message']}")
     except Exception as error:
         if not stages.failed():
             raise
@@ -155,11 +166,14 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict[str, Any
             {"run_dir": str(run_dir), "resolved": resolved.model_dump(), "kept_serving": keep,
              "security": {"token_auth": serving.token_auth, "address": serving.address,
                           "warnings": serving.security_warnings()},
-             "server": _server_facts(server) if keep else None},
+             "server": _server_facts(server) if keep else None,
+             "bucket_comparison": comparison.model_dump() if comparison else None},
         )
         write_summary(run_dir, summary)
         publish_artifacts(summary, checks, run_dir)
         publish_run_config({"config_file": config_file, "overrides": overrides}, summary)
+        if comparison is not None:
+            bucket_compare.publish(comparison)
         log.info("summary: %s", run_dir / "summary.json")
         if stop_error is not None:
             raise StageFailed(stages) from stop_error
@@ -203,6 +217,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", dest="benchmark.concurrency", type=int)
     parser.add_argument("--duration", dest="benchmark.duration", type=float, help="benchmark seconds")
     parser.add_argument("--no-benchmark", dest="benchmark.enabled", action="store_const", const=False)
+    parser.add_argument("--load", dest="benchmark.mode", choices=["closed", "open"],
+                        help="closed: --concurrency clients; open: --rate requests/s, latency from intended send")
+    parser.add_argument("--rate", dest="benchmark.rate", type=float, help="open loop: requests/s")
+    parser.add_argument("--requests", dest="benchmark.requests", type=int,
+                        help="measure this many requests instead of --duration s")
+    parser.add_argument("--pairs-file", dest="benchmark.pairs_file",
+                        help="pool of pairs to send (MRPC TSV or golden-pairs YAML)")
+    parser.add_argument("--regression", dest="benchmark.regression_action", choices=["warn", "fail"],
+                        help="what a throughput/p90 regression against earlier runs does (default warn)")
     parser.add_argument("--runs-dir", dest="runs_dir", help="where run directories go (default: runs/)")
     parser.add_argument("--keep-serving", dest="keep_serving", action="store_const", const=True,
                         help="leave TorchServe up after check; python -m flows.stop ends it")

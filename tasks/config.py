@@ -53,6 +53,10 @@ class ModelConfig(_Section):
 class ServingConfig(_Section):
     batch_size: int = Field(6, ge=1, le=256)
     max_length: int = Field(128, ge=8, le=512, description="tokens per sequence, padded")
+    length_buckets: list[Annotated[int, Field(ge=8)]] | None = Field(
+        None, description="one static graph per length; each batch runs in the smallest that holds it "
+        "(max_length is always the last bucket, longer ones are ignored); none: max_length only"
+    )
     max_batch_delay: int = Field(
         50,
         ge=0,
@@ -95,6 +99,11 @@ class ServingConfig(_Section):
             warnings.append("token authorization is OFF: anyone who reaches the ports can call every API")
         return warnings
 
+    def buckets(self) -> list[int]:
+        """The lengths to trace. Buckets at or above max_length add nothing (max_length is always
+        the last one), so a run with a smaller --max-length simply uses the buckets below it."""
+        return sorted({b for b in self.length_buckets or [] if b < self.max_length} | {self.max_length})
+
     def ports(self) -> dict[str, int]:
         return {name: getattr(self, f"{name}_port") for name in PORT_NAMES}
 
@@ -113,6 +122,34 @@ class BenchmarkConfig(_Section):
     concurrency: int = Field(64, ge=1, le=1024, description="client threads (the tutorial used 64)")
     duration: float = Field(30.0, gt=0, description="s of measured load")
     warmup: float = Field(3.0, ge=0, description="s of load before measuring")
+    mode: Literal["closed", "open"] = Field(
+        "closed",
+        description="closed: `concurrency` clients, each sends when answered; open: `rate` requests/s on a "
+        "fixed schedule, latency from the intended send time (`concurrency` caps open connections)",
+    )
+    rate: float = Field(20.0, gt=0, description="open loop only: requests/s")
+    requests: int | None = Field(None, ge=1, description="measure this many requests instead of `duration` s")
+    pairs_file: Path | None = Field(
+        None,
+        description="pool of real pairs (MRPC TSV or golden-pairs YAML); null: ../shared/data/"
+        "msr_paraphrase_dev.tsv where it exists, else configs/golden_pairs.yaml",
+    )
+    progress_every: float = Field(5.0, gt=0, description="s between progress lines in the flow log")
+    ceiling_seconds: float = Field(
+        3.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
+    )
+    client_check_seconds: float = Field(
+        2.0, ge=0, description="s of the load generator against a trivial local endpoint (0: skip)"
+    )
+    single_client_seconds: float = Field(5.0, ge=0, description="s of one lone client after the load (0: skip)")
+    regression_runs: int = Field(5, ge=0, description="compare with the median of this many earlier runs (0: off)")
+    regression_tolerance: float = Field(
+        0.2, ge=0, description="throughput below / p90 above the median by more than this fraction regresses"
+    )
+    regression_action: Literal["warn", "fail"] = Field("warn", description="what a regression does to the run")
+    compare_buckets: bool = Field(
+        True, description="with several length buckets, also serve max_length only and send both the same traffic"
+    )
 
 
 class ChecksConfig(_Section):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.benchmark import BenchmarkResult
+from tasks.benchmark import BenchmarkResult, markdown_lines, table_rows
 from tasks.check import CheckResult
 
 SUMMARY_FILE = "summary.json"
@@ -135,6 +135,7 @@ def markdown(summary: dict, run_dir: Path) -> str:
         lines += ["", f"Benchmark: {bench['inferences_per_s']:.1f} inferences/s at concurrency "
                   f"{bench['concurrency']}; p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, "
                   f"p99 {lat['p99']:.0f} ms; errors {bench['errors']}"]
+        lines += markdown_lines(bench)
     return "\n".join(lines)
 
 
@@ -162,9 +163,7 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path) -
         create_table_artifact(key="accuracy", table=table, description=accuracy.detail)
     bench = summary.get("benchmark")
     if bench:
-        table = [{"figure": k, "value": round(v, 2)} for k, v in bench.items() if isinstance(v, (int, float))]
-        table += [{"figure": f"latency_ms {k}", "value": round(v, 2)} for k, v in bench["latency_ms"].items()]
-        create_table_artifact(key="benchmark", table=table, description="Benchmark figures")
+        create_table_artifact(key="benchmark", table=table_rows(bench), description="Benchmark figures")
 
 
 RUN_CONFIG_KEY = "run-config"

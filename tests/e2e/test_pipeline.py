@@ -12,6 +12,7 @@ from tasks import backends
 from flows import stop as stop_cli
 from flows.validate import STAGES, validate
 from tasks.config import DEFAULT_CONFIG_FILE
+from tasks.regression import figures_of
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +36,9 @@ def run(prefect_server, tmp_path_factory):
         "benchmark.concurrency": 12,
         "benchmark.duration": 4,
         "benchmark.warmup": 1,
+        "benchmark.ceiling_seconds": 1,
+        "benchmark.client_check_seconds": 1,
+        "benchmark.single_client_seconds": 2,
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.server, "read_keys", spy)
@@ -73,14 +77,32 @@ def test_benchmark_reports_throughput_and_latency(run):
     assert bench["concurrency"] == 12 and bench["errors"] == 0
     assert bench["requests_per_s"] > 0 and bench["requests"] > 0
     latency = bench["latency_ms"]
-    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+def test_benchmark_measures_the_ceiling_the_client_the_server_and_a_lone_request(run):
+    bench = run["summary"]["benchmark"]
+    assert bench["error_rate"] == 0 and bench["pairs"].startswith(("msr_paraphrase_dev.tsv", "golden_pairs.yaml"))
+    ceiling = bench["ceiling"]
+    assert ceiling["batch_size"] == 6 and ceiling["inferences_per_s"] > 0 and ceiling["lone_batch_latency_ms"] > 0
+    assert bench["served_over_ceiling"] == pytest.approx(bench["inferences_per_s"] / ceiling["inferences_per_s"])
+    assert bench["client"]["requests_per_s"] > bench["requests_per_s"]
+    server = bench["server"]
+    assert server["batches"] > 0 and server["queue_ms"]["count"] > 0 and server["handler_ms"]["p50"] > 0
+    assert 1 <= server["mean_batch_fill"] <= 6
+    assert bench["single_client"]["requests"] > 0 and bench["single_client"]["over_batch_latency"] > 0
+    assert bench["cpu"]["workers_cores"] > 0
+    assert bench["regression"]["status"] in ("no history", "ok")  # runs of other tests may be history
+    on_disk = json.loads((run["run_dir"] / "benchmark.json").read_text())
+    assert on_disk["requests"] == bench["requests"] and on_disk["timeline"]
+    assert (run["run_dir"] / "benchmark.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_run_directory_holds_model_archive_server_files_and_summary(run):
     run_dir = run["run_dir"]
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "ok" and on_disk["run_dir"] == str(run_dir.resolve())
-    for path in ["model/model.pt", "model/model_info.json", "model_store/bert-max_length128-batch_size6.mar",
+    for path in ["model/model_128.pt", "model/model_40.pt", "model/model_info.json", "model_store/bert-max_length128-batch_size6.mar",
                  "server/config.properties", "server/logs/ts_log.log", "server/logs/model_log.log"]:
         assert (run_dir / path).is_file(), path
     assert set(on_disk["versions"]) >= {"python", "torch", "transformers", "torchserve", "prefect"}
@@ -98,7 +120,9 @@ def test_results_are_artifacts_of_the_flow_run(run):
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     by_key = {a.key: a for a in artifacts}
     assert {"summary", "predictions", "benchmark"} <= set(by_key)
-    assert "**ok**" in by_key["summary"].data
+    assert "**ok**" in by_key["summary"].data and "Served / in-process" in by_key["summary"].data
+    figures = figures_of(by_key["benchmark"].data)
+    assert figures["inferences_per_s"] > 0 and figures["latency_ms p90"] > 0 and figures["fingerprint"]
     predictions = json.loads(by_key["predictions"].data) if isinstance(by_key["predictions"].data, str) \
         else by_key["predictions"].data
     assert sum(row["check"] == "tutorial pairs (full batch)" for row in predictions) == 6

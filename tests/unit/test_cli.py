@@ -65,3 +65,42 @@ def test_register_retries_only_retryable_errors():
     assert retry(None, None, _State(validate_module.register_stage.RegisterError("503", retryable=True))) is True
     assert retry(None, None, _State(validate_module.register_stage.RegisterError("400"))) is False
     assert retry(None, None, _State(KeyError("x"))) is False
+
+
+def test_benchmark_load_flags_reach_the_config(tmp_path):
+    pool = tmp_path / "pairs.yaml"
+    pool.write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    args = vars(parse_args(["--load", "open", "--rate", "12.5", "--requests", "300", "--regression", "fail",
+                            "--pairs-file", str(pool)]))
+    config = load_config(None, {k: v for k, v in args.items() if k != "config" and v is not None})
+    bench = config.benchmark
+    assert (bench.mode, bench.rate, bench.requests, bench.regression_action) == ("open", 12.5, 300, "fail")
+    assert bench.pairs_file == pool
+
+
+def test_bad_load_mode_is_refused_by_argparse():
+    with pytest.raises(SystemExit):
+        parse_args(["--load", "sideways"])
+
+
+def test_sweep_cli_parses_its_grid():
+    from flows.sweep import parse_args as sweep_args
+
+    args = sweep_args(["--batch-sizes", "2,6", "--workers", "1,2", "--delays", "10,50", "--concurrency", "8,64",
+                       "--p90-limit-ms", "2000"])
+    assert (args.batch_sizes, args.workers, args.delays, args.concurrency) == ([2, 6], [1, 2], [10, 50], [8, 64])
+    assert args.p90_limit_ms == 2000
+
+
+def test_sweep_marks_the_best_configuration_within_the_p90_limit():
+    from flows.sweep import best_under_limit
+
+    rows = [{"label": "a", "inferences_per_s": 50.0, "p90_ms": 2500.0, "errors": 0},
+            {"label": "b", "inferences_per_s": 40.0, "p90_ms": 900.0, "errors": 0},
+            {"label": "c", "inferences_per_s": 45.0, "p90_ms": 800.0, "errors": 3},
+            {"label": "d", "inferences_per_s": 30.0, "p90_ms": 100.0, "errors": 0}]
+    assert best_under_limit(rows, 1000.0)["label"] == "b"
+    assert [row["best"] for row in rows] == [False, True, False, False]
+    assert [row["within_limit"] for row in rows] == [False, True, False, True]
+    assert best_under_limit(rows, None)["label"] == "a"
+    assert best_under_limit(rows, 50.0) is None

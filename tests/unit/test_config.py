@@ -127,3 +127,11 @@ def test_unknown_physical_cores_falls_back_to_logical(cores):
     resolved = resolve_serving(ServingConfig())
     assert resolved.initial_workers == 3
     assert resolved.threads_per_worker == 1
+
+
+def test_buckets_end_at_max_length_and_ignore_longer_ones():
+    assert ServingConfig(max_length=128, length_buckets=[64, 40, 256]).buckets() == [40, 64, 128]
+    assert ServingConfig(max_length=32, length_buckets=[40, 56, 80, 128]).buckets() == [32]
+    assert ServingConfig(max_length=128).buckets() == [128]
+    with pytest.raises(ValueError, match="length_buckets"):
+        ServingConfig(length_buckets=[4])

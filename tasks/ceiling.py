@@ -1,0 +1,206 @@
+"""The ceiling: what the traced model does on this machine with no server in the way.
+
+The run's own traced graphs (one per length bucket, as model_info.json lists them) are loaded in
+this process and called on batches built exactly as the handler builds them -- real pairs from
+the benchmark's pool, tokenized by serving.handler.encode_pairs into the smallest bucket that
+holds them, filled up to batch_size by pad_to_batch -- so the lengths match what the server ran.
+Only the model calls are timed, for a few seconds per thread layout:
+
+  all threads   one stream with workers x threads_per_worker threads (the whole budget)
+  as served     `workers` concurrent streams of threads_per_worker threads each (the workers'
+                layout; TorchScript releases the GIL, so the streams really overlap)
+  one stream per thread   (when workers have several threads each) the layout workers of one
+                thread would have
+
+The ceiling is the best of these: the hardware's, not only this server layout's. Then the latency of one batch alone -- a full batch, and a
+lone request's batch (one pair padded to batch_size, what a request with no batch-mates costs) --
+with all threads and with one worker's threads.
+
+Call it while TorchServe is idle: its workers then hold memory only, not CPU. CPU and CUDA only:
+on Neuron the workers hold the NeuronCores, so the ceiling is skipped (measure it before register).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from pydantic import BaseModel
+
+from serving import handler
+from tasks.loadgen import PairPool
+
+WARMUP_CALLS = 2  # TorchScript's profiling executor optimises on the first calls of each graph
+MAX_BATCHES = 32  # distinct batches cycled through (lengths vary with the pairs)
+
+
+class CeilingUnavailable(RuntimeError):
+    """The ceiling cannot be measured here; the message says why."""
+
+
+class Layout(BaseModel):
+    name: str
+    streams: int
+    threads_per_stream: int
+    batches_per_s: float
+    inferences_per_s: float
+    batch_latency_ms_p50: float
+    batch_latency_ms_mean: float
+    batches: int
+    seconds: float
+
+
+class Ceiling(BaseModel):
+    batch_size: int
+    max_length: int
+    buckets: list[int]
+    threads: int  # workers x threads_per_worker
+    batches_per_s: float
+    inferences_per_s: float  # batch_size x batches/s, best layout
+    best_layout: str
+    batch_latency_ms: float  # p50, one full batch alone, all threads
+    lone_batch_latency_ms: float  # p50, one pair padded to batch_size, all threads
+    worker_lone_batch_latency_ms: float  # p50, the same with one worker's threads
+    other_cores: float | None = None  # CPU the rest of the host used meanwhile: > 0.1 and the ceiling is low
+    layouts: list[Layout]
+
+
+def _encode(tokenizer, info: dict, pairs, buckets):
+    options = {}
+    if "buckets" in inspect.signature(handler.encode_pairs).parameters:
+        options["buckets"] = buckets
+    inputs, _ = handler.encode_pairs(tokenizer, info["kind"], pairs, info["max_length"], **options)
+    return handler.pad_to_batch(inputs, info["batch_size"])
+
+
+def load_models(model_dir: Path, model_file: Path | None = None) -> tuple[dict[int, torch.nn.Module], dict, torch.device]:
+    """{length: graph} as the handler loads them, with model_info.json and the device they run on."""
+    info = json.loads((model_dir / handler.MODEL_INFO_FILE).read_text())
+    backend = info.get("backend", "cpu")
+    if backend == "neuron":
+        raise CeilingUnavailable("backend neuron: the TorchServe workers hold the NeuronCores")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise CeilingUnavailable("backend cuda: no CUDA GPU visible to this process")
+    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    files = info.get("model_files") or {str(info["max_length"]): (model_file or model_dir / "model.pt").name}
+    models = {int(length): torch.jit.load(str(model_dir / name), map_location=device).eval()
+              for length, name in files.items()}
+    return models, info, device
+
+
+def build_batches(model_dir: Path, info: dict, buckets: list[int], pairs: list[tuple[str, str]]):
+    """(full batches of batch_size consecutive pool pairs, lone-request batches of one pair each)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    size = info["batch_size"]
+    pool = PairPool(pairs).pairs  # the order the load generator sends them in
+    full = [_encode(tokenizer, info, [pool[(i * size + j) % len(pool)] for j in range(size)], buckets)
+            for i in range(min(MAX_BATCHES, max(1, len(pool) // size)))]
+    lone = [_encode(tokenizer, info, [pool[i % len(pool)]], buckets) for i in range(min(MAX_BATCHES, len(pool)))]
+    return full, lone
+
+
+def _busy() -> tuple[float, float]:
+    """(CPU-seconds the whole host has been busy, CPU-seconds of this process)."""
+    host, mine = psutil.cpu_times(), psutil.Process().cpu_times()
+    return sum(host) - host.idle - getattr(host, "iowait", 0.0), mine.user + mine.system
+
+
+def _call(models, device, inputs):
+    return models[inputs[0].shape[1]](*(t.to(device) for t in inputs))
+
+
+def _stream(models, device, batches, offset: int, threads: int, stop_at: float, go: threading.Event,
+            out: list) -> None:
+    torch.set_num_threads(threads)
+    latencies = []
+    index = offset
+    with torch.inference_mode():
+        go.wait()
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            _call(models, device, batches[index % len(batches)])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            latencies.append(time.perf_counter() - began)
+            index += 1
+    out.append(latencies)
+
+
+def time_layout(models, device, batches, name: str, streams: int, threads: int, seconds: float,
+                requests_per_batch: int | None = None) -> Layout:
+    """`streams` threads each calling the graphs with `threads` intra-op threads, for `seconds`.
+    requests_per_batch: real requests in each batch (default: all of it; a lone request's: 1)."""
+    batch_size = requests_per_batch or int(batches[0][0].shape[0])
+    torch.set_num_threads(threads)
+    results: list[list[float]] = []
+    go = threading.Event()
+    began = time.perf_counter()
+    stop_at = began + seconds
+    workers = [threading.Thread(target=_stream, daemon=True,
+                                args=(models, device, batches, k * len(batches) // streams, threads, stop_at, go,
+                                      results))
+               for k in range(streams)]
+    for worker in workers:
+        worker.start()
+    go.set()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - began
+    latencies = np.array([x for stream in results for x in stream]) * 1000
+    batches_done = int(latencies.size)
+    rate = batches_done / elapsed if elapsed > 0 else 0.0
+    return Layout(
+        name=name, streams=streams, threads_per_stream=threads, batches_per_s=rate,
+        inferences_per_s=rate * batch_size,
+        batch_latency_ms_p50=float(np.percentile(latencies, 50)) if batches_done else float("nan"),
+        batch_latency_ms_mean=float(latencies.mean()) if batches_done else float("nan"),
+        batches=batches_done, seconds=elapsed,
+    )
+
+
+def measure(model_file: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
+            seconds: float = 3.0) -> Ceiling:
+    """Time the traced graphs in-process; the better throughput layout is the ceiling."""
+    model_dir = Path(model_file).parent
+    previous = torch.get_num_threads()
+    total = workers * threads_per_worker
+    busy_0, wall_0 = _busy(), time.monotonic()
+    try:
+        models, info, device = load_models(model_dir, Path(model_file))
+        buckets = sorted(models)
+        full, lone = build_batches(model_dir, info, buckets, pairs)
+        torch.set_num_threads(total)
+        with torch.inference_mode():
+            for batch in {b[0].shape[1]: b for b in full + lone}.values():  # every bucket in use
+                for _ in range(WARMUP_CALLS):
+                    _call(models, device, batch)
+        layouts = [time_layout(models, device, full, "all threads", 1, total, seconds)]
+        if workers > 1:
+            layouts.append(time_layout(models, device, full, "as served", workers, threads_per_worker, seconds))
+        if threads_per_worker > 1:  # the ceiling is the hardware's, whatever layout this server uses
+            layouts.append(time_layout(models, device, full, "one stream per thread", total, 1, seconds))
+        alone = time_layout(models, device, lone, "lone request, all threads", 1, total, seconds / 2, 1)
+        worker_alone = alone if threads_per_worker == total else time_layout(
+            models, device, lone, "lone request, one worker's threads", 1, threads_per_worker, seconds / 2, 1)
+    finally:
+        torch.set_num_threads(previous)
+    busy_1, wall_1 = _busy(), time.monotonic()
+    other = ((busy_1[0] - busy_0[0]) - (busy_1[1] - busy_0[1])) / (wall_1 - wall_0)
+    best = max(layouts, key=lambda layout: layout.inferences_per_s)  # throughput layouts only
+    return Ceiling(
+        batch_size=info["batch_size"], max_length=info["max_length"], buckets=buckets, threads=total,
+        batches_per_s=best.batches_per_s, inferences_per_s=best.inferences_per_s, best_layout=best.name,
+        batch_latency_ms=layouts[0].batch_latency_ms_p50,
+        lone_batch_latency_ms=alone.batch_latency_ms_p50,
+        worker_lone_batch_latency_ms=worker_alone.batch_latency_ms_p50,
+        other_cores=max(0.0, other),
+        layouts=layouts + [alone] + ([worker_alone] if worker_alone is not alone else []),
+    )

@@ -1,0 +1,363 @@
+"""The load generator: httpx's async client, closed or open loop, and a trivial endpoint to calibrate it.
+
+closed  `concurrency` clients; each sends its next request when the last one answered (the
+        tutorial's 64 threads). Latency is from the real send: the load adapts to the server.
+open    requests scheduled at a fixed `rate`, whatever the server does; latency is measured from
+        the INTENDED send time, so a request the client could not send on time (no free
+        connection, a stalled loop) still counts its wait: queueing cannot hide ("coordinated
+        omission"). `concurrency` caps the open connections.
+
+Requests sent during `warmup` are sent but not measured. The run lasts `duration` s of measured
+load, or until `requests` measured requests have been sent; then the requests in flight are
+awaited. Latency percentiles and errors are of the measured requests. Throughput is answers per
+second over the window from the end of warm-up to the last answer, counting every answer in it --
+the warm-up's last requests included, so the window does not start with an empty pipeline. Pairs come from a pool of real
+pairs, round-robin from a seeded shuffle, never one pair repeated.
+
+TrivialEndpoint answers ["paraphrase"] to any POST from a thread of its own: the same load
+generator against it shows what the client alone can sustain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+from pydantic import BaseModel
+
+DEFAULT_PROGRESS_EVERY = 5.0  # s
+
+
+class LatencyMs(BaseModel):
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    max: float = float("nan")
+
+
+def percentiles(latencies_s) -> LatencyMs:
+    """p50/p90/p99/mean/max in ms (numpy's linear interpolation); NaN when there is nothing to measure."""
+    ms = np.asarray(latencies_s, dtype=float) * 1000
+    if ms.size == 0:
+        nan = float("nan")
+        return LatencyMs(p50=nan, p90=nan, p99=nan, mean=nan, max=nan)
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    return LatencyMs(p50=p50, p90=p90, p99=p99, mean=float(ms.mean()), max=float(ms.max()))
+
+
+@dataclass
+class Sample:
+    """One measured request. Times in s from the start of measurement."""
+
+    intended: float  # when it was meant to go (closed loop: when it went)
+    sent: float  # when it went
+    done: float
+    ok: bool
+    measured: bool = True  # False: sent during the warm-up
+
+    @property
+    def latency(self) -> float:
+        """From the intended send time: what a user of an open-loop service waits."""
+        return self.done - self.intended
+
+    @property
+    def service(self) -> float:
+        """From the real send time: all a closed-loop client can see."""
+        return self.done - self.sent
+
+
+@dataclass
+class LoadResult:
+    mode: str
+    concurrency: int
+    rate: float | None
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)  # every request, warm-up included
+    first_error: str | None = None
+
+    @property
+    def measured(self) -> list[Sample]:
+        return [s for s in self.samples if s.measured]
+
+    @property
+    def warmup_requests(self) -> int:
+        return sum(not s.measured for s in self.samples)
+
+    @property
+    def ok(self) -> list[Sample]:
+        """Measured requests answered 200: their latencies are the percentiles."""
+        return [s for s in self.samples if s.measured and s.ok]
+
+    @property
+    def errors(self) -> int:
+        return sum(s.measured and not s.ok for s in self.samples)
+
+    @property
+    def answered(self) -> int:
+        """Answers (200) inside the measured window, whenever their request was sent."""
+        return sum(s.ok and 0 <= s.done <= self.seconds for s in self.samples)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.answered / self.seconds if self.seconds > 0 else 0.0
+
+    def latency(self) -> LatencyMs:
+        return percentiles([s.latency for s in self.ok])
+
+    def timeline(self, step: float = 1.0) -> list[dict]:
+        """Per `step` s of completions: answered requests/s, p50/p90 ms, errors (for the chart)."""
+        window = [s for s in self.samples if s.done >= 0]
+        if not window:
+            return []
+        bins = int(np.ceil(max(s.done for s in window) / step)) or 1
+        rows = []
+        for index in range(bins):
+            inside = [s for s in window if index * step <= s.done < (index + 1) * step]
+            good = [s.latency for s in inside if s.ok]
+            lat = percentiles(good)
+            rows.append({"t": round((index + 1) * step, 3), "requests_per_s": len(good) / step,
+                         "p50_ms": lat.p50, "p90_ms": lat.p90, "errors": len(inside) - len(good)})
+        return rows
+
+
+class PairPool:
+    """Real pairs, shuffled once with a fixed seed, handed out round-robin."""
+
+    def __init__(self, pairs: list[tuple[str, str]], seed: int = 0):
+        if not pairs:
+            raise ValueError("the pool of pairs is empty")
+        self.pairs = list(pairs)
+        random.Random(seed).shuffle(self.pairs)
+        self.index = 0
+
+    def next(self) -> tuple[str, str]:
+        pair = self.pairs[self.index % len(self.pairs)]
+        self.index += 1
+        return pair
+
+
+def _progress_line(samples: list[Sample], now: float, window: float) -> str:
+    window = min(window, now)
+    recent = [s for s in samples if now - window < s.done <= now]
+    good_recent = [s.latency for s in recent if s.ok]
+    lat = percentiles(good_recent)
+    overall = sum(s.ok and 0 <= s.done <= now for s in samples) / now if now > 0 else 0.0
+    errors = sum(s.measured and not s.ok for s in samples)
+    return (f"{now:5.0f} s: {len(good_recent) / window:.1f} requests/s over the last {window:.3g} s "
+            f"(p50 {lat.p50:.0f} ms, p90 {lat.p90:.0f} ms); overall {overall:.1f} requests/s, errors {errors}")
+
+
+async def run_load(
+    url: str,
+    headers: dict | None,
+    pairs: list[tuple[str, str]],
+    *,
+    mode: str = "closed",
+    concurrency: int = 64,
+    duration: float = 30.0,
+    requests: int | None = None,
+    rate: float | None = None,
+    warmup: float = 0.0,
+    progress_every: float | None = DEFAULT_PROGRESS_EVERY,
+    log: logging.Logger | None = None,
+    label: str = "benchmark",
+    timeout: float = 120.0,
+) -> LoadResult:
+    """Drive `url` with form-encoded pairs (seq_0, seq_1) and measure every answer."""
+    if mode not in ("closed", "open"):
+        raise ValueError(f"mode must be 'closed' or 'open', not {mode!r}")
+    if mode == "open" and not (rate and rate > 0):
+        raise ValueError("open loop needs a rate > 0 (requests/s)")
+    log = log or logging.getLogger(__name__)
+    pool = PairPool(pairs)
+    samples: list[Sample] = []
+    errors: list[str] = []
+    start = measure_from = stop_at = 0.0  # set once the clients are ready; stop_at unused with `requests`
+    counted = 0  # measured requests sent so far
+
+    def claim(now: float) -> bool | None:
+        """Whether a request sent at `now` is measured; None: no more requests."""
+        nonlocal counted
+        if now < measure_from:
+            return False
+        if requests is not None:
+            if counted >= requests:
+                return None
+        elif now >= stop_at:
+            return None
+        counted += 1
+        return True
+
+    async def one(client: httpx.AsyncClient, intended: float | None, measured: bool) -> None:
+        seq_0, seq_1 = pool.next()
+        sent = time.monotonic()
+        intended = sent if intended is None else intended  # closed loop: sent when meant to
+        try:
+            answer = await client.post(url, data={"seq_0": seq_0, "seq_1": seq_1})
+            ok = answer.status_code == 200
+            if not ok and not errors:
+                errors.append(f"HTTP {answer.status_code}: {answer.text[:200]}")
+        except httpx.HTTPError as error:
+            ok = False
+            if not errors:
+                errors.append(f"{type(error).__name__}: {error}")
+        samples.append(Sample(intended - measure_from, sent - measure_from, time.monotonic() - measure_from, ok,
+                              measured))
+
+    async def closed_client(client: httpx.AsyncClient) -> None:
+        while (measured := claim(time.monotonic())) is not None:
+            await one(client, None, measured)
+
+    async def open_schedule(clients: list[httpx.AsyncClient]) -> None:
+        free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        for client in clients:
+            free.put_nowait(client)
+
+        async def send(intended: float, measured: bool) -> None:
+            client = await free.get()  # all connections busy: the wait counts, from `intended`
+            try:
+                await one(client, intended, measured)
+            finally:
+                free.put_nowait(client)
+
+        in_flight: set[asyncio.Task] = set()
+        index = 0
+        while True:
+            intended = start + index / rate
+            measured = claim(intended)
+            if measured is None:
+                break
+            delay = intended - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(send(intended, measured))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            index += 1
+        if in_flight:
+            await asyncio.gather(*in_flight)
+
+    async def progress() -> None:
+        tick = measure_from
+        while True:
+            tick += progress_every  # every progress_every s of measured load
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+            log.info("%s %s", label, _progress_line(samples, tick - measure_from, progress_every))
+
+    # One client with one connection per virtual user: httpcore's shared pool spends O(connections)
+    # per request finding a free one, which at 64 connections makes the client, not the server, the limit.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    client_timeout = httpx.Timeout(timeout, pool=None)
+    tls = ssl.create_default_context()  # one context for all clients (http:// never uses it)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(
+            httpx.AsyncClient(headers=headers or {}, timeout=client_timeout, limits=limits, verify=tls))
+            for _ in range(concurrency)]
+        start = time.monotonic()
+        measure_from = start + warmup
+        stop_at = measure_from + duration
+        reporter = asyncio.create_task(progress()) if progress_every else None
+        try:
+            if mode == "closed":
+                await asyncio.gather(*(closed_client(client) for client in clients))
+            else:
+                await open_schedule(clients)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+    end = time.monotonic()
+    # Requests sent before the end finish after it: count the time they actually took.
+    seconds = (end - measure_from) if requests is not None else max(end, stop_at) - measure_from
+    return LoadResult(mode=mode, concurrency=concurrency, rate=rate if mode == "open" else None,
+                      seconds=max(seconds, 0.0), samples=samples, first_error=errors[0] if errors else None)
+
+
+def load(url: str, headers: dict | None, pairs: list[tuple[str, str]], **options) -> LoadResult:
+    """run_load from synchronous code (a Prefect task, a test)."""
+    return asyncio.run(run_load(url, headers, pairs, **options))
+
+
+class TrivialEndpoint:
+    """A minimal HTTP/1.1 keep-alive server on 127.0.0.1 in a thread of its own.
+
+    Answers every request with `status` ["paraphrase"] after `delay` s. `serial=True` answers one
+    request at a time (a server with a single worker), so requests queue behind each other.
+    """
+
+    BODY = b'["paraphrase"]'
+
+    def __init__(self, delay: float = 0.0, serial: bool = False, status: int = 200, record: bool = False):
+        self.delay, self.serial, self.status, self.record = delay, serial, status, record
+        self.url = ""
+        self.served = 0
+        self.bodies: list[bytes] = []  # with record=True: every request body, in arrival order
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                body = await reader.readexactly(length) if length else b""
+                if self.record:
+                    self.bodies.append(body)
+                if self.serial:
+                    async with self._lock:
+                        await asyncio.sleep(self.delay)
+                elif self.delay:
+                    await asyncio.sleep(self.delay)
+                self.served += 1
+                reason = b"OK" if self.status == 200 else b"Error"
+                writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (self.status, reason, len(self.BODY), self.BODY))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def _serve(self) -> None:
+        async def main() -> None:
+            self._lock = asyncio.Lock()
+            self._stopped = asyncio.Event()
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
+            port = server.sockets[0].getsockname()[1]
+            self.url = f"http://127.0.0.1:{port}/predictions/trivial"
+            self._ready.set()
+            async with server:
+                await self._stopped.wait()
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(main())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> "TrivialEndpoint":
+        self._thread = threading.Thread(target=self._serve, name="trivial-endpoint", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the trivial endpoint did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(10)

@@ -1,0 +1,62 @@
+"""Regression history read back through a real Prefect API: the same flow, deployment (none here),
+parameters and fingerprint only, completed runs only, newest first. No TorchServe: each "night"
+is a tiny flow run that publishes a benchmark table artifact the way tasks/report.py does."""
+
+import pytest
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from tasks import regression
+from tasks.benchmark import summarize, table_rows
+
+pytestmark = pytest.mark.e2e
+
+# What the next night publishes. Not a parameter: nights must share their parameters to compare.
+TONIGHT: dict = {}
+
+
+@flow(name="regression-probe")
+def night(config_file: str = "configs/default.yaml", overrides: dict | None = None):
+    if TONIGHT.get("publish"):
+        bench = summarize([TONIGHT["p90_s"]] * 10, 0, 4, 10 / TONIGHT["rate"]).model_dump()
+        bench["fingerprint"] = TONIGHT.get("fingerprint", "fp-a")
+        create_table_artifact(key="benchmark", table=table_rows(bench))
+    if TONIGHT.get("fail"):
+        raise RuntimeError("a failed night")
+    if TONIGHT.get("check"):
+        current = summarize([TONIGHT["p90_s"]] * 10, 0, 4, 10 / TONIGHT["rate"])
+        return regression.check(current, "fp-a", 3, 0.2, "fail").model_dump()
+    return None
+
+
+def _night(overrides=None, **plan):
+    TONIGHT.clear()
+    TONIGHT.update(plan)
+    state = night(overrides=overrides or {"x": 1}, return_state=True)
+    return state.result(raise_on_failure=False)
+
+
+def test_regression_compares_with_the_median_of_comparable_completed_runs(prefect_server):
+    # Oldest first. Only the three marked "ok" are comparable with tonight.
+    _night(publish=True, rate=10.0, p90_s=1.0)  # ok, but the 4th most recent comparable: beyond N=3
+    _night(publish=True, rate=20.0, p90_s=1.0)  # ok
+    _night(publish=True, rate=22.0, p90_s=1.1)  # ok
+    _night(publish=True, rate=1.0, p90_s=9.0, fail=True)  # failed: not history
+    _night(publish=True, rate=1.0, p90_s=9.0, overrides={"x": 2})  # other parameters
+    _night(publish=True, rate=1.0, p90_s=9.0, fingerprint="fp-b")  # other fingerprint (host, batching...)
+    _night(publish=True, rate=21.0, p90_s=1.2)  # ok, the newest
+    _night()  # completed, but published no benchmark (benchmark off): skipped
+
+    verdict = _night(check=True, rate=20.0, p90_s=1.1)
+    assert verdict["status"] == "ok" and verdict["runs"] == 3
+    assert verdict["baseline"]["inferences_per_s"] == pytest.approx(21.0)
+    assert verdict["baseline"]["latency_ms p90"] == pytest.approx(1100.0)
+
+    slow = _night(check=True, rate=12.0, p90_s=1.1)
+    assert slow["status"] == "regressed" and slow["action"] == "fail"
+    assert slow["problems"][0].startswith("inferences_per_s 12.0 vs median 21.0 of 3 runs")
+
+
+def test_no_comparable_history_passes(prefect_server):
+    verdict = _night(check=True, rate=20.0, p90_s=1.0, overrides={"never": "seen"})
+    assert verdict["status"] == "no history" and verdict["runs"] == 0

@@ -1,0 +1,70 @@
+"""The in-process ceiling on a tiny traced stand-in: batches built as the handler builds them."""
+
+import json
+
+import pytest
+import torch
+
+from tasks import ceiling
+
+PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."),
+         ("The committee reviewed the long proposal in great detail and asked for revisions.", "Rain."),
+         ("How old are you?", "What is your age?")] * 4
+
+
+class Tiny(torch.nn.Module):
+    def forward(self, ids_0, mask_0, ids_1, mask_1):
+        score = (ids_0 * mask_0).float().mean(1) - (ids_1 * mask_1).float().mean(1)
+        return torch.stack([-score, score], dim=-1)
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    files = {}
+    for length in (8, 16):
+        example = (torch.ones(2, length, dtype=torch.long),) * 4
+        files[str(length)] = f"model_{length}.pt"
+        torch.jit.save(torch.jit.trace(Tiny(), example), str(tmp_path / files[str(length)]))
+    tokenizer.save_pretrained(str(tmp_path))
+    (tmp_path / "model_info.json").write_text(json.dumps(
+        {"kind": "bi-encoder", "backend": "cpu", "batch_size": 2, "max_length": 16, "length_buckets": [8, 16],
+         "model_files": files}))
+    return tmp_path
+
+
+def test_ceiling_times_the_buckets_the_pairs_need_in_each_layout(model_dir):
+    before = torch.get_num_threads()
+    result = ceiling.measure(model_dir / "model_16.pt", PAIRS, workers=2, threads_per_worker=1, seconds=0.3)
+    assert torch.get_num_threads() == before  # the flow process's threads are given back
+    assert result.batch_size == 2 and result.buckets == [8, 16] and result.threads == 2
+    names = [layout.name for layout in result.layouts]
+    assert names == ["all threads", "as served", "lone request, all threads", "lone request, one worker's threads"]
+    best = max(result.layouts[:2], key=lambda layout: layout.inferences_per_s)
+    assert result.best_layout == best.name and result.inferences_per_s == best.inferences_per_s
+    assert result.inferences_per_s == pytest.approx(2 * result.batches_per_s)
+    assert result.layouts[1].streams == 2 and result.layouts[1].threads_per_stream == 1
+    lone = result.layouts[2]
+    assert lone.inferences_per_s == pytest.approx(lone.batches_per_s)  # one request per lone batch
+    assert result.batch_latency_ms > 0 and result.lone_batch_latency_ms > 0 and result.worker_lone_batch_latency_ms > 0
+
+
+def test_batches_are_padded_to_the_smallest_bucket_like_the_handler(model_dir):
+    models, info, _ = ceiling.load_models(model_dir)
+    full, lone = ceiling.build_batches(model_dir, info, sorted(models), PAIRS)
+    assert all(batch[0].shape[0] == 2 for batch in full + lone)  # batch_size, lone ones padded up
+    assert {batch[0].shape[1] for batch in lone} == {8, 16}  # short pairs go to the short graph
+
+
+def test_one_worker_of_two_threads_is_compared_with_two_single_thread_streams_too(model_dir):
+    result = ceiling.measure(model_dir / "model_16.pt", PAIRS, workers=1, threads_per_worker=2, seconds=0.2)
+    names = [layout.name for layout in result.layouts]
+    assert names == ["all threads", "one stream per thread", "lone request, all threads"]
+    assert result.layouts[1].streams == 2 and result.layouts[1].threads_per_stream == 1
+    assert result.worker_lone_batch_latency_ms == result.lone_batch_latency_ms
+
+
+def test_neuron_models_are_not_timed_in_process(model_dir):
+    info = json.loads((model_dir / "model_info.json").read_text())
+    (model_dir / "model_info.json").write_text(json.dumps({**info, "backend": "neuron"}))
+    with pytest.raises(ceiling.CeilingUnavailable, match="NeuronCores"):
+        ceiling.measure(model_dir / "model_16.pt", PAIRS, workers=2, threads_per_worker=1, seconds=0.1)

@@ -1,0 +1,23 @@
+"""The PNG charts: a single run over time, a sweep per configuration."""
+
+from tasks.benchmark import summarize
+from tasks.chart import sweep_chart, timeline_chart
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeline_chart_is_a_png(tmp_path):
+    bench = summarize([0.1, 0.2, 0.3], 1, 4, 3.0)
+    bench.timeline = [{"t": 1.0, "requests_per_s": 2, "p50_ms": 100.0, "p90_ms": 180.0, "errors": 0},
+                      {"t": 2.0, "requests_per_s": 1, "p50_ms": 300.0, "p90_ms": 300.0, "errors": 1}]
+    path = timeline_chart(bench, tmp_path / "benchmark.png")
+    assert path.read_bytes().startswith(PNG)
+
+
+def test_sweep_chart_is_a_png(tmp_path):
+    rows = [{"label": "b2 w1 d10 c8", "inferences_per_s": 30.0, "p90_ms": 400.0, "within_limit": True, "best": True,
+             "ceiling_inferences_per_s": 40.0},
+            {"label": "b6 w2 d50 c64", "inferences_per_s": 35.0, "p90_ms": 3000.0, "within_limit": False,
+             "ceiling_inferences_per_s": None}]
+    path = sweep_chart(rows, tmp_path / "sweep.png", 2000)
+    assert path.read_bytes().startswith(PNG)
