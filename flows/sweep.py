@@ -85,6 +85,9 @@ def _row(bench: benchmark_stage.BenchmarkResult, batch_size: int, workers: int, 
         "queue_ms_p50": round(server.queue_ms.p50, 1) if server and server.queue_ms else None,
         "handler_ms_p50": round(server.handler_ms.p50, 1) if server and server.handler_ms else None,
         "mean_batch_fill": round(server.mean_batch_fill, 2) if server and server.mean_batch_fill else None,
+        # CPU other work on the host used meanwhile (> 0.1 x CPUs: the row is not reliable)
+        "other_cores": round(bench.cpu.other_cores, 2) if bench.cpu else None,
+        "other_cores_ceiling": round(ceiling.other_cores, 2) if ceiling and ceiling.other_cores is not None else None,
     }
 
 
@@ -146,10 +149,13 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                         url = f"{server.inference_url}/predictions/{mar.model_name}"
                         for clients in concurrency:
                             wall_0 = time.time()
+                            cpu_0 = benchmark_stage.cpu_snapshot(server)
                             result = loadgen.load(url, server.inference_headers(), pairs, concurrency=clients,
                                                   duration=settings.duration, warmup=settings.warmup,
                                                   progress_every=None)
                             bench = benchmark_stage.from_load(result)
+                            bench.cpu = benchmark_stage.cpu_use(cpu_0, benchmark_stage.cpu_snapshot(server),
+                                                                len(result.samples), ceiling)
                             time.sleep(benchmark_stage.LOG_SETTLE_S)
                             since = wall_0 + settings.warmup
                             bench.server = benchmark_stage.server_times(
@@ -229,12 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(result, dict):
         print(f"error: {result}", file=sys.stderr)
         return 1
-    print(f"{'configuration':<22} {'inf/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'errors':>6} {'/ceiling':>8}")
+    print(f"{'configuration':<22} {'inf/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'errors':>6} {'/ceiling':>8} "
+          f"{'lone batch ms':>13} {'busy':>5}")
     for row in result["rows"]:
         ratio = f"{row['served_over_ceiling']:.2f}" if row["served_over_ceiling"] is not None else "-"
+        lone = f"{row['lone_batch_ms']:.0f}" if row["lone_batch_ms"] is not None else "-"
+        busy = max(row["other_cores"] or 0, row["other_cores_ceiling"] or 0)
         mark = "  <- best" if row["best"] else ""
         print(f"{row['label']:<22} {row['inferences_per_s']:>7.1f} {row['p50_ms']:>8.0f} {row['p90_ms']:>8.0f} "
-              f"{row['errors']:>6} {ratio:>8}{mark}")
+              f"{row['errors']:>6} {ratio:>8} {lone:>13} {busy:>5.2f}{mark}")
+    print("busy: CPUs other work on the host used during the row or its ceiling; above 0.1 x CPUs, rerun it")
     print(f"sweep: {Path(result['run_dir']) / SWEEP_FILE}")
     return 0
 

@@ -37,6 +37,7 @@ from tasks.ceiling import Ceiling
 from tasks.check import NOT_PARAPHRASE, PARAPHRASE
 from tasks.config import REPO_ROOT
 from tasks.loadgen import LatencyMs, percentiles
+from tasks.regression import BUSY_SHARE  # other work above this share of the CPUs: figures unreliable
 
 PROGRESS_EVERY = loadgen.DEFAULT_PROGRESS_EVERY
 DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
@@ -420,7 +421,6 @@ def run(server, model_name: str, model_file: Path, config, resolved, run_dir: Pa
     return bench
 
 
-BUSY_SHARE = 0.1  # other work using more than this share of the host's CPUs makes the figures unreliable
 
 
 def busy_host_warnings(bench: dict) -> list[str]:

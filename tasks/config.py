@@ -58,7 +58,7 @@ class ServingConfig(_Section):
         "(max_length is always the last bucket, longer ones are ignored); none: max_length only"
     )
     max_batch_delay: int = Field(
-        50,
+        5,
         ge=0,
         le=60_000,
         description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",

@@ -10,8 +10,10 @@ open    requests scheduled at a fixed `rate`, whatever the server does; latency 
 Requests sent during `warmup` are sent but not measured. The run lasts `duration` s of measured
 load, or until `requests` measured requests have been sent; then the requests in flight are
 awaited. Latency percentiles and errors are of the measured requests. Throughput is answers per
-second over the window from the end of warm-up to the last answer, counting every answer in it --
-the warm-up's last requests included, so the window does not start with an empty pipeline. Pairs come from a pool of real
+second inside the measured window -- the `duration` s after the warm-up (with `requests`: up to the
+last answer) -- counting every answer in it: answers to the warm-up's last requests are in (the
+window does not start with an empty pipeline), and the drain after it is out (the last partial
+batches, which may wait max_batch_delay for batch-mates that never come). Pairs come from a pool of real
 pairs, round-robin from a seeded shuffle, never one pair repeated.
 
 TrivialEndpoint answers ["paraphrase"] to any POST from a thread of its own: the same load
@@ -275,8 +277,7 @@ async def run_load(
             if reporter is not None:
                 reporter.cancel()
     end = time.monotonic()
-    # Requests sent before the end finish after it: count the time they actually took.
-    seconds = (end - measure_from) if requests is not None else max(end, stop_at) - measure_from
+    seconds = (end - measure_from) if requests is not None else duration
     return LoadResult(mode=mode, concurrency=concurrency, rate=rate if mode == "open" else None,
                       seconds=max(seconds, 0.0), samples=samples, first_error=errors[0] if errors else None)
 

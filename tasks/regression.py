@@ -5,6 +5,7 @@ deployment), with the same parameters, whose benchmark table artifact carries th
 fingerprint (tasks/benchmark.fingerprint: model, batching, workers, load, host). Their figures
 are read back through the Prefect API from that artifact (key "benchmark").
 
+Nights whose host was busy with other work during the load are left out.
 Throughput regresses below median x (1 - tolerance); p90 regresses above median x (1 + tolerance).
 With no history the verdict says so and passes.
 """
@@ -17,6 +18,7 @@ import statistics
 from pydantic import BaseModel
 
 ARTIFACT_KEY = "benchmark"
+BUSY_SHARE = 0.1  # other work using more than this share of the host's CPUs: figures unreliable
 # figure -> +1 when higher is better, -1 when lower is better
 FIGURES = {"inferences_per_s": +1, "latency_ms p90": -1}
 
@@ -122,7 +124,13 @@ def history(fingerprint: str, limit: int) -> list[dict] | None:
         )
     by_run = {artifact.flow_run_id: figures_of(artifact.data) for artifact in artifacts}
     found = [by_run[run.id] for run in same if run.id in by_run]
-    return [figures for figures in found if figures.get("fingerprint") == fingerprint][:limit]
+    return [figures for figures in found if figures.get("fingerprint") == fingerprint and not busy(figures)][:limit]
+
+
+def busy(figures: dict) -> bool:
+    """A night whose host was busy with other work during the load is no baseline."""
+    other, cores = figures.get("cpu other_cores"), figures.get("cpu host_cores")
+    return isinstance(other, (int, float)) and isinstance(cores, (int, float)) and other > BUSY_SHARE * cores
 
 
 def check(bench, fingerprint: str, runs: int, tolerance: float, action: str) -> Regression:

@@ -19,8 +19,8 @@ def test_closed_loop_measures_every_answer_and_draws_pairs_from_the_pool():
                       progress_every=None)
     assert result.mode == "closed" and result.concurrency == 4 and result.rate is None
     assert result.errors == 0 and len(result.measured) > 20 and result.warmup_requests == 0
-    assert result.requests_per_s == pytest.approx(len(result.measured) / result.seconds)
-    assert result.seconds >= 0.5
+    assert result.requests_per_s == pytest.approx(len(result.measured) / result.seconds, rel=0.1)
+    assert result.seconds == 0.5
     sent = {tuple(parse_qs(body.decode())[k][0] for k in ("seq_0", "seq_1")) for body in endpoint.bodies}
     assert sent == set(PAIRS)  # all of the pool, not one pair repeated
     assert all(s.intended == s.sent and s.done >= s.sent for s in result.samples)
@@ -61,7 +61,8 @@ def test_throughput_counts_answers_in_the_window_so_the_warm_pipeline_is_not_los
     with TrivialEndpoint(delay=0.05, serial=True) as endpoint:
         result = load(endpoint.url, {}, PAIRS, concurrency=4, duration=1.0, warmup=0.5, progress_every=None)
     assert result.requests_per_s == pytest.approx(20, rel=0.12)
-    assert len(result.ok) / result.seconds < result.requests_per_s
+    # The old estimate (measured requests over warm-up end -> last answer) reads low:
+    assert len(result.ok) / max(s.done for s in result.ok) < 0.9 * result.requests_per_s
 
 
 def test_open_loop_sends_at_the_rate_asked():
@@ -159,3 +160,13 @@ def test_pair_pool_is_shuffled_once_and_cycles():
     assert PairPool(PAIRS).pairs == pool.pairs  # seeded: the same order every run
     with pytest.raises(ValueError):
         PairPool([])
+
+
+def test_the_drain_after_the_window_does_not_dilute_throughput():
+    # A lone last request waits for batch-mates (like max_batch_delay) long after the window: its
+    # latency is measured, but the wait is not spread over the window's throughput.
+    with TrivialEndpoint(delay=0.4) as endpoint:
+        result = load(endpoint.url, {}, PAIRS, concurrency=1, duration=1.0, progress_every=None)
+    assert result.seconds == 1.0
+    assert result.requests_per_s == pytest.approx(2.0)  # answers at 0.4 and 0.8 s; the third at 1.2 s is out
+    assert len(result.measured) == 3 and result.latency().max >= 400

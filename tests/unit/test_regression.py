@@ -77,3 +77,11 @@ def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
     monkeypatch.setattr(regression, "history", broken)
     verdict = check(summarize([0.1], 0, 1, 1.0), "abc", 5, 0.2, "fail")
     assert verdict.status == "skipped" and "API down" in verdict.message and not verdict.failed
+
+
+def test_a_night_on_a_busy_host_is_no_baseline():
+    from tasks.regression import busy
+
+    assert busy({"cpu other_cores": 0.9, "cpu host_cores": 2})
+    assert not busy({"cpu other_cores": 0.05, "cpu host_cores": 2})
+    assert not busy({})  # older nights without CPU figures still count
