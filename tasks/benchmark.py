@@ -464,7 +464,8 @@ def headline(bench: BenchmarkResult) -> str:
 
 
 def cpu_text(cpu: dict) -> str:
-    text = (f"(cores of {cpu['host_cores']}): workers {cpu['workers_cores']:.2f}, frontend {cpu['frontend_cores']:.2f}, "
+    text = (f"(cores of {cpu['host_cores']}): workers {cpu['workers_cores']:.2f}, "
+            f"frontend {cpu['frontend_cores']:.2f}, "
             f"client {cpu['client_cores']:.2f}, other work on the host {cpu['other_cores']:.2f}")
     if cpu.get("worker_cpu_ms_per_request") and cpu.get("ceiling_cpu_ms_per_inference"):
         text += (f"; workers spend {cpu['worker_cpu_ms_per_request']:.1f} CPU-ms per request vs "

@@ -12,9 +12,9 @@ Only the model calls are timed, for a few seconds per thread layout:
   one stream per thread   (when workers have several threads each) the layout workers of one
                 thread would have
 
-The ceiling is the best of these: the hardware's, not only this server layout's. Then the latency of one batch alone -- a full batch, and a
-lone request's batch (one pair padded to batch_size, what a request with no batch-mates costs) --
-with all threads and with one worker's threads.
+The ceiling is the best of these: the hardware's, not only this server layout's. Then the latency
+of one batch alone -- a full batch, and a lone request's batch (one pair padded to batch_size,
+what a request with no batch-mates costs) -- with all threads and with one worker's threads.
 
 Call it while TorchServe is idle: its workers then hold memory only, not CPU. CPU and CUDA only:
 on Neuron the workers hold the NeuronCores, so the ceiling is skipped (measure it before register).
@@ -79,7 +79,8 @@ def _encode(tokenizer, info: dict, pairs, buckets):
     return handler.pad_to_batch(inputs, info["batch_size"])
 
 
-def load_models(model_dir: Path, model_file: Path | None = None) -> tuple[dict[int, torch.nn.Module], dict, torch.device]:
+def load_models(model_dir: Path, model_file: Path | None = None
+                ) -> tuple[dict[int, torch.nn.Module], dict, torch.device]:
     """{length: graph} as the handler loads them, with model_info.json and the device they run on."""
     info = json.loads((model_dir / handler.MODEL_INFO_FILE).read_text())
     backend = info.get("backend", "cpu")
