@@ -147,9 +147,25 @@ class BenchmarkConfig(_Section):
         0.2, ge=0, description="throughput below / p90 above the median by more than this fraction regresses"
     )
     regression_action: Literal["warn", "fail"] = Field("warn", description="what a regression does to the run")
+    @field_validator("pairs_file")
+    @classmethod
+    def _existing_pairs_file(cls, path: Path | None) -> Path | None:
+        return existing_file(path)
+
     compare_buckets: bool = Field(
         True, description="with several length buckets, also serve max_length only and send both the same traffic"
     )
+
+
+def existing_file(path: Path | None) -> Path | None:
+    """A file the run will read, checked before anything starts."""
+    if path is None:
+        return None
+    # Relative to where the command runs, else to the checkout (deployments run from there).
+    for candidate in (path, REPO_ROOT / path):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ValueError(f"{path} does not exist; give an existing file or null")
 
 
 class ChecksConfig(_Section):
@@ -168,13 +184,7 @@ class ChecksConfig(_Section):
     @field_validator("golden_pairs", "accuracy_file")
     @classmethod
     def _existing_file(cls, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        # Relative to where the command runs, else to the checkout (deployments run from there).
-        for candidate in (path, REPO_ROOT / path):
-            if candidate.is_file():
-                return candidate.resolve()
-        raise ValueError(f"{path} does not exist; give an existing file or null")
+        return existing_file(path)
 
 
 class RunConfig(_Section):

@@ -135,3 +135,9 @@ def test_buckets_end_at_max_length_and_ignore_longer_ones():
     assert ServingConfig(max_length=128).buckets() == [128]
     with pytest.raises(ValueError, match="length_buckets"):
         ServingConfig(length_buckets=[4])
+
+
+@pytest.mark.parametrize("field", ["checks.accuracy_file", "benchmark.pairs_file"])
+def test_a_missing_input_file_is_refused_before_anything_starts(field):
+    with pytest.raises(ConfigError, match=rf"{field} = 'no-such.tsv'.*does not exist"):
+        load_config(None, {field: "no-such.tsv"})
