@@ -558,11 +558,3 @@ def table_rows(bench: dict) -> list[dict]:
     if regression:
         rows.append({"figure": "regression", "value": regression.get("status")})
     return rows
-
-
-def benchmark(url: str, headers: dict, concurrency: int, duration: float, warmup: float = 0.0,
-              log: logging.Logger | None = None) -> BenchmarkResult:
-    """The load alone (closed loop, the built-in pairs): what this stage did before the ceiling."""
-    pairs = [PARAPHRASE[:2], NOT_PARAPHRASE[:2]]
-    return from_load(loadgen.load(url, headers, pairs, concurrency=concurrency, duration=duration, warmup=warmup,
-                                  progress_every=PROGRESS_EVERY, log=log))

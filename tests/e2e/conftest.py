@@ -5,7 +5,8 @@ import socket
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.server import Server
+from tasks.register import RegisterError, register
+from tasks.server import Server, start, stop, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,16 @@ def assert_server_gone(server: Server) -> None:
     for port in server.ports.values():
         with socket.socket() as probe:
             probe.bind((host, port))  # raises if something still listens
+
+
+def register_refusal(serving, resolved, mar, server_dir) -> RegisterError:
+    """Start a real TorchServe, expect registering `mar` to fail, stop it; return the error."""
+    server = start(serving, resolved, mar.model_store, server_dir)
+    try:
+        wait_healthy(server, timeout=120)
+        with pytest.raises(RegisterError) as caught:
+            register(server, mar, batch_size=serving.batch_size, max_batch_delay=20, workers=1, timeout=120)
+    finally:
+        stop(server)
+    assert_server_gone(server)
+    return caught.value

@@ -16,10 +16,8 @@ import pytest
 from flows.validate import validate
 from tasks.archive import archive
 from tasks.config import DEFAULT_CONFIG_FILE, ModelConfig, ResolvedServing, ServingConfig
-from tasks.register import RegisterError, register
-from tasks.server import start, stop, wait_healthy
 from tasks.trace import trace
-from tests.e2e.conftest import assert_server_gone
+from tests.e2e.conftest import register_refusal
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +68,5 @@ def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(neuron_host, tmp_p
     serving = ServingConfig(batch_size=2, max_length=32, free_ports=True, backend="neuron")
     resolved = ResolvedServing(backend="neuron", device_name="2 NeuronCores", cores=2,
                                cores_source="neuron-ls --json-output", initial_workers=1, threads_per_worker=1)
-    server = start(serving, resolved, mar.model_store, tmp_path / "server")
-    try:
-        wait_healthy(server, timeout=120)
-        with pytest.raises(RegisterError) as caught:
-            register(server, mar, batch_size=2, max_batch_delay=20, workers=1, timeout=120)
-    finally:
-        stop(server)
-    assert_server_gone(server)
-    assert "traced for backend 'cpu' but the server runs the 'neuron' backend" in str(caught.value)
+    error = register_refusal(serving, resolved, mar, tmp_path / "server")
+    assert "traced for backend 'cpu' but the server runs the 'neuron' backend" in str(error)

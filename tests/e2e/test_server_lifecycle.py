@@ -14,10 +14,10 @@ import pytest
 
 from tasks.archive import archive
 from tasks.config import REPO_ROOT, ModelConfig, ServingConfig, resolve_serving
-from tasks.register import RegisterError, describe, register
+from tasks.register import describe, register
 from tasks.server import ServerError, find_stale, load_record, start, stop, stop_stale, wait_healthy
 from tasks.trace import trace
-from tests.e2e.conftest import assert_server_gone
+from tests.e2e.conftest import assert_server_gone, register_refusal
 
 pytestmark = pytest.mark.e2e
 
@@ -114,17 +114,10 @@ def test_a_handler_that_cannot_load_fails_register_with_its_traceback(traced, tm
                 raise RuntimeError("planted failure: tokenizer files missing")
     """))
     broken_mar = archive(traced, tmp_path / "broken_store", handler=broken)
-    server = start(SERVING, resolve_serving(SERVING), broken_mar.model_store, tmp_path / "server")
-    try:
-        wait_healthy(server, timeout=120)
-        with pytest.raises(RegisterError) as caught:
-            register(server, broken_mar, batch_size=2, max_batch_delay=20, workers=1, timeout=120)
-    finally:
-        stop(server)
-    assert_server_gone(server)
-    assert "planted failure: tokenizer files missing" in str(caught.value)
-    assert "Traceback" in str(caught.value)
-    assert caught.value.retryable is False
+    error = register_refusal(SERVING, resolve_serving(SERVING), broken_mar, tmp_path / "server")
+    assert "planted failure: tokenizer files missing" in str(error)
+    assert "Traceback" in str(error)
+    assert error.retryable is False
 
 
 def test_a_port_in_use_is_named_before_anything_starts(mar, tmp_path):
