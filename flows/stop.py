@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tasks.config import REPO_ROOT
-from tasks.server import ServerError, load_record, stop
+from tasks.serve.server import ServerError, load_record, stop
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,11 +36,11 @@ from flows.validate import (  # noqa: E402
     stop_task,
     trace_task,
 )
-from tasks import benchmark as benchmark_stage  # noqa: E402
-from tasks import ceiling as ceiling_stage  # noqa: E402
-from tasks import loadgen  # noqa: E402
+from tasks.measure import benchmark as benchmark_stage  # noqa: E402
+from tasks.measure import ceiling as ceiling_stage  # noqa: E402
+from tasks.measure import loadgen as loadgen  # noqa: E402
 from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
-from tasks.report import new_run_dir  # noqa: E402
+from tasks.report.summary import new_run_dir  # noqa: E402
 
 SWEEP_FILE = "sweep.json"
 CHART_FILE = "sweep.png"
@@ -182,7 +182,7 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
               "client_requests_per_s": client.requests_per_s, "rows": rows}
     (run_dir / SWEEP_FILE).write_text(json.dumps(result, indent=2, default=str))
     try:
-        from tasks.chart import sweep_chart
+        from tasks.report.charts import sweep_chart
 
         result["chart"] = str(sweep_chart(rows, run_dir / CHART_FILE, p90_limit_ms))
     except ImportError as error:

@@ -23,15 +23,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from tasks import archive as archive_stage  # noqa: E402
-from tasks import benchmark as benchmark_stage  # noqa: E402
-from tasks import bucket_compare  # noqa: E402
-from tasks import check as check_stage  # noqa: E402
-from tasks import register as register_stage  # noqa: E402
-from tasks import server as server_stage  # noqa: E402
-from tasks import trace as trace_stage  # noqa: E402
+from tasks.build import archive as archive_stage  # noqa: E402
+from tasks.measure import benchmark as benchmark_stage  # noqa: E402
+from tasks.measure import buckets as bucket_compare  # noqa: E402
+from tasks.verify import checks as check_stage  # noqa: E402
+from tasks.serve import register as register_stage  # noqa: E402
+from tasks.serve import server as server_stage  # noqa: E402
+from tasks.build import trace as trace_stage  # noqa: E402
 from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
-from tasks.report import (  # noqa: E402
+from tasks.report.summary import (  # noqa: E402
     Stages,
     build_summary,
     new_run_dir,

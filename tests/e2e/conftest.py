@@ -5,8 +5,8 @@ import socket
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.register import RegisterError, register
-from tasks.server import Server, start, stop, wait_healthy
+from tasks.serve.register import RegisterError, register
+from tasks.serve.server import Server, start, stop, wait_healthy
 
 
 @pytest.fixture(scope="session")

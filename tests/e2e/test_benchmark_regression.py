@@ -6,8 +6,8 @@ import pytest
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from tasks import regression
-from tasks.benchmark import summarize, table_rows
+from tasks.measure import regression as regression
+from tasks.measure.benchmark import summarize, table_rows
 
 pytestmark = pytest.mark.e2e
 

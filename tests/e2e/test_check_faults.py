@@ -9,12 +9,12 @@ import textwrap
 
 import pytest
 
-from tasks.archive import HANDLER_FILE, archive
-from tasks.check import run_checks
+from tasks.build.archive import HANDLER_FILE, archive
+from tasks.verify.checks import run_checks
 from tasks.config import ChecksConfig, ModelConfig, ServingConfig, resolve_serving
-from tasks.register import register
-from tasks.server import start, stop, wait_healthy
-from tasks.trace import trace
+from tasks.serve.register import register
+from tasks.serve.server import start, stop, wait_healthy
+from tasks.build.trace import trace
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +80,7 @@ def server_with_faults(tmp_path_factory):
 
 
 def _archive(mar, store):
-    from tasks.archive import Archive
+    from tasks.build.archive import Archive
 
     return Archive(model_name=mar.stem, mar_file=mar, model_store=store)
 

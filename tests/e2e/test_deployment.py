@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tasks import server as server_stage
+from tasks.serve import server as server_stage
 from tasks.config import REPO_ROOT
 from tests.e2e.conftest import assert_server_gone
 

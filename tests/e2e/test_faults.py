@@ -13,7 +13,7 @@ import pytest
 
 import flows.validate
 from flows.validate import STAGES, validate
-from tasks import server as server_stage
+from tasks.serve import server as server_stage
 from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT
 from tests.e2e.conftest import assert_server_gone
 

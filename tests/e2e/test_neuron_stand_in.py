@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from flows.validate import validate
-from tasks.archive import archive
+from tasks.build.archive import archive
 from tasks.config import DEFAULT_CONFIG_FILE, ModelConfig, ResolvedServing, ServingConfig
-from tasks.trace import trace
+from tasks.build.trace import trace
 from tests.e2e.conftest import register_refusal
 
 pytestmark = pytest.mark.e2e

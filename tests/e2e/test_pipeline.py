@@ -7,12 +7,12 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
-import tasks.server
+import tasks.serve.server
 from tasks import backends
 from flows import stop as stop_cli
 from flows.validate import STAGES, validate
 from tasks.config import DEFAULT_CONFIG_FILE
-from tasks.regression import figures_of
+from tasks.measure.regression import figures_of
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def run(prefect_server, tmp_path_factory):
     """One real pipeline run; every TorchServe key it read is remembered for the leak checks."""
     seen_keys = []
-    real_read_keys = tasks.server.read_keys
+    real_read_keys = tasks.serve.server.read_keys
 
     def spy(path):
         keys = real_read_keys(path)
@@ -41,7 +41,7 @@ def run(prefect_server, tmp_path_factory):
         "benchmark.single_client_seconds": 2,
     }
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.server, "read_keys", spy)
+        patch.setattr(tasks.serve.server, "read_keys", spy)
         state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides, return_state=True)
     summary = state.result()
     return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
@@ -109,7 +109,7 @@ def test_run_directory_holds_model_archive_server_files_and_summary(run):
 
 
 def test_no_torchserve_process_outlives_the_run(run):
-    server = tasks.server.load_record(run["run_dir"] / "server")
+    server = tasks.serve.server.load_record(run["run_dir"] / "server")
     assert len(server.processes) >= 3  # launcher, java frontend, workers
     assert_server_gone(server)
 
@@ -149,7 +149,7 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_serve
                  "keep_serving": True}
     try:
         summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
-        server = tasks.server.load_record(tmp_path / "latest" / "server")
+        server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
         assert summary["server"]["inference_url"] == server.inference_url

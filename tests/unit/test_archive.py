@@ -1,4 +1,4 @@
-from tasks.archive import model_name
+from tasks.build.archive import model_name
 
 
 def test_model_name_follows_the_tutorial_pattern():

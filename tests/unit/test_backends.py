@@ -11,7 +11,7 @@ import torch
 from serving.handler import BACKEND_ENV, prepare_backend
 from tasks import backends
 from tasks.config import ConfigError, ServingConfig, resolve_serving
-from tasks.trace import compile_for
+from tasks.build.trace import compile_for
 
 STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tasks.benchmark import summarize
+from tasks.measure.benchmark import summarize
 
 
 def test_rates_and_percentiles():
@@ -44,7 +44,7 @@ import json  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
 
-from tasks import benchmark as bench_module  # noqa: E402
+from tasks.measure import benchmark as bench_module  # noqa: E402
 from tasks.config import load_config, resolve_serving  # noqa: E402
 
 
@@ -165,7 +165,7 @@ def test_cpu_use_splits_the_load_window_by_process_role():
 
     import psutil
 
-    from tasks.server import ProcessRef
+    from tasks.serve.server import ProcessRef
 
     server = SimpleNamespace(processes=[ProcessRef.of(psutil.Process())])
     before = bench_module.cpu_snapshot(server)

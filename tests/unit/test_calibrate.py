@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.accuracy import read_mrpc
-from tasks.calibrate import best_threshold
+from tasks.verify.accuracy import read_mrpc
+from tools.calibrate import best_threshold
 from tasks.config import REPO_ROOT
 
 DEV = REPO_ROOT.parent / "shared/data/msr_paraphrase_dev.tsv"

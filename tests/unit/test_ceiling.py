@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tasks import ceiling
+from tasks.measure import ceiling as ceiling
 
 PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."),
          ("The committee reviewed the long proposal in great detail and asked for revisions.", "Rain."),

@@ -1,7 +1,7 @@
 """The PNG charts: a single run over time, a sweep per configuration."""
 
-from tasks.benchmark import summarize
-from tasks.chart import sweep_chart, timeline_chart
+from tasks.measure.benchmark import summarize
+from tasks.report.charts import sweep_chart, timeline_chart
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

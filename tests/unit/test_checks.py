@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tasks.accuracy import read_mrpc, read_mrpc_lenient, scores
-from tasks.check import Prediction, _verdict, load_golden, parity
+from tasks.verify.accuracy import read_mrpc, read_mrpc_lenient, scores
+from tasks.verify.checks import Prediction, _verdict, load_golden, parity
 from tasks.config import DEFAULT_CONFIG_FILE
 
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import pytest
 
-from tasks.loadgen import PairPool, Sample, LoadResult, TrivialEndpoint, load, percentiles
+from tasks.measure.loadgen import PairPool, Sample, LoadResult, TrivialEndpoint, load, percentiles
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 

@@ -1,7 +1,7 @@
 import httpx
 import pytest
 
-from tasks.register import RegisterError, _call, _register, wait_workers_ready
+from tasks.serve.register import RegisterError, _call, _register, wait_workers_ready
 
 NAME = "bert-max_length128-batch_size6"
 PARAMS = {"url": f"{NAME}.mar", "model_name": NAME, "batch_size": 6, "max_batch_delay": 50,

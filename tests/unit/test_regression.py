@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tasks.benchmark import summarize
-from tasks.regression import check, compare, figures_of
+from tasks.measure.benchmark import summarize
+from tasks.measure.regression import check, compare, figures_of
 
 NIGHTS = [{"inferences_per_s": v, "latency_ms p90": p} for v, p in ((20, 3000), (21, 2900), (19, 3100), (5, 9000))]
 
@@ -60,7 +60,7 @@ def test_check_outside_a_flow_run_is_skipped_and_zero_runs_turns_it_off():
 
 
 def test_check_compares_with_the_history_it_reads(monkeypatch):
-    import tasks.regression as regression
+    import tasks.measure.regression as regression
 
     monkeypatch.setattr(regression, "history", lambda fingerprint, limit: NIGHTS[:limit])
     bench = summarize([4.0] * 10, 0, 64, 1.0)  # 10 requests/s, p90 4000 ms
@@ -69,7 +69,7 @@ def test_check_compares_with_the_history_it_reads(monkeypatch):
 
 
 def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
-    import tasks.regression as regression
+    import tasks.measure.regression as regression
 
     def broken(fingerprint, limit):
         raise ConnectionError("API down")
@@ -80,7 +80,7 @@ def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
 
 
 def test_a_night_on_a_busy_host_is_no_baseline():
-    from tasks.regression import busy
+    from tasks.measure.regression import busy
 
     assert busy({"cpu other_cores": 0.9, "cpu host_cores": 2})
     assert not busy({"cpu other_cores": 0.05, "cpu host_cores": 2})

@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from tasks.benchmark import summarize
-from tasks.check import CheckResult, Prediction
-from tasks.report import Stages, build_summary, markdown, new_run_dir
+from tasks.measure.benchmark import summarize
+from tasks.verify.checks import CheckResult, Prediction
+from tasks.report.summary import Stages, build_summary, markdown, new_run_dir
 
 
 def _ran(names=("trace", "check", "stop"), fail=None):

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tasks.config import ServingConfig
-from tasks.server import Keys, ProcessRef, ServerError, check_java, pick_ports, read_keys, write_config
+from tasks.serve.server import Keys, ProcessRef, ServerError, check_java, pick_ports, read_keys, write_config
 
 
 def _properties(path):

@@ -18,10 +18,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from tasks.accuracy import read_mrpc_lenient, scores
+from tasks.verify.accuracy import read_mrpc_lenient, scores
 from tasks.config import ChecksConfig, ModelConfig
-from tasks.reference import Reference
-from tasks.server import Server
+from tasks.verify.reference import Reference
+from tasks.serve.server import Server
 
 # The tutorial's three sentences.
 SEQUENCE_0 = "The company HuggingFace is based in New York City"

@@ -14,8 +14,8 @@ import time
 import httpx
 from pydantic import BaseModel
 
-from tasks.archive import Archive
-from tasks.server import Server, log_tail
+from tasks.build.archive import Archive
+from tasks.serve.server import Server, log_tail
 
 
 class RegisterError(RuntimeError):

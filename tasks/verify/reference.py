@@ -6,7 +6,7 @@ import torch
 
 from serving.handler import encode_pairs
 from tasks.config import ModelConfig
-from tasks.trace import load_checkpoint
+from tasks.build.trace import load_checkpoint
 
 
 class Reference:

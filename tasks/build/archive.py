@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from tasks.config import REPO_ROOT
-from tasks.trace import TracedModel
+from tasks.build.trace import TracedModel
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
 

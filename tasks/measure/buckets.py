@@ -11,9 +11,9 @@ import logging
 
 from pydantic import BaseModel
 
-from tasks import loadgen
-from tasks.benchmark import load_pool
-from tasks.check import GENERIC, Inference
+from tasks.measure import loadgen as loadgen
+from tasks.measure.benchmark import load_pool
+from tasks.verify.checks import GENERIC, Inference
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
 LABEL_SAMPLE = 120

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.benchmark import BenchmarkResult, markdown_lines, table_rows
-from tasks.check import CheckResult
+from tasks.measure.benchmark import BenchmarkResult, markdown_lines, table_rows
+from tasks.verify.checks import CheckResult
 
 SUMMARY_FILE = "summary.json"
 

@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel
 
 from serving import handler
-from tasks.loadgen import PairPool
+from tasks.measure.loadgen import PairPool
 
 WARMUP_CALLS = 2  # TorchScript's profiling executor optimises on the first calls of each graph
 MAX_BATCHES = 32  # distinct batches cycled through (lengths vary with the pairs)

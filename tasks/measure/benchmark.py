@@ -32,12 +32,12 @@ import numpy as np
 import psutil
 from pydantic import BaseModel, Field
 
-from tasks import loadgen
-from tasks.ceiling import Ceiling
-from tasks.check import NOT_PARAPHRASE, PARAPHRASE
+from tasks.measure import loadgen as loadgen
+from tasks.measure.ceiling import Ceiling
+from tasks.verify.checks import NOT_PARAPHRASE, PARAPHRASE
 from tasks.config import REPO_ROOT
-from tasks.loadgen import LatencyMs, percentiles
-from tasks.regression import BUSY_SHARE  # other work above this share of the CPUs: figures unreliable
+from tasks.measure.loadgen import LatencyMs, percentiles
+from tasks.measure.regression import BUSY_SHARE  # other work above this share of the CPUs: figures unreliable
 
 PROGRESS_EVERY = loadgen.DEFAULT_PROGRESS_EVERY
 DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
@@ -163,8 +163,8 @@ def from_load(result: loadgen.LoadResult) -> BenchmarkResult:
 def load_pool(path: Path | None) -> tuple[list[tuple[str, str]], str]:
     """Real pairs to send: an MRPC TSV or a golden-pairs YAML. None: the MRPC dev split where this
     checkout has ../shared/data, else configs/golden_pairs.yaml."""
-    from tasks.accuracy import read_mrpc_lenient
-    from tasks.check import load_golden
+    from tasks.verify.accuracy import read_mrpc_lenient
+    from tasks.verify.checks import load_golden
 
     if path is None:
         path = DEFAULT_PAIRS_FILE if DEFAULT_PAIRS_FILE.is_file() else GOLDEN_PAIRS_FILE
@@ -342,8 +342,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def run(server, model_name: str, model_file: Path, config, resolved, run_dir: Path,
         log: logging.Logger | None = None) -> BenchmarkResult:
     """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression."""
-    from tasks import ceiling as ceiling_stage
-    from tasks import regression
+    from tasks.measure import ceiling as ceiling_stage
+    from tasks.measure import regression as regression
 
     log = log or logging.getLogger(__name__)
     settings, serving = config.benchmark, config.serving
@@ -483,7 +483,7 @@ def write_json(bench: BenchmarkResult, path: Path) -> Path:
 def write_chart(bench: BenchmarkResult, path: Path, log: logging.Logger | None = None) -> Path | None:
     """benchmark.png: throughput and latency over time. A missing matplotlib costs the chart only."""
     try:
-        from tasks.chart import timeline_chart
+        from tasks.report.charts import timeline_chart
     except ImportError as error:
         (log or logging.getLogger(__name__)).warning("no chart: %s (install matplotlib)", error)
         return None

@@ -1,6 +1,6 @@
 """Choose the embedded bi-encoder's cosine threshold on the MSR Paraphrase TRAINING split.
 
-    python -m tasks.calibrate [TRAIN_TSV]
+    python -m tools.calibrate [TRAIN_TSV]
 
 Prints the threshold that maximises training accuracy, and that accuracy. The result is
 written by hand into configs/default.yaml (model.threshold) and the README, so a run never
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from serving.handler import encode_pairs
-from tasks.accuracy import read_mrpc_lenient
+from tasks.verify.accuracy import read_mrpc_lenient
 from tasks.config import REPO_ROOT, ModelConfig
-from tasks.trace import load_checkpoint
+from tasks.build.trace import load_checkpoint
 
 DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
 
