@@ -26,11 +26,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import httpx  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 
-from flows.validate import (  # noqa: E402
+from flows.run import sigterm_raises  # noqa: E402
+from flows.stages import (  # noqa: E402
     archive_task,
     ping_task,
     register_task,
-    sigterm_raises,
     start_task,
     stop_stale_task,
     stop_task,
@@ -124,8 +124,8 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
         archives = {}
         for batch_size in batch_sizes:
             any_resolved = resolved_by_workers[workers[0]]
-            traced = trace_task(config.model, batch_size, serving.max_length, run_dir / f"model-b{batch_size}",
-                                any_resolved.backend, serving.buckets())
+            traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
+                                run_dir / f"model-b{batch_size}", any_resolved.backend, config.checks.parity_tolerance)
             archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
         for line in stop_stale_task(config.runs_dir):
             log.warning(line)
@@ -139,10 +139,10 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                     traced, mar = archives[batch_size]
                     ceiling = None
                     for delay in delays:
-                        register_task(server, mar, batch_size, delay, count)
+                        register_task(server, mar, delay, count)
                         if ceiling is None and settings.ceiling_seconds > 0:
                             try:  # workers registered and idle: measure now
-                                ceiling = ceiling_stage.measure(traced.model_file, pairs, count,
+                                ceiling = ceiling_stage.measure(traced.model_dir, pairs, count,
                                                                 resolved.threads_per_worker, settings.ceiling_seconds)
                             except ceiling_stage.CeilingUnavailable as error:
                                 log.warning("no in-process ceiling: %s", error)
@@ -199,28 +199,26 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from flows.cli import add_config_file_option, add_config_options
+
     parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--batch-sizes", type=_ints, help="e.g. 2,6 (default: the config's)")
-    parser.add_argument("--workers", type=_ints, help="e.g. 1,2 (default: the config's, auto resolved)")
-    parser.add_argument("--delays", type=_ints, help="max_batch_delay values in ms, e.g. 10,50")
-    parser.add_argument("--concurrency", type=_ints, help="closed-loop clients, e.g. 1,8,64")
+    add_config_file_option(parser)
+    grid = parser.add_argument_group("grid (comma-separated lists; each defaults to the config's value)")
+    grid.add_argument("--batch-sizes", type=_ints, help="e.g. 2,6")
+    grid.add_argument("--workers", type=_ints, help="e.g. 1,2 (default: the config's, auto resolved)")
+    grid.add_argument("--delays", type=_ints, help="max_batch_delay values in ms, e.g. 10,50")
+    grid.add_argument("--concurrency", type=_ints, help="closed-loop clients, e.g. 1,8,64")
     parser.add_argument("--p90-limit-ms", type=float, help="mark the best configuration with p90 within this")
-    parser.add_argument("--duration", type=float, help="s measured per row (default: the config's)")
-    parser.add_argument("--warmup", type=float, help="s of warm-up per row (default: the config's)")
-    parser.add_argument("--max-length", type=int)
-    parser.add_argument("--free-ports", action="store_true")
-    parser.add_argument("--runs-dir")
+    add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir"])
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.cli import config_overrides
+
     args = parse_args(argv)
-    overrides = {key: value for key, value in {
-        "benchmark.duration": args.duration, "benchmark.warmup": args.warmup, "serving.max_length": args.max_length,
-        "serving.free_ports": True if args.free_ports else None, "runs_dir": args.runs_dir}.items()
-        if value is not None}
+    overrides = config_overrides(args)
     try:
         config = load_config(args.config, overrides)
         for count in args.workers or []:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.handler import encode_pairs
+from serving.contract import encode_pairs
 from tasks.verify.accuracy import read_mrpc_lenient
 from tasks.config import REPO_ROOT, ModelConfig
 from tasks.build.trace import load_checkpoint

@@ -1,65 +1,78 @@
-"""archive: traced model + handler + model_info + tokenizer files -> a .mar in the run's model store."""
+"""archive: the traced model + handler + contract + model_info + tokenizer files -> a .mar in the model store."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
 
-from tasks.config import REPO_ROOT
+from serving.contract import ModelInfo
 from tasks.build.trace import TracedModel
+from tasks.config import REPO_ROOT
+from tasks.errors import PipelineError
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
+CONTRACT_FILE = REPO_ROOT / "serving" / "contract.py"
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(PipelineError):
     pass
 
 
 class Archive(BaseModel):
+    """A .mar and the facts of the model inside it, so a stage after archive never guesses its shape."""
+
     model_name: str
     mar_file: Path
     model_store: Path
+    info: ModelInfo
 
 
-def model_name(max_length: int, batch_size: int) -> str:
-    """The tutorial's name for the model: bert-max_length{L}-batch_size{B}."""
-    return f"bert-max_length{max_length}-batch_size{batch_size}"
-
-
-def archive(traced: TracedModel, model_store: Path, handler: Path = HANDLER_FILE, name: str | None = None,
-            extra_files: tuple[Path, ...] = (), handler_config: dict | None = None) -> Archive:
-    """The .mar; handler_config goes into its model-config.yaml (e.g. {"length_buckets": [128]})."""
+def archive(traced: TracedModel, model_store: Path, name: str | None = None, handler: Path = HANDLER_FILE,
+            length_buckets: list[int] | None = None, extra_files: tuple[Path, ...] = ()) -> Archive:
+    """The .mar. length_buckets narrows the graphs the handler loads (model-config.yaml), e.g. to
+    [max_length] for the tutorial's single-length serving of the same graphs. extra_files: more files
+    beside the handler (a handler that builds on ours ships ours too)."""
     model_store.mkdir(parents=True, exist_ok=True)
-    name = name or model_name(traced.max_length, traced.batch_size)
-    config_args = []
-    if handler_config:
-        config_file = model_store / f"{name}.model-config.yaml"
-        config_file.write_text(yaml.safe_dump({"handler": handler_config}))
-        config_args = ["--config-file", str(config_file)]
+    name = name or traced.info.model_name
+    # TorchServe's own @timed profiling of preprocess / inference / postprocess (ts_handler_* metrics).
+    handler_config: dict = {"profile": True}
+    if length_buckets:
+        handler_config["length_buckets"] = length_buckets
+    config_file = model_store / f"{name}.model-config.yaml"
+    config_file.write_text(yaml.safe_dump({"handler": handler_config}))
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
     if archiver is None:
-        raise ArchiveError("torch-model-archiver is not installed in this environment\nfix: run ./setup.sh")
-    command = [
-        archiver,
-        "--model-name", name,
-        "--version", "1.0",
-        "--serialized-file", str(traced.model_file),
-        "--handler", str(handler),
-        "--extra-files", ",".join(str(path) for path in [*traced.extra_files, *extra_files]),
-        "--export-path", str(model_store),
-        "--force",
-        # Uncompressed: deflating several graphs of float weights gains little and costs seconds
-        # both here and when TorchServe unpacks the archive at registration.
-        "--archive-format", "zip-store",
-        *config_args,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
+        raise ArchiveError("torch-model-archiver is not installed in this environment", fix="run ./setup.sh")
+    with tempfile.TemporaryDirectory() as staging:
+        # The handler imports serving.contract: ship it as serving/contract.py (a directory given as an
+        # extra file is copied by its contents, so the staging folder holds serving/).
+        package = Path(staging) / "serving"
+        package.mkdir()
+        shutil.copy(CONTRACT_FILE, package / CONTRACT_FILE.name)
+        (package / "__init__.py").touch()
+        files = traced.info.files(traced.model_dir)
+        command = [
+            archiver,
+            "--model-name", name,
+            "--version", "1.0",
+            "--serialized-file", str(files[1]),  # the first graph; the others are extra files
+            "--handler", str(handler),
+            "--extra-files", ",".join(str(path) for path in [files[0], *files[2:], *extra_files, staging]),
+            "--export-path", str(model_store),
+            "--config-file", str(config_file),
+            "--force",
+            # Uncompressed: deflating several graphs of float weights gains little and costs seconds
+            # both here and when TorchServe unpacks the archive at registration.
+            "--archive-format", "zip-store",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
     mar = model_store / f"{name}.mar"
     if done.returncode != 0 or not mar.is_file():
         raise ArchiveError(f"torch-model-archiver failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return Archive(model_name=name, mar_file=mar, model_store=model_store)
+    return Archive(model_name=name, mar_file=mar, model_store=model_store, info=traced.info)

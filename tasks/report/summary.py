@@ -5,56 +5,19 @@ Nothing here reads a key: the summary is built from typed results that never hol
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import time
 import uuid
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from tasks.measure.benchmark import BenchmarkResult, markdown_lines, table_rows
+from tasks.measure.buckets import BucketComparison
 from tasks.verify.checks import CheckResult
+from tasks.versions import package_versions
 
 SUMMARY_FILE = "summary.json"
-
-
-class StageRecord(BaseModel):
-    name: str
-    status: str  # "ok", "failed", "skipped"
-    seconds: float = 0.0
-    error: str | None = None
-
-
-class Stages:
-    """Times each stage and records how it ended; a failure is recorded, then re-raised."""
-
-    def __init__(self, names: list[str]):
-        self.records = {name: StageRecord(name=name, status="skipped") for name in names}
-
-    @contextlib.contextmanager
-    def run(self, name: str):
-        started = time.monotonic()
-        record = self.records[name]
-        try:
-            yield
-            record.status = "ok"
-        except BaseException as error:
-            record.status = "failed"
-            record.error = f"{type(error).__name__}: {error}"
-            raise
-        finally:
-            record.seconds = round(time.monotonic() - started, 3)
-
-    def failed(self) -> list[StageRecord]:
-        return [r for r in self.records.values() if r.status == "failed"]
-
-    def as_list(self) -> list[dict]:
-        return [r.model_dump() for r in self.records.values()]
 
 
 def new_run_dir(runs_dir: Path) -> Path:
@@ -70,13 +33,8 @@ def new_run_dir(runs_dir: Path) -> Path:
 
 
 def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "torchserve", "torch-model-archiver", "prefect"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    return {"python": platform.python_version(),
+            **package_versions("torch", "transformers", "torchserve", "torch-model-archiver", "prefect")}
 
 
 def host() -> dict:
@@ -139,8 +97,9 @@ def markdown(summary: dict, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path) -> None:
-    """The summary, the predictions and the benchmark as artifacts of the current flow run."""
+def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
+                      buckets: BucketComparison | None = None) -> None:
+    """The summary, the predictions, the benchmark and the bucket comparison as artifacts of the flow run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_markdown_artifact(key="summary", markdown=markdown(summary, run_dir), description="Run summary")
@@ -164,6 +123,16 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path) -
     bench = summary.get("benchmark")
     if bench:
         create_table_artifact(key="benchmark", table=table_rows(bench), description="Benchmark figures")
+
+
+    if buckets is not None:
+        rows = [{"graphs": f"buckets {buckets.buckets}", "inferences_per_s": round(buckets.bucketed_inferences_per_s, 2),
+                 "p90_ms": round(buckets.bucketed_p90_ms, 1)},
+                {"graphs": f"max_length {buckets.max_length} only",
+                 "inferences_per_s": round(buckets.single_inferences_per_s, 2), "p90_ms": round(buckets.single_p90_ms, 1)}]
+        create_table_artifact(key="length-buckets", table=rows,
+                              description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; labels "
+                              f"identical on {buckets.labels_identical}/{buckets.labels_compared} pairs")
 
 
 RUN_CONFIG_KEY = "run-config"

@@ -9,51 +9,28 @@ requests batched with good ones, over-long texts.
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
-import yaml
 from pydantic import BaseModel
 
-from tasks.verify.accuracy import read_mrpc_lenient, scores
+from serving.contract import CLASS_NAMES
+from tasks.build.archive import Archive
 from tasks.config import ChecksConfig, ModelConfig
-from tasks.verify.reference import Reference
+from tasks.errors import PipelineError
+from tasks.serve.clients import Inference, Prediction
 from tasks.serve.server import Server
+from tasks.verify.accuracy import read_mrpc_lenient, scores
+from tasks.verify.pairs import LONG_TEXT, NOT_PARAPHRASE, PARAPHRASE, SEQUENCE_0, SEQUENCE_2, load_golden
+from tasks.verify.reference import Reference
 
-# The tutorial's three sentences.
-SEQUENCE_0 = "The company HuggingFace is based in New York City"
-SEQUENCE_1 = "Apples are especially bad for your health"
-SEQUENCE_2 = "HuggingFace's headquarters are situated in Manhattan"
-PARAPHRASE = (SEQUENCE_0, SEQUENCE_2, "paraphrase")
-NOT_PARAPHRASE = (SEQUENCE_0, SEQUENCE_1, "not paraphrase")
 # How late a partial batch may come back, beyond max_batch_delay, before we call it lost.
 PARTIAL_BATCH_SLACK_S = 30.0
-LONG_TEXT = " ".join(["The committee reviewed the proposal in detail and asked for revisions."] * 60)
-
-GENERIC = ("not paraphrase", "paraphrase")
 
 
-class CheckFailed(RuntimeError):
+class CheckFailed(PipelineError):
     """A check gave a wrong answer; the flow fails after stop, with every artifact written."""
-
-
-class Prediction(BaseModel):
-    check: str = ""
-    seq_0: str
-    seq_1: str
-    expected: str
-    answer: str
-    status_code: int
-    latency_ms: float
-    probability: float | None = None
-    truncated: bool | None = None
-
-    @property
-    def correct(self) -> bool:
-        return self.status_code == 200 and self.answer == self.expected
 
 
 class CheckResult(BaseModel):
@@ -62,59 +39,6 @@ class CheckResult(BaseModel):
     detail: str
     metrics: dict = {}
     predictions: list[Prediction] = []
-
-
-class Inference:
-    """The inference API as the tutorial's client used it, answers turned into Predictions."""
-
-    def __init__(self, server: Server, model_name: str, class_names: list[str], timeout: float = 120.0):
-        self.url = f"{server.inference_url}/predictions/{model_name}"
-        self.client = httpx.Client(headers=server.inference_headers(), timeout=timeout)
-        # Checks speak the tutorial's labels; a model with its own id2label answers in those.
-        self.names = dict(zip(GENERIC, class_names))
-
-    def close(self) -> None:
-        self.client.close()
-
-    def send(self, seq_0: str, seq_1: str, expected: str, check: str = "", **request) -> Prediction:
-        """POST one pair (form fields, unless `request` says how) and read the answer."""
-        request = request or {"data": {"seq_0": seq_0, "seq_1": seq_1}}
-        started = time.monotonic()
-        try:
-            answer = self.client.post(self.url, **request)
-        except httpx.HTTPError as error:
-            return Prediction(check=check, seq_0=seq_0, seq_1=seq_1, expected=self.names.get(expected, expected),
-                              answer=f"{type(error).__name__}: {error}", status_code=0,
-                              latency_ms=(time.monotonic() - started) * 1000)
-        return Prediction(
-            check=check, seq_0=seq_0, seq_1=seq_1, expected=self.names.get(expected, expected),
-            answer=_answer_text(answer), status_code=answer.status_code,
-            latency_ms=(time.monotonic() - started) * 1000,
-            probability=_float(answer.headers.get("X-Paraphrase-Probability")),
-            truncated={"true": True, "false": False}.get(answer.headers.get("X-Truncated", "")),
-        )
-
-    def send_all(self, cases: list[tuple], check: str, workers: int) -> list[Prediction]:
-        """All at once, so TorchServe batches them together as the tutorial's threads did."""
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(lambda case: self.send(*case, check=check), cases))
-
-
-def _answer_text(answer: httpx.Response) -> str:
-    try:
-        body = answer.json()
-    except ValueError:
-        return answer.text[:300]
-    if answer.status_code == 200 and isinstance(body, list) and len(body) == 1:
-        return str(body[0])
-    return str(body.get("message") or body.get("error") or body)[:300] if isinstance(body, dict) else str(body)[:300]
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _verdict(name: str, predictions: list[Prediction], what: str = "labels right") -> CheckResult:
@@ -146,16 +70,6 @@ def partial_batch(inference: Inference, batch_size: int, max_batch_delay_ms: int
         result.detail += f"; slower than max_batch_delay + {PARTIAL_BATCH_SLACK_S:.0f} s: the batch is stuck"
     result.metrics = {"requests": count, "slowest_ms": round(slowest, 1)}
     return result
-
-
-def load_golden(path: Path) -> list[tuple[str, str, str]]:
-    rows = yaml.safe_load(path.read_text())
-    pairs = []
-    for number, row in enumerate(rows, 1):
-        if row.get("label") not in GENERIC or not row.get("seq_0") or not row.get("seq_1"):
-            raise ValueError(f"{path} entry {number}: needs seq_0, seq_1 and label 'paraphrase' or 'not paraphrase'")
-        pairs.append((row["seq_0"], row["seq_1"], row["label"]))
-    return pairs
 
 
 def golden_pairs(inference: Inference, golden: list[tuple[str, str, str]], workers: int) -> CheckResult:
@@ -240,7 +154,7 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
     equal to the original model's in-process label (the same model, not just as good a one)."""
     pairs, truth, skipped = read_mrpc_lenient(path)
     names = list(inference.names.values())  # index 0 = not paraphrase, 1 = paraphrase
-    cases = [(a, b, GENERIC[label]) for (a, b), label in zip(pairs, truth)]
+    cases = [(a, b, CLASS_NAMES[label]) for (a, b), label in zip(pairs, truth)]
     served = inference.send_all(cases, "accuracy", concurrency)
     in_process = [label for label, _ in reference.predict(pairs)]
     failed = [p for p in served if p.status_code != 200]
@@ -261,20 +175,30 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
     return CheckResult(name="accuracy", passed=agree and good_enough and not failed, detail=detail, metrics=metrics)
 
 
-def run_checks(server: Server, model_name: str, class_names: list[str], model: ModelConfig,
-               checks: ChecksConfig, batch_size: int, max_batch_delay: int, max_length: int) -> list[CheckResult]:
-    """Every check, in order; none stops the others, so the summary shows all that failed."""
-    inference = Inference(server, model_name, class_names)
-    reference = Reference(model, max_length) if checks.golden_pairs or checks.accuracy_file else None
+def run_checks(server: Server, archive: Archive, model: ModelConfig, checks: ChecksConfig,
+               max_batch_delay: int) -> list[CheckResult]:
+    """Every check, in order; none stops the others, so the summary shows all that failed.
+    Batch size, max_length and the label names are the archived model's own."""
+    info = archive.info
+    inference = Inference(server, archive.model_name, info.class_names)
+    reference = Reference(model, info.max_length) if checks.golden_pairs or checks.accuracy_file else None
     try:
-        results = [full_batch(inference, batch_size), partial_batch(inference, batch_size, max_batch_delay)]
+        results = [full_batch(inference, info.batch_size),
+                   partial_batch(inference, info.batch_size, max_batch_delay)]
         if checks.golden_pairs is not None:
-            golden = golden_pairs(inference, load_golden(checks.golden_pairs), batch_size)
+            golden = golden_pairs(inference, load_golden(checks.golden_pairs), info.batch_size)
             results += [golden, parity(golden.predictions, reference, checks.parity_tolerance)]
-        results += [isolation(inference, batch_size), truncation(inference, max_length)]
+        results += [isolation(inference, info.batch_size), truncation(inference, info.max_length)]
         if checks.accuracy_file is not None:
             results.append(accuracy_check(inference, reference, checks.accuracy_file, checks.min_accuracy,
                                           checks.concurrency))
     finally:
         inference.close()
     return results
+
+
+def raise_if_failed(results: list[CheckResult]) -> None:
+    """Fail the check stage, naming every failed check (the results themselves are kept for the summary)."""
+    wrong = [c for c in results if not c.passed]
+    if wrong:
+        raise CheckFailed("; ".join(f"{c.name}: {c.detail}" for c in wrong))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from serving.handler import encode_pairs
+from serving.contract import encode_pairs
 from tasks.config import ModelConfig
 from tasks.build.trace import load_checkpoint
 

@@ -31,7 +31,7 @@ def register_refusal(serving, resolved, mar, server_dir) -> RegisterError:
     try:
         wait_healthy(server, timeout=120)
         with pytest.raises(RegisterError) as caught:
-            register(server, mar, batch_size=serving.batch_size, max_batch_delay=20, workers=1, timeout=120)
+            register(server, mar, max_batch_delay=20, workers=1, timeout=120)
     finally:
         stop(server)
     assert_server_gone(server)

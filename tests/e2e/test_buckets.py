@@ -21,7 +21,7 @@ def test_buckets_serve_the_same_labels_as_max_length_only_and_are_compared_in_th
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
 
     info = json.loads((tmp_path / "latest" / "model" / "model_info.json").read_text())
-    assert info["length_buckets"] == [16, 32, 64] and set(info["model_files"]) == {"16", "32", "64"}
+    assert info["buckets"] == [16, 32, 64] and set(info["model_files"]) == {"16", "32", "64"}
     parity = next(c for c in summary["checks"] if c["name"] == "parity with in-process model")
     assert parity["passed"] and parity["metrics"]["label_mismatches"] == 0  # bucketed vs max_length in-process
 

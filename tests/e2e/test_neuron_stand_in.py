@@ -63,7 +63,7 @@ def test_the_pipeline_serves_on_neuron_one_core_per_worker(prefect_server, neuro
 
 
 def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(neuron_host, tmp_path):
-    traced = trace(ModelConfig(threshold=0.6821), 2, 32, tmp_path / "model", backend="cpu")
+    traced = trace(ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="cpu")
     mar = archive(traced, tmp_path / "model_store")
     serving = ServingConfig(batch_size=2, max_length=32, free_ports=True, backend="neuron")
     resolved = ResolvedServing(backend="neuron", device_name="2 NeuronCores", cores=2,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from serving.handler import encode_pairs
+from serving.contract import encode_pairs
 from tasks.build.archive import archive
 from tasks.config import ModelConfig, ServingConfig, resolve_serving
 from tasks.serve.register import register
@@ -43,8 +43,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_sequence_classification_checkpoint_serves_what_it_computes_in_process(tiny_checkpoint, tmp_path):
     directory, in_process, tokenizer = tiny_checkpoint
-    traced = trace(ModelConfig(source=str(directory)), batch_size=4, max_length=32, out_dir=tmp_path / "model")
-    assert traced.kind == "sequence-classification"
+    traced = trace(ModelConfig(source=str(directory)), batch_size=4, max_length=32, buckets=[], out_dir=tmp_path / "model")
+    assert traced.info.kind == "sequence-classification"
     mar = archive(traced, tmp_path / "model_store")
     assert mar.model_name == "bert-max_length32-batch_size4"
 
@@ -52,7 +52,7 @@ def test_sequence_classification_checkpoint_serves_what_it_computes_in_process(t
     server = start(serving, resolve_serving(serving), mar.model_store, tmp_path / "server")
     try:
         wait_healthy(server, timeout=120)
-        register(server, mar, batch_size=4, max_batch_delay=20, workers=1)
+        register(server, mar, max_batch_delay=20, workers=1)
         url = f"{server.inference_url}/predictions/{mar.model_name}"
         headers = server.inference_headers()
         served = [httpx.post(url, json={"seq_0": a, "seq_1": b}, headers=headers, timeout=60) for a, b in PAIRS]

@@ -1,11 +1,10 @@
 """The in-process ceiling on a tiny traced stand-in: batches built as the handler builds them."""
 
-import json
-
 import pytest
 import torch
 
-from tasks.measure import ceiling as ceiling
+from serving.contract import CLASS_NAMES, ModelInfo
+from tasks.measure import ceiling
 
 PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."),
          ("The committee reviewed the long proposal in great detail and asked for revisions.", "Rain."),
@@ -23,18 +22,17 @@ def model_dir(tmp_path, tokenizer):
     files = {}
     for length in (8, 16):
         example = (torch.ones(2, length, dtype=torch.long),) * 4
-        files[str(length)] = f"model_{length}.pt"
-        torch.jit.save(torch.jit.trace(Tiny(), example), str(tmp_path / files[str(length)]))
+        files[length] = f"model_{length}.pt"
+        torch.jit.save(torch.jit.trace(Tiny(), example), str(tmp_path / files[length]))
     tokenizer.save_pretrained(str(tmp_path))
-    (tmp_path / "model_info.json").write_text(json.dumps(
-        {"kind": "bi-encoder", "backend": "cpu", "batch_size": 2, "max_length": 16, "length_buckets": [8, 16],
-         "model_files": files}))
+    ModelInfo(kind="bi-encoder", backend="cpu", batch_size=2, max_length=16, buckets=[8, 16], model_files=files,
+              class_names=list(CLASS_NAMES), source="test", parity_max_abs_diff=0.0).write(tmp_path)
     return tmp_path
 
 
 def test_ceiling_times_the_buckets_the_pairs_need_in_each_layout(model_dir):
     before = torch.get_num_threads()
-    result = ceiling.measure(model_dir / "model_16.pt", PAIRS, workers=2, threads_per_worker=1, seconds=0.3)
+    result = ceiling.measure(model_dir, PAIRS, workers=2, threads_per_worker=1, seconds=0.3)
     assert torch.get_num_threads() == before  # the flow process's threads are given back
     assert result.batch_size == 2 and result.buckets == [8, 16] and result.threads == 2
     names = [layout.name for layout in result.layouts]
@@ -56,7 +54,7 @@ def test_batches_are_padded_to_the_smallest_bucket_like_the_handler(model_dir):
 
 
 def test_one_worker_of_two_threads_is_compared_with_two_single_thread_streams_too(model_dir):
-    result = ceiling.measure(model_dir / "model_16.pt", PAIRS, workers=1, threads_per_worker=2, seconds=0.2)
+    result = ceiling.measure(model_dir, PAIRS, workers=1, threads_per_worker=2, seconds=0.2)
     names = [layout.name for layout in result.layouts]
     assert names == ["all threads", "one stream per thread", "lone request, all threads"]
     assert result.layouts[1].streams == 2 and result.layouts[1].threads_per_stream == 1
@@ -64,7 +62,6 @@ def test_one_worker_of_two_threads_is_compared_with_two_single_thread_streams_to
 
 
 def test_neuron_models_are_not_timed_in_process(model_dir):
-    info = json.loads((model_dir / "model_info.json").read_text())
-    (model_dir / "model_info.json").write_text(json.dumps({**info, "backend": "neuron"}))
+    ModelInfo.read(model_dir).model_copy(update={"backend": "neuron"}).write(model_dir)
     with pytest.raises(ceiling.CeilingUnavailable, match="NeuronCores"):
-        ceiling.measure(model_dir / "model_16.pt", PAIRS, workers=2, threads_per_worker=1, seconds=0.1)
+        ceiling.measure(model_dir, PAIRS, workers=2, threads_per_worker=1, seconds=0.1)

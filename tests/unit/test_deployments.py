@@ -10,7 +10,8 @@ import yaml
 
 from tasks.backends import neuron_core_count
 from tasks.config import REPO_ROOT, load_config
-from tasks.report.summary import Stages, build_summary, host, run_config_rows
+from flows.stages import Stages
+from tasks.report.summary import build_summary, host, run_config_rows
 
 PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in PREFECT_YAML["deployments"]}

@@ -5,7 +5,8 @@ import pytest
 
 from tasks.measure.benchmark import summarize
 from tasks.verify.checks import CheckResult, Prediction
-from tasks.report.summary import Stages, build_summary, markdown, new_run_dir
+from flows.stages import Stages
+from tasks.report.summary import build_summary, markdown, new_run_dir
 
 
 def _ran(names=("trace", "check", "stop"), fail=None):

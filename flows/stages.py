@@ -1,0 +1,91 @@
+"""The stages as Prefect tasks, and the record of how each one ended.
+
+The work is in tasks/, as plain functions a unit test calls without Prefect; what Prefect adds --
+retries, the retry condition, caching -- is orchestration, declared here beside the flows that
+use it, so a reader sees a stage's whole policy in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks.build.archive import archive
+from tasks.build.trace import trace
+from tasks.measure.benchmark import run as benchmark
+from tasks.measure.buckets import compare as compare_buckets
+from tasks.serve.register import register
+from tasks.serve.server import start, stop, stop_stale, wait_healthy
+from tasks.verify.checks import run_checks
+
+# In the order a run goes through them; "stop" runs whatever happened before it.
+STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "compare-buckets", "stop"]
+
+
+def retry_when_retryable(task, task_run, state) -> bool:
+    """Retry what the stage's error calls a race (connection refused, 5xx while TorchServe starts);
+    a refusal such as a 4xx, or a worker that cannot load the model, is a verdict."""
+    try:
+        state.result()
+    except Exception as error:
+        return bool(getattr(error, "retryable", False))
+    return False
+
+
+# A stage's inputs hold live servers and paths of this run: nothing to cache across runs.
+trace_task = task(trace, name="trace", cache_policy=NO_CACHE)
+archive_task = task(archive, name="archive", cache_policy=NO_CACHE)
+stop_stale_task = task(stop_stale, name="stop-stale", cache_policy=NO_CACHE)
+start_task = task(start, name="start", cache_policy=NO_CACHE)
+ping_task = task(wait_healthy, name="wait-healthy", cache_policy=NO_CACHE)
+register_task = task(register, name="register", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
+                     retry_condition_fn=retry_when_retryable)
+check_task = task(run_checks, name="check", cache_policy=NO_CACHE)
+benchmark_task = task(benchmark, name="benchmark", cache_policy=NO_CACHE)
+compare_buckets_task = task(compare_buckets, name="compare-buckets", cache_policy=NO_CACHE)
+stop_task = task(stop, name="stop", cache_policy=NO_CACHE)
+
+
+class StageRecord(BaseModel):
+    name: str
+    status: str = "skipped"  # "ok", "failed", "skipped"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class Stages:
+    """Times each stage and records how it ended; a failure is recorded, then re-raised."""
+
+    def __init__(self, names: list[str] = STAGES):
+        self.records = {name: StageRecord(name=name) for name in names}
+
+    @contextlib.contextmanager
+    def run(self, name: str):
+        started = time.monotonic()
+        record = self.records[name]
+        try:
+            yield
+            record.status = "ok"
+        except BaseException as error:
+            record.status = "failed"
+            record.error = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            record.seconds = round(time.monotonic() - started, 3)
+
+    def failed(self) -> list[StageRecord]:
+        return [r for r in self.records.values() if r.status == "failed"]
+
+    def as_list(self) -> list[dict]:
+        return [r.model_dump() for r in self.records.values()]
+
+
+class StageFailed(Exception):
+    """Fails the flow run with a message naming the failed stage(s); the summary artifact has the rest."""
+
+    def __init__(self, stages: Stages):
+        super().__init__("; ".join(f"stage {r.name} failed: {(r.error or '')[:500]}" for r in stages.failed()))

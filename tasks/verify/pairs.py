@@ -1,0 +1,29 @@
+"""The pairs a run sends: the tutorial's sentences, the golden pairs, and pools of real pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from serving.contract import CLASS_NAMES
+
+# The tutorial's three sentences.
+SEQUENCE_0 = "The company HuggingFace is based in New York City"
+SEQUENCE_1 = "Apples are especially bad for your health"
+SEQUENCE_2 = "HuggingFace's headquarters are situated in Manhattan"
+PARAPHRASE = (SEQUENCE_0, SEQUENCE_2, "paraphrase")
+NOT_PARAPHRASE = (SEQUENCE_0, SEQUENCE_1, "not paraphrase")
+# Far over any max_length: the truncation check's pair.
+LONG_TEXT = " ".join(["The committee reviewed the proposal in detail and asked for revisions."] * 60)
+
+
+def load_golden(path: Path) -> list[tuple[str, str, str]]:
+    """(seq_0, seq_1, label) from a golden-pairs YAML (configs/golden_pairs.yaml)."""
+    rows = yaml.safe_load(path.read_text())
+    pairs = []
+    for number, row in enumerate(rows, 1):
+        if row.get("label") not in CLASS_NAMES or not row.get("seq_0") or not row.get("seq_1"):
+            raise ValueError(f"{path} entry {number}: needs seq_0, seq_1 and label 'paraphrase' or 'not paraphrase'")
+        pairs.append((row["seq_0"], row["seq_1"], row["label"]))
+    return pairs
