@@ -16,15 +16,16 @@ import numpy as np
 import torch
 
 from serving.contract import encode_pairs
-from tasks.verify.accuracy import read_mrpc_lenient
-from tasks.config import REPO_ROOT, ModelConfig
 from tasks.build.trace import load_checkpoint
+from tasks.config import REPO_ROOT, ModelConfig, ServingConfig
+from tasks.verify.accuracy import read_mrpc_lenient
 
 DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
 
 
-def cosines(pairs: list[tuple[str, str]], max_length: int = 128, chunk: int = 64) -> np.ndarray:
+def cosines(pairs: list[tuple[str, str]], max_length: int | None = None, chunk: int = 64) -> np.ndarray:
     """Cosine similarity of each pair under the embedded model (threshold 0 -> margin = cosine)."""
+    max_length = max_length or ServingConfig().max_length  # what a run serves at, unless told otherwise
     scorer, tokenizer, kind = load_checkpoint(ModelConfig(kind="bi-encoder", threshold=0.0))
     out = []
     with torch.inference_mode():
