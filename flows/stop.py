@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from tasks.config import REPO_ROOT
-from tasks.serve.server import ServerError, load_record, stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", nargs="?", type=Path, default=REPO_ROOT / "runs" / "latest")
     args = parser.parse_args(argv)
+    # After parsing: --help answers without loading the server module and what it imports.
+    from tasks.serve.server import ServerError, load_record, stop
+
     server = load_record(args.run_dir / "server")
     if server is None:
         print(f"no TorchServe recorded in {args.run_dir}; nothing to stop")

@@ -205,11 +205,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_file_option(parser)
     grid = parser.add_argument_group("grid (comma-separated lists; each defaults to the config's value)")
-    grid.add_argument("--batch-sizes", type=_ints, help="e.g. 2,6")
-    grid.add_argument("--workers", type=_ints, help="e.g. 1,2 (default: the config's, auto resolved)")
-    grid.add_argument("--delays", type=_ints, help="max_batch_delay values in ms, e.g. 10,50")
-    grid.add_argument("--concurrency", type=_ints, help="closed-loop clients, e.g. 1,8,64")
-    parser.add_argument("--p90-limit-ms", type=float, help="mark the best configuration with p90 within this")
+    grid.add_argument("--batch-sizes", type=_ints, metavar="N,N", help="e.g. 2,6")
+    grid.add_argument("--workers", type=_ints, metavar="N,N", help="e.g. 1,2 (default: the config's, auto resolved)")
+    grid.add_argument("--delays", type=_ints, metavar="MS,MS", help="max_batch_delay values in ms, e.g. 10,50")
+    grid.add_argument("--concurrency", type=_ints, metavar="N,N", help="closed-loop clients, e.g. 1,8,64")
+    parser.add_argument("--p90-limit-ms", type=float, metavar="MS",
+                        help="mark the best configuration with p90 within this")
     add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir"])
     return parser.parse_args(argv)
 

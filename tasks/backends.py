@@ -18,7 +18,6 @@ import subprocess
 from pathlib import Path
 
 import psutil
-import torch
 import yaml
 from pydantic import BaseModel
 
@@ -42,6 +41,8 @@ class Accelerator(BaseModel):
 def detect(requested: str = "auto", instance_type: str | None = None) -> Accelerator:
     """The accelerator to serve on, with its core count and where that count came from."""
     if requested == "auto":
+        import torch  # here, not at import: the command line validates a config without paying for torch
+
         if importlib.util.find_spec("torch_neuronx") and _neuron_visible():
             requested = "neuron"
         elif torch.cuda.is_available():
@@ -104,6 +105,8 @@ def _neuron_ls_cores() -> int:
 
 
 def _cuda(instance_type: str | None) -> Accelerator:
+    import torch
+
     if not torch.cuda.is_available():
         raise BackendError("backend cuda: no CUDA GPU is visible to torch\nfix: choose serving.backend: auto or cpu")
     count = torch.cuda.device_count()

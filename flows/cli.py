@@ -1,0 +1,192 @@
+"""The command line of `python -m flows.validate`, generated from RunConfig's fields.
+
+A field marked json_schema_extra={"flag": NAME} in tasks/config.py is the option --NAME: its
+description is the help, its Literal values the choices, its annotation the type, and a bool
+gives --NAME / --no-NAME. What is given becomes a dotted override ({"serving.batch_size": 4})
+for load_config, so a value from a flag and the same key in a config file are judged alike.
+
+Only pydantic and yaml load before the arguments are parsed: --help and a refused value answer
+at once, and Prefect (and the run) start only for a configuration that validates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config, resolve_serving
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+# How a value given on the command line is read, described and shown, per annotated type. A path
+# stays text: pydantic makes it a Path, and the overrides go to Prefect as flow parameters.
+_READERS: dict[type, tuple[Any, str, str]] = {
+    int: (int, "a whole number", "N"),
+    float: (float, "a number", "X"),
+    str: (str, "text", "TEXT"),
+    Path: (str, "a path", "PATH"),
+}
+
+
+def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[str, FieldInfo]:
+    """The fields marked as flags, by dotted key, in the order they are declared."""
+    found = {}
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found.update(config_fields(field.annotation, f"{prefix}{name}."))
+        elif flag_of(field):
+            found[prefix + name] = field
+    return found
+
+
+def flag_of(field: FieldInfo) -> str | None:
+    extra = field.json_schema_extra
+    return extra.get("flag") if isinstance(extra, dict) else None
+
+
+def add_config_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help="YAML run config; the options below override it (default: %(default)s)")
+
+
+def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
+    """An option per flagged field of RunConfig, grouped by section; `only`: just these flag names."""
+    wanted = set(only) if only is not None else None
+    defaults = _file_defaults()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, field in config_fields().items():
+        flag = flag_of(field)
+        if wanted is not None and flag not in wanted:
+            continue
+        section = key.split(".")[0] if "." in key else "run"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section)
+        shown = _shown(_value_at(defaults, key))
+        # Not argparse's default: a flag not given must leave the config file in charge.
+        help_text = f"{field.description} [{key}; default: {shown}]".replace("%", "%%")
+        if _members(field.annotation) == [bool]:
+            groups[section].add_argument(f"--{flag}", dest=key, action=argparse.BooleanOptionalAction,
+                                         help=help_text)
+        else:
+            read, choices, metavar = _reader(key, field.annotation)
+            groups[section].add_argument(f"--{flag}", dest=key, type=read, choices=choices, metavar=metavar,
+                                         help=help_text)
+    unknown = (wanted or set()) - {flag_of(field) for field in config_fields().values()}
+    if unknown:
+        raise ValueError(f"no config field is marked as flag {sorted(unknown)}")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, as dotted overrides for load_config."""
+    values = vars(args)
+    return {key: values[key] for key in config_fields() if values.get(key) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.validate",
+        description="Trace, archive, serve, check and benchmark a BERT paraphrase model on TorchServe. "
+        f"Each option overrides its key (in brackets) in the --config file; the defaults shown are {DEFAULT_CONFIG}'s.",
+    )
+    add_config_file_option(parser)
+    add_config_options(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config_file, overrides = args.config, config_overrides(args)
+    try:
+        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything.
+        config = load_config(config_file, overrides)
+        resolve_serving(config.serving)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from flows.validate import validate  # Prefect loads here, for a run that will start
+
+    state = validate(config_file=config_file, overrides=overrides, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):
+        print(f"error: {summary}\nsummary: {Path(config.runs_dir) / 'latest'}", file=sys.stderr)
+        return 1
+    print(f"status: {summary['status']}  summary: {Path(summary['run_dir']) / 'summary.json'}")
+    if summary["server"]:
+        facts = summary["server"]
+        print(f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
+              f"  management: {facts['management_url']}\n"
+              f"  keys:       {facts['key_file']} (\"inference\" and \"management\" keys; send as Bearer tokens)\n"
+              "  stop it:    python -m flows.stop")
+    return 0 if summary["status"] == "ok" else 1
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a value may have: a union's members without None, Annotated constraints dropped."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [member for arg in typing.get_args(annotation) if arg is not type(None)
+                for member in _members(arg)]
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    return [annotation]
+
+
+def _reader(key: str, annotation: Any) -> tuple[Any, list[str] | None, str | None]:
+    """(read, choices, metavar) for a field: its Literal words as they are, else its type's reader."""
+    members = _members(annotation)
+    words = [word for member in members if typing.get_origin(member) is Literal for word in typing.get_args(member)]
+    kinds = [member for member in members if typing.get_origin(member) is not Literal]
+    missing = [kind for kind in kinds if kind not in _READERS]
+    if missing:
+        raise TypeError(f"{key}: no command-line reader for {missing}; add one to _READERS or unmark the flag")
+    wanted = " or ".join([_READERS[kind][1] for kind in kinds] + ([", ".join(words)] if words else []))
+    if not kinds:
+        wanted = f"one of {', '.join(words)}"
+
+    def read(text: str) -> Any:
+        if text in words:
+            return text
+        for kind in kinds:
+            try:
+                return _READERS[kind][0](text)
+            except ValueError:
+                pass
+        raise argparse.ArgumentTypeError(f"{key} = {text!r}: give {wanted}")
+
+    metavar = None if not kinds else "|".join([_READERS[kind][2] for kind in kinds] + words)
+    return read, (words if not kinds else None), metavar
+
+
+def _file_defaults() -> RunConfig:
+    """What a run gets without flags: the default config file, else the fields' own defaults."""
+    try:
+        return load_config(DEFAULT_CONFIG_FILE)
+    except ConfigError:
+        return RunConfig()
+
+
+def _value_at(config: BaseModel, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        return str(value.relative_to(REPO_ROOT))
+    return str(value)
