@@ -19,21 +19,20 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
+from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
+
+from serving.contract import BACKEND_ENV, FIELDS, THREADS_ENV, Batch, ModelInfo, encode_pairs, pad_to_batch
 
 logger = logging.getLogger(__name__)
 
-MODEL_INFO_FILE = "model_info.json"
-THREADS_ENV = "BERT_THREADS_PER_WORKER"
-BACKEND_ENV = "BERT_BACKEND"  # the backend this server was started for (set by the pipeline)
-FIELDS = ("seq_0", "seq_1")
 # Longer than max_length is truncated, not refused; but a text this long is not a sentence, and
 # tokenizing it would stall the batch it arrived in.
 MAX_TEXT_CHARS = 20_000
 
 
 # TorchServe loads a handler module only if it defines exactly one class, so a bad request is
-# a plain ValueError here, and becomes that request's 400 in ParaphraseHandler.handle.
+# a plain ValueError here, and becomes that request's 400 in ParaphraseHandler.postprocess.
 
 
 def parse_request(request: dict) -> tuple[str, str]:
@@ -75,45 +74,6 @@ def _text(name: str, value) -> str:
     return value
 
 
-def encode_pairs(tokenizer, kind: str, pairs: list[tuple[str, str]], max_length: int, buckets=None):
-    """Tokenize pairs into the traced module's inputs, padded to the smallest bucket that holds them.
-
-    sequence-classification: one pair encoding [CLS] a [SEP] b [SEP] -> (ids, mask, token types).
-    bi-encoder: each sentence on its own -> (ids_0, mask_0, ids_1, mask_1).
-    Texts longer than max_length are truncated to it. buckets: the traced lengths (default
-    max_length only). Returns the tensors and, per pair, whether anything was truncated.
-    """
-    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
-    if kind == "sequence-classification":
-        full = [len(ids) for ids in tokenizer(firsts, seconds, truncation=False)["input_ids"]]
-    else:
-        lengths = zip(tokenizer(firsts)["input_ids"], tokenizer(seconds)["input_ids"])
-        full = [max(len(a), len(b)) for a, b in lengths]
-    longest = min(max(full), max_length)
-    length = min((b for b in buckets or [max_length] if b >= longest), default=max_length)
-    options = dict(padding="max_length", truncation=True, max_length=length, return_tensors="pt")
-    truncated = [n > max_length for n in full]
-    if kind == "sequence-classification":
-        enc = tokenizer(firsts, seconds, **options)
-        return (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), truncated
-    enc_0, enc_1 = tokenizer(firsts, **options), tokenizer(seconds, **options)
-    return (enc_0["input_ids"], enc_0["attention_mask"], enc_1["input_ids"], enc_1["attention_mask"]), truncated
-
-
-def pad_to_batch(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
-    """Fill a partial batch up to the traced batch_size by repeating the first row.
-
-    A traced graph has a static batch dimension. Repeating a real row (rather than all-padding
-    rows) keeps mean pooling away from a zero mask. The padding's results are dropped later.
-    """
-    rows = inputs[0].shape[0]
-    if rows == batch_size:
-        return inputs
-    if rows > batch_size:
-        raise ValueError(f"{rows} requests in one batch but the model was traced for {batch_size}")
-    return tuple(torch.cat([t, t[:1].expand(batch_size - rows, *t.shape[1:])]) for t in inputs)
-
-
 def prepare_backend(backend: str, gpu_id) -> torch.device:
     """Get the worker ready for a model traced for `backend`; refuse one traced for another."""
     serving = os.environ.get(BACKEND_ENV, backend)
@@ -139,82 +99,98 @@ def prepare_backend(backend: str, gpu_id) -> torch.device:
 
 
 class ParaphraseHandler(BaseHandler):
-    """initialize / preprocess / inference / postprocess, as TorchServe's BaseHandler lays out."""
+    """initialize / preprocess / inference / postprocess, as TorchServe's BaseHandler lays out: its
+    handle() runs them in turn and records HandlerTime; with `handler: {profile: true}` in
+    model-config.yaml, @timed reports each step per batch (ts_handler_preprocess / _inference /
+    _postprocess in model_metrics.log). A Batch carries one batch's state from step to step."""
 
     def initialize(self, context):
         self.context = context
         model_dir = Path(context.system_properties["model_dir"])
-        self.info = json.loads((model_dir / MODEL_INFO_FILE).read_text())
+        self.info = ModelInfo.read(model_dir)
         threads = int(os.environ.get(THREADS_ENV, "0"))
         if threads > 0:
             # One worker per core: more intra-op threads than that only makes workers fight.
             torch.set_num_threads(threads)
-        self.device = prepare_backend(self.info.get("backend", "cpu"), context.system_properties.get("gpu_id"))
+        self.device = prepare_backend(self.info.backend, context.system_properties.get("gpu_id"))
         # One graph per length bucket; model-config.yaml may narrow them (e.g. max_length only).
         wanted = ((getattr(context, "model_yaml_config", None) or {}).get("handler") or {}).get("length_buckets")
-        files = {int(length): name for length, name in self.info["model_files"].items()}
-        self.buckets = sorted(int(b) for b in wanted) if wanted else sorted(files)
+        self.buckets = sorted(int(b) for b in wanted) if wanted else self.info.buckets
         self.models = {
-            length: torch.jit.load(str(model_dir / files[length]), map_location=self.device).eval()
+            length: torch.jit.load(str(model_dir / self.info.model_files[length]), map_location=self.device).eval()
             for length in self.buckets
         }
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        self.class_names = self.info["class_names"]
+        self.class_names = self.info.class_names
         self.initialized = True
         logger.info(
             "loaded buckets %s (%s, %s on %s) batch_size=%s max_length=%s threads=%s",
-            self.buckets, self.info["kind"], self.info.get("backend", "cpu"), self.device, self.info["batch_size"],
-            self.info["max_length"], torch.get_num_threads(),
+            self.buckets, self.info.kind, self.info.backend, self.device, self.info.batch_size,
+            self.info.max_length, torch.get_num_threads(),
         )
 
-    def preprocess(self, pairs: list[tuple[str, str]]):
-        inputs, truncated = encode_pairs(self.tokenizer, self.info["kind"], pairs, self.info["max_length"], self.buckets)
-        return pad_to_batch(inputs, self.info["batch_size"]), truncated
-
-    def inference(self, inputs, *args, **kwargs) -> torch.Tensor:
-        model = self.models[inputs[0].shape[1]]  # the bucket encode_pairs padded to
-        with torch.inference_mode():
-            return model(*(t.to(self.device) for t in inputs)).cpu()
-
-    def postprocess(self, scores: torch.Tensor, count: int) -> list[tuple[str, float] | None]:
-        """Label and paraphrase probability for the first `count` rows; the rest were padding.
-
-        A row whose scores are NaN or Inf gets None: no label is better than an arbitrary one.
-        """
-        rows = scores[:count].float()
-        finite = torch.isfinite(rows).all(dim=-1).tolist()
-        probabilities = torch.softmax(rows, dim=-1)
-        labels = probabilities.argmax(dim=-1).tolist()
-        return [(self.class_names[label], float(p[1])) if ok else None
-                for label, p, ok in zip(labels, probabilities, finite)]
-
-    def handle(self, data, context):
-        self.context = context
-        answers: list = [None] * len(data)
-        good: list[int] = []
+    @timed
+    def preprocess(self, data: list[dict]) -> Batch:
+        """Parse every request -- a malformed one is refused on its own, its batch-mates go on -- and
+        tokenize the good ones into the smallest bucket, padded up to the traced batch_size."""
+        batch = Batch(size=len(data))
         pairs: list[tuple[str, str]] = []
         for index, request in enumerate(data):
             try:
                 pairs.append(parse_request(request))
-                good.append(index)
             except ValueError as error:
                 logger.warning("request %d refused: %s", index, error)
-                context.set_response_status(code=400, phrase=str(error), idx=index)
-                answers[index] = {"error": str(error)}
+                batch.errors[index] = str(error)
+            else:
+                batch.indices.append(index)
         if pairs:
-            inputs, truncated = self.preprocess(pairs)
-            scores = self.inference(inputs)
-            for index, result, cut in zip(good, self.postprocess(scores, len(pairs)), truncated):
-                if result is None:
-                    message = "the model returned NaN or Inf scores for this request"
-                    logger.error("request %d: %s", index, message)
-                    context.set_response_status(code=500, phrase=message, idx=index)
-                    answers[index] = {"error": message}
-                    continue
-                label, probability = result
-                answers[index] = [label]
-                context.set_response_header(index, "X-Paraphrase-Probability", f"{probability:.6f}")
-                context.set_response_header(index, "X-Truncated", "true" if cut else "false")
-                if cut:
-                    logger.info("request %d truncated to max_length=%d", index, self.info["max_length"])
+            inputs, batch.truncated = encode_pairs(self.tokenizer, self.info.kind, pairs, self.info.max_length,
+                                                   self.buckets)
+            batch.inputs = pad_to_batch(inputs, self.info.batch_size)
+        return batch
+
+    @timed
+    def inference(self, data: Batch, *args, **kwargs) -> Batch:
+        """One call of the bucket's graph for the whole padded batch; none when every request was refused."""
+        if data.inputs:
+            model = self.models[data.inputs[0].shape[1]]  # the bucket encode_pairs padded to
+            with torch.inference_mode():
+                data.scores = model(*(t.to(self.device) for t in data.inputs)).cpu()
+        return data
+
+    @timed
+    def postprocess(self, data: Batch) -> list:
+        """One answer per request, in TorchServe's order: a label with its probability and truncation
+        headers, or an error with its own status. The padding rows' results are dropped."""
+        answers: list = [None] * data.size
+        for index, message in data.errors.items():
+            self.context.set_response_status(code=400, phrase=message, idx=index)
+            answers[index] = {"error": message}
+        results = predictions(data.scores, len(data.indices), self.class_names) if data.indices else []
+        for index, result, cut in zip(data.indices, results, data.truncated):
+            if result is None:
+                message = "the model returned NaN or Inf scores for this request"
+                logger.error("request %d: %s", index, message)
+                self.context.set_response_status(code=500, phrase=message, idx=index)
+                answers[index] = {"error": message}
+                continue
+            label, probability = result
+            answers[index] = [label]
+            self.context.set_response_header(index, "X-Paraphrase-Probability", f"{probability:.6f}")
+            self.context.set_response_header(index, "X-Truncated", "true" if cut else "false")
+            if cut:
+                logger.info("request %d truncated to max_length=%d", index, self.info.max_length)
         return answers
+
+
+def predictions(scores: torch.Tensor, count: int, class_names: list[str]) -> list[tuple[str, float] | None]:
+    """Label and paraphrase probability for the first `count` rows; the rest were padding.
+
+    A row whose scores are NaN or Inf gets None: no label is better than an arbitrary one.
+    """
+    rows = scores[:count].float()
+    finite = torch.isfinite(rows).all(dim=-1).tolist()
+    probabilities = torch.softmax(rows, dim=-1)
+    labels = probabilities.argmax(dim=-1).tolist()
+    return [(class_names[label], float(p[1])) if ok else None
+            for label, p, ok in zip(labels, probabilities, finite)]

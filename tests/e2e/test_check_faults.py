@@ -1,8 +1,9 @@
 """Plant each fault a served model really has in a real TorchServe worker, and see the check
 meant for it fail -- while the real handler passes every check.
 
-Each faulty handler subclasses the real one and breaks one thing; all are registered side by
-side in one TorchServe, so a single server start covers every fault.
+Each faulty handler subclasses the real one and breaks one thing in one of its steps (preprocess,
+inference, postprocess); all are registered side by side in one TorchServe, so a single server
+start covers every fault.
 """
 
 import textwrap
@@ -23,25 +24,34 @@ BATCH, LENGTH, DELAY = 4, 64, 100
 MODEL = ModelConfig(threshold=0.6821)
 
 FAULTS = {
+    # postprocess answers with the other class's name.
     "wrong-label": """
-        def postprocess(self, scores, count):
+        def postprocess(self, data):
             flipped = {self.class_names[0]: self.class_names[1], self.class_names[1]: self.class_names[0]}
-            return [(flipped[label], p) for label, p in super().postprocess(scores, count)]
+            return [[flipped[answer[0]]] if isinstance(answer, list) else answer
+                    for answer in super().postprocess(data)]
     """,
+    # The graph's scores come back NaN.
     "nan-scores": """
-        def inference(self, inputs, *args, **kwargs):
-            return super().inference(inputs) * float("nan")
+        def inference(self, data, *args, **kwargs):
+            batch = super().inference(data, *args, **kwargs)
+            if batch.scores is not None:
+                batch.scores = batch.scores * float("nan")
+            return batch
     """,
+    # The rows pad_to_batch added are answered too: more answers than requests.
     "padding-kept": """
-        def handle(self, data, context):
-            answers = super().handle(data, context)
-            return answers + [["paraphrase"]] * (self.info["batch_size"] - len(answers))
+        def postprocess(self, data):
+            answers = super().postprocess(data)
+            padding = [] if data.scores is None else data.scores[len(data.indices):]
+            return answers + [[self.class_names[int(row.argmax())]] for row in padding]
     """,
+    # Every request parsed up front: one malformed request takes the whole batch down.
     "batch-poisoned": """
-        def handle(self, data, context):
+        def preprocess(self, data):
             for request in data:
-                parse_request(request)  # one malformed request takes the whole batch down
-            return super().handle(data, context)
+                parse_request(request)
+            return super().preprocess(data)
     """,
 }
 # The check each fault must fail, and, where the fault leaves labels alone, one it must still pass
@@ -57,50 +67,44 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def server_with_faults(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
-    traced = trace(MODEL, BATCH, LENGTH, work / "model")
+    traced = trace(MODEL, BATCH, LENGTH, [LENGTH], work / "model")
     store = work / "model_store"
-    archive(traced, store)
-    names = {"real": traced.class_names}
+    archives = {"real": archive(traced, store)}
     for fault, body in FAULTS.items():
         handler = work / f"{fault.replace('-', '_')}.py"
         handler.write_text("from handler import ParaphraseHandler, parse_request\n\n\n"
                            "class Faulty(ParaphraseHandler):" + textwrap.indent(textwrap.dedent(body), "    "))
-        archive(traced, store, handler=handler, name=fault, extra_files=(HANDLER_FILE,))
+        archives[fault] = archive(traced, store, name=fault, handler=handler, extra_files=(HANDLER_FILE,))
     serving = ServingConfig(batch_size=BATCH, max_length=LENGTH, max_batch_delay=DELAY, free_ports=True,
                             initial_workers=1)
     server = start(serving, resolve_serving(serving), store, work / "server")
     try:
         wait_healthy(server, timeout=120)
-        for mar in sorted(store.glob("*.mar")):
-            register(server, _archive(mar, store), batch_size=BATCH, max_batch_delay=DELAY, workers=1)
-        yield server, traced
+        for mar in archives.values():
+            register(server, mar, max_batch_delay=DELAY, workers=1)
+        yield server, archives
     finally:
         stop(server)
         assert_server_gone(server)
 
 
-def _archive(mar, store):
-    from tasks.build.archive import Archive
-
-    return Archive(model_name=mar.stem, mar_file=mar, model_store=store)
-
-
-def _checks(server, traced, model_name):
-    results = run_checks(server, model_name, traced.class_names, MODEL, ChecksConfig(), BATCH, DELAY, LENGTH)
+def _checks(server, mar):
+    results = run_checks(server, mar, MODEL, ChecksConfig(), DELAY)
     return {result.name: result for result in results}
 
 
 def test_the_real_handler_passes_every_check(server_with_faults):
-    server, traced = server_with_faults
-    results = _checks(server, traced, "bert-max_length64-batch_size4")
+    server, archives = server_with_faults
+    assert archives["real"].model_name == "bert-max_length64-batch_size4"
+    results = _checks(server, archives["real"])
     assert {name: r.passed for name, r in results.items()} == {name: True for name in results}
     assert len(results) == 6
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_planted_fault_fails_the_check_meant_for_it(server_with_faults, fault):
-    server, traced = server_with_faults
-    results = _checks(server, traced, fault)
+    server, archives = server_with_faults
+    results = _checks(server, archives[fault])
     must_fail, must_pass = EXPECTED[fault]
     assert results[must_fail].passed is False, results[must_fail].detail
     if must_pass:

@@ -1,9 +1,14 @@
+"""ParaphraseHandler as TorchServe drives it: BaseHandler.handle() -> preprocess -> inference ->
+postprocess, with a fake context standing in for TorchServe's."""
+
 import json
 
 import pytest
 import torch
 
-from serving.handler import ParaphraseHandler, encode_pairs, pad_to_batch, parse_request
+import serving.handler
+from serving.contract import BACKEND_ENV, THREADS_ENV, ModelInfo
+from serving.handler import ParaphraseHandler, parse_request
 
 LONG = " ".join(["paraphrase"] * 60)
 
@@ -62,62 +67,29 @@ def test_invalid_json_bytes_are_refused(body):
         parse_request({"body": body})
 
 
-# --- encode_pairs / pad_to_batch --------------------------------------------------------
+# --- ParaphraseHandler, driven through BaseHandler.handle ---------------------------------------
 
-def test_bi_encoder_inputs_and_truncation(tokenizer):
-    pairs = [("A short sentence.", "Another short one."), ("Short.", LONG)]
-    inputs, truncated = encode_pairs(tokenizer, "bi-encoder", pairs, 16)
-    assert len(inputs) == 4
-    assert all(t.shape == (2, 16) for t in inputs)
-    assert truncated == [False, True]
-    ids_0, mask_0, ids_1, mask_1 = inputs
-    # Each sentence is encoded on its own: the two sides differ, padding is masked out.
-    assert not torch.equal(ids_0, ids_1)
-    assert mask_0[0].sum() < 16 and mask_1[1].sum() == 16
+class FakeMetrics:
+    def __init__(self):
+        self.times = []
 
+    def add_time(self, name, value, idx=None, unit="ms", dimensions=None, metric_type=None):
+        self.times.append((name, value, unit))
 
-def test_bi_encoder_truncation_flag_for_long_first_sentence(tokenizer):
-    _, truncated = encode_pairs(tokenizer, "bi-encoder", [(LONG, "short")], 16)
-    assert truncated == [True]
-
-
-def test_sequence_classification_inputs(tokenizer):
-    pairs = [("The cat sat.", "A cat was sitting."), ("x", "y"), (LONG, "z")]
-    inputs, truncated = encode_pairs(tokenizer, "sequence-classification", pairs, 16)
-    assert len(inputs) == 3
-    assert all(t.shape == (3, 16) for t in inputs)
-    ids, mask, token_types = inputs
-    # One pair per row: the second sentence is segment 1.
-    assert token_types[0].max() == 1
-    assert truncated == [False, False, True]
-
-
-def test_pad_to_batch_repeats_first_row():
-    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    padded = pad_to_batch((ids, mask), 4)
-    assert [t.shape for t in padded] == [(4, 3), (4, 3)]
-    assert torch.equal(padded[0][:2], ids)
-    assert torch.equal(padded[0][2], ids[0]) and torch.equal(padded[0][3], ids[0])
-    assert torch.equal(padded[1][3], mask[0])
-
-
-def test_pad_to_batch_leaves_full_batch_alone():
-    inputs = (torch.arange(8).reshape(4, 2),)
-    assert pad_to_batch(inputs, 4) is inputs
-
-
-def test_pad_to_batch_refuses_more_rows_than_traced():
-    with pytest.raises(ValueError, match="5 requests"):
-        pad_to_batch((torch.zeros(5, 3),), 4)
-
-
-# --- ParaphraseHandler.handle -----------------------------------------------------------
 
 class FakeContext:
-    def __init__(self):
+    """What the handler uses of TorchServe's Context, recording what it is told."""
+
+    def __init__(self, model_yaml_config=None, model_dir=None):
         self.statuses = {}
         self.headers = {}
+        self.metrics = FakeMetrics()
+        # What archive writes into every .mar's model-config.yaml: TorchServe's @timed profiling on.
+        self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {"handler": {"profile": True}}
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+
+    def get_request_header(self, idx, key):
+        return None
 
     def set_response_status(self, code=200, phrase="", idx=0):
         self.statuses[idx] = (code, phrase)
@@ -151,13 +123,23 @@ class StandInPairClassifier:
         return torch.stack([-margin, margin], dim=-1)
 
 
-def make_handler(tokenizer, model, kind="bi-encoder", batch_size=4, max_length=16, models=None):
+def model_info(kind="bi-encoder", batch_size=4, max_length=16, buckets=None,
+               class_names=("not paraphrase", "paraphrase")) -> ModelInfo:
+    buckets = buckets or [max_length]
+    return ModelInfo(kind=kind, backend="cpu", batch_size=batch_size, max_length=max_length, buckets=buckets,
+                     model_files={b: f"model_{b}.pt" for b in buckets}, class_names=list(class_names),
+                     source="stand-in", parity_max_abs_diff=0.0)
+
+
+def make_handler(tokenizer, model, kind="bi-encoder", batch_size=4, max_length=16, models=None,
+                 class_names=("not paraphrase", "paraphrase")):
+    """A handler as initialize leaves it, with stand-in graphs instead of traced ones."""
+    models = models or {max_length: model}
     handler = ParaphraseHandler()
-    handler.info = {"kind": kind, "batch_size": batch_size, "max_length": max_length,
-                    "class_names": ["not paraphrase", "paraphrase"]}
-    handler.class_names = handler.info["class_names"]
-    handler.models = models or {max_length: model}
-    handler.buckets = sorted(handler.models)
+    handler.info = model_info(kind, batch_size, max_length, sorted(models), class_names)
+    handler.class_names = handler.info.class_names
+    handler.models = models
+    handler.buckets = sorted(models)
     handler.device = torch.device("cpu")
     handler.tokenizer = tokenizer
     handler.initialized = True
@@ -176,9 +158,6 @@ MALFORMED = {"seq_0": bytearray(b"no partner")}
 def test_bad_request_gets_its_own_400_and_others_are_answered(tokenizer, first, last, first_label, last_label):
     model = StandInBiEncoder()
     handler = make_handler(tokenizer, model)
-    results = []
-    original = handler.postprocess
-    handler.postprocess = lambda scores, count: results.append(original(scores, count)) or results[-1]
     context = FakeContext()
 
     answers = handler.handle([first, MALFORMED, last], context)
@@ -189,15 +168,23 @@ def test_bad_request_gets_its_own_400_and_others_are_answered(tokenizer, first, 
     assert set(answers[1]) == {"error"} and "seq_1" in answers[1]["error"]
     assert context.statuses[1][0] == 400 and "seq_1" in context.statuses[1][1]
     assert 0 not in context.statuses and 2 not in context.statuses
-    # One forward pass, padded up to the traced batch size of 4.
-    assert model.calls == [[(4, 16)] * 4]
-    # Only the two good requests' results come back from the padded batch.
-    assert len(results) == 1 and len(results[0]) == 2
+    assert model.calls == [[(4, 16)] * 4]  # one forward pass for the batch-mates
     assert set(context.headers) == {0, 2}
-    for index, label in ((0, first_label), (2, last_label)):
-        probability = float(context.headers[index]["X-Paraphrase-Probability"])
-        assert (probability > 0.5) == (label == "paraphrase")
-        assert context.headers[index]["X-Truncated"] == "false"
+
+
+@pytest.mark.parametrize("request_, reason", [
+    ({"seq_0": bytearray(b"no partner")}, "missing field seq_1"),
+    ({"seq_0": bytearray(b"fine"), "seq_1": bytearray(b"  ")}, "seq_1 is empty"),
+    ({"seq_0": bytearray(b"\xff\xfe"), "seq_1": bytearray(b"ok")}, "not valid UTF-8"),
+    ({"body": {"seq_0": "a" * 20_001, "seq_1": "b"}}, "the limit is 20,000"),
+    ({"body": json.dumps({"seq_0": 5, "seq_1": ["x"]}).encode()}, "must be a string"),
+])
+def test_each_kind_of_malformed_request_gets_a_400_naming_the_problem(tokenizer, request_, reason):
+    context = FakeContext()
+    answers = make_handler(tokenizer, StandInBiEncoder()).handle([SAME, request_], context)
+    assert answers[0] == ["paraphrase"]
+    assert context.statuses[1][0] == 400 and reason in context.statuses[1][1]
+    assert reason in answers[1]["error"]
 
 
 def test_all_requests_malformed_never_runs_the_model(tokenizer):
@@ -210,13 +197,47 @@ def test_all_requests_malformed_never_runs_the_model(tokenizer):
     assert all("error" in answer for answer in answers)
 
 
-def test_truncated_request_is_flagged_in_its_header(tokenizer):
+def test_a_row_with_nan_or_inf_scores_gets_its_own_500_and_batch_mates_are_answered(tokenizer):
+    def poisoned(ids_0, mask_0, ids_1, mask_1):
+        scores = StandInBiEncoder()(ids_0, mask_0, ids_1, mask_1)
+        scores[1, 0], scores[2, 1] = float("nan"), float("inf")
+        return scores
+
+    context = FakeContext()
+    answers = make_handler(tokenizer, poisoned).handle([SAME, DIFFERENT, SAME, DIFFERENT], context)
+
+    assert answers[0] == ["paraphrase"] and answers[3] == ["not paraphrase"]
+    for index in (1, 2):
+        assert "NaN or Inf" in answers[index]["error"]
+        assert context.statuses[index][0] == 500
+        assert index not in context.headers  # no probability for a row without one
+    assert set(context.statuses) == {1, 2}
+
+
+def test_each_answer_carries_its_probability_and_truncation_headers(tokenizer):
     handler = make_handler(tokenizer, StandInBiEncoder())
     context = FakeContext()
     long_request = {"seq_0": bytearray(LONG.encode()), "seq_1": bytearray(b"short")}
-    handler.handle([SAME, long_request], context)
-    assert context.headers[0]["X-Truncated"] == "false"
-    assert context.headers[1]["X-Truncated"] == "true"
+    handler.handle([SAME, long_request, DIFFERENT], context)
+    probabilities = [float(context.headers[i]["X-Paraphrase-Probability"]) for i in range(3)]
+    assert probabilities[0] == pytest.approx(torch.softmax(torch.tensor([-2.0, 2.0]), 0)[1].item(), abs=1e-6)
+    assert probabilities[1] < 0.5 and probabilities[2] < 0.5
+    assert [context.headers[i]["X-Truncated"] for i in range(3)] == ["false", "true", "false"]
+
+
+def test_answers_are_the_models_own_class_names(tokenizer):
+    handler = make_handler(tokenizer, StandInBiEncoder(), class_names=("not_equivalent", "equivalent"))
+    assert handler.handle([SAME, DIFFERENT], FakeContext()) == [["equivalent"], ["not_equivalent"]]
+
+
+def test_a_partial_batch_is_padded_to_batch_size_and_the_paddings_results_dropped(tokenizer):
+    model = StandInBiEncoder()
+    handler = make_handler(tokenizer, model, batch_size=4)
+    context = FakeContext()
+    answers = handler.handle([DIFFERENT], context)
+    assert model.calls == [[(4, 16)] * 4]
+    # The three padding rows repeat the request; only its own answer comes back.
+    assert answers == [["not paraphrase"]] and set(context.headers) == {0}
 
 
 def test_sequence_classification_handler_feeds_three_inputs(tokenizer):
@@ -252,3 +273,56 @@ def test_each_batch_runs_in_the_smallest_bucket_that_holds_its_longest_sentence(
     handler.handle([long], context)
     assert graphs[8].shapes == [(2, 8)] and graphs[16].shapes == [(2, 16)] and graphs[32].shapes == [(2, 32)]
     assert context.headers[0]["X-Truncated"] == "true"  # the long one, cut to max_length 32
+
+
+class ZeroScores(torch.nn.Module):
+    def forward(self, ids_0, mask_0, ids_1, mask_1):
+        return torch.zeros(ids_0.shape[0], 2)
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer, monkeypatch):
+    """What archive packs into a .mar: model_info.json, one graph per bucket, the tokenizer files."""
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    info = model_info(batch_size=2, max_length=32, buckets=[8, 16, 32])
+    for name in info.model_files.values():
+        torch.jit.save(torch.jit.script(ZeroScores()), str(tmp_path / name))
+    tokenizer.save_pretrained(str(tmp_path))
+    info.write(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("config, loaded", [
+    ({"handler": {"profile": True}}, [8, 16, 32]),
+    ({"handler": {"profile": True, "length_buckets": [32, 16]}}, [16, 32]),
+])
+def test_model_config_length_buckets_narrow_the_graphs_loaded(model_dir, config, loaded):
+    handler = ParaphraseHandler()
+    handler.initialize(FakeContext(config, model_dir))
+    assert handler.buckets == loaded and sorted(handler.models) == loaded
+    answers = handler.handle([{"seq_0": "Hi there", "seq_1": "Hello"}], FakeContext(config, model_dir))
+    assert answers == [["not paraphrase"]]  # zero scores: a tie goes to class 0
+
+
+def test_torchserve_times_preprocess_inference_and_postprocess_of_every_batch(tokenizer):
+    handler = make_handler(tokenizer, StandInBiEncoder())
+    context = FakeContext()
+    handler.handle([SAME, DIFFERENT], context)
+    handler.handle([MALFORMED], context)  # a batch the model never sees is timed too
+    names = [name for name, _, _ in context.metrics.times]
+    steps = ["ts_handler_preprocess", "ts_handler_inference", "ts_handler_postprocess", "HandlerTime"]
+    assert names == steps * 2
+    assert all(value >= 0 and unit == "ms" for _, value, unit in context.metrics.times)
+
+
+def test_without_profile_in_model_config_only_handler_time_is_reported(tokenizer):
+    context = FakeContext(model_yaml_config={})
+    make_handler(tokenizer, StandInBiEncoder()).handle([SAME], context)
+    assert [name for name, _, _ in context.metrics.times] == ["HandlerTime"]
+
+
+def test_torchserve_can_load_the_handler_module_it_defines_exactly_one_class():
+    from ts.utils.util import list_classes_from_module
+
+    assert list_classes_from_module(serving.handler) == [ParaphraseHandler]
