@@ -18,16 +18,19 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import yaml
+
+from tasks.errors import PipelineError
+from tasks.polling import TimedOut, wait_until
+from tasks.processes import ProcessRef, descendants, tail
+from tasks.processes import stop as stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"
@@ -37,8 +40,8 @@ DEFAULT_POOL = "bert-validation-cpu"
 FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
 
 
-class LocalError(RuntimeError):
-    """Something `up` or `down` cannot do; the message says why and what to do."""
+class LocalError(PipelineError):
+    """Something `up` or `down` cannot do; the message says why, `fix` what to do."""
 
 
 def _state_dir(args) -> Path:
@@ -63,7 +66,7 @@ def prefect_env(state: Path, port: int) -> dict[str, str]:
     return env
 
 
-# -- pid files: "pid create_time", so a recycled pid is never taken for ours ------------------
+# -- pid files: a ProcessRef ("pid create_time"), so a recycled pid is never taken for ours ----
 
 
 def _pid_file(state: Path, name: str) -> Path:
@@ -73,19 +76,18 @@ def _pid_file(state: Path, name: str) -> Path:
 def _record(state: Path, name: str, process: subprocess.Popen) -> None:
     path = _pid_file(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{process.pid} {psutil.Process(process.pid).create_time()}\n")
+    path.write_text(ProcessRef.of(psutil.Process(process.pid)).line() + "\n")
 
 
-def _recorded(state: Path, name: str) -> psutil.Process | None:
+def _recorded(state: Path, name: str) -> ProcessRef | None:
     """The live process a pid file names, or None (and the stale file is removed)."""
     path = _pid_file(state, name)
     try:
-        pid, created = path.read_text().split()
-        process = psutil.Process(int(pid))
-        if abs(process.create_time() - float(created)) < 0.01 and process.status() != psutil.STATUS_ZOMBIE:
-            return process
-    except (OSError, ValueError, psutil.Error):
-        pass
+        ref = ProcessRef.parse(path.read_text())
+    except (OSError, ValueError):
+        ref = None
+    if ref is not None and ref.alive() is not None:
+        return ref
     path.unlink(missing_ok=True)
     return None
 
@@ -105,19 +107,13 @@ def _spawn(state: Path, name: str, command: list[str], env: dict[str, str]) -> s
     return process
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 300) -> str:
     try:
         done = subprocess.run([str(PREFECT), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise LocalError(f"{what}: `prefect {' '.join(args)}` took over {timeout:.0f} s") from None
+        raise LocalError(f"{what}: `prefect {' '.join(args)}` took over {timeout:.0f} s",
+                         fix="check that the server answers: deployments/local.py status") from None
     if done.returncode != 0:
         raise LocalError(f"{what} failed: `prefect {' '.join(args)}`\n{(done.stdout + done.stderr)[-3000:]}")
     return done.stdout
@@ -136,23 +132,31 @@ def _healthy(port: int) -> bool:
 def start_server(state: Path, port: int, env: dict[str, str], timeout: float = 180) -> None:
     if _recorded(state, "server") is not None:
         if not _healthy(port):
-            raise LocalError(f"a server from {state} is running but not answering on port {port}; "
-                             "run `down` first, or pass the --port it was started with")
+            raise LocalError(f"a server from {state} is running but not answering on port {port}",
+                             fix="run `down` first, or pass the --port it was started with")
         print(f"server: already up at {api_url(port)}")
         return
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            raise LocalError(f"port {port} on 127.0.0.1 is taken by another program; pass --port N") from None
+            raise LocalError(f"port {port} on 127.0.0.1 is taken by another program", fix="pass --port N") from None
     process = _spawn(state, "server", [str(PREFECT), "server", "start", "--host", "127.0.0.1",
                                        "--port", str(port)], env)
-    deadline = time.monotonic() + timeout
-    while not _healthy(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise LocalError(f"the Prefect server did not come up on port {port}; its log:\n"
-                             f"{_tail(state / 'logs' / 'server.log')}")
-        time.sleep(0.5)
+    log = state / "logs" / "server.log"
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            raise LocalError(f"the Prefect server exited (code {process.returncode}) before answering on port "
+                             f"{port}\n{tail(log, 30) or '(no log)'}", fix="read its log above")
+        return _healthy(port)
+
+    try:
+        wait_until(answering, timeout, f"the Prefect server to answer on port {port}", first=0.5, factor=1.0)
+    except TimedOut:
+        raise LocalError(f"the Prefect server did not come up on port {port} within {timeout:g} s\n"
+                         f"{tail(log, 30) or '(no log)'}",
+                         fix="read its log above; a first start migrates the database and can be slow") from None
     print(f"server: {api_url(port)} (SQLite: {state / 'prefect.db'})")
 
 
@@ -205,7 +209,7 @@ def trigger(env: dict[str, str], deployment: str, params: str | None) -> str:
 def up(args) -> int:
     state = _state_dir(args)
     if not PREFECT.is_file():
-        raise LocalError(f"{PREFECT} not found; run ./setup.sh first")
+        raise LocalError(f"{PREFECT} not found", fix="run ./setup.sh first")
     if args.params:
         json.loads(args.params)  # refuse bad JSON before anything starts
     state.mkdir(parents=True, exist_ok=True)
@@ -227,60 +231,33 @@ def up(args) -> int:
 # -- down -------------------------------------------------------------------------------------
 
 
-def _terminate(processes: list[psutil.Process], grace: float, group: bool) -> list[psutil.Process]:
-    """SIGTERM (to the process group where asked), wait, then SIGKILL what is left."""
-    for process in processes:
-        try:
-            if group:
-                os.killpg(process.pid, signal.SIGTERM)
-            else:
-                process.terminate()
-        except (ProcessLookupError, psutil.Error):
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    for process in alive:
-        try:
-            os.killpg(process.pid, signal.SIGKILL) if group else process.kill()
-        except (ProcessLookupError, psutil.Error):
-            pass
-    _, still = psutil.wait_procs(alive, timeout=5)
-    return still
-
-
 def down(args) -> int:
     state = _state_dir(args)
-    left: list[psutil.Process] = []
-    workers = [p for p in (_recorded(state, n) for n in _names(state, "worker-")) if p is not None]
+    left: list[int] = []
+    workers = [ref for ref in (_recorded(state, n) for n in _names(state, "worker-")) if ref is not None]
     # Flow runs in progress first: SIGTERM reaches the flow, whose `finally` stops TorchServe and
     # publishes the run's summary while the server is still up to take it.
-    descendants = [child for worker in workers for child in _children(worker)]
-    runs = [child for worker in workers for child in _children(worker, recursive=False)]
+    below_workers = descendants(workers)
+    runs = descendants(workers, recursive=False)
     if runs:
         print(f"stopping {len(runs)} flow run(s) in progress")
-        left += _terminate(runs, grace=120, group=True)
+        left += stop_processes(runs, grace=120, group=True).survivors
     if workers:
         print(f"stopping {len(workers)} worker(s)")
-        left += _terminate(workers, grace=30, group=True)
+        left += stop_processes(workers, grace=30, group=True).survivors
     # Anything a run left (it would be a TorchServe of a run killed outright) goes too.
-    left += _terminate([p for p in descendants if p.is_running()], grace=30, group=False)
+    left += stop_processes(below_workers, grace=30).survivors
     server = _recorded(state, "server")
     if server is not None:
         print("stopping the Prefect server")
-        left += _terminate([server, *_children(server)], grace=30, group=False)
+        left += stop_processes([server, *descendants([server])], grace=30).survivors
     for name in _names(state, ""):
         _pid_file(state, name).unlink(missing_ok=True)
     if left:
-        print(f"error: still running: {[p.pid for p in left]}", file=sys.stderr)
+        print(f"error: still running: {left}", file=sys.stderr)
         return 1
     print("down: no process left")
     return 0
-
-
-def _children(process: psutil.Process, recursive: bool = True) -> list[psutil.Process]:
-    try:
-        return process.children(recursive=recursive)
-    except psutil.Error:
-        return []
 
 
 def status(args) -> int:

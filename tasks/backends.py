@@ -8,7 +8,6 @@ visible, else cuda when available, else cpu.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -21,13 +20,19 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
+from tasks.errors import PipelineError
+from tasks.versions import package_versions
+
 NEURON_CORES_FILE = Path(__file__).resolve().parent.parent / "configs" / "neuron_cores.yaml"
 # Where a host can say what it is when neuron-ls is not there (set it in the worker's environment).
 INSTANCE_TYPE_ENV = "INSTANCE_TYPE"
 
 
-class BackendError(ValueError):
-    """The requested backend cannot run here, or its cores cannot be counted."""
+class BackendError(PipelineError, ValueError):
+    """The requested backend cannot run here, or its cores cannot be counted.
+
+    A ValueError too: resolve_serving reports it as a configuration the pipeline refuses.
+    """
 
 
 class Accelerator(BaseModel):
@@ -59,13 +64,13 @@ def _neuron_visible() -> bool:
 def _neuron(instance_type: str | None) -> Accelerator:
     if importlib.util.find_spec("torch_neuronx") is None:
         raise BackendError(
-            "backend neuron: torch_neuronx is not installed\n"
-            "fix: install torch-neuronx from Neuron's package index (see README, 'Running on Inf2/Trn1'), "
-            "or choose serving.backend: auto"
+            "backend neuron: torch_neuronx is not installed",
+            fix="install torch-neuronx from Neuron's package index (see README, 'Running on Inf2/Trn1'), "
+            "or choose serving.backend: auto",
         )
     cores, source = neuron_core_count(instance_type)
     return Accelerator(backend="neuron", device_name=f"{cores} NeuronCores", cores=cores, cores_source=source,
-                       versions=_versions("torch-neuronx", "neuronx-cc"))
+                       versions=package_versions("torch-neuronx", "neuronx-cc"))
 
 
 def neuron_core_count(instance_type: str | None = None) -> tuple[int, str]:
@@ -77,13 +82,13 @@ def neuron_core_count(instance_type: str | None = None) -> tuple[int, str]:
     table = yaml.safe_load(NEURON_CORES_FILE.read_text())
     if not instance_type:
         raise BackendError(
-            "cannot count NeuronCores: neuron-ls is not available and no instance type is known\n"
-            f"fix: set serving.instance_type (or {INSTANCE_TYPE_ENV}) to one of {', '.join(table)}"
+            "cannot count NeuronCores: neuron-ls is not available and no instance type is known",
+            fix=f"set serving.instance_type (or {INSTANCE_TYPE_ENV}) to one of {', '.join(table)}",
         )
     if instance_type not in table:
         raise BackendError(
-            f"instance type {instance_type!r} is not in {NEURON_CORES_FILE.name}\n"
-            f"fix: use one of {', '.join(table)}, or add it to that file"
+            f"instance type {instance_type!r} is not in {NEURON_CORES_FILE.name}",
+            fix=f"use one of {', '.join(table)}, or add it to that file",
         )
     return int(table[instance_type]), f"instance type {instance_type} ({NEURON_CORES_FILE.name})"
 
@@ -108,7 +113,7 @@ def _cuda(instance_type: str | None) -> Accelerator:
     import torch
 
     if not torch.cuda.is_available():
-        raise BackendError("backend cuda: no CUDA GPU is visible to torch\nfix: choose serving.backend: auto or cpu")
+        raise BackendError("backend cuda: no CUDA GPU is visible to torch", fix="choose serving.backend: auto or cpu")
     count = torch.cuda.device_count()
     return Accelerator(backend="cuda", device_name=torch.cuda.get_device_name(0), cores=count,
                        cores_source="torch.cuda.device_count()", versions={"cuda": str(torch.version.cuda)})
@@ -131,14 +136,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _versions(*packages: str) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            module = importlib.util.find_spec(package.replace("-", "_"))
-            found[package] = "present (no package metadata)" if module else "not installed"
-    return found

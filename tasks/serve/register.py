@@ -9,19 +9,18 @@ Prefect task retries on exactly those (see RegisterError.retryable).
 
 from __future__ import annotations
 
-import time
-
 import httpx
 from pydantic import BaseModel
 
 from tasks.build.archive import Archive
-from tasks.serve.server import Server, log_tail
+from tasks.errors import PipelineError
+from tasks.polling import Pending, TimedOut, wait_until
+from tasks.processes import tail
+from tasks.serve.server import Server
 
 
-class RegisterError(RuntimeError):
-    def __init__(self, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.retryable = retryable
+class RegisterError(PipelineError):
+    """Registration failed. `retryable` only for a race (unreachable API, 5xx while starting); a refusal is final."""
 
 
 class Registration(BaseModel):
@@ -32,14 +31,10 @@ class Registration(BaseModel):
     action: str  # "registered", "scaled existing", "re-registered"
 
 
-def register(
-    server: Server,
-    archive: Archive,
-    batch_size: int,
-    max_batch_delay: int,
-    workers: int,
-    timeout: float = 300.0,
-) -> Registration:
+def register(server: Server, archive: Archive, max_batch_delay: int, workers: int,
+             timeout: float = 300.0) -> Registration:
+    """Register the .mar at the batch_size it was traced for, and wait until every worker is READY."""
+    batch_size = archive.info.batch_size
     params = {
         "url": archive.mar_file.name,
         "model_name": archive.model_name,
@@ -103,23 +98,22 @@ def _reconcile(client: httpx.Client, params: dict) -> str:
 
 
 def wait_workers_ready(client: httpx.Client, name: str, workers: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    states: list[str] = []
-    while time.monotonic() < deadline:
+    def ready() -> bool | Pending:
         states = [worker.get("status", "?") for worker in describe(client, name).get("workers", [])]
         if len(states) >= workers and all(state == "READY" for state in states[:workers]):
-            return
-        time.sleep(0.5)
-    raise RegisterError(f"{name}: workers not READY after {timeout:.0f} s (states: {states})")
+            return True
+        return Pending(str(states))
+
+    try:
+        wait_until(ready, timeout, f"{workers} {name} workers READY", most=1.0)
+    except TimedOut as late:
+        raise RegisterError(f"{name}: workers not READY after {timeout:g} s (states: {late.last})",
+                            fix="read the workers' log below: a worker that keeps restarting says why there") from None
 
 
 def model_log_tail(server: Server, lines: int = 60) -> str:
     """The workers' own log: where a handler's traceback lands."""
-    path = server.server_dir / "logs" / "model_log.log"
-    if path.is_file():
-        text = path.read_text(errors="replace").splitlines()
-        return f"--- {path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
-    return log_tail(server.server_dir / "logs", lines)
+    return tail(server.logs_dir / "model_log.log", lines) or server.log_tail(lines)
 
 
 def _call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
@@ -129,8 +123,8 @@ def _call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Respon
         raise RegisterError(f"management API unreachable ({type(error).__name__}: {error})", retryable=True) from None
     if answer.status_code == 500 and "Failed to start workers" in answer.text:
         # TorchServe already retried the workers itself; their traceback says why they can't load.
-        raise RegisterError(f"workers could not load the model: {answer.json().get('message')}\n"
-                            "fix: read the worker traceback below", retryable=False)
+        raise RegisterError(f"workers could not load the model: {answer.json().get('message')}",
+                            fix="read the worker traceback below", retryable=False)
     if answer.status_code >= 500 and answer.status_code != 507:
         # 5xx while starting is a race, not a verdict; the task's retry condition acts on this.
         raise RegisterError(f"management API {method} {url}: HTTP {answer.status_code} {answer.text[:500]}",

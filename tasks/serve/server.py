@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,16 +25,20 @@ import httpx
 import psutil
 from pydantic import BaseModel, SecretStr
 
-from serving.handler import BACKEND_ENV, THREADS_ENV
+from serving.contract import BACKEND_ENV, THREADS_ENV
 from tasks.config import ResolvedServing, ServingConfig
+from tasks.errors import PipelineError
+from tasks.polling import Pending, TimedOut, wait_until
+from tasks.processes import ProcessRef, descendants, tail
+from tasks.processes import stop as stop_processes
 
 SERVER_RECORD = "server.json"
 KEY_FILE = "key_file.json"
 LOG_TAIL_LINES = 40
 
 
-class ServerError(RuntimeError):
-    """TorchServe could not be started, reached or stopped; the message says why and what to do."""
+class ServerError(PipelineError):
+    """TorchServe could not be started, reached or stopped; the message says why, `fix` what to do."""
 
 
 class Keys(BaseModel):
@@ -49,26 +52,6 @@ class Keys(BaseModel):
 
     def management_header(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.management.get_secret_value()}"}
-
-
-class ProcessRef(BaseModel):
-    """A pid plus its start time, so a recycled pid is never mistaken for ours."""
-
-    pid: int
-    create_time: float
-
-    @classmethod
-    def of(cls, process: psutil.Process) -> "ProcessRef":
-        return cls(pid=process.pid, create_time=process.create_time())
-
-    def alive(self) -> psutil.Process | None:
-        try:
-            process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.create_time) < 0.01 and process.is_running():
-                return process
-        except psutil.Error:
-            pass
-        return None
 
 
 class Server(BaseModel):
@@ -94,8 +77,17 @@ class Server(BaseModel):
     def management_headers(self) -> dict[str, str]:
         return self.credentials().management_header() if self.token_auth else {}
 
+    @property
+    def logs_dir(self) -> Path:
+        return logs_dir(self.server_dir)
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return log_tail(self.server_dir / "logs", lines)
+        """Last lines of TorchServe's own log, falling back to the launcher's output."""
+        for name in ("ts_log.log", "torchserve.out"):
+            found = tail(self.logs_dir / name, lines)
+            if found is not None:
+                return found
+        return f"(no TorchServe log in {self.logs_dir})"
 
 
 def read_keys(key_file: Path) -> Keys:
@@ -103,30 +95,25 @@ def read_keys(key_file: Path) -> Keys:
     return Keys(inference=data["inference"]["key"], management=data["management"]["key"])
 
 
-def log_tail(log_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """Last lines of TorchServe's own log, falling back to the launcher's output."""
-    for name in ("ts_log.log", "torchserve.out"):
-        path = log_dir / name
-        if path.is_file():
-            text = path.read_text(errors="replace").splitlines()
-            return f"--- {path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
-    return f"(no TorchServe log in {log_dir})"
+def logs_dir(server_dir: Path) -> Path:
+    """Where TorchServe writes its logs (ts_log, model_log, access and metrics logs) for a run's server_dir."""
+    return server_dir / "logs"
 
 
 def check_java() -> str:
     """TorchServe's frontend is Java 11+; say so plainly before anything starts."""
     java_home = os.environ.get("JAVA_HOME")
     java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    fix = "fix: install Java 11 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+    fix = "install Java 11 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
     if not java or not Path(java).exists():
-        raise ServerError(f"Java is not installed; TorchServe needs Java 11+\n{fix}")
+        raise ServerError("Java is not installed; TorchServe needs Java 11+", fix=fix)
     output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
     major = int(match.group(1)) if match else 0
     if major == 1 and match and match.group(2):  # "1.8.0" style
         major = int(match.group(2))
     if major < 11:
-        raise ServerError(f"Java {major or '?'} found at {java}; TorchServe needs Java 11+\n{fix}")
+        raise ServerError(f"Java {major or '?'} found at {java}; TorchServe needs Java 11+", fix=fix)
     return java
 
 
@@ -137,9 +124,9 @@ def pick_ports(serving: ServingConfig) -> dict[str, int]:
     for port in serving.ports().values():
         if not _port_free(serving.address, port):
             raise ServerError(
-                f"port {port} on {serving.address} is already in use{_port_owner(port)}\n"
-                "fix: stop what holds it (python -m flows.stop, if it is a kept TorchServe), "
-                "choose other ports, or set serving.free_ports: true"
+                f"port {port} on {serving.address} is already in use{_port_owner(port)}",
+                fix="stop what holds it (python -m flows.stop, if it is a kept TorchServe), "
+                "choose other ports, or set serving.free_ports: true",
             )
     return serving.ports()
 
@@ -206,11 +193,12 @@ def start(
     java = check_java()
     torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent))
     if torchserve is None:
-        raise ServerError("torchserve is not installed in this environment\nfix: run ./setup.sh")
+        raise ServerError("torchserve is not installed in this environment", fix="run ./setup.sh")
     if not model_store.is_dir() or not os.access(model_store, os.W_OK):
-        raise ServerError(f"model store {model_store} is missing or not writable\nfix: check the run directory")
+        raise ServerError(f"model store {model_store} is missing or not writable", fix="check the run directory")
     server_dir.mkdir(parents=True, exist_ok=True)
-    (server_dir / "logs").mkdir(exist_ok=True)
+    logs = logs_dir(server_dir)
+    logs.mkdir(exist_ok=True)
     ports = pick_ports(serving)
     gpus = resolved.cores if resolved.backend == "cuda" else 0
     config_file = write_config(serving, ports, model_store, server_dir, gpus)
@@ -220,15 +208,15 @@ def start(
         os.environ,
         TMPDIR=str(temp_dir),
         TEMP=str(temp_dir),
-        LOG_LOCATION=str(server_dir / "logs"),
-        METRICS_LOCATION=str(server_dir / "logs"),
+        LOG_LOCATION=str(logs),
+        METRICS_LOCATION=str(logs),
         JAVA_HOME=str(Path(java).resolve().parent.parent),
         OMP_NUM_THREADS=str(resolved.threads_per_worker),
         **{THREADS_ENV: str(resolved.threads_per_worker), BACKEND_ENV: resolved.backend},
     )
     command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
                "--ts-config", str(config_file)]
-    with open(server_dir / "logs" / "torchserve.out", "ab") as out:
+    with open(logs / "torchserve.out", "ab") as out:
         launcher = subprocess.Popen(
             command, cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -290,77 +278,63 @@ def stop_stale(runs_dir: Path) -> list[str]:
 
 
 def wait_healthy(server: Server, timeout: float) -> float:
-    """Poll /ping with backoff until Healthy: the ping races start-up, so a refusal is expected at first."""
+    """Poll /ping with backoff until Healthy: the ping races start-up, so a refusal is expected at first.
+
+    Fails at once, with TorchServe's log, if TorchServe exits meanwhile. Returns the seconds waited.
+    """
     started = time.monotonic()
     deadline = started + timeout
-    delay = 0.2
-    last = "no answer yet"
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool | Pending:
         if not any(ref.alive() for ref in server.processes):
-            raise ServerError(f"TorchServe exited during start-up\n{server.log_tail()}")
+            raise ServerError(f"TorchServe exited during start-up\n{server.log_tail()}",
+                              fix="read TorchServe's log above: it says why it stopped")
         _adopt_children(server)
-        if server.key_file.is_file() or not server.token_auth:
-            try:
-                answer = httpx.get(f"{server.inference_url}/ping", headers=server.inference_headers(), timeout=5)
-                if answer.status_code == 200 and answer.json().get("status") == "Healthy":
-                    return time.monotonic() - started
-                last = f"HTTP {answer.status_code}"
-            except (httpx.TransportError, json.JSONDecodeError, KeyError, ValueError) as error:
-                last = type(error).__name__
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
-    raise ServerError(
-        f"TorchServe did not answer /ping Healthy within {timeout:.0f} s (last: {last})\n"
-        f"fix: read the log below; raise serving.startup_timeout on a slow host\n{server.log_tail()}"
-    )
+        return _ping(server, timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+
+    try:
+        wait_until(healthy, timeout, "TorchServe to answer /ping Healthy")
+    except TimedOut as late:
+        raise ServerError(
+            f"TorchServe did not answer /ping Healthy within {timeout:g} s (last: {late.last})\n{server.log_tail()}",
+            fix="read TorchServe's log above; raise serving.startup_timeout on a slow host",
+        ) from None
+    return time.monotonic() - started
+
+
+def _ping(server: Server, timeout: float) -> bool | Pending:
+    if server.token_auth and not server.key_file.is_file():
+        return Pending("no key file yet")
+    try:
+        answer = httpx.get(f"{server.inference_url}/ping", headers=server.inference_headers(), timeout=timeout)
+        if answer.status_code == 200 and answer.json().get("status") == "Healthy":
+            return True
+        return Pending(f"HTTP {answer.status_code}")
+    except (httpx.TransportError, json.JSONDecodeError, KeyError, ValueError) as error:
+        return Pending(type(error).__name__)
 
 
 def _adopt_children(server: Server) -> None:
     """Record the Java frontend and any workers as they appear, so a crash of ours can't orphan them."""
-    known = {ref.pid for ref in server.processes}
-    for ref in list(server.processes):
-        process = ref.alive()
-        if process is None:
-            continue
-        try:
-            children = process.children(recursive=True)
-        except psutil.Error:
-            continue
-        for child in children:
-            if child.pid not in known:
-                try:
-                    server.processes.append(ProcessRef.of(child))
-                    known.add(child.pid)
-                except psutil.Error:
-                    pass
+    server.processes.extend(descendants(server.processes))
     record(server)
 
 
 def stop(server: Server, grace: float = 30.0) -> dict:
     """Graceful stop (SIGTERM to the frontend), then terminate, then kill whatever of its tree is left."""
     _adopt_children(server)
-    processes = [p for p in (ref.alive() for ref in server.processes) if p is not None]
-    for process in list(processes):
-        try:
-            processes.extend(c for c in process.children(recursive=True) if c not in processes)
-        except psutil.Error:
-            pass
-    java = [p for p in processes if _is_frontend(p)]
-    for process in java or processes[:1]:
-        _signal(process, signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    escalated = [p.pid for p in alive]
-    for process in alive:
-        _signal(process, signal.SIGTERM)
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    for process in alive:
-        _signal(process, signal.SIGKILL)
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    if alive:
-        raise ServerError(f"TorchServe processes {[p.pid for p in alive]} survived SIGKILL")
+    result = stop_processes(server.processes, grace=grace, first=_frontend_first)
+    if result.survivors:
+        raise ServerError(f"TorchServe processes {result.survivors} survived SIGKILL",
+                          fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {','.join(map(str, result.survivors))}")
     server.key_file.unlink(missing_ok=True)
     shutil.rmtree(server.temp_dir, ignore_errors=True)
-    return {"stopped": len(processes), "escalated": escalated}
+    return {"stopped": result.stopped, "escalated": result.escalated}
+
+
+def _frontend_first(alive: list[psutil.Process]) -> list[psutil.Process]:
+    """The Java frontend stops its workers and the launcher in order; without it, the launcher."""
+    return [p for p in alive if _is_frontend(p)] or alive[:1]
 
 
 def _is_frontend(process: psutil.Process) -> bool:
@@ -368,10 +342,3 @@ def _is_frontend(process: psutil.Process) -> bool:
         return "org.pytorch.serve.ModelServer" in " ".join(process.cmdline())
     except psutil.Error:
         return False
-
-
-def _signal(process: psutil.Process, signum: int) -> None:
-    try:
-        process.send_signal(signum)
-    except psutil.Error:
-        pass

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ PAIR = {"seq_0": "The company HuggingFace is based in New York City",
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    return trace(ModelConfig(threshold=0.6821), 2, 32, tmp_path_factory.mktemp("model"))
+    return trace(ModelConfig(threshold=0.6821), 2, 32, [], tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +75,13 @@ def test_key_file_is_readable_by_its_owner_only(served):
 
 
 def test_registering_twice_scales_to_the_wanted_workers_then_reregisters_on_new_batching(served, mar):
-    first = register(served, mar, batch_size=2, max_batch_delay=20, workers=1)
+    first = register(served, mar, max_batch_delay=20, workers=1)
     assert first.action == "registered"
-    second = register(served, mar, batch_size=2, max_batch_delay=20, workers=2)
+    second = register(served, mar, max_batch_delay=20, workers=2)
     assert second.action == "scaled existing"
     _, ready = _ready_workers(served, mar.model_name)
     assert len(ready) == 2
-    third = register(served, mar, batch_size=2, max_batch_delay=40, workers=1)
+    third = register(served, mar, max_batch_delay=40, workers=1)
     assert third.action == "re-registered"
     model, ready = _ready_workers(served, mar.model_name)
     assert model["maxBatchDelay"] == 40 and len(ready) == 1
@@ -92,7 +93,7 @@ def _refused(answer):
 
 
 def test_no_token_or_wrong_token_is_refused_while_the_server_keeps_serving(served, mar):
-    register(served, mar, batch_size=2, max_batch_delay=20, workers=1)
+    register(served, mar, max_batch_delay=20, workers=1)
     url = f"{served.inference_url}/predictions/{mar.model_name}"
     assert _refused(httpx.post(url, data=PAIR, timeout=30))
     assert _refused(httpx.post(url, data=PAIR, headers={"Authorization": "Bearer wrong"}, timeout=30))
@@ -140,7 +141,7 @@ def test_token_auth_off_is_an_explicit_choice_that_serves_legacy_clients(mar, tm
     server = start(legacy, resolve_serving(legacy), mar.model_store, tmp_path / "server")
     try:
         wait_healthy(server, timeout=120)
-        register(server, mar, batch_size=2, max_batch_delay=20, workers=1)
+        register(server, mar, max_batch_delay=20, workers=1)
         answer = httpx.post(f"{server.inference_url}/predictions/{mar.model_name}", data=PAIR, timeout=30)
         assert answer.status_code == 200 and answer.json() == ["paraphrase"]
     finally:
@@ -210,3 +211,21 @@ def test_a_ping_deadline_fails_with_the_torchserve_log_tail(mar, tmp_path):
     message = str(caught.value)
     assert "did not answer /ping Healthy within" in message and "startup_timeout" in message
     assert "--- " in message and "logs" in message  # the log tail is attached
+
+
+def test_a_torchserve_that_exits_during_start_up_fails_at_once_with_its_log(mar, tmp_path):
+    server = start(SERVING, resolve_serving(SERVING), mar.model_store, tmp_path / "server")
+    # The launcher leads its own process group: killing the group takes the frontend too, if it had started.
+    os.killpg(server.processes[0].pid, signal.SIGKILL)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerError) as caught:
+            wait_healthy(server, timeout=120)
+    finally:
+        stop(server)
+    assert time.monotonic() - started < 30, "an exited TorchServe must not be waited for until the deadline"
+    assert_server_gone(server)
+    message = str(caught.value)
+    assert "TorchServe exited during start-up" in message
+    assert "--- " in message and "logs" in message  # the log tail is attached
+    assert caught.value.fix

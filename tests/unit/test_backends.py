@@ -63,16 +63,33 @@ def test_neuron_ls_wins_over_the_instance_type(neuron_host, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: auto picks cuda")
-def test_auto_picks_cpu_on_this_host(no_neuron_ls):
+def test_auto_picks_cpu_on_a_host_without_neuron_or_gpu(no_neuron_ls):
     accelerator = backends.detect("auto")
     assert accelerator.backend == "cpu"
-    assert accelerator.cores == backends.physical_cores()
+    assert accelerator.cores_source == "psutil.cpu_count(logical=False)"
+
+
+def test_cpu_serves_one_worker_per_physical_core_not_per_hyperthread(monkeypatch):
+    # A 4-core host with 2 hyperthreads per core.
+    monkeypatch.setattr(backends.psutil, "cpu_count", lambda logical=True: 8 if logical else 4)
+    resolved = resolve_serving(ServingConfig(backend="cpu"))
+    assert (resolved.cores, resolved.initial_workers, resolved.threads_per_worker) == (4, 4, 1)
+    assert resolve_serving(ServingConfig(backend="cpu", initial_workers=2)).threads_per_worker == 2
+    with pytest.raises(ConfigError, match="4 physical CPU cores"):
+        resolve_serving(ServingConfig(backend="cpu", initial_workers=8))
+
+
+def test_a_backend_refusal_reads_as_the_cause_then_the_fix(no_neuron_ls):
+    with pytest.raises(backends.BackendError) as caught:
+        backends.neuron_core_count("p4d.24xlarge")
+    cause, fix = str(caught.value).split("\nfix: ")
+    assert "p4d.24xlarge" in cause and fix.startswith("use one of inf2.xlarge")
 
 
 def test_auto_picks_neuron_when_torch_neuronx_imports_and_a_core_is_visible(neuron_host):
     accelerator = backends.detect("auto")
     assert accelerator.backend == "neuron" and accelerator.cores == 2
-    assert accelerator.versions["torch-neuronx"] == "present (no package metadata)"
+    assert accelerator.versions == {"torch-neuronx": "present (no package metadata)", "neuronx-cc": "not installed"}
 
 
 def test_workers_default_to_neuroncores_and_more_are_refused_early(neuron_host):

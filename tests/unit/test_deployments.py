@@ -4,7 +4,10 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
+import sys
 
+import psutil
 import pytest
 import yaml
 
@@ -75,6 +78,27 @@ def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
     (tmp_path / "pids" / "server.pid").write_text("999999999 1.0\n")
     assert local._recorded(tmp_path, "server") is None
     assert not (tmp_path / "pids" / "server.pid").exists()
+
+
+def test_local_helper_does_not_take_a_recycled_pid_for_its_own(tmp_path):
+    local = _local_helper()
+    (tmp_path / "pids").mkdir()
+    me = psutil.Process()
+    (tmp_path / "pids" / "worker-1.pid").write_text(f"{me.pid} {me.create_time() - 100.0}\n")
+    assert local._recorded(tmp_path, "worker-1") is None
+    assert local._names(tmp_path, "worker-") == []
+
+
+def test_local_helper_finds_a_process_it_recorded(tmp_path):
+    local = _local_helper()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        local._record(tmp_path, "worker-1", child)
+        assert local._recorded(tmp_path, "worker-1").pid == child.pid
+    finally:
+        child.kill()
+        child.wait()
+    assert local._recorded(tmp_path, "worker-1") is None
 
 
 def _summary():

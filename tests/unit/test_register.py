@@ -1,3 +1,5 @@
+import pickle
+
 import httpx
 import pytest
 
@@ -53,6 +55,15 @@ def test_workers_that_cannot_load_are_final():
         _call(api.client(), "POST", "/models")
     assert caught.value.retryable is False
     assert "Failed to start workers for model x" in str(caught.value)
+    assert str(caught.value).endswith("\nfix: read the worker traceback below")
+
+
+def test_a_retryable_error_stays_retryable_when_prefect_pickles_it():
+    api = FakeManagement({("GET", "/a"): [httpx.Response(503, text="starting")]})
+    with pytest.raises(RegisterError) as caught:
+        _call(api.client(), "GET", "/a")
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is RegisterError and again.retryable is True and str(again) == str(caught.value)
 
 
 def test_client_error_is_returned_for_the_caller_to_judge():
@@ -122,5 +133,15 @@ def test_wait_workers_ready_returns_when_all_ready():
 def test_wait_workers_ready_times_out_naming_states():
     api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
         {"workers": [{"status": "READY"}, {"status": "UNLOADING"}]}])]})
-    with pytest.raises(RegisterError, match="UNLOADING"):
+    with pytest.raises(RegisterError, match="UNLOADING") as caught:
         wait_workers_ready(api.client(), NAME, 2, timeout=0.1)
+    assert caught.value.retryable is False  # a worker that won't load is a verdict, not a race
+    assert "workers' log" in caught.value.fix
+
+
+def test_wait_workers_ready_polls_until_the_workers_come_up():
+    loading = httpx.Response(200, json=[{"workers": [{"status": "READY"}, {"status": "LOADING"}]}])
+    ready = httpx.Response(200, json=[{"workers": [{"status": "READY"}, {"status": "READY"}]}])
+    api = FakeManagement({("GET", f"/models/{NAME}"): [loading, loading, ready]})
+    wait_workers_ready(api.client(), NAME, 2, timeout=30)
+    assert len(api.calls) == 3

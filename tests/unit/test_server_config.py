@@ -1,18 +1,14 @@
 import contextlib
 import ipaddress
-import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import textwrap
 
-import psutil
 import pytest
 
 from tasks.config import ServingConfig
-from tasks.serve.server import Keys, ProcessRef, ServerError, check_java, pick_ports, read_keys, write_config
+from tasks.serve.server import Keys, Server, ServerError, check_java, pick_ports, read_keys, write_config
 
 
 def _properties(path):
@@ -129,22 +125,36 @@ def test_read_keys_from_torchserve_key_file(tmp_path):
     assert SECRET_INFERENCE not in repr(keys)
 
 
-def test_process_ref_finds_this_process():
-    ref = ProcessRef.of(psutil.Process())
-    process = ref.alive()
-    assert process is not None and process.pid == os.getpid()
+def _server(server_dir):
+    return Server(server_dir=server_dir, temp_dir=server_dir / "tmp", inference_url="http://127.0.0.1:1",
+                  management_url="http://127.0.0.1:2", metrics_url="http://127.0.0.1:3", ports={},
+                  key_file=server_dir / "key_file.json", processes=[])
 
 
-def test_process_ref_with_other_create_time_is_not_ours():
-    me = psutil.Process()
-    assert ProcessRef(pid=me.pid, create_time=me.create_time() - 5.0).alive() is None
+def test_a_servers_logs_live_in_its_logs_directory(tmp_path):
+    assert _server(tmp_path / "server").logs_dir == tmp_path / "server" / "logs"
 
 
-def test_process_ref_of_an_ended_process_is_none():
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    ref = ProcessRef.of(psutil.Process(child.pid))
-    child.wait()
-    assert ref.alive() is None
+def test_the_log_tail_quotes_torchserves_own_log_first(tmp_path):
+    server = _server(tmp_path)
+    server.logs_dir.mkdir()
+    (server.logs_dir / "torchserve.out").write_text("launcher says hello\n")
+    (server.logs_dir / "ts_log.log").write_text("".join(f"frontend line {n}\n" for n in range(100)))
+    tail = server.log_tail(lines=2)
+    assert tail.splitlines() == [f"--- {server.logs_dir / 'ts_log.log'} (last 2 lines) ---",
+                                 "frontend line 98", "frontend line 99"]
+
+
+def test_before_torchserve_logs_anything_the_tail_is_the_launchers_output(tmp_path):
+    server = _server(tmp_path)
+    server.logs_dir.mkdir()
+    (server.logs_dir / "torchserve.out").write_text("java: command not found\n")
+    assert "java: command not found" in server.log_tail()
+    assert server.log_tail().startswith(f"--- {server.logs_dir / 'torchserve.out'}")
+
+
+def test_with_no_log_at_all_the_tail_says_where_it_looked(tmp_path):
+    assert str(tmp_path / "logs") in _server(tmp_path).log_tail()
 
 
 def _fake_java_home(tmp_path, version_line):
@@ -175,4 +185,5 @@ def test_check_java_missing_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-such-jdk"))
     with pytest.raises(ServerError) as caught:
         check_java()
-    assert "not installed" in str(caught.value) and "fix:" in str(caught.value)
+    assert "not installed" in str(caught.value)
+    assert "JAVA_HOME" in caught.value.fix and "\nfix: install Java 11" in str(caught.value)

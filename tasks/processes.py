@@ -1,0 +1,133 @@
+"""Processes we started: named so a recycled pid is never ours, one way to stop them, one way to quote their logs.
+
+ProcessRef is what server.json and the local helper's pid files record. stop() is the one
+escalating stop used for TorchServe and for the local Prefect server, workers and flow runs:
+SIGTERM to the processes that stop the rest gracefully, wait, SIGTERM whatever else is left,
+then SIGKILL. tail() is how any error quotes a process's log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import psutil
+from pydantic import BaseModel
+
+# create_time is read from /proc with jiffy resolution; two readings of one process agree to well within this.
+SAME_START_S = 0.01
+
+
+class ProcessRef(BaseModel):
+    """A pid plus its start time, so a recycled pid is never mistaken for ours."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, process: psutil.Process) -> "ProcessRef":
+        return cls(pid=process.pid, create_time=process.create_time())
+
+    @classmethod
+    def parse(cls, line: str) -> "ProcessRef":
+        """From "pid create_time", the form of a pid file."""
+        pid, created = line.split()
+        return cls(pid=int(pid), create_time=float(created))
+
+    def line(self) -> str:
+        return f"{self.pid} {self.create_time}"
+
+    def alive(self) -> psutil.Process | None:
+        """The running process this names, or None if it ended (a zombie counts as ended) or the pid was reused."""
+        try:
+            process = psutil.Process(self.pid)
+            if (abs(process.create_time() - self.create_time) < SAME_START_S
+                    and process.status() != psutil.STATUS_ZOMBIE):
+                return process
+        except psutil.Error:
+            pass
+        return None
+
+
+def descendants(refs: Iterable[ProcessRef], recursive: bool = True) -> list[ProcessRef]:
+    """The live children (grandchildren too, if recursive) of the live processes named, not already named."""
+    refs = list(refs)
+    seen = {ref.pid for ref in refs}
+    found = []
+    for ref in refs:
+        process = ref.alive()
+        try:
+            children = process.children(recursive=recursive) if process else []
+        except psutil.Error:
+            continue
+        for child in children:
+            if child.pid in seen:
+                continue
+            try:
+                found.append(ProcessRef.of(child))
+                seen.add(child.pid)
+            except psutil.Error:
+                pass  # it ended while we looked
+    return found
+
+
+@dataclass
+class Stopped:
+    stopped: int  # processes that were alive when the stop began
+    escalated: list[int] = field(default_factory=list)  # pids still alive after the graceful wait
+    survivors: list[int] = field(default_factory=list)  # pids alive even after SIGKILL
+
+
+def stop(
+    refs: Iterable[ProcessRef],
+    grace: float,
+    first: Callable[[list[psutil.Process]], list[psutil.Process]] | None = None,
+    group: bool = False,
+    settle: float = 5.0,
+) -> Stopped:
+    """Stop the processes named; return what it took and what survived.
+
+    SIGTERM goes to the processes `first` picks from the live ones (all of them without it),
+    then up to `grace` s for everything to exit. If some process that got no SIGTERM is still
+    there, all that are left get one and `settle` s; then SIGKILL and `settle` s more.
+    `group` signals each process's whole process group (for session leaders we started).
+    A ref whose pid now belongs to another process is skipped, never signalled.
+    """
+    processes = [p for p in (ref.alive() for ref in refs) if p is not None]
+    chosen = first(processes) if first else processes
+    for process in chosen:
+        _signal(process, signal.SIGTERM, group)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    escalated = [p.pid for p in alive]
+    if any(p not in chosen for p in alive):
+        for process in alive:
+            _signal(process, signal.SIGTERM, group)
+        _, alive = psutil.wait_procs(alive, timeout=settle)
+    for process in alive:
+        _signal(process, signal.SIGKILL, group)
+    _, alive = psutil.wait_procs(alive, timeout=settle)
+    return Stopped(stopped=len(processes), escalated=escalated, survivors=[p.pid for p in alive])
+
+
+def _signal(process: psutil.Process, signum: int, group: bool) -> None:
+    try:
+        if group:
+            # is_running() compares the start time: a pid reused since is left alone.
+            if process.is_running():
+                os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)  # psutil refuses a reused pid itself
+    except (ProcessLookupError, PermissionError, psutil.Error):
+        pass
+
+
+def tail(path: Path, lines: int = 40) -> str | None:
+    """The last `lines` lines of a log under a header naming the file, or None if it cannot be read."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return f"--- {path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])

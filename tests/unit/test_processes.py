@@ -1,0 +1,136 @@
+"""ProcessRef and the one escalating stop, on real child processes: what TorchServe's stop and `local.py down` rely on."""
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tasks.processes import ProcessRef, descendants, stop, tail
+
+IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+SLEEPS = "import time; print('ready', flush=True); time.sleep(60)"
+
+
+@pytest.fixture
+def spawn():
+    """Start Python children that say 'ready' once set up; whatever a test leaves is killed afterwards."""
+    children = []
+
+    def _spawn(code: str, new_session: bool = False) -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                 start_new_session=new_session)
+        children.append(child)
+        assert child.stdout.readline().strip() == "ready"
+        return child
+
+    yield _spawn
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def _ref(child: subprocess.Popen) -> ProcessRef:
+    return ProcessRef.of(psutil.Process(child.pid))
+
+
+def _soon(condition, within: float = 10.0):
+    """Poll a condition that other processes make true (a signal delivered, a child started)."""
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_process_ref_finds_a_running_process():
+    process = ProcessRef.of(psutil.Process()).alive()
+    assert process is not None and process.pid == psutil.Process().pid
+
+
+def test_a_process_ref_whose_pid_now_belongs_to_another_process_is_not_ours():
+    me = psutil.Process()
+    assert ProcessRef(pid=me.pid, create_time=me.create_time() - 5.0).alive() is None
+
+
+def test_a_process_that_ended_is_not_alive_even_before_it_is_reaped():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    ref = _ref(child)
+    assert _soon(lambda: ref.alive() is None)
+    assert psutil.pid_exists(child.pid)  # a zombie until it is reaped
+    child.wait()
+
+
+def test_a_process_ref_reads_back_from_its_pid_file_line():
+    ref = ProcessRef.of(psutil.Process())
+    assert ProcessRef.parse(ref.line() + "\n") == ref
+
+
+def test_a_child_that_ignores_sigterm_is_killed(spawn):
+    child = spawn(IGNORES_SIGTERM)
+    ref = _ref(child)
+    result = stop([ref], grace=0.5, settle=5)
+    assert ref.alive() is None
+    assert (result.stopped, result.escalated, result.survivors) == (1, [child.pid], [])
+
+
+def test_a_child_that_obeys_sigterm_is_not_escalated(spawn):
+    child = spawn(SLEEPS)
+    ref = _ref(child)
+    result = stop([ref], grace=10)
+    assert ref.alive() is None
+    assert (result.stopped, result.escalated, result.survivors) == (1, [], [])
+
+
+def test_processes_not_picked_first_get_the_grace_period_before_their_sigterm(spawn):
+    frontend, worker = _ref(spawn(SLEEPS)), _ref(spawn(SLEEPS))
+    started = time.monotonic()
+    result = stop([frontend, worker], grace=0.5, first=lambda alive: [p for p in alive if p.pid == frontend.pid])
+    assert frontend.alive() is None and worker.alive() is None
+    assert result.escalated == [worker.pid]  # it outlived the grace: nobody had asked it to stop yet
+    assert time.monotonic() - started < 5  # SIGTERM sufficed: no SIGKILL round was waited for
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["process", "process group"])
+def test_a_recycled_pid_with_a_different_create_time_is_never_signalled(spawn, group):
+    child = spawn(SLEEPS, new_session=group)
+    stale = ProcessRef(pid=child.pid, create_time=_ref(child).create_time - 100.0)
+    result = stop([stale], grace=0.2, group=group)
+    assert result.stopped == 0
+    time.sleep(0.2)
+    assert child.poll() is None, "a process that merely reuses the pid must be left alone"
+
+
+def test_a_process_group_is_stopped_whole(spawn):
+    leader = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)", new_session=True)
+    (grandchild,) = descendants([_ref(leader)])
+    result = stop([_ref(leader)], grace=10, group=True)
+    assert result.survivors == []
+    assert _soon(lambda: grandchild.alive() is None), "the SIGTERM went to the whole group"
+
+
+def test_descendants_lists_children_and_grandchildren_once(spawn):
+    parent = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, "
+                   "time; subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(60)\"]); "
+                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)")
+    ref = _ref(parent)
+    assert _soon(lambda: len(descendants([ref])) == 2), "the grandchild should have started"
+    below = descendants([ref])
+    assert len({r.pid for r in below}) == 2
+    assert len(descendants([ref], recursive=False)) == 1
+    assert descendants([ref, *below]) == []  # what is already named is not listed again
+    stop([ref, *below], grace=5)
+    assert all(r.alive() is None for r in below)
+
+
+def test_tail_gives_the_last_lines_under_a_header_naming_the_file(tmp_path):
+    log = tmp_path / "ts_log.log"
+    log.write_text("".join(f"line {n}\n" for n in range(100)))
+    text = tail(log, 3)
+    assert text.splitlines() == [f"--- {log} (last 3 lines) ---", "line 97", "line 98", "line 99"]
+
+
+def test_tail_of_a_missing_log_is_none(tmp_path):
+    assert tail(tmp_path / "never-written.log") is None
