@@ -44,7 +44,7 @@ def register(server: Server, archive: Archive, max_batch_delay: int, workers: in
         "synchronous": "true",
     }
     if not archive.mar_file.is_file():
-        raise RegisterError(f"model archive {archive.mar_file} does not exist\nfix: run the archive stage first")
+        raise RegisterError(f"model archive {archive.mar_file} does not exist", fix="run the archive stage first")
     headers = server.management_headers()
     with httpx.Client(base_url=server.management_url, headers=headers, timeout=timeout) as client:
         try:
@@ -54,7 +54,7 @@ def register(server: Server, archive: Archive, max_batch_delay: int, workers: in
             if error.retryable:
                 raise
             # A refusal is final: give the reader the workers' own account of it.
-            raise RegisterError(f"{error}\n{model_log_tail(server)}") from None
+            raise RegisterError(f"{error.message}\n{model_log_tail(server)}", fix=error.fix) from None
     return Registration(
         model_name=archive.model_name, batch_size=batch_size, max_batch_delay=max_batch_delay,
         workers=workers, action=action,

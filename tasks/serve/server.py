@@ -178,6 +178,9 @@ def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Pat
         f"disable_token_authorization={'false' if serving.token_auth else 'true'}",
         f"default_response_timeout={serving.response_timeout}",
         "install_py_dep_per_model=false",
+        # Keep the handler's own metrics (ts_handler_preprocess / _inference / _postprocess from
+        # TorchServe's @timed profiling): undeclared model metrics are dropped otherwise.
+        "model_metrics_auto_detect=true",
         # GPUs TorchServe may hand to workers: none unless the backend is cuda.
         f"number_of_gpu={gpus}",
     ]
