@@ -37,8 +37,10 @@ from flows.stages import (  # noqa: E402
     trace_task,
 )
 from tasks.measure import benchmark as benchmark_stage  # noqa: E402
+from tasks.measure import cpu, server_metrics  # noqa: E402
 from tasks.measure import ceiling as ceiling_stage  # noqa: E402
 from tasks.measure import loadgen as loadgen  # noqa: E402
+from tasks.measure.results import BenchmarkResult  # noqa: E402
 from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
 from tasks.report.summary import new_run_dir  # noqa: E402
 
@@ -67,7 +69,7 @@ def _unregister(server, name: str) -> None:
         client.delete(f"/models/{name}/1.0")
 
 
-def _row(bench: benchmark_stage.BenchmarkResult, batch_size: int, workers: int, threads: int, delay: int,
+def _row(bench: BenchmarkResult, batch_size: int, workers: int, threads: int, delay: int,
          ceiling: ceiling_stage.Ceiling | None) -> dict:
     lat, server = bench.latency_ms, bench.server
     return {
@@ -149,18 +151,17 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                         url = f"{server.inference_url}/predictions/{mar.model_name}"
                         for clients in concurrency:
                             wall_0 = time.time()
-                            cpu_0 = benchmark_stage.cpu_snapshot(server)
+                            cpu_0 = cpu.cpu_snapshot(server)
                             result = loadgen.load(url, server.inference_headers(), pairs, concurrency=clients,
                                                   duration=settings.duration, warmup=settings.warmup,
                                                   progress_every=None)
-                            bench = benchmark_stage.from_load(result)
-                            bench.cpu = benchmark_stage.cpu_use(cpu_0, benchmark_stage.cpu_snapshot(server),
-                                                                len(result.samples), ceiling)
-                            time.sleep(benchmark_stage.LOG_SETTLE_S)
+                            bench = BenchmarkResult.from_load(result)
+                            bench.cpu = cpu.cpu_use(cpu_0, cpu.cpu_snapshot(server), len(result.samples), ceiling)
+                            time.sleep(server_metrics.LOG_SETTLE_S)
                             since = wall_0 + settings.warmup
-                            bench.server = benchmark_stage.server_times(
+                            bench.server = server_metrics.server_times(
                                 Path(server.server_dir) / "logs", since,
-                                since + result.seconds + benchmark_stage.LOG_SETTLE_S, mar.model_name)
+                                since + result.seconds + server_metrics.LOG_SETTLE_S, mar.model_name)
                             row = _row(bench, batch_size, count, resolved.threads_per_worker, delay, ceiling)
                             rows.append(row)
                             log.info("%s: %.1f inferences/s, p50 %.0f ms, p90 %.0f ms, errors %d%s", row["label"],

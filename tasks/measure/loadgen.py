@@ -46,9 +46,10 @@ class LatencyMs(BaseModel):
     max: float = float("nan")
 
 
-def percentiles(latencies_s) -> LatencyMs:
-    """p50/p90/p99/mean/max in ms (numpy's linear interpolation); NaN when there is nothing to measure."""
-    ms = np.asarray(latencies_s, dtype=float) * 1000
+def percentiles(values, scale: float = 1000.0) -> LatencyMs:
+    """p50/p90/p99/mean/max of `values` x `scale` (default: s to ms), numpy's linear interpolation;
+    NaN when there is nothing to measure. The one percentile helper: TorchServe's times use it too."""
+    ms = np.asarray(values, dtype=float) * scale
     if ms.size == 0:
         nan = float("nan")
         return LatencyMs(p50=nan, p90=nan, p99=nan, mean=nan, max=nan)

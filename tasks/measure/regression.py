@@ -1,42 +1,92 @@
-"""regression: this run's throughput and p90 against the median of the last N comparable runs.
+"""regression: which runs may be compared (the fingerprint), and this run's throughput and p90 against
+the median of the last N comparable runs.
 
 Comparable: completed runs of the same flow and deployment (or, run without one, of no
 deployment), with the same parameters, whose benchmark table artifact carries the same
-fingerprint (tasks/benchmark.fingerprint: model, batching, workers, load, host). Their figures
-are read back through the Prefect API from that artifact (key "benchmark").
+fingerprint (model, batching, workers, load, host). Their figures are read back through the
+Prefect API from that artifact (key "benchmark"), by the names tasks/measure/figures.py gives them.
 
-Nights whose host was busy with other work during the load are left out.
+One busy-host rule (`busy`): other work used more than BUSY_SHARE of the host's CPUs. It warns about
+this run's figures and leaves such nights out of the baseline.
 Throughput regresses below median x (1 - tolerance); p90 regresses above median x (1 + tolerance).
 With no history the verdict says so and passes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 import statistics
+from collections.abc import Mapping
 
-from pydantic import BaseModel
+from tasks.measure import figures
+from tasks.measure.figures import (
+    CEILING_OTHER_CORES,
+    CPU_HOST_CORES,
+    CPU_OTHER_CORES,
+    FINGERPRINT,
+    INFERENCES_PER_S,
+    LATENCY_P90,
+    Figure,
+)
+from tasks.measure.results import BenchmarkResult, Regression
 
 ARTIFACT_KEY = "benchmark"
 BUSY_SHARE = 0.1  # other work using more than this share of the host's CPUs: figures unreliable
-# figure -> +1 when higher is better, -1 when lower is better
-FIGURES = {"inferences_per_s": +1, "latency_ms p90": -1}
+COMPARED = (INFERENCES_PER_S, LATENCY_P90)  # each Figure says whether higher is better
+
+# --- fingerprint: which runs may be compared -------------------------------------------------
+
+NOT_COMPARED = {
+    "serving": {"inference_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port",
+                "free_ports", "startup_timeout", "response_timeout"},
+    "benchmark": {"enabled", "progress_every", "regression_runs", "regression_tolerance", "regression_action"},
+}
 
 
-class Regression(BaseModel):
-    status: str  # "skipped", "no history", "ok", "regressed"
-    action: str  # "warn" or "fail"
-    runs: int = 0  # prior runs compared with
-    tolerance: float
-    baseline: dict[str, float] = {}  # medians of the prior runs
-    current: dict[str, float] = {}
-    change: dict[str, float] = {}  # current / baseline - 1
-    problems: list[str] = []
-    message: str = ""
+def fingerprint(config, resolved) -> str:
+    """A short hash of everything that shapes the figures (model, batching, workers, load, host),
+    not of what does not (ports, run directory, log cadence)."""
+    data = {"host": platform.node(), "resolved": resolved.model_dump(mode="json")}
+    for section in ("model", "serving", "benchmark"):
+        values = getattr(config, section).model_dump(mode="json")
+        data[section] = {k: v for k, v in values.items() if k not in NOT_COMPARED.get(section, set())}
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    @property
-    def failed(self) -> bool:
-        return self.status == "regressed" and self.action == "fail"
+
+# --- a busy host -------------------------------------------------------------------------------
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def busy(found: Mapping, other: Figure = CPU_OTHER_CORES) -> bool:
+    """Other work used more than BUSY_SHARE of the host's CPUs (by default during the load), in a
+    run's figures: this run's (figures.values) or an earlier night's artifact (figures_of).
+    Figures without CPU accounting (older nights) are not busy."""
+    used, cores = found.get(other.name), found.get(CPU_HOST_CORES.name)
+    return _number(used) and _number(cores) and used > BUSY_SHARE * cores
+
+
+def busy_host_warnings(bench: BenchmarkResult) -> list[str]:
+    """Other work on the host competes with the server and with the ceiling: say so, with how much."""
+    found = figures.values(bench)
+    cores = found.get(CPU_HOST_CORES.name)
+    warnings = []
+    if busy(found):
+        warnings.append(f"the host was busy with other work during the load ({found[CPU_OTHER_CORES.name]:.2f} "
+                        f"of {cores} CPUs): throughput and latency are lower than this server can do")
+    if busy(found, CEILING_OTHER_CORES):
+        warnings.append(f"the host was busy with other work while the ceiling was measured "
+                        f"({found[CEILING_OTHER_CORES.name]:.2f} of {cores} CPUs): the ceiling, and so "
+                        f"served / in-process, are not reliable")
+    return warnings
+
+
+# --- the verdict -------------------------------------------------------------------------------
 
 
 def figures_of(rows) -> dict:
@@ -51,28 +101,30 @@ def figures_of(rows) -> dict:
     return {row.get("figure"): row.get("value") for row in rows if isinstance(row, dict)}
 
 
-def compare(current: dict, history: list[dict], tolerance: float, action: str = "warn") -> Regression:
-    """The verdict on `current` against the medians of `history` (newest first, already chosen)."""
-    now = {name: float(current[name]) for name in FIGURES if isinstance(current.get(name), (int, float))}
-    usable = [h for h in history if all(isinstance(h.get(name), (int, float)) for name in FIGURES)]
+def compare(current: Mapping, history: list[Mapping], tolerance: float, action: str = "warn") -> Regression:
+    """The verdict on `current` against the medians of `history` (newest first, already chosen);
+    both are {figure name: value}, as figures.values and figures_of give them."""
+    now = {f.name: float(current[f.name]) for f in COMPARED if _number(current.get(f.name))}
+    usable = [h for h in history if all(_number(h.get(f.name)) for f in COMPARED)]
     if not usable:
         return Regression(status="no history", action=action, tolerance=tolerance, current=now,
                           message="no earlier completed run with the same deployment, parameters and "
                                   "fingerprint to compare with; passes")
-    baseline = {name: float(statistics.median(h[name] for h in usable)) for name in FIGURES}
+    baseline = {f.name: float(statistics.median(h[f.name] for h in usable)) for f in COMPARED}
     change, problems = {}, []
-    for name, better in FIGURES.items():
+    for figure in COMPARED:
+        name = figure.name
         if name not in now or not baseline[name]:
             continue
         change[name] = now[name] / baseline[name] - 1
-        worse = -change[name] if better > 0 else change[name]
+        worse = -change[name] if figure.higher_is_better else change[name]
         if worse > tolerance:
             problems.append(f"{name} {now[name]:.1f} vs median {baseline[name]:.1f} of {len(usable)} runs "
                             f"({change[name]:+.0%}, tolerance {tolerance:.0%})")
     status = "regressed" if problems else "ok"
     message = ("; ".join(problems) if problems else
                f"within {tolerance:.0%} of the median of {len(usable)} earlier runs ("
-               + ", ".join(f"{name} {change.get(name, 0):+.0%}" for name in FIGURES) + ")")
+               + ", ".join(f"{f.name} {change.get(f.name, 0):+.0%}" for f in COMPARED) + ")")
     return Regression(status=status, action=action, runs=len(usable), tolerance=tolerance, baseline=baseline,
                       current=now, change=change, problems=problems, message=message)
 
@@ -124,20 +176,13 @@ def history(fingerprint: str, limit: int) -> list[dict] | None:
         )
     by_run = {artifact.flow_run_id: figures_of(artifact.data) for artifact in artifacts}
     found = [by_run[run.id] for run in same if run.id in by_run]
-    return [figures for figures in found if figures.get("fingerprint") == fingerprint and not busy(figures)][:limit]
+    return [night for night in found if night.get(FINGERPRINT.name) == fingerprint and not busy(night)][:limit]
 
 
-def busy(figures: dict) -> bool:
-    """A night whose host was busy with other work during the load is no baseline."""
-    other, cores = figures.get("cpu other_cores"), figures.get("cpu host_cores")
-    return isinstance(other, (int, float)) and isinstance(cores, (int, float)) and other > BUSY_SHARE * cores
-
-
-def check(bench, fingerprint: str, runs: int, tolerance: float, action: str) -> Regression:
+def check(bench: BenchmarkResult, fingerprint: str, runs: int, tolerance: float, action: str) -> Regression:
     """The stage's verdict: skipped when not asked for or outside a flow run; never raises on the API."""
     if runs <= 0:
         return Regression(status="skipped", action=action, tolerance=tolerance, message="regression_runs is 0")
-    current = {"inferences_per_s": bench.inferences_per_s, "latency_ms p90": bench.latency_ms.p90}
     try:
         found = history(fingerprint, runs)
     except Exception as error:  # a history we cannot read is no reason to fail a benchmark
@@ -146,4 +191,4 @@ def check(bench, fingerprint: str, runs: int, tolerance: float, action: str) -> 
     if found is None:
         return Regression(status="skipped", action=action, tolerance=tolerance,
                           message="not in a Prefect flow run: no history to compare with")
-    return compare(current, found, tolerance, action)
+    return compare(figures.values(bench), found, tolerance, action)

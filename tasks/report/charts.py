@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tasks.measure import figures  # noqa: E402
+
 
 def timeline_chart(bench, path: Path) -> Path:
     rows = bench.timeline
@@ -39,12 +41,7 @@ def timeline_chart(bench, path: Path) -> Path:
     handles = throughput.get_legend_handles_labels()
     more = latency.get_legend_handles_labels()
     throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=8)
-    lat = bench.latency_ms
-    title = (f"{bench.inferences_per_s:.1f} inferences/s, {bench.mode} loop, concurrency {bench.concurrency}; "
-             f"p50 {lat.p50:.0f} ms, p90 {lat.p90:.0f} ms")
-    if bench.served_over_ceiling is not None:
-        title += f"; served / in-process {bench.served_over_ceiling:.2f}"
-    throughput.set_title(title, fontsize=10)
+    throughput.set_title(figures.title(bench), fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

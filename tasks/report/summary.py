@@ -12,7 +12,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks.measure.benchmark import BenchmarkResult, markdown_lines, table_rows
+from tasks.measure import figures
+from tasks.measure.results import BenchmarkResult
 from tasks.measure.buckets import BucketComparison
 from tasks.verify.checks import CheckResult
 from tasks.versions import package_versions
@@ -89,11 +90,7 @@ def markdown(summary: dict, run_dir: Path) -> str:
         lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in summary["checks"]]
     bench = summary.get("benchmark")
     if bench:
-        lat = bench["latency_ms"]
-        lines += ["", f"Benchmark: {bench['inferences_per_s']:.1f} inferences/s at concurrency "
-                  f"{bench['concurrency']}; p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, "
-                  f"p99 {lat['p99']:.0f} ms; errors {bench['errors']}"]
-        lines += markdown_lines(bench)
+        lines += figures.markdown_lines(bench)
     return "\n".join(lines)
 
 
@@ -122,7 +119,7 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
         create_table_artifact(key="accuracy", table=table, description=accuracy.detail)
     bench = summary.get("benchmark")
     if bench:
-        create_table_artifact(key="benchmark", table=table_rows(bench), description="Benchmark figures")
+        create_table_artifact(key="benchmark", table=figures.table_rows(bench), description="Benchmark figures")
 
 
     if buckets is not None:

@@ -1,13 +1,16 @@
 """Regression history read back through a real Prefect API: the same flow, deployment (none here),
 parameters and fingerprint only, completed runs only, newest first. No TorchServe: each "night"
-is a tiny flow run that publishes a benchmark table artifact the way tasks/report.py does."""
+is a tiny flow run that publishes a benchmark table artifact the way tasks/report/summary.py does
+(figures.table_rows)."""
 
 import pytest
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from tasks.measure import regression as regression
-from tasks.measure.benchmark import summarize, table_rows
+from tasks.measure import figures, regression
+from tasks.measure.figures import INFERENCES_PER_S, LATENCY_P90
+from tasks.measure.loadgen import percentiles
+from tasks.measure.results import BenchmarkResult
 
 pytestmark = pytest.mark.e2e
 
@@ -15,17 +18,20 @@ pytestmark = pytest.mark.e2e
 TONIGHT: dict = {}
 
 
+def _bench(served: float, latency_s: float, fingerprint: str) -> BenchmarkResult:
+    return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
+                           requests=10, errors=0, concurrency=4, seconds=10 / served, fingerprint=fingerprint)
+
+
 @flow(name="regression-probe")
 def night(config_file: str = "configs/default.yaml", overrides: dict | None = None):
     if TONIGHT.get("publish"):
-        bench = summarize([TONIGHT["p90_s"]] * 10, 0, 4, 10 / TONIGHT["rate"]).model_dump()
-        bench["fingerprint"] = TONIGHT.get("fingerprint", "fp-a")
-        create_table_artifact(key="benchmark", table=table_rows(bench))
+        bench = _bench(TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"))
+        create_table_artifact(key="benchmark", table=figures.table_rows(bench))
     if TONIGHT.get("fail"):
         raise RuntimeError("a failed night")
     if TONIGHT.get("check"):
-        current = summarize([TONIGHT["p90_s"]] * 10, 0, 4, 10 / TONIGHT["rate"])
-        return regression.check(current, "fp-a", 3, 0.2, "fail").model_dump()
+        return regression.check(_bench(TONIGHT["rate"], TONIGHT["p90_s"], "fp-a"), "fp-a", 3, 0.2, "fail").model_dump()
     return None
 
 
@@ -49,12 +55,12 @@ def test_regression_compares_with_the_median_of_comparable_completed_runs(prefec
 
     verdict = _night(check=True, rate=20.0, p90_s=1.1)
     assert verdict["status"] == "ok" and verdict["runs"] == 3
-    assert verdict["baseline"]["inferences_per_s"] == pytest.approx(21.0)
-    assert verdict["baseline"]["latency_ms p90"] == pytest.approx(1100.0)
+    assert verdict["baseline"][INFERENCES_PER_S.name] == pytest.approx(21.0)
+    assert verdict["baseline"][LATENCY_P90.name] == pytest.approx(1100.0)
 
     slow = _night(check=True, rate=12.0, p90_s=1.1)
     assert slow["status"] == "regressed" and slow["action"] == "fail"
-    assert slow["problems"][0].startswith("inferences_per_s 12.0 vs median 21.0 of 3 runs")
+    assert slow["problems"][0].startswith(f"{INFERENCES_PER_S.name} 12.0 vs median 21.0 of 3 runs")
 
 
 def test_no_comparable_history_passes(prefect_server):

@@ -1,13 +1,15 @@
 """The PNG charts: a single run over time, a sweep per configuration."""
 
-from tasks.measure.benchmark import summarize
+from tasks.measure.loadgen import percentiles
+from tasks.measure.results import BenchmarkResult
 from tasks.report.charts import sweep_chart, timeline_chart
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_timeline_chart_is_a_png(tmp_path):
-    bench = summarize([0.1, 0.2, 0.3], 1, 4, 3.0)
+    bench = BenchmarkResult(requests_per_s=1.0, inferences_per_s=1.0, latency_ms=percentiles([0.1, 0.2, 0.3]),
+                            requests=4, errors=1, concurrency=4, seconds=3.0)
     bench.timeline = [{"t": 1.0, "requests_per_s": 2, "p50_ms": 100.0, "p90_ms": 180.0, "errors": 0},
                       {"t": 2.0, "requests_per_s": 1, "p50_ms": 300.0, "p90_ms": 300.0, "errors": 1}]
     path = timeline_chart(bench, tmp_path / "benchmark.png")

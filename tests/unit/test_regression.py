@@ -1,71 +1,88 @@
-"""Regression against earlier runs: the medians, the tolerance, warn or fail, no history."""
+"""Regression against earlier runs: the medians, the tolerance, warn or fail, no history; which runs are
+comparable (the fingerprint); one busy-host rule for the warning and for the baseline."""
 
 import json
 
 import pytest
 
-from tasks.measure.benchmark import summarize
-from tasks.measure.regression import check, compare, figures_of
+from tasks.config import load_config, resolve_serving
+from tasks.measure import figures
+from tasks.measure.figures import CPU_HOST_CORES, CPU_OTHER_CORES, INFERENCES_PER_S, LATENCY_P90
+from tasks.measure.loadgen import percentiles
+from tasks.measure.regression import BUSY_SHARE, busy, busy_host_warnings, check, compare, figures_of, fingerprint
+from tasks.measure.results import BenchmarkResult, CpuUse
 
-NIGHTS = [{"inferences_per_s": v, "latency_ms p90": p} for v, p in ((20, 3000), (21, 2900), (19, 3100), (5, 9000))]
+RATE, P90 = INFERENCES_PER_S.name, LATENCY_P90.name
+NIGHTS = [{RATE: v, P90: p} for v, p in ((20, 3000), (21, 2900), (19, 3100), (5, 9000))]
+
+
+def night(served: float, latency_s: float, **more) -> BenchmarkResult:
+    """A benchmark whose every request took latency_s, at `served` inferences/s."""
+    return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
+                           requests=10, errors=0, concurrency=4, seconds=10 / served, **more)
+
+
+def with_cpu(other_cores: float, host_cores: int) -> BenchmarkResult:
+    return night(20.0, 1.0, cpu=CpuUse(seconds=30.0, host_cores=host_cores, workers_cores=1.0, frontend_cores=0.1,
+                                       client_cores=0.1, other_cores=other_cores))
 
 
 def test_no_history_says_so_and_passes():
-    verdict = compare({"inferences_per_s": 20, "latency_ms p90": 3000}, [], 0.2, "fail")
+    verdict = compare({RATE: 20, P90: 3000}, [], 0.2, "fail")
     assert verdict.status == "no history" and not verdict.failed and "no earlier" in verdict.message
 
 
 def test_within_tolerance_of_the_median_is_ok():
-    verdict = compare({"inferences_per_s": 18.5, "latency_ms p90": 3300}, NIGHTS, 0.2)
+    verdict = compare({RATE: 18.5, P90: 3300}, NIGHTS, 0.2)
     assert verdict.status == "ok" and verdict.runs == 4
     # The median shrugs off the one bad night (5 inferences/s).
-    assert verdict.baseline == {"inferences_per_s": 19.5, "latency_ms p90": 3050}
+    assert verdict.baseline == {RATE: 19.5, P90: 3050}
 
 
 def test_throughput_drop_past_tolerance_regresses():
-    verdict = compare({"inferences_per_s": 15, "latency_ms p90": 3000}, NIGHTS, 0.2, "warn")
+    verdict = compare({RATE: 15, P90: 3000}, NIGHTS, 0.2, "warn")
     assert verdict.status == "regressed" and not verdict.failed
-    assert verdict.problems[0].startswith("inferences_per_s 15.0 vs median 19.5")
-    assert verdict.change["inferences_per_s"] == pytest.approx(15 / 19.5 - 1)
+    assert verdict.problems[0].startswith(f"{RATE} 15.0 vs median 19.5")
+    assert verdict.change[RATE] == pytest.approx(15 / 19.5 - 1)
 
 
 def test_p90_rise_past_tolerance_regresses_and_fail_fails():
-    verdict = compare({"inferences_per_s": 20, "latency_ms p90": 4000}, NIGHTS, 0.2, "fail")
+    verdict = compare({RATE: 20, P90: 4000}, NIGHTS, 0.2, "fail")
     assert verdict.status == "regressed" and verdict.failed
-    assert len(verdict.problems) == 1 and verdict.problems[0].startswith("latency_ms p90")
+    assert len(verdict.problems) == 1 and verdict.problems[0].startswith(P90)
 
 
 def test_faster_is_never_a_regression():
-    verdict = compare({"inferences_per_s": 60, "latency_ms p90": 500}, NIGHTS, 0.2, "fail")
+    verdict = compare({RATE: 60, P90: 500}, NIGHTS, 0.2, "fail")
     assert verdict.status == "ok"
 
 
 def test_history_rows_without_the_figures_are_ignored():
-    verdict = compare({"inferences_per_s": 20, "latency_ms p90": 3000}, [{"inferences_per_s": 20}], 0.2)
+    verdict = compare({RATE: 20, P90: 3000}, [{RATE: 20}], 0.2)
     assert verdict.status == "no history"
 
 
 def test_figures_of_reads_a_table_artifacts_data_as_the_api_returns_it():
-    rows = [{"figure": "inferences_per_s", "value": 20.5}, {"figure": "fingerprint", "value": "abc"}]
-    assert figures_of(json.dumps(rows)) == {"inferences_per_s": 20.5, "fingerprint": "abc"}
+    rows = [{"figure": RATE, "value": 20.5}, {"figure": "fingerprint", "value": "abc"}]
+    assert figures_of(json.dumps(rows)) == {RATE: 20.5, "fingerprint": "abc"}
     assert figures_of(rows) == figures_of(json.dumps(rows))
     assert figures_of("not json") == {} and figures_of(None) == {}
 
 
 def test_check_outside_a_flow_run_is_skipped_and_zero_runs_turns_it_off():
-    bench = summarize([0.1], 0, 1, 1.0)
+    bench = night(10.0, 0.1)
     assert check(bench, "abc", 5, 0.2, "fail").status == "skipped"
     off = check(bench, "abc", 0, 0.2, "fail")
     assert off.status == "skipped" and "0" in off.message
 
 
-def test_check_compares_with_the_history_it_reads(monkeypatch):
+def test_check_compares_this_runs_figures_with_the_history_it_reads(monkeypatch):
     import tasks.measure.regression as regression
 
     monkeypatch.setattr(regression, "history", lambda fingerprint, limit: NIGHTS[:limit])
-    bench = summarize([4.0] * 10, 0, 64, 1.0)  # 10 requests/s, p90 4000 ms
-    verdict = check(bench, "abc", 3, 0.2, "fail")
+    verdict = check(night(10.0, 4.0), "abc", 3, 0.2, "fail")  # 10 inferences/s, p90 4000 ms
     assert verdict.runs == 3 and verdict.status == "regressed" and verdict.failed
+    assert verdict.current == {RATE: 10.0, P90: pytest.approx(4000.0)}
 
 
 def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
@@ -75,13 +92,48 @@ def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
         raise ConnectionError("API down")
 
     monkeypatch.setattr(regression, "history", broken)
-    verdict = check(summarize([0.1], 0, 1, 1.0), "abc", 5, 0.2, "fail")
+    verdict = check(night(10.0, 0.1), "abc", 5, 0.2, "fail")
     assert verdict.status == "skipped" and "API down" in verdict.message and not verdict.failed
 
 
-def test_a_night_on_a_busy_host_is_no_baseline():
-    from tasks.measure.regression import busy
+def test_fingerprint_ignores_ports_and_log_cadence_but_not_batching():
+    base = load_config()
+    resolved = resolve_serving(base.serving)
+    same = load_config(None, {"serving.free_ports": True, "serving.inference_port": 9999,
+                              "benchmark.progress_every": 1, "benchmark.regression_action": "fail"})
+    other = load_config(None, {"serving.max_batch_delay": 7})
+    assert fingerprint(base, resolved) == fingerprint(same, resolved)
+    assert fingerprint(base, resolved) != fingerprint(other, resolved)
 
-    assert busy({"cpu other_cores": 0.9, "cpu host_cores": 2})
-    assert not busy({"cpu other_cores": 0.05, "cpu host_cores": 2})
+
+# --- one busy-host rule -------------------------------------------------------------------------
+
+
+def test_a_night_on_a_busy_host_is_no_baseline():
+    assert busy({CPU_OTHER_CORES.name: 0.9, CPU_HOST_CORES.name: 2})
+    assert not busy({CPU_OTHER_CORES.name: 0.05, CPU_HOST_CORES.name: 2})
     assert not busy({})  # older nights without CPU figures still count
+
+
+@pytest.mark.parametrize("share, is_busy", [(BUSY_SHARE * 0.9, False), (BUSY_SHARE * 1.1, True)])
+def test_the_busy_warning_and_the_baseline_filter_are_one_rule(share, is_busy):
+    bench = with_cpu(other_cores=share * 4, host_cores=4)
+    read_back = figures_of(json.dumps(figures.table_rows(bench)))  # as a later night reads tonight's artifact
+    assert bool(busy_host_warnings(bench)) is is_busy
+    assert busy(read_back) is is_busy
+
+
+def test_the_busy_rule_counts_the_cpus_of_the_host_that_ran_not_of_this_one():
+    # 2 cores of other work: busy on a 4-CPU host, not on a 64-CPU one, whatever machine reads the result.
+    assert busy_host_warnings(with_cpu(2.0, 4)) and not busy_host_warnings(with_cpu(2.0, 64))
+
+
+def test_a_busy_host_during_the_ceiling_is_called_out_separately():
+    from tasks.measure.ceiling import Ceiling
+
+    bench = with_cpu(0.0, 2)
+    bench.ceiling = Ceiling(batch_size=6, max_length=128, buckets=[128], threads=2, batches_per_s=1.0,
+                            inferences_per_s=6.0, best_layout="all threads", batch_latency_ms=1.0,
+                            lone_batch_latency_ms=1.0, worker_lone_batch_latency_ms=1.0, other_cores=1.5, layouts=[])
+    warnings = busy_host_warnings(bench)
+    assert len(warnings) == 1 and "ceiling" in warnings[0] and "1.50 of 2 CPUs" in warnings[0]

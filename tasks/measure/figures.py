@@ -1,0 +1,285 @@
+"""figures: every benchmark figure -- its name, how it is read off a BenchmarkResult, its unit, which way is
+better, its label -- and every way the figures are shown.
+
+FIGURES is the one list. From it come: the benchmark table artifact (`table_rows`, one row per figure,
+named by `Figure.name`), the flow log's headline (`headline`), the summary artifact's lines
+(`markdown_lines`), the chart's title (`title`), and the figures tasks/measure/regression.py compares
+and filters on (it imports the Figure objects, never their names).
+
+A figure's `name` is the row name in the table artifacts of earlier nights, which the regression reads
+back: renaming one cuts tonight off from its history. Rename a field of BenchmarkResult freely; keep
+the name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tasks.measure.results import BenchmarkResult
+
+Value = float | int | str | None
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # the table artifact's row: stable from night to night
+    read: Callable[[BenchmarkResult], Value]  # None: not measured in this run
+    unit: str = ""
+    higher_is_better: bool | None = None  # None: context for a reader, not a performance figure
+    label: str = ""  # what a line of text calls it
+    fmt: str = ".3g"
+
+    def value(self, bench: BenchmarkResult) -> Value:
+        return self.read(bench)
+
+    def text(self, bench: BenchmarkResult, labelled: bool = True) -> str | None:
+        """'p90 1070 ms'; None when not measured."""
+        value = self.read(bench)
+        if value is None:
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return f"{self.label} n/a".strip()
+        shown = value if isinstance(value, str) else format(value, self.fmt)
+        shown += self.unit if self.unit == "x" else f" {self.unit}" if self.unit else ""
+        return f"{self.label} {shown}" if labelled and self.label else shown
+
+
+def _of(section: Callable[[BenchmarkResult], Any], read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    """Read off an optional part of the result (the ceiling, the server's times ...): None when absent."""
+
+    def value(bench: BenchmarkResult) -> Value:
+        part = section(bench)
+        return None if part is None else read(part)
+
+    return value
+
+
+def _latency(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
+    """p50, p90, p99, mean, max of a LatencyMs."""
+    return tuple(Figure(f"{prefix} {key}", _of(section, lambda lat, key=key: getattr(lat, key)), "ms", False,
+                        f"{label}{key}", ".0f") for key in ("p50", "p90", "p99", "mean", "max"))
+
+
+def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
+    """count, p50, p90, mean of a Stat of TorchServe's times (ms)."""
+    count = Figure(f"{prefix} count", _of(section, lambda stat: stat.count), label=f"{label} count", fmt="d")
+    return (count, *(Figure(f"{prefix} {key}", _of(section, lambda stat, key=key: getattr(stat, key)), "ms", False,
+                            f"{label} {key}", ".0f") for key in ("p50", "p90", "mean")))
+
+
+def _ceiling(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.ceiling, read)
+
+
+def _client(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.client, read)
+
+
+def _single(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.single_client, read)
+
+
+def _server(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.server, read)
+
+
+def _cpu(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.cpu, read)
+
+
+# --- the load ---------------------------------------------------------------------------------------
+REQUESTS_PER_S = Figure("requests_per_s", lambda b: b.requests_per_s, "requests/s", True, fmt=".1f")
+INFERENCES_PER_S = Figure("inferences_per_s", lambda b: b.inferences_per_s, "inferences/s", True, fmt=".1f")
+REQUESTS = Figure("requests", lambda b: b.requests, label="requests", fmt="d")
+ERRORS = Figure("errors", lambda b: b.errors, higher_is_better=False, label="errors", fmt="d")
+CONCURRENCY = Figure("concurrency", lambda b: b.concurrency, label="concurrency", fmt="d")
+SECONDS = Figure("seconds", lambda b: b.seconds, "s", label="measured", fmt=".1f")
+ERROR_RATE = Figure("error_rate", lambda b: b.error_rate, higher_is_better=False, label="error rate", fmt=".1%")
+MODE = Figure("mode", lambda b: b.mode, "loop")
+RATE = Figure("rate", lambda b: b.rate, "requests/s", label="asked for", fmt="g")
+FIRST_ERROR = Figure("first_error", lambda b: b.first_error, label="first error")
+PAIRS = Figure("pairs", lambda b: b.pairs, label="pairs")
+SERVED_OVER_CEILING = Figure("served_over_ceiling", lambda b: b.served_over_ceiling, "", True,
+                             "served / in-process", ".2f")
+FINGERPRINT = Figure("fingerprint", lambda b: b.fingerprint, label="fingerprint")
+LATENCY_P50, LATENCY_P90, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX = _latency("latency_ms", lambda b: b.latency_ms, "")
+
+# --- the ceiling: the traced model in-process, no server --------------------------------------------
+CEILING_BATCH_SIZE = Figure("ceiling batch_size", _ceiling(lambda c: c.batch_size), label="batch size", fmt="d")
+CEILING_MAX_LENGTH = Figure("ceiling max_length", _ceiling(lambda c: c.max_length), label="max length", fmt="d")
+CEILING_THREADS = Figure("ceiling threads", _ceiling(lambda c: c.threads), "threads", fmt="d")
+CEILING_LAYOUT = Figure("ceiling best_layout", _ceiling(lambda c: c.best_layout), label="best layout")
+CEILING_BATCHES_PER_S = Figure("ceiling batches_per_s", _ceiling(lambda c: c.batches_per_s), "batches/s", True,
+                               fmt=".1f")
+CEILING_INFERENCES_PER_S = Figure("ceiling inferences_per_s", _ceiling(lambda c: c.inferences_per_s),
+                                  "inferences/s", True, fmt=".1f")
+CEILING_BATCH_MS = Figure("ceiling batch_latency_ms", _ceiling(lambda c: c.batch_latency_ms), "ms", False,
+                          "one full batch", ".0f")
+CEILING_LONE_BATCH_MS = Figure("ceiling lone_batch_latency_ms", _ceiling(lambda c: c.lone_batch_latency_ms),
+                               "ms", False, "a lone request's batch", ".0f")
+CEILING_WORKER_LONE_BATCH_MS = Figure("ceiling worker_lone_batch_latency_ms",
+                                      _ceiling(lambda c: c.worker_lone_batch_latency_ms), "ms", False,
+                                      "the same at one worker's threads", ".0f")
+CEILING_OTHER_CORES = Figure("ceiling other_cores", _ceiling(lambda c: c.other_cores), "cores", False,
+                             "other work on the host meanwhile", ".2f")
+
+# --- the load generator alone, against a trivial local endpoint ----------------------------------------
+CLIENT_REQUESTS_PER_S = Figure("client requests_per_s", _client(lambda c: c.requests_per_s), "requests/s",
+                               fmt=".0f")
+CLIENT_CONCURRENCY = Figure("client concurrency", _client(lambda c: c.concurrency), label="concurrency", fmt="d")
+CLIENT_SECONDS = Figure("client seconds", _client(lambda c: c.seconds), "s", label="measured", fmt=".1f")
+CLIENT_LATENCY = _latency("client latency_ms", lambda b: b.client and b.client.latency_ms, "")
+CLIENT_OVER_SERVED = Figure("client over_served", _client(lambda c: c.over_served), "x", label="load generator / served",
+                            fmt=".0f")
+
+# --- a lone client ------------------------------------------------------------------------------------
+SINGLE_REQUESTS = Figure("single_client requests", _single(lambda s: s.requests), label="requests", fmt="d")
+SINGLE_SECONDS = Figure("single_client seconds", _single(lambda s: s.seconds), "s", label="measured", fmt=".1f")
+SINGLE_LATENCY = _latency("single_client latency_ms", lambda b: b.single_client and b.single_client.latency_ms,
+                          "lone client ")
+SINGLE_P50 = SINGLE_LATENCY[0]
+SINGLE_OVER_BATCH = Figure("single_client over_batch_latency", _single(lambda s: s.over_batch_latency), "x", False,
+                           "lone p50 / the same batch in-process", ".2f")
+SINGLE_OVER_WORKER_BATCH = Figure("single_client over_worker_batch_latency",
+                                  _single(lambda s: s.over_worker_batch_latency), "x", False,
+                                  "lone p50 / the same batch at one worker's threads", ".2f")
+
+# --- TorchServe's own times ---------------------------------------------------------------------------
+QUEUE = _stat("server queue_ms", lambda b: b.server and b.server.queue_ms, "queue")
+REQUEST = _stat("server request_ms", lambda b: b.server and b.server.request_ms, "request")
+HANDLER_METRIC = Figure("server handler_metric", _server(lambda s: s.handler_metric), label="handler time from")
+HANDLER = _stat("server handler_ms", lambda b: b.server and b.server.handler_ms, "handler")
+PREPROCESS = _stat("server preprocess_ms", lambda b: b.server and b.server.preprocess_ms, "preprocess")
+MODEL = _stat("server model_ms", lambda b: b.server and b.server.model_ms, "model")
+POSTPROCESS = _stat("server postprocess_ms", lambda b: b.server and b.server.postprocess_ms, "postprocess")
+WORKER_THREAD = _stat("server worker_thread_ms", lambda b: b.server and b.server.worker_thread_ms,
+                      "frontend around the worker")
+BATCHES = Figure("server batches", _server(lambda s: s.batches), "batches", fmt="d")
+BATCH_FILL = Figure("server mean_batch_fill", _server(lambda s: s.mean_batch_fill), "requests per batch", fmt=".1f")
+
+# --- where the CPU went during the load ----------------------------------------------------------------
+CPU_SECONDS = Figure("cpu seconds", _cpu(lambda c: c.seconds), "s", label="measured", fmt=".1f")
+CPU_HOST_CORES = Figure("cpu host_cores", _cpu(lambda c: c.host_cores), "CPUs", label="host", fmt="d")
+CPU_WORKERS_CORES = Figure("cpu workers_cores", _cpu(lambda c: c.workers_cores), "cores", label="workers", fmt=".2f")
+CPU_FRONTEND_CORES = Figure("cpu frontend_cores", _cpu(lambda c: c.frontend_cores), "cores", label="frontend",
+                            fmt=".2f")
+CPU_CLIENT_CORES = Figure("cpu client_cores", _cpu(lambda c: c.client_cores), "cores", label="client", fmt=".2f")
+CPU_OTHER_CORES = Figure("cpu other_cores", _cpu(lambda c: c.other_cores), "cores", False,
+                         "other work on the host", ".2f")
+CPU_WORKER_MS_PER_REQUEST = Figure("cpu worker_cpu_ms_per_request", _cpu(lambda c: c.worker_cpu_ms_per_request),
+                                   "CPU-ms", False, "workers per request", ".1f")
+CPU_CEILING_MS_PER_INFERENCE = Figure("cpu ceiling_cpu_ms_per_inference",
+                                      _cpu(lambda c: c.ceiling_cpu_ms_per_inference), "CPU-ms", False,
+                                      "in-process per inference", ".1f")
+
+REGRESSION = Figure("regression", lambda b: b.regression.status if b.regression else None, label="regression")
+
+FIGURES: tuple[Figure, ...] = (
+    REQUESTS_PER_S, INFERENCES_PER_S, REQUESTS, ERRORS, CONCURRENCY, SECONDS, ERROR_RATE, MODE, RATE, FIRST_ERROR,
+    PAIRS, SERVED_OVER_CEILING, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX,
+    CEILING_BATCH_SIZE, CEILING_MAX_LENGTH, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCHES_PER_S,
+    CEILING_INFERENCES_PER_S, CEILING_BATCH_MS, CEILING_LONE_BATCH_MS, CEILING_WORKER_LONE_BATCH_MS,
+    CEILING_OTHER_CORES,
+    CLIENT_REQUESTS_PER_S, CLIENT_CONCURRENCY, CLIENT_SECONDS, *CLIENT_LATENCY, CLIENT_OVER_SERVED,
+    SINGLE_REQUESTS, SINGLE_SECONDS, *SINGLE_LATENCY, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH,
+    *QUEUE, *REQUEST, HANDLER_METRIC, *HANDLER, *PREPROCESS, *MODEL, *POSTPROCESS, *WORKER_THREAD, BATCHES,
+    BATCH_FILL,
+    CPU_SECONDS, CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
+    CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE,
+    REGRESSION,
+)
+
+
+# --- the ways they are shown ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of text: a title and figures, shown when at least one of them was measured."""
+
+    title: str
+    figures: tuple[Figure, ...]
+    labelled: bool = True
+    strong: bool = False
+
+    def text(self, bench: BenchmarkResult) -> str | None:
+        shown = [t for t in (f.text(bench, self.labelled) for f in self.figures) if t is not None]
+        if not shown:
+            return None
+        text = f"{self.title}: {', '.join(shown)}"
+        return f"**{text}**" if self.strong else text
+
+
+HEADLINE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, LATENCY_MAX, ERRORS,
+            ERROR_RATE, SERVED_OVER_CEILING, CLIENT_OVER_SERVED, SINGLE_P50, SINGLE_OVER_BATCH,
+            SINGLE_OVER_WORKER_BATCH, QUEUE[1], HANDLER[1], MODEL[1], BATCH_FILL, CPU_WORKERS_CORES,
+            CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES)
+TITLE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, SERVED_OVER_CEILING)
+SUMMARY = Line("Benchmark", (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, ERRORS))
+DETAILS = (
+    Line("Served / in-process", (SERVED_OVER_CEILING,), labelled=False, strong=True),
+    Line("Ceiling (the traced model in-process, no server)",
+         (CEILING_INFERENCES_PER_S, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCH_MS, CEILING_LONE_BATCH_MS,
+          CEILING_WORKER_LONE_BATCH_MS)),
+    Line("Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
+         (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED)),
+    Line("Lone client (concurrency 1)", (SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH)),
+    Line("TorchServe (queue per request; the handler and its phases per batch)", (QUEUE[1], HANDLER_METRIC, HANDLER[1], PREPROCESS[1], MODEL[1], POSTPROCESS[1], BATCH_FILL)),
+    Line("CPU during the load", (CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES,
+                                 CPU_OTHER_CORES, CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE)),
+)
+
+
+def _result(bench: BenchmarkResult | dict) -> BenchmarkResult:
+    """summary.json's `benchmark` is the result's dump: read it back typed."""
+    return bench if isinstance(bench, BenchmarkResult) else BenchmarkResult.model_validate(bench)
+
+
+def values(bench: BenchmarkResult | dict) -> dict[str, Value]:
+    """{figure name: value} of every measured figure: what the table artifact holds, unrounded."""
+    bench = _result(bench)
+    return {f.name: value for f in FIGURES if (value := f.value(bench)) is not None}
+
+
+def table_rows(bench: BenchmarkResult | dict) -> list[dict]:
+    """The benchmark table artifact: one row per measured figure (NaN as null), plus one per ceiling layout."""
+    bench = _result(bench)
+    rows = []
+    for figure in FIGURES:
+        value = figure.value(bench)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = None if math.isnan(value) else round(value, 3)
+        rows.append({"figure": figure.name, "value": value, "unit": figure.unit})
+    for layout in bench.ceiling.layouts if bench.ceiling else []:
+        rows.append({"figure": f"ceiling layout {layout.name} inferences_per_s",
+                     "value": round(layout.inferences_per_s, 3), "unit": "inferences/s"})
+    return rows
+
+
+def headline(bench: BenchmarkResult) -> str:
+    """The flow log's one line on the benchmark."""
+    return "benchmark: " + ", ".join(t for f in HEADLINE if (t := f.text(bench)) is not None)
+
+
+def title(bench: BenchmarkResult) -> str:
+    """benchmark.png's title."""
+    return ", ".join(t for f in TITLE if (t := f.text(bench)) is not None)
+
+
+def markdown_lines(bench: BenchmarkResult | dict) -> list[str]:
+    """The summary artifact's benchmark section: the figures, the warnings, the regression verdict, the chart."""
+    bench = _result(bench)
+    lines = ["", SUMMARY.text(bench) or "", ""]
+    lines += [f"- {text}" for line in DETAILS if (text := line.text(bench)) is not None]
+    lines += [f"- **Warning**: {warning}" for warning in bench.warnings]
+    if bench.server is not None and bench.server.note:
+        lines.append(f"- TorchServe's times: {bench.server.note}")
+    if bench.regression is not None:
+        lines.append(f"- Regression check: **{bench.regression.status}** — {bench.regression.message}")
+    if bench.chart:
+        lines.append(f"- Chart: `{bench.chart}`")
+    return lines

@@ -1,0 +1,148 @@
+"""One list of figures: the table artifact, the headline, the summary's lines, the chart's title and the
+regression's compared figures all come from tasks/measure/figures.py."""
+
+import json
+
+import pytest
+
+from tasks.measure import figures
+from tasks.measure.ceiling import Ceiling, Layout
+from tasks.measure.figures import FIGURES, INFERENCES_PER_S, LATENCY_P90
+from tasks.measure.loadgen import percentiles
+from tasks.measure.regression import compare, figures_of
+from tasks.measure.results import (
+    BenchmarkResult,
+    ClientCapacity,
+    CpuUse,
+    Regression,
+    ServerTimes,
+    SingleClient,
+    Stat,
+)
+
+
+def night(served: float, latency_s: float, **more) -> BenchmarkResult:
+    """A benchmark whose every request took latency_s, at `served` inferences/s."""
+    return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
+                           requests=10, errors=0, concurrency=4, seconds=10 / served, **more)
+
+
+def full() -> BenchmarkResult:
+    """A result with every part measured."""
+    layout = Layout(name="all threads", streams=1, threads_per_stream=2, batches_per_s=14.0, inferences_per_s=84.0,
+                    batch_latency_ms_p50=70.0, batch_latency_ms_mean=71.0, batches=40, seconds=3.0)
+    stat = Stat(count=10, p50=5.0, p90=8.0, mean=6.0)
+    return night(
+        67.0, 1.0, mode="open", rate=70.0, first_error="HTTP 503: busy", pairs="dev.tsv (408 pairs)",
+        fingerprint="abc", served_over_ceiling=0.8,
+        ceiling=Ceiling(batch_size=6, max_length=128, buckets=[40, 128], threads=2, batches_per_s=14.0,
+                        inferences_per_s=84.0, best_layout="all threads", batch_latency_ms=70.0,
+                        lone_batch_latency_ms=30.0, worker_lone_batch_latency_ms=50.0, other_cores=0.01,
+                        layouts=[layout]),
+        client=ClientCapacity(requests_per_s=900.0, concurrency=64, seconds=2.0, latency_ms=percentiles([0.01]),
+                              over_served=13.4),
+        server=ServerTimes(source="logs", queue_ms=stat, request_ms=stat, handler_ms=stat,
+                           handler_metric="HandlerTime", preprocess_ms=stat, model_ms=stat, postprocess_ms=stat,
+                           worker_thread_ms=stat, batches=300, mean_batch_fill=5.5),
+        single_client=SingleClient(requests=20, seconds=5.0, latency_ms=percentiles([0.12]), over_batch_latency=1.2,
+                                   over_worker_batch_latency=0.9),
+        cpu=CpuUse(seconds=30.0, host_cores=2, workers_cores=1.8, frontend_cores=0.1, client_cores=0.05,
+                   other_cores=0.01, worker_cpu_ms_per_request=26.0, ceiling_cpu_ms_per_inference=23.8),
+        regression=Regression(status="no history", action="warn", tolerance=0.2, message="nothing to compare"),
+    )
+
+
+def test_figures_compared_and_filtered_on_keep_the_row_names_of_earlier_nights_artifacts():
+    # Earlier nights' table artifacts are read back by these names: renaming one loses the history.
+    assert INFERENCES_PER_S.name == "inferences_per_s" and INFERENCES_PER_S.higher_is_better is True
+    assert LATENCY_P90.name == "latency_ms p90" and LATENCY_P90.higher_is_better is False
+    assert figures.FINGERPRINT.name == "fingerprint"
+    assert (figures.CPU_OTHER_CORES.name, figures.CPU_HOST_CORES.name) == ("cpu other_cores", "cpu host_cores")
+
+
+def test_every_figure_reads_a_fully_measured_result():
+    bench = full()
+    unread = [f.name for f in FIGURES if f.value(bench) is None]
+    assert unread == []  # a renamed field of BenchmarkResult fails here, not silently in tomorrow's table
+
+
+def test_figure_names_are_unique():
+    names = [f.name for f in FIGURES]
+    assert len(names) == len(set(names))
+
+
+def test_table_rows_name_each_figure_and_flatten_the_sections():
+    rows = {row["figure"]: row for row in figures.table_rows(full())}
+    assert rows["inferences_per_s"]["value"] == 67.0 and rows["inferences_per_s"]["unit"] == "inferences/s"
+    assert rows["latency_ms p90"]["value"] == pytest.approx(1000.0)
+    assert rows["ceiling inferences_per_s"]["value"] == 84.0 and rows["served_over_ceiling"]["value"] == 0.8
+    assert rows["ceiling layout all threads inferences_per_s"]["value"] == 84.0
+    assert rows["server queue_ms p50"]["value"] == 5.0 and rows["server mean_batch_fill"]["value"] == 5.5
+    assert rows["server model_ms p50"]["value"] == 5.0
+    assert rows["fingerprint"]["value"] == "abc" and rows["regression"]["value"] == "no history"
+
+
+def test_table_rows_leave_out_what_was_not_measured():
+    rows = {row["figure"] for row in figures.table_rows(night(20.0, 1.0))}
+    assert "inferences_per_s" in rows
+    assert not any(name.startswith(("ceiling", "server", "cpu", "client")) for name in rows)
+    assert "rate" not in rows and "regression" not in rows
+
+
+def test_table_rows_turn_nan_into_null():
+    bench = night(20.0, 1.0)
+    bench.latency_ms = percentiles([])
+    rows = figures.table_rows(bench)
+    assert {row["figure"]: row["value"] for row in rows}["latency_ms p50"] is None
+    json.dumps(rows, allow_nan=False)
+
+
+def test_a_slower_p90_read_back_from_figures_own_table_rows_is_flagged():
+    # Each earlier night published its table the way the summary does; the API hands back JSON.
+    artifacts = [json.dumps(figures.table_rows(night(20.0, seconds))) for seconds in (1.0, 1.1, 0.9)]
+    history = [figures_of(data) for data in artifacts]
+    verdict = compare(figures.values(night(20.0, 1.5)), history, 0.2, "fail")
+    assert verdict.failed and verdict.runs == 3
+    assert len(verdict.problems) == 1 and verdict.problems[0].startswith(f"{LATENCY_P90.name} 1500.0 vs median 1000.0")
+    assert verdict.baseline[INFERENCES_PER_S.name] == pytest.approx(20.0)
+
+
+def test_values_are_the_table_rows_unrounded():
+    bench = full()
+    bench.inferences_per_s = 67.123456
+    assert figures.values(bench)[INFERENCES_PER_S.name] == 67.123456
+    assert figures_of(figures.table_rows(bench))[INFERENCES_PER_S.name] == 67.123
+
+
+def test_headline_and_chart_title_show_the_figures_with_their_units():
+    bench = full()
+    headline = figures.headline(bench)
+    assert headline.startswith("benchmark: 67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms")
+    assert "served / in-process 0.80" in headline and "model p50 5 ms" in headline
+    assert figures.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, " \
+                                   "served / in-process 0.80"
+
+
+def test_a_figure_not_measured_is_left_out_and_nan_reads_n_a():
+    bench = night(20.0, 1.0)
+    bench.latency_ms = percentiles([])
+    assert "served / in-process" not in figures.headline(bench)
+    assert LATENCY_P90.text(bench) == "p90 n/a"
+
+
+def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_regression():
+    bench = full()
+    bench.warnings = ["the host was busy"]
+    text = "\n".join(figures.markdown_lines(bench.model_dump()))  # as summary.json holds it
+    assert "Benchmark: 67.0 inferences/s, open loop, concurrency 4" in text and "errors 0" in text
+    assert "**Served / in-process: 0.80**" in text and "load generator / served 13x" in text
+    assert "lone client p50 120 ms" in text and "lone p50 / the same batch in-process 1.20x" in text
+    assert "preprocess p50 5 ms, model p50 5 ms, postprocess p50 5 ms" in text
+    assert "- **Warning**: the host was busy" in text
+    assert "Regression check: **no history** — nothing to compare" in text
+
+
+def test_markdown_lines_of_a_bare_benchmark_have_no_empty_sections():
+    lines = figures.markdown_lines(night(20.0, 1.0))
+    assert [line for line in lines if line] == ["Benchmark: 20.0 inferences/s, closed loop, concurrency 4, "
+                                                "p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0"]
