@@ -121,23 +121,6 @@ def test_help_answers_without_importing_prefect_torch_or_transformers(module, fl
     assert not heavy, f"--help imported {sorted(heavy)[:5]}"
 
 
-class _State:
-    def __init__(self, error):
-        self.error = error
-
-    def result(self):
-        raise self.error
-
-
-def test_register_retries_only_retryable_errors():
-    from flows.stages import retry_when_retryable
-    from tasks.serve.register import RegisterError
-
-    assert retry_when_retryable(None, None, _State(RegisterError("503", retryable=True))) is True
-    assert retry_when_retryable(None, None, _State(RegisterError("400"))) is False
-    assert retry_when_retryable(None, None, _State(KeyError("x"))) is False
-
-
 def test_sweep_cli_parses_its_grid():
     from flows.sweep import parse_args as sweep_args
 

@@ -1,10 +1,11 @@
 import os
-import time
 
 import pytest
 
-from tasks.measure.benchmark import summarize
-from tasks.verify.checks import CheckResult, Prediction
+from tasks.measure.loadgen import LoadResult, Sample
+from tasks.measure.results import BenchmarkResult
+from tasks.serve.clients import Prediction
+from tasks.verify.checks import CheckResult
 from flows.stages import Stages
 from tasks.report.summary import build_summary, markdown, new_run_dir
 
@@ -22,33 +23,10 @@ def _ran(names=("trace", "check", "stop"), fail=None):
     return stages
 
 
-def test_stages_record_ok_failed_skipped_and_reraise():
-    stages = Stages(["trace", "archive", "start"])
-    with stages.run("trace"):
-        time.sleep(0.05)
-    with pytest.raises(ValueError, match="bad archive"):
-        with stages.run("archive"):
-            raise ValueError("bad archive")
-    records = {r["name"]: r for r in stages.as_list()}
-    assert records["trace"]["status"] == "ok" and records["trace"]["seconds"] >= 0.05
-    assert records["trace"]["error"] is None
-    assert records["archive"]["status"] == "failed"
-    assert records["archive"]["error"] == "ValueError: bad archive"
-    assert records["start"] == {"name": "start", "status": "skipped", "seconds": 0.0, "error": None}
-    assert [r.name for r in stages.failed()] == ["archive"]
-    assert [r["name"] for r in stages.as_list()] == ["trace", "archive", "start"]
-
-
-def test_stages_record_a_base_exception_such_as_a_signal():
-    class Terminated(BaseException):
-        pass
-
-    stages = Stages(["register"])
-    with pytest.raises(Terminated):
-        with stages.run("register"):
-            raise Terminated("received signal 15")
-    assert stages.records["register"].status == "failed"
-    assert "received signal 15" in stages.records["register"].error
+def _bench(latencies_s: list[float], errors: int, concurrency: int, seconds: float) -> BenchmarkResult:
+    """A benchmark result from answered latencies and errors, as the load generator records them."""
+    samples = [Sample(0.0, 0.0, s, True) for s in latencies_s] + [Sample(0.0, 0.0, 0.1, False)] * errors
+    return BenchmarkResult.from_load(LoadResult("closed", concurrency, None, seconds, samples))
 
 
 def _check(passed):
@@ -59,7 +37,7 @@ def _check(passed):
 
 
 def test_summary_ok_when_all_stages_and_checks_pass():
-    summary = build_summary(_ran(), [_check(True)], summarize([0.1], 0, 1, 1.0), {"k": 1}, {"run_dir": "x"})
+    summary = build_summary(_ran(), [_check(True)], _bench([0.1], 0, 1, 1.0), {"k": 1}, {"run_dir": "x"})
     assert summary["status"] == "ok"
     assert {"python", "torch", "transformers", "torchserve", "prefect"} <= set(summary["versions"])
     assert summary["config"] == {"k": 1} and summary["run_dir"] == "x"
@@ -89,7 +67,7 @@ def test_markdown_names_the_failing_stage_and_its_error(tmp_path):
 
 
 def test_markdown_reports_checks_and_benchmark(tmp_path):
-    bench = summarize([0.1, 0.2], 1, 64, 2.0)
+    bench = _bench([0.1, 0.2], 1, 64, 2.0)
     summary = build_summary(_ran(), [_check(False)], bench, {}, {})
     text = markdown(summary, tmp_path)
     assert "| tutorial | NO | 3/6 |" in text

@@ -1,0 +1,53 @@
+"""The stages' record and their Prefect policy (flows/stages.py)."""
+
+import time
+
+import pytest
+
+from flows.stages import Stages, retry_when_retryable
+from tasks.serve.register import RegisterError
+
+
+def test_stages_record_ok_failed_skipped_and_reraise():
+    stages = Stages(["trace", "archive", "start"])
+    with stages.run("trace"):
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="bad archive"):
+        with stages.run("archive"):
+            raise ValueError("bad archive")
+    records = {r["name"]: r for r in stages.as_list()}
+    assert records["trace"]["status"] == "ok" and records["trace"]["seconds"] >= 0.05
+    assert records["trace"]["error"] is None
+    assert records["archive"]["status"] == "failed"
+    assert records["archive"]["error"] == "ValueError: bad archive"
+    assert records["start"] == {"name": "start", "status": "skipped", "seconds": 0.0, "error": None}
+    assert [r.name for r in stages.failed()] == ["archive"]
+    assert [r["name"] for r in stages.as_list()] == ["trace", "archive", "start"]
+
+
+def test_stages_record_a_base_exception_such_as_a_signal():
+    class Terminated(BaseException):
+        pass
+
+    stages = Stages(["register"])
+    with pytest.raises(Terminated):
+        with stages.run("register"):
+            raise Terminated("received signal 15")
+    assert stages.records["register"].status == "failed"
+    assert "received signal 15" in stages.records["register"].error
+
+
+class _State:
+    def __init__(self, error):
+        self.error = error
+
+    def result(self):
+        raise self.error
+
+
+def test_register_retries_only_retryable_errors():
+    assert retry_when_retryable(None, None, _State(RegisterError("503", retryable=True))) is True
+    assert retry_when_retryable(None, None, _State(RegisterError("400"))) is False
+    assert retry_when_retryable(None, None, _State(KeyError("x"))) is False
+
+
