@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.errors import PipelineError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
@@ -26,7 +28,7 @@ EMBEDDED_MODEL = "embedded"
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A configuration the pipeline refuses to start with."""
 
 
@@ -254,7 +256,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Read a YAML config and apply dotted overrides such as {"serving.batch_size": 4}."""
     path = Path(path) if path else DEFAULT_CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing file (see configs/)")
+        raise ConfigError(f"config file {path} does not exist", fix="pass an existing file (see configs/)")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
@@ -278,14 +280,14 @@ def resolve_serving(serving: ServingConfig) -> ResolvedServing:
     try:
         accelerator = detect(serving.backend, serving.instance_type)
     except BackendError as error:
-        raise ConfigError(f"serving.backend = {serving.backend!r}: {error}") from None
+        raise ConfigError(f"serving.backend = {serving.backend!r}: {error.message}", fix=error.fix) from None
     workers = accelerator.cores if serving.initial_workers == "auto" else serving.initial_workers
     if workers > accelerator.cores:
         unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical CPU cores"}[accelerator.backend]
         raise ConfigError(
             f"serving.initial_workers = {workers}: this host has {accelerator.cores} {unit} "
-            f"(from {accelerator.cores_source}), and each worker needs one of its own\n"
-            f"fix: set serving.initial_workers to {accelerator.cores} or fewer, or to auto"
+            f"(from {accelerator.cores_source}), and each worker needs one of its own",
+            fix=f"set serving.initial_workers to {accelerator.cores} or fewer, or to auto",
         )
     return ResolvedServing(
         **accelerator.model_dump(),

@@ -61,7 +61,6 @@ class Server(BaseModel):
     temp_dir: Path
     inference_url: str
     management_url: str
-    metrics_url: str
     ports: dict[str, int]
     key_file: Path
     token_auth: bool = True
@@ -233,7 +232,6 @@ def start(
         temp_dir=temp_dir,
         inference_url=f"http://{serving.address}:{ports['inference']}",
         management_url=f"http://{serving.address}:{ports['management']}",
-        metrics_url=f"http://{serving.address}:{ports['metrics']}",
         ports=ports,
         key_file=server_dir / KEY_FILE,
         token_auth=serving.token_auth,

@@ -127,7 +127,7 @@ def test_read_keys_from_torchserve_key_file(tmp_path):
 
 def _server(server_dir):
     return Server(server_dir=server_dir, temp_dir=server_dir / "tmp", inference_url="http://127.0.0.1:1",
-                  management_url="http://127.0.0.1:2", metrics_url="http://127.0.0.1:3", ports={},
+                  management_url="http://127.0.0.1:2", ports={},
                   key_file=server_dir / "key_file.json", processes=[])
 
 
