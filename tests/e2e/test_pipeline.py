@@ -54,7 +54,14 @@ def test_auto_backend_is_cpu_here_with_one_worker_per_physical_core(run):
     assert json.loads((run["run_dir"] / "model" / "model_info.json").read_text())["backend"] == "cpu"
 
 
-def test_all_seven_stages_complete_and_are_timed(run):
+def test_the_archive_carries_the_traced_shape_so_register_serves_it_at_that_batch_size(run):
+    info = json.loads((run["run_dir"] / "model" / "model_info.json").read_text())
+    assert (info["batch_size"], info["max_length"], info["buckets"]) == (6, 128, [40, 56, 80, 128])
+    model_log = (run["run_dir"] / "server" / "logs" / "model_log.log").read_text()
+    assert "batch_size=6 max_length=128" in model_log  # the worker read the same facts from the .mar
+
+
+def test_every_stage_completes_and_is_timed(run):
     summary = run["summary"]
     assert summary["status"] == "ok"
     assert [s["name"] for s in summary["stages"]] == STAGES
