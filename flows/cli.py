@@ -12,7 +12,11 @@ at once, and Prefect (and the run) start only for a configuration that validates
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import signal
 import sys
+import time
 import types
 import typing
 from pathlib import Path
@@ -116,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.validate import validate  # Prefect loads here, for a run that will start
 
-    state = validate(config_file=config_file, overrides=overrides, return_state=True)
+    started = time.time()
+    try:
+        with _temporary_api_fails_fast():
+            state = validate(config_file=config_file, overrides=overrides, return_state=True)
+    except BaseException as error:
+        signum = _signal_of(error)
+        if signum is None:
+            raise
+        print(_interrupted(Path(config.runs_dir), started), file=sys.stderr)
+        return 128 + signum
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
         print(f"error: {summary}\nsummary: {Path(config.runs_dir) / 'latest'}", file=sys.stderr)
@@ -129,6 +142,48 @@ def main(argv: list[str] | None = None) -> int:
               f"  keys:       {facts['key_file']} (\"inference\" and \"management\" keys; send as Bearer tokens)\n"
               "  stop it:    python -m flows.stop")
     return 0 if summary["status"] == "ok" else 1
+
+
+def _temporary_api_fails_fast():
+    """Without PREFECT_API_URL the run uses a temporary API server, a child in this terminal's process
+    group: a Ctrl-C stops it too, and Prefect's client would retry it for ~30 s. Don't retry it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    return temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0})
+
+
+def _signal_of(error: BaseException) -> int | None:
+    """The signal behind an interruption: Ctrl-C, or SIGTERM as Prefect's TerminationSignal -- also when
+    Prefect, failing to record the end on a temporary API server that is gone, raised an error from it."""
+    from prefect.exceptions import TerminationSignal
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return signal.SIGINT
+        if isinstance(seen, TerminationSignal):
+            return seen.signal
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _interrupted(runs_dir: Path, started: float) -> str:
+    """The one line a Ctrl-C ends with: what the run stopped, from the summary it wrote."""
+    path = runs_dir / "latest" / "summary.json"
+    try:
+        if path.stat().st_mtime >= started:
+            summary = json.loads(path.read_text())
+            stopped = (summary.get("interrupted") or {}).get("stopped")
+            done = (f"TorchServe stopped ({stopped['stopped']} processes)" if stopped
+                    else "TorchServe NOT stopped: see the summary" if summary.get("status") != "interrupted"
+                    or any(s["name"] == "stop" and s["status"] == "failed" for s in summary["stages"])
+                    else "no TorchServe was running")
+            return f"interrupted: {done}; summary: {path.resolve()}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "interrupted before the run started: nothing to stop"
 
 
 def _members(annotation: Any) -> list[Any]:

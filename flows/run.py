@@ -4,40 +4,40 @@ summary and artifacts are written, and a failure ends the flow run naming its st
     with Run(config, resolved, parameters) as run:
         with run.stage("trace"):
             ...
+
+Interruptions go through Prefect's own machinery, not around it: Ctrl-C raises KeyboardInterrupt, and
+SIGTERM -- a worker cancelling the run, a killed job -- raises Prefect's TerminationSignal from the
+handler its engine installs (which is how it acknowledges a cancellation). Either passes through
+__exit__, which stops TorchServe without the Prefect API (a Ctrl-C in a terminal also stops the
+temporary API server), writes summary.json with status "interrupted", and lets the exception go on to
+the engine: Cancelled for a cancellation, Crashed otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
+from pathlib import Path
 
+import httpx
 from prefect import get_run_logger
+from prefect.exceptions import TerminationSignal
+from prefect.settings import PREFECT_API_URL
 
-from flows.stages import Stages, StageFailed, stop_task
-from tasks.config import ResolvedServing, RunConfig
+from flows.stages import INTERRUPTS, Stages, StageFailed, stop_task
+from tasks.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
+from tasks.report.events import emit_regression
 from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
-from tasks.serve.server import Server, load_record
+from tasks.serve.server import Server, load_record, stop_stale
+from tasks.serve.server import stop as stop_server
 
 
-class Terminated(BaseException):
-    """SIGTERM (a cancelled flow run, a killed job) turned into an exception so the stop still runs."""
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Terminated(f"received signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def interruption(error: BaseException | None) -> str | None:
+    """How the run was stopped from outside, in words; None if it was not."""
+    if isinstance(error, KeyboardInterrupt):
+        return "Ctrl-C (SIGINT)"
+    if isinstance(error, TerminationSignal):
+        return f"{signal.Signals(error.signal).name} (a cancellation or a stopped job)"
+    return None
 
 
 class Run:
@@ -53,7 +53,8 @@ class Run:
         self.benchmark = None
         self.buckets = None
         self.summary: dict | None = None
-        self._signals = sigterm_raises()
+        self.interrupted: str | None = None  # how the run was stopped from outside, if it was
+        self.stopped: dict | None = None  # what stop did: processes stopped, escalated
 
     def stage(self, name: str):
         return self.stages.run(name)
@@ -68,13 +69,19 @@ class Run:
                       self.resolved.threads_per_worker, self.resolved.cores_source)
         for warning in self.config.serving.security_warnings():
             self.log.warning(warning)
-        self._signals.__enter__()
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
-        self._signals.__exit__(None, None, None)
-        stop_error = self._stop()
+        self.interrupted = interruption(error)
+        stop_error, again = self._stop()
         self._report()
+        if not self.interrupted:
+            self._tell()
+        if self.interrupted:
+            self.log.warning(self.interruption_line())
+            if again is not None and interruption(error) is None:
+                raise again  # interrupted while stopping: TorchServe is down, now stop the run too
+            return False  # on to Prefect's engine: Cancelled (a cancellation) or Crashed
         if stop_error is not None:
             raise StageFailed(self.stages) from stop_error
         if isinstance(error, Exception) and self.stages.failed():
@@ -84,17 +91,40 @@ class Run:
                           self.server.inference_url)
         return False
 
-    def _stop(self) -> BaseException | None:
+    def _stop(self) -> tuple[BaseException | None, BaseException | None]:
+        """Stop TorchServe; return (the stop's error, an interruption that arrived during it).
+
+        After an interruption the plain function runs, not the Prefect task: the Prefect API may be
+        gone (a Ctrl-C in a terminal stops the temporary one). A further Ctrl-C or SIGTERM while
+        stopping restarts the stop with no grace -- straight to kill -- so no process is left either way.
+        """
         # The run directory records a started server even when start itself did not return.
         self.server = self.server or load_record(self.dir / "server")
-        if self.server is None or self.keep_serving:
-            return None
+        if self.server is None or (self.keep_serving and not self.interrupted):
+            return None, None
+        again: list[BaseException] = []
         try:
             with self.stage("stop"):
-                stop_task(self.server)
+                self._stop_surely(again)
         except Exception as error:  # recorded; raised once the summary and artifacts are out
-            return error
-        return None
+            return error, (again or [None])[0]
+        return None, (again or [None])[0]
+
+    def _stop_surely(self, again: list[BaseException]) -> None:
+        while True:
+            try:
+                try:
+                    if again or self.interrupted:
+                        self.stopped = stop_server(self.server, **({"grace": 0.0} if again else {}))
+                    else:
+                        self.stopped = stop_task(self.server)
+                    return
+                except INTERRUPTS as signalled:
+                    again.append(signalled)
+            except INTERRUPTS as signalled:  # arrived while handling the one before
+                again.append(signalled)
+            self.interrupted = self.interrupted or interruption(again[0])
+            self.log.warning("interrupted again while stopping TorchServe: killing it now")
 
     def _report(self) -> None:
         serving = self.config.serving
@@ -106,10 +136,64 @@ class Run:
              "server": _server_facts(self.server) if self.keep_serving else None,
              "bucket_comparison": self.buckets.model_dump() if self.buckets else None},
         )
+        if self.interrupted:
+            self.summary["status"] = "interrupted"
+            self.summary["interrupted"] = {"by": self.interrupted, "stopped": self.stopped}
         write_summary(self.dir, self.summary)
+        if self.interrupted and not _api_answers():
+            self.log.warning("the Prefect API does not answer: artifacts not published; the summary is in %s",
+                             self.dir / "summary.json")
+            return
         publish_artifacts(self.summary, self.checks, self.dir, self.buckets)
         publish_run_config(self.parameters, self.summary)
         self.log.info("summary: %s", self.dir / "summary.json")
+
+    def _tell(self) -> None:
+        """Emit the benchmark's regression verdict as a Prefect event (an Automation notifies on it)."""
+        regression = getattr(self.benchmark, "regression", None)
+        if regression is not None and regression.status == "regressed":
+            emit_regression(regression, self.dir)
+
+    def interruption_line(self) -> str:
+        """One line: what stopped the run, during which stage, and what was stopped."""
+        stages = [r.name for r in self.stages.records.values() if r.status == "interrupted" and r.name != "stop"]
+        during = f" during {stages[0]}" if stages else ""
+        if self.stopped is not None:
+            done = f"TorchServe stopped ({self.stopped['stopped']} processes)"
+        elif self.server is None:
+            done = "no TorchServe was running"
+        else:
+            done = "TorchServe could NOT be stopped: see the stop stage in the summary"
+        return f"interrupted by {self.interrupted}{during}: {done}; summary: {self.dir / 'summary.json'}"
+
+
+def stop_what_the_run_left(flow, flow_run, state) -> None:
+    """on_cancellation / on_crashed hook: stop a TorchServe whose run was killed before it could.
+
+    For a cancellation through a worker Prefect runs this in the worker, once the run's process has
+    exited (after its grace, killed if need be); it stops only servers whose pipeline process is gone.
+    """
+    from prefect.logging import get_logger
+
+    parameters = flow_run.parameters or {}
+    config_file = Path(parameters.get("config_file") or "configs/default.yaml")
+    config = load_config(config_file if config_file.is_absolute() else REPO_ROOT / config_file,
+                         parameters.get("overrides"))
+    runs_dir = config.runs_dir if config.runs_dir.is_absolute() else REPO_ROOT / config.runs_dir
+    for line in stop_stale(runs_dir):
+        get_logger("bert-validation").warning("%s (flow run %s, %s)", line, flow_run.name, state.name)
+
+
+def _api_answers() -> bool:
+    """Whether the Prefect API can take artifacts now. The temporary server of a run without
+    PREFECT_API_URL shares the terminal's process group, so after a Ctrl-C it is taken as gone."""
+    url = PREFECT_API_URL.value()
+    if not url:
+        return False
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _server_facts(server: Server) -> dict:

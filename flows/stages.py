@@ -12,6 +12,7 @@ import time
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel
 
 from tasks.build.archive import archive
@@ -24,6 +25,10 @@ from tasks.verify.checks import run_checks
 
 # In the order a run goes through them; "stop" runs whatever happened before it.
 STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "compare-buckets", "stop"]
+
+# How a run is stopped from outside: Ctrl-C (KeyboardInterrupt), or SIGTERM -- a worker cancelling the
+# run, a killed job -- which Prefect's own handler raises as TerminationSignal.
+INTERRUPTS = (KeyboardInterrupt, TerminationSignal)
 
 
 def retry_when_retryable(task, task_run, state) -> bool:
@@ -52,7 +57,7 @@ stop_task = task(stop, name="stop", cache_policy=NO_CACHE)
 
 class StageRecord(BaseModel):
     name: str
-    status: str = "skipped"  # "ok", "failed", "skipped"
+    status: str = "skipped"  # "ok", "failed", "interrupted", "skipped"
     seconds: float = 0.0
     error: str | None = None
 
@@ -71,7 +76,7 @@ class Stages:
             yield
             record.status = "ok"
         except BaseException as error:
-            record.status = "failed"
+            record.status = "interrupted" if isinstance(error, INTERRUPTS) else "failed"
             record.error = f"{type(error).__name__}: {error}"
             raise
         finally:

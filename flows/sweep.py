@@ -26,7 +26,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import httpx  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 
-from flows.run import sigterm_raises  # noqa: E402
 from flows.stages import (  # noqa: E402
     archive_task,
     ping_task,
@@ -122,56 +121,55 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
              max(concurrency), client.requests_per_s)
 
     rows: list[dict] = []
-    with sigterm_raises():
-        archives = {}
-        for batch_size in batch_sizes:
-            any_resolved = resolved_by_workers[workers[0]]
-            traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
-                                run_dir / f"model-b{batch_size}", any_resolved.backend, config.checks.parity_tolerance)
-            archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
-        for line in stop_stale_task(config.runs_dir):
-            log.warning(line)
-        for count in workers:
-            resolved = resolved_by_workers[count]
-            server = None
-            try:
-                server = start_task(serving, resolved, run_dir / "model_store", run_dir / f"server-w{count}")
-                ping_task(server, serving.startup_timeout)
-                for batch_size in batch_sizes:
-                    traced, mar = archives[batch_size]
-                    ceiling = None
-                    for delay in delays:
-                        register_task(server, mar, delay, count)
-                        if ceiling is None and settings.ceiling_seconds > 0:
-                            try:  # workers registered and idle: measure now
-                                ceiling = ceiling_stage.measure(traced.model_dir, pairs, count,
-                                                                resolved.threads_per_worker, settings.ceiling_seconds)
-                            except ceiling_stage.CeilingUnavailable as error:
-                                log.warning("no in-process ceiling: %s", error)
-                        url = f"{server.inference_url}/predictions/{mar.model_name}"
-                        for clients in concurrency:
-                            wall_0 = time.time()
-                            cpu_0 = cpu.cpu_snapshot(server)
-                            result = loadgen.load(url, server.inference_headers(), pairs, concurrency=clients,
-                                                  duration=settings.duration, warmup=settings.warmup,
-                                                  progress_every=None)
-                            bench = BenchmarkResult.from_load(result)
-                            bench.cpu = cpu.cpu_use(cpu_0, cpu.cpu_snapshot(server), len(result.samples), ceiling)
-                            time.sleep(server_metrics.LOG_SETTLE_S)
-                            since = wall_0 + settings.warmup
-                            bench.server = server_metrics.server_times(
-                                Path(server.server_dir) / "logs", since,
-                                since + result.seconds + server_metrics.LOG_SETTLE_S, mar.model_name)
-                            row = _row(bench, batch_size, count, resolved.threads_per_worker, delay, ceiling)
-                            rows.append(row)
-                            log.info("%s: %.1f inferences/s, p50 %.0f ms, p90 %.0f ms, errors %d%s", row["label"],
-                                     row["inferences_per_s"], row["p50_ms"], row["p90_ms"], row["errors"],
-                                     f", served / in-process {row['served_over_ceiling']:.2f}"
-                                     if row["served_over_ceiling"] is not None else "")
-                    _unregister(server, mar.model_name)
-            finally:
-                if server is not None:
-                    stop_task(server)
+    archives = {}
+    for batch_size in batch_sizes:
+        any_resolved = resolved_by_workers[workers[0]]
+        traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
+                            run_dir / f"model-b{batch_size}", any_resolved.backend, config.checks.parity_tolerance)
+        archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
+    for line in stop_stale_task(config.runs_dir):
+        log.warning(line)
+    for count in workers:
+        resolved = resolved_by_workers[count]
+        server = None
+        try:
+            server = start_task(serving, resolved, run_dir / "model_store", run_dir / f"server-w{count}")
+            ping_task(server, serving.startup_timeout)
+            for batch_size in batch_sizes:
+                traced, mar = archives[batch_size]
+                ceiling = None
+                for delay in delays:
+                    register_task(server, mar, delay, count)
+                    if ceiling is None and settings.ceiling_seconds > 0:
+                        try:  # workers registered and idle: measure now
+                            ceiling = ceiling_stage.measure(traced.model_dir, pairs, count,
+                                                            resolved.threads_per_worker, settings.ceiling_seconds)
+                        except ceiling_stage.CeilingUnavailable as error:
+                            log.warning("no in-process ceiling: %s", error)
+                    url = f"{server.inference_url}/predictions/{mar.model_name}"
+                    for clients in concurrency:
+                        wall_0 = time.time()
+                        cpu_0 = cpu.cpu_snapshot(server)
+                        result = loadgen.load(url, server.inference_headers(), pairs, concurrency=clients,
+                                              duration=settings.duration, warmup=settings.warmup,
+                                              progress_every=None)
+                        bench = BenchmarkResult.from_load(result)
+                        bench.cpu = cpu.cpu_use(cpu_0, cpu.cpu_snapshot(server), len(result.samples), ceiling)
+                        time.sleep(server_metrics.LOG_SETTLE_S)
+                        since = wall_0 + settings.warmup
+                        bench.server = server_metrics.server_times(
+                            Path(server.server_dir) / "logs", since,
+                            since + result.seconds + server_metrics.LOG_SETTLE_S, mar.model_name)
+                        row = _row(bench, batch_size, count, resolved.threads_per_worker, delay, ceiling)
+                        rows.append(row)
+                        log.info("%s: %.1f inferences/s, p50 %.0f ms, p90 %.0f ms, errors %d%s", row["label"],
+                                 row["inferences_per_s"], row["p50_ms"], row["p90_ms"], row["errors"],
+                                 f", served / in-process {row['served_over_ceiling']:.2f}"
+                                 if row["served_over_ceiling"] is not None else "")
+                _unregister(server, mar.model_name)
+        finally:
+            if server is not None:
+                stop_task(server)
 
     best = best_under_limit(rows, p90_limit_ms)
     verdict = (f"best within p90 <= {p90_limit_ms:g} ms: {best['label']} ({best['inferences_per_s']:.1f} "

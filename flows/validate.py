@@ -24,7 +24,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
-from flows.run import Run  # noqa: E402
+from flows.run import Run, stop_what_the_run_left  # noqa: E402
 from flows.stages import (  # noqa: E402
     STAGES,  # noqa: F401  (the order a run's summary lists its stages in)
     archive_task,
@@ -38,11 +38,13 @@ from flows.stages import (  # noqa: E402
     trace_task,
 )
 from tasks.config import load_config, resolve_serving  # noqa: E402
-from tasks.measure.benchmark import raise_if_regressed  # noqa: E402
+from tasks.measure.benchmark import accuracy_of, raise_if_regressed  # noqa: E402
 from tasks.verify.checks import raise_if_failed  # noqa: E402
 
 
-@flow(name="bert-serving-validation", log_prints=True)
+# Cancelled or crashed: Prefect's own hooks stop a TorchServe the run's process could not (flows/run.py).
+@flow(name="bert-serving-validation", log_prints=True,
+      on_cancellation=[stop_what_the_run_left], on_crashed=[stop_what_the_run_left])
 def validate(config_file: str = "configs/default.yaml", overrides: dict | None = None) -> dict:
     """Prove a BERT model still serves correctly and fast on TorchServe."""
     config = load_config(config_file, overrides)  # a bad config stops here, before anything starts
@@ -66,7 +68,8 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
             raise_if_failed(run.checks)
         if config.benchmark.enabled:
             with run.stage("benchmark"):
-                run.benchmark = benchmark_task(run.server, mar, traced, config, resolved, run.dir)
+                run.benchmark = benchmark_task(run.server, mar, traced, config, resolved, run.dir,
+                                               accuracy=accuracy_of(run.checks))
                 raise_if_regressed(run.benchmark)
             if config.benchmark.compare_buckets and len(mar.info.buckets) > 1:
                 with run.stage("compare-buckets"):

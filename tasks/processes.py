@@ -8,8 +8,10 @@ then SIGKILL. tail() is how any error quotes a process's log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -122,6 +124,32 @@ def _signal(process: psutil.Process, signum: int, group: bool) -> None:
             process.send_signal(signum)  # psutil refuses a reused pid itself
     except (ProcessLookupError, PermissionError, psutil.Error):
         pass
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Hold Ctrl-C (SIGINT) off for the few lines that must not be split -- start a process, record it --
+    and deliver it right after, so an interrupted start never leaves an unrecorded process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group a session leader we started leads (it and all it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def tail(path: Path, lines: int = 40) -> str | None:

@@ -29,12 +29,16 @@ from serving.contract import BACKEND_ENV, THREADS_ENV
 from tasks.config import ResolvedServing, ServingConfig
 from tasks.errors import PipelineError
 from tasks.polling import Pending, TimedOut, wait_until
-from tasks.processes import ProcessRef, descendants, tail
+from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, tail
 from tasks.processes import stop as stop_processes
 
 SERVER_RECORD = "server.json"
 KEY_FILE = "key_file.json"
 LOG_TAIL_LINES = 40
+# A stop fits well inside a Prefect worker's 30 s cancellation grace: SIGTERM to the frontend and up to
+# STOP_GRACE_S for an orderly exit (measured: ~1-3 s), then terminate, then kill, STOP_SETTLE_S each: <= 12 s.
+STOP_GRACE_S = 8.0
+STOP_SETTLE_S = 2.0
 
 
 class ServerError(PipelineError):
@@ -218,7 +222,9 @@ def start(
     )
     command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
                "--ts-config", str(config_file)]
-    with open(logs / "torchserve.out", "ab") as out:
+    # Ctrl-C waits until the launcher is recorded in server.json, so stop can always find it; a SIGTERM
+    # (Prefect's TerminationSignal) in between kills the launcher's group here.
+    with open(logs / "torchserve.out", "ab") as out, ctrl_c_deferred():
         launcher = subprocess.Popen(
             command, cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -227,18 +233,22 @@ def start(
             # The key file TorchServe writes in its working directory is readable by us alone.
             umask=0o077,
         )
-    server = Server(
-        server_dir=server_dir,
-        temp_dir=temp_dir,
-        inference_url=f"http://{serving.address}:{ports['inference']}",
-        management_url=f"http://{serving.address}:{ports['management']}",
-        ports=ports,
-        key_file=server_dir / KEY_FILE,
-        token_auth=serving.token_auth,
-        owner=ProcessRef.of(psutil.Process()),
-        processes=[ProcessRef.of(psutil.Process(launcher.pid))],
-    )
-    record(server)
+        try:
+            server = Server(
+                server_dir=server_dir,
+                temp_dir=temp_dir,
+                inference_url=f"http://{serving.address}:{ports['inference']}",
+                management_url=f"http://{serving.address}:{ports['management']}",
+                ports=ports,
+                key_file=server_dir / KEY_FILE,
+                token_auth=serving.token_auth,
+                owner=ProcessRef.of(psutil.Process()),
+                processes=[ProcessRef.of(psutil.Process(launcher.pid))],
+            )
+            record(server)
+        except BaseException:
+            kill_group(launcher.pid)
+            raise
     return server
 
 
@@ -321,10 +331,12 @@ def _adopt_children(server: Server) -> None:
     record(server)
 
 
-def stop(server: Server, grace: float = 30.0) -> dict:
-    """Graceful stop (SIGTERM to the frontend), then terminate, then kill whatever of its tree is left."""
+def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
+    """Graceful stop (SIGTERM to the frontend), then terminate, then kill whatever of its tree is left.
+
+    Takes at most grace + 2 x STOP_SETTLE_S; grace=0 kills at once (a second Ctrl-C)."""
     _adopt_children(server)
-    result = stop_processes(server.processes, grace=grace, first=_frontend_first)
+    result = stop_processes(server.processes, grace=grace, first=_frontend_first, settle=STOP_SETTLE_S)
     if result.survivors:
         raise ServerError(f"TorchServe processes {result.survivors} survived SIGKILL",
                           fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {','.join(map(str, result.survivors))}")

@@ -1,5 +1,7 @@
 """ProcessRef and the one escalating stop, on real child processes: what TorchServe's stop and `local.py down` rely on."""
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -7,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tasks.processes import ProcessRef, descendants, stop, tail
+from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 SLEEPS = "import time; print('ready', flush=True); time.sleep(60)"
@@ -134,3 +136,23 @@ def test_tail_gives_the_last_lines_under_a_header_naming_the_file(tmp_path):
 
 def test_tail_of_a_missing_log_is_none(tmp_path):
     assert tail(tmp_path / "never-written.log") is None
+
+
+def test_ctrl_c_during_a_deferred_section_arrives_right_after_it():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # a Ctrl-C here must not cut the section short
+            done.append("recorded")
+    assert done == ["recorded"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_kill_group_kills_a_session_leader_and_what_it_started(spawn):
+    leader = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)", new_session=True)
+    child = _soon(lambda: psutil.Process(leader.pid).children())[0]
+    kill_group(leader.pid)
+    _soon(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
+    assert leader.wait(timeout=10) == -signal.SIGKILL

@@ -1,8 +1,10 @@
 """The stages' record and their Prefect policy (flows/stages.py)."""
 
+import signal
 import time
 
 import pytest
+from prefect.exceptions import TerminationSignal
 
 from flows.stages import Stages, retry_when_retryable
 from tasks.serve.register import RegisterError
@@ -51,3 +53,14 @@ def test_register_retries_only_retryable_errors():
     assert retry_when_retryable(None, None, _State(KeyError("x"))) is False
 
 
+
+
+@pytest.mark.parametrize("signal_error", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)],
+                         ids=["Ctrl-C", "SIGTERM"])
+def test_a_stage_stopped_from_outside_is_recorded_as_interrupted_not_failed(signal_error):
+    stages = Stages(["benchmark"])
+    with pytest.raises(type(signal_error)):
+        with stages.run("benchmark"):
+            raise signal_error
+    assert stages.records["benchmark"].status == "interrupted"
+    assert stages.failed() == []
