@@ -26,6 +26,13 @@ DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
 EMBEDDED_MODEL = "embedded"
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+# The figures the regression compares with earlier nights (tasks/measure/regression.py COMPARED, by name).
+COMPARED_FIGURES = ("inferences_per_s", "latency_ms p50", "latency_ms p90", "latency_ms p99", "error_rate",
+                    "model_load register_to_ready_s", "memory total_rss_mib", "accuracy", "served_over_ceiling")
+# Tolerances that differ from regression_tolerance (0.2 of the median): absolute for the two rates, wider
+# for the p99 and the model load, which vary more from night to night.
+REGRESSION_TOLERANCES = {"latency_ms p99": 0.3, "error_rate": 0.01, "model_load register_to_ready_s": 0.5,
+                         "memory total_rss_mib": 0.15, "accuracy": 0.01, "served_over_ceiling": 0.1}
 
 
 class ConfigError(PipelineError, ValueError):
@@ -148,7 +155,7 @@ class BenchmarkConfig(_Section):
         json_schema_extra={"flag": "concurrency"},
     )
     duration: float = Field(30.0, gt=0, description="s of measured load", json_schema_extra={"flag": "duration"})
-    warmup: float = Field(3.0, ge=0, description="s of load before measuring", json_schema_extra={"flag": "warmup"})
+    warmup: float = Field(2.0, ge=0, description="s of load before measuring", json_schema_extra={"flag": "warmup"})
     mode: Literal["closed", "open"] = Field(
         "closed",
         description="closed: `concurrency` clients, each sends when answered; open: `rate` requests/s on a "
@@ -171,17 +178,44 @@ class BenchmarkConfig(_Section):
         3.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
     )
     client_check_seconds: float = Field(
-        2.0, ge=0, description="s of the load generator against a trivial local endpoint (0: skip)"
+        1.0, ge=0, description="s of the load generator against a trivial local endpoint (0: skip)"
     )
-    single_client_seconds: float = Field(5.0, ge=0, description="s of one lone client after the load (0: skip)")
+    single_client_seconds: float = Field(3.0, ge=0, description="s of one lone client after the load (0: skip)")
     regression_runs: int = Field(5, ge=0, description="compare with the median of this many earlier runs (0: off)")
     regression_tolerance: float = Field(
-        0.2, ge=0, description="throughput below / p90 above the median by more than this fraction regresses"
+        0.2, ge=0, description="a compared figure worse than the median of earlier runs by more than this "
+        "fraction regresses, unless benchmark.regression_tolerances names its own tolerance",
+        json_schema_extra={"flag": "regression-tolerance"},
+    )
+    regression_tolerances: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(REGRESSION_TOLERANCES),
+        description="per compared figure: its tolerance (relative; error_rate and accuracy in their own "
+        "unit, 0.01 = one point). Figures: " + ", ".join(COMPARED_FIGURES),
     )
     regression_action: Literal["warn", "fail"] = Field(
-        "warn", description="what a throughput / p90 regression against earlier runs does to the run",
+        "warn", description="what a regression of any compared figure against earlier runs does to the run",
         json_schema_extra={"flag": "regression"},
     )
+    window: float = Field(
+        10.0, gt=0, description="s per throughput window; their coefficient of variation says whether the run "
+        "was stable", json_schema_extra={"flag": "window"},
+    )
+    stability_cv: float = Field(
+        0.1, gt=0, description="windows whose throughput varies more than this (std / mean) mark the run unstable",
+        json_schema_extra={"flag": "stability-cv"},
+    )
+    telemetry_every: float = Field(
+        1.0, gt=0, description="s between samples of memory and accelerator use during the load"
+    )
+
+    @field_validator("regression_tolerances")
+    @classmethod
+    def _compared_figures(cls, tolerances: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(tolerances) - set(COMPARED_FIGURES))
+        if unknown:
+            raise ValueError(f"no compared figure named {unknown}; the compared figures are "
+                             + ", ".join(COMPARED_FIGURES))
+        return {**REGRESSION_TOLERANCES, **tolerances}
     @field_validator("pairs_file")
     @classmethod
     def _existing_pairs_file(cls, path: Path | None) -> Path | None:
@@ -189,6 +223,10 @@ class BenchmarkConfig(_Section):
 
     compare_buckets: bool = Field(
         True, description="with several length buckets, also serve max_length only and send both the same traffic"
+    )
+    compare_seconds: float = Field(
+        10.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
+        json_schema_extra={"flag": "compare-seconds"},
     )
 
 

@@ -6,11 +6,14 @@ In one run, in this order (TorchServe idle for the first two):
   2. the client's own capacity: the same load generator against a trivial local endpoint, so a
      reader sees the client was not the limit (loadgen.py);
   3. the load: closed loop with N clients (the tutorial's 64) or open loop at a fixed rate
-     (latency from the intended send time), warm-up excluded, real pairs from a pool, a
-     progress line every few seconds; where the CPU went meanwhile (cpu.py);
-  4. TorchServe's own account of the load window, from its metric logs (server_metrics.py);
+     (latency from the intended send time; offered against achieved, late and dropped requests),
+     warm-up excluded, real pairs from a pool, a progress line every few seconds; throughput per
+     window and its variation (stable or not), the latency histogram; where the CPU went meanwhile
+     (cpu.py), TorchServe's memory and the accelerator's use (telemetry.py);
+  4. TorchServe's own account of the load window, from its metric logs, and how long the model took
+     to load per worker, from its log (server_metrics.py);
   5. a lone client: p50 at concurrency 1, against the latency of one batch in-process;
-  6. regression: throughput and p90 against the median of the last N completed runs of the same
+  6. regression: every headline figure against the median of the last N completed runs of the same
      deployment and parameters, read through the Prefect API (regression.py).
 The result (results.py) is summary.json's `benchmark`, benchmark.json and benchmark.png in the run
 directory; figures.py names and shows its figures.
@@ -32,7 +35,8 @@ from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figures, loadgen, regression
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
-from tasks.measure.server_metrics import LOG_SETTLE_S, server_times
+from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
+from tasks.measure.telemetry import Telemetry
 from tasks.runlog import stage_logger
 from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
 
@@ -123,9 +127,17 @@ def _single_client(url: str, headers: dict, pairs, seconds: float, ceiling) -> S
     )
 
 
+def accuracy_of(checks) -> float | None:
+    """The check stage's accuracy on checks.accuracy_file, when one was configured and scored."""
+    found = next((c for c in checks or [] if c.name == "accuracy" and c.metrics), None)
+    value = found.metrics.get("accuracy") if found else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def run(server, mar: Archive, traced: TracedModel, config, resolved, run_dir: Path,
-        log: logging.Logger | None = None) -> BenchmarkResult:
-    """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression."""
+        log: logging.Logger | None = None, accuracy: float | None = None) -> BenchmarkResult:
+    """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression.
+    accuracy: the check stage's (accuracy_of(checks)), compared with earlier nights with the rest."""
     log = log or stage_logger(__name__)
     settings, model_name = config.benchmark, mar.model_name
     pairs, pool = load_pool(settings.pairs_file)
@@ -138,31 +150,44 @@ def run(server, mar: Archive, traced: TracedModel, config, resolved, run_dir: Pa
 
     wall_0 = time.time()
     cpu_0 = cpu_snapshot(server)
-    result = loadgen.load(url, server.inference_headers(), pairs, mode=settings.mode,
-                          concurrency=settings.concurrency, duration=settings.duration, requests=settings.requests,
-                          rate=settings.rate, warmup=settings.warmup, progress_every=settings.progress_every, log=log)
-    cpu_1 = cpu_snapshot(server)
-    bench = BenchmarkResult.from_load(result)
-    bench.pairs, bench.ceiling, bench.client = pool, ceiling, client
+    with Telemetry(server, resolved.backend, settings.telemetry_every) as telemetry:
+        result = loadgen.load(url, server.inference_headers(), pairs, mode=settings.mode,
+                              concurrency=settings.concurrency, duration=settings.duration,
+                              requests=settings.requests, rate=settings.rate, warmup=settings.warmup,
+                              progress_every=settings.progress_every, log=log,
+                              max_backlog=settings.concurrency if settings.mode == "open" else None)
+        cpu_1 = cpu_snapshot(server)
+    bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
+    bench.pairs, bench.ceiling, bench.client, bench.accuracy = pool, ceiling, client, accuracy
+    bench.memory, bench.accelerator = telemetry.memory(), telemetry.accelerator()
     # Warm-up included: the snapshots bracket the whole load, so this is per request sent.
-    bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples), ceiling)
-    bench.served_over_ceiling = _ratio(bench.inferences_per_s, ceiling.inferences_per_s if ceiling else None)
+    bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling)
+    # Open loop: the load is an offered rate, not what the server can do -- no ratio to the ceiling.
+    bench.served_over_ceiling = None if settings.mode == "open" else _ratio(
+        bench.inferences_per_s, ceiling.inferences_per_s if ceiling else None)
     if client is not None:
         client.over_served = _ratio(client.requests_per_s, bench.requests_per_s)
     time.sleep(LOG_SETTLE_S)
     since = wall_0 + settings.warmup
-    bench.server = server_times(Path(server.server_dir) / "logs", since, since + result.seconds + LOG_SETTLE_S,
-                                model_name)
+    logs = Path(server.server_dir) / "logs"
+    bench.server = server_times(logs, since, since + result.seconds + LOG_SETTLE_S, model_name)
+    bench.model_load = model_load(logs, model_name)
     bench.single_client = _single_client(url, server.inference_headers(), pairs, settings.single_client_seconds,
                                          ceiling)
     log.info(figures.headline(bench))
     bench.warnings = regression.busy_host_warnings(bench)
+    if bench.windows is not None and not bench.windows.stable:
+        bench.warnings.append(
+            f"throughput varied by {bench.windows.cv:.1%} (std / mean) across {len(bench.windows.requests_per_s)} "
+            f"windows of {bench.windows.seconds:g} s, over the {bench.windows.threshold:.0%} allowed: the run "
+            f"was unstable, its figures are not a steady state")
     for warning in bench.warnings:
         log.warning(warning)
 
     bench.fingerprint = regression.fingerprint(config, resolved)
     bench.regression = regression.check(bench, bench.fingerprint, settings.regression_runs,
-                                        settings.regression_tolerance, settings.regression_action)
+                                        settings.regression_tolerance, settings.regression_action,
+                                        settings.regression_tolerances)
     (log.warning if bench.regression.status == "regressed" else log.info)("regression: %s", bench.regression.message)
 
     chart = write_chart(bench, run_dir / CHART_FILE, log)

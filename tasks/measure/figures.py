@@ -57,16 +57,16 @@ def _of(section: Callable[[BenchmarkResult], Any], read: Callable[[Any], Value])
 
 
 def _latency(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
-    """p50, p90, p99, mean, max of a LatencyMs."""
+    """p50, p90, p95, p99, mean, max of a LatencyMs."""
     return tuple(Figure(f"{prefix} {key}", _of(section, lambda lat, key=key: getattr(lat, key)), "ms", False,
-                        f"{label}{key}", ".0f") for key in ("p50", "p90", "p99", "mean", "max"))
+                        f"{label}{key}", ".0f") for key in ("p50", "p90", "p95", "p99", "mean", "max"))
 
 
 def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
-    """count, p50, p90, mean of a Stat of TorchServe's times (ms)."""
+    """count, p50, p90, p95, p99, mean, max of a Stat of TorchServe's times (ms) over the measured window."""
     count = Figure(f"{prefix} count", _of(section, lambda stat: stat.count), label=f"{label} count", fmt="d")
     return (count, *(Figure(f"{prefix} {key}", _of(section, lambda stat, key=key: getattr(stat, key)), "ms", False,
-                            f"{label} {key}", ".0f") for key in ("p50", "p90", "mean")))
+                            f"{label} {key}", ".0f") for key in ("p50", "p90", "p95", "p99", "mean", "max")))
 
 
 def _ceiling(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
@@ -89,6 +89,31 @@ def _cpu(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
     return _of(lambda b: b.cpu, read)
 
 
+def _open(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.open_loop, read)
+
+
+def _windows(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.windows, read)
+
+
+def _load(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.model_load, read)
+
+
+def _memory(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.memory, read)
+
+
+def _accelerator(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.accelerator, read)
+
+
+def _cpu_ratio(cpu) -> Value:
+    worker, ceiling = cpu.worker_cpu_ms_per_request, cpu.ceiling_cpu_ms_per_inference
+    return worker / ceiling if worker is not None and ceiling else None
+
+
 # --- the load ---------------------------------------------------------------------------------------
 REQUESTS_PER_S = Figure("requests_per_s", lambda b: b.requests_per_s, "requests/s", True, fmt=".1f")
 INFERENCES_PER_S = Figure("inferences_per_s", lambda b: b.inferences_per_s, "inferences/s", True, fmt=".1f")
@@ -104,7 +129,54 @@ PAIRS = Figure("pairs", lambda b: b.pairs, label="pairs")
 SERVED_OVER_CEILING = Figure("served_over_ceiling", lambda b: b.served_over_ceiling, "", True,
                              "served / in-process", ".2f")
 FINGERPRINT = Figure("fingerprint", lambda b: b.fingerprint, label="fingerprint")
-LATENCY_P50, LATENCY_P90, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX = _latency("latency_ms", lambda b: b.latency_ms, "")
+LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX = _latency(
+    "latency_ms", lambda b: b.latency_ms, "")
+ACCURACY = Figure("accuracy", lambda b: b.accuracy, "", True, "accuracy", ".4f")
+
+# --- open loop: asked for against what happened -------------------------------------------------------
+OPEN_OFFERED = Figure("open_loop offered_per_s", _open(lambda o: o.offered_per_s), "requests/s", label="offered",
+                      fmt="g")
+OPEN_SENT = Figure("open_loop sent_per_s", _open(lambda o: o.sent_per_s), "requests/s", label="sent", fmt=".1f")
+OPEN_ACHIEVED = Figure("open_loop achieved_per_s", _open(lambda o: o.achieved_per_s), "requests/s", True,
+                       "achieved", ".1f")
+OPEN_LATE = Figure("open_loop late", _open(lambda o: o.late), "requests", False, "late", "d")
+OPEN_LATE_AFTER = Figure("open_loop late_after_ms", _open(lambda o: o.late_after_ms), "ms", label="late after",
+                         fmt="g")
+OPEN_DROPPED = Figure("open_loop dropped", _open(lambda o: o.dropped), "requests", False, "dropped", "d")
+
+# --- throughput per window: is the measurement stable? ----------------------------------------------------
+WINDOW_SECONDS = Figure("windows seconds", _windows(lambda w: w.seconds), "s", label="window", fmt="g")
+WINDOW_COUNT = Figure("windows count", _windows(lambda w: len(w.requests_per_s)), label="windows", fmt="d")
+WINDOW_CV = Figure("windows cv", _windows(lambda w: w.cv), "", False, "throughput CV", ".3f")
+WINDOW_STABLE = Figure("windows stable", _windows(lambda w: "stable" if w.stable else "UNSTABLE"))
+
+# --- model load, per worker (the slowest), from TorchServe's log -----------------------------------------
+LOAD_READY = Figure("model_load register_to_ready_s", _load(lambda m: m.register_to_ready_s), "s", False,
+                    "load to READY", ".1f")
+LOAD_WORKER = Figure("model_load worker_load_ms", _load(lambda m: m.worker_load_ms), "ms", False,
+                     "worker's own load", ".0f")
+
+# --- host memory: TorchServe's RSS during the load, peaks ---------------------------------------------------
+MEMORY_FRONTEND = Figure("memory frontend_rss_mib", _memory(lambda m: m.frontend_rss_mib), "MiB", False,
+                         "frontend", ".0f")
+MEMORY_WORKERS = Figure("memory workers_rss_mib", _memory(lambda m: m.workers_rss_mib), "MiB", False, "workers",
+                        ".0f")
+MEMORY_WORKER = Figure("memory worker_rss_mib", _memory(lambda m: m.worker_rss_mib), "MiB", False,
+                       "largest worker", ".0f")
+MEMORY_TOTAL = Figure("memory total_rss_mib", _memory(lambda m: m.total_rss_mib), "MiB", False, "TorchServe RSS",
+                      ".0f")
+
+# --- the accelerator (or the workers' CPU) during the load ------------------------------------------------------
+ACCEL_KIND = Figure("accelerator kind", _accelerator(lambda a: a.kind), label="from")
+ACCEL_SOURCE = Figure("accelerator source", _accelerator(lambda a: a.source), label="source")
+ACCEL_UTIL_MEAN = Figure("accelerator utilization_pct_mean", _accelerator(lambda a: a.utilization_pct_mean), "%",
+                         True, "utilisation mean", ".1f")
+ACCEL_UTIL_MAX = Figure("accelerator utilization_pct_max", _accelerator(lambda a: a.utilization_pct_max), "%",
+                        label="max", fmt=".1f")
+ACCEL_DEVICE_MEMORY = Figure("accelerator device_memory_used_mib", _accelerator(lambda a: a.device_memory_used_mib),
+                             "MiB", False, "device memory peak", ".0f")
+ACCEL_DEVICE_TOTAL = Figure("accelerator device_memory_total_mib",
+                            _accelerator(lambda a: a.device_memory_total_mib), "MiB", label="of", fmt=".0f")
 
 # --- the ceiling: the traced model in-process, no server --------------------------------------------
 CEILING_BATCH_SIZE = Figure("ceiling batch_size", _ceiling(lambda c: c.batch_size), label="batch size", fmt="d")
@@ -174,11 +246,19 @@ CPU_CEILING_MS_PER_INFERENCE = Figure("cpu ceiling_cpu_ms_per_inference",
                                       _cpu(lambda c: c.ceiling_cpu_ms_per_inference), "CPU-ms", False,
                                       "in-process per inference", ".1f")
 
+CPU_WORKER_OVER_CEILING = Figure("cpu worker_over_ceiling", _cpu(_cpu_ratio), "x", False,
+                                 "workers / in-process", ".3f")
+
 REGRESSION = Figure("regression", lambda b: b.regression.status if b.regression else None, label="regression")
 
 FIGURES: tuple[Figure, ...] = (
     REQUESTS_PER_S, INFERENCES_PER_S, REQUESTS, ERRORS, CONCURRENCY, SECONDS, ERROR_RATE, MODE, RATE, FIRST_ERROR,
-    PAIRS, SERVED_OVER_CEILING, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX,
+    PAIRS, SERVED_OVER_CEILING, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN,
+    LATENCY_MAX, ACCURACY,
+    OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE, OPEN_LATE_AFTER, OPEN_DROPPED,
+    WINDOW_SECONDS, WINDOW_COUNT, WINDOW_CV, WINDOW_STABLE, LOAD_READY, LOAD_WORKER,
+    MEMORY_FRONTEND, MEMORY_WORKERS, MEMORY_WORKER, MEMORY_TOTAL,
+    ACCEL_KIND, ACCEL_SOURCE, ACCEL_UTIL_MEAN, ACCEL_UTIL_MAX, ACCEL_DEVICE_MEMORY, ACCEL_DEVICE_TOTAL,
     CEILING_BATCH_SIZE, CEILING_MAX_LENGTH, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCHES_PER_S,
     CEILING_INFERENCES_PER_S, CEILING_BATCH_MS, CEILING_LONE_BATCH_MS, CEILING_WORKER_LONE_BATCH_MS,
     CEILING_OTHER_CORES,
@@ -187,7 +267,7 @@ FIGURES: tuple[Figure, ...] = (
     *QUEUE, *REQUEST, HANDLER_METRIC, *HANDLER, *PREPROCESS, *MODEL, *POSTPROCESS, *WORKER_THREAD, BATCHES,
     BATCH_FILL,
     CPU_SECONDS, CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
-    CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE,
+    CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING,
     REGRESSION,
 )
 
@@ -212,21 +292,36 @@ class Line:
         return f"**{text}**" if self.strong else text
 
 
-HEADLINE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, LATENCY_MAX, ERRORS,
-            ERROR_RATE, SERVED_OVER_CEILING, CLIENT_OVER_SERVED, SINGLE_P50, SINGLE_OVER_BATCH,
-            SINGLE_OVER_WORKER_BATCH, QUEUE[1], HANDLER[1], MODEL[1], BATCH_FILL, CPU_WORKERS_CORES,
-            CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES)
+HEADLINE = (INFERENCES_PER_S, MODE, CONCURRENCY, OPEN_OFFERED, OPEN_ACHIEVED, LATENCY_P50, LATENCY_P90, LATENCY_P95,
+            LATENCY_P99, LATENCY_MAX, ERRORS, ERROR_RATE, OPEN_LATE, OPEN_DROPPED, WINDOW_CV, SERVED_OVER_CEILING,
+            CLIENT_OVER_SERVED, SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH, QUEUE[1], HANDLER[1],
+            MODEL[1], BATCH_FILL, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
+            CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, MEMORY_TOTAL, LOAD_READY)
 TITLE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, SERVED_OVER_CEILING)
 SUMMARY = Line("Benchmark", (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, ERRORS))
 DETAILS = (
     Line("Served / in-process", (SERVED_OVER_CEILING,), labelled=False, strong=True),
+    Line("Latency (client)", (LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MAX, LATENCY_MEAN,
+                              ERROR_RATE)),
+    Line("Open loop (latency from the intended send)", (OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE,
+                                                        OPEN_DROPPED)),
+    Line("Throughput per window", (WINDOW_SECONDS, WINDOW_COUNT, WINDOW_CV, WINDOW_STABLE)),
+    Line("Worker CPU per request vs in-process per inference",
+         (CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING), strong=True),
     Line("Ceiling (the traced model in-process, no server)",
          (CEILING_INFERENCES_PER_S, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCH_MS, CEILING_LONE_BATCH_MS,
           CEILING_WORKER_LONE_BATCH_MS)),
     Line("Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
          (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED)),
     Line("Lone client (concurrency 1)", (SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH)),
-    Line("TorchServe (queue per request; the handler and its phases per batch)", (QUEUE[1], HANDLER_METRIC, HANDLER[1], PREPROCESS[1], MODEL[1], POSTPROCESS[1], BATCH_FILL)),
+    Line("TorchServe (queue per request; the handler and its phases per batch)",
+         (QUEUE[1], QUEUE[2], QUEUE[4], HANDLER_METRIC, HANDLER[1], HANDLER[2], HANDLER[4], PREPROCESS[1],
+          PREPROCESS[2], MODEL[1], MODEL[2], MODEL[4], POSTPROCESS[1], POSTPROCESS[2], BATCH_FILL)),
+    Line("Model load (slowest worker)", (LOAD_READY, LOAD_WORKER)),
+    Line("Memory (RSS peak during the load)", (MEMORY_FRONTEND, MEMORY_WORKERS, MEMORY_WORKER, MEMORY_TOTAL)),
+    Line("Accelerator during the load", (ACCEL_KIND, ACCEL_UTIL_MEAN, ACCEL_UTIL_MAX, ACCEL_DEVICE_MEMORY,
+                                         ACCEL_DEVICE_TOTAL)),
+    Line("Accuracy (the check stage's accuracy file)", (ACCURACY,)),
     Line("CPU during the load", (CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES,
                                  CPU_OTHER_CORES, CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE)),
 )
@@ -280,6 +375,20 @@ def markdown_lines(bench: BenchmarkResult | dict) -> list[str]:
         lines.append(f"- TorchServe's times: {bench.server.note}")
     if bench.regression is not None:
         lines.append(f"- Regression check: **{bench.regression.status}** — {bench.regression.message}")
+        lines += regression_table(bench.regression)
     if bench.chart:
         lines.append(f"- Chart: `{bench.chart}`")
+    return lines
+
+
+def regression_table(verdict) -> list[str]:
+    """What moved against earlier nights: one markdown row per compared figure."""
+    if not verdict.table:
+        return []
+    lines = ["", "| figure | tonight | median of earlier nights | change | allowed | |", "|---|---|---|---|---|---|"]
+    for row in verdict.table:
+        change = f"{row.relative:+.1%}" if row.relative is not None and not row.absolute else f"{row.change:+.4g}"
+        allowed = f"{row.allowed:.4g} {row.unit}".strip()
+        lines.append(f"| {row.figure} | {row.current:.4g} | {row.baseline:.4g} | {change} | {allowed} | "
+                     f"{'**regressed**' if row.regressed else 'ok'} |")
     return lines

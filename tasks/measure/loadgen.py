@@ -5,7 +5,9 @@ closed  `concurrency` clients; each sends its next request when the last one ans
 open    requests scheduled at a fixed `rate`, whatever the server does; latency is measured from
         the INTENDED send time, so a request the client could not send on time (no free
         connection, a stalled loop) still counts its wait: queueing cannot hide ("coordinated
-        omission"). `concurrency` caps the open connections.
+        omission"). `concurrency` caps the open connections; a request due while they are all
+        busy waits (late), and one due while `max_backlog` already wait (default: no limit) is
+        dropped: never sent, counted apart from errors.
 
 Requests sent during `warmup` are sent but not measured. The run lasts `duration` s of measured
 load, or until `requests` measured requests have been sent; then the requests in flight are
@@ -44,17 +46,18 @@ class LatencyMs(BaseModel):
     p99: float
     mean: float
     max: float = float("nan")
+    p95: float = float("nan")  # after the others: older nights' results have none
 
 
 def percentiles(values, scale: float = 1000.0) -> LatencyMs:
-    """p50/p90/p99/mean/max of `values` x `scale` (default: s to ms), numpy's linear interpolation;
+    """p50/p90/p95/p99/mean/max of `values` x `scale` (default: s to ms), numpy's linear interpolation;
     NaN when there is nothing to measure. The one percentile helper: TorchServe's times use it too."""
     ms = np.asarray(values, dtype=float) * scale
     if ms.size == 0:
         nan = float("nan")
-        return LatencyMs(p50=nan, p90=nan, p99=nan, mean=nan, max=nan)
-    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    return LatencyMs(p50=p50, p90=p90, p99=p99, mean=float(ms.mean()), max=float(ms.max()))
+        return LatencyMs(p50=nan, p90=nan, p95=nan, p99=nan, mean=nan, max=nan)
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    return LatencyMs(p50=p50, p90=p90, p95=p95, p99=p99, mean=float(ms.mean()), max=float(ms.max()))
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Sample:
     done: float
     ok: bool
     measured: bool = True  # False: sent during the warm-up
+    dropped: bool = False  # open loop: never sent, the backlog waiting for a connection was full
 
     @property
     def latency(self) -> float:
@@ -102,7 +106,32 @@ class LoadResult:
 
     @property
     def errors(self) -> int:
-        return sum(s.measured and not s.ok for s in self.samples)
+        """Measured requests sent and not answered 200 (dropped ones were never sent)."""
+        return sum(s.measured and not s.ok and not s.dropped for s in self.samples)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.measured and s.dropped for s in self.samples)
+
+    def late(self, after: float) -> int:
+        """Open loop: measured requests sent more than `after` s after their intended time."""
+        return sum(s.measured and not s.dropped and s.sent - s.intended > after for s in self.samples)
+
+    def windows(self, step: float) -> list[float]:
+        """Answered requests/s in each whole `step` s of the measured window (a last partial one left out)."""
+        count = int(self.seconds // step) if step > 0 else 0
+        done = np.array([s.done for s in self.samples if s.ok], dtype=float)
+        counts, _ = np.histogram(done, bins=np.arange(count + 1) * step) if count else (np.array([]), None)
+        return [float(c) / step for c in counts]
+
+    def histogram(self, bins: int = 30) -> tuple[list[float], list[int]]:
+        """(bin edges in ms, answered requests per bin) of the measured latencies."""
+        ms = np.array([s.latency for s in self.ok], dtype=float) * 1000
+        if ms.size == 0:
+            return [], []
+        low, high = float(ms.min()), float(ms.max())
+        counts, edges = np.histogram(ms, bins=bins, range=(low, max(high, low + 1.0)))  # equal latencies: 1 ms wide
+        return [float(e) for e in edges], [int(c) for c in counts]
 
     @property
     def answered(self) -> int:
@@ -174,6 +203,7 @@ async def run_load(
     log: logging.Logger | None = None,
     label: str = "benchmark",
     timeout: float = 120.0,
+    max_backlog: int | None = None,
 ) -> LoadResult:
     """Drive `url` with form-encoded pairs (seq_0, seq_1) and measure every answer."""
     if mode not in ("closed", "open"):
@@ -225,8 +255,19 @@ async def run_load(
         for client in clients:
             free.put_nowait(client)
 
+        waiting = 0  # requests due but waiting for a free connection
+
         async def send(intended: float, measured: bool) -> None:
-            client = await free.get()  # all connections busy: the wait counts, from `intended`
+            nonlocal waiting
+            if max_backlog is not None and free.empty() and waiting >= max_backlog:  # full: dropped
+                now = time.monotonic() - measure_from
+                samples.append(Sample(intended - measure_from, now, now, False, measured, dropped=True))
+                return
+            waiting += 1
+            try:
+                client = await free.get()  # all connections busy: the wait counts, from `intended`
+            finally:
+                waiting -= 1
             try:
                 await one(client, intended, measured)
             finally:

@@ -1,14 +1,22 @@
-"""regression: which runs may be compared (the fingerprint), and this run's throughput and p90 against
-the median of the last N comparable runs.
+"""regression: which runs may be compared (the fingerprint), and every headline figure of this run
+against the median of the last N comparable runs.
 
 Comparable: completed runs of the same flow and deployment (or, run without one, of no
 deployment), with the same parameters, whose benchmark table artifact carries the same
-fingerprint (model, batching, workers, load, host). Their figures are read back through the
-Prefect API from that artifact (key "benchmark"), by the names tasks/measure/figures.py gives them.
+fingerprint (model, batching, workers, load, accuracy file, host type -- not host name, so a fleet
+of identical hosts shares its nights). Their figures are read back through the Prefect API from
+that artifact (key "benchmark"), by the names tasks/measure/figures.py gives them.
 
 One busy-host rule (`busy`): other work used more than BUSY_SHARE of the host's CPUs. It warns about
 this run's figures and leaves such nights out of the baseline.
-Throughput regresses below median x (1 - tolerance); p90 regresses above median x (1 + tolerance).
+
+COMPARED: throughput, client p50 / p90 / p99, error rate, model load time, memory, accuracy and
+served / in-process. Each is compared with the median of the nights that have it. It regresses when
+it moved the wrong way by more than it is allowed: its tolerance (benchmark.regression_tolerances,
+else regression_tolerance; relative to the median, or in the figure's unit for a rate near zero
+such as the error rate), or, when wider, the earlier nights' own spread (NOISE_SIGMAS robust
+standard deviations, 1.4826 x the median absolute deviation): a change inside the nights' own
+noise is not flagged. Every compared figure goes into the verdict's table, moved or not.
 With no history the verdict says so and passes.
 """
 
@@ -16,39 +24,81 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
-import statistics
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
 
 from tasks.measure import figures
 from tasks.measure.figures import (
+    ACCURACY,
     CEILING_OTHER_CORES,
     CPU_HOST_CORES,
     CPU_OTHER_CORES,
+    ERROR_RATE,
     FINGERPRINT,
     INFERENCES_PER_S,
+    LATENCY_P50,
     LATENCY_P90,
+    LATENCY_P99,
+    LOAD_READY,
+    MEMORY_TOTAL,
+    SERVED_OVER_CEILING,
     Figure,
 )
-from tasks.measure.results import BenchmarkResult, Regression
+from tasks.measure.results import BenchmarkResult, Moved, Regression
 
 ARTIFACT_KEY = "benchmark"
 BUSY_SHARE = 0.1  # other work using more than this share of the host's CPUs: figures unreliable
-COMPARED = (INFERENCES_PER_S, LATENCY_P90)  # each Figure says whether higher is better
+NOISE_SIGMAS = 3.0  # a change within this many robust standard deviations of the earlier nights is noise
+
+
+@dataclass(frozen=True)
+class Compared:
+    figure: Figure  # says whether higher is better
+    absolute: bool = False  # tolerance in the figure's own unit: a rate whose median may be 0
+    tolerance: float | None = None  # default when the config names none (None: regression_tolerance)
+
+
+COMPARED = (
+    Compared(INFERENCES_PER_S), Compared(LATENCY_P50), Compared(LATENCY_P90), Compared(LATENCY_P99),
+    Compared(ERROR_RATE, absolute=True, tolerance=0.01), Compared(LOAD_READY), Compared(MEMORY_TOTAL),
+    Compared(ACCURACY, absolute=True, tolerance=0.01), Compared(SERVED_OVER_CEILING),
+)
 
 # --- fingerprint: which runs may be compared -------------------------------------------------
 
 NOT_COMPARED = {
     "serving": {"inference_port", "management_port", "metrics_port", "grpc_inference_port", "grpc_management_port",
                 "free_ports", "startup_timeout", "response_timeout"},
-    "benchmark": {"enabled", "progress_every", "regression_runs", "regression_tolerance", "regression_action"},
+    "benchmark": {"enabled", "progress_every", "regression_runs", "regression_tolerance", "regression_tolerances",
+                  "regression_action", "compare_buckets", "compare_seconds", "telemetry_every", "stability_cv",
+                  "window"},
 }
 
 
+def host_type() -> dict:
+    """What kind of machine: architecture, CPU model, CPUs, memory -- not its name."""
+    import psutil
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": model or platform.processor(), "cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30)}
+
+
 def fingerprint(config, resolved) -> str:
-    """A short hash of everything that shapes the figures (model, batching, workers, load, host),
-    not of what does not (ports, run directory, log cadence)."""
-    data = {"host": platform.node(), "resolved": resolved.model_dump(mode="json")}
+    """A short hash of everything that shapes the figures (model, batching, workers, load, accuracy
+    file, host type), not of what does not (ports, run directory, log cadence, host name)."""
+    accuracy_file = config.checks.accuracy_file
+    data = {"host": host_type(), "resolved": resolved.model_dump(mode="json"),
+            "accuracy_file": accuracy_file.name if accuracy_file else None}
     for section in ("model", "serving", "benchmark"):
         values = getattr(config, section).model_dump(mode="json")
         data[section] = {k: v for k, v in values.items() if k not in NOT_COMPARED.get(section, set())}
@@ -101,32 +151,53 @@ def figures_of(rows) -> dict:
     return {row.get("figure"): row.get("value") for row in rows if isinstance(row, dict)}
 
 
-def compare(current: Mapping, history: list[Mapping], tolerance: float, action: str = "warn") -> Regression:
+def _number_or_none(value) -> float | None:
+    return float(value) if _number(value) and not np.isnan(value) else None
+
+
+def compare(current: Mapping, history: list[Mapping], tolerance: float, action: str = "warn",
+            tolerances: Mapping[str, float] | None = None) -> Regression:
     """The verdict on `current` against the medians of `history` (newest first, already chosen);
     both are {figure name: value}, as figures.values and figures_of give them."""
-    now = {f.name: float(current[f.name]) for f in COMPARED if _number(current.get(f.name))}
-    usable = [h for h in history if all(_number(h.get(f.name)) for f in COMPARED)]
+    tolerances = tolerances or {}
+    now = {c.figure.name: v for c in COMPARED if (v := _number_or_none(current.get(c.figure.name))) is not None}
+    usable = [h for h in history if any(_number_or_none(h.get(c.figure.name)) is not None for c in COMPARED)]
     if not usable:
         return Regression(status="no history", action=action, tolerance=tolerance, current=now,
                           message="no earlier completed run with the same deployment, parameters and "
                                   "fingerprint to compare with; passes")
-    baseline = {f.name: float(statistics.median(h[f.name] for h in usable)) for f in COMPARED}
-    change, problems = {}, []
-    for figure in COMPARED:
-        name = figure.name
-        if name not in now or not baseline[name]:
+    baseline, change, problems, table = {}, {}, [], []
+    for compared in COMPARED:
+        figure, name = compared.figure, compared.figure.name
+        past = np.array([v for h in usable if (v := _number_or_none(h.get(name))) is not None])
+        if past.size == 0 or name not in now:
             continue
-        change[name] = now[name] / baseline[name] - 1
-        worse = -change[name] if figure.higher_is_better else change[name]
-        if worse > tolerance:
-            problems.append(f"{name} {now[name]:.1f} vs median {baseline[name]:.1f} of {len(usable)} runs "
-                            f"({change[name]:+.0%}, tolerance {tolerance:.0%})")
+        median = float(np.median(past))
+        baseline[name] = median
+        spread = NOISE_SIGMAS * 1.4826 * float(np.median(np.abs(past - median)))
+        allowed_tolerance = tolerances.get(name, compared.tolerance if compared.tolerance is not None else tolerance)
+        allowed = max(allowed_tolerance if compared.absolute else allowed_tolerance * abs(median), spread)
+        delta = now[name] - median
+        relative = now[name] / median - 1 if median else None
+        if relative is not None:
+            change[name] = relative
+        worse = -delta if figure.higher_is_better else delta
+        regressed = worse > allowed and worse > 0
+        table.append(Moved(figure=name, unit=figure.unit, higher_is_better=bool(figure.higher_is_better),
+                           current=now[name], baseline=median, change=delta, relative=relative,
+                           tolerance=allowed_tolerance, absolute=compared.absolute, spread=spread, allowed=allowed,
+                           regressed=regressed))
+        if regressed:
+            moved = f"{relative:+.0%}" if relative is not None and not compared.absolute else f"{delta:+.3g}"
+            problems.append(f"{name} {now[name]:.1f} vs median {median:.1f} of {past.size} runs "
+                            f"({moved}, allowed {allowed:.3g}{' ' + figure.unit if figure.unit else ''})")
     status = "regressed" if problems else "ok"
     message = ("; ".join(problems) if problems else
-               f"within {tolerance:.0%} of the median of {len(usable)} earlier runs ("
-               + ", ".join(f"{f.name} {change.get(f.name, 0):+.0%}" for f in COMPARED) + ")")
+               f"{len(table)} figures within tolerance of the median of {len(usable)} earlier runs ("
+               + ", ".join(f"{row.figure} {row.relative:+.0%}" if row.relative is not None and not row.absolute
+                           else f"{row.figure} {row.change:+.3g}" for row in table) + ")")
     return Regression(status=status, action=action, runs=len(usable), tolerance=tolerance, baseline=baseline,
-                      current=now, change=change, problems=problems, message=message)
+                      current=now, change=change, problems=problems, message=message, table=table)
 
 
 def _same(a, b) -> bool:
@@ -179,7 +250,8 @@ def history(fingerprint: str, limit: int) -> list[dict] | None:
     return [night for night in found if night.get(FINGERPRINT.name) == fingerprint and not busy(night)][:limit]
 
 
-def check(bench: BenchmarkResult, fingerprint: str, runs: int, tolerance: float, action: str) -> Regression:
+def check(bench: BenchmarkResult, fingerprint: str, runs: int, tolerance: float, action: str,
+          tolerances: Mapping[str, float] | None = None) -> Regression:
     """The stage's verdict: skipped when not asked for or outside a flow run; never raises on the API."""
     if runs <= 0:
         return Regression(status="skipped", action=action, tolerance=tolerance, message="regression_runs is 0")
@@ -191,4 +263,4 @@ def check(bench: BenchmarkResult, fingerprint: str, runs: int, tolerance: float,
     if found is None:
         return Regression(status="skipped", action=action, tolerance=tolerance,
                           message="not in a Prefect flow run: no history to compare with")
-    return compare(figures.values(bench), found, tolerance, action)
+    return compare(figures.values(bench), found, tolerance, action, tolerances)

@@ -8,6 +8,10 @@ model_metrics.log  the worker, per batch: PredictionTime (TorchServe's service a
 
 A line: `<ISO time> - Name.Unit:value|#dimensions|#hostname:..,requestID:id,id,..,timestamp:<epoch s>`;
 a per-batch line's requestIDs are the batch's requests, which gives the batch fill.
+
+ts_log.log         the frontend's log: when the model was registered ("Model <name> loaded."), when each
+                   worker's model was loaded ("State change WORKER_STARTED -> WORKER_MODEL_LOADED", READY),
+                   and the worker's own load time (metric WorkerLoadTime, per WorkerName) -- model_load.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.measure.loadgen import percentiles
-from tasks.measure.results import ServerTimes, Stat
+from tasks.measure.results import ModelLoad, ServerTimes, Stat, WorkerLoad
 
 LOG_SETTLE_S = 0.5  # TorchServe writes a request's metrics just after answering it
 METRIC_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{3}) - (\w+)\.(\w+):([-+0-9.eE]+)\|#([^|]*)\|#(.*)$")
@@ -62,7 +66,8 @@ def _stat(values: list[float], scale: float = 1.0) -> Stat | None:
     if not values:
         return None
     summary = percentiles(values, scale)
-    return Stat(count=len(values), p50=summary.p50, p90=summary.p90, mean=summary.mean)
+    return Stat(count=len(values), p50=summary.p50, p90=summary.p90, p95=summary.p95, p99=summary.p99,
+                mean=summary.mean, max=summary.max)
 
 
 def server_times(log_dir: Path, since: float, until: float, model_name: str | None = None) -> ServerTimes:
@@ -92,3 +97,38 @@ def server_times(log_dir: Path, since: float, until: float, model_name: str | No
         mean_batch_fill=float(np.mean(fills)) if fills else None,
         note="; ".join(notes) or None,
     )
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{3}) ")
+WORKER_LOAD_TIME = re.compile(r"WorkerLoadTime\.Milliseconds:([0-9.]+)\|#WorkerName:([^,|]+)")
+
+
+def model_load(log_dir: Path, model_name: str) -> ModelLoad | None:
+    """Per worker of `model_name`: registration -> READY, and TorchServe's WorkerLoadTime; the model's
+    last registration counts (a worker restarted later is not a load). None: the log is not there."""
+    path = log_dir / "ts_log.log"
+    if not path.is_file():
+        return None
+    worker = re.compile(rf"\b(W-\d+-{re.escape(model_name)}_[\w.]+)\b")
+    registered, ready, load_ms = None, {}, {}
+    for line in path.read_text(errors="replace").splitlines():
+        stamp = LOG_TIME.match(line)
+        if stamp is None:
+            continue
+        if f"Model {model_name} loaded." in line:
+            registered, ready, load_ms = _log_time(stamp.group(1)), {}, {}
+        elif registered is None:
+            continue
+        elif "-> WORKER_MODEL_LOADED" in line and (name := worker.search(line)):
+            ready.setdefault(name.group(1), _log_time(stamp.group(1)) - registered)
+        elif (metric := WORKER_LOAD_TIME.search(line)) and worker.fullmatch(metric.group(2)):
+            load_ms.setdefault(metric.group(2), float(metric.group(1)))
+    names = sorted(set(ready) | set(load_ms))
+    workers = [WorkerLoad(worker=name, register_to_ready_s=ready.get(name), worker_load_ms=load_ms.get(name))
+               for name in names]
+    return ModelLoad(workers=workers, register_to_ready_s=max(ready.values()) if ready else None,
+                     worker_load_ms=max(load_ms.values()) if load_ms else None)
+
+
+def _log_time(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S,%f").timestamp()

@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from tasks.measure import figures, regression
 from tasks.measure.figures import INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
-from tasks.measure.results import BenchmarkResult
+from tasks.measure.results import BenchmarkResult, Memory
 
 pytestmark = pytest.mark.e2e
 
@@ -18,20 +18,24 @@ pytestmark = pytest.mark.e2e
 TONIGHT: dict = {}
 
 
-def _bench(served: float, latency_s: float, fingerprint: str) -> BenchmarkResult:
+def _bench(served: float, latency_s: float, fingerprint: str, rss_mib: float = 1200.0) -> BenchmarkResult:
     return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
-                           requests=10, errors=0, concurrency=4, seconds=10 / served, fingerprint=fingerprint)
+                           requests=10, errors=0, concurrency=4, seconds=10 / served, fingerprint=fingerprint,
+                           memory=Memory(samples=10, frontend_rss_mib=300.0, workers_rss_mib=rss_mib - 300.0,
+                                         worker_rss_mib=(rss_mib - 300.0) / 2, total_rss_mib=rss_mib))
 
 
 @flow(name="regression-probe")
 def night(config_file: str = "configs/default.yaml", overrides: dict | None = None):
     if TONIGHT.get("publish"):
-        bench = _bench(TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"))
+        bench = _bench(TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"),
+                       TONIGHT.get("rss", 1200.0))
         create_table_artifact(key="benchmark", table=figures.table_rows(bench))
     if TONIGHT.get("fail"):
         raise RuntimeError("a failed night")
     if TONIGHT.get("check"):
-        return regression.check(_bench(TONIGHT["rate"], TONIGHT["p90_s"], "fp-a"), "fp-a", 3, 0.2, "fail").model_dump()
+        tonight = _bench(TONIGHT["rate"], TONIGHT["p90_s"], "fp-a", TONIGHT.get("rss", 1200.0))
+        return regression.check(tonight, "fp-a", 3, 0.2, "fail", {"memory total_rss_mib": 0.15}).model_dump()
     return None
 
 
@@ -61,6 +65,12 @@ def test_regression_compares_with_the_median_of_comparable_completed_runs(prefec
     slow = _night(check=True, rate=12.0, p90_s=1.1)
     assert slow["status"] == "regressed" and slow["action"] == "fail"
     assert slow["problems"][0].startswith(f"{INFERENCES_PER_S.name} 12.0 vs median 21.0 of 3 runs")
+
+    # A leak alone: memory +25 % with throughput and latency as before is flagged, and nothing else.
+    leak = _night(check=True, rate=21.0, p90_s=1.1, rss=1500.0)
+    assert leak["status"] == "regressed"
+    assert [row["figure"] for row in leak["table"] if row["regressed"]] == ["memory total_rss_mib"]
+    assert {row["figure"] for row in leak["table"]} >= {INFERENCES_PER_S.name, LATENCY_P90.name, "latency_ms p50"}
 
 
 def test_no_comparable_history_passes(prefect_server):

@@ -117,3 +117,34 @@ def test_cpu_use_splits_the_load_window_by_process_role():
     assert use.client_cores > 0.5  # this process, busy
     assert use.workers_cores == 0 and use.other_cores >= 0
     assert use.worker_cpu_ms_per_request == 0 and use.ceiling_cpu_ms_per_inference is None
+
+
+def test_open_loop_reports_offered_against_achieved_late_and_dropped():
+    samples = [Sample(i / 10, i / 10 + (0.05 if i % 4 == 0 else 0.0), i / 10 + 0.2, True) for i in range(40)]
+    samples += [Sample(4.0, 4.0, 4.0, False, dropped=True) for _ in range(10)]
+    result = BenchmarkResult.from_load(LoadResult(mode="open", concurrency=4, rate=12.5, seconds=4.0,
+                                                  samples=samples))
+    opened = result.open_loop
+    assert opened.offered_per_s == 12.5 and opened.achieved_per_s == pytest.approx(39 / 4)  # one answer after 4 s
+    assert opened.sent_per_s == pytest.approx(10.0) and opened.late == 10 and opened.dropped == 10
+    assert result.errors == 0 and result.error_rate == pytest.approx(10 / 50)  # dropped requests failed the user
+
+
+def test_a_closed_loop_has_no_open_loop_figures_and_windows_say_whether_it_was_stable():
+    steady = BenchmarkResult.from_load(load([0.1] * 40, seconds=4.0), window_s=1.0)
+    assert steady.open_loop is None and steady.windows.requests_per_s == [40.0, 0.0, 0.0, 0.0]
+    assert not steady.windows.stable and steady.windows.cv > 1  # all answers in the first second
+    spread = [Sample(0.0, 0.0, t / 10 + 0.01, True) for t in range(40)]
+    even = BenchmarkResult.from_load(LoadResult(mode="closed", concurrency=4, rate=None, seconds=4.0,
+                                                samples=spread), window_s=1.0, stability_cv=0.1)
+    assert even.windows.stable and even.windows.cv == pytest.approx(0.0)
+    assert sum(even.histogram.counts) == 40
+
+
+def test_accuracy_comes_from_the_check_stages_accuracy_check_only():
+    from tasks.verify.checks import CheckResult
+
+    checks = [CheckResult(name="golden pairs", passed=True, detail="", metrics={"accuracy": 1.0}),
+              CheckResult(name="accuracy", passed=True, detail="", metrics={"accuracy": 0.7402, "f1": 0.8})]
+    assert bench_module.accuracy_of(checks) == 0.7402
+    assert bench_module.accuracy_of(checks[:1]) is None and bench_module.accuracy_of([]) is None

@@ -9,15 +9,22 @@ from tasks.measure import figures
 from tasks.measure.ceiling import Ceiling, Layout
 from tasks.measure.figures import FIGURES, INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
+from tasks.measure import regression as regression_module
 from tasks.measure.regression import compare, figures_of
 from tasks.measure.results import (
+    Accelerator,
     BenchmarkResult,
     ClientCapacity,
     CpuUse,
+    Memory,
+    ModelLoad,
+    OpenLoop,
     Regression,
     ServerTimes,
     SingleClient,
     Stat,
+    WorkerLoad,
+    windows,
 )
 
 
@@ -49,6 +56,17 @@ def full() -> BenchmarkResult:
         cpu=CpuUse(seconds=30.0, host_cores=2, workers_cores=1.8, frontend_cores=0.1, client_cores=0.05,
                    other_cores=0.01, worker_cpu_ms_per_request=26.0, ceiling_cpu_ms_per_inference=23.8),
         regression=Regression(status="no history", action="warn", tolerance=0.2, message="nothing to compare"),
+        open_loop=OpenLoop(offered_per_s=70.0, sent_per_s=69.5, achieved_per_s=67.0, late=12, late_after_ms=10.0,
+                           dropped=3),
+        windows=windows([66.0, 68.0, 67.0], 10.0, 0.1), accuracy=0.74,
+        model_load=ModelLoad(workers=[WorkerLoad(worker="W-9000-m_1.0", register_to_ready_s=6.5,
+                                                 worker_load_ms=6400.0)], register_to_ready_s=6.5,
+                             worker_load_ms=6400.0),
+        memory=Memory(samples=30, frontend_rss_mib=300.0, workers_rss_mib=900.0, worker_rss_mib=460.0,
+                      total_rss_mib=1200.0),
+        accelerator=Accelerator(kind="neuron", source="neuron-monitor", samples=6, utilization_pct_mean=37.5,
+                                utilization_pct_max=40.0, per_unit_pct={"4242/0": 37.5},
+                                device_memory_used_mib=1024.0, device_memory_total_mib=32768.0),
     )
 
 
@@ -97,14 +115,21 @@ def test_table_rows_turn_nan_into_null():
     json.dumps(rows, allow_nan=False)
 
 
-def test_a_slower_p90_read_back_from_figures_own_table_rows_is_flagged():
+def test_a_regression_in_one_figure_read_back_from_figures_own_table_rows_is_flagged_alone():
     # Each earlier night published its table the way the summary does; the API hands back JSON.
-    artifacts = [json.dumps(figures.table_rows(night(20.0, seconds))) for seconds in (1.0, 1.1, 0.9)]
-    history = [figures_of(data) for data in artifacts]
-    verdict = compare(figures.values(night(20.0, 1.5)), history, 0.2, "fail")
+    nights = []
+    for rss in (1200.0, 1210.0, 1190.0):
+        night_ = full()
+        night_.memory.total_rss_mib = rss
+        nights.append(figures_of(json.dumps(figures.table_rows(night_))))
+    tonight = full()
+    tonight.memory.total_rss_mib = 1500.0  # a leak: +25 %, everything else as before
+    verdict = compare(figures.values(tonight), nights, 0.2, "fail", {"memory total_rss_mib": 0.15})
     assert verdict.failed and verdict.runs == 3
-    assert len(verdict.problems) == 1 and verdict.problems[0].startswith(f"{LATENCY_P90.name} 1500.0 vs median 1000.0")
-    assert verdict.baseline[INFERENCES_PER_S.name] == pytest.approx(20.0)
+    assert [row.figure for row in verdict.regressed] == ["memory total_rss_mib"]
+    assert len(verdict.problems) == 1 and verdict.problems[0].startswith("memory total_rss_mib 1500.0 vs median 1200.0")
+    assert len(verdict.table) == len(regression_module.COMPARED)  # every compared figure is in the table
+    assert verdict.baseline[INFERENCES_PER_S.name] == pytest.approx(67.0)
 
 
 def test_values_are_the_table_rows_unrounded():
@@ -117,8 +142,10 @@ def test_values_are_the_table_rows_unrounded():
 def test_headline_and_chart_title_show_the_figures_with_their_units():
     bench = full()
     headline = figures.headline(bench)
-    assert headline.startswith("benchmark: 67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms")
+    assert headline.startswith("benchmark: 67.0 inferences/s, open loop, concurrency 4, offered 70 requests/s, "
+                               "achieved 67.0 requests/s, p50 1000 ms, p90 1000 ms, p95 1000 ms")
     assert "served / in-process 0.80" in headline and "model p50 5 ms" in headline
+    assert "late 12 requests, dropped 3 requests" in headline and "TorchServe RSS 1200 MiB" in headline
     assert figures.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, " \
                                    "served / in-process 0.80"
 
@@ -137,7 +164,13 @@ def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_re
     assert "Benchmark: 67.0 inferences/s, open loop, concurrency 4" in text and "errors 0" in text
     assert "**Served / in-process: 0.80**" in text and "load generator / served 13x" in text
     assert "lone client p50 120 ms" in text and "lone p50 / the same batch in-process 1.20x" in text
-    assert "preprocess p50 5 ms, model p50 5 ms, postprocess p50 5 ms" in text
+    assert "preprocess p50 5 ms, preprocess p90 8 ms, model p50 5 ms, model p90 8 ms, model p99" in text
+    assert "Throughput per window: window 10 s, windows 3, throughput CV 0.012, stable" in text
+    assert "**Worker CPU per request vs in-process per inference: workers per request 26.0 CPU-ms, " \
+           "in-process per inference 23.8 CPU-ms, workers / in-process 1.092x**" in text
+    assert "load to READY 6.5 s, worker's own load 6400 ms" in text and "largest worker 460 MiB" in text
+    assert "from neuron, utilisation mean 37.5 %, max 40.0 %, device memory peak 1024 MiB" in text
+    assert "accuracy 0.7400" in text and "offered 70 requests/s, sent 69.5 requests/s" in text
     assert "- **Warning**: the host was busy" in text
     assert "Regression check: **no history** — nothing to compare" in text
 
@@ -145,4 +178,6 @@ def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_re
 def test_markdown_lines_of_a_bare_benchmark_have_no_empty_sections():
     lines = figures.markdown_lines(night(20.0, 1.0))
     assert [line for line in lines if line] == ["Benchmark: 20.0 inferences/s, closed loop, concurrency 4, "
-                                                "p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0"]
+                                                "p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0",
+                                                "- Latency (client): p50 1000 ms, p90 1000 ms, p95 1000 ms, "
+                                                "p99 1000 ms, max 1000 ms, mean 1000 ms, error rate 0.0%"]

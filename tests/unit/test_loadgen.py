@@ -170,3 +170,24 @@ def test_the_drain_after_the_window_does_not_dilute_throughput():
     assert result.seconds == 1.0
     assert result.requests_per_s == pytest.approx(2.0)  # answers at 0.4 and 0.8 s; the third at 1.2 s is out
     assert len(result.measured) == 3 and result.latency().max >= 400
+
+
+def test_throughput_per_window_and_the_latency_histogram():
+    # 10 answers per s for 3 s, then 30 in the 4th: the windows show the jump.
+    samples = [Sample(0.0, 0.0, t / 10 + 0.01, True) for t in range(30)]
+    samples += [Sample(3.0, 3.0, 3.0 + t / 30 + 0.001, True) for t in range(30)]
+    result = LoadResult(mode="closed", concurrency=4, rate=None, seconds=4.5, samples=samples)
+    assert result.windows(1.0) == [10.0, 10.0, 10.0, 30.0]  # the last half second is no whole window
+    edges, counts = result.histogram(bins=5)
+    assert len(edges) == 6 and sum(counts) == 60 and edges[0] == pytest.approx(1.0)
+
+
+def test_open_loop_with_a_bounded_backlog_drops_what_cannot_wait_and_counts_late_requests():
+    # 20/s served one at a time, 80/s asked over one connection with room for 2 waiting: most are dropped.
+    with TrivialEndpoint(delay=0.05, serial=True) as endpoint:
+        result = load(endpoint.url, {}, PAIRS, mode="open", rate=80, concurrency=1, duration=1.0,
+                      progress_every=None, max_backlog=2)
+    assert result.dropped > 20 and result.errors == 0
+    assert result.late(0.01) >= 2  # those that waited for the connection
+    assert all(s.measured and not s.ok for s in result.samples if s.dropped)
+    assert len(result.ok) + result.dropped == len(result.measured)

@@ -57,9 +57,15 @@ def test_faster_is_never_a_regression():
     assert verdict.status == "ok"
 
 
-def test_history_rows_without_the_figures_are_ignored():
-    verdict = compare({RATE: 20, P90: 3000}, [{RATE: 20}], 0.2)
+def test_history_rows_without_any_compared_figure_are_ignored():
+    verdict = compare({RATE: 20, P90: 3000}, [{"fingerprint": "abc"}], 0.2)
     assert verdict.status == "no history"
+
+
+def test_a_figure_older_nights_lack_is_compared_with_the_nights_that_have_it():
+    verdict = compare({RATE: 20, P90: 3000, "accuracy": 0.70}, NIGHTS + [{"accuracy": 0.74}], 0.2)
+    assert verdict.baseline["accuracy"] == 0.74 and verdict.status == "regressed"  # 4 points < 1 point allowed
+    assert [row.figure for row in verdict.regressed] == ["accuracy"]
 
 
 def test_figures_of_reads_a_table_artifacts_data_as_the_api_returns_it():
@@ -82,7 +88,8 @@ def test_check_compares_this_runs_figures_with_the_history_it_reads(monkeypatch)
     monkeypatch.setattr(regression, "history", lambda fingerprint, limit: NIGHTS[:limit])
     verdict = check(night(10.0, 4.0), "abc", 3, 0.2, "fail")  # 10 inferences/s, p90 4000 ms
     assert verdict.runs == 3 and verdict.status == "regressed" and verdict.failed
-    assert verdict.current == {RATE: 10.0, P90: pytest.approx(4000.0)}
+    assert verdict.current[RATE] == 10.0 and verdict.current[P90] == pytest.approx(4000.0)
+    assert {row.figure for row in verdict.regressed} == {RATE, P90}
 
 
 def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
@@ -137,3 +144,56 @@ def test_a_busy_host_during_the_ceiling_is_called_out_separately():
                             lone_batch_latency_ms=1.0, worker_lone_batch_latency_ms=1.0, other_cores=1.5, layouts=[])
     warnings = busy_host_warnings(bench)
     assert len(warnings) == 1 and "ceiling" in warnings[0] and "1.50 of 2 CPUs" in warnings[0]
+
+
+# --- every headline figure, alone --------------------------------------------------------------------
+
+from tasks.measure.regression import COMPARED  # noqa: E402
+
+TYPICAL = {"inferences_per_s": 68.0, "latency_ms p50": 900.0, "latency_ms p90": 1100.0, "latency_ms p99": 1300.0,
+           "error_rate": 0.0, "model_load register_to_ready_s": 6.0, "memory total_rss_mib": 1200.0,
+           "accuracy": 0.74, "served_over_ceiling": 0.82}
+WORSE = {"inferences_per_s": 50.0, "latency_ms p50": 1200.0, "latency_ms p90": 1500.0, "latency_ms p99": 2000.0,
+         "error_rate": 0.05, "model_load register_to_ready_s": 12.0, "memory total_rss_mib": 1500.0,
+         "accuracy": 0.70, "served_over_ceiling": 0.65}
+
+
+def _nights(wobble: float = 0.01) -> list[dict]:
+    """Five nights a little apart, as real nights are."""
+    return [{name: value * (1 + wobble * k) for name, value in TYPICAL.items()} for k in (-2, -1, 0, 1, 2)]
+
+
+def test_the_compared_figures_are_the_headline_and_the_configs_tolerances_name_them():
+    from tasks.config import COMPARED_FIGURES
+
+    assert tuple(c.figure.name for c in COMPARED) == COMPARED_FIGURES == tuple(TYPICAL)
+
+
+@pytest.mark.parametrize("moved", list(WORSE))
+def test_one_figure_worse_alone_is_flagged_and_no_other(moved):
+    tonight = {**TYPICAL, moved: WORSE[moved]}
+    verdict = compare(tonight, _nights(), 0.2, "fail", load_config().benchmark.regression_tolerances)
+    assert verdict.status == "regressed" and verdict.failed
+    assert [row.figure for row in verdict.regressed] == [moved]
+    assert len(verdict.table) == len(COMPARED) and verdict.message.startswith(moved)
+
+
+def test_a_change_inside_the_earlier_nights_own_spread_is_not_flagged():
+    # Throughput that swings +-30 % night to night: tonight's -25 % is inside that noise, not a regression.
+    noisy = [{RATE: v} for v in (50.0, 70.0, 90.0, 65.0, 75.0)]
+    verdict = compare({RATE: 52.5}, noisy, 0.2)
+    row = verdict.table[0]
+    assert verdict.status == "ok" and row.relative == pytest.approx(-0.25) and row.allowed > row.tolerance * 70
+    # The same drop against steady nights is flagged.
+    steady = [{RATE: v} for v in (69.0, 70.0, 71.0, 70.0, 70.5)]
+    assert compare({RATE: 52.5}, steady, 0.2).status == "regressed"
+
+
+def test_per_figure_tolerances_are_validated_and_merged_with_the_defaults():
+    from tasks.config import ConfigError
+
+    config = load_config(None, {"benchmark.regression_tolerances": {"latency_ms p90": 0.05}})
+    assert config.benchmark.regression_tolerances["latency_ms p90"] == 0.05
+    assert config.benchmark.regression_tolerances["error_rate"] == 0.01  # the default kept
+    with pytest.raises(ConfigError, match="no compared figure named \\['p90'\\]"):
+        load_config(None, {"benchmark.regression_tolerances": {"p90": 0.1}})

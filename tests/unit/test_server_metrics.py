@@ -76,3 +76,31 @@ def test_a_server_in_another_time_zone_is_placed_by_its_epoch_timestamp(tmp_path
     shifted = _model_line(now + 1, "HandlerTime", 50.0, ["a"]).replace(_stamp(now + 1), _stamp(now + 1 - 3 * 3600))
     (tmp_path / "model_metrics.log").write_text(shifted + "\n")
     assert server_times(tmp_path, now, now + 10, MODEL).handler_ms.count == 1
+
+
+def test_model_load_per_worker_from_torchserve_log(tmp_path):
+    from tasks.measure.server_metrics import model_load
+
+    def line(t: str, text: str) -> str:
+        return f"2026-11-25T12:39:{t} [INFO ] W-9000 org.pytorch.serve.wlm.WorkerThread - {text}"
+
+    lines = [
+        line("30,000", f"Model {MODEL} loaded."),  # an earlier registration (reconciled): replaced below
+        line("40,000", f"Model {MODEL} loaded."),
+        line("40,100", f"Model {MODEL}-single-bucket loaded."),  # another model: not ours
+        line("45,000", f"W-9000-{MODEL}_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),
+        line("45,000", f"W-9000-{MODEL}_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),  # logged twice
+        line("46,500", f"W-9001-{MODEL}_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),
+        line("46,600", f"W-9002-{MODEL}-single-bucket_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),
+        line("45,001", f"TS_METRICS - WorkerLoadTime.Milliseconds:4990.0|#WorkerName:W-9000-{MODEL}_1.0,Level:Host|"
+                       "#hostname:vm,timestamp:1795610393"),
+        line("46,501", f"TS_METRICS - WorkerLoadTime.Milliseconds:6480.0|#WorkerName:W-9001-{MODEL}_1.0,Level:Host|"
+                       "#hostname:vm,timestamp:1795610393"),
+    ]
+    (tmp_path / "ts_log.log").write_text("\n".join(lines) + "\n")
+    load = model_load(tmp_path, MODEL)
+    assert [w.worker for w in load.workers] == [f"W-9000-{MODEL}_1.0", f"W-9001-{MODEL}_1.0"]
+    assert [w.register_to_ready_s for w in load.workers] == [pytest.approx(5.0), pytest.approx(6.5)]
+    assert [w.worker_load_ms for w in load.workers] == [4990.0, 6480.0]
+    assert load.register_to_ready_s == pytest.approx(6.5) and load.worker_load_ms == 6480.0
+    assert model_load(tmp_path / "nowhere", MODEL) is None

@@ -1,0 +1,104 @@
+"""Telemetry during the load: each accelerator adapter against a stand-in that prints the real tool's
+output shape (tests/stand_ins/bin), and TorchServe's memory per role."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+
+from tasks.measure import telemetry
+from tasks.measure.telemetry import NVIDIA_SMI_QUERY, Telemetry, parse_neuron_monitor, parse_nvidia_smi
+
+STAND_INS = Path(__file__).resolve().parents[1] / "stand_ins" / "bin"
+
+
+@pytest.fixture
+def stand_ins_on_path(monkeypatch):
+    monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_neuron_monitor_reports_are_parsed_per_core_with_device_memory():
+    # The stand-in, like the tool, reports until stopped: read its first report.
+    process = subprocess.Popen([sys.executable, str(STAND_INS / "neuron-monitor")], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "STAND_IN_NEURON_UTILIZATION": "62.5"})
+    try:
+        line = process.stdout.readline()
+    finally:
+        process.kill()
+        process.wait()
+    cores, device = parse_neuron_monitor(line)
+    assert cores == {"4242/0": 62.5, "4242/1": 62.5} and device == 2**30
+    assert parse_neuron_monitor("not json") is None and parse_neuron_monitor('{"system_data": {}}') is None
+
+
+def test_nvidia_smi_lines_are_parsed_per_gpu_and_na_is_skipped():
+    assert parse_nvidia_smi("63, 2048, 81559\n12, 100, 81559\n") == [(63.0, 2048.0, 81559.0), (12.0, 100.0, 81559.0)]
+    assert parse_nvidia_smi("[N/A], 10, 20\n") == []
+
+
+def _until(condition, seconds: float = 20.0) -> None:
+    """Wait for the sampler to have read enough (a loaded host starts the stand-ins slowly)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _server():
+    """No TorchServe: the sampler finds no processes, so only the adapter is exercised."""
+    return SimpleNamespace(processes=[])
+
+
+def test_neuron_adapter_runs_neuron_monitor_during_the_load(stand_ins_on_path, monkeypatch):
+    monkeypatch.setenv("STAND_IN_NEURON_UTILIZATION", "37.5")
+    monkeypatch.setenv("STAND_IN_MONITOR_PERIOD", "0.05")
+    with Telemetry(_server(), "neuron", period=0.05) as sampler:
+        _until(lambda: len(sampler.adapter.reports) >= 3)
+    used = sampler.accelerator()
+    assert used.kind == "neuron" and used.samples >= 3 and used.note is None
+    assert used.utilization_pct_mean == pytest.approx(37.5) and set(used.per_unit_pct) == {"4242/0", "4242/1"}
+    assert used.device_memory_used_mib == pytest.approx(1024.0)
+
+
+def test_cuda_adapter_asks_nvidia_smi_its_query(stand_ins_on_path, monkeypatch):
+    monkeypatch.setenv("STAND_IN_GPUS", "2")
+    with Telemetry(_server(), "cuda", period=0.05) as sampler:
+        _until(lambda: len(sampler.adapter.rows) >= 2)
+    used = sampler.accelerator()
+    assert used.kind == "cuda" and used.samples >= 2 and used.note is None
+    assert used.utilization_pct_mean == pytest.approx(63.0) and set(used.per_unit_pct) == {"0", "1"}
+    assert used.device_memory_used_mib == 4096.0 and used.device_memory_total_mib == 2 * 81559.0
+    assert " ".join(NVIDIA_SMI_QUERY) in used.source
+
+
+def test_a_missing_tool_costs_its_figures_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for backend, tool in (("neuron", "neuron-monitor"), ("cuda", "nvidia-smi")):
+        with Telemetry(_server(), backend, period=0.05) as sampler:
+            time.sleep(0.1)
+        used = sampler.accelerator()
+        assert used.utilization_pct_mean is None and tool in used.note
+
+
+def test_cpu_adapter_and_memory_follow_torchserve_processes_by_role(monkeypatch):
+    # A busy child stands in for a TorchServe worker: _role() calls it a worker by its command line.
+    busy = subprocess.Popen([sys.executable, "-c", "import sys, time\nx = bytearray(64 * 2**20)\nt = time.time()\n"
+                             "while time.time() - t < 5: pass", "model_service_worker"])
+    try:
+        time.sleep(0.3)  # allocated
+        server = SimpleNamespace(processes=[SimpleNamespace(alive=lambda: psutil.Process(busy.pid))])
+        with Telemetry(server, "cpu", period=0.1) as sampler:
+            _until(lambda: len(sampler.rss) >= 5 and sampler.adapter.per_worker)
+    finally:
+        busy.kill()
+        busy.wait()
+    used, memory = sampler.accelerator(), sampler.memory()
+    assert used.kind == "cpu" and list(used.per_unit_pct) == [str(busy.pid)]
+    assert 5 < used.utilization_pct_mean <= 100 * psutil.cpu_count()  # spinning: busy, at most every core
+    assert memory.samples >= 5 and memory.workers_rss_mib >= 64 and memory.frontend_rss_mib == 0
+    assert memory.total_rss_mib == memory.workers_rss_mib == memory.worker_rss_mib
