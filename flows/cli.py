@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import signal
 import sys
 import time
@@ -36,6 +37,8 @@ _READERS: dict[type, tuple[Any, str, str]] = {
     float: (float, "a number", "X"),
     str: (str, "text", "TEXT"),
     Path: (str, "a path", "PATH"),
+    # One option holds several words (--compiler-args="--auto-cast none"): split the way a shell would.
+    list[str]: (shlex.split, "arguments in one quoted string", "'ARGS'"),
 }
 
 

@@ -52,6 +52,8 @@ class Run:
         self.checks: list = []
         self.benchmark = None
         self.buckets = None
+        self.model_info = None  # the traced model's facts (compiler arguments, parity) once trace is done
+        self.core_map = None  # neuron: which worker holds which NeuronCore, once registered
         self.summary: dict | None = None
         self.interrupted: str | None = None  # how the run was stopped from outside, if it was
         self.stopped: dict | None = None  # what stop did: processes stopped, escalated
@@ -134,7 +136,9 @@ class Run:
              "security": {"token_auth": serving.token_auth, "address": serving.address,
                           "warnings": serving.security_warnings()},
              "server": _server_facts(self.server) if self.keep_serving else None,
-             "bucket_comparison": self.buckets.model_dump() if self.buckets else None},
+             "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
+             "model": _model_facts(self.model_info, self.config.checks),
+             "core_map": self.core_map.model_dump() if self.core_map else None},
         )
         if self.interrupted:
             self.summary["status"] = "interrupted"
@@ -194,6 +198,15 @@ def _api_answers() -> bool:
         return httpx.get(f"{url.rstrip('/')}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _model_facts(info, checks) -> dict | None:
+    """What the graphs were compiled with and the parity they were held to (casting loosens it)."""
+    if info is None:
+        return None
+    return {"backend": info.backend, "compiler_args": info.compiler_args,
+            "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
+            "parity_max_abs_diff": info.parity_max_abs_diff}
 
 
 def _server_facts(server: Server) -> dict:

@@ -19,6 +19,7 @@ from tasks.build.archive import archive
 from tasks.build.trace import trace
 from tasks.measure.benchmark import run as benchmark
 from tasks.measure.buckets import compare as compare_buckets
+from tasks.serve.cores import core_map
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, stop_stale, wait_healthy
 from tasks.verify.checks import run_checks
@@ -53,6 +54,7 @@ check_task = task(run_checks, name="check", cache_policy=NO_CACHE)
 benchmark_task = task(benchmark, name="benchmark", cache_policy=NO_CACHE)
 compare_buckets_task = task(compare_buckets, name="compare-buckets", cache_policy=NO_CACHE)
 stop_task = task(stop, name="stop", cache_policy=NO_CACHE)
+core_map_task = task(core_map, name="core-map", cache_policy=NO_CACHE)
 
 
 class StageRecord(BaseModel):

@@ -31,6 +31,7 @@ from flows.stages import (  # noqa: E402
     benchmark_task,
     check_task,
     compare_buckets_task,
+    core_map_task,
     ping_task,
     register_task,
     start_task,
@@ -53,7 +54,9 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
     with Run(config, resolved, {"config_file": config_file, "overrides": overrides}) as run:
         with run.stage("trace"):
             traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
-                                resolved.backend, config.checks.parity_tolerance)
+                                resolved.backend, config.checks.parity_tolerance_for(resolved.backend,
+                                                                                     model.compiler_args))
+            run.model_info = traced.info
         with run.stage("archive"):
             mar = archive_task(traced, run.dir / "model_store")
         with run.stage("start"):
@@ -63,6 +66,8 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
             ping_task(run.server, serving.startup_timeout)
         with run.stage("register"):
             register_task(run.server, mar, serving.max_batch_delay, resolved.initial_workers)
+            if resolved.backend == "neuron":  # N workers on N distinct NeuronCores, or the run fails here
+                run.core_map = core_map_task(run.server, mar.model_name, resolved.initial_workers)
         with run.stage("check"):
             run.checks = check_task(run.server, mar, model, config.checks, serving.max_batch_delay)
             raise_if_failed(run.checks)

@@ -22,6 +22,10 @@ MODEL_INFO_FILE = "model_info.json"
 # Set by the pipeline in TorchServe's environment; read by the handler in each worker.
 THREADS_ENV = "BERT_THREADS_PER_WORKER"
 BACKEND_ENV = "BERT_BACKEND"  # the backend this server was started for
+# Neuron: how many NeuronCores the workers share, and the directory where each worker claims one
+# (a file per core holding the worker's pid; a dead pid's core is free again). See claim_core.
+NEURON_CORES_ENV = "BERT_NEURON_CORES"
+CORE_CLAIMS_ENV = "BERT_NEURON_CORE_CLAIMS"
 FIELDS = ("seq_0", "seq_1")  # the tutorial's form fields
 # Index 1 is the paraphrase class, as in MRPC (1 = equivalent) and the tutorial's model.
 CLASS_NAMES = ("not paraphrase", "paraphrase")
@@ -150,3 +154,42 @@ def pad_to_batch(inputs: tuple, batch_size: int) -> tuple:
     if rows > batch_size:
         raise ValueError(f"{rows} requests in one batch but the model was traced for {batch_size}")
     return tuple(torch.cat([t, t[:1].expand(batch_size - rows, *t.shape[1:])]) for t in inputs)
+
+
+def claim_core(claims_dir: Path, cores: int, pid: int) -> int:
+    """The lowest NeuronCore no live worker of this server has claimed, now claimed for `pid`.
+
+    Why not TorchServe's gpu_id: TorchServe hands out gpu_id only for CUDA-style GPUs (number_of_gpu > 0,
+    round-robin), so a restarted worker can land on a core a live worker holds. A claim held by a pid is
+    freed by that process's exit, as the Neuron runtime frees its cores; the lock makes workers that
+    start together take distinct cores.
+    """
+    import fcntl
+
+    claims_dir.mkdir(parents=True, exist_ok=True)
+    with open(claims_dir / ".lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        held = core_claims(claims_dir)
+        mine = [core for core, owner in held.items() if owner == pid]
+        free = [core for core in range(cores) if core not in held]
+        if not mine and not free:
+            raise RuntimeError(f"all {cores} NeuronCores are claimed by live workers {sorted(held.values())}; "
+                               f"a worker needs one of its own: use {cores} workers or fewer")
+        core = mine[0] if mine else free[0]
+        (claims_dir / f"core_{core}").write_text(str(pid))
+    return core
+
+
+def core_claims(claims_dir: Path) -> dict[int, int]:
+    """{core: pid} of the claims whose process is still running."""
+    import psutil
+
+    claims = {}
+    for path in Path(claims_dir).glob("core_*"):
+        try:
+            pid = int(path.read_text())
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                claims[int(path.name.split("_", 1)[1])] = pid
+        except (OSError, ValueError, psutil.Error):
+            continue
+    return claims

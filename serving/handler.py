@@ -22,7 +22,10 @@ from transformers import AutoTokenizer
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
-from serving.contract import BACKEND_ENV, FIELDS, THREADS_ENV, Batch, ModelInfo, encode_pairs, pad_to_batch
+from serving.contract import (
+    BACKEND_ENV, CORE_CLAIMS_ENV, FIELDS, NEURON_CORES_ENV, THREADS_ENV, Batch, ModelInfo, claim_core, encode_pairs,
+    pad_to_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,7 @@ def prepare_backend(backend: str, gpu_id) -> torch.device:
             f"trace it again with serving.backend: {serving}"
         )
     if backend == "neuron":
-        # Each worker process takes one NeuronCore of its own from the Neuron runtime.
-        os.environ.setdefault("NEURON_RT_NUM_CORES", "1")
+        pin_neuron_core(gpu_id)
         try:
             import torch_neuronx  # noqa: F401  registers the Neuron ops torch.jit.load needs
         except ImportError:
@@ -96,6 +98,28 @@ def prepare_backend(backend: str, gpu_id) -> torch.device:
             raise RuntimeError("this model was traced for cuda, but no CUDA GPU is visible to this worker")
         return torch.device(f"cuda:{gpu_id if gpu_id is not None else 0}")
     return torch.device("cpu")
+
+
+def pin_neuron_core(gpu_id) -> int | None:
+    """One NeuronCore of its own for this worker, set before torch_neuronx loads a graph (the runtime
+    takes the visible cores then, until the process exits). Overrides whatever NEURON_RT_* the worker
+    inherited: an inherited NEURON_RT_VISIBLE_CORES=0 would put every worker on core 0.
+
+    Under the pipeline's server the core is claimed in CORE_CLAIMS_ENV (contract.claim_core says why not
+    gpu_id); elsewhere TorchServe's gpu_id when it gives one (number_of_gpu > 0); else the runtime picks
+    a free core (NEURON_RT_NUM_CORES=1, no visible cores named)."""
+    claims, cores = os.environ.get(CORE_CLAIMS_ENV), os.environ.get(NEURON_CORES_ENV)
+    if claims and cores:
+        core = claim_core(Path(claims), int(cores), os.getpid())
+    else:
+        core = int(gpu_id) if gpu_id is not None else None
+    os.environ["NEURON_RT_NUM_CORES"] = "1"
+    if core is None:
+        os.environ.pop("NEURON_RT_VISIBLE_CORES", None)
+    else:
+        os.environ["NEURON_RT_VISIBLE_CORES"] = str(core)
+    logger.info("NeuronCore %s for worker pid %d", "chosen by the runtime" if core is None else core, os.getpid())
+    return core
 
 
 class ParaphraseHandler(BaseHandler):

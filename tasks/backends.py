@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,6 +27,9 @@ from tasks.versions import package_versions
 NEURON_CORES_FILE = Path(__file__).resolve().parent.parent / "configs" / "neuron_cores.yaml"
 # Where a host can say what it is when neuron-ls is not there (set it in the worker's environment).
 INSTANCE_TYPE_ENV = "INSTANCE_TYPE"
+NEURON_LS_FALLBACK = Path("/opt/aws/neuron/bin/neuron-ls")  # the Neuron DLAMI's, off a service's PATH
+NEURON_LS_FLAGS = ("--json-output", "-j")
+UNKNOWN_OPTION = re.compile(r"unrecognized|unknown (option|argument)|invalid option|no such option", re.I)
 
 
 class BackendError(PipelineError, ValueError):
@@ -58,7 +62,7 @@ def detect(requested: str = "auto", instance_type: str | None = None) -> Acceler
 
 
 def _neuron_visible() -> bool:
-    return shutil.which("neuron-ls") is not None or any(Path("/dev").glob("neuron*"))
+    return neuron_ls_path() is not None or any(Path("/dev").glob("neuron*"))
 
 
 def _neuron(instance_type: str | None) -> Accelerator:
@@ -74,10 +78,10 @@ def _neuron(instance_type: str | None) -> Accelerator:
 
 
 def neuron_core_count(instance_type: str | None = None) -> tuple[int, str]:
-    """From `neuron-ls --json-output` when present, else from the instance type through the table."""
-    listed = _neuron_ls_cores()
-    if listed:
-        return listed, "neuron-ls --json-output"
+    """From neuron-ls's JSON listing when present, else from the instance type through the table."""
+    listing = neuron_ls()
+    if listing is not None and listing.cores:
+        return listing.cores, listing.source
     instance_type = instance_type or os.environ.get(INSTANCE_TYPE_ENV)
     table = yaml.safe_load(NEURON_CORES_FILE.read_text())
     if not instance_type:
@@ -93,20 +97,70 @@ def neuron_core_count(instance_type: str | None = None) -> tuple[int, str]:
     return int(table[instance_type]), f"instance type {instance_type} ({NEURON_CORES_FILE.name})"
 
 
-def _neuron_ls_cores() -> int:
-    neuron_ls = shutil.which("neuron-ls")
-    if neuron_ls is None:
-        return 0
-    done = subprocess.run([neuron_ls, "--json-output"], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        return 0
+class NeuronProcess(BaseModel):
+    """A process holding NeuronCores, as neuron-ls names it (per device: it lists no core ids)."""
+
+    pid: int
+    command: str
+    device: int
+    cores: list[int]  # the device's cores: the process holds one or more of them
+
+
+class NeuronListing(BaseModel):
+    source: str  # the command that answered, e.g. "neuron-ls --json-output"
+    cores: int
+    processes: list[NeuronProcess]
+
+    def holders(self, cores: list[int]) -> list[NeuronProcess]:
+        """The processes on the devices these cores belong to."""
+        return [p for p in self.processes if set(p.cores) & set(cores)]
+
+
+def neuron_ls_path() -> str | None:
+    """neuron-ls on PATH, else where the Neuron DLAMI installs it (not on a service's default PATH)."""
+    found = shutil.which("neuron-ls")
+    if found:
+        return found
+    return str(NEURON_LS_FALLBACK) if os.access(NEURON_LS_FALLBACK, os.X_OK) else None
+
+
+def neuron_ls() -> NeuronListing | None:
+    """Devices, cores and core-holding processes from neuron-ls; None without a neuron-ls that answers.
+
+    --json-output first, then -j where a neuron-ls refuses the long option: both are documented spellings.
+    """
+    path = neuron_ls_path()
+    if path is None:
+        return None
+    for flag in NEURON_LS_FLAGS:
+        try:
+            done = subprocess.run([path, flag], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode == 0:
+            return _parse_listing(done.stdout, f"neuron-ls {flag}")
+        if not UNKNOWN_OPTION.search(done.stderr + done.stdout):
+            return None
+    return None
+
+
+def _parse_listing(text: str, source: str) -> NeuronListing | None:
     try:
-        listing = json.loads(done.stdout)
+        listing = json.loads(text)
     except json.JSONDecodeError:
-        return 0
+        return None
     # A list of devices; newer releases may wrap it in an object.
     devices = listing if isinstance(listing, list) else listing.get("neuron_devices", [])
-    return sum(int(device.get("nc_count", 0)) for device in devices if isinstance(device, dict))
+    devices = [device for device in devices if isinstance(device, dict)]
+    processes, first = [], 0
+    for index, device in enumerate(devices):
+        count = int(device.get("nc_count", 0))
+        core_ids = [int(c) for c in device.get("neuroncore_ids") or range(first, first + count)]
+        first += count
+        for process in device.get("neuron_processes") or []:
+            processes.append(NeuronProcess(pid=int(process.get("pid", 0)), command=str(process.get("command", "")),
+                                           device=int(device.get("neuron_device", index)), cores=core_ids))
+    return NeuronListing(source=source, cores=first, processes=processes)
 
 
 def _cuda(instance_type: str | None) -> Accelerator:

@@ -8,7 +8,6 @@ it is (see ../shared/design.md, "One contract for both model kinds").
 from __future__ import annotations
 
 import importlib.util
-import platform
 import re
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import torch
 from pydantic import BaseModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from serving.contract import CLASS_NAMES, ModelInfo, encode_pairs
+from serving.contract import CLASS_NAMES, ModelInfo
+from tasks import child
 from tasks.config import EMBEDDED_MODEL, ModelConfig
 from tasks.errors import PipelineError
-from tasks.versions import package_versions
+from tasks.runlog import stage_logger
 
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
 EXAMPLE_PAIRS = [
@@ -125,51 +125,14 @@ def _detect_kind(config) -> str:
 def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[int], out_dir: Path,
           backend: str = "cpu", parity_tolerance: float = 1e-3) -> TracedModel:
     """Compile one graph per length bucket at batch_size for the backend, check each against the
-    untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir."""
+    untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
+
+    The work runs in a child process (tasks/build/compile.py) for every backend: on Neuron the process
+    that compiles and runs a graph keeps its NeuronCores until it exits, and this one lives all night.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    wrapped, tokenizer, kind = load_checkpoint(model)
-    buckets = sorted(set(buckets) | {max_length})
-    pairs = [EXAMPLE_PAIRS[i % len(EXAMPLE_PAIRS)] for i in range(batch_size)]
-    files, diff = {}, 0.0
-    with torch.inference_mode():
-        full_inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length)
-        expected = wrapped(*full_inputs)  # the untraced model, on the CPU, at max_length
-        for length in buckets:
-            # The examples are short enough for every bucket, so each graph sees the same tokens.
-            inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length, [length])
-            traced, device_inputs = compile_for(backend, wrapped, inputs)
-            diff = max(diff, _parity(expected, traced(*device_inputs).cpu(), parity_tolerance))
-            files[length] = f"model_{length}.pt"
-            torch.jit.save(traced, str(out_dir / files[length]))
-    tokenizer_files = [Path(p).name for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
-    info = ModelInfo(
-        kind=kind, backend=backend, batch_size=batch_size, max_length=max_length, buckets=buckets,
-        model_files=files, tokenizer_files=tokenizer_files, class_names=wrapped.class_names,
-        threshold=model.threshold if kind == "bi-encoder" else None, source=model.source,
-        parity_max_abs_diff=diff,
-        versions={"python": platform.python_version(), **package_versions("torch", "transformers")},
-    )
-    info.write(out_dir)
+    request = {"model": model.model_dump(mode="json"), "batch_size": batch_size, "max_length": max_length,
+               "buckets": sorted({b for b in buckets if b < max_length} | {max_length}), "out_dir": str(out_dir),
+               "backend": backend, "parity_tolerance": parity_tolerance, "compiler_args": model.compiler_args}
+    info = ModelInfo.model_validate(child.run("tasks.build.compile", request, TraceError, stage_logger(__name__)))
     return TracedModel(model_dir=out_dir, info=info)
-
-
-def compile_for(backend: str, wrapped: torch.nn.Module, inputs: tuple) -> tuple[torch.nn.Module, tuple]:
-    """One static graph for the backend; returns it with the inputs moved where it runs."""
-    if backend == "neuron":
-        import torch_neuronx  # only on Inf2/Trn1 hosts; compiles for one NeuronCore
-
-        return torch_neuronx.trace(wrapped, inputs), inputs
-    if backend == "cuda":
-        wrapped = wrapped.to("cuda")
-        inputs = tuple(t.to("cuda") for t in inputs)
-    return torch.jit.trace(wrapped, inputs), inputs
-
-
-def _parity(expected: torch.Tensor, got: torch.Tensor, tolerance: float) -> float:
-    """Fail on NaN/Inf (reported after Neuron tracing with newer transformers), drift or a changed label."""
-    if not torch.isfinite(got).all():
-        raise TraceError("the traced model returned NaN or Inf scores; do not serve it")
-    diff = float((expected - got).abs().max())
-    if diff > tolerance or not torch.equal(expected.argmax(-1), got.argmax(-1)):
-        raise TraceError(f"traced scores differ from the original model by {diff:.2e} (> {tolerance:.0e})")
-    return diff

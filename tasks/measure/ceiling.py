@@ -16,12 +16,16 @@ The ceiling is the best of these: the hardware's, not only this server layout's.
 of one batch alone -- a full batch, and a lone request's batch (one pair padded to batch_size,
 what a request with no batch-mates costs) -- with all threads and with one worker's threads.
 
-Call it while TorchServe is idle: its workers then hold memory only, not CPU. CPU and CUDA only:
-on Neuron the workers hold the NeuronCores, so the ceiling is skipped (measure it before register).
+Call it while TorchServe is idle: its workers then hold memory only, not CPU. It runs in a child
+process (tasks/child.py), for every backend: on Neuron the process that loads a graph keeps its
+NeuronCore until it exits, so the flow process never does. There the child asks the runtime for one
+free core (NEURON_RT_NUM_CORES=1): a core no worker holds, when workers are fewer than cores; with a
+worker on every core there is none, and the ceiling is reported unavailable, saying so.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -32,8 +36,10 @@ import torch
 from pydantic import BaseModel
 
 from serving.contract import ModelInfo, encode_pairs, pad_to_batch
+from tasks import child
 from tasks.errors import PipelineError
 from tasks.measure.loadgen import PairPool
+from tasks.runlog import stage_logger
 
 WARMUP_CALLS = 2  # TorchScript's profiling executor optimises on the first calls of each graph
 MAX_BATCHES = 32  # distinct batches cycled through (lengths vary with the pairs)
@@ -41,6 +47,10 @@ MAX_BATCHES = 32  # distinct batches cycled through (lengths vary with the pairs
 
 class CeilingUnavailable(PipelineError):
     """The ceiling cannot be measured here; the message says why."""
+
+
+class CeilingError(PipelineError):
+    """Measuring the ceiling failed."""
 
 
 class Layout(BaseModel):
@@ -79,12 +89,20 @@ def load_models(model_dir: Path) -> tuple[dict[int, torch.nn.Module], ModelInfo,
     """{length: graph} as the handler loads them, with the model's facts and the device they run on."""
     info = ModelInfo.read(model_dir)
     if info.backend == "neuron":
-        raise CeilingUnavailable("backend neuron: the TorchServe workers hold the NeuronCores")
+        import torch_neuronx  # noqa: F401  in the ceiling's child only: registers the ops the graphs need
     if info.backend == "cuda" and not torch.cuda.is_available():
         raise CeilingUnavailable("backend cuda: no CUDA GPU visible to this process")
     device = torch.device("cuda" if info.backend == "cuda" else "cpu")
-    models = {length: torch.jit.load(str(model_dir / name), map_location=device).eval()
-              for length, name in info.model_files.items()}
+    try:
+        models = {length: torch.jit.load(str(model_dir / name), map_location=device).eval()
+                  for length, name in info.model_files.items()}
+    except RuntimeError as error:
+        if "NeuronCore(s) not available" not in str(error):
+            raise
+        raise CeilingUnavailable("backend neuron: no NeuronCore is free, every one is held by a TorchServe "
+                                 f"worker ({error})",
+                                 fix="serve with fewer workers than NeuronCores to measure the ceiling on a "
+                                 "spare one") from None
     return models, info, device
 
 
@@ -162,7 +180,26 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
 
 def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
             seconds: float = 3.0) -> Ceiling:
-    """Time the traced graphs in-process; the better throughput layout is the ceiling."""
+    """Time the traced graphs in a child process; the better throughput layout is the ceiling."""
+    # No inherited NEURON_RT_*: the runtime picks one free core for the child (ignored off Neuron).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")}
+    env["NEURON_RT_NUM_CORES"] = "1"
+    request = {"model_dir": str(model_dir), "pairs": [list(pair) for pair in pairs], "workers": workers,
+               "threads_per_worker": threads_per_worker, "seconds": seconds}
+    result = child.run("tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=env,
+                       known=(CeilingUnavailable,))
+    return Ceiling.model_validate(result)
+
+
+def _measure_request(request: dict) -> dict:
+    pairs = [tuple(pair) for pair in request["pairs"]]
+    return measure_here(Path(request["model_dir"]), pairs, request["workers"], request["threads_per_worker"],
+                        request["seconds"]).model_dump(mode="json")
+
+
+def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
+                 seconds: float = 3.0) -> Ceiling:
+    """Time the traced graphs in this process (the ceiling's child); the better throughput layout wins."""
     previous = torch.get_num_threads()
     total = workers * threads_per_worker
     busy_0, wall_0 = _busy(), time.monotonic()
@@ -197,3 +234,7 @@ def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads
         other_cores=max(0.0, other),
         layouts=layouts + [alone] + ([worker_alone] if worker_alone is not alone else []),
     )
+
+
+if __name__ == "__main__":
+    child.main(_measure_request)

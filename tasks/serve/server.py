@@ -25,9 +25,10 @@ import httpx
 import psutil
 from pydantic import BaseModel, SecretStr
 
-from serving.contract import BACKEND_ENV, THREADS_ENV
+from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THREADS_ENV
 from tasks.config import ResolvedServing, ServingConfig
 from tasks.errors import PipelineError
+from tasks.serve import cores
 from tasks.polling import Pending, TimedOut, wait_until
 from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, tail
 from tasks.processes import stop as stop_processes
@@ -206,12 +207,15 @@ def start(
     logs = logs_dir(server_dir)
     logs.mkdir(exist_ok=True)
     ports = pick_ports(serving)
+    if resolved.backend == "neuron":
+        cores.ensure_free(resolved.initial_workers)  # before anything starts: busy cores can't be shared
     gpus = resolved.cores if resolved.backend == "cuda" else 0
     config_file = write_config(serving, ports, model_store, server_dir, gpus)
     # A short path of its own: TorchServe's pid file and worker unix sockets (<=108 chars) go here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
     env = dict(
-        os.environ,
+        # No inherited NEURON_RT_* (e.g. VISIBLE_CORES=0 for every worker): each worker pins its own core.
+        {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")},
         TMPDIR=str(temp_dir),
         TEMP=str(temp_dir),
         LOG_LOCATION=str(logs),
@@ -219,6 +223,8 @@ def start(
         JAVA_HOME=str(Path(java).resolve().parent.parent),
         OMP_NUM_THREADS=str(resolved.threads_per_worker),
         **{THREADS_ENV: str(resolved.threads_per_worker), BACKEND_ENV: resolved.backend},
+        **({NEURON_CORES_ENV: str(resolved.cores), CORE_CLAIMS_ENV: str(cores.claims_dir(server_dir))}
+           if resolved.backend == "neuron" else {}),
     )
     command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
                "--ts-config", str(config_file)]

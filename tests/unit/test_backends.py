@@ -11,7 +11,7 @@ import torch
 from serving.handler import BACKEND_ENV, prepare_backend
 from tasks import backends
 from tasks.config import ConfigError, ServingConfig, resolve_serving
-from tasks.build.trace import compile_for
+from tasks.build.compile import compile_for
 
 STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"
 
@@ -33,6 +33,8 @@ def neuron_host(monkeypatch, tmp_path):
     # The stand-in neuron-ls is a Python script: keep this interpreter's directory on PATH.
     monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{Path(sys.executable).parent}")
     monkeypatch.setenv("TORCH_NEURONX_STAND_IN_LOG", str(tmp_path / "stand-in.log"))
+    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_CORES", str(tmp_path / "cores"))
+    monkeypatch.setenv("PYTHONPATH", str(STAND_INS))  # for the child processes (ceiling, trace)
     importlib.invalidate_caches()
     yield tmp_path / "stand-in.log"
     sys.modules.pop("torch_neuronx", None)
@@ -112,7 +114,7 @@ def test_a_backend_that_is_not_there_is_refused_before_anything_starts(no_neuron
 def test_neuron_compilation_goes_through_torch_neuronx_trace(neuron_host):
     module = torch.nn.Linear(4, 2)
     inputs = (torch.ones(3, 4),)
-    traced, moved = compile_for("neuron", module, inputs)
+    traced, moved = compile_for("neuron", module, inputs, ["--auto-cast", "none"])
     assert torch.allclose(traced(*moved), module(*inputs))
     events = [json.loads(line) for line in neuron_host.read_text().splitlines()]
     assert [e["shapes"] for e in events if e["event"] == "trace"] == [[[3, 4]]]

@@ -61,7 +61,7 @@ def test_one_worker_of_two_threads_is_compared_with_two_single_thread_streams_to
     assert result.worker_lone_batch_latency_ms == result.lone_batch_latency_ms
 
 
-def test_neuron_models_are_not_timed_in_process(model_dir):
-    ModelInfo.read(model_dir).model_copy(update={"backend": "neuron"}).write(model_dir)
-    with pytest.raises(ceiling.CeilingUnavailable, match="NeuronCores"):
-        ceiling.measure(model_dir, PAIRS, workers=2, threads_per_worker=1, seconds=0.1)
+def test_a_failure_in_the_ceilings_child_process_reaches_the_caller_with_its_message(model_dir):
+    (model_dir / "model_8.pt").write_text("not a graph")
+    with pytest.raises(ceiling.CeilingError, match="model_8.pt|PytorchStreamReader|zip"):
+        ceiling.measure(model_dir, PAIRS, workers=1, threads_per_worker=1, seconds=0.1)

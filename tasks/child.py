@@ -1,0 +1,98 @@
+"""Work that may touch an accelerator runs in a short-lived child process, never in the flow's own.
+
+The Neuron runtime gives the NeuronCores to the first process that runs a Neuron graph and keeps them
+until that process exits (../shared/design.md, "Who may touch the accelerator"). The flow process lives
+all night, so compile, parity and the in-process ceiling run here instead: `python -m <module>` with a
+JSON request file, a JSON result file back, the child's stderr streamed into the stage's log. The same
+path runs for every backend, so the nightly CPU run proves it.
+
+A child module ends with `if __name__ == "__main__": child.main(work)`, where work(request: dict) ->
+dict. A PipelineError raised in the child comes back as the same message and fix, raised in the parent
+as the class the caller names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from tasks.errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ChildError(PipelineError):
+    """A child process failed without a PipelineError of its own (a crash, a kill, a bug)."""
+
+
+def run(module: str, request: dict, error: type[PipelineError] = ChildError, log: logging.Logger | None = None,
+        env: dict[str, str] | None = None, timeout: float | None = None,
+        known: tuple[type[PipelineError], ...] = ()) -> dict:
+    """Run `python -m module` on request; return its result, or raise `error` with the child's message
+    (or the class in `known` the child raised, matched by name)."""
+    log = log or logging.getLogger(module)
+    with tempfile.TemporaryDirectory(prefix="child-") as work:
+        request_file, result_file = Path(work) / "request.json", Path(work) / "result.json"
+        request_file.write_text(json.dumps(request))
+        child_env = dict(os.environ if env is None else env)
+        # The child imports tasks/ and serving/ from this checkout, wherever the flow was started from.
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
+        process = subprocess.Popen([sys.executable, "-m", module, str(request_file), str(result_file)],
+                                   cwd=REPO_ROOT, env=child_env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=_stream, args=(process.stderr, log, module, lines), daemon=True)
+        reader.start()
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise error(f"{module} did not finish within {timeout:g} s", fix="see its log lines above") from None
+        finally:
+            reader.join(timeout=5)
+        answer = json.loads(result_file.read_text()) if result_file.is_file() else None
+    if code == 0 and answer and "result" in answer:
+        return answer["result"]
+    if answer and "error" in answer:
+        raised = answer["error"]
+        error = next((kind for kind in known if kind.__name__ == raised.get("kind")), error)
+        raise error(raised["message"], fix=raised.get("fix"), retryable=raised.get("retryable", False))
+    last = "\n".join(lines[-20:])
+    raise error(f"{module} exited with code {code} and no result\n{last}",
+                fix="read the child's log lines above; a negative code is the signal that killed it")
+
+
+def _stream(pipe, log, module: str, lines: list[str]) -> None:
+    for line in pipe:
+        line = line.rstrip()
+        lines.append(line)
+        log.info("[%s] %s", module.rsplit(".", 1)[-1], line)
+
+
+def main(work: Callable[[dict], dict]) -> None:
+    """The child's side: read the request, do the work, write the result or the error, exit."""
+    request_file, result_file = Path(sys.argv[1]), Path(sys.argv[2])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    try:
+        answer = {"result": work(json.loads(request_file.read_text()))}
+        code = 0
+    except PipelineError as failure:
+        answer = {"error": {"message": failure.message, "fix": failure.fix, "retryable": failure.retryable,
+                            "kind": type(failure).__name__}}
+        code = 1
+    except Exception as failure:  # a bug or a library's error: its traceback goes to the log
+        traceback.print_exc()
+        answer = {"error": {"message": f"{type(failure).__name__}: {failure}", "fix": None}}
+        code = 1
+    result_file.write_text(json.dumps(answer))
+    sys.stderr.flush()
+    sys.exit(code)

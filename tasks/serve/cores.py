@@ -1,0 +1,85 @@
+"""NeuronCores: free before start, one per worker after registration.
+
+The Neuron runtime gives a process its visible cores when it first loads a Neuron graph and keeps them
+until the process exits; a worker whose core is taken cannot load. So start refuses to begin while
+another process holds a core this run's workers will take (naming it: we never stop a process we did
+not start), and after registration every worker must hold a core of its own. Each worker claims its
+core in the server's directory (serving/contract.claim_core); neuron-ls confirms the runtime agrees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from pydantic import BaseModel
+
+from serving.contract import core_claims
+from tasks.backends import neuron_ls
+from tasks.errors import PipelineError
+
+if TYPE_CHECKING:
+    from tasks.serve.server import Server
+
+CLAIMS_DIR = "neuron_cores"  # in the server's directory: one claim file per core, holding the worker's pid
+
+
+class CoresError(PipelineError):
+    """NeuronCores the run needs are held elsewhere, or workers do not hold one core each."""
+
+
+class CoreMap(BaseModel):
+    """Which worker holds which NeuronCore, and what confirmed it."""
+
+    cores: dict[int, int]  # core -> worker pid
+    checked_with: list[str]
+
+
+def claims_dir(server_dir: Path) -> Path:
+    return Path(server_dir) / CLAIMS_DIR
+
+
+def ensure_free(workers: int) -> None:
+    """Refuse to start while a process holds a device whose cores the run's workers will claim (0..workers-1).
+
+    neuron-ls lists holders per device, not per core, so a holder anywhere on such a device counts.
+    """
+    listing = neuron_ls()
+    if listing is None:
+        return  # nothing lists holders here; a taken core shows as the runtime's error when a worker loads
+    holders = listing.holders(list(range(workers)))
+    if holders:
+        named = "; ".join(f"pid {p.pid} ({p.command or '?'}) on Neuron device {p.device}" for p in holders)
+        raise CoresError(
+            f"NeuronCores this run needs are held by another process: {named}. The Neuron runtime keeps a "
+            f"process's cores until it exits, so TorchServe's workers could not load; TorchServe was not started",
+            fix="stop that process (it was not started by this run, so the pipeline leaves it alone), "
+            "or serve with fewer workers on other devices",
+        )
+
+
+def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
+    """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
+    with httpx.Client(base_url=server.management_url, headers=server.management_headers(), timeout=30) as client:
+        answer = client.get(f"/models/{model_name}")
+        answer.raise_for_status()
+    pids = [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
+    claimed = {pid: core for core, pid in core_claims(claims_dir(server.server_dir)).items()}
+    cores = {claimed[pid]: pid for pid in pids if pid in claimed}
+    problems = []
+    if len(pids) != workers:
+        problems.append(f"{len(pids)} READY workers, {workers} wanted")
+    if len(cores) != len(pids):
+        problems.append(f"workers without a core of their own: {sorted(set(pids) - set(cores.values()))}")
+    checked = ["worker core claims"]
+    listing = neuron_ls()
+    if listing is not None:
+        checked.append(listing.source)
+        for core, pid in cores.items():
+            if not any(p.pid == pid and core in p.cores for p in listing.processes):
+                problems.append(f"{listing.source} does not list worker pid {pid} on the device of NeuronCore {core}")
+    if problems:
+        raise CoresError(f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
+                         fix="read the workers' log (server/logs/model_log.log): each says which core it took")
+    return CoreMap(cores=dict(sorted(cores.items())), checked_with=checked)
