@@ -3,10 +3,13 @@
     .venv/bin/python deployments/local.py up      # server + work pools + deploy + worker + one run
     .venv/bin/python deployments/local.py down    # stop exactly what `up` started
     .venv/bin/python deployments/local.py status
+    .venv/bin/python deployments/local.py resume [DEPLOYMENT ...]   # turn paused schedules on
 
 `up` starts a Prefect server on 127.0.0.1 (SQLite under .prefect-local/), creates the process
 work pools named in prefect.yaml from deployments/process-pool.json, runs `prefect deploy --all`,
-starts a process worker on the CPU pool and triggers one run with `prefect deployment run`.
+pauses the schedules of targets with no worker on this host, creates the alert Automations
+(deployments/alerts.py), starts a process worker on the CPU pool and triggers one run with
+`prefect deployment run`.
 Every process it starts gets its own process group and a pid file under .prefect-local/pids/,
 so `down` stops exactly those: first the flow runs in progress (SIGTERM: the flow stops its
 TorchServe), then the workers, then the server.
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import psutil
@@ -195,6 +199,68 @@ def start_workers(state: Path, env: dict[str, str], pool: str, count: int) -> No
         print(f"{name}: polling {pool} (log {state / 'logs' / (name + '.log')})")
 
 
+def deployments_by_pool() -> dict[str, str]:
+    """Each deployment of prefect.yaml (flow/deployment) and the work pool it runs on."""
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    return {f"{config['name']}/{d['name']}": d["work_pool"]["name"] for d in config["deployments"]}
+
+
+def set_schedules(env: dict[str, str], names: list[str], active: bool) -> dict[str, UUID]:
+    """Turn the schedules of the named deployments on or off; return their ids by short name."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    ids = {}
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        for name in names:
+            deployment = client.read_deployment_by_name(name)
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=active)
+            ids[name.split("/")[-1]] = deployment.id
+    return ids
+
+
+def schedule_targets(env: dict[str, str], pool: str) -> dict[str, UUID]:
+    """Only targets with a worker here keep their nightly schedule; the others are paused, so no Late
+    runs pile up for a worker that never comes. Returns the active ones' ids by short name."""
+    by_pool = deployments_by_pool()
+    here = [name for name, p in by_pool.items() if p == pool]
+    absent = [name for name, p in by_pool.items() if p != pool]
+    active = set_schedules(env, here, True)
+    set_schedules(env, absent, False)
+    for name in absent:
+        print(f"schedule paused (no worker on this host): {name}; resume: "
+              f".venv/bin/python deployments/local.py resume {name.split('/')[-1]}")
+    return active
+
+
+def set_up_alerts(env: dict[str, str], missed: dict[str, UUID]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bert_validation_alerts", ROOT / "deployments" / "alerts.py")
+    alerts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alerts)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        names = alerts.set_up(missed)
+    if names is None:
+        print(f"alerts: off (set {alerts.WEBHOOK_ENV} to a webhook URL: Slack, Teams or any POST endpoint)")
+    else:
+        print(f"alerts: {len(names)} automations notify through block {alerts.BLOCK_NAME!r}")
+
+
+def resume(args) -> int:
+    env = prefect_env(_state_dir(args), args.port)
+    flow = yaml.safe_load((ROOT / "prefect.yaml").read_text())["name"]
+    names = [n if "/" in n else f"{flow}/{n}" for n in args.names] or list(deployments_by_pool())
+    if not _healthy(args.port):
+        raise LocalError(f"no Prefect server answers at {api_url(args.port)}", fix="run `up` first, or pass --port")
+    for name in set_schedules(env, names, True):
+        print(f"schedule active: {name}")
+    return 0
+
+
 def trigger(env: dict[str, str], deployment: str, params: str | None) -> str:
     command = ["deployment", "run", deployment]
     if params:
@@ -217,6 +283,8 @@ def up(args) -> int:
     start_server(state, args.port, env)
     create_pools(env)
     deploy(env)
+    active = schedule_targets(env, args.pool)
+    set_up_alerts(env, active)
     start_workers(state, env, args.pool, args.workers)
     if not args.no_run:
         flow_run = trigger(env, args.deployment, args.params)
@@ -272,7 +340,8 @@ def status(args) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "resume"])
+    parser.add_argument("names", nargs="*", help="resume: deployments whose schedules to turn on (default: all)")
     parser.add_argument("--dir", help="state directory: SQLite database, logs, pid files "
                         "(default: $BERT_LOCAL_DIR or .prefect-local/)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("BERT_LOCAL_PORT", 4200)),
@@ -283,13 +352,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--params", help="JSON parameters for the run, e.g. "
                         "'{\"overrides\": {\"benchmark.duration\": 5}}'")
     parser.add_argument("--no-run", action="store_true", help="set up, but trigger no run")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return {"up": up, "down": down, "status": status}[args.command](args)
+        return {"up": up, "down": down, "status": status, "resume": resume}[args.command](args)
     except LocalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,200 @@
+"""A night nobody watches, for real: `deployments/local.py up` (Prefect server on loopback, pools,
+deploy, a process worker, the alert Automations through a webhook block pointed at a receiver on
+loopback). A run is cancelled mid-benchmark with Prefect's client and must end Cancelled with no
+TorchServe left; a failed run, a regression event and a missed night each reach the receiver as a POST
+naming the deployment, the run, the stage with its error, and the link."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tasks.config import REPO_ROOT
+from tasks.serve import server as server_stage
+from tests.e2e.conftest import assert_server_gone
+from tests.e2e.test_deployment import DEPLOYMENT, TERMINAL, TINY, Api, _free_port, _local, _recorded_processes
+
+pytestmark = pytest.mark.e2e
+
+PREFECT = REPO_ROOT / ".venv" / "bin" / "prefect"
+
+
+class Receiver:
+    """A webhook endpoint on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.received:
+                if text in message.get("text", ""):
+                    return message
+            time.sleep(0.5)
+        raise AssertionError(f"no notification with {text!r} within {timeout:g} s; got {self.received}")
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    base = tmp_path_factory.mktemp("night")
+    state, runs_dir, port = base / "state", base / "runs", _free_port()
+    receiver = Receiver()
+    os.environ["BERT_VALIDATION_ALERT_WEBHOOK"] = receiver.url  # read by `up`: stored in a block, nowhere else
+    env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_HOME=str(state / "home"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    try:
+        up = _local("up", state, port, "--no-run")
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield {"api": Api(port), "env": env, "state": state, "runs_dir": runs_dir, "port": port,
+               "receiver": receiver, "up": up.stdout}
+    finally:
+        os.environ.pop("BERT_VALIDATION_ALERT_WEBHOOK", None)
+        leftovers = _recorded_processes(state)
+        _local("down", state, port, timeout=300)
+        for process in leftovers:
+            if process.is_running():
+                process.kill()
+        receiver.server.shutdown()
+
+
+def _run(night, overrides: dict) -> str:
+    params = json.dumps({"overrides": {**TINY, "runs_dir": str(night["runs_dir"]), **overrides}})
+    run = subprocess.run([str(PREFECT), "deployment", "run", DEPLOYMENT, "--params", params], cwd=REPO_ROOT,
+                         env=night["env"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1)
+
+
+def _final(night, flow_run_id: str, timeout: float = 400) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = night["api"].get(f"/flow_runs/{flow_run_id}")
+        if run["state_type"] in TERMINAL:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {flow_run_id} did not finish: {run['state_type']}")
+
+
+def _client(night):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    settings = temporary_settings({PREFECT_API_URL: night["env"]["PREFECT_API_URL"]})
+    return settings, get_client
+
+
+def test_up_pauses_targets_without_a_worker_here_and_says_how_to_resume(night):
+    schedules = {name: night["api"].get(f"/deployments/name/bert-serving-validation/{name}")["schedules"][0]["active"]
+                 for name in ("nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu")}
+    assert schedules == {"nightly-cpu-embedded": True, "nightly-inf2-xlarge": False, "nightly-gpu": False}
+    assert "deployments/local.py resume nightly-gpu" in night["up"]
+    resumed = _local("resume", night["state"], night["port"], "nightly-gpu")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert night["api"].get("/deployments/name/bert-serving-validation/nightly-gpu")["schedules"][0]["active"]
+
+
+def test_the_webhook_url_is_kept_as_a_secret_of_the_block(night):
+    blocks = night["api"].post("/block_documents/filter", {})
+    (block,) = [b for b in blocks if b["name"] == "bert-validation-alerts"]
+    assert night["receiver"].url not in json.dumps(block)  # read back masked
+
+
+def test_a_run_cancelled_through_the_worker_ends_cancelled_with_no_torchserve_left(night):
+    from prefect.states import Cancelling
+
+    flow_run_id = _run(night, {"benchmark.duration": 600})
+    worker_log = night["state"] / "logs" / "worker-1.log"
+    deadline = time.monotonic() + 400
+    while not re.search(r"benchmark +\d+ s:", worker_log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "the benchmark never started"
+        assert night["api"].get(f"/flow_runs/{flow_run_id}")["state_type"] not in TERMINAL
+        time.sleep(0.5)
+    settings, get_client = _client(night)
+    with settings, get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(message="cancelled by the test"))
+    asked = time.monotonic()
+    run = _final(night, flow_run_id, timeout=120)
+    took = time.monotonic() - asked
+    assert run["state_type"] == "CANCELLED", run["state"]
+    history = [s["type"] for s in night["api"].client.get("/flow_run_states/",
+                                                          params={"flow_run_id": flow_run_id}).json()]
+    assert "CRASHED" not in history, history
+    run_dir = next(d for d in night["runs_dir"].iterdir() if not d.is_symlink()
+                   and (d / "summary.json").is_file()
+                   and json.loads((d / "summary.json").read_text())["status"] == "interrupted")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {s["name"]: s["status"] for s in summary["stages"]}["benchmark"] == "interrupted"
+    assert_server_gone(server_stage.load_record(run_dir / "server"))
+    print(f"cancel through the worker: Cancelled {took:.1f} s after Cancelling was set")
+
+
+def test_a_failed_run_is_told_with_its_deployment_stage_error_and_link(night):
+    flow_run_id = _run(night, {"serving.startup_timeout": 0.01})
+    run = _final(night, flow_run_id)
+    assert run["state_type"] == "FAILED"
+    message = night["receiver"].wait_for(run["name"])
+    assert message["subject"].startswith("Failed: nightly-cpu-embedded")
+    body = message["body"]
+    print(f"failure notification:\n{message['text']}")
+    assert "deployment: nightly-cpu-embedded" in body and f"run: {run['name']}" in body
+    assert re.search(r"stage and error: stage start failed: ServerError: TorchServe did not answer /ping.*\n", body), body
+    assert f"/runs/flow-run/{flow_run_id}" in body
+
+
+def test_a_benchmark_regression_is_told(night):
+    from prefect import flow
+
+    from tasks.measure.results import Regression
+    from tasks.report.events import emit_regression
+
+    @flow(name="regression-event-probe")
+    def regressed_night():
+        emit_regression(Regression(status="regressed", action="warn", tolerance=0.2,
+                                   message="inferences_per_s 12.0 vs median 21.0 of 3 runs (-43%)"), Path("."))
+
+    settings, _ = _client(night)
+    with settings:
+        state = regressed_night(return_state=True)
+    assert state.is_completed()
+    message = night["receiver"].wait_for("Regressed")
+    assert "stage and error: benchmark: inferences_per_s 12.0 vs median 21.0 of 3 runs" in message["body"]
+    assert f"/flow-run/{state.state_details.flow_run_id}" in message["body"]
+
+
+def test_a_missed_night_is_told(night):
+    """The 26 h window, shortened: a deployment with no completed run within it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("alerts", REPO_ROOT / "deployments" / "alerts.py")
+    alerts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alerts)
+    settings, _ = _client(night)
+    with settings:
+        deployment_id = night["api"].get("/deployments/name/bert-serving-validation/nightly-gpu")["id"]
+        alerts.set_up({"nightly-gpu": deployment_id}, missed_after=timedelta(seconds=15))
+    message = night["receiver"].wait_for("Missed night: nightly-gpu", timeout=120)
+    assert "deployment: nightly-gpu" in message["body"] and deployment_id in message["body"]

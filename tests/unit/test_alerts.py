@@ -1,0 +1,75 @@
+"""The alert Automations (deployments/alerts.py): what triggers each, and what its message says."""
+
+import importlib.util
+import signal
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from uuid import uuid4
+
+from prefect.exceptions import TerminationSignal
+from prefect.server.utilities.user_templates import _sync_template_environment
+
+from flows.cli import _interrupted, _signal_of
+from tasks.config import REPO_ROOT
+from tasks.report.events import REGRESSED
+
+
+def _alerts():
+    spec = importlib.util.spec_from_file_location("alerts", REPO_ROOT / "deployments" / "alerts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_failed_crashed_regressed_and_one_missed_night_watch_per_active_deployment():
+    alerts = _alerts()
+    gpu = uuid4()
+    found = {a.name: a for a in alerts.automations(uuid4(), {"nightly-gpu": gpu})}
+    failed = found["bert-validation: run failed or crashed"].trigger
+    assert failed.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    assert found["bert-validation: benchmark regressed"].trigger.expect == {REGRESSED}
+    missed = found["bert-validation: missed night nightly-gpu"].trigger
+    assert missed.posture == "Proactive" and missed.within == timedelta(hours=26)
+    assert missed.expect == {"prefect.flow-run.Completed"}
+    assert missed.match_related.root == {"prefect.resource.id": f"prefect.deployment.{gpu}"}
+
+
+def test_the_failure_message_names_deployment_run_stage_first_error_line_and_link():
+    alerts = _alerts()
+    state = SimpleNamespace(name="Failed", message="Flow run encountered an exception: StageFailed: stage start failed: "
+                            "ServerError: no ping\nfix: read the log")
+    context = {"flow_run": SimpleNamespace(name="quirky-doberman", state=state), "flow": SimpleNamespace(name="f"),
+               "deployment": SimpleNamespace(name="nightly-cpu-embedded")}
+    environment = _sync_template_environment.overlay()
+    environment.filters["ui_url"] = lambda run: "http://127.0.0.1:4200/runs/flow-run/1"
+    body = environment.from_string(alerts.FAILED_BODY).render(context)
+    assert "deployment: nightly-cpu-embedded" in body and "run: quirky-doberman" in body
+    assert "\nstage and error: stage start failed: ServerError: no ping\n" in body and "fix:" not in body
+    assert "link: http://127.0.0.1:4200/runs/flow-run/1" in body
+    subject = environment.from_string(alerts.FAILED_SUBJECT).render(context)
+    assert subject == "Failed: nightly-cpu-embedded / quirky-doberman"
+
+
+def test_an_interruption_is_found_behind_the_error_prefect_raised_while_reporting_it():
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ConnectionError("the temporary API server is gone")
+    except ConnectionError as error:
+        assert _signal_of(error) == signal.SIGINT
+    assert _signal_of(TerminationSignal(signal.SIGTERM)) == signal.SIGTERM
+    assert _signal_of(ValueError("plain")) is None
+
+
+def test_the_ctrl_c_line_says_what_was_stopped(tmp_path):
+    run_dir = tmp_path / "20261124-000000-abcdef"
+    run_dir.mkdir()
+    (tmp_path / "latest").symlink_to(run_dir.name)
+    (run_dir / "summary.json").write_text(
+        '{"status": "interrupted", "interrupted": {"by": "Ctrl-C (SIGINT)", "stopped": {"stopped": 3}},'
+        ' "stages": [{"name": "stop", "status": "ok"}]}')
+    line = _interrupted(tmp_path, started=0)
+    assert line == f"interrupted: TorchServe stopped (3 processes); summary: {(run_dir / 'summary.json').resolve()}"
+    assert _interrupted(Path(tmp_path / "none"), started=0) == "interrupted before the run started: nothing to stop"
