@@ -71,6 +71,14 @@ def run(module: str, request: dict, error: type[PipelineError] = ChildError, log
                 fix="read the child's log lines above; a negative code is the signal that killed it")
 
 
+def one_core_env() -> dict[str, str]:
+    """This environment for a child that may load a Neuron graph: no inherited NEURON_RT_*, and one core,
+    which the runtime picks among the free ones (ignored off Neuron). A child never needs more."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")}
+    env["NEURON_RT_NUM_CORES"] = "1"
+    return env
+
+
 def _stream(pipe, log, module: str, lines: list[str]) -> None:
     for line in pipe:
         line = line.rstrip()

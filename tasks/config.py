@@ -250,10 +250,10 @@ def existing_file(path: Path | None) -> Path | None:
     raise ValueError(f"{path} does not exist; give an existing file or null")
 
 
-# Largest difference the stand-in's BF16 graph of the embedded model showed, x4 for margin (README,
-# "Running on Inf2 / Trn1", says how it was measured); a dropped attention mask or swapped inputs
-# move scores by far more.
-BF16_PARITY_TOLERANCE = 0.05
+# python -m tools.bf16_tolerance (stand-in BF16 graph of the embedded model, 216 golden + MRPC dev pairs
+# at 128 tokens): healthy, largest |score diff| 2.0e-3 and |probability diff| 9.6e-4; x5 for margin.
+# A dropped attention mask moves scores by 0.81 (probabilities 0.36). README, "Running on Inf2 / Trn1".
+BF16_PARITY_TOLERANCE = 0.01
 
 
 def auto_cast_type(backend: str, compiler_args: list[str]) -> str | None:

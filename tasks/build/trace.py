@@ -134,5 +134,6 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
     request = {"model": model.model_dump(mode="json"), "batch_size": batch_size, "max_length": max_length,
                "buckets": sorted({b for b in buckets if b < max_length} | {max_length}), "out_dir": str(out_dir),
                "backend": backend, "parity_tolerance": parity_tolerance, "compiler_args": model.compiler_args}
-    info = ModelInfo.model_validate(child.run("tasks.build.compile", request, TraceError, stage_logger(__name__)))
+    info = ModelInfo.model_validate(child.run("tasks.build.compile", request, TraceError, stage_logger(__name__),
+                                                   env=child.one_core_env()))
     return TracedModel(model_dir=out_dir, info=info)

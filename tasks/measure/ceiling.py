@@ -25,7 +25,6 @@ worker on every core there is none, and the ceiling is reported unavailable, say
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -181,12 +180,9 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
 def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
             seconds: float = 3.0) -> Ceiling:
     """Time the traced graphs in a child process; the better throughput layout is the ceiling."""
-    # No inherited NEURON_RT_*: the runtime picks one free core for the child (ignored off Neuron).
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")}
-    env["NEURON_RT_NUM_CORES"] = "1"
     request = {"model_dir": str(model_dir), "pairs": [list(pair) for pair in pairs], "workers": workers,
                "threads_per_worker": threads_per_worker, "seconds": seconds}
-    result = child.run("tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=env,
+    result = child.run("tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=child.one_core_env(),
                        known=(CeilingUnavailable,))
     return Ceiling.model_validate(result)
 

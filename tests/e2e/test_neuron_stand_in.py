@@ -1,65 +1,108 @@
-"""The whole pipeline on backend=neuron, through the stand-in torch_neuronx and neuron-ls.
+"""The whole pipeline on backend=neuron, through the stand-in torch_neuronx runtime and neuron-ls.
 
 Real TorchServe, real workers, the real handler; only torch_neuronx and neuron-ls are stand-ins
-(tests/stand_ins/README.md). This proves the calls the pipeline makes and the environment each
-worker loads its model in -- not that Neuron compiles or runs BERT.
+(tests/stand_ins/README.md). The stand-in runtime keeps Neuron's rule that a process owns the cores
+of its first graph until it exits, so these prove who touches the cores and when, each worker's core,
+and that parity holds BF16 graphs to a tolerance that still catches a broken compile -- not that Neuron
+compiles or runs BERT.
 """
 
 import importlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flows.validate import validate
 from tasks.build.archive import archive
-from tasks.config import DEFAULT_CONFIG_FILE, ModelConfig, ResolvedServing, ServingConfig
-from tasks.build.trace import trace
+from tasks.build.trace import TraceError, trace
+from tasks.config import DEFAULT_CONFIG_FILE, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
 from tests.e2e.conftest import register_refusal
 
 pytestmark = pytest.mark.e2e
 
 STAND_INS = Path(__file__).resolve().parent.parent / "stand_ins"
+OVERRIDES = {"serving.backend": "neuron", "serving.free_ports": True, "serving.batch_size": 2,
+             "serving.max_length": 32, "benchmark.enabled": False}
 
 
 @pytest.fixture
 def neuron_host(monkeypatch, tmp_path):
-    """This process and every TorchServe worker it starts see the stand-ins."""
+    """This process, its children and every TorchServe worker see the stand-ins and one core directory."""
     log = tmp_path / "torch_neuronx.log"
     monkeypatch.syspath_prepend(str(STAND_INS))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(STAND_INS), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("TORCH_NEURONX_STAND_IN_LOG", str(log))
+    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_CORES", str(tmp_path / "cores"))
     monkeypatch.delenv("NEURON_RT_NUM_CORES", raising=False)
     importlib.invalidate_caches()
     yield log
     sys.modules.pop("torch_neuronx", None)
 
 
-def test_the_pipeline_serves_on_neuron_one_core_per_worker(prefect_server, neuron_host, tmp_path):
-    overrides = {"runs_dir": str(tmp_path / "runs"), "serving.backend": "neuron", "serving.free_ports": True,
-                 "serving.batch_size": 2, "serving.max_length": 32, "benchmark.enabled": False}
-    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
+def events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_an_inherited_core(
+        prefect_server, neuron_host, tmp_path, monkeypatch):
+    # Inherited by the flow: it would put every worker on core 0 if the server passed it through.
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
+    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"),
+                                                                         **OVERRIDES})
 
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
-    resolved = summary["resolved"]
-    assert resolved["backend"] == "neuron" and resolved["cores"] == 2
-    assert resolved["cores_source"] == "neuron-ls --json-output" and resolved["initial_workers"] == 2
-    assert "torch-neuronx" in resolved["versions"]
-    run_dir = tmp_path / "runs" / "latest"
-    assert json.loads((run_dir / "model" / "model_info.json").read_text())["backend"] == "neuron"
+    assert (summary["resolved"]["cores"], summary["resolved"]["initial_workers"]) == (2, 2)
+    assert summary["model"]["compiler_args"] == ["--auto-cast", "matmult", "--auto-cast-type", "bf16"]
+    assert summary["model"]["parity_tolerance"] == ChecksConfig().bf16_parity_tolerance
+    core_map = summary["core_map"]["cores"]
+    assert sorted(core_map) == ["0", "1"] and len(set(core_map.values())) == 2
+    assert "neuron-ls --json-output" in summary["core_map"]["checked_with"]
 
-    events = [json.loads(line) for line in neuron_host.read_text().splitlines()]
-    traces = [e for e in events if e["event"] == "trace"]
-    assert len(traces) == 1 and traces[0]["pid"] == os.getpid()
-    assert traces[0]["shapes"] == [[2, 32]] * 4  # ids and masks of both sentences, batch 2 x 32 tokens
-    workers = {e["pid"]: e for e in events if e["event"] == "import" and e["pid"] != os.getpid()}
-    assert len(workers) == 2  # one process per NeuronCore
-    assert all(e["NEURON_RT_NUM_CORES"] == "1" for e in workers.values())
-    model_log = (run_dir / "server" / "logs" / "model_log.log").read_text()
-    assert model_log.count("(bi-encoder, neuron on cpu)") == 2
+    log = events(neuron_host)
+    assert [e for e in log if e["pid"] == os.getpid()] == []  # the flow's own process never touched Neuron
+    traces = [e for e in log if e["event"] == "trace"]
+    assert len(traces) == 1 and traces[0]["precision"] == "bf16" and traces[0]["shapes"] == [[2, 32]] * 4
+    reserved = {e["pid"]: e["cores"] for e in log if e["event"] == "reserve" and e["pid"] != traces[0]["pid"]}
+    assert sorted(reserved.values()) == [[0], [1]]  # two workers, two distinct cores
+    assert {int(pid) for pid in core_map.values()} == set(reserved)
+    info = json.loads((tmp_path / "runs" / "latest" / "model" / "model_info.json").read_text())
+    assert info["compiler_args"] == summary["model"]["compiler_args"]
+
+
+def test_a_process_holding_a_core_stops_the_run_at_start_named_and_untouched(prefect_server, neuron_host, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); "
+         "sys.stdin.read()"], env={**os.environ, "NEURON_RT_VISIBLE_CORES": "1"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=f"stage start failed.*pid {holder.pid}"):
+            validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"),
+                                                                       **OVERRIDES})
+        assert holder.poll() is None  # not ours: named, never stopped
+        run_dir = tmp_path / "runs" / "latest"
+        assert not (run_dir / "server" / "server.json").exists()  # TorchServe was never started
+        assert not [p for p in psutil.process_iter(["cmdline"])
+                    if str(run_dir.resolve()) in " ".join(p.info["cmdline"] or [])]
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+@pytest.mark.parametrize("fault", ["drop-attention-mask", "swap-inputs", "nan"])
+def test_a_broken_bf16_compile_fails_parity(neuron_host, tmp_path, monkeypatch, fault):
+    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_FAULT", fault)
+    tolerance = ChecksConfig().bf16_parity_tolerance
+    with pytest.raises(TraceError, match="differ|NaN"):
+        trace(ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="neuron",
+              parity_tolerance=tolerance)
+    assert not (tmp_path / "model" / "model_info.json").exists()
 
 
 def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(neuron_host, tmp_path):
