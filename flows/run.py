@@ -105,6 +105,8 @@ class Run:
         if self.server is None or (self.keep_serving and not self.interrupted):
             return None, None
         again: list[BaseException] = []
+        if self.interrupted:
+            self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted)
         try:
             with self.stage("stop"):
                 self._stop_surely(again)

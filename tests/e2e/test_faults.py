@@ -80,11 +80,12 @@ def _left_running(run_dir: Path) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("when", ["start", "benchmark"])
-@pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize("how, when", [("Ctrl-C", "start"), ("Ctrl-C", "benchmark"), ("SIGTERM", "start"),
+                                       ("SIGTERM", "benchmark"), ("Ctrl-C twice", "benchmark")])
 def test_an_interrupted_run_stops_torchserve_and_exits_within_20_s(how, when, tmp_path):
     """Ctrl-C reaches the whole process group, as a terminal sends it (the temporary Prefect API
-    server included); SIGTERM goes to the process group too, as a job scheduler would send it."""
+    server included); SIGTERM goes to the process group too, as a job scheduler would send it.
+    "Ctrl-C twice": an impatient second Ctrl-C while TorchServe is being stopped."""
     command = [sys.executable, "-m", "flows.validate", "--runs-dir", str(tmp_path), "--free-ports",
                "--batch-size", "2", "--max-length", "32", "--workers", "1", "--concurrency", "4",
                "--duration", "600"]
@@ -92,11 +93,15 @@ def test_an_interrupted_run_stops_torchserve_and_exits_within_20_s(how, when, tm
     with output.open("wb") as sink:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # a group of its own, like a terminal's job
-    signum = signal.SIGINT if how == "Ctrl-C" else signal.SIGTERM
+    signum = signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM
     try:
         _wait_for(when, tmp_path, output, process)
         os.killpg(process.pid, signum)
         sent = time.monotonic()
+        if how == "Ctrl-C twice":
+            while process.poll() is None and "stopping TorchServe" not in output.read_text(errors="replace"):
+                time.sleep(0.05)
+            os.killpg(process.pid, signum)
         code = process.wait(timeout=60)
         took = time.monotonic() - sent
     finally:
@@ -114,6 +119,6 @@ def test_an_interrupted_run_stops_torchserve_and_exits_within_20_s(how, when, tm
     assert status[when]["status"] == "interrupted"
     assert status["stop"]["status"] == "ok"
     assert_server_gone(server_stage.load_record(tmp_path / "latest" / "server"))
-    if how == "Ctrl-C":
+    if how.startswith("Ctrl-C"):
         (line,) = [l for l in log.splitlines() if l.startswith("interrupted: ")]
         assert "TorchServe stopped" in line and "summary.json" in line
