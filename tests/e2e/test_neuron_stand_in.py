@@ -60,7 +60,9 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     assert (summary["resolved"]["cores"], summary["resolved"]["initial_workers"]) == (2, 2)
     assert summary["model"]["compiler_args"] == ["--auto-cast", "matmult", "--auto-cast-type", "bf16"]
     assert summary["model"]["parity_tolerance"] == ChecksConfig().bf16_parity_tolerance
-    core_map = summary["core_map"]["cores"]
+    written = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())  # what a reader sees
+    assert written["core_map"] == json.loads(json.dumps(summary["core_map"]))
+    core_map = written["core_map"]["cores"]
     assert sorted(core_map) == ["0", "1"] and len(set(core_map.values())) == 2
     assert "neuron-ls --json-output" in summary["core_map"]["checked_with"]
 
