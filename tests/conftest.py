@@ -1,4 +1,8 @@
 import os
+import tempfile
 
 # No network on validation hosts or CI: Prefect's server must not phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A Prefect home of the test session's own (inherited by the pipelines the tests start as
+# subprocesses): the suite never reads, writes or migrates the user's ~/.prefect database.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-tests-"))
