@@ -54,6 +54,7 @@ class Run:
         self.buckets = None
         self.model_info = None  # the traced model's facts (compiler arguments, parity) once trace is done
         self.core_map = None  # neuron: which worker holds which NeuronCore, once registered
+        self.trace_cache = None  # the compile cache's verdict: hit or miss, seconds saved
         self.summary: dict | None = None
         self.interrupted: str | None = None  # how the run was stopped from outside, if it was
         self.stopped: dict | None = None  # what stop did: processes stopped, escalated
@@ -140,6 +141,7 @@ class Run:
              "server": _server_facts(self.server) if self.keep_serving else None,
              "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
              "model": _model_facts(self.model_info, self.config.checks),
+             "trace": self.trace_cache,
              "core_map": self.core_map.model_dump() if self.core_map else None},
         )
         if self.interrupted:

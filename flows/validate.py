@@ -55,8 +55,9 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
         with run.stage("trace"):
             traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
                                 resolved.backend, config.checks.parity_tolerance_for(resolved.backend,
-                                                                                     model.compiler_args))
-            run.model_info = traced.info
+                                                                                     model.compiler_args),
+                                config.build.cache_dir if config.build.compile_cache else None)
+            run.model_info, run.trace_cache = traced.info, traced.cache
         with run.stage("archive"):
             mar = archive_task(traced, run.dir / "model_store")
         with run.stage("start"):

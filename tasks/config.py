@@ -13,6 +13,7 @@ A field with json_schema_extra={"flag": NAME} is also the command-line option --
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -306,8 +307,25 @@ class ChecksConfig(_Section):
         return existing_file(path)
 
 
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("BERT_COMPILE_CACHE") or REPO_ROOT / ".cache" / "compile")
+
+
+class BuildConfig(_Section):
+    compile_cache: bool = Field(
+        True, description="reuse a traced model built earlier with the same model files, shapes, buckets, compiler "
+        "arguments and versions (tasks/build/cache.py); clear it with python -m tools.cache clear",
+        json_schema_extra={"flag": "compile-cache"},
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="where the compile cache lives: $BERT_COMPILE_CACHE, else .cache/compile in the checkout",
+    )
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
+    build: BuildConfig = BuildConfig()
     serving: ServingConfig = ServingConfig()
     checks: ChecksConfig = ChecksConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from serving.contract import CLASS_NAMES, ModelInfo
 from tasks import child
+from tasks.build import cache
 from tasks.config import EMBEDDED_MODEL, ModelConfig
 from tasks.errors import PipelineError
 from tasks.runlog import stage_logger
@@ -37,6 +39,8 @@ class TracedModel(BaseModel):
 
     model_dir: Path
     info: ModelInfo
+    # The compile cache's verdict: {"cache": "hit" | "miss" | "off", "seconds_saved", "key", "reason"}
+    cache: dict | None = None
 
 
 class BiEncoderScorer(torch.nn.Module):
@@ -123,17 +127,43 @@ def _detect_kind(config) -> str:
 
 
 def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[int], out_dir: Path,
-          backend: str = "cpu", parity_tolerance: float = 1e-3) -> TracedModel:
+          backend: str = "cpu", parity_tolerance: float = 1e-3, cache_dir: Path | None = None) -> TracedModel:
     """Compile one graph per length bucket at batch_size for the backend, check each against the
     untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
 
-    The work runs in a child process (tasks/build/compile.py) for every backend: on Neuron the process
+    With cache_dir, an equal earlier build is reused instead (tasks/build/cache.py). The work runs in a child process (tasks/build/compile.py) for every backend: on Neuron the process
     that compiles and runs a graph keeps its NeuronCores until it exits, and this one lives all night.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     request = {"model": model.model_dump(mode="json"), "batch_size": batch_size, "max_length": max_length,
                "buckets": sorted({b for b in buckets if b < max_length} | {max_length}), "out_dir": str(out_dir),
                "backend": backend, "parity_tolerance": parity_tolerance, "compiler_args": model.compiler_args}
-    info = ModelInfo.model_validate(child.run("tasks.build.compile", request, TraceError, stage_logger(__name__),
-                                                   env=child.one_core_env()))
-    return TracedModel(model_dir=out_dir, info=info)
+    log, started = stage_logger(__name__), time.monotonic()
+    if cache_dir is None:
+        info = _compile(request, log)
+        return TracedModel(model_dir=out_dir, info=info, cache={"cache": "off"})
+    key, parts = cache.key_of(request, _source_dir(model))
+    manifest, reason = cache.lookup(cache_dir, key)
+    if manifest is not None:
+        cache.restore(cache_dir, key, manifest, out_dir)
+        saved = round(max(0.0, manifest["build_seconds"] - (time.monotonic() - started)), 3)
+        log.info("compile cache hit %s: trace skipped, %.1f s saved", key, saved)
+        return TracedModel(model_dir=out_dir, info=ModelInfo.read(out_dir),
+                           cache={"cache": "hit", "seconds_saved": saved, "key": key, "dir": str(cache_dir)})
+    log.info("compile cache miss %s (%s): tracing", key, reason)
+    info = _compile(request, log)
+    cache.store(cache_dir, key, parts, out_dir, [p.name for p in info.files(out_dir)], time.monotonic() - started)
+    return TracedModel(model_dir=out_dir, info=info,
+                       cache={"cache": "miss", "seconds_saved": 0.0, "key": key, "reason": reason,
+                              "dir": str(cache_dir)})
+
+
+def _compile(request: dict, log) -> ModelInfo:
+    return ModelInfo.model_validate(child.run("tasks.build.compile", request, TraceError, log,
+                                              env=child.one_core_env()))
+
+
+def _source_dir(model: ModelConfig) -> Path | None:
+    if model.source == EMBEDDED_MODEL:
+        return embedded_model_dir()
+    return Path(model.source) if Path(model.source).is_dir() else None

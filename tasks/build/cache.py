@@ -1,0 +1,124 @@
+"""The compile cache: a traced model's files, kept across nights in a content-addressed directory.
+
+An entry is reused only when everything that shapes the graph is equal: the checkpoint's files (their
+sha256), the model kind and threshold, batch_size, max_length, the length buckets, the backend, the
+compiler arguments, the parity tolerance it passed, the code that builds the graph, and the versions of
+python, torch, transformers, torch-neuronx and neuronx-cc. The key is the sha256 of all of that.
+
+    <cache_dir>/<key>/            model_<length>.pt, tokenizer files, model_info.json
+    <cache_dir>/<key>/manifest.json   every file's sha256, and the seconds the build took
+
+An entry is written whole or not at all (built in a temporary directory, then renamed); one whose
+manifest is missing or whose files do not match it (a killed copy, a disk fault, a hand edit) is
+deleted and rebuilt. `python -m tools.cache clear` empties the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from tasks.config import REPO_ROOT
+from tasks.versions import package_versions
+
+MANIFEST = "manifest.json"
+CACHE_ENV = "BERT_COMPILE_CACHE"
+# The code whose change changes the graph (the wrappers, the example inputs, the encoding).
+GRAPH_CODE = [REPO_ROOT / "tasks" / "build" / "trace.py", REPO_ROOT / "tasks" / "build" / "compile.py",
+              REPO_ROOT / "serving" / "contract.py"]
+
+
+def default_dir() -> Path:
+    """$BERT_COMPILE_CACHE, else .cache/compile in the checkout (git-ignored)."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "compile")
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_hash(source_dir: Path | None, source: str) -> str:
+    """The checkpoint's files, by content; a hub id without a local copy is keyed by its name."""
+    if source_dir is None:
+        return f"hub:{source}"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"{path.relative_to(source_dir)}\0{file_hash(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def key_of(request: dict, source_dir: Path | None) -> tuple[str, dict]:
+    """(the entry's key, what went into it) for a trace request (tasks/build/trace.py)."""
+    model = request["model"]
+    parts = {
+        "model_files": source_hash(source_dir, model["source"]),
+        "kind": model["kind"], "threshold": model["threshold"],
+        "batch_size": request["batch_size"], "max_length": request["max_length"], "buckets": request["buckets"],
+        "backend": request["backend"], "parity_tolerance": request["parity_tolerance"],
+        "compiler_args": request["compiler_args"] if request["backend"] == "neuron" else [],
+        "code": hashlib.sha256(b"".join(p.read_bytes() for p in GRAPH_CODE)).hexdigest(),
+        "versions": {"python": platform.python_version(),
+                     **package_versions("torch", "transformers", "torch-neuronx", "neuronx-cc")},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32], parts
+
+
+def lookup(cache_dir: Path, key: str) -> tuple[dict | None, str]:
+    """(the entry's manifest, "hit") when it is whole; (None, why not) otherwise -- a bad entry is deleted."""
+    entry = cache_dir / key
+    if not entry.is_dir():
+        return None, "no entry"
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        files = manifest["files"]
+        for name, digest in files.items():
+            if file_hash(entry / name) != digest:
+                raise ValueError(f"{name} does not match its manifest")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        shutil.rmtree(entry, ignore_errors=True)
+        return None, f"corrupt entry deleted and rebuilt ({type(error).__name__}: {error})"
+    return manifest, "hit"
+
+
+def restore(cache_dir: Path, key: str, manifest: dict, out_dir: Path) -> None:
+    """Copy a whole entry's files into the run's model directory."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in manifest["files"]:
+        shutil.copy2(cache_dir / key / name, out_dir / name)
+
+
+def store(cache_dir: Path, key: str, parts: dict, model_dir: Path, files: list[str], seconds: float) -> None:
+    """Keep a fresh build: copied into a temporary directory beside the entry, then renamed into place,
+    so a reader never sees half an entry (a killed copy leaves only a .tmp- directory, cleared next time)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = cache_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for name in files:
+        shutil.copy2(model_dir / name, staging / name)
+    manifest = {"key": key, "parts": parts, "files": {name: file_hash(staging / name) for name in files},
+                "build_seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    try:
+        os.rename(staging, cache_dir / key)
+    except OSError:  # another run stored the same key first: theirs is as good
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear(cache_dir: Path) -> int:
+    """Delete every entry (and leftovers of killed writes); returns how many entries there were."""
+    if not cache_dir.is_dir():
+        return 0
+    entries = [p for p in cache_dir.iterdir() if p.is_dir()]
+    for path in entries:
+        shutil.rmtree(path, ignore_errors=True)
+    return len([p for p in entries if not p.name.startswith(".tmp-")])
