@@ -126,7 +126,7 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
         any_resolved = resolved_by_workers[workers[0]]
         traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
                             run_dir / f"model-b{batch_size}", any_resolved.backend,
-                                config.checks.parity_tolerance_for(any_resolved.backend, config.model.compiler_args))
+                            config.checks.parity_tolerance_for(any_resolved.backend, config.model.compiler_args))
         archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
     for line in stop_stale_task(config.runs_dir):
         log.warning(line)
