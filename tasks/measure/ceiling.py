@@ -62,6 +62,7 @@ class Layout(BaseModel):
     batch_latency_ms_mean: float
     batches: int
     seconds: float
+    cpu_ms_per_inference: float | None = None  # this process's CPU time (all its threads) per inference
 
 
 class Ceiling(BaseModel):
@@ -76,6 +77,7 @@ class Ceiling(BaseModel):
     lone_batch_latency_ms: float  # p50, one pair padded to batch_size, all threads
     worker_lone_batch_latency_ms: float  # p50, the same with one worker's threads
     other_cores: float | None = None  # CPU the rest of the host used meanwhile: > 0.1 and the ceiling is low
+    cpu_ms_per_inference: float | None = None  # measured CPU time per inference in the best layout
     layouts: list[Layout]
 
 
@@ -153,6 +155,7 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
     torch.set_num_threads(threads)
     results: list[list[float]] = []
     go = threading.Event()
+    cpu_before = _cpu_seconds()
     began = time.perf_counter()
     stop_at = began + seconds
     workers = [threading.Thread(target=_stream, daemon=True,
@@ -165,6 +168,7 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
     for worker in workers:
         worker.join()
     elapsed = time.perf_counter() - began
+    cpu_used = _cpu_seconds() - cpu_before
     latencies = np.array([x for stream in results for x in stream]) * 1000
     batches_done = int(latencies.size)
     rate = batches_done / elapsed if elapsed > 0 else 0.0
@@ -174,7 +178,14 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
         batch_latency_ms_p50=float(np.percentile(latencies, 50)) if batches_done else float("nan"),
         batch_latency_ms_mean=float(latencies.mean()) if batches_done else float("nan"),
         batches=batches_done, seconds=elapsed,
+        # Measured, not threads / rate: on a busy host the threads wait for CPUs they don't get.
+        cpu_ms_per_inference=cpu_used * 1000 / (batches_done * batch_size) if batches_done else None,
     )
+
+
+def _cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
 
 
 def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
@@ -228,6 +239,7 @@ def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, th
         lone_batch_latency_ms=alone.batch_latency_ms_p50,
         worker_lone_batch_latency_ms=worker_alone.batch_latency_ms_p50,
         other_cores=max(0.0, other),
+        cpu_ms_per_inference=best.cpu_ms_per_inference,
         layouts=layouts + [alone] + ([worker_alone] if worker_alone is not alone else []),
     )
 

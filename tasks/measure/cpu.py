@@ -61,6 +61,5 @@ def cpu_use(before: dict, after: dict, requests: int, ceiling: Ceiling | None) -
         workers_cores=used["workers"], frontend_cores=used["frontend"] + used["launcher"],
         client_cores=used["client"], other_cores=max(0.0, used["host_busy"] - ours),
         worker_cpu_ms_per_request=(after["workers"] - before["workers"]) / requests * 1000 if requests else None,
-        ceiling_cpu_ms_per_inference=ceiling.threads / ceiling.inferences_per_s * 1000
-        if ceiling and ceiling.inferences_per_s else None,
+        ceiling_cpu_ms_per_inference=ceiling.cpu_ms_per_inference if ceiling else None,
     )

@@ -143,7 +143,7 @@ class CpuUse(BaseModel):
     client_cores: float  # this process: the load generator (and the flow's own threads)
     other_cores: float  # everything else on the host: other users' work competes too
     worker_cpu_ms_per_request: float | None = None
-    ceiling_cpu_ms_per_inference: float | None = None  # threads / ceiling inferences/s
+    ceiling_cpu_ms_per_inference: float | None = None  # the in-process run's measured CPU time per inference
 
 
 class Moved(BaseModel):

@@ -44,6 +44,9 @@ def test_ceiling_times_the_buckets_the_pairs_need_in_each_layout(model_dir):
     lone = result.layouts[2]
     assert lone.inferences_per_s == pytest.approx(lone.batches_per_s)  # one request per lone batch
     assert result.batch_latency_ms > 0 and result.lone_batch_latency_ms > 0 and result.worker_lone_batch_latency_ms > 0
+    # CPU per inference is measured (the child's CPU time), so the cores it implies never exceed the threads used
+    cores_used = result.cpu_ms_per_inference * result.inferences_per_s / 1000
+    assert 0 < cores_used <= result.threads + 0.25
 
 
 def test_batches_are_padded_to_the_smallest_bucket_like_the_handler(model_dir):
