@@ -25,8 +25,8 @@ def _role(process: psutil.Process) -> str:
     return "launcher"
 
 
-def cpu_snapshot(server) -> dict[str, float]:
-    """CPU-seconds so far: TorchServe's workers and frontend, this process, and the whole host."""
+def server_processes(server) -> dict[int, psutil.Process]:
+    """Every live process of a TorchServe: those it recorded and all their children, by pid."""
     found: dict[int, psutil.Process] = {}
     for ref in server.processes:
         process = ref.alive()
@@ -37,6 +37,12 @@ def cpu_snapshot(server) -> dict[str, float]:
             found.update({child.pid: child for child in process.children(recursive=True)})
         except psutil.Error:
             pass
+    return found
+
+
+def cpu_snapshot(server) -> dict[str, float]:
+    """CPU-seconds so far: TorchServe's workers and frontend, this process, and the whole host."""
+    found = server_processes(server)
     totals = {"workers": 0.0, "frontend": 0.0, "launcher": 0.0, "other": 0.0}
     for process in found.values():
         try:

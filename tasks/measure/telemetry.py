@@ -213,18 +213,9 @@ class ProcessCpu:
 
 def _processes(server) -> dict[str, dict[int, psutil.Process]]:
     """TorchServe's processes now, by role: {"frontend": {...}, "workers": {...}}."""
-    from tasks.measure.cpu import _role
+    from tasks.measure.cpu import _role, server_processes
 
-    found: dict[int, psutil.Process] = {}
-    for ref in server.processes:
-        process = ref.alive()
-        if process is None:
-            continue
-        found[process.pid] = process
-        try:
-            found.update({child.pid: child for child in process.children(recursive=True)})
-        except psutil.Error:
-            pass
+    found = server_processes(server)
     roles: dict[str, dict[int, psutil.Process]] = {"frontend": {}, "workers": {}}
     for pid, process in found.items():
         role = _role(process)

@@ -114,7 +114,8 @@ def test_cpu_use_splits_the_load_window_by_process_role():
     after = cpu_snapshot(server)
     use = cpu_use(before, after, requests=10, ceiling=None)
     assert 0.2 <= use.seconds <= 2 and use.host_cores >= 1
-    assert use.client_cores > 0.5  # this process, busy
+    # this process's burn is counted as the client's (even on a busy host it gets some of the 0.3 s)
+    assert use.client_cores * use.seconds > 0.03
     assert use.workers_cores == 0 and use.other_cores >= 0
     assert use.worker_cpu_ms_per_request == 0 and use.ceiling_cpu_ms_per_inference is None
 
