@@ -1,6 +1,5 @@
 """The alert Automations (deployments/alerts.py): what triggers each, and what its message says."""
 
-import importlib.util
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -13,17 +12,11 @@ from prefect.server.utilities.user_templates import _sync_template_environment
 from flows.cli import _interrupted, _signal_of
 from tasks.config import REPO_ROOT
 from tasks.report.events import REGRESSED
-
-
-def _alerts():
-    spec = importlib.util.spec_from_file_location("alerts", REPO_ROOT / "deployments" / "alerts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import deployments_script
 
 
 def test_failed_crashed_regressed_and_one_missed_night_watch_per_active_deployment():
-    alerts = _alerts()
+    alerts = deployments_script("alerts")
     gpu = uuid4()
     found = {a.name: a for a in alerts.automations(uuid4(), {"nightly-gpu": gpu})}
     failed = found["bert-validation: run failed or crashed"].trigger
@@ -36,7 +29,7 @@ def test_failed_crashed_regressed_and_one_missed_night_watch_per_active_deployme
 
 
 def test_the_failure_message_names_deployment_run_stage_first_error_line_and_link():
-    alerts = _alerts()
+    alerts = deployments_script("alerts")
     state = SimpleNamespace(name="Failed", message="Flow run encountered an exception: StageFailed: stage start failed: "
                             "ServerError: no ping\nfix: read the log")
     context = {"flow_run": SimpleNamespace(name="quirky-doberman", state=state), "flow": SimpleNamespace(name="f"),

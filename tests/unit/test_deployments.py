@@ -1,6 +1,5 @@
 """prefect.yaml, the per-target configs, the work-pool template, and the run-config artifact's rows."""
 
-import importlib.util
 import json
 import os
 import platform
@@ -15,16 +14,10 @@ from tasks.backends import neuron_core_count
 from tasks.config import REPO_ROOT, load_config
 from flows.stages import Stages
 from tasks.report.summary import build_summary, host, run_config_rows
+from tests.scripts import deployments_script
 
 PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in PREFECT_YAML["deployments"]}
-
-
-def _local_helper():
-    spec = importlib.util.spec_from_file_location("deployments_local", REPO_ROOT / "deployments" / "local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_one_nightly_deployment_per_target_each_on_its_own_pool():
@@ -69,11 +62,11 @@ def test_work_pool_template_is_a_process_template_and_the_helper_creates_every_p
     template = json.loads((REPO_ROOT / "deployments" / "process-pool.json").read_text())
     assert set(template) == {"job_configuration", "variables"}
     assert template["job_configuration"]["working_dir"] == "{{ working_dir }}"
-    assert _local_helper().work_pools() == [d["work_pool"]["name"] for d in DEPLOYMENTS.values()]
+    assert deployments_script("local").work_pools() == [d["work_pool"]["name"] for d in DEPLOYMENTS.values()]
 
 
 def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
-    local = _local_helper()
+    local = deployments_script("local")
     (tmp_path / "pids").mkdir()
     (tmp_path / "pids" / "server.pid").write_text("999999999 1.0\n")
     assert local._recorded(tmp_path, "server") is None
@@ -81,7 +74,7 @@ def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
 
 
 def test_local_helper_does_not_take_a_recycled_pid_for_its_own(tmp_path):
-    local = _local_helper()
+    local = deployments_script("local")
     (tmp_path / "pids").mkdir()
     me = psutil.Process()
     (tmp_path / "pids" / "worker-1.pid").write_text(f"{me.pid} {me.create_time() - 100.0}\n")
@@ -90,7 +83,7 @@ def test_local_helper_does_not_take_a_recycled_pid_for_its_own(tmp_path):
 
 
 def test_local_helper_finds_a_process_it_recorded(tmp_path):
-    local = _local_helper()
+    local = deployments_script("local")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         local._record(tmp_path, "worker-1", child)
