@@ -16,6 +16,7 @@ from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel
 
 from tasks.build.archive import archive
+from tasks.build.bring import from_mar, from_traced
 from tasks.build.trace import trace
 from tasks.measure.benchmark import run as benchmark
 from tasks.measure.buckets import compare as compare_buckets
@@ -45,6 +46,8 @@ def retry_when_retryable(task, task_run, state) -> bool:
 # A stage's inputs hold live servers and paths of this run: nothing to cache across runs.
 trace_task = task(trace, name="trace", cache_policy=NO_CACHE)
 archive_task = task(archive, name="archive", cache_policy=NO_CACHE)
+from_traced_task = task(from_traced, name="bring-traced", cache_policy=NO_CACHE)
+from_mar_task = task(from_mar, name="bring-mar", cache_policy=NO_CACHE)
 stop_stale_task = task(stop_stale, name="stop-stale", cache_policy=NO_CACHE)
 start_task = task(start, name="start", cache_policy=NO_CACHE)
 ping_task = task(wait_healthy, name="wait-healthy", cache_policy=NO_CACHE)
@@ -62,6 +65,7 @@ class StageRecord(BaseModel):
     status: str = "skipped"  # "ok", "failed", "interrupted", "skipped"
     seconds: float = 0.0
     error: str | None = None
+    reason: str | None = None  # why a stage was skipped on purpose (--traced, --mar)
 
 
 class Stages:
@@ -83,6 +87,10 @@ class Stages:
             raise
         finally:
             record.seconds = round(time.monotonic() - started, 3)
+
+    def skip(self, name: str, reason: str) -> None:
+        """Skipped on purpose, not after a failure: the summary says why."""
+        self.records[name].reason = reason
 
     def failed(self) -> list[StageRecord]:
         return [r for r in self.records.values() if r.status == "failed"]

@@ -31,6 +31,8 @@ from flows.stages import (  # noqa: E402
     benchmark_task,
     check_task,
     compare_buckets_task,
+    from_mar_task,
+    from_traced_task,
     core_map_task,
     ping_task,
     register_task,
@@ -52,15 +54,31 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
     resolved = resolve_serving(config.serving)
     serving, model = config.serving, config.model
     with Run(config, resolved, {"config_file": config_file, "overrides": overrides}) as run:
-        with run.stage("trace"):
-            traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
-                                resolved.backend, config.checks.parity_tolerance_for(resolved.backend,
-                                                                                     model.compiler_args),
-                                config.build.cache_dir if config.build.compile_cache else None)
-            run.model_info, run.trace_cache = traced.info, traced.cache
-        with run.stage("archive"):
-            mar = archive_task(traced, run.dir / "model_store")
+        traced = None  # a brought .mar has no graph this run can load in-process
+        if model.mar is not None:
+            run.stages.skip("trace", f"--mar {model.mar} given")
+            run.stages.skip("archive", f"--mar {model.mar} given")
+        elif model.traced is not None:
+            run.stages.skip("trace", f"--traced {model.traced} given")
+        else:
+            with run.stage("trace"):
+                traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(),
+                                    run.dir / "model", resolved.backend,
+                                    config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
+                                    config.build.cache_dir if config.build.compile_cache else None)
+                run.model_info, run.trace_cache = traced.info, traced.cache
+        if model.mar is None:
+            with run.stage("archive"):
+                if model.traced is not None:
+                    traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
+                                              run.dir / "model")
+                    run.model_info = traced.info
+                mar = archive_task(traced, run.dir / "model_store")
         with run.stage("start"):
+            if model.mar is not None:
+                mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
+                                    resolved.backend)
+                run.model_info = mar.info
             for line in stop_stale_task(config.runs_dir):
                 run.log.warning(line)
             run.server = start_task(serving, resolved, mar.model_store, run.dir / "server")
@@ -77,7 +95,7 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
                 run.benchmark = benchmark_task(run.server, mar, traced, config, resolved, run.dir,
                                                accuracy=accuracy_of(run.checks))
                 raise_if_regressed(run.benchmark)
-            if config.benchmark.compare_buckets and len(mar.info.buckets) > 1:
+            if config.benchmark.compare_buckets and len(mar.info.buckets) > 1 and traced is not None:
                 with run.stage("compare-buckets"):
                     run.buckets = compare_buckets_task(run.server, mar, traced, config, resolved.initial_workers)
     return run.summary

@@ -48,8 +48,11 @@ class ModelInfo(BaseModel):
     threshold: float | None = None  # bi-encoder: the cosine at or above which a pair is a paraphrase
     compiler_args: list[str] = []  # what the graphs were compiled with (neuron); [] = the compiler's defaults
     source: str
-    parity_max_abs_diff: float
+    parity_max_abs_diff: float | None = None  # None: not measured (a graph or .mar brought, not traced here)
     versions: dict[str, str] = {}
+    # "ours": serving/handler.py (headers X-Paraphrase-Probability, X-Truncated); "foreign": a brought .mar
+    # whose handler only answers the label text, checked by its answers alone.
+    handler: Literal["ours", "foreign"] = "ours"
 
     @property
     def model_name(self) -> str:

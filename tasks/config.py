@@ -73,6 +73,27 @@ class ModelConfig(_Section):
         "neuronx-cc >= 2.27 (--auto-cast none) no longer does. e.g. --compiler-args='--auto-cast none'",
         json_schema_extra={"flag": "compiler-args"},
     )
+    traced: Path | None = Field(
+        None, description="bring your own traced graph (.pt, TorchScript, this pipeline's input contract): trace "
+        "is skipped; the tokenizer comes from model.source (a directory or hub id), batch_size and max_length "
+        "from serving", json_schema_extra={"flag": "traced"},
+    )
+    mar: Path | None = Field(
+        None, description="bring your own .mar: trace and archive are skipped; a handler that is not ours is "
+        "served as is and checked by its answers; batch_size and max_length from serving",
+        json_schema_extra={"flag": "mar"},
+    )
+
+    @field_validator("traced", "mar")
+    @classmethod
+    def _brought_file(cls, path: Path | None) -> Path | None:
+        return existing_file(path)
+
+    @model_validator(mode="after")
+    def _one_brought(self) -> "ModelConfig":
+        if self.traced is not None and self.mar is not None:
+            raise ValueError("give model.traced or model.mar, not both: a .mar already holds its graph")
+        return self
 
 
 class ServingConfig(_Section):

@@ -134,7 +134,7 @@ def accuracy_of(checks) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def run(server, mar: Archive, traced: TracedModel, config, resolved, run_dir: Path,
+def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_dir: Path,
         log: logging.Logger | None = None, accuracy: float | None = None) -> BenchmarkResult:
     """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression.
     accuracy: the check stage's (accuracy_of(checks)), compared with earlier nights with the rest."""
@@ -145,7 +145,8 @@ def run(server, mar: Archive, traced: TracedModel, config, resolved, run_dir: Pa
     log.info("benchmark: %s, %s loop, %s", pool, settings.mode,
              f"{settings.concurrency} clients" if settings.mode == "closed"
              else f"{settings.rate:g} requests/s (at most {settings.concurrency} open)")
-    ceiling = _ceiling(traced.model_dir, pairs, resolved, settings.ceiling_seconds, log)
+    # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
+    ceiling = _ceiling(traced.model_dir, pairs, resolved, settings.ceiling_seconds, log) if traced else None
     client = _client_capacity(pairs, settings, log)
 
     wall_0 = time.time()

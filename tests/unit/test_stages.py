@@ -22,8 +22,18 @@ def test_stages_record_ok_failed_skipped_and_reraise():
     assert records["trace"]["error"] is None
     assert records["archive"]["status"] == "failed"
     assert records["archive"]["error"] == "ValueError: bad archive"
-    assert records["start"] == {"name": "start", "status": "skipped", "seconds": 0.0, "error": None}
+    assert records["start"] == {"name": "start", "status": "skipped", "seconds": 0.0, "error": None, "reason": None}
     assert [r.name for r in stages.failed()] == ["archive"]
+
+
+def test_a_stage_skipped_on_purpose_says_why_and_is_no_failure():
+    stages = Stages(["trace", "archive", "start"])
+    stages.skip("trace", "--mar x.mar given")
+    with stages.run("start"):
+        pass
+    records = {r["name"]: r for r in stages.as_list()}
+    assert records["trace"]["status"] == "skipped" and records["trace"]["reason"] == "--mar x.mar given"
+    assert records["archive"]["reason"] is None and stages.failed() == []
     assert [r["name"] for r in stages.as_list()] == ["trace", "archive", "start"]
 
 
