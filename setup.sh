@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
 # Set up .venv at the repo root with the pinned dependencies (pyproject.toml + constraints.txt).
 # Safe to run again: it only reinstalls when those files changed.
+#   ./setup.sh                  .venv, constraints.txt (torch 2.13.0, transformers 5.x)
+#   ./setup.sh --neuron         .venv, constraints-neuron.txt (Neuron 2.31.0: torch-neuronx, neuronx-cc, torch 2.9.0,
+#                               transformers 4.57.6) with Neuron's package index; only on an inf2 / trn1 host
+#   ./setup.sh --transformers4  .venv-tf4, constraints-transformers4.txt: CI's second environment (transformers
+#                               4.57.6, torch 2.13.0), to prove the code on transformers' 4.x API here
 set -euo pipefail
 cd "$(dirname "$0")"
+
+venv=.venv
+constraints=constraints.txt
+extra_index=()
+case "${1:-}" in
+  "") ;;
+  --neuron)
+    constraints=constraints-neuron.txt
+    extra_index=(--extra-index-url https://pip.repos.neuron.amazonaws.com) ;;
+  --transformers4)
+    venv=.venv-tf4
+    constraints=constraints-transformers4.txt ;;
+  *)
+    echo "usage: ./setup.sh [--neuron | --transformers4]" >&2
+    exit 2 ;;
+esac
 
 # TorchServe's frontend is Java 11+.
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\)\.\{0,1\}\([0-9]*\).*/\1 \2/p' | head -n1 | awk '{print ($1 == 1 ? $2 : $1)}')
@@ -13,16 +34,17 @@ if [ -z "${java_major}" ] || [ "${java_major}" -lt 11 ]; then
 fi
 
 python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$python" -m venv .venv
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
 fi
 
-stamp=.venv/.installed-from
-wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+stamp=$venv/.installed-from
+wanted=$( (echo "$constraints"; cat pyproject.toml "$constraints") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  # torch==2.13.0 comes from pyproject.toml; elsewhere add --extra-index-url for a CPU-only build
+  # torch comes pinned from the constraints file; elsewhere add --extra-index-url for a CPU-only build
   # (see README) or pip takes a multi-GB CUDA build.
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ${extra_index[@]+"${extra_index[@]}"} \
+    -c "$constraints" -e ".[test]"
   echo "$wanted" > "$stamp"
 fi
-echo "setup: .venv ready ($(.venv/bin/python --version), java ${java_major})"
+echo "setup: $venv ready from $constraints ($("$venv/bin/python" --version), java ${java_major})"
