@@ -27,7 +27,9 @@ pytestmark = pytest.mark.e2e
 
 STAND_INS = Path(__file__).resolve().parent.parent / "stand_ins"
 OVERRIDES = {"serving.backend": "neuron", "serving.free_ports": True, "serving.batch_size": 2,
-             "serving.max_length": 32, "benchmark.enabled": False}
+             "serving.max_length": 32, "benchmark.enabled": False,
+             # Every run here compiles in its child process (the stand-in's log is read), never from the cache.
+             "build.compile_cache": False}
 
 
 @pytest.fixture
