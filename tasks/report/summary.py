@@ -81,7 +81,12 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
 def markdown(summary: dict, run_dir: Path) -> str:
     lines = [f"# BERT serving validation: **{summary['status']}**", "", f"Run directory: `{run_dir}`", "",
              "| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in summary["stages"]]
+    lines += [f"| {s['name']} | {s['status']}{' (' + s['reason'] + ')' if s.get('reason') else ''} | {s['seconds']:.1f} |"
+              for s in summary["stages"]]
+    cache = summary.get("trace") or {}
+    if cache.get("cache") in ("hit", "miss"):
+        lines += ["", f"Compile cache: **{cache['cache']}**" + (f", {cache['seconds_saved']:.1f} s saved"
+                                                               if cache["cache"] == "hit" else f" ({cache.get('reason')})")]
     errors = [s for s in summary["stages"] if s.get("error")]
     if errors:
         lines += ["", "## Failure", "", f"Stage **{errors[0]['name']}**:", "", "```", errors[0]["error"][-3000:], "```"]

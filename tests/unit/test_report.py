@@ -85,3 +85,14 @@ def test_latest_points_to_the_newest_run(tmp_path):
     # Relative link: the runs directory can be moved or mounted elsewhere.
     assert os.readlink(latest) == second.name
     assert sorted(p.name for p in runs.iterdir()) == sorted([first.name, second.name, "latest"])
+
+
+def test_markdown_says_whether_the_compile_cache_hit_and_why_a_stage_was_skipped(tmp_path):
+    stages = _ran(names=("trace", "archive", "stop"))
+    stages.records["trace"].status, stages.records["trace"].reason = "skipped", "--traced g.pt given"
+    hit = build_summary(stages, [], None, {}, {"trace": {"cache": "hit", "seconds_saved": 31.96}})
+    text = markdown(hit, tmp_path)
+    assert "Compile cache: **hit**, 32.0 s saved" in text
+    assert "| trace | skipped (--traced g.pt given) |" in text
+    miss = build_summary(_ran(), [], None, {}, {"trace": {"cache": "miss", "seconds_saved": 0.0, "reason": "no entry"}})
+    assert "Compile cache: **miss** (no entry)" in markdown(miss, tmp_path)
