@@ -54,26 +54,7 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
     resolved = resolve_serving(config.serving)
     serving, model = config.serving, config.model
     with Run(config, resolved, {"config_file": config_file, "overrides": overrides}) as run:
-        traced = None  # a brought .mar has no graph this run can load in-process
-        if model.mar is not None:
-            run.stages.skip("trace", f"--mar {model.mar} given")
-            run.stages.skip("archive", f"--mar {model.mar} given")
-        elif model.traced is not None:
-            run.stages.skip("trace", f"--traced {model.traced} given")
-        else:
-            with run.stage("trace"):
-                traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(),
-                                    run.dir / "model", resolved.backend,
-                                    config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
-                                    config.build.cache_dir if config.build.compile_cache else None)
-                run.model_info, run.trace_cache = traced.info, traced.cache
-        if model.mar is None:
-            with run.stage("archive"):
-                if model.traced is not None:
-                    traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
-                                              run.dir / "model")
-                    run.model_info = traced.info
-                mar = archive_task(traced, run.dir / "model_store")
+        traced, mar = build(run, config, resolved)
         with run.stage("start"):
             if model.mar is not None:
                 mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
@@ -99,3 +80,28 @@ def validate(config_file: str = "configs/default.yaml", overrides: dict | None =
                 with run.stage("compare-buckets"):
                     run.buckets = compare_buckets_task(run.server, mar, traced, config, resolved.initial_workers)
     return run.summary
+
+
+def build(run: Run, config, resolved) -> tuple:
+    """trace -> archive, or what the user brought: --traced PATH.pt skips trace, --mar PATH.mar skips both
+    (the .mar is then taken into the model store at start). A brought .mar has no graph this run can load
+    in-process, so its TracedModel is None (no ceiling, no bucket comparison)."""
+    model, serving = config.model, config.serving
+    if model.mar is not None:
+        run.stages.skip("trace", f"--mar {model.mar} given")
+        run.stages.skip("archive", f"--mar {model.mar} given")
+        return None, None
+    if model.traced is not None:
+        run.stages.skip("trace", f"--traced {model.traced} given")
+        with run.stage("archive"):
+            traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
+                                      run.dir / "model")
+            run.model_info = traced.info
+            return traced, archive_task(traced, run.dir / "model_store")
+    with run.stage("trace"):
+        traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
+                            resolved.backend, config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
+                            config.build.cache_dir if config.build.compile_cache else None)
+        run.model_info, run.trace_cache = traced.info, traced.cache
+    with run.stage("archive"):
+        return traced, archive_task(traced, run.dir / "model_store")
