@@ -206,7 +206,7 @@ class BenchmarkConfig(_Section):
     )
     progress_every: float = Field(5.0, gt=0, description="s between progress lines in the flow log")
     ceiling_seconds: float = Field(
-        3.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
+        2.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
     )
     client_check_seconds: float = Field(
         1.0, ge=0, description="s of the load generator against a trivial local endpoint (0: skip)"
@@ -256,7 +256,7 @@ class BenchmarkConfig(_Section):
         True, description="with several length buckets, also serve max_length only and send both the same traffic"
     )
     compare_seconds: float = Field(
-        10.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
+        8.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
         json_schema_extra={"flag": "compare-seconds"},
     )
 

@@ -23,7 +23,7 @@ from tasks.runlog import stage_logger
 from tasks.serve.register import register
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
-LABEL_SAMPLE = 120
+LABEL_SAMPLE = 60
 LABEL_CLIENTS = 16
 
 
