@@ -139,14 +139,19 @@ def test_tail_of_a_missing_log_is_none(tmp_path):
 
 
 def test_ctrl_c_during_a_deferred_section_arrives_right_after_it():
+    # Ctrl-C as in a terminal, whatever this test process inherited (a shell's background job ignores SIGINT).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with ctrl_c_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.1)  # a Ctrl-C here must not cut the section short
-            done.append("recorded")
-    assert done == ["recorded"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)  # a Ctrl-C here must not cut the section short
+                done.append("recorded")
+        assert done == ["recorded"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_kill_group_kills_a_session_leader_and_what_it_started(spawn):
