@@ -33,14 +33,18 @@ def graph(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tutorial_mar(graph, tmp_path_factory) -> Path:
     """A .mar in the tutorial's shape: its own handler, the graph, the tokenizer files, no model_info.json."""
-    out = tmp_path_factory.mktemp("tutorial")
+    return _tutorial_archive(graph, TUTORIAL_HANDLER, "bert-tutorial", tmp_path_factory.mktemp("tutorial"))
+
+
+def _tutorial_archive(graph: Path, handler: Path, name: str, out: Path) -> Path:
+    """torch-model-archiver as the tutorial runs it: the graph, its handler, the tokenizer files."""
     info = ModelInfo.read(graph)
     archiver = Path(sys.executable).parent / "torch-model-archiver"
-    subprocess.run([str(archiver), "--model-name", "bert-tutorial", "--version", "1.0",
-                    "--serialized-file", str(graph / "model_128.pt"), "--handler", str(TUTORIAL_HANDLER),
-                    "--extra-files", ",".join(str(graph / name) for name in info.tokenizer_files),
+    subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
+                    "--serialized-file", str(graph / "model_128.pt"), "--handler", str(handler),
+                    "--extra-files", ",".join(str(graph / file) for file in info.tokenizer_files),
                     "--export-path", str(out)], check=True)
-    return out / "bert-tutorial.mar"
+    return out / f"{name}.mar"
 
 
 def _run(tmp_path, **overrides) -> dict:
@@ -99,13 +103,8 @@ def test_a_tutorial_mar_that_answers_wrong_fails_the_check(prefect_server, tmp_p
     swapped = tmp_path / "swapped_handler.py"
     swapped.write_text(TUTORIAL_HANDLER.read_text().replace('["not paraphrase", "paraphrase"]',
                                                             '["paraphrase", "not paraphrase"]'))
-    info = ModelInfo.read(graph)
-    archiver = Path(sys.executable).parent / "torch-model-archiver"
-    subprocess.run([str(archiver), "--model-name", "bert-swapped", "--version", "1.0",
-                    "--serialized-file", str(graph / "model_128.pt"), "--handler", str(swapped),
-                    "--extra-files", ",".join(str(graph / name) for name in info.tokenizer_files),
-                    "--export-path", str(tmp_path)], check=True)
-    summary = _run(tmp_path / "runs", **{"model.mar": str(tmp_path / "bert-swapped.mar"), "benchmark.enabled": False})
+    mar = _tutorial_archive(graph, swapped, "bert-swapped", tmp_path)
+    summary = _run(tmp_path / "runs", **{"model.mar": str(mar), "benchmark.enabled": False})
     assert summary["status"] == "failed"
     assert _stage(summary, "check")["status"] == "failed"
     assert not _check(summary, "tutorial pairs (full batch)")["passed"]
