@@ -24,9 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from tasks.config import REPO_ROOT
 from tasks.errors import PipelineError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ChildError(PipelineError):
@@ -71,12 +70,16 @@ def run(module: str, request: dict, error: type[PipelineError] = ChildError, log
                 fix="read the child's log lines above; a negative code is the signal that killed it")
 
 
+def without_neuron_runtime_settings() -> dict[str, str]:
+    """This environment less every inherited NEURON_RT_* (an inherited VISIBLE_CORES=0 would put every
+    process that loads a Neuron graph on core 0): what children and TorchServe's workers start from."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")}
+
+
 def one_core_env() -> dict[str, str]:
     """This environment for a child that may load a Neuron graph: no inherited NEURON_RT_*, and one core,
     which the runtime picks among the free ones (ignored off Neuron). A child never needs more."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")}
-    env["NEURON_RT_NUM_CORES"] = "1"
-    return env
+    return {**without_neuron_runtime_settings(), "NEURON_RT_NUM_CORES": "1"}
 
 
 def _stream(pipe, log, module: str, lines: list[str]) -> None:

@@ -26,6 +26,7 @@ import psutil
 from pydantic import BaseModel, SecretStr
 
 from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THREADS_ENV
+from tasks.child import without_neuron_runtime_settings
 from tasks.config import ResolvedServing, ServingConfig
 from tasks.errors import PipelineError
 from tasks.serve import cores
@@ -214,8 +215,8 @@ def start(
     # A short path of its own: TorchServe's pid file and worker unix sockets (<=108 chars) go here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
     env = dict(
-        # No inherited NEURON_RT_* (e.g. VISIBLE_CORES=0 for every worker): each worker pins its own core.
-        {key: value for key, value in os.environ.items() if not key.startswith("NEURON_RT_")},
+        # No inherited NEURON_RT_*: each worker pins its own core (serving/handler.py).
+        without_neuron_runtime_settings(),
         TMPDIR=str(temp_dir),
         TEMP=str(temp_dir),
         LOG_LOCATION=str(logs),
