@@ -7,7 +7,7 @@ In one run, in this order (TorchServe idle for the first two):
      reader sees the client was not the limit (loadgen.py);
   3. the load: closed loop with N clients (the tutorial's 64) or open loop at a fixed rate
      (latency from the intended send time; offered against achieved, late and dropped requests),
-     warm-up excluded, real pairs from a pool, a progress line every few seconds; throughput per
+     warm-up excluded, real pairs from a pool; throughput per
      window and its variation (stable or not), the latency histogram; where the CPU went meanwhile
      (cpu.py), TorchServe's memory and the accelerator's use (telemetry.py);
   4. TorchServe's own account of the load window, from its metric logs, and how long the model took
@@ -15,6 +15,9 @@ In one run, in this order (TorchServe idle for the first two):
   5. a lone client: p50 at concurrency 1, against the latency of one batch in-process;
   6. regression: every headline figure against the median of the last N completed runs of the same
      deployment and parameters, read through the Prefect API (regression.py).
+While it runs, tasks/report/progress.py shows where the stage stands (a Prefect progress artifact,
+one live terminal line, a log line as the load starts and at each quarter of it), each part
+weighted by its planned seconds (planned_seconds).
 The result (results.py) is summary.json's `benchmark`, benchmark.json and benchmark.png in the run
 directory; figures.py names and shows its figures.
 """
@@ -37,6 +40,7 @@ from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
+from tasks.report.progress import StageProgress
 from tasks.runlog import stage_logger
 from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
 
@@ -46,6 +50,10 @@ BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
 REGRESSION_FIX = ("find what made this run slower than earlier nights (the summary's regression line names the "
                   "figure), or run with --regression warn to report it without failing")
+
+
+CEILING_START_S = 5.0  # the ceiling's child process: start, load the graphs, warm up
+WRAP_UP_S = 1.0  # regression (a query to the Prefect API), the chart, benchmark.json
 
 
 class BenchmarkError(PipelineError):
@@ -127,6 +135,21 @@ def _single_client(url: str, headers: dict, pairs, seconds: float, ceiling) -> S
     )
 
 
+def planned_seconds(settings, resolved, ceiling: bool = True) -> dict[str, float]:
+    """The stage's parts and about how long each should take (s), in order: the progress's weights.
+    A load of a count of requests has no planned duration: it is weighed as `duration` s."""
+    workers, threads = resolved.initial_workers, resolved.threads_per_worker
+    layouts = 1 + (workers > 1) + (threads > 1) + (0.5 if workers == 1 else 1.0)  # + the lone batches' half-times
+    return {
+        "ceiling": CEILING_START_S + layouts * settings.ceiling_seconds if ceiling and settings.ceiling_seconds else 0,
+        "client check": settings.client_check_seconds + 0.5 if settings.client_check_seconds > 0 else 0,
+        "load": settings.warmup + settings.duration,
+        "server logs": LOG_SETTLE_S,
+        "lone client": settings.single_client_seconds,
+        "wrap-up": WRAP_UP_S,
+    }
+
+
 def accuracy_of(checks) -> float | None:
     """The check stage's accuracy on checks.accuracy_file, when one was configured and scored."""
     found = next((c for c in checks or [] if c.name == "accuracy" and c.metrics), None)
@@ -145,17 +168,42 @@ def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_
     log.info("benchmark: %s, %s loop, %s", pool, settings.mode,
              f"{settings.concurrency} clients" if settings.mode == "closed"
              else f"{settings.rate:g} requests/s (at most {settings.concurrency} open)")
+    with StageProgress("benchmark", planned_seconds(settings, resolved, traced is not None), log=log) as progress:
+        bench = _measure(server, model_name, url, pairs, pool, traced, config, resolved, log, accuracy, progress)
+        progress.phase("wrap-up", "regression against earlier runs, the chart, benchmark.json")
+        bench.fingerprint = regression.fingerprint(config, resolved)
+        bench.regression = regression.check(bench, bench.fingerprint, settings.regression_runs,
+                                            settings.regression_tolerance, settings.regression_action,
+                                            settings.regression_tolerances)
+        (log.warning if bench.regression.status == "regressed" else log.info)("regression: %s",
+                                                                              bench.regression.message)
+
+        chart = write_chart(bench, run_dir / CHART_FILE, log)
+        bench.chart = str(chart) if chart else None
+        write_json(bench, run_dir / BENCHMARK_FILE)
+    return bench
+
+
+def _measure(server, model_name: str, url: str, pairs, pool: str, traced, config, resolved, log, accuracy,
+             progress: StageProgress) -> BenchmarkResult:
+    """The stage's measurements, each part announced to `progress` as it starts."""
+    settings = config.benchmark
     # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
+    if traced is not None and settings.ceiling_seconds > 0:
+        progress.phase("ceiling", "ceiling: the traced model in-process, no server")
     ceiling = _ceiling(traced.model_dir, pairs, resolved, settings.ceiling_seconds, log) if traced else None
+    if settings.client_check_seconds > 0:
+        progress.phase("client check", "client check: the load generator against a trivial local endpoint")
     client = _client_capacity(pairs, settings, log)
 
+    progress.phase("load", "load: starting the clients")
     wall_0 = time.time()
     cpu_0 = cpu_snapshot(server)
     with Telemetry(server, resolved.backend, settings.telemetry_every) as telemetry:
         result = loadgen.load(url, server.inference_headers(), pairs, mode=settings.mode,
                               concurrency=settings.concurrency, duration=settings.duration,
                               requests=settings.requests, rate=settings.rate, warmup=settings.warmup,
-                              progress_every=settings.progress_every, log=log,
+                              progress_every=settings.progress_every, log=log, on_progress=progress.load("load"),
                               max_backlog=settings.concurrency if settings.mode == "open" else None)
         cpu_1 = cpu_snapshot(server)
     bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
@@ -168,11 +216,14 @@ def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_
         bench.inferences_per_s, ceiling.inferences_per_s if ceiling else None)
     if client is not None:
         client.over_served = _ratio(client.requests_per_s, bench.requests_per_s)
+    progress.phase("server logs", "TorchServe's own account of the load, from its metric logs")
     time.sleep(LOG_SETTLE_S)
     since = wall_0 + settings.warmup
     logs = Path(server.server_dir) / "logs"
     bench.server = server_times(logs, since, since + result.seconds + LOG_SETTLE_S, model_name)
     bench.model_load = model_load(logs, model_name)
+    if settings.single_client_seconds > 0:
+        progress.phase("lone client", "a lone client: latency at concurrency 1")
     bench.single_client = _single_client(url, server.inference_headers(), pairs, settings.single_client_seconds,
                                          ceiling)
     log.info(figures.headline(bench))
@@ -184,16 +235,6 @@ def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_
             f"was unstable, its figures are not a steady state")
     for warning in bench.warnings:
         log.warning(warning)
-
-    bench.fingerprint = regression.fingerprint(config, resolved)
-    bench.regression = regression.check(bench, bench.fingerprint, settings.regression_runs,
-                                        settings.regression_tolerance, settings.regression_action,
-                                        settings.regression_tolerances)
-    (log.warning if bench.regression.status == "regressed" else log.info)("regression: %s", bench.regression.message)
-
-    chart = write_chart(bench, run_dir / CHART_FILE, log)
-    bench.chart = str(chart) if chart else None
-    write_json(bench, run_dir / BENCHMARK_FILE)
     return bench
 
 

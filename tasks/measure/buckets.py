@@ -5,6 +5,7 @@ model-config.yaml narrowing the handler to max_length only is the tutorial's way
 the same pool of real pairs is sent to both, one after the other, with the same load settings but
 for `compare_seconds` each (after the same warm-up): the benchmark's windows already measured the
 served model's steady state; this is a ratio between two registrations measured back to back.
+While it runs, a progress artifact and a live terminal line follow it (tasks/report/progress.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tasks.build.archive import Archive, archive
 from tasks.build.trace import TracedModel
 from tasks.measure import loadgen
 from tasks.measure.benchmark import load_pool
+from tasks.report.progress import StageProgress
 from tasks.serve.clients import Inference
 from tasks.runlog import stage_logger
 from tasks.serve.register import register
@@ -25,6 +27,9 @@ from tasks.serve.register import register
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
 LABEL_SAMPLE = 60
 LABEL_CLIENTS = 16
+# About how long the parts other than the loads take (s): the progress's weights, not limits.
+REGISTER_S = 10.0  # archive the single-bucket copy, register it, its workers load the graphs
+LABELS_S = 3.0  # the label sample sent to both
 
 
 class BucketComparison(BaseModel):
@@ -55,22 +60,30 @@ def compare(server, bucketed: Archive, traced: TracedModel, config, workers: int
     tutorial's padding), then the same load against both; inferences/s and labels of both."""
     log = log or stage_logger(__name__)
     info = bucketed.info
-    single = archive(traced, bucketed.model_store, name=f"{bucketed.model_name}-single-bucket",
-                     length_buckets=[info.max_length])
-    register(server, single, config.serving.max_batch_delay, workers)
     settings = config.benchmark
-    pairs, pool = load_pool(settings.pairs_file)
-    options = dict(mode=settings.mode, concurrency=settings.concurrency, duration=settings.compare_seconds,
-                   rate=settings.rate, warmup=settings.warmup, progress_every=None)
-    results = {}
-    for name in (bucketed.model_name, single.model_name):
-        url = f"{server.inference_url}/predictions/{name}"
-        results[name] = loadgen.load(url, server.inference_headers(), pairs, **options)
-        if results[name].errors:
-            log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
+    single_name = f"{bucketed.model_name}-single-bucket"
+    names = (bucketed.model_name, single_name)
+    phases = {"register": REGISTER_S, **{name: settings.warmup + settings.compare_seconds for name in names},
+              "labels": LABELS_S}
+    with StageProgress("compare-buckets", phases, log=log) as progress:
+        progress.phase("register", f"registering {single_name} (max_length {info.max_length} only)")
+        single = archive(traced, bucketed.model_store, name=single_name, length_buckets=[info.max_length])
+        register(server, single, config.serving.max_batch_delay, workers)
+        pairs, pool = load_pool(settings.pairs_file)
+        options = dict(mode=settings.mode, concurrency=settings.concurrency, duration=settings.compare_seconds,
+                       rate=settings.rate, warmup=settings.warmup, progress_every=settings.progress_every)
+        results = {}
+        for name in names:
+            progress.phase(name, f"load on {name}")
+            url = f"{server.inference_url}/predictions/{name}"
+            results[name] = loadgen.load(url, server.inference_headers(), pairs, **options,
+                                         on_progress=progress.load(name))
+            if results[name].errors:
+                log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
+        progress.phase("labels", f"the labels of {min(LABEL_SAMPLE, len(pairs))} pairs from both")
+        sample = pairs[:LABEL_SAMPLE]
+        labels = {name: [p.answer for p in _answers(server, name, sample)] for name in results}
     many, one = results[bucketed.model_name], results[single.model_name]
-    sample = pairs[:LABEL_SAMPLE]
-    labels = {name: [p.answer for p in _answers(server, name, sample)] for name in results}
     identical = sum(a == b for a, b in zip(*labels.values()))
     comparison = BucketComparison(
         buckets=info.buckets, max_length=info.max_length, pairs=pool,

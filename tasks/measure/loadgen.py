@@ -18,6 +18,11 @@ window does not start with an empty pipeline), and the drain after it is out (th
 batches, which may wait max_batch_delay for batch-mates that never come). Pairs come from a pool of real
 pairs, round-robin from a seeded shuffle, never one pair repeated.
 
+Progress: with `on_progress`, a callback (tasks/report/progress.py's StageProgress.load()) gets a
+LoadProgress every `progress_every` s from the start (warm-up included) and a last one, fraction 1.0,
+once the load is over; without it, `log` gets a line every `progress_every` s of measured load. The
+callback runs on the load's event loop: it must be quick, and an error in it is logged, never raised.
+
 TrivialEndpoint answers ["paraphrase"] to any POST from a thread of its own: the same load
 generator against it shows what the client alone can sustain.
 """
@@ -31,6 +36,7 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -177,6 +183,41 @@ class PairPool:
         return pair
 
 
+@dataclass(frozen=True)
+class LoadProgress:
+    """Where a running load stands, for a progress callback."""
+
+    elapsed: float  # s since the load began, warm-up included
+    planned: float | None  # warm-up + duration in s; None when the load is a count of requests
+    fraction: float  # 0 .. 1, never decreasing; 1.0 only once the load is over
+    warming_up: bool
+    measured_s: float  # s of measured load so far
+    requests_per_s: float  # answers per s of measured load so far
+    p50_ms: float  # of the measured answers so far (NaN: none yet)
+    p90_ms: float
+    errors: int  # measured requests that failed so far
+    done: bool = False
+
+
+def _snapshot(samples: list[Sample], elapsed: float, warmup: float, duration: float, requests: int | None,
+              counted: int, last: float, done: bool = False) -> LoadProgress:
+    measured_s = max(0.0, elapsed - warmup)
+    if done:
+        fraction = 1.0
+    elif requests is not None:
+        fraction = min(counted / requests, 0.99)
+    else:
+        fraction = min(elapsed / (warmup + duration), 0.99) if warmup + duration > 0 else 0.99
+    good = [s.latency for s in samples if s.measured and s.ok]
+    p50, p90 = (float(v) * 1000 for v in np.percentile(good, [50, 90])) if good else (float("nan"),) * 2
+    answered = sum(s.ok and 0 <= s.done <= measured_s for s in samples)
+    return LoadProgress(
+        elapsed=elapsed, planned=None if requests is not None else warmup + duration, fraction=max(fraction, last),
+        warming_up=elapsed < warmup, measured_s=measured_s,
+        requests_per_s=answered / measured_s if measured_s > 0 else 0.0, p50_ms=p50, p90_ms=p90,
+        errors=sum(s.measured and not s.ok and not s.dropped for s in samples), done=done)
+
+
 def _progress_line(samples: list[Sample], now: float, window: float) -> str:
     window = min(window, now)
     recent = [s for s in samples if now - window < s.done <= now]
@@ -204,6 +245,7 @@ async def run_load(
     label: str = "benchmark",
     timeout: float = 120.0,
     max_backlog: int | None = None,
+    on_progress: Callable[[LoadProgress], None] | None = None,
 ) -> LoadResult:
     """Drive `url` with form-encoded pairs (seq_0, seq_1) and measure every answer."""
     if mode not in ("closed", "open"):
@@ -290,7 +332,28 @@ async def run_load(
         if in_flight:
             await asyncio.gather(*in_flight)
 
+    last = 0.0  # the last fraction told: never goes back
+    callback_failed = False
+
+    def tell(done: bool = False) -> None:
+        nonlocal last, callback_failed
+        snapshot = _snapshot(samples, time.monotonic() - start, warmup, duration, requests, counted, last, done)
+        last = snapshot.fraction
+        try:
+            on_progress(snapshot)
+        except Exception as error:  # progress is for people: it never fails the measurement
+            if not callback_failed:
+                log.warning("%s: the progress callback failed (%s: %s); the load goes on", label,
+                            type(error).__name__, error)
+            callback_failed = True
+
     async def progress() -> None:
+        if on_progress is not None:
+            tick = start
+            while True:
+                tick += progress_every
+                await asyncio.sleep(max(0.0, tick - time.monotonic()))
+                tell()
         tick = measure_from
         while True:
             tick += progress_every  # every progress_every s of measured load
@@ -319,6 +382,8 @@ async def run_load(
             if reporter is not None:
                 reporter.cancel()
     end = time.monotonic()
+    if on_progress is not None:
+        tell(done=True)
     seconds = (end - measure_from) if requests is not None else duration
     return LoadResult(mode=mode, concurrency=concurrency, rate=rate if mode == "open" else None,
                       seconds=max(seconds, 0.0), samples=samples, first_error=errors[0] if errors else None)

@@ -1,0 +1,225 @@
+"""A stage's progress: the load generator's callback, the live terminal line, the few log lines,
+and a progress artifact that can fail without failing the stage (tasks/report/progress.py)."""
+
+import io
+import logging
+import threading
+import time
+
+import pytest
+
+from tasks.measure.loadgen import LoadProgress, TrivialEndpoint, load
+from tasks.report.progress import CLEAR, StageProgress, in_run
+
+PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
+
+
+class Terminal(io.StringIO):
+    """What a terminal receives: a stream that says it is a TTY."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def told(fraction: float, warming_up: bool = False) -> LoadProgress:
+    return LoadProgress(elapsed=fraction * 30, planned=30.0, fraction=fraction, warming_up=warming_up,
+                        measured_s=fraction * 30, requests_per_s=20.0, p50_ms=100.0, p90_ms=180.0, errors=0,
+                        done=fraction >= 1.0)
+
+
+def test_the_load_tells_monotonic_fractions_from_the_warm_up_to_1():
+    seen: list[LoadProgress] = []
+    with TrivialEndpoint(delay=0.01) as endpoint:
+        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.8, warmup=0.3, progress_every=0.1,
+                      on_progress=seen.append)
+    fractions = [p.fraction for p in seen]
+    assert len(seen) >= 6
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and max(fractions[:-1]) < 1.0
+    assert seen[-1].done and not any(p.done for p in seen[:-1])
+    assert seen[0].warming_up and not seen[-1].warming_up
+    assert seen[-1].requests_per_s == pytest.approx(result.requests_per_s, rel=0.25)
+    assert 0 < seen[-1].p50_ms <= seen[-1].p90_ms and seen[-1].errors == 0
+
+
+def test_a_count_of_requests_moves_with_the_requests_sent():
+    seen: list[LoadProgress] = []
+    with TrivialEndpoint(delay=0.02, serial=True) as endpoint:
+        load(endpoint.url, {}, PAIRS, concurrency=2, requests=40, progress_every=0.1, on_progress=seen.append)
+    fractions = [p.fraction for p in seen]
+    assert seen[0].planned is None and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(0.1 < f < 0.99 for f in fractions)  # it moved on the way, not only at the end
+
+
+def test_a_failing_callback_is_logged_once_and_the_load_goes_on(caplog):
+    caplog.set_level(logging.WARNING)
+    calls = []
+
+    def broken(progress):
+        calls.append(progress)
+        raise RuntimeError("the API is down")
+
+    with TrivialEndpoint() as endpoint:
+        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, progress_every=0.1,
+                      log=logging.getLogger("test-load"), on_progress=broken)
+    assert len(calls) >= 4 and result.errors == 0 and len(result.measured) > 10
+    warnings = [r.getMessage() for r in caplog.records if r.name == "test-load"]
+    assert len(warnings) == 1 and "the API is down" in warnings[0]
+
+
+def test_without_a_terminal_a_long_load_logs_a_handful_of_lines_and_writes_nothing_else(caplog):
+    caplog.set_level(logging.INFO)
+    log = logging.getLogger("test-stage")
+    stream = io.StringIO()  # a worker's log file, CI: not a TTY
+    # Planned as the nightly's 30 s load (so it is logged at its quarters); run for 1.2 s, told every 20 ms.
+    with StageProgress("benchmark", {"ceiling": 10, "load": 30}, log=log, stream=stream, every=0.02) as progress:
+        progress.phase("ceiling", "ceiling: in-process")
+        progress.phase("load", "load: starting the clients")
+        with TrivialEndpoint(delay=0.005) as endpoint:
+            load(endpoint.url, {}, PAIRS, concurrency=2, duration=1.2, progress_every=0.02,
+                 on_progress=progress.load("load"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "test-stage"]
+    assert stream.getvalue() == ""
+    assert len(lines) == 4, lines  # the load's start and its 3 quarters: not one per update (60)
+    assert lines[0].startswith("benchmark ") and "load: starting the clients" in lines[0]
+    assert all("requests/s" in line and "p90" in line for line in lines[1:])
+    assert [int(line.split("%")[0].split()[-1]) for line in lines] == sorted(
+        int(line.split("%")[0].split()[-1]) for line in lines)
+
+
+def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end():
+    terminal = Terminal()
+    with StageProgress("benchmark", {"load": 2}, stream=terminal, artifact=False, every=0.05) as progress:
+        progress.phase("load")
+        with TrivialEndpoint(delay=0.005) as endpoint:
+            load(endpoint.url, {}, PAIRS, concurrency=2, duration=1.0, warmup=0.2, progress_every=0.05,
+                 on_progress=progress.load("load"))
+    out = terminal.getvalue()
+    assert "\n" not in out  # one line, never a scrolling list
+    drawn = [part for part in out.split(CLEAR) if part]
+    assert len(drawn) >= 10 and out.endswith(CLEAR)  # rewritten, then erased
+    assert any("warm-up" in part for part in drawn)
+    last = drawn[-1]
+    assert last.startswith("benchmark ") and "requests/s" in last and "p50" in last and "p90" in last
+    assert "errors 0" in last and "/2 s" in last  # elapsed / planned
+
+
+def test_a_log_record_erases_the_live_line_before_it_is_written():
+    terminal = Terminal()
+    handler = logging.StreamHandler(terminal)
+    logger = logging.getLogger("test-console")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with StageProgress("benchmark", {"load": 1}, stream=terminal, artifact=False, every=0.02) as progress:
+            progress.phase("load", "load: starting")
+            time.sleep(0.1)
+            logger.warning("a log line")
+            time.sleep(0.1)
+    finally:
+        logger.removeHandler(handler)
+    out = terminal.getvalue()
+    before = out.split("a log line")[0]
+    assert before.endswith(CLEAR)  # the record starts on a clean row
+    assert handler.filters == []  # the guard is gone with the stage
+
+
+def test_outside_a_flow_run_there_is_no_artifact_and_no_error():
+    assert not in_run()
+    with StageProgress("benchmark", {"load": 1}, stream=io.StringIO()) as progress:
+        assert progress.artifact is False
+        progress.phase("load")
+        progress.load()(told(1.0))
+    assert progress.artifact_id is None and progress.fraction == 1.0
+
+
+def test_the_artifact_moves_to_100_with_what_is_running():
+    updates = []
+    create = lambda progress, description: updates.append((progress, description)) or "artifact-id"  # noqa: E731
+
+    def update(artifact_id, progress, description):
+        assert artifact_id == "artifact-id"
+        updates.append((progress, description))
+
+    with StageProgress("benchmark", {"ceiling": 1, "load": 3}, stream=io.StringIO(), artifact=True, every=0.02,
+                       create=create, update=update) as progress:
+        progress.phase("ceiling", "ceiling: in-process")
+        time.sleep(0.2)
+        progress.phase("load")
+        callback = progress.load("load")
+        for step in range(1, 11):
+            callback(told(step / 10))
+            time.sleep(0.03)
+    values = [value for value, _ in updates]
+    assert values == sorted(values) and values[0] < 10 and values[-1] == 100.0 and max(values[:-1]) < 100
+    assert len(updates) >= 5
+    assert any("ceiling: in-process" in text for _, text in updates)
+    assert any("requests/s" in text and "p90" in text for _, text in updates)
+    assert updates[-1][1].startswith("benchmark done in")
+
+
+@pytest.mark.parametrize("broken", ["create", "update"])
+def test_a_failing_artifact_neither_fails_nor_slows_the_load(broken, caplog):
+    caplog.set_level(logging.WARNING)
+    calls = {"create": 0, "update": 0}
+
+    def create(progress, description):
+        calls["create"] += 1
+        if broken == "create":
+            raise ConnectionError("the Prefect API is unreachable")
+        return "artifact-id"
+
+    def update(artifact_id, progress, description):
+        calls["update"] += 1
+        raise ConnectionError("the Prefect API is unreachable")
+
+    log = logging.getLogger("test-artifact")
+    began = time.monotonic()
+    with StageProgress("benchmark", {"load": 1}, log=log, stream=io.StringIO(), artifact=True, every=0.02,
+                       create=create, update=update) as progress:
+        progress.phase("load")
+        with TrivialEndpoint() as endpoint:
+            result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.6, progress_every=0.02,
+                          on_progress=progress.load())
+    assert result.errors == 0 and len(result.measured) > 10 and progress.fraction == 1.0
+    assert time.monotonic() - began < 3
+    assert calls["create"] == 1 and calls["update"] == (1 if broken == "update" else 0)  # given up, not retried
+    warnings = [r.getMessage() for r in caplog.records if r.name == "test-artifact"]
+    assert len(warnings) == 1 and "unreachable" in warnings[0] and "the stage goes on" in warnings[0]
+
+
+def test_a_hanging_api_does_not_hold_the_stage():
+    release = threading.Event()
+
+    def hang(**_):
+        release.wait(30)  # an API that answers nothing
+        return "artifact-id"
+
+    began = time.monotonic()
+    try:
+        with StageProgress("benchmark", {"load": 1}, stream=io.StringIO(), artifact=True, every=0.02,
+                           create=hang, update=hang) as progress:
+            progress.phase("load")
+            with TrivialEndpoint() as endpoint:
+                result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, progress_every=0.02,
+                              on_progress=progress.load())
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert result.seconds == 0.5 and len(result.measured) > 10
+    assert took < 0.5 + 3.5  # the load, then at most the wait for the artifact's last update
+
+
+def test_a_failed_stage_stays_where_it_stopped_and_says_so():
+    updates = []
+    with pytest.raises(RuntimeError):
+        with StageProgress("benchmark", {"ceiling": 1, "load": 1}, stream=io.StringIO(), artifact=True,
+                           every=0.02, create=lambda **kw: updates.append(kw) or "id",
+                           update=lambda **kw: updates.append(kw)) as progress:
+            progress.phase("ceiling")
+            progress.phase("load")
+            progress.load()(told(0.4))
+            time.sleep(0.1)
+            raise RuntimeError("TorchServe died")
+    assert 60 <= updates[-1]["progress"] < 100
+    assert updates[-1]["description"].startswith("benchmark failed after") and "during load" in updates[-1][
+        "description"]
