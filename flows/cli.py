@@ -26,7 +26,8 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config, resolve_serving
+from tasks.config import ConfigError, RunConfig, load_config, resolve_serving
+from tasks.parameters import file_defaults, shown, value_at
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -66,7 +67,7 @@ def add_config_file_option(parser: argparse.ArgumentParser) -> None:
 def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     """An option per flagged field of RunConfig, grouped by section; `only`: just these flag names."""
     wanted = set(only) if only is not None else None
-    defaults = _file_defaults()
+    defaults = file_defaults()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for key, field in config_fields().items():
         flag = flag_of(field)
@@ -75,9 +76,9 @@ def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | No
         section = key.split(".")[0] if "." in key else "run"
         if section not in groups:
             groups[section] = parser.add_argument_group(section)
-        shown = _shown(_value_at(defaults, key))
+        default = shown(value_at(defaults, key))
         # Not argparse's default: a flag not given must leave the config file in charge.
-        help_text = f"{field.description} [{key}; default: {shown}]".replace("%", "%%")
+        help_text = f"{field.description} [{key}; default: {default}]".replace("%", "%%")
         if _members(field.annotation) == [bool]:
             groups[section].add_argument(f"--{flag}", dest=key, action=argparse.BooleanOptionalAction,
                                          help=help_text)
@@ -223,28 +224,3 @@ def _reader(key: str, annotation: Any) -> tuple[Any, list[str] | None, str | Non
 
     metavar = None if not kinds else "|".join([_READERS[kind][2] for kind in kinds] + words)
     return read, (words if not kinds else None), metavar
-
-
-def _file_defaults() -> RunConfig:
-    """What a run gets without flags: the default config file, else the fields' own defaults."""
-    try:
-        return load_config(DEFAULT_CONFIG_FILE)
-    except ConfigError:
-        return RunConfig()
-
-
-def _value_at(config: BaseModel, key: str) -> Any:
-    value: Any = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
-        return str(value.relative_to(REPO_ROOT))
-    return str(value)

@@ -1,6 +1,11 @@
 """The validation flow: the tutorial's steps, each checked.
 
     python -m flows.validate [--config FILE] [--batch-size N] ... (see --help)
+    validate(config_file="configs/default.yaml", settings={"batch_size": 4}, overrides={"runs_dir": "/tmp/r"})
+
+The parameters: a config file, the typed settings a person sets in the UI's Run form
+(tasks/parameters.py RunSettings, checked by Prefect before a deployment's run is created), and
+dotted overrides of any RunConfig field; later ones win.
 
 trace -> archive -> start -> register -> check -> benchmark -> compare-buckets -> stop. The DAG
 only: the work is in tasks/, the stages' Prefect policy in flows/stages.py, and flows/run.py makes
@@ -41,6 +46,7 @@ from flows.stages import (  # noqa: E402
     trace_task,
 )
 from tasks.config import load_config, resolve_serving  # noqa: E402
+from tasks.parameters import RunSettings, given, merged  # noqa: E402
 from tasks.measure.benchmark import accuracy_of, raise_if_regressed  # noqa: E402
 from tasks.verify.checks import raise_if_failed  # noqa: E402
 
@@ -48,12 +54,24 @@ from tasks.verify.checks import raise_if_failed  # noqa: E402
 # Cancelled or crashed: Prefect's own hooks stop a TorchServe the run's process could not (flows/run.py).
 @flow(name="bert-serving-validation", log_prints=True,
       on_cancellation=[stop_what_the_run_left], on_crashed=[stop_what_the_run_left])
-def validate(config_file: str = "configs/default.yaml", overrides: dict | None = None) -> dict:
-    """Prove a BERT model still serves correctly and fast on TorchServe."""
-    config = load_config(config_file, overrides)  # a bad config stops here, before anything starts
+def validate(config_file: str = "configs/default.yaml", settings: RunSettings = RunSettings(),
+             overrides: dict | None = None) -> dict:
+    """Prove a BERT model still serves correctly and fast on TorchServe.
+
+    Args:
+        config_file: YAML run config (configs/), relative to the checkout or absolute; settings and
+            overrides change it for this run.
+        settings: this run's settings; each one left empty keeps the config file's value.
+        overrides: any config field by dotted key, e.g. {"benchmark.warmup": 1}; the settings win over them.
+    """
+    applied, replaced = merged(settings, overrides)
+    config = load_config(config_file, applied)  # a bad config stops here, before anything starts
     resolved = resolve_serving(config.serving)
     serving, model = config.serving, config.model
-    with Run(config, resolved, {"config_file": config_file, "overrides": overrides}) as run:
+    parameters = {"config_file": config_file, "settings": given(settings), "overrides": overrides}
+    with Run(config, resolved, parameters) as run:
+        for line in replaced:
+            run.log.warning(line)
         traced, mar = build(run, config, resolved)
         with run.stage("start"):
             if model.mar is not None:

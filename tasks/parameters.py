@@ -1,0 +1,139 @@
+"""RunSettings: the flow's typed parameter, the settings a person changes from the UI's Run form.
+
+    validate(config_file="configs/inf2-xlarge.yaml", settings={"batch_size": 4, "benchmark": False})
+
+Each setting is one RunConfig field (SETTINGS maps its name to the field's dotted key). Its type,
+its constraints (ge/le, Literal choices) and its description are taken from that field, not
+written a second time, so the Run form, Prefect's check of a new flow run and load_config refuse
+the same values. The names are the command-line flags' (--batch-size is batch_size), so one
+vocabulary serves the terminal and the UI.
+
+Every setting defaults to empty (None): an empty setting leaves the config file's value, so a
+deployment's config file (configs/inf2-xlarge.yaml: backend neuron) is never overridden by a form
+default. What a run gets, later winning:
+
+    config file  <  overrides (dotted keys, any field)  <  settings
+
+The settings win over the overrides because they are what a person typed into the form last; the
+overrides are the open-ended escape hatch (and what `python -m flows.validate` passes) for every
+field the form does not show. A setting that contradicts an override is logged (see `merged`).
+
+Only pydantic and yaml are imported here: `--help` of the command line must stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
+
+from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config
+
+# Setting name -> RunConfig field. Named like the command-line flag where the field has one.
+SETTINGS: dict[str, str] = {
+    "model": "model.source",
+    "batch_size": "serving.batch_size",
+    "max_length": "serving.max_length",
+    "length_buckets": "serving.length_buckets",
+    "workers": "serving.initial_workers",
+    "max_batch_delay": "serving.max_batch_delay",
+    "backend": "serving.backend",
+    "instance_type": "serving.instance_type",
+    "benchmark": "benchmark.enabled",
+    "load": "benchmark.mode",
+    "concurrency": "benchmark.concurrency",
+    "rate": "benchmark.rate",
+    "duration": "benchmark.duration",
+    "accuracy_file": "checks.accuracy_file",
+    "min_accuracy": "checks.min_accuracy",
+    "regression": "benchmark.regression_action",
+}
+
+
+def config_field(dotted: str, model: type[BaseModel] = RunConfig) -> FieldInfo:
+    """RunConfig's field at a dotted key such as "serving.batch_size"."""
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return model.model_fields[leaf]
+
+
+def value_at(config: BaseModel, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def shown(value: Any) -> str:
+    """A config value as a person writes it: on/off, none, a path relative to the checkout."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        return str(value.relative_to(REPO_ROOT))
+    return str(value)
+
+
+def file_defaults() -> RunConfig:
+    """What a run gets with nothing given: the default config file, else the fields' own defaults."""
+    try:
+        return load_config(DEFAULT_CONFIG_FILE)
+    except ConfigError:
+        return RunConfig()
+
+
+def _setting(dotted: str, defaults: RunConfig) -> tuple[Any, Any]:
+    """(annotation, Field) of one setting: the RunConfig field's type and constraints, or None."""
+    field = config_field(dotted)
+    # The field's own ge/le/gt travel in its metadata; Annotated keeps them on the non-empty value.
+    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    description = (f"{field.description}. Empty: the config file's {dotted} "
+                   f"({DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)}: {shown(value_at(defaults, dotted))})")
+    return Optional[kind], Field(None, description=description)
+
+
+def _settings_model() -> type[BaseModel]:
+    defaults = file_defaults()
+    return create_model(
+        "RunSettings",
+        __config__=ConfigDict(extra="forbid"),  # a misspelt setting is refused, not ignored
+        __doc__="The settings of one run; each left empty keeps the config file's value.",
+        __module__=__name__,
+        **{name: _setting(dotted, defaults) for name, dotted in SETTINGS.items()},
+    )
+
+
+RunSettings = _settings_model()
+
+
+def as_overrides(settings: BaseModel | dict | None) -> dict[str, Any]:
+    """The settings given (not empty), as dotted overrides for load_config."""
+    if settings is None:
+        return {}
+    if isinstance(settings, dict):
+        settings = RunSettings.model_validate(settings)
+    given = settings.model_dump(mode="json", exclude_none=True)
+    return {SETTINGS[name]: value for name, value in given.items()}
+
+
+def merged(settings: BaseModel | dict | None, overrides: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """(the dotted overrides a run applies, lines naming each override a setting replaced)."""
+    from_settings = as_overrides(settings)
+    replaced = [f"settings.{name} = {from_settings[dotted]!r} replaces overrides[{dotted!r}] = {overrides[dotted]!r}"
+                for name, dotted in SETTINGS.items()
+                if dotted in from_settings and dotted in (overrides or {})
+                and overrides[dotted] is not None and overrides[dotted] != from_settings[dotted]]
+    return {**(overrides or {}), **from_settings}, replaced
+
+
+def given(settings: BaseModel | dict | None) -> dict[str, Any]:
+    """The settings given, by name, None left out: what the run records as its `settings` parameter."""
+    if settings is None:
+        return {}
+    if isinstance(settings, dict):
+        settings = RunSettings.model_validate(settings)
+    return settings.model_dump(mode="json", exclude_none=True)

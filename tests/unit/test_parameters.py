@@ -1,0 +1,117 @@
+"""The flow's typed parameters: RunSettings, what the UI's Run form renders, and how a run merges them."""
+
+import pytest
+from pydantic import ValidationError
+
+from flows.cli import config_fields, flag_of
+from tasks.config import ConfigError, RunConfig, load_config
+from tasks.parameters import SETTINGS, RunSettings, config_field, given, merged
+
+
+def form():
+    """The parameter schema Prefect stores on a deployment: what the UI's Run form is drawn from."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.validate import validate
+
+    return parameter_schema(validate).model_dump()
+
+
+def _kinds(prop: dict) -> list[dict]:
+    return [kind for kind in prop.get("anyOf", [prop]) if kind.get("type") != "null"]
+
+
+def test_the_run_form_shows_each_setting_as_a_typed_field_with_a_description():
+    schema = form()
+    assert list(schema["properties"]) == ["config_file", "settings", "overrides"]
+    assert schema["properties"]["settings"]["$ref"] == "#/definitions/RunSettings"
+    settings = schema["definitions"]["RunSettings"]
+    assert settings["additionalProperties"] is False
+    assert list(settings["properties"]) == list(SETTINGS)
+    for name, prop in settings["properties"].items():
+        assert prop["default"] is None, name  # empty: the config file decides
+        assert "Empty: the config file's" in prop["description"], name
+        assert all("type" in kind or "const" in kind for kind in _kinds(prop)), name
+    props = settings["properties"]
+    assert _kinds(props["batch_size"]) == [{"type": "integer", "minimum": 1, "maximum": 256}]
+    assert "(configs/default.yaml: 6)" in props["batch_size"]["description"]
+    assert _kinds(props["benchmark"]) == [{"type": "boolean"}]
+    assert _kinds(props["backend"])[0]["enum"] == ["auto", "neuron", "cuda", "cpu"]
+    assert _kinds(props["load"])[0]["enum"] == ["closed", "open"]
+    assert _kinds(props["regression"])[0]["enum"] == ["warn", "fail"]
+    assert {"type": "integer", "minimum": 1} in _kinds(props["workers"])
+    assert {"const": "auto", "type": "string"} in _kinds(props["workers"])
+    # The flow's own parameters carry their docstring's words.
+    assert "empty keeps the config file" in schema["properties"]["settings"]["description"]
+
+
+def test_each_setting_accepts_exactly_what_its_config_field_accepts():
+    """Same types, bounds and choices as RunConfig's field (taken from it, not copied), same description."""
+    properties = RunSettings.model_json_schema()["properties"]
+    config_schema = RunConfig.model_json_schema()
+    for name, dotted in SETTINGS.items():
+        *sections, leaf = dotted.split(".")
+        node = config_schema
+        for section in sections:
+            node = config_schema["$defs"][node["properties"][section]["$ref"].rsplit("/", 1)[1]]
+        assert _kinds(properties[name]) == [_bare(kind) for kind in _kinds(node["properties"][leaf])], name
+        assert properties[name]["description"].startswith(config_field(dotted).description), name
+
+
+def _bare(schema: dict) -> dict:
+    return {key: value for key, value in schema.items() if key not in ("default", "description", "title", "flag")}
+
+
+def test_settings_are_named_like_the_command_line_flags():
+    flags = {dotted: flag_of(field).replace("-", "_") for dotted, field in config_fields().items()}
+    for name, dotted in SETTINGS.items():
+        assert name == flags.get(dotted, dotted.rsplit(".", 1)[1]), name
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": "four"}, "batch_size"),
+    ({"workers": "many"}, "workers"),
+    ({"backend": "tpu"}, "backend"),
+    ({"min_accuracy": 70}, "min_accuracy"),
+    ({"length_buckets": [4]}, "length_buckets"),
+    ({"batchsize": 4}, "batchsize"),
+])
+def test_a_bad_setting_is_refused_naming_it(settings, field):
+    with pytest.raises(ValidationError) as caught:
+        RunSettings.model_validate(settings)
+    assert {error["loc"][0] for error in caught.value.errors()} == {field}
+
+
+def test_empty_settings_leave_the_config_file_in_charge():
+    config_file = "configs/inf2-xlarge.yaml"
+    applied, replaced = merged(RunSettings(), None)
+    assert applied == {} and replaced == []
+    assert load_config(config_file, applied).serving.backend == "neuron"
+    assert given(RunSettings()) == {} and given(None) == {}
+
+
+def test_settings_become_dotted_overrides_and_win_over_overrides():
+    settings = RunSettings(batch_size=4, workers="auto", benchmark=False, length_buckets=[40])
+    applied, replaced = merged(settings, {"serving.batch_size": 2, "benchmark.warmup": 1, "benchmark.enabled": False})
+    assert applied == {"serving.batch_size": 4, "serving.initial_workers": "auto", "benchmark.enabled": False,
+                       "serving.length_buckets": [40], "benchmark.warmup": 1}
+    # Only a real contradiction is worth a line in the run's log.
+    assert replaced == ["settings.batch_size = 4 replaces overrides['serving.batch_size'] = 2"]
+    config = load_config(None, applied)
+    assert (config.serving.batch_size, config.benchmark.warmup, config.serving.buckets()) == (4, 1.0, [40, 128])
+
+
+def test_settings_as_stored_in_a_flow_run_are_read_back():
+    """stop_what_the_run_left gets the flow run's parameters as JSON: nulls for the empty settings."""
+    stored = {**{name: None for name in SETTINGS}, "duration": 5.0}
+    applied, _ = merged(stored, {"runs_dir": "/tmp/runs"})
+    assert applied == {"benchmark.duration": 5.0, "runs_dir": "/tmp/runs"}
+    assert given(stored) == {"duration": 5.0}
+
+
+def test_a_setting_the_file_check_refuses_is_refused_when_the_run_loads_its_config():
+    """The form checks types and bounds; whether a file exists is known only on the worker's host."""
+    applied, _ = merged(RunSettings(accuracy_file="no-such.tsv"), None)
+    with pytest.raises(ConfigError, match=r"checks\.accuracy_file = 'no-such.tsv'.*does not exist"):
+        load_config(None, applied)
