@@ -25,6 +25,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.stages import INTERRUPTS, Stages, StageFailed, stop_task
 from tasks.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
+from tasks.parameters import merged
 from tasks.report.events import emit_regression
 from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
 from tasks.serve.server import Server, load_record, stop_stale
@@ -44,6 +45,8 @@ class Run:
     """The run directory, each stage's record, and the typed results so far."""
 
     def __init__(self, config: RunConfig, resolved: ResolvedServing, parameters: dict):
+        # parameters: the flow run's, as a reader of the run-config artifact needs them --
+        # {"config_file": str, "settings": {name: value, the given ones only}, "overrides": dict | None}
         self.config, self.resolved, self.parameters = config, resolved, parameters
         self.log = get_run_logger()
         self.dir = new_run_dir(config.runs_dir)
@@ -185,8 +188,8 @@ def stop_what_the_run_left(flow, flow_run, state) -> None:
 
     parameters = flow_run.parameters or {}
     config_file = Path(parameters.get("config_file") or "configs/default.yaml")
-    config = load_config(config_file if config_file.is_absolute() else REPO_ROOT / config_file,
-                         parameters.get("overrides"))
+    applied, _ = merged(parameters.get("settings"), parameters.get("overrides"))  # the run's own runs_dir
+    config = load_config(config_file if config_file.is_absolute() else REPO_ROOT / config_file, applied)
     runs_dir = config.runs_dir if config.runs_dir.is_absolute() else REPO_ROOT / config.runs_dir
     for line in stop_stale(runs_dir):
         get_logger("bert-validation").warning("%s (flow run %s, %s)", line, flow_run.name, state.name)
