@@ -20,21 +20,45 @@ PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in PREFECT_YAML["deployments"]}
 
 
-def test_one_nightly_deployment_per_target_each_on_its_own_pool():
-    assert set(DEPLOYMENTS) == {"nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu"}
-    pools = [d["work_pool"]["name"] for d in DEPLOYMENTS.values()]
+NIGHTLY = {"nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu"}
+
+
+def test_one_nightly_deployment_per_target_each_on_its_own_pool_and_a_smoke_check_on_demand():
+    assert set(DEPLOYMENTS) == NIGHTLY | {"smoke-cpu-embedded"}
+    pools = [DEPLOYMENTS[name]["work_pool"]["name"] for name in NIGHTLY]
     assert len(set(pools)) == 3
-    for deployment in DEPLOYMENTS.values():
+    assert DEPLOYMENTS["smoke-cpu-embedded"]["work_pool"] == DEPLOYMENTS["nightly-cpu-embedded"]["work_pool"]
+    for name, deployment in DEPLOYMENTS.items():
         assert deployment["entrypoint"] == "flows/validate.py:validate"
         assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
-        (schedule,) = deployment["schedules"]
-        assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "UTC"
+        # The API refuses a run whose parameters do not fit the flow's schema (a typo in the Run form).
+        assert deployment["enforce_parameter_schema"] is True
+        if name in NIGHTLY:
+            (schedule,) = deployment["schedules"]
+            assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "UTC"
+        else:
+            assert not deployment.get("schedules")  # on demand only
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
-def test_each_deployments_config_file_is_a_valid_run_config(name):
-    config = load_config(REPO_ROOT / DEPLOYMENTS[name]["parameters"]["config_file"])
+def test_each_deployments_parameters_make_a_valid_run_config(name):
+    from flows.validate import validate
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate as schema_validate
+    from tasks.parameters import RunSettings, merged
+
+    parameters = DEPLOYMENTS[name]["parameters"]
+    # What the API checks when the deployment's run is created ...
+    schema_validate(parameters, parameter_schema(validate).model_dump(), raise_on_error=True)
+    # ... and what the flow then builds.
+    applied, _ = merged(RunSettings.model_validate(parameters.get("settings") or {}), parameters.get("overrides"))
+    config = load_config(REPO_ROOT / parameters["config_file"], applied)
     assert config.serving.address == "127.0.0.1" and config.serving.token_auth
+
+
+def test_smoke_deployment_skips_the_benchmark_through_its_typed_setting():
+    parameters = DEPLOYMENTS["smoke-cpu-embedded"]["parameters"]
+    assert parameters == {"config_file": "configs/default.yaml", "settings": {"benchmark": False}}
 
 
 def test_inf2_xlarge_serves_one_worker_per_neuron_core(monkeypatch, tmp_path):
@@ -62,7 +86,8 @@ def test_work_pool_template_is_a_process_template_and_the_helper_creates_every_p
     template = json.loads((REPO_ROOT / "deployments" / "process-pool.json").read_text())
     assert set(template) == {"job_configuration", "variables"}
     assert template["job_configuration"]["working_dir"] == "{{ working_dir }}"
-    assert deployments_script("local").work_pools() == [d["work_pool"]["name"] for d in DEPLOYMENTS.values()]
+    assert deployments_script("local").work_pools() == list(dict.fromkeys(
+        d["work_pool"]["name"] for d in DEPLOYMENTS.values()))
 
 
 def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
