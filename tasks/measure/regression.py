@@ -5,7 +5,9 @@ Comparable: completed runs of the same flow and deployment (or, run without one,
 deployment), with the same parameters, whose benchmark table artifact carries the same
 fingerprint (model, batching, workers, load, accuracy file, host type -- not host name, so a fleet
 of identical hosts shares its nights). Their figures are read back through the Prefect API from
-that artifact (key "benchmark"), by the names tasks/measure/figures.py gives them.
+that artifact (key "benchmark-<deployment>", tasks/report/keys.py), by the names tasks/measure/figures.py
+gives them. `earlier_runs` is the one query for earlier runs of a deployment: the trend
+(tasks/report/trend.py) reads its rows with it too.
 
 One busy-host rule (`busy`): other work used more than BUSY_SHARE of the host's CPUs. It warns about
 this run's figures and leaves such nights out of the baseline.
@@ -50,8 +52,8 @@ from tasks.measure.figures import (
 )
 from tasks.measure.results import BenchmarkResult, Moved, Regression
 
-ARTIFACT_KEY = "benchmark"
 BUSY_SHARE = 0.1  # other work using more than this share of the host's CPUs: figures unreliable
+POOL = 200  # earlier runs read at most (the API's page): the newest comparable ones are among them
 NOISE_SIGMAS = 3.0  # a change within this many robust standard deviations of the earlier nights is noise
 
 
@@ -204,8 +206,25 @@ def _same(a, b) -> bool:
     return json.dumps(a or {}, sort_keys=True, default=str) == json.dumps(b or {}, sort_keys=True, default=str)
 
 
-def history(fingerprint: str, limit: int) -> list[dict] | None:
-    """Figures of the last `limit` comparable completed runs, newest first; None outside a flow run."""
+@dataclass
+class Earlier:
+    """An earlier flow run of this deployment and its artifacts' data by kind (tasks/report/keys.py)."""
+
+    run: object  # prefect's FlowRun: name, state, start_time, parameters
+    artifacts: dict
+
+
+def earlier_runs(kinds: tuple[str, ...], limit: int, suffix: str | None = None, completed_only: bool = True,
+                 same_parameters: bool = True, need: str | None = None) -> list[Earlier] | None:
+    """The earlier flow runs of this flow and deployment (run without one: of no deployment), newest
+    first, at most `limit`, each with the data of its artifacts of `kinds`; None outside a flow run.
+
+    An artifact's key is `<kind>-<suffix>` (tasks/report/keys.py). suffix None: this run's deployment
+    when it has one; without one, any `<kind>-adhoc-*` (the caller's fingerprint tells backends apart).
+    A deployment's runs from before per-deployment keys are found by the legacy global key.
+    Ad-hoc runs of every backend share "no deployment": only those with an artifact of this suffix are
+    kept. `need`: keep only runs that have an artifact of that kind.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -220,33 +239,63 @@ def history(fingerprint: str, limit: int) -> list[dict] | None:
     )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.runtime import deployment as this_deployment
     from prefect.runtime import flow_run
+
+    from tasks.report import keys
 
     run_id = flow_run.id
     if not run_id:
         return None
     parameters = flow_run.parameters
+    ended = [StateType.COMPLETED] if completed_only else \
+        [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
     with get_client(sync_client=True) as client:
         me = client.read_flow_run(run_id)
+        if suffix is None and me.deployment_id:
+            suffix = keys.suffix(this_deployment.name, None)
         deployment = (FlowRunFilterDeploymentId(any_=[me.deployment_id]) if me.deployment_id
                       else FlowRunFilterDeploymentId(is_null_=True))
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(id=FlowFilterId(any_=[me.flow_id])),
             flow_run_filter=FlowRunFilter(
                 id=FlowRunFilterId(not_any_=[me.id]), deployment_id=deployment,
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ended)),
             ),
-            sort=FlowRunSort.START_TIME_DESC, limit=max(50, 10 * limit),
+            sort=FlowRunSort.START_TIME_DESC, limit=POOL,
         )
-        same = [run for run in runs if _same(run.parameters, parameters)]
-        if not same:
+        if same_parameters:
+            runs = [run for run in runs if _same(run.parameters, parameters)]
+        if not runs:
             return []
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in same])),
-        )
-    by_run = {artifact.flow_run_id: figures_of(artifact.data) for artifact in artifacts}
-    found = [by_run[run.id] for run in same if run.id in by_run]
+        found: dict = {}
+        for kind in kinds:  # one query per kind: a run holds one artifact of a key, so at most len(runs) rows
+            wanted = {keys.key(kind, suffix)} if suffix else set()
+            if me.deployment_id and kind in keys.LEGACY:
+                wanted.add(keys.LEGACY[kind])
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"{kind}-{keys.ADHOC}-" if not suffix
+                                                                     else kind)),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in runs])),
+                limit=200,
+            )
+            for artifact in artifacts:
+                if artifact.key in wanted or (not suffix and artifact.key.startswith(f"{kind}-{keys.ADHOC}-")):
+                    found.setdefault(artifact.flow_run_id, {}).setdefault(kind, artifact.data)
+    adhoc = not me.deployment_id
+    kept = [Earlier(run, found.get(run.id, {})) for run in runs
+            if (not adhoc or run.id in found) and (need is None or need in found.get(run.id, {}))]
+    return kept[:limit]
+
+
+def history(fingerprint: str, limit: int) -> list[dict] | None:
+    """Figures of the last `limit` comparable completed runs, newest first; None outside a flow run."""
+    from tasks.report.keys import BENCHMARK
+
+    earlier = earlier_runs((BENCHMARK,), POOL, need=BENCHMARK)
+    if earlier is None:
+        return None
+    found = [figures_of(night.artifacts[BENCHMARK]) for night in earlier]
     return [night for night in found if night.get(FINGERPRINT.name) == fingerprint and not busy(night)][:limit]
 
 

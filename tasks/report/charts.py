@@ -4,10 +4,18 @@ timeline_chart  one run over time: answered requests/s per second, p50/p90 laten
                 the in-process ceiling drawn as a line.
 sweep_chart     one bar per configuration of a sweep: inferences/s, p90 against the latency limit,
                 the best configuration under the limit marked.
+histogram_chart the measured latencies' histogram, p50/p90/p99 marked.
+trend_chart     the last runs of one deployment, oldest to newest: inferences/s and p90, regressed and
+                failed runs marked.
+data_uri        a PNG as a data: URI -- the Prefect UI renders it inside a markdown artifact, so the
+                pictures travel with the artifact instead of living only on the worker's disk.
+
+SMALL is the size for pictures embedded in an artifact: tens of KB each.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 
@@ -19,9 +27,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tasks.measure import figures  # noqa: E402
 
 
-def timeline_chart(bench, path: Path) -> Path:
+SMALL = {"figsize": (6.4, 3.2), "dpi": 72}  # ~460 x 230 px: legible in the UI, ~20-40 KB
+LARGE = {"figsize": (10, 5), "dpi": 100}
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def timeline_chart(bench, path: Path, size: dict = LARGE) -> Path:
     rows = bench.timeline
-    figure, throughput = plt.subplots(figsize=(10, 5), dpi=100)
+    figure, throughput = plt.subplots(**size)
     t = [row["t"] for row in rows]
     throughput.bar(t, [row["requests_per_s"] for row in rows], width=0.9, align="edge", color="#8ab4f8",
                    label="answered requests/s (each s)")
@@ -41,12 +65,8 @@ def timeline_chart(bench, path: Path) -> Path:
     handles = throughput.get_legend_handles_labels()
     more = latency.get_legend_handles_labels()
     throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=8)
-    throughput.set_title(figures.title(bench), fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    throughput.set_title(figures.title(bench), fontsize=10 if size is LARGE else 7, wrap=True)
+    return _save(figure, path)
 
 
 def sweep_chart(rows: list[dict], path: Path, p90_limit_ms: float | None) -> Path:
@@ -72,8 +92,60 @@ def sweep_chart(rows: list[dict], path: Path, p90_limit_ms: float | None) -> Pat
     more = latency.get_legend_handles_labels()
     throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", fontsize=8)
     throughput.set_title("sweep: batch_size / workers / max_batch_delay / concurrency", fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
+
+
+def histogram_chart(bench, path: Path, size: dict = SMALL) -> Path | None:
+    """The latency histogram (bench.histogram: edges_ms, counts), the client's p50/p90/p99 as lines;
+    None when the benchmark measured no latencies."""
+    histogram = bench.histogram
+    if histogram is None or not histogram.counts:
+        return None
+    edges, counts = histogram.edges_ms, histogram.counts
+    figure, axes = plt.subplots(**size)
+    axes.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", color="#8ab4f8",
+             edgecolor="#5f6368", linewidth=0.3)
+    latency = bench.latency_ms
+    for name, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
+        value = getattr(latency, name, None)
+        if value is not None and not math.isnan(value):
+            axes.axvline(value, color="#d93025", linestyle=style, linewidth=1, label=f"{name} {value:.0f} ms")
+    axes.set_xlabel("latency, ms")
+    axes.set_ylabel("requests")
+    axes.legend(fontsize=7)
+    axes.set_title(f"latency of {sum(counts)} measured requests", fontsize=8)
+    return _save(figure, path)
+
+
+def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
+    """rows newest first, as tasks/report/trend.py makes them; drawn oldest to newest. A run without
+    figures leaves a gap (a failed run: a red x on the axis); a regressed run's point is red."""
+    rows = list(reversed(rows))
+    x = list(range(len(rows)))
+    figure, throughput = plt.subplots(**size)
+
+    def series(name):
+        return [row[name] if isinstance(row.get(name), (int, float)) else math.nan for row in rows]
+
+    rate = series("inferences_per_s")
+    throughput.plot(x, rate, "-o", color="#1a73e8", markersize=4, label="inferences/s")
+    regressed = [i for i, row in enumerate(rows) if row.get("regressed")]
+    if regressed:
+        throughput.scatter(regressed, [rate[i] for i in regressed], s=60, facecolors="none", edgecolors="#d93025",
+                           linewidths=1.5, zorder=3, label="regressed")
+    failed = [i for i, row in enumerate(rows) if row.get("status") not in ("ok", "completed")]
+    if failed:
+        throughput.scatter(failed, [0] * len(failed), marker="x", color="#d93025", zorder=3, label="not ok")
+    throughput.set_ylabel("inferences/s")
+    throughput.set_ylim(bottom=0)
+    throughput.set_xticks(x)
+    throughput.set_xticklabels([str(row.get("started") or "")[5:10] for row in rows], rotation=60, fontsize=6)
+    latency = throughput.twinx()
+    latency.plot(x, series("p90_ms"), ":s", color="#5f6368", markersize=3, label="p90 ms")
+    latency.set_ylabel("p90 latency, ms")
+    latency.set_ylim(bottom=0)
+    handles = throughput.get_legend_handles_labels()
+    more = latency.get_legend_handles_labels()
+    throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=6)
+    throughput.set_title(f"last {len(rows)} runs, oldest to newest", fontsize=8)
+    return _save(figure, path)

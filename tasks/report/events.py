@@ -2,7 +2,8 @@
 
 bert-validation.benchmark.regressed: the benchmark stage's regression verdict was "regressed"
 (whether regression_action warns or fails). Its resource is the flow run; its payload carries what a
-notification names: deployment, run name, stage, the first line of the verdict, the run's UI link.
+notification names: deployment, run name, stage, the first line of the verdict, the run's UI link
+(`run_page`: the current UI's route, which Prefect's own runtime.flow_run.ui_url does not build).
 """
 
 from __future__ import annotations
@@ -10,6 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 REGRESSED = "bert-validation.benchmark.regressed"
+
+
+def run_page(flow_run_id=None) -> str | None:
+    """The flow run's page in the current UI (`<ui>/runs/flow-run/<id>`), None when no UI URL is known
+    (a run on a temporary API server). Prefect 3.8.8's `runtime.flow_run.ui_url` still builds the old
+    UI's `/flow-runs/flow-run/<id>`; url_for follows the UI's routes (prefect/utilities/urls.py)."""
+    from prefect import runtime
+    from prefect.utilities.urls import url_for
+
+    flow_run_id = flow_run_id or runtime.flow_run.id
+    if not flow_run_id:
+        return None
+    return url_for("flow-run", obj_id=flow_run_id) or None
 
 
 def emit_regression(regression, run_dir: Path) -> None:
@@ -33,6 +47,6 @@ def emit_regression(regression, run_dir: Path) -> None:
         "stage": "benchmark",
         "error": (regression.message or regression.status).splitlines()[0][:500],
         "action": regression.action,
-        "ui_url": runtime.flow_run.ui_url,
+        "ui_url": run_page(flow_run_id),
         "run_dir": str(run_dir),
     })

@@ -1,5 +1,11 @@
 """report: the run directory, summary.json, and the same results as Prefect artifacts.
 
+The artifacts' keys are per deployment (tasks/report/keys.py): `summary-nightly-cpu-embedded`,
+`benchmark-adhoc-cpu`. The summary artifact embeds its pictures (the throughput/latency chart and the
+latency histogram) as small data-URI PNGs, which the Prefect UI renders; the PNG files stay in the
+run directory too. summary.json and the run-config artifact carry the run's provenance
+(tasks/report/provenance.py).
+
 Nothing here reads a key: the summary is built from typed results that never hold one.
 """
 
@@ -15,10 +21,13 @@ from pathlib import Path
 from tasks.measure import figures
 from tasks.measure.results import BenchmarkResult
 from tasks.measure.buckets import BucketComparison
+from tasks.report import keys
+from tasks.report.provenance import provenance
 from tasks.verify.checks import CheckResult
 from tasks.versions import package_versions
 
 SUMMARY_FILE = "summary.json"
+PICTURES = {"throughput and latency": "throughput-latency.png", "latency histogram": "latency-histogram.png"}
 
 
 def new_run_dir(runs_dir: Path) -> Path:
@@ -35,7 +44,8 @@ def new_run_dir(runs_dir: Path) -> Path:
 
 def versions() -> dict[str, str]:
     return {"python": platform.python_version(),
-            **package_versions("torch", "transformers", "torchserve", "torch-model-archiver", "prefect")}
+            **package_versions("torch", "transformers", "torchserve", "torch-model-archiver", "prefect",
+                               "torch-neuronx", "neuronx-cc", "numpy", "pydantic", "httpx")}
 
 
 def host() -> dict:
@@ -67,9 +77,46 @@ def build_summary(
         "benchmark": bench.model_dump() if bench else None,
         "versions": versions(),
         "host": host(),
+        "provenance": provenance(config, extra.get("model")),
         "config": config,
         **extra,
     }
+
+
+def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str, str]:
+    """The summary's small PNGs in the run directory, {alt text: path}: the throughput/latency chart
+    (bench.timeline, which only the typed result holds) and the latency histogram. A chart that cannot
+    be drawn costs that chart only."""
+    if bench is None:
+        return {}
+    try:
+        from tasks.report.charts import SMALL, histogram_chart, timeline_chart
+    except ImportError as error:
+        if log:
+            log.warning("no pictures in the summary: %s (install matplotlib)", error)
+        return {}
+    drawn = {}
+    for alt, draw in (("throughput and latency", lambda path: timeline_chart(bench, path, SMALL) if bench.timeline
+                       else None),
+                      ("latency histogram", lambda path: histogram_chart(bench, path, SMALL))):
+        try:
+            path = draw(run_dir / PICTURES[alt])
+        except Exception as error:  # a picture is not worth a failed run
+            if log:
+                log.warning("no %s picture: %s: %s", alt, type(error).__name__, error)
+            continue
+        if path is not None:
+            drawn[alt] = str(path)
+    return drawn
+
+
+def _embedded(alt: str, path: str) -> str:
+    from tasks.report.charts import data_uri
+
+    try:
+        return f"![{alt}]({data_uri(Path(path))})"
+    except OSError:
+        return f"- {alt}: `{path}` (unreadable)"
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
@@ -95,16 +142,28 @@ def markdown(summary: dict, run_dir: Path) -> str:
         lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in summary["checks"]]
     bench = summary.get("benchmark")
     if bench:
-        lines += figures.markdown_lines(bench)
+        lines += figures.markdown_lines({**bench, "chart": None})  # the pictures below, not a worker's path
+    drawn = summary.get("pictures") or {}
+    if drawn:
+        lines += [""] + [line for alt, path in drawn.items() for line in (_embedded(alt, path), "")]
+        lines.append("Pictures and the full-size chart are in the run directory: "
+                     + ", ".join(f"`{Path(p).name}`" for p in [*drawn.values(), *([bench["chart"]] if bench and
+                                                                                     bench.get("chart") else [])]))
     return "\n".join(lines)
 
 
 def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
-                      buckets: BucketComparison | None = None) -> None:
-    """The summary, the predictions, the benchmark and the bucket comparison as artifacts of the flow run."""
+                      buckets: BucketComparison | None = None, suffix: str = "adhoc-unknown") -> None:
+    """The summary, the predictions, the benchmark, the bucket comparison and the outcome (read back
+    by the trend) as artifacts of the flow run, keyed `<kind>-<suffix>`."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact(key="summary", markdown=markdown(summary, run_dir), description="Run summary")
+    from tasks.report.trend import outcome_rows
+
+    create_markdown_artifact(key=keys.key(keys.SUMMARY, suffix), markdown=markdown(summary, run_dir),
+                             description="Run summary")
+    create_table_artifact(key=keys.key(keys.OUTCOME, suffix), table=outcome_rows(summary),
+                          description="Status, each stage's status and the regressed figures (the trend reads it)")
     rows = [
         {"check": c.name, "seq_0": p.seq_0[:120], "seq_1": p.seq_1[:120], "expected": p.expected,
          "answer": p.answer, "http": p.status_code, "probability": p.probability, "truncated": p.truncated,
@@ -112,7 +171,7 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
         for c in checks for p in c.predictions
     ]
     if rows:
-        create_table_artifact(key="predictions", table=rows, description="Predictions from the check stage")
+        create_table_artifact(key=keys.key(keys.PREDICTIONS, suffix), table=rows, description="Predictions from the check stage")
     accuracy = next((c for c in checks if c.name == "accuracy"), None)
     if accuracy is not None:
         (tn, fp), (fn, tp) = accuracy.metrics["confusion"]
@@ -121,23 +180,19 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
                   {"figure": "true not paraphrase / predicted paraphrase (fp)", "value": fp},
                   {"figure": "true paraphrase / predicted not paraphrase (fn)", "value": fn},
                   {"figure": "true paraphrase / predicted paraphrase (tp)", "value": tp}]
-        create_table_artifact(key="accuracy", table=table, description=accuracy.detail)
+        create_table_artifact(key=keys.key(keys.ACCURACY, suffix), table=table, description=accuracy.detail)
     bench = summary.get("benchmark")
     if bench:
-        create_table_artifact(key="benchmark", table=figures.table_rows(bench), description="Benchmark figures")
-
-
+        create_table_artifact(key=keys.key(keys.BENCHMARK, suffix), table=figures.table_rows(bench),
+                              description="Benchmark figures")
     if buckets is not None:
         rows = [{"graphs": f"buckets {buckets.buckets}", "inferences_per_s": round(buckets.bucketed_inferences_per_s, 2),
                  "p90_ms": round(buckets.bucketed_p90_ms, 1)},
                 {"graphs": f"max_length {buckets.max_length} only",
                  "inferences_per_s": round(buckets.single_inferences_per_s, 2), "p90_ms": round(buckets.single_p90_ms, 1)}]
-        create_table_artifact(key="length-buckets", table=rows,
+        create_table_artifact(key=keys.key(keys.LENGTH_BUCKETS, suffix), table=rows,
                               description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; labels "
                               f"identical on {buckets.labels_identical}/{buckets.labels_compared} pairs")
-
-
-RUN_CONFIG_KEY = "run-config"
 
 
 def _flatten(prefix: str, value) -> list[tuple[str, object]]:
@@ -149,11 +204,14 @@ def _flatten(prefix: str, value) -> list[tuple[str, object]]:
 
 def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
     """One row per setting, in a fixed order, so two runs' tables line up side by side:
-    the flow's parameters, the configuration they gave, what `auto` resolved to, package
-    versions and the host. Built from the summary and parameters only, which hold no key."""
+    the flow's parameters, the run's provenance (git commit and dirty flag, instance type, compiler
+    arguments, config hash), the configuration they gave, what `auto` resolved to, package versions
+    and the host. Built from the summary and parameters only, which hold no key."""
     sections = [
         ("parameter", {"config_file": parameters.get("config_file"),
+                       "settings": json.dumps(parameters.get("settings") or {}, sort_keys=True, default=str),
                        "overrides": json.dumps(parameters.get("overrides") or {}, sort_keys=True, default=str)}),
+        ("provenance", summary.get("provenance") or {}),
         ("config", summary.get("config") or {}),
         ("resolved", summary.get("resolved") or {}),
         ("version", summary.get("versions") or {}),
@@ -166,9 +224,10 @@ def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
     ]
 
 
-def publish_run_config(parameters: dict, summary: dict) -> None:
-    """The run's parameters, resolved configuration, versions and host as a table artifact."""
+def publish_run_config(parameters: dict, summary: dict, suffix: str = "adhoc-unknown") -> None:
+    """The run's parameters, provenance, resolved configuration, versions and host as a table artifact."""
     from prefect.artifacts import create_table_artifact
 
-    create_table_artifact(key=RUN_CONFIG_KEY, table=run_config_rows(parameters, summary),
-                          description="Parameters, resolved configuration, package versions and host of this run")
+    create_table_artifact(key=keys.key(keys.RUN_CONFIG, suffix), table=run_config_rows(parameters, summary),
+                          description="Parameters, provenance (git commit, dirty?, instance type, compiler "
+                                      "arguments, config hash), resolved configuration, package versions and host")

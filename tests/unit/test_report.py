@@ -1,4 +1,9 @@
+import base64
+import json
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -7,7 +12,10 @@ from tasks.measure.results import BenchmarkResult
 from tasks.serve.clients import Prediction
 from tasks.verify.checks import CheckResult
 from flows.stages import Stages
-from tasks.report.summary import build_summary, markdown, new_run_dir
+from tasks.report import keys
+from tasks.report.events import run_page
+from tasks.report.provenance import git_state, instance_type, provenance
+from tasks.report.summary import build_summary, markdown, new_run_dir, pictures, run_config_rows
 
 
 def _ran(names=("trace", "check", "stop"), fail=None):
@@ -96,3 +104,111 @@ def test_markdown_says_whether_the_compile_cache_hit_and_why_a_stage_was_skipped
     assert "| trace | skipped (--traced g.pt given) |" in text
     miss = build_summary(_ran(), [], None, {}, {"trace": {"cache": "miss", "seconds_saved": 0.0, "reason": "no entry"}})
     assert "Compile cache: **miss** (no entry)" in markdown(miss, tmp_path)
+
+
+# --- pictures in the summary, per-deployment keys, provenance, the run page ------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+DATA_URI = re.compile(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
+
+
+def _loaded_bench() -> BenchmarkResult:
+    """10 s of answers, latencies spread 50-400 ms: a timeline and a histogram to draw."""
+    samples = [Sample(i * 0.01, i * 0.01, i * 0.01 + 0.05 + (i % 36) * 0.01, True) for i in range(1000)]
+    return BenchmarkResult.from_load(LoadResult("closed", 8, None, 10.0, samples))
+
+
+def test_summary_embeds_both_pictures_as_small_pngs_and_keeps_the_files(tmp_path):
+    bench = _loaded_bench()
+    drawn = pictures(bench, tmp_path)
+    assert set(drawn) == {"throughput and latency", "latency histogram"}
+    summary = build_summary(_ran(), [], bench, {"k": 1}, {"run_dir": str(tmp_path), "pictures": drawn})
+    text = markdown(summary, tmp_path)
+    found = {alt: base64.b64decode(data) for alt, data in DATA_URI.findall(text)}
+    assert set(found) == {"throughput and latency", "latency histogram"}
+    for alt, png in found.items():
+        assert png.startswith(PNG)
+        assert 5_000 < len(png) < 80_000, f"{alt}: {len(png)} bytes"  # a picture, and small
+        assert (tmp_path / Path(drawn[alt]).name).read_bytes() == png  # the same file in the run directory
+
+
+def test_no_benchmark_no_pictures(tmp_path):
+    assert pictures(None, tmp_path) == {}
+    summary = build_summary(_ran(fail="check"), [], None, {"k": 1}, {"run_dir": "x", "pictures": {}})
+    assert "data:image" not in markdown(summary, tmp_path)
+
+
+def test_artifact_keys_are_per_deployment_and_per_backend_ad_hoc():
+    assert keys.key(keys.SUMMARY, keys.suffix("nightly-cpu-embedded", "cpu")) == "summary-nightly-cpu-embedded"
+    assert keys.key(keys.TREND, keys.suffix("Nightly INF2 / xlarge", "neuron")) == "trend-nightly-inf2-xlarge"
+    assert keys.key(keys.RUN_CONFIG, keys.suffix(None, "cpu")) == "run-config-adhoc-cpu"
+    assert keys.key(keys.BENCHMARK, keys.suffix(None, "neuron")) == "benchmark-adhoc-neuron"
+    assert keys.suffix("nightly-cpu", "cpu") != keys.suffix("nightly-gpu", "cuda")
+    for kind in keys.KINDS:
+        assert re.fullmatch(r"[a-z0-9-]+", keys.key(kind, keys.suffix("Weird_Name!!", "cpu")))
+    with pytest.raises(ValueError):
+        keys.key("summry", "adhoc-cpu")
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_provenance_names_the_commit_and_flags_a_dirty_tree(tmp_path):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    clean = git_state(tmp_path)
+    assert clean["commit"] == head.strip() and clean["dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    dirty = git_state(tmp_path)
+    assert dirty["commit"] == head.strip() and dirty["dirty"] is True and dirty["changed"] == 1
+    assert git_state(tmp_path / "not-a-repo")["commit"] == "unknown"
+
+
+def test_instance_type_from_the_config_else_ec2_dmi_else_unknown(tmp_path):
+    assert instance_type("inf2.xlarge", tmp_path)["instance_type"] == "inf2.xlarge"
+    assert instance_type(None, tmp_path / "none")["instance_type"] == "unknown"
+    (tmp_path / "sys_vendor").write_text("QEMU\n")
+    (tmp_path / "product_name").write_text("Standard PC (Q35 + ICH9, 2009)\n")
+    assert instance_type(None, tmp_path)["instance_type"] == "unknown"
+    (tmp_path / "sys_vendor").write_text("Amazon EC2\n")
+    (tmp_path / "product_name").write_text("inf2.8xlarge\n")
+    assert instance_type(None, tmp_path) == {"instance_type": "inf2.8xlarge", "source": str(tmp_path / "product_name")}
+
+
+def test_run_config_rows_carry_the_provenance(tmp_path):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "a.py").write_text("x = 2\n")
+    config = {"model": {"compiler_args": ["--auto-cast", "matmult"]}, "serving": {"instance_type": None}}
+    summary = build_summary(_ran(), [], None, config, {"run_dir": "x"})
+    summary["provenance"] = provenance(config, {"compiler_args": ["--auto-cast", "none"]}, tmp_path, tmp_path / "dmi")
+    table = {(r["section"], r["name"]): r["value"] for r in run_config_rows({"config_file": "c.yaml"}, summary)}
+    assert table[("provenance", "git.dirty")] == "true"
+    assert len(table[("provenance", "git.commit")]) == 40
+    assert table[("provenance", "instance_type")] == "unknown"
+    assert json.loads(table[("provenance", "compiler_args")]) == ["--auto-cast", "none"]  # what was compiled
+    assert re.fullmatch(r"[0-9a-f]{16}", table[("provenance", "config_hash")])
+    other = provenance({**config, "runs_dir": "elsewhere"}, None, tmp_path, tmp_path / "dmi")
+    assert other["config_hash"] != summary["provenance"]["config_hash"]
+    assert other["compiler_args"] == ["--auto-cast", "matmult"]  # not traced: the config's
+
+
+def test_summary_json_holds_the_provenance():
+    summary = build_summary(_ran(), [], None, {"serving": {"instance_type": "trn1.2xlarge"}}, {"run_dir": "x"})
+    assert summary["provenance"]["instance_type"] == "trn1.2xlarge"
+    assert summary["provenance"]["git"]["commit"]  # this checkout's, or "unknown" without git
+    assert {"prefect", "torch", "torchserve"} <= set(summary["versions"])
+
+
+def test_run_page_is_the_current_ui_route(monkeypatch):
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings({PREFECT_UI_URL: "http://127.0.0.1:4200"}):
+        assert run_page("1234") == "http://127.0.0.1:4200/runs/flow-run/1234"
+    assert run_page() is None  # not in a flow run

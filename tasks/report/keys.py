@@ -1,0 +1,55 @@
+"""Artifact keys, one set per deployment: the cpu, inf2 and gpu deployments no longer overwrite each
+other's latest artifact, and a run's artifacts are found again by deployment (the trend, the
+regression history).
+
+    <kind>-<suffix>    suffix: the deployment's name, slugified    summary-nightly-cpu-embedded
+                               a run without a deployment: adhoc-<backend>    benchmark-adhoc-cpu
+
+Prefect allows lowercase letters, digits and dashes in a key; `slug` makes any name fit.
+"""
+
+from __future__ import annotations
+
+import re
+
+SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK = "summary", "predictions", "accuracy", "benchmark"
+LENGTH_BUCKETS, RUN_CONFIG, TREND = "length-buckets", "run-config", "trend"
+OUTCOME = "outcome"  # machine-readable: status, each stage's status, regressed figures (the trend reads it back)
+KINDS = (SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK, LENGTH_BUCKETS, RUN_CONFIG, TREND, OUTCOME)
+ADHOC = "adhoc"
+LEGACY = {BENCHMARK: "benchmark"}  # the one global key before keys were per deployment: history still reads it
+
+
+def slug(name: str) -> str:
+    """Lowercase, [a-z0-9-] only, no leading/trailing or repeated dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", name.lower())).strip("-") or "unnamed"
+
+
+def suffix(deployment: str | None, backend: str | None) -> str:
+    """The deployment's slug; for a run without a deployment, adhoc-<backend>."""
+    return slug(deployment) if deployment else f"{ADHOC}-{slug(backend or 'unknown')}"
+
+
+def key(kind: str, suffix_: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}: one of {', '.join(KINDS)}")
+    return f"{kind}-{suffix_}"
+
+
+def deployment_name() -> str | None:
+    """This flow run's deployment, None outside one (or outside a flow run)."""
+    from prefect.runtime import deployment
+
+    try:
+        return deployment.name or None
+    except Exception:  # no API to ask: an ad-hoc run as far as keys go
+        return None
+
+
+def current_suffix(backend: str | None) -> str:
+    return suffix(deployment_name(), backend)
+
+
+def display_name(suffix_: str) -> str:
+    """The trend's title: the deployment's name, or `ad-hoc <backend>`."""
+    return f"ad-hoc {suffix_[len(ADHOC) + 1:]}" if suffix_.startswith(f"{ADHOC}-") else suffix_

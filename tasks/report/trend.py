@@ -1,0 +1,181 @@
+"""The trend artifact: the last runs of one deployment (ad-hoc runs: of one backend), newest first, as a
+table and a chart -- a slide over two weeks is seen at a glance instead of by opening 14 runs.
+
+    # Trend: nightly-cpu-embedded
+    ![trend](data:image/png;base64,...)
+    | run | started | status | failed stage | inferences/s | p50 ms | ... | regressed |
+
+A row per run, this one first: throughput, client p50/p90/p99, accuracy, served / in-process from the
+run's benchmark artifact; status, failed stage, each stage's status and the regressed figures from its
+outcome artifact (`outcome_rows`, published by every run for this). An earlier run without them --
+a crash, a run from before this artifact -- still gets a row from its Prefect state: "stage start
+failed: ..." in a Failed state's message names the stage. Earlier runs are read with the regression
+history's query (tasks/measure/regression.py `earlier_runs`): any parameters, any end state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+from tasks.measure.figures import ACCURACY, INFERENCES_PER_S, LATENCY_P50, LATENCY_P90, LATENCY_P99, SERVED_OVER_CEILING
+from tasks.report import keys
+
+RUNS = 14
+FIGURES = {"inferences_per_s": INFERENCES_PER_S, "p50_ms": LATENCY_P50, "p90_ms": LATENCY_P90,
+           "p99_ms": LATENCY_P99, "accuracy": ACCURACY, "served_over_ceiling": SERVED_OVER_CEILING}
+STAGE_MARK = {"ok": "✓", "failed": "✗", "interrupted": "!", "skipped": "·"}
+FAILED_STAGE = re.compile(r"stage (\S+) failed")
+
+
+# --- this run's outcome, machine-readable ------------------------------------------------------
+
+
+def outcome_rows(summary: dict) -> list[dict]:
+    """The outcome table artifact: {"item", "value"} rows -- status, failed stage, `stage <name>`
+    for each stage, regression, `regressed <figure>` for each regressed figure."""
+    stages = summary.get("stages") or []
+    failed = [s["name"] for s in stages if s.get("status") == "failed"]
+    rows = [{"item": "status", "value": summary.get("status")},
+            {"item": "failed stage", "value": failed[0] if failed else None}]
+    rows += [{"item": f"stage {s['name']}", "value": s.get("status")} for s in stages]
+    regression = (summary.get("benchmark") or {}).get("regression") or {}
+    if regression:
+        rows.append({"item": "regression", "value": regression.get("status")})
+        rows += [{"item": f"regressed {row['figure']}", "value": row.get("current")}
+                 for row in regression.get("table") or [] if row.get("regressed")]
+    return rows
+
+
+def _table(data) -> list[dict]:
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError:
+            return []
+    return [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+def row(name: str, started, state: str | None, message: str | None, outcome, benchmark) -> dict:
+    """One trend row from a run's name, start, Prefect state (type name, message) and the data of its
+    outcome and benchmark artifacts (either may be None)."""
+    from tasks.measure.regression import figures_of
+
+    items = {r.get("item"): r.get("value") for r in _table(outcome)} if outcome is not None else {}
+    figures = figures_of(benchmark) if benchmark is not None else {}
+    stages = {item[len("stage "):]: value for item, value in items.items() if item.startswith("stage ")}
+    failed = items.get("failed stage")
+    if failed is None and message:
+        found = FAILED_STAGE.search(message)
+        failed = found.group(1) if found else None
+    status = items.get("status") or (state or "unknown").lower()
+    return {"run": name, "started": _when(started), "status": "ok" if status == "completed" else status,
+            "failed_stage": failed, **{column: figures.get(figure.name) for column, figure in FIGURES.items()},
+            "stages": stages,
+            "regressed": sorted(item[len("regressed "):] for item in items if item.startswith("regressed "))}
+
+
+def _when(started) -> str | None:
+    if started is None:
+        return None
+    return started.strftime("%Y-%m-%d %H:%M") if hasattr(started, "strftime") else str(started)[:16]
+
+
+def row_now(name: str, started, summary: dict) -> dict:
+    """This run's row, from its summary (its artifacts are not read back)."""
+    from tasks.measure import figures
+
+    bench = summary.get("benchmark")
+    return row(name, started, summary.get("status"), None, outcome_rows(summary),
+               figures.table_rows(bench) if bench else None)
+
+
+def earlier_rows(suffix: str, limit: int = RUNS - 1) -> list[dict]:
+    """Rows of this deployment's earlier ended runs, newest first; [] outside a flow run."""
+    from tasks.measure.regression import earlier_runs
+
+    earlier = earlier_runs((keys.OUTCOME, keys.BENCHMARK), limit, suffix=suffix, completed_only=False,
+                           same_parameters=False) or []
+    return [row(e.run.name, e.run.start_time, e.run.state.type.value if e.run.state else None,
+                e.run.state.message if e.run.state else None,
+                e.artifacts.get(keys.OUTCOME), e.artifacts.get(keys.BENCHMARK)) for e in earlier]
+
+
+# --- the artifact ----------------------------------------------------------------------------------
+
+
+def _number(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The markdown table; a regressed figure is bold and marked ▼ (worse), a failed run says where."""
+    def cell(r: dict, column: str, fmt: str) -> str:
+        text = _number(r.get(column), fmt)
+        return f"**{text} ▼**" if FIGURES[column].name in r["regressed"] and text != "–" else text
+
+    lines = ["| run | started | status | inferences/s | p50 ms | p90 ms | p99 ms | accuracy | served ÷ in-process "
+             "| stages | regressed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        status = r["status"] if not r["failed_stage"] else f"{r['status']}: {r['failed_stage']}"
+        if r["status"] != "ok":
+            status = f"**{status}**"
+        stages = "".join(STAGE_MARK.get(s, "?") for s in r["stages"].values()) or "–"
+        lines.append(f"| {r['run']} | {r['started'] or '–'} | {status} | {cell(r, 'inferences_per_s', '.1f')} | "
+                     f"{cell(r, 'p50_ms', '.0f')} | {cell(r, 'p90_ms', '.0f')} | {cell(r, 'p99_ms', '.0f')} | "
+                     f"{cell(r, 'accuracy', '.3f')} | {cell(r, 'served_over_ceiling', '.2f')} | {stages} | "
+                     f"{', '.join(r['regressed']) or '–'} |")
+    return lines
+
+
+def markdown(name: str, rows: list[dict], chart_uri: str | None) -> str:
+    lines = [f"# Trend: {name}", ""]
+    if chart_uri:
+        lines += [f"![trend]({chart_uri})", ""]
+    lines += [f"The last {len(rows)} run{'s' if len(rows) != 1 else ''} of {name}, newest first. Stages "
+              f"{' '.join(f'{mark} {status}' for status, mark in STAGE_MARK.items())} in pipeline order; "
+              "▼ a figure that regressed against earlier nights.", ""]
+    lines += table(rows)
+    return "\n".join(lines)
+
+
+def publish_trend(name: str, suffix: str, now: dict, run_dir: Path, log=None) -> str | None:
+    """Publish the trend artifact (`trend-<suffix>`) with `now` (this run's row) on top; returns its
+    markdown. Never raises: without an API history the trend is this run alone, and a failure to
+    draw or publish it is a warning, not a failed run. Outside a flow run: nothing to attach it to."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return None
+    try:
+        try:
+            rows = [now] + earlier_rows(suffix)
+        except Exception as error:  # an unreadable history: this run alone
+            if log:
+                log.warning("trend: could not read earlier runs: %s: %s", type(error).__name__, error)
+            rows = [now]
+        rows = rows[:RUNS]
+        chart_uri = None
+        try:
+            from tasks.report.charts import SMALL, data_uri, trend_chart
+
+            directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
+            chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))
+        except Exception as error:
+            if log:
+                log.warning("trend: no chart: %s: %s", type(error).__name__, error)
+        text = markdown(name, rows, chart_uri)
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key=keys.key(keys.TREND, suffix), markdown=text,
+                                 description=f"The last {len(rows)} runs of {name}")
+        return text
+    except Exception as error:
+        if log:
+            log.warning("trend not published: %s: %s", type(error).__name__, error)
+        return None
