@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.stages import INTERRUPTS, Stages, StageFailed, stop_task
 from tasks.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
 from tasks.parameters import merged
-from tasks.report.events import emit_regression
+from tasks.report.events import emit_regression, run_page
 from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
 from tasks.serve.server import Server, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
@@ -135,7 +135,12 @@ class Run:
             self.log.warning("interrupted again while stopping TorchServe: killing it now")
 
     def _report(self) -> None:
+        from tasks.report.keys import current_suffix, deployment_name
+        from tasks.report.summary import pictures
+        from tasks.report.trend import publish_trend, row_now
+
         serving = self.config.serving
+        drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
         self.summary = build_summary(
             self.stages, self.checks, self.benchmark, self.config.model_dump(mode="json"),
             {"run_dir": str(self.dir), "resolved": self.resolved.model_dump(), "kept_serving": self.keep_serving,
@@ -145,7 +150,8 @@ class Run:
              "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
              "model": _model_facts(self.model_info, self.config.checks),
              "trace": self.trace_cache,
-             "core_map": self.core_map.model_dump() if self.core_map else None},
+             "core_map": self.core_map.model_dump() if self.core_map else None,
+             "pictures": drawn},
         )
         if self.interrupted:
             self.summary["status"] = "interrupted"
@@ -155,15 +161,22 @@ class Run:
             self.log.warning("the Prefect API does not answer: artifacts not published; the summary is in %s",
                              self.dir / "summary.json")
             return
-        publish_artifacts(self.summary, self.checks, self.dir, self.buckets)
-        publish_run_config(self.parameters, self.summary)
+        suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
+        publish_artifacts(self.summary, self.checks, self.dir, self.buckets, suffix)
+        publish_run_config(self.parameters, self.summary, suffix)
+        publish_trend(deployment_name() or suffix, suffix, row_now(_run_name(self.dir), _started(self.dir),
+                                                                   self.summary), self.dir, self.log)
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _tell(self) -> None:
-        """Emit the benchmark's regression verdict as a Prefect event (an Automation notifies on it)."""
+        """Emit the benchmark's regression verdict as a Prefect event (an Automation notifies on it);
+        name the run's page in the UI, when there is one to open."""
         regression = getattr(self.benchmark, "regression", None)
         if regression is not None and regression.status == "regressed":
             emit_regression(regression, self.dir)
+        page = run_page()
+        if page:
+            self.log.info("run page: %s", page)
 
     def interruption_line(self) -> str:
         """One line: what stopped the run, during which stage, and what was stopped."""
@@ -214,6 +227,23 @@ def _model_facts(info, checks) -> dict | None:
     return {"backend": info.backend, "compiler_args": info.compiler_args,
             "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
             "parity_max_abs_diff": info.parity_max_abs_diff}
+
+
+def _run_name(run_dir: Path) -> str:
+    """This flow run's name (the trend's first column); the run directory's outside one."""
+    from prefect import runtime
+
+    return runtime.flow_run.name or run_dir.name
+
+
+def _started(run_dir: Path) -> str:
+    """When this run started, UTC, from its directory's name (runs/<YYYYmmdd-HHMMSS>-<id>)."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(run_dir.name[:15], "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _server_facts(server: Server) -> dict:
