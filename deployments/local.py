@@ -1,18 +1,21 @@
 """The nightly setup on one host, in one command each way.
 
     .venv/bin/python deployments/local.py up      # server + work pools + deploy + worker + one run
+    .venv/bin/python deployments/local.py up --database postgres --workers 2   # the production shape
     .venv/bin/python deployments/local.py down    # stop exactly what `up` started
     .venv/bin/python deployments/local.py status
     .venv/bin/python deployments/local.py resume [DEPLOYMENT ...]   # turn paused schedules on
 
-`up` starts a Prefect server on 127.0.0.1 (SQLite under .prefect-local/), creates the process
+`up` starts a Prefect server on 127.0.0.1 (SQLite under .prefect-local/, or with `--database
+postgres` a PostgreSQL cluster of its own there, started first: deployments/postgres.py), creates the process
 work pools named in prefect.yaml from deployments/process-pool.json, runs `prefect deploy --all`,
 pauses the schedules of targets with no worker on this host, creates the alert Automations
 (deployments/alerts.py), starts a process worker on the CPU pool and triggers one run with
 `prefect deployment run`.
 Every process it starts gets its own process group and a pid file under .prefect-local/pids/,
 so `down` stops exactly those: first the flow runs in progress (SIGTERM: the flow stops its
-TorchServe), then the workers, then the server.
+TorchServe), then the workers, then the server, then PostgreSQL. The database stays: a later `up`
+on the same directory (with the same --database) has the whole history.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ POOL_TEMPLATE = ROOT / "deployments" / "process-pool.json"
 DEFAULT_DEPLOYMENT = "bert-serving-validation/nightly-cpu-embedded"
 DEFAULT_POOL = "bert-validation-cpu"
 FLOW_RUN_ID = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+DATABASES = ("sqlite", "postgres")
 
 
 class LocalError(PipelineError):
@@ -57,17 +61,64 @@ def api_url(port: int) -> str:
 
 
 def prefect_env(state: Path, port: int) -> dict[str, str]:
-    """The environment of every Prefect process here: this server, this state directory, no analytics."""
-    env = dict(os.environ)
+    """The environment of every Prefect process here: this server, this state directory, no analytics.
+    No database URL: only the server gets one (start_server), so no worker or flow run holds the password."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
     env.update(
         PREFECT_HOME=str(state / "home"),
         PREFECT_API_URL=api_url(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{state / 'prefect.db'}",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
     )
     return env
+
+
+def _postgres():
+    """deployments/postgres.py, loaded by path like alerts.py (deployments/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bert_validation_postgres", ROOT / "deployments" / "postgres.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_database(state: Path, database: str) -> dict[str, str]:
+    """The database the server will use: its URL as the server's environment. PostgreSQL is started here
+    (or found running) and recorded like the other processes, so `down` and `status` know it."""
+    if database == "sqlite":
+        return {"PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{state / 'prefect.db'}"}
+    postgres = _postgres()
+    cluster = postgres.Cluster(state)
+    try:
+        ref, url = postgres.start(cluster)
+    except postgres.PostgresError as error:
+        raise LocalError(error.message, fix=error.fix) from None
+    path = _pid_file(state, "postgres")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ref.line() + "\n")
+    # str(url) masks the password; it stays in its file and the server's environment.
+    print(f"postgres: {url} (data {cluster.data}, password in {cluster.password_file}, log {cluster.log})")
+    return postgres.server_env(url)
+
+
+def stop_database(state: Path) -> list[int]:
+    """Stop this state's PostgreSQL, if it has one (pg_ctl stop -m fast); return the pids still alive."""
+    postgres = _postgres()
+    cluster = postgres.Cluster(state)
+    recorded = _recorded(state, "postgres")
+    if not cluster.initialized() and recorded is None:
+        return []
+    try:
+        if postgres.stop(cluster):
+            print("stopped PostgreSQL")
+    except postgres.PostgresError as error:
+        print(f"warning: {error}", file=sys.stderr)
+    # pg_ctl waited for the postmaster; should it still be there, the escalating stop (SIGTERM is a
+    # "smart" shutdown, then SIGKILL) ends it and its backends.
+    refs = [recorded, *descendants([recorded])] if recorded is not None and recorded.alive() else []
+    return stop_processes(refs, grace=30).survivors if refs else []
 
 
 # -- pid files: a ProcessRef ("pid create_time"), so a recycled pid is never taken for ours ----
@@ -133,20 +184,33 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def start_server(state: Path, port: int, env: dict[str, str], timeout: float = 180) -> None:
+def start_server(state: Path, port: int, env: dict[str, str], database: str = "sqlite",
+                 timeout: float = 180) -> None:
+    marker = state / "database"
     if _recorded(state, "server") is not None:
+        running_on = marker.read_text().strip() if marker.exists() else "sqlite"
+        if running_on != database:
+            raise LocalError(f"the server from {state} runs on {running_on}, not {database}",
+                             fix=f"run `down` first, or pass --database {running_on}")
         if not _healthy(port):
             raise LocalError(f"a server from {state} is running but not answering on port {port}",
                              fix="run `down` first, or pass the --port it was started with")
+        if database == "postgres":
+            start_database(state, database)  # finds it running; keeps its pid file current
         print(f"server: already up at {api_url(port)}")
         return
     with socket.socket() as probe:
+        # As the server binds (uvicorn sets SO_REUSEADDR): only a listener refuses it, not the closed
+        # connections of a server just stopped, which linger in TIME_WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
             raise LocalError(f"port {port} on 127.0.0.1 is taken by another program", fix="pass --port N") from None
+    server_env = dict(env, **start_database(state, database))
+    marker.write_text(database + "\n")
     process = _spawn(state, "server", [str(PREFECT), "server", "start", "--host", "127.0.0.1",
-                                       "--port", str(port)], env)
+                                       "--port", str(port)], server_env)
     log = state / "logs" / "server.log"
 
     def answering() -> bool:
@@ -161,7 +225,7 @@ def start_server(state: Path, port: int, env: dict[str, str], timeout: float = 1
         raise LocalError(f"the Prefect server did not come up on port {port} within {timeout:g} s\n"
                          f"{tail(log, 30) or '(no log)'}",
                          fix="read its log above; a first start migrates the database and can be slow") from None
-    print(f"server: {api_url(port)} (SQLite: {state / 'prefect.db'})")
+    print(f"server: {api_url(port)} ({'PostgreSQL' if database == 'postgres' else 'SQLite: ' + str(state / 'prefect.db')})")
 
 
 def work_pools() -> list[str]:
@@ -206,7 +270,9 @@ def deployments_by_pool() -> dict[str, str]:
 
 
 def set_schedules(env: dict[str, str], names: list[str], active: bool) -> dict[str, UUID]:
-    """Turn the schedules of the named deployments on or off; return their ids by short name."""
+    """Turn the schedules of the named deployments on or off; return the ids, by short name, of those
+    that have a schedule (an on-demand deployment such as smoke-cpu-embedded has none: it is left out,
+    so it never gets a missed-night watch)."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -216,21 +282,22 @@ def set_schedules(env: dict[str, str], names: list[str], active: bool) -> dict[s
             deployment = client.read_deployment_by_name(name)
             for schedule in deployment.schedules:
                 client.update_deployment_schedule(deployment.id, schedule.id, active=active)
-            ids[name.split("/")[-1]] = deployment.id
+            if deployment.schedules:
+                ids[name.split("/")[-1]] = deployment.id
     return ids
 
 
 def schedule_targets(env: dict[str, str], pool: str) -> dict[str, UUID]:
     """Only targets with a worker here keep their nightly schedule; the others are paused, so no Late
-    runs pile up for a worker that never comes. Returns the active ones' ids by short name."""
+    runs pile up for a worker that never comes. Returns the ids, by short name, of the deployments
+    that now run on a schedule here: each gets a missed-night watch."""
     by_pool = deployments_by_pool()
     here = [name for name, p in by_pool.items() if p == pool]
     absent = [name for name, p in by_pool.items() if p != pool]
     active = set_schedules(env, here, True)
-    set_schedules(env, absent, False)
-    for name in absent:
+    for name in set_schedules(env, absent, False):
         print(f"schedule paused (no worker on this host): {name}; resume: "
-              f".venv/bin/python deployments/local.py resume {name.split('/')[-1]}")
+              f".venv/bin/python deployments/local.py resume {name}")
     return active
 
 
@@ -280,7 +347,7 @@ def up(args) -> int:
         json.loads(args.params)  # refuse bad JSON before anything starts
     state.mkdir(parents=True, exist_ok=True)
     env = prefect_env(state, args.port)
-    start_server(state, args.port, env)
+    start_server(state, args.port, env, args.database)
     create_pools(env)
     deploy(env)
     active = schedule_targets(env, args.pool)
@@ -319,6 +386,8 @@ def down(args) -> int:
     if server is not None:
         print("stopping the Prefect server")
         left += stop_processes([server, *descendants([server])], grace=30).survivors
+    # Last: the server may write a run's final states until it stops.
+    left += stop_database(state)
     for name in _names(state, ""):
         _pid_file(state, name).unlink(missing_ok=True)
     if left:
@@ -334,6 +403,8 @@ def status(args) -> int:
     for name in names:
         process = _recorded(state, name)
         print(f"{name}: {'pid ' + str(process.pid) if process else 'not running'}")
+    if (state / "postgres").is_dir():
+        print(_postgres().describe(_postgres().Cluster(state)))
     print(f"server API {api_url(args.port)}: {'healthy' if _healthy(args.port) else 'not answering'}")
     return 0
 
@@ -346,6 +417,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: $BERT_LOCAL_DIR or .prefect-local/)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("BERT_LOCAL_PORT", 4200)),
                         help="Prefect server port on 127.0.0.1 (default: $BERT_LOCAL_PORT or 4200)")
+    parser.add_argument("--database", choices=DATABASES, default="sqlite",
+                        help="the server's database: SQLite in the state directory, or a PostgreSQL cluster of "
+                        "its own there, started by `up` and stopped by `down` (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="process workers on the pool (default: 1)")
     parser.add_argument("--pool", default=DEFAULT_POOL, help="work pool the workers poll (default: %(default)s)")
     parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help="deployment to run (default: %(default)s)")
