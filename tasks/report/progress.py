@@ -57,10 +57,13 @@ def describe_load(progress, label: str = "load") -> str:
     """What a running load looks like, in one short line (loadgen.LoadProgress)."""
     if progress.warming_up:
         return f"{label}: warm-up {progress.elapsed:.0f} s"
+    figures = (f"{progress.requests_per_s:.1f} requests/s, p50 {_ms(progress.p50_ms)}, p90 {_ms(progress.p90_ms)}, "
+               f"errors {progress.errors}")
+    if progress.done:  # the last answers drained: its time is no longer the measured window's
+        return f"{label} done: {figures}"
     planned = progress.planned
     of = f" of {planned - (progress.elapsed - progress.measured_s):.0f}" if planned is not None else ""
-    return (f"{label} {progress.measured_s:.0f}{of} s: {progress.requests_per_s:.1f} requests/s, "
-            f"p50 {_ms(progress.p50_ms)}, p90 {_ms(progress.p90_ms)}, errors {progress.errors}")
+    return f"{label} {progress.measured_s:.0f}{of} s: {figures}"
 
 
 class _ClearFirst(logging.Filter):
