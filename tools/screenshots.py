@@ -178,14 +178,18 @@ def check_run_page(dom: str, keys: list[str]) -> list[str]:
 
 def check_deployment_page(dom: str, run_name: str) -> list[str]:
     page = Rendered(dom)
-    return check_ui(page, "deployment page") + ([] if page.says(run_name) else
-                                                [f"deployment page: run {run_name!r} is not listed"])
+    problems = check_ui(page, "deployment page")
+    if not page.says(run_name):
+        problems.append(f"deployment page: run {run_name!r} is not listed")
+    return problems
 
 
 def check_summary(dom: str) -> list[str]:
     page = Rendered(dom)
-    return check_ui(page, "summary page") + ([] if page.png_images() else
-                                             ["summary page: no chart image (a decoded <img> with a data:image/png src)"])
+    problems = check_ui(page, "summary page")
+    if not page.png_images():
+        problems.append("summary page: no chart image (a decoded <img> with a data:image/png src)")
+    return problems
 
 
 def check_trend(dom: str, run_name: str) -> list[str]:
@@ -193,7 +197,7 @@ def check_trend(dom: str, run_name: str) -> list[str]:
     problems = check_ui(page, "trend page")
     if not page.png_images("trend"):
         problems.append("trend page: no trend chart (a decoded <img alt=\"trend\"> with a data:image/png src)")
-    if not any(run_name in (row[0] for row in table[1:] if row) for table in page.tables):
+    if not any(run_name in (row[0] for row in table[1:] if row) for table in page.tables):  # [1:]: not the header
         problems.append(f"trend page: no trend table whose first column lists this run, {run_name!r}")
     return problems
 
