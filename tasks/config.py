@@ -1,7 +1,8 @@
 """RunConfig: the one typed object a run is driven by.
 
-It is built once at flow start from a YAML file in configs/ plus overrides (CLI flags or
-deployment parameters), validated by pydantic, and then resolved: anything left on "auto"
+It is built once at flow start from a YAML file in configs/ plus dotted overrides (CLI flags,
+the flow's `overrides` parameter, and its typed `settings`, tasks/parameters.py, whose fields
+are made from the fields here), validated by pydantic, and then resolved: anything left on "auto"
 is detected on this host. A bad value is refused here, before any stage starts, with the
 field, the value and the fix.
 
