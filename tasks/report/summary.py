@@ -146,9 +146,8 @@ def markdown(summary: dict, run_dir: Path) -> str:
     drawn = summary.get("pictures") or {}
     if drawn:
         lines += [""] + [line for alt, path in drawn.items() for line in (_embedded(alt, path), "")]
-        lines.append("Pictures and the full-size chart are in the run directory: "
-                     + ", ".join(f"`{Path(p).name}`" for p in [*drawn.values(), *([bench["chart"]] if bench and
-                                                                                     bench.get("chart") else [])]))
+        files = [*drawn.values(), *([bench["chart"]] if bench and bench.get("chart") else [])]
+        lines.append("In the run directory: " + ", ".join(f"`{Path(path).name}`" for path in files))
     return "\n".join(lines)
 
 

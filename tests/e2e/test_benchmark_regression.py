@@ -1,7 +1,7 @@
 """Regression history read back through a real Prefect API: the same flow, deployment (none here),
 parameters and fingerprint only, completed runs only, newest first. No TorchServe: each "night"
 is a tiny flow run that publishes a benchmark table artifact the way tasks/report/summary.py does
-(figures.table_rows)."""
+(figures.table_rows), under an ad-hoc run's key (benchmark-adhoc-<backend>, tasks/report/keys.py)."""
 
 import pytest
 from prefect import flow
@@ -11,6 +11,7 @@ from tasks.measure import figures, regression
 from tasks.measure.figures import INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult, Memory
+from tasks.report import keys
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,8 @@ def night(config_file: str = "configs/default.yaml", overrides: dict | None = No
     if TONIGHT.get("publish"):
         bench = _bench(TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"),
                        TONIGHT.get("rss", 1200.0))
-        create_table_artifact(key="benchmark", table=figures.table_rows(bench))
+        create_table_artifact(key=keys.key(keys.BENCHMARK, keys.suffix(None, TONIGHT.get("backend", "cpu"))),
+                              table=figures.table_rows(bench))
     if TONIGHT.get("fail"):
         raise RuntimeError("a failed night")
     if TONIGHT.get("check"):
@@ -54,6 +56,7 @@ def test_regression_compares_with_the_median_of_comparable_completed_runs(prefec
     _night(publish=True, rate=1.0, p90_s=9.0, fail=True)  # failed: not history
     _night(publish=True, rate=1.0, p90_s=9.0, overrides={"x": 2})  # other parameters
     _night(publish=True, rate=1.0, p90_s=9.0, fingerprint="fp-b")  # other fingerprint (host, batching...)
+    _night(publish=True, rate=1.0, p90_s=9.0, fingerprint="fp-b", backend="neuron")  # another backend's key
     _night(publish=True, rate=21.0, p90_s=1.2)  # ok, the newest
     _night()  # completed, but published no benchmark (benchmark off): skipped
 
