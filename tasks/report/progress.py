@@ -61,9 +61,12 @@ def describe_load(progress, label: str = "load") -> str:
                f"errors {progress.errors}")
     if progress.done:  # the last answers drained: its time is no longer the measured window's
         return f"{label} done: {figures}"
-    planned = progress.planned
-    of = f" of {planned - (progress.elapsed - progress.measured_s):.0f}" if planned is not None else ""
-    return f"{label} {progress.measured_s:.0f}{of} s: {figures}"
+    if progress.planned is None:  # a count of requests
+        return f"{label} {progress.measured_s:.0f} s, {progress.fraction:.0%} of the requests: {figures}"
+    duration = progress.planned - (progress.elapsed - progress.measured_s)
+    if progress.measured_s >= duration:
+        return f"{label} {duration:.0f} s sent, waiting for the last answers: {figures}"
+    return f"{label} {progress.measured_s:.0f} of {duration:.0f} s: {figures}"
 
 
 class _ClearFirst(logging.Filter):
@@ -103,6 +106,7 @@ class StageProgress:
         self._shown = False  # the live line is on the terminal
         self._done_before = 0.0  # planned s of the phases already over
         self._phase: str | None = None
+        self._started: set[str] = set()
         self._phase_at = 0.0
         self._inner = 0.0  # the running phase's fraction, as its load last told
         self._detail = "starting"
@@ -148,6 +152,7 @@ class StageProgress:
         with self._lock:
             self._close_phase()
             self._phase, self._phase_at, self._inner, self._quarter = name, time.monotonic(), 0.0, 0
+            self._started.add(name)
             self._detail = what or name
         if self._logged():
             self._log_line()
@@ -182,13 +187,23 @@ class StageProgress:
             self._last = max(self._last, min((self._done_before + weight * inner) / self.total, 0.99))
             return self._last
 
+    def expected(self) -> float:
+        """About how long the stage will take (s): the time so far, plus what is left of the running
+        phase's plan and the plans of the phases still to come. It grows when a phase overruns."""
+        now = time.monotonic()
+        with self._lock:
+            left = sum(s for name, s in self.plan.items() if name not in self._started)
+            if self._phase is not None:
+                left += max(0.0, self.plan.get(self._phase, 0.0) - (now - self._phase_at))
+        return now - self.start + left
+
     def line(self) -> str:
         """The stage at a glance: the live line's text and the artifact's description."""
         elapsed = time.monotonic() - self.start
-        percent = self.fraction * 100
+        percent, expected = self.fraction * 100, self.expected()
         with self._lock:
             detail = self._detail
-        return f"{self.stage} {percent:3.0f}% {elapsed:4.0f}/{self.total:.0f} s  {detail}"
+        return f"{self.stage} {percent:3.0f}%  {elapsed:.0f} s of ~{expected:.0f} s  {detail}"
 
     # --- inside ----------------------------------------------------------------------------------
 
@@ -204,8 +219,8 @@ class StageProgress:
         elapsed = time.monotonic() - self.start
         with self._lock:
             detail = self._detail
-        self.log.info("%s %5.0f s: %3.0f%% of ~%.0f s, %s", self.stage, elapsed, self.fraction * 100, self.total,
-                      detail)
+        self.log.info("%s %5.0f s: %3.0f%% of ~%.0f s, %s", self.stage, elapsed, self.fraction * 100,
+                      self.expected(), detail)
 
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=f"{self.stage}-{name}", daemon=True)
