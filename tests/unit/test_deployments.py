@@ -130,10 +130,12 @@ def _summary():
 
 
 def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
-    parameters = {"config_file": "configs/default.yaml", "overrides": {"serving.free_ports": True}}
+    parameters = {"config_file": "configs/default.yaml", "settings": {"batch_size": 4},
+                  "overrides": {"serving.free_ports": True}}
     rows = run_config_rows(parameters, _summary())
     table = {(r["section"], r["name"]): r["value"] for r in rows}
     assert table[("parameter", "config_file")] == "configs/default.yaml"
+    assert json.loads(table[("parameter", "settings")]) == {"batch_size": 4}
     assert json.loads(table[("parameter", "overrides")]) == {"serving.free_ports": True}
     assert table[("config", "serving.batch_size")] == "6"
     assert table[("config", "serving.initial_workers")] == "auto"
@@ -142,7 +144,7 @@ def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
     assert table[("host", "name")] == platform.node()
     assert table[("host", "cpus")] == str(os.cpu_count())
     assert [r["section"] for r in rows] == sorted([r["section"] for r in rows], key=[
-        "parameter", "config", "resolved", "version", "host"].index)
+        "parameter", "provenance", "config", "resolved", "version", "host"].index)
     assert all(set(r) == {"section", "name", "value"} and isinstance(r["value"], str) for r in rows)
 
 
