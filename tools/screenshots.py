@@ -41,6 +41,7 @@ NO_API = "Can't connect to Server API"  # the UI's own toast when its API URL is
 # An <img> in the DOM is not yet a picture on the screen: mark whether the browser decoded each one.
 DECODED = "document.querySelectorAll('img').forEach(i => i.dataset.decoded = i.complete && i.naturalWidth > 0)"
 PNG = "img[src^='data:image/png'][data-decoded=true]"
+MAX_HEIGHT = 8000  # px: a screenshot of a page longer than this is cut there
 RUN_DIRECTORY = re.compile(r"Run directory: `([^`]+)`")
 
 
@@ -53,8 +54,7 @@ class Browser:
 
     def __init__(self, executable: str, width: int = 1400, height: int = 1800):
         self.profile = tempfile.TemporaryDirectory(prefix="screenshots-", ignore_cleanup_errors=True)
-        self.socket = None
-        self.calls = 0
+        self.socket, self.calls, self.width = None, 0, width
         # Its own session, so close() can end the renderers and helpers too, by this group's id; HOME
         # in the profile, so crash-report folders do not land in the user's ~/.config.
         self.process = subprocess.Popen(
@@ -95,8 +95,16 @@ class Browser:
         return wait(lambda: self.evaluate(f"{DECODED}; {ready}"), timeout)
 
     def save(self, path: Path) -> str:
-        """Screenshot to path; returns the rendered DOM, each <img> marked data-decoded="true|false"."""
+        """Screenshot of the whole page to path; returns the rendered DOM, each <img> marked data-decoded."""
+        # The UI scrolls inside its own container, not the document, so a page-length capture sees one
+        # screen: grow the viewport to the content instead (the summary's charts sit below the first one).
+        tall = self.evaluate("Math.max(innerHeight, ...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=min(int(tall), MAX_HEIGHT),
+                  deviceScaleFactor=1, mobile=False)
+        self.call("Runtime.evaluate", awaitPromise=True,  # two frames: laid out and painted at the new size
+                  expression="new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        self.call("Emulation.clearDeviceMetricsOverride")
         return self.evaluate(f"{DECODED}; document.documentElement.outerHTML")
 
     def close(self) -> None:
