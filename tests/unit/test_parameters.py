@@ -115,3 +115,19 @@ def test_a_setting_the_file_check_refuses_is_refused_when_the_run_loads_its_conf
     applied, _ = merged(RunSettings(accuracy_file="no-such.tsv"), None)
     with pytest.raises(ConfigError, match=r"checks\.accuracy_file = 'no-such.tsv'.*does not exist"):
         load_config(None, applied)
+
+
+def test_the_cancellation_hook_finds_the_runs_directory_of_a_run_with_settings(monkeypatch, tmp_path):
+    """on_cancellation / on_crashed: the hook rebuilds the run's config from the stored parameters."""
+    import types
+
+    import flows.run
+
+    looked_in = []
+    monkeypatch.setattr(flows.run, "stop_stale", lambda runs_dir: looked_in.append(runs_dir) or [])
+    stored = {"config_file": "configs/inf2-xlarge.yaml", "settings": {**{name: None for name in SETTINGS},
+                                                                     "batch_size": 4, "benchmark": False},
+              "overrides": {"runs_dir": str(tmp_path)}}
+    flow_run = types.SimpleNamespace(parameters=stored, name="a-run")
+    flows.run.stop_what_the_run_left(None, flow_run, types.SimpleNamespace(name="Cancelled"))
+    assert looked_in == [tmp_path]
