@@ -1,15 +1,22 @@
-"""The nightly deployment for real: `deployments/local.py up` starts a Prefect server (SQLite, on
-loopback) and two process workers on one pool, deploys prefect.yaml and triggers a run with
-`prefect deployment run`; two more runs follow (one good, one that fails at start). Everything
-is then read back through the Prefect REST API, and `down` must leave no process behind."""
+"""The nightly deployment for real, in its production shape: `deployments/local.py up --database
+postgres` starts a PostgreSQL cluster of its own (Debian's, on loopback), a Prefect server on it and
+two process workers on one pool, as two hosts would; it deploys prefect.yaml and triggers a nightly
+run with `prefect deployment run`. At once an on-demand smoke run follows (each worker takes one run
+at a time, so the other worker must take it), then two more nightly runs (one good, one that fails at
+start), which the deployment's concurrency limit keeps one at a time. Everything is read back through
+the Prefect REST API; then `down` and `up` again on the same state: the history and the artifacts come
+back unchanged from PostgreSQL. The last `down` must leave no process behind, PostgreSQL included.
+(tests/e2e/test_night_watch.py runs `up` on SQLite, so both databases stay covered.)"""
 
 import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from itertools import combinations
@@ -26,11 +33,17 @@ from tests.e2e.conftest import assert_server_gone
 pytestmark = pytest.mark.e2e
 
 DEPLOYMENT = "bert-serving-validation/nightly-cpu-embedded"
+SMOKE = "bert-serving-validation/smoke-cpu-embedded"
 POOL = "bert-validation-cpu"
 TINY = {"serving.free_ports": True, "serving.batch_size": 2, "serving.max_length": 32, "serving.initial_workers": 1,
         "benchmark.duration": 2, "benchmark.concurrency": 4, "benchmark.warmup": 0}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 WORKERS = [f"{socket.gethostname()}-worker-{i}" for i in (1, 2)]
+
+
+def key(kind: str, deployment: str = "nightly-cpu-embedded") -> str:
+    """Artifact keys are per deployment: `<kind>-<deployment name>`."""
+    return f"{kind}-{deployment}"
 
 
 def _free_port() -> int:
@@ -50,6 +63,23 @@ def _local(command: str, state: Path, port: int, *extra: str, timeout: float = 2
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _live(processes: list[psutil.Process]) -> list[int]:
+    def alive(process: psutil.Process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    return [p.pid for p in processes if alive(p)]
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
 
 
 def _recorded_processes(state: Path) -> list[psutil.Process]:
@@ -82,49 +112,82 @@ class Api:
         found = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
         return {a["key"]: a for a in found}
 
+    def history(self, flow_run_ids: list[str]) -> dict:
+        """What a user reads of these runs: each run's state and times, and its artifacts' contents."""
+        kept = ("id", "name", "deployment_id", "state_type", "start_time", "end_time", "parameters")
+        return {i: ({k: self.get(f"/flow_runs/{i}")[k] for k in kept},
+                    {k: (a["id"], a["type"], a["data"]) for k, a in self.artifacts(i).items()})
+                for i in flow_run_ids}
+
 
 @pytest.fixture(scope="module")
-def nightly(tmp_path_factory):
-    base = tmp_path_factory.mktemp("deployment")
+def nightly():
+    # Not under pytest's basetemp: under root, PostgreSQL runs as the `postgres` user, which must be able
+    # to reach its data directory, and /tmp/pytest-of-root is closed to others.
+    base = Path(tempfile.mkdtemp(prefix="bert-deployment-"))
+    base.chmod(0o711)
     state, runs_dir, port = base / "state", base / "runs", _free_port()
     env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_HOME=str(state / "home"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     good = json.dumps({"overrides": {**TINY, "runs_dir": str(runs_dir)}})
     failing = json.dumps({"overrides": {**TINY, "runs_dir": str(runs_dir), "serving.startup_timeout": 0.01}})
     started = time.monotonic()
+
+    def run(deployment: str, params: str) -> str:
+        done = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", deployment,
+                               "--params", params], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout).group(1)
+
     try:
-        up = _local("up", state, port, "--workers", "2", "--params", good)
+        up = _local("up", state, port, "--database", "postgres", "--workers", "2", "--params", good)
         assert up.returncode == 0, up.stdout + up.stderr
-        first = re.search(r"flow run: ([0-9a-f-]{36})", up.stdout).group(1)
-        more = []
-        for params in (good, failing):
-            run = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", DEPLOYMENT,
-                                  "--params", params], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                                 timeout=120)
-            assert run.returncode == 0, run.stdout + run.stderr
-            more.append(re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1))
+        up_done = time.monotonic()
+        ids = {"first": re.search(r"flow run: ([0-9a-f-]{36})", up.stdout).group(1)}
+        # Same time as the first night: the smoke check (the smoke deployment turns its benchmark off).
+        ids["smoke"] = run(SMOKE, good)
+        ids["second"] = run(DEPLOYMENT, good)
+        ids["failing"] = run(DEPLOYMENT, failing)
         api = Api(port)
-        ids = {"first": first, "second": more[0], "failing": more[1]}
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 420
         final = {}
         while len(final) < len(ids):
             for name, flow_run_id in ids.items():
-                run = api.get(f"/flow_runs/{flow_run_id}")
-                if run["state_type"] in TERMINAL:
-                    final[name] = run
+                flow_run = api.get(f"/flow_runs/{flow_run_id}")
+                if flow_run["state_type"] in TERMINAL:
+                    final[name] = flow_run
             if time.monotonic() > deadline:
                 logs = "\n".join((state / "logs" / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
                 raise AssertionError(f"runs not finished in time: { {n: r['state_type'] for n, r in final.items()} }"
                                      f"\n{logs}")
             time.sleep(1)
-        yield {"api": api, "runs": final, "state": state, "port": port, "runs_dir": runs_dir,
-               "processes": _recorded_processes(state), "started": started}
+        ran = time.monotonic()
+        workers = api.post(f"/work_pools/{POOL}/workers/filter", {})
+        # Read before the restart: its `up` deploys again, after which the scheduler re-plans within a minute.
+        deployment_id = api.get(f"/deployments/name/{DEPLOYMENT}")["id"]
+        scheduled = api.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
+                                                   "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        before = api.history(list(ids.values()))
+        # A restart on the same state: everything stops, then the server comes back on the same PostgreSQL.
+        first_processes = _recorded_processes(state)
+        restart_down = _local("down", state, port, timeout=300)
+        left_by_restart = _live(first_processes)
+        restart_up = _local("up", state, port, "--database", "postgres", "--no-run", "--workers", "0")
+        assert restart_up.returncode == 0, restart_up.stdout + restart_up.stderr
+        print(f"deployment e2e: up {up_done - started:.0f} s, runs {ran - up_done:.0f} s, "
+              f"restart {time.monotonic() - ran:.0f} s")
+        yield {"api": api, "runs": final, "workers": workers, "scheduled": scheduled, "state": state, "port": port, "runs_dir": runs_dir,
+               "up": up, "before": before, "after": api.history(list(ids.values())),
+               "restart": (restart_down, left_by_restart, restart_up),
+               "processes": first_processes + _recorded_processes(state), "started": started}
     finally:
         leftovers = _recorded_processes(state)
         _local("down", state, port, timeout=300)
         for process in leftovers:  # only if `down` failed: what this test started, by pid
             if process.is_running():
                 process.kill()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_deployment_run_completes_and_its_artifacts_come_back_through_the_api(nightly):
@@ -132,17 +195,17 @@ def test_deployment_run_completes_and_its_artifacts_come_back_through_the_api(ni
     assert run["state_type"] == "COMPLETED", run["state"]
     assert run["deployment_id"] is not None
     artifacts = nightly["api"].artifacts(run["id"])
-    assert {"summary", "predictions", "benchmark", "run-config"} <= set(artifacts)
-    assert "**ok**" in artifacts["summary"]["data"]
-    predictions = json.loads(artifacts["predictions"]["data"])
+    assert {key("summary"), key("predictions"), key("benchmark"), key("run-config"), key("trend")} <= set(artifacts)
+    assert "**ok**" in artifacts[key("summary")]["data"]
+    predictions = json.loads(artifacts[key("predictions")]["data"])
     assert predictions and {"seq_0", "seq_1", "expected", "answer"} <= set(predictions[0])
-    figures = {row["figure"]: row["value"] for row in json.loads(artifacts["benchmark"]["data"])}
+    figures = {row["figure"]: row["value"] for row in json.loads(artifacts[key("benchmark")]["data"])}
     assert figures["requests_per_s"] > 0 and figures["errors"] == 0
 
 
 def test_run_config_artifact_holds_parameters_resolved_config_versions_and_host(nightly):
     artifacts = nightly["api"].artifacts(nightly["runs"]["first"]["id"])
-    rows = {(r["section"], r["name"]): r["value"] for r in json.loads(artifacts["run-config"]["data"])}
+    rows = {(r["section"], r["name"]): r["value"] for r in json.loads(artifacts[key("run-config")]["data"])}
     assert rows[("parameter", "config_file")] == "configs/default.yaml"  # the deployment's own parameter
     assert json.loads(rows[("parameter", "overrides")])["runs_dir"] == str(nightly["runs_dir"])
     assert rows[("config", "serving.batch_size")] == "2" and rows[("config", "model.source")] == "embedded"
@@ -151,8 +214,8 @@ def test_run_config_artifact_holds_parameters_resolved_config_versions_and_host(
     assert rows[("host", "name")] == platform.node() and rows[("host", "cpus")] == str(os.cpu_count())
     # Two nights line up row by row: the same rows in the same order.
     second = nightly["api"].artifacts(nightly["runs"]["second"]["id"])
-    assert [(r["section"], r["name"]) for r in json.loads(second["run-config"]["data"])] == \
-        [(r["section"], r["name"]) for r in json.loads(artifacts["run-config"]["data"])]
+    assert [(r["section"], r["name"]) for r in json.loads(second[key("run-config")]["data"])] == \
+        [(r["section"], r["name"]) for r in json.loads(artifacts[key("run-config")]["data"])]
 
 
 def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nightly):
@@ -172,29 +235,60 @@ def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nigh
         # Resolved by each worker at run time, not baked in at deploy time.
         assert deployment["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}]
-    # The scheduler has already planned the next nights.
-    deployment_id = nightly["api"].get(f"/deployments/name/{DEPLOYMENT}")["id"]
-    scheduled = nightly["api"].post("/flow_runs/filter", {
-        "deployments": {"id": {"any_": [deployment_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
-    starts = [_time(r["expected_start_time"]).astimezone(timezone.utc) for r in scheduled]
+    # The scheduler had planned the next nights (read before the restart).
+    starts = [_time(r["expected_start_time"]).astimezone(timezone.utc) for r in nightly["scheduled"]]
     assert starts and all((t.hour, t.minute, t.second) == (2, 0, 0) for t in starts), starts
 
 
-def test_two_workers_on_one_pool_and_runs_never_overlap_on_torchserve(nightly):
-    api, runs = nightly["api"], nightly["runs"]
-    workers = api.post(f"/work_pools/{POOL}/workers/filter", {})
+def test_both_workers_take_runs_and_nightly_runs_never_overlap_on_torchserve(nightly):
+    runs, workers = nightly["runs"], nightly["workers"]
     assert sorted(w["name"] for w in workers) == sorted(WORKERS)
     assert all(w["status"] == "ONLINE" for w in workers)
     assert runs["second"]["state_type"] == "COMPLETED", runs["second"]["state"]
     # Each run was executed by one of the two workers (its output streams into that worker's log).
     logs = {name: (nightly["state"] / "logs" / f"worker-{i}.log").read_text() for i, name in enumerate(WORKERS, 1)}
-    for run in runs.values():
-        ran_on = [name for name, log in logs.items() if f"Flow run '{run['name']}' - Beginning flow run" in log]
-        assert len(ran_on) == 1, (run["name"], ran_on)
-    # The deployment's concurrency limit of 1: one run at a time, although two workers were free.
-    spans = [(_time(run["start_time"]), _time(run["end_time"])) for run in runs.values()]
+    ran_on = {}
+    for which, run in runs.items():
+        found = [name for name, log in logs.items() if f"Flow run '{run['name']}' - Beginning flow run" in log]
+        assert len(found) == 1, (run["name"], found)
+        ran_on[which] = found[0]
+    # The first night and the smoke check were triggered together; a worker runs one at a time
+    # (--limit 1), so the other worker took the second: both hosts of the pool work.
+    assert ran_on["first"] != ran_on["smoke"], ran_on
+    assert set(ran_on.values()) == set(WORKERS)
+    # The deployment's concurrency limit of 1: one nightly run at a time, although two workers were free.
+    spans = [(_time(run["start_time"]), _time(run["end_time"])) for which, run in runs.items() if which != "smoke"]
     for (start_a, end_a), (start_b, end_b) in combinations(spans, 2):
         assert end_a <= start_b or end_b <= start_a, spans
+
+
+def test_smoke_run_checks_without_benchmark_and_reports_under_its_own_keys(nightly):
+    run = nightly["runs"]["smoke"]
+    assert run["state_type"] == "COMPLETED", run["state"]
+    artifacts = nightly["api"].artifacts(run["id"])
+    assert key("summary", "smoke-cpu-embedded") in artifacts
+    assert "**ok**" in artifacts[key("summary", "smoke-cpu-embedded")]["data"]
+    assert key("benchmark", "smoke-cpu-embedded") not in artifacts  # its benchmark is off
+    assert not any(k.endswith("nightly-cpu-embedded") for k in artifacts), sorted(artifacts)
+
+
+def _trend_runs(markdown: str) -> list[str]:
+    """The first column of the trend's table: one flow run name per row, newest first."""
+    rows = [line for line in markdown.splitlines() if line.startswith("|")][2:]  # past header and |---|
+    return [row.split("|")[1].strip() for row in rows]
+
+
+def test_trend_of_the_nightly_deployment_lists_its_runs_and_not_the_smoke_run(nightly):
+    runs = nightly["runs"]
+    nightly_runs = [r for which, r in runs.items() if which != "smoke"]
+    last = max(nightly_runs, key=lambda r: _time(r["end_time"]))
+    trend = nightly["api"].artifacts(last["id"])[key("trend")]
+    assert trend["type"] == "markdown"
+    assert trend["data"].splitlines()[0].startswith("# Trend: ") and "nightly-cpu-embedded" in trend["data"].splitlines()[0]
+    names = _trend_runs(trend["data"])
+    # The last night's trend: itself on top, then the two nights before it; never the smoke check.
+    assert names[0] == last["name"] and sorted(names) == sorted(r["name"] for r in nightly_runs), names
+    assert runs["smoke"]["name"] not in names
 
 
 def test_failed_run_ends_failed_names_the_stage_and_keeps_its_artifacts(nightly):
@@ -202,24 +296,45 @@ def test_failed_run_ends_failed_names_the_stage_and_keeps_its_artifacts(nightly)
     assert run["state_type"] == "FAILED", run["state"]
     assert "stage start failed" in run["state"]["message"]
     artifacts = nightly["api"].artifacts(run["id"])
-    assert {"summary", "run-config"} <= set(artifacts)
-    assert "**failed**" in artifacts["summary"]["data"] and "Stage **start**" in artifacts["summary"]["data"]
-    rows = {(r["section"], r["name"]): r["value"] for r in json.loads(artifacts["run-config"]["data"])}
+    assert {key("summary"), key("run-config")} <= set(artifacts)
+    summary = artifacts[key("summary")]["data"]
+    assert "**failed**" in summary and "Stage **start**" in summary
+    rows = {(r["section"], r["name"]): r["value"] for r in json.loads(artifacts[key("run-config")]["data"])}
     assert rows[("config", "serving.startup_timeout")] == "0.01"
 
 
-def test_down_stops_the_server_the_workers_and_every_torchserve(nightly):
+def test_history_and_artifacts_survive_a_server_restart_on_postgres(nightly):
+    restart_down, left, restart_up = nightly["restart"]
+    assert restart_down.returncode == 0, restart_down.stdout + restart_down.stderr
+    assert "stopped PostgreSQL" in restart_down.stdout and left == []
+    assert "postgres: postgresql+asyncpg://prefect:***@127.0.0.1:" in restart_up.stdout
+    before, after = nightly["before"], nightly["after"]
+    assert all(artifacts for _, artifacts in before.values())
+    assert after == before  # every run, its state and times, and each artifact's id and content
+
+
+def test_the_database_password_never_reaches_output_logs_or_artifacts(nightly):
+    secret = (nightly["state"] / "postgres-password").read_text().strip()
+    assert len(secret) >= 32 and oct((nightly["state"] / "postgres-password").stat().st_mode)[-3:] == "600"
+    printed = [nightly["up"].stdout, nightly["up"].stderr, *(p.stdout for p in nightly["restart"][::2])]
+    logs = [f.read_text(errors="replace") for f in (nightly["state"] / "logs").glob("*.log")]
+    artifacts = [json.dumps(a) for _, a in nightly["after"].values()]
+    assert logs and not any(secret in text for text in printed + logs + artifacts)
+
+
+def test_down_stops_postgres_the_server_the_workers_and_every_torchserve(nightly):
     processes = nightly["processes"]
-    assert len(processes) >= 3  # server (and its children), two workers
+    # server (and its children), two workers, PostgreSQL with its backends (the restart's still running)
+    assert len(processes) >= 3 and any(_name(p) == "postgres" for p in processes)
     down = _local("down", nightly["state"], nightly["port"], timeout=300)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert [p.pid for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    assert _live(processes) == []
     with socket.socket() as probe:
         # Free again: nothing listens (its closed connections may linger in TIME_WAIT, which REUSEADDR allows).
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", nightly["port"]))
     servers = [server_stage.load_record(d / "server") for d in nightly["runs_dir"].iterdir() if not d.is_symlink()]
-    assert len(servers) == 3 and all(s is not None for s in servers)
+    assert len(servers) == 4 and all(s is not None for s in servers)
     for server in servers:
         assert_server_gone(server)
     print(f"deployment e2e: {time.monotonic() - nightly['started']:.0f} s from `up` to `down`")
