@@ -6,12 +6,16 @@
 #                               transformers 4.57.6) with Neuron's package index; only on an inf2 / trn1 host
 #   ./setup.sh --transformers4  .venv-tf4, constraints-transformers4.txt: CI's second environment (transformers
 #                               4.57.6, torch 2.13.0), to prove the code on transformers' 4.x API here
+#   ./setup.sh --tests          first the system packages the tests need, when missing (Debian/Ubuntu, as root:
+#                               apt-get): postgresql (deployments/local.py up --database postgres) and chromium
+#                               (the UI screenshots); then the .venv as plain ./setup.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=.venv
 constraints=constraints.txt
 extra_index=()
+tests=false
 case "${1:-}" in
   "") ;;
   --neuron)
@@ -20,10 +24,32 @@ case "${1:-}" in
   --transformers4)
     venv=.venv-tf4
     constraints=constraints-transformers4.txt ;;
+  --tests)
+    tests=true ;;
   *)
-    echo "usage: ./setup.sh [--neuron | --transformers4]" >&2
+    echo "usage: ./setup.sh [--neuron | --transformers4 | --tests]" >&2
     exit 2 ;;
 esac
+
+if [ "$tests" = true ]; then
+  # What the tests run for real: Debian's PostgreSQL server binaries and a headless browser.
+  missing=()
+  compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" > /dev/null || missing+=(postgresql)
+  command -v chromium > /dev/null || missing+=(chromium fonts-liberation)  # a font, or pages render without text
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
+      echo "error: the tests need these system packages, missing here: ${missing[*]}" >&2
+      echo "fix:   as root on Debian/Ubuntu: apt-get update && apt-get install -y ${missing[*]}  (or run ./setup.sh --tests as root)" >&2
+      exit 1
+    fi
+    echo "setup: installing ${missing[*]} (apt-get)"
+    started=$SECONDS
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+    echo "setup: installed ${missing[*]} in $((SECONDS - started)) s"
+  fi
+fi
 
 # TorchServe's frontend is Java 11+.
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\)\.\{0,1\}\([0-9]*\).*/\1 \2/p' | head -n1 | awk '{print ($1 == 1 ? $2 : $1)}')
