@@ -199,7 +199,26 @@ class LoadProgress:
     done: bool = False
 
 
-def _snapshot(samples: list[Sample], elapsed: float, warmup: float, duration: float, requests: int | None,
+class _Tally:
+    """A load's running figures for its progress callback. Each sample is looked at once, when it is
+    new: a tick costs the requests since the last one, not the whole run's, so a long load's progress
+    never takes the event loop from the requests."""
+
+    def __init__(self):
+        self.seen = self.answered = self.errors = 0
+        self.latencies: list[float] = []  # s, of the measured answers
+
+    def add(self, samples: list[Sample]) -> None:
+        for sample in samples[self.seen:]:  # samples only grows
+            self.answered += sample.ok and sample.done >= 0  # an answer in the measured window
+            if sample.measured and sample.ok:
+                self.latencies.append(sample.latency)
+            elif sample.measured and not sample.dropped:
+                self.errors += 1
+        self.seen = len(samples)
+
+
+def _snapshot(tally: _Tally, elapsed: float, warmup: float, duration: float, requests: int | None,
               counted: int, last: float, done: bool = False) -> LoadProgress:
     measured_s = max(0.0, elapsed - warmup)
     if done:
@@ -208,14 +227,13 @@ def _snapshot(samples: list[Sample], elapsed: float, warmup: float, duration: fl
         fraction = min(counted / requests, 0.99)
     else:
         fraction = min(elapsed / (warmup + duration), 0.99) if warmup + duration > 0 else 0.99
-    good = [s.latency for s in samples if s.measured and s.ok]
-    p50, p90 = (float(v) * 1000 for v in np.percentile(good, [50, 90])) if good else (float("nan"),) * 2
-    answered = sum(s.ok and 0 <= s.done <= measured_s for s in samples)
+    p50, p90 = ((float(v) * 1000 for v in np.percentile(tally.latencies, [50, 90])) if tally.latencies
+                else (float("nan"),) * 2)
     return LoadProgress(
         elapsed=elapsed, planned=None if requests is not None else warmup + duration, fraction=max(fraction, last),
         warming_up=elapsed < warmup, measured_s=measured_s,
-        requests_per_s=answered / measured_s if measured_s > 0 else 0.0, p50_ms=p50, p90_ms=p90,
-        errors=sum(s.measured and not s.ok and not s.dropped for s in samples), done=done)
+        requests_per_s=tally.answered / measured_s if measured_s > 0 else 0.0, p50_ms=p50, p90_ms=p90,
+        errors=tally.errors, done=done)
 
 
 def _progress_line(samples: list[Sample], now: float, window: float) -> str:
@@ -334,10 +352,12 @@ async def run_load(
 
     last = 0.0  # the last fraction told: never goes back
     callback_failed = False
+    tally = _Tally()
 
     def tell(done: bool = False) -> None:
         nonlocal last, callback_failed
-        snapshot = _snapshot(samples, time.monotonic() - start, warmup, duration, requests, counted, last, done)
+        tally.add(samples)
+        snapshot = _snapshot(tally, time.monotonic() - start, warmup, duration, requests, counted, last, done)
         last = snapshot.fraction
         try:
             on_progress(snapshot)

@@ -40,6 +40,18 @@ def test_the_load_tells_monotonic_fractions_from_the_warm_up_to_1():
     assert seen[0].warming_up and not seen[-1].warming_up
     assert seen[-1].requests_per_s == pytest.approx(result.requests_per_s, rel=0.25)
     assert 0 < seen[-1].p50_ms <= seen[-1].p90_ms and seen[-1].errors == 0
+    # The running figures are the result's own: the same answers, counted once each.
+    assert (seen[-1].p50_ms, seen[-1].p90_ms) == pytest.approx((result.latency().p50, result.latency().p90))
+
+
+def test_errors_so_far_are_the_failed_measured_requests():
+    seen: list[LoadProgress] = []
+    with TrivialEndpoint(status=503) as endpoint:
+        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, warmup=0.2, progress_every=0.05,
+                      on_progress=seen.append)
+    errors = [p.errors for p in seen]
+    assert errors == sorted(errors) and errors[-1] == result.errors > 0 and errors[0] == 0  # warm-up's not counted
+    assert seen[-1].requests_per_s == 0 and seen[-1].p50_ms != seen[-1].p50_ms  # no answers: NaN
 
 
 def test_a_count_of_requests_moves_with_the_requests_sent():
