@@ -149,3 +149,24 @@ def test_accuracy_comes_from_the_check_stages_accuracy_check_only():
               CheckResult(name="accuracy", passed=True, detail="", metrics={"accuracy": 0.7402, "f1": 0.8})]
     assert bench_module.accuracy_of(checks) == 0.7402
     assert bench_module.accuracy_of(checks[:1]) is None and bench_module.accuracy_of([]) is None
+
+
+def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
+    from types import SimpleNamespace
+
+    from tasks.config import load_config
+
+    settings = load_config().benchmark.model_copy(update={"warmup": 2, "duration": 30, "ceiling_seconds": 2,
+                                                          "client_check_seconds": 1, "single_client_seconds": 3})
+    one_worker = SimpleNamespace(initial_workers=1, threads_per_worker=2)
+    plan = bench_module.planned_seconds(settings, one_worker)
+    assert list(plan) == ["ceiling", "client check", "load", "server logs", "lone client", "wrap-up"]
+    assert plan["load"] == 32 and plan["client check"] == 1.5 and plan["lone client"] == 3
+    # all threads, one stream per thread, then the lone batch (half the time): 3 x 2 s after the child starts
+    assert plan["ceiling"] == bench_module.CEILING_START_S + 5
+    two_workers = SimpleNamespace(initial_workers=2, threads_per_worker=1)
+    assert bench_module.planned_seconds(settings, two_workers)["ceiling"] == bench_module.CEILING_START_S + 6
+    # A brought .mar has no ceiling; a part configured off weighs nothing.
+    skipped = settings.model_copy(update={"client_check_seconds": 0, "single_client_seconds": 0})
+    plan = bench_module.planned_seconds(skipped, one_worker, ceiling=False)
+    assert plan["ceiling"] == plan["client check"] == plan["lone client"] == 0
