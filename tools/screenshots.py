@@ -55,6 +55,7 @@ class Browser:
     def __init__(self, executable: str, width: int = 1400, height: int = 1800):
         self.profile = tempfile.TemporaryDirectory(prefix="screenshots-", ignore_cleanup_errors=True)
         self.socket, self.calls, self.width = None, 0, width
+        self.saved: list[Path] = []
         # Its own session, so close() can end the renderers and helpers too, by this group's id; HOME
         # in the profile, so crash-report folders do not land in the user's ~/.config.
         self.process = subprocess.Popen(
@@ -104,6 +105,7 @@ class Browser:
         self.call("Runtime.evaluate", awaitPromise=True,  # two frames: laid out and painted at the new size
                   expression="new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        self.saved.append(path)
         self.call("Emulation.clearDeviceMetricsOverride")
         return self.evaluate(f"{DECODED}; document.documentElement.outerHTML")
 
@@ -282,12 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     if out is None:
         print("the run's summary names no run directory; pass --out", file=sys.stderr)
         return 2
-    browser = Browser(executable)
+    try:
+        browser = Browser(executable)
+    except (RuntimeError, OSError) as error:
+        print(f"cannot drive {executable}: {error}", file=sys.stderr)
+        return 2
     try:
         problems = take(args.ui, facts, out, browser, args.timeout)
     finally:
         browser.close()
-    print("screenshots:", *sorted(str(p) for p in out.glob("*.png")), sep="\n  ")
+    print("screenshots:", *map(str, browser.saved), sep="\n  ")
     for problem in problems:
         print(f"missing: {problem}", file=sys.stderr)
     return 1 if problems else 0
