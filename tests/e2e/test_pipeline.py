@@ -1,6 +1,7 @@
 """The whole pipeline once, for real: traced embedded model, real TorchServe, real Prefect server."""
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,6 +114,9 @@ def test_run_directory_holds_model_archive_server_files_and_summary(run):
                  "server/config.properties", "server/logs/ts_log.log", "server/logs/model_log.log"]:
         assert (run_dir / path).is_file(), path
     assert set(on_disk["versions"]) >= {"python", "torch", "transformers", "torchserve", "prefect"}
+    assert len(on_disk["provenance"]["git"]["commit"]) == 40 and on_disk["provenance"]["config_hash"]
+    for name in on_disk["pictures"].values():
+        assert Path(name).parent == run_dir.resolve() and Path(name).read_bytes().startswith(b"\x89PNG")
 
 
 def test_no_torchserve_process_outlives_the_run(run):
@@ -125,15 +129,32 @@ def test_results_are_artifacts_of_the_flow_run(run):
     flow_run_id = run["state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    by_key = {a.key: a for a in artifacts}
-    assert {"summary", "predictions", "benchmark"} <= set(by_key)
-    assert "**ok**" in by_key["summary"].data and "Served / in-process" in by_key["summary"].data
+    # An ad-hoc run on the CPU: every key ends in adhoc-cpu, so a deployment's artifacts are not overwritten.
+    keyed = [a for a in artifacts if a.key]  # progress artifacts have no key
+    by_key = {a.key.removesuffix("-adhoc-cpu"): a for a in keyed}
+    assert all(a.key.endswith("-adhoc-cpu") for a in keyed), [a.key for a in keyed]
+    assert {"summary", "predictions", "benchmark", "run-config", "outcome", "trend"} <= set(by_key)
+    summary = by_key["summary"].data
+    assert "**ok**" in summary and "Served / in-process" in summary
+    for alt in ("throughput and latency", "latency histogram"):  # pictures the UI shows, not a worker's path
+        assert f"![{alt}](data:image/png;base64,iVBORw0KGgo" in summary
+    assert "- Chart: `" not in summary
     figures = figures_of(by_key["benchmark"].data)
     assert figures["inferences_per_s"] > 0 and figures["latency_ms p90"] > 0 and figures["fingerprint"]
     predictions = json.loads(by_key["predictions"].data) if isinstance(by_key["predictions"].data, str) \
         else by_key["predictions"].data
     assert sum(row["check"] == "tutorial pairs (full batch)" for row in predictions) == 6
     assert {row["check"] for row in predictions} >= {"golden pairs", "malformed requests isolated"}
+    trend = by_key["trend"].data
+    assert trend.startswith("# Trend: adhoc-cpu") and "![trend](data:image/png;base64," in trend
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(flow_run_id).name
+    first = [line for line in trend.splitlines() if line.startswith("| ")][1]
+    assert first.startswith(f"| {name} | ") and "| ok |" in first  # this run on top
+    config = json.loads(by_key["run-config"].data) if isinstance(by_key["run-config"].data, str) \
+        else by_key["run-config"].data
+    provenance = {row["name"]: row["value"] for row in config if row["section"] == "provenance"}
+    assert {"git.commit", "git.dirty", "instance_type", "compiler_args", "config_hash"} <= set(provenance)
 
 
 def test_no_key_in_summary_artifacts_or_flow_log(run):
