@@ -225,7 +225,8 @@ def start_server(state: Path, port: int, env: dict[str, str], database: str = "s
         raise LocalError(f"the Prefect server did not come up on port {port} within {timeout:g} s\n"
                          f"{tail(log, 30) or '(no log)'}",
                          fix="read its log above; a first start migrates the database and can be slow") from None
-    print(f"server: {api_url(port)} ({'PostgreSQL' if database == 'postgres' else 'SQLite: ' + str(state / 'prefect.db')})")
+    where = "PostgreSQL" if database == "postgres" else f"SQLite: {state / 'prefect.db'}"
+    print(f"server: {api_url(port)} ({where})")
 
 
 def work_pools() -> list[str]:

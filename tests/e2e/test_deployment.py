@@ -177,8 +177,8 @@ def nightly():
         assert restart_up.returncode == 0, restart_up.stdout + restart_up.stderr
         print(f"deployment e2e: up {up_done - started:.0f} s, runs {ran - up_done:.0f} s, "
               f"restart {time.monotonic() - ran:.0f} s")
-        yield {"api": api, "runs": final, "workers": workers, "scheduled": scheduled, "state": state, "port": port, "runs_dir": runs_dir,
-               "up": up, "before": before, "after": api.history(list(ids.values())),
+        yield {"api": api, "runs": final, "workers": workers, "scheduled": scheduled, "state": state, "port": port,
+               "runs_dir": runs_dir, "up": up, "before": before, "after": api.history(list(ids.values())),
                "restart": (restart_down, left_by_restart, restart_up),
                "processes": first_processes + _recorded_processes(state), "started": started}
     finally:
@@ -284,7 +284,8 @@ def test_trend_of_the_nightly_deployment_lists_its_runs_and_not_the_smoke_run(ni
     last = max(nightly_runs, key=lambda r: _time(r["end_time"]))
     trend = nightly["api"].artifacts(last["id"])[key("trend")]
     assert trend["type"] == "markdown"
-    assert trend["data"].splitlines()[0].startswith("# Trend: ") and "nightly-cpu-embedded" in trend["data"].splitlines()[0]
+    title = trend["data"].splitlines()[0]
+    assert title.startswith("# Trend: ") and "nightly-cpu-embedded" in title, title
     names = _trend_runs(trend["data"])
     # The last night's trend: itself on top, then the two nights before it; never the smoke check.
     assert names[0] == last["name"] and sorted(names) == sorted(r["name"] for r in nightly_runs), names

@@ -106,3 +106,37 @@ def test_database_is_sqlite_unless_asked_and_only_the_server_gets_a_database_url
 
 def test_down_with_no_postgres_cluster_stops_nothing(tmp_path):
     assert local.stop_database(tmp_path) == []
+
+
+def test_only_deployments_with_a_schedule_get_a_missed_night_watch(monkeypatch):
+    """schedule_targets' answer is what set_up_alerts makes missed-night automations for: the on-demand
+    smoke-cpu-embedded (no schedule) must not be in it, or every quiet day would raise an alert."""
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    import prefect.client.orchestration as orchestration
+
+    deployments = {name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())])
+                   for name in local.deployments_by_pool()}
+    deployments["bert-serving-validation/smoke-cpu-embedded"].schedules = []  # as prefect.yaml has it
+    changed = []
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_deployment_by_name(self, name):
+            return deployments[name]
+
+        def update_deployment_schedule(self, deployment_id, schedule_id, active):
+            changed.append((deployment_id, active))
+
+    monkeypatch.setattr(orchestration, "get_client", lambda sync_client: Client())
+    active = local.schedule_targets({"PREFECT_API_URL": "http://127.0.0.1:9/api"}, local.DEFAULT_POOL)
+    assert set(active) == {"nightly-cpu-embedded"}
+    assert active["nightly-cpu-embedded"] == deployments["bert-serving-validation/nightly-cpu-embedded"].id
+    # The other families' nights are paused, this host's is on.
+    assert sorted(active_ for _, active_ in changed) == [False, False, True]
