@@ -135,7 +135,8 @@ class StageProgress:
                 self._close_phase()
                 self._last, self._detail, self._ended = 1.0, "done", ""
             else:
-                self._ended = "interrupted" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "failed"
+                # Not an Exception: Ctrl-C, SIGTERM (Prefect's TerminationSignal), a cancellation.
+                self._ended = "failed" if issubclass(exc_type, Exception) else "interrupted"
         self._stop.set()
         self._publish_now.set()
         # The artifact's last update is worth a moment when the stage ended well; not when interrupted.

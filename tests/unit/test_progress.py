@@ -253,9 +253,10 @@ def test_a_hanging_api_does_not_hold_the_stage():
     assert took < 0.5 + 3.5  # the load, then at most the wait for the artifact's last update
 
 
-def test_a_failed_stage_stays_where_it_stopped_and_says_so():
+@pytest.mark.parametrize("error, word", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")])
+def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word):
     updates = []
-    with pytest.raises(RuntimeError):
+    with pytest.raises(error):
         with StageProgress("benchmark", {"ceiling": 1, "load": 1}, stream=io.StringIO(), artifact=True,
                            every=0.02, create=lambda **kw: updates.append(kw) or "id",
                            update=lambda **kw: updates.append(kw)) as progress:
@@ -263,7 +264,7 @@ def test_a_failed_stage_stays_where_it_stopped_and_says_so():
             progress.phase("load")
             progress.load()(told(0.4))
             time.sleep(0.1)
-            raise RuntimeError("TorchServe died")
+            raise error("TorchServe died")
     assert 60 <= updates[-1]["progress"] < 100
-    assert updates[-1]["description"].startswith("benchmark failed after") and "during load" in updates[-1][
-        "description"]
+    assert updates[-1]["description"].startswith(f"benchmark {word} after")
+    assert "during load" in updates[-1]["description"]
