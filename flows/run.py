@@ -137,7 +137,7 @@ class Run:
     def _report(self) -> None:
         from tasks.report.keys import current_suffix, deployment_name
         from tasks.report.summary import pictures
-        from tasks.report.trend import publish_trend, row_now
+        from tasks.report.trend import publish_trend
 
         serving = self.config.serving
         drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
@@ -164,8 +164,8 @@ class Run:
         suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
         publish_artifacts(self.summary, self.checks, self.dir, self.buckets, suffix)
         publish_run_config(self.parameters, self.summary, suffix)
-        publish_trend(deployment_name() or suffix, suffix, row_now(_run_name(self.dir), _started(self.dir),
-                                                                   self.summary), self.dir, self.log)
+        publish_trend(deployment_name() or suffix, suffix, _run_name(self.dir), _started(self.dir), self.summary,
+                      self.dir, self.log)  # never raises: a trend is not worth a failed run
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _tell(self) -> None:

@@ -144,15 +144,17 @@ def markdown(name: str, rows: list[dict], chart_uri: str | None) -> str:
     return "\n".join(lines)
 
 
-def publish_trend(name: str, suffix: str, now: dict, run_dir: Path, log=None) -> str | None:
-    """Publish the trend artifact (`trend-<suffix>`) with `now` (this run's row) on top; returns its
-    markdown. Never raises: without an API history the trend is this run alone, and a failure to
+def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict, run_dir: Path,
+                  log=None) -> str | None:
+    """Publish the trend artifact (`trend-<suffix>`) with this run's row (from its summary) on top;
+    returns its markdown. Never raises: without an API history the trend is this run alone, and a failure to
     draw or publish it is a warning, not a failed run. Outside a flow run: nothing to attach it to."""
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return None
     try:
+        now = row_now(run_name, started, summary)
         try:
             rows = [now] + earlier_rows(suffix)
         except Exception as error:  # an unreadable history: this run alone

@@ -18,7 +18,7 @@ from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
 from tasks.report import keys
 from tasks.report.summary import build_summary, publish_artifacts
-from tasks.report.trend import publish_trend, row_now
+from tasks.report.trend import publish_trend
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +38,8 @@ def night(rate: float = 0.0, backend: str = "cpu", fail_stage: str = "") -> str 
     summary = build_summary(stages, [], bench, {}, {"run_dir": str(run_dir)})
     suffix = keys.current_suffix(backend)
     publish_artifacts(summary, [], run_dir, None, suffix)
-    return publish_trend(keys.deployment_name() or suffix, suffix,
-                         row_now(runtime.flow_run.name, "2026-11-25 02:00", summary), run_dir)
+    return publish_trend(keys.deployment_name() or suffix, suffix, runtime.flow_run.name, "2026-11-25 02:00",
+                         summary, run_dir)
 
 
 def _deployment(client, name: str):
@@ -87,3 +87,14 @@ def test_ad_hoc_trend_is_per_backend_and_one_row_without_history(prefect_server)
     night(rate=77.0, backend="other-probe")
     second = night(rate=11.0, backend="gpu-probe")
     assert len(_names(second)) == 2 and "77.0" not in second
+
+
+def test_an_unreadable_history_leaves_a_trend_of_this_run_alone(prefect_server, monkeypatch):
+    from tasks.report import trend
+
+    def broken(suffix, limit=13):
+        raise ConnectionError("the API went away")
+
+    monkeypatch.setattr(trend, "earlier_rows", broken)
+    text = night(rate=5.0, backend="broken-probe")  # the flow run still completes
+    assert text.splitlines()[0] == "# Trend: adhoc-broken-probe" and len(_names(text)) == 1

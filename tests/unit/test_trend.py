@@ -103,4 +103,4 @@ def test_outcome_rows_name_each_stage_and_the_regressed_figures():
 
 
 def test_publish_trend_outside_a_flow_run_publishes_nothing_and_does_not_raise(tmp_path):
-    assert trend.publish_trend("adhoc-cpu", "adhoc-cpu", _history()[0], tmp_path) is None
+    assert trend.publish_trend("adhoc-cpu", "adhoc-cpu", "x", None, _summary(), tmp_path) is None
