@@ -49,7 +49,3 @@ def deployment_name() -> str | None:
 def current_suffix(backend: str | None) -> str:
     return suffix(deployment_name(), backend)
 
-
-def display_name(suffix_: str) -> str:
-    """The trend's title: the deployment's name, or `ad-hoc <backend>`."""
-    return f"ad-hoc {suffix_[len(ADHOC) + 1:]}" if suffix_.startswith(f"{ADHOC}-") else suffix_
