@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
 from pydantic.fields import FieldInfo
 
 from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config
@@ -96,11 +96,43 @@ def _setting(dotted: str, defaults: RunConfig) -> tuple[Any, Any]:
     return Optional[kind], Field(None, description=description)
 
 
+def _plain_fields(schema: dict[str, Any]) -> None:
+    """The Run form draws `X or null` as a switch between X and None, set to None; a plain X field
+    left empty says the same. So each setting's schema drops its null and its null default.
+    Prefect's API still accepts a null for an optional property when it checks a run (its
+    preprocess_schema adds it back to a plain `type`), and pydantic reads it as empty; a choice
+    lists null among its values. A setting of several kinds (workers: a number or auto) keeps its
+    null. An on/off setting is a choice of true, false or empty: the form's toggle cannot be empty,
+    and an untouched one sends false (seen in prefect 3.8.8's UI: `benchmark: false` on every
+    custom run, also as `boolean or null`)."""
+    for prop in schema["properties"].values():
+        kinds = [kind for kind in prop.pop("anyOf") if kind != {"type": "null"}]
+        prop.pop("default", None)
+        if kinds == [{"type": "boolean"}]:
+            prop["enum"] = [True, False, None]
+        elif len(kinds) == 1:
+            prop.update(kinds[0])
+            if "enum" in prop:  # the API's added null must pass the choices too: an empty choice
+                prop["enum"] = [*prop["enum"], None]
+        else:
+            prop["anyOf"] = [*kinds, {"type": "null"}]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid",  # a misspelt setting is refused, not ignored
+                              json_schema_extra=_plain_fields)
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, serialize) -> dict[str, Any]:
+        """Only the settings given: the flow's default shows as {} and a run records what was set."""
+        return {name: value for name, value in serialize(self).items() if value is not None}
+
+
 def _settings_model() -> type[BaseModel]:
     defaults = file_defaults()
     return create_model(
         "RunSettings",
-        __config__=ConfigDict(extra="forbid"),  # a misspelt setting is refused, not ignored
+        __base__=_Settings,
         __doc__="The settings of one run; each left empty keeps the config file's value.",
         __module__=__name__,
         **{name: _setting(dotted, defaults) for name, dotted in SETTINGS.items()},

@@ -56,13 +56,12 @@ def test_the_run_form_has_typed_settings_with_descriptions(api):
     schema = deployment["parameter_openapi_schema"]
     assert schema["properties"]["settings"]["$ref"] == "#/definitions/RunSettings"
     settings = schema["definitions"]["RunSettings"]["properties"]
-    batch = next(kind for kind in settings["batch_size"]["anyOf"] if kind["type"] == "integer")
-    assert (batch["minimum"], batch["maximum"]) == (1, 256)
-    assert settings["batch_size"]["description"].startswith("requests TorchServe batches into one inference")
-    enums = {name: next(kind["enum"] for kind in settings[name]["anyOf"] if "enum" in kind)
-             for name in ("backend", "load", "regression")}
-    assert enums == {"backend": ["auto", "neuron", "cuda", "cpu"], "load": ["closed", "open"],
-                     "regression": ["warn", "fail"]}
+    batch = settings["batch_size"]
+    assert (batch["type"], batch["minimum"], batch["maximum"]) == ("integer", 1, 256)
+    assert batch["description"].startswith("requests TorchServe batches into one inference")
+    enums = {name: settings[name]["enum"] for name in ("backend", "load", "regression", "benchmark")}
+    assert enums == {"backend": ["auto", "neuron", "cuda", "cpu", None], "load": ["closed", "open", None],
+                     "regression": ["warn", "fail", None], "benchmark": [True, False, None]}
     assert all(prop.get("description") for prop in settings.values())
 
 
@@ -70,6 +69,7 @@ def test_the_run_form_has_typed_settings_with_descriptions(api):
     ({"batch_size": 0}, "settings.batch_size"),
     ({"batchsize": 4}, "batchsize"),
     ({"backend": "tpu"}, "settings.backend"),
+    ({"benchmark": "yes"}, "settings.benchmark"),
 ])
 def test_a_bad_setting_is_refused_before_any_run_exists(api, settings, field):
     deployment = _deployment(api)

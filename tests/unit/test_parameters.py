@@ -18,7 +18,20 @@ def form():
 
 
 def _kinds(prop: dict) -> list[dict]:
-    return [kind for kind in prop.get("anyOf", [prop]) if kind.get("type") != "null"]
+    """The kinds of value a field takes, bare: no null, no title, description or default."""
+    return [_bare(kind) for kind in prop.get("anyOf", [prop]) if kind.get("type") != "null"]
+
+
+def _bare(schema: dict) -> dict:
+    return {key: value for key, value in schema.items() if key not in ("default", "description", "title", "flag")}
+
+
+def _given(kind: dict) -> dict:
+    """A setting's kind without its empty choice: an on/off setting is the choice true, false or empty."""
+    if "enum" not in kind:
+        return kind
+    values = [value for value in kind["enum"] if value is not None]
+    return {"type": "boolean"} if values == [True, False] else {**kind, "enum": values}
 
 
 def test_the_run_form_shows_each_setting_as_a_typed_field_with_a_description():
@@ -29,20 +42,36 @@ def test_the_run_form_shows_each_setting_as_a_typed_field_with_a_description():
     assert settings["additionalProperties"] is False
     assert list(settings["properties"]) == list(SETTINGS)
     for name, prop in settings["properties"].items():
-        assert prop["default"] is None, name  # empty: the config file decides
+        assert "default" not in prop, name  # empty: the config file decides
         assert "Empty: the config file's" in prop["description"], name
-        assert all("type" in kind or "const" in kind for kind in _kinds(prop)), name
+        assert all("type" in kind or "const" in kind or "enum" in kind for kind in _kinds(prop)), name
     props = settings["properties"]
+    # A plain field, not a switch between a number and None (how the form draws `X or null`).
     assert _kinds(props["batch_size"]) == [{"type": "integer", "minimum": 1, "maximum": 256}]
     assert "(configs/default.yaml: 6)" in props["batch_size"]["description"]
-    assert _kinds(props["benchmark"]) == [{"type": "boolean"}]
-    assert _kinds(props["backend"])[0]["enum"] == ["auto", "neuron", "cuda", "cpu"]
-    assert _kinds(props["load"])[0]["enum"] == ["closed", "open"]
-    assert _kinds(props["regression"])[0]["enum"] == ["warn", "fail"]
-    assert {"type": "integer", "minimum": 1} in _kinds(props["workers"])
-    assert {"const": "auto", "type": "string"} in _kinds(props["workers"])
-    # The flow's own parameters carry their docstring's words.
+    # A choice the form can leave empty; a toggle could not be, and the UI sends an untouched one as false.
+    assert _kinds(props["benchmark"]) == [{"enum": [True, False, None]}]
+    assert _kinds(props["backend"]) == [{"type": "string", "enum": ["auto", "neuron", "cuda", "cpu", None]}]
+    assert _kinds(props["load"])[0]["enum"] == ["closed", "open", None]
+    assert _kinds(props["regression"])[0]["enum"] == ["warn", "fail", None]
+    assert _kinds(props["workers"]) == [{"type": "integer", "minimum": 1}, {"const": "auto", "type": "string"}]
+    # The flow's own parameters carry their docstring's words; no settings given by default.
     assert "empty keeps the config file" in schema["properties"]["settings"]["description"]
+    assert schema["properties"]["settings"]["default"] == {}
+
+
+def test_the_api_accepts_empty_settings_given_as_null_and_refuses_a_bad_one_naming_it():
+    """What Prefect's API does with a new run's parameters (enforce_parameter_schema)."""
+    from prefect.utilities.schema_tools import ValidationError as Refused
+    from prefect.utilities.schema_tools import validate
+
+    schema = form()
+    validate({"settings": {name: None for name in SETTINGS}}, schema, raise_on_error=True)
+    validate({"settings": {"benchmark": False, "workers": "auto", "backend": "cpu"}}, schema, raise_on_error=True)
+    for settings, field in (({"batch_size": 0}, "settings.batch_size"), ({"backend": "tpu"}, "settings.backend"),
+                            ({"benchmark": "yes"}, "settings.benchmark"), ({"batchsize": 4}, "batchsize")):
+        with pytest.raises(Refused, match=field):
+            validate({"settings": settings}, schema, raise_on_error=True)
 
 
 def test_each_setting_accepts_exactly_what_its_config_field_accepts():
@@ -54,12 +83,8 @@ def test_each_setting_accepts_exactly_what_its_config_field_accepts():
         node = config_schema
         for section in sections:
             node = config_schema["$defs"][node["properties"][section]["$ref"].rsplit("/", 1)[1]]
-        assert _kinds(properties[name]) == [_bare(kind) for kind in _kinds(node["properties"][leaf])], name
+        assert [_given(kind) for kind in _kinds(properties[name])] == _kinds(node["properties"][leaf]), name
         assert properties[name]["description"].startswith(config_field(dotted).description), name
-
-
-def _bare(schema: dict) -> dict:
-    return {key: value for key, value in schema.items() if key not in ("default", "description", "title", "flag")}
 
 
 def test_settings_are_named_like_the_command_line_flags():
