@@ -64,6 +64,8 @@ def describe_load(progress, label: str = "load") -> str:
     if progress.planned is None:  # a count of requests
         return f"{label} {progress.measured_s:.0f} s, {progress.fraction:.0%} of the requests: {figures}"
     duration = progress.planned - (progress.elapsed - progress.measured_s)
+    if progress.measured_s < min(1.0, duration / 4):  # the warm-up's answers over an instant: no rate yet
+        return f"{label} 0 of {duration:.0f} s: measuring"
     if progress.measured_s >= duration:
         return f"{label} {duration:.0f} s sent, waiting for the last answers: {figures}"
     return f"{label} {progress.measured_s:.0f} of {duration:.0f} s: {figures}"

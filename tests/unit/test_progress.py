@@ -131,9 +131,12 @@ def test_the_expected_time_grows_when_a_phase_overruns_its_plan():
         assert progress.fraction == pytest.approx((0.1 + 0.5) / 1.1, abs=0.01)
 
 
-def test_a_load_past_its_window_says_it_waits_for_the_last_answers():
+def test_a_load_says_measuring_until_a_rate_means_something_and_waits_for_its_last_answers():
     draining = LoadProgress(elapsed=14, planned=10, fraction=0.99, warming_up=False, measured_s=12,
                             requests_per_s=5, p50_ms=float("nan"), p90_ms=float("nan"), errors=0)
+    started = LoadProgress(elapsed=2.3, planned=10, fraction=0.23, warming_up=False, measured_s=0.3,
+                           requests_per_s=650, p50_ms=float("nan"), p90_ms=float("nan"), errors=0)
+    assert describe_load(started) == "load 0 of 8 s: measuring"  # no rate from a third of a second
     assert describe_load(draining) == "load 8 s sent, waiting for the last answers: 5.0 requests/s, p50 -, p90 -, errors 0"
 
 
