@@ -1,6 +1,7 @@
 """The whole pipeline once, for real: traced embedded model, real TorchServe, real Prefect server."""
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -170,6 +171,18 @@ def test_no_key_in_summary_artifacts_or_flow_log(run):
     assert logs, "no flow log came back from the Prefect API"
     leaked = [key for key in keys for text in texts if key in text]
     assert leaked == []
+
+
+def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
+    flow_run_id = run["state"].state_details.flow_run_id
+    pages, deadline = [], time.monotonic() + 60
+    while not pages and time.monotonic() < deadline:  # the flow's last log lines reach the API in a batch
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        pages = [log.message for log in logs if log.message.startswith("run page: ")]
+        time.sleep(0 if pages else 1)
+    assert len(pages) == 1 and pages[0].endswith(f"/runs/flow-run/{flow_run_id}"), pages
+    assert "/flow-runs/" not in pages[0]  # not the old UI's route
 
 
 def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, tmp_path):
