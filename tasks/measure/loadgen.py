@@ -19,7 +19,7 @@ batches, which may wait max_batch_delay for batch-mates that never come). Pairs 
 pairs, round-robin from a seeded shuffle, never one pair repeated.
 
 Progress: with `on_progress`, a callback (tasks/report/progress.py's StageProgress.load()) gets a
-LoadProgress every `progress_every` s from the start (warm-up included) and a last one, fraction 1.0,
+LoadProgress as the load begins, every `progress_every` s after (warm-up included) and a last one, fraction 1.0,
 once the load is over; without it, `log` gets a line every `progress_every` s of measured load. The
 callback runs on the load's event loop: it must be quick, and an error in it is logged, never raised.
 
@@ -369,6 +369,7 @@ async def run_load(
 
     async def progress() -> None:
         if on_progress is not None:
+            tell()  # the clients are ready: the load has begun
             tick = start
             while True:
                 tick += progress_every

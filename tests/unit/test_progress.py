@@ -271,3 +271,11 @@ def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word):
     assert 60 <= updates[-1]["progress"] < 100
     assert updates[-1]["description"].startswith(f"benchmark {word} after")
     assert "during load" in updates[-1]["description"]
+
+
+def test_the_load_is_told_as_it_begins_not_only_after_the_first_interval():
+    seen: list[LoadProgress] = []
+    with TrivialEndpoint() as endpoint:
+        load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, warmup=0.2, progress_every=5,
+             on_progress=seen.append)
+    assert len(seen) == 2 and seen[0].warming_up and seen[0].elapsed < 0.2 and seen[1].fraction == 1.0
