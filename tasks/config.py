@@ -205,7 +205,10 @@ class BenchmarkConfig(_Section):
         "msr_paraphrase_dev.tsv where it exists, else configs/golden_pairs.yaml",
         json_schema_extra={"flag": "pairs-file"},
     )
-    progress_every: float = Field(5.0, gt=0, description="s between progress lines in the flow log")
+    progress_every: float = Field(
+        1.0, gt=0, description="s between refreshes of the load's figures in the progress (the live terminal line "
+        "and the Prefect progress artifact); the log gets a line as a load of 20 s or more starts and at each quarter"
+    )
     ceiling_seconds: float = Field(
         2.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
     )
