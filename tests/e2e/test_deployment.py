@@ -28,7 +28,9 @@ import pytest
 
 from tasks.serve import server as server_stage
 from tasks.config import REPO_ROOT
+from tests.browser import needs_chromium
 from tests.e2e.conftest import assert_server_gone
+from tools.screenshots import RUN_DIRECTORY, Browser, find_chromium, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -321,6 +323,67 @@ def test_the_database_password_never_reaches_output_logs_or_artifacts(nightly):
     logs = [f.read_text(errors="replace") for f in (nightly["state"] / "logs").glob("*.log")]
     artifacts = [json.dumps(a) for _, a in nightly["after"].values()]
     assert logs and not any(secret in text for text in printed + logs + artifacts)
+
+
+@needs_chromium
+def test_a_person_sees_the_summary_charts_and_the_trend_in_the_prefect_ui(nightly):
+    """Headless Chromium opens the first run's Artifacts tab, its deployment page and its summary and trend
+    pages (tools/screenshots.py), on the restarted server: the rendered pages hold the summary's chart image
+    and the trend table with this run in it; the screenshots land in the run directory."""
+    run = nightly["runs"]["first"]
+    looked = subprocess.run([sys.executable, "-m", "tools.screenshots", "--ui", f"http://127.0.0.1:{nightly['port']}",
+                             "--flow-run", run["id"]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert looked.returncode == 0, looked.stdout + looked.stderr
+    summary = nightly["api"].artifacts(run["id"])[key("summary")]["data"]
+    run_dir = Path(RUN_DIRECTORY.search(summary).group(1))
+    assert run_dir.parent == nightly["runs_dir"]
+    shots = sorted((run_dir / "screenshots").glob("*.png"))
+    assert [p.name for p in shots] == ["deployment.png", "run-artifacts.png", "summary.png", "trend.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and p.stat().st_size > 10_000 for p in shots)
+
+
+FIELD = "[...document.querySelectorAll('.schema-form-property')].find(p => p.querySelector(" \
+        "'.schema-form-property__label')?.innerText.startsWith({label}))"
+
+
+@needs_chromium
+def test_the_run_form_shows_each_setting_as_a_typed_field(nightly, tmp_path):
+    """The nightly deployment's Custom run page, rendered: each setting is a typed field with its description,
+    and a run submitted without touching the form carries no setting, so the config file decides. (The
+    restarted server has no worker, so the submitted run only waits.)"""
+    api = nightly["api"]
+    deployment = api.get(f"/deployments/name/{DEPLOYMENT}")
+    earlier = {run["id"] for run in nightly["runs"].values()}
+    browser = Browser(find_chromium())
+
+    def field(label: str, what: str):
+        return browser.evaluate(f"(() => {{ const f = {FIELD.format(label=repr(label))}; return f && {what}; }})()")
+
+    def from_the_form() -> list[dict]:  # the scheduler's planned nights carry the deployment's parameters only
+        found = api.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+        return [r for r in found if "settings" in r["parameters"] and r["id"] not in earlier]
+
+
+    try:
+        assert browser.open(f"http://127.0.0.1:{nightly['port']}/deployments/deployment/{deployment['id']}/run",
+                            "document.body.innerText.includes('Batch Size')", 120), "the Run form did not render"
+        browser.save(tmp_path / "run-form.png")  # for a person; kept with the test's tmp_path
+        assert field("Batch Size", "f.querySelector('input').type") == "number"
+        assert "configs/default.yaml: 6" in field("Batch Size", "f.innerText")
+        options = "[...f.querySelectorAll('option')].map(o => o.innerText)"
+        assert field("Backend", options)[:4] == ["auto", "neuron", "cuda", "cpu"]
+        assert field("Load", options)[:2] == ["closed", "open"]
+        assert field("Regression", options)[:2] == ["warn", "fail"]
+        # Each field starts empty: the config file decides unless a person sets it.
+        assert field("Benchmark", "f.querySelector('select').selectedOptions[0].innerText") == "None"
+        assert field("Duration", "f.querySelector('input').value") == ""
+        browser.evaluate("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit').click()")
+        assert wait(from_the_form, 60), "no run was created from the form"
+    finally:
+        browser.close()
+    (submitted,) = from_the_form()
+    assert submitted["parameters"]["settings"] == {}
+    assert submitted["parameters"]["config_file"] == "configs/default.yaml"
 
 
 def test_down_stops_postgres_the_server_the_workers_and_every_torchserve(nightly):
