@@ -139,7 +139,10 @@ def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
     throughput.set_ylabel("inferences/s")
     throughput.set_ylim(bottom=0)
     throughput.set_xticks(x)
-    throughput.set_xticklabels([str(row.get("started") or "")[5:10] for row in rows], rotation=60, fontsize=6)
+    # Month-day under each night, upright; with many nights every other one, so the labels stay readable.
+    every = 1 if len(rows) <= 7 else 2
+    throughput.set_xticklabels([str(row.get("started") or "")[5:10] if i % every == 0 else ""
+                                for i, row in enumerate(rows)], fontsize=7)
     latency = throughput.twinx()
     latency.plot(x, series("p90_ms"), ":s", color="#5f6368", markersize=3, label="p90 ms")
     latency.set_ylabel("p90 latency, ms")

@@ -3,7 +3,7 @@ table and a chart -- a slide over two weeks is seen at a glance instead of by op
 
     # Trend: nightly-cpu-embedded
     ![trend](data:image/png;base64,...)
-    | run | started | status | failed stage | inferences/s | p50 ms | ... | regressed |
+    | run | started | status | stages | regressed | inferences/s | p50 / p90 / p99 ms | ... |
 
 A row per run, this one first: throughput, client p50/p90/p99, accuracy, served / in-process from the
 run's benchmark artifact; status, failed stage, each stage's status and the regressed figures from its
@@ -114,22 +114,24 @@ def _number(value, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    """The markdown table; a regressed figure is bold and marked ▼ (worse), a failed run says where."""
+    """The markdown table; a regressed figure is bold and marked ▼ (worse), a failed run says where.
+    What a person scans first -- status, stages, what regressed -- comes before the figures, and the three
+    latencies share a cell: the UI shows the artifact at page width and cuts off what is wider."""
     def cell(r: dict, column: str, fmt: str) -> str:
         text = _number(r.get(column), fmt)
         return f"**{text} ▼**" if FIGURES[column].name in r["regressed"] and text != "–" else text
 
-    lines = ["| run | started | status | inferences/s | p50 ms | p90 ms | p99 ms | accuracy | served ÷ in-process "
-             "| stages | regressed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | started | status | stages | regressed | inferences/s | p50 / p90 / p99 ms | accuracy "
+             "| served ÷ in-process |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         status = r["status"] if not r["failed_stage"] else f"{r['status']}: {r['failed_stage']}"
         if r["status"] != "ok":
             status = f"**{status}**"
         stages = "".join(STAGE_MARK.get(s, "?") for s in r["stages"].values()) or "–"
-        lines.append(f"| {r['run']} | {r['started'] or '–'} | {status} | {cell(r, 'inferences_per_s', '.1f')} | "
-                     f"{cell(r, 'p50_ms', '.0f')} | {cell(r, 'p90_ms', '.0f')} | {cell(r, 'p99_ms', '.0f')} | "
-                     f"{cell(r, 'accuracy', '.3f')} | {cell(r, 'served_over_ceiling', '.2f')} | {stages} | "
-                     f"{', '.join(r['regressed']) or '–'} |")
+        latency = " / ".join(cell(r, column, ".0f") for column in ("p50_ms", "p90_ms", "p99_ms"))
+        lines.append(f"| {r['run']} | {r['started'][5:] if r['started'] else '–'} | {status} | {stages} | "
+                     f"{', '.join(r['regressed']) or '–'} | {cell(r, 'inferences_per_s', '.1f')} | {latency} | "
+                     f"{cell(r, 'accuracy', '.3f')} | {cell(r, 'served_over_ceiling', '.2f')} |")
     return lines
 
 
