@@ -5,7 +5,8 @@
 #   ./setup.sh --neuron         .venv, constraints-neuron.txt (Neuron 2.31.0: torch-neuronx, neuronx-cc, torch 2.9.0,
 #                               transformers 4.57.6) with Neuron's package index; only on an inf2 / trn1 host
 #   ./setup.sh --transformers4  .venv-tf4, constraints-transformers4.txt: CI's second environment (transformers
-#                               4.57.6, torch 2.13.0), to prove the code on transformers' 4.x API here
+#                               4.57.6, torch 2.13.0), to prove the code on transformers' 4.x API here; made as a
+#                               hard-link copy of .venv (when set up) with the differing pins swapped by pip
 #   ./setup.sh --tests          first the system packages the tests need, when missing (Debian/Ubuntu, as root:
 #                               apt-get): postgresql (deployments/local.py up --database postgres) and chromium
 #                               (the UI screenshots); then the .venv as plain ./setup.sh
@@ -60,6 +61,17 @@ if [ -z "${java_major}" ] || [ "${java_major}" -lt 11 ]; then
 fi
 
 python=${PYTHON:-python3}
+if [ "$venv" = .venv-tf4 ] && [ ! -e "$venv" ] && [ -f .venv/.installed-from ]; then
+  # CI's second environment starts as a copy of .venv made of hard links (seconds, no disk: torch alone
+  # would take minutes to unpack again); pip below then swaps only the packages whose pins differ. pip
+  # replaces a file by removing and writing it, never in place, so .venv itself is never changed.
+  cp -al .venv "$venv"
+  rm -f "$venv/.installed-from"
+  # Scripts and activate name their own environment: point the copy's at itself (sed writes new files).
+  grep -lI "$PWD/.venv\b" "$venv"/bin/* "$venv/pyvenv.cfg" 2>/dev/null | while read -r file; do
+    sed -i "s#$PWD/.venv\b#$PWD/$venv#g" "$file"
+  done
+fi
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
