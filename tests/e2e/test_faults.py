@@ -56,7 +56,8 @@ def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(stage, prefect_s
 
 def _wait_for(when: str, run_dir: Path, output: Path, process, timeout=300):
     """Until the run is in the stage `when`: for start, TorchServe's launcher is recorded (the run
-    then waits for /ping); for benchmark, its progress line ("benchmark   5 s: ...") is in the flow log."""
+    then waits for /ping); for benchmark, the progress's line as the load starts ("benchmark    19 s:  36% of
+    ~49 s, load: starting the clients") is in the flow log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the pipeline ended before it could be interrupted"
