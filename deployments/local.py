@@ -74,14 +74,18 @@ def prefect_env(state: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _postgres():
-    """deployments/postgres.py, loaded by path like alerts.py (deployments/ is scripts, not a package)."""
+def _script(name: str):
+    """deployments/<name>.py as a module, loaded by path (deployments/ is scripts, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bert_validation_postgres", ROOT / "deployments" / "postgres.py")
+    spec = importlib.util.spec_from_file_location(f"bert_validation_{name}", ROOT / "deployments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _postgres():
+    return _script("postgres")
 
 
 def start_database(state: Path, database: str) -> dict[str, str]:
@@ -95,9 +99,7 @@ def start_database(state: Path, database: str) -> dict[str, str]:
         ref, url = postgres.start(cluster)
     except postgres.PostgresError as error:
         raise LocalError(error.message, fix=error.fix) from None
-    path = _pid_file(state, "postgres")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(ref.line() + "\n")
+    _record(state, "postgres", ref)
     # str(url) masks the password; it stays in its file and the server's environment.
     print(f"postgres: {url} (data {cluster.data}, password in {cluster.password_file}, log {cluster.log})")
     return postgres.server_env(url)
@@ -128,10 +130,10 @@ def _pid_file(state: Path, name: str) -> Path:
     return state / "pids" / f"{name}.pid"
 
 
-def _record(state: Path, name: str, process: subprocess.Popen) -> None:
+def _record(state: Path, name: str, ref: ProcessRef) -> None:
     path = _pid_file(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(ProcessRef.of(psutil.Process(process.pid)).line() + "\n")
+    path.write_text(ref.line() + "\n")
 
 
 def _recorded(state: Path, name: str) -> ProcessRef | None:
@@ -158,7 +160,7 @@ def _spawn(state: Path, name: str, command: list[str], env: dict[str, str]) -> s
     with open(logs / f"{name}.log", "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    _record(state, name, process)
+    _record(state, name, ProcessRef.of(psutil.Process(process.pid)))
     return process
 
 
@@ -303,11 +305,7 @@ def schedule_targets(env: dict[str, str], pool: str) -> dict[str, UUID]:
 
 
 def set_up_alerts(env: dict[str, str], missed: dict[str, UUID]) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bert_validation_alerts", ROOT / "deployments" / "alerts.py")
-    alerts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(alerts)
+    alerts = _script("alerts")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
@@ -405,7 +403,8 @@ def status(args) -> int:
         process = _recorded(state, name)
         print(f"{name}: {'pid ' + str(process.pid) if process else 'not running'}")
     if (state / "postgres").is_dir():
-        print(_postgres().describe(_postgres().Cluster(state)))
+        postgres = _postgres()
+        print(postgres.describe(postgres.Cluster(state)))
     print(f"server API {api_url(args.port)}: {'healthy' if _healthy(args.port) else 'not answering'}")
     return 0
 

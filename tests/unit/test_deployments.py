@@ -12,6 +12,7 @@ import yaml
 
 from tasks.backends import neuron_core_count
 from tasks.config import REPO_ROOT, load_config
+from tasks.processes import ProcessRef
 from flows.stages import Stages
 from tasks.report.summary import build_summary, host, run_config_rows
 from tests.scripts import deployments_script
@@ -111,7 +112,7 @@ def test_local_helper_finds_a_process_it_recorded(tmp_path):
     local = deployments_script("local")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        local._record(tmp_path, "worker-1", child)
+        local._record(tmp_path, "worker-1", ProcessRef.of(psutil.Process(child.pid)))
         assert local._recorded(tmp_path, "worker-1").pid == child.pid
     finally:
         child.kill()
