@@ -24,17 +24,18 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 from websockets.sync.client import connect
+
+from tasks.polling import TimedOut, wait_until
+from tasks.processes import kill_group
 
 BROWSERS = ("chromium", "chromium-browser")  # Debian's package, and the name elsewhere
 NO_API = "Can't connect to Server API"  # the UI's own toast when its API URL is wrong
@@ -118,19 +119,17 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        try:  # whatever of this browser's own group is left
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.process.pid)  # whatever of this browser's own group is left
         self.profile.cleanup()
 
 
 def wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
+    """The project's one polling loop (tasks/polling.py), every 0.25 s, as a yes or no: the callers here
+    name what was missing themselves."""
+    try:
+        wait_until(condition, timeout, "the page", first=0.25, factor=1.0)
+    except TimedOut:
+        return False
     return True
 
 
