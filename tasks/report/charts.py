@@ -43,6 +43,12 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def _legend(left, right, loc: str, fontsize: int) -> None:
+    """One legend for a chart with two y axes (twinx): each axis keeps only its own handles."""
+    (handles, labels), (more, more_labels) = left.get_legend_handles_labels(), right.get_legend_handles_labels()
+    left.legend(handles + more, labels + more_labels, loc=loc, fontsize=fontsize)
+
+
 def timeline_chart(bench, path: Path, size: dict = LARGE) -> Path:
     rows = bench.timeline
     figure, throughput = plt.subplots(**size)
@@ -62,9 +68,7 @@ def timeline_chart(bench, path: Path, size: dict = LARGE) -> Path:
         latency.plot(t, [row[key] for row in rows], style, color="#5f6368", label=key.replace("_ms", " latency"))
     latency.set_ylabel("latency, ms")
     latency.set_ylim(bottom=0)
-    handles = throughput.get_legend_handles_labels()
-    more = latency.get_legend_handles_labels()
-    throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=8)
+    _legend(throughput, latency, "lower right", 8)
     throughput.set_title(figures.title(bench), fontsize=10 if size is LARGE else 7, wrap=True)
     return _save(figure, path)
 
@@ -88,9 +92,7 @@ def sweep_chart(rows: list[dict], path: Path, p90_limit_ms: float | None) -> Pat
         latency.axhline(p90_limit_ms, color="#d93025", linestyle="--", label=f"p90 limit {p90_limit_ms:g} ms")
     latency.set_ylabel("p90 latency, ms")
     latency.set_ylim(bottom=0)
-    handles = throughput.get_legend_handles_labels()
-    more = latency.get_legend_handles_labels()
-    throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", fontsize=8)
+    _legend(throughput, latency, "upper left", 8)
     throughput.set_title("sweep: batch_size / workers / max_batch_delay / concurrency", fontsize=10)
     return _save(figure, path)
 
@@ -147,8 +149,6 @@ def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
     latency.plot(x, series("p90_ms"), ":s", color="#5f6368", markersize=3, label="p90 ms")
     latency.set_ylabel("p90 latency, ms")
     latency.set_ylim(bottom=0)
-    handles = throughput.get_legend_handles_labels()
-    more = latency.get_legend_handles_labels()
-    throughput.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=6)
+    _legend(throughput, latency, "lower left", 6)
     throughput.set_title(f"last {len(rows)} runs, oldest to newest", fontsize=8)
     return _save(figure, path)
