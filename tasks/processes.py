@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,16 @@ def ctrl_c_deferred():
             previous(signal.SIGINT, None)
         elif previous != signal.SIG_IGN:
             raise KeyboardInterrupt
+
+
+def end(process: subprocess.Popen, grace: float) -> None:
+    """End a child we started and hold: SIGTERM, up to `grace` s, then SIGKILL; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def kill_group(pid: int) -> None:

@@ -35,7 +35,7 @@ import httpx
 from websockets.sync.client import connect
 
 from tasks.polling import TimedOut, wait_until
-from tasks.processes import kill_group
+from tasks.processes import end, kill_group
 
 BROWSERS = ("chromium", "chromium-browser")  # Debian's package, and the name elsewhere
 NO_API = "Can't connect to Server API"  # the UI's own toast when its API URL is wrong
@@ -113,12 +113,7 @@ class Browser:
     def close(self) -> None:
         if self.socket:
             self.socket.close()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end(self.process, grace=10)
         kill_group(self.process.pid)  # whatever of this browser's own group is left
         self.profile.cleanup()
 

@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 
 from tasks.measure.results import Accelerator, Memory
+from tasks.processes import end
 
 NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]
 MIB = 2**20
@@ -97,12 +98,7 @@ class NeuronMonitor:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end(self._process, grace=5)
         if self._reader is not None:
             self._reader.join(5)
 
