@@ -36,6 +36,7 @@ import yaml
 
 from tasks.errors import PipelineError
 from tasks.polling import TimedOut, wait_until
+from tasks.ports import port_free
 from tasks.processes import ProcessRef, descendants, tail
 from tasks.processes import stop as stop_processes
 
@@ -201,14 +202,8 @@ def start_server(state: Path, port: int, env: dict[str, str], database: str = "s
             start_database(state, database)  # finds it running; keeps its pid file current
         print(f"server: already up at {api_url(port)}")
         return
-    with socket.socket() as probe:
-        # As the server binds (uvicorn sets SO_REUSEADDR): only a listener refuses it, not the closed
-        # connections of a server just stopped, which linger in TIME_WAIT.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise LocalError(f"port {port} on 127.0.0.1 is taken by another program", fix="pass --port N") from None
+    if not port_free("127.0.0.1", port):
+        raise LocalError(f"port {port} on 127.0.0.1 is taken by another program", fix="pass --port N")
     server_env = dict(env, **start_database(state, database))
     marker.write_text(database + "\n")
     process = _spawn(state, "server", [str(PREFECT), "server", "start", "--host", "127.0.0.1",

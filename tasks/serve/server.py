@@ -31,6 +31,7 @@ from tasks.config import ResolvedServing, ServingConfig
 from tasks.errors import PipelineError
 from tasks.serve import cores
 from tasks.polling import Pending, TimedOut, wait_until
+from tasks.ports import owner, port_free
 from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, tail
 from tasks.processes import stop as stop_processes
 
@@ -127,22 +128,13 @@ def pick_ports(serving: ServingConfig) -> dict[str, int]:
     if serving.free_ports:
         return _free_ports(serving.address, list(serving.ports()))
     for port in serving.ports().values():
-        if not _port_free(serving.address, port):
+        if not port_free(serving.address, port):
             raise ServerError(
-                f"port {port} on {serving.address} is already in use{_port_owner(port)}",
+                f"port {port} on {serving.address} is already in use{owner(port)}",
                 fix="stop what holds it (python -m flows.stop, if it is a kept TorchServe), "
                 "choose other ports, or set serving.free_ports: true",
             )
     return serving.ports()
-
-
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((address, port))
-            return True
-        except OSError:
-            return False
 
 
 def _free_ports(address: str, names: list[str]) -> dict[str, int]:
@@ -152,16 +144,6 @@ def _free_ports(address: str, names: list[str]) -> dict[str, int]:
         for probe in probes:
             probe.bind((address, 0))
         return {name: probe.getsockname()[1] for name, probe in zip(names, probes)}
-
-
-def _port_owner(port: int) -> str:
-    try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                return f" (by pid {conn.pid}, {psutil.Process(conn.pid).name()})"
-    except (psutil.Error, PermissionError):
-        pass
-    return ""
 
 
 def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path,

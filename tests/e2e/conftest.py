@@ -1,10 +1,9 @@
 """Shared pieces of the end-to-end tests: a real Prefect server (SQLite), and process checks."""
 
-import socket
-
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from tasks.ports import listeners
 from tasks.serve.register import RegisterError, register
 from tasks.serve.server import Server, start, stop, wait_healthy
 
@@ -17,12 +16,9 @@ def prefect_server():
 
 
 def assert_server_gone(server: Server) -> None:
-    """Every process the run recorded is gone and its ports can be bound again."""
+    """Every process the run recorded is gone and nothing listens on its ports."""
     assert [ref.pid for ref in server.processes if ref.alive()] == []
-    host = server.inference_url.rsplit("//", 1)[1].split(":")[0]
-    for port in server.ports.values():
-        with socket.socket() as probe:
-            probe.bind((host, port))  # raises if something still listens
+    assert listeners(server.ports.values()) == {}
 
 
 def register_refusal(serving, resolved, mar, server_dir) -> RegisterError:

@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from tasks.ports import listeners
 from tasks.serve import server as server_stage
 from tasks.config import REPO_ROOT
 from tests.browser import needs_chromium
@@ -395,10 +396,7 @@ def test_down_stops_postgres_the_server_the_workers_and_every_torchserve(nightly
     down = _local("down", nightly["state"], nightly["port"], timeout=300)
     assert down.returncode == 0, down.stdout + down.stderr
     assert _live(processes) == []
-    with socket.socket() as probe:
-        # Free again: nothing listens (its closed connections may linger in TIME_WAIT, which REUSEADDR allows).
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", nightly["port"]))
+    assert listeners([nightly["port"]]) == {}  # nothing listens on the server's port
     servers = [server_stage.load_record(d / "server") for d in nightly["runs_dir"].iterdir() if not d.is_symlink()]
     assert len(servers) == 4 and all(s is not None for s in servers)
     for server in servers:
