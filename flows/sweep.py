@@ -23,7 +23,6 @@ from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import httpx  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 
 from flows.stages import (  # noqa: E402
@@ -42,6 +41,7 @@ from tasks.measure import loadgen as loadgen  # noqa: E402
 from tasks.measure.results import BenchmarkResult  # noqa: E402
 from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
 from tasks.report.summary import new_run_dir  # noqa: E402
+from tasks.serve.register import unregister  # noqa: E402
 
 SWEEP_FILE = "sweep.json"
 CHART_FILE = "sweep.png"
@@ -60,12 +60,6 @@ def best_under_limit(rows: list[dict], p90_limit_ms: float | None) -> dict | Non
     best = max(eligible, key=lambda row: (row["inferences_per_s"], -row["p90_ms"]))
     best["best"] = True
     return best
-
-
-def _unregister(server, name: str) -> None:
-    """Free a model's workers before the next batch size's model takes the cores."""
-    with httpx.Client(base_url=server.management_url, headers=server.management_headers(), timeout=120) as client:
-        client.delete(f"/models/{name}/1.0")
 
 
 def _row(bench: BenchmarkResult, batch_size: int, workers: int, threads: int, delay: int,
@@ -167,7 +161,9 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                                  row["inferences_per_s"], row["p50_ms"], row["p90_ms"], row["errors"],
                                  f", served / in-process {row['served_over_ceiling']:.2f}"
                                  if row["served_over_ceiling"] is not None else "")
-                _unregister(server, mar.model_name)
+                # Its workers' processes exit before the next batch size's model loads: on Neuron each holds
+                # its NeuronCore until then.
+                unregister(server, mar.model_name)
         finally:
             if server is not None:
                 stop_task(server)

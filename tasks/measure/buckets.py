@@ -10,6 +10,7 @@ While it runs, a progress artifact and a live terminal line follow it (tasks/rep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from pydantic import BaseModel
@@ -22,13 +23,13 @@ from tasks.measure.benchmark import load_pool
 from tasks.report.progress import StageProgress
 from tasks.serve.clients import Inference
 from tasks.runlog import stage_logger
-from tasks.serve.register import register
+from tasks.serve.register import register, scale, unregister
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
 LABEL_SAMPLE = 60
 LABEL_CLIENTS = 16
 # About how long the parts other than the loads take (s): the progress's weights, not limits.
-REGISTER_S = 10.0  # archive the single-bucket copy, register it, its workers load the graphs
+REGISTER_S = 10.0  # archive the single-bucket copy, register it, its workers load the graphs (or reload)
 LABELS_S = 3.0  # the label sample sent to both
 
 
@@ -54,36 +55,66 @@ def _answers(server, model_name: str, pairs: list[tuple[str, str]]):
         inference.close()
 
 
+@contextlib.contextmanager
+def _afterwards(undo, log: logging.Logger):
+    """Run `undo` after the block, also when the block raised; then the block's error is the one raised.
+    Not after an interrupt (Ctrl-C, SIGTERM): the stop stage ends the whole server, and promptly."""
+    try:
+        yield
+    except Exception:
+        try:
+            undo()
+        except Exception as error:  # noqa: BLE001 -- the block's own error says why the stage failed
+            log.warning("compare-buckets: could not undo after the failure: %s", error)
+        raise
+    undo()
+
+
 def compare(server, bucketed: Archive, traced: TracedModel, config, workers: int,
             log: logging.Logger | None = None) -> BucketComparison:
     """The compare-buckets stage: the same graphs registered again narrowed to max_length (the
-    tutorial's padding), then the same load against both; inferences/s and labels of both."""
+    tutorial's padding), then the same load against both; inferences/s and labels of both.
+
+    One registration holds the workers at a time: the bucketed one is measured, scaled to no workers,
+    the single-bucket one registered, measured and dropped, and the bucketed one scaled back. On Neuron
+    each worker keeps its NeuronCore until its process exits, so two registrations of `workers` workers
+    cannot both load; elsewhere it keeps the idle copy's memory out of the measurement."""
     log = log or stage_logger(__name__)
     info = bucketed.info
     settings = config.benchmark
     single_name = f"{bucketed.model_name}-single-bucket"
     names = (bucketed.model_name, single_name)
-    phases = {"register": REGISTER_S, **{name: settings.warmup + settings.compare_seconds for name in names},
-              "labels": LABELS_S}
+    each = settings.warmup + settings.compare_seconds + LABELS_S
+    phases = {names[0]: each, "register": REGISTER_S, names[1]: each, "restore": REGISTER_S}
+    pairs, pool = load_pool(settings.pairs_file)
+    sample = pairs[:LABEL_SAMPLE]
+    options = dict(mode=settings.mode, concurrency=settings.concurrency, duration=settings.compare_seconds,
+                   rate=settings.rate, warmup=settings.warmup, progress_every=settings.progress_every)
+    results, labels = {}, {}
+
+    def measure(name: str) -> None:
+        progress.phase(name, f"load on {name}")
+        url = f"{server.inference_url}/predictions/{name}"
+        results[name] = loadgen.load(url, server.inference_headers(), pairs, **options,
+                                     on_progress=progress.load(name))
+        if results[name].errors:
+            log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
+        labels[name] = [p.answer for p in _answers(server, name, sample)]
+
+    def restore() -> None:
+        progress.phase("restore", f"{bucketed.model_name} back to {workers} workers")
+        scale(server, bucketed.model_name, workers)
+
     with StageProgress("compare-buckets", phases, log=log) as progress:
-        progress.phase("register", f"registering {single_name} (max_length {info.max_length} only)")
+        measure(bucketed.model_name)
+        progress.phase("register", f"{bucketed.model_name}'s workers stopped; registering {single_name} "
+                                   f"(max_length {info.max_length} only)")
         single = archive(traced, bucketed.model_store, name=single_name, length_buckets=[info.max_length])
-        register(server, single, config.serving.max_batch_delay, workers)
-        pairs, pool = load_pool(settings.pairs_file)
-        options = dict(mode=settings.mode, concurrency=settings.concurrency, duration=settings.compare_seconds,
-                       rate=settings.rate, warmup=settings.warmup, progress_every=settings.progress_every)
-        results = {}
-        for name in names:
-            progress.phase(name, f"load on {name}")
-            url = f"{server.inference_url}/predictions/{name}"
-            results[name] = loadgen.load(url, server.inference_headers(), pairs, **options,
-                                         on_progress=progress.load(name))
-            if results[name].errors:
-                log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
-        progress.phase("labels", f"the labels of {min(LABEL_SAMPLE, len(pairs))} pairs from both")
-        sample = pairs[:LABEL_SAMPLE]
-        labels = {name: [p.answer for p in _answers(server, name, sample)] for name in results}
-    many, one = results[bucketed.model_name], results[single.model_name]
+        scale(server, bucketed.model_name, 0)
+        with _afterwards(restore, log), _afterwards(lambda: unregister(server, single_name), log):
+            register(server, single, config.serving.max_batch_delay, workers)
+            measure(single_name)
+    many, one = results[bucketed.model_name], results[single_name]
     identical = sum(a == b for a, b in zip(*labels.values()))
     comparison = BucketComparison(
         buckets=info.buckets, max_length=info.max_length, pairs=pool,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 from pydantic import BaseModel
 
 from serving.contract import core_claims
@@ -61,7 +60,7 @@ def ensure_free(workers: int) -> None:
 
 def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
     """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
-    with httpx.Client(base_url=server.management_url, headers=server.management_headers(), timeout=30) as client:
+    with server.management() as client:
         answer = client.get(f"/models/{model_name}")
         answer.raise_for_status()
     pids = [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]

@@ -9,13 +9,16 @@ Prefect task retries on exactly those (see RegisterError.retryable).
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
+import psutil
 from pydantic import BaseModel
 
 from tasks.build.archive import Archive
 from tasks.errors import PipelineError
 from tasks.polling import Pending, TimedOut, wait_until
-from tasks.processes import tail
+from tasks.processes import ProcessRef, tail
 from tasks.serve.server import Server
 
 
@@ -45,8 +48,7 @@ def register(server: Server, archive: Archive, max_batch_delay: int, workers: in
     }
     if not archive.mar_file.is_file():
         raise RegisterError(f"model archive {archive.mar_file} does not exist", fix="run the archive stage first")
-    headers = server.management_headers()
-    with httpx.Client(base_url=server.management_url, headers=headers, timeout=timeout) as client:
+    with server.management(timeout) as client:
         try:
             action = _register(client, params)
             wait_workers_ready(client, archive.model_name, workers, timeout)
@@ -82,19 +84,66 @@ def _reconcile(client: httpx.Client, params: dict) -> str:
     name = params["model_name"]
     current = describe(client, name)
     if current.get("batchSize") == params["batch_size"] and current.get("maxBatchDelay") == params["max_batch_delay"]:
-        scaled = _call(client, "PUT", f"/models/{name}",
-                       params={"min_worker": params["initial_workers"], "max_worker": params["initial_workers"],
-                               "synchronous": "true"})
-        if scaled.status_code not in (200, 202):
-            raise RegisterError(f"scaling {name}: HTTP {scaled.status_code} {scaled.text[:300]}")
+        _scale(client, name, params["initial_workers"])
         return "scaled existing"
-    dropped = _call(client, "DELETE", f"/models/{name}/{current.get('modelVersion', '1.0')}")
-    if dropped.status_code != 200:
-        raise RegisterError(f"unregistering {name}: HTTP {dropped.status_code} {dropped.text[:300]}")
+    _unregister(client, name, current)
     again = _call(client, "POST", "/models", params=params)
     if again.status_code != 200:
         raise RegisterError(f"re-registering {name}: HTTP {again.status_code} {again.text[:300]}")
     return "re-registered"
+
+
+def scale(server: Server, model_name: str, workers: int, timeout: float = 300.0) -> None:
+    """Give `model_name` exactly `workers` workers and wait for them: READY when added, their processes
+    exited when dropped -- a NeuronCore (or a GPU's memory) is free for another worker only then."""
+    with server.management(timeout) as client:
+        before = _worker_processes(client, model_name)
+        _scale(client, model_name, workers)
+        if workers:
+            wait_workers_ready(client, model_name, workers, timeout)
+        kept = {ref.pid for ref in _worker_processes(client, model_name)}
+        _wait_exited([ref for ref in before if ref.pid not in kept], f"{model_name}'s dropped workers", timeout)
+
+
+def unregister(server: Server, model_name: str, timeout: float = 300.0) -> None:
+    """Drop `model_name` from the server, and wait until its workers' processes have exited."""
+    with server.management(timeout) as client:
+        before = _worker_processes(client, model_name)
+        _unregister(client, model_name, describe(client, model_name))
+        _wait_exited(before, f"{model_name}'s workers", timeout)
+
+
+def _scale(client: httpx.Client, name: str, workers: int) -> None:
+    scaled = _call(client, "PUT", f"/models/{name}",
+                   params={"min_worker": workers, "max_worker": workers, "synchronous": "true"})
+    if scaled.status_code not in (200, 202):
+        raise RegisterError(f"scaling {name} to {workers} workers: HTTP {scaled.status_code} {scaled.text[:300]}")
+
+
+def _unregister(client: httpx.Client, name: str, model: dict) -> None:
+    dropped = _call(client, "DELETE", f"/models/{name}/{model.get('modelVersion', '1.0')}")
+    if dropped.status_code != 200:
+        raise RegisterError(f"unregistering {name}: HTTP {dropped.status_code} {dropped.text[:300]}")
+
+
+def _worker_processes(client: httpx.Client, name: str) -> list[ProcessRef]:
+    refs = []
+    for worker in describe(client, name).get("workers", []):
+        with contextlib.suppress(psutil.Error, KeyError, TypeError):
+            refs.append(ProcessRef.of(psutil.Process(int(worker["pid"]))))
+    return refs
+
+
+def _wait_exited(refs: list[ProcessRef], what: str, timeout: float) -> None:
+    def exited() -> bool | Pending:
+        alive = [ref.pid for ref in refs if ref.alive()]
+        return not alive or Pending(f"pids {alive}")
+
+    try:
+        wait_until(exited, timeout, f"{what} exited", most=0.5)
+    except TimedOut as late:
+        raise RegisterError(f"{what} still running after {timeout:g} s ({late.last})",
+                            fix="TorchServe did not stop them; read its log (server/logs/ts_log.log)") from None
 
 
 def wait_workers_ready(client: httpx.Client, name: str, workers: int, timeout: float) -> None:

@@ -83,6 +83,10 @@ class Server(BaseModel):
     def management_headers(self) -> dict[str, str]:
         return self.credentials().management_header() if self.token_auth else {}
 
+    def management(self, timeout: float = 30.0) -> httpx.Client:
+        """A client of the management API, with its token."""
+        return httpx.Client(base_url=self.management_url, headers=self.management_headers(), timeout=timeout)
+
     @property
     def logs_dir(self) -> Path:
         return logs_dir(self.server_dir)

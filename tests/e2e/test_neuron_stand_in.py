@@ -117,3 +117,31 @@ def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(neuron_host, tmp_p
                                cores_source="neuron-ls --json-output", initial_workers=1, threads_per_worker=1)
     error = register_refusal(serving, resolved, mar, tmp_path / "server")
     assert "traced for backend 'cpu' but the server runs the 'neuron' backend" in str(error)
+
+
+def test_compare_buckets_lends_the_cores_to_the_single_bucket_registration_and_takes_them_back(
+        prefect_server, neuron_host, tmp_path):
+    """Each NeuronCore is held by one worker process until it exits, so the bucketed registration's two
+    workers must let go of both cores before the max_length-only registration's two can load, and the
+    bucketed model must be served again afterwards (as --keep-serving leaves it)."""
+    short = {"benchmark.enabled": True, "benchmark.duration": 2, "benchmark.warmup": 0.5,
+             "benchmark.compare_seconds": 2, "benchmark.concurrency": 4, "benchmark.ceiling_seconds": 0,
+             "benchmark.client_check_seconds": 0, "benchmark.single_client_seconds": 0,
+             "benchmark.regression_runs": 0}
+    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={
+        "runs_dir": str(tmp_path / "runs"), **OVERRIDES, **short, "serving.length_buckets": [16]})
+
+    status = {s["name"]: s for s in summary["stages"]}
+    assert status["compare-buckets"]["status"] == "ok", status["compare-buckets"]["error"]
+    assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
+    buckets = summary["bucket_comparison"]
+    assert buckets["buckets"] == [16, 32]
+    assert buckets["bucketed_inferences_per_s"] > 0 and buckets["single_inferences_per_s"] > 0
+    assert buckets["labels_identical"] == buckets["labels_compared"] > 0
+
+    log = events(neuron_host)
+    trace_pid = next(e["pid"] for e in log if e["event"] == "trace")
+    reserves = [(e["pid"], e["cores"]) for e in log if e["event"] == "reserve" and e["pid"] != trace_pid]
+    # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again
+    assert [sorted(c for _, cs in reserves[i:i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
+    assert len(reserves) == 6 and len({pid for pid, _ in reserves}) == 6

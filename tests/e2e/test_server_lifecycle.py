@@ -50,7 +50,7 @@ def served(mar, tmp_path):
 
 
 def _ready_workers(server, name):
-    with httpx.Client(base_url=server.management_url, headers=server.management_headers()) as client:
+    with server.management() as client:
         model = describe(client, name)
     return model, [w for w in model["workers"] if w["status"] == "READY"]
 

@@ -1,9 +1,11 @@
 import pickle
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from tasks.serve.register import RegisterError, _call, _register, wait_workers_ready
+from tasks.serve.register import RegisterError, _call, _register, scale, wait_workers_ready
 
 NAME = "bert-max_length128-batch_size6"
 PARAMS = {"url": f"{NAME}.mar", "model_name": NAME, "batch_size": 6, "max_batch_delay": 50,
@@ -145,3 +147,40 @@ def test_wait_workers_ready_polls_until_the_workers_come_up():
     api = FakeManagement({("GET", f"/models/{NAME}"): [loading, loading, ready]})
     wait_workers_ready(api.client(), NAME, 2, timeout=30)
     assert len(api.calls) == 3
+
+
+class _Server:
+    """Just the management client of a Server, on the scripted API."""
+
+    def __init__(self, api: FakeManagement):
+        self.api = api
+
+    def management(self, timeout: float = 30.0) -> httpx.Client:
+        return self.api.client()
+
+
+def _scaled_to_none(worker_pid: int) -> FakeManagement:
+    return FakeManagement({
+        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"workers": [{"pid": worker_pid, "status": "READY"}]}]),
+                                     httpx.Response(200, json=[{"workers": []}])],
+        ("PUT", f"/models/{NAME}"): [httpx.Response(200, json={"status": "scaled"})],
+    })
+
+
+def test_scaling_to_no_workers_returns_only_once_their_processes_have_exited():
+    """TorchServe answers the scale-down before its worker processes are gone; a NeuronCore is free only then."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    api = _scaled_to_none(worker.pid)
+    scale(_Server(api), NAME, 0, timeout=30)
+    assert worker.poll() is not None  # it had exited (a zombie counts) when scale returned
+    assert ("PUT", f"/models/{NAME}", {"min_worker": "0", "max_worker": "0", "synchronous": "true"}) in api.calls
+
+
+def test_a_dropped_worker_that_never_exits_fails_naming_its_pid():
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(RegisterError, match=f"dropped workers still running after 1 s .*{worker.pid}"):
+            scale(_Server(_scaled_to_none(worker.pid)), NAME, 0, timeout=1)
+    finally:
+        worker.kill()
+        worker.wait()
