@@ -7,7 +7,7 @@ Reuses the validation flow's tasks: each batch size is traced and archived once;
 count gets its own TorchServe (threads per worker follow the worker count); each setting is
 registered anew. Per (batch size, workers), the in-process ceiling is measured while that
 TorchServe is idle. The best configuration -- most inferences/s with p90 within the limit and
-no errors -- is marked. Writes sweep.json and sweep.png in the run directory and a "sweep"
+no errors -- is marked. Writes sweep.json and sweep.png in the run directory and a "sweep-<deployment>"
 table artifact; TorchServe is stopped whatever happens.
 """
 
@@ -40,6 +40,7 @@ from tasks.measure import ceiling as ceiling_stage  # noqa: E402
 from tasks.measure import loadgen as loadgen  # noqa: E402
 from tasks.measure.results import BenchmarkResult  # noqa: E402
 from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
+from tasks.report import keys  # noqa: E402
 from tasks.report.summary import new_run_dir  # noqa: E402
 from tasks.serve.register import unregister  # noqa: E402
 
@@ -183,8 +184,10 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
         result["chart"] = str(sweep_chart(rows, run_dir / CHART_FILE, p90_limit_ms))
     except ImportError as error:
         log.warning("no chart: %s (install matplotlib)", error)
-    create_table_artifact(key="sweep", table=rows, description=verdict)
-    create_markdown_artifact(key="sweep-summary", markdown=f"# Benchmark sweep\n\n{verdict}\n\nRun directory: "
+    # Keyed like the pipeline's artifacts: a gpu sweep does not replace the cpu one's latest.
+    suffix = keys.current_suffix(resolved_by_workers[workers[0]].backend)
+    create_table_artifact(key=keys.key(keys.SWEEP, suffix), table=rows, description=verdict)
+    create_markdown_artifact(key=keys.key(keys.SWEEP_SUMMARY, suffix), markdown=f"# Benchmark sweep\n\n{verdict}\n\nRun directory: "
                              f"`{run_dir}`; load generator alone: {client.requests_per_s:.0f} requests/s",
                              description="Benchmark sweep")
     return result

@@ -15,7 +15,8 @@ import re
 SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK = "summary", "predictions", "accuracy", "benchmark"
 LENGTH_BUCKETS, RUN_CONFIG, TREND = "length-buckets", "run-config", "trend"
 OUTCOME = "outcome"  # machine-readable: status, each stage's status, regressed figures (the trend reads it back)
-KINDS = (SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK, LENGTH_BUCKETS, RUN_CONFIG, TREND, OUTCOME)
+SWEEP, SWEEP_SUMMARY = "sweep", "sweep-summary"  # flows/sweep.py's table and verdict
+KINDS = (SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK, LENGTH_BUCKETS, RUN_CONFIG, TREND, OUTCOME, SWEEP, SWEEP_SUMMARY)
 ADHOC = "adhoc"
 LEGACY = {BENCHMARK: "benchmark"}  # the one global key before keys were per deployment: history still reads it
 

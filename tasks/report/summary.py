@@ -138,8 +138,10 @@ def markdown(summary: dict, run_dir: Path) -> str:
     if errors:
         lines += ["", "## Failure", "", f"Stage **{errors[0]['name']}**:", "", "```", errors[0]["error"][-3000:], "```"]
     if summary["checks"]:
-        lines += ["", "| check | passed | detail |", "|---|---|---|"]
-        lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in summary["checks"]]
+        # A list, not a table: the UI keeps a table's cells on one line and cuts a long detail off at its edge.
+        lines += ["", "## Checks", ""]
+        lines += [f"- ✓ {c['name']}: {c['detail']}" if c["passed"] else f"- ✗ **{c['name']}: failed**: {c['detail']}"
+                  for c in summary["checks"]]
     bench = summary.get("benchmark")
     if bench:
         lines += figures.markdown_lines({**bench, "chart": None})  # the pictures below, not a worker's path

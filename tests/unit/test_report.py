@@ -76,9 +76,10 @@ def test_markdown_names_the_failing_stage_and_its_error(tmp_path):
 
 def test_markdown_reports_checks_and_benchmark(tmp_path):
     bench = _bench([0.1, 0.2], 1, 64, 2.0)
-    summary = build_summary(_ran(), [_check(False)], bench, {}, {})
+    summary = build_summary(_ran(), [_check(False), _check(True)], bench, {}, {})
     text = markdown(summary, tmp_path)
-    assert "| tutorial | NO | 3/6 |" in text
+    assert "- ✗ **tutorial: failed**: 3/6" in text.splitlines()
+    assert "- ✓ tutorial: 6/6" in text.splitlines()
     assert "concurrency 64" in text and "errors 1" in text
 
 
@@ -142,6 +143,7 @@ def test_artifact_keys_are_per_deployment_and_per_backend_ad_hoc():
     assert keys.key(keys.SUMMARY, keys.suffix("nightly-cpu-embedded", "cpu")) == "summary-nightly-cpu-embedded"
     assert keys.key(keys.TREND, keys.suffix("Nightly INF2 / xlarge", "neuron")) == "trend-nightly-inf2-xlarge"
     assert keys.key(keys.RUN_CONFIG, keys.suffix(None, "cpu")) == "run-config-adhoc-cpu"
+    assert keys.key(keys.SWEEP_SUMMARY, keys.suffix(None, "cuda")) == "sweep-summary-adhoc-cuda"
     assert keys.key(keys.BENCHMARK, keys.suffix(None, "neuron")) == "benchmark-adhoc-neuron"
     assert keys.suffix("nightly-cpu", "cpu") != keys.suffix("nightly-gpu", "cuda")
     for kind in keys.KINDS:
