@@ -115,23 +115,36 @@ def _number(value, fmt: str) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     """The markdown table; a regressed figure is bold and marked ▼ (worse), a failed run says where.
-    What a person scans first -- status, stages, what regressed -- comes before the figures, and the three
-    latencies share a cell: the UI shows the artifact at page width and cuts off what is wider."""
+
+    The UI shows the artifact at page width, keeps each cell on one line and cuts off what is wider, so
+    the table is kept narrow: what a person scans first -- status (with what regressed), stages -- comes
+    before the figures; the three latencies share a cell, as do throughput and its ratio to the in-process
+    ceiling; a column no run has a figure for (accuracy without an accuracy file) is left out."""
     def cell(r: dict, column: str, fmt: str) -> str:
         text = _number(r.get(column), fmt)
         return f"**{text} ▼**" if FIGURES[column].name in r["regressed"] and text != "–" else text
 
-    lines = ["| run | started | status | stages | regressed | inferences/s | p50 / p90 / p99 ms | accuracy "
-             "| served ÷ in-process |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        status = r["status"] if not r["failed_stage"] else f"{r['status']}: {r['failed_stage']}"
-        if r["status"] != "ok":
-            status = f"**{status}**"
-        stages = "".join(STAGE_MARK.get(s, "?") for s in r["stages"].values()) or "–"
-        latency = " / ".join(cell(r, column, ".0f") for column in ("p50_ms", "p90_ms", "p99_ms"))
-        lines.append(f"| {r['run']} | {r['started'][5:] if r['started'] else '–'} | {status} | {stages} | "
-                     f"{', '.join(r['regressed']) or '–'} | {cell(r, 'inferences_per_s', '.1f')} | {latency} | "
-                     f"{cell(r, 'accuracy', '.3f')} | {cell(r, 'served_over_ceiling', '.2f')} |")
+    def status(r: dict) -> str:
+        text = r["status"] if not r["failed_stage"] else f"{r['status']}: {r['failed_stage']}"
+        text = f"**{text}**" if r["status"] != "ok" else text
+        return f"{text} · ▼ {', '.join(r['regressed'])}" if r["regressed"] else text
+
+    def throughput(r: dict) -> str:
+        ratio = cell(r, "served_over_ceiling", ".2f")
+        return cell(r, "inferences_per_s", ".1f") + (f" ({ratio})" if ratio != "–" else "")
+
+    columns = {
+        "run": lambda r: r["run"],
+        "started": lambda r: r["started"][5:] if r["started"] else "–",
+        "status": status,
+        "stages": lambda r: "".join(STAGE_MARK.get(s, "?") for s in r["stages"].values()) or "–",
+        "inferences/s": throughput,  # (served ÷ in-process), said above the table
+        "p50 / p90 / p99 ms": lambda r: " / ".join(cell(r, c, ".0f") for c in ("p50_ms", "p90_ms", "p99_ms")),
+    }
+    if any(isinstance(r.get("accuracy"), (int, float)) for r in rows):
+        columns["accuracy"] = lambda r: cell(r, "accuracy", ".3f")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(render(r) for render in columns.values()) + " |" for r in rows]
     return lines
 
 
@@ -141,7 +154,8 @@ def markdown(name: str, rows: list[dict], chart_uri: str | None) -> str:
         lines += [f"![trend]({chart_uri})", ""]
     lines += [f"The last {len(rows)} run{'s' if len(rows) != 1 else ''} of {name}, newest first. Stages "
               f"{' '.join(f'{mark} {status}' for status, mark in STAGE_MARK.items())} in pipeline order; "
-              "▼ a figure that regressed against earlier nights.", ""]
+              "▼ a figure that regressed against earlier nights; in brackets after inferences/s: served ÷ "
+              "in-process (the traced model alone, no server).", ""]
     lines += table(rows)
     return "\n".join(lines)
 

@@ -75,7 +75,12 @@ def test_table_lists_each_run_once_newest_first_and_marks_what_slid():
     assert "**failed: start**" in body[1] and "✓✓✓✓✓" in body[0]
     assert "**12.0 ▼**" in body[2] and "inferences_per_s" in body[2]
     assert "▼" not in body[0] and "▼" not in body[3]
+    assert "| 18.0 (0.90) |" in body[0]  # throughput and its ratio to the in-process ceiling share a cell
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| slow-heron | 11-23 02:00 | ok · ▼ inferences_per_s |" in body[2]  # what slid, by its status
+    assert "accuracy" in lines[0]
+    without_accuracy = [{**r, "accuracy": None} for r in _history()]
+    assert "accuracy" not in trend.table(without_accuracy)[0]  # no run had one: no column of dashes
 
 
 def test_markdown_has_the_title_a_chart_and_the_table(tmp_path):
