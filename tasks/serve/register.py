@@ -86,7 +86,9 @@ def _reconcile(client: httpx.Client, params: dict) -> str:
     if current.get("batchSize") == params["batch_size"] and current.get("maxBatchDelay") == params["max_batch_delay"]:
         _scale(client, name, params["initial_workers"])
         return "scaled existing"
+    before = _worker_processes(current)
     _unregister(client, name, current)
+    _wait_exited(before, f"{name}'s old workers", client.timeout.read or 300.0)  # their NeuronCores, first
     again = _call(client, "POST", "/models", params=params)
     if again.status_code != 200:
         raise RegisterError(f"re-registering {name}: HTTP {again.status_code} {again.text[:300]}")
@@ -97,20 +99,21 @@ def scale(server: Server, model_name: str, workers: int, timeout: float = 300.0)
     """Give `model_name` exactly `workers` workers and wait for them: READY when added, their processes
     exited when dropped -- a NeuronCore (or a GPU's memory) is free for another worker only then."""
     with server.management(timeout) as client:
-        before = _worker_processes(client, model_name)
+        before = _worker_processes(describe(client, model_name))
         _scale(client, model_name, workers)
         if workers:
             wait_workers_ready(client, model_name, workers, timeout)
-        kept = {ref.pid for ref in _worker_processes(client, model_name)}
+        kept = {ref.pid for ref in _worker_processes(describe(client, model_name))}
         _wait_exited([ref for ref in before if ref.pid not in kept], f"{model_name}'s dropped workers", timeout)
 
 
 def unregister(server: Server, model_name: str, timeout: float = 300.0) -> None:
     """Drop `model_name` from the server, and wait until its workers' processes have exited."""
     with server.management(timeout) as client:
-        before = _worker_processes(client, model_name)
-        _unregister(client, model_name, describe(client, model_name))
-        _wait_exited(before, f"{model_name}'s workers", timeout)
+        model = describe(client, model_name)
+        workers = _worker_processes(model)  # before they go: a pid that has exited can't be told from a reused one
+        _unregister(client, model_name, model)
+        _wait_exited(workers, f"{model_name}'s workers", timeout)
 
 
 def _scale(client: httpx.Client, name: str, workers: int) -> None:
@@ -126,9 +129,10 @@ def _unregister(client: httpx.Client, name: str, model: dict) -> None:
         raise RegisterError(f"unregistering {name}: HTTP {dropped.status_code} {dropped.text[:300]}")
 
 
-def _worker_processes(client: httpx.Client, name: str) -> list[ProcessRef]:
+def _worker_processes(model: dict) -> list[ProcessRef]:
+    """The running processes of a described model's workers."""
     refs = []
-    for worker in describe(client, name).get("workers", []):
+    for worker in model.get("workers", []):
         with contextlib.suppress(psutil.Error, KeyError, TypeError):
             refs.append(ProcessRef.of(psutil.Process(int(worker["pid"]))))
     return refs

@@ -13,7 +13,8 @@ PARAMS = {"url": f"{NAME}.mar", "model_name": NAME, "batch_size": 6, "max_batch_
 
 
 class FakeManagement:
-    """A scripted management API: (method, path) -> list of responses, recording every call."""
+    """A scripted management API: (method, path) -> list of responses (or of functions giving one, called
+    when the request arrives), recording every call."""
 
     def __init__(self, script):
         self.script = {key: list(value) for key, value in script.items()}
@@ -27,7 +28,7 @@ class FakeManagement:
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return answer() if callable(answer) else answer
 
     def client(self):
         return httpx.Client(base_url="http://127.0.0.1:8081", transport=httpx.MockTransport(self))
@@ -113,6 +114,21 @@ def test_409_with_other_batching_replaces_the_model(registered):
     assert _register(api.client(), PARAMS) == "re-registered"
     assert [(m, p) for m, p, _ in api.calls] == [
         ("POST", "/models"), ("GET", f"/models/{NAME}"), ("DELETE", f"/models/{NAME}/2.0"), ("POST", "/models")]
+
+
+def test_a_replaced_models_workers_have_exited_before_it_is_registered_again():
+    """On Neuron the new workers need the cores the old ones hold until their processes exit."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    at_second_post = []
+    api = FakeManagement({
+        ("POST", "/models"): [httpx.Response(409, text="already registered"),
+                              lambda: at_second_post.append(worker.poll()) or httpx.Response(200, json={})],
+        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "1.0", "batchSize": 2,
+                                                                "workers": [{"pid": worker.pid}]}])],
+        ("DELETE", f"/models/{NAME}/1.0"): [httpx.Response(200, json={})],
+    })
+    assert _register(api.client(), PARAMS) == "re-registered"
+    assert at_second_post != [None]  # the old worker had exited when the model was registered again
 
 
 def test_failed_unregister_stops_with_an_error():
