@@ -16,6 +16,7 @@ the engine: Cancelled for a cancellation, Crashed otherwise.
 from __future__ import annotations
 
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,7 @@ class Run:
         # {"config_file": str, "settings": {name: value, the given ones only}, "overrides": dict | None}
         self.config, self.resolved, self.parameters = config, resolved, parameters
         self.log = get_run_logger()
+        self.started = datetime.now(timezone.utc)  # the trend's "started" for this run, as Prefect's for the others
         self.dir = new_run_dir(config.runs_dir)
         self.stages = Stages()
         self.server: Server | None = None
@@ -164,7 +166,7 @@ class Run:
         suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
         publish_artifacts(self.summary, self.checks, self.dir, self.buckets, suffix)
         publish_run_config(self.parameters, self.summary, suffix)
-        publish_trend(deployment_name() or suffix, suffix, _run_name(self.dir), _started(self.dir), self.summary,
+        publish_trend(deployment_name() or suffix, suffix, _run_name(self.dir), self.started, self.summary,
                       self.dir, self.log)  # never raises: a trend is not worth a failed run
         self.log.info("summary: %s", self.dir / "summary.json")
 
@@ -234,16 +236,6 @@ def _run_name(run_dir: Path) -> str:
     from prefect import runtime
 
     return runtime.flow_run.name or run_dir.name
-
-
-def _started(run_dir: Path) -> str:
-    """When this run started, UTC, from its directory's name (runs/<YYYYmmdd-HHMMSS>-<id>)."""
-    from datetime import datetime, timezone
-
-    try:
-        return datetime.strptime(run_dir.name[:15], "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _server_facts(server: Server) -> dict:

@@ -3,7 +3,7 @@ table and a chart -- a slide over two weeks is seen at a glance instead of by op
 
     # Trend: nightly-cpu-embedded
     ![trend](data:image/png;base64,...)
-    | run | started | status | stages | regressed | inferences/s | p50 / p90 / p99 ms | ... |
+    | run | started | status | stages | inferences/s | p50 / p90 / p99 ms | accuracy |
 
 A row per run, this one first: throughput, client p50/p90/p99, accuracy, served / in-process from the
 run's benchmark artifact; status, failed stage, each stage's status and the regressed figures from its
