@@ -366,7 +366,8 @@ def title(bench: BenchmarkResult) -> str:
 
 
 def markdown_lines(bench: BenchmarkResult | dict) -> list[str]:
-    """The summary artifact's benchmark section: the figures, the warnings, the regression verdict, the chart."""
+    """The summary artifact's benchmark section: the figures, the warnings, the regression verdict. (The
+    summary embeds the pictures and names their files itself: a path on the worker's disk is no picture.)"""
     bench = _result(bench)
     lines = ["", SUMMARY.text(bench) or "", ""]
     lines += [f"- {text}" for line in DETAILS if (text := line.text(bench)) is not None]
@@ -376,8 +377,6 @@ def markdown_lines(bench: BenchmarkResult | dict) -> list[str]:
     if bench.regression is not None:
         lines.append(f"- Regression check: **{bench.regression.status}** — {bench.regression.message}")
         lines += regression_table(bench.regression)
-    if bench.chart:
-        lines.append(f"- Chart: `{bench.chart}`")
     return lines
 
 

@@ -144,7 +144,7 @@ def markdown(summary: dict, run_dir: Path) -> str:
                   for c in summary["checks"]]
     bench = summary.get("benchmark")
     if bench:
-        lines += figures.markdown_lines({**bench, "chart": None})  # the pictures below, not a worker's path
+        lines += figures.markdown_lines(bench)
     drawn = summary.get("pictures") or {}
     if drawn:
         lines += [""] + [line for alt, path in drawn.items() for line in (_embedded(alt, path), "")]
