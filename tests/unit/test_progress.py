@@ -28,11 +28,16 @@ def told(fraction: float, warming_up: bool = False) -> LoadProgress:
                         done=fraction >= 1.0)
 
 
-def test_the_load_tells_monotonic_fractions_from_the_warm_up_to_1():
+def told_by_a_load(endpoint: dict, **options):
+    """What a 2-client load against a TrivialEndpoint(**endpoint) told its on_progress, and its result."""
     seen: list[LoadProgress] = []
-    with TrivialEndpoint(delay=0.01) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.8, warmup=0.3, progress_every=0.1,
-                      on_progress=seen.append)
+    with TrivialEndpoint(**endpoint) as trivial:
+        result = load(trivial.url, {}, PAIRS, concurrency=2, on_progress=seen.append, **options)
+    return seen, result
+
+
+def test_the_load_tells_monotonic_fractions_from_the_warm_up_to_1():
+    seen, result = told_by_a_load(dict(delay=0.01), duration=0.8, warmup=0.3, progress_every=0.1)
     fractions = [p.fraction for p in seen]
     assert len(seen) >= 6
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and max(fractions[:-1]) < 1.0
@@ -45,19 +50,14 @@ def test_the_load_tells_monotonic_fractions_from_the_warm_up_to_1():
 
 
 def test_errors_so_far_are_the_failed_measured_requests():
-    seen: list[LoadProgress] = []
-    with TrivialEndpoint(status=503) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, warmup=0.2, progress_every=0.05,
-                      on_progress=seen.append)
+    seen, result = told_by_a_load(dict(status=503), duration=0.5, warmup=0.2, progress_every=0.05)
     errors = [p.errors for p in seen]
     assert errors == sorted(errors) and errors[-1] == result.errors > 0 and errors[0] == 0  # warm-up's not counted
     assert seen[-1].requests_per_s == 0 and seen[-1].p50_ms != seen[-1].p50_ms  # no answers: NaN
 
 
 def test_a_count_of_requests_moves_with_the_requests_sent():
-    seen: list[LoadProgress] = []
-    with TrivialEndpoint(delay=0.02, serial=True) as endpoint:
-        load(endpoint.url, {}, PAIRS, concurrency=2, requests=40, progress_every=0.1, on_progress=seen.append)
+    seen, _ = told_by_a_load(dict(delay=0.02, serial=True), requests=40, progress_every=0.1)
     fractions = [p.fraction for p in seen]
     assert seen[0].planned is None and fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(0.1 < f < 0.99 for f in fractions)  # it moved on the way, not only at the end
@@ -274,8 +274,5 @@ def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word):
 
 
 def test_the_load_is_told_as_it_begins_not_only_after_the_first_interval():
-    seen: list[LoadProgress] = []
-    with TrivialEndpoint() as endpoint:
-        load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, warmup=0.2, progress_every=5,
-             on_progress=seen.append)
+    seen, _ = told_by_a_load({}, duration=0.5, warmup=0.2, progress_every=5)
     assert len(seen) == 2 and seen[0].warming_up and seen[0].elapsed < 0.2 and seen[1].fraction == 1.0
