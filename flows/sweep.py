@@ -117,11 +117,18 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
 
     rows: list[dict] = []
     archives = {}
+    compile_cache: dict[int, dict] = {}  # batch size -> the cache's verdict (sweep.json)
     for batch_size in batch_sizes:
         any_resolved = resolved_by_workers[workers[0]]
         traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
                             run_dir / f"model-b{batch_size}", any_resolved.backend,
-                            config.checks.parity_tolerance_for(any_resolved.backend, config.model.compiler_args))
+                            config.checks.parity_tolerance_for(any_resolved.backend, config.model.compiler_args),
+                            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
+                            config.build.cache_dir if config.build.compile_cache else None)
+        if traced.cache is not None:
+            cache = compile_cache[batch_size] = traced.cache
+            log.info("batch size %d: compile cache %s", batch_size, f"hit, {cache['seconds_saved']:.1f} s saved"
+                     if cache["cache"] == "hit" else f"{cache['cache']} ({cache.get('reason')})")
         archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
     for line in stop_stale_task(config.runs_dir):
         log.warning(line)
@@ -176,7 +183,7 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                if best else "no configuration met the limit without errors")
     log.info(verdict)
     result = {"run_dir": str(run_dir), "pairs": pool, "p90_limit_ms": p90_limit_ms, "best": best,
-              "client_requests_per_s": client.requests_per_s, "rows": rows}
+              "client_requests_per_s": client.requests_per_s, "compile_cache": compile_cache, "rows": rows}
     (run_dir / SWEEP_FILE).write_text(json.dumps(result, indent=2, default=str))
     try:
         from tasks.report.charts import sweep_chart
