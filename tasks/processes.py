@@ -77,6 +77,26 @@ def descendants(refs: Iterable[ProcessRef], recursive: bool = True) -> list[Proc
     return found
 
 
+def group_members(leader: ProcessRef) -> list[ProcessRef]:
+    """The live processes of the process group that `leader`, a session leader we started, leads -- its
+    orphans included: a child it spawned just before it died is no longer its descendant, but stays in
+    its group. Empty when the leader's pid now names another process (then its group is gone too: the
+    kernel hands out no pid that is still some group's id)."""
+    try:
+        if abs(psutil.Process(leader.pid).create_time() - leader.create_time) >= SAME_START_S:
+            return []  # its pid was reused, so its group is gone
+    except psutil.Error:
+        pass  # the leader is gone; its group may live on
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == leader.pid and process.create_time() >= leader.create_time - SAME_START_S:
+                ref = ProcessRef.of(process)
+                if ref.alive():
+                    members.append(ref)
+    return members
+
+
 @dataclass
 class Stopped:
     stopped: int  # processes that were alive when the stop began

@@ -32,7 +32,7 @@ from tasks.errors import PipelineError
 from tasks.serve import cores
 from tasks.polling import Pending, TimedOut, wait_until
 from tasks.ports import owner, port_free
-from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, tail
+from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, tail
 from tasks.processes import stop as stop_processes
 
 SERVER_RECORD = "server.json"
@@ -266,8 +266,10 @@ def find_stale(runs_dir: Path) -> list[Server]:
             server = Server.model_validate_json(record_file.read_text())
         except ValueError:
             continue
-        owner_alive = server.owner is not None and server.owner.alive() is not None
-        if not owner_alive and any(ref.alive() for ref in server.processes):
+        if server.owner is not None and server.owner.alive() is not None:
+            continue  # a run in progress
+        # A Java whose launcher died is in no record, but still in the launcher's process group.
+        if any(ref.alive() for ref in server.processes) or (server.processes and group_members(server.processes[0])):
             stale.append(server)
     return stale
 
@@ -330,6 +332,13 @@ def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
     Takes at most grace + 2 x STOP_SETTLE_S; grace=0 kills at once (a second Ctrl-C)."""
     _adopt_children(server)
     result = stop_processes(server.processes, grace=grace, first=_frontend_first, settle=STOP_SETTLE_S)
+    # The launcher (processes[0]) may have started Java after the tree was read and then died of our
+    # SIGTERM: that Java is nobody's descendant now, but still in the launcher's process group.
+    orphans = group_members(server.processes[0])
+    if orphans:
+        swept = stop_processes(orphans, grace=STOP_SETTLE_S, first=_frontend_first, settle=STOP_SETTLE_S)
+        result.survivors += swept.survivors
+        result.stopped += swept.stopped
     if result.survivors:
         raise ServerError(f"TorchServe processes {result.survivors} survived SIGKILL",
                           fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {','.join(map(str, result.survivors))}")

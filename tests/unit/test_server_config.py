@@ -1,14 +1,20 @@
 import contextlib
 import ipaddress
+import os
 import re
 import socket
 import stat
+import subprocess
+import sys
 import textwrap
 
+import psutil
 import pytest
 
 from tasks.config import ServingConfig
-from tasks.serve.server import Keys, Server, ServerError, check_java, pick_ports, read_keys, write_config
+from tasks.processes import ProcessRef, kill_group
+from tasks.serve.server import (Keys, Server, ServerError, check_java, find_stale, pick_ports, read_keys, record,
+                                stop, stop_stale, write_config)
 
 
 def _properties(path):
@@ -187,3 +193,65 @@ def test_check_java_missing_says_how_to_fix(tmp_path, monkeypatch):
         check_java()
     assert "not installed" in str(caught.value)
     assert "JAVA_HOME" in caught.value.fix and "\nfix: install Java 11" in str(caught.value)
+
+
+# A launcher that starts its "Java" only as our SIGTERM arrives, then dies of it: the race a stop right
+# after start hits (a 0.01 s startup_timeout), where Java appears after the stop read the process tree.
+LAUNCHER_STARTS_JAVA_AS_IT_DIES = """
+import signal, subprocess, sys, time
+def start_java_and_die(*_):
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sys.exit(0)
+signal.signal(signal.SIGTERM, start_java_and_die)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _in_group(pgid: int) -> list[int]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+def test_a_java_the_launcher_started_as_it_died_is_stopped_too(tmp_path):
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_STARTS_JAVA_AS_IT_DIES], stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)  # as start() launches it
+    try:
+        assert launcher.stdout.readline().strip() == "ready"
+        server = _server(tmp_path).model_copy(update={"processes": [ProcessRef.of(psutil.Process(launcher.pid))]})
+        stop(server)
+        assert launcher.wait(timeout=10) == 0  # it did die of the SIGTERM, after starting its child
+        assert _in_group(launcher.pid) == []  # and that child, nobody's descendant by then, is gone too
+    finally:
+        kill_group(launcher.pid)
+        launcher.wait()
+
+
+def test_a_crashed_runs_java_whose_launcher_is_gone_is_still_found_and_stopped(tmp_path):
+    """No recorded process is alive, but the launcher's group still holds its Java: the next run stops it."""
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])  # the crashed pipeline process
+    owner_ref = ProcessRef.of(psutil.Process(owner.pid))
+    launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, "
+                                 "'-c', 'import time; time.sleep(60)']); print('ready', flush=True)"],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        launcher_ref = ProcessRef.of(psutil.Process(launcher.pid))
+        assert launcher.stdout.readline().strip() == "ready" and launcher.wait(timeout=10) == 0
+        owner.wait()
+        server_dir = tmp_path / "runs" / "crashed" / "server"
+        server_dir.mkdir(parents=True)
+        server = _server(server_dir).model_copy(update={"owner": owner_ref, "processes": [launcher_ref]})
+        record(server)
+        assert _in_group(launcher.pid) != []  # its Java, an orphan now
+        assert [s.server_dir for s in find_stale(tmp_path / "runs")] == [server_dir]
+        assert len(stop_stale(tmp_path / "runs")) == 1
+        assert _in_group(launcher.pid) == []
+        assert find_stale(tmp_path / "runs") == []
+    finally:
+        kill_group(launcher.pid)
