@@ -4,6 +4,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from tasks.ports import listeners
+from tasks.processes import group_members
 from tasks.serve.register import RegisterError, register
 from tasks.serve.server import Server, start, stop, wait_healthy
 
@@ -16,8 +17,10 @@ def prefect_server():
 
 
 def assert_server_gone(server: Server) -> None:
-    """Every process the run recorded is gone and nothing listens on its ports."""
+    """Every process the run recorded is gone, and its launcher's process group with them (a Java whose
+    launcher died is in no record), and nothing listens on its ports."""
     assert [ref.pid for ref in server.processes if ref.alive()] == []
+    assert group_members(server.processes[0]) == []
     assert listeners(server.ports.values()) == {}
 
 

@@ -164,6 +164,10 @@ def test_a_failed_run_is_told_with_its_deployment_stage_error_and_link(night):
     assert "deployment: nightly-cpu-embedded" in body and f"run: {run['name']}" in body
     assert re.search(r"stage and error: stage start failed: ServerError: TorchServe did not answer /ping.*\n", body), body
     assert f"/runs/flow-run/{flow_run_id}" in body
+    # Stopped at once after start, TorchServe leaves nothing behind (not even a Java its launcher was starting).
+    run_dir = next(d for d in night["runs_dir"].iterdir() if not d.is_symlink() and (d / "summary.json").is_file()
+                   and "did not answer /ping" in (d / "summary.json").read_text())
+    assert_server_gone(server_stage.load_record(run_dir / "server"))
 
 
 # A night whose benchmark regressed, in a process of its own as a worker would run it: Prefect's event
