@@ -14,6 +14,7 @@ import pytest
 
 import flows.validate
 from flows.validate import STAGES, validate
+from tasks.processes import group_members
 from tasks.serve import server as server_stage
 from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT
 from tests.e2e.conftest import assert_server_gone
@@ -70,12 +71,14 @@ def _wait_for(when: str, run_dir: Path, output: Path, process, timeout=300):
 
 
 def _left_running(run_dir: Path) -> list[int]:
-    """Pids of every TorchServe process the run recorded that are still alive (and stops them)."""
+    """Pids of every TorchServe process the run recorded that are still alive, their descendants, and what is
+    left in the launcher's process group (a Java whose launcher died); stops them."""
     leftover = server_stage.load_record(run_dir / "server")
     if leftover is None:
         return []
     alive = [ref.pid for ref in leftover.processes if ref.alive()]
     alive += [ref.pid for ref in server_stage.descendants(leftover.processes) if ref.alive()]
+    alive += [ref.pid for ref in group_members(leftover.processes[0]) if ref.pid not in alive]  # orphans too
     if alive:
         server_stage.stop(leftover, grace=0)
     return alive
