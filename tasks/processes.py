@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -123,16 +124,36 @@ def stop(
     chosen = first(processes) if first else processes
     for process in chosen:
         _signal(process, signal.SIGTERM, group)
-    _, alive = psutil.wait_procs(processes, timeout=grace)
+    alive = _wait_ended(processes, grace)
     escalated = [p.pid for p in alive]
     if any(p not in chosen for p in alive):
         for process in alive:
             _signal(process, signal.SIGTERM, group)
-        _, alive = psutil.wait_procs(alive, timeout=settle)
+        alive = _wait_ended(alive, settle)
     for process in alive:
         _signal(process, signal.SIGKILL, group)
-    _, alive = psutil.wait_procs(alive, timeout=settle)
+    alive = _wait_ended(alive, settle)
     return Stopped(stopped=len(processes), escalated=escalated, survivors=[p.pid for p in alive])
+
+
+def _wait_ended(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of `processes` still running after up to `timeout` s. Like psutil.wait_procs (which reaps our
+    own children), except that a zombie has ended: it holds no port, core or memory any more, and one whose
+    parent died waits for PID 1 to reap it, which took over a second on this project's hosts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, alive = psutil.wait_procs(processes, timeout=0)
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal(process: psutil.Process, signum: int, group: bool) -> None:

@@ -161,3 +161,16 @@ def test_kill_group_kills_a_session_leader_and_what_it_started(spawn):
     kill_group(leader.pid)
     _soon(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
     assert leader.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_an_orphan_that_exited_is_stopped_even_before_pid_1_reaps_it(spawn):
+    """A Java whose launcher was killed first is PID 1's child; once it exits it is a zombie until PID 1
+    reaps it (over a second here), and a zombie holds nothing: the stop has succeeded, not failed."""
+    parent = spawn("import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', 'import time; "
+                   "time.sleep(60)']); print('ready', flush=True); print(child.pid, flush=True)")
+    orphan = psutil.Process(int(parent.stdout.readline()))
+    parent.wait(timeout=10)
+    assert _soon(lambda: orphan.ppid() != parent.pid)  # reparented: not our child, not its parent's
+    stopped = stop([ProcessRef.of(orphan)], grace=0.2, settle=0.2)
+    assert stopped.survivors == [] and stopped.stopped == 1
+    assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
