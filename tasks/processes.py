@@ -45,11 +45,10 @@ class ProcessRef(BaseModel):
         return f"{self.pid} {self.create_time}"
 
     def alive(self) -> psutil.Process | None:
-        """The running process this names, or None if it ended (a zombie counts as ended) or the pid was reused."""
+        """The running process this names, or None if it ended (see `running`) or the pid was reused."""
         try:
             process = psutil.Process(self.pid)
-            if (abs(process.create_time() - self.create_time) < SAME_START_S
-                    and process.status() != psutil.STATUS_ZOMBIE):
+            if abs(process.create_time() - self.create_time) < SAME_START_S and running(process):
                 return process
         except psutil.Error:
             pass
@@ -138,20 +137,24 @@ def stop(
 
 def _wait_ended(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Those of `processes` still running after up to `timeout` s. Like psutil.wait_procs (which reaps our
-    own children), except that a zombie has ended: it holds no port, core or memory any more, and one whose
-    parent died waits for PID 1 to reap it, which took over a second on this project's hosts."""
+    own children), except that a process that has ended (see `running`) but is not reaped yet counts as
+    ended: one whose parent died waits for PID 1 to reap it, which took over a second on this project's hosts."""
     deadline = time.monotonic() + timeout
     while True:
         _, alive = psutil.wait_procs(processes, timeout=0)
-        alive = [p for p in alive if _running(p)]
+        alive = [p for p in alive if running(p)]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.05)
 
 
-def _running(process: psutil.Process) -> bool:
+def running(process: psutil.Process) -> bool:
+    """Whether the process still holds anything. A zombie that is not reaped yet holds no port, core or memory,
+    unless only its main thread has exited: a killed Java's main thread can be a zombie while its other
+    threads are still exiting, and they keep its sockets listening (seen in CI as a port still taken after
+    stop). So a zombie has ended only once it is its last thread."""
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        return process.status() != psutil.STATUS_ZOMBIE or process.num_threads() > 1
     except psutil.Error:
         return False
 
