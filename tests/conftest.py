@@ -1,13 +1,30 @@
 import os
+import shutil
 import tempfile
+
+# Directories this test session made for itself, removed when it ends: a compile cache holds the traced
+# models of every test (about 700 MB), and one left per session filled /tmp over a few days.
+_made: list[str] = []
+
+
+def _own_directory(variable: str, prefix: str) -> None:
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        _made.append(os.environ[variable])
+
 
 # No network on validation hosts or CI: Prefect's server must not phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A Prefect home of the test session's own (inherited by the pipelines the tests start as
 # subprocesses): the suite never reads, writes or migrates the user's ~/.prefect database.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-tests-"))
+_own_directory("PREFECT_HOME", "prefect-home-tests-")
 # A compile cache of the session's own: no test reuses (or fills) the checkout's .cache/compile.
-os.environ.setdefault("BERT_COMPILE_CACHE", tempfile.mkdtemp(prefix="compile-cache-tests-"))
+_own_directory("BERT_COMPILE_CACHE", "compile-cache-tests-")
 # The pipelines tests start as subprocesses run on Prefect's temporary server; on a busy 2-core host it
 # can take longer than Prefect's default 20 s to come up.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def pytest_unconfigure(config):
+    for path in _made:
+        shutil.rmtree(path, ignore_errors=True)

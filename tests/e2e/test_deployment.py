@@ -117,6 +117,13 @@ class Api:
         found = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
         return {a["key"]: a for a in found}
 
+    def why(self, flow_run: dict, lines: int = 60) -> str:
+        """A run's state message and its last log lines: what a failed assertion on its state should show."""
+        logs = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}},
+                                          "sort": "TIMESTAMP_DESC", "limit": lines})
+        return "\n".join([f"{flow_run['name']}: {flow_run['state_type']}: {flow_run['state'].get('message')}",
+                          *(entry["message"] for entry in reversed(logs))])
+
     def history(self, flow_run_ids: list[str]) -> dict:
         """What a user reads of these runs: each run's state and times, and its artifacts' contents."""
         kept = ("id", "name", "deployment_id", "state_type", "start_time", "end_time", "parameters")
@@ -197,7 +204,7 @@ def nightly():
 
 def test_deployment_run_completes_and_its_artifacts_come_back_through_the_api(nightly):
     run = nightly["runs"]["first"]
-    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["state_type"] == "COMPLETED", nightly["api"].why(run)
     assert run["deployment_id"] is not None
     artifacts = nightly["api"].artifacts(run["id"])
     assert {key("summary"), key("predictions"), key("benchmark"), key("run-config"), key("trend")} <= set(artifacts)
@@ -249,7 +256,7 @@ def test_both_workers_take_runs_and_nightly_runs_never_overlap_on_torchserve(nig
     runs, workers = nightly["runs"], nightly["workers"]
     assert sorted(w["name"] for w in workers) == sorted(WORKERS)
     assert all(w["status"] == "ONLINE" for w in workers)
-    assert runs["second"]["state_type"] == "COMPLETED", runs["second"]["state"]
+    assert runs["second"]["state_type"] == "COMPLETED", nightly["api"].why(runs["second"])
     # Each run was executed by one of the two workers (its output streams into that worker's log).
     logs = {name: (nightly["state"] / "logs" / f"worker-{i}.log").read_text() for i, name in enumerate(WORKERS, 1)}
     ran_on = {}
@@ -269,7 +276,7 @@ def test_both_workers_take_runs_and_nightly_runs_never_overlap_on_torchserve(nig
 
 def test_smoke_run_checks_without_benchmark_and_reports_under_its_own_keys(nightly):
     run = nightly["runs"]["smoke"]
-    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["state_type"] == "COMPLETED", nightly["api"].why(run)
     artifacts = nightly["api"].artifacts(run["id"])
     assert key("summary", "smoke-cpu-embedded") in artifacts
     assert "**ok**" in artifacts[key("summary", "smoke-cpu-embedded")]["data"]
@@ -301,6 +308,8 @@ def test_failed_run_ends_failed_names_the_stage_and_keeps_its_artifacts(nightly)
     run = nightly["runs"]["failing"]
     assert run["state_type"] == "FAILED", run["state"]
     assert "stage start failed" in run["state"]["message"]
+    # What a user reads in the run's log in the UI: the stage's own error.
+    assert "TorchServe did not answer /ping Healthy within 0.01 s" in nightly["api"].why(run)
     artifacts = nightly["api"].artifacts(run["id"])
     assert {key("summary"), key("run-config")} <= set(artifacts)
     summary = artifacts[key("summary")]["data"]
