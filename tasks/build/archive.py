@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def archive(traced: TracedModel, model_store: Path, name: str | None = None, han
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
     if archiver is None:
         raise ArchiveError("torch-model-archiver is not installed in this environment", fix="run ./setup.sh")
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as staging, tempfile.TemporaryDirectory() as archiver_temp:
         # The handler imports serving.contract: ship it as serving/contract.py (a directory given as an
         # extra file is copied by its contents, so the staging folder holds serving/).
         package = Path(staging) / "serving"
@@ -71,7 +72,10 @@ def archive(traced: TracedModel, model_store: Path, name: str | None = None, han
             # both here and when TorchServe unpacks the archive at registration.
             "--archive-format", "zip-store",
         ]
-        done = subprocess.run(command, capture_output=True, text=True)
+        # The archiver gathers the files in $TMPDIR/<model name>, deleting whatever is there first: two runs
+        # archiving the same model at once on one host (two workers of a pool, a smoke check beside a night)
+        # broke each other's .mar. A temporary directory of its own for each call.
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TMPDIR=archiver_temp))
     mar = model_store / f"{name}.mar"
     if done.returncode != 0 or not mar.is_file():
         raise ArchiveError(f"torch-model-archiver failed ({done.returncode}):\n{done.stderr[-2000:]}")

@@ -1,4 +1,11 @@
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 from serving.contract import CLASS_NAMES, ModelInfo
+from tasks.build.archive import archive
+from tasks.build.trace import TracedModel
 
 
 def _info(**shape) -> ModelInfo:
@@ -14,3 +21,44 @@ def test_each_traced_shape_gets_its_own_name():
     names = {_info(max_length=128, batch_size=6).model_name, _info(max_length=64, batch_size=6).model_name,
              _info(max_length=128, batch_size=8).model_name}
     assert len(names) == 3
+
+
+def _traced(tmp_path: Path) -> TracedModel:
+    """A model directory with the files archive packs (their bytes do not matter to the archiver)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    info = _info(max_length=32, batch_size=2).model_copy(
+        update={"model_files": {32: "model_32.pt"}, "tokenizer_files": ["vocab.txt"]})
+    info.write(model_dir)
+    (model_dir / "model_32.pt").write_bytes(os.urandom(2_000_000))
+    (model_dir / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    return TracedModel(model_dir=model_dir, info=info)
+
+
+def _whole(mar: Path, traced: TracedModel) -> bool:
+    with zipfile.ZipFile(mar) as packed:
+        return packed.testzip() is None and {p.name for p in traced.info.files(traced.model_dir)} <= set(packed.namelist())
+
+
+def test_archiving_leaves_what_another_run_gathers_in_the_temporary_directory_alone(tmp_path, monkeypatch):
+    """torch-model-archiver gathers a model's files in $TMPDIR/<model name> and deletes what is there first;
+    another run archiving the same model on this host had its files there."""
+    traced = _traced(tmp_path)
+    shared = tmp_path / "tmp"
+    others = shared / traced.info.model_name
+    others.mkdir(parents=True)
+    (others / "model_32.pt").write_bytes(b"another run's graph, being packed")
+    monkeypatch.setenv("TMPDIR", str(shared))
+
+    mar = archive(traced, tmp_path / "model_store")
+
+    assert (others / "model_32.pt").read_bytes() == b"another run's graph, being packed"
+    assert _whole(mar.mar_file, traced)
+
+
+def test_two_runs_archiving_the_same_model_at_once_both_get_a_whole_mar(tmp_path):
+    """A night and a smoke check on two workers of one host archive the same model at the same time."""
+    traced = _traced(tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        mars = list(pool.map(lambda i: archive(traced, tmp_path / f"model_store{i}"), range(4)))
+    assert all(_whole(mar.mar_file, traced) for mar in mars)
