@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from prefect.client.base import PrefectHttpxSyncClient
 from websockets.sync.client import connect
 
 from tasks.polling import TimedOut, wait_until
@@ -211,7 +212,8 @@ def check_trend(dom: str, run_name: str) -> list[str]:
 
 def run_facts(ui: str, flow_run_id: str) -> dict:
     """The flow run, its deployment and its summary/trend artifacts (old bare keys or `<kind>-<suffix>`)."""
-    with httpx.Client(base_url=f"{ui.rstrip('/')}/api", timeout=30) as api:
+    # Prefect's own client: it retries a 503, which a busy server answers (its database locked).
+    with PrefectHttpxSyncClient(base_url=f"{ui.rstrip('/')}/api", timeout=30, raise_on_all_errors=False) as api:
         run = api.get(f"/flow_runs/{flow_run_id}")
         run.raise_for_status()
         found = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})

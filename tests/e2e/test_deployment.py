@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
+from prefect.client.base import PrefectHttpxSyncClient
 
 from tasks.ports import listeners
 from tasks.serve import server as server_stage
@@ -101,7 +101,9 @@ def _recorded_processes(state: Path) -> list[psutil.Process]:
 
 class Api:
     def __init__(self, port: int):
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=30)
+        # Prefect's own client retries a 503 (the server's answer while its database is busy), as a worker does.
+        self.client = PrefectHttpxSyncClient(base_url=f"http://127.0.0.1:{port}/api", timeout=30,
+                                             raise_on_all_errors=False)
 
     def get(self, path: str):
         answer = self.client.get(path)

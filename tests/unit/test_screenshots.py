@@ -1,6 +1,11 @@
 """The checks tools/screenshots.py makes of the rendered Prefect UI, on DOM the UI really produced
 (captured from Prefect 3.8.8's artifact pages, images cut short). No browser needed."""
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
 from tools import screenshots
@@ -95,3 +100,44 @@ def test_no_chromium_is_a_clear_message_and_exit_2(monkeypatch, capsys):
     assert screenshots.main(["--ui", "http://127.0.0.1:9", "--flow-run", "x"]) == 2
     said = capsys.readouterr().err
     assert "no Chromium found" in said and "apt-get install -y chromium" in said
+
+
+class _BusyOnce(BaseHTTPRequestHandler):
+    """A Prefect API that answers its first request as a server with a locked SQLite database does (503)."""
+    answered: list[str] = []
+
+    def _send(self, code: int, body) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.answered.append(self.path)
+        if len(self.answered) == 1:
+            return self._send(503, {"exception_message": "Service Unavailable"})
+        self._send(200, {"id": "run-1", "name": "ruby-lion"})
+
+    def do_POST(self):
+        self.answered.append(self.path)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(200, [{"key": "summary-nightly-cpu", "data": "Run directory: `/runs/ruby-lion`\n"}])
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_busy_prefect_api_is_asked_again_not_reported_as_an_error():
+    """Prefect's server answers 503 while its SQLite database is locked and its clients retry; so does this tool."""
+    _BusyOnce.answered = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BusyOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        facts = screenshots.run_facts(f"http://127.0.0.1:{server.server_port}", "run-1")
+    finally:
+        server.shutdown()
+    assert _BusyOnce.answered == ["/api/flow_runs/run-1", "/api/flow_runs/run-1", "/api/artifacts/filter"]
+    assert facts["run"]["name"] == "ruby-lion" and facts["run_dir"] == Path("/runs/ruby-lion")
+    assert facts["artifacts"]["summary"]["key"] == "summary-nightly-cpu" and facts["artifacts"]["trend"] is None
