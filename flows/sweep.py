@@ -125,10 +125,7 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                             config.checks.parity_tolerance_for(any_resolved.backend, config.model.compiler_args),
                             # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
                             config.build.cache_dir if config.build.compile_cache else None)
-        if traced.cache is not None:
-            cache = compile_cache[batch_size] = traced.cache
-            log.info("batch size %d: compile cache %s", batch_size, f"hit, {cache['seconds_saved']:.1f} s saved"
-                     if cache["cache"] == "hit" else f"{cache['cache']} ({cache.get('reason')})")
+        compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
         archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
     for line in stop_stale_task(config.runs_dir):
         log.warning(line)

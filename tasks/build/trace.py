@@ -147,10 +147,11 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
     if manifest is not None:
         cache.restore(cache_dir, key, manifest, out_dir)
         saved = round(max(0.0, manifest["build_seconds"] - (time.monotonic() - started)), 3)
-        log.info("compile cache hit %s: trace skipped, %.1f s saved", key, saved)
+        log.info("compile cache hit %s (batch %d x %d): trace skipped, %.1f s saved",
+                 key, batch_size, max_length, saved)
         return TracedModel(model_dir=out_dir, info=ModelInfo.read(out_dir),
                            cache={"cache": "hit", "seconds_saved": saved, "key": key, "dir": str(cache_dir)})
-    log.info("compile cache miss %s (%s): tracing", key, reason)
+    log.info("compile cache miss %s (batch %d x %d; %s): tracing", key, batch_size, max_length, reason)
     info = _compile(request, log)
     cache.store(cache_dir, key, parts, out_dir, [p.name for p in info.files(out_dir)], time.monotonic() - started)
     return TracedModel(model_dir=out_dir, info=info,
