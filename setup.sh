@@ -1,35 +1,67 @@
 #!/usr/bin/env bash
-# Set up .venv at the repo root with the pinned dependencies (pyproject.toml + constraints.txt).
-# Safe to run again: it only reinstalls when those files changed.
+# Set up .venv at the repo root: pyproject.toml's dependencies (ranges) installed with one install profile's
+# constraints file (exact pins), so every install is pinned. Safe to run again: it only reinstalls when those
+# files changed.
 #   ./setup.sh                  .venv, constraints.txt (torch 2.13.0, transformers 5.x)
-#   ./setup.sh --neuron         .venv, constraints-neuron.txt (Neuron 2.31.0: torch-neuronx, neuronx-cc, torch 2.9.0,
-#                               transformers 4.57.6) with Neuron's package index; only on an inf2 / trn1 host
+#   ./setup.sh --neuron         .venv with pyproject's extra [neuron] (torch-neuronx, neuronx-cc) and
+#                               constraints-neuron.txt (Neuron SDK 2.32.0: neuronx-cc 2.27.5334.0, torch-neuronx
+#                               2.9.0.2.15.32035, torch 2.9.0, transformers 4.57.6) from PyPI + Neuron's package
+#                               index: $NEURON_INDEX_URL, default https://pip.repos.neuron.amazonaws.com (set it
+#                               empty for none, e.g. with PIP_FIND_LINKS giving those packages); only on an
+#                               inf2 / trn1 host
 #   ./setup.sh --transformers4  .venv-tf4, constraints-transformers4.txt: CI's second environment (transformers
 #                               4.57.6, torch 2.13.0), to prove the code on transformers' 4.x API here; made as a
 #                               hard-link copy of .venv (when set up) with the differing pins swapped by pip
 #   ./setup.sh --tests          first the system packages the tests need, when missing (Debian/Ubuntu, as root:
 #                               apt-get): postgresql (deployments/local.py up --database postgres) and chromium
 #                               (the UI screenshots); then the .venv as plain ./setup.sh
+#   --dry-run                   with any of the above, flags in any order (./setup.sh --neuron --dry-run): print
+#                               what pip would install, resolved for $PYTHON (default python3), one name==version
+#                               a line, sorted, and install nothing: no venv made or changed (pip runs in a
+#                               throwaway venv in a temporary directory), no apt-get (--tests names what it
+#                               would install), no stamp. Java is not checked: a dry run only resolves.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+usage() {
+  echo "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--dry-run]" >&2
+  exit 2
+}
+
+profile=default
+dry_run=false
+for arg in "$@"; do
+  case "$arg" in
+    --neuron | --transformers4 | --tests)
+      [ "$profile" = default ] || usage
+      profile=${arg#--} ;;
+    --dry-run)
+      dry_run=true ;;
+    *)
+      usage ;;
+  esac
+done
+
 venv=.venv
 constraints=constraints.txt
+extras=test
 extra_index=()
 tests=false
-case "${1:-}" in
-  "") ;;
-  --neuron)
+case "$profile" in
+  neuron)
     constraints=constraints-neuron.txt
-    extra_index=(--extra-index-url https://pip.repos.neuron.amazonaws.com) ;;
-  --transformers4)
+    # torch-neuronx and neuronx-cc are not on PyPI (only 1.0 placeholders are), so they come from the extra
+    # [neuron] and Neuron's index; a constraints file alone only bounds what something requests.
+    extras=test,neuron
+    neuron_index=${NEURON_INDEX_URL-https://pip.repos.neuron.amazonaws.com}
+    if [ -n "$neuron_index" ]; then
+      extra_index=(--extra-index-url "$neuron_index")
+    fi ;;
+  transformers4)
     venv=.venv-tf4
     constraints=constraints-transformers4.txt ;;
-  --tests)
+  tests)
     tests=true ;;
-  *)
-    echo "usage: ./setup.sh [--neuron | --transformers4 | --tests]" >&2
-    exit 2 ;;
 esac
 
 if [ "$tests" = true ]; then
@@ -37,7 +69,9 @@ if [ "$tests" = true ]; then
   missing=()
   compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" > /dev/null || missing+=(postgresql)
   command -v chromium > /dev/null || missing+=(chromium fonts-liberation)  # a font, or pages render without text
-  if [ ${#missing[@]} -gt 0 ]; then
+  if [ ${#missing[@]} -gt 0 ] && [ "$dry_run" = true ]; then
+    echo "setup: dry run: would apt-get install ${missing[*]}" >&2
+  elif [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
       echo "error: the tests need these system packages, missing here: ${missing[*]}" >&2
       echo "fix:   as root on Debian/Ubuntu: apt-get update && apt-get install -y ${missing[*]}  (or run ./setup.sh --tests as root)" >&2
@@ -52,6 +86,44 @@ if [ "$tests" = true ]; then
   fi
 fi
 
+python=${PYTHON:-python3}
+if [ "$dry_run" = true ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$python" -m venv "$tmp/venv"
+  pip=("$tmp/venv/bin/python" -m pip --disable-pip-version-check)
+  # Only metadata is needed. pip >= 25.3 with fast-deps reads a wheel's METADATA with HTTP range requests
+  # where the index serves no separate metadata file; an older pip downloads every wheel even in a dry run
+  # (torch 2.9.0 and its CUDA libraries: GBs, minutes). So the throwaway venv's pip is upgraded when older.
+  if ! "$tmp/venv/bin/python" -c 'import sys, pip; sys.exit(tuple(int(p) for p in pip.__version__.split(".")[:2]) < (25, 3))'; then
+    "${pip[@]}" install --quiet --upgrade "pip>=25.3"
+  fi
+  fast_deps=()
+  if "${pip[@]}" install --help | grep fast-deps > /dev/null; then  # not grep -q: pipefail and SIGPIPE
+    fast_deps=(--use-feature=fast-deps)
+  fi
+  # --ignore-installed: resolve as for an empty venv, as a first ./setup.sh does. pip's own output goes to a
+  # log (on stdout it would mix with the list); on failure its errors, pip's explanation of a conflict
+  # included, are shown.
+  if ! "${pip[@]}" install --dry-run --ignore-installed --report "$tmp/report.json" ${fast_deps[@]+"${fast_deps[@]}"} \
+      ${extra_index[@]+"${extra_index[@]}"} -c "$constraints" -e ".[$extras]" > "$tmp/pip.log" 2>&1; then
+    if grep -q "^ERROR" "$tmp/pip.log"; then sed -n '/^ERROR/,$p' "$tmp/pip.log" >&2; else tail -n 30 "$tmp/pip.log" >&2; fi
+    echo "error: dry run: pip cannot resolve $venv from $constraints (extras: $extras)" >&2
+    exit 1
+  fi
+  "$tmp/venv/bin/python" - "$tmp/report.json" <<'EOF'
+import json
+import sys
+
+with open(sys.argv[1]) as report:
+    installs = json.load(report)["install"]
+for line in sorted((f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installs), key=str.lower):
+    print(line)
+EOF
+  echo "setup: dry run: $venv from $constraints (extras: $extras; $("$tmp/venv/bin/python" --version)); nothing installed" >&2
+  exit 0
+fi
+
 # TorchServe's frontend is Java 11+.
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\)\.\{0,1\}\([0-9]*\).*/\1 \2/p' | head -n1 | awk '{print ($1 == 1 ? $2 : $1)}')
 if [ -z "${java_major}" ] || [ "${java_major}" -lt 11 ]; then
@@ -60,7 +132,6 @@ if [ -z "${java_major}" ] || [ "${java_major}" -lt 11 ]; then
   exit 1
 fi
 
-python=${PYTHON:-python3}
 if [ "$venv" = .venv-tf4 ] && [ ! -e "$venv" ] && [ -f .venv/.installed-from ]; then
   # CI's second environment starts as a copy of .venv made of hard links (seconds, no disk: torch alone
   # would take minutes to unpack again); pip below then swaps only the packages whose pins differ. pip
@@ -82,7 +153,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   # torch comes pinned from the constraints file; elsewhere add --extra-index-url for a CPU-only build
   # (see README) or pip takes a multi-GB CUDA build.
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ${extra_index[@]+"${extra_index[@]}"} \
-    -c "$constraints" -e ".[test]"
+    -c "$constraints" -e ".[$extras]"
   echo "$wanted" > "$stamp"
 fi
 echo "setup: $venv ready from $constraints ($("$venv/bin/python" --version), java ${java_major})"
