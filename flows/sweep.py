@@ -115,6 +115,9 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
     log.info("load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
              max(concurrency), client.requests_per_s)
 
+    # Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs.
+    for line in stop_stale_task(config.runs_dir):
+        log.warning(line)
     rows: list[dict] = []
     archives = {}
     compile_cache: dict[int, dict] = {}  # batch size -> the cache's verdict (sweep.json)
@@ -127,8 +130,6 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                             config.build.cache_dir if config.build.compile_cache else None)
         compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
         archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
-    for line in stop_stale_task(config.runs_dir):
-        log.warning(line)
     for count in workers:
         resolved = resolved_by_workers[count]
         server = None
@@ -142,10 +143,10 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
                     register_task(server, mar, delay, count)
                     if ceiling is None and settings.ceiling_seconds > 0:
                         try:  # workers registered and idle: measure now
-                            ceiling = ceiling_stage.measure(traced.model_dir, pairs, count,
-                                                            resolved.threads_per_worker, settings.ceiling_seconds)
+                            ceiling = ceiling_stage.measure_beside(server.server_dir, resolved, traced.model_dir,
+                                                                   pairs, settings.ceiling_seconds)
                         except ceiling_stage.CeilingUnavailable as error:
-                            log.warning("no in-process ceiling: %s", error)
+                            log.warning("ceiling unavailable: %s", error)
                     url = f"{server.inference_url}/predictions/{mar.model_name}"
                     for clients in concurrency:
                         wall_0 = time.time()

@@ -75,11 +75,10 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
         traced, mar = build(run, config, resolved)
         with run.stage("start"):
             if model.mar is not None:
+                stop_stale_servers(run, config)
                 mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
                                     resolved.backend)
                 run.model_info = mar.info
-            for line in stop_stale_task(config.runs_dir):
-                run.log.warning(line)
             run.server = start_task(serving, resolved, mar.model_store, run.dir / "server")
             ping_task(run.server, serving.startup_timeout)
         with run.stage("register"):
@@ -100,8 +99,15 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
     return run.summary
 
 
+def stop_stale_servers(run: Run, config) -> None:
+    """Stop what a crashed night left serving, in the run's first stage: on Neuron its workers still hold
+    the NeuronCores that tonight's compile and parity child needs."""
+    for line in stop_stale_task(config.runs_dir):
+        run.log.warning(line)
+
+
 def build(run: Run, config, resolved) -> tuple:
-    """trace -> archive, or what the user brought: --traced PATH.pt skips trace, --mar PATH.mar skips both
+    """(stale servers stopped, then) trace -> archive, or what the user brought: --traced PATH.pt skips trace, --mar PATH.mar skips both
     (the .mar is then taken into the model store at start). A brought .mar has no graph this run can load
     in-process, so its TracedModel is None (no ceiling, no bucket comparison)."""
     model, serving = config.model, config.serving
@@ -112,11 +118,13 @@ def build(run: Run, config, resolved) -> tuple:
     if model.traced is not None:
         run.stages.skip("trace", f"--traced {model.traced} given")
         with run.stage("archive"):
+            stop_stale_servers(run, config)
             traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
                                       run.dir / "model")
             run.model_info = traced.info
             return traced, archive_task(traced, run.dir / "model_store")
     with run.stage("trace"):
+        stop_stale_servers(run, config)
         traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
                             resolved.backend, config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
                             config.build.cache_dir if config.build.compile_cache else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -23,8 +24,8 @@ from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.contract import (
-    BACKEND_ENV, CORE_CLAIMS_ENV, FIELDS, NEURON_CORES_ENV, THREADS_ENV, Batch, ModelInfo, claim_core, encode_pairs,
-    pad_to_batch,
+    BACKEND_ENV, CLAIM_WAIT_S, CORE_CLAIMS_ENV, FIELDS, NEURON_CORE_REFUSED, NEURON_CORES_ENV, THREADS_ENV, Batch,
+    ModelInfo, claim_core, encode_pairs, pad_to_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,25 @@ def pin_neuron_core(gpu_id) -> int | None:
     return core
 
 
+def load_graphs(model_dir: Path, info: ModelInfo, buckets: list[int], device: torch.device,
+                wait_s: float = CLAIM_WAIT_S) -> dict:
+    """{length: graph} for the buckets served. On Neuron the driver frees a killed worker's core in its
+    exit path, a moment after the process is gone, and TorchServe starts the replacement at once: the
+    runtime refuses the core meanwhile. So a refusal is retried for up to wait_s; past that the worker
+    fails with the runtime's text, and TorchServe starts it again after its back-off."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return {length: torch.jit.load(str(model_dir / info.model_files[length]), map_location=device).eval()
+                    for length in buckets}
+        except RuntimeError as error:
+            if info.backend != "neuron" or not NEURON_CORE_REFUSED.search(str(error)) or time.monotonic() > deadline:
+                raise
+            logger.warning("NeuronCore %s refused (%s): loading again", os.environ.get("NEURON_RT_VISIBLE_CORES"),
+                           error)
+            time.sleep(0.5)
+
+
 class ParaphraseHandler(BaseHandler):
     """initialize / preprocess / inference / postprocess, as TorchServe's BaseHandler lays out: its
     handle() runs them in turn and records HandlerTime; with `handler: {profile: true}` in
@@ -140,10 +160,7 @@ class ParaphraseHandler(BaseHandler):
         # One graph per length bucket; model-config.yaml may narrow them (e.g. max_length only).
         wanted = ((getattr(context, "model_yaml_config", None) or {}).get("handler") or {}).get("length_buckets")
         self.buckets = sorted(int(b) for b in wanted) if wanted else self.info.buckets
-        self.models = {
-            length: torch.jit.load(str(model_dir / self.info.model_files[length]), map_location=self.device).eval()
-            for length in self.buckets
-        }
+        self.models = load_graphs(model_dir, self.info, self.buckets, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.class_names = self.info.class_names
         self.initialized = True

@@ -22,12 +22,12 @@ import yaml
 from pydantic import BaseModel
 
 from tasks.errors import PipelineError
+from tasks.tools import neuron_tool
 from tasks.versions import package_versions
 
 NEURON_CORES_FILE = Path(__file__).resolve().parent.parent / "configs" / "neuron_cores.yaml"
 # Where a host can say what it is when neuron-ls is not there (set it in the worker's environment).
 INSTANCE_TYPE_ENV = "INSTANCE_TYPE"
-NEURON_LS_FALLBACK = Path("/opt/aws/neuron/bin/neuron-ls")  # the Neuron DLAMI's, off a service's PATH
 NEURON_LS_FLAGS = ("--json-output", "-j")
 UNKNOWN_OPTION = re.compile(r"unrecognized|unknown (option|argument)|invalid option|no such option", re.I)
 
@@ -118,10 +118,7 @@ class NeuronListing(BaseModel):
 
 def neuron_ls_path() -> str | None:
     """neuron-ls on PATH, else where the Neuron DLAMI installs it (not on a service's default PATH)."""
-    found = shutil.which("neuron-ls")
-    if found:
-        return found
-    return str(NEURON_LS_FALLBACK) if os.access(NEURON_LS_FALLBACK, os.X_OK) else None
+    return neuron_tool("neuron-ls")
 
 
 def neuron_ls() -> NeuronListing | None:

@@ -2,6 +2,10 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
+from tests.stand_ins import host
+
 # Directories this test session made for itself, removed when it ends: a compile cache holds the traced
 # models of every test (about 700 MB), and one left per session filled /tmp over a few days.
 _made: list[str] = []
@@ -28,3 +32,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 def pytest_unconfigure(config):
     for path in _made:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def neuron_host(monkeypatch, tmp_path):
+    """A Neuron host made of the stand-ins, with a service's PATH (tests/stand_ins/host.py); yields the
+    stand-in torch_neuronx's event log."""
+    log = tmp_path / "torch_neuronx.log"
+    with host.compiler_installed():
+        host.set_up(monkeypatch, tmp_path, log)
+        yield log
+    host.tear_down()

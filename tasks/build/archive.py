@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from serving.contract import ModelInfo
 from tasks.build.trace import TracedModel
 from tasks.config import REPO_ROOT
 from tasks.errors import PipelineError
+from tasks.tools import environment_tool
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
 CONTRACT_FILE = REPO_ROOT / "serving" / "contract.py"
@@ -47,7 +47,7 @@ def archive(traced: TracedModel, model_store: Path, name: str | None = None, han
         handler_config["length_buckets"] = length_buckets
     config_file = model_store / f"{name}.model-config.yaml"
     config_file.write_text(yaml.safe_dump({"handler": handler_config}))
-    archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
+    archiver = environment_tool("torch-model-archiver")
     if archiver is None:
         raise ArchiveError("torch-model-archiver is not installed in this environment", fix="run ./setup.sh")
     with tempfile.TemporaryDirectory() as staging, tempfile.TemporaryDirectory() as archiver_temp:

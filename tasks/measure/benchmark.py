@@ -94,15 +94,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _ceiling(model_dir: Path, pairs, resolved, seconds: float, log) -> ceiling_stage.Ceiling | None:
+def _ceiling(server, model_dir: Path, pairs, resolved, seconds: float,
+             log) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
+    """The ceiling; a NoCeiling saying why when this host cannot measure it; None when not asked for."""
     if seconds <= 0:
         return None
     try:
-        ceiling = ceiling_stage.measure(model_dir, pairs, resolved.initial_workers, resolved.threads_per_worker,
-                                        seconds)
+        ceiling = ceiling_stage.measure_beside(server.server_dir, resolved, model_dir, pairs, seconds)
     except ceiling_stage.CeilingUnavailable as error:
-        log.warning("no in-process ceiling: %s", error)
-        return None
+        log.warning("ceiling unavailable: %s", error)
+        return ceiling_stage.NoCeiling(unavailable=error.message)
     log.info("ceiling (the traced model in-process, no server, %d threads, buckets %s): %.1f inferences/s (%s); "
              "one full batch %.0f ms; a lone request's batch %.0f ms (%.0f ms at one worker's %d threads)",
              ceiling.threads, ceiling.buckets, ceiling.inferences_per_s, ceiling.best_layout,
@@ -191,7 +192,8 @@ def _measure(server, model_name: str, url: str, pairs, pool: str, traced, config
     # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
     if traced is not None and settings.ceiling_seconds > 0:
         progress.phase("ceiling", "ceiling: the traced model in-process, no server")
-    ceiling = _ceiling(traced.model_dir, pairs, resolved, settings.ceiling_seconds, log) if traced else None
+    bench_ceiling = _ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log) if traced else None
+    ceiling = bench_ceiling if isinstance(bench_ceiling, ceiling_stage.Ceiling) else None  # measured
     if settings.client_check_seconds > 0:
         progress.phase("client check", "client check: the load generator against a trivial local endpoint")
     client = _client_capacity(pairs, settings, log)
@@ -207,7 +209,7 @@ def _measure(server, model_name: str, url: str, pairs, pool: str, traced, config
                               max_backlog=settings.concurrency if settings.mode == "open" else None)
         cpu_1 = cpu_snapshot(server)
     bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
-    bench.pairs, bench.ceiling, bench.client, bench.accuracy = pool, ceiling, client, accuracy
+    bench.pairs, bench.ceiling, bench.client, bench.accuracy = pool, bench_ceiling, client, accuracy
     bench.memory, bench.accelerator = telemetry.memory(), telemetry.accelerator()
     # Warm-up included: the snapshots bracket the whole load, so this is per request sent.
     bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling)

@@ -94,12 +94,14 @@ def compare(server, bucketed: Archive, traced: TracedModel, config, workers: int
 
     def measure(name: str) -> None:
         progress.phase(name, f"load on {name}")
+        # The label sample first: it also warms every worker of a fresh registration (a TorchScript graph's
+        # first calls are slow), as the benchmark warmed the bucketed one, so the timed loads compare alike.
+        labels[name] = [p.answer for p in _answers(server, name, sample)]
         url = f"{server.inference_url}/predictions/{name}"
         results[name] = loadgen.load(url, server.inference_headers(), pairs, **options,
                                      on_progress=progress.load(name))
         if results[name].errors:
             log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
-        labels[name] = [p.answer for p in _answers(server, name, sample)]
 
     def restore() -> None:
         progress.phase("restore", f"{bucketed.model_name} back to {workers} workers")

@@ -70,7 +70,7 @@ def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) ->
 
 
 def _ceiling(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
-    return _of(lambda b: b.ceiling, read)
+    return _of(lambda b: b.measured_ceiling, read)
 
 
 def _client(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
@@ -349,7 +349,7 @@ def table_rows(bench: BenchmarkResult | dict) -> list[dict]:
         if isinstance(value, float):
             value = None if math.isnan(value) else round(value, 3)
         rows.append({"figure": figure.name, "value": value, "unit": figure.unit})
-    for layout in bench.ceiling.layouts if bench.ceiling else []:
+    for layout in bench.measured_ceiling.layouts if bench.measured_ceiling else []:
         rows.append({"figure": f"ceiling layout {layout.name} inferences_per_s",
                      "value": round(layout.inferences_per_s, 3), "unit": "inferences/s"})
     return rows

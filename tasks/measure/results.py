@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tasks.measure.ceiling import Ceiling
+from tasks.measure.ceiling import Ceiling, NoCeiling
 from tasks.measure.loadgen import LatencyMs, LoadResult
 
 
@@ -208,7 +208,7 @@ class BenchmarkResult(BaseModel):
     accuracy: float | None = None  # the check stage's accuracy on checks.accuracy_file, when configured
     first_error: str | None = None
     pairs: str | None = None  # the pool the requests were drawn from
-    ceiling: Ceiling | None = None
+    ceiling: Ceiling | NoCeiling | None = None  # NoCeiling: not measurable here, and why; None: not asked for
     served_over_ceiling: float | None = None  # served inferences/s / in-process inferences/s
     client: ClientCapacity | None = None
     server: ServerTimes | None = None
@@ -219,6 +219,11 @@ class BenchmarkResult(BaseModel):
     fingerprint: str | None = None  # what must match for two runs' figures to be compared
     chart: str | None = None
     timeline: list[dict] = Field(default_factory=list, exclude=True)  # benchmark.json only
+
+    @property
+    def measured_ceiling(self) -> Ceiling | None:
+        """The ceiling's figures, when it was measured."""
+        return self.ceiling if isinstance(self.ceiling, Ceiling) else None
 
     @property
     def regression_failed(self) -> bool:

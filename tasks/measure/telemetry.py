@@ -3,7 +3,7 @@
 One sampler thread, every `period` s between start() and stop():
   memory       RSS of TorchServe's frontend and each worker (psutil), peaks;
   accelerator  one adapter per backend, each reading its tool's real output shape:
-    neuron  `neuron-monitor` prints one JSON object per period on stdout; NeuronCore utilisation from
+    neuron  `neuron-monitor -c <config>` prints one JSON object per period on stdout; NeuronCore utilisation from
             neuron_runtime_data[].report.neuroncore_counters.neuroncores_in_use.<core>.neuroncore_utilization,
             device memory from ...memory_used.neuron_runtime_used_bytes.neuron_device;
     cuda    `nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits`,
@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import psutil
 
 from tasks.measure.results import Accelerator, Memory
 from tasks.processes import end
+from tasks.tools import NEURON_TOOLS_DIR, neuron_tool
 
 NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]
 MIB = 2**20
@@ -68,22 +71,37 @@ def parse_nvidia_smi(text: str) -> list[tuple[float, float, float]]:
 
 
 class NeuronMonitor:
-    """neuron-monitor, running for the whole load; its periods are collected by a reader thread."""
+    """neuron-monitor, running for the whole load; its periods are collected by a reader thread.
+
+    Without a configuration it reports every 5 s, too seldom for a load of a few seconds: it is given one
+    asking for the two metric groups read here at the sampler's period (whole seconds, as its documented
+    examples write them)."""
 
     kind, tool = "neuron", "neuron-monitor"
 
-    def __init__(self) -> None:
+    def __init__(self, period: float = 1.0) -> None:
+        self.period = max(1, round(period))
         self.reports: list[tuple[dict[str, float], float]] = []
         self.note: str | None = None
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._config: tempfile.TemporaryDirectory | None = None
+
+    def config(self) -> dict:
+        return {"period": f"{self.period}s",
+                "neuron_runtimes": [{"tag_filter": ".*", "metrics": [{"type": "neuroncore_counters"},
+                                                                     {"type": "memory_used"}]}]}
 
     def start(self) -> None:
-        path = shutil.which(self.tool)
+        path = neuron_tool(self.tool)
         if path is None:
-            self.note = f"{self.tool} not on PATH (aws-neuronx-tools)"
+            self.note = f"{self.tool} not found on PATH nor in {NEURON_TOOLS_DIR} (aws-neuronx-tools)"
             return
-        self._process = subprocess.Popen([path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._config = tempfile.TemporaryDirectory(prefix="neuron-monitor-")
+        config = Path(self._config.name) / "monitor.json"
+        config.write_text(json.dumps(self.config()))
+        self._process = subprocess.Popen([path, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         text=True)
         self._reader = threading.Thread(target=self._read, name="neuron-monitor", daemon=True)
         self._reader.start()
 
@@ -101,6 +119,8 @@ class NeuronMonitor:
         end(self._process, grace=5)
         if self._reader is not None:
             self._reader.join(5)
+        if self._config is not None:
+            self._config.cleanup()
 
     def result(self) -> Accelerator:
         per_core: dict[str, list[float]] = {}
@@ -220,9 +240,9 @@ def _processes(server) -> dict[str, dict[int, psutil.Process]]:
     return roles
 
 
-def adapter_for(backend: str, server):
+def adapter_for(backend: str, server, period: float = 1.0):
     if backend == "neuron":
-        return NeuronMonitor()
+        return NeuronMonitor(period)
     if backend == "cuda":
         return NvidiaSmi()
     return ProcessCpu(lambda: _processes(server)["workers"])
@@ -233,7 +253,7 @@ class Telemetry:
 
     def __init__(self, server, backend: str, period: float = 1.0):
         self.server, self.period = server, period
-        self.adapter = adapter_for(backend, server)
+        self.adapter = adapter_for(backend, server, period)
         self.rss: list[dict[str, float]] = []  # MiB per sample: frontend, workers, largest worker
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)

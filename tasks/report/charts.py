@@ -55,9 +55,9 @@ def timeline_chart(bench, path: Path, size: dict = LARGE) -> Path:
     t = [row["t"] for row in rows]
     throughput.bar(t, [row["requests_per_s"] for row in rows], width=0.9, align="edge", color="#8ab4f8",
                    label="answered requests/s (each s)")
-    if bench.ceiling is not None:
-        throughput.axhline(bench.ceiling.inferences_per_s, color="#188038", linestyle="--",
-                           label=f"in-process ceiling {bench.ceiling.inferences_per_s:.1f} inferences/s")
+    if bench.measured_ceiling is not None:
+        throughput.axhline(bench.measured_ceiling.inferences_per_s, color="#188038", linestyle="--",
+                           label=f"in-process ceiling {bench.measured_ceiling.inferences_per_s:.1f} inferences/s")
     errors = [(row["t"], row["errors"]) for row in rows if row["errors"]]
     if errors:
         throughput.scatter([x for x, _ in errors], [n for _, n in errors], color="#d93025", marker="x", label="errors")

@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from tasks.polling import Pending, TimedOut, wait_until
 from tasks.ports import owner, port_free
 from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, tail
 from tasks.processes import stop as stop_processes
+from tasks.tools import environment_tool, with_environment_bin
 
 SERVER_RECORD = "server.json"
 KEY_FILE = "key_file.json"
@@ -185,7 +185,7 @@ def start(
 ) -> Server:
     """Start TorchServe in the run's server_dir and return once it is up (not yet Healthy)."""
     java = check_java()
-    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent))
+    torchserve = environment_tool("torchserve")
     if torchserve is None:
         raise ServerError("torchserve is not installed in this environment", fix="run ./setup.sh")
     if not model_store.is_dir() or not os.access(model_store, os.W_OK):
@@ -201,8 +201,9 @@ def start(
     # A short path of its own: TorchServe's pid file and worker unix sockets (<=108 chars) go here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
     env = dict(
-        # No inherited NEURON_RT_*: each worker pins its own core (serving/handler.py).
-        without_neuron_runtime_settings(),
+        # No inherited NEURON_RT_*: each worker pins its own core (serving/handler.py). This environment's
+        # bin on PATH, as for the compile child: a worker may run its tools (tasks/tools.py).
+        with_environment_bin(without_neuron_runtime_settings()),
         TMPDIR=str(temp_dir),
         TEMP=str(temp_dir),
         LOG_LOCATION=str(logs),

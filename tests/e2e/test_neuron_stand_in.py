@@ -7,44 +7,39 @@ and that parity holds BF16 graphs to a tolerance that still catches a broken com
 compiles or runs BERT.
 """
 
-import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from flows.validate import validate
+from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.build.archive import archive
 from tasks.build.trace import TraceError, trace
-from tasks.config import DEFAULT_CONFIG_FILE, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
-from tests.e2e.conftest import register_refusal
+from tasks import tools
+from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
+from tasks.serve import cores
+from tasks.serve.clients import Inference
+from tasks.serve.server import load_record, stop
+from tasks.verify.pairs import load_golden
+from tests.e2e.conftest import assert_server_gone, register_refusal
 
 pytestmark = pytest.mark.e2e
 
-STAND_INS = Path(__file__).resolve().parent.parent / "stand_ins"
+GOLDEN_PAIRS = REPO_ROOT / "configs" / "golden_pairs.yaml"
 OVERRIDES = {"serving.backend": "neuron", "serving.free_ports": True, "serving.batch_size": 2,
              "serving.max_length": 32, "benchmark.enabled": False,
              # Every run here compiles in its child process (the stand-in's log is read), never from the cache.
              "build.compile_cache": False}
-
-
-@pytest.fixture
-def neuron_host(monkeypatch, tmp_path):
-    """This process, its children and every TorchServe worker see the stand-ins and one core directory."""
-    log = tmp_path / "torch_neuronx.log"
-    monkeypatch.syspath_prepend(str(STAND_INS))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(STAND_INS), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{os.environ['PATH']}")
-    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_LOG", str(log))
-    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_CORES", str(tmp_path / "cores"))
-    monkeypatch.delenv("NEURON_RT_NUM_CORES", raising=False)
-    importlib.invalidate_caches()
-    yield log
-    sys.modules.pop("torch_neuronx", None)
+SHORT_BENCHMARK = {"benchmark.enabled": True, "benchmark.duration": 3, "benchmark.warmup": 0.5,
+                   "benchmark.concurrency": 4, "benchmark.ceiling_seconds": 1, "benchmark.client_check_seconds": 0,
+                   "benchmark.single_client_seconds": 0, "benchmark.regression_runs": 0}
 
 
 def events(log: Path) -> list[dict]:
@@ -56,10 +51,15 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     # Inherited by the flow: it would put every worker on core 0 if the server passed it through.
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
     summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"),
-                                                                         **OVERRIDES})
+                                                                         **OVERRIDES, **SHORT_BENCHMARK})
 
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
     assert (summary["resolved"]["cores"], summary["resolved"]["initial_workers"]) == (2, 2)
+    # Both cores serve, so the ceiling has none: said, with why, and the benchmark measured all the same.
+    bench = summary["benchmark"]
+    assert bench["requests"] > 0 and bench["errors"] == 0
+    assert "no NeuronCore is free: all 2 are held" in bench["ceiling"]["unavailable"]
+    assert bench["served_over_ceiling"] is None
     assert summary["model"]["compiler_args"] == ["--auto-cast", "matmult", "--auto-cast-type", "bf16"]
     assert summary["model"]["parity_tolerance"] == ChecksConfig().bf16_parity_tolerance
     written = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())  # what a reader sees
@@ -70,6 +70,9 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
 
     log = events(neuron_host)
     assert [e for e in log if e["pid"] == os.getpid()] == []  # the flow's own process never touched Neuron
+    # Under a service's PATH the compile child ran the compiler pip installed beside its interpreter.
+    compiles = [e for e in log if e["event"] == "neuronx-cc"]
+    assert [e["path"] for e in compiles] == [str(tools.environment_bin() / "neuronx-cc")]
     traces = [e for e in log if e["event"] == "trace"]
     assert len(traces) == 1 and traces[0]["precision"] == "bf16" and traces[0]["shapes"] == [[2, 32]] * 4
     reserved = {e["pid"]: e["cores"] for e in log if e["event"] == "reserve" and e["pid"] != traces[0]["pid"]}
@@ -145,3 +148,44 @@ def test_compare_buckets_lends_the_cores_to_the_single_bucket_registration_and_t
     # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again
     assert [sorted(c for _, cs in reserves[i:i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
     assert len(reserves) == 6 and len({pid for pid, _ in reserves}) == 6
+
+
+def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(prefect_server, neuron_host, tmp_path,
+                                                                                monkeypatch):
+    """kill -9 of a READY worker: TorchServe starts a replacement at once, while the driver still holds the dead
+    worker's core for a moment (the stand-in's release delay); the replacement claims that core, waits for the
+    runtime to let it load, and serves -- one worker per core throughout."""
+    monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "2")
+    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={
+        "runs_dir": str(tmp_path / "runs"), **OVERRIDES, "build.compile_cache": True, "keep_serving": True})
+    assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
+    server = load_record(tmp_path / "runs" / "latest" / "server")
+    model_name = ModelInfo.read(tmp_path / "runs" / "latest" / "model").model_name
+    try:
+        before = cores.core_map(server, model_name, workers=2).cores
+        core, dead = sorted(before.items())[0]
+        os.kill(dead, signal.SIGKILL)
+
+        def replaced():
+            with server.management() as client:
+                workers = client.get(f"/models/{model_name}").json()[0]["workers"]
+            ready = [int(w["pid"]) for w in workers if w["status"] == "READY"]
+            return len(ready) == 2 and dead not in ready
+
+        deadline = time.monotonic() + 60
+        while not replaced():
+            assert time.monotonic() < deadline, "no second READY worker within 60 s of the kill"
+            time.sleep(0.5)
+        after = cores.core_map(server, model_name, workers=2).cores  # distinct cores, confirmed by neuron-ls
+        assert after[core] != dead and after[1 - core] == before[1 - core]
+        refused = [e for e in events(neuron_host) if e["event"] == "reserve-failed" and e["requested"] == [core]]
+        assert refused, "the replacement never met the dead worker's unreleased core: the test proved nothing"
+        inference = Inference(server, model_name, list(CLASS_NAMES))
+        try:
+            answers = [inference.send(*pair) for pair in load_golden(GOLDEN_PAIRS)[:4]]
+        finally:
+            inference.close()
+        assert all(answer.correct for answer in answers), answers
+    finally:
+        stop(server)
+    assert_server_gone(server)

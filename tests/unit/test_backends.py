@@ -1,7 +1,7 @@
 """Backend choice and NeuronCore counting: the tutorial's table, neuron-ls, and the refusals."""
 
-import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from serving.handler import BACKEND_ENV, prepare_backend
-from tasks import backends
+from tasks import backends, tools
 from tasks.config import ConfigError, ServingConfig, resolve_serving
 from tasks.build.compile import compile_for
 
@@ -24,20 +24,6 @@ TUTORIAL_CORES = {"inf2.xlarge": 2, "inf2.8xlarge": 2, "inf2.24xlarge": 12, "inf
 def no_neuron_ls(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv(backends.INSTANCE_TYPE_ENV, raising=False)
-
-
-@pytest.fixture
-def neuron_host(monkeypatch, tmp_path):
-    """The stand-in torch_neuronx importable and the stand-in neuron-ls on PATH."""
-    monkeypatch.syspath_prepend(str(STAND_INS))
-    # The stand-in neuron-ls is a Python script: keep this interpreter's directory on PATH.
-    monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{Path(sys.executable).parent}")
-    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_LOG", str(tmp_path / "stand-in.log"))
-    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_CORES", str(tmp_path / "cores"))
-    monkeypatch.setenv("PYTHONPATH", str(STAND_INS))  # for the child processes (ceiling, trace)
-    importlib.invalidate_caches()
-    yield tmp_path / "stand-in.log"
-    sys.modules.pop("torch_neuronx", None)
 
 
 @pytest.mark.parametrize("instance_type, cores", sorted(TUTORIAL_CORES.items()))
@@ -111,7 +97,8 @@ def test_a_backend_that_is_not_there_is_refused_before_anything_starts(no_neuron
             resolve_serving(ServingConfig(backend="cuda"))
 
 
-def test_neuron_compilation_goes_through_torch_neuronx_trace(neuron_host):
+def test_neuron_compilation_goes_through_torch_neuronx_trace(neuron_host, monkeypatch):
+    monkeypatch.setenv("PATH", tools.with_environment_bin(dict(os.environ))["PATH"])  # as the compile child has it
     module = torch.nn.Linear(4, 2)
     inputs = (torch.ones(3, 4),)
     traced, moved = compile_for("neuron", module, inputs, ["--auto-cast", "none"])

@@ -1,40 +1,25 @@
 """Neuron's rules, against the stand-in runtime (tests/stand_ins): cores belong to the process that first
 runs a graph, workers pin one core each, neuron-ls names the holders, casting loosens parity."""
 
-import importlib
 import os
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 import torch
 
 from serving.contract import CLASS_NAMES, ModelInfo, claim_core, core_claims
 from serving.handler import pin_neuron_core
-from tasks import backends
+from tasks import backends, tools
 from tasks.build.compile import parity
 from tasks.build.trace import TraceError
-from tasks.config import ChecksConfig, auto_cast_type
+from tasks.config import ChecksConfig, ResolvedServing, auto_cast_type
 from tasks.measure import ceiling
 from tasks.serve import cores
+from tests.stand_ins import host
 
-STAND_INS = Path(__file__).resolve().parent.parent / "stand_ins"
 PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."), ("How old are you?", "What is your age?")] * 4
-
-
-@pytest.fixture
-def neuron_host(monkeypatch, tmp_path):
-    """The stand-in runtime and neuron-ls, with their own core reservations; children see them too."""
-    monkeypatch.syspath_prepend(str(STAND_INS))
-    monkeypatch.setenv("PYTHONPATH", str(STAND_INS))
-    monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{Path(sys.executable).parent}")
-    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_CORES", str(tmp_path / "cores"))
-    for key in [key for key in os.environ if key.startswith("NEURON_RT_")]:
-        monkeypatch.delenv(key)
-    importlib.invalidate_caches()
-    yield tmp_path
-    sys.modules.pop("torch_neuronx", None)
 
 
 def hold_core(core: int) -> subprocess.Popen:
@@ -46,17 +31,36 @@ def hold_core(core: int) -> subprocess.Popen:
     return holder
 
 
-def test_a_core_held_by_a_live_process_is_refused_with_the_runtimes_error_and_freed_when_it_exits(neuron_host,
-                                                                                                   monkeypatch):
+def test_a_held_core_is_refused_with_torch_neuronxs_text_and_freed_a_moment_after_its_owner_exits(
+        neuron_host, monkeypatch, capfd):
+    monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "0.5")
     holder = hold_core(1)
     import torch_neuronx
 
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
-    with pytest.raises(RuntimeError, match="NeuronCore\\(s\\) not available - Requested:nc1-nc1"):
+    with pytest.raises(RuntimeError, match="The PyTorch Neuron Runtime could not be initialized"):
         torch_neuronx.reserve()
+    assert "NRT:nrt_allocate_neuron_cores NeuronCore(s) not available - Requested:nc1-nc1" in capfd.readouterr().err
     holder.stdin.close()
     holder.wait()
-    assert torch_neuronx.reserve() == [1]
+    with pytest.raises(RuntimeError, match="could not be initialized"):
+        torch_neuronx.reserve()  # the owner is gone, its core not yet released
+    assert wait_for(lambda: _reserves(torch_neuronx)) == [1]
+
+
+def _reserves(torch_neuronx) -> list[int] | None:
+    try:
+        return torch_neuronx.reserve()
+    except RuntimeError:
+        return None
+
+
+def wait_for(condition, seconds: float = 20.0):
+    """condition()'s first truthy value, asked every 0.1 s for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
 
 
 def test_neuron_ls_names_the_process_holding_a_core_and_start_refuses_naming_it(neuron_host):
@@ -73,15 +77,25 @@ def test_neuron_ls_names_the_process_holding_a_core_and_start_refuses_naming_it(
         holder.wait()
 
 
-def test_neuron_ls_is_found_where_the_dlami_puts_it_and_answers_to_its_short_flag(neuron_host, monkeypatch):
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # not on PATH, as under a service
-    monkeypatch.setattr(backends, "NEURON_LS_FALLBACK", STAND_INS / "bin" / "neuron-ls")
+def test_neuron_ls_and_neuron_monitor_are_found_where_the_dlami_puts_them_off_a_service_path(neuron_host,
+                                                                                              monkeypatch):
+    assert os.environ["PATH"] == host.SERVICE_PATH  # neither the environment's bin nor Neuron's tools
     monkeypatch.setenv("STAND_IN_NEURON_LS_NO_LONG_FLAG", "1")
     assert backends.neuron_core_count() == (2, "neuron-ls -j")
+    assert tools.neuron_tool("neuron-monitor") == str(host.STAND_INS / "bin" / "neuron-monitor")
+
+
+def test_a_child_finds_the_environments_tools_first_on_a_service_path(neuron_host):
+    path = tools.with_environment_bin({"PATH": host.SERVICE_PATH})["PATH"].split(os.pathsep)
+    assert path[0] == str(tools.environment_bin()) and path[1:] == host.SERVICE_PATH.split(os.pathsep)
+    assert tools.with_environment_bin({"PATH": os.pathsep.join(path)})["PATH"].split(os.pathsep) == path  # once
+    found = subprocess.run([sys.executable, "-c", "import shutil; print(shutil.which('neuronx-cc'))"],
+                           env=tools.with_environment_bin(dict(os.environ)), capture_output=True, text=True)
+    assert found.stdout.strip() == str(tools.environment_bin() / "neuronx-cc")
 
 
 def test_a_worker_pins_a_core_of_its_own_whatever_neuron_rt_it_inherited(neuron_host, monkeypatch):
-    claims = neuron_host / "claims"
+    claims = neuron_host.parent / "claims"
     monkeypatch.setenv("BERT_NEURON_CORE_CLAIMS", str(claims))
     monkeypatch.setenv("BERT_NEURON_CORES", "2")
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
@@ -128,7 +142,8 @@ def neuron_model_dir(neuron_host, tokenizer, monkeypatch):
     import torch_neuronx
 
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
-    model_dir = neuron_host / "model"
+    monkeypatch.setenv("PATH", tools.with_environment_bin(dict(os.environ))["PATH"])  # as the compile child has it
+    model_dir = neuron_host.parent / "model"
     model_dir.mkdir()
     example = (torch.ones(2, 16, dtype=torch.long),) * 4
     torch.jit.save(torch_neuronx.trace(Tiny(), example), str(model_dir / "model_16.pt"))
@@ -140,13 +155,63 @@ def neuron_model_dir(neuron_host, tokenizer, monkeypatch):
     return model_dir
 
 
-def test_the_neuron_ceiling_runs_on_a_free_core_in_a_child_or_says_none_is_free(neuron_model_dir, monkeypatch):
-    held = hold_core(1)  # a "worker" on the other core: none is free
+def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(neuron_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    server_dir = tmp_path / "server"
+    assert claim_core(cores.claims_dir(server_dir), 2, os.getpid()) == 0  # this process compiled on core 0: a worker
+    held = hold_core(1)  # a process that is not ours, on the same device
     try:
-        with pytest.raises(ceiling.CeilingUnavailable, match="no NeuronCore is free"):
-            ceiling.measure(neuron_model_dir, PAIRS, workers=1, threads_per_worker=1, seconds=0.1)
-        monkeypatch.setenv("STAND_IN_CORES_PER_DEVICE", "3")  # a spare core
-        assert ceiling.measure(neuron_model_dir, PAIRS, workers=1, threads_per_worker=1, seconds=0.1).batches_per_s > 0
+        resolved = ResolvedServing(backend="neuron", device_name="2 NeuronCores", cores=2, cores_source="neuron-ls",
+                                   initial_workers=1, threads_per_worker=1)
+        with pytest.raises(ceiling.CeilingUnavailable,
+                           match=f"no NeuronCore is free.*worker pid {os.getpid()}.*pid {held.pid}"):
+            ceiling.measure_beside(server_dir, resolved, neuron_model_dir, PAIRS, seconds=0.1)
+        # The runtime refusing the core it was given (whatever neuron-ls said) is the same verdict, with its words.
+        with pytest.raises(ceiling.CeilingUnavailable, match="did not load on NeuronCore 1.*could not be initialized"):
+            ceiling.measure(neuron_model_dir, PAIRS, workers=1, threads_per_worker=1, seconds=0.1, neuron_core=1)
+        monkeypatch.setenv("STAND_IN_NEURON_DEVICES", "2")  # a second device, no process on it
+        four = resolved.model_copy(update={"cores": 4})
+        assert ceiling.measure_beside(server_dir, four, neuron_model_dir, PAIRS, seconds=0.1).batches_per_s > 0
     finally:
         held.stdin.close()
         held.wait()
+
+
+def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_path):
+    claims = tmp_path / "claims"
+    staying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    another = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert (claim_core(claims, 2, staying.pid), claim_core(claims, 2, dying.pid)) == (0, 1)
+        assert claim_core(claims, 2, os.getpid(), wait_s=30) == 1  # once the dying worker has exited
+        with pytest.raises(RuntimeError, match="none was freed within 0.3 s"):
+            claim_core(claims, 2, another.pid, wait_s=0.3)
+    finally:
+        for process in (staying, dying, another):
+            process.kill()
+            process.wait()
+
+
+LOAD = ("import sys, torch, torch_neuronx; from pathlib import Path; from serving.contract import ModelInfo; "
+        "from serving.handler import load_graphs; d = Path(sys.argv[1]); info = ModelInfo.read(d); "
+        "print(sorted(load_graphs(d, info, info.buckets, torch.device('cpu'), wait_s=float(sys.argv[2]))))")
+
+
+def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its_bound(neuron_model_dir,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "0.5")
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
+    held = hold_core(1)
+    try:
+        refused = subprocess.run([sys.executable, "-c", LOAD, str(neuron_model_dir), "0.5"], capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode != 0 and "could not be initialized" in refused.stderr
+        loader = subprocess.Popen([sys.executable, "-c", LOAD, str(neuron_model_dir), "30"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    finally:
+        held.stdin.close()
+        held.wait()
+    out, err = loader.communicate(timeout=120)
+    assert loader.returncode == 0, err
+    assert out.strip() == "[16]" and "NeuronCore 1 refused" in err  # the dead owner's core, once released

@@ -23,10 +23,12 @@ def stand_ins_on_path(monkeypatch):
     monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
 
 
-def test_neuron_monitor_reports_are_parsed_per_core_with_device_memory():
+def test_neuron_monitor_reports_are_parsed_per_core_with_device_memory(tmp_path):
     # The stand-in, like the tool, reports until stopped: read its first report.
-    process = subprocess.Popen([sys.executable, str(STAND_INS / "neuron-monitor")], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "STAND_IN_NEURON_UTILIZATION": "62.5"})
+    config = tmp_path / "monitor.json"
+    config.write_text(json.dumps(telemetry.NeuronMonitor(period=1).config()))
+    process = subprocess.Popen([sys.executable, str(STAND_INS / "neuron-monitor"), "-c", str(config)],
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "STAND_IN_NEURON_UTILIZATION": "62.5"})
     try:
         line = process.stdout.readline()
     finally:
@@ -54,13 +56,15 @@ def _server():
     return SimpleNamespace(processes=[])
 
 
-def test_neuron_adapter_runs_neuron_monitor_during_the_load(stand_ins_on_path, monkeypatch):
+def test_neuron_adapter_runs_neuron_monitor_from_the_dlami_directory_at_its_own_period(neuron_host, monkeypatch):
+    """A service's PATH (tests/stand_ins/host.py): neuron-monitor is found where the DLAMI installs it, and
+    asked for a report a second, not its default five."""
     monkeypatch.setenv("STAND_IN_NEURON_UTILIZATION", "37.5")
-    monkeypatch.setenv("STAND_IN_MONITOR_PERIOD", "0.05")
     with Telemetry(_server(), "neuron", period=0.05) as sampler:
-        _until(lambda: len(sampler.adapter.reports) >= 3)
+        _until(lambda: len(sampler.adapter.reports) >= 2)
+    assert sampler.adapter.config()["period"] == "1s"  # whole seconds, as the tool's documented examples
     used = sampler.accelerator()
-    assert used.kind == "neuron" and used.samples >= 3 and used.note is None
+    assert used.kind == "neuron" and used.samples >= 2 and used.note is None
     assert used.utilization_pct_mean == pytest.approx(37.5) and set(used.per_unit_pct) == {"4242/0", "4242/1"}
     assert used.device_memory_used_mib == pytest.approx(1024.0)
 

@@ -1,10 +1,15 @@
-"""Stand-in for torch-neuronx: compiles on the CPU, and models what the pipeline must get right on Neuron.
+"""Stand-in for torch-neuronx: compiles on the CPU, and models what the pipeline must get right on Neuron
+(each behaviour's evidence: tests/stand_ins/README.md).
 
 - core ownership: the first stand-in graph a process runs or loads reserves its NeuronCores (all of
-  them, or what NEURON_RT_VISIBLE_CORES / NEURON_RT_NUM_CORES ask for) until the process exits; a
-  process asking for a reserved core gets the runtime's error. Reservations are lock files in
-  $TORCH_NEURONX_STAND_IN_CORES, one per core, holding the owner's pid (a dead pid's core is free);
-  bin/neuron-ls reads them back as its process list.
+  them, or what NEURON_RT_VISIBLE_CORES / NEURON_RT_NUM_CORES ask for) until the process exits, and a
+  moment longer (neuron_runtime_stand_in.py); a process asking for a held core gets the runtime's NRT
+  line on stderr and torch-neuronx's "could not be initialized" RuntimeError. bin/neuron-ls reads the
+  same reservations back as its process list.
+- the compiler: trace runs `neuronx-cc` found by name on PATH, as torch_neuronx does; without one it
+  raises torch_neuronx's "neuronx-cc compiler binary does not exist". The stand-in compiler
+  (compiler/neuronx-cc) is installed where pip puts the real one: the environment's bin.
+- trace under torch.inference_mode() fails as torch-xla's functionalization does on inference tensors.
 - numerics: --auto-cast matmult|all in compiler_args compiles in --auto-cast-type (bf16 default);
   without --auto-cast (neuronx-cc >= 2.27's default, none) the graph stays fp32.
 - a graph needs this package to load: it calls the op neuron_stand_in::run_on_neuron, registered on
@@ -15,13 +20,16 @@
 """
 
 import copy
-import fcntl
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
-from pathlib import Path
 
 import torch
+
+from neuron_runtime_stand_in import cores_dir, holders, locked, owners, total_cores  # noqa: F401  (tests use them)
 
 __version__ = "0.0.0+stand-in"
 
@@ -29,6 +37,9 @@ LOG_ENV = "TORCH_NEURONX_STAND_IN_LOG"
 CORES_ENV = "TORCH_NEURONX_STAND_IN_CORES"
 FAULT_ENV = "TORCH_NEURONX_STAND_IN_FAULT"
 _held: list[int] | None = None  # this process's cores, once reserved
+# What torch-neuronx raises when the runtime cannot take the cores (the NRT log line goes to stderr).
+RUNTIME_NOT_INITIALIZED = ("The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged "
+                           "to your system logs. See the Neuron Runtime's troubleshooting guide for help on this topic.")
 
 
 def _record(event: str, **facts) -> None:
@@ -38,55 +49,17 @@ def _record(event: str, **facts) -> None:
             log.write(json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **facts}) + "\n")
 
 
-def cores_dir() -> Path:
-    # Host-wide, like the runtime's ownership: not under TMPDIR, which TorchServe changes per server.
-    return Path(os.environ.get(CORES_ENV) or f"/tmp/torch-neuronx-stand-in-cores-{os.getuid()}")
-
-
-def total_cores() -> int:
-    """The host's NeuronCores, as bin/neuron-ls lists them."""
-    return int(os.environ.get("STAND_IN_NEURON_DEVICES", "1")) * int(os.environ.get("STAND_IN_CORES_PER_DEVICE", "2"))
-
-
-def owners() -> dict[int, int]:
-    """{core: pid} for every core a live process holds."""
-    found = {}
-    for lock in cores_dir().glob("nc*"):
-        try:
-            pid = int(lock.read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(pid):
-            found[int(lock.name[2:])] = pid
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")  # an exited process awaiting its parent holds no device
-
-
-def _parse_visible(text: str) -> list[int]:
-    cores = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        cores += range(int(first), int(last or first) + 1)
-    return cores
-
-
 def reserve() -> list[int]:
-    """The runtime's nrt_init: take this process's cores, or fail as the runtime does."""
+    """The runtime's nrt_init: take this process's cores, or fail as torch-neuronx does.
+
+    Refused, the runtime logs its NRT line to stderr and Python sees torch-neuronx's own text, not the
+    log line (README.md, "exception texts"). Nothing is kept from a refusal: a later load tries again.
+    """
     global _held
     if _held is not None:
         return _held
-    directory = cores_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        taken = {core: pid for core, pid in owners().items() if pid != os.getpid()}
+    with locked() as directory:
+        taken = {core: pid for core, pid in holders(directory).items() if pid != os.getpid()}
         free = [core for core in range(total_cores()) if core not in taken]
         visible, count = os.environ.get("NEURON_RT_VISIBLE_CORES"), os.environ.get("NEURON_RT_NUM_CORES")
         if visible:  # wins over NUM_CORES
@@ -97,13 +70,34 @@ def reserve() -> list[int]:
             wanted = list(range(total_cores()))
         if any(core in taken or core >= total_cores() for core in wanted):
             _record("reserve-failed", requested=wanted, holders=taken)
-            raise RuntimeError(f"ERROR NRT:nrt_allocate_neuron_cores NeuronCore(s) not available - "
-                               f"Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}")
+            print(f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}  ERROR  NRT:nrt_allocate_neuron_cores "
+                  f"NeuronCore(s) not available - Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}",
+                  file=sys.stderr, flush=True)
+            raise RuntimeError(RUNTIME_NOT_INITIALIZED)
         for core in wanted:
             (directory / f"nc{core}").write_text(str(os.getpid()))
     _held = wanted
     _record("reserve", cores=wanted)
     return wanted
+
+
+def _parse_visible(text: str) -> list[int]:
+    cores = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cores += range(int(first), int(last or first) + 1)
+    return cores
+
+
+def _compile(compiler_args) -> str:
+    """Run neuronx-cc as torch_neuronx does: found by name on PATH, else torch_neuronx's own error."""
+    compiler = shutil.which("neuronx-cc")
+    if compiler is None:
+        raise RuntimeError("neuronx-cc compiler binary does not exist")
+    args = compiler_args.split() if isinstance(compiler_args, str) else list(compiler_args or [])
+    subprocess.run([compiler, "compile", "--framework", "XLA", "--target", "inf2", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+    return compiler
 
 
 @torch.library.custom_op("neuron_stand_in::run_on_neuron", mutates_args=())
@@ -171,9 +165,12 @@ def _cast(func: torch.nn.Module, compiler_args) -> tuple[torch.nn.Module, str]:
 
 
 def trace(func, example_inputs, *args, compiler_workdir=None, compiler_args=None, **kwargs):
+    if torch.is_inference_mode_enabled():  # torch-xla's functionalization on an inference tensor
+        raise RuntimeError("Cannot set version_counter for inference tensor")
     fault = os.environ.get(FAULT_ENV) or None
     cast, precision = _cast(func, compiler_args)
-    _record("trace", shapes=[list(t.shape) for t in example_inputs], dtypes=[str(t.dtype) for t in example_inputs],
+    compiler = _compile(compiler_args)
+    _record("trace", compiler=compiler, shapes=[list(t.shape) for t in example_inputs], dtypes=[str(t.dtype) for t in example_inputs],
             module=type(func).__name__, options=sorted(kwargs) + ["compiler_args"] * bool(compiler_args),
             compiler_args=compiler_args, precision=precision, fault=fault)
     graph = torch.jit.trace(_OnNeuron(cast, fault), tuple(example_inputs))

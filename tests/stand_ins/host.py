@@ -1,0 +1,60 @@
+"""A Neuron host made of the stand-ins, as a unit or end-to-end test sets one up.
+
+The flow runs with a service's PATH, the way a Prefect worker under systemd starts it: neither the
+environment's bin (where pip put neuronx-cc, torchserve and torch-model-archiver) nor Neuron's tool
+directory is on it. The stand-in compiler is installed where pip installs the real one, and neuron-ls /
+neuron-monitor sit in the directory the pipeline falls back to (tasks/tools.NEURON_TOOLS_DIR, pointed at
+tests/stand_ins/bin, since this machine has no /opt/aws/neuron/bin). So a run that passes here found
+every tool the way it must on a real host, not through a PATH the test arranged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from tasks import tools
+
+STAND_INS = Path(__file__).resolve().parent
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default
+COMPILER = STAND_INS / "compiler" / "neuronx-cc"
+STAND_IN_MARK = "Stand-in for neuronx-cc"
+
+
+@contextlib.contextmanager
+def compiler_installed():
+    """The stand-in neuronx-cc in this environment's bin for the duration; a real one is left alone."""
+    target = tools.environment_bin() / "neuronx-cc"
+    if target.exists() and STAND_IN_MARK not in target.read_text(errors="replace"):
+        yield target  # a Neuron host's own compiler: not ours to replace
+        return
+    # Its interpreter named in full: a service's PATH may have no python3 on it.
+    target.write_text(COMPILER.read_text().replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
+    target.chmod(0o755)
+    try:
+        yield target
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def set_up(monkeypatch, tmp_path: Path, log: Path | None = None) -> None:
+    """This process, its children and every TorchServe worker see the stand-ins, one core directory of
+    their own, a service's PATH and no inherited NEURON_RT_*."""
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(STAND_INS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PATH", SERVICE_PATH)
+    monkeypatch.setattr(tools, "NEURON_TOOLS_DIR", STAND_INS / "bin")
+    monkeypatch.setenv("TORCH_NEURONX_STAND_IN_CORES", str(tmp_path / "cores"))
+    if log is not None:
+        monkeypatch.setenv("TORCH_NEURONX_STAND_IN_LOG", str(log))
+    for key in [key for key in os.environ if key.startswith("NEURON_RT_")]:
+        monkeypatch.delenv(key)
+    importlib.invalidate_caches()
+
+
+def tear_down() -> None:
+    sys.modules.pop("torch_neuronx", None)
+    sys.modules.pop("neuron_runtime_stand_in", None)
