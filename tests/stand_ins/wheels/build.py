@@ -41,7 +41,7 @@ STUBS: list[tuple[str, str, str, list[str]]] = [
         "neuronx-cc",
         "2.27.5334.0",
         ">=3.11",
-        ["numpy>=1.21.6", "scipy>=1.13"],
+        ["numpy==1.26.4", "scipy>=1.13"],
     ),
 ]
 
