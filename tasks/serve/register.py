@@ -164,6 +164,31 @@ def wait_workers_ready(client: httpx.Client, name: str, workers: int, timeout: f
                             fix="read the workers' log below: a worker that keeps restarting says why there") from None
 
 
+def wait_replaced(server: Server, name: str, dead_pid: int, workers: int, timeout: float = 60.0) -> list[int]:
+    """After a worker died (a crash, kill -9): wait for TorchServe to have `workers` READY workers again, none of
+    them the dead pid; return their pids. TorchServe restarts a dead worker by itself, after its back-off."""
+
+    def replaced() -> list[int] | Pending:
+        found = describe_workers(server, name)
+        ready = [int(w["pid"]) for w in found if w.get("status") == "READY" and w.get("pid")]
+        if len(ready) >= workers and dead_pid not in ready:
+            return ready
+        return Pending(str([(w.get("pid"), w.get("status")) for w in found]))
+
+    try:
+        return wait_until(replaced, timeout, f"worker {dead_pid} of {name} replaced", most=1.0)
+    except TimedOut as late:
+        raise RegisterError(f"{name}: worker {dead_pid} was not replaced by a READY worker within {timeout:g} s "
+                            f"(workers: {late.last})\n{model_log_tail(server)}",
+                            fix="read the workers' log above: the replacement says why it could not load") from None
+
+
+def describe_workers(server: Server, name: str) -> list[dict]:
+    """The model's workers as TorchServe's management API describes them."""
+    with server.management() as client:
+        return describe(client, name).get("workers", [])
+
+
 def model_log_tail(server: Server, lines: int = 60) -> str:
     """The workers' own log: where a handler's traceback lands."""
     return tail(server.logs_dir / "model_log.log", lines) or server.log_tail(lines)

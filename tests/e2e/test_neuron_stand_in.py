@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -26,6 +25,7 @@ from tasks import tools
 from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
 from tasks.serve import cores
 from tasks.serve.clients import Inference
+from tasks.serve.register import wait_replaced
 from tasks.serve.server import load_record, stop
 from tasks.verify.pairs import load_golden
 from tests.e2e.conftest import assert_server_gone, register_refusal
@@ -165,17 +165,7 @@ def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
         before = cores.core_map(server, model_name, workers=2).cores
         core, dead = sorted(before.items())[0]
         os.kill(dead, signal.SIGKILL)
-
-        def replaced():
-            with server.management() as client:
-                workers = client.get(f"/models/{model_name}").json()[0]["workers"]
-            ready = [int(w["pid"]) for w in workers if w["status"] == "READY"]
-            return len(ready) == 2 and dead not in ready
-
-        deadline = time.monotonic() + 60
-        while not replaced():
-            assert time.monotonic() < deadline, "no second READY worker within 60 s of the kill"
-            time.sleep(0.5)
+        wait_replaced(server, model_name, dead, workers=2, timeout=60)
         after = cores.core_map(server, model_name, workers=2).cores  # distinct cores, confirmed by neuron-ls
         assert after[core] != dead and after[1 - core] == before[1 - core]
         refused = [e for e in events(neuron_host) if e["event"] == "reserve-failed" and e["requested"] == [core]]
