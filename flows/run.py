@@ -59,6 +59,7 @@ class Run:
         self.buckets = None
         self.model_info = None  # the traced model's facts (compiler arguments, parity) once trace is done
         self.core_map = None  # neuron: which worker holds which NeuronCore, once registered
+        self.gpu_map = None  # cuda: which GPU each worker was given, once registered
         self.trace_cache = None  # the compile cache's verdict: hit or miss, seconds saved
         self.summary: dict | None = None
         self.interrupted: str | None = None  # how the run was stopped from outside, if it was
@@ -153,6 +154,7 @@ class Run:
              "model": _model_facts(self.model_info, self.config.checks),
              "trace": self.trace_cache,
              "core_map": self.core_map.model_dump() if self.core_map else None,
+             "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
              "pictures": drawn},
         )
         if self.interrupted:

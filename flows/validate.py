@@ -39,6 +39,7 @@ from flows.stages import (  # noqa: E402
     from_mar_task,
     from_traced_task,
     core_map_task,
+    gpu_map_task,
     ping_task,
     register_task,
     start_task,
@@ -85,6 +86,8 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
             register_task(run.server, mar, serving.max_batch_delay, resolved.initial_workers)
             if resolved.backend == "neuron":  # N workers on N distinct NeuronCores, or the run fails here
                 run.core_map = core_map_task(run.server, mar.model_name, resolved.initial_workers)
+            elif resolved.backend == "cuda":  # which GPU each worker got (several may share one)
+                run.gpu_map = gpu_map_task(run.server, mar.model_name)
         with run.stage("check"):
             run.checks = check_task(run.server, mar, model, config.checks, serving.max_batch_delay)
             raise_if_failed(run.checks)

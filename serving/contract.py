@@ -25,7 +25,8 @@ MODEL_INFO_FILE = "model_info.json"
 THREADS_ENV = "BERT_THREADS_PER_WORKER"
 BACKEND_ENV = "BERT_BACKEND"  # the backend this server was started for
 # Neuron: how many NeuronCores the workers share, and the directory where each worker claims one
-# (a file per core holding the worker's pid; a dead pid's core is free again). See claim_core.
+# (a file per core holding the worker's pid; a dead pid's core is free again; see claim_core). On cuda
+# each worker records there the GPU it was given (record_gpu).
 NEURON_CORES_ENV = "BERT_NEURON_CORES"
 CORE_CLAIMS_ENV = "BERT_NEURON_CORE_CLAIMS"
 # How long a starting worker waits for a core that a dying worker still holds (see claim_core and
@@ -200,16 +201,35 @@ def claim_core(claims_dir: Path, cores: int, pid: int, wait_s: float = CLAIM_WAI
         time.sleep(poll_s)
 
 
+def record_gpu(claims_dir: Path, pid: int, gpu: int) -> None:
+    """cuda: the GPU TorchServe gave this worker (gpu_id, handed round-robin; several workers may share one,
+    overlapping one's tokenization with another's GPU work). A file per worker, read back by gpu_map."""
+    claims_dir.mkdir(parents=True, exist_ok=True)
+    (claims_dir / f"gpu_worker_{pid}").write_text(str(gpu))
+
+
+def gpu_claims(claims_dir: Path) -> dict[int, int]:
+    """{worker pid: GPU} of the workers still running."""
+    return _live_owners(claims_dir, "gpu_worker_", by_pid=True)
+
+
 def core_claims(claims_dir: Path) -> dict[int, int]:
     """{core: pid} of the claims whose process is still running."""
+    return _live_owners(claims_dir, "core_", by_pid=False)
+
+
+def _live_owners(claims_dir: Path, prefix: str, by_pid: bool) -> dict[int, int]:
+    """Files `<prefix><n>` of a claims directory whose process is still running: {n: content} when n is the
+    pid (by_pid), else {n: pid in the file}."""
     import psutil
 
-    claims = {}
-    for path in Path(claims_dir).glob("core_*"):
+    found = {}
+    for path in Path(claims_dir).glob(f"{prefix}*"):
         try:
-            pid = int(path.read_text())
+            number, content = int(path.name[len(prefix):]), int(path.read_text())
+            pid = number if by_pid else content
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                claims[int(path.name.split("_", 1)[1])] = pid
+                found[number] = content
         except (OSError, ValueError, psutil.Error):
             continue
-    return claims
+    return found

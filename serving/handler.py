@@ -25,7 +25,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from serving.contract import (
     BACKEND_ENV, CLAIM_WAIT_S, CORE_CLAIMS_ENV, FIELDS, NEURON_CORE_REFUSED, NEURON_CORES_ENV, THREADS_ENV, Batch,
-    ModelInfo, claim_core, encode_pairs, pad_to_batch,
+    ModelInfo, claim_core, encode_pairs, pad_to_batch, record_gpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,10 @@ def prepare_backend(backend: str, gpu_id) -> torch.device:
     if backend == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("this model was traced for cuda, but no CUDA GPU is visible to this worker")
-        return torch.device(f"cuda:{gpu_id if gpu_id is not None else 0}")
+        device = torch.device(f"cuda:{gpu_id if gpu_id is not None else 0}")
+        if os.environ.get(CORE_CLAIMS_ENV):  # under the pipeline's server: the summary says who got which GPU
+            record_gpu(Path(os.environ[CORE_CLAIMS_ENV]), os.getpid(), device.index)
+        return device
     return torch.device("cpu")
 
 

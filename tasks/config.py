@@ -404,19 +404,32 @@ def resolve_serving(serving: ServingConfig) -> ResolvedServing:
         accelerator = detect(serving.backend, serving.instance_type)
     except BackendError as error:
         raise ConfigError(f"serving.backend = {serving.backend!r}: {error.message}", fix=error.fix) from None
-    workers = accelerator.cores if serving.initial_workers == "auto" else serving.initial_workers
-    if workers > accelerator.cores:
+    cpus = physical_cores()
+    most = worker_limit(accelerator.backend, accelerator.cores, cpus)
+    workers = most if serving.initial_workers == "auto" else serving.initial_workers
+    if workers > most:
         unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical CPU cores"}[accelerator.backend]
-        raise ConfigError(
-            f"serving.initial_workers = {workers}: this host has {accelerator.cores} {unit} "
-            f"(from {accelerator.cores_source}), and each worker needs one of its own",
-            fix=f"set serving.initial_workers to {accelerator.cores} or fewer, or to auto",
-        )
+        why = (f"{accelerator.cores} {unit} (from {accelerator.cores_source}) and {cpus} physical CPU cores: "
+               f"at most {most} workers, each with a CPU core of its own" if accelerator.backend == "cuda" else
+               f"{accelerator.cores} {unit} (from {accelerator.cores_source}), and each worker needs one of its own")
+        raise ConfigError(f"serving.initial_workers = {workers}: this host has {why}",
+                          fix=f"set serving.initial_workers to {most} or fewer, or to auto")
     return ResolvedServing(
         **accelerator.model_dump(),
         initial_workers=workers,
-        threads_per_worker=max(1, physical_cores() // workers),
+        threads_per_worker=max(1, cpus // workers),
     )
+
+
+def worker_limit(backend: str, cores: int, cpus: int) -> int:
+    """The most workers a host serves with, and the default (auto).
+
+    neuron: one per NeuronCore (the runtime gives a core to one process). cpu: one per physical core.
+    cuda: what the CPU cores per GPU allow -- several workers share a GPU (TorchServe hands gpu_id
+    round-robin), so one worker's tokenization overlaps another's GPU work -- at least one per GPU."""
+    if backend == "cuda":
+        return cores * max(1, cpus // cores)
+    return cores
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -1,4 +1,4 @@
-"""NeuronCores: free before start, one per worker after registration.
+"""NeuronCores: free before start, one per worker after registration (and, on cuda, which GPU each worker got).
 
 The Neuron runtime gives a process its visible cores when it first loads a Neuron graph and keeps them
 until the process exits; a worker whose core is taken cannot load. So start refuses to begin while
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import psutil
 from pydantic import BaseModel
 
-from serving.contract import core_claims
+from serving.contract import core_claims, gpu_claims
 from tasks.backends import neuron_ls
 from tasks.errors import PipelineError
 from tasks.polling import Pending, TimedOut, wait_until
@@ -30,6 +30,13 @@ CLAIMS_DIR = "neuron_cores"  # in the server's directory: one claim file per cor
 
 class CoresError(PipelineError):
     """NeuronCores the run needs are held elsewhere, or workers do not hold one core each."""
+
+
+class GpuMap(BaseModel):
+    """cuda: which GPU each READY worker was given (TorchServe hands gpu_id round-robin)."""
+
+    workers: dict[int, int]  # worker pid -> GPU index
+    per_gpu: dict[int, int]  # GPU index -> workers on it
 
 
 class CoreMap(BaseModel):
@@ -129,3 +136,17 @@ def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
         raise CoresError(f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
                          fix="read the workers' log (server/logs/model_log.log): each says which core it took")
     return CoreMap(cores=dict(sorted(cores.items())), checked_with=checked)
+
+
+def gpu_map(server: Server, model_name: str) -> GpuMap:
+    """The GPU of every READY worker, as each recorded it (serving/contract.record_gpu): for the summary."""
+    with server.management() as client:
+        answer = client.get(f"/models/{model_name}")
+        answer.raise_for_status()
+    pids = [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
+    recorded = gpu_claims(claims_dir(server.server_dir))
+    workers = {pid: recorded[pid] for pid in pids if pid in recorded}
+    per_gpu: dict[int, int] = {}
+    for gpu in workers.values():
+        per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
+    return GpuMap(workers=workers, per_gpu=dict(sorted(per_gpu.items())))

@@ -211,8 +211,8 @@ def start(
         JAVA_HOME=str(Path(java).resolve().parent.parent),
         OMP_NUM_THREADS=str(resolved.threads_per_worker),
         **{THREADS_ENV: str(resolved.threads_per_worker), BACKEND_ENV: resolved.backend},
-        **({NEURON_CORES_ENV: str(resolved.cores), CORE_CLAIMS_ENV: str(cores.claims_dir(server_dir))}
-           if resolved.backend == "neuron" else {}),
+        **({NEURON_CORES_ENV: str(resolved.cores)} if resolved.backend == "neuron" else {}),
+        **({CORE_CLAIMS_ENV: str(cores.claims_dir(server_dir))} if resolved.backend in ("neuron", "cuda") else {}),
     )
     command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
                "--ts-config", str(config_file)]

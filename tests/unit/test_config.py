@@ -142,3 +142,18 @@ def test_buckets_end_at_max_length_and_ignore_longer_ones():
 def test_a_missing_input_file_is_refused_before_anything_starts(field):
     with pytest.raises(ConfigError, match=rf"{field} = 'no-such.tsv'.*does not exist"):
         load_config(None, {field: "no-such.tsv"})
+
+
+def test_cuda_workers_share_the_gpus_as_the_cpu_cores_allow_and_more_are_refused_naming_both(cores, monkeypatch):
+    """No GPU here: torch's view of one is faked, which is all resolve_serving reads."""
+    cores(physical=8, logical=16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+    resolved = resolve_serving(ServingConfig(backend="cuda"))
+    assert (resolved.cores, resolved.initial_workers, resolved.threads_per_worker) == (2, 8, 1)  # 4 per GPU
+    assert resolve_serving(ServingConfig(backend="cuda", initial_workers=3)).initial_workers == 3
+    with pytest.raises(ConfigError) as caught:
+        resolve_serving(ServingConfig(backend="cuda", initial_workers=9))
+    message = str(caught.value)
+    assert "2 GPUs" in message and "8 physical CPU cores" in message and "8 or fewer" in message

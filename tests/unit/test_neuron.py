@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from serving.contract import CLASS_NAMES, ModelInfo, claim_core, core_claims
-from serving.handler import pin_neuron_core
+from serving.contract import CLASS_NAMES, ModelInfo, claim_core, core_claims, gpu_claims, record_gpu
+from serving.handler import pin_neuron_core, prepare_backend
 from tasks import backends, tools
 from tasks.build.compile import parity
 from tasks.build.trace import TraceError
@@ -215,3 +215,22 @@ def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its
     out, err = loader.communicate(timeout=120)
     assert loader.returncode == 0, err
     assert out.strip() == "[16]" and "NeuronCore 1 refused" in err  # the dead owner's core, once released
+
+
+def test_cuda_workers_record_the_gpu_torchserve_gave_them_and_a_dead_workers_record_is_dropped(tmp_path,
+                                                                                               monkeypatch):
+    """prepare_backend as a cuda worker runs it (torch's view of a GPU faked: none here); gpu_claims is what the
+    summary's gpu_map reads."""
+    claims = tmp_path / "claims"
+    monkeypatch.setenv("BERT_BACKEND", "cuda")
+    monkeypatch.setenv("BERT_NEURON_CORE_CLAIMS", str(claims))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert prepare_backend("cuda", 1) == torch.device("cuda:1")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record_gpu(claims, other.pid, 1)
+        assert gpu_claims(claims) == {os.getpid(): 1, other.pid: 1}  # two workers share GPU 1
+    finally:
+        other.kill()
+        other.wait()
+    assert gpu_claims(claims) == {os.getpid(): 1}
