@@ -20,7 +20,7 @@ from tasks.build.bring import from_mar, from_traced
 from tasks.build.trace import trace
 from tasks.measure.benchmark import run as benchmark
 from tasks.measure.buckets import compare as compare_buckets
-from tasks.serve.cores import core_map, gpu_map
+from tasks.serve.cores import core_map, ensure_free, gpu_map
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, stop_stale, wait_healthy
 from tasks.verify.checks import run_checks
@@ -59,6 +59,7 @@ compare_buckets_task = task(compare_buckets, name="compare-buckets", cache_polic
 stop_task = task(stop, name="stop", cache_policy=NO_CACHE)
 core_map_task = task(core_map, name="core-map", cache_policy=NO_CACHE)
 gpu_map_task = task(gpu_map, name="gpu-map", cache_policy=NO_CACHE)
+ensure_free_task = task(ensure_free, name="cores-free", cache_policy=NO_CACHE)
 
 
 class StageRecord(BaseModel):

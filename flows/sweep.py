@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 
 from flows.stages import (  # noqa: E402
     archive_task,
+    ensure_free_task,
     ping_task,
     register_task,
     start_task,
@@ -118,6 +119,8 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
     # Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs.
     for line in stop_stale_task(config.runs_dir):
         log.warning(line)
+    if resolved_by_workers[workers[0]].backend == "neuron":  # released a moment after the workers exit
+        ensure_free_task(max(workers))
     rows: list[dict] = []
     archives = {}
     compile_cache: dict[int, dict] = {}  # batch size -> the cache's verdict (sweep.json)

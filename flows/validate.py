@@ -39,6 +39,7 @@ from flows.stages import (  # noqa: E402
     from_mar_task,
     from_traced_task,
     core_map_task,
+    ensure_free_task,
     gpu_map_task,
     ping_task,
     register_task,
@@ -76,7 +77,7 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
         traced, mar = build(run, config, resolved)
         with run.stage("start"):
             if model.mar is not None:
-                stop_stale_servers(run, config)
+                stop_stale_servers(run, config, resolved)
                 mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
                                     resolved.backend)
                 run.model_info = mar.info
@@ -102,11 +103,14 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
     return run.summary
 
 
-def stop_stale_servers(run: Run, config) -> None:
+def stop_stale_servers(run: Run, config, resolved) -> None:
     """Stop what a crashed night left serving, in the run's first stage: on Neuron its workers still hold
-    the NeuronCores that tonight's compile and parity child needs."""
+    the NeuronCores that tonight's compile and parity child needs -- until a moment after they exit, so
+    the cores are waited for (and a process that is not ours holding them is named, before any work)."""
     for line in stop_stale_task(config.runs_dir):
         run.log.warning(line)
+    if resolved.backend == "neuron":
+        ensure_free_task(resolved.initial_workers)
 
 
 def build(run: Run, config, resolved) -> tuple:
@@ -121,13 +125,13 @@ def build(run: Run, config, resolved) -> tuple:
     if model.traced is not None:
         run.stages.skip("trace", f"--traced {model.traced} given")
         with run.stage("archive"):
-            stop_stale_servers(run, config)
+            stop_stale_servers(run, config, resolved)
             traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
                                       run.dir / "model")
             run.model_info = traced.info
             return traced, archive_task(traced, run.dir / "model_store")
     with run.stage("trace"):
-        stop_stale_servers(run, config)
+        stop_stale_servers(run, config, resolved)
         traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
                             resolved.backend, config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
                             config.build.cache_dir if config.build.compile_cache else None)

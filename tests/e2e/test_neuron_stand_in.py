@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -26,7 +27,8 @@ from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ChecksConfig, ModelConf
 from tasks.serve import cores
 from tasks.serve.clients import Inference
 from tasks.serve.register import wait_replaced
-from tasks.serve.server import load_record, stop
+from tasks.processes import ProcessRef
+from tasks.serve.server import load_record, record, stop
 from tasks.verify.pairs import load_golden
 from tests.e2e.conftest import assert_server_gone, register_refusal
 
@@ -179,3 +181,31 @@ def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
     finally:
         stop(server)
     assert_server_gone(server)
+
+
+def test_a_crashed_nights_server_holding_every_core_is_stopped_before_tonights_trace(prefect_server, neuron_host,
+                                                                                     tmp_path):
+    """A night whose process died (its record names an owner that is gone) left TorchServe with a worker on each
+    core. Tonight's compile child needs a core: the stale server must be stopped in the trace stage, before it."""
+    import neuron_runtime_stand_in
+
+    runs = {"runs_dir": str(tmp_path / "runs")}
+    last_night = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={
+        **runs, **OVERRIDES, "build.compile_cache": True, "keep_serving": True})
+    assert last_night["status"] == "ok", [s for s in last_night["stages"] if s["error"]]
+    stale = load_record(Path(last_night["run_dir"]) / "server")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale.owner = ProcessRef(pid=gone.pid, create_time=0.0)  # the night's process, dead: the server is stale
+    record(stale)
+    assert sorted(neuron_runtime_stand_in.owners()) == [0, 1]  # both cores held by its workers
+    tonight_began = time.time()
+
+    tonight = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={**runs, **OVERRIDES})
+
+    assert tonight["status"] == "ok", [s for s in tonight["stages"] if s["error"]]
+    assert_server_gone(stale)
+    tonight_events = [e for e in events(neuron_host) if e["time"] >= tonight_began]
+    traced = [e for e in tonight_events if e["event"] == "trace"]
+    assert len(traced) == 1  # compiled tonight, in a child that got its core at the first try
+    assert [e for e in tonight_events if e["event"] == "reserve-failed" and e["pid"] == traced[0]["pid"]] == []
