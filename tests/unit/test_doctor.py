@@ -1,0 +1,175 @@
+"""The doctor's runner and report (tasks/doctor), with tiny fake checks: order, skipping what needs a failed
+step, the exit code, and what doctor.md / doctor.json hold."""
+
+import json
+
+import pytest
+
+import tasks.doctor
+from flows import doctor as command
+from tasks.config import load_config
+from tasks.doctor.report import Report, artifact_key, markdown, publish, write
+from tasks.doctor.runner import BUG_FIX, Check, NotApplicable, Step, line, run_checks
+from tasks.errors import PipelineError
+
+
+def passes(detail="fine"):
+    return lambda: detail
+
+
+def fails(message="broken", fix="mend it"):
+    def run():
+        raise PipelineError(message, fix=fix)
+
+    return run
+
+
+def not_here(why="Neuron only (backend cpu)"):
+    def run():
+        raise NotApplicable(why)
+
+    return run
+
+
+def test_checks_run_in_order_and_what_needs_a_failed_step_is_skipped_naming_it():
+    ran, told = [], []
+
+    def track(name, run):
+        def wrapped():
+            ran.append(name)
+            return run()
+
+        return Check(name, wrapped)
+
+    checks = [track("install", passes()), track("java", fails("no Java", "install Java 17")),
+              track("compile", passes()), Check("serve", passes(), needs=("java", "compile")),
+              Check("worker-replaced", passes(), needs=("serve",)), track("telemetry", passes()),
+              Check("stop", passes("nothing to stop"), always=True)]
+    outcome = run_checks(checks, on_step=told.append)
+
+    assert ran == ["install", "java", "compile", "telemetry"]
+    assert [s.name for s in told] == [c.name for c in checks]  # each told as it finished, in order
+    by_name = {s.name: s for s in outcome.steps}
+    assert [s.status for s in outcome.steps] == ["pass", "fail", "pass", "skipped", "skipped", "pass", "pass"]
+    assert (by_name["java"].detail, by_name["java"].fix) == ("no Java", "install Java 17")
+    assert by_name["serve"].detail == "needs java, which failed"
+    assert by_name["worker-replaced"].detail == "needs serve, which was skipped (needs java, which failed)"
+    assert by_name["stop"].detail == "nothing to stop"
+    assert not outcome.ok and not outcome.interrupted
+
+
+def test_a_step_that_does_not_apply_is_skipped_saying_why_and_blocks_nothing():
+    outcome = run_checks([Check("neuron-ls", not_here()), Check("core-released", passes(), needs=("neuron-ls",))])
+    assert [(s.status, s.detail) for s in outcome.steps] == [("skipped", "Neuron only (backend cpu)"),
+                                                              ("pass", "fine")]
+    assert outcome.ok
+
+
+def test_a_failure_without_a_fix_gets_the_checks_own_and_a_bug_gets_its_traceback(capsys):
+    def bug():
+        raise KeyError("model_files")
+
+    outcome = run_checks([Check("compile", fails("child crashed", fix=None), fix="read the child's lines"),
+                          Check("serve", bug), Check("telemetry", passes())])
+    compile_, serve, telemetry = outcome.steps
+    assert compile_.fix == "read the child's lines"
+    assert (serve.status, serve.detail, serve.fix) == ("fail", "KeyError: 'model_files'", BUG_FIX)
+    assert "Traceback" in capsys.readouterr().err  # a bug's traceback; an expected failure has none
+    assert telemetry.status == "pass"  # a bug is a failed step, not the end of the doctor
+
+
+def test_ctrl_c_fails_the_step_it_interrupts_skips_the_rest_and_still_stops():
+    def interrupted():
+        raise KeyboardInterrupt
+
+    stopped = []
+    outcome = run_checks([Check("serve", interrupted), Check("telemetry", passes()),
+                          Check("stop", lambda: stopped.append(1) or "stopped", always=True)])
+    assert [s.status for s in outcome.steps] == ["fail", "skipped", "pass"]
+    assert "interrupted" in outcome.steps[0].detail
+    assert outcome.steps[1].detail == "not run: the doctor was interrupted"
+    assert stopped == [1] and outcome.interrupted and not outcome.ok
+
+
+def test_the_terminal_line_has_status_name_seconds_detail_and_a_fix_under_a_failure():
+    assert line(Step(name="java", status="pass", seconds=0.08, detail="Java 11+ at /usr/bin/java")) == \
+        "pass    java                      0.1 s  Java 11+ at /usr/bin/java"
+    failed = line(Step(name="install", status="fail", seconds=4.0,
+                       detail="python -m pip check found broken requirements:\nfoo 1.0 requires bar", fix="./setup.sh"))
+    assert failed.splitlines() == ["fail    install                   4.0 s  python -m pip check found broken requirements:",
+                                   "        foo 1.0 requires bar", "        fix: ./setup.sh"]
+
+
+def report(ok=False, interrupted=False) -> Report:
+    steps = [Step(name="install", status="pass", seconds=3.2, detail="torch 2.13.0 | x"),
+             Step(name="java", status="fail" if not ok else "pass", seconds=0.1, detail="Java is not installed",
+                  fix="apt-get install openjdk-17-jre-headless"),
+             Step(name="serve", status="skipped", detail="needs java, which failed")]
+    return Report(host="ip-10-0-0-1.ec2.internal", backend="cpu", requested_backend="auto",
+                  started="2026-12-04T20:00:00+00:00", seconds=3.3, ok=ok, interrupted=interrupted, steps=steps)
+
+
+def test_doctor_json_and_doctor_md_hold_every_step_in_order_and_the_fixes(tmp_path):
+    json_file, markdown_file = write(report(), tmp_path / "out")
+    data = json.loads(json_file.read_text())
+    assert set(data) >= {"steps", "backend", "host", "started", "seconds", "ok"}
+    assert data["ok"] is False and data["backend"] == "cpu"
+    assert [set(s) for s in data["steps"]] == [{"name", "status", "seconds", "detail", "fix"}] * 3
+    assert [(s["name"], s["status"]) for s in data["steps"]] == [("install", "pass"), ("java", "fail"),
+                                                                  ("serve", "skipped")]
+    text = markdown_file.read_text()
+    rows = [row for row in text.splitlines() if row.startswith("| ") and not row.startswith("| step")]
+    assert [row.split(" | ")[0] for row in rows] == ["| install", "| java", "| serve"]
+    assert "torch 2.13.0 \\| x" in rows[0]  # a pipe in a detail does not break the table
+    assert "NOT ready" in text and "### java" in text and "fix: apt-get install openjdk-17-jre-headless" in text
+    assert "ready for tonight's run" in markdown(report(ok=True)) and "## Fixes" not in markdown(report(ok=True))
+
+
+def test_the_artifact_key_is_doctor_and_the_host_in_prefects_letters():
+    assert artifact_key("ip-10-0-0-1.ec2.internal") == "doctor-ip-10-0-0-1-ec2-internal"
+    assert artifact_key("Build_Host 7") == "doctor-build-host-7"
+
+
+def test_publishing_is_skipped_without_an_api_and_a_dead_one_is_a_warning_not_a_failure():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert publish(report()) is None
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens on port 9
+        said = publish(report())
+    assert said.startswith("warning:") and "doctor-ip-10-0-0-1-ec2-internal" in said
+
+
+@pytest.mark.parametrize("steps, code", [([Check("java", passes()), Check("compile", not_here())], 0),
+                                         ([Check("java", fails())], 1),
+                                         ([Check("java", lambda: (_ for _ in ()).throw(KeyboardInterrupt))], 130)])
+def test_the_command_exits_1_on_a_failed_step_130_when_interrupted_and_writes_the_report(
+        steps, code, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tasks.doctor.Doctor, "checks", lambda self: steps)
+    assert command.main(["--backend", "cpu", "--out", str(tmp_path)]) == code
+    out = capsys.readouterr().out
+    assert [l.split()[1] for l in out.splitlines() if l.split()[0] in ("pass", "fail", "skipped")] == ["java", *(
+        ["compile"] if len(steps) == 2 else [])]
+    data = json.loads((tmp_path / "doctor.json").read_text())
+    assert data["ok"] is (code == 0) and data["requested_backend"] == "cpu"
+    assert (tmp_path / "doctor.md").is_file()
+
+
+def test_a_config_the_pipeline_refuses_exits_2_before_any_check(tmp_path, capsys):
+    assert command.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_doctors_serving_is_tonights_at_a_small_shape_on_free_ports():
+    config = load_config()
+    doctor = tasks.doctor.Doctor(config, backend="cpu", instance_type="inf2.xlarge")
+    try:
+        serving = doctor.serving
+        assert (serving.batch_size, serving.max_length, serving.buckets()) == (1, 16, [16])
+        assert serving.free_ports and serving.backend == "cpu" and serving.instance_type == "inf2.xlarge"
+        assert serving.initial_workers == config.serving.initial_workers
+        assert [c.name for c in doctor.checks()] == [
+            "install", "java", "backend", "neuron-ls", "compile", "core-released", "second-loader-refused", "serve",
+            "worker-replaced", "telemetry", "stop"]
+    finally:
+        doctor.close()
