@@ -1,6 +1,7 @@
 """The doctor's report: doctor.json (the Report model) and doctor.md in its directory, and on a host with a
-Prefect API (a fleet host) the markdown as a Prefect artifact `doctor-<host>`, so the fleet's hosts can be
-compared in the UI. A failed publication is a warning: the files are the record."""
+Prefect API (a fleet host) the markdown as the Prefect artifact `doctor-<host>`, of a flow run `doctor-<host>`
+that fails when the doctor did: the fleet's hosts side by side in the UI. A failed publication is a warning:
+the files are the record."""
 
 from __future__ import annotations
 
@@ -77,11 +78,22 @@ def publish(report: Report) -> str | None:
     if not healthy:
         return f"warning: the Prefect API at {url} does not answer; the artifact {key} was not published"
     try:
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(key=key, markdown=markdown(report),
-                                 description=f"python -m flows.doctor on {report.host}: "
-                                 f"{'ok' if report.ok else 'failed'}")
-    except Exception as error:  # the files are the record: a Prefect API that is down must not fail the doctor
+        state = _report_flow().with_options(flow_run_name=key)(markdown(report), key, report.ok, return_state=True)
+    except Exception as error:  # the files are the record: a Prefect API that fails must not fail the doctor
         return f"warning: the Prefect artifact {key} was not published ({type(error).__name__}: {error})"
-    return f"published the Prefect artifact {key}"
+    return f"published the Prefect artifact {key} (flow run {key}, {state.name})"
+
+
+def _report_flow():
+    """A flow run `doctor-<host>` holding the artifact: Prefect deprecates artifacts outside a run, and a run
+    that fails with the doctor lets the fleet's Automations notify on it like on a failed night."""
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.states import Completed, Failed
+
+    @flow(name="doctor", validate_parameters=False, persist_result=False)
+    def doctor_report(text: str, key: str, ok: bool):
+        create_markdown_artifact(key=key, markdown=text, description=f"python -m flows.doctor: {'ok' if ok else 'failed'}")
+        return Completed(message="ready") if ok else Failed(message="not ready: see the artifact " + key)
+
+    return doctor_report

@@ -127,7 +127,8 @@ class Doctor:
         """What `auto` becomes here, and the workers it holds: one per NeuronCore / GPU / physical core."""
         self.resolved = resolve_serving(self.serving)
         r = self.resolved
-        return (f"{r.backend}: {r.device_name}, {r.cores} cores (from {r.cores_source}); "
+        unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical cores"}[r.backend]
+        return (f"{r.backend}: {r.device_name}; {r.cores} {unit} (from {r.cores_source}); "
                 f"{r.initial_workers} workers x {r.threads_per_worker} threads")
 
     # --- 4-7: NeuronCores ---------------------------------------------------------------------------
