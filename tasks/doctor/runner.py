@@ -60,29 +60,36 @@ class Outcome:
 def run_checks(checks: list[Check], on_step: Callable[[Step], None] = lambda step: None) -> Outcome:
     """Run the checks in order; on_step is told of each as it finishes."""
     outcome = Outcome(steps=[])
-    blocked: dict[str, str] = {}  # step -> why what needs it is skipped
+    failed_first: dict[str, str] = {}  # a failed or skipped-for-a-failure step -> the failed step behind it
     for check in checks:
-        reason = _why_skipped(check, blocked, outcome.interrupted)
+        reason = _why_skipped(check, failed_first, outcome.interrupted)
         if reason is not None:
             step = Step(name=check.name, status="skipped", detail=reason)
         else:
             step, interrupted = _run_one(check)
             outcome.interrupted = outcome.interrupted or interrupted
         if step.status == "fail":
-            blocked[step.name] = f"needs {step.name}, which failed"
-        elif step.status == "skipped" and reason is not None:
-            blocked[step.name] = f"needs {step.name}, which was skipped ({reason})"
+            failed_first[step.name] = step.name
+        elif reason is not None:
+            need = next((name for name in check.needs if name in failed_first), None)
+            if need is not None:
+                failed_first[step.name] = failed_first[need]
         outcome.steps.append(step)
         on_step(step)
     return outcome
 
 
-def _why_skipped(check: Check, blocked: dict[str, str], interrupted: bool) -> str | None:
+def _why_skipped(check: Check, failed_first: dict[str, str], interrupted: bool) -> str | None:
+    """"needs java, which failed", or "needs serve, which was skipped: java failed"; None: run it."""
     if check.always:
         return None
     if interrupted:
         return "not run: the doctor was interrupted"
-    return next((blocked[name] for name in check.needs if name in blocked), None)
+    need = next((name for name in check.needs if name in failed_first), None)
+    if need is None:
+        return None
+    cause = failed_first[need]
+    return f"needs {need}, which failed" if cause == need else f"needs {need}, which was skipped: {cause} failed"
 
 
 def _run_one(check: Check) -> tuple[Step, bool]:

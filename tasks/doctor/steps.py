@@ -76,7 +76,8 @@ class Doctor:
             Check("backend", self.backend, needs=("install",)),
             Check("neuron-ls", self.neuron_ls, needs=("backend",)),
             Check("compile", self.compile, needs=("backend",),
-                  fix="read the compile child's lines above; they name the failing package or bucket"),
+                  fix="the message is the compile child's own; on Neuron, compare the torch-neuronx and neuronx-cc "
+                  "versions (install step) with constraints-neuron.txt"),
             Check("core-released", self.core_released, needs=("neuron-ls", "compile")),
             Check("second-loader-refused", self.second_loader_refused, needs=("neuron-ls", "compile")),
             Check("serve", self.serve, needs=("java", "compile", "core-released"),
@@ -127,8 +128,9 @@ class Doctor:
         """What `auto` becomes here, and the workers it holds: one per NeuronCore / GPU / physical core."""
         self.resolved = resolve_serving(self.serving)
         r = self.resolved
-        unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical cores"}[r.backend]
-        return (f"{r.backend}: {r.device_name}; {r.cores} {unit} (from {r.cores_source}); "
+        count = f"{r.cores} {({'neuron': 'NeuronCores', 'cuda': 'GPUs', 'cpu': 'physical cores'})[r.backend]}"
+        device = "" if r.device_name == count else f"{r.device_name}; "
+        return (f"{r.backend}: {device}{count} (from {r.cores_source}); "
                 f"{r.initial_workers} workers x {r.threads_per_worker} threads")
 
     # --- 4-7: NeuronCores ---------------------------------------------------------------------------
@@ -341,25 +343,25 @@ def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
     """A process not ours that loaded the graph on `core` and holds it until its stdin closes."""
     env = {**child.without_neuron_runtime_settings(), "NEURON_RT_VISIBLE_CORES": str(core)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(model_dir)], env=env, cwd=REPO_ROOT,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ready, _, _ = select.select([holder.stdout], [], [], HOLDER_START_S)
-    if ready and holder.stdout.readline().strip() == "held":
-        return holder
-    _release(holder)
-    raise DoctorError(f"the holder could not load the graph on NeuronCore {core}:\n{holder.stderr.read()[-2000:]}",
-                      fix="is NeuronCore 0 free? neuron-ls --json-output lists its holder")
+    # Its stderr to a file: the runtime's log lines must not fill a pipe nobody reads while it holds the core.
+    with tempfile.TemporaryFile("w+") as said:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(model_dir)], env=env, cwd=REPO_ROOT,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=said, text=True)
+        ready, _, _ = select.select([holder.stdout], [], [], HOLDER_START_S)
+        if ready and holder.stdout.readline().strip() == "held":
+            return holder
+        _release(holder)
+        said.seek(0)
+        raise DoctorError(f"the holder could not load the graph on NeuronCore {core}:\n{said.read()[-2000:]}",
+                          fix=f"is NeuronCore {core} free? neuron-ls --json-output lists its holder")
 
 
 def _release(holder: subprocess.Popen) -> None:
     from tasks.processes import end
 
-    if holder.stdin and not holder.stdin.closed:
-        holder.stdin.close()
+    holder.stdin.close()
     end(holder, grace=10)
-    for stream in (holder.stdout, holder.stderr):
-        if stream is not None and not stream.closed:
-            stream.close()
+    holder.stdout.close()
 
 
 def _neuron_monitor(monitor) -> str:

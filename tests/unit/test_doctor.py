@@ -53,7 +53,7 @@ def test_checks_run_in_order_and_what_needs_a_failed_step_is_skipped_naming_it()
     assert [s.status for s in outcome.steps] == ["pass", "fail", "pass", "skipped", "skipped", "pass", "pass"]
     assert (by_name["java"].detail, by_name["java"].fix) == ("no Java", "install Java 17")
     assert by_name["serve"].detail == "needs java, which failed"
-    assert by_name["worker-replaced"].detail == "needs serve, which was skipped (needs java, which failed)"
+    assert by_name["worker-replaced"].detail == "needs serve, which was skipped: java failed"
     assert by_name["stop"].detail == "nothing to stop"
     assert not outcome.ok and not outcome.interrupted
 
