@@ -2,14 +2,17 @@
 step, the exit code, and what doctor.md / doctor.json hold."""
 
 import json
+import os
 
 import pytest
 
 import tasks.doctor
 from flows import doctor as command
-from tasks.config import load_config
+from tasks import tools
+from tasks.config import REPO_ROOT, ResolvedServing, load_config
 from tasks.doctor.report import Report, artifact_key, markdown, publish, write
 from tasks.doctor.runner import BUG_FIX, Check, NotApplicable, Step, line, run_checks
+from tasks.doctor.steps import DoctorError
 from tasks.errors import PipelineError
 
 
@@ -171,5 +174,50 @@ def test_the_doctors_serving_is_tonights_at_a_small_shape_on_free_ports():
         assert [c.name for c in doctor.checks()] == [
             "install", "java", "backend", "neuron-ls", "compile", "core-released", "second-loader-refused", "serve",
             "worker-replaced", "telemetry", "stop"]
+    finally:
+        doctor.close()
+
+
+STAND_IN_BIN = REPO_ROOT / "tests" / "stand_ins" / "bin"
+
+
+def doctor_on(backend: str, monkeypatch, path: str):
+    """A Doctor whose backend step resolved `backend` (no accelerator here: resolved by hand), PATH as given."""
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setattr(tools, "NEURON_TOOLS_DIR", REPO_ROOT / "no-such-directory")
+    doctor = tasks.doctor.Doctor(load_config(), backend=backend)
+    doctor.resolved = ResolvedServing(backend=backend, device_name="a device", cores=2, cores_source="test",
+                                      initial_workers=2, threads_per_worker=1)
+    return doctor
+
+
+@pytest.mark.parametrize("backend, said", [("cuda", "nvidia-smi: 1 GPUs, 2048 MiB in use"),
+                                           ("neuron", "neuron-monitor: 1 report(s), 2 NeuronCores reported, device "
+                                                      "memory 1024 MiB")])
+def test_the_telemetry_step_reads_the_accelerators_own_tool(backend, said, monkeypatch):
+    doctor = doctor_on(backend, monkeypatch, f"{STAND_IN_BIN}:{os.environ['PATH']}")
+    try:
+        assert doctor.telemetry() == said
+    finally:
+        doctor.close()
+
+
+@pytest.mark.parametrize("backend, fix", [("cuda", "nvidia-smi"), ("neuron", "aws-neuronx-tools")])
+def test_the_telemetry_step_fails_with_its_fix_when_the_tool_is_missing(backend, fix, monkeypatch, tmp_path):
+    doctor = doctor_on(backend, monkeypatch, str(tmp_path))
+    try:
+        with pytest.raises(DoctorError) as failed:
+            doctor.telemetry()
+        assert fix in failed.value.fix
+    finally:
+        doctor.close()
+
+
+def test_on_cuda_the_neuron_steps_do_not_apply_and_say_so(monkeypatch):
+    doctor = doctor_on("cuda", monkeypatch, os.environ["PATH"])
+    try:
+        for step in (doctor.neuron_ls, doctor.core_released, doctor.second_loader_refused):
+            with pytest.raises(NotApplicable, match=r"^Neuron only \(backend cuda\)$"):
+                step()
     finally:
         doctor.close()
