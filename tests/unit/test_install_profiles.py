@@ -124,6 +124,7 @@ def neuron_dry_run(tree: Path, stub_wheels: Path) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.e2e  # pip resolves against PyPI (tens of seconds): once per CI run, not per environment
 def test_the_neuron_profile_resolves_with_what_neurons_packages_require(index_reachable, tree, stub_wheels):
     done = neuron_dry_run(tree, stub_wheels)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -151,6 +152,7 @@ def test_the_neuron_profile_resolves_with_what_neurons_packages_require(index_re
     assert not (tree / ".venv").exists()
 
 
+@pytest.mark.e2e  # pip resolves against PyPI (tens of seconds): once per CI run, not per environment
 def test_an_exact_numpy_pin_in_pyproject_makes_the_neuron_profile_unresolvable(index_reachable, tree, stub_wheels):
     # pyproject as it was before the profiles' split: numpy==2.4.6, the default profile's numpy, as a direct pin.
     pyproject = tree / "pyproject.toml"
