@@ -192,7 +192,8 @@ def _measure(server, model_name: str, url: str, pairs, pool: str, traced, config
     # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
     if traced is not None and settings.ceiling_seconds > 0:
         progress.phase("ceiling", "ceiling: the traced model in-process, no server")
-    bench_ceiling = _ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log) if traced else None
+    bench_ceiling = (_ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log)
+                     if traced else None)
     ceiling = bench_ceiling if isinstance(bench_ceiling, ceiling_stage.Ceiling) else None  # measured
     if settings.client_check_seconds > 0:
         progress.phase("client check", "client check: the load generator against a trivial local endpoint")
