@@ -39,7 +39,8 @@ FAULT_ENV = "TORCH_NEURONX_STAND_IN_FAULT"
 _held: list[int] | None = None  # this process's cores, once reserved
 # What torch-neuronx raises when the runtime cannot take the cores (the NRT log line goes to stderr).
 RUNTIME_NOT_INITIALIZED = ("The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged "
-                           "to your system logs. See the Neuron Runtime's troubleshooting guide for help on this topic.")
+                           "to your system logs. See the Neuron Runtime's troubleshooting guide for help on "
+                           "this topic.")
 
 
 def _record(event: str, **facts) -> None:
@@ -170,7 +171,8 @@ def trace(func, example_inputs, *args, compiler_workdir=None, compiler_args=None
     fault = os.environ.get(FAULT_ENV) or None
     cast, precision = _cast(func, compiler_args)
     compiler = _compile(compiler_args)
-    _record("trace", compiler=compiler, shapes=[list(t.shape) for t in example_inputs], dtypes=[str(t.dtype) for t in example_inputs],
+    _record("trace", compiler=compiler, shapes=[list(t.shape) for t in example_inputs],
+            dtypes=[str(t.dtype) for t in example_inputs],
             module=type(func).__name__, options=sorted(kwargs) + ["compiler_args"] * bool(compiler_args),
             compiler_args=compiler_args, precision=precision, fault=fault)
     graph = torch.jit.trace(_OnNeuron(cast, fault), tuple(example_inputs))
