@@ -115,9 +115,8 @@ def stop_stale_servers(run: Run, config, resolved) -> None:
 
 def build(run: Run, config, resolved) -> tuple:
     """Stale servers stopped, then trace -> archive, or what the user brought: --traced PATH.pt skips trace,
-    --mar PATH.mar skips both
-    (the .mar is then taken into the model store at start). A brought .mar has no graph this run can load
-    in-process, so its TracedModel is None (no ceiling, no bucket comparison)."""
+    --mar PATH.mar skips both (the .mar is then taken into the model store at start). A brought .mar has no
+    graph this run can load in-process, so its TracedModel is None (no ceiling, no bucket comparison)."""
     model, serving = config.model, config.serving
     if model.mar is not None:
         run.stages.skip("trace", f"--mar {model.mar} given")
