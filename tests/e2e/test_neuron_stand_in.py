@@ -84,17 +84,20 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     assert info["compiler_args"] == summary["model"]["compiler_args"]
 
 
-def test_a_process_holding_a_core_stops_the_run_at_start_named_and_untouched(prefect_server, neuron_host, tmp_path):
+def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched(prefect_server, neuron_host,
+                                                                                tmp_path):
+    """Before any work: on Neuron a compile takes minutes, and the workers could not load anyway."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); "
          "sys.stdin.read()"], env={**os.environ, "NEURON_RT_VISIBLE_CORES": "1"},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(Exception, match=f"stage start failed.*pid {holder.pid}"):
+        with pytest.raises(Exception, match=f"stage trace failed.*pid {holder.pid}"):
             validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"),
                                                                        **OVERRIDES})
         assert holder.poll() is None  # not ours: named, never stopped
+        assert [e for e in events(neuron_host) if e["event"] == "trace"] == []  # nothing compiled
         run_dir = tmp_path / "runs" / "latest"
         assert not (run_dir / "server" / "server.json").exists()  # TorchServe was never started
         assert not [p for p in psutil.process_iter(["cmdline"])
