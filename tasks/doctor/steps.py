@@ -224,10 +224,11 @@ class Doctor:
 
     def worker_replaced(self) -> str:
         """A worker killed outright (a crash, the OOM killer) is replaced by TorchServe, which answers again."""
-        from tasks.serve.register import describe_workers, wait_replaced
+        from tasks.serve.cores import ready_worker_pids
+        from tasks.serve.register import wait_replaced
 
         name, workers = self.mar.model_name, self.resolved.initial_workers
-        ready = [int(w["pid"]) for w in describe_workers(self.server, name) if w.get("status") == "READY"]
+        ready = ready_worker_pids(self.server, name)
         if not ready:
             raise DoctorError(f"{name} has no READY worker to kill", fix="read server/logs/model_log.log")
         started = time.monotonic()

@@ -26,7 +26,7 @@ import psutil
 
 from tasks.measure.results import Accelerator, Memory
 from tasks.processes import end
-from tasks.tools import NEURON_TOOLS_DIR, neuron_tool
+from tasks import tools
 
 NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]
 MIB = 2**20
@@ -93,9 +93,9 @@ class NeuronMonitor:
                                                                      {"type": "memory_used"}]}]}
 
     def start(self) -> None:
-        path = neuron_tool(self.tool)
+        path = tools.neuron_tool(self.tool)
         if path is None:
-            self.note = f"{self.tool} not found on PATH nor in {NEURON_TOOLS_DIR} (aws-neuronx-tools)"
+            self.note = f"{self.tool} not found on PATH nor in {tools.NEURON_TOOLS_DIR} (aws-neuronx-tools)"
             return
         self._config = tempfile.TemporaryDirectory(prefix="neuron-monitor-")
         config = Path(self._config.name) / "monitor.json"

@@ -112,12 +112,17 @@ def spare_core(server_dir: Path, cores: int) -> int:
                      fix="serve with fewer workers than NeuronCores to measure the ceiling on a spare one")
 
 
-def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
-    """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
+def ready_worker_pids(server: Server, model_name: str) -> list[int]:
+    """The pids of the model's READY workers, as TorchServe's management API describes them."""
     with server.management() as client:
         answer = client.get(f"/models/{model_name}")
         answer.raise_for_status()
-    pids = [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
+    return [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
+
+
+def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
+    """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
+    pids = ready_worker_pids(server, model_name)
     claimed = {pid: core for core, pid in core_claims(claims_dir(server.server_dir)).items()}
     cores = {claimed[pid]: pid for pid in pids if pid in claimed}
     problems = []
@@ -140,10 +145,7 @@ def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
 
 def gpu_map(server: Server, model_name: str) -> GpuMap:
     """The GPU of every READY worker, as each recorded it (serving/contract.record_gpu): for the summary."""
-    with server.management() as client:
-        answer = client.get(f"/models/{model_name}")
-        answer.raise_for_status()
-    pids = [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
+    pids = ready_worker_pids(server, model_name)
     recorded = gpu_claims(claims_dir(server.server_dir))
     workers = {pid: recorded[pid] for pid in pids if pid in recorded}
     per_gpu: dict[int, int] = {}
