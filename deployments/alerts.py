@@ -38,7 +38,7 @@ from prefect.events.actions import SendNotification  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.settings import PREFECT_UI_URL  # noqa: E402
 
-from tasks.errors import PipelineError  # noqa: E402
+from tasks.common.errors import PipelineError  # noqa: E402
 from tasks.report.events import REGRESSED  # noqa: E402
 
 FLOW = "bert-serving-validation"

@@ -34,11 +34,11 @@ import httpx
 import psutil
 import yaml
 
-from tasks.errors import PipelineError
-from tasks.polling import TimedOut, wait_until
-from tasks.ports import port_free
-from tasks.processes import ProcessRef, descendants, tail
-from tasks.processes import stop as stop_processes
+from tasks.common.errors import PipelineError
+from tasks.common.polling import TimedOut, wait_until
+from tasks.common.ports import port_free
+from tasks.common.processes import ProcessRef, descendants, tail
+from tasks.common.processes import stop as stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"

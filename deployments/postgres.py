@@ -33,8 +33,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from tasks.errors import PipelineError
-from tasks.processes import ProcessRef
+from tasks.common.errors import PipelineError
+from tasks.common.processes import ProcessRef
 
 SYSTEM_USER = "postgres"  # Debian's postgresql package creates it
 ROLE = DATABASE = "prefect"
@@ -138,7 +138,7 @@ def _pg(cluster: Cluster, program: str, *args: str, stdin: str | None = None, ti
 
 def _check(done: subprocess.CompletedProcess, what: str, cluster: Cluster) -> None:
     if done.returncode != 0:
-        from tasks.processes import tail
+        from tasks.common.processes import tail
 
         log = tail(cluster.log, 20) if cluster.log.exists() else None
         raise PostgresError(f"{what} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}"

@@ -1,6 +1,6 @@
 """The command line of `python -m flows.validate`, generated from RunConfig's fields.
 
-A field marked json_schema_extra={"flag": NAME} in tasks/config.py is the option --NAME: its
+A field marked json_schema_extra={"flag": NAME} in tasks/common/config.py is the option --NAME: its
 description is the help, its Literal values the choices, its annotation the type, and a bool
 gives --NAME / --no-NAME. What is given becomes a dotted override ({"serving.batch_size": 4})
 for load_config, so a value from a flag and the same key in a config file are judged alike.
@@ -26,8 +26,8 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tasks.config import ConfigError, RunConfig, load_config, resolve_serving
-from tasks.parameters import file_defaults, shown, value_at
+from tasks.common.config import ConfigError, RunConfig, load_config, resolve_serving
+from tasks.common.parameters import file_defaults, shown, value_at
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from flows.validate import validate  # Prefect loads here, for a run that will start
+    from flows.pipeline import validate  # Prefect loads here, for a run that will start
 
     started = time.time()
     try:

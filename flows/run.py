@@ -25,8 +25,8 @@ from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL
 
 from flows.stages import INTERRUPTS, Stages, StageFailed, stop_task
-from tasks.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
-from tasks.parameters import merged
+from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
+from tasks.common.parameters import merged
 from tasks.report.events import emit_regression, run_page
 from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
 from tasks.serve.server import Server, load_record, stop_stale
@@ -138,7 +138,7 @@ class Run:
             self.log.warning("interrupted again while stopping TorchServe: killing it now")
 
     def _report(self) -> None:
-        from tasks.report.keys import current_suffix, deployment_name
+        from tasks.common.keys import current_suffix, deployment_name
         from tasks.report.summary import pictures
         from tasks.report.trend import publish_trend
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

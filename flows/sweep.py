@@ -40,8 +40,8 @@ from tasks.measure import cpu, server_metrics  # noqa: E402
 from tasks.measure import ceiling as ceiling_stage  # noqa: E402
 from tasks.measure import loadgen as loadgen  # noqa: E402
 from tasks.measure.results import BenchmarkResult  # noqa: E402
-from tasks.config import ConfigError, load_config, resolve_serving  # noqa: E402
-from tasks.report import keys  # noqa: E402
+from tasks.common.config import ConfigError, load_config, resolve_serving  # noqa: E402
+from tasks.common import keys  # noqa: E402
 from tasks.report.summary import new_run_dir  # noqa: E402
 from tasks.serve.register import unregister  # noqa: E402
 
@@ -187,7 +187,7 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
               "client_requests_per_s": client.requests_per_s, "compile_cache": compile_cache, "rows": rows}
     (run_dir / SWEEP_FILE).write_text(json.dumps(result, indent=2, default=str))
     try:
-        from tasks.report.charts import sweep_chart
+        from tasks.measure.charts import sweep_chart
 
         result["chart"] = str(sweep_chart(rows, run_dir / CHART_FILE, p90_limit_ms))
     except ImportError as error:

@@ -3,7 +3,7 @@
 import importlib.util
 from types import ModuleType
 
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 
 
 def deployments_script(name: str) -> ModuleType:

@@ -6,7 +6,7 @@ Traces the embedded model through tests/stand_ins/torch_neuronx with the default
 (--auto-cast matmult --auto-cast-type bf16) at max_length, runs it and the original on the golden pairs
 and the first N MSR Paraphrase dev pairs, and prints the largest score and probability differences and
 the labels that flipped; then the same for the stand-in's broken compiles, which parity must reject.
-checks.bf16_parity_tolerance (tasks/config.py) is the healthy figure with a margin, far below the
+checks.bf16_parity_tolerance (tasks/common/config.py) is the healthy figure with a margin, far below the
 broken ones. Run in its own process: it reserves the stand-in's NeuronCores until it exits.
 """
 
@@ -18,8 +18,8 @@ import os
 import torch
 
 from serving.contract import encode_pairs
-from tasks.build.trace import load_checkpoint
-from tasks.config import REPO_ROOT, TUTORIAL_COMPILER_ARGS, ServingConfig, load_config
+from tasks.prepare.trace import load_checkpoint
+from tasks.common.config import REPO_ROOT, TUTORIAL_COMPILER_ARGS, ServingConfig, load_config
 from tasks.verify.accuracy import read_mrpc_lenient
 from tasks.verify.pairs import load_golden
 

@@ -1,4 +1,4 @@
-"""The compile cache (tasks/build/cache.py), by hand.
+"""The compile cache (tasks/prepare/cache.py), by hand.
 
     python -m tools.cache list     # entries: key, size, build seconds, when
     python -m tools.cache clear    # delete every entry; the next run traces again
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from tasks.build import cache
+from tasks.prepare import cache
 
 
 def main(argv: list[str] | None = None) -> int:

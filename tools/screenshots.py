@@ -35,8 +35,8 @@ import httpx
 from prefect.client.base import PrefectHttpxSyncClient
 from websockets.sync.client import connect
 
-from tasks.polling import TimedOut, wait_until
-from tasks.processes import end, kill_group
+from tasks.common.polling import TimedOut, wait_until
+from tasks.common.processes import end, kill_group
 
 BROWSERS = ("chromium", "chromium-browser")  # Debian's package, and the name elsewhere
 NO_API = "Can't connect to Server API"  # the UI's own toast when its API URL is wrong
@@ -120,7 +120,7 @@ class Browser:
 
 
 def wait(condition, timeout: float) -> bool:
-    """The project's one polling loop (tasks/polling.py), every 0.25 s, as a yes or no: the callers here
+    """The project's one polling loop (tasks/common/polling.py), every 0.25 s, as a yes or no: the callers here
     name what was missing themselves."""
     try:
         wait_until(condition, timeout, "the page", first=0.25, factor=1.0)

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from tasks.config import RunConfig
+from tasks.common.config import RunConfig
 from tasks.doctor.report import Report, publish, write
 from tasks.doctor.runner import Step, line, run_checks
 from tasks.doctor.steps import Doctor

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.doctor.runner import Step
-from tasks.report.keys import slug
+from tasks.common.keys import slug
 
 JSON_FILE, MARKDOWN_FILE = "doctor.json", "doctor.md"
 SYMBOL = {"pass": "✓ pass", "fail": "✗ FAIL", "skipped": "– skipped"}

@@ -19,7 +19,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel
 
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 
 BUG_FIX = "an unexpected error, not a known failure: its traceback is printed above; report it with the traceback"
 

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from serving.contract import NEURON_CORE_REFUSED
-from tasks import child, tools
-from tasks.config import REPO_ROOT, ResolvedServing, RunConfig, ServingConfig, resolve_serving
+from tasks.common import child, tools
+from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, ServingConfig, resolve_serving
 from tasks.doctor.runner import Check, NotApplicable
-from tasks.errors import PipelineError
-from tasks.processes import group_members
-from tasks.versions import package_versions
+from tasks.common.errors import PipelineError
+from tasks.common.processes import group_members
+from tasks.common.versions import package_versions
 
 # The doctor's small shape: compiles in seconds, and still runs every stage of the night.
 BATCH_SIZE, MAX_LENGTH = 1, 16
@@ -141,7 +141,7 @@ class Doctor:
 
     def neuron_ls(self) -> str:
         """neuron-ls answers as this user (the workers' user), and no process holds a core the workers need."""
-        from tasks import backends
+        from tasks.common import backends
         from tasks.serve import cores
 
         self._neuron_only()
@@ -160,7 +160,7 @@ class Doctor:
 
     def compile(self) -> str:
         """One small bucket traced in the compile child (on Neuron: neuronx-cc) and held to the run's parity."""
-        from tasks.build.trace import trace
+        from tasks.prepare.trace import trace
 
         model, backend = self.config.model, self.backend_name
         if backend == "neuron":
@@ -210,7 +210,7 @@ class Doctor:
 
     def serve(self) -> str:
         """archive -> start -> register (a worker per core on Neuron, on distinct cores) -> one answer right."""
-        from tasks.build.archive import archive
+        from tasks.prepare.archive import archive
         from tasks.serve.register import register
         from tasks.serve.server import start, wait_healthy
 
@@ -224,7 +224,7 @@ class Doctor:
 
     def worker_replaced(self) -> str:
         """A worker killed outright (a crash, the OOM killer) is replaced by TorchServe, which answers again."""
-        from tasks.serve.cores import ready_worker_pids
+        from tasks.serve.placement import ready_worker_pids
         from tasks.serve.register import wait_replaced
 
         name, workers = self.mar.model_name, self.resolved.initial_workers
@@ -288,14 +288,14 @@ class Doctor:
 
     def _placement(self) -> str:
         """Where the workers run: a NeuronCore each (the run's core map), or the GPU each was given."""
-        from tasks.serve import cores
+        from tasks.serve import placement
 
         if self.backend_name == "neuron":
-            held = cores.core_map(self.server, self.mar.model_name, self.resolved.initial_workers).cores
+            held = placement.core_map(self.server, self.mar.model_name, self.resolved.initial_workers).cores
             return "; cores " + ", ".join(f"{core}: pid {pid}" for core, pid in held.items())
         if self.backend_name == "cuda":
             return "; GPUs " + ", ".join(f"pid {pid}: {gpu}" for pid, gpu in
-                                         cores.gpu_map(self.server, self.mar.model_name).workers.items())
+                                         placement.gpu_map(self.server, self.mar.model_name).workers.items())
         return ""
 
     def _answer(self) -> str:
@@ -358,7 +358,7 @@ def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
 
 
 def _release(holder: subprocess.Popen) -> None:
-    from tasks.processes import end
+    from tasks.common.processes import end
 
     holder.stdin.close()
     end(holder, grace=10)
@@ -367,7 +367,7 @@ def _release(holder: subprocess.Popen) -> None:
 
 def _neuron_monitor(monitor) -> str:
     """One neuron-monitor report within MONITOR_WAIT_S, then stopped."""
-    from tasks.polling import TimedOut, wait_until
+    from tasks.common.polling import TimedOut, wait_until
 
     monitor.start()
     try:

@@ -15,7 +15,7 @@ In one run, in this order (TorchServe idle for the first two):
   5. a lone client: p50 at concurrency 1, against the latency of one batch in-process;
   6. regression: every headline figure against the median of the last N completed runs of the same
      deployment and parameters, read through the Prefect API (regression.py).
-While it runs, tasks/report/progress.py shows where the stage stands (a Prefect progress artifact,
+While it runs, tasks/common/progress.py shows where the stage stands (a Prefect progress artifact,
 one live terminal line, a log line as the load starts and at each quarter of it), each part
 weighted by its planned seconds (planned_seconds).
 The result (results.py) is summary.json's `benchmark`, benchmark.json and benchmark.png in the run
@@ -30,18 +30,18 @@ import math
 import time
 from pathlib import Path
 
-from tasks.build.archive import Archive
-from tasks.build.trace import TracedModel
-from tasks.config import REPO_ROOT
-from tasks.errors import PipelineError
+from tasks.prepare.archive import Archive
+from tasks.prepare.trace import TracedModel
+from tasks.common.config import REPO_ROOT
+from tasks.common.errors import PipelineError
 from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figures, loadgen, regression
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
-from tasks.report.progress import StageProgress
-from tasks.runlog import stage_logger
+from tasks.common.progress import StageProgress
+from tasks.common.runlog import stage_logger
 from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
 
 DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
@@ -257,7 +257,7 @@ def write_json(bench: BenchmarkResult, path: Path) -> Path:
 def write_chart(bench: BenchmarkResult, path: Path, log: logging.Logger | None = None) -> Path | None:
     """benchmark.png: throughput and latency over time. A missing matplotlib costs the chart only."""
     try:
-        from tasks.report.charts import timeline_chart
+        from tasks.measure.charts import timeline_chart
     except ImportError as error:
         (log or logging.getLogger(__name__)).warning("no chart: %s (install matplotlib)", error)
         return None

@@ -5,7 +5,7 @@ model-config.yaml narrowing the handler to max_length only is the tutorial's way
 the same pool of real pairs is sent to both, one after the other, with the same load settings but
 for `compare_seconds` each (after the same warm-up): the benchmark's windows already measured the
 served model's steady state; this is a ratio between two registrations measured back to back.
-While it runs, a progress artifact and a live terminal line follow it (tasks/report/progress.py).
+While it runs, a progress artifact and a live terminal line follow it (tasks/common/progress.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import logging
 from pydantic import BaseModel
 
 from serving.contract import CLASS_NAMES
-from tasks.build.archive import Archive, archive
-from tasks.build.trace import TracedModel
+from tasks.prepare.archive import Archive, archive
+from tasks.prepare.trace import TracedModel
 from tasks.measure import loadgen
 from tasks.measure.benchmark import load_pool
-from tasks.report.progress import StageProgress
+from tasks.common.progress import StageProgress
 from tasks.serve.clients import Inference
-from tasks.runlog import stage_logger
+from tasks.common.runlog import stage_logger
 from tasks.serve.register import register, scale, unregister
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).

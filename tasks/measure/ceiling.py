@@ -17,7 +17,7 @@ of one batch alone -- a full batch, and a lone request's batch (one pair padded 
 what a request with no batch-mates costs) -- with all threads and with one worker's threads.
 
 Call it while TorchServe is idle: its workers then hold memory only, not CPU. It runs in a child
-process (tasks/child.py), for every backend: on Neuron the process that loads a graph keeps its
+process (tasks/common/child.py), for every backend: on Neuron the process that loads a graph keeps its
 NeuronCore until it exits, so the flow process never does. There the child is given a core no process
 holds, decided before it starts (tasks/serve/cores.spare_core: the workers' claims and neuron-ls); with
 a worker on every core there is none, and the ceiling is reported unavailable, saying so -- as it is when
@@ -37,11 +37,11 @@ import torch
 from pydantic import BaseModel
 
 from serving.contract import ModelInfo, encode_pairs, pad_to_batch
-from tasks import child
-from tasks.config import ResolvedServing
-from tasks.errors import PipelineError
+from tasks.common import child
+from tasks.common.config import ResolvedServing
+from tasks.common.errors import PipelineError
 from tasks.measure.loadgen import PairPool
-from tasks.runlog import stage_logger
+from tasks.common.runlog import stage_logger
 from tasks.serve import cores
 
 WARMUP_CALLS = 2  # TorchScript's profiling executor optimises on the first calls of each graph

@@ -18,7 +18,7 @@ window does not start with an empty pipeline), and the drain after it is out (th
 batches, which may wait max_batch_delay for batch-mates that never come). Pairs come from a pool of real
 pairs, round-robin from a seeded shuffle, never one pair repeated.
 
-Progress: with `on_progress`, a callback (tasks/report/progress.py's StageProgress.load()) gets a
+Progress: with `on_progress`, a callback (tasks/common/progress.py's StageProgress.load()) gets a
 LoadProgress as the load begins, every `progress_every` s after (warm-up included) and a last one, fraction 1.0,
 once the load is over; without it, `log` gets a line every `progress_every` s of measured load. The
 callback runs on the load's event loop: it must be quick, and an error in it is logged, never raised.

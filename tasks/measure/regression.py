@@ -5,7 +5,7 @@ Comparable: completed runs of the same flow and deployment (or, run without one,
 deployment), with the same parameters, whose benchmark table artifact carries the same
 fingerprint (model, batching, workers, load, accuracy file, host type -- not host name, so a fleet
 of identical hosts shares its nights). Their figures are read back through the Prefect API from
-that artifact (key "benchmark-<deployment>", tasks/report/keys.py), by the names tasks/measure/figures.py
+that artifact (key "benchmark-<deployment>", tasks/common/keys.py), by the names tasks/measure/figures.py
 gives them. `earlier_runs` is the one query for earlier runs of a deployment: the trend
 (tasks/report/trend.py) reads its rows with it too.
 
@@ -208,7 +208,7 @@ def _same(a, b) -> bool:
 
 @dataclass
 class Earlier:
-    """An earlier flow run of this deployment and its artifacts' data by kind (tasks/report/keys.py)."""
+    """An earlier flow run of this deployment and its artifacts' data by kind (tasks/common/keys.py)."""
 
     run: object  # prefect's FlowRun: name, state, start_time, parameters
     artifacts: dict
@@ -219,7 +219,7 @@ def earlier_runs(kinds: tuple[str, ...], limit: int, suffix: str | None = None, 
     """The earlier flow runs of this flow and deployment (run without one: of no deployment), newest
     first, at most `limit`, each with the data of its artifacts of `kinds`; None outside a flow run.
 
-    An artifact's key is `<kind>-<suffix>` (tasks/report/keys.py). suffix None: this run's deployment
+    An artifact's key is `<kind>-<suffix>` (tasks/common/keys.py). suffix None: this run's deployment
     when it has one; without one, any `<kind>-adhoc-*` (the caller's fingerprint tells backends apart).
     A deployment's runs from before per-deployment keys are found by the legacy global key.
     Ad-hoc runs of every backend share "no deployment": only those with an artifact of this suffix are
@@ -242,7 +242,7 @@ def earlier_runs(kinds: tuple[str, ...], limit: int, suffix: str | None = None, 
     from prefect.runtime import deployment as this_deployment
     from prefect.runtime import flow_run
 
-    from tasks.report import keys
+    from tasks.common import keys
 
     run_id = flow_run.id
     if not run_id:
@@ -290,7 +290,7 @@ def earlier_runs(kinds: tuple[str, ...], limit: int, suffix: str | None = None, 
 
 def history(fingerprint: str, limit: int) -> list[dict] | None:
     """Figures of the last `limit` comparable completed runs, newest first; None outside a flow run."""
-    from tasks.report.keys import BENCHMARK
+    from tasks.common.keys import BENCHMARK
 
     earlier = earlier_runs((BENCHMARK,), POOL, need=BENCHMARK)
     if earlier is None:

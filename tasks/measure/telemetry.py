@@ -25,8 +25,8 @@ import numpy as np
 import psutil
 
 from tasks.measure.results import Accelerator, Memory
-from tasks.processes import end
-from tasks import tools
+from tasks.common.processes import end
+from tasks.common import tools
 
 NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]
 MIB = 2**20

@@ -18,7 +18,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 
 UNKNOWN = "unknown"
 DMI = Path("/sys/devices/virtual/dmi/id")

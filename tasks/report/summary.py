@@ -1,6 +1,6 @@
 """report: the run directory, summary.json, and the same results as Prefect artifacts.
 
-The artifacts' keys are per deployment (tasks/report/keys.py): `summary-nightly-cpu-embedded`,
+The artifacts' keys are per deployment (tasks/common/keys.py): `summary-nightly-cpu-embedded`,
 `benchmark-adhoc-cpu`. The summary artifact embeds its pictures (the throughput/latency chart and the
 latency histogram) as small data-URI PNGs, which the Prefect UI renders; the PNG files stay in the
 run directory too. summary.json and the run-config artifact carry the run's provenance
@@ -21,10 +21,10 @@ from pathlib import Path
 from tasks.measure import figures
 from tasks.measure.results import BenchmarkResult
 from tasks.measure.buckets import BucketComparison
-from tasks.report import keys
+from tasks.common import keys
 from tasks.report.provenance import provenance
 from tasks.verify.checks import CheckResult
-from tasks.versions import package_versions
+from tasks.common.versions import package_versions
 
 SUMMARY_FILE = "summary.json"
 PICTURES = {"throughput and latency": "throughput-latency.png", "latency histogram": "latency-histogram.png"}
@@ -90,7 +90,7 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
     if bench is None:
         return {}
     try:
-        from tasks.report.charts import SMALL, histogram_chart, timeline_chart
+        from tasks.measure.charts import SMALL, histogram_chart, timeline_chart
     except ImportError as error:
         if log:
             log.warning("no pictures in the summary: %s (install matplotlib)", error)
@@ -111,7 +111,7 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
 
 
 def _embedded(alt: str, path: str) -> str:
-    from tasks.report.charts import data_uri
+    from tasks.measure.charts import data_uri
 
     try:
         return f"![{alt}]({data_uri(Path(path))})"

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from tasks.measure.figures import ACCURACY, INFERENCES_PER_S, LATENCY_P50, LATENCY_P90, LATENCY_P99, SERVED_OVER_CEILING
-from tasks.report import keys
+from tasks.common import keys
 
 RUNS = 14
 FIGURES = {"inferences_per_s": INFERENCES_PER_S, "p50_ms": LATENCY_P50, "p90_ms": LATENCY_P90,
@@ -180,7 +180,7 @@ def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict,
         rows = rows[:RUNS]
         chart_uri = None
         try:
-            from tasks.report.charts import SMALL, data_uri, trend_chart
+            from tasks.measure.charts import SMALL, data_uri, trend_chart
 
             directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
             chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))

@@ -1,28 +1,22 @@
-"""NeuronCores: free before start, one per worker after registration (and, on cuda, which GPU each worker got).
+"""NeuronCores: free before start, and one claim per worker (where the workers landed: tasks/serve/placement.py).
 
 The Neuron runtime gives a process its visible cores when it first loads a Neuron graph and keeps them
 until the process exits; a worker whose core is taken cannot load. So start refuses to begin while
 another process holds a core this run's workers will take (naming it: we never stop a process we did
-not start), and after registration every worker must hold a core of its own. Each worker claims its
+not start), and after registration every worker must hold a core of its own (tasks/serve/placement.py reads it). Each worker claims its
 core in the server's directory (serving/contract.claim_core); neuron-ls confirms the runtime agrees.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import psutil
-from pydantic import BaseModel
 
-from serving.contract import core_claims, gpu_claims
-from tasks.backends import neuron_ls
-from tasks.errors import PipelineError
-from tasks.polling import Pending, TimedOut, wait_until
-from tasks.processes import running as process_running
-
-if TYPE_CHECKING:
-    from tasks.serve.server import Server
+from serving.contract import core_claims
+from tasks.common.backends import neuron_ls
+from tasks.common.errors import PipelineError
+from tasks.common.polling import Pending, TimedOut, wait_until
+from tasks.common.processes import running as process_running
 
 RELEASE_WAIT_S = 30.0  # how long start waits for an exited process's cores to be released
 CLAIMS_DIR = "neuron_cores"  # in the server's directory: one claim file per core, holding the worker's pid
@@ -30,20 +24,6 @@ CLAIMS_DIR = "neuron_cores"  # in the server's directory: one claim file per cor
 
 class CoresError(PipelineError):
     """NeuronCores the run needs are held elsewhere, or workers do not hold one core each."""
-
-
-class GpuMap(BaseModel):
-    """cuda: which GPU each READY worker was given (TorchServe hands gpu_id round-robin)."""
-
-    workers: dict[int, int]  # worker pid -> GPU index
-    per_gpu: dict[int, int]  # GPU index -> workers on it
-
-
-class CoreMap(BaseModel):
-    """Which worker holds which NeuronCore, and what confirmed it."""
-
-    cores: dict[int, int]  # core -> worker pid
-    checked_with: list[str]
 
 
 def claims_dir(server_dir: Path) -> Path:
@@ -110,45 +90,3 @@ def spare_core(server_dir: Path, cores: int) -> int:
     held += [f"pid {p.pid} ({p.command or '?'}) on Neuron device {p.device}" for p in others]
     raise CoresError(f"no NeuronCore is free: all {cores} are held ({'; '.join(held)})",
                      fix="serve with fewer workers than NeuronCores to measure the ceiling on a spare one")
-
-
-def ready_worker_pids(server: Server, model_name: str) -> list[int]:
-    """The pids of the model's READY workers, as TorchServe's management API describes them."""
-    with server.management() as client:
-        answer = client.get(f"/models/{model_name}")
-        answer.raise_for_status()
-    return [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
-
-
-def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
-    """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
-    pids = ready_worker_pids(server, model_name)
-    claimed = {pid: core for core, pid in core_claims(claims_dir(server.server_dir)).items()}
-    cores = {claimed[pid]: pid for pid in pids if pid in claimed}
-    problems = []
-    if len(pids) != workers:
-        problems.append(f"{len(pids)} READY workers, {workers} wanted")
-    if len(cores) != len(pids):
-        problems.append(f"workers without a core of their own: {sorted(set(pids) - set(cores.values()))}")
-    checked = ["worker core claims"]
-    listing = neuron_ls()
-    if listing is not None:
-        checked.append(listing.source)
-        for core, pid in cores.items():
-            if not any(p.pid == pid and core in p.cores for p in listing.processes):
-                problems.append(f"{listing.source} does not list worker pid {pid} on the device of NeuronCore {core}")
-    if problems:
-        raise CoresError(f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
-                         fix="read the workers' log (server/logs/model_log.log): each says which core it took")
-    return CoreMap(cores=dict(sorted(cores.items())), checked_with=checked)
-
-
-def gpu_map(server: Server, model_name: str) -> GpuMap:
-    """The GPU of every READY worker, as each recorded it (serving/contract.record_gpu): for the summary."""
-    pids = ready_worker_pids(server, model_name)
-    recorded = gpu_claims(claims_dir(server.server_dir))
-    workers = {pid: recorded[pid] for pid in pids if pid in recorded}
-    per_gpu: dict[int, int] = {}
-    for gpu in workers.values():
-        per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
-    return GpuMap(workers=workers, per_gpu=dict(sorted(per_gpu.items())))

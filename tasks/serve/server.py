@@ -25,15 +25,15 @@ import psutil
 from pydantic import BaseModel, SecretStr
 
 from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THREADS_ENV
-from tasks.child import without_neuron_runtime_settings
-from tasks.config import ResolvedServing, ServingConfig
-from tasks.errors import PipelineError
+from tasks.common.child import without_neuron_runtime_settings
+from tasks.common.config import ResolvedServing, ServingConfig
+from tasks.common.errors import PipelineError
 from tasks.serve import cores
-from tasks.polling import Pending, TimedOut, wait_until
-from tasks.ports import owner, port_free
-from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, tail
-from tasks.processes import stop as stop_processes
-from tasks.tools import environment_tool, with_environment_bin
+from tasks.common.polling import Pending, TimedOut, wait_until
+from tasks.common.ports import owner, port_free
+from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, tail
+from tasks.common.processes import stop as stop_processes
+from tasks.common.tools import environment_tool, with_environment_bin
 
 SERVER_RECORD = "server.json"
 KEY_FILE = "key_file.json"
@@ -202,7 +202,7 @@ def start(
     temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
     env = dict(
         # No inherited NEURON_RT_*: each worker pins its own core (serving/handler.py). This environment's
-        # bin on PATH, as for the compile child: a worker may run its tools (tasks/tools.py).
+        # bin on PATH, as for the compile child: a worker may run its tools (tasks/common/tools.py).
         with_environment_bin(without_neuron_runtime_settings()),
         TMPDIR=str(temp_dir),
         TEMP=str(temp_dir),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from serving.contract import encode_pairs
-from tasks.config import ModelConfig
-from tasks.build.trace import load_checkpoint
+from tasks.common.config import ModelConfig
+from tasks.prepare.trace import load_checkpoint
 
 
 class Reference:

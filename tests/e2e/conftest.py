@@ -3,8 +3,8 @@
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.ports import listeners
-from tasks.processes import group_members
+from tasks.common.ports import listeners
+from tasks.common.processes import group_members
 from tasks.serve.register import RegisterError, register
 from tasks.serve.server import Server, start, stop, wait_healthy
 

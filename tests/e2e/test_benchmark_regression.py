@@ -1,7 +1,7 @@
 """Regression history read back through a real Prefect API: the same flow, deployment (none here),
 parameters and fingerprint only, completed runs only, newest first. No TorchServe: each "night"
 is a tiny flow run that publishes a benchmark table artifact the way tasks/report/summary.py does
-(figures.table_rows), under an ad-hoc run's key (benchmark-adhoc-<backend>, tasks/report/keys.py)."""
+(figures.table_rows), under an ad-hoc run's key (benchmark-adhoc-<backend>, tasks/common/keys.py)."""
 
 import pytest
 from prefect import flow
@@ -11,7 +11,7 @@ from tasks.measure import figures, regression
 from tasks.measure.figures import INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult, Memory
-from tasks.report import keys
+from tasks.common import keys
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.validate import validate
+from flows.pipeline import validate
 from serving.contract import ModelInfo
-from tasks.build.trace import trace
-from tasks.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.prepare.trace import trace
+from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
 
 pytestmark = pytest.mark.e2e
 TUTORIAL_HANDLER = Path(__file__).parent / "tutorial_handler.py"

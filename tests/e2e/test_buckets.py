@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from flows.validate import validate
-from tasks.config import DEFAULT_CONFIG_FILE
+from flows.pipeline import validate
+from tasks.common.config import DEFAULT_CONFIG_FILE
 
 pytestmark = pytest.mark.e2e
 

@@ -10,12 +10,12 @@ import textwrap
 
 import pytest
 
-from tasks.build.archive import HANDLER_FILE, archive
+from tasks.prepare.archive import HANDLER_FILE, archive
 from tasks.verify.checks import run_checks
-from tasks.config import ChecksConfig, ModelConfig, ServingConfig, resolve_serving
+from tasks.common.config import ChecksConfig, ModelConfig, ServingConfig, resolve_serving
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
-from tasks.build.trace import trace
+from tasks.prepare.trace import trace
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e

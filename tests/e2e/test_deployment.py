@@ -26,9 +26,9 @@ import psutil
 import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
-from tasks.ports import listeners
+from tasks.common.ports import listeners
 from tasks.serve import server as server_stage
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 from tests.browser import needs_chromium
 from tests.e2e.conftest import assert_server_gone
 from tools.screenshots import RUN_DIRECTORY, Browser, find_chromium, wait

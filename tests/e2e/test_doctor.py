@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tasks import tools
-from tasks.config import REPO_ROOT, load_config
+from tasks.common import tools
+from tasks.common.config import REPO_ROOT, load_config
 from tasks.doctor import doctor
 from tasks.doctor.report import artifact_key
 

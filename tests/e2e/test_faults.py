@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import flows.validate
-from flows.validate import STAGES, validate
-from tasks.processes import group_members
+import flows.pipeline
+from flows.pipeline import STAGES, validate
+from tasks.common.processes import group_members
 from tasks.serve import server as server_stage
-from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT
+from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ def _planted(stage):
 
 @pytest.mark.parametrize("stage", ["trace", "archive", *SERVER_STAGES])
 def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(stage, prefect_server, tmp_path, monkeypatch):
-    monkeypatch.setattr(flows.validate, f"{stage}_task", _planted(stage))
+    monkeypatch.setattr(flows.pipeline, f"{stage}_task", _planted(stage))
     state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)},
                      return_state=True)
     assert state.is_failed()

@@ -18,16 +18,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.validate import validate
+from flows.pipeline import validate
 from serving.contract import CLASS_NAMES, ModelInfo
-from tasks.build.archive import archive
-from tasks.build.trace import TraceError, trace
-from tasks import tools
-from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
-from tasks.serve import cores
+from tasks.prepare.archive import archive
+from tasks.prepare.trace import TraceError, trace
+from tasks.common import tools
+from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
+from tasks.serve import placement
 from tasks.serve.clients import Inference
 from tasks.serve.register import wait_replaced
-from tasks.processes import ProcessRef
+from tasks.common.processes import ProcessRef
 from tasks.serve.server import load_record, record, stop
 from tasks.verify.pairs import load_golden
 from tests.e2e.conftest import assert_server_gone, register_refusal
@@ -167,11 +167,11 @@ def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
     server = load_record(tmp_path / "runs" / "latest" / "server")
     model_name = ModelInfo.read(tmp_path / "runs" / "latest" / "model").model_name
     try:
-        before = cores.core_map(server, model_name, workers=2).cores
+        before = placement.core_map(server, model_name, workers=2).cores
         core, dead = sorted(before.items())[0]
         os.kill(dead, signal.SIGKILL)
         wait_replaced(server, model_name, dead, workers=2, timeout=60)
-        after = cores.core_map(server, model_name, workers=2).cores  # distinct cores, confirmed by neuron-ls
+        after = placement.core_map(server, model_name, workers=2).cores  # distinct cores, confirmed by neuron-ls
         assert after[core] != dead and after[1 - core] == before[1 - core]
         refused = [e for e in events(neuron_host) if e["event"] == "reserve-failed" and e["requested"] == [core]]
         assert refused, "the replacement never met the dead worker's unreleased core: the test proved nothing"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import assert_server_gone
 from tests.scripts import deployments_script

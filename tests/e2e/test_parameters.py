@@ -11,7 +11,7 @@ import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 from prefect.settings import PREFECT_API_URL
 
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 

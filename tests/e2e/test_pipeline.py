@@ -10,10 +10,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 import tasks.serve.server
-from tasks import backends
+from tasks.common import backends
 from flows import stop as stop_cli
-from flows.validate import STAGES, validate
-from tasks.config import DEFAULT_CONFIG_FILE
+from flows.pipeline import STAGES, validate
+from tasks.common.config import DEFAULT_CONFIG_FILE
 from tasks.measure.regression import figures_of
 from tests.e2e.conftest import assert_server_gone
 

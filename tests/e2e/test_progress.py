@@ -10,7 +10,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.context import get_run_context
 
 from tasks.measure.loadgen import TrivialEndpoint, load
-from tasks.report.progress import StageProgress
+from tasks.common.progress import StageProgress
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 

@@ -12,11 +12,11 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from serving.contract import encode_pairs
-from tasks.build.archive import archive
-from tasks.config import ModelConfig, ServingConfig, resolve_serving
+from tasks.prepare.archive import archive
+from tasks.common.config import ModelConfig, ServingConfig, resolve_serving
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
-from tasks.build.trace import PairClassifier, embedded_model_dir, trace
+from tasks.prepare.trace import PairClassifier, embedded_model_dir, trace
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e

@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from tasks.build.archive import archive
-from tasks.config import REPO_ROOT, ModelConfig, ServingConfig, resolve_serving
+from tasks.prepare.archive import archive
+from tasks.common.config import REPO_ROOT, ModelConfig, ServingConfig, resolve_serving
 from tasks.serve.register import describe, register
 from tasks.serve.server import ServerError, find_stale, load_record, start, stop, stop_stale, wait_healthy
-from tasks.build.trace import trace
+from tasks.prepare.trace import trace
 from tests.e2e.conftest import assert_server_gone, register_refusal
 
 pytestmark = pytest.mark.e2e
@@ -156,7 +156,7 @@ def test_a_server_left_by_a_crashed_run_is_found_and_stopped_at_the_next_start(m
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from tasks.config import ServingConfig, resolve_serving
+        from tasks.common.config import ServingConfig, resolve_serving
         from tasks.serve.server import start, wait_healthy
         serving = ServingConfig.model_validate_json({SERVING.model_dump_json()!r})
         server = start(serving, resolve_serving(serving), Path({str(mar.model_store)!r}), Path({str(server_dir)!r}))

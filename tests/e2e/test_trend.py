@@ -16,7 +16,7 @@ from prefect.flow_engine import run_flow_sync
 from flows.stages import Stages
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
-from tasks.report import keys
+from tasks.common import keys
 from tasks.report.summary import build_summary, publish_artifacts
 from tasks.report.trend import publish_trend
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks import tools
+from tasks.common import tools
 
 STAND_INS = Path(__file__).resolve().parent
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default

@@ -6,6 +6,6 @@ def tokenizer():
     """The real tokenizer of the embedded all-MiniLM-L6-v2 checkpoint (local files only)."""
     from transformers import AutoTokenizer
 
-    from tasks.build.trace import embedded_model_dir
+    from tasks.prepare.trace import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir()), local_files_only=True)

@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from serving.contract import CLASS_NAMES, ModelInfo
-from tasks.build.archive import archive
-from tasks.build.trace import TracedModel
+from tasks.prepare.archive import archive
+from tasks.prepare.trace import TracedModel
 
 
 def _info(**shape) -> ModelInfo:

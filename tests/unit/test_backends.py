@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from serving.handler import BACKEND_ENV, prepare_backend
-from tasks import backends, tools
-from tasks.config import ConfigError, ServingConfig, resolve_serving
-from tasks.build.compile import compile_for
+from tasks.common import backends, tools
+from tasks.common.config import ConfigError, ServingConfig, resolve_serving
+from tasks.prepare.compile import compile_for
 
 STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"
 

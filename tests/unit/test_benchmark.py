@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 from tasks.measure import benchmark as bench_module
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.loadgen import LoadResult, Sample
@@ -154,7 +154,7 @@ def test_accuracy_comes_from_the_check_stages_accuracy_check_only():
 def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
     from types import SimpleNamespace
 
-    from tasks.config import load_config
+    from tasks.common.config import load_config
 
     settings = load_config().benchmark.model_copy(update={"warmup": 2, "duration": 30, "ceiling_seconds": 2,
                                                           "client_check_seconds": 1, "single_client_seconds": 3})

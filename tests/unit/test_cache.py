@@ -6,8 +6,8 @@ import json
 import pytest
 
 from serving.contract import ModelInfo
-from tasks.build import cache, trace as trace_module
-from tasks.config import ModelConfig
+from tasks.prepare import cache, trace as trace_module
+from tasks.common.config import ModelConfig
 from tools import cache as cache_tool
 
 

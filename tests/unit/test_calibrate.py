@@ -3,7 +3,7 @@ import pytest
 
 from tasks.verify.accuracy import read_mrpc
 from tools.calibrate import best_threshold
-from tasks.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT
 
 DEV = REPO_ROOT.parent / "shared/data/msr_paraphrase_dev.tsv"
 

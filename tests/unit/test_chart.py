@@ -2,7 +2,7 @@
 
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
-from tasks.report.charts import sweep_chart, timeline_chart
+from tasks.measure.charts import sweep_chart, timeline_chart
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -5,7 +5,7 @@ import types
 import pytest
 
 from flows.cli import build_parser, config_fields, config_overrides, flag_of, main, parse_args
-from tasks.config import REPO_ROOT, load_config
+from tasks.common.config import REPO_ROOT, load_config
 
 
 @pytest.fixture
@@ -14,7 +14,7 @@ def no_flow(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the flow was started despite a bad configuration")
 
-    monkeypatch.setitem(sys.modules, "flows.validate", types.SimpleNamespace(validate=refuse))
+    monkeypatch.setitem(sys.modules, "flows.pipeline", types.SimpleNamespace(validate=refuse))
 
 
 def exit_code(argv, capsys) -> tuple[int, str]:

@@ -2,9 +2,9 @@ import pytest
 import torch
 import yaml
 
-import tasks.config as config_module
-from tasks import backends
-from tasks.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
+import tasks.common.config as config_module
+from tasks.common import backends
+from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
 
 
 def test_defaults_come_from_default_yaml():

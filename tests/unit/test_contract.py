@@ -57,7 +57,7 @@ def tokenizers(request, tokenizer):
         return tokenizer
     from transformers import BertTokenizer
 
-    from tasks.build.trace import embedded_model_dir
+    from tasks.prepare.trace import embedded_model_dir
 
     return BertTokenizer.from_pretrained(str(embedded_model_dir()), local_files_only=True)
 

@@ -10,9 +10,9 @@ import psutil
 import pytest
 import yaml
 
-from tasks.backends import neuron_core_count
-from tasks.config import REPO_ROOT, load_config
-from tasks.processes import ProcessRef
+from tasks.common.backends import neuron_core_count
+from tasks.common.config import REPO_ROOT, load_config
+from tasks.common.processes import ProcessRef
 from flows.stages import Stages
 from tasks.report.summary import build_summary, host, run_config_rows
 from tests.scripts import deployments_script
@@ -30,7 +30,7 @@ def test_one_nightly_deployment_per_target_each_on_its_own_pool_and_a_smoke_chec
     assert len(set(pools)) == 3
     assert DEPLOYMENTS["smoke-cpu-embedded"]["work_pool"] == DEPLOYMENTS["nightly-cpu-embedded"]["work_pool"]
     for name, deployment in DEPLOYMENTS.items():
-        assert deployment["entrypoint"] == "flows/validate.py:validate"
+        assert deployment["entrypoint"] == "flows/pipeline.py:validate"
         assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
         # The API refuses a run whose parameters do not fit the flow's schema (a typo in the Run form).
         assert deployment["enforce_parameter_schema"] is True
@@ -43,10 +43,10 @@ def test_one_nightly_deployment_per_target_each_on_its_own_pool_and_a_smoke_chec
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
 def test_each_deployments_parameters_make_a_valid_run_config(name):
-    from flows.validate import validate
+    from flows.pipeline import validate
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate as schema_validate
-    from tasks.parameters import RunSettings, merged
+    from tasks.common.parameters import RunSettings, merged
 
     parameters = DEPLOYMENTS[name]["parameters"]
     # What the API checks when the deployment's run is created ...

@@ -8,12 +8,12 @@ import pytest
 
 import tasks.doctor
 from flows import doctor as command
-from tasks import tools
-from tasks.config import REPO_ROOT, ResolvedServing, load_config
+from tasks.common import tools
+from tasks.common.config import REPO_ROOT, ResolvedServing, load_config
 from tasks.doctor.report import Report, artifact_key, markdown, publish, write
 from tasks.doctor.runner import BUG_FIX, Check, NotApplicable, Step, line, run_checks
 from tasks.doctor.steps import DoctorError
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 
 
 def passes(detail="fine"):

@@ -11,10 +11,10 @@ import torch
 
 from serving.contract import CLASS_NAMES, ModelInfo, claim_core, core_claims, gpu_claims, record_gpu
 from serving.handler import pin_neuron_core, prepare_backend
-from tasks import backends, tools
-from tasks.build.compile import parity
-from tasks.build.trace import TraceError
-from tasks.config import ChecksConfig, ResolvedServing, auto_cast_type
+from tasks.common import backends, tools
+from tasks.prepare.compile import parity
+from tasks.prepare.trace import TraceError
+from tasks.common.config import ChecksConfig, ResolvedServing, auto_cast_type
 from tasks.measure import ceiling
 from tasks.serve import cores
 from tests.stand_ins import host

@@ -4,15 +4,15 @@ import pytest
 from pydantic import ValidationError
 
 from flows.cli import config_fields, flag_of
-from tasks.config import ConfigError, RunConfig, load_config
-from tasks.parameters import SETTINGS, RunSettings, config_field, given, merged
+from tasks.common.config import ConfigError, RunConfig, load_config
+from tasks.common.parameters import SETTINGS, RunSettings, config_field, given, merged
 
 
 def form():
     """The parameter schema Prefect stores on a deployment: what the UI's Run form is drawn from."""
     from prefect.utilities.callables import parameter_schema
 
-    from flows.validate import validate
+    from flows.pipeline import validate
 
     return parameter_schema(validate).model_dump()
 

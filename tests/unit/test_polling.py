@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import polling
-from tasks.errors import PipelineError
-from tasks.polling import Pending, TimedOut, wait_until
+from tasks.common import polling
+from tasks.common.errors import PipelineError
+from tasks.common.polling import Pending, TimedOut, wait_until
 
 
 class FakeClock:
-    """time.monotonic / time.sleep for tasks.polling, recording every sleep: exact deadlines, no waiting."""
+    """time.monotonic / time.sleep for tasks.common.polling, recording every sleep: exact deadlines, no waiting."""
 
     def __init__(self):
         self.now = 0.0

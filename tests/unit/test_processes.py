@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from tasks.ports import listeners
-from tasks.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
+from tasks.common.ports import listeners
+from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 SLEEPS = "import time; print('ready', flush=True); time.sleep(60)"

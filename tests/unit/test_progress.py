@@ -1,5 +1,5 @@
 """A stage's progress: the load generator's callback, the live terminal line, the few log lines,
-and a progress artifact that can fail without failing the stage (tasks/report/progress.py)."""
+and a progress artifact that can fail without failing the stage (tasks/common/progress.py)."""
 
 import io
 import logging
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tasks.measure.loadgen import LoadProgress, TrivialEndpoint, load
-from tasks.report.progress import CLEAR, StageProgress, describe_load, in_run
+from tasks.common.progress import CLEAR, StageProgress, describe_load, in_run
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tasks.config import load_config, resolve_serving
+from tasks.common.config import load_config, resolve_serving
 from tasks.measure import figures
 from tasks.measure.figures import CPU_HOST_CORES, CPU_OTHER_CORES, INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
@@ -164,7 +164,7 @@ def _nights(wobble: float = 0.01) -> list[dict]:
 
 
 def test_the_compared_figures_are_the_headline_and_the_configs_tolerances_name_them():
-    from tasks.config import COMPARED_FIGURES
+    from tasks.common.config import COMPARED_FIGURES
 
     assert tuple(c.figure.name for c in COMPARED) == COMPARED_FIGURES == tuple(TYPICAL)
 
@@ -190,7 +190,7 @@ def test_a_change_inside_the_earlier_nights_own_spread_is_not_flagged():
 
 
 def test_per_figure_tolerances_are_validated_and_merged_with_the_defaults():
-    from tasks.config import ConfigError
+    from tasks.common.config import ConfigError
 
     config = load_config(None, {"benchmark.regression_tolerances": {"latency_ms p90": 0.05}})
     assert config.benchmark.regression_tolerances["latency_ms p90"] == 0.05

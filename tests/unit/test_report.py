@@ -12,7 +12,7 @@ from tasks.measure.results import BenchmarkResult
 from tasks.serve.clients import Prediction
 from tasks.verify.checks import CheckResult
 from flows.stages import Stages
-from tasks.report import keys
+from tasks.common import keys
 from tasks.report.events import run_page
 from tasks.report.provenance import git_state, instance_type, provenance
 from tasks.report.summary import build_summary, markdown, new_run_dir, pictures, run_config_rows

@@ -11,8 +11,8 @@ import textwrap
 import psutil
 import pytest
 
-from tasks.config import ServingConfig
-from tasks.processes import ProcessRef, kill_group
+from tasks.common.config import ServingConfig
+from tasks.common.processes import ProcessRef, kill_group
 from tasks.serve.server import (Keys, Server, ServerError, check_java, find_stale, pick_ports, read_keys, record,
                                 stop, stop_stale, write_config)
 

@@ -24,9 +24,9 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from tasks.config import REPO_ROOT
-from tasks.errors import PipelineError
-from tasks.tools import with_environment_bin
+from tasks.common.config import REPO_ROOT
+from tasks.common.errors import PipelineError
+from tasks.common.tools import with_environment_bin
 
 
 class ChildError(PipelineError):
@@ -42,7 +42,7 @@ def run(module: str, request: dict, error: type[PipelineError] = ChildError, log
     with tempfile.TemporaryDirectory(prefix="child-") as work:
         request_file, result_file = Path(work) / "request.json", Path(work) / "result.json"
         request_file.write_text(json.dumps(request))
-        # This environment's bin first on PATH: torch_neuronx runs neuronx-cc by name (tasks/tools.py).
+        # This environment's bin first on PATH: torch_neuronx runs neuronx-cc by name (tasks/common/tools.py).
         child_env = with_environment_bin(dict(os.environ if env is None else env))
         # The child imports tasks/ and serving/ from this checkout, wherever the flow was started from.
         child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))

@@ -17,11 +17,11 @@ from pydantic import BaseModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from serving.contract import CLASS_NAMES, ModelInfo
-from tasks import child
-from tasks.build import cache
-from tasks.config import EMBEDDED_MODEL, ModelConfig
-from tasks.errors import PipelineError
-from tasks.runlog import stage_logger
+from tasks.common import child
+from tasks.prepare import cache
+from tasks.common.config import EMBEDDED_MODEL, ModelConfig
+from tasks.common.errors import PipelineError
+from tasks.common.runlog import stage_logger
 
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
 EXAMPLE_PAIRS = [
@@ -131,7 +131,7 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
     """Compile one graph per length bucket at batch_size for the backend, check each against the
     untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
 
-    With cache_dir, an equal earlier build is reused instead (tasks/build/cache.py). The work runs in a child process (tasks/build/compile.py) for every backend: on Neuron the process
+    With cache_dir, an equal earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child process (tasks/prepare/compile.py) for every backend: on Neuron the process
     that compiles and runs a graph keeps its NeuronCores until it exits, and this one lives all night.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
 
 
 def _compile(request: dict, log) -> ModelInfo:
-    return ModelInfo.model_validate(child.run("tasks.build.compile", request, TraceError, log,
+    return ModelInfo.model_validate(child.run("tasks.prepare.compile", request, TraceError, log,
                                               env=child.one_core_env()))
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 
 T = TypeVar("T")
 

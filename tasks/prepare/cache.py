@@ -23,13 +23,13 @@ import shutil
 import time
 from pathlib import Path
 
-from tasks.config import REPO_ROOT
-from tasks.versions import package_versions
+from tasks.common.config import REPO_ROOT
+from tasks.common.versions import package_versions
 
 MANIFEST = "manifest.json"
 CACHE_ENV = "BERT_COMPILE_CACHE"
 # The code whose change changes the graph (the wrappers, the example inputs, the encoding).
-GRAPH_CODE = [REPO_ROOT / "tasks" / "build" / "trace.py", REPO_ROOT / "tasks" / "build" / "compile.py",
+GRAPH_CODE = [REPO_ROOT / "tasks" / "prepare" / "trace.py", REPO_ROOT / "tasks" / "prepare" / "compile.py",
               REPO_ROOT / "serving" / "contract.py"]
 
 
@@ -57,7 +57,7 @@ def source_hash(source_dir: Path | None, source: str) -> str:
 
 
 def key_of(request: dict, source_dir: Path | None) -> tuple[str, dict]:
-    """(the entry's key, what went into it) for a trace request (tasks/build/trace.py)."""
+    """(the entry's key, what went into it) for a trace request (tasks/prepare/trace.py)."""
     model = request["model"]
     parts = {
         "model_files": source_hash(source_dir, model["source"]),

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
 from pydantic.fields import FieldInfo
 
-from tasks.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config
+from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config
 
 # Setting name -> RunConfig field. Named like the command-line flag where the field has one.
 SETTINGS: dict[str, str] = {

@@ -1,7 +1,7 @@
 """RunConfig: the one typed object a run is driven by.
 
 It is built once at flow start from a YAML file in configs/ plus dotted overrides (CLI flags,
-the flow's `overrides` parameter, and its typed `settings`, tasks/parameters.py, whose fields
+the flow's `overrides` parameter, and its typed `settings`, tasks/common/parameters.py, whose fields
 are made from the fields here), validated by pydantic, and then resolved: anything left on "auto"
 is detected on this host. A bad value is refused here, before any stage starts, with the
 field, the value and the fix.
@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
 EMBEDDED_MODEL = "embedded"
@@ -339,7 +339,7 @@ def _default_cache_dir() -> Path:
 class BuildConfig(_Section):
     compile_cache: bool = Field(
         True, description="reuse a traced model built earlier with the same model files, shapes, buckets, compiler "
-        "arguments and versions (tasks/build/cache.py); clear it with python -m tools.cache clear",
+        "arguments and versions (tasks/prepare/cache.py); clear it with python -m tools.cache clear",
         json_schema_extra={"flag": "compile-cache"},
     )
     cache_dir: Path = Field(
@@ -398,7 +398,7 @@ def resolve_serving(serving: ServingConfig) -> ResolvedServing:
     One worker per NeuronCore / GPU / physical core by default; asking for more is refused,
     naming the count and its source. CPU threads are split so workers don't oversubscribe.
     """
-    from tasks.backends import BackendError, detect, physical_cores
+    from tasks.common.backends import BackendError, detect, physical_cores
 
     try:
         accelerator = detect(serving.backend, serving.instance_type)

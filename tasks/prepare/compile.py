@@ -1,7 +1,7 @@
 """The trace stage's child process: compile one graph per length bucket, check each against the original
 model, and write them with the tokenizer and model_info.json.
 
-Run by tasks/build/trace.py as `python -m tasks.build.compile` (tasks/child.py), never imported by the
+Run by tasks/prepare/trace.py as `python -m tasks.prepare.compile` (tasks/common/child.py), never imported by the
 flow: on Neuron, compiling and running a graph takes NeuronCores until the process exits, and this
 process exits before TorchServe's workers need them.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from serving.contract import ModelInfo, encode_pairs
-from tasks import child
-from tasks.build.trace import EXAMPLE_PAIRS, TraceError, load_checkpoint
-from tasks.config import ModelConfig
-from tasks.versions import package_versions
+from tasks.common import child
+from tasks.prepare.trace import EXAMPLE_PAIRS, TraceError, load_checkpoint
+from tasks.common.config import ModelConfig
+from tasks.common.versions import package_versions
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Bring your own: a traced graph (--traced PATH.pt) instead of trace, or a .mar (--mar PATH.mar) instead of
 trace and archive. Either way the run still starts, registers, checks, benchmarks and stops.
 
-A graph brought must keep this pipeline's input contract (tasks/build/trace.py: the bi-encoder's four
+A graph brought must keep this pipeline's input contract (tasks/prepare/trace.py: the bi-encoder's four
 token tensors, or the pair classifier's three, to [batch, 2] scores); a saved TorchScript graph keeps no
 input shapes, so batch_size and max_length are the run's (serving.batch_size, --max-length).
 A .mar is served as it is. One with our model_info.json inside is ours; any other handler is "foreign":
@@ -18,10 +18,10 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer
 
 from serving.contract import CLASS_NAMES, MODEL_INFO_FILE, ModelInfo
-from tasks.build.archive import Archive
-from tasks.build.trace import TracedModel, _detect_kind, class_names, embedded_model_dir
-from tasks.config import EMBEDDED_MODEL, ModelConfig
-from tasks.errors import PipelineError
+from tasks.prepare.archive import Archive
+from tasks.prepare.trace import TracedModel, _detect_kind, class_names, embedded_model_dir
+from tasks.common.config import EMBEDDED_MODEL, ModelConfig
+from tasks.common.errors import PipelineError
 
 
 class BringError(PipelineError):

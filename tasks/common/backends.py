@@ -21,11 +21,11 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-from tasks.errors import PipelineError
-from tasks.tools import neuron_tool
-from tasks.versions import package_versions
+from tasks.common.errors import PipelineError
+from tasks.common.tools import neuron_tool
+from tasks.common.versions import package_versions
 
-NEURON_CORES_FILE = Path(__file__).resolve().parent.parent / "configs" / "neuron_cores.yaml"
+NEURON_CORES_FILE = Path(__file__).resolve().parents[2] / "configs" / "neuron_cores.yaml"
 # Where a host can say what it is when neuron-ls is not there (set it in the worker's environment).
 INSTANCE_TYPE_ENV = "INSTANCE_TYPE"
 NEURON_LS_FLAGS = ("--json-output", "-j")

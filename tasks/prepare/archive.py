@@ -12,10 +12,10 @@ import yaml
 from pydantic import BaseModel
 
 from serving.contract import ModelInfo
-from tasks.build.trace import TracedModel
-from tasks.config import REPO_ROOT
-from tasks.errors import PipelineError
-from tasks.tools import environment_tool
+from tasks.prepare.trace import TracedModel
+from tasks.common.config import REPO_ROOT
+from tasks.common.errors import PipelineError
+from tasks.common.tools import environment_tool
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
 CONTRACT_FILE = REPO_ROOT / "serving" / "contract.py"

@@ -1,0 +1,133 @@
+"""The validation flow: the tutorial's steps, each checked.
+
+    python -m flows.validate [--config FILE] [--batch-size N] ... (see --help; flows/validate.py)
+    validate(config_file="configs/default.yaml", settings={"batch_size": 4}, overrides={"runs_dir": "/tmp/r"})
+
+The parameters: a config file, the typed settings a person sets in the UI's Run form
+(tasks/common/parameters.py RunSettings, checked by Prefect before a deployment's run is created), and
+dotted overrides of any RunConfig field; later ones win.
+
+trace -> archive -> start -> register -> check -> benchmark -> compare-buckets -> stop. The DAG
+only: the work is in tasks/, the stages' Prefect policy in flows/stages.py, and flows/run.py makes
+sure stop runs and the summary is written whatever fails. A failed stage fails the flow run,
+naming the stage.
+"""
+
+from __future__ import annotations
+
+import os
+
+# No network here or on many validation hosts: Prefect must not try to phone home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow  # noqa: E402
+
+from flows.run import Run, stop_what_the_run_left  # noqa: E402
+from flows.stages import (  # noqa: E402
+    STAGES,  # noqa: F401  (the order a run's summary lists its stages in)
+    archive_task,
+    benchmark_task,
+    check_task,
+    compare_buckets_task,
+    from_mar_task,
+    from_traced_task,
+    core_map_task,
+    ensure_free_task,
+    gpu_map_task,
+    ping_task,
+    register_task,
+    start_task,
+    stop_stale_task,
+    trace_task,
+)
+from tasks.common.config import load_config, resolve_serving  # noqa: E402
+from tasks.common.parameters import RunSettings, given, merged  # noqa: E402
+from tasks.measure.benchmark import accuracy_of, raise_if_regressed  # noqa: E402
+from tasks.verify.checks import raise_if_failed  # noqa: E402
+
+
+# Cancelled or crashed: Prefect's own hooks stop a TorchServe the run's process could not (flows/run.py).
+@flow(name="bert-serving-validation", log_prints=True,
+      on_cancellation=[stop_what_the_run_left], on_crashed=[stop_what_the_run_left])
+def validate(config_file: str = "configs/default.yaml", settings: RunSettings = RunSettings(),
+             overrides: dict | None = None) -> dict:
+    """Prove a BERT model still serves correctly and fast on TorchServe.
+
+    Args:
+        config_file: YAML run config (configs/), relative to the checkout or absolute; settings and
+            overrides change it for this run.
+        settings: this run's settings; each one left empty keeps the config file's value.
+        overrides: any config field by dotted key, e.g. {"benchmark.warmup": 1}; the settings win over them.
+    """
+    applied, replaced = merged(settings, overrides)
+    config = load_config(config_file, applied)  # a bad config stops here, before anything starts
+    resolved = resolve_serving(config.serving)
+    serving, model = config.serving, config.model
+    parameters = {"config_file": config_file, "settings": given(settings), "overrides": overrides}
+    with Run(config, resolved, parameters) as run:
+        for line in replaced:
+            run.log.warning(line)
+        traced, mar = build(run, config, resolved)
+        with run.stage("start"):
+            if model.mar is not None:
+                stop_stale_servers(run, config, resolved)
+                mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
+                                    resolved.backend)
+                run.model_info = mar.info
+            run.server = start_task(serving, resolved, mar.model_store, run.dir / "server")
+            ping_task(run.server, serving.startup_timeout)
+        with run.stage("register"):
+            register_task(run.server, mar, serving.max_batch_delay, resolved.initial_workers)
+            if resolved.backend == "neuron":  # N workers on N distinct NeuronCores, or the run fails here
+                run.core_map = core_map_task(run.server, mar.model_name, resolved.initial_workers)
+            elif resolved.backend == "cuda":  # which GPU each worker got (several may share one)
+                run.gpu_map = gpu_map_task(run.server, mar.model_name)
+        with run.stage("check"):
+            run.checks = check_task(run.server, mar, model, config.checks, serving.max_batch_delay)
+            raise_if_failed(run.checks)
+        if config.benchmark.enabled:
+            with run.stage("benchmark"):
+                run.benchmark = benchmark_task(run.server, mar, traced, config, resolved, run.dir,
+                                               accuracy=accuracy_of(run.checks))
+                raise_if_regressed(run.benchmark)
+            if config.benchmark.compare_buckets and len(mar.info.buckets) > 1 and traced is not None:
+                with run.stage("compare-buckets"):
+                    run.buckets = compare_buckets_task(run.server, mar, traced, config, resolved.initial_workers)
+    return run.summary
+
+
+def stop_stale_servers(run: Run, config, resolved) -> None:
+    """Stop what a crashed night left serving, in the run's first stage: on Neuron its workers still hold
+    the NeuronCores that tonight's compile and parity child needs -- until a moment after they exit, so
+    the cores are waited for (and a process that is not ours holding them is named, before any work)."""
+    for line in stop_stale_task(config.runs_dir):
+        run.log.warning(line)
+    if resolved.backend == "neuron":
+        ensure_free_task(resolved.initial_workers)
+
+
+def build(run: Run, config, resolved) -> tuple:
+    """Stale servers stopped, then trace -> archive, or what the user brought: --traced PATH.pt skips trace,
+    --mar PATH.mar skips both (the .mar is then taken into the model store at start). A brought .mar has no
+    graph this run can load in-process, so its TracedModel is None (no ceiling, no bucket comparison)."""
+    model, serving = config.model, config.serving
+    if model.mar is not None:
+        run.stages.skip("trace", f"--mar {model.mar} given")
+        run.stages.skip("archive", f"--mar {model.mar} given")
+        return None, None
+    if model.traced is not None:
+        run.stages.skip("trace", f"--traced {model.traced} given")
+        with run.stage("archive"):
+            stop_stale_servers(run, config, resolved)
+            traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
+                                      run.dir / "model")
+            run.model_info = traced.info
+            return traced, archive_task(traced, run.dir / "model_store")
+    with run.stage("trace"):
+        stop_stale_servers(run, config, resolved)
+        traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
+                            resolved.backend, config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
+                            config.build.cache_dir if config.build.compile_cache else None)
+        run.model_info, run.trace_cache = traced.info, traced.cache
+    with run.stage("archive"):
+        return traced, archive_task(traced, run.dir / "model_store")

@@ -1,0 +1,67 @@
+"""Where a running server's workers landed: one NeuronCore each (core_map), or which GPU each got (gpu_map),
+read from TorchServe's management API, the workers' claims (serving/contract) and neuron-ls."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from serving.contract import core_claims, gpu_claims
+from tasks.common.backends import neuron_ls
+from tasks.serve.cores import CoresError, claims_dir
+from tasks.serve.server import Server
+
+
+class GpuMap(BaseModel):
+    """cuda: which GPU each READY worker was given (TorchServe hands gpu_id round-robin)."""
+
+    workers: dict[int, int]  # worker pid -> GPU index
+    per_gpu: dict[int, int]  # GPU index -> workers on it
+
+
+class CoreMap(BaseModel):
+    """Which worker holds which NeuronCore, and what confirmed it."""
+
+    cores: dict[int, int]  # core -> worker pid
+    checked_with: list[str]
+
+
+def ready_worker_pids(server: Server, model_name: str) -> list[int]:
+    """The pids of the model's READY workers, as TorchServe's management API describes them."""
+    with server.management() as client:
+        answer = client.get(f"/models/{model_name}")
+        answer.raise_for_status()
+    return [int(w["pid"]) for w in answer.json()[0].get("workers", []) if w.get("status") == "READY" and w.get("pid")]
+
+
+def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
+    """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
+    pids = ready_worker_pids(server, model_name)
+    claimed = {pid: core for core, pid in core_claims(claims_dir(server.server_dir)).items()}
+    cores = {claimed[pid]: pid for pid in pids if pid in claimed}
+    problems = []
+    if len(pids) != workers:
+        problems.append(f"{len(pids)} READY workers, {workers} wanted")
+    if len(cores) != len(pids):
+        problems.append(f"workers without a core of their own: {sorted(set(pids) - set(cores.values()))}")
+    checked = ["worker core claims"]
+    listing = neuron_ls()
+    if listing is not None:
+        checked.append(listing.source)
+        for core, pid in cores.items():
+            if not any(p.pid == pid and core in p.cores for p in listing.processes):
+                problems.append(f"{listing.source} does not list worker pid {pid} on the device of NeuronCore {core}")
+    if problems:
+        raise CoresError(f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
+                         fix="read the workers' log (server/logs/model_log.log): each says which core it took")
+    return CoreMap(cores=dict(sorted(cores.items())), checked_with=checked)
+
+
+def gpu_map(server: Server, model_name: str) -> GpuMap:
+    """The GPU of every READY worker, as each recorded it (serving/contract.record_gpu): for the summary."""
+    pids = ready_worker_pids(server, model_name)
+    recorded = gpu_claims(claims_dir(server.server_dir))
+    workers = {pid: recorded[pid] for pid in pids if pid in recorded}
+    per_gpu: dict[int, int] = {}
+    for gpu in workers.values():
+        per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
+    return GpuMap(workers=workers, per_gpu=dict(sorted(per_gpu.items())))
