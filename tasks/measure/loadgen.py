@@ -2,7 +2,8 @@
 
 closed  `concurrency` clients; each sends its next request when the last one answered (the
         tutorial's 64 threads). Latency is from the real send: the load adapts to the server.
-open    requests scheduled at a fixed `rate`, whatever the server does; latency is measured from
+open    requests scheduled at `rate` per s, whatever the server does -- `arrivals` fixed (every 1/rate s)
+        or poisson (exponential gaps, seeded: real traffic's bursts); latency is measured from
         the INTENDED send time, so a request the client could not send on time (no free
         connection, a stalled loop) still counts its wait: queueing cannot hide ("coordinated
         omission"). `concurrency` caps the open connections; a request due while they are all
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -96,6 +98,7 @@ class LoadResult:
     seconds: float
     samples: list[Sample] = field(default_factory=list)  # every request, warm-up included
     first_error: str | None = None
+    arrivals: str | None = None  # open loop: "fixed" or "poisson"
 
     @property
     def measured(self) -> list[Sample]:
@@ -247,167 +250,187 @@ def _progress_line(samples: list[Sample], now: float, window: float) -> str:
             f"(p50 {lat.p50:.0f} ms, p90 {lat.p90:.0f} ms); overall {overall:.1f} requests/s, errors {errors}")
 
 
-async def run_load(
-    url: str,
-    headers: dict | None,
-    pairs: list[tuple[str, str]],
-    *,
-    mode: str = "closed",
-    concurrency: int = 64,
-    duration: float = 30.0,
-    requests: int | None = None,
-    rate: float | None = None,
-    warmup: float = 0.0,
-    progress_every: float | None = DEFAULT_PROGRESS_EVERY,
-    log: logging.Logger | None = None,
-    label: str = "benchmark",
-    timeout: float = 120.0,
-    max_backlog: int | None = None,
-    on_progress: Callable[[LoadProgress], None] | None = None,
-) -> LoadResult:
-    """Drive `url` with form-encoded pairs (seq_0, seq_1) and measure every answer."""
-    if mode not in ("closed", "open"):
-        raise ValueError(f"mode must be 'closed' or 'open', not {mode!r}")
-    if mode == "open" and not (rate and rate > 0):
-        raise ValueError("open loop needs a rate > 0 (requests/s)")
-    log = log or logging.getLogger(__name__)
-    pool = PairPool(pairs)
-    samples: list[Sample] = []
-    errors: list[str] = []
-    start = measure_from = stop_at = 0.0  # set once the clients are ready; stop_at unused with `requests`
-    counted = 0  # measured requests sent so far
+ARRIVALS = ("fixed", "poisson")
 
-    def claim(now: float) -> bool | None:
+
+def arrival_times(rate: float, arrivals: str = "fixed", seed: int = 0) -> Iterator[float]:
+    """Open loop: the intended send times, in s from the start. fixed: every 1/rate s. poisson: exponential
+    gaps of mean 1/rate (the bursts real traffic has, as MLPerf's Server scenario sends), from a seeded
+    generator, so a night's schedule is the same as the last one's."""
+    if arrivals == "fixed":
+        yield from (index / rate for index in itertools.count())
+        return
+    generator, now = random.Random(seed), 0.0
+    while True:
+        yield now
+        now += generator.expovariate(rate)
+
+
+class LoadGenerator:
+    """One load: its settings, and the state its clients share while it runs (run() once)."""
+
+    def __init__(self, url: str, headers: dict | None, pairs: list[tuple[str, str]], *, mode: str = "closed",
+                 concurrency: int = 64, duration: float = 30.0, requests: int | None = None,
+                 rate: float | None = None, arrivals: str = "fixed", seed: int = 0, warmup: float = 0.0,
+                 progress_every: float | None = DEFAULT_PROGRESS_EVERY, log: logging.Logger | None = None,
+                 label: str = "benchmark", timeout: float = 120.0, max_backlog: int | None = None,
+                 on_progress: Callable[[LoadProgress], None] | None = None):
+        if mode not in ("closed", "open"):
+            raise ValueError(f"mode must be 'closed' or 'open', not {mode!r}")
+        if mode == "open" and not (rate and rate > 0):
+            raise ValueError("open loop needs a rate > 0 (requests/s)")
+        if arrivals not in ARRIVALS:
+            raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
+        self.url, self.headers, self.pool = url, headers or {}, PairPool(pairs)
+        self.mode, self.concurrency, self.duration, self.requests = mode, concurrency, duration, requests
+        self.rate, self.arrivals, self.seed, self.warmup = rate, arrivals, seed, warmup
+        self.progress_every, self.log, self.label = progress_every, log or logging.getLogger(__name__), label
+        self.timeout, self.max_backlog, self.on_progress = timeout, max_backlog, on_progress
+        self.samples: list[Sample] = []
+        self.errors: list[str] = []
+        self.start = self.measure_from = self.stop_at = 0.0  # set once the clients are ready
+        self.counted = 0  # measured requests sent so far
+        self.waiting = 0  # open loop: requests due but waiting for a free connection
+        self.last = 0.0  # the last fraction told: never goes back
+        self.callback_failed = False
+        self.tally = _Tally()
+
+    async def run(self) -> LoadResult:
+        """Drive the url with form-encoded pairs (seq_0, seq_1) and measure every answer."""
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client) for client in self._clients()]
+            self.start = time.monotonic()
+            self.measure_from = self.start + self.warmup
+            self.stop_at = self.measure_from + self.duration  # unused with `requests`
+            reporter = asyncio.create_task(self._progress()) if self.progress_every else None
+            try:
+                if self.mode == "closed":
+                    await asyncio.gather(*(self._closed_client(client) for client in clients))
+                else:
+                    await self._open_schedule(clients)
+            finally:
+                if reporter is not None:
+                    reporter.cancel()
+        end = time.monotonic()
+        if self.on_progress is not None:
+            self._tell(done=True)
+        seconds = (end - self.measure_from) if self.requests is not None else self.duration
+        return LoadResult(mode=self.mode, concurrency=self.concurrency, rate=self.rate if self.mode == "open" else None,
+                          seconds=max(seconds, 0.0), samples=self.samples,
+                          first_error=self.errors[0] if self.errors else None,
+                          arrivals=self.arrivals if self.mode == "open" else None)
+
+    def _clients(self) -> list[httpx.AsyncClient]:
+        # One client with one connection per virtual user: httpcore's shared pool spends O(connections)
+        # per request finding a free one, which at 64 connections makes the client, not the server, the limit.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        timeout = httpx.Timeout(self.timeout, pool=None)
+        tls = ssl.create_default_context()  # one context for all clients (http:// never uses it)
+        return [httpx.AsyncClient(headers=self.headers, timeout=timeout, limits=limits, verify=tls)
+                for _ in range(self.concurrency)]
+
+    def _claim(self, now: float) -> bool | None:
         """Whether a request sent at `now` is measured; None: no more requests."""
-        nonlocal counted
-        if now < measure_from:
+        if now < self.measure_from:
             return False
-        if requests is not None:
-            if counted >= requests:
+        if self.requests is not None:
+            if self.counted >= self.requests:
                 return None
-        elif now >= stop_at:
+        elif now >= self.stop_at:
             return None
-        counted += 1
+        self.counted += 1
         return True
 
-    async def one(client: httpx.AsyncClient, intended: float | None, measured: bool) -> None:
-        seq_0, seq_1 = pool.next()
+    async def _one(self, client: httpx.AsyncClient, intended: float | None, measured: bool) -> None:
+        seq_0, seq_1 = self.pool.next()
         sent = time.monotonic()
         intended = sent if intended is None else intended  # closed loop: sent when meant to
         try:
-            answer = await client.post(url, data={"seq_0": seq_0, "seq_1": seq_1})
+            answer = await client.post(self.url, data={"seq_0": seq_0, "seq_1": seq_1})
             ok = answer.status_code == 200
-            if not ok and not errors:
-                errors.append(f"HTTP {answer.status_code}: {answer.text[:200]}")
+            if not ok and not self.errors:
+                self.errors.append(f"HTTP {answer.status_code}: {answer.text[:200]}")
         except httpx.HTTPError as error:
             ok = False
-            if not errors:
-                errors.append(f"{type(error).__name__}: {error}")
-        samples.append(Sample(intended - measure_from, sent - measure_from, time.monotonic() - measure_from, ok,
-                              measured))
+            if not self.errors:
+                self.errors.append(f"{type(error).__name__}: {error}")
+        origin = self.measure_from
+        self.samples.append(Sample(intended - origin, sent - origin, time.monotonic() - origin, ok, measured))
 
-    async def closed_client(client: httpx.AsyncClient) -> None:
-        while (measured := claim(time.monotonic())) is not None:
-            await one(client, None, measured)
+    async def _closed_client(self, client: httpx.AsyncClient) -> None:
+        while (measured := self._claim(time.monotonic())) is not None:
+            await self._one(client, None, measured)
 
-    async def open_schedule(clients: list[httpx.AsyncClient]) -> None:
+    async def _open_schedule(self, clients: list[httpx.AsyncClient]) -> None:
         free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
         for client in clients:
             free.put_nowait(client)
-
-        waiting = 0  # requests due but waiting for a free connection
-
-        async def send(intended: float, measured: bool) -> None:
-            nonlocal waiting
-            if max_backlog is not None and free.empty() and waiting >= max_backlog:  # full: dropped
-                now = time.monotonic() - measure_from
-                samples.append(Sample(intended - measure_from, now, now, False, measured, dropped=True))
-                return
-            waiting += 1
-            try:
-                client = await free.get()  # all connections busy: the wait counts, from `intended`
-            finally:
-                waiting -= 1
-            try:
-                await one(client, intended, measured)
-            finally:
-                free.put_nowait(client)
-
         in_flight: set[asyncio.Task] = set()
-        index = 0
-        while True:
-            intended = start + index / rate
-            measured = claim(intended)
+        assert self.rate is not None  # checked in __init__
+        for offset in arrival_times(self.rate, self.arrivals, self.seed):
+            intended = self.start + offset
+            measured = self._claim(intended)
             if measured is None:
                 break
             delay = intended - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(send(intended, measured))
+            task = asyncio.create_task(self._send(free, intended, measured))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-            index += 1
         if in_flight:
             await asyncio.gather(*in_flight)
 
-    last = 0.0  # the last fraction told: never goes back
-    callback_failed = False
-    tally = _Tally()
-
-    def tell(done: bool = False) -> None:
-        nonlocal last, callback_failed
-        tally.add(samples)
-        snapshot = _snapshot(tally, time.monotonic() - start, warmup, duration, requests, counted, last, done)
-        last = snapshot.fraction
+    async def _send(self, free: asyncio.Queue[httpx.AsyncClient], intended: float, measured: bool) -> None:
+        if self.max_backlog is not None and free.empty() and self.waiting >= self.max_backlog:  # full: dropped
+            now = time.monotonic() - self.measure_from
+            self.samples.append(Sample(intended - self.measure_from, now, now, False, measured, dropped=True))
+            return
+        self.waiting += 1
         try:
-            on_progress(snapshot)
-        except Exception as error:  # progress is for people: it never fails the measurement
-            if not callback_failed:
-                log.warning("%s: the progress callback failed (%s: %s); the load goes on", label,
-                            type(error).__name__, error)
-            callback_failed = True
-
-    async def progress() -> None:
-        if on_progress is not None:
-            tell()  # the clients are ready: the load has begun
-            tick = start
-            while True:
-                tick += progress_every
-                await asyncio.sleep(max(0.0, tick - time.monotonic()))
-                tell()
-        tick = measure_from
-        while True:
-            tick += progress_every  # every progress_every s of measured load
-            await asyncio.sleep(max(0.0, tick - time.monotonic()))
-            log.info("%s %s", label, _progress_line(samples, tick - measure_from, progress_every))
-
-    # One client with one connection per virtual user: httpcore's shared pool spends O(connections)
-    # per request finding a free one, which at 64 connections makes the client, not the server, the limit.
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    client_timeout = httpx.Timeout(timeout, pool=None)
-    tls = ssl.create_default_context()  # one context for all clients (http:// never uses it)
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(
-            httpx.AsyncClient(headers=headers or {}, timeout=client_timeout, limits=limits, verify=tls))
-            for _ in range(concurrency)]
-        start = time.monotonic()
-        measure_from = start + warmup
-        stop_at = measure_from + duration
-        reporter = asyncio.create_task(progress()) if progress_every else None
-        try:
-            if mode == "closed":
-                await asyncio.gather(*(closed_client(client) for client in clients))
-            else:
-                await open_schedule(clients)
+            client = await free.get()  # all connections busy: the wait counts, from `intended`
         finally:
-            if reporter is not None:
-                reporter.cancel()
-    end = time.monotonic()
-    if on_progress is not None:
-        tell(done=True)
-    seconds = (end - measure_from) if requests is not None else duration
-    return LoadResult(mode=mode, concurrency=concurrency, rate=rate if mode == "open" else None,
-                      seconds=max(seconds, 0.0), samples=samples, first_error=errors[0] if errors else None)
+            self.waiting -= 1
+        try:
+            await self._one(client, intended, measured)
+        finally:
+            free.put_nowait(client)
+
+    def _tell(self, done: bool = False) -> None:
+        assert self.on_progress is not None
+        self.tally.add(self.samples)
+        snapshot = _snapshot(self.tally, time.monotonic() - self.start, self.warmup, self.duration, self.requests,
+                             self.counted, self.last, done)
+        self.last = snapshot.fraction
+        try:
+            self.on_progress(snapshot)
+        except Exception as error:  # progress is for people: it never fails the measurement
+            if not self.callback_failed:
+                self.log.warning("%s: the progress callback failed (%s: %s); the load goes on", self.label,
+                                 type(error).__name__, error)
+            self.callback_failed = True
+
+    async def _progress(self) -> None:
+        """The callback every progress_every s from the start; without one, a log line every progress_every s
+        of measured load."""
+        every = self.progress_every or DEFAULT_PROGRESS_EVERY
+        if self.on_progress is not None:
+            self._tell()  # the clients are ready: the load has begun
+            tick = self.start
+            while True:
+                tick += every
+                await asyncio.sleep(max(0.0, tick - time.monotonic()))
+                self._tell()
+        tick = self.measure_from
+        while True:
+            tick += every
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+            self.log.info("%s %s", self.label, _progress_line(self.samples, tick - self.measure_from, every))
+
+
+async def run_load(url: str, headers: dict | None, pairs: list[tuple[str, str]], **options) -> LoadResult:
+    """One load (LoadGenerator's keyword options) from async code."""
+    return await LoadGenerator(url, headers, pairs, **options).run()
 
 
 def load(url: str, headers: dict | None, pairs: list[tuple[str, str]], **options) -> LoadResult:

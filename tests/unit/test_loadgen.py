@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import pytest
 
-from tasks.measure.loadgen import PairPool, Sample, LoadResult, TrivialEndpoint, load, percentiles
+from tasks.measure.loadgen import PairPool, Sample, LoadResult, TrivialEndpoint, arrival_times, load, percentiles
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 
@@ -77,6 +77,29 @@ def test_open_loop_sends_at_the_rate_asked():
     assert result.latency().p50 < 50
 
 
+def first(times, count: int) -> np.ndarray:
+    return np.array([next(times) for _ in range(count)])
+
+
+def test_poisson_arrivals_have_exponential_gaps_at_the_rate_and_repeat_with_their_seed():
+    gaps = np.diff(first(arrival_times(50.0, "poisson", seed=7), 20001))
+    assert gaps.mean() == pytest.approx(1 / 50, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential: CV 1 (fixed intervals: 0)
+    assert np.mean(gaps > 3 / 50) == pytest.approx(math.exp(-3), abs=0.01)  # the bursts' quiet gaps, as often
+    assert list(first(arrival_times(50.0, "poisson", seed=7), 50)) == list(first(arrival_times(50.0, "poisson", seed=7), 50))
+    assert list(first(arrival_times(50.0, "poisson", seed=8), 50)) != list(first(arrival_times(50.0, "poisson", seed=7), 50))
+    assert list(first(arrival_times(50.0), 4)) == [0.0, 0.02, 0.04, 0.06]
+
+
+def test_an_open_loop_with_poisson_arrivals_sends_on_the_seeded_schedule():
+    with TrivialEndpoint() as endpoint:
+        result = load(endpoint.url, {}, PAIRS, mode="open", rate=40, arrivals="poisson", seed=3, concurrency=8,
+                      duration=1.0, progress_every=None)
+    assert result.arrivals == "poisson"
+    schedule = [t for t in first(arrival_times(40, "poisson", seed=3), 200) if t < 1.0]
+    assert sorted(s.intended for s in result.samples) == pytest.approx(schedule, abs=1e-9)
+
+
 def test_open_loop_latency_counts_the_queue_from_the_intended_send_time():
     # The endpoint serves 20/s one at a time; we ask 40/s over one connection. A closed-loop view
     # (from the real send) sees ~50 ms per request; from the intended time the wait grows steadily.
@@ -116,6 +139,11 @@ def test_progress_lines_go_to_the_log(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "test-progress"]
     assert len(lines) >= 3
     assert all(line.startswith("bench ") and "requests/s" in line and "p90" in line for line in lines)
+
+
+def test_bad_arrivals_are_refused():
+    with pytest.raises(ValueError, match="arrivals"):
+        load("http://127.0.0.1:9/x", {}, PAIRS, mode="open", rate=1, arrivals="bursty")
 
 
 def test_bad_mode_or_rate_is_refused():
