@@ -69,7 +69,7 @@ def _neuron(instance_type: str | None) -> Accelerator:
     if importlib.util.find_spec("torch_neuronx") is None:
         raise BackendError(
             "backend neuron: torch_neuronx is not installed",
-            fix="install torch-neuronx from Neuron's package index (see README, 'Running on Inf2/Trn1'), "
+            fix="install torch-neuronx from Neuron's package index (see docs/neuron.md, 'Running on Inf2 / Trn1'), "
             "or choose serving.backend: auto",
         )
     cores, source = neuron_core_count(instance_type)

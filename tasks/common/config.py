@@ -278,7 +278,7 @@ def existing_file(path: Path | None) -> Path | None:
 
 # python -m tools.bf16_tolerance (stand-in BF16 graph of the embedded model, 216 golden + MRPC dev pairs
 # at 128 tokens): healthy, largest |score diff| 2.0e-3 and |probability diff| 9.6e-4; x5 for margin.
-# A dropped attention mask moves scores by 0.81 (probabilities 0.36). README, "Running on Inf2 / Trn1".
+# A dropped attention mask moves scores by 0.81 (probabilities 0.36). docs/neuron.md, "Compiler arguments and parity".
 BF16_PARITY_TOLERANCE = 0.01
 
 
@@ -310,7 +310,7 @@ class ChecksConfig(_Section):
     )
     bf16_parity_tolerance: float = Field(
         BF16_PARITY_TOLERANCE, gt=0, description="the same for graphs compiled with --auto-cast to BF16/FP16 "
-        "(calibrated on the embedded model, README 'Running on Inf2 / Trn1'); labels must still agree"
+        "(calibrated on the embedded model, docs/neuron.md 'Compiler arguments and parity'); labels must still agree"
     )
     accuracy_file: Path | None = Field(
         None, description="optional labelled pairs in MSR Paraphrase / GLUE MRPC TSV format, sent through the server",

@@ -200,7 +200,7 @@ class Doctor:
                                   "runtime's text, or the workers will not wait for a core being released") from None
         else:
             raise DoctorError(f"a second process loaded a graph on NeuronCore 0 while pid {holder.pid} held it",
-                              fix="the runtime shares cores here: serve fewer workers, and report it (README, "
+                              fix="the runtime shares cores here: serve fewer workers, and report it (docs/neuron.md, "
                               "'Who holds the NeuronCores')")
         finally:
             _release(holder)
