@@ -1,0 +1,91 @@
+"""The capacity search on servers whose latency curve is known exactly (no load is sent: each step's
+percentile comes from the curve), and its step-length rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tasks.measure.capacity import Capacity, CapacityStep, Search, step_seconds
+
+SERVICE_RATE = 100.0  # requests/s
+
+
+def mm1_p99_ms(rate: float) -> float:
+    """An M/M/1 queue's p99 sojourn time: -ln(0.01) / (mu - lambda); infinite at or past saturation."""
+    return -math.log(0.01) / (SERVICE_RATE - rate) * 1000 if rate < SERVICE_RATE else math.inf
+
+
+def known_server(curve, errors_from: float = math.inf):
+    """A measure callback: the curve's percentile at the rate, errors from `errors_from` requests/s up."""
+    asked = []
+
+    def measure(rate: float, seconds: float) -> CapacityStep:
+        asked.append((rate, seconds))
+        p99 = curve(rate)
+        errors = int(rate >= errors_from)
+        return CapacityStep(rate=rate, achieved=min(rate, SERVICE_RATE), seconds=seconds, requests=int(rate * seconds),
+                            p50=p99 / 4, p90=p99 / 2, p99=p99, percentile_ms=p99, errors=errors, dropped=0,
+                            passed=p99 <= BOUND_MS and errors == 0)
+
+    measure.asked = asked
+    return measure
+
+
+BOUND_MS = 200.0
+CAPACITY = SERVICE_RATE + math.log(0.01) / (BOUND_MS / 1000)  # where mm1_p99_ms(rate) == BOUND_MS: 76.97/s
+
+
+def search(measure, **options) -> Capacity:
+    options = {"bound_ms": BOUND_MS, "budget_seconds": 1000.0, **options}
+    return Search(measure, **options).run(start_rate=SERVICE_RATE)
+
+
+def test_the_search_encloses_the_known_capacity_within_its_precision():
+    capacity = search(known_server(mm1_p99_ms), precision=0.05)
+    assert capacity.rate is not None and capacity.failed_rate is not None
+    assert capacity.rate <= CAPACITY < capacity.failed_rate
+    assert (capacity.failed_rate - capacity.rate) / capacity.failed_rate <= 0.05
+    assert capacity.stopped == "within 5%"
+    assert all(step.passed == (step.rate <= CAPACITY) for step in capacity.steps)
+    assert capacity.steps[0].rate == SERVICE_RATE  # it starts where the closed loop was
+
+
+def test_it_needs_few_steps_from_the_closed_loops_rate():
+    assert len(search(known_server(mm1_p99_ms), precision=0.1).steps) <= 5
+
+
+def test_a_step_with_errors_fails_however_fast_it_was():
+    capacity = search(known_server(lambda rate: 1.0, errors_from=40.0), precision=0.05)
+    assert capacity.rate < 40 <= capacity.failed_rate
+    assert not any(step.passed for step in capacity.steps if step.errors)
+
+
+def test_a_bound_no_rate_meets_is_said_and_reports_no_rate():
+    capacity = search(known_server(lambda rate: 10_000.0), budget_seconds=1e6)
+    assert capacity.rate is None and capacity.failed_rate is not None
+    assert "no rate" in capacity.stopped and "met the bound" in capacity.stopped
+
+
+def test_a_server_faster_than_the_start_is_bracketed_upwards():
+    capacity = search(known_server(lambda rate: 50.0 if rate <= 180 else 500.0), precision=0.05)
+    assert capacity.rate <= 180 < capacity.failed_rate
+    assert capacity.steps[1].rate == pytest.approx(SERVICE_RATE * 1.25)
+
+
+def test_the_budget_ends_the_search_with_the_bracket_it_has():
+    measure = known_server(mm1_p99_ms)
+    capacity = search(measure, precision=0.001, min_step_seconds=10, budget_seconds=45, step_overhead_s=1)
+    assert sum(seconds + 1 for _, seconds in measure.asked) <= 45
+    assert capacity.rate <= CAPACITY < capacity.failed_rate
+    assert capacity.stopped.startswith("budget spent")
+
+
+def test_a_step_lasts_long_enough_for_its_percentile():
+    assert step_seconds(rate=60, percentile=99, min_seconds=5, beyond=5) == pytest.approx(500 / 60)
+    assert step_seconds(rate=1000, percentile=99, min_seconds=5, beyond=5) == 5  # the minimum duration
+    assert step_seconds(rate=60, percentile=90, min_seconds=0, beyond=5) == pytest.approx(50 / 60)
+    measure = known_server(mm1_p99_ms)
+    search(measure, min_step_seconds=2)
+    assert all(seconds == step_seconds(rate, 99, 2, 5) for rate, seconds in measure.asked)
