@@ -174,20 +174,25 @@ def _signal_of(error: BaseException) -> int | None:
 
 
 def _interrupted(runs_dir: Path, started: float) -> str:
-    """The one line a Ctrl-C ends with: what the run stopped, from the summary it wrote."""
+    """The one line a Ctrl-C ends with: what the run stopped, from the summary it wrote. No summary from
+    this run: it had not started. A summary that cannot be read says so and why -- whether TorchServe
+    was stopped is then unknown, and the line does not guess."""
     path = runs_dir / "latest" / "summary.json"
     try:
-        if path.stat().st_mtime >= started:
-            summary = json.loads(path.read_text())
-            stopped = (summary.get("interrupted") or {}).get("stopped")
-            done = (f"TorchServe stopped ({stopped['stopped']} processes)" if stopped
-                    else "TorchServe NOT stopped: see the summary" if summary.get("status") != "interrupted"
-                    or any(s["name"] == "stop" and s["status"] == "failed" for s in summary["stages"])
-                    else "no TorchServe was running")
-            return f"interrupted: {done}; summary: {path.resolve()}"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return "interrupted before the run started: nothing to stop"
+        if path.stat().st_mtime < started:
+            return "interrupted before the run started: nothing to stop"
+        summary = json.loads(path.read_text())
+        stopped = (summary.get("interrupted") or {}).get("stopped")
+        done = (f"TorchServe stopped ({stopped['stopped']} processes)" if stopped
+                else "TorchServe NOT stopped: see the summary" if summary.get("status") != "interrupted"
+                or any(s["name"] == "stop" and s["status"] == "failed" for s in summary["stages"])
+                else "no TorchServe was running")
+        return f"interrupted: {done}; summary: {path.resolve()}"
+    except FileNotFoundError:
+        return "interrupted before the run started: nothing to stop"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return (f"interrupted: the run's summary {path} is unreadable ({type(error).__name__}: {error}), so "
+                f"whether TorchServe was stopped is unknown; python -m flows.stop {path.parent} stops one it left")
 
 
 def _members(annotation: Any) -> list[Any]:

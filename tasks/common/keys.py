@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from tasks.common.runlog import stage_logger
+
 SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK = "summary", "predictions", "accuracy", "benchmark"
 LENGTH_BUCKETS, RUN_CONFIG, TREND = "length-buckets", "run-config", "trend"
 OUTCOME = "outcome"  # machine-readable: status, each stage's status, regressed figures (the trend reads it back)
@@ -38,12 +40,20 @@ def key(kind: str, suffix_: str) -> str:
 
 
 def deployment_name() -> str | None:
-    """This flow run's deployment, None outside one (or outside a flow run)."""
+    """This flow run's deployment, None outside one (or outside a flow run).
+
+    Outside a deployment nothing asks the API. In one, a name the Prefect API does not give is not
+    guessed: the run is keyed as an ad-hoc run, and a warning says so (the deployment's trend and regression
+    history then miss this run)."""
     from prefect.runtime import deployment
 
     try:
         return deployment.name or None
-    except Exception:  # no API to ask: an ad-hoc run as far as keys go
+    except Exception as error:  # the API failed to answer: say what the keys lose, then go on as ad-hoc
+        stage_logger(__name__).warning(
+            "could not read this flow run's deployment name from the Prefect API (%s: %s): its artifacts go "
+            "under the ad-hoc keys (%s-<backend>), not the deployment's, so the deployment's trend and "
+            "regression history will not include this run", type(error).__name__, error, ADHOC)
         return None
 
 

@@ -22,6 +22,7 @@ from tasks.measure import figures
 from tasks.measure.results import BenchmarkResult
 from tasks.measure.buckets import BucketComparison
 from tasks.common import keys
+from tasks.common.runlog import stage_logger
 from tasks.report.provenance import provenance
 from tasks.verify.checks import CheckResult
 from tasks.common.versions import package_versions
@@ -86,14 +87,14 @@ def build_summary(
 def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str, str]:
     """The summary's small PNGs in the run directory, {alt text: path}: the throughput/latency chart
     (bench.timeline, which only the typed result holds) and the latency histogram. A chart that cannot
-    be drawn costs that chart only."""
+    be drawn costs that chart only, and a warning (to `log`, else the run's logger) says which."""
     if bench is None:
         return {}
+    log = log or stage_logger(__name__)
     try:
         from tasks.measure.charts import SMALL, histogram_chart, timeline_chart
     except ImportError as error:
-        if log:
-            log.warning("no pictures in the summary: %s (install matplotlib)", error)
+        log.warning("no pictures in the summary: %s (install matplotlib)", error)
         return {}
     drawn = {}
     for alt, draw in (("throughput and latency", lambda path: timeline_chart(bench, path, SMALL) if bench.timeline
@@ -102,8 +103,7 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
         try:
             path = draw(run_dir / PICTURES[alt])
         except Exception as error:  # a picture is not worth a failed run
-            if log:
-                log.warning("no %s picture: %s: %s", alt, type(error).__name__, error)
+            log.warning("no %s picture: %s: %s", alt, type(error).__name__, error)
             continue
         if path is not None:
             drawn[alt] = str(path)

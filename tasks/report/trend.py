@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tasks.measure.figures import ACCURACY, INFERENCES_PER_S, LATENCY_P50, LATENCY_P90, LATENCY_P99, SERVED_OVER_CEILING
 from tasks.common import keys
+from tasks.common.runlog import stage_logger
 
 RUNS = 14
 FIGURES = {"inferences_per_s": INFERENCES_PER_S, "p50_ms": LATENCY_P50, "p90_ms": LATENCY_P90,
@@ -164,18 +165,20 @@ def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict,
                   log=None) -> str | None:
     """Publish the trend artifact (`trend-<suffix>`) with this run's row (from its summary) on top;
     returns its markdown. Never raises: without an API history the trend is this run alone, and a failure to
-    draw or publish it is a warning, not a failed run. Outside a flow run: nothing to attach it to."""
+    draw or publish it is a warning, not a failed run (to `log`, else the run's logger). Outside a flow run:
+    nothing to attach it to."""
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return None
+    log = log or stage_logger(__name__)
     try:
         now = row_now(run_name, started, summary)
         try:
             rows = [now] + earlier_rows(suffix)
-        except Exception as error:  # an unreadable history: this run alone
-            if log:
-                log.warning("trend: could not read earlier runs: %s: %s", type(error).__name__, error)
+        except Exception as error:  # an unreadable history: this run alone, and the warning says so
+            log.warning("trend: could not read earlier runs (%s: %s): the trend shows this run alone",
+                        type(error).__name__, error)
             rows = [now]
         rows = rows[:RUNS]
         chart_uri = None
@@ -184,16 +187,15 @@ def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict,
 
             directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
             chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))
-        except Exception as error:
-            if log:
-                log.warning("trend: no chart: %s: %s", type(error).__name__, error)
+        except Exception as error:  # a chart is not worth a lost trend: the table goes out without it
+            log.warning("trend: no chart (%s: %s): the trend artifact has the table only", type(error).__name__, error)
         text = markdown(name, rows, chart_uri)
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(key=keys.key(keys.TREND, suffix), markdown=text,
                                  description=f"The last {len(rows)} runs of {name}")
         return text
-    except Exception as error:
-        if log:
-            log.warning("trend not published: %s: %s", type(error).__name__, error)
+    except Exception as error:  # a trend is not worth a failed run; the warning names what is missing
+        log.warning("trend not published (%s: %s): no %s artifact for this run", type(error).__name__, error,
+                    keys.key(keys.TREND, suffix))
         return None

@@ -1,0 +1,86 @@
+"""No failure is lost in silence: what the pipeline goes on without is named in a warning (the artifact keys,
+the trend, the summary's pictures, the Ctrl-C line)."""
+
+from __future__ import annotations
+
+import logging
+
+import prefect.main  # noqa: F401  -- Prefect sets up its logging here: before caplog's handler, not over it
+import pytest
+from prefect.runtime import deployment, flow_run
+
+from tasks.common import keys
+from tasks.report import summary, trend
+
+
+@pytest.fixture
+def in_a_flow_run(monkeypatch):
+    """prefect.runtime.flow_run.id as inside a flow run (no API behind it)."""
+    monkeypatch.setitem(flow_run.FIELDS, "id", lambda: "00000000-0000-0000-0000-000000000001")
+
+
+def _fails(message):
+    def fail(*args, **kwargs):
+        raise ConnectionError(message)
+    return fail
+
+
+def test_a_deployment_name_the_api_does_not_give_is_warned_about_naming_the_keys_it_costs(monkeypatch, caplog):
+    monkeypatch.setitem(deployment.FIELDS, "name", _fails("API down"))
+    with caplog.at_level(logging.WARNING):
+        assert keys.current_suffix("cpu") == "adhoc-cpu"
+    [record] = [r for r in caplog.records if r.name == "tasks.common.keys"]
+    assert record.levelno == logging.WARNING
+    text = record.getMessage()
+    assert "ConnectionError: API down" in text and "adhoc-<backend>" in text and "trend" in text
+
+
+def test_no_deployment_is_an_ad_hoc_run_without_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert keys.current_suffix("cpu") == "adhoc-cpu"  # outside a flow run: nothing to ask
+    assert not [r for r in caplog.records if r.name == "tasks.common.keys"]
+
+
+def test_the_trend_warns_without_a_log_passed_what_it_goes_on_without(in_a_flow_run, monkeypatch, tmp_path, caplog):
+    import prefect.artifacts
+
+    from tasks.measure import charts
+
+    monkeypatch.setattr(trend, "earlier_rows", _fails("history unreadable"))
+    monkeypatch.setattr(charts, "trend_chart", _fails("no chart today"))
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", _fails("artifact refused"))
+    summary_ = {"status": "ok", "stages": [{"name": "trace", "status": "ok"}], "benchmark": None}
+    with caplog.at_level(logging.WARNING):
+        assert trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_, tmp_path) is None
+    said = [r.getMessage() for r in caplog.records if r.name == "tasks.report.trend"]
+    assert len(said) == 3, said
+    assert "history unreadable" in said[0] and "this run alone" in said[0]
+    assert "no chart today" in said[1] and "table only" in said[1]
+    assert "artifact refused" in said[2] and "trend-adhoc-cpu" in said[2]
+
+
+def test_a_picture_that_cannot_be_drawn_is_warned_about_without_a_log_passed(monkeypatch, tmp_path, caplog):
+    from tasks.measure import charts
+    from tasks.measure.loadgen import percentiles
+    from tasks.measure.results import BenchmarkResult
+
+    bench = BenchmarkResult(requests_per_s=1.0, inferences_per_s=1.0, latency_ms=percentiles([0.1] * 4),
+                            requests=4, errors=0, concurrency=1, seconds=1.0)
+    monkeypatch.setattr(charts, "histogram_chart", _fails("no histogram today"))
+    with caplog.at_level(logging.WARNING):
+        assert "latency histogram" not in summary.pictures(bench, tmp_path)
+    assert any("latency histogram" in r.getMessage() and "no histogram today" in r.getMessage()
+               for r in caplog.records if r.name == "tasks.report.summary")
+
+
+def test_the_ctrl_c_line_says_an_unreadable_summary_is_unreadable_and_why(tmp_path):
+    from flows.cli import _interrupted
+
+    run_dir = tmp_path / "20261124-000000-abcdef"
+    run_dir.mkdir()
+    (tmp_path / "latest").symlink_to(run_dir.name)
+    (run_dir / "summary.json").write_text('{"status": "interrupted", "stag')  # cut off mid-write
+    line = _interrupted(tmp_path, started=0)
+    assert "nothing to stop" not in line
+    assert "unreadable" in line and "JSONDecodeError" in line and "python -m flows.stop" in line
+    assert _interrupted(tmp_path / "none", started=0) == "interrupted before the run started: nothing to stop"
