@@ -19,7 +19,8 @@ While it runs, tasks/common/progress.py shows where the stage stands (a Prefect 
 one live terminal line, a log line as the load starts and at each quarter of it), each part
 weighted by its planned seconds (planned_seconds).
 The result (results.py) is summary.json's `benchmark`, benchmark.json and benchmark.png in the run
-directory; figures.py names and shows its figures.
+directory; figures.py names and shows its figures. Parts 3-5 for one serving setting are measure_setting,
+which flows/sweep.py calls once per setting of its grid (with measure_ceiling per model).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _ceiling(server, model_dir: Path, pairs, resolved, seconds: float,
-             log) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
+def measure_ceiling(server, model_dir: Path, pairs, resolved, seconds: float,
+                    log) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
     """The ceiling; a NoCeiling saying why when this host cannot measure it; None when not asked for."""
     if seconds <= 0:
         return None
@@ -112,7 +113,9 @@ def _ceiling(server, model_dir: Path, pairs, resolved, seconds: float,
     return ceiling
 
 
-def _client_capacity(pairs, settings, log) -> ClientCapacity | None:
+def client_capacity(pairs, settings, log) -> ClientCapacity | None:
+    """The load generator alone against a trivial local endpoint, at settings.concurrency clients for
+    settings.client_check_seconds s; None when that is 0."""
     if settings.client_check_seconds <= 0:
         return None
     with loadgen.TrivialEndpoint() as endpoint:
@@ -165,12 +168,11 @@ def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_
     log = log or stage_logger(__name__)
     settings, model_name = config.benchmark, mar.model_name
     pairs, pool = load_pool(settings.pairs_file)
-    url = f"{server.inference_url}/predictions/{model_name}"
     log.info("benchmark: %s, %s loop, %s", pool, settings.mode,
              f"{settings.concurrency} clients" if settings.mode == "closed"
              else f"{settings.rate:g} requests/s (at most {settings.concurrency} open)")
     with StageProgress("benchmark", planned_seconds(settings, resolved, traced is not None), log=log) as progress:
-        bench = _measure(server, model_name, url, pairs, pool, traced, config, resolved, log, accuracy, progress)
+        bench = _measure(server, model_name, pairs, pool, traced, config, resolved, log, accuracy, progress)
         progress.phase("wrap-up", "regression against earlier runs, the chart, benchmark.json")
         bench.fingerprint = regression.fingerprint(config, resolved)
         bench.regression = regression.check(bench, bench.fingerprint, settings.regression_runs,
@@ -185,50 +187,71 @@ def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_
     return bench
 
 
-def _measure(server, model_name: str, url: str, pairs, pool: str, traced, config, resolved, log, accuracy,
+def _measure(server, model_name: str, pairs, pool: str, traced, config, resolved, log, accuracy,
              progress: StageProgress) -> BenchmarkResult:
     """The stage's measurements, each part announced to `progress` as it starts."""
     settings = config.benchmark
     # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
     if traced is not None and settings.ceiling_seconds > 0:
         progress.phase("ceiling", "ceiling: the traced model in-process, no server")
-    bench_ceiling = (_ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log)
+    bench_ceiling = (measure_ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log)
                      if traced else None)
-    ceiling = bench_ceiling if isinstance(bench_ceiling, ceiling_stage.Ceiling) else None  # measured
     if settings.client_check_seconds > 0:
         progress.phase("client check", "client check: the load generator against a trivial local endpoint")
-    client = _client_capacity(pairs, settings, log)
+    client = client_capacity(pairs, settings, log)
+    bench = measure_setting(server, model_name, pairs, settings, resolved, log, ceiling=bench_ceiling, client=client,
+                            progress=progress)
+    bench.pairs, bench.accuracy = pool, accuracy
+    return bench
 
-    progress.phase("load", "load: starting the clients")
+
+def _no_phase(name: str, what: str | None = None) -> None:
+    """measure_setting without a progress: nothing to announce."""
+
+
+def measure_setting(server, model_name: str, pairs, settings, resolved, log, *,
+                    ceiling: ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None = None,
+                    client: ClientCapacity | None = None, progress: StageProgress | None = None) -> BenchmarkResult:
+    """One serving setting, measured against the registered `model_name`: the load as `settings` (the
+    config's benchmark section) say -- mode, concurrency, duration or requests, warm-up; where the CPU,
+    memory and accelerator went meanwhile; TorchServe's own account from its logs; a lone client; the
+    headline and the warnings. `ceiling` (measured beforehand, TorchServe idle) and `client` (the load
+    generator's own capacity) give the ratios. The benchmark stage calls it once; flows/sweep.py once per
+    setting. progress: each part announced as it starts; None: no progress, nor the load's progress log lines."""
+    phase = progress.phase if progress is not None else _no_phase
+    url = f"{server.inference_url}/predictions/{model_name}"
+    ceiling_measured = ceiling if isinstance(ceiling, ceiling_stage.Ceiling) else None
+    phase("load", "load: starting the clients")
     wall_0 = time.time()
     cpu_0 = cpu_snapshot(server)
     with Telemetry(server, resolved.backend, settings.telemetry_every) as telemetry:
         result = loadgen.load(url, server.inference_headers(), pairs, mode=settings.mode,
                               concurrency=settings.concurrency, duration=settings.duration,
                               requests=settings.requests, rate=settings.rate, warmup=settings.warmup,
-                              progress_every=settings.progress_every, log=log, on_progress=progress.load("load"),
+                              progress_every=settings.progress_every if progress is not None else None, log=log,
+                              on_progress=progress.load("load") if progress is not None else None,
                               max_backlog=settings.concurrency if settings.mode == "open" else None)
         cpu_1 = cpu_snapshot(server)
     bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
-    bench.pairs, bench.ceiling, bench.client, bench.accuracy = pool, bench_ceiling, client, accuracy
+    bench.ceiling, bench.client = ceiling, client
     bench.memory, bench.accelerator = telemetry.memory(), telemetry.accelerator()
     # Warm-up included: the snapshots bracket the whole load, so this is per request sent.
-    bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling)
+    bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling_measured)
     # Open loop: the load is an offered rate, not what the server can do -- no ratio to the ceiling.
     bench.served_over_ceiling = None if settings.mode == "open" else _ratio(
-        bench.inferences_per_s, ceiling.inferences_per_s if ceiling else None)
+        bench.inferences_per_s, ceiling_measured.inferences_per_s if ceiling_measured else None)
     if client is not None:
         client.over_served = _ratio(client.requests_per_s, bench.requests_per_s)
-    progress.phase("server logs", "TorchServe's own account of the load, from its metric logs")
+    phase("server logs", "TorchServe's own account of the load, from its metric logs")
     time.sleep(LOG_SETTLE_S)
     since = wall_0 + settings.warmup
     logs = Path(server.server_dir) / "logs"
     bench.server = server_times(logs, since, since + result.seconds + LOG_SETTLE_S, model_name)
     bench.model_load = model_load(logs, model_name)
     if settings.single_client_seconds > 0:
-        progress.phase("lone client", "a lone client: latency at concurrency 1")
+        phase("lone client", "a lone client: latency at concurrency 1")
     bench.single_client = _single_client(url, server.inference_headers(), pairs, settings.single_client_seconds,
-                                         ceiling)
+                                         ceiling_measured)
     log.info(figures.headline(bench))
     bench.warnings = regression.busy_host_warnings(bench)
     if bench.windows is not None and not bench.windows.stable:

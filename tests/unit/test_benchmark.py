@@ -1,5 +1,6 @@
 """The benchmark stage's parts: a load's result, the pool of pairs, the CPU accounting, the regression verdict."""
 
+import logging
 import math
 import time
 
@@ -170,3 +171,33 @@ def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
     skipped = settings.model_copy(update={"client_check_seconds": 0, "single_client_seconds": 0})
     plan = bench_module.planned_seconds(skipped, one_worker, ceiling=False)
     assert plan["ceiling"] == plan["client check"] == plan["lone client"] == 0
+
+
+def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given(tmp_path, monkeypatch):
+    """measure_setting, which the stage and flows/sweep.py both call: the load as the settings say, the ratio
+    to a ceiling measured beforehand, the client's ratio, and no lone client when its seconds are 0."""
+    from types import SimpleNamespace
+
+    from tasks.common.config import load_config
+    from tasks.measure.ceiling import Ceiling
+    from tasks.measure.loadgen import TrivialEndpoint
+
+    monkeypatch.setattr(bench_module, "LOG_SETTLE_S", 0.0)
+    settings = load_config(overrides={"benchmark.duration": 0.5, "benchmark.warmup": 0.1,
+                                      "benchmark.concurrency": 2, "benchmark.single_client_seconds": 0}).benchmark
+    resolved = SimpleNamespace(backend="cpu", threads_per_worker=1)
+    ceiling = Ceiling(batch_size=2, max_length=32, buckets=[32], threads=1, batches_per_s=1e6, inferences_per_s=2e6,
+                      best_layout="1x1", batch_latency_ms=1.0, lone_batch_latency_ms=1.0,
+                      worker_lone_batch_latency_ms=1.0, layouts=[])
+    client = bench_module.ClientCapacity(requests_per_s=1e6, concurrency=2, seconds=1.0,
+                                         latency_ms=BenchmarkResult.from_load(load([0.001])).latency_ms)
+    (tmp_path / "logs").mkdir()
+    with TrivialEndpoint() as endpoint:
+        server = SimpleNamespace(inference_url=endpoint.url.removesuffix("/predictions/trivial"), processes=[],
+                                 inference_headers=dict, server_dir=tmp_path)
+        bench = bench_module.measure_setting(server, "trivial", [("a", "b")], settings, resolved,
+                                             logging.getLogger("test"), ceiling=ceiling, client=client)
+    assert bench.concurrency == 2 and bench.mode == "closed" and bench.errors == 0 and bench.inferences_per_s > 0
+    assert bench.ceiling is ceiling and bench.served_over_ceiling == bench.inferences_per_s / 2e6
+    assert bench.client.over_served == 1e6 / bench.requests_per_s
+    assert bench.single_client is None and bench.cpu is not None and bench.server is not None
