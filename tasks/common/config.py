@@ -32,11 +32,14 @@ TUTORIAL_COMPILER_ARGS = ("--auto-cast", "matmult", "--auto-cast-type", "bf16")
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 # The figures the regression compares with earlier nights (tasks/measure/regression.py COMPARED, by name).
 COMPARED_FIGURES = ("inferences_per_s", "latency_ms p50", "latency_ms p90", "latency_ms p99", "error_rate",
-                    "model_load register_to_ready_s", "memory total_rss_mib", "accuracy", "served_over_ceiling")
+                    "model_load register_to_ready_s", "memory total_rss_mib", "accuracy", "served_over_ceiling",
+                    "capacity rate")
 # Tolerances that differ from regression_tolerance (0.2 of the median): absolute for the two rates, wider
-# for the p99 and the model load, which vary more from night to night.
+# for the p99 and the model load, which vary more from night to night, and for the capacity, which the search
+# finds only within its precision (0.1).
 REGRESSION_TOLERANCES = {"latency_ms p99": 0.3, "error_rate": 0.01, "model_load register_to_ready_s": 0.5,
-                         "memory total_rss_mib": 0.15, "accuracy": 0.01, "served_over_ceiling": 0.1}
+                         "memory total_rss_mib": 0.15, "accuracy": 0.01, "served_over_ceiling": 0.1,
+                         "capacity rate": 0.25}
 
 
 class ConfigError(PipelineError, ValueError):
@@ -180,6 +183,32 @@ class ServingConfig(_Section):
         return self
 
 
+class CapacityConfig(_Section):
+    """The capacity search (tasks/measure/capacity.py): Poisson load, the highest rate whose tail latency
+    stays within a bound -- MLPerf's Server scenario."""
+
+    enabled: bool = Field(
+        False, description="after the load, search the highest rate of Poisson arrivals whose percentile "
+        "latency stays within bound_ms", json_schema_extra={"flag": "capacity"},
+    )
+    bound_ms: float = Field(
+        1500.0, gt=0, description="the capacity's latency bound, ms at `percentile`",
+        json_schema_extra={"flag": "capacity-bound-ms"},
+    )
+    percentile: float = Field(
+        99.0, gt=0, lt=100, description="the latency percentile the bound applies to",
+        json_schema_extra={"flag": "capacity-percentile"},
+    )
+    precision: float = Field(0.1, gt=0, lt=1, description="bisect until passing and failing rates are this close "
+                             "(relative to the failing one)")
+    min_step_seconds: float = Field(5.0, gt=0, description="s of measured load per step, at least")
+    beyond: int = Field(5, ge=1, description="per step, at least this many requests expected past the percentile")
+    step_warmup: float = Field(1.0, ge=0, description="s of load before each step is measured")
+    budget_seconds: float = Field(45.0, gt=0, description="s the whole search may take; a step that would not "
+                                  "fit is not started")
+    seed: int = Field(0, description="the Poisson arrivals' seed: the same schedule every night")
+
+
 class BenchmarkConfig(_Section):
     enabled: bool = Field(True, description="run the benchmark stage", json_schema_extra={"flag": "benchmark"})
     concurrency: int = Field(
@@ -195,6 +224,10 @@ class BenchmarkConfig(_Section):
         json_schema_extra={"flag": "load"},
     )
     rate: float = Field(20.0, gt=0, description="open loop only: requests/s", json_schema_extra={"flag": "rate"})
+    arrivals: Literal["fixed", "poisson"] = Field(
+        "fixed", description="open loop only: fixed intervals, or poisson (exponential gaps, seeded by "
+        "capacity.seed: real traffic's bursts)", json_schema_extra={"flag": "arrivals"},
+    )
     requests: int | None = Field(
         None, ge=1, description="measure this many requests instead of `duration` s",
         json_schema_extra={"flag": "requests"},
@@ -256,6 +289,7 @@ class BenchmarkConfig(_Section):
     def _existing_pairs_file(cls, path: Path | None) -> Path | None:
         return existing_file(path)
 
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
     compare_buckets: bool = Field(
         True, description="with several length buckets, also serve max_length only and send both the same traffic"
     )

@@ -5,6 +5,8 @@ timeline_chart  one run over time: answered requests/s per second, p50/p90 laten
 sweep_chart     one bar per configuration of a sweep: inferences/s, p90 against the latency limit,
                 the best configuration under the limit marked.
 histogram_chart the measured latencies' histogram, p50/p90/p99 marked.
+capacity_chart  the capacity search: offered rate against the percentile latency of each step, the bound
+                drawn, passing steps marked, the capacity found.
 trend_chart     the last runs of one deployment, oldest to newest: inferences/s and p90, regressed and
                 failed runs marked.
 data_uri        a PNG as a data: URI -- the Prefect UI renders it inside a markdown artifact, so the
@@ -119,6 +121,30 @@ def histogram_chart(bench, path: Path, size: dict = SMALL) -> Path | None:
     return _save(figure, path)
 
 
+def capacity_chart(bench, path: Path, size: dict = SMALL) -> Path | None:
+    """bench.capacity's steps: offered rate (x) against their percentile (y, log scale: a failing step's tail
+    can be 100x a passing one's), the bound as a line; None when no search ran."""
+    capacity = bench.capacity
+    if capacity is None or not capacity.steps:
+        return None
+    figure, axes = plt.subplots(**size)
+    for passed, colour, label in ((True, "#188038", "passed"), (False, "#d93025", "failed")):
+        steps = [s for s in capacity.steps if s.passed == passed]
+        axes.scatter([s.rate for s in steps], [max(s.percentile_ms, 0.1) for s in steps], color=colour,
+                     marker="o" if passed else "x", label=f"{label} ({len(steps)})", zorder=3)
+    axes.axhline(capacity.bound_ms, color="#5f6368", linestyle="--", linewidth=1,
+                 label=f"bound {capacity.bound_ms:g} ms")
+    if capacity.rate is not None:
+        axes.axvline(capacity.rate, color="#188038", linestyle=":", linewidth=1,
+                     label=f"capacity {capacity.rate:.1f} requests/s")
+    axes.set_yscale("log")
+    axes.set_xlabel("offered rate, requests/s (Poisson arrivals)")
+    axes.set_ylabel(f"p{capacity.percentile:g} latency, ms")
+    axes.legend(fontsize=7)
+    axes.set_title(f"capacity search: {len(capacity.steps)} steps, {capacity.stopped}", fontsize=8)
+    return _save(figure, path)
+
+
 def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
     """rows newest first, as tasks/report/trend.py makes them; drawn oldest to newest. A run without
     figures leaves a gap (a failed run: a red x on the axis); a regressed run's point is red."""
@@ -131,6 +157,9 @@ def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
 
     rate = series("inferences_per_s")
     throughput.plot(x, rate, "-o", color="#1a73e8", markersize=4, label="inferences/s")
+    capacity = series("capacity")
+    if not all(math.isnan(value) for value in capacity):
+        throughput.plot(x, capacity, "--^", color="#188038", markersize=4, label="capacity requests/s")
     regressed = [i for i, row in enumerate(rows) if row.get("regressed")]
     if regressed:
         throughput.scatter(regressed, [rate[i] for i in regressed], s=60, facecolors="none", edgecolors="#d93025",

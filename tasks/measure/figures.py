@@ -109,6 +109,10 @@ def _accelerator(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Va
     return _of(lambda b: b.accelerator, read)
 
 
+def _capacity(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
+    return _of(lambda b: b.capacity, read)
+
+
 def _cpu_ratio(cpu) -> Value:
     worker, ceiling = cpu.worker_cpu_ms_per_request, cpu.ceiling_cpu_ms_per_inference
     return worker / ceiling if worker is not None and ceiling else None
@@ -212,6 +216,7 @@ SINGLE_SECONDS = Figure("single_client seconds", _single(lambda s: s.seconds), "
 SINGLE_LATENCY = _latency("single_client latency_ms", lambda b: b.single_client and b.single_client.latency_ms,
                           "lone client ")
 SINGLE_P50 = SINGLE_LATENCY[0]
+SINGLE_P90 = SINGLE_LATENCY[1]
 SINGLE_OVER_BATCH = Figure("single_client over_batch_latency", _single(lambda s: s.over_batch_latency), "x", False,
                            "lone p50 / the same batch in-process", ".2f")
 SINGLE_OVER_WORKER_BATCH = Figure("single_client over_worker_batch_latency",
@@ -251,6 +256,22 @@ CPU_WORKER_OVER_CEILING = Figure("cpu worker_over_ceiling", _cpu(_cpu_ratio), "x
 
 REGRESSION = Figure("regression", lambda b: b.regression.status if b.regression else None, label="regression")
 
+CAPACITY_RATE = Figure("capacity rate", _capacity(lambda c: c.rate), "requests/s", True, "capacity", ".1f")
+CAPACITY_FAILED = Figure("capacity failed_rate", _capacity(lambda c: c.failed_rate), "requests/s",
+                         label="failed at", fmt=".1f")
+CAPACITY_BOUND = Figure("capacity bound_ms", _capacity(lambda c: c.bound_ms), "ms", label="bound", fmt="g")
+CAPACITY_PERCENTILE = Figure("capacity percentile", _capacity(lambda c: c.percentile), label="percentile", fmt="g")
+CAPACITY_STEPS = Figure("capacity steps", _capacity(lambda c: len(c.steps)), label="steps", fmt="d")
+CAPACITY_STOPPED = Figure("capacity stopped", _capacity(lambda c: c.stopped), label="search ended")
+
+# MLPerf's inference scenarios, where a figure here answers the same question (so a reader can set them beside
+# published numbers): SingleStream's p90 of one query at a time, Offline's throughput with all the work
+# available at once (our closed loop), Server's Poisson rate within a tail-latency bound (the capacity).
+MLPERF_SINGLE_STREAM = Figure("mlperf SingleStream", SINGLE_P90.read, "ms", False, "SingleStream p90", ".0f")
+MLPERF_OFFLINE = Figure("mlperf Offline", lambda b: b.inferences_per_s if b.mode == "closed" else None,
+                        "inferences/s", True, "Offline", ".1f")
+MLPERF_SERVER = Figure("mlperf Server", CAPACITY_RATE.read, "requests/s", True, "Server", ".1f")
+
 FIGURES: tuple[Figure, ...] = (
     REQUESTS_PER_S, INFERENCES_PER_S, REQUESTS, ERRORS, CONCURRENCY, SECONDS, ERROR_RATE, MODE, RATE, FIRST_ERROR,
     PAIRS, SERVED_OVER_CEILING, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN,
@@ -264,6 +285,7 @@ FIGURES: tuple[Figure, ...] = (
     CEILING_OTHER_CORES,
     CLIENT_REQUESTS_PER_S, CLIENT_CONCURRENCY, CLIENT_SECONDS, *CLIENT_LATENCY, CLIENT_OVER_SERVED,
     SINGLE_REQUESTS, SINGLE_SECONDS, *SINGLE_LATENCY, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH,
+    CAPACITY_RATE, CAPACITY_FAILED, CAPACITY_BOUND, CAPACITY_PERCENTILE, CAPACITY_STEPS, CAPACITY_STOPPED,
     *QUEUE, *REQUEST, HANDLER_METRIC, *HANDLER, *PREPROCESS, *MODEL, *POSTPROCESS, *WORKER_THREAD, BATCHES,
     BATCH_FILL,
     CPU_SECONDS, CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
@@ -296,10 +318,12 @@ HEADLINE = (INFERENCES_PER_S, MODE, CONCURRENCY, OPEN_OFFERED, OPEN_ACHIEVED, LA
             LATENCY_P99, LATENCY_MAX, ERRORS, ERROR_RATE, OPEN_LATE, OPEN_DROPPED, WINDOW_CV, SERVED_OVER_CEILING,
             CLIENT_OVER_SERVED, SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH, QUEUE[1], HANDLER[1],
             MODEL[1], BATCH_FILL, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
-            CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, MEMORY_TOTAL, LOAD_READY)
+            CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, MEMORY_TOTAL, LOAD_READY, CAPACITY_RATE,
+            CAPACITY_BOUND)
 TITLE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, SERVED_OVER_CEILING)
 SUMMARY = Line("Benchmark", (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, ERRORS))
 DETAILS = (
+    Line("MLPerf's scenarios, as measured here", (MLPERF_SINGLE_STREAM, MLPERF_OFFLINE, MLPERF_SERVER), strong=True),
     Line("Served / in-process", (SERVED_OVER_CEILING,), labelled=False, strong=True),
     Line("Latency (client)", (LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MAX, LATENCY_MEAN,
                               ERROR_RATE)),
@@ -314,6 +338,8 @@ DETAILS = (
     Line("Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
          (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED)),
     Line("Lone client (concurrency 1)", (SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH)),
+    Line("Capacity (Poisson arrivals; the highest offered rate within the bound)",
+         (CAPACITY_RATE, CAPACITY_PERCENTILE, CAPACITY_BOUND, CAPACITY_FAILED, CAPACITY_STEPS, CAPACITY_STOPPED)),
     Line("TorchServe (queue per request; the handler and its phases per batch)",
          (QUEUE[1], QUEUE[2], QUEUE[4], HANDLER_METRIC, HANDLER[1], HANDLER[2], HANDLER[4], PREPROCESS[1],
           PREPROCESS[2], MODEL[1], MODEL[2], MODEL[4], POSTPROCESS[1], POSTPROCESS[2], BATCH_FILL)),
@@ -374,9 +400,23 @@ def markdown_lines(bench: BenchmarkResult | dict) -> list[str]:
     lines += [f"- **Warning**: {warning}" for warning in bench.warnings]
     if bench.server is not None and bench.server.note:
         lines.append(f"- TorchServe's times: {bench.server.note}")
+    lines += capacity_table(bench.capacity)
     if bench.regression is not None:
         lines.append(f"- Regression check: **{bench.regression.status}** — {bench.regression.message}")
         lines += regression_table(bench.regression)
+    return lines
+
+
+def capacity_table(capacity) -> list[str]:
+    """The capacity search's steps, in the order they ran: one markdown row each."""
+    if capacity is None or not capacity.steps:
+        return []
+    lines = ["", f"Capacity search ({capacity.rule}):", "",
+             f"| offered requests/s | answered requests/s | p50 ms | p90 ms | p99 ms | errors | dropped | "
+             f"p{capacity.percentile:g} within {capacity.bound_ms:g} ms |", "|---|---|---|---|---|---|---|---|"]
+    for step in capacity.steps:
+        lines.append(f"| {step.rate:.1f} | {step.achieved:.1f} | {step.p50:.0f} | {step.p90:.0f} | {step.p99:.0f} | "
+                     f"{step.errors} | {step.dropped} | {'**passed**' if step.passed else 'failed'} |")
     return lines
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from tasks.measure import figures
 from tasks.measure.figures import (
     ACCURACY,
+    CAPACITY_RATE,
     CEILING_OTHER_CORES,
     CPU_HOST_CORES,
     CPU_OTHER_CORES,
@@ -67,7 +68,7 @@ class Compared:
 COMPARED = (
     Compared(INFERENCES_PER_S), Compared(LATENCY_P50), Compared(LATENCY_P90), Compared(LATENCY_P99),
     Compared(ERROR_RATE, absolute=True, tolerance=0.01), Compared(LOAD_READY), Compared(MEMORY_TOTAL),
-    Compared(ACCURACY, absolute=True, tolerance=0.01), Compared(SERVED_OVER_CEILING),
+    Compared(ACCURACY, absolute=True, tolerance=0.01), Compared(SERVED_OVER_CEILING), Compared(CAPACITY_RATE),
 )
 
 # --- fingerprint: which runs may be compared -------------------------------------------------

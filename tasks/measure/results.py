@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tasks.measure.capacity import Capacity
 from tasks.measure.ceiling import Ceiling, NoCeiling
 from tasks.measure.loadgen import LatencyMs, LoadResult
 
@@ -213,6 +214,7 @@ class BenchmarkResult(BaseModel):
     client: ClientCapacity | None = None
     server: ServerTimes | None = None
     single_client: SingleClient | None = None
+    capacity: Capacity | None = None  # the highest Poisson rate within the latency bound (MLPerf's Server)
     cpu: CpuUse | None = None
     warnings: list[str] = []  # figures a reader should not trust, and why (a busy host)
     regression: Regression | None = None

@@ -28,7 +28,8 @@ from tasks.verify.checks import CheckResult
 from tasks.common.versions import package_versions
 
 SUMMARY_FILE = "summary.json"
-PICTURES = {"throughput and latency": "throughput-latency.png", "latency histogram": "latency-histogram.png"}
+PICTURES = {"throughput and latency": "throughput-latency.png", "latency histogram": "latency-histogram.png",
+            "capacity search": "capacity.png"}
 
 
 def new_run_dir(runs_dir: Path) -> Path:
@@ -92,14 +93,15 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
         return {}
     log = log or stage_logger(__name__)
     try:
-        from tasks.measure.charts import SMALL, histogram_chart, timeline_chart
+        from tasks.measure.charts import SMALL, capacity_chart, histogram_chart, timeline_chart
     except ImportError as error:
         log.warning("no pictures in the summary: %s (install matplotlib)", error)
         return {}
     drawn = {}
     for alt, draw in (("throughput and latency", lambda path: timeline_chart(bench, path, SMALL) if bench.timeline
                        else None),
-                      ("latency histogram", lambda path: histogram_chart(bench, path, SMALL))):
+                      ("latency histogram", lambda path: histogram_chart(bench, path, SMALL)),
+                      ("capacity search", lambda path: capacity_chart(bench, path, SMALL))):
         try:
             path = draw(run_dir / PICTURES[alt])
         except Exception as error:  # a picture is not worth a failed run

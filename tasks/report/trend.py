@@ -5,7 +5,8 @@ table and a chart -- a slide over two weeks is seen at a glance instead of by op
     ![trend](data:image/png;base64,...)
     | run | started | status | stages | inferences/s | p50 / p90 / p99 ms | accuracy |
 
-A row per run, this one first: throughput, client p50/p90/p99, accuracy, served / in-process from the
+A row per run, this one first: throughput, client p50/p90/p99, capacity at the latency bound, accuracy,
+served / in-process from the
 run's benchmark artifact; status, failed stage, each stage's status and the regressed figures from its
 outcome artifact (`outcome_rows`, published by every run for this). An earlier run without them --
 a crash, a run from before this artifact -- still gets a row from its Prefect state: "stage start
@@ -20,13 +21,22 @@ import re
 import tempfile
 from pathlib import Path
 
-from tasks.measure.figures import ACCURACY, INFERENCES_PER_S, LATENCY_P50, LATENCY_P90, LATENCY_P99, SERVED_OVER_CEILING
+from tasks.measure.figures import (
+    ACCURACY,
+    CAPACITY_RATE,
+    INFERENCES_PER_S,
+    LATENCY_P50,
+    LATENCY_P90,
+    LATENCY_P99,
+    SERVED_OVER_CEILING,
+)
 from tasks.common import keys
 from tasks.common.runlog import stage_logger
 
 RUNS = 14
 FIGURES = {"inferences_per_s": INFERENCES_PER_S, "p50_ms": LATENCY_P50, "p90_ms": LATENCY_P90,
-           "p99_ms": LATENCY_P99, "accuracy": ACCURACY, "served_over_ceiling": SERVED_OVER_CEILING}
+           "p99_ms": LATENCY_P99, "accuracy": ACCURACY, "served_over_ceiling": SERVED_OVER_CEILING,
+           "capacity": CAPACITY_RATE}
 STAGE_MARK = {"ok": "✓", "failed": "✗", "interrupted": "!", "skipped": "·"}
 FAILED_STAGE = re.compile(r"stage (\S+) failed")
 
@@ -142,6 +152,8 @@ def table(rows: list[dict]) -> list[str]:
         "inferences/s": throughput,  # (served ÷ in-process), said above the table
         "p50 / p90 / p99 ms": lambda r: " / ".join(cell(r, c, ".0f") for c in ("p50_ms", "p90_ms", "p99_ms")),
     }
+    if any(isinstance(r.get("capacity"), (int, float)) for r in rows):
+        columns["capacity requests/s"] = lambda r: cell(r, "capacity", ".1f")
     if any(isinstance(r.get("accuracy"), (int, float)) for r in rows):
         columns["accuracy"] = lambda r: cell(r, "accuracy", ".3f")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -11,6 +11,7 @@ from tasks.measure.figures import FIGURES, INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
 from tasks.measure import regression as regression_module
 from tasks.measure.regression import compare, figures_of
+from tasks.measure.capacity import Capacity, CapacityStep
 from tasks.measure.results import (
     Accelerator,
     BenchmarkResult,
@@ -53,6 +54,12 @@ def full() -> BenchmarkResult:
                            worker_thread_ms=stat, batches=300, mean_batch_fill=5.5),
         single_client=SingleClient(requests=20, seconds=5.0, latency_ms=percentiles([0.12]), over_batch_latency=1.2,
                                    over_worker_batch_latency=0.9),
+        capacity=Capacity(percentile=99, bound_ms=1500, rate=52.5, failed_rate=56.0, start_rate=67.0, precision=0.1,
+                          stopped="within 10%", rule="each step at least 5 s and 500 requests",
+                          steps=[CapacityStep(rate=67.0, achieved=60.0, seconds=7.5, requests=500, p50=900.0, p90=1900.0,
+                                              p99=2500.0, percentile_ms=2500.0, errors=0, dropped=0, passed=False),
+                                 CapacityStep(rate=52.5, achieved=52.4, seconds=9.5, requests=500, p50=300.0, p90=800.0,
+                                              p99=1200.0, percentile_ms=1200.0, errors=0, dropped=0, passed=True)]),
         cpu=CpuUse(seconds=30.0, host_cores=2, workers_cores=1.8, frontend_cores=0.1, client_cores=0.05,
                    other_cores=0.01, worker_cpu_ms_per_request=26.0, ceiling_cpu_ms_per_inference=23.8),
         regression=Regression(status="no history", action="warn", tolerance=0.2, message="nothing to compare"),
@@ -179,5 +186,18 @@ def test_markdown_lines_of_a_bare_benchmark_have_no_empty_sections():
     lines = figures.markdown_lines(night(20.0, 1.0))
     assert [line for line in lines if line] == ["Benchmark: 20.0 inferences/s, closed loop, concurrency 4, "
                                                 "p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0",
+                                                "- **MLPerf's scenarios, as measured here: Offline 20.0 "
+                                                "inferences/s**",
                                                 "- Latency (client): p50 1000 ms, p90 1000 ms, p95 1000 ms, "
                                                 "p99 1000 ms, max 1000 ms, mean 1000 ms, error rate 0.0%"]
+
+
+def test_the_summary_names_mlperfs_scenarios_and_tabulates_the_capacity_search():
+    closed = full().model_copy(update={"mode": "closed"})
+    lines = figures.markdown_lines(closed)
+    assert ("- **MLPerf's scenarios, as measured here: SingleStream p90 120 ms, Offline 67.0 inferences/s, "
+            "Server 52.5 requests/s**") in lines
+    assert "| 67.0 | 60.0 | 900 | 1900 | 2500 | 0 | 0 | failed |" in lines
+    assert "| 52.5 | 52.4 | 300 | 800 | 1200 | 0 | 0 | **passed** |" in lines
+    assert "capacity 52.5 requests/s" in figures.headline(closed)
+    assert "Offline" not in "\n".join(figures.markdown_lines(full()))  # an open loop is not MLPerf's Offline

@@ -152,10 +152,10 @@ from tasks.measure.regression import COMPARED  # noqa: E402
 
 TYPICAL = {"inferences_per_s": 68.0, "latency_ms p50": 900.0, "latency_ms p90": 1100.0, "latency_ms p99": 1300.0,
            "error_rate": 0.0, "model_load register_to_ready_s": 6.0, "memory total_rss_mib": 1200.0,
-           "accuracy": 0.74, "served_over_ceiling": 0.82}
+           "accuracy": 0.74, "served_over_ceiling": 0.82, "capacity rate": 60.0}
 WORSE = {"inferences_per_s": 50.0, "latency_ms p50": 1200.0, "latency_ms p90": 1500.0, "latency_ms p99": 2000.0,
          "error_rate": 0.05, "model_load register_to_ready_s": 12.0, "memory total_rss_mib": 1500.0,
-         "accuracy": 0.70, "served_over_ceiling": 0.65}
+         "accuracy": 0.70, "served_over_ceiling": 0.65, "capacity rate": 40.0}  # a capacity that falls
 
 
 def _nights(wobble: float = 0.01) -> list[dict]:

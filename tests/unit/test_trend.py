@@ -109,3 +109,23 @@ def test_outcome_rows_name_each_stage_and_the_regressed_figures():
 
 def test_publish_trend_outside_a_flow_run_publishes_nothing_and_does_not_raise(tmp_path):
     assert trend.publish_trend("adhoc-cpu", "adhoc-cpu", "x", None, _summary(), tmp_path) is None
+
+
+def test_the_capacity_is_a_column_of_the_trend_a_line_of_its_chart_and_a_fall_is_marked(tmp_path):
+    from tasks.measure.capacity import Capacity
+
+    def with_capacity(rate: float, regressed: tuple[str, ...] = ()) -> BenchmarkResult:
+        bench = _bench(18.0, 1.3, regressed)
+        bench.capacity = Capacity(percentile=99, bound_ms=1500, rate=rate, failed_rate=rate * 1.1, start_rate=18.0,
+                                  precision=0.1, stopped="within 10%", rule="", steps=[])
+        return bench
+
+    fell = with_capacity(9.0, ("capacity rate",))
+    rows = [trend.row_now("calm-otter", "2026-11-25 02:00", _summary(bench=fell)),
+            _earlier("fine-crow", 22, "COMPLETED", summary=_summary(bench=with_capacity(15.0)),
+                     bench=with_capacity(15.0))]
+    lines = trend.table(rows)
+    assert "capacity requests/s" in lines[0]
+    assert "**9.0 ▼**" in lines[2] and "| 15.0 |" in lines[3]
+    assert "capacity requests/s" not in trend.table(_history())[0]  # no night searched: no column
+    assert trend_chart(rows, tmp_path / "trend.png").read_bytes().startswith(PNG)
