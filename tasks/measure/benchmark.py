@@ -13,6 +13,8 @@ In one run, in this order (TorchServe idle for the first two):
   4. TorchServe's own account of the load window, from its metric logs, and how long the model took
      to load per worker, from its log (server_metrics.py);
   5. a lone client: p50 at concurrency 1, against the latency of one batch in-process;
+     then, with benchmark.capacity.enabled, the capacity: the highest rate of Poisson arrivals whose p99
+     stays within a bound (capacity.py; MLPerf's Server scenario);
   6. regression: every headline figure against the median of the last N completed runs of the same
      deployment and parameters, read through the Prefect API (regression.py).
 While it runs, tasks/common/progress.py shows where the stage stands (a Prefect progress artifact,
@@ -37,6 +39,7 @@ from tasks.common.config import REPO_ROOT
 from tasks.common.errors import PipelineError
 from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figures, loadgen, regression
+from tasks.measure.capacity import Capacity, Search, poisson_steps
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
@@ -150,6 +153,7 @@ def planned_seconds(settings, resolved, ceiling: bool = True) -> dict[str, float
         "load": settings.warmup + settings.duration,
         "server logs": LOG_SETTLE_S,
         "lone client": settings.single_client_seconds,
+        "capacity": settings.capacity.budget_seconds if settings.capacity.enabled else 0,
         "wrap-up": WRAP_UP_S,
     }
 
@@ -228,6 +232,7 @@ def measure_setting(server, model_name: str, pairs, settings, resolved, log, *,
         result = loadgen.load(url, server.inference_headers(), pairs, mode=settings.mode,
                               concurrency=settings.concurrency, duration=settings.duration,
                               requests=settings.requests, rate=settings.rate, warmup=settings.warmup,
+                              arrivals=settings.arrivals, seed=settings.capacity.seed,
                               progress_every=settings.progress_every if progress is not None else None, log=log,
                               on_progress=progress.load("load") if progress is not None else None,
                               max_backlog=settings.concurrency if settings.mode == "open" else None)
@@ -252,16 +257,43 @@ def measure_setting(server, model_name: str, pairs, settings, resolved, log, *,
         phase("lone client", "a lone client: latency at concurrency 1")
     bench.single_client = _single_client(url, server.inference_headers(), pairs, settings.single_client_seconds,
                                          ceiling_measured)
+    if settings.capacity.enabled:
+        phase("capacity", f"capacity: Poisson load, the highest rate with p{settings.capacity.percentile:g} "
+                          f"within {settings.capacity.bound_ms:g} ms")
+        bench.capacity = measure_capacity(url, server.inference_headers(), pairs, settings, bench.requests_per_s, log)
     log.info(figures.headline(bench))
-    bench.warnings = regression.busy_host_warnings(bench)
-    if bench.windows is not None and not bench.windows.stable:
-        bench.warnings.append(
-            f"throughput varied by {bench.windows.cv:.1%} (std / mean) across {len(bench.windows.requests_per_s)} "
-            f"windows of {bench.windows.seconds:g} s, over the {bench.windows.threshold:.0%} allowed: the run "
-            f"was unstable, its figures are not a steady state")
+    bench.warnings = _warnings(bench)
     for warning in bench.warnings:
         log.warning(warning)
     return bench
+
+
+def _warnings(bench: BenchmarkResult) -> list[str]:
+    """Figures a reader should not trust, and why: a busy host, an unstable load."""
+    warnings = regression.busy_host_warnings(bench)
+    if bench.windows is not None and not bench.windows.stable:
+        warnings.append(
+            f"throughput varied by {bench.windows.cv:.1%} (std / mean) across {len(bench.windows.requests_per_s)} "
+            f"windows of {bench.windows.seconds:g} s, over the {bench.windows.threshold:.0%} allowed: the run "
+            f"was unstable, its figures are not a steady state")
+    return warnings
+
+
+def measure_capacity(url: str, headers: dict, pairs, settings, start_rate: float, log) -> Capacity:
+    """The capacity search (capacity.py), from the rate the load just served, within its own time budget."""
+    search = settings.capacity
+    measure = poisson_steps(url, headers, pairs, concurrency=settings.concurrency, bound_ms=search.bound_ms,
+                            percentile=search.percentile, seed=search.seed, warmup=search.step_warmup)
+    found = Search(measure, bound_ms=search.bound_ms, percentile=search.percentile, precision=search.precision,
+                   min_step_seconds=search.min_step_seconds, beyond=search.beyond,
+                   budget_seconds=search.budget_seconds, step_overhead_s=search.step_warmup).run(start_rate)
+    for step in found.steps:
+        log.info("capacity step: %.1f requests/s offered (Poisson), %.1f answered, p%g %.0f ms, %d errors, "
+                 "%d dropped: %s", step.rate, step.achieved, search.percentile, step.percentile_ms, step.errors,
+                 step.dropped, "passed" if step.passed else "failed")
+    log.info("capacity at p%g <= %g ms: %s (%s)", search.percentile, search.bound_ms,
+             f"{found.rate:.1f} requests/s" if found.rate is not None else "none", found.stopped)
+    return found
 
 
 def raise_if_regressed(bench: BenchmarkResult) -> None:

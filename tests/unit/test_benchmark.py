@@ -161,7 +161,7 @@ def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
                                                           "client_check_seconds": 1, "single_client_seconds": 3})
     one_worker = SimpleNamespace(initial_workers=1, threads_per_worker=2)
     plan = bench_module.planned_seconds(settings, one_worker)
-    assert list(plan) == ["ceiling", "client check", "load", "server logs", "lone client", "wrap-up"]
+    assert list(plan) == ["ceiling", "client check", "load", "server logs", "lone client", "capacity", "wrap-up"]
     assert plan["load"] == 32 and plan["client check"] == 1.5 and plan["lone client"] == 3
     # all threads, one stream per thread, then the lone batch (half the time): 3 x 2 s after the child starts
     assert plan["ceiling"] == bench_module.CEILING_START_S + 5
