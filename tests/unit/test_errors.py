@@ -84,3 +84,107 @@ def test_the_ctrl_c_line_says_an_unreadable_summary_is_unreadable_and_why(tmp_pa
     assert "nothing to stop" not in line
     assert "unreadable" in line and "JSONDecodeError" in line and "python -m flows.stop" in line
     assert _interrupted(tmp_path / "none", started=0) == "interrupted before the run started: nothing to stop"
+
+
+# --- an expected failure in the run's log: its message and fix, no traceback; a bug: its traceback -------
+
+
+def _engine_logs(name: str, error: BaseException, monkeypatch) -> tuple[str, logging.LogRecord]:
+    """What Prefect's engine writes for a run that ended on `error` (task_engine.py / flow_engine.py: an
+    ERROR with exc_info=True while the exception is handled), formatted the way a handler formats it."""
+    import io
+
+    from flows.logs import install_expected_failures
+
+    install_expected_failures()
+    logger = logging.getLogger(name)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))  # appends a traceback when exc_info
+    records: list[logging.LogRecord] = []
+    handler.addFilter(lambda record: records.append(record) or True)
+    monkeypatch.setattr(logger, "handlers", [handler])  # Prefect's own (console, API) left out of the test
+    try:
+        raise error
+    except BaseException as raised:
+        if name == "prefect.task_runs":
+            logger.error(f"Task run failed with exception: {raised!r} - Retries are exhausted", exc_info=True)
+        else:
+            logger.exception("Encountered exception during execution: %r", raised)
+    return stream.getvalue(), records[0]
+
+
+def _stage_failed(cause: BaseException, during: BaseException | None = None) -> BaseException:
+    """The flow's error as flows/run.py's __exit__ raises it: StageFailed from the stage's error -- or, when
+    the stop failed while a stage's error (`during`) was being handled, from the stop's error."""
+    from flows.stages import StageFailed, Stages
+
+    stages = Stages(["trace", "stop"])
+    stages.records["trace"].status, stages.records["trace"].error = "failed", f"{type(cause).__name__}: {cause}"
+
+    def exit_() -> BaseException:
+        try:
+            raise cause  # the stop's error, caught and kept (Run._stop) ...
+        except BaseException as caught:
+            kept = caught
+        try:
+            raise StageFailed(stages) from kept  # ... and raised once the summary is out
+        except StageFailed as raised:
+            return raised
+
+    if during is None:
+        return exit_()
+    try:
+        raise during
+    except BaseException:
+        return exit_()
+
+
+def _trace_error():
+    from tasks.prepare.trace import TraceError
+
+    return TraceError("cannot load checkpoint '/models/bert': no such directory",
+                      fix="point model.source at a directory with config.json, weights and tokenizer files")
+
+
+@pytest.mark.parametrize("logger", ["prefect.task_runs", "prefect.flow_runs"])
+def test_a_pipeline_error_is_logged_by_the_engines_as_its_message_and_fix_without_a_traceback(logger, monkeypatch):
+    text, record = _engine_logs(logger, _trace_error(), monkeypatch)
+    assert "Traceback" not in text and record.exc_info is None
+    assert len(text.strip().splitlines()) == 1, text
+    assert "TraceError: cannot load checkpoint '/models/bert': no such directory -- fix: point model.source" in text
+    assert "Retries are exhausted" in text or "Encountered exception during execution" in text  # Prefect's words
+
+
+def test_a_stage_failed_on_a_pipeline_error_is_logged_without_a_traceback(monkeypatch):
+    text, _ = _engine_logs("prefect.flow_runs", _stage_failed(_trace_error()), monkeypatch)
+    assert "Traceback" not in text
+    assert text.startswith("ERROR Encountered exception during execution: StageFailed: stage trace failed: "
+                           "TraceError: cannot load checkpoint")
+    assert "-- fix: point model.source at a directory" in text
+
+
+@pytest.mark.parametrize("logger", ["prefect.task_runs", "prefect.flow_runs"])
+def test_a_bug_keeps_its_traceback(logger, monkeypatch):
+    text, record = _engine_logs(logger, ZeroDivisionError("division by zero"), monkeypatch)
+    assert record.exc_info is not None
+    assert "Traceback (most recent call last)" in text and "ZeroDivisionError: division by zero" in text
+
+
+@pytest.mark.parametrize("error", [
+    lambda: _stage_failed(ZeroDivisionError("division by zero")),  # a bug in a stage
+    # the stop failed (expected) after a bug: the bug was being handled, and its traceback stays
+    lambda: _stage_failed(_trace_error(), during=ZeroDivisionError("division by zero")),
+])
+def test_a_stage_failed_that_carries_a_bug_keeps_its_traceback(error, monkeypatch):
+    text, _ = _engine_logs("prefect.flow_runs", error(), monkeypatch)
+    assert "Traceback (most recent call last)" in text and "ZeroDivisionError: division by zero" in text
+
+
+def test_the_flow_module_installs_the_filter_once_on_both_engine_loggers():
+    import flows.pipeline  # noqa: F401  -- installs it on import (a deployment's run imports it too)
+    from flows.logs import ENGINE_LOGGERS, ExpectedFailures, install_expected_failures
+
+    install_expected_failures()
+    for name in ENGINE_LOGGERS:
+        assert sum(isinstance(f, ExpectedFailures) for f in logging.getLogger(name).filters) == 1
