@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.common import mrpc
 from tasks.common.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +93,11 @@ class ModelConfig(_Section):
     @classmethod
     def _brought_file(cls, path: Path | None) -> Path | None:
         return existing_file(path)
+
+    @field_validator("source")
+    @classmethod
+    def _local_source(cls, source: str) -> str:
+        return checkpoint_source(source)
 
     @model_validator(mode="after")
     def _one_brought(self) -> "ModelConfig":
@@ -287,7 +293,8 @@ class BenchmarkConfig(_Section):
     @field_validator("pairs_file")
     @classmethod
     def _existing_pairs_file(cls, path: Path | None) -> Path | None:
-        return existing_file(path)
+        path = existing_file(path)
+        return path if path is None or path.suffix.lower() in (".yaml", ".yml") else mrpc_file(path)
 
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
     compare_buckets: bool = Field(
@@ -297,6 +304,39 @@ class BenchmarkConfig(_Section):
         8.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
         json_schema_extra={"flag": "compare-seconds"},
     )
+
+
+def checkpoint_source(source: str) -> str:
+    """model.source as trace reads it (tasks/prepare/trace.py): 'embedded', a directory that exists (relative
+    to where the command runs), else a Hugging Face hub id. What is clearly a local path -- absolute, ./ ../ ~,
+    more than one / (a hub id has one), or in a directory that exists -- must be a directory: refused here,
+    before anything starts, not by the hub's "Repo id must be in the form ..." once trace runs."""
+    if source == EMBEDDED_MODEL:
+        return source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path) if source.startswith("~") else source  # trace does not expand ~ itself
+    wanted = (f"give a checkpoint directory (config.json, weights and tokenizer files), a Hugging Face hub id "
+              f"such as org/name, or {EMBEDDED_MODEL}")
+    if path.exists():
+        raise ValueError(f"{source} is a file, not a checkpoint directory; {wanted}")
+    local = (source.startswith(("/", "./", "../", "~")) or source in (".", "..") or source.count("/") > 1
+             or ("/" in source and path.parent.is_dir()))
+    if local:
+        raise ValueError(f"no such directory {source}; {wanted}")
+    return source
+
+
+def mrpc_file(path: Path | None) -> Path | None:
+    """An existing file (see existing_file) that must be MSR Paraphrase / GLUE MRPC TSV: read with the
+    check stage's own reader (tasks/common/mrpc.py) before anything starts; refused naming the line."""
+    if path is None:
+        return None
+    try:
+        mrpc.check(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{error}; {mrpc.FIX}, or null") from None
+    return path
 
 
 def existing_file(path: Path | None) -> Path | None:
@@ -364,6 +404,11 @@ class ChecksConfig(_Section):
     @classmethod
     def _existing_file(cls, path: Path | None) -> Path | None:
         return existing_file(path)
+
+    @field_validator("accuracy_file")
+    @classmethod
+    def _mrpc_file(cls, path: Path | None) -> Path | None:
+        return mrpc_file(path)
 
 
 def _default_cache_dir() -> Path:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+from tasks.common import mrpc
 
 
 def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -19,23 +18,12 @@ def read_mrpc(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
 
 
 def read_mrpc_lenient(path: Path) -> tuple[list[tuple[str, str]], np.ndarray, list[int]]:
-    """Like read_mrpc, but skips malformed lines and returns their numbers.
+    """Like read_mrpc, but skips malformed lines and returns their numbers (tasks/common/mrpc.py `read`).
 
     The MSR Paraphrase training file itself has one (line 2124: two records run together),
     so a caller reading real files reports what it skipped rather than refusing the file.
     """
-    pairs, labels, skipped = [], [], []
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows, [])
-        if header != MRPC_HEADER:
-            raise ValueError(f"{path} is not MRPC TSV: expected header {MRPC_HEADER}, got {header}")
-        for line, row in enumerate(rows, 2):
-            if len(row) != 5 or row[0] not in ("0", "1"):
-                skipped.append(line)
-                continue
-            labels.append(int(row[0]))
-            pairs.append((row[3], row[4]))
+    pairs, labels, skipped = mrpc.read(path)
     return pairs, np.array(labels, dtype=int), skipped
 
 

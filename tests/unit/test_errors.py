@@ -4,12 +4,15 @@ the trend, the summary's pictures, the Ctrl-C line)."""
 from __future__ import annotations
 
 import logging
+import sys
+import types
 
 import prefect.main  # noqa: F401  -- Prefect sets up its logging here: before caplog's handler, not over it
 import pytest
 from prefect.runtime import deployment, flow_run
 
 from tasks.common import keys
+from tasks.common.config import REPO_ROOT, ConfigError, ModelConfig, load_config
 from tasks.report import summary, trend
 
 
@@ -188,3 +191,86 @@ def test_the_flow_module_installs_the_filter_once_on_both_engine_loggers():
     install_expected_failures()
     for name in ENGINE_LOGGERS:
         assert sum(isinstance(f, ExpectedFailures) for f in logging.getLogger(name).filters) == 1
+
+
+# --- what can be checked before anything starts is ------------------------------------------------------
+
+MRPC_DEV = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
+HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+
+
+@pytest.fixture
+def no_flow(monkeypatch):
+    """Fail the test if the command line gets as far as the flow (or importing it)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the flow was started despite a bad configuration")
+
+    monkeypatch.setitem(sys.modules, "flows.pipeline", types.SimpleNamespace(validate=refuse))
+
+
+def _command(argv, capsys) -> tuple[int, str]:
+    from flows.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["/nonexistent/dir", "./no-such-model", "../no-such-model", "~/no-such-model",
+                                    "models/bert/base", "tests/no-such-model"])
+def test_a_local_model_directory_that_does_not_exist_is_refused_before_the_run(source, no_flow, capsys):
+    code, err = _command(["--model", source], capsys)
+    assert code == 2
+    assert err.startswith("error:") and f"model.source = {source!r}" in err
+    assert f"no such directory {source}" in err and "give a checkpoint directory" in err
+
+
+def test_a_model_file_is_refused_as_not_a_directory(no_flow, capsys):
+    code, err = _command(["--model", "configs/default.yaml"], capsys)
+    assert code == 2 and "is a file, not a checkpoint directory" in err
+
+
+@pytest.mark.parametrize("source", ["embedded", "org/name", "bert-base-cased-finetuned-mrpc", "configs"])
+def test_the_embedded_model_a_hub_id_and_an_existing_directory_pass(source):
+    assert ModelConfig(source=source).source == source  # a hub id is the hub's to answer, once trace runs
+
+
+def test_a_home_directory_is_expanded_for_trace(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "bert").mkdir()
+    assert ModelConfig(source="~/bert").source == str(tmp_path / "bert")
+
+
+@pytest.mark.parametrize("text, said", [
+    ("- {label: paraphrase, seq_0: a, seq_1: b}\n", "line 1 is not the header"),
+    ("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta\tb\n", "line 1 is not the header"),  # GLUE's test split
+    ("", "the file is empty"),
+    (HEADER + "yes\t1\t2\ta\tb\n", "line 2: expected 5 tab-separated fields"),
+    (HEADER, "nothing after the header"),
+    (b"Quality\t#1 ID\n\xff\xfe\n", "line 2 is not UTF-8 text"),
+])
+def test_an_accuracy_file_that_is_not_mrpc_is_refused_before_the_run_naming_the_field_and_line(
+        text, said, tmp_path, no_flow, capsys):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, err = _command(["--accuracy-file", str(path)], capsys)
+    assert code == 2
+    assert err.startswith("error:") and "checks.accuracy_file" in err and said in err
+    assert "give an MSR Paraphrase / GLUE MRPC file" in err  # the fix
+
+
+def test_a_pairs_pool_that_is_not_mrpc_tsv_is_refused_and_a_yaml_pool_is_not_read_as_tsv(tmp_path):
+    bad = tmp_path / "pool.tsv"
+    bad.write_text("a,b,c\n")
+    with pytest.raises(ConfigError, match=r"benchmark\.pairs_file .*line 1 is not the header"):
+        load_config(None, {"benchmark.pairs_file": str(bad)})
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    assert load_config(None, {"benchmark.pairs_file": str(pool)}).benchmark.pairs_file == pool
+
+
+def test_an_mrpc_file_with_a_malformed_line_among_good_ones_passes_as_the_check_stage_reads_it(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text(HEADER + "1\t1\t2\ta\tb\nbroken line\n0\t3\t4\tc\td\n")
+    assert load_config(None, {"checks.accuracy_file": str(path)}).checks.accuracy_file == path
+    if MRPC_DEV.is_file():
+        assert load_config(None, {"checks.accuracy_file": str(MRPC_DEV)}).checks.accuracy_file == MRPC_DEV
