@@ -249,7 +249,11 @@ class BenchmarkConfig(_Section):
         "and the Prefect progress artifact); the log gets a line as a load of 20 s or more starts and at each quarter"
     )
     ceiling_seconds: float = Field(
-        2.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
+        3.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
+    )
+    ceiling_windows: int = Field(
+        3, ge=1, description="windows the ceiling_seconds are split into, taken in turn across the layouts: their "
+        "CV, judged by stability_cv as the load's windows are, says whether served / in-process can be trusted"
     )
     client_check_seconds: float = Field(
         1.0, ge=0, description="s of the load generator against a trivial local endpoint (0: skip)"

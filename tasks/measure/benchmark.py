@@ -98,13 +98,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def measure_ceiling(server, model_dir: Path, pairs, resolved, seconds: float,
-                    log) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
+def measure_ceiling(server, model_dir: Path, pairs, resolved, seconds: float, log,
+                    windows: int = 1) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
     """The ceiling; a NoCeiling saying why when this host cannot measure it; None when not asked for."""
     if seconds <= 0:
         return None
     try:
-        ceiling = ceiling_stage.measure_beside(server.server_dir, resolved, model_dir, pairs, seconds)
+        ceiling = ceiling_stage.measure_beside(server.server_dir, resolved, model_dir, pairs, seconds, windows)
     except ceiling_stage.CeilingUnavailable as error:
         log.warning("ceiling unavailable: %s", error)
         return ceiling_stage.NoCeiling(unavailable=error.message)
@@ -198,8 +198,8 @@ def _measure(server, model_name: str, pairs, pool: str, traced, config, resolved
     # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
     if traced is not None and settings.ceiling_seconds > 0:
         progress.phase("ceiling", "ceiling: the traced model in-process, no server")
-    bench_ceiling = (measure_ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log)
-                     if traced else None)
+    bench_ceiling = (measure_ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log,
+                                     settings.ceiling_windows) if traced else None)
     if settings.client_check_seconds > 0:
         progress.phase("client check", "client check: the load generator against a trivial local endpoint")
     client = client_capacity(pairs, settings, log)
@@ -245,6 +245,7 @@ def measure_setting(server, model_name: str, pairs, settings, resolved, log, *,
     # Open loop: the load is an offered rate, not what the server can do -- no ratio to the ceiling.
     bench.served_over_ceiling = None if settings.mode == "open" else _ratio(
         bench.inferences_per_s, ceiling_measured.inferences_per_s if ceiling_measured else None)
+    bench.comparison_unreliable = unreliable_comparison(bench, ceiling_measured, settings.stability_cv)
     if client is not None:
         client.over_served = _ratio(client.requests_per_s, bench.requests_per_s)
     phase("server logs", "TorchServe's own account of the load, from its metric logs")
@@ -268,9 +269,26 @@ def measure_setting(server, model_name: str, pairs, settings, resolved, log, *,
     return bench
 
 
+def unreliable_comparison(bench: BenchmarkResult, ceiling: ceiling_stage.Ceiling | None, limit: float) -> str | None:
+    """Why served / in-process should not be trusted tonight: either side varied over its windows by more than
+    `limit` (std / mean, the load's stability_cv); None when both were steady or there is no ratio."""
+    if bench.served_over_ceiling is None or ceiling is None:
+        return None
+    reasons = []
+    if bench.windows is not None and not bench.windows.stable:
+        reasons.append(f"the load's throughput varied {bench.windows.cv:.1%} over {len(bench.windows.requests_per_s)} "
+                       f"windows")
+    if ceiling.cv is not None and ceiling.cv > limit:
+        reasons.append(f"the ceiling varied {ceiling.cv:.1%} over {ceiling.windows} windows")
+    return f"{' and '.join(reasons)}, over the {limit:.0%} allowed" if reasons else None
+
+
 def _warnings(bench: BenchmarkResult) -> list[str]:
-    """Figures a reader should not trust, and why: a busy host, an unstable load."""
+    """Figures a reader should not trust, and why: a busy host, an unstable load, an unsteady comparison."""
     warnings = regression.busy_host_warnings(bench)
+    if bench.comparison_unreliable:
+        warnings.append(f"served / in-process {bench.served_over_ceiling:.2f} is unreliable tonight: "
+                        f"{bench.comparison_unreliable}; it is shown, not compared with earlier nights")
     if bench.windows is not None and not bench.windows.stable:
         warnings.append(
             f"throughput varied by {bench.windows.cv:.1%} (std / mean) across {len(bench.windows.requests_per_s)} "

@@ -2,7 +2,7 @@
 percentile of its latency stays within a bound -- MLPerf's Server scenario, the figure a fleet is sized with.
 
 The search, from the rate the closed loop served (the most this server answered, so the answer is near):
-  bracket  step at that rate; while steps pass, go up by GROWTH; while they fail, down by SHRINK, until
+  bracket  step at that rate; while steps pass, go up by `precision`; while they fail, down by SHRINK, until
            one passing and one failing rate enclose the capacity;
   bisect   step halfway between them until they are within `precision` of each other (relative).
 Every step is open-loop Poisson load (loadgen.arrival_times; one seed for every step, so two steps differ
@@ -27,8 +27,9 @@ from pydantic import BaseModel
 from tasks.measure import loadgen
 from tasks.measure.loadgen import LoadResult, percentiles
 
-GROWTH = 1.25  # bracketing up: each passing step's rate x this
-SHRINK = 0.5  # bracketing down: each failing step's rate x this
+# Bracketing up: a passing step's rate x (1 + precision), so that one failing step above the start is already
+# within the precision -- the start is the most the closed loop got answered, so more is rarely sustainable.
+SHRINK = 0.7  # bracketing down: a failing step's rate x this (the capacity is usually a little below the start)
 MIN_RATE = 0.1  # requests/s: below this no rate is worth a step
 
 
@@ -138,7 +139,7 @@ class Search:
             passed = self._step(rate)
             if passed is None:
                 return "budget spent while bracketing"
-            rate = rate * GROWTH if passed else rate * SHRINK
+            rate = rate * (1 + self.precision) if passed else rate * SHRINK
             if rate < MIN_RATE:
                 return f"no rate down to {MIN_RATE:g} requests/s met the bound"
         return None

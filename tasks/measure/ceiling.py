@@ -4,7 +4,10 @@ The run's own traced graphs (one per length bucket, as model_info.json lists the
 this process and called on batches built exactly as the handler builds them -- real pairs from
 the benchmark's pool, tokenized by serving.contract.encode_pairs into the smallest bucket that
 holds them, filled up to batch_size by pad_to_batch -- so the lengths match what the server ran.
-Only the model calls are timed, for a few seconds per thread layout:
+Only the model calls are timed, for a few seconds per thread layout, in `windows` windows taken in turn
+(layout A, B, C, then A, B, C again ...), so a slow moment of the host falls on every layout alike and no
+layout wins by one lucky stretch; each layout's figure is the median of its windows, and their variation
+(std / mean, the CV the load's windows are judged by) says whether the ceiling was steady enough to compare:
 
   all threads   one stream with workers x threads_per_worker threads (the whole budget)
   as served     `workers` concurrent streams of threads_per_worker threads each (the workers'
@@ -73,6 +76,8 @@ class Layout(BaseModel):
     batches: int
     seconds: float
     cpu_ms_per_inference: float | None = None  # this process's CPU time (all its threads) per inference
+    window_inferences_per_s: list[float] = []  # one per window, in the order they ran
+    cv: float | None = None  # std / mean of the windows: how steady this layout was
 
 
 class Ceiling(BaseModel):
@@ -88,6 +93,8 @@ class Ceiling(BaseModel):
     worker_lone_batch_latency_ms: float  # p50, the same with one worker's threads
     other_cores: float | None = None  # CPU the rest of the host used meanwhile: > 0.1 and the ceiling is low
     cpu_ms_per_inference: float | None = None  # measured CPU time per inference in the best layout
+    windows: int = 1  # windows per throughput layout, interleaved across the layouts
+    cv: float | None = None  # the best layout's windows, std / mean: compared with the load's the same way
     layouts: list[Layout]
 
 
@@ -202,7 +209,7 @@ def _cpu_seconds() -> float:
 
 
 def measure_beside(server_dir: Path, resolved: ResolvedServing, model_dir: Path, pairs: list[tuple[str, str]],
-                   seconds: float) -> Ceiling:
+                   seconds: float, windows: int = 1) -> Ceiling:
     """The ceiling while a server's workers are registered and idle. On Neuron its child gets a core no
     process holds, named before it starts; with none spare the ceiling is unavailable, saying why."""
     core = None
@@ -211,15 +218,15 @@ def measure_beside(server_dir: Path, resolved: ResolvedServing, model_dir: Path,
             core = cores.spare_core(server_dir, resolved.cores)
         except cores.CoresError as error:
             raise CeilingUnavailable(f"backend neuron: {error.message}", fix=error.fix) from None
-    return measure(model_dir, pairs, resolved.initial_workers, resolved.threads_per_worker, seconds, core)
+    return measure(model_dir, pairs, resolved.initial_workers, resolved.threads_per_worker, seconds, core, windows)
 
 
 def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
-            seconds: float = 3.0, neuron_core: int | None = None) -> Ceiling:
+            seconds: float = 3.0, neuron_core: int | None = None, windows: int = 1) -> Ceiling:
     """Time the traced graphs in a child process; the better throughput layout is the ceiling.
     neuron_core: the NeuronCore the child loads on (default: one the runtime picks among the free)."""
     request = {"model_dir": str(model_dir), "pairs": [list(pair) for pair in pairs], "workers": workers,
-               "threads_per_worker": threads_per_worker, "seconds": seconds}
+               "threads_per_worker": threads_per_worker, "seconds": seconds, "windows": windows}
     env = child.one_core_env() if neuron_core is None else {**child.without_neuron_runtime_settings(),
                                                              "NEURON_RT_VISIBLE_CORES": str(neuron_core)}
     result = child.run("tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=env,
@@ -230,12 +237,13 @@ def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads
 def _measure_request(request: dict) -> dict:
     pairs = [tuple(pair) for pair in request["pairs"]]
     return measure_here(Path(request["model_dir"]), pairs, request["workers"], request["threads_per_worker"],
-                        request["seconds"]).model_dump(mode="json")
+                        request["seconds"], request.get("windows", 1)).model_dump(mode="json")
 
 
 def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
-                 seconds: float = 3.0) -> Ceiling:
-    """Time the traced graphs in this process (the ceiling's child); the better throughput layout wins."""
+                 seconds: float = 3.0, windows: int = 1) -> Ceiling:
+    """Time the traced graphs in this process (the ceiling's child); the better throughput layout wins.
+    seconds: per layout, split into `windows` windows taken in turn across the layouts."""
     previous = torch.get_num_threads()
     total = workers * threads_per_worker
     busy_0, wall_0 = _busy(), time.monotonic()
@@ -248,11 +256,7 @@ def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, th
             for batch in {b[0].shape[1]: b for b in full + lone}.values():  # every bucket in use
                 for _ in range(WARMUP_CALLS):
                     _call(models, device, batch)
-        layouts = [time_layout(models, device, full, "all threads", 1, total, seconds)]
-        if workers > 1:
-            layouts.append(time_layout(models, device, full, "as served", workers, threads_per_worker, seconds))
-        if threads_per_worker > 1:  # the ceiling is the hardware's, whatever layout this server uses
-            layouts.append(time_layout(models, device, full, "one stream per thread", total, 1, seconds))
+        layouts = throughput_layouts(models, device, full, workers, threads_per_worker, seconds, windows)
         alone = time_layout(models, device, lone, "lone request, all threads", 1, total, seconds / 2, 1)
         worker_alone = alone if threads_per_worker == total else time_layout(
             models, device, lone, "lone request, one worker's threads", 1, threads_per_worker, seconds / 2, 1)
@@ -268,8 +272,42 @@ def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, th
         lone_batch_latency_ms=alone.batch_latency_ms_p50,
         worker_lone_batch_latency_ms=worker_alone.batch_latency_ms_p50,
         other_cores=max(0.0, other),
-        cpu_ms_per_inference=best.cpu_ms_per_inference,
+        cpu_ms_per_inference=best.cpu_ms_per_inference, windows=windows, cv=best.cv,
         layouts=layouts + [alone] + ([worker_alone] if worker_alone is not alone else []),
+    )
+
+
+def throughput_layouts(models, device, batches, workers: int, threads_per_worker: int, seconds: float,
+                       windows: int) -> list[Layout]:
+    """Each throughput layout timed in `windows` windows of seconds / windows, taken in turn."""
+    total = workers * threads_per_worker
+    shapes = [("all threads", 1, total)]
+    if workers > 1:
+        shapes.append(("as served", workers, threads_per_worker))
+    if threads_per_worker > 1:  # the ceiling is the hardware's, whatever layout this server uses
+        shapes.append(("one stream per thread", total, 1))
+    timed: dict[str, list[Layout]] = {name: [] for name, _, _ in shapes}
+    for _ in range(windows):
+        for name, streams, threads in shapes:
+            timed[name].append(time_layout(models, device, batches, name, streams, threads, seconds / windows))
+    return [combined(parts) for parts in timed.values()]
+
+
+def combined(windows: list[Layout]) -> Layout:
+    """One layout's windows as one Layout: the median window's throughput, the windows' CV."""
+    rates = np.array([w.inferences_per_s for w in windows])
+    median = float(np.median(rates))
+    per_inference = [w.cpu_ms_per_inference for w in windows if w.cpu_ms_per_inference is not None]
+    first = windows[0]
+    return Layout(
+        name=first.name, streams=first.streams, threads_per_stream=first.threads_per_stream,
+        batches_per_s=median / (first.inferences_per_s / first.batches_per_s) if first.batches_per_s else 0.0,
+        inferences_per_s=median, batch_latency_ms_p50=float(np.median([w.batch_latency_ms_p50 for w in windows])),
+        batch_latency_ms_mean=float(np.mean([w.batch_latency_ms_mean for w in windows])),
+        batches=sum(w.batches for w in windows), seconds=sum(w.seconds for w in windows),
+        cpu_ms_per_inference=float(np.mean(per_inference)) if per_inference else None,
+        window_inferences_per_s=[float(r) for r in rates],
+        cv=float(rates.std() / rates.mean()) if len(rates) > 1 and rates.mean() > 0 else None,
     )
 
 

@@ -37,6 +37,7 @@ from tasks.measure import figures
 from tasks.measure.figures import (
     ACCURACY,
     CAPACITY_RATE,
+    COMPARISON_UNRELIABLE,
     CEILING_OTHER_CORES,
     CPU_HOST_CORES,
     CPU_OTHER_CORES,
@@ -172,7 +173,8 @@ def compare(current: Mapping, history: list[Mapping], tolerance: float, action: 
     baseline, change, problems, table = {}, {}, [], []
     for compared in COMPARED:
         figure, name = compared.figure, compared.figure.name
-        past = np.array([v for h in usable if (v := _number_or_none(h.get(name))) is not None])
+        past = np.array([v for h in usable if (v := _number_or_none(h.get(name))) is not None
+                         and not (name == SERVED_OVER_CEILING.name and h.get(COMPARISON_UNRELIABLE.name))])
         if past.size == 0 or name not in now:
             continue
         median = float(np.median(past))
@@ -313,4 +315,7 @@ def check(bench: BenchmarkResult, fingerprint: str, runs: int, tolerance: float,
     if found is None:
         return Regression(status="skipped", action=action, tolerance=tolerance,
                           message="not in a Prefect flow run: no history to compare with")
-    return compare(figures.values(bench), found, tolerance, action, tolerances)
+    current = figures.values(bench)
+    if bench.comparison_unreliable:  # shown, not compared: tonight's ratio is not a steady state's
+        current.pop(SERVED_OVER_CEILING.name, None)
+    return compare(current, found, tolerance, action, tolerances)

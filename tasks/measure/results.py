@@ -211,6 +211,9 @@ class BenchmarkResult(BaseModel):
     pairs: str | None = None  # the pool the requests were drawn from
     ceiling: Ceiling | NoCeiling | None = None  # NoCeiling: not measurable here, and why; None: not asked for
     served_over_ceiling: float | None = None  # served inferences/s / in-process inferences/s
+    # Why served_over_ceiling is not to be trusted tonight (the load or the ceiling varied over its windows more
+    # than stability_cv); None: both were steady. An unreliable ratio is shown, never compared with other nights.
+    comparison_unreliable: str | None = None
     client: ClientCapacity | None = None
     server: ServerTimes | None = None
     single_client: SingleClient | None = None

@@ -201,3 +201,36 @@ def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given
     assert bench.ceiling is ceiling and bench.served_over_ceiling == bench.inferences_per_s / 2e6
     assert bench.client.over_served == 1e6 / bench.requests_per_s
     assert bench.single_client is None and bench.cpu is not None and bench.server is not None
+
+
+def test_served_over_in_process_is_unreliable_when_either_side_varied_and_is_then_not_compared():
+    from tasks.measure.ceiling import Ceiling
+    from tasks.measure.results import windows as windows_of
+
+    def ceiling_with(cv):
+        return Ceiling(batch_size=6, max_length=128, buckets=[128], threads=2, batches_per_s=10.0, inferences_per_s=60.0,
+                       best_layout="all threads", batch_latency_ms=100.0, lone_batch_latency_ms=50.0,
+                       worker_lone_batch_latency_ms=80.0, windows=3, cv=cv, layouts=[])
+
+    steady, unsteady = windows_of([50.0, 51.0, 50.5], 10.0, 0.1), windows_of([30.0, 60.0, 45.0], 10.0, 0.1)
+    bench = BenchmarkResult.from_load(load([0.2] * 10)).model_copy(update={"served_over_ceiling": 0.83, "windows": steady})
+    assert bench_module.unreliable_comparison(bench, ceiling_with(0.02), 0.1) is None
+    said = bench_module.unreliable_comparison(bench, ceiling_with(0.15), 0.1)
+    assert said == "the ceiling varied 15.0% over 3 windows, over the 10% allowed"
+    load_varied = bench.model_copy(update={"windows": unsteady})
+    assert "the load's throughput varied" in bench_module.unreliable_comparison(load_varied, ceiling_with(0.02), 0.1)
+    assert bench_module.unreliable_comparison(bench.model_copy(update={"served_over_ceiling": None}),
+                                              ceiling_with(0.5), 0.1) is None  # no ratio, nothing to doubt
+
+    # Tonight's unreliable ratio is not compared; an earlier night's unreliable one is no baseline.
+    history = [{"served_over_ceiling": 0.9}] * 4 + [{"served_over_ceiling": 0.2, "served_over_ceiling unreliable": "x"}]
+    verdict = regression_compare({"served_over_ceiling": 0.85}, history)
+    assert verdict.baseline["served_over_ceiling"] == 0.9
+    unreliable = bench.model_copy(update={"comparison_unreliable": said})
+    assert any("unreliable tonight" in warning for warning in bench_module._warnings(unreliable))
+
+
+def regression_compare(current, history):
+    from tasks.measure.regression import compare
+
+    return compare(current, history, 0.2)

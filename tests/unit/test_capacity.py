@@ -53,7 +53,9 @@ def test_the_search_encloses_the_known_capacity_within_its_precision():
 
 
 def test_it_needs_few_steps_from_the_closed_loops_rate():
-    assert len(search(known_server(mm1_p99_ms), precision=0.1).steps) <= 5
+    assert len(search(known_server(mm1_p99_ms), precision=0.1).steps) <= 4
+    at_the_start = search(known_server(lambda rate: 100.0 if rate <= SERVICE_RATE else 5000.0), precision=0.1)
+    assert [step.rate for step in at_the_start.steps] == [SERVICE_RATE, pytest.approx(SERVICE_RATE * 1.1)]
 
 
 def test_a_step_with_errors_fails_however_fast_it_was():
@@ -71,7 +73,7 @@ def test_a_bound_no_rate_meets_is_said_and_reports_no_rate():
 def test_a_server_faster_than_the_start_is_bracketed_upwards():
     capacity = search(known_server(lambda rate: 50.0 if rate <= 180 else 500.0), precision=0.05)
     assert capacity.rate <= 180 < capacity.failed_rate
-    assert capacity.steps[1].rate == pytest.approx(SERVICE_RATE * 1.25)
+    assert capacity.steps[1].rate == pytest.approx(SERVICE_RATE * 1.05)  # up by the precision
 
 
 def test_the_budget_ends_the_search_with_the_bracket_it_has():

@@ -1,5 +1,6 @@
 """The in-process ceiling on a tiny traced stand-in: batches built as the handler builds them."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,31 @@ def test_a_failure_in_the_ceilings_child_process_reaches_the_caller_with_its_mes
     (model_dir / "model_8.pt").write_text("not a graph")
     with pytest.raises(ceiling.CeilingError, match="model_8.pt|PytorchStreamReader|zip"):
         ceiling.measure(model_dir, PAIRS, workers=1, threads_per_worker=1, seconds=0.1)
+
+
+def test_each_throughput_layout_is_the_median_of_its_windows_taken_in_turn_with_their_cv(model_dir):
+    result = ceiling.measure(model_dir, PAIRS, workers=2, threads_per_worker=1, seconds=0.3, windows=3)
+    assert result.windows == 3
+    for layout in result.layouts[:2]:
+        assert len(layout.window_inferences_per_s) == 3
+        assert layout.inferences_per_s == pytest.approx(float(np.median(layout.window_inferences_per_s)))
+        rates = np.array(layout.window_inferences_per_s)
+        assert layout.cv == pytest.approx(rates.std() / rates.mean())
+    best = next(layout for layout in result.layouts if layout.name == result.best_layout)
+    assert result.cv == best.cv
+
+
+def test_windows_are_interleaved_so_a_slow_stretch_of_the_host_falls_on_every_layout(monkeypatch):
+    order = []
+
+    def timed(models, device, batches, name, streams, threads, seconds, requests_per_batch=None):
+        order.append(name)
+        return ceiling.Layout(name=name, streams=streams, threads_per_stream=threads, batches_per_s=10.0,
+                              inferences_per_s=20.0 * len(order), batch_latency_ms_p50=50.0,
+                              batch_latency_ms_mean=50.0, batches=10, seconds=seconds)
+
+    monkeypatch.setattr(ceiling, "time_layout", timed)
+    layouts = ceiling.throughput_layouts(None, None, [], workers=2, threads_per_worker=1, seconds=3.0, windows=3)
+    assert order == ["all threads", "as served"] * 3
+    assert [layout.window_inferences_per_s for layout in layouts] == [[20.0, 60.0, 100.0], [40.0, 80.0, 120.0]]
+    assert [layout.inferences_per_s for layout in layouts] == [60.0, 80.0]  # the median window

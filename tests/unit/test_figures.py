@@ -46,7 +46,7 @@ def full() -> BenchmarkResult:
         ceiling=Ceiling(batch_size=6, max_length=128, buckets=[40, 128], threads=2, batches_per_s=14.0,
                         inferences_per_s=84.0, best_layout="all threads", batch_latency_ms=70.0,
                         lone_batch_latency_ms=30.0, worker_lone_batch_latency_ms=50.0, other_cores=0.01,
-                        layouts=[layout]),
+                        windows=3, cv=0.12, layouts=[layout]),
         client=ClientCapacity(requests_per_s=900.0, concurrency=64, seconds=2.0, latency_ms=percentiles([0.01]),
                               over_served=13.4),
         server=ServerTimes(source="logs", queue_ms=stat, request_ms=stat, handler_ms=stat,
@@ -87,6 +87,7 @@ def test_figures_compared_and_filtered_on_keep_the_row_names_of_earlier_nights_a
 
 def test_every_figure_reads_a_fully_measured_result():
     bench = full()
+    bench.comparison_unreliable = "the ceiling varied"  # read only when there is something to say
     unread = [f.name for f in FIGURES if f.value(bench) is None]
     assert unread == []  # a renamed field of BenchmarkResult fails here, not silently in tomorrow's table
 
@@ -201,3 +202,11 @@ def test_the_summary_names_mlperfs_scenarios_and_tabulates_the_capacity_search()
     assert "| 52.5 | 52.4 | 300 | 800 | 1200 | 0 | 0 | **passed** |" in lines
     assert "capacity 52.5 requests/s" in figures.headline(closed)
     assert "Offline" not in "\n".join(figures.markdown_lines(full()))  # an open loop is not MLPerf's Offline
+
+
+def test_an_unreliable_served_over_in_process_says_why_beside_the_ratio():
+    bench = full()
+    bench.comparison_unreliable = "the ceiling varied 12.0% over 3 windows, over the 10% allowed"
+    assert ("- **Served / in-process: 0.80, the ceiling varied 12.0% over 3 windows, over the 10% allowed**"
+            in figures.markdown_lines(bench))
+    assert "CV over its windows 0.120" in "\n".join(figures.markdown_lines(bench))
