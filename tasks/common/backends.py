@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from tasks.common.errors import PipelineError
+from tasks.common.runlog import stage_logger
 from tasks.common.tools import neuron_tool
 from tasks.common.versions import package_versions
 
@@ -125,6 +126,7 @@ def neuron_ls() -> NeuronListing | None:
     """Devices, cores and core-holding processes from neuron-ls; None without a neuron-ls that answers.
 
     --json-output first, then -j where a neuron-ls refuses the long option: both are documented spellings.
+    A neuron-ls that is there but does not answer is warned about, naming why (see _unanswered).
     """
     path = neuron_ls_path()
     if path is None:
@@ -132,12 +134,24 @@ def neuron_ls() -> NeuronListing | None:
     for flag in NEURON_LS_FLAGS:
         try:
             done = subprocess.run([path, flag], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return _unanswered(f"{path} {flag}", f"{type(error).__name__}: {error}")
         if done.returncode == 0:
-            return _parse_listing(done.stdout, f"neuron-ls {flag}")
+            listing = _parse_listing(done.stdout, f"neuron-ls {flag}")
+            if listing is not None:
+                return listing
+            return _unanswered(f"{path} {flag}", f"its output is not JSON: {done.stdout.strip()[:200]!r}")
         if not UNKNOWN_OPTION.search(done.stderr + done.stdout):
-            return None
+            said = (done.stderr.strip() or done.stdout.strip())[-300:]
+            return _unanswered(f"{path} {flag}", f"exit status {done.returncode}: {said!r}")
+    return _unanswered(str(path), f"it refuses both {' and '.join(NEURON_LS_FLAGS)}")
+
+
+def _unanswered(command: str, why: str) -> None:
+    """What a run goes on without when neuron-ls is there but does not answer, said once per ask."""
+    stage_logger(__name__).warning(
+        "%s did not answer (%s): going on without its listing -- NeuronCores are counted from the instance type, "
+        "and the processes holding them are not checked", command, why)
     return None
 
 

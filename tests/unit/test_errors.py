@@ -274,3 +274,20 @@ def test_an_mrpc_file_with_a_malformed_line_among_good_ones_passes_as_the_check_
     assert load_config(None, {"checks.accuracy_file": str(path)}).checks.accuracy_file == path
     if MRPC_DEV.is_file():
         assert load_config(None, {"checks.accuracy_file": str(MRPC_DEV)}).checks.accuracy_file == MRPC_DEV
+
+
+@pytest.mark.parametrize("script, why", [
+    ("echo 'neuron driver not loaded' >&2; exit 3", "exit status 3: 'neuron driver not loaded'"),
+    ("echo 'not json'", "its output is not JSON: 'not json'"),
+])
+def test_a_neuron_ls_that_does_not_answer_is_warned_about_naming_why(script, why, tmp_path, monkeypatch, caplog):
+    from tasks.common import backends
+
+    tool = tmp_path / "neuron-ls"
+    tool.write_text(f"#!/bin/sh\n{script}\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(backends, "neuron_ls_path", lambda: str(tool))
+    with caplog.at_level(logging.WARNING):
+        assert backends.neuron_ls() is None
+    [said] = [r.getMessage() for r in caplog.records if r.name == "tasks.common.backends"]
+    assert f"{tool} --json-output did not answer ({why})" in said and "going on without its listing" in said
