@@ -17,7 +17,7 @@ from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
 pytestmark = pytest.mark.e2e
 TUTORIAL_HANDLER = Path(__file__).parent / "tutorial_handler.py"
 QUICK = {"serving.free_ports": True, "serving.initial_workers": 1, "serving.length_buckets": [],
-         "benchmark.concurrency": 6, "benchmark.duration": 2, "benchmark.warmup": 0,
+         "benchmark.concurrency": 6, "benchmark.duration": 2, "benchmark.warmup": 0, "benchmark.capacity.enabled": False,
          "benchmark.ceiling_seconds": 0.5, "benchmark.client_check_seconds": 0.2,
          "benchmark.single_client_seconds": 0.5, "benchmark.compare_buckets": False}
 

@@ -39,7 +39,7 @@ DEPLOYMENT = "bert-serving-validation/nightly-cpu-embedded"
 SMOKE = "bert-serving-validation/smoke-cpu-embedded"
 POOL = "bert-validation-cpu"
 TINY = {"serving.free_ports": True, "serving.batch_size": 2, "serving.max_length": 32, "serving.initial_workers": 1,
-        "benchmark.duration": 2, "benchmark.concurrency": 4, "benchmark.warmup": 0,
+        "benchmark.duration": 2, "benchmark.concurrency": 4, "benchmark.warmup": 0, "benchmark.capacity.enabled": False,
         # What this file tests is the fleet, not the figures: no in-process ceiling, client check or lone client.
         "benchmark.ceiling_seconds": 0, "benchmark.client_check_seconds": 0, "benchmark.single_client_seconds": 0}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -22,7 +22,8 @@ from tests.e2e.conftest import assert_server_gone
 pytestmark = pytest.mark.e2e
 
 SMALL = {"serving.batch_size": 2, "serving.max_length": 32, "serving.free_ports": True, "serving.initial_workers": 1,
-         "benchmark.concurrency": 4, "benchmark.duration": 1, "benchmark.warmup": 0}
+         "benchmark.concurrency": 4, "benchmark.duration": 1, "benchmark.warmup": 0,
+         "benchmark.capacity.enabled": False}
 SERVER_STAGES = ["start", "register", "check", "benchmark"]
 
 

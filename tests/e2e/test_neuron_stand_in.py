@@ -39,7 +39,7 @@ OVERRIDES = {"serving.backend": "neuron", "serving.free_ports": True, "serving.b
              "serving.max_length": 32, "benchmark.enabled": False,
              # Every run here compiles in its child process (the stand-in's log is read), never from the cache.
              "build.compile_cache": False}
-SHORT_BENCHMARK = {"benchmark.enabled": True, "benchmark.duration": 3, "benchmark.warmup": 0.5,
+SHORT_BENCHMARK = {"benchmark.enabled": True, "benchmark.capacity.enabled": False, "benchmark.duration": 3, "benchmark.warmup": 0.5,
                    "benchmark.concurrency": 4, "benchmark.ceiling_seconds": 1, "benchmark.client_check_seconds": 0,
                    "benchmark.single_client_seconds": 0, "benchmark.regression_runs": 0}
 
@@ -132,7 +132,7 @@ def test_compare_buckets_lends_the_cores_to_the_single_bucket_registration_and_t
     """Each NeuronCore is held by one worker process until it exits, so the bucketed registration's two
     workers must let go of both cores before the max_length-only registration's two can load, and the
     bucketed model must be served again afterwards (as --keep-serving leaves it)."""
-    short = {"benchmark.enabled": True, "benchmark.duration": 2, "benchmark.warmup": 0.5,
+    short = {"benchmark.enabled": True, "benchmark.capacity.enabled": False, "benchmark.duration": 2, "benchmark.warmup": 0.5,
              "benchmark.compare_seconds": 2, "benchmark.concurrency": 4, "benchmark.ceiling_seconds": 0,
              "benchmark.client_check_seconds": 0, "benchmark.single_client_seconds": 0,
              "benchmark.regression_runs": 0}
