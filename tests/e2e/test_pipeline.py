@@ -41,6 +41,9 @@ def run(prefect_server, tmp_path_factory):
         "benchmark.ceiling_seconds": 1,
         "benchmark.client_check_seconds": 1,
         "benchmark.single_client_seconds": 2,
+        # A short capacity search: steps of 2 s (and 100 requests), 16 s in all.
+        "benchmark.capacity.min_step_seconds": 2, "benchmark.capacity.beyond": 1,
+        "benchmark.capacity.step_warmup": 0.5, "benchmark.capacity.budget_seconds": 16,
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
@@ -107,6 +110,21 @@ def test_benchmark_measures_the_ceiling_the_client_the_server_and_a_lone_request
     assert (run["run_dir"] / "benchmark.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_capacity_search_starts_where_the_closed_loop_was_and_reports_the_highest_passing_step(run):
+    bench = run["summary"]["benchmark"]
+    capacity = bench["capacity"]  # the default config searches it: a night's figure
+    assert capacity["arrivals"] == "poisson" and capacity["percentile"] == 99 and capacity["bound_ms"] == 1000
+    steps = capacity["steps"]
+    assert steps and steps[0]["rate"] == pytest.approx(bench["requests_per_s"]) == capacity["start_rate"]
+    for step in steps:  # a step passes on its p99, with no error and no dropped request
+        assert step["passed"] == (step["p99"] <= capacity["bound_ms"] and step["errors"] == 0 and step["dropped"] == 0)
+        assert step["seconds"] == pytest.approx(max(2, 100 / step["rate"])) and step["achieved"] > 0  # the rule
+    passing = [step["rate"] for step in steps if step["passed"]]
+    assert capacity["rate"] == (max(passing) if passing else None)
+    assert sum(step["seconds"] + 0.5 for step in steps) <= 16 + 1  # its own budget (measured, give or take a batch)
+    assert (run["run_dir"] / "capacity.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_run_directory_holds_model_archive_server_files_and_summary(run):
     run_dir = run["run_dir"]
     on_disk = json.loads((run_dir / "summary.json").read_text())
@@ -137,7 +155,8 @@ def test_results_are_artifacts_of_the_flow_run(run):
     assert {"summary", "predictions", "benchmark", "run-config", "outcome", "trend"} <= set(by_key)
     summary = by_key["summary"].data
     assert "**ok**" in summary and "Served / in-process" in summary
-    for alt in ("throughput and latency", "latency histogram"):  # pictures the UI shows, not a worker's path
+    assert "MLPerf's scenarios, as measured here: SingleStream p90" in summary and "| offered requests/s |" in summary
+    for alt in ("throughput and latency", "latency histogram", "capacity search"):  # pictures the UI shows
         assert f"![{alt}](data:image/png;base64,iVBORw0KGgo" in summary
     assert "- Chart: `" not in summary
     figures = figures_of(by_key["benchmark"].data)
