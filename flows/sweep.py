@@ -6,9 +6,12 @@
 Reuses the validation flow's tasks: each batch size is traced and archived once; each worker
 count gets its own TorchServe (threads per worker follow the worker count); each setting is
 registered anew. Per (batch size, workers), the in-process ceiling is measured while that
-TorchServe is idle. The best configuration -- most inferences/s with p90 within the limit and
-no errors -- is marked. Writes sweep.json and sweep.png in the run directory and a "sweep-<deployment>"
-table artifact; TorchServe is stopped whatever happens.
+TorchServe is idle. Each row is measured by the benchmark stage's own code (tasks/measure/benchmark.py
+measure_setting: closed loop at the row's concurrency, no lone client) and holds its typed result
+(tasks/measure/sweep_rows.py). The best configuration -- most inferences/s with p90 within the limit
+and no errors -- is marked. Writes sweep.json (the rows flat, and each setting's whole benchmark result
+under `results`) and sweep.png in the run directory and a "sweep-<deployment>" table artifact;
+TorchServe is stopped whatever happens.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import json
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +39,9 @@ from flows.stages import (  # noqa: E402
     trace_task,
 )
 from tasks.measure import benchmark as benchmark_stage  # noqa: E402
-from tasks.measure import cpu, server_metrics  # noqa: E402
-from tasks.measure import ceiling as ceiling_stage  # noqa: E402
-from tasks.measure import loadgen as loadgen  # noqa: E402
-from tasks.measure.results import BenchmarkResult  # noqa: E402
-from tasks.common.config import ConfigError, load_config, resolve_serving  # noqa: E402
+from tasks.measure.results import ClientCapacity  # noqa: E402
+from tasks.measure.sweep_rows import Setting, SweepRow, rank, verdict  # noqa: E402
+from tasks.common.config import ConfigError, ResolvedServing, load_config, resolve_serving  # noqa: E402
 from tasks.common import keys  # noqa: E402
 from tasks.report.summary import new_run_dir  # noqa: E402
 from tasks.serve.register import unregister  # noqa: E402
@@ -49,43 +50,130 @@ SWEEP_FILE = "sweep.json"
 CHART_FILE = "sweep.png"
 
 
-def best_under_limit(rows: list[dict], p90_limit_ms: float | None) -> dict | None:
-    """Mark each row within_limit (no errors, p90 within the limit) and the best of those (most
-    inferences/s); return the best, or None when no row qualifies."""
-    for row in rows:
-        row["within_limit"] = (row["errors"] == 0 and row["inferences_per_s"] > 0
-                               and (p90_limit_ms is None or row["p90_ms"] <= p90_limit_ms))
-        row["best"] = False
-    eligible = [row for row in rows if row["within_limit"]]
-    if not eligible:
-        return None
-    best = max(eligible, key=lambda row: (row["inferences_per_s"], -row["p90_ms"]))
-    best["best"] = True
-    return best
+@dataclass(frozen=True)
+class Grid:
+    """The settings to measure: every batch size x worker count x delay x concurrency."""
+
+    batch_sizes: list[int]
+    workers: list[int]
+    delays: list[int]
+    concurrency: list[int]
+    resolved: dict[int, ResolvedServing]  # per worker count: threads per worker, backend
+
+    @classmethod
+    def of(cls, config, batch_sizes: list[int] | None, workers: list[int] | None, delays: list[int] | None,
+           concurrency: list[int] | None) -> Grid:
+        """Each list defaults to the config's value. Each worker count is resolved up front: a count this
+        host cannot run is refused before anything starts."""
+        serving = config.serving
+        workers = workers or [resolve_serving(serving).initial_workers]
+        return cls(batch_sizes or [serving.batch_size], workers, delays or [serving.max_batch_delay],
+                   concurrency or [config.benchmark.concurrency],
+                   {w: resolve_serving(serving.model_copy(update={"initial_workers": w})) for w in workers})
+
+    @property
+    def size(self) -> int:
+        return len(self.batch_sizes) * len(self.workers) * len(self.delays) * len(self.concurrency)
+
+    @property
+    def backend(self) -> str:
+        return self.resolved[self.workers[0]].backend
 
 
-def _row(bench: BenchmarkResult, batch_size: int, workers: int, threads: int, delay: int,
-         ceiling: ceiling_stage.Ceiling | None) -> dict:
-    lat, server = bench.latency_ms, bench.server
-    return {
-        "label": f"b{batch_size} w{workers} d{delay} c{bench.concurrency}",
-        "batch_size": batch_size, "workers": workers, "threads_per_worker": threads, "max_batch_delay": delay,
-        "concurrency": bench.concurrency,
-        "requests_per_s": round(bench.requests_per_s, 2), "inferences_per_s": round(bench.inferences_per_s, 2),
-        "p50_ms": round(lat.p50, 1), "p90_ms": round(lat.p90, 1), "p99_ms": round(lat.p99, 1),
-        "max_ms": round(lat.max, 1), "mean_ms": round(lat.mean, 1),
-        "errors": bench.errors, "error_rate": round(bench.error_rate, 4),
-        "ceiling_inferences_per_s": round(ceiling.inferences_per_s, 2) if ceiling else None,
-        "served_over_ceiling": round(bench.inferences_per_s / ceiling.inferences_per_s, 3) if ceiling else None,
-        "lone_batch_ms": round(ceiling.lone_batch_latency_ms, 1) if ceiling else None,
-        "worker_lone_batch_ms": round(ceiling.worker_lone_batch_latency_ms, 1) if ceiling else None,
-        "queue_ms_p50": round(server.queue_ms.p50, 1) if server and server.queue_ms else None,
-        "handler_ms_p50": round(server.handler_ms.p50, 1) if server and server.handler_ms else None,
-        "mean_batch_fill": round(server.mean_batch_fill, 2) if server and server.mean_batch_fill else None,
-        # CPU other work on the host used meanwhile (> 0.1 x CPUs: the row is not reliable)
-        "other_cores": round(bench.cpu.other_cores, 2) if bench.cpu else None,
-        "other_cores_ceiling": round(ceiling.other_cores, 2) if ceiling and ceiling.other_cores is not None else None,
-    }
+def row_settings(settings, concurrency: int):
+    """The benchmark settings for one row: a closed loop of `concurrency` clients for `duration` s; no lone
+    client (a concurrency of 1 in the grid is that)."""
+    return settings.model_copy(update={"mode": "closed", "concurrency": concurrency, "requests": None,
+                                       "single_client_seconds": 0})
+
+
+def _free_cores(config, grid: Grid, log) -> None:
+    """Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs."""
+    for line in stop_stale_task(config.runs_dir):
+        log.warning(line)
+    if grid.backend == "neuron":  # released a moment after the workers exit
+        ensure_free_task(max(grid.workers))
+
+
+def _trace(config, grid: Grid, run_dir: Path) -> tuple[dict[int, tuple], dict[int, dict]]:
+    """Each batch size traced and archived once: {batch size: (traced, archive)}, and the compile cache's
+    verdict per batch size (sweep.json)."""
+    serving, backend = config.serving, grid.backend
+    models, compile_cache = {}, {}
+    for batch_size in grid.batch_sizes:
+        traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
+                            run_dir / f"model-b{batch_size}", backend,
+                            config.checks.parity_tolerance_for(backend, config.model.compiler_args),
+                            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
+                            config.build.cache_dir if config.build.compile_cache else None)
+        compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
+        models[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
+    return models, compile_cache
+
+
+def _measure_model(server, config, grid: Grid, count: int, batch_size: int, model: tuple, pairs,
+                   log) -> list[SweepRow]:
+    """Every delay x concurrency of one model on a TorchServe with `count` workers."""
+    (traced, mar), resolved = model, grid.resolved[count]
+    rows: list[SweepRow] = []
+    ceiling = None
+    for index, delay in enumerate(grid.delays):
+        register_task(server, mar, delay, count)
+        if index == 0:  # workers registered and idle: the ceiling now, once per model
+            ceiling = benchmark_stage.measure_ceiling(server, traced.model_dir, pairs, resolved,
+                                                      config.benchmark.ceiling_seconds, log,
+                                                      config.benchmark.ceiling_windows)
+        for clients in grid.concurrency:
+            setting = Setting(batch_size=batch_size, workers=count, threads_per_worker=resolved.threads_per_worker,
+                              max_batch_delay=delay, concurrency=clients)
+            log.info("sweep: %s", setting.label)
+            bench = benchmark_stage.measure_setting(server, mar.model_name, pairs,
+                                                    row_settings(config.benchmark, clients), resolved, log,
+                                                    ceiling=ceiling)
+            rows.append(SweepRow(setting=setting, benchmark=bench))
+    return rows
+
+
+def _measure_workers(config, grid: Grid, count: int, models: dict, pairs, run_dir: Path, log) -> list[SweepRow]:
+    """One TorchServe with `count` workers, every model measured on it in turn; stopped whatever happens."""
+    server, rows = None, []
+    try:
+        server = start_task(config.serving, grid.resolved[count], run_dir / "model_store",
+                            run_dir / f"server-w{count}")
+        ping_task(server, config.serving.startup_timeout)
+        for batch_size in grid.batch_sizes:
+            rows += _measure_model(server, config, grid, count, batch_size, models[batch_size], pairs, log)
+            # Its workers' processes exit before the next batch size's model loads: on Neuron each holds
+            # its NeuronCore until then.
+            unregister(server, models[batch_size][1].model_name)
+    finally:
+        if server is not None:
+            stop_task(server)
+    return rows
+
+
+def _write(result: dict, rows: list[SweepRow], run_dir: Path, log) -> None:
+    """sweep.json (and, under `results`, each setting's whole benchmark result) and sweep.png."""
+    data = {**result, "results": [row.model_dump(mode="json") for row in rows]}
+    (run_dir / SWEEP_FILE).write_text(json.dumps(data, indent=2, default=str))
+    try:
+        from tasks.measure.charts import sweep_chart
+
+        result["chart"] = str(sweep_chart(result["rows"], run_dir / CHART_FILE, result["p90_limit_ms"]))
+    except ImportError as error:
+        log.warning("no chart: %s (install matplotlib)", error)
+
+
+def _artifacts(table: list[dict], line: str, run_dir: Path, client: ClientCapacity | None, backend: str) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    # Keyed like the pipeline's artifacts: a gpu sweep does not replace the cpu one's latest.
+    suffix = keys.current_suffix(backend)
+    create_table_artifact(key=keys.key(keys.SWEEP, suffix), table=table, description=line)
+    alone = f"; load generator alone: {client.requests_per_s:.0f} requests/s" if client else ""
+    create_markdown_artifact(key=keys.key(keys.SWEEP_SUMMARY, suffix),
+                             markdown=f"# Benchmark sweep\n\n{line}\n\nRun directory: `{run_dir}`{alone}",
+                             description="Benchmark sweep")
 
 
 @flow(name="bert-serving-sweep", log_prints=True)
@@ -93,111 +181,29 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
           batch_sizes: list[int] | None = None, workers: list[int] | None = None, delays: list[int] | None = None,
           concurrency: list[int] | None = None, p90_limit_ms: float | None = None) -> dict:
     """Benchmark every combination; mark the best one within the p90 limit."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
     log = get_run_logger()
     config = load_config(config_file, overrides)
-    serving, settings = config.serving, config.benchmark
-    batch_sizes = batch_sizes or [serving.batch_size]
-    delays = delays or [serving.max_batch_delay]
-    concurrency = concurrency or [settings.concurrency]
-    workers = workers or [resolve_serving(serving).initial_workers]
-    # Each worker count resolved up front: a count this host cannot run is refused before anything starts.
-    resolved_by_workers = {w: resolve_serving(serving.model_copy(update={"initial_workers": w})) for w in workers}
+    grid = Grid.of(config, batch_sizes, workers, delays, concurrency)
     run_dir = new_run_dir(config.runs_dir)
-    pairs, pool = benchmark_stage.load_pool(settings.pairs_file)
+    pairs, pool = benchmark_stage.load_pool(config.benchmark.pairs_file)
     log.info("sweep in %s: batch sizes %s x workers %s x delays %s ms x concurrency %s (%d rows), %s",
-             run_dir, batch_sizes, workers, delays, concurrency,
-             len(batch_sizes) * len(workers) * len(delays) * len(concurrency), pool)
-
-    with loadgen.TrivialEndpoint() as endpoint:
-        client = loadgen.load(endpoint.url, {}, pairs, concurrency=max(concurrency), duration=2, warmup=0.5,
-                              progress_every=None)
-    log.info("load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
-             max(concurrency), client.requests_per_s)
-
-    # Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs.
-    for line in stop_stale_task(config.runs_dir):
-        log.warning(line)
-    if resolved_by_workers[workers[0]].backend == "neuron":  # released a moment after the workers exit
-        ensure_free_task(max(workers))
-    rows: list[dict] = []
-    archives = {}
-    compile_cache: dict[int, dict] = {}  # batch size -> the cache's verdict (sweep.json)
-    for batch_size in batch_sizes:
-        any_resolved = resolved_by_workers[workers[0]]
-        traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
-                            run_dir / f"model-b{batch_size}", any_resolved.backend,
-                            config.checks.parity_tolerance_for(any_resolved.backend, config.model.compiler_args),
-                            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
-                            config.build.cache_dir if config.build.compile_cache else None)
-        compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
-        archives[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
-    for count in workers:
-        resolved = resolved_by_workers[count]
-        server = None
-        try:
-            server = start_task(serving, resolved, run_dir / "model_store", run_dir / f"server-w{count}")
-            ping_task(server, serving.startup_timeout)
-            for batch_size in batch_sizes:
-                traced, mar = archives[batch_size]
-                ceiling = None
-                for delay in delays:
-                    register_task(server, mar, delay, count)
-                    if ceiling is None and settings.ceiling_seconds > 0:
-                        try:  # workers registered and idle: measure now
-                            ceiling = ceiling_stage.measure_beside(server.server_dir, resolved, traced.model_dir,
-                                                                   pairs, settings.ceiling_seconds)
-                        except ceiling_stage.CeilingUnavailable as error:
-                            log.warning("ceiling unavailable: %s", error)
-                    url = f"{server.inference_url}/predictions/{mar.model_name}"
-                    for clients in concurrency:
-                        wall_0 = time.time()
-                        cpu_0 = cpu.cpu_snapshot(server)
-                        result = loadgen.load(url, server.inference_headers(), pairs, concurrency=clients,
-                                              duration=settings.duration, warmup=settings.warmup,
-                                              progress_every=None)
-                        bench = BenchmarkResult.from_load(result)
-                        bench.cpu = cpu.cpu_use(cpu_0, cpu.cpu_snapshot(server), len(result.samples), ceiling)
-                        time.sleep(server_metrics.LOG_SETTLE_S)
-                        since = wall_0 + settings.warmup
-                        bench.server = server_metrics.server_times(
-                            Path(server.server_dir) / "logs", since,
-                            since + result.seconds + server_metrics.LOG_SETTLE_S, mar.model_name)
-                        row = _row(bench, batch_size, count, resolved.threads_per_worker, delay, ceiling)
-                        rows.append(row)
-                        log.info("%s: %.1f inferences/s, p50 %.0f ms, p90 %.0f ms, errors %d%s", row["label"],
-                                 row["inferences_per_s"], row["p50_ms"], row["p90_ms"], row["errors"],
-                                 f", served / in-process {row['served_over_ceiling']:.2f}"
-                                 if row["served_over_ceiling"] is not None else "")
-                # Its workers' processes exit before the next batch size's model loads: on Neuron each holds
-                # its NeuronCore until then.
-                unregister(server, mar.model_name)
-        finally:
-            if server is not None:
-                stop_task(server)
-
-    best = best_under_limit(rows, p90_limit_ms)
-    verdict = (f"best within p90 <= {p90_limit_ms:g} ms: {best['label']} ({best['inferences_per_s']:.1f} "
-               f"inferences/s, p90 {best['p90_ms']:.0f} ms)" if best and p90_limit_ms is not None else
-               f"best: {best['label']} ({best['inferences_per_s']:.1f} inferences/s, p90 {best['p90_ms']:.0f} ms)"
-               if best else "no configuration met the limit without errors")
-    log.info(verdict)
-    result = {"run_dir": str(run_dir), "pairs": pool, "p90_limit_ms": p90_limit_ms, "best": best,
-              "client_requests_per_s": client.requests_per_s, "compile_cache": compile_cache, "rows": rows}
-    (run_dir / SWEEP_FILE).write_text(json.dumps(result, indent=2, default=str))
-    try:
-        from tasks.measure.charts import sweep_chart
-
-        result["chart"] = str(sweep_chart(rows, run_dir / CHART_FILE, p90_limit_ms))
-    except ImportError as error:
-        log.warning("no chart: %s (install matplotlib)", error)
-    # Keyed like the pipeline's artifacts: a gpu sweep does not replace the cpu one's latest.
-    suffix = keys.current_suffix(resolved_by_workers[workers[0]].backend)
-    create_table_artifact(key=keys.key(keys.SWEEP, suffix), table=rows, description=verdict)
-    create_markdown_artifact(key=keys.key(keys.SWEEP_SUMMARY, suffix), markdown=f"# Benchmark sweep\n\n{verdict}\n\nRun directory: "
-                             f"`{run_dir}`; load generator alone: {client.requests_per_s:.0f} requests/s",
-                             description="Benchmark sweep")
+             run_dir, grid.batch_sizes, grid.workers, grid.delays, grid.concurrency, grid.size, pool)
+    client = benchmark_stage.client_capacity(pairs, row_settings(config.benchmark, max(grid.concurrency)), log)
+    _free_cores(config, grid, log)
+    models, compile_cache = _trace(config, grid, run_dir)
+    rows = [row for count in grid.workers
+            for row in _measure_workers(config, grid, count, models, pairs, run_dir, log)]
+    ranked = rank(rows, p90_limit_ms)
+    best = ranked[0] if ranked else None
+    line = verdict(best, p90_limit_ms)
+    log.info(line)
+    table = [row.table_row() for row in rows]
+    result = {"run_dir": str(run_dir), "pairs": pool, "p90_limit_ms": p90_limit_ms,
+              "best": best.table_row() if best else None,
+              "client_requests_per_s": client.requests_per_s if client else None,
+              "compile_cache": compile_cache, "rows": table}
+    _write(result, rows, run_dir, log)
+    _artifacts(table, line, run_dir, client, grid.backend)
     return result
 
 

@@ -140,14 +140,12 @@ def test_sweep_offers_the_configs_flags_as_overrides():
 
 
 def test_sweep_marks_the_best_configuration_within_the_p90_limit():
-    from flows.sweep import best_under_limit
+    from tasks.measure.sweep_rows import rank
+    from tests.unit.test_sweep_rows import row
 
-    rows = [{"label": "a", "inferences_per_s": 50.0, "p90_ms": 2500.0, "errors": 0},
-            {"label": "b", "inferences_per_s": 40.0, "p90_ms": 900.0, "errors": 0},
-            {"label": "c", "inferences_per_s": 45.0, "p90_ms": 800.0, "errors": 3},
-            {"label": "d", "inferences_per_s": 30.0, "p90_ms": 100.0, "errors": 0}]
-    assert best_under_limit(rows, 1000.0)["label"] == "b"
-    assert [row["best"] for row in rows] == [False, True, False, False]
-    assert [row["within_limit"] for row in rows] == [False, True, False, True]
-    assert best_under_limit(rows, None)["label"] == "a"
-    assert best_under_limit(rows, 50.0) is None
+    rows = [row(1, 50.0, 2500.0), row(2, 40.0, 900.0), row(3, 45.0, 800.0, errors=3), row(4, 30.0, 100.0)]
+    assert [r.setting.concurrency for r in rank(rows, 1000.0)] == [2, 4]
+    assert [r.best for r in rows] == [False, True, False, False]
+    assert [r.within_limit for r in rows] == [False, True, False, True]
+    assert rank(rows, None)[0].setting.concurrency == 1
+    assert rank(rows, 50.0) == [] and not any(r.best for r in rows)
