@@ -40,6 +40,11 @@ CLEAR = "\r\x1b[K"  # back to the line's start, erase it
 FINAL_WAIT_S = 2.0  # at the end, how long to wait for the artifact's last update
 
 
+def _wait(event: threading.Event, seconds: float) -> bool:
+    """event.wait(seconds): the progress threads' one wait between updates (the unit tests put a fake clock's here)."""
+    return event.wait(seconds)
+
+
 def in_run() -> bool:
     """Whether this code runs inside a Prefect flow or task run (where an artifact belongs)."""
     try:
@@ -254,7 +259,7 @@ class StageProgress:
             self.live = False
 
     def _draw_loop(self) -> None:
-        while not self._stop.wait(self.every):
+        while not _wait(self._stop, self.every):
             text = self.line()
             width = shutil.get_terminal_size((100, 20)).columns
             with self._lock:
@@ -287,7 +292,7 @@ class StageProgress:
                     return
             if stopping:
                 return
-            self._publish_now.wait(self.every)
+            _wait(self._publish_now, self.every)
             self._publish_now.clear()
 
     def _final_text(self) -> str:

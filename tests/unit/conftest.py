@@ -1,5 +1,13 @@
 import pytest
 
+from tests.unit.fake_time import FakeClock
+
+
+@pytest.fixture
+def fake_clock():
+    """A FakeClock at 0 s (tests/unit/fake_time.py)."""
+    return FakeClock()
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -1,16 +1,20 @@
 """A stage's progress: the load generator's callback, the live terminal line, the few log lines,
-and a progress artifact that can fail without failing the stage (tasks/common/progress.py)."""
+and a progress artifact that can fail without failing the stage (tasks/common/progress.py).
+
+On a fake clock (tests/unit/fake_time.py): the loads run in virtual time against a FakeEndpoint, and the
+progress threads update when the clock passes their next update, so nothing waits for real time to pass."""
 
 import io
 import logging
 import re
 import threading
-import time
 
 import pytest
 
-from tasks.measure.loadgen import LoadProgress, TrivialEndpoint, load
+from tasks.common import progress as progress_module
+from tasks.measure.loadgen import LoadProgress, load
 from tasks.common.progress import CLEAR, StageProgress, describe_load, in_run
+from tests.unit.fake_time import FakeEndpoint, load_in_virtual_time, progress_on
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 
@@ -22,6 +26,14 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.fixture(autouse=True)
+def clock(fake_clock, monkeypatch):
+    """The loads and the stages of this module on one fake clock."""
+    load_in_virtual_time(monkeypatch, fake_clock)
+    progress_on(monkeypatch, fake_clock)
+    return fake_clock
+
+
 def told(fraction: float, warming_up: bool = False) -> LoadProgress:
     return LoadProgress(elapsed=fraction * 30, planned=30.0, fraction=fraction, warming_up=warming_up,
                         measured_s=fraction * 30, requests_per_s=20.0, p50_ms=100.0, p90_ms=180.0, errors=0,
@@ -29,9 +41,9 @@ def told(fraction: float, warming_up: bool = False) -> LoadProgress:
 
 
 def told_by_a_load(endpoint: dict, **options):
-    """What a 2-client load against a TrivialEndpoint(**endpoint) told its on_progress, and its result."""
+    """What a 2-client load against a FakeEndpoint(**endpoint) told its on_progress, and its result."""
     seen: list[LoadProgress] = []
-    with TrivialEndpoint(**endpoint) as trivial:
+    with FakeEndpoint(**endpoint) as trivial:
         result = load(trivial.url, {}, PAIRS, concurrency=2, on_progress=seen.append, **options)
     return seen, result
 
@@ -71,7 +83,7 @@ def test_a_failing_callback_is_logged_once_and_the_load_goes_on(caplog):
         calls.append(progress)
         raise RuntimeError("the API is down")
 
-    with TrivialEndpoint() as endpoint:
+    with FakeEndpoint(delay=0.01) as endpoint:
         result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, progress_every=0.1,
                       log=logging.getLogger("test-load"), on_progress=broken)
     assert len(calls) >= 4 and result.errors == 0 and len(result.measured) > 10
@@ -88,7 +100,7 @@ def test_without_a_terminal_a_long_load_logs_a_handful_of_lines_and_writes_nothi
         progress.phase("ceiling", "ceiling: in-process")
         progress.phase("load", "load: starting the clients")
         callback, calls = progress.load("load"), []
-        with TrivialEndpoint(delay=0.005) as endpoint:
+        with FakeEndpoint(delay=0.01) as endpoint:
             load(endpoint.url, {}, PAIRS, concurrency=2, duration=1.2, progress_every=0.02,
                  on_progress=lambda told: calls.append(told) or callback(told))
     lines = [r.getMessage() for r in caplog.records if r.name == "test-stage"]
@@ -101,12 +113,13 @@ def test_without_a_terminal_a_long_load_logs_a_handful_of_lines_and_writes_nothi
         int(line.split("%")[0].split()[-1]) for line in lines)
 
 
-def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end(monkeypatch):
+def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end(monkeypatch, clock):
     monkeypatch.setenv("COLUMNS", "200")
     terminal = Terminal()
     with StageProgress("benchmark", {"load": 2}, stream=terminal, artifact=False, every=0.05) as progress:
+        clock.until_waiting(1)  # the line's thread, waiting for its first update
         progress.phase("load")
-        with TrivialEndpoint(delay=0.005) as endpoint:
+        with FakeEndpoint(delay=0.01) as endpoint:
             load(endpoint.url, {}, PAIRS, concurrency=2, duration=1.0, warmup=0.2, progress_every=0.05,
                  on_progress=progress.load("load"))
     out = terminal.getvalue()
@@ -119,13 +132,16 @@ def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end(mon
     assert "errors 0" in last and re.search(r"\d+ s of ~\d+ s", last)  # elapsed, expected
 
 
-def test_the_expected_time_grows_when_a_phase_overruns_its_plan():
+def test_the_expected_time_grows_when_a_phase_overruns_its_plan(clock):
     with StageProgress("benchmark", {"ceiling": 0.1, "load": 1}, stream=io.StringIO(), artifact=False) as progress:
-        assert progress.expected() == pytest.approx(1.1, abs=0.05)
+        assert progress.expected() == pytest.approx(1.1)
         progress.phase("ceiling")
-        time.sleep(0.4)  # planned 0.1 s
-        assert progress.expected() == pytest.approx(0.4 + 1.0, abs=0.1)
-        assert progress.fraction == pytest.approx(0.95 * 0.1 / 1.1, abs=0.01)  # the clock stops short of the end
+        clock.advance(0.05)  # half its plan
+        assert progress.expected() == pytest.approx(1.1)
+        assert progress.fraction == pytest.approx(0.5 * 0.1 / 1.1)
+        clock.advance(0.35)  # 0.4 s of a phase planned 0.1 s
+        assert progress.expected() == pytest.approx(0.4 + 1.0)
+        assert progress.fraction == pytest.approx(0.95 * 0.1 / 1.1)  # the clock stops short of the end
         progress.phase("load")
         progress.load()(told(0.5))
         assert progress.fraction == pytest.approx((0.1 + 0.5) / 1.1, abs=0.01)
@@ -140,17 +156,18 @@ def test_a_load_says_measuring_until_a_rate_means_something_and_waits_for_its_la
     assert describe_load(draining) == "load 8 s sent, waiting for the last answers: 5.0 requests/s, p50 -, p90 -, errors 0"
 
 
-def test_the_line_never_wraps_on_a_narrow_terminal(monkeypatch):
+def test_the_line_never_wraps_on_a_narrow_terminal(monkeypatch, clock):
     monkeypatch.setenv("COLUMNS", "40")  # a wrapped line could not be rewritten in place
     terminal = Terminal()
     with StageProgress("benchmark", {"load": 1}, stream=terminal, artifact=False, every=0.02) as progress:
+        clock.until_waiting(1)
         progress.phase("load", "load: a description far longer than forty columns of terminal")
-        time.sleep(0.2)
+        clock.advance(0.2)
     drawn = [part for part in terminal.getvalue().split(CLEAR) if part]
-    assert drawn and all(len(part) < 40 for part in drawn)
+    assert len(drawn) == 10 and all(len(part) < 40 for part in drawn)  # one every 20 ms
 
 
-def test_a_log_record_erases_the_live_line_before_it_is_written():
+def test_a_log_record_erases_the_live_line_before_it_is_written(clock):
     terminal = Terminal()
     handler = logging.StreamHandler(terminal)
     logger = logging.getLogger("test-console")
@@ -158,10 +175,12 @@ def test_a_log_record_erases_the_live_line_before_it_is_written():
     logger.propagate = False
     try:
         with StageProgress("benchmark", {"load": 1}, stream=terminal, artifact=False, every=0.02) as progress:
+            clock.until_waiting(1)
             progress.phase("load", "load: starting")
-            time.sleep(0.1)
+            clock.advance(0.1)
+            assert terminal.getvalue().endswith("load: starting")  # the line is drawn
             logger.warning("a log line")
-            time.sleep(0.1)
+            clock.advance(0.1)
     finally:
         logger.removeHandler(handler)
     out = terminal.getvalue()
@@ -179,7 +198,7 @@ def test_outside_a_flow_run_there_is_no_artifact_and_no_error():
     assert progress.artifact_id is None and progress.fraction == 1.0
 
 
-def test_the_artifact_moves_to_100_with_what_is_running():
+def test_the_artifact_moves_to_100_with_what_is_running(clock):
     updates = []
     create = lambda progress, description: updates.append((progress, description)) or "artifact-id"  # noqa: E731
 
@@ -189,16 +208,17 @@ def test_the_artifact_moves_to_100_with_what_is_running():
 
     with StageProgress("benchmark", {"ceiling": 1, "load": 3}, stream=io.StringIO(), artifact=True, every=0.02,
                        create=create, update=update) as progress:
+        clock.until_waiting(1)  # the artifact's thread: created, waiting for its next update
         progress.phase("ceiling", "ceiling: in-process")
-        time.sleep(0.2)
+        clock.advance(0.2)
         progress.phase("load")
         callback = progress.load("load")
         for step in range(1, 11):
             callback(told(step / 10))
-            time.sleep(0.03)
+            clock.advance(0.03)
     values = [value for value, _ in updates]
     assert values == sorted(values) and values[0] < 10 and values[-1] == 100.0 and max(values[:-1]) < 100
-    assert len(updates) >= 5
+    assert len(updates) >= 20  # about one per 20 ms that changed something, not only the first and last
     assert any("ceiling: in-process" in text for _, text in updates)
     assert any("requests/s" in text and "p90" in text for _, text in updates)
     assert updates[-1][1].startswith("benchmark done in")
@@ -220,44 +240,44 @@ def test_a_failing_artifact_neither_fails_nor_slows_the_load(broken, caplog):
         raise ConnectionError("the Prefect API is unreachable")
 
     log = logging.getLogger("test-artifact")
-    began = time.monotonic()
     with StageProgress("benchmark", {"load": 1}, log=log, stream=io.StringIO(), artifact=True, every=0.02,
                        create=create, update=update) as progress:
         progress.phase("load")
-        with TrivialEndpoint() as endpoint:
+        with FakeEndpoint(delay=0.01) as endpoint:
             result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.6, progress_every=0.02,
                           on_progress=progress.load())
     assert result.errors == 0 and len(result.measured) > 10 and progress.fraction == 1.0
-    assert time.monotonic() - began < 3
     assert calls["create"] == 1 and calls["update"] == (1 if broken == "update" else 0)  # given up, not retried
     warnings = [r.getMessage() for r in caplog.records if r.name == "test-artifact"]
     assert len(warnings) == 1 and "unreachable" in warnings[0] and "the stage goes on" in warnings[0]
 
 
-def test_a_hanging_api_does_not_hold_the_stage():
-    release = threading.Event()
+def test_a_hanging_api_does_not_hold_the_stage(monkeypatch):
+    # The stage waits FINAL_WAIT_S (2 s) at most for the artifact's last update: 0 here, so a stage that waited
+    # for the hanging API to answer would end only once it gave up (5 s), after it answered.
+    monkeypatch.setattr(progress_module, "FINAL_WAIT_S", 0.0)
+    release, answered = threading.Event(), threading.Event()
 
     def hang(**_):
-        release.wait(30)  # an API that answers nothing
+        release.wait(5)  # an API that answers nothing
+        answered.set()
         return "artifact-id"
 
-    began = time.monotonic()
     try:
         with StageProgress("benchmark", {"load": 1}, stream=io.StringIO(), artifact=True, every=0.02,
                            create=hang, update=hang) as progress:
             progress.phase("load")
-            with TrivialEndpoint() as endpoint:
+            with FakeEndpoint(delay=0.01) as endpoint:
                 result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, progress_every=0.02,
                               on_progress=progress.load())
-        took = time.monotonic() - began
+        assert not answered.is_set()  # the stage ended while the API still hung
     finally:
         release.set()
     assert result.seconds == 0.5 and len(result.measured) > 10
-    assert took < 0.5 + 3.5  # the load, then at most the wait for the artifact's last update
 
 
 @pytest.mark.parametrize("error, word", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")])
-def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word):
+def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word, clock):
     updates = []
     with pytest.raises(error):
         with StageProgress("benchmark", {"ceiling": 1, "load": 1}, stream=io.StringIO(), artifact=True,
@@ -266,7 +286,7 @@ def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word):
             progress.phase("ceiling")
             progress.phase("load")
             progress.load()(told(0.4))
-            time.sleep(0.1)
+            clock.advance(0.1)
             raise error("TorchServe died")
     assert 60 <= updates[-1]["progress"] < 100
     assert updates[-1]["description"].startswith(f"benchmark {word} after")
