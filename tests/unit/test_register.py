@@ -5,11 +5,40 @@ import sys
 import httpx
 import pytest
 
+from tasks.common import polling
 from tasks.serve.register import RegisterError, _call, _register, scale, wait_workers_ready
+from tests.unit.fake_time import TimeOn
 
 NAME = "bert-max_length128-batch_size6"
 PARAMS = {"url": f"{NAME}.mar", "model_name": NAME, "batch_size": 6, "max_batch_delay": 50,
           "initial_workers": 4, "synchronous": "true"}
+
+
+@pytest.fixture
+def clock(fake_clock, monkeypatch):
+    """The waits (tasks/common/polling.py) on a fake clock: a timeout passes without waiting for it."""
+    monkeypatch.setattr(polling, "time", TimeOn(fake_clock))
+    return fake_clock
+
+
+@pytest.fixture
+def worker():
+    """A process standing in for a TorchServe worker; killed at the end if a test left it running."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def exits_during_the_wait(worker: subprocess.Popen, clock, monkeypatch) -> None:
+    """The worker exits while the code under test waits for it: at its first sleep, as it would some time later."""
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        worker.kill()
+        worker.wait()
+
+    monkeypatch.setattr(polling.time, "sleep", sleep)
 
 
 class FakeManagement:
@@ -116,9 +145,9 @@ def test_409_with_other_batching_replaces_the_model(registered):
         ("POST", "/models"), ("GET", f"/models/{NAME}"), ("DELETE", f"/models/{NAME}/2.0"), ("POST", "/models")]
 
 
-def test_a_replaced_models_workers_have_exited_before_it_is_registered_again():
+def test_a_replaced_models_workers_have_exited_before_it_is_registered_again(worker, clock, monkeypatch):
     """On Neuron the new workers need the cores the old ones hold until their processes exit."""
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    exits_during_the_wait(worker, clock, monkeypatch)
     at_second_post = []
     api = FakeManagement({
         ("POST", "/models"): [httpx.Response(409, text="already registered"),
@@ -129,6 +158,7 @@ def test_a_replaced_models_workers_have_exited_before_it_is_registered_again():
     })
     assert _register(api.client(), PARAMS) == "re-registered"
     assert at_second_post != [None]  # the old worker had exited when the model was registered again
+    assert len(clock.sleeps) == 1  # it was waited for
 
 
 def test_failed_unregister_stops_with_an_error():
@@ -142,27 +172,29 @@ def test_failed_unregister_stops_with_an_error():
     assert [m for m, _, _ in api.calls].count("POST") == 1
 
 
-def test_wait_workers_ready_returns_when_all_ready():
+def test_wait_workers_ready_returns_when_all_ready(clock):
     api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
         {"workers": [{"status": "READY"}, {"status": "READY"}]}])]})
     wait_workers_ready(api.client(), NAME, 2, timeout=5)
+    assert clock.sleeps == []
 
 
-def test_wait_workers_ready_times_out_naming_states():
+def test_wait_workers_ready_times_out_naming_states(clock):
     api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
         {"workers": [{"status": "READY"}, {"status": "UNLOADING"}]}])]})
     with pytest.raises(RegisterError, match="UNLOADING") as caught:
         wait_workers_ready(api.client(), NAME, 2, timeout=0.1)
+    assert clock.now == pytest.approx(0.1)  # asked until the deadline
     assert caught.value.retryable is False  # a worker that won't load is a verdict, not a race
     assert "workers' log" in caught.value.fix
 
 
-def test_wait_workers_ready_polls_until_the_workers_come_up():
+def test_wait_workers_ready_polls_until_the_workers_come_up(clock):
     loading = httpx.Response(200, json=[{"workers": [{"status": "READY"}, {"status": "LOADING"}]}])
     ready = httpx.Response(200, json=[{"workers": [{"status": "READY"}, {"status": "READY"}]}])
     api = FakeManagement({("GET", f"/models/{NAME}"): [loading, loading, ready]})
     wait_workers_ready(api.client(), NAME, 2, timeout=30)
-    assert len(api.calls) == 3
+    assert len(api.calls) == 3 and len(clock.sleeps) == 2
 
 
 class _Server:
@@ -183,20 +215,16 @@ def _scaled_to_none(worker_pid: int) -> FakeManagement:
     })
 
 
-def test_scaling_to_no_workers_returns_only_once_their_processes_have_exited():
+def test_scaling_to_no_workers_returns_only_once_their_processes_have_exited(worker, clock, monkeypatch):
     """TorchServe answers the scale-down before its worker processes are gone; a NeuronCore is free only then."""
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    exits_during_the_wait(worker, clock, monkeypatch)
     api = _scaled_to_none(worker.pid)
     scale(_Server(api), NAME, 0, timeout=30)
-    assert worker.poll() is not None  # it had exited (a zombie counts) when scale returned
+    assert worker.poll() is not None and len(clock.sleeps) == 1  # waited for, until it had exited
     assert ("PUT", f"/models/{NAME}", {"min_worker": "0", "max_worker": "0", "synchronous": "true"}) in api.calls
 
 
-def test_a_dropped_worker_that_never_exits_fails_naming_its_pid():
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        with pytest.raises(RegisterError, match=f"dropped workers still running after 1 s .*{worker.pid}"):
-            scale(_Server(_scaled_to_none(worker.pid)), NAME, 0, timeout=1)
-    finally:
-        worker.kill()
-        worker.wait()
+def test_a_dropped_worker_that_never_exits_fails_naming_its_pid(worker, clock):
+    with pytest.raises(RegisterError, match=f"dropped workers still running after 1 s .*{worker.pid}"):
+        scale(_Server(_scaled_to_none(worker.pid)), NAME, 0, timeout=1)
+    assert clock.now == pytest.approx(1.0) and worker.poll() is None
