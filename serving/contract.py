@@ -9,8 +9,6 @@ exactly as the stages that check it do.
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -25,17 +23,10 @@ MODEL_INFO_FILE = "model_info.json"
 THREADS_ENV = "BERT_THREADS_PER_WORKER"
 BACKEND_ENV = "BERT_BACKEND"  # the backend this server was started for
 # Neuron: how many NeuronCores the workers share, and the directory where each worker claims one
-# (a file per core holding the worker's pid; a dead pid's core is free again; see claim_core). On cuda
-# each worker records there the GPU it was given (record_gpu).
+# (a file per core holding the worker's pid; a dead pid's core is free again; serving/claims.py). On cuda
+# each worker records there the GPU it was given (claims.record_gpu).
 NEURON_CORES_ENV = "BERT_NEURON_CORES"
 CORE_CLAIMS_ENV = "BERT_NEURON_CORE_CLAIMS"
-# How long a starting worker waits for a core that a dying worker still holds (see claim_core and
-# serving/handler.py's load_graphs): well inside TorchServe's own worker start-up timeout.
-CLAIM_WAIT_S = 30.0
-# What torch-neuronx raises when the runtime cannot have the cores it was given (held by another process):
-# "The PyTorch Neuron Runtime could not be initialized", or from its placement API "Neuron runtime cannot be
-# initialized"; the runtime's own NRT line ("NeuronCore(s) not available") goes to the log, not the exception.
-NEURON_CORE_REFUSED = re.compile(r"(could not|cannot) be initialized|NeuronCore\(s\) not available", re.I)
 FIELDS = ("seq_0", "seq_1")  # the tutorial's form fields
 # Index 1 is the paraphrase class, as in MRPC (1 = equivalent) and the tutorial's model.
 CLASS_NAMES = ("not paraphrase", "paraphrase")
@@ -167,69 +158,3 @@ def pad_to_batch(inputs: tuple, batch_size: int) -> tuple:
     if rows > batch_size:
         raise ValueError(f"{rows} requests in one batch but the model was traced for {batch_size}")
     return tuple(torch.cat([t, t[:1].expand(batch_size - rows, *t.shape[1:])]) for t in inputs)
-
-
-def claim_core(claims_dir: Path, cores: int, pid: int, wait_s: float = CLAIM_WAIT_S, poll_s: float = 0.25) -> int:
-    """The lowest NeuronCore no live worker of this server has claimed, now claimed for `pid`.
-
-    Why not TorchServe's gpu_id: TorchServe hands out gpu_id only for CUDA-style GPUs (number_of_gpu > 0,
-    round-robin), so a restarted worker can land on a core a live worker holds. A claim held by a pid is
-    freed by that process's exit, as the Neuron runtime frees its cores; the lock makes workers that
-    start together take distinct cores.
-
-    Every core claimed is not final at once: TorchServe starts a replacement while the worker it replaces
-    may still be exiting (killed after a response timeout), so wait up to wait_s for a claim to be freed.
-    """
-    import fcntl
-
-    claims_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    while True:
-        with open(claims_dir / ".lock", "w") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            held = core_claims(claims_dir)
-            mine = [core for core, owner in held.items() if owner == pid]
-            free = [core for core in range(cores) if core not in held]
-            if mine or free:
-                core = mine[0] if mine else free[0]
-                (claims_dir / f"core_{core}").write_text(str(pid))
-                return core
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"all {cores} NeuronCores are claimed by live workers {sorted(held.values())} "
-                               f"and none was freed within {wait_s:g} s; a worker needs one of its own: use "
-                               f"{cores} workers or fewer")
-        time.sleep(poll_s)
-
-
-def record_gpu(claims_dir: Path, pid: int, gpu: int) -> None:
-    """cuda: the GPU TorchServe gave this worker (gpu_id, handed round-robin; several workers may share one,
-    overlapping one's tokenization with another's GPU work). A file per worker, read back by gpu_map."""
-    claims_dir.mkdir(parents=True, exist_ok=True)
-    (claims_dir / f"gpu_worker_{pid}").write_text(str(gpu))
-
-
-def gpu_claims(claims_dir: Path) -> dict[int, int]:
-    """{worker pid: GPU} of the workers still running."""
-    return _live_owners(claims_dir, "gpu_worker_", by_pid=True)
-
-
-def core_claims(claims_dir: Path) -> dict[int, int]:
-    """{core: pid} of the claims whose process is still running."""
-    return _live_owners(claims_dir, "core_", by_pid=False)
-
-
-def _live_owners(claims_dir: Path, prefix: str, by_pid: bool) -> dict[int, int]:
-    """Files `<prefix><n>` of a claims directory whose process is still running: {n: content} when n is the
-    pid (by_pid), else {n: pid in the file}."""
-    import psutil
-
-    found = {}
-    for path in Path(claims_dir).glob(f"{prefix}*"):
-        try:
-            number, content = int(path.name[len(prefix):]), int(path.read_text())
-            pid = number if by_pid else content
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found[number] = content
-        except (OSError, ValueError, psutil.Error):
-            continue
-    return found

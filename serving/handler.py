@@ -23,9 +23,9 @@ from transformers import AutoTokenizer
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
+from serving.claims import CLAIM_WAIT_S, NEURON_CORE_REFUSED, claim_core, record_gpu
 from serving.contract import (
-    BACKEND_ENV, CLAIM_WAIT_S, CORE_CLAIMS_ENV, FIELDS, NEURON_CORE_REFUSED, NEURON_CORES_ENV, THREADS_ENV, Batch,
-    ModelInfo, claim_core, encode_pairs, pad_to_batch, record_gpu,
+    BACKEND_ENV, CORE_CLAIMS_ENV, FIELDS, NEURON_CORES_ENV, THREADS_ENV, Batch, ModelInfo, encode_pairs, pad_to_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def pin_neuron_core(gpu_id) -> int | None:
     takes the visible cores then, until the process exits). Overrides whatever NEURON_RT_* the worker
     inherited: an inherited NEURON_RT_VISIBLE_CORES=0 would put every worker on core 0.
 
-    Under the pipeline's server the core is claimed in CORE_CLAIMS_ENV (contract.claim_core says why not
+    Under the pipeline's server the core is claimed in CORE_CLAIMS_ENV (claims.claim_core says why not
     gpu_id); elsewhere TorchServe's gpu_id when it gives one (number_of_gpu > 0); else the runtime picks
     a free core (NEURON_RT_NUM_CORES=1, no visible cores named)."""
     claims, cores = os.environ.get(CORE_CLAIMS_ENV), os.environ.get(NEURON_CORES_ENV)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving.contract import NEURON_CORE_REFUSED
+from serving.claims import NEURON_CORE_REFUSED
 from tasks.common import child, tools
 from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, ServingConfig, resolve_serving
 from tasks.doctor.runner import Check, NotApplicable
@@ -196,7 +196,7 @@ class Doctor:
         except CeilingUnavailable as refused:
             if not NEURON_CORE_REFUSED.search(refused.message):
                 raise DoctorError(f"the second loader failed, but not in words the pipeline recognises: "
-                                  f"{refused.message}", fix="update serving.contract.NEURON_CORE_REFUSED to this "
+                                  f"{refused.message}", fix="update serving.claims.NEURON_CORE_REFUSED to this "
                                   "runtime's text, or the workers will not wait for a core being released") from None
         else:
             raise DoctorError(f"a second process loaded a graph on NeuronCore 0 while pid {holder.pid} held it",

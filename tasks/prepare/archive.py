@@ -18,7 +18,8 @@ from tasks.common.errors import PipelineError
 from tasks.common.tools import environment_tool
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
-CONTRACT_FILE = REPO_ROOT / "serving" / "contract.py"
+# What the handler imports, shipped beside it as the package serving/.
+SERVING_FILES = (REPO_ROOT / "serving" / "contract.py", REPO_ROOT / "serving" / "claims.py")
 
 
 class ArchiveError(PipelineError):
@@ -51,11 +52,12 @@ def archive(traced: TracedModel, model_store: Path, name: str | None = None, han
     if archiver is None:
         raise ArchiveError("torch-model-archiver is not installed in this environment", fix="run ./setup.sh")
     with tempfile.TemporaryDirectory() as staging, tempfile.TemporaryDirectory() as archiver_temp:
-        # The handler imports serving.contract: ship it as serving/contract.py (a directory given as an
+        # The handler imports serving.contract and serving.claims: ship them as serving/ (a directory given as an
         # extra file is copied by its contents, so the staging folder holds serving/).
         package = Path(staging) / "serving"
         package.mkdir()
-        shutil.copy(CONTRACT_FILE, package / CONTRACT_FILE.name)
+        for source in SERVING_FILES:
+            shutil.copy(source, package / source.name)
         (package / "__init__.py").touch()
         files = traced.info.files(traced.model_dir)
         command = [

@@ -4,7 +4,7 @@ The Neuron runtime gives a process its visible cores when it first loads a Neuro
 until the process exits; a worker whose core is taken cannot load. So start refuses to begin while
 another process holds a core this run's workers will take (naming it: we never stop a process we did
 not start), and after registration every worker must hold a core of its own (tasks/serve/placement.py reads it). Each worker claims its
-core in the server's directory (serving/contract.claim_core); neuron-ls confirms the runtime agrees.
+core in the server's directory (serving/claims.claim_core); neuron-ls confirms the runtime agrees.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 import psutil
 
-from serving.contract import core_claims
+from serving.claims import core_claims
 from tasks.common.backends import neuron_ls
 from tasks.common.errors import PipelineError
 from tasks.common.polling import Pending, TimedOut, wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from serving.contract import core_claims, gpu_claims
+from serving.claims import core_claims, gpu_claims
 from tasks.common.backends import neuron_ls
 from tasks.serve.cores import CoresError, claims_dir
 from tasks.serve.server import Server
@@ -57,7 +57,7 @@ def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
 
 
 def gpu_map(server: Server, model_name: str) -> GpuMap:
-    """The GPU of every READY worker, as each recorded it (serving/contract.record_gpu): for the summary."""
+    """The GPU of every READY worker, as each recorded it (serving/claims.record_gpu): for the summary."""
     pids = ready_worker_pids(server, model_name)
     recorded = gpu_claims(claims_dir(server.server_dir))
     workers = {pid: recorded[pid] for pid in pids if pid in recorded}

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from serving.contract import CLASS_NAMES, ModelInfo, claim_core, core_claims, gpu_claims, record_gpu
+from serving.claims import claim_core, core_claims, gpu_claims, record_gpu
+from serving.contract import CLASS_NAMES, ModelInfo
 from serving.handler import pin_neuron_core, prepare_backend
 from tasks.common import backends, tools
 from tasks.prepare.compile import parity
