@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fake_time import TimeOn
 from tools import screenshots
 
 PNG_SRC = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"  # cut short
@@ -129,15 +130,23 @@ class _BusyOnce(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_busy_prefect_api_is_asked_again_not_reported_as_an_error():
-    """Prefect's server answers 503 while its SQLite database is locked and its clients retry; so does this tool."""
+def test_a_busy_prefect_api_is_asked_again_not_reported_as_an_error(fake_clock, monkeypatch):
+    """Prefect's server answers 503 while its SQLite database is locked and its clients retry; so does this tool.
+    The client's back-off before it asks again (about 2 s) passes on a fake clock."""
+    import prefect.client.base
+
+    monkeypatch.setattr(prefect.client.base, "time", TimeOn(fake_clock))
     _BusyOnce.answered = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _BusyOnce)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The three requests expected, each answered as it comes (serve_forever would poll for its shutdown).
+    serving = threading.Thread(target=lambda: [server.handle_request() for _ in range(3)], daemon=True)
+    serving.start()
     try:
         facts = screenshots.run_facts(f"http://127.0.0.1:{server.server_port}", "run-1")
     finally:
-        server.shutdown()
+        serving.join(10)
+        server.server_close()
     assert _BusyOnce.answered == ["/api/flow_runs/run-1", "/api/flow_runs/run-1", "/api/artifacts/filter"]
+    assert len(fake_clock.sleeps) == 1  # backed off once, as Prefect's client does
     assert facts["run"]["name"] == "ruby-lion" and facts["run_dir"] == Path("/runs/ruby-lion")
     assert facts["artifacts"]["summary"]["key"] == "summary-nightly-cpu" and facts["artifacts"]["trend"] is None
