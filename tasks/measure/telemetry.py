@@ -227,6 +227,11 @@ class ProcessCpu:
 # --- the sampler -------------------------------------------------------------------------------------
 
 
+def _wait(event: threading.Event, seconds: float) -> bool:
+    """event.wait(seconds): the sampler's one wait between samples (the unit tests put a fake clock's here)."""
+    return event.wait(seconds)
+
+
 def _processes(server) -> dict[str, dict[int, psutil.Process]]:
     """TorchServe's processes now, by role: {"frontend": {...}, "workers": {...}}."""
     from tasks.measure.cpu import _role, server_processes
@@ -273,7 +278,7 @@ class Telemetry:
                          "worker": max(sizes["workers"], default=0.0)})
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        while not _wait(self._stop, self.period):
             self._sample_memory()
             self.adapter.sample()
 

@@ -3,17 +3,19 @@ step, the exit code, and what doctor.md / doctor.json hold."""
 
 import json
 import os
+import threading
 
 import pytest
 
 import tasks.doctor
 from flows import doctor as command
-from tasks.common import tools
+from tasks.common import polling, tools
 from tasks.common.config import REPO_ROOT, ResolvedServing, load_config
 from tasks.doctor.report import Report, artifact_key, markdown, publish, write
 from tasks.doctor.runner import BUG_FIX, Check, NotApplicable, Step, line, run_checks
 from tasks.doctor.steps import DoctorError
 from tasks.common.errors import PipelineError
+from tests.unit.fake_time import TimeOn
 
 
 def passes(detail="fine"):
@@ -194,8 +196,19 @@ def doctor_on(backend: str, monkeypatch, path: str):
 @pytest.mark.parametrize("backend, said", [("cuda", "nvidia-smi: 1 GPUs, 2048 MiB in use"),
                                            ("neuron", "neuron-monitor: 1 report(s), 2 NeuronCores reported, device "
                                                       "memory 1024 MiB")])
-def test_the_telemetry_step_reads_the_accelerators_own_tool(backend, said, monkeypatch):
+def test_the_telemetry_step_reads_the_accelerators_own_tool(backend, said, monkeypatch, fake_clock):
     doctor = doctor_on(backend, monkeypatch, f"{STAND_IN_BIN}:{os.environ['PATH']}")
+    # The stand-in neuron-monitor prints its report at once and exits. The doctor's wait for it is on a fake
+    # clock whose every sleep lets the monitor's reader read to the end: an event, not a second's period.
+    monkeypatch.setenv("STAND_IN_NEURON_MONITOR_REPORTS", "1")
+
+    def sleep(seconds: float) -> None:
+        fake_clock.sleep(seconds)
+        for reader in [t for t in threading.enumerate() if t.name == "neuron-monitor"]:
+            reader.join(20)
+
+    monkeypatch.setattr(polling, "time", TimeOn(fake_clock))
+    monkeypatch.setattr(polling.time, "sleep", sleep)
     try:
         assert doctor.telemetry() == said
     finally:
