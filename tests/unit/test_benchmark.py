@@ -184,7 +184,8 @@ def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given
 
     monkeypatch.setattr(bench_module, "LOG_SETTLE_S", 0.0)
     settings = load_config(overrides={"benchmark.duration": 0.5, "benchmark.warmup": 0.1,
-                                      "benchmark.concurrency": 2, "benchmark.single_client_seconds": 0}).benchmark
+                                      "benchmark.concurrency": 2, "benchmark.single_client_seconds": 0,
+                                      "benchmark.capacity.enabled": False}).benchmark
     resolved = SimpleNamespace(backend="cpu", threads_per_worker=1)
     ceiling = Ceiling(batch_size=2, max_length=32, buckets=[32], threads=1, batches_per_s=1e6, inferences_per_s=2e6,
                       best_layout="1x1", batch_latency_ms=1.0, lone_batch_latency_ms=1.0,
