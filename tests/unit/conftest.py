@@ -1,12 +1,18 @@
 import pytest
 
-from tests.unit.fake_time import FakeClock
+from tests.unit.fake_time import EndingProcesses, FakeClock
 
 
 @pytest.fixture
 def fake_clock():
     """A FakeClock at 0 s (tests/unit/fake_time.py)."""
     return FakeClock()
+
+
+@pytest.fixture
+def ending_processes(fake_clock, monkeypatch):
+    """tasks/common/processes.py's stops of real processes on the fake clock (tests/unit/fake_time.py)."""
+    return EndingProcesses(fake_clock).install(monkeypatch)
 
 
 @pytest.fixture(scope="session")

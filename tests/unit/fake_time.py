@@ -9,14 +9,22 @@ VirtualTimeLoop an asyncio event loop on a FakeClock: when nothing is ready to r
                instead of waiting for it. The load generator (tasks/measure/loadgen.py) runs on it against a
                FakeEndpoint, an in-loop stand-in for its TrivialEndpoint, so a "1 s" load runs as fast as the
                CPU allows and its figures are exact.
+EndingProcesses tasks/common/processes.py's waits for real processes to end, on a FakeClock: a grace period
+               passes at once, and a process that a signal will end is waited for by its exit (an event).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import selectors
+import signal
 import threading
 import time as real_time
+from pathlib import Path
+
+import psutil
 
 import httpx
 
@@ -247,3 +255,83 @@ def progress_on(monkeypatch, clock: FakeClock) -> None:
 
     monkeypatch.setattr(progress, "time", TimeOn(clock))
     monkeypatch.setattr(progress, "_wait", clock.wait)
+
+
+def ended(pid: int, within: float = SETTLE_S) -> None:
+    """Block until process `pid` has ended (exited, a zombie or gone): its pidfd becomes readable, no polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([fd], [], [], within)[0]:
+            raise AssertionError(f"process {pid} has not ended within {within} s")
+    finally:
+        os.close(fd)
+
+
+def _will_end(pid: int, signum: int) -> bool:
+    """Whether `signum` ends process `pid`: SIGKILL always; another signal unless the process ignores it (its
+    default action ends it, and the tests' children that catch SIGTERM end in their handler, as TorchServe's do)."""
+    if signum == signal.SIGKILL:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigIgn:"))
+    return not ignored & (1 << (signum - 1))
+
+
+class EndingProcesses:
+    """tasks/common/processes.py on a FakeClock, for stops of real processes (install() it).
+
+    Every signal this process sends (os.kill / os.killpg) is in `sent` as (pid, signal) -- a group's signal as
+    (-pgid, signal) -- and each process it will end is noted. processes.py's poll sleep moves the clock, then
+    waits for every noted process to have ended. So a grace period a process ignores passes at once, and a
+    process on its way out is seen ended at the next look: what the stop decides is what it decides on a real
+    clock, with no time waited."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+        self.sent: list[tuple[int, int]] = []
+        self._ending: set[int] = set()
+
+    def install(self, monkeypatch) -> "EndingProcesses":
+        from tasks.common import processes
+
+        kill, killpg = os.kill, os.killpg
+
+        def recorded_kill(pid: int, signum: int) -> None:
+            self._send(pid, signum, [pid])
+            kill(pid, signum)
+
+        def recorded_killpg(pgid: int, signum: int) -> None:
+            self._send(-pgid, signum, [p.pid for p in psutil.process_iter() if _in_group(p.pid, pgid)])
+            killpg(pgid, signum)
+
+        monkeypatch.setattr(os, "kill", recorded_kill)
+        monkeypatch.setattr(os, "killpg", recorded_killpg)
+        on_clock = TimeOn(self.clock)
+        on_clock.sleep = self.sleep
+        monkeypatch.setattr(processes, "time", on_clock)
+        return self
+
+    def sleep(self, seconds: float) -> None:
+        self.clock.sleep(seconds)
+        for pid in sorted(self._ending):
+            ended(pid)
+        self._ending.clear()
+
+    def _send(self, target: int, signum: int, pids: list[int]) -> None:
+        if signum == 0:  # psutil asking whether a pid exists
+            return
+        self.sent.append((target, signum))
+        self._ending.update(pid for pid in pids if pid != os.getpid() and _will_end(pid, signum))
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pgid
+    except OSError:
+        return False

@@ -1,17 +1,20 @@
-"""ProcessRef and the one escalating stop, on real child processes: what TorchServe's stop and `local.py down` rely on."""
+"""ProcessRef and the one escalating stop, on real child processes: what TorchServe's stop and `local.py down` rely on.
+
+The stops run on a fake clock (the ending_processes fixture, tests/unit/fake_time.py): a grace period passes at
+once, and a child a signal ends is waited for by its exit, so no test waits for time to pass."""
 
 import os
 import platform
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from tasks.common.ports import listeners
 from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
+from tests.unit.fake_time import ended
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 SLEEPS = "import time; print('ready', flush=True); time.sleep(60)"
@@ -40,14 +43,6 @@ def _ref(child: subprocess.Popen) -> ProcessRef:
     return ProcessRef.of(psutil.Process(child.pid))
 
 
-def _soon(condition, within: float = 10.0):
-    """Poll a condition that other processes make true (a signal delivered, a child started)."""
-    deadline = time.monotonic() + within
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
 def test_process_ref_finds_a_running_process():
     process = ProcessRef.of(psutil.Process()).alive()
     assert process is not None and process.pid == psutil.Process().pid
@@ -61,7 +56,8 @@ def test_a_process_ref_whose_pid_now_belongs_to_another_process_is_not_ours():
 def test_a_process_that_ended_is_not_alive_even_before_it_is_reaped():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     ref = _ref(child)
-    assert _soon(lambda: ref.alive() is None)
+    ended(child.pid)
+    assert ref.alive() is None
     assert psutil.pid_exists(child.pid)  # a zombie until it is reaped
     child.wait()
 
@@ -71,57 +67,65 @@ def test_a_process_ref_reads_back_from_its_pid_file_line():
     assert ProcessRef.parse(ref.line() + "\n") == ref
 
 
-def test_a_child_that_ignores_sigterm_is_killed(spawn):
+def test_a_child_that_ignores_sigterm_is_killed(spawn, ending_processes, fake_clock):
     child = spawn(IGNORES_SIGTERM)
     ref = _ref(child)
     result = stop([ref], grace=0.5, settle=5)
     assert ref.alive() is None
     assert (result.stopped, result.escalated, result.survivors) == (1, [child.pid], [])
+    assert ending_processes.sent == [(child.pid, signal.SIGTERM), (child.pid, signal.SIGKILL)]
+    assert 0.5 <= fake_clock.now < 1.0  # the whole grace, then the kill's end at the next look or so: not its 5 s
 
 
-def test_a_child_that_obeys_sigterm_is_not_escalated(spawn):
+def test_a_child_that_obeys_sigterm_is_not_escalated(spawn, ending_processes, fake_clock):
     child = spawn(SLEEPS)
     ref = _ref(child)
     result = stop([ref], grace=10)
     assert ref.alive() is None
     assert (result.stopped, result.escalated, result.survivors) == (1, [], [])
+    assert ending_processes.sent == [(child.pid, signal.SIGTERM)] and fake_clock.now < 0.1  # not the whole grace
 
 
-def test_processes_not_picked_first_get_the_grace_period_before_their_sigterm(spawn):
+def test_processes_not_picked_first_get_the_grace_period_before_their_sigterm(spawn, ending_processes):
     frontend, worker = _ref(spawn(SLEEPS)), _ref(spawn(SLEEPS))
-    started = time.monotonic()
     result = stop([frontend, worker], grace=0.5, first=lambda alive: [p for p in alive if p.pid == frontend.pid])
     assert frontend.alive() is None and worker.alive() is None
     assert result.escalated == [worker.pid]  # it outlived the grace: nobody had asked it to stop yet
-    assert time.monotonic() - started < 5  # SIGTERM sufficed: no SIGKILL round was waited for
+    # Then its own SIGTERM, which sufficed: no SIGKILL round.
+    assert ending_processes.sent == [(frontend.pid, signal.SIGTERM), (worker.pid, signal.SIGTERM)]
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["process", "process group"])
-def test_a_recycled_pid_with_a_different_create_time_is_never_signalled(spawn, group):
+def test_a_recycled_pid_with_a_different_create_time_is_never_signalled(spawn, group, ending_processes):
     child = spawn(SLEEPS, new_session=group)
     stale = ProcessRef(pid=child.pid, create_time=_ref(child).create_time - 100.0)
     result = stop([stale], grace=0.2, group=group)
     assert result.stopped == 0
-    time.sleep(0.2)
-    assert child.poll() is None, "a process that merely reuses the pid must be left alone"
+    assert ending_processes.sent == [], "a process that merely reuses the pid must be left alone"
+    assert child.poll() is None
 
 
-def test_a_process_group_is_stopped_whole(spawn):
+def test_a_process_group_is_stopped_whole(spawn, ending_processes):
     leader = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
                    "time.sleep(60)']); print('ready', flush=True); time.sleep(60)", new_session=True)
     (grandchild,) = descendants([_ref(leader)])
     result = stop([_ref(leader)], grace=10, group=True)
     assert result.survivors == []
-    assert _soon(lambda: grandchild.alive() is None), "the SIGTERM went to the whole group"
+    assert ending_processes.sent == [(-leader.pid, signal.SIGTERM)]
+    assert grandchild.alive() is None, "the SIGTERM went to the whole group"
 
 
-def test_descendants_lists_children_and_grandchildren_once(spawn):
-    parent = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, "
-                   "time; subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(60)\"]); "
-                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)")
+# A parent, its child and its grandchild; the grandchild says 'ready' (on the stdout all three share) once it runs.
+GRANDCHILD = "import time; print('ready', flush=True); time.sleep(60)"
+CHILD = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {GRANDCHILD!r}]); time.sleep(60)"
+PARENT = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {CHILD!r}]); time.sleep(60)"
+
+
+def test_descendants_lists_children_and_grandchildren_once(spawn, ending_processes):
+    parent = spawn(PARENT)
     ref = _ref(parent)
-    assert _soon(lambda: len(descendants([ref])) == 2), "the grandchild should have started"
     below = descendants([ref])
+    assert len(below) == 2, "the child and the grandchild"
     assert len({r.pid for r in below}) == 2
     assert len(descendants([ref], recursive=False)) == 1
     assert descendants([ref, *below]) == []  # what is already named is not listed again
@@ -147,9 +151,8 @@ def test_ctrl_c_during_a_deferred_section_arrives_right_after_it():
     try:
         with pytest.raises(KeyboardInterrupt):
             with ctrl_c_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.1)  # a Ctrl-C here must not cut the section short
-                done.append("recorded")
+                signal.raise_signal(signal.SIGINT)  # delivered, and its handler run, before this returns
+                done.append("recorded")  # a Ctrl-C must not cut the section short
         assert done == ["recorded"]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
@@ -159,44 +162,52 @@ def test_ctrl_c_during_a_deferred_section_arrives_right_after_it():
 def test_kill_group_kills_a_session_leader_and_what_it_started(spawn):
     leader = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
                    "time.sleep(60)']); print('ready', flush=True); time.sleep(60)", new_session=True)
-    child = _soon(lambda: psutil.Process(leader.pid).children())[0]
+    (child,) = psutil.Process(leader.pid).children()  # started before it said 'ready'
     kill_group(leader.pid)
-    _soon(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
+    ended(child.pid)
     assert leader.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_an_orphan_that_exited_is_stopped_even_before_pid_1_reaps_it(spawn):
+def test_an_orphan_that_exited_is_stopped_even_before_pid_1_reaps_it(spawn, ending_processes):
     """A Java whose launcher was killed first is PID 1's child; once it exits it is a zombie until PID 1
     reaps it (over a second here), and a zombie holds nothing: the stop has succeeded, not failed."""
     parent = spawn("import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', 'import time; "
                    "time.sleep(60)']); print('ready', flush=True); print(child.pid, flush=True)")
     orphan = psutil.Process(int(parent.stdout.readline()))
     parent.wait(timeout=10)
-    assert _soon(lambda: orphan.ppid() != parent.pid)  # reparented: not our child, not its parent's
+    assert orphan.ppid() != parent.pid  # reparented as its parent exited: not our child, not its parent's
     stopped = stop([ProcessRef.of(orphan)], grace=0.2, settle=0.2)
     assert stopped.survivors == [] and stopped.stopped == 1
     assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
 
 
 SYS_EXIT = {"x86_64": 60, "aarch64": 93}.get(platform.machine())  # exit(2): ends the calling thread only
-# Listens, then its main thread exits while another thread lives on: a zombie that still holds its socket.
+# Listens, then its main thread exits while another thread lives on: a zombie that still holds its socket. That
+# thread says 'zombie' once the main thread is one (it looks again at once, yielding: no sleep).
 MAIN_THREAD_EXITS_FIRST = (
-    "import ctypes, socket, threading, time\n"
+    "import ctypes, os, socket, threading, time\n"
     "listening = socket.create_server(('127.0.0.1', 0))\n"
-    "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+    "def live_on():\n"
+    "    while open('/proc/self/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n"
+    "        os.sched_yield()\n"
+    "    print('zombie', flush=True)\n"
+    "    time.sleep(60)\n"
+    "threading.Thread(target=live_on).start()\n"
     "print('ready', flush=True); print(listening.getsockname()[1], flush=True)\n"
     f"ctypes.CDLL(None).syscall({SYS_EXIT}, 0)\n"
 )
 
 
 @pytest.mark.skipif(SYS_EXIT is None, reason=f"no exit(2) syscall number known for {platform.machine()}")
-def test_a_zombie_whose_other_threads_still_run_has_not_ended_and_its_port_is_free_after_stop(spawn):
+def test_a_zombie_whose_other_threads_still_run_has_not_ended_and_its_port_is_free_after_stop(spawn,
+                                                                                             ending_processes):
     """A killed Java's main thread can be a zombie while its other threads are still exiting, holding its
     sockets: seen in CI as a port still listening after stop had reported every process gone."""
     child = spawn(MAIN_THREAD_EXITS_FIRST)
     port = int(child.stdout.readline())
     process = psutil.Process(child.pid)
-    assert _soon(lambda: process.status() == psutil.STATUS_ZOMBIE)
+    assert child.stdout.readline().strip() == "zombie"
+    assert process.status() == psutil.STATUS_ZOMBIE
     assert port in listeners([port])
     ref = ProcessRef.of(process)
     assert ref.alive() is not None

@@ -219,7 +219,7 @@ def _in_group(pgid: int) -> list[int]:
     return found
 
 
-def test_a_java_the_launcher_started_as_it_died_is_stopped_too(tmp_path):
+def test_a_java_the_launcher_started_as_it_died_is_stopped_too(tmp_path, ending_processes):
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_STARTS_JAVA_AS_IT_DIES], stdout=subprocess.PIPE,
                                 text=True, start_new_session=True)  # as start() launches it
     try:
@@ -233,7 +233,7 @@ def test_a_java_the_launcher_started_as_it_died_is_stopped_too(tmp_path):
         launcher.wait()
 
 
-def test_a_crashed_runs_java_whose_launcher_is_gone_is_still_found_and_stopped(tmp_path):
+def test_a_crashed_runs_java_whose_launcher_is_gone_is_still_found_and_stopped(tmp_path, ending_processes):
     """No recorded process is alive, but the launcher's group still holds its Java: the next run stops it."""
     owner = subprocess.Popen([sys.executable, "-c", "pass"])  # the crashed pipeline process
     owner_ref = ProcessRef.of(psutil.Process(owner.pid))

@@ -1,24 +1,26 @@
 """The stages' record and their Prefect policy (flows/stages.py)."""
 
 import signal
-import time
 
 import pytest
 from prefect.exceptions import TerminationSignal
 
+from flows import stages as stages_module
 from flows.stages import Stages, retry_when_retryable
 from tasks.serve.register import RegisterError
+from tests.unit.fake_time import TimeOn
 
 
-def test_stages_record_ok_failed_skipped_and_reraise():
+def test_stages_record_ok_failed_skipped_and_reraise(fake_clock, monkeypatch):
+    monkeypatch.setattr(stages_module, "time", TimeOn(fake_clock))
     stages = Stages(["trace", "archive", "start"])
     with stages.run("trace"):
-        time.sleep(0.05)
+        fake_clock.advance(0.05)
     with pytest.raises(ValueError, match="bad archive"):
         with stages.run("archive"):
             raise ValueError("bad archive")
     records = {r["name"]: r for r in stages.as_list()}
-    assert records["trace"]["status"] == "ok" and records["trace"]["seconds"] >= 0.05
+    assert records["trace"]["status"] == "ok" and records["trace"]["seconds"] == 0.05
     assert records["trace"]["error"] is None
     assert records["archive"]["status"] == "failed"
     assert records["archive"]["error"] == "ValueError: bad archive"
