@@ -9,6 +9,7 @@ registered anew. Per (batch size, workers), the in-process ceiling is measured w
 TorchServe is idle. Each row is measured by the benchmark stage's own code (tasks/measure/benchmark.py
 measure_setting: closed loop at the row's concurrency, no lone client) and holds its typed result
 (tasks/measure/sweep_rows.py). The best configuration -- most inferences/s with p90 within the limit
+(or, --rank-by capacity, the highest Poisson rate whose p99 stays within the capacity's bound)
 and no errors -- is marked. Writes sweep.json (the rows flat, and each setting's whole benchmark result
 under `results`) and sweep.png in the run directory and a "sweep-<deployment>" table artifact;
 TorchServe is stopped whatever happens.
@@ -28,6 +29,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger  # noqa: E402
 
+from flows.logs import install_expected_failures  # noqa: E402
+
 from flows.stages import (  # noqa: E402
     archive_task,
     ensure_free_task,
@@ -40,11 +43,14 @@ from flows.stages import (  # noqa: E402
 )
 from tasks.measure import benchmark as benchmark_stage  # noqa: E402
 from tasks.measure.results import ClientCapacity  # noqa: E402
-from tasks.measure.sweep_rows import Setting, SweepRow, rank, verdict  # noqa: E402
+from tasks.measure.sweep_rows import RANKINGS, Setting, SweepRow, rank, verdict  # noqa: E402
 from tasks.common.config import ConfigError, ResolvedServing, load_config, resolve_serving  # noqa: E402
 from tasks.common import keys  # noqa: E402
 from tasks.report.summary import new_run_dir  # noqa: E402
 from tasks.serve.register import unregister  # noqa: E402
+
+# An expected failure (a PipelineError) is logged as its message and fix, without a traceback (flows/logs.py).
+install_expected_failures()
 
 SWEEP_FILE = "sweep.json"
 CHART_FILE = "sweep.png"
@@ -59,17 +65,18 @@ class Grid:
     delays: list[int]
     concurrency: list[int]
     resolved: dict[int, ResolvedServing]  # per worker count: threads per worker, backend
+    by: str = "throughput"  # the ranking (sweep_rows.RANKINGS); capacity: each row searches its capacity
 
     @classmethod
     def of(cls, config, batch_sizes: list[int] | None, workers: list[int] | None, delays: list[int] | None,
-           concurrency: list[int] | None) -> Grid:
+           concurrency: list[int] | None, by: str = "throughput") -> Grid:
         """Each list defaults to the config's value. Each worker count is resolved up front: a count this
         host cannot run is refused before anything starts."""
         serving = config.serving
         workers = workers or [resolve_serving(serving).initial_workers]
         return cls(batch_sizes or [serving.batch_size], workers, delays or [serving.max_batch_delay],
                    concurrency or [config.benchmark.concurrency],
-                   {w: resolve_serving(serving.model_copy(update={"initial_workers": w})) for w in workers})
+                   {w: resolve_serving(serving.model_copy(update={"initial_workers": w})) for w in workers}, by)
 
     @property
     def size(self) -> int:
@@ -80,11 +87,12 @@ class Grid:
         return self.resolved[self.workers[0]].backend
 
 
-def row_settings(settings, concurrency: int):
+def row_settings(settings, concurrency: int, capacity: bool = False):
     """The benchmark settings for one row: a closed loop of `concurrency` clients for `duration` s; no lone
-    client (a concurrency of 1 in the grid is that)."""
+    client (a concurrency of 1 in the grid is that); the capacity search only when the rows are ranked by it."""
+    search = settings.capacity.model_copy(update={"enabled": capacity})
     return settings.model_copy(update={"mode": "closed", "concurrency": concurrency, "requests": None,
-                                       "single_client_seconds": 0})
+                                       "single_client_seconds": 0, "capacity": search})
 
 
 def _free_cores(config, grid: Grid, log) -> None:
@@ -128,7 +136,8 @@ def _measure_model(server, config, grid: Grid, count: int, batch_size: int, mode
                               max_batch_delay=delay, concurrency=clients)
             log.info("sweep: %s", setting.label)
             bench = benchmark_stage.measure_setting(server, mar.model_name, pairs,
-                                                    row_settings(config.benchmark, clients), resolved, log,
+                                                    row_settings(config.benchmark, clients, grid.by == "capacity"),
+                                                    resolved, log,
                                                     ceiling=ceiling)
             rows.append(SweepRow(setting=setting, benchmark=bench))
     return rows
@@ -179,11 +188,12 @@ def _artifacts(table: list[dict], line: str, run_dir: Path, client: ClientCapaci
 @flow(name="bert-serving-sweep", log_prints=True)
 def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] | None = None,
           batch_sizes: list[int] | None = None, workers: list[int] | None = None, delays: list[int] | None = None,
-          concurrency: list[int] | None = None, p90_limit_ms: float | None = None) -> dict:
-    """Benchmark every combination; mark the best one within the p90 limit."""
+          concurrency: list[int] | None = None, p90_limit_ms: float | None = None, rank_by: str = "throughput") -> dict:
+    """Benchmark every combination; mark the best one: by throughput within the p90 limit, or by capacity at
+    the capacity's latency bound (rank_by="capacity": each row then runs the capacity search)."""
     log = get_run_logger()
     config = load_config(config_file, overrides)
-    grid = Grid.of(config, batch_sizes, workers, delays, concurrency)
+    grid = Grid.of(config, batch_sizes, workers, delays, concurrency, rank_by)
     run_dir = new_run_dir(config.runs_dir)
     pairs, pool = benchmark_stage.load_pool(config.benchmark.pairs_file)
     log.info("sweep in %s: batch sizes %s x workers %s x delays %s ms x concurrency %s (%d rows), %s",
@@ -193,12 +203,12 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
     models, compile_cache = _trace(config, grid, run_dir)
     rows = [row for count in grid.workers
             for row in _measure_workers(config, grid, count, models, pairs, run_dir, log)]
-    ranked = rank(rows, p90_limit_ms)
+    ranked = rank(rows, p90_limit_ms, by=rank_by)
     best = ranked[0] if ranked else None
-    line = verdict(best, p90_limit_ms)
+    line = verdict(best, p90_limit_ms, by=rank_by)
     log.info(line)
     table = [row.table_row() for row in rows]
-    result = {"run_dir": str(run_dir), "pairs": pool, "p90_limit_ms": p90_limit_ms,
+    result = {"run_dir": str(run_dir), "pairs": pool, "p90_limit_ms": p90_limit_ms, "rank_by": rank_by,
               "best": best.table_row() if best else None,
               "client_requests_per_s": client.requests_per_s if client else None,
               "compile_cache": compile_cache, "rows": table}
@@ -224,7 +234,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     grid.add_argument("--concurrency", type=_ints, metavar="N,N", help="closed-loop clients, e.g. 1,8,64")
     parser.add_argument("--p90-limit-ms", type=float, metavar="MS",
                         help="mark the best configuration with p90 within this")
-    add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir"])
+    parser.add_argument("--rank-by", choices=sorted(RANKINGS), default="throughput",
+                        help="throughput (within --p90-limit-ms) or capacity (each row searches the highest Poisson "
+                             "rate whose p99 stays within --capacity-bound-ms)")
+    add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir",
+                                     "capacity-bound-ms"])
     return parser.parse_args(argv)
 
 
@@ -241,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = sweep(config_file=args.config, overrides=overrides, batch_sizes=args.batch_sizes, workers=args.workers,
-                  delays=args.delays, concurrency=args.concurrency, p90_limit_ms=args.p90_limit_ms,
+                  delays=args.delays, concurrency=args.concurrency, p90_limit_ms=args.p90_limit_ms, rank_by=args.rank_by,
                   return_state=True)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):

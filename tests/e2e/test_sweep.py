@@ -24,7 +24,8 @@ def _artifact_keys(flow_run_id) -> set[str]:
 def test_a_sweep_measures_every_setting_reuses_compiled_models_and_keys_its_artifacts(prefect_server, tmp_path):
     overrides = {"runs_dir": str(tmp_path / "runs"), "serving.free_ports": True, "serving.max_length": 32,
                  "build.compile_cache": True, "build.cache_dir": str(tmp_path / "cache"),
-                 "benchmark.duration": 1, "benchmark.warmup": 0.3}
+                 "benchmark.duration": 1, "benchmark.warmup": 0.3,
+                 "benchmark.capacity.enabled": False}
     first = sweep(overrides=overrides, batch_sizes=[2], workers=[1], delays=[5], concurrency=[2])
     assert first["compile_cache"][2]["cache"] == "miss"
 

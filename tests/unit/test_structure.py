@@ -97,3 +97,25 @@ def test_the_cycle_finder_finds_a_cycle_through_an_import_inside_a_function(tmp_
     (tmp_path / "b.py").write_text("def f():\n    from a import x\n")
     known = {"a": tmp_path / "a.py", "b": tmp_path / "b.py"}
     assert cycles({name: imports(name, path, known) for name, path in known.items()}) == [["a", "b"]]
+
+
+def long_functions(known: dict[str, Path], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    found = []
+    for name, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{name}.{node.name}: {lines} lines")
+    return found
+
+
+def test_no_production_function_is_longer_than_a_screen():
+    assert long_functions(modules()) == []
+
+
+def test_the_length_check_sees_a_long_function_and_a_nested_one(tmp_path):
+    body = "\n".join(f"        x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def outer():\n    def inner():\n{body}\n")
+    assert long_functions({"long": tmp_path / "long.py"}) == [f"long.outer: {MAX_FUNCTION_LINES + 2} lines",
+                                                               f"long.inner: {MAX_FUNCTION_LINES + 1} lines"]

@@ -13,7 +13,7 @@ TABLE_KEYS = ["label", "batch_size", "workers", "threads_per_worker", "max_batch
               "requests_per_s", "inferences_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "errors",
               "error_rate", "ceiling_inferences_per_s", "served_over_ceiling", "lone_batch_ms",
               "worker_lone_batch_ms", "queue_ms_p50", "handler_ms_p50", "mean_batch_fill", "other_cores",
-              "other_cores_ceiling", "within_limit", "best"]
+              "other_cores_ceiling", "capacity_per_s", "within_limit", "best"]
 
 
 def row(concurrency: int, inferences_per_s: float, p90_ms: float, errors: int = 0, **fields) -> SweepRow:
@@ -74,3 +74,21 @@ def test_the_verdict_names_the_best_setting_and_the_limit():
     assert verdict(best, 2000.0) == "best within p90 <= 2000 ms: b2 w1 d5 c8 (30.0 inferences/s, p90 400 ms)"
     assert verdict(best, None) == "best: b2 w1 d5 c8 (30.0 inferences/s, p90 400 ms)"
     assert verdict(None, 2000.0) == "no configuration met the limit without errors"
+
+
+def test_ranked_by_capacity_the_highest_rate_within_the_bound_wins_and_a_row_without_one_does_not_qualify():
+    from tasks.measure.capacity import Capacity
+
+    def with_capacity(row: SweepRow, rate: float | None) -> SweepRow:
+        row.benchmark.capacity = Capacity(percentile=99, bound_ms=1000, rate=rate, failed_rate=None, start_rate=30.0,
+                                          precision=0.1, stopped="within 10%", rule="", steps=[])
+        return row
+
+    # the most throughput is not the most capacity, and a row whose every step failed does not qualify
+    rows = [with_capacity(row(1, 40.0, 500.0), 22.0), with_capacity(row(2, 50.0, 500.0), 18.0),
+            with_capacity(row(3, 60.0, 500.0), None)]
+    ranked = rank(rows, None, by="capacity")
+    assert [r.capacity for r in ranked] == [22.0, 18.0] and ranked[0].best and not rows[2].within_limit
+    assert verdict(ranked[0], None, by="capacity").startswith(f"best by capacity at p99 <= 1000 ms: {ranked[0].label} (22.0")
+    assert ranked[0].table_row()["capacity_per_s"] == 22.0
+    assert set(RANKINGS) == {"throughput", "capacity"}
