@@ -2,7 +2,6 @@
 
 import logging
 import math
-import time
 
 import pytest
 
@@ -100,23 +99,28 @@ def test_no_regression_check_never_fails_the_stage():
     bench_module.raise_if_regressed(bench)
 
 
-def test_cpu_use_splits_the_load_window_by_process_role():
+def test_cpu_use_splits_the_load_window_by_process_role(fake_clock, monkeypatch):
     from types import SimpleNamespace
 
     import psutil
 
+    from tasks.measure import cpu
     from tasks.serve.server import ProcessRef
+    from tests.unit.fake_time import TimeOn
 
-    server = SimpleNamespace(processes=[ProcessRef.of(psutil.Process())])
+    monkeypatch.setattr(cpu, "time", TimeOn(fake_clock))  # the window's length: 0.3 s on a fake clock
+    me = psutil.Process()
+    server = SimpleNamespace(processes=[ProcessRef.of(me)])
     before = cpu_snapshot(server)
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
-        pass  # burn this process's CPU
+    burned = sum(me.cpu_times()[:2])
+    while sum(me.cpu_times()[:2]) - burned < 0.05:
+        pass  # burn 50 ms of this process's CPU (CPU time, whatever the host's load)
+    fake_clock.advance(0.3)
     after = cpu_snapshot(server)
     use = cpu_use(before, after, requests=10, ceiling=None)
-    assert 0.2 <= use.seconds <= 2 and use.host_cores >= 1
-    # this process's burn is counted as the client's (even on a busy host it gets some of the 0.3 s)
-    assert use.client_cores * use.seconds > 0.03
+    assert use.seconds == pytest.approx(0.3) and use.host_cores >= 1
+    # this process's burn is counted as the client's
+    assert use.client_cores * use.seconds >= 0.05
     assert use.workers_cores == 0 and use.other_cores >= 0
     assert use.worker_cpu_ms_per_request == 0 and use.ceiling_cpu_ms_per_inference is None
 
@@ -173,15 +177,19 @@ def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
     assert plan["ceiling"] == plan["client check"] == plan["lone client"] == 0
 
 
-def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given(tmp_path, monkeypatch):
+def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given(tmp_path, monkeypatch, fake_clock):
     """measure_setting, which the stage and flows/sweep.py both call: the load as the settings say, the ratio
-    to a ceiling measured beforehand, the client's ratio, and no lone client when its seconds are 0."""
+    to a ceiling measured beforehand, the client's ratio, and no lone client when its seconds are 0. The load
+    runs in virtual time against a FakeEndpoint, the telemetry's sampler on the same clock."""
     from types import SimpleNamespace
 
     from tasks.common.config import load_config
+    from tasks.measure import telemetry
     from tasks.measure.ceiling import Ceiling
-    from tasks.measure.loadgen import TrivialEndpoint
+    from tests.unit.fake_time import FakeEndpoint, load_in_virtual_time
 
+    load_in_virtual_time(monkeypatch, fake_clock)
+    monkeypatch.setattr(telemetry, "_wait", fake_clock.wait)
     monkeypatch.setattr(bench_module, "LOG_SETTLE_S", 0.0)
     settings = load_config(overrides={"benchmark.duration": 0.5, "benchmark.warmup": 0.1,
                                       "benchmark.concurrency": 2, "benchmark.single_client_seconds": 0,
@@ -193,12 +201,13 @@ def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given
     client = bench_module.ClientCapacity(requests_per_s=1e6, concurrency=2, seconds=1.0,
                                          latency_ms=BenchmarkResult.from_load(load([0.001])).latency_ms)
     (tmp_path / "logs").mkdir()
-    with TrivialEndpoint() as endpoint:
+    with FakeEndpoint() as endpoint:
         server = SimpleNamespace(inference_url=endpoint.url.removesuffix("/predictions/trivial"), processes=[],
                                  inference_headers=dict, server_dir=tmp_path)
         bench = bench_module.measure_setting(server, "trivial", [("a", "b")], settings, resolved,
                                              logging.getLogger("test"), ceiling=ceiling, client=client)
     assert bench.concurrency == 2 and bench.mode == "closed" and bench.errors == 0 and bench.inferences_per_s > 0
+    assert bench.requests_per_s == pytest.approx(2 / 0.01, rel=0.05)  # 2 clients, each answered in 10 ms
     assert bench.ceiling is ceiling and bench.served_over_ceiling == bench.inferences_per_s / 2e6
     assert bench.client.over_served == 1e6 / bench.requests_per_s
     assert bench.single_client is None and bench.cpu is not None and bench.server is not None
