@@ -24,9 +24,8 @@ import threading
 import time as real_time
 from pathlib import Path
 
-import psutil
-
 import httpx
+import psutil
 
 SETTLE_S = 10.0  # how long a background thread may take to come back to its wait (a safety net, never waited)
 
@@ -183,7 +182,7 @@ class FakeEndpoint(httpx.AsyncBaseTransport):
         self.headers: list[httpx.Headers] = []
         self._lock: asyncio.Lock | None = None
 
-    def __enter__(self) -> "FakeEndpoint":
+    def __enter__(self) -> FakeEndpoint:
         _ENDPOINTS[httpx.URL(self.url).host] = self
         return self
 
@@ -221,7 +220,7 @@ class _ToFakeEndpoints(httpx.AsyncBaseTransport):
 class _HttpxToFakeEndpoints:
     """The httpx module, but its AsyncClient talks to the FakeEndpoints."""
 
-    def AsyncClient(self, *args, **kwargs):  # noqa: N802  (httpx's name)
+    def AsyncClient(self, *args, **kwargs):
         return httpx.AsyncClient(*args, **{**kwargs, "transport": _ToFakeEndpoints()})
 
     def __getattr__(self, name):
@@ -297,7 +296,7 @@ class EndingProcesses:
         self.sent: list[tuple[int, int]] = []
         self._ending: set[int] = set()
 
-    def install(self, monkeypatch) -> "EndingProcesses":
+    def install(self, monkeypatch) -> EndingProcesses:
         from tasks.common import processes
 
         kill, killpg = os.kill, os.killpg

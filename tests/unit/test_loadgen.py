@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import pytest
 
-from tasks.measure.loadgen import PairPool, Sample, LoadResult, TrivialEndpoint, arrival_times, load, percentiles
+from tasks.measure.loadgen import LoadResult, PairPool, Sample, TrivialEndpoint, arrival_times, load, percentiles
 from tests.unit.fake_time import FakeEndpoint, load_in_virtual_time
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]

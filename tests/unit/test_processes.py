@@ -3,7 +3,6 @@
 The stops run on a fake clock (the ending_processes fixture, tests/unit/fake_time.py): a grace period passes at
 once, and a child a signal ends is waited for by its exit, so no test waits for time to pass."""
 
-import os
 import platform
 import signal
 import subprocess

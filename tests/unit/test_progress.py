@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from tasks.common import progress as progress_module
-from tasks.measure.loadgen import LoadProgress, load
 from tasks.common.progress import CLEAR, StageProgress, describe_load, in_run
+from tasks.measure.loadgen import LoadProgress, load
 from tests.unit.fake_time import FakeEndpoint, load_in_virtual_time, progress_on
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
@@ -200,7 +200,7 @@ def test_outside_a_flow_run_there_is_no_artifact_and_no_error():
 
 def test_the_artifact_moves_to_100_with_what_is_running(clock):
     updates = []
-    create = lambda progress, description: updates.append((progress, description)) or "artifact-id"  # noqa: E731
+    create = lambda progress, description: updates.append((progress, description)) or "artifact-id"
 
     def update(artifact_id, progress, description):
         assert artifact_id == "artifact-id"

@@ -37,9 +37,9 @@ def test_neuron_monitor_reports_are_parsed_per_core_with_device_memory(tmp_path)
     # The stand-in, like the tool, reports until stopped (here: one report at once): read its first report.
     config = tmp_path / "monitor.json"
     config.write_text(json.dumps(telemetry.NeuronMonitor(period=1).config()))
+    env = {**os.environ, "STAND_IN_NEURON_UTILIZATION": "62.5", "STAND_IN_NEURON_MONITOR_REPORTS": "1"}
     process = subprocess.Popen([sys.executable, str(STAND_INS / "neuron-monitor"), "-c", str(config)],
-                               stdout=subprocess.PIPE, text=True, env={**os.environ, "STAND_IN_NEURON_UTILIZATION": "62.5",
-                                                                       "STAND_IN_NEURON_MONITOR_REPORTS": "1"})
+                               stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()
     finally:
@@ -100,9 +100,9 @@ def test_a_missing_tool_costs_its_figures_only(monkeypatch, tmp_path, clock):
 def test_cpu_adapter_and_memory_follow_torchserve_processes_by_role(monkeypatch, clock):
     # A child stands in for a TorchServe worker: _role() calls it a worker by its command line. Its CPU % is
     # psutil's reading (faked: a reading over a real interval would need real time to pass), taken per worker.
-    worker = subprocess.Popen([sys.executable, "-c", "import sys\nx = bytearray(64 * 2**20)\nprint('ready', flush=True)\n"
-                               "sys.stdin.read()", "model_service_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    code = "import sys\nx = bytearray(64 * 2**20)\nprint('ready', flush=True)\nsys.stdin.read()"
+    worker = subprocess.Popen([sys.executable, "-c", code, "model_service_worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     readings = iter(range(10, 100, 10))
     monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: float(next(readings)))
     try:
