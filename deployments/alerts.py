@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from prefect.events.schemas.automations import AutomationCore as Automation  # noqa: E402
 from prefect.blocks.notifications import CustomWebhookNotificationBlock  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.events.actions import SendNotification  # noqa: E402
+from prefect.events.schemas.automations import AutomationCore as Automation  # noqa: E402
 from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
 from prefect.settings import PREFECT_UI_URL  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 # No network on many validation hosts: Prefect must not try to phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, load_config  # noqa: E402
+from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:

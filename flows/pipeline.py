@@ -20,20 +20,20 @@ import os
 # No network here or on many validation hosts: Prefect must not try to phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow  # noqa: E402
+from prefect import flow
 
-from flows.logs import install_expected_failures  # noqa: E402
-from flows.run import Run, stop_what_the_run_left  # noqa: E402
-from flows.stages import (  # noqa: E402
+from flows.logs import install_expected_failures
+from flows.run import Run, stop_what_the_run_left
+from flows.stages import (
     STAGES,  # noqa: F401  (the order a run's summary lists its stages in)
     archive_task,
     benchmark_task,
     check_task,
     compare_buckets_task,
-    from_mar_task,
-    from_traced_task,
     core_map_task,
     ensure_free_task,
+    from_mar_task,
+    from_traced_task,
     gpu_map_task,
     ping_task,
     register_task,
@@ -41,10 +41,10 @@ from flows.stages import (  # noqa: E402
     stop_stale_task,
     trace_task,
 )
-from tasks.common.config import load_config, resolve_serving  # noqa: E402
-from tasks.common.parameters import RunSettings, given, merged  # noqa: E402
-from tasks.measure.benchmark import accuracy_of, raise_if_regressed  # noqa: E402
-from tasks.verify.checks import raise_if_failed  # noqa: E402
+from tasks.common.config import load_config, resolve_serving
+from tasks.common.parameters import RunSettings, given, merged
+from tasks.measure.benchmark import accuracy_of, raise_if_regressed
+from tasks.verify.checks import raise_if_failed
 
 # A PipelineError (the input, the host) is logged by Prefect's engines as its message and fix; a bug keeps its
 # traceback (flows/logs.py). Here, so a deployment's run has it as well as the command line's.

@@ -24,7 +24,7 @@ from prefect import get_run_logger
 from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL
 
-from flows.stages import INTERRUPTS, Stages, StageFailed, stop_task
+from flows.stages import INTERRUPTS, StageFailed, Stages, stop_task
 from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
 from tasks.common.parameters import merged
 from tasks.report.events import emit_regression, run_page
@@ -73,7 +73,7 @@ class Run:
         """--keep-serving leaves TorchServe up only for a model that passed its checks."""
         return self.config.keep_serving and self.stages.records["check"].status == "ok"
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         self.log.info("run directory %s; %d workers x %d threads (%s)", self.dir, self.resolved.initial_workers,
                       self.resolved.threads_per_worker, self.resolved.cores_source)
         for warning in self.config.serving.security_warnings():

@@ -15,11 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel
 
+from tasks.measure.benchmark import run as benchmark
+from tasks.measure.buckets import compare as compare_buckets
 from tasks.prepare.archive import archive
 from tasks.prepare.bring import from_mar, from_traced
 from tasks.prepare.trace import trace
-from tasks.measure.benchmark import run as benchmark
-from tasks.measure.buckets import compare as compare_buckets
 from tasks.serve.cores import ensure_free
 from tasks.serve.placement import core_map, gpu_map
 from tasks.serve.register import register

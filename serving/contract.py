@@ -61,7 +61,7 @@ class ModelInfo(BaseModel):
         return f"bert-max_length{self.max_length}-batch_size{self.batch_size}"
 
     @classmethod
-    def read(cls, model_dir: Path) -> "ModelInfo":
+    def read(cls, model_dir: Path) -> ModelInfo:
         return cls.model_validate_json((Path(model_dir) / MODEL_INFO_FILE).read_text())
 
     def files(self, model_dir: Path) -> list[Path]:

@@ -25,7 +25,15 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from serving.claims import CLAIM_WAIT_S, NEURON_CORE_REFUSED, claim_core, record_gpu
 from serving.contract import (
-    BACKEND_ENV, CORE_CLAIMS_ENV, FIELDS, NEURON_CORES_ENV, THREADS_ENV, Batch, ModelInfo, encode_pairs, pad_to_batch,
+    BACKEND_ENV,
+    CORE_CLAIMS_ENV,
+    FIELDS,
+    NEURON_CORES_ENV,
+    THREADS_ENV,
+    Batch,
+    ModelInfo,
+    encode_pairs,
+    pad_to_batch,
 )
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from serving.contract import encode_pairs
-from tasks.prepare.trace import load_checkpoint
 from tasks.common.config import REPO_ROOT, ModelConfig, ServingConfig
+from tasks.prepare.trace import load_checkpoint
 from tasks.verify.accuracy import read_mrpc_lenient
 
 DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tasks.common.config import REPO_ROOT
 from tasks.common.errors import PipelineError

@@ -100,7 +100,7 @@ class ModelConfig(_Section):
         return checkpoint_source(source)
 
     @model_validator(mode="after")
-    def _one_brought(self) -> "ModelConfig":
+    def _one_brought(self) -> ModelConfig:
         if self.traced is not None and self.mar is not None:
             raise ValueError("give model.traced or model.mar, not both: a .mar already holds its graph")
         return self
@@ -180,7 +180,7 @@ class ServingConfig(_Section):
         return {name: getattr(self, f"{name}_port") for name in PORT_NAMES}
 
     @model_validator(mode="after")
-    def _distinct_ports(self) -> "ServingConfig":
+    def _distinct_ports(self) -> ServingConfig:
         ports = self.ports()
         if not self.free_ports and len(set(ports.values())) != len(ports):
             raise ValueError(

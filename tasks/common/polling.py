@@ -10,8 +10,9 @@ error goes straight to the caller.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from tasks.common.errors import PipelineError
 

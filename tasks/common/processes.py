@@ -14,9 +14,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import psutil
 from pydantic import BaseModel
@@ -32,11 +32,11 @@ class ProcessRef(BaseModel):
     create_time: float
 
     @classmethod
-    def of(cls, process: psutil.Process) -> "ProcessRef":
+    def of(cls, process: psutil.Process) -> ProcessRef:
         return cls(pid=process.pid, create_time=process.create_time())
 
     @classmethod
-    def parse(cls, line: str) -> "ProcessRef":
+    def parse(cls, line: str) -> ProcessRef:
         """From "pid create_time", the form of a pid file."""
         pid, created = line.split()
         return cls(pid=int(pid), create_time=float(created))

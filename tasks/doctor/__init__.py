@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from tasks.common.config import RunConfig
 from tasks.doctor.report import Report, publish, write

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.doctor.runner import Step
 from tasks.common.keys import slug
+from tasks.doctor.runner import Step
 
 JSON_FILE, MARKDOWN_FILE = "doctor.json", "doctor.md"
 SYMBOL = {"pass": "✓ pass", "fail": "✗ FAIL", "skipped": "– skipped"}

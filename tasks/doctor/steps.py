@@ -23,10 +23,10 @@ from pathlib import Path
 from serving.claims import NEURON_CORE_REFUSED
 from tasks.common import child, tools
 from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, ServingConfig, resolve_serving
-from tasks.doctor.runner import Check, NotApplicable
 from tasks.common.errors import PipelineError
 from tasks.common.processes import group_members
 from tasks.common.versions import package_versions
+from tasks.doctor.runner import Check, NotApplicable
 
 # The doctor's small shape: compiles in seconds, and still runs every stage of the night.
 BATCH_SIZE, MAX_LENGTH = 1, 16

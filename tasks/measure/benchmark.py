@@ -33,10 +33,10 @@ import math
 import time
 from pathlib import Path
 
-from tasks.prepare.archive import Archive
-from tasks.prepare.trace import TracedModel
 from tasks.common.config import REPO_ROOT
 from tasks.common.errors import PipelineError
+from tasks.common.progress import StageProgress
+from tasks.common.runlog import stage_logger
 from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figures, loadgen, regression
 from tasks.measure.capacity import Capacity, Search, poisson_steps
@@ -44,8 +44,8 @@ from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
-from tasks.common.progress import StageProgress
-from tasks.common.runlog import stage_logger
+from tasks.prepare.archive import Archive
+from tasks.prepare.trace import TracedModel
 from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
 
 DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"

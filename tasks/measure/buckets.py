@@ -16,13 +16,13 @@ import logging
 from pydantic import BaseModel
 
 from serving.contract import CLASS_NAMES
-from tasks.prepare.archive import Archive, archive
-from tasks.prepare.trace import TracedModel
+from tasks.common.progress import StageProgress
+from tasks.common.runlog import stage_logger
 from tasks.measure import loadgen
 from tasks.measure.benchmark import load_pool
-from tasks.common.progress import StageProgress
+from tasks.prepare.archive import Archive, archive
+from tasks.prepare.trace import TracedModel
 from tasks.serve.clients import Inference
-from tasks.common.runlog import stage_logger
 from tasks.serve.register import register, scale, unregister
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
@@ -64,7 +64,7 @@ def _afterwards(undo, log: logging.Logger):
     except Exception:
         try:
             undo()
-        except Exception as error:  # noqa: BLE001 -- the block's own error says why the stage failed
+        except Exception as error:  # logged, not raised: the block's own error says why the stage failed
             log.warning("compare-buckets: could not undo after the failure: %s", error)
         raise
     undo()

@@ -43,8 +43,8 @@ from serving.contract import ModelInfo, encode_pairs, pad_to_batch
 from tasks.common import child
 from tasks.common.config import ResolvedServing
 from tasks.common.errors import PipelineError
-from tasks.measure.loadgen import PairPool
 from tasks.common.runlog import stage_logger
+from tasks.measure.loadgen import PairPool
 from tasks.serve import cores
 
 WARMUP_CALLS = 2  # TorchScript's profiling executor optimises on the first calls of each graph

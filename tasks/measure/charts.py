@@ -24,10 +24,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tasks.measure import figures  # noqa: E402
-
+from tasks.measure import figures
 
 SMALL = {"figsize": (6.4, 3.2), "dpi": 72}  # ~460 x 230 px: legible in the UI, ~20-40 KB
 LARGE = {"figsize": (10, 5), "dpi": 100}

@@ -14,8 +14,9 @@ the name.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tasks.measure.results import BenchmarkResult
 

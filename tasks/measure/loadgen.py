@@ -501,7 +501,7 @@ class TrivialEndpoint:
         finally:
             self._loop.close()
 
-    def __enter__(self) -> "TrivialEndpoint":
+    def __enter__(self) -> TrivialEndpoint:
         self._thread = threading.Thread(target=self._serve, name="trivial-endpoint", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):

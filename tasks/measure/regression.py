@@ -37,8 +37,8 @@ from tasks.measure import figures
 from tasks.measure.figures import (
     ACCURACY,
     CAPACITY_RATE,
-    COMPARISON_UNRELIABLE,
     CEILING_OTHER_CORES,
+    COMPARISON_UNRELIABLE,
     CPU_HOST_CORES,
     CPU_OTHER_CORES,
     ERROR_RATE,

@@ -12,7 +12,6 @@ from tasks.measure.capacity import Capacity
 from tasks.measure.ceiling import Ceiling, NoCeiling
 from tasks.measure.loadgen import LatencyMs, LoadResult
 
-
 NAN = float("nan")
 WINDOW_S = 10.0  # throughput is also reported per window of this many seconds
 STABILITY_CV = 0.1  # windows varying more than this (std / mean) mark the run unstable

@@ -9,7 +9,7 @@ read. `rank` orders the rows within a p90 limit by a named ranking (RANKINGS) an
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from tasks.measure.results import Accelerator, Memory
-from tasks.common.processes import end
 from tasks.common import tools
+from tasks.common.processes import end
+from tasks.measure.results import Accelerator, Memory
 
 NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]
 MIB = 2**20
@@ -282,7 +282,7 @@ class Telemetry:
             self._sample_memory()
             self.adapter.sample()
 
-    def __enter__(self) -> "Telemetry":
+    def __enter__(self) -> Telemetry:
         self.adapter.start()
         self._sample_memory()
         self._thread.start()

@@ -12,10 +12,10 @@ import yaml
 from pydantic import BaseModel
 
 from serving.contract import ModelInfo
-from tasks.prepare.trace import TracedModel
 from tasks.common.config import REPO_ROOT
 from tasks.common.errors import PipelineError
 from tasks.common.tools import environment_tool
+from tasks.prepare.trace import TracedModel
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
 # What the handler imports, shipped beside it as the package serving/.

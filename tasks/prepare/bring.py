@@ -18,10 +18,10 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer
 
 from serving.contract import CLASS_NAMES, MODEL_INFO_FILE, ModelInfo
-from tasks.prepare.archive import Archive
-from tasks.prepare.trace import TracedModel, _detect_kind, class_names, embedded_model_dir
 from tasks.common.config import EMBEDDED_MODEL, ModelConfig
 from tasks.common.errors import PipelineError
+from tasks.prepare.archive import Archive
+from tasks.prepare.trace import TracedModel, _detect_kind, class_names, embedded_model_dir
 
 
 class BringError(PipelineError):

@@ -16,9 +16,9 @@ import torch
 
 from serving.contract import ModelInfo, encode_pairs
 from tasks.common import child
-from tasks.prepare.trace import EXAMPLE_PAIRS, TraceError, load_checkpoint
 from tasks.common.config import ModelConfig
 from tasks.common.versions import package_versions
+from tasks.prepare.trace import EXAMPLE_PAIRS, TraceError, load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import child
-from tasks.prepare import cache
 from tasks.common.config import EMBEDDED_MODEL, ModelConfig
 from tasks.common.errors import PipelineError
 from tasks.common.runlog import stage_logger
+from tasks.prepare import cache
 
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
 EXAMPLE_PAIRS = [

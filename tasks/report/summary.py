@@ -18,14 +18,14 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks.measure import figures
-from tasks.measure.results import BenchmarkResult
-from tasks.measure.buckets import BucketComparison
 from tasks.common import keys
 from tasks.common.runlog import stage_logger
+from tasks.common.versions import package_versions
+from tasks.measure import figures
+from tasks.measure.buckets import BucketComparison
+from tasks.measure.results import BenchmarkResult
 from tasks.report.provenance import provenance
 from tasks.verify.checks import CheckResult
-from tasks.common.versions import package_versions
 
 SUMMARY_FILE = "summary.json"
 PICTURES = {"throughput and latency": "throughput-latency.png", "latency histogram": "latency-histogram.png",

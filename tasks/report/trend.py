@@ -21,6 +21,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from tasks.common import keys
+from tasks.common.runlog import stage_logger
 from tasks.measure.figures import (
     ACCURACY,
     CAPACITY_RATE,
@@ -30,8 +32,6 @@ from tasks.measure.figures import (
     LATENCY_P99,
     SERVED_OVER_CEILING,
 )
-from tasks.common import keys
-from tasks.common.runlog import stage_logger
 
 RUNS = 14
 FIGURES = {"inferences_per_s": INFERENCES_PER_S, "p50_ms": LATENCY_P50, "p90_ms": LATENCY_P90,

@@ -10,6 +10,7 @@ core in the server's directory (serving/claims.claim_core); neuron-ls confirms t
 from __future__ import annotations
 
 from pathlib import Path
+
 import psutil
 
 from serving.claims import core_claims

@@ -15,10 +15,10 @@ import httpx
 import psutil
 from pydantic import BaseModel
 
-from tasks.prepare.archive import Archive
 from tasks.common.errors import PipelineError
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.processes import ProcessRef, tail
+from tasks.prepare.archive import Archive
 from tasks.serve.server import Server
 
 

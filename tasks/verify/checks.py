@@ -16,9 +16,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from serving.contract import CLASS_NAMES
-from tasks.prepare.archive import Archive
 from tasks.common.config import ChecksConfig, ModelConfig
 from tasks.common.errors import PipelineError
+from tasks.prepare.archive import Archive
 from tasks.serve.clients import Inference, Prediction
 from tasks.serve.server import Server
 from tasks.verify.accuracy import read_mrpc_lenient, scores

@@ -10,7 +10,6 @@ from prefect.exceptions import TerminationSignal
 from prefect.server.utilities.user_templates import _sync_template_environment
 
 from flows.cli import _interrupted, _signal_of
-from tasks.common.config import REPO_ROOT
 from tasks.report.events import REGRESSED
 from tests.scripts import deployments_script
 

@@ -5,8 +5,8 @@ import zipfile
 import pytest
 
 from serving.contract import ModelInfo
-from tasks.prepare.bring import BringError, from_mar
 from tasks.common.config import ConfigError, load_config
+from tasks.prepare.bring import BringError, from_mar
 from tasks.verify.checks import CheckResult, not_applicable
 
 

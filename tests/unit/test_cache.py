@@ -6,8 +6,9 @@ import json
 import pytest
 
 from serving.contract import ModelInfo
-from tasks.prepare import cache, trace as trace_module
 from tasks.common.config import ModelConfig
+from tasks.prepare import cache
+from tasks.prepare import trace as trace_module
 from tools import cache as cache_tool
 
 

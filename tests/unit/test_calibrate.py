@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from tasks.common.config import REPO_ROOT
 from tasks.verify.accuracy import read_mrpc
 from tools.calibrate import best_threshold
-from tasks.common.config import REPO_ROOT
 
 DEV = REPO_ROOT.parent / "shared/data/msr_paraphrase_dev.tsv"
 

@@ -1,8 +1,8 @@
 """The PNG charts: a single run over time, a sweep per configuration."""
 
+from tasks.measure.charts import sweep_chart, timeline_chart
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
-from tasks.measure.charts import sweep_chart, timeline_chart
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

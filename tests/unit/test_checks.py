@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from tasks.common.config import DEFAULT_CONFIG_FILE
 from tasks.verify.accuracy import read_mrpc, read_mrpc_lenient, scores
 from tasks.verify.checks import Prediction, _verdict, load_golden, parity
-from tasks.common.config import DEFAULT_CONFIG_FILE
 
 
 def _prediction(answer="paraphrase", expected="paraphrase", status=200, probability=0.9):

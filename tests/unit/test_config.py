@@ -2,7 +2,6 @@ import pytest
 import torch
 import yaml
 
-import tasks.common.config as config_module
 from tasks.common import backends
 from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
 

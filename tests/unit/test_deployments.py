@@ -10,10 +10,10 @@ import psutil
 import pytest
 import yaml
 
+from flows.stages import Stages
 from tasks.common.backends import neuron_core_count
 from tasks.common.config import REPO_ROOT, load_config
 from tasks.common.processes import ProcessRef
-from flows.stages import Stages
 from tasks.report.summary import build_summary, host, run_config_rows
 from tests.scripts import deployments_script
 
@@ -43,9 +43,10 @@ def test_one_nightly_deployment_per_target_each_on_its_own_pool_and_a_smoke_chec
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
 def test_each_deployments_parameters_make_a_valid_run_config(name):
-    from flows.pipeline import validate
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate as schema_validate
+
+    from flows.pipeline import validate
     from tasks.common.parameters import RunSettings, merged
 
     parameters = DEPLOYMENTS[name]["parameters"]

@@ -6,12 +6,12 @@ import json
 import pytest
 
 from tasks.measure import figures
+from tasks.measure import regression as regression_module
+from tasks.measure.capacity import Capacity, CapacityStep
 from tasks.measure.ceiling import Ceiling, Layout
 from tasks.measure.figures import FIGURES, INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
-from tasks.measure import regression as regression_module
 from tasks.measure.regression import compare, figures_of
-from tasks.measure.capacity import Capacity, CapacityStep
 from tasks.measure.results import (
     Accelerator,
     BenchmarkResult,

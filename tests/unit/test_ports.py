@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from tasks.common.config import ServingConfig
 from tasks.common.ports import listeners, port_free
 from tasks.serve.server import ServerError, pick_ports
-from tasks.common.config import ServingConfig
 
 
 def _stopped_server_port() -> int:

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.measure.loadgen import LoadResult, Sample
-from tasks.measure.results import BenchmarkResult
-from tasks.serve.clients import Prediction
-from tasks.verify.checks import CheckResult
 from flows.stages import Stages
 from tasks.common import keys
+from tasks.measure.loadgen import LoadResult, Sample
+from tasks.measure.results import BenchmarkResult
 from tasks.report.events import run_page
 from tasks.report.provenance import git_state, instance_type, provenance
 from tasks.report.summary import build_summary, markdown, new_run_dir, pictures, run_config_rows
+from tasks.serve.clients import Prediction
+from tasks.verify.checks import CheckResult
 
 
 def _ran(names=("trace", "check", "stop"), fail=None):

@@ -13,8 +13,19 @@ import pytest
 
 from tasks.common.config import ServingConfig
 from tasks.common.processes import ProcessRef, kill_group
-from tasks.serve.server import (Keys, Server, ServerError, check_java, find_stale, pick_ports, read_keys, record,
-                                stop, stop_stale, write_config)
+from tasks.serve.server import (
+    Keys,
+    Server,
+    ServerError,
+    check_java,
+    find_stale,
+    pick_ports,
+    read_keys,
+    record,
+    stop,
+    stop_stale,
+    write_config,
+)
 
 
 def _properties(path):

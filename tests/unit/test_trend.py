@@ -6,10 +6,10 @@ import re
 from datetime import datetime, timezone
 
 from tasks.measure import figures
+from tasks.measure.charts import SMALL, data_uri, trend_chart
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult, Moved, Regression
 from tasks.report import trend
-from tasks.measure.charts import SMALL, data_uri, trend_chart
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
