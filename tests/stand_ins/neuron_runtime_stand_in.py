@@ -7,13 +7,18 @@ seen dead: the driver frees a process's cores in its exit path, after waiting fo
 flight (README.md, "core release"), so a replacement that loads at once can find its core still held.
 The moment of death is not observable after the fact, so the delay counts from the first look that
 finds the owner gone: never earlier than the real release.
+
+reserve() is the runtime's nrt_init, which torch_neuronx/ calls (and re-exports): here, so that a process
+holding a core for a test need not import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -76,3 +81,58 @@ def owners() -> dict[int, int]:
     """{core: pid} for every core held now (what neuron-ls lists)."""
     with locked() as directory:
         return holders(directory)
+
+
+LOG_ENV = "TORCH_NEURONX_STAND_IN_LOG"
+_held: list[int] | None = None  # this process's cores, once reserved
+# What torch-neuronx raises when the runtime cannot take the cores (the NRT log line goes to stderr).
+RUNTIME_NOT_INITIALIZED = ("The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged "
+                           "to your system logs. See the Neuron Runtime's troubleshooting guide for help on "
+                           "this topic.")
+
+
+def _record(event: str, **facts) -> None:
+    path = os.environ.get(LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write(json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **facts}) + "\n")
+
+
+def reserve() -> list[int]:
+    """The runtime's nrt_init: take this process's cores, or fail as torch-neuronx does.
+
+    Refused, the runtime logs its NRT line to stderr and Python sees torch-neuronx's own text, not the
+    log line (README.md, "exception texts"). Nothing is kept from a refusal: a later load tries again.
+    """
+    global _held
+    if _held is not None:
+        return _held
+    with locked() as directory:
+        taken = {core: pid for core, pid in holders(directory).items() if pid != os.getpid()}
+        free = [core for core in range(total_cores()) if core not in taken]
+        visible, count = os.environ.get("NEURON_RT_VISIBLE_CORES"), os.environ.get("NEURON_RT_NUM_CORES")
+        if visible:  # wins over NUM_CORES
+            wanted = _parse_visible(visible)
+        elif count:
+            wanted = free[: int(count)] if len(free) >= int(count) else list(range(int(count)))
+        else:
+            wanted = list(range(total_cores()))
+        if any(core in taken or core >= total_cores() for core in wanted):
+            _record("reserve-failed", requested=wanted, holders=taken)
+            print(f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}  ERROR  NRT:nrt_allocate_neuron_cores "
+                  f"NeuronCore(s) not available - Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}",
+                  file=sys.stderr, flush=True)
+            raise RuntimeError(RUNTIME_NOT_INITIALIZED)
+        for core in wanted:
+            (directory / f"nc{core}").write_text(str(os.getpid()))
+    _held = wanted
+    _record("reserve", cores=wanted)
+    return wanted
+
+
+def _parse_visible(text: str) -> list[int]:
+    cores = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cores += range(int(first), int(last or first) + 1)
+    return cores

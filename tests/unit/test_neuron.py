@@ -1,6 +1,13 @@
 """Neuron's rules, against the stand-in runtime (tests/stand_ins): cores belong to the process that first
-runs a graph, workers pin one core each, neuron-ls names the holders, casting loosens parity."""
+runs a graph, workers pin one core each, neuron-ls names the holders, casting loosens parity.
 
+Another process holding a core is a real one, started without torch (the stand-in runtime is standard library
+only). A worker's load is tested in this process as a fresh one (the stand-in's per-process reservation reset),
+and the waits -- a worker's retry, a core's release after its owner died, a claim freed -- pass on a fake clock
+(tests/unit/fake_time.py). One test runs the ceiling's real child process on a spare core."""
+
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,9 +16,11 @@ import time
 import pytest
 import torch
 
+from serving import claims as claims_module
+from serving import handler
 from serving.claims import claim_core, core_claims, gpu_claims, record_gpu
 from serving.contract import CLASS_NAMES, ModelInfo
-from serving.handler import pin_neuron_core, prepare_backend
+from serving.handler import load_graphs, pin_neuron_core, prepare_backend
 from tasks.common import backends, tools
 from tasks.prepare.compile import parity
 from tasks.prepare.trace import TraceError
@@ -19,22 +28,49 @@ from tasks.common.config import ChecksConfig, ResolvedServing, auto_cast_type
 from tasks.measure import ceiling
 from tasks.serve import cores
 from tests.stand_ins import host
+from tests.unit.fake_time import FakeClock, TimeOn
 
 PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."), ("How old are you?", "What is your age?")] * 4
 
 
 def hold_core(core: int) -> subprocess.Popen:
-    """Another process that ran a Neuron graph on `core` and is still running."""
-    code = ("import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); sys.stdin.read()")
+    """Another process that reserved `core` through the (stand-in) runtime, as running a Neuron graph does, and is
+    still running. The runtime is standard library only: no torch to import."""
+    code = ("import neuron_runtime_stand_in as runtime, sys; runtime.reserve(); print('held', flush=True); "
+            "sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "NEURON_RT_VISIBLE_CORES": str(core)},
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 
 
-def test_a_held_core_is_refused_with_torch_neuronxs_text_and_freed_a_moment_after_its_owner_exits(
-        neuron_host, monkeypatch, capfd):
+def ends(holder: subprocess.Popen) -> None:
+    holder.stdin.close()
+    holder.wait()
+
+
+@pytest.fixture
+def release_clock(neuron_host, monkeypatch):
+    """The stand-in runtime's clock (a dead owner's core is released STAND_IN_CORE_RELEASE_S after it was first
+    seen dead) on a fake clock at the real time, shared with the worker's retries (serving/handler.py)."""
+    import neuron_runtime_stand_in
+
+    clock = FakeClock(start=time.time())
+    monkeypatch.setattr(neuron_runtime_stand_in, "time", TimeOn(clock))
+    monkeypatch.setattr(handler, "time", TimeOn(clock))
     monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "0.5")
+    return clock
+
+
+def as_a_new_process(monkeypatch) -> None:
+    """This process as a worker that has not loaded a graph yet: the stand-in runtime's reservation forgotten."""
+    import neuron_runtime_stand_in
+
+    monkeypatch.setattr(neuron_runtime_stand_in, "_held", None)
+
+
+def test_a_held_core_is_refused_with_torch_neuronxs_text_and_freed_a_moment_after_its_owner_exits(
+        neuron_host, release_clock, monkeypatch, capfd):
     holder = hold_core(1)
     import torch_neuronx
 
@@ -42,26 +78,14 @@ def test_a_held_core_is_refused_with_torch_neuronxs_text_and_freed_a_moment_afte
     with pytest.raises(RuntimeError, match="The PyTorch Neuron Runtime could not be initialized"):
         torch_neuronx.reserve()
     assert "NRT:nrt_allocate_neuron_cores NeuronCore(s) not available - Requested:nc1-nc1" in capfd.readouterr().err
-    holder.stdin.close()
-    holder.wait()
+    ends(holder)
     with pytest.raises(RuntimeError, match="could not be initialized"):
         torch_neuronx.reserve()  # the owner is gone, its core not yet released
-    assert wait_for(lambda: _reserves(torch_neuronx)) == [1]
-
-
-def _reserves(torch_neuronx) -> list[int] | None:
-    try:
-        return torch_neuronx.reserve()
-    except RuntimeError:
-        return None
-
-
-def wait_for(condition, seconds: float = 20.0):
-    """condition()'s first truthy value, asked every 0.1 s for at most `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not (value := condition()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return value
+    release_clock.advance(0.4)
+    with pytest.raises(RuntimeError, match="could not be initialized"):
+        torch_neuronx.reserve()  # still not: released 0.5 s after it was first seen gone
+    release_clock.advance(0.2)
+    assert torch_neuronx.reserve() == [1]
 
 
 def test_neuron_ls_names_the_process_holding_a_core_and_start_refuses_naming_it(neuron_host):
@@ -69,13 +93,12 @@ def test_neuron_ls_names_the_process_holding_a_core_and_start_refuses_naming_it(
     try:
         listing = backends.neuron_ls()
         assert [(p.pid, p.device) for p in listing.processes] == [(holder.pid, 0)]
-        assert "torch_neuronx.reserve()" in listing.processes[0].command
+        assert "runtime.reserve()" in listing.processes[0].command
         with pytest.raises(cores.CoresError, match=f"pid {holder.pid} \\(.*python"):
             cores.ensure_free(workers=1)
         assert holder.poll() is None  # named, never stopped: it is not ours
     finally:
-        holder.stdin.close()
-        holder.wait()
+        ends(holder)
 
 
 def test_neuron_ls_and_neuron_monitor_are_found_where_the_dlami_puts_them_off_a_service_path(neuron_host,
@@ -156,8 +179,8 @@ def neuron_model_dir(neuron_host, tokenizer, monkeypatch):
     return model_dir
 
 
-def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(neuron_model_dir, tmp_path,
-                                                                                 monkeypatch):
+def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(neuron_model_dir, neuron_host,
+                                                                                 tmp_path, monkeypatch):
     server_dir = tmp_path / "server"
     assert claim_core(cores.claims_dir(server_dir), 2, os.getpid()) == 0  # this process compiled on core 0: a worker
     held = hold_core(1)  # a process that is not ours, on the same device
@@ -167,25 +190,40 @@ def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(
         with pytest.raises(ceiling.CeilingUnavailable,
                            match=f"no NeuronCore is free.*worker pid {os.getpid()}.*pid {held.pid}"):
             ceiling.measure_beside(server_dir, resolved, neuron_model_dir, PAIRS, seconds=0.1)
-        # The runtime refusing the core it was given (whatever neuron-ls said) is the same verdict, with its words.
+        # The runtime refusing the core it was given (whatever neuron-ls said) is the same verdict, with its words:
+        # what the ceiling's child does on NeuronCore 1, here in this process as a fresh one.
+        monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
+        as_a_new_process(monkeypatch)
         with pytest.raises(ceiling.CeilingUnavailable, match="did not load on NeuronCore 1.*could not be initialized"):
-            ceiling.measure(neuron_model_dir, PAIRS, workers=1, threads_per_worker=1, seconds=0.1, neuron_core=1)
-        monkeypatch.setenv("STAND_IN_NEURON_DEVICES", "2")  # a second device, no process on it
+            ceiling.load_models(neuron_model_dir)
+        monkeypatch.delenv("NEURON_RT_VISIBLE_CORES")
+        # A second device, no process on it: the ceiling's real child process measures on its core 2.
+        monkeypatch.setenv("STAND_IN_NEURON_DEVICES", "2")
         four = resolved.model_copy(update={"cores": 4})
-        assert ceiling.measure_beside(server_dir, four, neuron_model_dir, PAIRS, seconds=0.1).batches_per_s > 0
+        assert ceiling.measure_beside(server_dir, four, neuron_model_dir, PAIRS, seconds=0.02).batches_per_s > 0
+        events = [json.loads(line) for line in neuron_host.read_text().splitlines()]
+        children = [e["cores"] for e in events if e["event"] == "reserve" and e["pid"] not in (os.getpid(), held.pid)]
+        assert children == [[2]]  # the child's reservation: the core it was given
     finally:
-        held.stdin.close()
-        held.wait()
+        ends(held)
 
 
-def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_path):
+def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_path, fake_clock, monkeypatch):
     claims = tmp_path / "claims"
-    staying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
-    another = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    staying, dying, another = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+                               for _ in range(3))
+
+    def sleep(seconds: float) -> None:  # the dying worker exits while the new one waits
+        fake_clock.sleep(seconds)
+        dying.kill()
+        dying.wait()
+
+    monkeypatch.setattr(claims_module, "time", TimeOn(fake_clock))
+    monkeypatch.setattr(claims_module.time, "sleep", sleep)
     try:
         assert (claim_core(claims, 2, staying.pid), claim_core(claims, 2, dying.pid)) == (0, 1)
         assert claim_core(claims, 2, os.getpid(), wait_s=30) == 1  # once the dying worker has exited
+        assert fake_clock.sleeps == [0.25]  # it waited for it: one poll
         with pytest.raises(RuntimeError, match="none was freed within 0.3 s"):
             claim_core(claims, 2, another.pid, wait_s=0.3)
     finally:
@@ -194,28 +232,24 @@ def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_pa
             process.wait()
 
 
-LOAD = ("import sys, torch, torch_neuronx; from pathlib import Path; from serving.contract import ModelInfo; "
-        "from serving.handler import load_graphs; d = Path(sys.argv[1]); info = ModelInfo.read(d); "
-        "print(sorted(load_graphs(d, info, info.buckets, torch.device('cpu'), wait_s=float(sys.argv[2]))))")
-
-
-def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its_bound(neuron_model_dir,
-                                                                                       monkeypatch):
-    monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "0.5")
+def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its_bound(neuron_model_dir, release_clock,
+                                                                                       monkeypatch, caplog):
+    """serving/handler.load_graphs as a fresh worker runs it, on NeuronCore 1 of a process that held it."""
+    caplog.set_level(logging.WARNING)
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
+    as_a_new_process(monkeypatch)
+    info = ModelInfo.read(neuron_model_dir)
     held = hold_core(1)
     try:
-        refused = subprocess.run([sys.executable, "-c", LOAD, str(neuron_model_dir), "0.5"], capture_output=True,
-                                 text=True, timeout=120)
-        assert refused.returncode != 0 and "could not be initialized" in refused.stderr
-        loader = subprocess.Popen([sys.executable, "-c", LOAD, str(neuron_model_dir), "30"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        with pytest.raises(RuntimeError, match="could not be initialized"):
+            load_graphs(neuron_model_dir, info, info.buckets, torch.device("cpu"), wait_s=0.5)
+        assert release_clock.sleeps == [0.5, 0.5]  # tried again until past its bound, then gave up
     finally:
-        held.stdin.close()
-        held.wait()
-    out, err = loader.communicate(timeout=120)
-    assert loader.returncode == 0, err
-    assert out.strip() == "[16]" and "NeuronCore 1 refused" in err  # the dead owner's core, once released
+        ends(held)
+    loaded = load_graphs(neuron_model_dir, info, info.buckets, torch.device("cpu"), wait_s=30)
+    assert sorted(loaded) == [16]  # the dead owner's core, once released: 0.5 s after it was seen gone
+    assert release_clock.sleeps == [0.5, 0.5, 0.5]
+    assert "NeuronCore 1 refused" in caplog.text
 
 
 def test_cuda_workers_record_the_gpu_torchserve_gave_them_and_a_dead_workers_record_is_dropped(tmp_path,

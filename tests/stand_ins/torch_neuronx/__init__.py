@@ -20,74 +20,29 @@
 """
 
 import copy
-import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 
 import torch
 
-from neuron_runtime_stand_in import cores_dir, holders, locked, owners, total_cores  # noqa: F401  (tests use them)
+# The runtime (nrt_init: reserve) is standard library only, so a process can hold a core without importing torch.
+from neuron_runtime_stand_in import (  # noqa: F401
+    LOG_ENV,
+    RUNTIME_NOT_INITIALIZED,
+    _record,
+    cores_dir,
+    holders,
+    locked,
+    owners,
+    reserve,
+    total_cores,
+)
 
 __version__ = "0.0.0+stand-in"
 
-LOG_ENV = "TORCH_NEURONX_STAND_IN_LOG"
 CORES_ENV = "TORCH_NEURONX_STAND_IN_CORES"
 FAULT_ENV = "TORCH_NEURONX_STAND_IN_FAULT"
-_held: list[int] | None = None  # this process's cores, once reserved
-# What torch-neuronx raises when the runtime cannot take the cores (the NRT log line goes to stderr).
-RUNTIME_NOT_INITIALIZED = ("The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged "
-                           "to your system logs. See the Neuron Runtime's troubleshooting guide for help on "
-                           "this topic.")
-
-
-def _record(event: str, **facts) -> None:
-    path = os.environ.get(LOG_ENV)
-    if path:
-        with open(path, "a") as log:
-            log.write(json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **facts}) + "\n")
-
-
-def reserve() -> list[int]:
-    """The runtime's nrt_init: take this process's cores, or fail as torch-neuronx does.
-
-    Refused, the runtime logs its NRT line to stderr and Python sees torch-neuronx's own text, not the
-    log line (README.md, "exception texts"). Nothing is kept from a refusal: a later load tries again.
-    """
-    global _held
-    if _held is not None:
-        return _held
-    with locked() as directory:
-        taken = {core: pid for core, pid in holders(directory).items() if pid != os.getpid()}
-        free = [core for core in range(total_cores()) if core not in taken]
-        visible, count = os.environ.get("NEURON_RT_VISIBLE_CORES"), os.environ.get("NEURON_RT_NUM_CORES")
-        if visible:  # wins over NUM_CORES
-            wanted = _parse_visible(visible)
-        elif count:
-            wanted = free[: int(count)] if len(free) >= int(count) else list(range(int(count)))
-        else:
-            wanted = list(range(total_cores()))
-        if any(core in taken or core >= total_cores() for core in wanted):
-            _record("reserve-failed", requested=wanted, holders=taken)
-            print(f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}  ERROR  NRT:nrt_allocate_neuron_cores "
-                  f"NeuronCore(s) not available - Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}",
-                  file=sys.stderr, flush=True)
-            raise RuntimeError(RUNTIME_NOT_INITIALIZED)
-        for core in wanted:
-            (directory / f"nc{core}").write_text(str(os.getpid()))
-    _held = wanted
-    _record("reserve", cores=wanted)
-    return wanted
-
-
-def _parse_visible(text: str) -> list[int]:
-    cores = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        cores += range(int(first), int(last or first) + 1)
-    return cores
 
 
 def _compile(compiler_args) -> str:
@@ -186,11 +141,15 @@ def _loads_on_neuron(load):
     def wrapped(*args, **kwargs):
         module = load(*args, **kwargs)
         if "neuron_stand_in::run_on_neuron" in str(module.inlined_graph):
-            reserve()
+            import neuron_runtime_stand_in  # the runtime imported now: tests import the stand-ins afresh
+
+            neuron_runtime_stand_in.reserve()
         return module
 
+    wrapped.neuron_stand_in = True
     return wrapped
 
 
-torch.jit.load = _loads_on_neuron(torch.jit.load)
+if not getattr(torch.jit.load, "neuron_stand_in", False):  # wrapped once per process, however often imported
+    torch.jit.load = _loads_on_neuron(torch.jit.load)
 _record("import", **{key: value for key, value in os.environ.items() if key.startswith("NEURON_RT_")})
