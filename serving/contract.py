@@ -126,7 +126,7 @@ def encode_pairs(tokenizer, kind: str, pairs: list[tuple[str, str]], max_length:
         texts, count = firsts + seconds, len(pairs)
         only_ids = dict(return_attention_mask=False, return_token_type_ids=False)
         ids = list(tokenizer(texts, truncation=False, **only_ids)["input_ids"])
-        full = [max(len(a), len(b)) for a, b in zip(ids[:count], ids[count:])]
+        full = [max(len(a), len(b)) for a, b in zip(ids[:count], ids[count:], strict=True)]
         length = bucket_for(min(max(full), max_length), buckets or [max_length])
         for i in [i for i, row in enumerate(ids) if len(row) > length]:
             ids[i] = tokenizer(texts[i], truncation=True, max_length=length, **only_ids)["input_ids"]

@@ -219,7 +219,7 @@ class ParaphraseHandler(BaseHandler):
             self.context.set_response_status(code=400, phrase=message, idx=index)
             answers[index] = {"error": message}
         results = predictions(data.scores, len(data.indices), self.class_names) if data.indices else []
-        for index, result, cut in zip(data.indices, results, data.truncated):
+        for index, result, cut in zip(data.indices, results, data.truncated, strict=True):
             if result is None:
                 message = "the model returned NaN or Inf scores for this request"
                 logger.error("request %d: %s", index, message)
@@ -245,4 +245,4 @@ def predictions(scores: torch.Tensor, count: int, class_names: list[str]) -> lis
     probabilities = torch.softmax(rows, dim=-1)
     labels = probabilities.argmax(dim=-1).tolist()
     return [(class_names[label], float(p[1])) if ok else None
-            for label, p, ok in zip(labels, probabilities, finite)]
+            for label, p, ok in zip(labels, probabilities, finite, strict=True)]

@@ -117,7 +117,7 @@ def compare(server, bucketed: Archive, traced: TracedModel, config, workers: int
             register(server, single, config.serving.max_batch_delay, workers)
             measure(single_name)
     many, one = results[bucketed.model_name], results[single_name]
-    identical = sum(a == b for a, b in zip(*labels.values()))
+    identical = sum(a == b for a, b in zip(*labels.values(), strict=True))
     comparison = BucketComparison(
         buckets=info.buckets, max_length=info.max_length, pairs=pool,
         bucketed_inferences_per_s=many.requests_per_s, single_inferences_per_s=one.requests_per_s,

@@ -18,6 +18,7 @@ SMALL is the size for pictures embedded in an artifact: tens of KB each.
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def histogram_chart(bench, path: Path, size: dict = SMALL) -> Path | None:
         return None
     edges, counts = histogram.edges_ms, histogram.counts
     figure, axes = plt.subplots(**size)
-    axes.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", color="#8ab4f8",
+    axes.bar(edges[:-1], counts, width=[b - a for a, b in itertools.pairwise(edges)], align="edge", color="#8ab4f8",
              edgecolor="#5f6368", linewidth=0.3)
     latency = bench.latency_ms
     for name, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):

@@ -17,6 +17,7 @@ import platform
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 from tasks.common import keys
 from tasks.common.runlog import stage_logger
@@ -64,8 +65,16 @@ def host() -> dict:
     }
 
 
+class StagesRecord(Protocol):
+    """How each stage ended (flows/stages.py Stages: flows/ imports tasks/, never the other way)."""
+
+    def failed(self) -> list: ...
+
+    def as_list(self) -> list[dict]: ...
+
+
 def build_summary(
-    stages: Stages,
+    stages: StagesRecord,
     checks: list[CheckResult],
     bench: BenchmarkResult | None,
     config: dict,

@@ -36,8 +36,9 @@ class Inference:
     def __init__(self, server: Server, model_name: str, class_names: list[str], timeout: float = 120.0):
         self.url = f"{server.inference_url}/predictions/{model_name}"
         self.client = httpx.Client(headers=server.inference_headers(), timeout=timeout)
-        # Checks speak the tutorial's labels; a model with its own id2label answers in those.
-        self.names = dict(zip(CLASS_NAMES, class_names))
+        # Checks speak the tutorial's labels; a model with its own id2label answers in those (its first two:
+        # index 0 = not paraphrase, 1 = paraphrase).
+        self.names = dict(zip(CLASS_NAMES, class_names, strict=False))
 
     def close(self) -> None:
         self.client.close()

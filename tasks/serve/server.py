@@ -147,7 +147,7 @@ def _free_ports(address: str, names: list[str]) -> dict[str, int]:
         probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in names]
         for probe in probes:
             probe.bind((address, 0))
-        return {name: probe.getsockname()[1] for name, probe in zip(names, probes)}
+        return {name: probe.getsockname()[1] for name, probe in zip(names, probes, strict=True)}
 
 
 def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path,

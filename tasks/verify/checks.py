@@ -91,9 +91,9 @@ def _finite(value: float | None) -> bool:
 def parity(predictions: list[Prediction], reference: Reference, tolerance: float) -> CheckResult:
     """Served answers equal the original model's in-process: same labels, scores within tolerance."""
     expected = reference.predict([(p.seq_0, p.seq_1) for p in predictions])
-    label_mismatch = sum(p.answer != label for p, (label, _) in zip(predictions, expected))
+    label_mismatch = sum(p.answer != label for p, (label, _) in zip(predictions, expected, strict=True))
     diffs = [abs(p.probability - prob) if _finite(p.probability) else math.inf
-             for p, (_, prob) in zip(predictions, expected)]
+             for p, (_, prob) in zip(predictions, expected, strict=True)]
     worst = max(diffs, default=0.0)
     passed = label_mismatch == 0 and worst <= tolerance
     detail = (f"{len(predictions) - label_mismatch}/{len(predictions)} labels equal in-process; "
@@ -161,12 +161,12 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
     equal to the original model's in-process label (the same model, not just as good a one)."""
     pairs, truth, skipped = read_mrpc_lenient(path)
     names = list(inference.names.values())  # index 0 = not paraphrase, 1 = paraphrase
-    cases = [(a, b, CLASS_NAMES[label]) for (a, b), label in zip(pairs, truth)]
+    cases = [(a, b, CLASS_NAMES[label]) for (a, b), label in zip(pairs, truth, strict=True)]
     served = inference.send_all(cases, "accuracy", concurrency)
     in_process = [label for label, _ in reference.predict(pairs)]
     failed = [p for p in served if p.status_code != 200]
     metrics = scores(truth, np.array([names.index(p.answer) if p.answer in names else -1 for p in served]))
-    metrics["agreement_with_in_process"] = sum(p.answer == label for p, label in zip(served, in_process))
+    metrics["agreement_with_in_process"] = sum(p.answer == label for p, label in zip(served, in_process, strict=True))
     metrics["http_errors"] = len(failed)
     agree = metrics["agreement_with_in_process"] == len(pairs)
     good_enough = min_accuracy is None or metrics["accuracy"] >= min_accuracy
