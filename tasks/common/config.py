@@ -43,6 +43,14 @@ REGRESSION_TOLERANCES = {"latency_ms p99": 0.3, "error_rate": 0.01, "model_load 
                          "capacity rate": 0.25}
 
 
+# The kinds of value of the fields a run's settings set too: RunSettings declares its settings with these
+# (tasks/common/parameters.py), so a choice is written once.
+Backend = Literal["auto", "neuron", "cuda", "cpu"]
+Workers = Annotated[int, Field(ge=1)] | Literal["auto"]
+LoadMode = Literal["closed", "open"]
+RegressionAction = Literal["warn", "fail"]
+
+
 class ConfigError(PipelineError, ValueError):
     """A configuration the pipeline refuses to start with."""
 
@@ -125,7 +133,7 @@ class ServingConfig(_Section):
         description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
         json_schema_extra={"flag": "max-batch-delay"},
     )
-    backend: Literal["auto", "neuron", "cuda", "cpu"] = Field(
+    backend: Backend = Field(
         "auto", description="auto: neuron if torch_neuronx and a NeuronCore are there, else cuda, else cpu",
         json_schema_extra={"flag": "backend"},
     )
@@ -133,7 +141,7 @@ class ServingConfig(_Section):
         None, description="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)",
         json_schema_extra={"flag": "instance-type"},
     )
-    initial_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    initial_workers: Workers = Field(
         "auto", description="TorchServe workers, a number or auto: one per NeuronCore / GPU / physical CPU core; "
         "never more than that", json_schema_extra={"flag": "workers"},
     )
@@ -223,7 +231,7 @@ class BenchmarkConfig(_Section):
     )
     duration: float = Field(30.0, gt=0, description="s of measured load", json_schema_extra={"flag": "duration"})
     warmup: float = Field(2.0, ge=0, description="s of load before measuring", json_schema_extra={"flag": "warmup"})
-    mode: Literal["closed", "open"] = Field(
+    mode: LoadMode = Field(
         "closed",
         description="closed: `concurrency` clients, each sends when answered; open: `rate` requests/s on a "
         "fixed schedule, latency from the intended send time (`concurrency` caps open connections)",
@@ -270,7 +278,7 @@ class BenchmarkConfig(_Section):
         description="per compared figure: its tolerance (relative; error_rate and accuracy in their own "
         "unit, 0.01 = one point). Figures: " + ", ".join(COMPARED_FIGURES),
     )
-    regression_action: Literal["warn", "fail"] = Field(
+    regression_action: RegressionAction = Field(
         "warn", description="what a regression of any compared figure against earlier runs does to the run",
         json_schema_extra={"flag": "regression"},
     )

@@ -18,18 +18,32 @@ The settings win over the overrides because they are what a person typed into th
 overrides are the open-ended escape hatch (and what `python -m flows.validate` passes) for every
 field the form does not show. A setting that contradicts an override is logged (see `merged`).
 
+What a type checker sees is the class RunSettings below: each setting's name and Python type, declared. What
+a run gets is that class's subclass made here at import, each field's type narrowed by its RunConfig field's
+constraints (tests/unit/test_parameters.py: the two have the same names and types).
+
 Only pydantic and yaml are imported here: `--help` of the command line must stay fast.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
 from pydantic.fields import FieldInfo
 
-from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ConfigError, RunConfig, load_config
+from tasks.common.config import (
+    DEFAULT_CONFIG_FILE,
+    REPO_ROOT,
+    Backend,
+    ConfigError,
+    LoadMode,
+    RegressionAction,
+    RunConfig,
+    Workers,
+    load_config,
+)
 
 # Setting name -> RunConfig field. Named like the command-line flag where the field has one.
 SETTINGS: dict[str, str] = {
@@ -93,7 +107,7 @@ def _setting(dotted: str, defaults: RunConfig) -> tuple[Any, Any]:
     kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
     description = (f"{field.description}. Empty: the config file's {dotted} "
                    f"({DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)}: {shown(value_at(defaults, dotted))})")
-    return Optional[kind], Field(None, description=description)
+    return kind | None, Field(None, description=description)
 
 
 def _plain_fields(schema: dict[str, Any]) -> None:
@@ -128,18 +142,43 @@ class _Settings(BaseModel):
         return {name: value for name, value in serialize(self).items() if value is not None}
 
 
-def _settings_model() -> type[BaseModel]:
+class RunSettings(_Settings):
+    """The settings of one run; each left empty keeps the config file's value."""
+
+    # Each SETTINGS name, in its order, with its RunConfig field's type (or None). Their bounds and
+    # descriptions are the fields' own: the subclass below adds them.
+    model: str | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
+    length_buckets: list[int] | None = None
+    workers: Workers | None = None
+    max_batch_delay: int | None = None
+    backend: Backend | None = None
+    instance_type: str | None = None
+    benchmark: bool | None = None
+    load: LoadMode | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    duration: float | None = None
+    accuracy_file: Path | None = None
+    min_accuracy: float | None = None
+    regression: RegressionAction | None = None
+
+
+def _settings_model(declared: type[RunSettings]) -> type[RunSettings]:
+    """`declared` with each field's type, constraints and description taken from its RunConfig field."""
     defaults = file_defaults()
     return create_model(
         "RunSettings",
-        __base__=_Settings,
-        __doc__="The settings of one run; each left empty keeps the config file's value.",
+        __base__=declared,
+        __doc__=declared.__doc__,
         __module__=__name__,
         **{name: _setting(dotted, defaults) for name, dotted in SETTINGS.items()},
     )
 
 
-RunSettings = _settings_model()
+if not TYPE_CHECKING:  # a run's RunSettings: the declaration above, constrained (the type checker sees it bare)
+    RunSettings = _settings_model(RunSettings)
 
 
 def as_overrides(settings: BaseModel | dict | None) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The flow's typed parameters: RunSettings, what the UI's Run form renders, and how a run merges them."""
 
+import types
+import typing
+
 import pytest
 from pydantic import ValidationError
 
@@ -85,6 +88,44 @@ def test_each_setting_accepts_exactly_what_its_config_field_accepts():
             node = config_schema["$defs"][node["properties"][section]["$ref"].rsplit("/", 1)[1]]
         assert [_given(kind) for kind in _kinds(properties[name])] == _kinds(node["properties"][leaf]), name
         assert properties[name]["description"].startswith(config_field(dotted).description), name
+
+
+def _plain(kind: object) -> object:
+    """A type without its constraints (Annotated's metadata), a union as the set of its members: int | None and
+    Optional[Annotated[int, Ge(1)]] are the same plain type."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Annotated:
+        return _plain(args[0])
+    if origin in (typing.Union, types.UnionType):
+        members: set[object] = set()
+        for arg in map(_plain, args):
+            members |= arg if isinstance(arg, frozenset) else {arg}
+        return frozenset(members)
+    if origin is typing.Literal:
+        return ("Literal", frozenset(args))
+    if origin is not None:
+        return origin, tuple(map(_plain, args))
+    return kind
+
+
+def test_the_type_checkers_runsettings_declares_each_setting_with_its_config_fields_type():
+    """The static declaration (what mypy sees) and the generated model (what a run gets) cannot drift: the same
+    names in the same order, and each the type of its RunConfig field, or None."""
+    declared = RunSettings.__base__
+    assert declared.__name__ == "RunSettings" and declared is not RunSettings
+    assert list(declared.model_fields) == list(RunSettings.model_fields) == list(SETTINGS)
+    for name, dotted in SETTINGS.items():
+        wanted = _plain(config_field(dotted).annotation | None)
+        assert _plain(declared.model_fields[name].annotation) == wanted, name
+        assert _plain(RunSettings.model_fields[name].annotation) == wanted, name
+
+
+def test_the_plain_types_compared_drop_constraints_only():
+    assert _plain(typing.Optional[typing.Annotated[int, "ge=1"]]) == _plain(int | None) == frozenset({int, type(None)})
+    assert _plain(list[typing.Annotated[int, "ge=8"]] | None) == _plain(list[int] | None)
+    assert _plain(typing.Literal["warn", "fail"] | None) != _plain(typing.Literal["warn"] | None)
+    assert _plain(int | None) != _plain(float | None)
+    assert _plain(list[int]) != _plain(list[str])
 
 
 def test_settings_are_named_like_the_command_line_flags():
