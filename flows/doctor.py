@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["auto", "neuron", "cuda", "cpu"],
                         help="the backend to check (default: the config's serving.backend, auto in default.yaml)")
     parser.add_argument("--instance-type", metavar="TYPE",
-                        help="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)")
+                        help="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing "
+                        "(configs/neuron_cores.yaml)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where doctor.md and doctor.json go (default: <runs dir>/doctor-<UTC time>)")
     return parser

@@ -93,7 +93,8 @@ def _report_flow():
 
     @flow(name="doctor", validate_parameters=False, persist_result=False)
     def doctor_report(text: str, key: str, ok: bool):
-        create_markdown_artifact(key=key, markdown=text, description=f"python -m flows.doctor: {'ok' if ok else 'failed'}")
+        create_markdown_artifact(key=key, markdown=text,
+                                 description=f"python -m flows.doctor: {'ok' if ok else 'failed'}")
         return Completed(message="ready") if ok else Failed(message="not ready: see the artifact " + key)
 
     return doctor_report

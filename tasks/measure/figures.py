@@ -211,8 +211,8 @@ CLIENT_REQUESTS_PER_S = Figure("client requests_per_s", _client(lambda c: c.requ
 CLIENT_CONCURRENCY = Figure("client concurrency", _client(lambda c: c.concurrency), label="concurrency", fmt="d")
 CLIENT_SECONDS = Figure("client seconds", _client(lambda c: c.seconds), "s", label="measured", fmt=".1f")
 CLIENT_LATENCY = _latency("client latency_ms", lambda b: b.client and b.client.latency_ms, "")
-CLIENT_OVER_SERVED = Figure("client over_served", _client(lambda c: c.over_served), "x", label="load generator / served",
-                            fmt=".0f")
+CLIENT_OVER_SERVED = Figure("client over_served", _client(lambda c: c.over_served), "x",
+                            label="load generator / served", fmt=".0f")
 
 # --- a lone client ------------------------------------------------------------------------------------
 SINGLE_REQUESTS = Figure("single_client requests", _single(lambda s: s.requests), label="requests", fmt="d")
@@ -278,8 +278,8 @@ MLPERF_SERVER = Figure("mlperf Server", CAPACITY_RATE.read, "requests/s", True, 
 
 FIGURES: tuple[Figure, ...] = (
     REQUESTS_PER_S, INFERENCES_PER_S, REQUESTS, ERRORS, CONCURRENCY, SECONDS, ERROR_RATE, MODE, RATE, FIRST_ERROR,
-    PAIRS, SERVED_OVER_CEILING, COMPARISON_UNRELIABLE, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN,
-    LATENCY_MAX, ACCURACY,
+    PAIRS, SERVED_OVER_CEILING, COMPARISON_UNRELIABLE, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99,
+    LATENCY_MEAN, LATENCY_MAX, ACCURACY,
     OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE, OPEN_LATE_AFTER, OPEN_DROPPED,
     WINDOW_SECONDS, WINDOW_COUNT, WINDOW_CV, WINDOW_STABLE, LOAD_READY, LOAD_WORKER,
     MEMORY_FRONTEND, MEMORY_WORKERS, MEMORY_WORKER, MEMORY_TOTAL,
@@ -337,8 +337,8 @@ DETAILS = (
     Line("Worker CPU per request vs in-process per inference",
          (CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING), strong=True),
     Line("Ceiling (the traced model in-process, no server)",
-         (CEILING_INFERENCES_PER_S, CEILING_CV, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCH_MS, CEILING_LONE_BATCH_MS,
-          CEILING_WORKER_LONE_BATCH_MS)),
+         (CEILING_INFERENCES_PER_S, CEILING_CV, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCH_MS,
+          CEILING_LONE_BATCH_MS, CEILING_WORKER_LONE_BATCH_MS)),
     Line("Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
          (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED)),
     Line("Lone client (concurrency 1)", (SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH)),

@@ -60,7 +60,8 @@ def from_mar(mar_file: Path, model_store: Path, batch_size: int, max_length: int
             ours = archive.read(MODEL_INFO_FILE) if MODEL_INFO_FILE in names else None
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         raise BringError(f"--mar {mar_file} is not a readable model archive: {error}",
-                         fix="give a .mar made by torch-model-archiver (--archive-format default or zip-store)") from None
+                         fix="give a .mar made by torch-model-archiver (--archive-format default or "
+                         "zip-store)") from None
     name = (manifest.get("model") or {}).get("modelName") or mar_file.stem
     model_store.mkdir(parents=True, exist_ok=True)
     shutil.copy2(mar_file, model_store / f"{name}.mar")

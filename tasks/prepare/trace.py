@@ -109,7 +109,8 @@ def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as error:
         raise TraceError(f"cannot load checkpoint {model.source!r}: {error}",
-                         fix="point model.source at a directory with config.json, weights and tokenizer files") from None
+                         fix="point model.source at a directory with config.json, weights and tokenizer "
+                         "files") from None
     kind = model.kind if model.kind != "auto" else _detect_kind(config)
     if kind == "sequence-classification":
         if config.num_labels != 2:
@@ -131,8 +132,9 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
     """Compile one graph per length bucket at batch_size for the backend, check each against the
     untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
 
-    With cache_dir, an equal earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child process (tasks/prepare/compile.py) for every backend: on Neuron the process
-    that compiles and runs a graph keeps its NeuronCores until it exits, and this one lives all night.
+    With cache_dir, an equal earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child
+    process (tasks/prepare/compile.py) for every backend: on Neuron the process that compiles and runs a graph
+    keeps its NeuronCores until it exits, and this one lives all night.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     request = {"model": model.model_dump(mode="json"), "batch_size": batch_size, "max_length": max_length,

@@ -139,12 +139,13 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
 def markdown(summary: dict, run_dir: Path) -> str:
     lines = [f"# BERT serving validation: **{summary['status']}**", "", f"Run directory: `{run_dir}`", "",
              "| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s['name']} | {s['status']}{' (' + s['reason'] + ')' if s.get('reason') else ''} | {s['seconds']:.1f} |"
-              for s in summary["stages"]]
+    lines += [f"| {s['name']} | {s['status']}{' (' + s['reason'] + ')' if s.get('reason') else ''} "
+              f"| {s['seconds']:.1f} |" for s in summary["stages"]]
     cache = summary.get("trace") or {}
     if cache.get("cache") in ("hit", "miss"):
-        lines += ["", f"Compile cache: **{cache['cache']}**" + (f", {cache['seconds_saved']:.1f} s saved"
-                                                               if cache["cache"] == "hit" else f" ({cache.get('reason')})")]
+        saved = (f", {cache['seconds_saved']:.1f} s saved" if cache["cache"] == "hit"
+                 else f" ({cache.get('reason')})")
+        lines += ["", f"Compile cache: **{cache['cache']}**" + saved]
     errors = [s for s in summary["stages"] if s.get("error")]
     if errors:
         lines += ["", "## Failure", "", f"Stage **{errors[0]['name']}**:", "", "```", errors[0]["error"][-3000:], "```"]
@@ -183,7 +184,8 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
         for c in checks for p in c.predictions
     ]
     if rows:
-        create_table_artifact(key=keys.key(keys.PREDICTIONS, suffix), table=rows, description="Predictions from the check stage")
+        create_table_artifact(key=keys.key(keys.PREDICTIONS, suffix), table=rows,
+                              description="Predictions from the check stage")
     accuracy = next((c for c in checks if c.name == "accuracy"), None)
     if accuracy is not None:
         (tn, fp), (fn, tp) = accuracy.metrics["confusion"]
@@ -198,13 +200,15 @@ def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
         create_table_artifact(key=keys.key(keys.BENCHMARK, suffix), table=figures.table_rows(bench),
                               description="Benchmark figures")
     if buckets is not None:
-        rows = [{"graphs": f"buckets {buckets.buckets}", "inferences_per_s": round(buckets.bucketed_inferences_per_s, 2),
+        rows = [{"graphs": f"buckets {buckets.buckets}",
+                 "inferences_per_s": round(buckets.bucketed_inferences_per_s, 2),
                  "p90_ms": round(buckets.bucketed_p90_ms, 1)},
                 {"graphs": f"max_length {buckets.max_length} only",
-                 "inferences_per_s": round(buckets.single_inferences_per_s, 2), "p90_ms": round(buckets.single_p90_ms, 1)}]
+                 "inferences_per_s": round(buckets.single_inferences_per_s, 2),
+                 "p90_ms": round(buckets.single_p90_ms, 1)}]
         create_table_artifact(key=keys.key(keys.LENGTH_BUCKETS, suffix), table=rows,
-                              description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; labels "
-                              f"identical on {buckets.labels_identical}/{buckets.labels_compared} pairs")
+                              description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; "
+                              f"labels identical on {buckets.labels_identical}/{buckets.labels_compared} pairs")
 
 
 def _flatten(prefix: str, value) -> list[tuple[str, object]]:

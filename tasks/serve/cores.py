@@ -3,8 +3,9 @@
 The Neuron runtime gives a process its visible cores when it first loads a Neuron graph and keeps them
 until the process exits; a worker whose core is taken cannot load. So start refuses to begin while
 another process holds a core this run's workers will take (naming it: we never stop a process we did
-not start), and after registration every worker must hold a core of its own (tasks/serve/placement.py reads it). Each worker claims its
-core in the server's directory (serving/claims.claim_core); neuron-ls confirms the runtime agrees.
+not start), and after registration every worker must hold a core of its own (tasks/serve/placement.py reads
+it). Each worker claims its core in the server's directory (serving/claims.claim_core); neuron-ls confirms the
+runtime agrees.
 """
 
 from __future__ import annotations

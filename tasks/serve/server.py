@@ -341,8 +341,9 @@ def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
         result.survivors += swept.survivors
         result.stopped += swept.stopped
     if result.survivors:
+        pids = ",".join(map(str, result.survivors))
         raise ServerError(f"TorchServe processes {result.survivors} survived SIGKILL",
-                          fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {','.join(map(str, result.survivors))}")
+                          fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {pids}")
     server.key_file.unlink(missing_ok=True)
     shutil.rmtree(server.temp_dir, ignore_errors=True)
     return {"stopped": result.stopped, "escalated": result.escalated}

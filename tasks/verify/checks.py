@@ -64,7 +64,8 @@ def partial_batch(inference: Inference, batch_size: int, max_batch_delay_ms: int
     result = _verdict("partial batch", predictions)
     slowest = max(p.latency_ms for p in predictions)
     limit_ms = max_batch_delay_ms + PARTIAL_BATCH_SLACK_S * 1000
-    result.detail += f"; {count} of batch_size {batch_size}, slowest {slowest:.0f} ms (max_batch_delay {max_batch_delay_ms} ms)"
+    result.detail += (f"; {count} of batch_size {batch_size}, slowest {slowest:.0f} ms "
+                      f"(max_batch_delay {max_batch_delay_ms} ms)")
     if slowest > limit_ms:
         result.passed = False
         result.detail += f"; slower than max_batch_delay + {PARTIAL_BATCH_SLACK_S:.0f} s: the batch is stuck"
@@ -150,7 +151,8 @@ def truncation(inference: Inference, max_length: int) -> CheckResult:
     """Texts longer than max_length are truncated, not refused, and the answer says so."""
     p = inference.send(LONG_TEXT, LONG_TEXT, "paraphrase", check="truncation")
     passed = p.status_code == 200 and p.truncated is True and p.answer == p.expected
-    detail = f"a {len(LONG_TEXT.split())}-word pair: HTTP {p.status_code}, X-Truncated {p.truncated}, answer {p.answer!r}"
+    detail = (f"a {len(LONG_TEXT.split())}-word pair: HTTP {p.status_code}, X-Truncated {p.truncated}, "
+              f"answer {p.answer!r}")
     return CheckResult(name=f"texts over max_length {max_length} truncated", passed=passed, detail=detail,
                        predictions=[p])
 
