@@ -29,8 +29,8 @@ def test_failed_crashed_regressed_and_one_missed_night_watch_per_active_deployme
 
 def test_the_failure_message_names_deployment_run_stage_first_error_line_and_link():
     alerts = deployments_script("alerts")
-    state = SimpleNamespace(name="Failed", message="Flow run encountered an exception: StageFailed: stage start failed: "
-                            "ServerError: no ping\nfix: read the log")
+    state = SimpleNamespace(name="Failed", message="Flow run encountered an exception: StageFailed: stage start "
+                            "failed: ServerError: no ping\nfix: read the log")
     context = {"flow_run": SimpleNamespace(name="quirky-doberman", state=state), "flow": SimpleNamespace(name="f"),
                "deployment": SimpleNamespace(name="nightly-cpu-embedded")}
     environment = _sync_template_environment.overlay()
@@ -48,7 +48,7 @@ def test_an_interruption_is_found_behind_the_error_prefect_raised_while_reportin
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise ConnectionError("the temporary API server is gone")
+            raise ConnectionError("the temporary API server is gone")  # noqa: B904 -- implicitly, as Prefect does
     except ConnectionError as error:
         assert _signal_of(error) == signal.SIGINT
     assert _signal_of(TerminationSignal(signal.SIGTERM)) == signal.SIGTERM

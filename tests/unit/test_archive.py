@@ -37,7 +37,8 @@ def _traced(tmp_path: Path) -> TracedModel:
 
 def _whole(mar: Path, traced: TracedModel) -> bool:
     with zipfile.ZipFile(mar) as packed:
-        return packed.testzip() is None and {p.name for p in traced.info.files(traced.model_dir)} <= set(packed.namelist())
+        files = {p.name for p in traced.info.files(traced.model_dir)}
+        return packed.testzip() is None and files <= set(packed.namelist())
 
 
 def test_archiving_leaves_what_another_run_gathers_in_the_temporary_directory_alone(tmp_path, monkeypatch):

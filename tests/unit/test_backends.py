@@ -81,7 +81,8 @@ def test_auto_picks_neuron_when_torch_neuronx_imports_and_a_core_is_visible(neur
 
 def test_workers_default_to_neuroncores_and_more_are_refused_early(neuron_host):
     resolved = resolve_serving(ServingConfig(backend="neuron"))
-    assert (resolved.backend, resolved.initial_workers, resolved.cores_source) == ("neuron", 2, "neuron-ls --json-output")
+    assert (resolved.backend, resolved.initial_workers, resolved.cores_source) == (
+        "neuron", 2, "neuron-ls --json-output")
     assert resolved.threads_per_worker >= 1
     with pytest.raises(ConfigError) as caught:
         resolve_serving(ServingConfig(backend="neuron", initial_workers=3))

@@ -218,12 +218,13 @@ def test_served_over_in_process_is_unreliable_when_either_side_varied_and_is_the
     from tasks.measure.results import windows as windows_of
 
     def ceiling_with(cv):
-        return Ceiling(batch_size=6, max_length=128, buckets=[128], threads=2, batches_per_s=10.0, inferences_per_s=60.0,
-                       best_layout="all threads", batch_latency_ms=100.0, lone_batch_latency_ms=50.0,
-                       worker_lone_batch_latency_ms=80.0, windows=3, cv=cv, layouts=[])
+        return Ceiling(batch_size=6, max_length=128, buckets=[128], threads=2, batches_per_s=10.0,
+                       inferences_per_s=60.0, best_layout="all threads", batch_latency_ms=100.0,
+                       lone_batch_latency_ms=50.0, worker_lone_batch_latency_ms=80.0, windows=3, cv=cv, layouts=[])
 
     steady, unsteady = windows_of([50.0, 51.0, 50.5], 10.0, 0.1), windows_of([30.0, 60.0, 45.0], 10.0, 0.1)
-    bench = BenchmarkResult.from_load(load([0.2] * 10)).model_copy(update={"served_over_ceiling": 0.83, "windows": steady})
+    bench = BenchmarkResult.from_load(load([0.2] * 10)).model_copy(
+        update={"served_over_ceiling": 0.83, "windows": steady})
     assert bench_module.unreliable_comparison(bench, ceiling_with(0.02), 0.1) is None
     said = bench_module.unreliable_comparison(bench, ceiling_with(0.15), 0.1)
     assert said == "the ceiling varied 15.0% over 3 windows, over the 10% allowed"

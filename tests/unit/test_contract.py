@@ -47,7 +47,8 @@ def full_lengths(tokenizer, kind, pairs):
     firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
     if kind == "sequence-classification":
         return [len(ids) for ids in tokenizer(firsts, seconds)["input_ids"]]
-    return [max(len(a), len(b)) for a, b in zip(tokenizer(firsts)["input_ids"], tokenizer(seconds)["input_ids"])]
+    return [max(len(a), len(b))
+            for a, b in zip(tokenizer(firsts)["input_ids"], tokenizer(seconds)["input_ids"], strict=True)]
 
 
 @pytest.fixture(scope="module", params=["fast", "slow"])
@@ -73,7 +74,7 @@ def test_inputs_equal_the_tokenizers_own_padded_encoding(tokenizers, kind, case)
 
     expected = reference(tokenizers, kind, pairs, length)
     assert len(inputs) == len(expected)
-    for got, want in zip(inputs, expected):
+    for got, want in zip(inputs, expected, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape == (len(pairs), length)
         assert torch.equal(got, want)
     assert truncated == [n > MAX_LENGTH for n in full]
@@ -83,7 +84,7 @@ def test_inputs_equal_the_tokenizers_own_padded_encoding(tokenizers, kind, case)
 def test_without_buckets_everything_is_padded_to_max_length(tokenizer, kind):
     pairs = BATCHES["short"]
     inputs, _ = encode_pairs(tokenizer, kind, pairs, 16)
-    for got, want in zip(inputs, reference(tokenizer, kind, pairs, 16)):
+    for got, want in zip(inputs, reference(tokenizer, kind, pairs, 16), strict=True):
         assert torch.equal(got, want)
 
 

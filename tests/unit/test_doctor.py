@@ -101,8 +101,9 @@ def test_the_terminal_line_has_status_name_seconds_detail_and_a_fix_under_a_fail
         "pass    java                      0.1 s  Java 11+ at /usr/bin/java"
     failed = line(Step(name="install", status="fail", seconds=4.0,
                        detail="python -m pip check found broken requirements:\nfoo 1.0 requires bar", fix="./setup.sh"))
-    assert failed.splitlines() == ["fail    install                   4.0 s  python -m pip check found broken requirements:",
-                                   "        foo 1.0 requires bar", "        fix: ./setup.sh"]
+    assert failed.splitlines() == [
+        "fail    install                   4.0 s  python -m pip check found broken requirements:",
+        "        foo 1.0 requires bar", "        fix: ./setup.sh"]
 
 
 def report(ok=False, interrupted=False) -> Report:
@@ -153,8 +154,8 @@ def test_the_command_exits_1_on_a_failed_step_130_when_interrupted_and_writes_th
     monkeypatch.setattr(tasks.doctor.Doctor, "checks", lambda self: steps)
     assert command.main(["--backend", "cpu", "--out", str(tmp_path)]) == code
     out = capsys.readouterr().out
-    assert [l.split()[1] for l in out.splitlines() if l.split()[0] in ("pass", "fail", "skipped")] == ["java", *(
-        ["compile"] if len(steps) == 2 else [])]
+    listed = [row.split()[1] for row in out.splitlines() if row.split()[0] in ("pass", "fail", "skipped")]
+    assert listed == ["java", *(["compile"] if len(steps) == 2 else [])]
     data = json.loads((tmp_path / "doctor.json").read_text())
     assert data["ok"] is (code == 0) and data["requested_backend"] == "cpu"
     assert (tmp_path / "doctor.md").is_file()

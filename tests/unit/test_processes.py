@@ -15,7 +15,8 @@ from tasks.common.ports import listeners
 from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
 from tests.unit.fake_time import ended
 
-IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                   "time.sleep(60)")
 SLEEPS = "import time; print('ready', flush=True); time.sleep(60)"
 
 

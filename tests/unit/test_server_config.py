@@ -94,7 +94,7 @@ def test_pick_ports_refuses_a_port_in_use(busy):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        ports = dict(zip(NAMES, _unused_ports(len(NAMES))))
+        ports = dict(zip(NAMES, _unused_ports(len(NAMES)), strict=True))
         ports[busy] = taken
         with pytest.raises(ServerError) as caught:
             pick_ports(ServingConfig(**{f"{name}_port": port for name, port in ports.items()}))
@@ -104,7 +104,7 @@ def test_pick_ports_refuses_a_port_in_use(busy):
 
 
 def test_pick_ports_keeps_free_configured_ports():
-    ports = dict(zip(NAMES, _unused_ports(len(NAMES))))
+    ports = dict(zip(NAMES, _unused_ports(len(NAMES)), strict=True))
     serving = ServingConfig(**{f"{name}_port": port for name, port in ports.items()})
     assert pick_ports(serving) == ports
 
@@ -132,9 +132,9 @@ def test_keys_never_show_their_values():
 def test_read_keys_from_torchserve_key_file(tmp_path):
     key_file = tmp_path / "key_file.json"
     key_file.write_text(
-        '{"management": {"key": "%s", "expiration time": "2030-01-01T00:00:00Z"},'
-        ' "inference": {"key": "%s", "expiration time": "2030-01-01T00:00:00Z"},'
-        ' "API": {"key": "other"}}' % (SECRET_MANAGEMENT, SECRET_INFERENCE)
+        f'{{"management": {{"key": "{SECRET_MANAGEMENT}", "expiration time": "2030-01-01T00:00:00Z"}},'
+        f' "inference": {{"key": "{SECRET_INFERENCE}", "expiration time": "2030-01-01T00:00:00Z"}},'
+        ' "API": {"key": "other"}}'
     )
     keys = read_keys(key_file)
     assert keys.inference.get_secret_value() == SECRET_INFERENCE

@@ -89,6 +89,7 @@ def test_ranked_by_capacity_the_highest_rate_within_the_bound_wins_and_a_row_wit
             with_capacity(row(3, 60.0, 500.0), None)]
     ranked = rank(rows, None, by="capacity")
     assert [r.capacity for r in ranked] == [22.0, 18.0] and ranked[0].best and not rows[2].within_limit
-    assert verdict(ranked[0], None, by="capacity").startswith(f"best by capacity at p99 <= 1000 ms: {ranked[0].label} (22.0")
+    assert verdict(ranked[0], None, by="capacity").startswith(
+        f"best by capacity at p99 <= 1000 ms: {ranked[0].label} (22.0")
     assert ranked[0].table_row()["capacity_per_s"] == 22.0
     assert set(RANKINGS) == {"throughput", "capacity"}

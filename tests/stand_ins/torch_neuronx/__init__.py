@@ -113,7 +113,7 @@ def _cast(func: torch.nn.Module, compiler_args) -> tuple[torch.nn.Module, str]:
     func = copy.deepcopy(func)
     if mode == "all":
         return func.to(dtype), kind
-    for name, module in list(func.named_modules()):
+    for module in list(func.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, _Cast16Linear(child, dtype))
