@@ -21,7 +21,8 @@ from tests.unit.fake_time import EndingProcesses, FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _OURS = str(REPO_ROOT) + os.sep
-_LIBRARIES = (str(REPO_ROOT / ".venv") + os.sep,)
+# The environment's packages (.venv, CI's .venv-tf4: inside the checkout, but not the project's code).
+_LIBRARIES = tuple({str(Path(prefix).resolve()) + os.sep for prefix in (sys.prefix, sys.exec_prefix)})
 LIBRARY_POLL_S = 0.05  # subprocess.Popen.wait polls at most this long between looks
 
 _real_sleep = time.sleep
@@ -39,7 +40,7 @@ class _Guard:
 
     def check(self, what: str, seconds: float, frame) -> None:
         code = frame.f_code.co_filename
-        ours = code.startswith(_OURS) and not code.startswith(_LIBRARIES)
+        ours = code.startswith(_OURS) and not code.startswith(_LIBRARIES) and os.sep + "site-packages" not in code
         on_test_thread = threading.current_thread() is threading.main_thread()
         if not (ours or (on_test_thread and seconds > LIBRARY_POLL_S)):
             return

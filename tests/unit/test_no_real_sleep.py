@@ -1,15 +1,17 @@
 """The unit suite's guard against real sleeps (tests/unit/conftest.py): what it fails, what it lets pass."""
 
 import asyncio
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.unit import conftest
 from tests.unit.fake_time import FakeClock, run_virtual
 
-LIBRARY = str(conftest.REPO_ROOT / ".venv" / "lib" / "a_library.py")
+LIBRARY = str(Path(sys.prefix).resolve() / "lib" / "python3" / "site-packages" / "a_library.py")
 
 
 def frame_in(filename: str):
