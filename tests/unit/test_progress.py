@@ -162,7 +162,7 @@ def test_the_line_never_wraps_on_a_narrow_terminal(monkeypatch, clock):
     with StageProgress("benchmark", {"load": 1}, stream=terminal, artifact=False, every=0.02) as progress:
         clock.until_waiting(1)
         progress.phase("load", "load: a description far longer than forty columns of terminal")
-        clock.advance(0.2)
+        clock.advance(0.21)
     drawn = [part for part in terminal.getvalue().split(CLEAR) if part]
     assert len(drawn) == 10 and all(len(part) < 40 for part in drawn)  # one every 20 ms
 

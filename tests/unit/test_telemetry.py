@@ -79,7 +79,7 @@ def test_cuda_adapter_asks_nvidia_smi_its_query(stand_ins_on_path, monkeypatch, 
     monkeypatch.setenv("STAND_IN_GPUS", "2")
     with Telemetry(_server(), "cuda", period=0.05) as sampler:
         clock.until_waiting(1)  # the sampler, waiting for its first period
-        clock.advance(0.1)  # two periods: nvidia-smi asked twice
+        clock.advance(0.12)  # two periods: nvidia-smi asked twice
     used = sampler.accelerator()
     assert used.kind == "cuda" and used.samples == 2 and used.note is None
     assert used.utilization_pct_mean == pytest.approx(63.0) and set(used.per_unit_pct) == {"0", "1"}
@@ -110,7 +110,7 @@ def test_cpu_adapter_and_memory_follow_torchserve_processes_by_role(monkeypatch,
         server = SimpleNamespace(processes=[SimpleNamespace(alive=lambda: psutil.Process(worker.pid))])
         with Telemetry(server, "cpu", period=0.1) as sampler:
             clock.until_waiting(1)
-            clock.advance(0.4)  # four periods
+            clock.advance(0.45)  # four periods
     finally:
         worker.kill()
         worker.wait()
