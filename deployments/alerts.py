@@ -77,7 +77,9 @@ def save_webhook(url: str, block_name: str = BLOCK_NAME) -> UUID:
         json_data={"text": "{{subject}}\n{{body}}", "subject": "{{subject}}", "body": "{{body}}"},
         secrets={"webhook_url": url},
     )
-    return block.save(block_name, overwrite=True)
+    saved = block.save(block_name, overwrite=True)
+    assert isinstance(saved, UUID)  # called outside an event loop, Prefect's dispatch saves at once
+    return saved
 
 
 def block_id(block_name: str = BLOCK_NAME) -> UUID | None:

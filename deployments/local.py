@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from uuid import UUID
 
 import httpx
@@ -75,17 +76,20 @@ def prefect_env(state: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _script(name: str):
+def _script(name: str) -> ModuleType:
     """deployments/<name>.py as a module, loaded by path (deployments/ is scripts, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"bert_validation_{name}", ROOT / "deployments" / f"{name}.py")
+    path = ROOT / "deployments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bert_validation_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _postgres():
+def _postgres() -> ModuleType:
     return _script("postgres")
 
 

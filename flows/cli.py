@@ -57,7 +57,8 @@ def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[
 
 def flag_of(field: FieldInfo) -> str | None:
     extra = field.json_schema_extra
-    return extra.get("flag") if isinstance(extra, dict) else None
+    flag = extra.get("flag") if isinstance(extra, dict) else None
+    return flag if isinstance(flag, str) else None
 
 
 def add_config_file_option(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary["status"] == "ok" else 1
 
 
-def _temporary_api_fails_fast():
+def _temporary_api_fails_fast() -> contextlib.AbstractContextManager[object]:
     """Without PREFECT_API_URL the run uses a temporary API server, a child in this terminal's process
     group: a Ctrl-C stops it too, and Prefect's client would retry it for ~30 s. Don't retry it."""
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 # No network on many validation hosts: Prefect must not try to phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum, frame):
+def _terminated(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the step stops and TorchServe is stopped
 
 

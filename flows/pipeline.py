@@ -41,9 +41,11 @@ from flows.stages import (
     stop_stale_task,
     trace_task,
 )
-from tasks.common.config import load_config, resolve_serving
+from tasks.common.config import ResolvedServing, RunConfig, load_config, resolve_serving
 from tasks.common.parameters import RunSettings, given, merged
 from tasks.measure.benchmark import accuracy_of, raise_if_regressed
+from tasks.prepare.archive import Archive
+from tasks.prepare.trace import TracedModel
 from tasks.verify.checks import raise_if_failed
 
 # A PipelineError (the input, the host) is logged by Prefect's engines as its message and fix; a bug keeps its
@@ -79,6 +81,7 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
                 mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
                                     resolved.backend)
                 run.model_info = mar.info
+            assert mar is not None  # built above, or brought with --mar just now
             run.server = start_task(serving, resolved, mar.model_store, run.dir / "server")
             ping_task(run.server, serving.startup_timeout)
         with run.stage("register"):
@@ -101,7 +104,7 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
     return run.summary
 
 
-def stop_stale_servers(run: Run, config, resolved) -> None:
+def stop_stale_servers(run: Run, config: RunConfig, resolved: ResolvedServing) -> None:
     """Stop what a crashed night left serving, in the run's first stage: on Neuron its workers still hold
     the NeuronCores that tonight's compile and parity child needs -- until a moment after they exit, so
     the cores are waited for (and a process that is not ours holding them is named, before any work)."""
@@ -111,7 +114,7 @@ def stop_stale_servers(run: Run, config, resolved) -> None:
         ensure_free_task(resolved.initial_workers)
 
 
-def build(run: Run, config, resolved) -> tuple:
+def build(run: Run, config: RunConfig, resolved: ResolvedServing) -> tuple[TracedModel | None, Archive | None]:
     """Stale servers stopped, then trace -> archive, or what the user brought: --traced PATH.pt skips trace,
     --mar PATH.mar skips both (the .mar is then taken into the model store at start). A brought .mar has no
     graph this run can load in-process, so its TracedModel is None (no ceiling, no bucket comparison)."""

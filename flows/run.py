@@ -18,6 +18,8 @@ from __future__ import annotations
 import signal
 from datetime import datetime, timezone
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from prefect import get_run_logger
@@ -31,6 +33,19 @@ from tasks.report.events import emit_regression, run_page
 from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
 from tasks.serve.server import Server, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from prefect import Flow
+    from prefect.client.schemas.objects import FlowRun, State
+
+    from serving.contract import ModelInfo
+    from tasks.common.config import ChecksConfig
+    from tasks.measure.buckets import BucketComparison
+    from tasks.measure.results import BenchmarkResult
+    from tasks.serve.placement import CoreMap, GpuMap
+    from tasks.verify.checks import CheckResult
 
 
 def interruption(error: BaseException | None) -> str | None:
@@ -54,18 +69,19 @@ class Run:
         self.dir = new_run_dir(config.runs_dir)
         self.stages = Stages()
         self.server: Server | None = None
-        self.checks: list = []
-        self.benchmark = None
-        self.buckets = None
-        self.model_info = None  # the traced model's facts (compiler arguments, parity) once trace is done
-        self.core_map = None  # neuron: which worker holds which NeuronCore, once registered
-        self.gpu_map = None  # cuda: which GPU each worker was given, once registered
-        self.trace_cache = None  # the compile cache's verdict: hit or miss, seconds saved
-        self.summary: dict | None = None
+        self.checks: list[CheckResult] = []
+        self.benchmark: BenchmarkResult | None = None
+        self.buckets: BucketComparison | None = None
+        # the traced model's facts (compiler arguments, parity) once trace is done
+        self.model_info: ModelInfo | None = None
+        self.core_map: CoreMap | None = None  # neuron: which worker holds which NeuronCore, once registered
+        self.gpu_map: GpuMap | None = None  # cuda: which GPU each worker was given, once registered
+        self.trace_cache: dict | None = None  # the compile cache's verdict: hit or miss, seconds saved
+        self.summary: dict = {}  # summary.json's content, once written (on the way out)
         self.interrupted: str | None = None  # how the run was stopped from outside, if it was
         self.stopped: dict | None = None  # what stop did: processes stopped, escalated
 
-    def stage(self, name: str):
+    def stage(self, name: str) -> AbstractContextManager[None]:
         return self.stages.run(name)
 
     @property
@@ -80,7 +96,8 @@ class Run:
             self.log.warning(warning)
         return self
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> Literal[False]:
         self.interrupted = interruption(error)
         stop_error, again = self._stop()
         self._report()
@@ -95,7 +112,7 @@ class Run:
             raise StageFailed(self.stages) from stop_error
         if isinstance(error, Exception) and self.stages.failed():
             raise StageFailed(self.stages) from error  # the Failed state then names the stage
-        if self.keep_serving:
+        if self.keep_serving and self.server is not None:
             self.log.info("TorchServe kept serving at %s; stop it with: python -m flows.stop",
                           self.server.inference_url)
         return False
@@ -116,19 +133,19 @@ class Run:
             self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted)
         try:
             with self.stage("stop"):
-                self._stop_surely(again)
+                self._stop_surely(self.server, again)
         except Exception as error:  # recorded; raised once the summary and artifacts are out
-            return error, (again or [None])[0]
-        return None, (again or [None])[0]
+            return error, again[0] if again else None
+        return None, again[0] if again else None
 
-    def _stop_surely(self, again: list[BaseException]) -> None:
+    def _stop_surely(self, server: Server, again: list[BaseException]) -> None:
         while True:
             try:
                 try:
                     if again or self.interrupted:
-                        self.stopped = stop_server(self.server, **({"grace": 0.0} if again else {}))
+                        self.stopped = stop_server(server, **({"grace": 0.0} if again else {}))
                     else:
-                        self.stopped = stop_task(self.server)
+                        self.stopped = stop_task(server)
                     return
                 except INTERRUPTS as signalled:
                     again.append(signalled)
@@ -149,7 +166,7 @@ class Run:
             {"run_dir": str(self.dir), "resolved": self.resolved.model_dump(), "kept_serving": self.keep_serving,
              "security": {"token_auth": serving.token_auth, "address": serving.address,
                           "warnings": serving.security_warnings()},
-             "server": _server_facts(self.server) if self.keep_serving else None,
+             "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
              "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
              "model": _model_facts(self.model_info, self.config.checks),
              "trace": self.trace_cache,
@@ -195,7 +212,7 @@ class Run:
         return f"interrupted by {self.interrupted}{during}: {done}; summary: {self.dir / 'summary.json'}"
 
 
-def stop_what_the_run_left(flow, flow_run, state) -> None:
+def stop_what_the_run_left(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """on_cancellation / on_crashed hook: stop a TorchServe whose run was killed before it could.
 
     For a cancellation through a worker Prefect runs this in the worker, once the run's process has
@@ -224,7 +241,7 @@ def _api_answers() -> bool:
         return False
 
 
-def _model_facts(info, checks) -> dict | None:
+def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> dict | None:
     """What the graphs were compiled with and the parity they were held to (casting loosens it)."""
     if info is None:
         return None

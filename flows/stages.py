@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -26,6 +28,10 @@ from tasks.serve.register import register
 from tasks.serve.server import start, stop, stop_stale, wait_healthy
 from tasks.verify.checks import run_checks
 
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
+
 # In the order a run goes through them; "stop" runs whatever happened before it.
 STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "compare-buckets", "stop"]
 
@@ -34,7 +40,7 @@ STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "compar
 INTERRUPTS = (KeyboardInterrupt, TerminationSignal)
 
 
-def retry_when_retryable(task, task_run, state) -> bool:
+def retry_when_retryable(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry what the stage's error calls a race (connection refused, 5xx while TorchServe starts);
     a refusal such as a 4xx, or a worker that cannot load the model, is a verdict."""
     try:
@@ -45,22 +51,22 @@ def retry_when_retryable(task, task_run, state) -> bool:
 
 
 # A stage's inputs hold live servers and paths of this run: nothing to cache across runs.
-trace_task = task(trace, name="trace", cache_policy=NO_CACHE)
-archive_task = task(archive, name="archive", cache_policy=NO_CACHE)
-from_traced_task = task(from_traced, name="bring-traced", cache_policy=NO_CACHE)
-from_mar_task = task(from_mar, name="bring-mar", cache_policy=NO_CACHE)
-stop_stale_task = task(stop_stale, name="stop-stale", cache_policy=NO_CACHE)
-start_task = task(start, name="start", cache_policy=NO_CACHE)
-ping_task = task(wait_healthy, name="wait-healthy", cache_policy=NO_CACHE)
-register_task = task(register, name="register", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
-                     retry_condition_fn=retry_when_retryable)
-check_task = task(run_checks, name="check", cache_policy=NO_CACHE)
-benchmark_task = task(benchmark, name="benchmark", cache_policy=NO_CACHE)
-compare_buckets_task = task(compare_buckets, name="compare-buckets", cache_policy=NO_CACHE)
-stop_task = task(stop, name="stop", cache_policy=NO_CACHE)
-core_map_task = task(core_map, name="core-map", cache_policy=NO_CACHE)
-gpu_map_task = task(gpu_map, name="gpu-map", cache_policy=NO_CACHE)
-ensure_free_task = task(ensure_free, name="cores-free", cache_policy=NO_CACHE)
+trace_task = task(name="trace", cache_policy=NO_CACHE)(trace)
+archive_task = task(name="archive", cache_policy=NO_CACHE)(archive)
+from_traced_task = task(name="bring-traced", cache_policy=NO_CACHE)(from_traced)
+from_mar_task = task(name="bring-mar", cache_policy=NO_CACHE)(from_mar)
+stop_stale_task = task(name="stop-stale", cache_policy=NO_CACHE)(stop_stale)
+start_task = task(name="start", cache_policy=NO_CACHE)(start)
+ping_task = task(name="wait-healthy", cache_policy=NO_CACHE)(wait_healthy)
+register_task = task(name="register", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
+                     retry_condition_fn=retry_when_retryable)(register)
+check_task = task(name="check", cache_policy=NO_CACHE)(run_checks)
+benchmark_task = task(name="benchmark", cache_policy=NO_CACHE)(benchmark)
+compare_buckets_task = task(name="compare-buckets", cache_policy=NO_CACHE)(compare_buckets)
+stop_task = task(name="stop", cache_policy=NO_CACHE)(stop)
+core_map_task = task(name="core-map", cache_policy=NO_CACHE)(core_map)
+gpu_map_task = task(name="gpu-map", cache_policy=NO_CACHE)(gpu_map)
+ensure_free_task = task(name="cores-free", cache_policy=NO_CACHE)(ensure_free)
 
 
 class StageRecord(BaseModel):
@@ -78,7 +84,7 @@ class Stages:
         self.records = {name: StageRecord(name=name) for name in names}
 
     @contextlib.contextmanager
-    def run(self, name: str):
+    def run(self, name: str) -> Iterator[None]:
         started = time.monotonic()
         record = self.records[name]
         try:

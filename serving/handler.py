@@ -121,6 +121,7 @@ def pin_neuron_core(gpu_id) -> int | None:
     gpu_id); elsewhere TorchServe's gpu_id when it gives one (number_of_gpu > 0); else the runtime picks
     a free core (NEURON_RT_NUM_CORES=1, no visible cores named)."""
     claims, cores = os.environ.get(CORE_CLAIMS_ENV), os.environ.get(NEURON_CORES_ENV)
+    core: int | None
     if claims and cores:
         core = claim_core(Path(claims), int(cores), os.getpid())
     else:
@@ -218,7 +219,9 @@ class ParaphraseHandler(BaseHandler):
         for index, message in data.errors.items():
             self.context.set_response_status(code=400, phrase=message, idx=index)
             answers[index] = {"error": message}
-        results = predictions(data.scores, len(data.indices), self.class_names) if data.indices else []
+        # Scores are there whenever a request reached the model (inference ran on data.inputs).
+        results = (predictions(data.scores, len(data.indices), self.class_names)
+                   if data.indices and data.scores is not None else [])
         for index, result, cut in zip(data.indices, results, data.truncated, strict=True):
             if result is None:
                 message = "the model returned NaN or Inf scores for this request"

@@ -77,7 +77,9 @@ class Browser:
             self.close()
             raise
 
-    def call(self, method: str, **params) -> dict:
+    def call(self, method: str, **params: object) -> dict:
+        if self.socket is None:
+            raise RuntimeError(f"{method}: the browser is closed")
         self.calls += 1
         self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}))
         while True:  # events arrive in between; skip them

@@ -134,16 +134,20 @@ def neuron_ls() -> NeuronListing | None:
         try:
             done = subprocess.run([path, flag], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as error:
-            return _unanswered(f"{path} {flag}", f"{type(error).__name__}: {error}")
+            _unanswered(f"{path} {flag}", f"{type(error).__name__}: {error}")
+            return None
         if done.returncode == 0:
             listing = _parse_listing(done.stdout, f"neuron-ls {flag}")
             if listing is not None:
                 return listing
-            return _unanswered(f"{path} {flag}", f"its output is not JSON: {done.stdout.strip()[:200]!r}")
+            _unanswered(f"{path} {flag}", f"its output is not JSON: {done.stdout.strip()[:200]!r}")
+            return None
         if not UNKNOWN_OPTION.search(done.stderr + done.stdout):
             said = (done.stderr.strip() or done.stdout.strip())[-300:]
-            return _unanswered(f"{path} {flag}", f"exit status {done.returncode}: {said!r}")
-    return _unanswered(str(path), f"it refuses both {' and '.join(NEURON_LS_FLAGS)}")
+            _unanswered(f"{path} {flag}", f"exit status {done.returncode}: {said!r}")
+            return None
+    _unanswered(str(path), f"it refuses both {' and '.join(NEURON_LS_FLAGS)}")
+    return None
 
 
 def _unanswered(command: str, why: str) -> None:
@@ -151,7 +155,6 @@ def _unanswered(command: str, why: str) -> None:
     stage_logger(__name__).warning(
         "%s did not answer (%s): going on without its listing -- NeuronCores are counted from the instance type, "
         "and the processes holding them are not checked", command, why)
-    return None
 
 
 def _parse_listing(text: str, source: str) -> NeuronListing | None:

@@ -21,11 +21,12 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tasks.common.config import REPO_ROOT
 from tasks.common.errors import PipelineError
+from tasks.common.runlog import Log
 from tasks.common.tools import with_environment_bin
 
 
@@ -33,7 +34,7 @@ class ChildError(PipelineError):
     """A child process failed without a PipelineError of its own (a crash, a kill, a bug)."""
 
 
-def run(module: str, request: dict, error: type[PipelineError] = ChildError, log: logging.Logger | None = None,
+def run(module: str, request: dict, error: type[PipelineError] = ChildError, log: Log | None = None,
         env: dict[str, str] | None = None, timeout: float | None = None,
         known: tuple[type[PipelineError], ...] = ()) -> dict:
     """Run `python -m module` on request; return its result, or raise `error` with the child's message
@@ -84,7 +85,7 @@ def one_core_env() -> dict[str, str]:
     return {**without_neuron_runtime_settings(), "NEURON_RT_NUM_CORES": "1"}
 
 
-def _stream(pipe, log, module: str, lines: list[str]) -> None:
+def _stream(pipe: Iterable[str], log: Log, module: str, lines: list[str]) -> None:
     for line in pipe:
         line = line.rstrip()
         lines.append(line)

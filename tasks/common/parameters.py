@@ -70,7 +70,10 @@ def config_field(dotted: str, model: type[BaseModel] = RunConfig) -> FieldInfo:
     """RunConfig's field at a dotted key such as "serving.batch_size"."""
     *sections, leaf = dotted.split(".")
     for section in sections:
-        model = model.model_fields[section].annotation
+        annotation = model.model_fields[section].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise KeyError(f"{dotted}: {section} is not a section of {model.__name__}")
+        model = annotation
     return model.model_fields[leaf]
 
 
@@ -104,7 +107,7 @@ def _setting(dotted: str, defaults: RunConfig) -> tuple[Any, Any]:
     """(annotation, Field) of one setting: the RunConfig field's type and constraints, or None."""
     field = config_field(dotted)
     # The field's own ge/le/gt travel in its metadata; Annotated keeps them on the non-empty value.
-    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    kind: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
     description = (f"{field.description}. Empty: the config file's {dotted} "
                    f"({DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)}: {shown(value_at(defaults, dotted))})")
     return kind | None, Field(None, description=description)
@@ -168,13 +171,8 @@ class RunSettings(_Settings):
 def _settings_model(declared: type[RunSettings]) -> type[RunSettings]:
     """`declared` with each field's type, constraints and description taken from its RunConfig field."""
     defaults = file_defaults()
-    return create_model(
-        "RunSettings",
-        __base__=declared,
-        __doc__=declared.__doc__,
-        __module__=__name__,
-        **{name: _setting(dotted, defaults) for name, dotted in SETTINGS.items()},
-    )
+    fields: dict[str, Any] = {name: _setting(dotted, defaults) for name, dotted in SETTINGS.items()}
+    return create_model("RunSettings", __base__=declared, __doc__=declared.__doc__, __module__=__name__, **fields)
 
 
 if not TYPE_CHECKING:  # a run's RunSettings: the declaration above, constrained (the type checker sees it bare)
@@ -193,12 +191,12 @@ def as_overrides(settings: BaseModel | dict | None) -> dict[str, Any]:
 
 def merged(settings: BaseModel | dict | None, overrides: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """(the dotted overrides a run applies, lines naming each override a setting replaced)."""
-    from_settings = as_overrides(settings)
+    from_settings, overrides = as_overrides(settings), overrides or {}
     replaced = [f"settings.{name} = {from_settings[dotted]!r} replaces overrides[{dotted!r}] = {overrides[dotted]!r}"
                 for name, dotted in SETTINGS.items()
-                if dotted in from_settings and dotted in (overrides or {})
+                if dotted in from_settings and dotted in overrides
                 and overrides[dotted] is not None and overrides[dotted] != from_settings[dotted]]
-    return {**(overrides or {}), **from_settings}, replaced
+    return {**overrides, **from_settings}, replaced
 
 
 def given(settings: BaseModel | dict | None) -> dict[str, Any]:

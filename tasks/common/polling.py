@@ -41,7 +41,7 @@ class TimedOut(PipelineError):
 
 
 def wait_until(
-    check: Callable[[], T],
+    check: Callable[[], T | Pending],
     timeout: float,
     what: str,
     *,
@@ -59,7 +59,7 @@ def wait_until(
     delay = first
     while True:
         result = check()
-        if result:
+        if result and not isinstance(result, Pending):  # a Pending is never done
             return result
         left = deadline - time.monotonic()
         if left <= 0:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 
+# What a stage logs to: either of the two below (Prefect's run logger is an adapter).
+Log = logging.Logger | logging.LoggerAdapter
 
-def stage_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
+
+def stage_logger(name: str) -> Log:
     try:
         from prefect import get_run_logger
         from prefect.exceptions import MissingContextError

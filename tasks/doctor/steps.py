@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from serving.claims import NEURON_CORE_REFUSED
 from tasks.common import child, tools
@@ -27,6 +28,14 @@ from tasks.common.errors import PipelineError
 from tasks.common.processes import group_members
 from tasks.common.versions import package_versions
 from tasks.doctor.runner import Check, NotApplicable
+
+if TYPE_CHECKING:
+    from tasks.measure.telemetry import NeuronMonitor
+    from tasks.prepare.archive import Archive
+    from tasks.prepare.trace import TracedModel
+    from tasks.serve.server import Server
+
+T = TypeVar("T")
 
 # The doctor's small shape: compiles in seconds, and still runs every stage of the night.
 BATCH_SIZE, MAX_LENGTH = 1, 16
@@ -66,7 +75,9 @@ class Doctor:
         # The graphs and the .mar are big and worth nothing after the doctor: a directory of their own, removed.
         self.work = Path(tempfile.mkdtemp(prefix="doctor-work-"))
         self.resolved: ResolvedServing | None = None
-        self.traced = self.mar = self.server = None
+        self.traced: TracedModel | None = None
+        self.mar: Archive | None = None
+        self.server: Server | None = None
         self.cores_were_free = False  # neuron-ls found no holder before the doctor took a core
 
     def checks(self) -> list[Check]:
@@ -90,6 +101,23 @@ class Doctor:
     @property
     def backend_name(self) -> str:
         return self.resolved.backend if self.resolved else self.requested
+
+    # What an earlier check made: a check's needs= ran that one first.
+    @property
+    def sized(self) -> ResolvedServing:
+        return _made(self.resolved, "backend")
+
+    @property
+    def compiled(self) -> TracedModel:
+        return _made(self.traced, "compile")
+
+    @property
+    def archived(self) -> Archive:
+        return _made(self.mar, "serve")
+
+    @property
+    def started(self) -> Server:
+        return _made(self.server, "serve")
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -154,7 +182,7 @@ class Doctor:
             raise DoctorError(f"{path} does not answer as user {_user()} (neither --json-output nor -j)",
                               fix=f"run {path} --json-output as {_user()}: it needs the Neuron driver loaded "
                               "and read access to /dev/neuron*")
-        cores.ensure_free(self.resolved.initial_workers)
+        cores.ensure_free(self.sized.initial_workers)
         self.cores_were_free = True
         return f"{listing.source} ({path}): {listing.cores} NeuronCores; no process holds a core the workers need"
 
@@ -179,7 +207,7 @@ class Doctor:
 
         self._neuron_only()
         started = time.monotonic()
-        cores.ensure_free(self.resolved.initial_workers)
+        cores.ensure_free(self.sized.initial_workers)
         return f"the compile child's NeuronCore was released ({time.monotonic() - started:.1f} s after it exited)"
 
     def second_loader_refused(self) -> str:
@@ -190,9 +218,9 @@ class Doctor:
 
         self._neuron_only()
         pairs = [(seq_0, seq_1) for seq_0, seq_1, _ in load_golden(self._golden_file())[:2]]
-        holder = _hold_core(self.traced.model_dir, 0)
+        holder = _hold_core(self.compiled.model_dir, 0)
         try:
-            measure(self.traced.model_dir, pairs, 1, 1, seconds=0.1, neuron_core=0)
+            measure(self.compiled.model_dir, pairs, 1, 1, seconds=0.1, neuron_core=0)
         except CeilingUnavailable as refused:
             if not NEURON_CORE_REFUSED.search(refused.message):
                 raise DoctorError(f"the second loader failed, but not in words the pipeline recognises: "
@@ -214,12 +242,12 @@ class Doctor:
         from tasks.serve.register import register
         from tasks.serve.server import start, wait_healthy
 
-        self.mar = archive(self.traced, self.work / "model_store")
-        self.server = start(self.serving, self.resolved, self.mar.model_store, self.out_dir / "server")
-        waited = wait_healthy(self.server, self.serving.startup_timeout)
-        workers = self.resolved.initial_workers
-        register(self.server, self.mar, max_batch_delay=5, workers=workers, timeout=REGISTER_TIMEOUT_S)
-        return (f"{self.mar.mar_file.name}; TorchServe Healthy in {waited:.1f} s; {workers} workers READY"
+        self.mar = mar = archive(self.compiled, self.work / "model_store")
+        self.server = server = start(self.serving, self.sized, mar.model_store, self.out_dir / "server")
+        waited = wait_healthy(server, self.serving.startup_timeout)
+        workers = self.sized.initial_workers
+        register(server, mar, max_batch_delay=5, workers=workers, timeout=REGISTER_TIMEOUT_S)
+        return (f"{mar.mar_file.name}; TorchServe Healthy in {waited:.1f} s; {workers} workers READY"
                 f"{self._placement()}; {self._answer()}")
 
     def worker_replaced(self) -> str:
@@ -227,13 +255,13 @@ class Doctor:
         from tasks.serve.placement import ready_worker_pids
         from tasks.serve.register import wait_replaced
 
-        name, workers = self.mar.model_name, self.resolved.initial_workers
-        ready = ready_worker_pids(self.server, name)
+        name, workers, server = self.archived.model_name, self.sized.initial_workers, self.started
+        ready = ready_worker_pids(server, name)
         if not ready:
             raise DoctorError(f"{name} has no READY worker to kill", fix="read server/logs/model_log.log")
         started = time.monotonic()
         os.kill(ready[0], signal.SIGKILL)
-        new = sorted(set(wait_replaced(self.server, name, ready[0], workers, timeout=REPLACE_TIMEOUT_S)) - set(ready))
+        new = sorted(set(wait_replaced(server, name, ready[0], workers, timeout=REPLACE_TIMEOUT_S)) - set(ready))
         return (f"killed worker pid {ready[0]}; replaced by pid {', '.join(map(str, new)) or '?'} in "
                 f"{time.monotonic() - started:.1f} s{self._placement()}; {self._answer()}")
 
@@ -275,7 +303,7 @@ class Doctor:
         else:
             done.append("no TorchServe was started")
         if self.backend_name == "neuron" and self.cores_were_free:
-            cores.ensure_free(self.resolved.initial_workers)  # waits for the release of what the doctor ran
+            cores.ensure_free(self.sized.initial_workers)  # waits for the release of what the doctor ran
             done.append("no process holds a NeuronCore")
         elif self.backend_name == "neuron":
             done.append("NeuronCores not checked: they were not free before the doctor began (see neuron-ls)")
@@ -291,11 +319,11 @@ class Doctor:
         from tasks.serve import placement
 
         if self.backend_name == "neuron":
-            held = placement.core_map(self.server, self.mar.model_name, self.resolved.initial_workers).cores
+            held = placement.core_map(self.started, self.archived.model_name, self.sized.initial_workers).cores
             return "; cores " + ", ".join(f"{core}: pid {pid}" for core, pid in held.items())
         if self.backend_name == "cuda":
             return "; GPUs " + ", ".join(f"pid {pid}: {gpu}" for pid, gpu in
-                                         placement.gpu_map(self.server, self.mar.model_name).workers.items())
+                                         placement.gpu_map(self.started, self.archived.model_name).workers.items())
         return ""
 
     def _answer(self) -> str:
@@ -304,7 +332,7 @@ class Doctor:
         from tasks.verify.pairs import load_golden
 
         pair = min(load_golden(self._golden_file()), key=lambda p: len(p[0]) + len(p[1]))
-        inference = Inference(self.server, self.mar.model_name, self.mar.info.class_names)
+        inference = Inference(self.started, self.archived.model_name, self.archived.info.class_names)
         try:
             answer = inference.send(*pair)
         finally:
@@ -314,6 +342,12 @@ class Doctor:
                               f"{answer.status_code} {answer.answer!r}",
                               fix="read server/logs/model_log.log in the report's directory")
         return f"{pair[0]!r} / {pair[1]!r} -> {answer.answer} ({answer.latency_ms:.0f} ms)"
+
+
+def _made(value: T | None, check: str) -> T:
+    if value is None:
+        raise RuntimeError(f"the {check} check has not run")  # a bug: the checks' needs= order them
+    return value
 
 
 def _import_all() -> None:
@@ -348,6 +382,7 @@ def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
     with tempfile.TemporaryFile("w+") as said:
         holder = subprocess.Popen([sys.executable, "-c", HOLD, str(model_dir)], env=env, cwd=REPO_ROOT,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=said, text=True)
+        assert holder.stdout is not None  # stdout=PIPE
         ready, _, _ = select.select([holder.stdout], [], [], HOLDER_START_S)
         if ready and holder.stdout.readline().strip() == "held":
             return holder
@@ -360,12 +395,14 @@ def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
 def _release(holder: subprocess.Popen) -> None:
     from tasks.common.processes import end
 
-    holder.stdin.close()
+    if holder.stdin is not None:
+        holder.stdin.close()
     end(holder, grace=10)
-    holder.stdout.close()
+    if holder.stdout is not None:
+        holder.stdout.close()
 
 
-def _neuron_monitor(monitor) -> str:
+def _neuron_monitor(monitor: NeuronMonitor) -> str:
     """One neuron-monitor report within MONITOR_WAIT_S, then stopped."""
     from tasks.common.polling import TimedOut, wait_until
 

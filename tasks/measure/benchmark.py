@@ -33,10 +33,10 @@ import math
 import time
 from pathlib import Path
 
-from tasks.common.config import REPO_ROOT
+from tasks.common.config import REPO_ROOT, BenchmarkConfig, ResolvedServing, RunConfig
 from tasks.common.errors import PipelineError
 from tasks.common.progress import StageProgress
-from tasks.common.runlog import stage_logger
+from tasks.common.runlog import Log, stage_logger
 from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figures, loadgen, regression
 from tasks.measure.capacity import Capacity, Search, poisson_steps
@@ -46,6 +46,8 @@ from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
 from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
+from tasks.serve.server import Server
+from tasks.verify.checks import CheckResult
 from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
 
 DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
@@ -98,7 +100,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def measure_ceiling(server, model_dir: Path, pairs, resolved, seconds: float, log,
+def measure_ceiling(server: Server, model_dir: Path, pairs: list[tuple[str, str]], resolved: ResolvedServing,
+                    seconds: float, log: Log,
                     windows: int = 1) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
     """The ceiling; a NoCeiling saying why when this host cannot measure it; None when not asked for."""
     if seconds <= 0:
@@ -116,7 +119,7 @@ def measure_ceiling(server, model_dir: Path, pairs, resolved, seconds: float, lo
     return ceiling
 
 
-def client_capacity(pairs, settings, log) -> ClientCapacity | None:
+def client_capacity(pairs: list[tuple[str, str]], settings: BenchmarkConfig, log: Log) -> ClientCapacity | None:
     """The load generator alone against a trivial local endpoint, at settings.concurrency clients for
     settings.client_check_seconds s; None when that is 0."""
     if settings.client_check_seconds <= 0:
@@ -130,7 +133,8 @@ def client_capacity(pairs, settings, log) -> ClientCapacity | None:
                           seconds=trivial.seconds, latency_ms=trivial.latency())
 
 
-def _single_client(url: str, headers: dict, pairs, seconds: float, ceiling) -> SingleClient | None:
+def _single_client(url: str, headers: dict, pairs: list[tuple[str, str]], seconds: float,
+                   ceiling: ceiling_stage.Ceiling | None) -> SingleClient | None:
     if seconds <= 0:
         return None
     lone = loadgen.load(url, headers, pairs, concurrency=1, duration=seconds, progress_every=None)
@@ -142,7 +146,7 @@ def _single_client(url: str, headers: dict, pairs, seconds: float, ceiling) -> S
     )
 
 
-def planned_seconds(settings, resolved, ceiling: bool = True) -> dict[str, float]:
+def planned_seconds(settings: BenchmarkConfig, resolved: ResolvedServing, ceiling: bool = True) -> dict[str, float]:
     """The stage's parts and about how long each should take (s), in order: the progress's weights.
     A load of a count of requests has no planned duration: it is weighed as `duration` s."""
     workers, threads = resolved.initial_workers, resolved.threads_per_worker
@@ -158,15 +162,15 @@ def planned_seconds(settings, resolved, ceiling: bool = True) -> dict[str, float
     }
 
 
-def accuracy_of(checks) -> float | None:
+def accuracy_of(checks: list[CheckResult] | None) -> float | None:
     """The check stage's accuracy on checks.accuracy_file, when one was configured and scored."""
     found = next((c for c in checks or [] if c.name == "accuracy" and c.metrics), None)
     value = found.metrics.get("accuracy") if found else None
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_dir: Path,
-        log: logging.Logger | None = None, accuracy: float | None = None) -> BenchmarkResult:
+def run(server: Server, mar: Archive, traced: TracedModel | None, config: RunConfig, resolved: ResolvedServing,
+        run_dir: Path, log: Log | None = None, accuracy: float | None = None) -> BenchmarkResult:
     """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression.
     accuracy: the check stage's (accuracy_of(checks)), compared with earlier nights with the rest."""
     log = log or stage_logger(__name__)
@@ -191,7 +195,8 @@ def run(server, mar: Archive, traced: TracedModel | None, config, resolved, run_
     return bench
 
 
-def _measure(server, model_name: str, pairs, pool: str, traced, config, resolved, log, accuracy,
+def _measure(server: Server, model_name: str, pairs: list[tuple[str, str]], pool: str, traced: TracedModel | None,
+             config: RunConfig, resolved: ResolvedServing, log: Log, accuracy: float | None,
              progress: StageProgress) -> BenchmarkResult:
     """The stage's measurements, each part announced to `progress` as it starts."""
     settings = config.benchmark
@@ -213,7 +218,8 @@ def _no_phase(name: str, what: str | None = None) -> None:
     """measure_setting without a progress: nothing to announce."""
 
 
-def measure_setting(server, model_name: str, pairs, settings, resolved, log, *,
+def measure_setting(server: Server, model_name: str, pairs: list[tuple[str, str]], settings: BenchmarkConfig,
+                    resolved: ResolvedServing, log: Log, *,
                     ceiling: ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None = None,
                     client: ClientCapacity | None = None, progress: StageProgress | None = None) -> BenchmarkResult:
     """One serving setting, measured against the registered `model_name`: the load as `settings` (the
@@ -297,7 +303,8 @@ def _warnings(bench: BenchmarkResult) -> list[str]:
     return warnings
 
 
-def measure_capacity(url: str, headers: dict, pairs, settings, start_rate: float, log) -> Capacity:
+def measure_capacity(url: str, headers: dict, pairs: list[tuple[str, str]], settings: BenchmarkConfig,
+                     start_rate: float, log: Log) -> Capacity:
     """The capacity search (capacity.py), from the rate the load just served, within its own time budget."""
     search = settings.capacity
     measure = poisson_steps(url, headers, pairs, concurrency=settings.concurrency, bound_ms=search.bound_ms,
@@ -316,7 +323,7 @@ def measure_capacity(url: str, headers: dict, pairs, settings, start_rate: float
 
 def raise_if_regressed(bench: BenchmarkResult) -> None:
     """Fail the stage when the run regressed against earlier nights and regression_action is fail."""
-    if bench.regression_failed:
+    if bench.regression is not None and bench.regression_failed:
         raise BenchmarkError(f"regression: {bench.regression.message}", fix=REGRESSION_FIX)
 
 
@@ -327,7 +334,7 @@ def write_json(bench: BenchmarkResult, path: Path) -> Path:
     return path
 
 
-def write_chart(bench: BenchmarkResult, path: Path, log: logging.Logger | None = None) -> Path | None:
+def write_chart(bench: BenchmarkResult, path: Path, log: Log | None = None) -> Path | None:
     """benchmark.png: throughput and latency over time. A missing matplotlib costs the chart only."""
     try:
         from tasks.measure.charts import timeline_chart

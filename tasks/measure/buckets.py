@@ -11,19 +11,21 @@ While it runs, a progress artifact and a live terminal line follow it (tasks/com
 from __future__ import annotations
 
 import contextlib
-import logging
+from collections.abc import Callable, Iterator
 
 from pydantic import BaseModel
 
 from serving.contract import CLASS_NAMES
+from tasks.common.config import RunConfig
 from tasks.common.progress import StageProgress
-from tasks.common.runlog import stage_logger
+from tasks.common.runlog import Log, stage_logger
 from tasks.measure import loadgen
 from tasks.measure.benchmark import load_pool
 from tasks.prepare.archive import Archive, archive
 from tasks.prepare.trace import TracedModel
-from tasks.serve.clients import Inference
+from tasks.serve.clients import Inference, Prediction
 from tasks.serve.register import register, scale, unregister
+from tasks.serve.server import Server
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
 LABEL_SAMPLE = 60
@@ -47,7 +49,7 @@ class BucketComparison(BaseModel):
     labels_identical: int
 
 
-def _answers(server, model_name: str, pairs: list[tuple[str, str]]):
+def _answers(server: Server, model_name: str, pairs: list[tuple[str, str]]) -> list[Prediction]:
     inference = Inference(server, model_name, list(CLASS_NAMES))
     try:
         return inference.send_all([(a, b, "") for a, b in pairs], "bucket comparison", LABEL_CLIENTS)
@@ -56,7 +58,7 @@ def _answers(server, model_name: str, pairs: list[tuple[str, str]]):
 
 
 @contextlib.contextmanager
-def _afterwards(undo, log: logging.Logger):
+def _afterwards(undo: Callable[[], object], log: Log) -> Iterator[None]:
     """Run `undo` after the block, also when the block raised; then the block's error is the one raised.
     Not after an interrupt (Ctrl-C, SIGTERM): the stop stage ends the whole server, and promptly."""
     try:
@@ -70,8 +72,8 @@ def _afterwards(undo, log: logging.Logger):
     undo()
 
 
-def compare(server, bucketed: Archive, traced: TracedModel, config, workers: int,
-            log: logging.Logger | None = None) -> BucketComparison:
+def compare(server: Server, bucketed: Archive, traced: TracedModel, config: RunConfig, workers: int,
+            log: Log | None = None) -> BucketComparison:
     """The compare-buckets stage: the same graphs registered again narrowed to max_length (the
     tutorial's padding), then the same load against both; inferences/s and labels of both.
 
@@ -90,7 +92,8 @@ def compare(server, bucketed: Archive, traced: TracedModel, config, workers: int
     sample = pairs[:LABEL_SAMPLE]
     options = dict(mode=settings.mode, concurrency=settings.concurrency, duration=settings.compare_seconds,
                    rate=settings.rate, warmup=settings.warmup, progress_every=settings.progress_every)
-    results, labels = {}, {}
+    results: dict[str, loadgen.LoadResult] = {}
+    labels: dict[str, list[str]] = {}
 
     def measure(name: str) -> None:
         progress.phase(name, f"load on {name}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from tasks.measure.results import BenchmarkResult
@@ -59,14 +60,14 @@ def _of(section: Callable[[BenchmarkResult], Any], read: Callable[[Any], Value])
 
 def _latency(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
     """p50, p90, p95, p99, mean, max of a LatencyMs."""
-    return tuple(Figure(f"{prefix} {key}", _of(section, lambda lat, key=key: getattr(lat, key)), "ms", False,
+    return tuple(Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False,
                         f"{label}{key}", ".0f") for key in ("p50", "p90", "p95", "p99", "mean", "max"))
 
 
 def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
     """count, p50, p90, p95, p99, mean, max of a Stat of TorchServe's times (ms) over the measured window."""
     count = Figure(f"{prefix} count", _of(section, lambda stat: stat.count), label=f"{label} count", fmt="d")
-    return (count, *(Figure(f"{prefix} {key}", _of(section, lambda stat, key=key: getattr(stat, key)), "ms", False,
+    return (count, *(Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False,
                             f"{label} {key}", ".0f") for key in ("p50", "p90", "p95", "p99", "mean", "max")))
 
 

@@ -45,6 +45,8 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
+from tasks.common.runlog import Log
+
 DEFAULT_PROGRESS_EVERY = 5.0  # s
 
 
@@ -272,7 +274,7 @@ class LoadGenerator:
     def __init__(self, url: str, headers: dict | None, pairs: list[tuple[str, str]], *, mode: str = "closed",
                  concurrency: int = 64, duration: float = 30.0, requests: int | None = None,
                  rate: float | None = None, arrivals: str = "fixed", seed: int = 0, warmup: float = 0.0,
-                 progress_every: float | None = DEFAULT_PROGRESS_EVERY, log: logging.Logger | None = None,
+                 progress_every: float | None = DEFAULT_PROGRESS_EVERY, log: Log | None = None,
                  label: str = "benchmark", timeout: float = 120.0, max_backlog: int | None = None,
                  on_progress: Callable[[LoadProgress], None] | None = None):
         if mode not in ("closed", "open"):

@@ -28,8 +28,9 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
@@ -53,6 +54,9 @@ from tasks.measure.figures import (
     Figure,
 )
 from tasks.measure.results import BenchmarkResult, Moved, Regression
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 BUSY_SHARE = 0.1  # other work using more than this share of the host's CPUs: figures unreliable
 POOL = 200  # earlier runs read at most (the API's page): the newest comparable ones are among them
@@ -113,7 +117,7 @@ def fingerprint(config, resolved) -> str:
 # --- a busy host -------------------------------------------------------------------------------
 
 
-def _number(value) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -159,7 +163,7 @@ def _number_or_none(value) -> float | None:
     return float(value) if _number(value) and not np.isnan(value) else None
 
 
-def compare(current: Mapping, history: list[Mapping], tolerance: float, action: str = "warn",
+def compare(current: Mapping, history: Sequence[Mapping], tolerance: float, action: str = "warn",
             tolerances: Mapping[str, float] | None = None) -> Regression:
     """The verdict on `current` against the medians of `history` (newest first, already chosen);
     both are {figure name: value}, as figures.values and figures_of give them."""
@@ -213,7 +217,7 @@ def _same(a, b) -> bool:
 class Earlier:
     """An earlier flow run of this deployment and its artifacts' data by kind (tasks/common/keys.py)."""
 
-    run: object  # prefect's FlowRun: name, state, start_time, parameters
+    run: FlowRun  # name, state, start_time, parameters
     artifacts: dict
 
 
@@ -283,7 +287,8 @@ def earlier_runs(kinds: tuple[str, ...], limit: int, suffix: str | None = None, 
                 limit=200,
             )
             for artifact in artifacts:
-                if artifact.key in wanted or (not suffix and artifact.key.startswith(f"{kind}-{keys.ADHOC}-")):
+                key = artifact.key or ""
+                if key in wanted or (not suffix and key.startswith(f"{kind}-{keys.ADHOC}-")):
                     found.setdefault(artifact.flow_run_id, {}).setdefault(kind, artifact.data)
     adhoc = not me.deployment_id
     kept = [Earlier(run, found.get(run.id, {})) for run in runs

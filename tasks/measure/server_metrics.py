@@ -110,7 +110,9 @@ def model_load(log_dir: Path, model_name: str) -> ModelLoad | None:
     if not path.is_file():
         return None
     worker = re.compile(rf"\b(W-\d+-{re.escape(model_name)}_[\w.]+)\b")
-    registered, ready, load_ms = None, {}, {}
+    registered: float | None = None  # s since the epoch
+    ready: dict[str, float] = {}  # worker -> s from registration to READY
+    load_ms: dict[str, float] = {}
     for line in path.read_text(errors="replace").splitlines():
         stamp = LOG_TIME.match(line)
         if stamp is None:

@@ -106,7 +106,8 @@ class NeuronMonitor:
         self._reader.start()
 
     def _read(self) -> None:
-        for line in self._process.stdout:
+        lines = self._process.stdout if self._process is not None else None  # stdout=PIPE: never None
+        for line in lines or ():
             if (report := parse_neuron_monitor(line)) is not None:
                 self.reports.append(report)
 

@@ -29,7 +29,9 @@ class BringError(PipelineError):
 
 
 def from_traced(model: ModelConfig, batch_size: int, max_length: int, backend: str, out_dir: Path) -> TracedModel:
-    """The model directory trace would have written, around a graph traced elsewhere."""
+    """The model directory trace would have written, around a graph traced elsewhere (model.traced)."""
+    if model.traced is None:
+        raise BringError("no graph to bring: model.traced is not set", fix="give --traced PATH.pt")
     out_dir.mkdir(parents=True, exist_ok=True)
     source = str(embedded_model_dir()) if model.source == EMBEDDED_MODEL else model.source
     local = model.source == EMBEDDED_MODEL or Path(model.source).is_dir()

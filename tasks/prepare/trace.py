@@ -11,6 +11,7 @@ import importlib.util
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel
@@ -20,8 +21,11 @@ from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import child
 from tasks.common.config import EMBEDDED_MODEL, ModelConfig
 from tasks.common.errors import PipelineError
-from tasks.common.runlog import stage_logger
+from tasks.common.runlog import Log, stage_logger
 from tasks.prepare import cache
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 # The tutorial's own example pair: a paraphrase, used as the tracing example and parity probe.
 EXAMPLE_PAIRS = [
@@ -50,6 +54,9 @@ class BiEncoderScorer(torch.nn.Module):
     Scores are [-margin, margin] with margin = cosine - threshold, so argmax is the label.
     """
 
+    threshold: torch.Tensor  # a buffer: it travels with the module into the graph
+    class_names: list[str]  # the labels, set by load_checkpoint
+
     def __init__(self, encoder: torch.nn.Module, threshold: float):
         super().__init__()
         self.encoder = encoder
@@ -68,6 +75,8 @@ class BiEncoderScorer(torch.nn.Module):
 
 class PairClassifier(torch.nn.Module):
     """Sequence classification (the tutorial's bert-base-cased-finetuned-mrpc): logits out."""
+
+    class_names: list[str]  # the labels, set by load_checkpoint
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -88,7 +97,7 @@ def embedded_model_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def class_names(config, kind: str) -> list[str]:
+def class_names(config: PretrainedConfig, kind: str) -> list[str]:
     """The checkpoint's own label names when it has meaningful ones (not LABEL_0/LABEL_1)."""
     labels = getattr(config, "id2label", None) or {}
     names = [str(labels.get(i, labels.get(str(i), ""))) for i in range(2)]
@@ -98,7 +107,7 @@ def class_names(config, kind: str) -> list[str]:
     return names
 
 
-def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
+def load_checkpoint(model: ModelConfig) -> tuple[BiEncoderScorer | PairClassifier, PreTrainedTokenizerBase, str]:
     """Load (wrapped module, tokenizer, kind) from the embedded model, a local dir or the hub."""
     local = model.source == EMBEDDED_MODEL or Path(model.source).is_dir()
     source = str(embedded_model_dir()) if model.source == EMBEDDED_MODEL else model.source
@@ -112,6 +121,7 @@ def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
                          fix="point model.source at a directory with config.json, weights and tokenizer "
                          "files") from None
     kind = model.kind if model.kind != "auto" else _detect_kind(config)
+    wrapped: BiEncoderScorer | PairClassifier
     if kind == "sequence-classification":
         if config.num_labels != 2:
             raise TraceError(f"{model.source} has {config.num_labels} labels; a paraphrase model needs 2")
@@ -122,7 +132,7 @@ def load_checkpoint(model: ModelConfig) -> tuple[torch.nn.Module, object, str]:
     return wrapped.eval(), tokenizer, kind
 
 
-def _detect_kind(config) -> str:
+def _detect_kind(config: PretrainedConfig) -> str:
     heads = [name for name in (config.architectures or []) if name.endswith("ForSequenceClassification")]
     return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
 
@@ -161,7 +171,7 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
                               "dir": str(cache_dir)})
 
 
-def _compile(request: dict, log) -> ModelInfo:
+def _compile(request: dict, log: Log) -> ModelInfo:
     return ModelInfo.model_validate(child.run("tasks.prepare.compile", request, TraceError, log,
                                               env=child.one_core_env()))
 

@@ -77,7 +77,8 @@ def row(name: str, started, state: str | None, message: str | None, outcome, ben
     outcome and benchmark artifacts (either may be None)."""
     from tasks.measure.regression import figures_of
 
-    items = {r.get("item"): r.get("value") for r in _table(outcome)} if outcome is not None else {}
+    rows = _table(outcome) if outcome is not None else []
+    items = {item: r.get("value") for r in rows if isinstance(item := r.get("item"), str)}
     figures = figures_of(benchmark) if benchmark is not None else {}
     stages = {item[len("stage "):]: value for item, value in items.items() if item.startswith("stage ")}
     failed = items.get("failed stage")

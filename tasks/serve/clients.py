@@ -61,10 +61,15 @@ class Inference:
             truncated={"true": True, "false": False}.get(answer.headers.get("X-Truncated", "")),
         )
 
-    def send_all(self, cases: list[tuple], check: str, workers: int) -> list[Prediction]:
-        """All at once, so TorchServe batches them together as the tutorial's threads did."""
+    def send_all(self, cases: list[tuple[str, str, str]], check: str, workers: int) -> list[Prediction]:
+        """All at once (seq_0, seq_1, the expected label each), so TorchServe batches them together as the
+        tutorial's threads did."""
+        def one(case: tuple[str, str, str]) -> Prediction:
+            seq_0, seq_1, expected = case
+            return self.send(seq_0, seq_1, expected, check=check)
+
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(lambda case: self.send(*case, check=check), cases))
+            return list(pool.map(one, cases))
 
 
 def _answer_text(answer: httpx.Response) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from pydantic import BaseModel
@@ -85,7 +86,7 @@ def golden_pairs(inference: Inference, golden: list[tuple[str, str, str]], worke
     return result
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
@@ -200,7 +201,7 @@ def run_checks(server: Server, archive: Archive, model: ModelConfig, checks: Che
             golden = golden_pairs(inference, load_golden(checks.golden_pairs), info.batch_size)
             # A graph compiled with 16-bit casting is held to the looser tolerance; labels must still agree.
             tolerance = checks.parity_tolerance_for(info.backend, info.compiler_args)
-            if foreign:
+            if reference is None:  # a foreign handler: no in-process model to hold it to
                 results += [golden, not_applicable("parity with in-process model",
                                                    "the handler sends no probability (X-Paraphrase-Probability)")]
             else:
@@ -212,7 +213,7 @@ def run_checks(server: Server, archive: Archive, model: ModelConfig, checks: Che
                                        "the handler is not ours and sends no X-Truncated")]
         else:
             results += [isolation(inference, info.batch_size), truncation(inference, info.max_length)]
-        if checks.accuracy_file is not None and not foreign:
+        if checks.accuracy_file is not None and reference is not None:  # not foreign
             results.append(accuracy_check(inference, reference, checks.accuracy_file, checks.min_accuracy,
                                           checks.concurrency))
     finally:
