@@ -62,7 +62,8 @@ class BiEncoderScorer(torch.nn.Module):
         self.encoder = encoder
         self.register_buffer("threshold", torch.tensor(float(threshold)))
 
-    def forward(self, ids_0, mask_0, ids_1, mask_1):
+    def forward(self, ids_0: torch.Tensor, mask_0: torch.Tensor, ids_1: torch.Tensor,
+                mask_1: torch.Tensor) -> torch.Tensor:
         # One encoder pass over both halves: a single [2B, L] call instead of two [B, L] calls.
         ids, mask = torch.cat([ids_0, ids_1]), torch.cat([mask_0, mask_1])
         hidden = self.encoder(input_ids=ids, attention_mask=mask, return_dict=False)[0]
@@ -82,7 +83,8 @@ class PairClassifier(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
         return self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=False
         )[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 from pydantic import BaseModel
@@ -43,7 +44,7 @@ class Inference:
     def close(self) -> None:
         self.client.close()
 
-    def send(self, seq_0: str, seq_1: str, expected: str, check: str = "", **request) -> Prediction:
+    def send(self, seq_0: str, seq_1: str, expected: str, check: str = "", **request: Any) -> Prediction:
         """POST one pair (form fields, unless `request` says how) and read the answer."""
         request = request or {"data": {"seq_0": seq_0, "seq_1": seq_1}}
         started = time.monotonic()

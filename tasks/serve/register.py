@@ -10,6 +10,7 @@ Prefect task retries on exactly those (see RegisterError.retryable).
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import httpx
 import psutil
@@ -194,7 +195,7 @@ def model_log_tail(server: Server, lines: int = 60) -> str:
     return tail(server.logs_dir / "model_log.log", lines) or server.log_tail(lines)
 
 
-def _call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
+def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
     try:
         answer = client.request(method, url, **kwargs)
     except httpx.TransportError as error:
