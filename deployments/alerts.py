@@ -31,15 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from prefect.blocks.notifications import CustomWebhookNotificationBlock  # noqa: E402
-from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.events.actions import SendNotification  # noqa: E402
-from prefect.events.schemas.automations import AutomationCore as Automation  # noqa: E402
-from prefect.events.schemas.automations import EventTrigger, Posture  # noqa: E402
-from prefect.settings import PREFECT_UI_URL  # noqa: E402
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import AutomationCore as Automation
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.settings import PREFECT_UI_URL
 
-from tasks.common.errors import PipelineError  # noqa: E402
-from tasks.report.events import REGRESSED  # noqa: E402
+from tasks.common.errors import PipelineError
+from tasks.report.events import REGRESSED
 
 FLOW = "bert-serving-validation"
 BLOCK_NAME = "bert-validation-alerts"
