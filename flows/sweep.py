@@ -27,11 +27,10 @@ from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow, get_run_logger
 
-from flows.logs import install_expected_failures  # noqa: E402
-
-from flows.stages import (  # noqa: E402
+from flows.logs import install_expected_failures
+from flows.stages import (
     archive_task,
     ensure_free_task,
     ping_task,
@@ -41,13 +40,19 @@ from flows.stages import (  # noqa: E402
     stop_task,
     trace_task,
 )
-from tasks.measure import benchmark as benchmark_stage  # noqa: E402
-from tasks.measure.results import ClientCapacity  # noqa: E402
-from tasks.measure.sweep_rows import RANKINGS, Setting, SweepRow, rank, verdict  # noqa: E402
-from tasks.common.config import ConfigError, ResolvedServing, load_config, resolve_serving  # noqa: E402
-from tasks.common import keys  # noqa: E402
-from tasks.report.summary import new_run_dir  # noqa: E402
-from tasks.serve.register import unregister  # noqa: E402
+from tasks.common import keys
+from tasks.common.config import BenchmarkConfig, ConfigError, ResolvedServing, RunConfig, load_config, resolve_serving
+from tasks.common.runlog import Log
+from tasks.measure import benchmark as benchmark_stage
+from tasks.measure.results import ClientCapacity
+from tasks.measure.sweep_rows import RANKINGS, Setting, SweepRow, rank, verdict
+from tasks.prepare.archive import Archive
+from tasks.prepare.trace import TracedModel
+from tasks.report.summary import new_run_dir
+from tasks.serve.register import unregister
+from tasks.serve.server import Server
+
+Pairs = list[tuple[str, str]]
 
 # An expected failure (a PipelineError) is logged as its message and fix, without a traceback (flows/logs.py).
 install_expected_failures()
@@ -68,7 +73,7 @@ class Grid:
     by: str = "throughput"  # the ranking (sweep_rows.RANKINGS); capacity: each row searches its capacity
 
     @classmethod
-    def of(cls, config, batch_sizes: list[int] | None, workers: list[int] | None, delays: list[int] | None,
+    def of(cls, config: RunConfig, batch_sizes: list[int] | None, workers: list[int] | None, delays: list[int] | None,
            concurrency: list[int] | None, by: str = "throughput") -> Grid:
         """Each list defaults to the config's value. Each worker count is resolved up front: a count this
         host cannot run is refused before anything starts."""
@@ -87,7 +92,7 @@ class Grid:
         return self.resolved[self.workers[0]].backend
 
 
-def row_settings(settings, concurrency: int, capacity: bool = False):
+def row_settings(settings: BenchmarkConfig, concurrency: int, capacity: bool = False) -> BenchmarkConfig:
     """The benchmark settings for one row: a closed loop of `concurrency` clients for `duration` s; no lone
     client (a concurrency of 1 in the grid is that); the capacity search only when the rows are ranked by it."""
     search = settings.capacity.model_copy(update={"enabled": capacity})
@@ -95,7 +100,7 @@ def row_settings(settings, concurrency: int, capacity: bool = False):
                                        "single_client_seconds": 0, "capacity": search})
 
 
-def _free_cores(config, grid: Grid, log) -> None:
+def _free_cores(config: RunConfig, grid: Grid, log: Log) -> None:
     """Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs."""
     for line in stop_stale_task(config.runs_dir):
         log.warning(line)
@@ -103,11 +108,15 @@ def _free_cores(config, grid: Grid, log) -> None:
         ensure_free_task(max(grid.workers))
 
 
-def _trace(config, grid: Grid, run_dir: Path) -> tuple[dict[int, tuple], dict[int, dict]]:
+Model = tuple[TracedModel, Archive]  # one batch size, traced and archived
+
+
+def _trace(config: RunConfig, grid: Grid, run_dir: Path) -> tuple[dict[int, Model], dict[int, dict | None]]:
     """Each batch size traced and archived once: {batch size: (traced, archive)}, and the compile cache's
     verdict per batch size (sweep.json)."""
     serving, backend = config.serving, grid.backend
-    models, compile_cache = {}, {}
+    models: dict[int, Model] = {}
+    compile_cache: dict[int, dict | None] = {}
     for batch_size in grid.batch_sizes:
         traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
                             run_dir / f"model-b{batch_size}", backend,
@@ -119,8 +128,8 @@ def _trace(config, grid: Grid, run_dir: Path) -> tuple[dict[int, tuple], dict[in
     return models, compile_cache
 
 
-def _measure_model(server, config, grid: Grid, count: int, batch_size: int, model: tuple, pairs,
-                   log) -> list[SweepRow]:
+def _measure_model(server: Server, config: RunConfig, grid: Grid, count: int, batch_size: int, model: Model,
+                   pairs: Pairs, log: Log) -> list[SweepRow]:
     """Every delay x concurrency of one model on a TorchServe with `count` workers."""
     (traced, mar), resolved = model, grid.resolved[count]
     rows: list[SweepRow] = []
@@ -143,9 +152,11 @@ def _measure_model(server, config, grid: Grid, count: int, batch_size: int, mode
     return rows
 
 
-def _measure_workers(config, grid: Grid, count: int, models: dict, pairs, run_dir: Path, log) -> list[SweepRow]:
+def _measure_workers(config: RunConfig, grid: Grid, count: int, models: dict[int, Model], pairs: Pairs, run_dir: Path,
+                     log: Log) -> list[SweepRow]:
     """One TorchServe with `count` workers, every model measured on it in turn; stopped whatever happens."""
-    server, rows = None, []
+    server: Server | None = None
+    rows: list[SweepRow] = []
     try:
         server = start_task(config.serving, grid.resolved[count], run_dir / "model_store",
                             run_dir / f"server-w{count}")
@@ -161,7 +172,7 @@ def _measure_workers(config, grid: Grid, count: int, models: dict, pairs, run_di
     return rows
 
 
-def _write(result: dict, rows: list[SweepRow], run_dir: Path, log) -> None:
+def _write(result: dict, rows: list[SweepRow], run_dir: Path, log: Log) -> None:
     """sweep.json (and, under `results`, each setting's whole benchmark result) and sweep.png."""
     data = {**result, "results": [row.model_dump(mode="json") for row in rows]}
     (run_dir / SWEEP_FILE).write_text(json.dumps(data, indent=2, default=str))
@@ -255,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = sweep(config_file=args.config, overrides=overrides, batch_sizes=args.batch_sizes, workers=args.workers,
-                  delays=args.delays, concurrency=args.concurrency, p90_limit_ms=args.p90_limit_ms, rank_by=args.rank_by,
-                  return_state=True)
+                  delays=args.delays, concurrency=args.concurrency, p90_limit_ms=args.p90_limit_ms,
+                  rank_by=args.rank_by, return_state=True)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         print(f"error: {result}", file=sys.stderr)

@@ -31,7 +31,8 @@ import shutil
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 UPDATE_EVERY = 1.0  # s between updates of the terminal line and the artifact
 LOGGED_PHASE_S = 20.0  # a phase planned this long logs as it starts and at each quarter
@@ -79,7 +80,7 @@ def describe_load(progress, label: str = "load") -> str:
 class _ClearFirst(logging.Filter):
     """On a handler writing to the live line's stream: erase the line before the record is written."""
 
-    def __init__(self, progress: "StageProgress"):
+    def __init__(self, progress: StageProgress):
         super().__init__()
         self.progress = progress
 
@@ -121,11 +122,11 @@ class StageProgress:
         self._last = 0.0  # the fraction last shown: never goes back
         self._ended: str | None = None  # None running; "" done; else why it stopped
         self.start = time.monotonic()
-        self.artifact_id = None
+        self.artifact_id: Any = None  # Prefect's id of the progress artifact, once created
 
     # --- the stage's side ------------------------------------------------------------------------
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         self.start = time.monotonic()
         if self.live:
             self._guard_handlers()
@@ -273,8 +274,12 @@ class StageProgress:
         if create is None or update is None:
             from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-            create = create or (lambda **kw: create_progress_artifact(**kw, _sync=True))
-            update = update or (lambda **kw: update_progress_artifact(**kw, _sync=True))
+            # `_sync=True`: Prefect's dispatch keyword (run it here, in this thread), which its typed signatures
+            # leave out -- so the functions are held as plain callables.
+            created: Callable[..., Any] = create_progress_artifact
+            updated: Callable[..., Any] = update_progress_artifact
+            create = create or (lambda **kw: created(**kw, _sync=True))
+            update = update or (lambda **kw: updated(**kw, _sync=True))
         sent = None
         while True:
             stopping = self._stop.is_set()

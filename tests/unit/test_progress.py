@@ -153,7 +153,8 @@ def test_a_load_says_measuring_until_a_rate_means_something_and_waits_for_its_la
     started = LoadProgress(elapsed=2.3, planned=10, fraction=0.23, warming_up=False, measured_s=0.3,
                            requests_per_s=650, p50_ms=float("nan"), p90_ms=float("nan"), errors=0)
     assert describe_load(started) == "load 0 of 8 s: measuring"  # no rate from a third of a second
-    assert describe_load(draining) == "load 8 s sent, waiting for the last answers: 5.0 requests/s, p50 -, p90 -, errors 0"
+    assert describe_load(draining) == ("load 8 s sent, waiting for the last answers: 5.0 requests/s, p50 -, p90 -, "
+                                       "errors 0")
 
 
 def test_the_line_never_wraps_on_a_narrow_terminal(monkeypatch, clock):
@@ -200,7 +201,10 @@ def test_outside_a_flow_run_there_is_no_artifact_and_no_error():
 
 def test_the_artifact_moves_to_100_with_what_is_running(clock):
     updates = []
-    create = lambda progress, description: updates.append((progress, description)) or "artifact-id"
+
+    def create(progress, description):
+        updates.append((progress, description))
+        return "artifact-id"
 
     def update(artifact_id, progress, description):
         assert artifact_id == "artifact-id"
