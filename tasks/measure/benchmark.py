@@ -150,7 +150,8 @@ def planned_seconds(settings: BenchmarkConfig, resolved: ResolvedServing, ceilin
     """The stage's parts and about how long each should take (s), in order: the progress's weights.
     A load of a count of requests has no planned duration: it is weighed as `duration` s."""
     workers, threads = resolved.initial_workers, resolved.threads_per_worker
-    layouts = 1 + (workers > 1) + (threads > 1) + (0.5 if workers == 1 else 1.0)  # + the lone batches' half-times
+    rounds = (settings.ceiling_windows + 1) / settings.ceiling_windows  # the windows, and a first round not counted
+    layouts = (1 + (workers > 1) + (threads > 1)) * rounds + (0.5 if workers == 1 else 1.0)  # + the lone batches
     return {
         "ceiling": CEILING_START_S + layouts * settings.ceiling_seconds if ceiling and settings.ceiling_seconds else 0,
         "client check": settings.client_check_seconds + 0.5 if settings.client_check_seconds > 0 else 0,

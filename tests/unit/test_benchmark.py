@@ -162,15 +162,17 @@ def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
     from tasks.common.config import load_config
 
     settings = load_config().benchmark.model_copy(update={"warmup": 2, "duration": 30, "ceiling_seconds": 2,
-                                                          "client_check_seconds": 1, "single_client_seconds": 3})
+                                                          "ceiling_windows": 4, "client_check_seconds": 1,
+                                                          "single_client_seconds": 3})
     one_worker = SimpleNamespace(initial_workers=1, threads_per_worker=2)
     plan = bench_module.planned_seconds(settings, one_worker)
     assert list(plan) == ["ceiling", "client check", "load", "server logs", "lone client", "capacity", "wrap-up"]
     assert plan["load"] == 32 and plan["client check"] == 1.5 and plan["lone client"] == 3
-    # all threads, one stream per thread, then the lone batch (half the time): 3 x 2 s after the child starts
-    assert plan["ceiling"] == bench_module.CEILING_START_S + 5
+    # all threads, one stream per thread (each 4 windows of 0.5 s after a first round: 2.5 s), then the lone
+    # batch (half the time), after the child starts
+    assert plan["ceiling"] == bench_module.CEILING_START_S + 2 * 2.5 + 1
     two_workers = SimpleNamespace(initial_workers=2, threads_per_worker=1)
-    assert bench_module.planned_seconds(settings, two_workers)["ceiling"] == bench_module.CEILING_START_S + 6
+    assert bench_module.planned_seconds(settings, two_workers)["ceiling"] == bench_module.CEILING_START_S + 2 * 2.5 + 2
     # A brought .mar has no ceiling; a part configured off weighs nothing.
     skipped = settings.model_copy(update={"client_check_seconds": 0, "single_client_seconds": 0})
     plan = bench_module.planned_seconds(skipped, one_worker, ceiling=False)

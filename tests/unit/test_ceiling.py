@@ -159,6 +159,6 @@ def test_windows_are_interleaved_so_a_slow_stretch_of_the_host_falls_on_every_la
 
     monkeypatch.setattr(ceiling, "time_layout", timed)
     layouts = ceiling.throughput_layouts(None, None, [], workers=2, threads_per_worker=1, seconds=3.0, windows=3)
-    assert order == ["all threads", "as served"] * 3
-    assert [layout.window_inferences_per_s for layout in layouts] == [[20.0, 60.0, 100.0], [40.0, 80.0, 120.0]]
-    assert [layout.inferences_per_s for layout in layouts] == [60.0, 80.0]  # the median window
+    assert order == ["all threads", "as served"] * 4  # a first round, not counted, then three
+    assert [layout.window_inferences_per_s for layout in layouts] == [[60.0, 100.0, 140.0], [80.0, 120.0, 160.0]]
+    assert [layout.inferences_per_s for layout in layouts] == [100.0, 120.0]  # the median window
