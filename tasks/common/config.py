@@ -218,7 +218,7 @@ class CapacityConfig(_Section):
     min_step_seconds: float = Field(5.0, gt=0, description="s of measured load per step, at least")
     beyond: int = Field(5, ge=1, description="per step, at least this many requests expected past the percentile")
     step_warmup: float = Field(1.0, ge=0, description="s of load before each step is measured")
-    budget_seconds: float = Field(45.0, gt=0, description="s the whole search may take; a step that would not "
+    budget_seconds: float = Field(32.0, gt=0, description="s the whole search may take; a step that would not "
                                   "fit is not started")
     seed: int = Field(0, description="the Poisson arrivals' seed: the same schedule every night")
 
@@ -313,7 +313,7 @@ class BenchmarkConfig(_Section):
         True, description="with several length buckets, also serve max_length only and send both the same traffic"
     )
     compare_seconds: float = Field(
-        8.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
+        6.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
         json_schema_extra={"flag": "compare-seconds"},
     )
 
