@@ -1,10 +1,16 @@
-"""Shared pieces of the end-to-end tests: a real Prefect server (SQLite), and process checks."""
+"""Shared pieces of the end-to-end tests: a real Prefect server (SQLite), the models most tests serve
+(traced once per session into its compile cache, tests/conftest.py), and process checks."""
+
+from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
 from tasks.common.ports import listeners
 from tasks.common.processes import group_members
+from tasks.prepare import cache
+from tasks.prepare.trace import TracedModel, trace
 from tasks.serve.register import RegisterError, register
 from tasks.serve.server import Server, start, stop, wait_healthy
 
@@ -14,6 +20,42 @@ def prefect_server():
     """A real, temporary Prefect API server on loopback with its own SQLite database."""
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# The shape a test serves when what it proves does not need the tutorial's 6 x 128: a graph of 2 x 32 is
+# traced, loaded and answered in a fraction of the time. Pipeline runs at this shape (overrides
+# serving.batch_size / serving.max_length, the default config's model and length buckets) and trace_small
+# share one entry of the session's compile cache.
+SMALL_BATCH, SMALL_LENGTH = 2, 32
+SMALL_SHAPE = {"serving.batch_size": SMALL_BATCH, "serving.max_length": SMALL_LENGTH}
+# The tutorial's shape with the default config's length buckets: what a run of configs/default.yaml traces.
+DEFAULT_BATCH, DEFAULT_LENGTH = 6, 128
+
+
+def trace_small(out_dir: Path) -> TracedModel:
+    """The default config's model at the small shape, into out_dir, through the session's compile cache."""
+    model = load_config(DEFAULT_CONFIG_FILE).model
+    return trace(model, SMALL_BATCH, SMALL_LENGTH, [], out_dir, cache_dir=cache.default_dir())
+
+
+def trace_default(out_dir: Path) -> TracedModel:
+    """What a run of configs/default.yaml traces (6 x 128, its buckets), through the session's compile cache."""
+    config = load_config(DEFAULT_CONFIG_FILE)
+    return trace(config.model, DEFAULT_BATCH, DEFAULT_LENGTH, config.serving.length_buckets, out_dir,
+                 cache_dir=cache.default_dir())
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> TracedModel:
+    """The small shape traced once per session: every later trace of it, in this process or in a pipeline
+    it starts (a subprocess, a deployment's worker: they inherit BERT_COMPILE_CACHE), is a cache hit."""
+    return trace_small(tmp_path_factory.mktemp("small-model"))
+
+
+@pytest.fixture(scope="session")
+def default_model(tmp_path_factory) -> TracedModel:
+    """configs/default.yaml's model and shapes traced once per session, for the runs and tests that need them."""
+    return trace_default(tmp_path_factory.mktemp("default-model"))
 
 
 def assert_server_gone(server: Server) -> None:

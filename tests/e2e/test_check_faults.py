@@ -3,7 +3,8 @@ meant for it fail -- while the real handler passes every check.
 
 Each faulty handler subclasses the real one and breaks one thing in one of its steps (preprocess,
 inference, postprocess); all are registered side by side in one TorchServe, so a single server
-start covers every fault.
+start covers every fault. The model is the session's small one (2 x 32): a batch of 2 still has a partial
+batch (1 request, padded), a full one, and batch-mates for the malformed requests.
 """
 
 import textwrap
@@ -12,16 +13,15 @@ import pytest
 
 from tasks.prepare.archive import HANDLER_FILE, archive
 from tasks.verify.checks import run_checks
-from tasks.common.config import ChecksConfig, ModelConfig, ServingConfig, resolve_serving
+from tasks.common.config import DEFAULT_CONFIG_FILE, ChecksConfig, ServingConfig, load_config, resolve_serving
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
-from tasks.prepare.trace import trace
-from tests.e2e.conftest import assert_server_gone
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone, trace_small
 
 pytestmark = pytest.mark.e2e
 
-BATCH, LENGTH, DELAY = 4, 64, 100
-MODEL = ModelConfig(threshold=0.6821)
+BATCH, LENGTH, DELAY = SMALL_BATCH, SMALL_LENGTH, 100
+MODEL = load_config(DEFAULT_CONFIG_FILE).model
 
 FAULTS = {
     # postprocess answers with the other class's name.
@@ -65,9 +65,9 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def server_with_faults(tmp_path_factory):
+def server_with_faults(small_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
-    traced = trace(MODEL, BATCH, LENGTH, [LENGTH], work / "model")
+    traced = trace_small(work / "model")  # the session's small model: a cache hit
     store = work / "model_store"
     archives = {"real": archive(traced, store)}
     for fault, body in FAULTS.items():
@@ -95,7 +95,7 @@ def _checks(server, mar):
 
 def test_the_real_handler_passes_every_check(server_with_faults):
     server, archives = server_with_faults
-    assert archives["real"].model_name == "bert-max_length64-batch_size4"
+    assert archives["real"].model_name == "bert-max_length32-batch_size2"
     results = _checks(server, archives["real"])
     assert {name: r.passed for name, r in results.items()} == {name: True for name in results}
     assert len(results) == 6
