@@ -14,22 +14,22 @@ import httpx
 import pytest
 
 from tasks.prepare.archive import archive
-from tasks.common.config import REPO_ROOT, ModelConfig, ServingConfig, resolve_serving
+from tasks.common.config import REPO_ROOT, ServingConfig, resolve_serving
 from tasks.serve.register import describe, register
 from tasks.serve.server import ServerError, find_stale, load_record, start, stop, stop_stale, wait_healthy
-from tasks.prepare.trace import trace
-from tests.e2e.conftest import assert_server_gone, register_refusal
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone, register_refusal, trace_small
 
 pytestmark = pytest.mark.e2e
 
-SERVING = ServingConfig(batch_size=2, max_length=32, max_batch_delay=20, free_ports=True, initial_workers=1)
+SERVING = ServingConfig(batch_size=SMALL_BATCH, max_length=SMALL_LENGTH, max_batch_delay=20, free_ports=True,
+                        initial_workers=1)
 PAIR = {"seq_0": "The company HuggingFace is based in New York City",
         "seq_1": "HuggingFace's headquarters are situated in Manhattan"}
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory):
-    return trace(ModelConfig(threshold=0.6821), 2, 32, [], tmp_path_factory.mktemp("model"))
+def traced(small_model, tmp_path_factory):
+    return trace_small(tmp_path_factory.mktemp("model"))  # the session's small model: a cache hit
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +37,27 @@ def mar(traced, tmp_path_factory):
     return archive(traced, tmp_path_factory.mktemp("model_store"))
 
 
-@pytest.fixture
-def served(mar, tmp_path):
+def _healthy_server(mar, server_dir):
     """A started, Healthy TorchServe on free ports; stopped whatever the test does."""
-    server = start(SERVING, resolve_serving(SERVING), mar.model_store, tmp_path / "run" / "server")
+    server = start(SERVING, resolve_serving(SERVING), mar.model_store, server_dir)
     try:
         wait_healthy(server, timeout=120)
         yield server
     finally:
         stop(server)
         assert_server_gone(server)
+
+
+@pytest.fixture
+def served(mar, tmp_path):
+    """A TorchServe of the test's own, for a test that must see it fresh (nothing registered yet)."""
+    yield from _healthy_server(mar, tmp_path / "run" / "server")
+
+
+@pytest.fixture(scope="module")
+def shared(mar, tmp_path_factory):
+    """One TorchServe for the tests that only read it, or register the model the same way on it."""
+    yield from _healthy_server(mar, tmp_path_factory.mktemp("shared") / "run" / "server")
 
 
 def _ready_workers(server, name):
@@ -70,8 +81,8 @@ def test_ping_before_start_up_finished_is_refused_then_retried_until_healthy(mar
     assert_server_gone(server)
 
 
-def test_key_file_is_readable_by_its_owner_only(served):
-    assert stat.S_IMODE(os.stat(served.key_file).st_mode) == 0o600
+def test_key_file_is_readable_by_its_owner_only(shared):
+    assert stat.S_IMODE(os.stat(shared.key_file).st_mode) == 0o600
 
 
 def test_registering_twice_scales_to_the_wanted_workers_then_reregisters_on_new_batching(served, mar):
@@ -92,16 +103,16 @@ def _refused(answer):
     return answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
 
 
-def test_no_token_or_wrong_token_is_refused_while_the_server_keeps_serving(served, mar):
-    register(served, mar, max_batch_delay=20, workers=1)
-    url = f"{served.inference_url}/predictions/{mar.model_name}"
+def test_no_token_or_wrong_token_is_refused_while_the_server_keeps_serving(shared, mar):
+    register(shared, mar, max_batch_delay=20, workers=1)
+    url = f"{shared.inference_url}/predictions/{mar.model_name}"
     assert _refused(httpx.post(url, data=PAIR, timeout=30))
     assert _refused(httpx.post(url, data=PAIR, headers={"Authorization": "Bearer wrong"}, timeout=30))
-    assert _refused(httpx.get(f"{served.inference_url}/ping", timeout=30))
-    assert _refused(httpx.get(f"{served.management_url}/models", timeout=30))
+    assert _refused(httpx.get(f"{shared.inference_url}/ping", timeout=30))
+    assert _refused(httpx.get(f"{shared.management_url}/models", timeout=30))
     # The inference key is not a management key.
-    assert _refused(httpx.get(f"{served.management_url}/models", headers=served.inference_headers(), timeout=30))
-    answer = httpx.post(url, data=PAIR, headers=served.inference_headers(), timeout=30)
+    assert _refused(httpx.get(f"{shared.management_url}/models", headers=shared.inference_headers(), timeout=30))
+    answer = httpx.post(url, data=PAIR, headers=shared.inference_headers(), timeout=30)
     assert answer.status_code == 200 and answer.json() == ["paraphrase"]
 
 
@@ -182,10 +193,10 @@ def test_a_server_left_by_a_crashed_run_is_found_and_stopped_at_the_next_start(m
     assert find_stale(runs_dir) == []
 
 
-def test_a_server_whose_run_is_alive_is_not_stale(served):
-    runs_dir = served.server_dir.parent.parent
-    assert list(runs_dir.glob("*/server/server.json")) == [served.server_dir / "server.json"]
-    assert load_record(served.server_dir).owner is not None
+def test_a_server_whose_run_is_alive_is_not_stale(shared):
+    runs_dir = shared.server_dir.parent.parent
+    assert list(runs_dir.glob("*/server/server.json")) == [shared.server_dir / "server.json"]
+    assert load_record(shared.server_dir).owner is not None
     assert find_stale(runs_dir) == []  # its owner (this test process) is alive: hands off
 
 
