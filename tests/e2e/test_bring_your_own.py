@@ -11,8 +11,7 @@ import pytest
 
 from flows.pipeline import validate
 from serving.contract import ModelInfo
-from tasks.prepare.trace import trace
-from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.common.config import DEFAULT_CONFIG_FILE
 
 pytestmark = pytest.mark.e2e
 TUTORIAL_HANDLER = Path(__file__).parent / "tutorial_handler.py"
@@ -23,11 +22,10 @@ QUICK = {"serving.free_ports": True, "serving.initial_workers": 1, "serving.leng
 
 
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory) -> Path:
-    """The embedded model traced by this project at the tutorial's 6 x 128, one graph."""
-    model = load_config(DEFAULT_CONFIG_FILE).model
-    traced = trace(model, 6, 128, [128], tmp_path_factory.mktemp("traced"), cache_dir=None)
-    return traced.model_dir
+def graph(default_model) -> Path:
+    """The embedded model traced by this project at the tutorial's 6 x 128 (the session's, as the default config
+    traces it: its model_128.pt is the tutorial's one graph). Read, never written."""
+    return default_model.model_dir
 
 
 @pytest.fixture(scope="module")
