@@ -16,7 +16,7 @@ from flows.pipeline import STAGES, validate
 from tasks.common.config import DEFAULT_CONFIG_FILE
 from tasks.measure.capacity import KEPT_UP
 from tasks.measure.regression import figures_of
-from tests.e2e.conftest import assert_server_gone
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +45,8 @@ def run(prefect_server, tmp_path_factory):
         # A short capacity search: steps of 2 s (and 100 requests), 16 s in all.
         "benchmark.capacity.min_step_seconds": 2, "benchmark.capacity.beyond": 1,
         "benchmark.capacity.step_warmup": 0.5, "benchmark.capacity.budget_seconds": 16,
+        # compare-buckets runs (the default's four buckets) and is timed; what it finds is test_buckets.py's.
+        "benchmark.compare_seconds": 1,
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
@@ -207,16 +209,17 @@ def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
     assert "/flow-runs/" not in pages[0]  # not the old UI's route
 
 
-def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, tmp_path):
+def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, small_model, tmp_path):
     overrides = {"runs_dir": str(tmp_path), "serving.free_ports": True, "benchmark.enabled": False,
-                 "keep_serving": True}
+                 "keep_serving": True, **SMALL_SHAPE, "serving.initial_workers": 1}
     try:
         summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
         assert summary["server"]["inference_url"] == server.inference_url
-        answer = httpx.post(f"{server.inference_url}/predictions/bert-max_length128-batch_size6",
+        model_name = f"bert-max_length{SMALL_LENGTH}-batch_size{SMALL_BATCH}"
+        answer = httpx.post(f"{server.inference_url}/predictions/{model_name}",
                             data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
                             headers=server.inference_headers(), timeout=60)
         assert answer.status_code == 200 and answer.json() == ["not paraphrase"]
