@@ -11,17 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from prefect.settings import PREFECT_API_URL
 
 import flows.pipeline
 from flows.pipeline import STAGES, validate
 from tasks.common.processes import group_members
 from tasks.serve import server as server_stage
 from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT
-from tests.e2e.conftest import assert_server_gone
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {"serving.batch_size": 2, "serving.max_length": 32, "serving.free_ports": True, "serving.initial_workers": 1,
+SMALL = {**SMALL_SHAPE, "serving.free_ports": True, "serving.initial_workers": 1,
          "benchmark.concurrency": 4, "benchmark.duration": 1, "benchmark.warmup": 0,
          "benchmark.capacity.enabled": False}
 SERVER_STAGES = ["start", "register", "check", "benchmark"]
@@ -36,7 +38,8 @@ def _planted(stage):
 
 
 @pytest.mark.parametrize("stage", ["trace", "archive", *SERVER_STAGES])
-def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(stage, prefect_server, tmp_path, monkeypatch):
+def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(stage, prefect_server, small_model, tmp_path,
+                                                               monkeypatch):
     monkeypatch.setattr(flows.pipeline, f"{stage}_task", _planted(stage))
     state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)},
                      return_state=True)
@@ -85,23 +88,40 @@ def _left_running(run_dir: Path) -> list[int]:
     return alive
 
 
+def _no_ceiling_config(tmp_path: Path) -> Path:
+    """configs/default.yaml less the benchmark's in-process ceiling and client check: the run goes from check
+    straight to its load, where "benchmark" interrupts it. The same model and shapes: the trace is a cache hit."""
+    config = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+    config["benchmark"].update(ceiling_seconds=0, client_check_seconds=0)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.mark.parametrize("how, when", [("Ctrl-C", "start"), ("Ctrl-C", "benchmark"), ("SIGTERM", "start"),
                                        ("SIGTERM", "benchmark"), ("Ctrl-C twice", "benchmark")])
-def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, tmp_path):
+def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, small_model, tmp_path, request):
     """Ctrl-C reaches the whole process group, as a terminal sends it (the temporary Prefect API
-    server included); SIGTERM goes to the process group too, as a job scheduler would send it.
-    "Ctrl-C twice": an impatient second Ctrl-C while TorchServe is being stopped.
+    server included); SIGTERM goes to the process group too, as a job scheduler or a Prefect worker sends
+    it. "Ctrl-C twice": an impatient second Ctrl-C while TorchServe is being stopped.
 
     What must happen before a worker's kill (30 s after its SIGTERM) is timed: TorchServe stopped and
     summary.json written. The process then exits by itself, once Prefect has given up delivering its
     logs and events to the temporary API server the same signal stopped (about 6 s here, 22.6 s seen
-    once in CI); a run under a worker keeps its API server, so it has no such wait."""
-    command = [sys.executable, "-m", "flows.validate", "--runs-dir", str(tmp_path), "--free-ports",
-               "--batch-size", "2", "--max-length", "32", "--workers", "1", "--concurrency", "4",
-               "--duration", "600"]
+    once in CI); a run under a worker keeps its API server, so it has no such wait. So the runs a
+    terminal's Ctrl-C stops start their own temporary server, and the SIGTERM runs report to one that
+    stays up (the session's), as a worker's runs do."""
+    env = dict(os.environ)
+    if how == "SIGTERM":
+        request.getfixturevalue("prefect_server")
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    command = [sys.executable, "-m", "flows.validate", "--config", str(_no_ceiling_config(tmp_path)),
+               "--runs-dir", str(tmp_path), "--free-ports",
+               "--batch-size", str(SMALL_BATCH), "--max-length", str(SMALL_LENGTH), "--workers", "1",
+               "--concurrency", "4", "--duration", "600"]
     output = tmp_path / "flow.log"
     with output.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # a group of its own, like a terminal's job
     signum = signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM
     try:
