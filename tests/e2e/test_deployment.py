@@ -30,7 +30,7 @@ from tasks.common.ports import listeners
 from tasks.serve import server as server_stage
 from tasks.common.config import REPO_ROOT
 from tests.browser import needs_chromium
-from tests.e2e.conftest import assert_server_gone
+from tests.e2e.conftest import SMALL_SHAPE, assert_server_gone
 from tools.screenshots import RUN_DIRECTORY, Browser, find_chromium, wait
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.e2e
 DEPLOYMENT = "bert-serving-validation/nightly-cpu-embedded"
 SMOKE = "bert-serving-validation/smoke-cpu-embedded"
 POOL = "bert-validation-cpu"
-TINY = {"serving.free_ports": True, "serving.batch_size": 2, "serving.max_length": 32, "serving.initial_workers": 1,
+TINY = {"serving.free_ports": True, **SMALL_SHAPE, "serving.initial_workers": 1,
         "benchmark.duration": 2, "benchmark.concurrency": 4, "benchmark.warmup": 0, "benchmark.capacity.enabled": False,
         # What this file tests is the fleet, not the figures: no in-process ceiling, client check or lone client.
         "benchmark.ceiling_seconds": 0, "benchmark.client_check_seconds": 0, "benchmark.single_client_seconds": 0}
@@ -135,7 +135,9 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def nightly():
+def nightly(small_model):
+    # small_model: TINY's shape is in the session's compile cache, which the workers' runs inherit
+    # (BERT_COMPILE_CACHE): the two runs that start together do not both compile it on a 2-core host.
     # Not under pytest's basetemp: under root, PostgreSQL runs as the `postgres` user, which must be able
     # to reach its data directory, and /tmp/pytest-of-root is closed to others.
     base = Path(tempfile.mkdtemp(prefix="bert-deployment-"))

@@ -60,7 +60,7 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory):
+def night(small_model, tmp_path_factory):  # small_model: TINY's shape is in the compile cache the worker inherits
     base = tmp_path_factory.mktemp("night")
     state, runs_dir, port = base / "state", base / "runs", _free_port()
     receiver = Receiver()
