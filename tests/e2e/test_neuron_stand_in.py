@@ -117,9 +117,8 @@ def test_a_broken_bf16_compile_fails_parity(neuron_host, tmp_path, monkeypatch, 
     assert not (tmp_path / "model" / "model_info.json").exists()
 
 
-def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(neuron_host, tmp_path):
-    traced = trace(ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="cpu")
-    mar = archive(traced, tmp_path / "model_store")
+def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(small_model, neuron_host, tmp_path):
+    mar = archive(small_model, tmp_path / "model_store")  # the session's small model, traced for cpu
     serving = ServingConfig(batch_size=2, max_length=32, free_ports=True, backend="neuron")
     resolved = ResolvedServing(backend="neuron", device_name="2 NeuronCores", cores=2,
                                cores_source="neuron-ls --json-output", initial_workers=1, threads_per_worker=1)
