@@ -101,14 +101,22 @@ def automations(notify: UUID, missed: dict[str, UUID], missed_after: timedelta =
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW},
                 expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
             actions=[SendNotification(block_document_id=notify, subject=FAILED_SUBJECT, body=FAILED_BODY)],
         ),
         Automation(
             name=PREFIX + "benchmark regressed",
             description="The benchmark stage found this run slower than earlier nights.",
-            trigger=EventTrigger(match={"prefect.resource.id": "prefect.flow-run.*"}, expect={REGRESSED},
-                                 posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                expect={REGRESSED},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
             actions=[SendNotification(block_document_id=notify, subject=REGRESSED_SUBJECT, body=REGRESSED_BODY)],
         ),
     ]
@@ -116,22 +124,30 @@ def automations(notify: UUID, missed: dict[str, UUID], missed_after: timedelta =
     for name, deployment_id in missed.items():
         hours = missed_after.total_seconds() / 3600
         link = f"{ui}/deployments/deployment/{deployment_id}" if ui else f"deployment id {deployment_id}"
-        found.append(Automation(
-            name=PREFIX + f"missed night {name}",
-            description=f"No completed run of {name} within {hours:g} h.",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
-                expect={"prefect.flow-run.Completed"},
-                posture=Posture.Proactive, threshold=1, within=missed_after),
-            actions=[SendNotification(
-                block_document_id=notify,
-                subject=f"Missed night: {name}",
-                body=f"Missed night: no completed run of deployment {name} within {hours:g} h "
-                     f"(no worker, a run stuck Late or Pending, or every run failed).\n"
-                     f"deployment: {name}\nrun: (none completed)\nstage and error: (no run completed)\n"
-                     f"link: {link}")],
-        ))
+        found.append(
+            Automation(
+                name=PREFIX + f"missed night {name}",
+                description=f"No completed run of {name} within {hours:g} h.",
+                trigger=EventTrigger(
+                    match={"prefect.resource.id": "prefect.flow-run.*"},
+                    match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+                    expect={"prefect.flow-run.Completed"},
+                    posture=Posture.Proactive,
+                    threshold=1,
+                    within=missed_after,
+                ),
+                actions=[
+                    SendNotification(
+                        block_document_id=notify,
+                        subject=f"Missed night: {name}",
+                        body=f"Missed night: no completed run of deployment {name} within {hours:g} h "
+                        f"(no worker, a run stuck Late or Pending, or every run failed).\n"
+                        f"deployment: {name}\nrun: (none completed)\nstage and error: (no run completed)\n"
+                        f"link: {link}",
+                    )
+                ],
+            )
+        )
     return found
 
 
@@ -149,8 +165,9 @@ def apply(notify: UUID, missed: dict[str, UUID], missed_after: timedelta = MISSE
     return sorted(names)
 
 
-def set_up(missed: dict[str, UUID], block_name: str = BLOCK_NAME,
-           missed_after: timedelta = MISSED_NIGHT) -> list[str] | None:
+def set_up(
+    missed: dict[str, UUID], block_name: str = BLOCK_NAME, missed_after: timedelta = MISSED_NIGHT
+) -> list[str] | None:
     """Save the webhook from WEBHOOK_ENV (if set) and apply the automations through the block; None
     (nothing created) when there is neither a webhook URL nor an existing block to notify through."""
     url = os.environ.get(WEBHOOK_ENV)
@@ -162,10 +179,18 @@ def set_up(missed: dict[str, UUID], block_name: str = BLOCK_NAME,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deployments/alerts.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--block", default=BLOCK_NAME, help="notification block to send through (default: "
-                        f"%(default)s, created from ${WEBHOOK_ENV})")
-    parser.add_argument("--missed-night", action="append", default=[], metavar="FLOW/DEPLOYMENT",
-                        help="tell when this deployment has no completed run within 26 h (repeatable)")
+    parser.add_argument(
+        "--block",
+        default=BLOCK_NAME,
+        help=f"notification block to send through (default: %(default)s, created from ${WEBHOOK_ENV})",
+    )
+    parser.add_argument(
+        "--missed-night",
+        action="append",
+        default=[],
+        metavar="FLOW/DEPLOYMENT",
+        help="tell when this deployment has no completed run within 26 h (repeatable)",
+    )
     args = parser.parse_args(argv)
     with get_client(sync_client=True) as client:
         missed = {name.split("/")[-1]: client.read_deployment_by_name(name).id for name in args.missed_night}

@@ -163,19 +163,29 @@ def _spawn(state: Path, name: str, command: list[str], env: dict[str, str]) -> s
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     _record(state, name, ProcessRef.of(psutil.Process(process.pid)))
     return process
 
 
 def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 300) -> str:
     try:
-        done = subprocess.run([str(PREFECT), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            [str(PREFECT), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        raise LocalError(f"{what}: `prefect {' '.join(args)}` took over {timeout:.0f} s",
-                         fix="check that the server answers: deployments/local.py status") from None
+        raise LocalError(
+            f"{what}: `prefect {' '.join(args)}` took over {timeout:.0f} s",
+            fix="check that the server answers: deployments/local.py status",
+        ) from None
     if done.returncode != 0:
         raise LocalError(f"{what} failed: `prefect {' '.join(args)}`\n{(done.stdout + done.stderr)[-3000:]}")
     return done.stdout
@@ -191,17 +201,20 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def start_server(state: Path, port: int, env: dict[str, str], database: str = "sqlite",
-                 timeout: float = 180) -> None:
+def start_server(state: Path, port: int, env: dict[str, str], database: str = "sqlite", timeout: float = 180) -> None:
     marker = state / "database"
     if _recorded(state, "server") is not None:
         running_on = marker.read_text().strip() if marker.exists() else "sqlite"
         if running_on != database:
-            raise LocalError(f"the server from {state} runs on {running_on}, not {database}",
-                             fix=f"run `down` first, or pass --database {running_on}")
+            raise LocalError(
+                f"the server from {state} runs on {running_on}, not {database}",
+                fix=f"run `down` first, or pass --database {running_on}",
+            )
         if not _healthy(port):
-            raise LocalError(f"a server from {state} is running but not answering on port {port}",
-                             fix="run `down` first, or pass the --port it was started with")
+            raise LocalError(
+                f"a server from {state} is running but not answering on port {port}",
+                fix="run `down` first, or pass the --port it was started with",
+            )
         if database == "postgres":
             start_database(state, database)  # finds it running; keeps its pid file current
         print(f"server: already up at {api_url(port)}")
@@ -210,22 +223,27 @@ def start_server(state: Path, port: int, env: dict[str, str], database: str = "s
         raise LocalError(f"port {port} on 127.0.0.1 is taken by another program", fix="pass --port N")
     server_env = dict(env, **start_database(state, database))
     marker.write_text(database + "\n")
-    process = _spawn(state, "server", [str(PREFECT), "server", "start", "--host", "127.0.0.1",
-                                       "--port", str(port)], server_env)
+    process = _spawn(
+        state, "server", [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env
+    )
     log = state / "logs" / "server.log"
 
     def answering() -> bool:
         if process.poll() is not None:
-            raise LocalError(f"the Prefect server exited (code {process.returncode}) before answering on port "
-                             f"{port}\n{tail(log, 30) or '(no log)'}", fix="read its log above")
+            raise LocalError(
+                f"the Prefect server exited (code {process.returncode}) before answering on port "
+                f"{port}\n{tail(log, 30) or '(no log)'}",
+                fix="read its log above",
+            )
         return _healthy(port)
 
     try:
         wait_until(answering, timeout, f"the Prefect server to answer on port {port}", first=0.5, factor=1.0)
     except TimedOut:
-        raise LocalError(f"the Prefect server did not come up on port {port} within {timeout:g} s\n"
-                         f"{tail(log, 30) or '(no log)'}",
-                         fix="read its log above; a first start migrates the database and can be slow") from None
+        raise LocalError(
+            f"the Prefect server did not come up on port {port} within {timeout:g} s\n{tail(log, 30) or '(no log)'}",
+            fix="read its log above; a first start migrates the database and can be slow",
+        ) from None
     where = "PostgreSQL" if database == "postgres" else f"SQLite: {state / 'prefect.db'}"
     print(f"server: {api_url(port)} ({where})")
 
@@ -239,8 +257,20 @@ def work_pools() -> list[str]:
 
 def create_pools(env: dict[str, str]) -> None:
     for pool in work_pools():
-        _prefect(["work-pool", "create", pool, "--type", "process", "--base-job-template", str(POOL_TEMPLATE),
-                  "--overwrite"], env, f"creating work pool {pool}")
+        _prefect(
+            [
+                "work-pool",
+                "create",
+                pool,
+                "--type",
+                "process",
+                "--base-job-template",
+                str(POOL_TEMPLATE),
+                "--overwrite",
+            ],
+            env,
+            f"creating work pool {pool}",
+        )
         print(f"work pool: {pool}")
 
 
@@ -260,8 +290,24 @@ def start_workers(state: Path, env: dict[str, str], pool: str, count: int) -> No
             print(f"{name}: already running")
             continue
         # --limit 1: this host runs one validation (one TorchServe) at a time, whatever the deployment.
-        _spawn(state, name, [str(PREFECT), "worker", "start", "--pool", pool, "--type", "process",
-                             "--name", f"{socket.gethostname()}-{name}", "--limit", "1"], worker_env)
+        _spawn(
+            state,
+            name,
+            [
+                str(PREFECT),
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                "--name",
+                f"{socket.gethostname()}-{name}",
+                "--limit",
+                "1",
+            ],
+            worker_env,
+        )
         print(f"{name}: polling {pool} (log {state / 'logs' / (name + '.log')})")
 
 
@@ -298,8 +344,10 @@ def schedule_targets(env: dict[str, str], pool: str) -> dict[str, UUID]:
     absent = [name for name, p in by_pool.items() if p != pool]
     active = set_schedules(env, here, True)
     for name in set_schedules(env, absent, False):
-        print(f"schedule paused (no worker on this host): {name}; resume: "
-              f".venv/bin/python deployments/local.py resume {name}")
+        print(
+            f"schedule paused (no worker on this host): {name}; resume: "
+            f".venv/bin/python deployments/local.py resume {name}"
+        )
     return active
 
 
@@ -354,8 +402,10 @@ def up(args) -> int:
     if not args.no_run:
         flow_run = trigger(env, args.deployment, args.params)
         print(f"flow run: {flow_run}")
-        print(f"  API:  {api_url(args.port)}/flow_runs/{flow_run}  (artifacts: POST "
-              f"{api_url(args.port)}/artifacts/filter)")
+        print(
+            f"  API:  {api_url(args.port)}/flow_runs/{flow_run}  (artifacts: POST "
+            f"{api_url(args.port)}/artifacts/filter)"
+        )
         print(f"  UI:   http://127.0.0.1:{args.port}/runs/flow-run/{flow_run}")
     print("stop everything: .venv/bin/python deployments/local.py down" + (f" --dir {state}" if args.dir else ""))
     return 0
@@ -412,18 +462,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "resume"])
     parser.add_argument("names", nargs="*", help="resume: deployments whose schedules to turn on (default: all)")
-    parser.add_argument("--dir", help="state directory: SQLite database, logs, pid files "
-                        "(default: $BERT_LOCAL_DIR or .prefect-local/)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("BERT_LOCAL_PORT", 4200)),
-                        help="Prefect server port on 127.0.0.1 (default: $BERT_LOCAL_PORT or 4200)")
-    parser.add_argument("--database", choices=DATABASES, default="sqlite",
-                        help="the server's database: SQLite in the state directory, or a PostgreSQL cluster of "
-                        "its own there, started by `up` and stopped by `down` (default: %(default)s)")
+    parser.add_argument(
+        "--dir", help="state directory: SQLite database, logs, pid files (default: $BERT_LOCAL_DIR or .prefect-local/)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("BERT_LOCAL_PORT", 4200)),
+        help="Prefect server port on 127.0.0.1 (default: $BERT_LOCAL_PORT or 4200)",
+    )
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="the server's database: SQLite in the state directory, or a PostgreSQL cluster of "
+        "its own there, started by `up` and stopped by `down` (default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="process workers on the pool (default: 1)")
     parser.add_argument("--pool", default=DEFAULT_POOL, help="work pool the workers poll (default: %(default)s)")
     parser.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help="deployment to run (default: %(default)s)")
-    parser.add_argument("--params", help="JSON parameters for the run, e.g. "
-                        "'{\"overrides\": {\"benchmark.duration\": 5}}'")
+    parser.add_argument(
+        "--params", help='JSON parameters for the run, e.g. \'{"overrides": {"benchmark.duration": 5}}\''
+    )
     parser.add_argument("--no-run", action="store_true", help="set up, but trigger no run")
     return parser.parse_intermixed_args(argv)
 

@@ -92,14 +92,17 @@ def bin_dir(cluster: Cluster | None = None, root: Path = BIN_ROOT) -> Path:
         version = (cluster.data / "PG_VERSION").read_text().strip()
         wanted = root / version / "bin"
         if not (wanted / "pg_ctl").is_file():
-            raise PostgresError(f"the cluster in {cluster.data} is PostgreSQL {version}, whose binaries are not "
-                                f"installed ({wanted})",
-                                fix=f"apt-get install postgresql-{version}, or remove {cluster.home} to start afresh")
+            raise PostgresError(
+                f"the cluster in {cluster.data} is PostgreSQL {version}, whose binaries are not installed ({wanted})",
+                fix=f"apt-get install postgresql-{version}, or remove {cluster.home} to start afresh",
+            )
         return wanted
     found = sorted((p for p in root.glob("*/bin") if (p / "pg_ctl").is_file()), key=lambda p: _version_key(p.parent))
     if not found:
-        raise PostgresError(f"PostgreSQL is not installed (no {root}/<version>/bin/pg_ctl)",
-                            fix="./setup.sh --tests installs it (as root), or: apt-get install postgresql")
+        raise PostgresError(
+            f"PostgreSQL is not installed (no {root}/<version>/bin/pg_ctl)",
+            fix="./setup.sh --tests installs it (as root), or: apt-get install postgresql",
+        )
     return found[-1]
 
 
@@ -110,8 +113,11 @@ def _run_as() -> list[str]:
     try:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        raise PostgresError(f"running as root, and there is no `{SYSTEM_USER}` system user to run PostgreSQL as "
-                            "(PostgreSQL refuses root)", fix="apt-get install postgresql creates it") from None
+        raise PostgresError(
+            f"running as root, and there is no `{SYSTEM_USER}` system user to run PostgreSQL as "
+            "(PostgreSQL refuses root)",
+            fix="apt-get install postgresql creates it",
+        ) from None
     runuser = shutil.which("runuser")
     if runuser is None:
         raise PostgresError("running as root, and `runuser` is missing", fix="apt-get install util-linux")
@@ -125,13 +131,21 @@ def _owner() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _pg(cluster: Cluster, program: str, *args: str, stdin: str | None = None, timeout: float = 180,
-        detach: bool = False) -> subprocess.CompletedProcess:
+def _pg(
+    cluster: Cluster, program: str, *args: str, stdin: str | None = None, timeout: float = 180, detach: bool = False
+) -> subprocess.CompletedProcess:
     """Run one of the cluster's programs as its owner; its output is returned, never printed."""
     command = [*_run_as(), str(bin_dir(cluster) / program), *args]
     try:
-        return subprocess.run(command, cwd=cluster.home, input=stdin, capture_output=True, text=True,
-                              timeout=timeout, start_new_session=detach)
+        return subprocess.run(
+            command,
+            cwd=cluster.home,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=detach,
+        )
     except subprocess.TimeoutExpired:
         raise PostgresError(f"`{program}` took over {timeout:.0f} s", fix=f"read {cluster.log}") from None
 
@@ -141,8 +155,11 @@ def _check(done: subprocess.CompletedProcess, what: str, cluster: Cluster) -> No
         from tasks.common.processes import tail
 
         log = tail(cluster.log, 20) if cluster.log.exists() else None
-        raise PostgresError(f"{what} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}"
-                            + (f"\n{cluster.log}:\n{log}" if log else ""), fix="read the output above")
+        raise PostgresError(
+            f"{what} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}"
+            + (f"\n{cluster.log}:\n{log}" if log else ""),
+            fix="read the output above",
+        )
 
 
 # -- the password and the URL -----------------------------------------------------------------
@@ -158,8 +175,9 @@ def password(cluster: Cluster) -> str:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(32) + "\n")
     if path.stat().st_mode & 0o077:
-        raise PostgresError(f"{path} is readable by others (mode {path.stat().st_mode & 0o777:o})",
-                            fix=f"chmod 600 {path}")
+        raise PostgresError(
+            f"{path} is readable by others (mode {path.stat().st_mode & 0o777:o})", fix=f"chmod 600 {path}"
+        )
     return path.read_text().strip()
 
 
@@ -191,10 +209,12 @@ def _prepare_home(cluster: Cluster) -> None:
     if os.geteuid() == 0:
         reach = subprocess.run([*_run_as(), "test", "-w", str(cluster.home)], capture_output=True)
         if reach.returncode != 0:
-            raise PostgresError(f"the `{SYSTEM_USER}` system user, which PostgreSQL runs as under root, cannot reach "
-                                f"{cluster.home}: a parent directory is closed to other users",
-                                fix="use a state directory (--dir) whose parents are all searchable by others "
-                                    "(chmod o+x), e.g. under /var/tmp")
+            raise PostgresError(
+                f"the `{SYSTEM_USER}` system user, which PostgreSQL runs as under root, cannot reach "
+                f"{cluster.home}: a parent directory is closed to other users",
+                fix="use a state directory (--dir) whose parents are all searchable by others "
+                "(chmod o+x), e.g. under /var/tmp",
+            )
     cluster.socket_dir.mkdir(exist_ok=True)
     os.chown(cluster.socket_dir, uid, gid)
     os.chmod(cluster.socket_dir, 0o700)
@@ -213,8 +233,16 @@ def init(cluster: Cluster) -> None:
     _prepare_home(cluster)
     if cluster.initialized():
         return
-    done = _pg(cluster, "initdb", "-D", str(cluster.data), "--auth-local=peer", "--auth-host=scram-sha-256",
-               "--encoding=UTF8", "--locale=C.UTF-8")
+    done = _pg(
+        cluster,
+        "initdb",
+        "-D",
+        str(cluster.data),
+        "--auth-local=peer",
+        "--auth-host=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+    )
     _check(done, "initdb", cluster)
     with open(cluster.data / "postgresql.conf", "a") as conf:
         conf.write(SETTINGS.format(socket_dir=cluster.socket_dir))
@@ -239,16 +267,45 @@ def start(cluster: Cluster) -> tuple[ProcessRef, URL]:
     if running is None:
         port = _free_port()
         # Its own session: a Ctrl-C in the shell that ran `up` does not reach the database.
-        done = _pg(cluster, "pg_ctl", "start", "-D", str(cluster.data), "-l", str(cluster.log), "-w",
-                   "-t", str(START_TIMEOUT_S), "-o", f"-p {port}", detach=True, timeout=START_TIMEOUT_S + 30)
+        done = _pg(
+            cluster,
+            "pg_ctl",
+            "start",
+            "-D",
+            str(cluster.data),
+            "-l",
+            str(cluster.log),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-o",
+            f"-p {port}",
+            detach=True,
+            timeout=START_TIMEOUT_S + 30,
+        )
         _check(done, "pg_ctl start", cluster)
         running = cluster.running()
         if running is None:
-            raise PostgresError(f"PostgreSQL reported started but no postmaster runs for {cluster.data}",
-                                fix=f"read {cluster.log}")
+            raise PostgresError(
+                f"PostgreSQL reported started but no postmaster runs for {cluster.data}", fix=f"read {cluster.log}"
+            )
     ref, port = running
-    done = _pg(cluster, "psql", "-X", "-q", "-h", str(cluster.socket_dir), "-p", str(port), "-d", "postgres",
-               "-f", "-", stdin=SETUP_SQL.format(role=ROLE, database=DATABASE, secret=secret), timeout=60)
+    done = _pg(
+        cluster,
+        "psql",
+        "-X",
+        "-q",
+        "-h",
+        str(cluster.socket_dir),
+        "-p",
+        str(port),
+        "-d",
+        "postgres",
+        "-f",
+        "-",
+        stdin=SETUP_SQL.format(role=ROLE, database=DATABASE, secret=secret),
+        timeout=60,
+    )
     _check(done, "creating the prefect role and database", cluster)
     return ref, connection_url(port, secret)
 
@@ -258,8 +315,19 @@ def stop(cluster: Cluster, timeout: float = 60) -> bool:
     running = cluster.running()
     if running is None:
         return False
-    done = _pg(cluster, "pg_ctl", "stop", "-D", str(cluster.data), "-m", "fast", "-w", "-t", str(int(timeout)),
-               timeout=timeout + 30)
+    done = _pg(
+        cluster,
+        "pg_ctl",
+        "stop",
+        "-D",
+        str(cluster.data),
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        str(int(timeout)),
+        timeout=timeout + 30,
+    )
     _check(done, "pg_ctl stop", cluster)
     return True
 

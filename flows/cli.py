@@ -62,8 +62,12 @@ def flag_of(field: FieldInfo) -> str | None:
 
 
 def add_config_file_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
-                        help="YAML run config; the options below override it (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help="YAML run config; the options below override it (default: %(default)s)",
+    )
 
 
 def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
@@ -82,12 +86,12 @@ def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | No
         # Not argparse's default: a flag not given must leave the config file in charge.
         help_text = f"{field.description} [{key}; default: {default}]".replace("%", "%%")
         if _members(field.annotation) == [bool]:
-            groups[section].add_argument(f"--{flag}", dest=key, action=argparse.BooleanOptionalAction,
-                                         help=help_text)
+            groups[section].add_argument(f"--{flag}", dest=key, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             read, choices, metavar = _reader(key, field.annotation)
-            groups[section].add_argument(f"--{flag}", dest=key, type=read, choices=choices, metavar=metavar,
-                                         help=help_text)
+            groups[section].add_argument(
+                f"--{flag}", dest=key, type=read, choices=choices, metavar=metavar, help=help_text
+            )
     unknown = (wanted or set()) - {flag_of(field) for field in config_fields().values()}
     if unknown:
         raise ValueError(f"no config field is marked as flag {sorted(unknown)}")
@@ -143,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"status: {summary['status']}  summary: {Path(summary['run_dir']) / 'summary.json'}")
     if summary["server"]:
         facts = summary["server"]
-        print(f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
-              f"  management: {facts['management_url']}\n"
-              f"  keys:       {facts['key_file']} (\"inference\" and \"management\" keys; send as Bearer tokens)\n"
-              "  stop it:    python -m flows.stop")
+        print(
+            f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
+            f"  management: {facts['management_url']}\n"
+            f'  keys:       {facts["key_file"]} ("inference" and "management" keys; send as Bearer tokens)\n'
+            "  stop it:    python -m flows.stop"
+        )
     return 0 if summary["status"] == "ok" else 1
 
 
@@ -185,23 +191,28 @@ def _interrupted(runs_dir: Path, started: float) -> str:
             return "interrupted before the run started: nothing to stop"
         summary = json.loads(path.read_text())
         stopped = (summary.get("interrupted") or {}).get("stopped")
-        done = (f"TorchServe stopped ({stopped['stopped']} processes)" if stopped
-                else "TorchServe NOT stopped: see the summary" if summary.get("status") != "interrupted"
-                or any(s["name"] == "stop" and s["status"] == "failed" for s in summary["stages"])
-                else "no TorchServe was running")
+        done = (
+            f"TorchServe stopped ({stopped['stopped']} processes)"
+            if stopped
+            else "TorchServe NOT stopped: see the summary"
+            if summary.get("status") != "interrupted"
+            or any(s["name"] == "stop" and s["status"] == "failed" for s in summary["stages"])
+            else "no TorchServe was running"
+        )
         return f"interrupted: {done}; summary: {path.resolve()}"
     except FileNotFoundError:
         return "interrupted before the run started: nothing to stop"
     except (OSError, ValueError, KeyError, TypeError) as error:
-        return (f"interrupted: the run's summary {path} is unreadable ({type(error).__name__}: {error}), so "
-                f"whether TorchServe was stopped is unknown; python -m flows.stop {path.parent} stops one it left")
+        return (
+            f"interrupted: the run's summary {path} is unreadable ({type(error).__name__}: {error}), so "
+            f"whether TorchServe was stopped is unknown; python -m flows.stop {path.parent} stops one it left"
+        )
 
 
 def _members(annotation: Any) -> list[Any]:
     """The types a value may have: a union's members without None, Annotated constraints dropped."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [member for arg in typing.get_args(annotation) if arg is not type(None)
-                for member in _members(arg)]
+        return [member for arg in typing.get_args(annotation) if arg is not type(None) for member in _members(arg)]
     if typing.get_origin(annotation) is typing.Annotated:
         return _members(typing.get_args(annotation)[0])
     return [annotation]

@@ -27,16 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flows.doctor",
         description="Check this host the way tonight's run will use it -- install, Java, backend, NeuronCores, a "
         "compile, TorchServe with a killed worker, the accelerator's tool, stop -- each step pass / fail / "
-        "skipped with its time and, on a failure, the fix.")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_FILE), metavar="FILE",
-                        help="the run config whose model and serving settings are checked (default: %(default)s)")
-    parser.add_argument("--backend", choices=["auto", "neuron", "cuda", "cpu"],
-                        help="the backend to check (default: the config's serving.backend, auto in default.yaml)")
-    parser.add_argument("--instance-type", metavar="TYPE",
-                        help="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing "
-                        "(configs/neuron_cores.yaml)")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="where doctor.md and doctor.json go (default: <runs dir>/doctor-<UTC time>)")
+        "skipped with its time and, on a failure, the fix.",
+    )
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG_FILE),
+        metavar="FILE",
+        help="the run config whose model and serving settings are checked (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "neuron", "cuda", "cpu"],
+        help="the backend to check (default: the config's serving.backend, auto in default.yaml)",
+    )
+    parser.add_argument(
+        "--instance-type",
+        metavar="TYPE",
+        help="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where doctor.md and doctor.json go (default: <runs dir>/doctor-<UTC time>)",
+    )
     return parser
 
 

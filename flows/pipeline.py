@@ -54,10 +54,15 @@ install_expected_failures()
 
 
 # Cancelled or crashed: Prefect's own hooks stop a TorchServe the run's process could not (flows/run.py).
-@flow(name="bert-serving-validation", log_prints=True,
-      on_cancellation=[stop_what_the_run_left], on_crashed=[stop_what_the_run_left])
-def validate(config_file: str = "configs/default.yaml", settings: RunSettings = RunSettings(),
-             overrides: dict | None = None) -> dict:
+@flow(
+    name="bert-serving-validation",
+    log_prints=True,
+    on_cancellation=[stop_what_the_run_left],
+    on_crashed=[stop_what_the_run_left],
+)
+def validate(
+    config_file: str = "configs/default.yaml", settings: RunSettings = RunSettings(), overrides: dict | None = None
+) -> dict:
     """Prove a BERT model still serves correctly and fast on TorchServe.
 
     Args:
@@ -78,8 +83,9 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
         with run.stage("start"):
             if model.mar is not None:
                 stop_stale_servers(run, config, resolved)
-                mar = from_mar_task(model.mar, run.dir / "model_store", serving.batch_size, serving.max_length,
-                                    resolved.backend)
+                mar = from_mar_task(
+                    model.mar, run.dir / "model_store", serving.batch_size, serving.max_length, resolved.backend
+                )
                 run.model_info = mar.info
             assert mar is not None  # built above, or brought with --mar just now
             run.server = start_task(serving, resolved, mar.model_store, run.dir / "server")
@@ -95,8 +101,9 @@ def validate(config_file: str = "configs/default.yaml", settings: RunSettings = 
             raise_if_failed(run.checks)
         if config.benchmark.enabled:
             with run.stage("benchmark"):
-                run.benchmark = benchmark_task(run.server, mar, traced, config, resolved, run.dir,
-                                               accuracy=accuracy_of(run.checks))
+                run.benchmark = benchmark_task(
+                    run.server, mar, traced, config, resolved, run.dir, accuracy=accuracy_of(run.checks)
+                )
                 raise_if_regressed(run.benchmark)
             if config.benchmark.compare_buckets and len(mar.info.buckets) > 1 and traced is not None:
                 with run.stage("compare-buckets"):
@@ -127,15 +134,23 @@ def build(run: Run, config: RunConfig, resolved: ResolvedServing) -> tuple[Trace
         run.stages.skip("trace", f"--traced {model.traced} given")
         with run.stage("archive"):
             stop_stale_servers(run, config, resolved)
-            traced = from_traced_task(model, serving.batch_size, serving.max_length, resolved.backend,
-                                      run.dir / "model")
+            traced = from_traced_task(
+                model, serving.batch_size, serving.max_length, resolved.backend, run.dir / "model"
+            )
             run.model_info = traced.info
             return traced, archive_task(traced, run.dir / "model_store")
     with run.stage("trace"):
         stop_stale_servers(run, config, resolved)
-        traced = trace_task(model, serving.batch_size, serving.max_length, serving.buckets(), run.dir / "model",
-                            resolved.backend, config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
-                            config.build.cache_dir if config.build.compile_cache else None)
+        traced = trace_task(
+            model,
+            serving.batch_size,
+            serving.max_length,
+            serving.buckets(),
+            run.dir / "model",
+            resolved.backend,
+            config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
+            config.build.cache_dir if config.build.compile_cache else None,
+        )
         run.model_info, run.trace_cache = traced.info, traced.cache
     with run.stage("archive"):
         return traced, archive_task(traced, run.dir / "model_store")

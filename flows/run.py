@@ -90,14 +90,20 @@ class Run:
         return self.config.keep_serving and self.stages.records["check"].status == "ok"
 
     def __enter__(self) -> Run:
-        self.log.info("run directory %s; %d workers x %d threads (%s)", self.dir, self.resolved.initial_workers,
-                      self.resolved.threads_per_worker, self.resolved.cores_source)
+        self.log.info(
+            "run directory %s; %d workers x %d threads (%s)",
+            self.dir,
+            self.resolved.initial_workers,
+            self.resolved.threads_per_worker,
+            self.resolved.cores_source,
+        )
         for warning in self.config.serving.security_warnings():
             self.log.warning(warning)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
         self.interrupted = interruption(error)
         stop_error, again = self._stop()
         self._report()
@@ -113,8 +119,9 @@ class Run:
         if isinstance(error, Exception) and self.stages.failed():
             raise StageFailed(self.stages) from error  # the Failed state then names the stage
         if self.keep_serving and self.server is not None:
-            self.log.info("TorchServe kept serving at %s; stop it with: python -m flows.stop",
-                          self.server.inference_url)
+            self.log.info(
+                "TorchServe kept serving at %s; stop it with: python -m flows.stop", self.server.inference_url
+            )
         return False
 
     def _stop(self) -> tuple[BaseException | None, BaseException | None]:
@@ -162,31 +169,44 @@ class Run:
         serving = self.config.serving
         drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
         self.summary = build_summary(
-            self.stages, self.checks, self.benchmark, self.config.model_dump(mode="json"),
-            {"run_dir": str(self.dir), "resolved": self.resolved.model_dump(), "kept_serving": self.keep_serving,
-             "security": {"token_auth": serving.token_auth, "address": serving.address,
-                          "warnings": serving.security_warnings()},
-             "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
-             "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
-             "model": _model_facts(self.model_info, self.config.checks),
-             "trace": self.trace_cache,
-             "core_map": self.core_map.model_dump() if self.core_map else None,
-             "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
-             "pictures": drawn},
+            self.stages,
+            self.checks,
+            self.benchmark,
+            self.config.model_dump(mode="json"),
+            {
+                "run_dir": str(self.dir),
+                "resolved": self.resolved.model_dump(),
+                "kept_serving": self.keep_serving,
+                "security": {
+                    "token_auth": serving.token_auth,
+                    "address": serving.address,
+                    "warnings": serving.security_warnings(),
+                },
+                "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
+                "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
+                "model": _model_facts(self.model_info, self.config.checks),
+                "trace": self.trace_cache,
+                "core_map": self.core_map.model_dump() if self.core_map else None,
+                "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
+                "pictures": drawn,
+            },
         )
         if self.interrupted:
             self.summary["status"] = "interrupted"
             self.summary["interrupted"] = {"by": self.interrupted, "stopped": self.stopped}
         write_summary(self.dir, self.summary)
         if self.interrupted and not _api_answers():
-            self.log.warning("the Prefect API does not answer: artifacts not published; the summary is in %s",
-                             self.dir / "summary.json")
+            self.log.warning(
+                "the Prefect API does not answer: artifacts not published; the summary is in %s",
+                self.dir / "summary.json",
+            )
             return
         suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
         publish_artifacts(self.summary, self.checks, self.dir, self.buckets, suffix)
         publish_run_config(self.parameters, self.summary, suffix)
-        publish_trend(deployment_name() or suffix, suffix, _run_name(self.dir), self.started, self.summary,
-                      self.dir, self.log)  # never raises: a trend is not worth a failed run
+        publish_trend(
+            deployment_name() or suffix, suffix, _run_name(self.dir), self.started, self.summary, self.dir, self.log
+        )  # never raises: a trend is not worth a failed run
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _tell(self) -> None:
@@ -245,9 +265,12 @@ def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> dict | None:
     """What the graphs were compiled with and the parity they were held to (casting loosens it)."""
     if info is None:
         return None
-    return {"backend": info.backend, "compiler_args": info.compiler_args,
-            "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
-            "parity_max_abs_diff": info.parity_max_abs_diff}
+    return {
+        "backend": info.backend,
+        "compiler_args": info.compiler_args,
+        "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
+        "parity_max_abs_diff": info.parity_max_abs_diff,
+    }
 
 
 def _run_name(run_dir: Path) -> str:
@@ -259,5 +282,8 @@ def _run_name(run_dir: Path) -> str:
 
 def _server_facts(server: Server) -> dict:
     """Where a kept server is; the key file's path, never a key."""
-    return {"inference_url": server.inference_url, "management_url": server.management_url,
-            "key_file": str(server.key_file)}
+    return {
+        "inference_url": server.inference_url,
+        "management_url": server.management_url,
+        "key_file": str(server.key_file),
+    }

@@ -58,8 +58,13 @@ from_mar_task = task(name="bring-mar", cache_policy=NO_CACHE)(from_mar)
 stop_stale_task = task(name="stop-stale", cache_policy=NO_CACHE)(stop_stale)
 start_task = task(name="start", cache_policy=NO_CACHE)(start)
 ping_task = task(name="wait-healthy", cache_policy=NO_CACHE)(wait_healthy)
-register_task = task(name="register", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 10],
-                     retry_condition_fn=retry_when_retryable)(register)
+register_task = task(
+    name="register",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[2, 5, 10],
+    retry_condition_fn=retry_when_retryable,
+)(register)
 check_task = task(name="check", cache_policy=NO_CACHE)(run_checks)
 benchmark_task = task(name="benchmark", cache_policy=NO_CACHE)(benchmark)
 compare_buckets_task = task(name="compare-buckets", cache_policy=NO_CACHE)(compare_buckets)

@@ -1,6 +1,6 @@
 """Stop a TorchServe left up by `python -m flows.validate --keep-serving`.
 
-    python -m flows.stop [RUN_DIR]      (default: runs/latest)
+python -m flows.stop [RUN_DIR]      (default: runs/latest)
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from tasks.common.config import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.stop", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.stop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", nargs="?", type=Path, default=REPO_ROOT / "runs" / "latest")
     args = parser.parse_args(argv)
     # After parsing: --help answers without loading the server module and what it imports.

@@ -73,15 +73,27 @@ class Grid:
     by: str = "throughput"  # the ranking (sweep_rows.RANKINGS); capacity: each row searches its capacity
 
     @classmethod
-    def of(cls, config: RunConfig, batch_sizes: list[int] | None, workers: list[int] | None, delays: list[int] | None,
-           concurrency: list[int] | None, by: str = "throughput") -> Grid:
+    def of(
+        cls,
+        config: RunConfig,
+        batch_sizes: list[int] | None,
+        workers: list[int] | None,
+        delays: list[int] | None,
+        concurrency: list[int] | None,
+        by: str = "throughput",
+    ) -> Grid:
         """Each list defaults to the config's value. Each worker count is resolved up front: a count this
         host cannot run is refused before anything starts."""
         serving = config.serving
         workers = workers or [resolve_serving(serving).initial_workers]
-        return cls(batch_sizes or [serving.batch_size], workers, delays or [serving.max_batch_delay],
-                   concurrency or [config.benchmark.concurrency],
-                   {w: resolve_serving(serving.model_copy(update={"initial_workers": w})) for w in workers}, by)
+        return cls(
+            batch_sizes or [serving.batch_size],
+            workers,
+            delays or [serving.max_batch_delay],
+            concurrency or [config.benchmark.concurrency],
+            {w: resolve_serving(serving.model_copy(update={"initial_workers": w})) for w in workers},
+            by,
+        )
 
     @property
     def size(self) -> int:
@@ -96,8 +108,15 @@ def row_settings(settings: BenchmarkConfig, concurrency: int, capacity: bool = F
     """The benchmark settings for one row: a closed loop of `concurrency` clients for `duration` s; no lone
     client (a concurrency of 1 in the grid is that); the capacity search only when the rows are ranked by it."""
     search = settings.capacity.model_copy(update={"enabled": capacity})
-    return settings.model_copy(update={"mode": "closed", "concurrency": concurrency, "requests": None,
-                                       "single_client_seconds": 0, "capacity": search})
+    return settings.model_copy(
+        update={
+            "mode": "closed",
+            "concurrency": concurrency,
+            "requests": None,
+            "single_client_seconds": 0,
+            "capacity": search,
+        }
+    )
 
 
 def _free_cores(config: RunConfig, grid: Grid, log: Log) -> None:
@@ -118,18 +137,25 @@ def _trace(config: RunConfig, grid: Grid, run_dir: Path) -> tuple[dict[int, Mode
     models: dict[int, Model] = {}
     compile_cache: dict[int, dict | None] = {}
     for batch_size in grid.batch_sizes:
-        traced = trace_task(config.model, batch_size, serving.max_length, serving.buckets(),
-                            run_dir / f"model-b{batch_size}", backend,
-                            config.checks.parity_tolerance_for(backend, config.model.compiler_args),
-                            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
-                            config.build.cache_dir if config.build.compile_cache else None)
+        traced = trace_task(
+            config.model,
+            batch_size,
+            serving.max_length,
+            serving.buckets(),
+            run_dir / f"model-b{batch_size}",
+            backend,
+            config.checks.parity_tolerance_for(backend, config.model.compiler_args),
+            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
+            config.build.cache_dir if config.build.compile_cache else None,
+        )
         compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
         models[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
     return models, compile_cache
 
 
-def _measure_model(server: Server, config: RunConfig, grid: Grid, count: int, batch_size: int, model: Model,
-                   pairs: Pairs, log: Log) -> list[SweepRow]:
+def _measure_model(
+    server: Server, config: RunConfig, grid: Grid, count: int, batch_size: int, model: Model, pairs: Pairs, log: Log
+) -> list[SweepRow]:
     """Every delay x concurrency of one model on a TorchServe with `count` workers."""
     (traced, mar), resolved = model, grid.resolved[count]
     rows: list[SweepRow] = []
@@ -137,29 +163,45 @@ def _measure_model(server: Server, config: RunConfig, grid: Grid, count: int, ba
     for index, delay in enumerate(grid.delays):
         register_task(server, mar, delay, count)
         if index == 0:  # workers registered and idle: the ceiling now, once per model
-            ceiling = benchmark_stage.measure_ceiling(server, traced.model_dir, pairs, resolved,
-                                                      config.benchmark.ceiling_seconds, log,
-                                                      config.benchmark.ceiling_windows)
+            ceiling = benchmark_stage.measure_ceiling(
+                server,
+                traced.model_dir,
+                pairs,
+                resolved,
+                config.benchmark.ceiling_seconds,
+                log,
+                config.benchmark.ceiling_windows,
+            )
         for clients in grid.concurrency:
-            setting = Setting(batch_size=batch_size, workers=count, threads_per_worker=resolved.threads_per_worker,
-                              max_batch_delay=delay, concurrency=clients)
+            setting = Setting(
+                batch_size=batch_size,
+                workers=count,
+                threads_per_worker=resolved.threads_per_worker,
+                max_batch_delay=delay,
+                concurrency=clients,
+            )
             log.info("sweep: %s", setting.label)
-            bench = benchmark_stage.measure_setting(server, mar.model_name, pairs,
-                                                    row_settings(config.benchmark, clients, grid.by == "capacity"),
-                                                    resolved, log,
-                                                    ceiling=ceiling)
+            bench = benchmark_stage.measure_setting(
+                server,
+                mar.model_name,
+                pairs,
+                row_settings(config.benchmark, clients, grid.by == "capacity"),
+                resolved,
+                log,
+                ceiling=ceiling,
+            )
             rows.append(SweepRow(setting=setting, benchmark=bench))
     return rows
 
 
-def _measure_workers(config: RunConfig, grid: Grid, count: int, models: dict[int, Model], pairs: Pairs, run_dir: Path,
-                     log: Log) -> list[SweepRow]:
+def _measure_workers(
+    config: RunConfig, grid: Grid, count: int, models: dict[int, Model], pairs: Pairs, run_dir: Path, log: Log
+) -> list[SweepRow]:
     """One TorchServe with `count` workers, every model measured on it in turn; stopped whatever happens."""
     server: Server | None = None
     rows: list[SweepRow] = []
     try:
-        server = start_task(config.serving, grid.resolved[count], run_dir / "model_store",
-                            run_dir / f"server-w{count}")
+        server = start_task(config.serving, grid.resolved[count], run_dir / "model_store", run_dir / f"server-w{count}")
         ping_task(server, config.serving.startup_timeout)
         for batch_size in grid.batch_sizes:
             rows += _measure_model(server, config, grid, count, batch_size, models[batch_size], pairs, log)
@@ -191,15 +233,24 @@ def _artifacts(table: list[dict], line: str, run_dir: Path, client: ClientCapaci
     suffix = keys.current_suffix(backend)
     create_table_artifact(key=keys.key(keys.SWEEP, suffix), table=table, description=line)
     alone = f"; load generator alone: {client.requests_per_s:.0f} requests/s" if client else ""
-    create_markdown_artifact(key=keys.key(keys.SWEEP_SUMMARY, suffix),
-                             markdown=f"# Benchmark sweep\n\n{line}\n\nRun directory: `{run_dir}`{alone}",
-                             description="Benchmark sweep")
+    create_markdown_artifact(
+        key=keys.key(keys.SWEEP_SUMMARY, suffix),
+        markdown=f"# Benchmark sweep\n\n{line}\n\nRun directory: `{run_dir}`{alone}",
+        description="Benchmark sweep",
+    )
 
 
 @flow(name="bert-serving-sweep", log_prints=True)
-def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] | None = None,
-          batch_sizes: list[int] | None = None, workers: list[int] | None = None, delays: list[int] | None = None,
-          concurrency: list[int] | None = None, p90_limit_ms: float | None = None, rank_by: str = "throughput") -> dict:
+def sweep(
+    config_file: str = "configs/default.yaml",
+    overrides: dict[str, Any] | None = None,
+    batch_sizes: list[int] | None = None,
+    workers: list[int] | None = None,
+    delays: list[int] | None = None,
+    concurrency: list[int] | None = None,
+    p90_limit_ms: float | None = None,
+    rank_by: str = "throughput",
+) -> dict:
     """Benchmark every combination; mark the best one: by throughput within the p90 limit, or by capacity at
     the capacity's latency bound (rank_by="capacity": each row then runs the capacity search)."""
     log = get_run_logger()
@@ -207,22 +258,35 @@ def sweep(config_file: str = "configs/default.yaml", overrides: dict[str, Any] |
     grid = Grid.of(config, batch_sizes, workers, delays, concurrency, rank_by)
     run_dir = new_run_dir(config.runs_dir)
     pairs, pool = benchmark_stage.load_pool(config.benchmark.pairs_file)
-    log.info("sweep in %s: batch sizes %s x workers %s x delays %s ms x concurrency %s (%d rows), %s",
-             run_dir, grid.batch_sizes, grid.workers, grid.delays, grid.concurrency, grid.size, pool)
+    log.info(
+        "sweep in %s: batch sizes %s x workers %s x delays %s ms x concurrency %s (%d rows), %s",
+        run_dir,
+        grid.batch_sizes,
+        grid.workers,
+        grid.delays,
+        grid.concurrency,
+        grid.size,
+        pool,
+    )
     client = benchmark_stage.client_capacity(pairs, row_settings(config.benchmark, max(grid.concurrency)), log)
     _free_cores(config, grid, log)
     models, compile_cache = _trace(config, grid, run_dir)
-    rows = [row for count in grid.workers
-            for row in _measure_workers(config, grid, count, models, pairs, run_dir, log)]
+    rows = [row for count in grid.workers for row in _measure_workers(config, grid, count, models, pairs, run_dir, log)]
     ranked = rank(rows, p90_limit_ms, by=rank_by)
     best = ranked[0] if ranked else None
     line = verdict(best, p90_limit_ms, by=rank_by)
     log.info(line)
     table = [row.table_row() for row in rows]
-    result = {"run_dir": str(run_dir), "pairs": pool, "p90_limit_ms": p90_limit_ms, "rank_by": rank_by,
-              "best": best.table_row() if best else None,
-              "client_requests_per_s": client.requests_per_s if client else None,
-              "compile_cache": compile_cache, "rows": table}
+    result = {
+        "run_dir": str(run_dir),
+        "pairs": pool,
+        "p90_limit_ms": p90_limit_ms,
+        "rank_by": rank_by,
+        "best": best.table_row() if best else None,
+        "client_requests_per_s": client.requests_per_s if client else None,
+        "compile_cache": compile_cache,
+        "rows": table,
+    }
     _write(result, rows, run_dir, log)
     _artifacts(table, line, run_dir, client, grid.backend)
     return result
@@ -235,21 +299,26 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from flows.cli import add_config_file_option, add_config_options
 
-    parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_file_option(parser)
     grid = parser.add_argument_group("grid (comma-separated lists; each defaults to the config's value)")
     grid.add_argument("--batch-sizes", type=_ints, metavar="N,N", help="e.g. 2,6")
     grid.add_argument("--workers", type=_ints, metavar="N,N", help="e.g. 1,2 (default: the config's, auto resolved)")
     grid.add_argument("--delays", type=_ints, metavar="MS,MS", help="max_batch_delay values in ms, e.g. 10,50")
     grid.add_argument("--concurrency", type=_ints, metavar="N,N", help="closed-loop clients, e.g. 1,8,64")
-    parser.add_argument("--p90-limit-ms", type=float, metavar="MS",
-                        help="mark the best configuration with p90 within this")
-    parser.add_argument("--rank-by", choices=sorted(RANKINGS), default="throughput",
-                        help="throughput (within --p90-limit-ms) or capacity (each row searches the highest Poisson "
-                             "rate whose p99 stays within --capacity-bound-ms)")
-    add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir",
-                                     "capacity-bound-ms"])
+    parser.add_argument(
+        "--p90-limit-ms", type=float, metavar="MS", help="mark the best configuration with p90 within this"
+    )
+    parser.add_argument(
+        "--rank-by",
+        choices=sorted(RANKINGS),
+        default="throughput",
+        help="throughput (within --p90-limit-ms) or capacity (each row searches the highest Poisson "
+        "rate whose p99 stays within --capacity-bound-ms)",
+    )
+    add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir", "capacity-bound-ms"])
     return parser.parse_args(argv)
 
 
@@ -265,22 +334,34 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    state = sweep(config_file=args.config, overrides=overrides, batch_sizes=args.batch_sizes, workers=args.workers,
-                  delays=args.delays, concurrency=args.concurrency, p90_limit_ms=args.p90_limit_ms,
-                  rank_by=args.rank_by, return_state=True)
+    state = sweep(
+        config_file=args.config,
+        overrides=overrides,
+        batch_sizes=args.batch_sizes,
+        workers=args.workers,
+        delays=args.delays,
+        concurrency=args.concurrency,
+        p90_limit_ms=args.p90_limit_ms,
+        rank_by=args.rank_by,
+        return_state=True,
+    )
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         print(f"error: {result}", file=sys.stderr)
         return 1
-    print(f"{'configuration':<22} {'inf/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'errors':>6} {'/ceiling':>8} "
-          f"{'lone batch ms':>13} {'busy':>5}")
+    print(
+        f"{'configuration':<22} {'inf/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'errors':>6} {'/ceiling':>8} "
+        f"{'lone batch ms':>13} {'busy':>5}"
+    )
     for row in result["rows"]:
         ratio = f"{row['served_over_ceiling']:.2f}" if row["served_over_ceiling"] is not None else "-"
         lone = f"{row['lone_batch_ms']:.0f}" if row["lone_batch_ms"] is not None else "-"
         busy = max(row["other_cores"] or 0, row["other_cores_ceiling"] or 0)
         mark = "  <- best" if row["best"] else ""
-        print(f"{row['label']:<22} {row['inferences_per_s']:>7.1f} {row['p50_ms']:>8.0f} {row['p90_ms']:>8.0f} "
-              f"{row['errors']:>6} {ratio:>8} {lone:>13} {busy:>5.2f}{mark}")
+        print(
+            f"{row['label']:<22} {row['inferences_per_s']:>7.1f} {row['p50_ms']:>8.0f} {row['p90_ms']:>8.0f} "
+            f"{row['errors']:>6} {ratio:>8} {lone:>13} {busy:>5.2f}{mark}"
+        )
     print("busy: CPUs other work on the host used during the row or its ceiling; above 0.1 x CPUs, rerun it")
     print(f"sweep: {Path(result['run_dir']) / SWEEP_FILE}")
     return 0

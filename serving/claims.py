@@ -46,9 +46,11 @@ def claim_core(claims_dir: Path, cores: int, pid: int, wait_s: float = CLAIM_WAI
                 (claims_dir / f"core_{core}").write_text(str(pid))
                 return core
         if time.monotonic() >= deadline:
-            raise RuntimeError(f"all {cores} NeuronCores are claimed by live workers {sorted(held.values())} "
-                               f"and none was freed within {wait_s:g} s; a worker needs one of its own: use "
-                               f"{cores} workers or fewer")
+            raise RuntimeError(
+                f"all {cores} NeuronCores are claimed by live workers {sorted(held.values())} "
+                f"and none was freed within {wait_s:g} s; a worker needs one of its own: use "
+                f"{cores} workers or fewer"
+            )
         time.sleep(poll_s)
 
 
@@ -77,7 +79,7 @@ def _live_owners(claims_dir: Path, prefix: str, by_pid: bool) -> dict[int, int]:
     found = {}
     for path in Path(claims_dir).glob(f"{prefix}*"):
         try:
-            number, content = int(path.name[len(prefix):]), int(path.read_text())
+            number, content = int(path.name[len(prefix) :]), int(path.read_text())
             pid = number if by_pid else content
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 found[number] = content

@@ -130,8 +130,10 @@ def encode_pairs(tokenizer, kind: str, pairs: list[tuple[str, str]], max_length:
         length = bucket_for(min(max(full), max_length), buckets or [max_length])
         for i in [i for i, row in enumerate(ids) if len(row) > length]:
             ids[i] = tokenizer(texts[i], truncation=True, max_length=length, **only_ids)["input_ids"]
-        inputs = (*_padded(ids[:count], length, tokenizer.pad_token_id),
-                  *_padded(ids[count:], length, tokenizer.pad_token_id))
+        inputs = (
+            *_padded(ids[:count], length, tokenizer.pad_token_id),
+            *_padded(ids[count:], length, tokenizer.pad_token_id),
+        )
     return inputs, [n > max_length for n in full]
 
 

@@ -99,8 +99,9 @@ def prepare_backend(backend: str, gpu_id) -> torch.device:
         try:
             import torch_neuronx  # noqa: F401  registers the Neuron ops torch.jit.load needs
         except ImportError:
-            raise RuntimeError("this model was traced for neuron, but torch_neuronx is not installed "
-                               "in this worker's environment") from None
+            raise RuntimeError(
+                "this model was traced for neuron, but torch_neuronx is not installed in this worker's environment"
+            ) from None
         return torch.device("cpu")  # a Neuron graph takes its inputs on the host
     if backend == "cuda":
         if not torch.cuda.is_available():
@@ -135,8 +136,9 @@ def pin_neuron_core(gpu_id) -> int | None:
     return core
 
 
-def load_graphs(model_dir: Path, info: ModelInfo, buckets: list[int], device: torch.device,
-                wait_s: float = CLAIM_WAIT_S) -> dict:
+def load_graphs(
+    model_dir: Path, info: ModelInfo, buckets: list[int], device: torch.device, wait_s: float = CLAIM_WAIT_S
+) -> dict:
     """{length: graph} for the buckets served. On Neuron the driver frees a killed worker's core in its
     exit path, a moment after the process is gone, and TorchServe starts the replacement at once: the
     runtime refuses the core meanwhile. So a refusal is retried for up to wait_s; past that the worker
@@ -144,13 +146,16 @@ def load_graphs(model_dir: Path, info: ModelInfo, buckets: list[int], device: to
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return {length: torch.jit.load(str(model_dir / info.model_files[length]), map_location=device).eval()
-                    for length in buckets}
+            return {
+                length: torch.jit.load(str(model_dir / info.model_files[length]), map_location=device).eval()
+                for length in buckets
+            }
         except RuntimeError as error:
             if info.backend != "neuron" or not NEURON_CORE_REFUSED.search(str(error)) or time.monotonic() > deadline:
                 raise
-            logger.warning("NeuronCore %s refused (%s): loading again", os.environ.get("NEURON_RT_VISIBLE_CORES"),
-                           error)
+            logger.warning(
+                "NeuronCore %s refused (%s): loading again", os.environ.get("NEURON_RT_VISIBLE_CORES"), error
+            )
             time.sleep(0.5)
 
 
@@ -178,8 +183,13 @@ class ParaphraseHandler(BaseHandler):
         self.initialized = True
         logger.info(
             "loaded buckets %s (%s, %s on %s) batch_size=%s max_length=%s threads=%s",
-            self.buckets, self.info.kind, self.info.backend, self.device, self.info.batch_size,
-            self.info.max_length, torch.get_num_threads(),
+            self.buckets,
+            self.info.kind,
+            self.info.backend,
+            self.device,
+            self.info.batch_size,
+            self.info.max_length,
+            torch.get_num_threads(),
         )
 
     @timed
@@ -197,8 +207,9 @@ class ParaphraseHandler(BaseHandler):
             else:
                 batch.indices.append(index)
         if pairs:
-            inputs, batch.truncated = encode_pairs(self.tokenizer, self.info.kind, pairs, self.info.max_length,
-                                                   self.buckets)
+            inputs, batch.truncated = encode_pairs(
+                self.tokenizer, self.info.kind, pairs, self.info.max_length, self.buckets
+            )
             batch.inputs = pad_to_batch(inputs, self.info.batch_size)
         return batch
 
@@ -220,8 +231,11 @@ class ParaphraseHandler(BaseHandler):
             self.context.set_response_status(code=400, phrase=message, idx=index)
             answers[index] = {"error": message}
         # Scores are there whenever a request reached the model (inference ran on data.inputs).
-        results = (predictions(data.scores, len(data.indices), self.class_names)
-                   if data.indices and data.scores is not None else [])
+        results = (
+            predictions(data.scores, len(data.indices), self.class_names)
+            if data.indices and data.scores is not None
+            else []
+        )
         for index, result, cut in zip(data.indices, results, data.truncated, strict=True):
             if result is None:
                 message = "the model returned NaN or Inf scores for this request"
@@ -247,5 +261,7 @@ def predictions(scores: torch.Tensor, count: int, class_names: list[str]) -> lis
     finite = torch.isfinite(rows).all(dim=-1).tolist()
     probabilities = torch.softmax(rows, dim=-1)
     labels = probabilities.argmax(dim=-1).tolist()
-    return [(class_names[label], float(p[1])) if ok else None
-            for label, p, ok in zip(labels, probabilities, finite, strict=True)]
+    return [
+        (class_names[label], float(p[1])) if ok else None
+        for label, p, ok in zip(labels, probabilities, finite, strict=True)
+    ]

@@ -7,4 +7,5 @@ from tools.screenshots import find_chromium
 needs_chromium = pytest.mark.skipif(
     find_chromium() is None,
     reason="no Chromium on this host, so the Prefect UI is not looked at: `apt-get install -y chromium` "
-           "(Debian's package)")
+    "(Debian's package)",
+)

@@ -57,8 +57,10 @@ def main() -> None:
         pairs += read_mrpc_lenient(DEV)[0][: args.pairs]
     for fault in (None, "drop-attention-mask", "swap-inputs", "nan"):
         score, prob, flipped = drift(fault, pairs, args.max_length)
-        print(f"{fault or 'healthy bf16':20} {len(pairs)} pairs at {args.max_length}: max |score diff| {score:.2e}, "
-              f"max |probability diff| {prob:.2e}, labels flipped {flipped}")
+        print(
+            f"{fault or 'healthy bf16':20} {len(pairs)} pairs at {args.max_length}: max |score diff| {score:.2e}, "
+            f"max |probability diff| {prob:.2e}, labels flipped {flipped}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{entry.name}  (no manifest: partial or corrupt, rebuilt when next used)")
             continue
         size = sum((entry / name).stat().st_size for name in manifest["files"] if (entry / name).is_file())
-        print(f"{entry.name}  {size / 2**20:.0f} MiB  built in {manifest['build_seconds']:.1f} s  "
-              f"{manifest['created']}")
+        print(
+            f"{entry.name}  {size / 2**20:.0f} MiB  built in {manifest['build_seconds']:.1f} s  {manifest['created']}"
+        )
     return 0
 
 

@@ -61,11 +61,23 @@ class Browser:
         # Its own session, so close() can end the renderers and helpers too, by this group's id; HOME
         # in the profile, so crash-report folders do not land in the user's ~/.config.
         self.process = subprocess.Popen(
-            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--no-first-run", f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env=dict(os.environ, HOME=self.profile.name))
+            [
+                executable,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                f"--user-data-dir={self.profile.name}",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=dict(os.environ, HOME=self.profile.name),
+        )
         try:
             port_file = Path(self.profile.name) / "DevToolsActivePort"  # "port\n/devtools/browser/<id>"
             if not wait(lambda: port_file.exists() and len(port_file.read_text().split()) == 2, 30):
@@ -104,10 +116,18 @@ class Browser:
         # The UI scrolls inside its own container, not the document, so a page-length capture sees one
         # screen: grow the viewport to the content instead (the summary's charts sit below the first one).
         tall = self.evaluate("Math.max(innerHeight, ...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
-        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=min(int(tall), MAX_HEIGHT),
-                  deviceScaleFactor=1, mobile=False)
-        self.call("Runtime.evaluate", awaitPromise=True,  # two frames: laid out and painted at the new size
-                  expression="new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=self.width,
+            height=min(int(tall), MAX_HEIGHT),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        self.call(
+            "Runtime.evaluate",
+            awaitPromise=True,  # two frames: laid out and painted at the new size
+            expression="new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))",
+        )
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         self.saved.append(path)
         self.call("Emulation.clearDeviceMetricsOverride")
@@ -165,22 +185,29 @@ class Rendered(HTMLParser):
 
     def png_images(self, alt: str | None = None) -> list[dict]:
         """The data:image/png images the browser could decode (with this alt text, if given)."""
-        return [i for i in self.images if i.get("src", "").startswith("data:image/png")
-                and i.get("data-decoded") == "true" and (alt is None or i.get("alt") == alt)]
+        return [
+            i
+            for i in self.images
+            if i.get("src", "").startswith("data:image/png")
+            and i.get("data-decoded") == "true"
+            and (alt is None or i.get("alt") == alt)
+        ]
 
     def says(self, words: str) -> bool:
         return words in " ".join(" ".join(self.text).split())
 
 
 def check_ui(page: Rendered, what: str) -> list[str]:
-    return [f"{what}: the UI cannot reach its API (\"{NO_API}\"; is PREFECT_UI_API_URL right?)"] \
-        if page.says(NO_API) else []
+    return (
+        [f'{what}: the UI cannot reach its API ("{NO_API}"; is PREFECT_UI_API_URL right?)'] if page.says(NO_API) else []
+    )
 
 
 def check_run_page(dom: str, keys: list[str]) -> list[str]:
     page = Rendered(dom)
-    return check_ui(page, "run page") + [f"run page's Artifacts tab: no artifact {key!r}"
-                                         for key in keys if not page.says(key)]
+    return check_ui(page, "run page") + [
+        f"run page's Artifacts tab: no artifact {key!r}" for key in keys if not page.says(key)
+    ]
 
 
 def check_deployment_page(dom: str, run_name: str) -> list[str]:
@@ -203,7 +230,7 @@ def check_trend(dom: str, run_name: str) -> list[str]:
     page = Rendered(dom)
     problems = check_ui(page, "trend page")
     if not page.png_images("trend"):
-        problems.append("trend page: no trend chart (a decoded <img alt=\"trend\"> with a data:image/png src)")
+        problems.append('trend page: no trend chart (a decoded <img alt="trend"> with a data:image/png src)')
     if not any(run_name in (row[0] for row in table[1:] if row) for table in page.tables):  # [1:]: not the header
         problems.append(f"trend page: no trend table whose first column lists this run, {run_name!r}")
     return problems
@@ -222,8 +249,7 @@ def run_facts(ui: str, flow_run_id: str) -> dict:
         found.raise_for_status()
     artifacts = {}
     for kind in ("summary", "trend"):
-        artifacts[kind] = next((a for a in found.json() if a["key"] and re.fullmatch(rf"{kind}(-.+)?", a["key"])),
-                               None)
+        artifacts[kind] = next((a for a in found.json() if a["key"] and re.fullmatch(rf"{kind}(-.+)?", a["key"])), None)
     run_dir = RUN_DIRECTORY.search(artifacts["summary"]["data"]) if artifacts["summary"] else None
     return {"run": run.json(), "artifacts": artifacts, "run_dir": Path(run_dir.group(1)) if run_dir else None}
 
@@ -242,20 +268,28 @@ def take(ui: str, facts: dict, out: Path, browser: Browser, timeout: float = 60)
     problems += check_run_page(browser.save(out / "run-artifacts.png"), keys)
 
     if run.get("deployment_id"):
-        browser.open(f"{ui}/deployments/deployment/{run['deployment_id']}",
-                     f"document.body.innerText.includes({json.dumps(run['name'])})", timeout)
+        browser.open(
+            f"{ui}/deployments/deployment/{run['deployment_id']}",
+            f"document.body.innerText.includes({json.dumps(run['name'])})",
+            timeout,
+        )
         problems += check_deployment_page(browser.save(out / "deployment.png"), run["name"])
     else:
         problems.append("the run has no deployment, so there is no deployment page")
 
     if artifacts["summary"]:
-        browser.open(f"{ui}/artifacts/artifact/{artifacts['summary']['id']}",
-                     f"document.querySelector({json.dumps(PNG)})", timeout)
+        browser.open(
+            f"{ui}/artifacts/artifact/{artifacts['summary']['id']}",
+            f"document.querySelector({json.dumps(PNG)})",
+            timeout,
+        )
         problems += check_summary(browser.save(out / "summary.png"))
     if artifacts["trend"]:
-        browser.open(f"{ui}/artifacts/artifact/{artifacts['trend']['id']}",
-                     f"document.querySelector({json.dumps(PNG + '[alt=trend]')}) && "
-                     "document.querySelector('table')", timeout)
+        browser.open(
+            f"{ui}/artifacts/artifact/{artifacts['trend']['id']}",
+            f"document.querySelector({json.dumps(PNG + '[alt=trend]')}) && document.querySelector('table')",
+            timeout,
+        )
         problems += check_trend(browser.save(out / "trend.png"), run["name"])
     return problems
 
@@ -270,8 +304,11 @@ def main(argv: list[str] | None = None) -> int:
 
     executable = find_chromium()
     if executable is None:
-        print("no Chromium found (looked for: " + ", ".join(BROWSERS) + "); install it with "
-              "`apt-get install -y chromium`", file=sys.stderr)
+        print(
+            "no Chromium found (looked for: " + ", ".join(BROWSERS) + "); install it with "
+            "`apt-get install -y chromium`",
+            file=sys.stderr,
+        )
         return 2
     try:
         facts = run_facts(args.ui, args.flow_run)

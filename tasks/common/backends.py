@@ -73,8 +73,13 @@ def _neuron(instance_type: str | None) -> Accelerator:
             "or choose serving.backend: auto",
         )
     cores, source = neuron_core_count(instance_type)
-    return Accelerator(backend="neuron", device_name=f"{cores} NeuronCores", cores=cores, cores_source=source,
-                       versions=package_versions("torch-neuronx", "neuronx-cc"))
+    return Accelerator(
+        backend="neuron",
+        device_name=f"{cores} NeuronCores",
+        cores=cores,
+        cores_source=source,
+        versions=package_versions("torch-neuronx", "neuronx-cc"),
+    )
 
 
 def neuron_core_count(instance_type: str | None = None) -> tuple[int, str]:
@@ -154,7 +159,10 @@ def _unanswered(command: str, why: str) -> None:
     """What a run goes on without when neuron-ls is there but does not answer, said once per ask."""
     stage_logger(__name__).warning(
         "%s did not answer (%s): going on without its listing -- NeuronCores are counted from the instance type, "
-        "and the processes holding them are not checked", command, why)
+        "and the processes holding them are not checked",
+        command,
+        why,
+    )
 
 
 def _parse_listing(text: str, source: str) -> NeuronListing | None:
@@ -171,8 +179,14 @@ def _parse_listing(text: str, source: str) -> NeuronListing | None:
         core_ids = [int(c) for c in device.get("neuroncore_ids") or range(first, first + count)]
         first += count
         for process in device.get("neuron_processes") or []:
-            processes.append(NeuronProcess(pid=int(process.get("pid", 0)), command=str(process.get("command", "")),
-                                           device=int(device.get("neuron_device", index)), cores=core_ids))
+            processes.append(
+                NeuronProcess(
+                    pid=int(process.get("pid", 0)),
+                    command=str(process.get("command", "")),
+                    device=int(device.get("neuron_device", index)),
+                    cores=core_ids,
+                )
+            )
     return NeuronListing(source=source, cores=first, processes=processes)
 
 
@@ -182,13 +196,19 @@ def _cuda(instance_type: str | None) -> Accelerator:
     if not torch.cuda.is_available():
         raise BackendError("backend cuda: no CUDA GPU is visible to torch", fix="choose serving.backend: auto or cpu")
     count = torch.cuda.device_count()
-    return Accelerator(backend="cuda", device_name=torch.cuda.get_device_name(0), cores=count,
-                       cores_source="torch.cuda.device_count()", versions={"cuda": str(torch.version.cuda)})
+    return Accelerator(
+        backend="cuda",
+        device_name=torch.cuda.get_device_name(0),
+        cores=count,
+        cores_source="torch.cuda.device_count()",
+        versions={"cuda": str(torch.version.cuda)},
+    )
 
 
 def _cpu(instance_type: str | None) -> Accelerator:
-    return Accelerator(backend="cpu", device_name=_cpu_name(), cores=physical_cores(),
-                       cores_source="psutil.cpu_count(logical=False)")
+    return Accelerator(
+        backend="cpu", device_name=_cpu_name(), cores=physical_cores(), cores_source="psutil.cpu_count(logical=False)"
+    )
 
 
 def physical_cores() -> int:

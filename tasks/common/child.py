@@ -34,9 +34,15 @@ class ChildError(PipelineError):
     """A child process failed without a PipelineError of its own (a crash, a kill, a bug)."""
 
 
-def run(module: str, request: dict, error: type[PipelineError] = ChildError, log: Log | None = None,
-        env: dict[str, str] | None = None, timeout: float | None = None,
-        known: tuple[type[PipelineError], ...] = ()) -> dict:
+def run(
+    module: str,
+    request: dict,
+    error: type[PipelineError] = ChildError,
+    log: Log | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    known: tuple[type[PipelineError], ...] = (),
+) -> dict:
     """Run `python -m module` on request; return its result, or raise `error` with the child's message
     (or the class in `known` the child raised, matched by name)."""
     log = log or logging.getLogger(module)
@@ -47,9 +53,15 @@ def run(module: str, request: dict, error: type[PipelineError] = ChildError, log
         child_env = with_environment_bin(dict(os.environ if env is None else env))
         # The child imports tasks/ and serving/ from this checkout, wherever the flow was started from.
         child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
-        process = subprocess.Popen([sys.executable, "-m", module, str(request_file), str(result_file)],
-                                   cwd=REPO_ROOT, env=child_env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, str(request_file), str(result_file)],
+            cwd=REPO_ROOT,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         lines: list[str] = []
         reader = threading.Thread(target=_stream, args=(process.stderr, log, module, lines), daemon=True)
         reader.start()
@@ -69,8 +81,10 @@ def run(module: str, request: dict, error: type[PipelineError] = ChildError, log
         error = next((kind for kind in known if kind.__name__ == raised.get("kind")), error)
         raise error(raised["message"], fix=raised.get("fix"), retryable=raised.get("retryable", False))
     last = "\n".join(lines[-20:])
-    raise error(f"{module} exited with code {code} and no result\n{last}",
-                fix="read the child's log lines above; a negative code is the signal that killed it")
+    raise error(
+        f"{module} exited with code {code} and no result\n{last}",
+        fix="read the child's log lines above; a negative code is the signal that killed it",
+    )
 
 
 def without_neuron_runtime_settings() -> dict[str, str]:
@@ -100,8 +114,14 @@ def main(work: Callable[[dict], dict]) -> None:
         answer = {"result": work(json.loads(request_file.read_text()))}
         code = 0
     except PipelineError as failure:
-        answer = {"error": {"message": failure.message, "fix": failure.fix, "retryable": failure.retryable,
-                            "kind": type(failure).__name__}}
+        answer = {
+            "error": {
+                "message": failure.message,
+                "fix": failure.fix,
+                "retryable": failure.retryable,
+                "kind": type(failure).__name__,
+            }
+        }
         code = 1
     except Exception as failure:  # a bug or a library's error: its traceback goes to the log
         traceback.print_exc()

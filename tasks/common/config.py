@@ -32,15 +32,30 @@ EMBEDDED_MODEL = "embedded"
 TUTORIAL_COMPILER_ARGS = ("--auto-cast", "matmult", "--auto-cast-type", "bf16")
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 # The figures the regression compares with earlier nights (tasks/measure/regression.py COMPARED, by name).
-COMPARED_FIGURES = ("inferences_per_s", "latency_ms p50", "latency_ms p90", "latency_ms p99", "error_rate",
-                    "model_load register_to_ready_s", "memory total_rss_mib", "accuracy", "served_over_ceiling",
-                    "capacity rate")
+COMPARED_FIGURES = (
+    "inferences_per_s",
+    "latency_ms p50",
+    "latency_ms p90",
+    "latency_ms p99",
+    "error_rate",
+    "model_load register_to_ready_s",
+    "memory total_rss_mib",
+    "accuracy",
+    "served_over_ceiling",
+    "capacity rate",
+)
 # Tolerances that differ from regression_tolerance (0.2 of the median): absolute for the two rates, wider
 # for the p99 and the model load, which vary more from night to night, and for the capacity, which the search
 # finds only within its precision (0.1).
-REGRESSION_TOLERANCES = {"latency_ms p99": 0.3, "error_rate": 0.01, "model_load register_to_ready_s": 0.5,
-                         "memory total_rss_mib": 0.15, "accuracy": 0.01, "served_over_ceiling": 0.1,
-                         "capacity rate": 0.25}
+REGRESSION_TOLERANCES = {
+    "latency_ms p99": 0.3,
+    "error_rate": 0.01,
+    "model_load register_to_ready_s": 0.5,
+    "memory total_rss_mib": 0.15,
+    "accuracy": 0.01,
+    "served_over_ceiling": 0.1,
+    "capacity rate": 0.25,
+}
 
 
 # The kinds of value of the fields a run's settings set too: RunSettings declares its settings with these
@@ -87,12 +102,15 @@ class ModelConfig(_Section):
         json_schema_extra={"flag": "compiler-args"},
     )
     traced: Path | None = Field(
-        None, description="bring your own traced graph (.pt, TorchScript, this pipeline's input contract): trace "
+        None,
+        description="bring your own traced graph (.pt, TorchScript, this pipeline's input contract): trace "
         "is skipped; the tokenizer comes from model.source (a directory or hub id), batch_size and max_length "
-        "from serving", json_schema_extra={"flag": "traced"},
+        "from serving",
+        json_schema_extra={"flag": "traced"},
     )
     mar: Path | None = Field(
-        None, description="bring your own .mar: trace and archive are skipped; a handler that is not ours is "
+        None,
+        description="bring your own .mar: trace and archive are skipped; a handler that is not ours is "
         "served as is and checked by its answers; batch_size and max_length from serving",
         json_schema_extra={"flag": "mar"},
     )
@@ -116,15 +134,19 @@ class ModelConfig(_Section):
 
 class ServingConfig(_Section):
     batch_size: int = Field(
-        6, ge=1, le=256, description="requests TorchServe batches into one inference; the model is traced "
-        "for this batch size", json_schema_extra={"flag": "batch-size"},
+        6,
+        ge=1,
+        le=256,
+        description="requests TorchServe batches into one inference; the model is traced for this batch size",
+        json_schema_extra={"flag": "batch-size"},
     )
     max_length: int = Field(
         128, ge=8, le=512, description="tokens per sequence, padded", json_schema_extra={"flag": "max-length"}
     )
     length_buckets: list[Annotated[int, Field(ge=8)]] | None = Field(
-        None, description="one static graph per length; each batch runs in the smallest that holds it "
-        "(max_length is always the last bucket, longer ones are ignored); none: max_length only"
+        None,
+        description="one static graph per length; each batch runs in the smallest that holds it "
+        "(max_length is always the last bucket, longer ones are ignored); none: max_length only",
     )
     max_batch_delay: int = Field(
         5,
@@ -134,23 +156,29 @@ class ServingConfig(_Section):
         json_schema_extra={"flag": "max-batch-delay"},
     )
     backend: Backend = Field(
-        "auto", description="auto: neuron if torch_neuronx and a NeuronCore are there, else cuda, else cpu",
+        "auto",
+        description="auto: neuron if torch_neuronx and a NeuronCore are there, else cuda, else cpu",
         json_schema_extra={"flag": "backend"},
     )
     instance_type: str | None = Field(
-        None, description="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)",
+        None,
+        description="e.g. inf2.xlarge: counts NeuronCores when neuron-ls is missing (configs/neuron_cores.yaml)",
         json_schema_extra={"flag": "instance-type"},
     )
     initial_workers: Workers = Field(
-        "auto", description="TorchServe workers, a number or auto: one per NeuronCore / GPU / physical CPU core; "
-        "never more than that", json_schema_extra={"flag": "workers"},
+        "auto",
+        description="TorchServe workers, a number or auto: one per NeuronCore / GPU / physical CPU core; "
+        "never more than that",
+        json_schema_extra={"flag": "workers"},
     )
     address: str = Field(
-        "127.0.0.1", description="address TorchServe binds to; not loopback warns",
+        "127.0.0.1",
+        description="address TorchServe binds to; not loopback warns",
         json_schema_extra={"flag": "address"},
     )
     token_auth: bool = Field(
-        True, description="TorchServe token authorization; off only for legacy clients that send no token (warns)",
+        True,
+        description="TorchServe token authorization; off only for legacy clients that send no token (warns)",
         json_schema_extra={"flag": "token-auth"},
     )
     inference_port: int = Field(8080, ge=1, le=65535)
@@ -160,8 +188,10 @@ class ServingConfig(_Section):
     grpc_inference_port: int = Field(7070, ge=1, le=65535)
     grpc_management_port: int = Field(7071, ge=1, le=65535)
     free_ports: bool = Field(
-        False, description="pick free ports instead of the configured five (inference, management, metrics, "
-        "2 x gRPC), so runs can overlap", json_schema_extra={"flag": "free-ports"},
+        False,
+        description="pick free ports instead of the configured five (inference, management, metrics, "
+        "2 x gRPC), so runs can overlap",
+        json_schema_extra={"flag": "free-ports"},
     )
     startup_timeout: float = Field(120.0, gt=0, description="s to wait for /ping Healthy")
     response_timeout: int = Field(120, ge=1, description="s TorchServe allows one batch")
@@ -191,9 +221,7 @@ class ServingConfig(_Section):
     def _distinct_ports(self) -> ServingConfig:
         ports = self.ports()
         if not self.free_ports and len(set(ports.values())) != len(ports):
-            raise ValueError(
-                f"ports must differ (got {ports}); give each its own port or set free_ports: true"
-            )
+            raise ValueError(f"ports must differ (got {ports}); give each its own port or set free_ports: true")
         return self
 
 
@@ -202,31 +230,46 @@ class CapacityConfig(_Section):
     stays within a bound -- MLPerf's Server scenario."""
 
     enabled: bool = Field(
-        False, description="after the load, search the highest rate of Poisson arrivals whose percentile "
-        "latency stays within bound_ms", json_schema_extra={"flag": "capacity"},
+        False,
+        description="after the load, search the highest rate of Poisson arrivals whose percentile "
+        "latency stays within bound_ms",
+        json_schema_extra={"flag": "capacity"},
     )
     bound_ms: float = Field(
-        1500.0, gt=0, description="the capacity's latency bound, ms at `percentile`",
+        1500.0,
+        gt=0,
+        description="the capacity's latency bound, ms at `percentile`",
         json_schema_extra={"flag": "capacity-bound-ms"},
     )
     percentile: float = Field(
-        99.0, gt=0, lt=100, description="the latency percentile the bound applies to",
+        99.0,
+        gt=0,
+        lt=100,
+        description="the latency percentile the bound applies to",
         json_schema_extra={"flag": "capacity-percentile"},
     )
-    precision: float = Field(0.1, gt=0, lt=1, description="bisect until passing and failing rates are this close "
-                             "(relative to the failing one)")
+    precision: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="bisect until passing and failing rates are this close (relative to the failing one)",
+    )
     min_step_seconds: float = Field(5.0, gt=0, description="s of measured load per step, at least")
     beyond: int = Field(5, ge=1, description="per step, at least this many requests expected past the percentile")
     step_warmup: float = Field(1.0, ge=0, description="s of load before each step is measured")
-    budget_seconds: float = Field(32.0, gt=0, description="s the whole search may take; a step that would not "
-                                  "fit is not started")
+    budget_seconds: float = Field(
+        32.0, gt=0, description="s the whole search may take; a step that would not fit is not started"
+    )
     seed: int = Field(0, description="the Poisson arrivals' seed: the same schedule every night")
 
 
 class BenchmarkConfig(_Section):
     enabled: bool = Field(True, description="run the benchmark stage", json_schema_extra={"flag": "benchmark"})
     concurrency: int = Field(
-        64, ge=1, le=1024, description="client threads (the tutorial used 64)",
+        64,
+        ge=1,
+        le=1024,
+        description="client threads (the tutorial used 64)",
         json_schema_extra={"flag": "concurrency"},
     )
     duration: float = Field(30.0, gt=0, description="s of measured load", json_schema_extra={"flag": "duration"})
@@ -239,11 +282,15 @@ class BenchmarkConfig(_Section):
     )
     rate: float = Field(20.0, gt=0, description="open loop only: requests/s", json_schema_extra={"flag": "rate"})
     arrivals: Literal["fixed", "poisson"] = Field(
-        "fixed", description="open loop only: fixed intervals, or poisson (exponential gaps, seeded by "
-        "capacity.seed: real traffic's bursts)", json_schema_extra={"flag": "arrivals"},
+        "fixed",
+        description="open loop only: fixed intervals, or poisson (exponential gaps, seeded by "
+        "capacity.seed: real traffic's bursts)",
+        json_schema_extra={"flag": "arrivals"},
     )
     requests: int | None = Field(
-        None, ge=1, description="measure this many requests instead of `duration` s",
+        None,
+        ge=1,
+        description="measure this many requests instead of `duration` s",
         json_schema_extra={"flag": "requests"},
     )
     pairs_file: Path | None = Field(
@@ -253,15 +300,19 @@ class BenchmarkConfig(_Section):
         json_schema_extra={"flag": "pairs-file"},
     )
     progress_every: float = Field(
-        1.0, gt=0, description="s between refreshes of the load's figures in the progress (the live terminal line "
-        "and the Prefect progress artifact); the log gets a line as a load of 20 s or more starts and at each quarter"
+        1.0,
+        gt=0,
+        description="s between refreshes of the load's figures in the progress (the live terminal line "
+        "and the Prefect progress artifact); the log gets a line as a load of 20 s or more starts and at each quarter",
     )
     ceiling_seconds: float = Field(
         3.0, ge=0, description="s per thread layout timing the traced model in-process, no server (0: skip)"
     )
     ceiling_windows: int = Field(
-        3, ge=1, description="windows the ceiling_seconds are split into, taken in turn across the layouts: their "
-        "CV, judged by stability_cv as the load's windows are, says whether served / in-process can be trusted"
+        3,
+        ge=1,
+        description="windows the ceiling_seconds are split into, taken in turn across the layouts: their "
+        "CV, judged by stability_cv as the load's windows are, says whether served / in-process can be trusted",
     )
     client_check_seconds: float = Field(
         1.0, ge=0, description="s of the load generator against a trivial local endpoint (0: skip)"
@@ -269,7 +320,9 @@ class BenchmarkConfig(_Section):
     single_client_seconds: float = Field(3.0, ge=0, description="s of one lone client after the load (0: skip)")
     regression_runs: int = Field(5, ge=0, description="compare with the median of this many earlier runs (0: off)")
     regression_tolerance: float = Field(
-        0.2, ge=0, description="a compared figure worse than the median of earlier runs by more than this "
+        0.2,
+        ge=0,
+        description="a compared figure worse than the median of earlier runs by more than this "
         "fraction regresses, unless benchmark.regression_tolerances names its own tolerance",
         json_schema_extra={"flag": "regression-tolerance"},
     )
@@ -279,15 +332,20 @@ class BenchmarkConfig(_Section):
         "unit, 0.01 = one point). Figures: " + ", ".join(COMPARED_FIGURES),
     )
     regression_action: RegressionAction = Field(
-        "warn", description="what a regression of any compared figure against earlier runs does to the run",
+        "warn",
+        description="what a regression of any compared figure against earlier runs does to the run",
         json_schema_extra={"flag": "regression"},
     )
     window: float = Field(
-        10.0, gt=0, description="s per throughput window; their coefficient of variation says whether the run "
-        "was stable", json_schema_extra={"flag": "window"},
+        10.0,
+        gt=0,
+        description="s per throughput window; their coefficient of variation says whether the run was stable",
+        json_schema_extra={"flag": "window"},
     )
     stability_cv: float = Field(
-        0.1, gt=0, description="windows whose throughput varies more than this (std / mean) mark the run unstable",
+        0.1,
+        gt=0,
+        description="windows whose throughput varies more than this (std / mean) mark the run unstable",
         json_schema_extra={"flag": "stability-cv"},
     )
     telemetry_every: float = Field(
@@ -299,9 +357,11 @@ class BenchmarkConfig(_Section):
     def _compared_figures(cls, tolerances: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(tolerances) - set(COMPARED_FIGURES))
         if unknown:
-            raise ValueError(f"no compared figure named {unknown}; the compared figures are "
-                             + ", ".join(COMPARED_FIGURES))
+            raise ValueError(
+                f"no compared figure named {unknown}; the compared figures are " + ", ".join(COMPARED_FIGURES)
+            )
         return {**REGRESSION_TOLERANCES, **tolerances}
+
     @field_validator("pairs_file")
     @classmethod
     def _existing_pairs_file(cls, path: Path | None) -> Path | None:
@@ -313,7 +373,9 @@ class BenchmarkConfig(_Section):
         True, description="with several length buckets, also serve max_length only and send both the same traffic"
     )
     compare_seconds: float = Field(
-        6.0, gt=0, description="compare-buckets: s of measured load against each registration (after `warmup`)",
+        6.0,
+        gt=0,
+        description="compare-buckets: s of measured load against each registration (after `warmup`)",
         json_schema_extra={"flag": "compare-seconds"},
     )
 
@@ -328,12 +390,18 @@ def checkpoint_source(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_dir():
         return str(path) if source.startswith("~") else source  # trace does not expand ~ itself
-    wanted = (f"give a checkpoint directory (config.json, weights and tokenizer files), a Hugging Face hub id "
-              f"such as org/name, or {EMBEDDED_MODEL}")
+    wanted = (
+        f"give a checkpoint directory (config.json, weights and tokenizer files), a Hugging Face hub id "
+        f"such as org/name, or {EMBEDDED_MODEL}"
+    )
     if path.exists():
         raise ValueError(f"{source} is a file, not a checkpoint directory; {wanted}")
-    local = (source.startswith(("/", "./", "../", "~")) or source in (".", "..") or source.count("/") > 1
-             or ("/" in source and path.parent.is_dir()))
+    local = (
+        source.startswith(("/", "./", "../", "~"))
+        or source in (".", "..")
+        or source.count("/") > 1
+        or ("/" in source and path.parent.is_dir())
+    )
     if local:
         raise ValueError(f"no such directory {source}; {wanted}")
     return source
@@ -391,19 +459,27 @@ class ChecksConfig(_Section):
         REPO_ROOT / "configs" / "golden_pairs.yaml", description="labelled pairs every answer must match"
     )
     parity_tolerance: float = Field(
-        1e-3, gt=0, description="fp32 graphs: largest allowed |traced - original| score and "
-        "|served - in-process| paraphrase probability"
+        1e-3,
+        gt=0,
+        description="fp32 graphs: largest allowed |traced - original| score and "
+        "|served - in-process| paraphrase probability",
     )
     bf16_parity_tolerance: float = Field(
-        BF16_PARITY_TOLERANCE, gt=0, description="the same for graphs compiled with --auto-cast to BF16/FP16 "
-        "(calibrated on the embedded model, docs/neuron.md 'Compiler arguments and parity'); labels must still agree"
+        BF16_PARITY_TOLERANCE,
+        gt=0,
+        description="the same for graphs compiled with --auto-cast to BF16/FP16 "
+        "(calibrated on the embedded model, docs/neuron.md 'Compiler arguments and parity'); labels must still agree",
     )
     accuracy_file: Path | None = Field(
-        None, description="optional labelled pairs in MSR Paraphrase / GLUE MRPC TSV format, sent through the server",
+        None,
+        description="optional labelled pairs in MSR Paraphrase / GLUE MRPC TSV format, sent through the server",
         json_schema_extra={"flag": "accuracy-file"},
     )
     min_accuracy: float | None = Field(
-        None, ge=0, le=1, description="fail the run when accuracy on the accuracy file is below this (0-1)",
+        None,
+        ge=0,
+        le=1,
+        description="fail the run when accuracy on the accuracy file is below this (0-1)",
         json_schema_extra={"flag": "min-accuracy"},
     )
     concurrency: int = Field(16, ge=1, le=256, description="clients sending the accuracy file")
@@ -429,7 +505,8 @@ def _default_cache_dir() -> Path:
 
 class BuildConfig(_Section):
     compile_cache: bool = Field(
-        True, description="reuse a traced model built earlier with the same model files, shapes, buckets, compiler "
+        True,
+        description="reuse a traced model built earlier with the same model files, shapes, buckets, compiler "
         "arguments and versions (tasks/prepare/cache.py); clear it with python -m tools.cache clear",
         json_schema_extra={"flag": "compile-cache"},
     )
@@ -449,7 +526,8 @@ class RunConfig(_Section):
         REPO_ROOT / "runs", description="where run directories are written", json_schema_extra={"flag": "runs-dir"}
     )
     keep_serving: bool = Field(
-        False, description="stop after check, leave TorchServe up (python -m flows.stop ends it)",
+        False,
+        description="stop after check, leave TorchServe up (python -m flows.stop ends it)",
         json_schema_extra={"flag": "keep-serving"},
     )
 
@@ -500,11 +578,16 @@ def resolve_serving(serving: ServingConfig) -> ResolvedServing:
     workers = most if serving.initial_workers == "auto" else serving.initial_workers
     if workers > most:
         unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical CPU cores"}[accelerator.backend]
-        why = (f"{accelerator.cores} {unit} (from {accelerator.cores_source}) and {cpus} physical CPU cores: "
-               f"at most {most} workers, each with a CPU core of its own" if accelerator.backend == "cuda" else
-               f"{accelerator.cores} {unit} (from {accelerator.cores_source}), and each worker needs one of its own")
-        raise ConfigError(f"serving.initial_workers = {workers}: this host has {why}",
-                          fix=f"set serving.initial_workers to {most} or fewer, or to auto")
+        why = (
+            f"{accelerator.cores} {unit} (from {accelerator.cores_source}) and {cpus} physical CPU cores: "
+            f"at most {most} workers, each with a CPU core of its own"
+            if accelerator.backend == "cuda"
+            else f"{accelerator.cores} {unit} (from {accelerator.cores_source}), and each worker needs one of its own"
+        )
+        raise ConfigError(
+            f"serving.initial_workers = {workers}: this host has {why}",
+            fix=f"set serving.initial_workers to {most} or fewer, or to auto",
+        )
     return ResolvedServing(
         **accelerator.model_dump(),
         initial_workers=workers,

@@ -53,10 +53,13 @@ def deployment_name() -> str | None:
         stage_logger(__name__).warning(
             "could not read this flow run's deployment name from the Prefect API (%s: %s): its artifacts go "
             "under the ad-hoc keys (%s-<backend>), not the deployment's, so the deployment's trend and "
-            "regression history will not include this run", type(error).__name__, error, ADHOC)
+            "regression history will not include this run",
+            type(error).__name__,
+            error,
+            ADHOC,
+        )
         return None
 
 
 def current_suffix(backend: str | None) -> str:
     return suffix(deployment_name(), backend)
-

@@ -14,9 +14,12 @@ import io
 from pathlib import Path
 
 MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
-FIX = ("give an MSR Paraphrase / GLUE MRPC file: tab-separated UTF-8 text, line 1 the header "
-       + ", ".join(MRPC_HEADER) + ", then a line per pair with Quality 0 or 1 "
-       "(e.g. ../shared/data/msr_paraphrase_dev.tsv)")
+FIX = (
+    "give an MSR Paraphrase / GLUE MRPC file: tab-separated UTF-8 text, line 1 the header "
+    + ", ".join(MRPC_HEADER)
+    + ", then a line per pair with Quality 0 or 1 "
+    "(e.g. ../shared/data/msr_paraphrase_dev.tsv)"
+)
 
 
 def read(path: Path) -> tuple[list[tuple[str, str]], list[int], list[int]]:
@@ -30,8 +33,9 @@ def read(path: Path) -> tuple[list[tuple[str, str]], list[int], list[int]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
-        raise ValueError(f"{path} is not MRPC TSV: line {line} is not UTF-8 text ({error.reason} at byte "
-                         f"{error.start})") from None
+        raise ValueError(
+            f"{path} is not MRPC TSV: line {line} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
     rows = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = next(rows, None)
     if header != MRPC_HEADER:
@@ -52,8 +56,11 @@ def check(path: Path) -> None:
     first line that is wrong). Some malformed lines among good ones are the check stage's to report."""
     pairs, _, skipped = read(path)
     if not pairs:
-        where = f"line {skipped[0]}: expected 5 tab-separated fields with Quality 0 or 1" if skipped \
+        where = (
+            f"line {skipped[0]}: expected 5 tab-separated fields with Quality 0 or 1"
+            if skipped
             else "nothing after the header"
+        )
         raise ValueError(f"{path} holds no MRPC pair: {where}")
 
 

@@ -108,8 +108,10 @@ def _setting(dotted: str, defaults: RunConfig) -> tuple[Any, Any]:
     field = config_field(dotted)
     # The field's own ge/le/gt travel in its metadata; Annotated keeps them on the non-empty value.
     kind: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    description = (f"{field.description}. Empty: the config file's {dotted} "
-                   f"({DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)}: {shown(value_at(defaults, dotted))})")
+    description = (
+        f"{field.description}. Empty: the config file's {dotted} "
+        f"({DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)}: {shown(value_at(defaults, dotted))})"
+    )
     return kind | None, Field(None, description=description)
 
 
@@ -136,8 +138,10 @@ def _plain_fields(schema: dict[str, Any]) -> None:
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid",  # a misspelt setting is refused, not ignored
-                              json_schema_extra=_plain_fields)
+    model_config = ConfigDict(
+        extra="forbid",  # a misspelt setting is refused, not ignored
+        json_schema_extra=_plain_fields,
+    )
 
     @model_serializer(mode="wrap")
     def _given_only(self, serialize) -> dict[str, Any]:
@@ -192,10 +196,14 @@ def as_overrides(settings: BaseModel | dict | None) -> dict[str, Any]:
 def merged(settings: BaseModel | dict | None, overrides: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """(the dotted overrides a run applies, lines naming each override a setting replaced)."""
     from_settings, overrides = as_overrides(settings), overrides or {}
-    replaced = [f"settings.{name} = {from_settings[dotted]!r} replaces overrides[{dotted!r}] = {overrides[dotted]!r}"
-                for name, dotted in SETTINGS.items()
-                if dotted in from_settings and dotted in overrides
-                and overrides[dotted] is not None and overrides[dotted] != from_settings[dotted]]
+    replaced = [
+        f"settings.{name} = {from_settings[dotted]!r} replaces overrides[{dotted!r}] = {overrides[dotted]!r}"
+        for name, dotted in SETTINGS.items()
+        if dotted in from_settings
+        and dotted in overrides
+        and overrides[dotted] is not None
+        and overrides[dotted] != from_settings[dotted]
+    ]
     return {**overrides, **from_settings}, replaced
 
 

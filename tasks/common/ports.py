@@ -33,8 +33,11 @@ def listeners(ports: Iterable[int]) -> dict[int, int | None]:
     program's outgoing connection, which refuses the bind but is no server.
     """
     wanted = set(ports)
-    return {conn.laddr.port: conn.pid for conn in psutil.net_connections(kind="tcp")
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in wanted}
+    return {
+        conn.laddr.port: conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in wanted
+    }
 
 
 def owner(port: int) -> str:

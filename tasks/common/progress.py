@@ -63,8 +63,10 @@ def describe_load(progress, label: str = "load") -> str:
     """What a running load looks like, in one short line (loadgen.LoadProgress)."""
     if progress.warming_up:
         return f"{label}: warm-up {progress.elapsed:.0f} s"
-    figures = (f"{progress.requests_per_s:.1f} requests/s, p50 {_ms(progress.p50_ms)}, p90 {_ms(progress.p90_ms)}, "
-               f"errors {progress.errors}")
+    figures = (
+        f"{progress.requests_per_s:.1f} requests/s, p50 {_ms(progress.p50_ms)}, p90 {_ms(progress.p90_ms)}, "
+        f"errors {progress.errors}"
+    )
     if progress.done:  # the last answers drained: its time is no longer the measured window's
         return f"{label} done: {figures}"
     if progress.planned is None:  # a count of requests
@@ -93,9 +95,17 @@ class StageProgress:
     """One stage's progress (see the module's docstring). Use as a context manager; call `phase(name)`
     as each phase starts and pass `load(label)` to loadgen.load as `on_progress`."""
 
-    def __init__(self, stage: str, phases: dict[str, float], log: logging.Logger | logging.LoggerAdapter | None = None,
-                 stream: TextIO | None = None, artifact: bool | None = None, every: float = UPDATE_EVERY,
-                 create: Callable | None = None, update: Callable | None = None):
+    def __init__(
+        self,
+        stage: str,
+        phases: dict[str, float],
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        stream: TextIO | None = None,
+        artifact: bool | None = None,
+        every: float = UPDATE_EVERY,
+        create: Callable | None = None,
+        update: Callable | None = None,
+    ):
         self.stage = stage
         self.plan = {name: float(s) for name, s in phases.items() if s > 0}
         self.total = sum(self.plan.values()) or 1.0
@@ -174,8 +184,7 @@ class StageProgress:
                 self._inner = max(self._inner, min(float(progress.fraction), 1.0))
                 self._detail = describe_load(progress, label or self._phase or "load")
                 quarter = int(self._inner * 4)
-                log_it = (self._logged() and 0 < quarter < 4
-                          and quarter > self._quarter)
+                log_it = self._logged() and 0 < quarter < 4 and quarter > self._quarter
                 if log_it:
                     self._quarter = quarter
             if log_it:
@@ -228,8 +237,9 @@ class StageProgress:
         elapsed = time.monotonic() - self.start
         with self._lock:
             detail = self._detail
-        self.log.info("%s %5.0f s: %3.0f%% of ~%.0f s, %s", self.stage, elapsed, self.fraction * 100,
-                      self.expected(), detail)
+        self.log.info(
+            "%s %5.0f s: %3.0f%% of ~%.0f s, %s", self.stage, elapsed, self.fraction * 100, self.expected(), detail
+        )
 
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=f"{self.stage}-{name}", daemon=True)
@@ -238,8 +248,9 @@ class StageProgress:
 
     def _guard_handlers(self) -> None:
         """Handlers writing to our stream (Prefect's console handler) erase the line before a record."""
-        loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
-                                           if isinstance(logger, logging.Logger)]
+        loggers = [logging.getLogger()] + [
+            logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+        ]
         for logger in loggers:
             for handler in logger.handlers:
                 if getattr(handler, "stream", None) is self.stream and handler not in self._guarded:
@@ -292,8 +303,12 @@ class StageProgress:
                         update(artifact_id=self.artifact_id, progress=state[0], description=state[1])
                     sent = state
                 except Exception as error:  # the API is down or refuses: the stage goes on without it
-                    self.log.warning("%s: the progress artifact stops here (%s: %s); the stage goes on", self.stage,
-                                     type(error).__name__, error)
+                    self.log.warning(
+                        "%s: the progress artifact stops here (%s: %s); the stage goes on",
+                        self.stage,
+                        type(error).__name__,
+                        error,
+                    )
                     return
             if stopping:
                 return
@@ -304,5 +319,7 @@ class StageProgress:
         elapsed = time.monotonic() - self.start
         if self._ended == "":
             return f"{self.stage} done in {elapsed:.0f} s (planned ~{self.total:.0f} s)"
-        return (f"{self.stage} {self._ended} after {elapsed:.0f} s, at {self._last * 100:.0f}%, during "
-                f"{self._phase or 'its start'}: {self._detail}")
+        return (
+            f"{self.stage} {self._ended} after {elapsed:.0f} s, at {self._last * 100:.0f}%, during "
+            f"{self._phase or 'its start'}: {self._detail}"
+        )

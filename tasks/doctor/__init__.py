@@ -28,8 +28,13 @@ def default_out_dir(runs_dir: Path) -> Path:
     return runs_dir / f"doctor-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def doctor(config: RunConfig, backend: str | None = None, instance_type: str | None = None,
-           out_dir: Path | None = None, say: Callable[[str], None] = print) -> Report:
+def doctor(
+    config: RunConfig,
+    backend: str | None = None,
+    instance_type: str | None = None,
+    out_dir: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> Report:
     """Run every check on this host, write doctor.md and doctor.json to out_dir, publish where a Prefect API
     is configured; `say` gets each step's line as it finishes. Returns the report (ok: no step failed)."""
     out_dir = out_dir or default_out_dir(config.runs_dir)
@@ -40,9 +45,16 @@ def doctor(config: RunConfig, backend: str | None = None, instance_type: str | N
         outcome = run_checks(checks.checks(), on_step=lambda step: say(line(step)))
     finally:
         checks.close()
-    report = Report(host=platform.node(), backend=checks.backend_name, requested_backend=checks.requested,
-                    started=started.isoformat(timespec="seconds"), seconds=round(time.monotonic() - clock, 2),
-                    ok=outcome.ok, interrupted=outcome.interrupted, steps=outcome.steps)
+    report = Report(
+        host=platform.node(),
+        backend=checks.backend_name,
+        requested_backend=checks.requested,
+        started=started.isoformat(timespec="seconds"),
+        seconds=round(time.monotonic() - clock, 2),
+        ok=outcome.ok,
+        interrupted=outcome.interrupted,
+        steps=outcome.steps,
+    )
     json_file, markdown_file = write(report, out_dir)
     published = publish(report)
     if published:

@@ -29,10 +29,15 @@ class Report(BaseModel):
 
 def markdown(report: Report) -> str:
     verdict = "ready for tonight's run" if report.ok else "NOT ready: fix the failed steps below"
-    lines = [f"# Doctor: {report.host} ({report.backend})", "",
-             f"**{verdict}** — started {report.started}, {report.seconds:.1f} s"
-             + (" (interrupted)" if report.interrupted else ""), "",
-             "| step | status | seconds | detail |", "|---|---|---:|---|"]
+    lines = [
+        f"# Doctor: {report.host} ({report.backend})",
+        "",
+        f"**{verdict}** — started {report.started}, {report.seconds:.1f} s"
+        + (" (interrupted)" if report.interrupted else ""),
+        "",
+        "| step | status | seconds | detail |",
+        "|---|---|---:|---|",
+    ]
     lines += [f"| {s.name} | {SYMBOL[s.status]} | {s.seconds:.1f} | {_cell(s.detail)} |" for s in report.steps]
     failed = [s for s in report.steps if s.status == "fail"]
     if failed:
@@ -93,8 +98,9 @@ def _report_flow():
 
     @flow(name="doctor", validate_parameters=False, persist_result=False)
     def doctor_report(text: str, key: str, ok: bool):
-        create_markdown_artifact(key=key, markdown=text,
-                                 description=f"python -m flows.doctor: {'ok' if ok else 'failed'}")
+        create_markdown_artifact(
+            key=key, markdown=text, description=f"python -m flows.doctor: {'ok' if ok else 'failed'}"
+        )
         return Completed(message="ready") if ok else Failed(message="not ready: see the artifact " + key)
 
     return doctor_report

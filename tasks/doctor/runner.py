@@ -81,7 +81,7 @@ def run_checks(checks: list[Check], on_step: Callable[[Step], None] = lambda ste
 
 
 def _why_skipped(check: Check, failed_first: dict[str, str], interrupted: bool) -> str | None:
-    """"needs java, which failed", or "needs serve, which was skipped: java failed"; None: run it."""
+    """ "needs java, which failed", or "needs serve, which was skipped: java failed"; None: run it."""
     if check.always:
         return None
     if interrupted:
@@ -98,8 +98,9 @@ def _run_one(check: Check) -> tuple[Step, bool]:
     started = time.monotonic()
 
     def step(status: str, detail: str, fix: str | None = None) -> Step:
-        return Step(name=check.name, status=status, seconds=round(time.monotonic() - started, 2), detail=detail,
-                    fix=fix)
+        return Step(
+            name=check.name, status=status, seconds=round(time.monotonic() - started, 2), detail=detail, fix=fix
+        )
 
     try:
         return step("pass", check.run()), False

@@ -39,8 +39,14 @@ T = TypeVar("T")
 
 # The doctor's small shape: compiles in seconds, and still runs every stage of the night.
 BATCH_SIZE, MAX_LENGTH = 1, 16
-IMPORTS = {"torch": "torch", "transformers": "transformers", "ts": "torchserve", "prefect": "prefect",
-           "httpx": "httpx", "pydantic": "pydantic"}  # module -> distribution
+IMPORTS = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "ts": "torchserve",
+    "prefect": "prefect",
+    "httpx": "httpx",
+    "pydantic": "pydantic",
+}  # module -> distribution
 TOOLS = ("torchserve", "torch-model-archiver")  # console scripts the night runs from this environment's bin
 SETUP_FIX = "run ./setup.sh (./setup.sh --neuron on a Neuron host): it installs the pinned set into .venv"
 MONITOR_WAIT_S = 5.0
@@ -49,11 +55,13 @@ REGISTER_TIMEOUT_S = 120.0
 HOLDER_START_S = 120.0
 # A process that is not ours, holding NeuronCore 0: it loads the graph there and runs it once, as a worker
 # does, then waits on stdin. Run with the checkout on PYTHONPATH (serving.contract).
-HOLD = ("import sys, torch, torch_neuronx; from pathlib import Path; from serving.contract import ModelInfo; "
-        "d = Path(sys.argv[1]); info = ModelInfo.read(d); length = info.buckets[0]; "
-        "graph = torch.jit.load(str(d / info.model_files[length])); "
-        "graph(*[torch.ones(info.batch_size, length, dtype=torch.long)] * (4 if info.kind == 'bi-encoder' else 3)); "
-        "print('held', flush=True); sys.stdin.read()")
+HOLD = (
+    "import sys, torch, torch_neuronx; from pathlib import Path; from serving.contract import ModelInfo; "
+    "d = Path(sys.argv[1]); info = ModelInfo.read(d); length = info.buckets[0]; "
+    "graph = torch.jit.load(str(d / info.model_files[length])); "
+    "graph(*[torch.ones(info.batch_size, length, dtype=torch.long)] * (4 if info.kind == 'bi-encoder' else 3)); "
+    "print('held', flush=True); sys.stdin.read()"
+)
 
 
 class DoctorError(PipelineError):
@@ -63,14 +71,26 @@ class DoctorError(PipelineError):
 class Doctor:
     """The checks, and what they hand on to each other."""
 
-    def __init__(self, config: RunConfig, backend: str | None = None, instance_type: str | None = None,
-                 out_dir: Path | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        backend: str | None = None,
+        instance_type: str | None = None,
+        out_dir: Path | None = None,
+    ):
         self.config = config
         self.requested = backend or config.serving.backend
-        self.serving = ServingConfig.model_validate({
-            **config.serving.model_dump(), "batch_size": BATCH_SIZE, "max_length": MAX_LENGTH, "length_buckets": None,
-            "free_ports": True, "backend": self.requested,
-            "instance_type": instance_type or config.serving.instance_type})
+        self.serving = ServingConfig.model_validate(
+            {
+                **config.serving.model_dump(),
+                "batch_size": BATCH_SIZE,
+                "max_length": MAX_LENGTH,
+                "length_buckets": None,
+                "free_ports": True,
+                "backend": self.requested,
+                "instance_type": instance_type or config.serving.instance_type,
+            }
+        )
         self.out_dir = out_dir or Path(tempfile.mkdtemp(prefix="doctor-"))
         # The graphs and the .mar are big and worth nothing after the doctor: a directory of their own, removed.
         self.work = Path(tempfile.mkdtemp(prefix="doctor-work-"))
@@ -86,13 +106,21 @@ class Doctor:
             Check("java", self.java),
             Check("backend", self.backend, needs=("install",)),
             Check("neuron-ls", self.neuron_ls, needs=("backend",)),
-            Check("compile", self.compile, needs=("backend",),
-                  fix="the message is the compile child's own; on Neuron, compare the torch-neuronx and neuronx-cc "
-                  "versions (install step) with constraints-neuron.txt"),
+            Check(
+                "compile",
+                self.compile,
+                needs=("backend",),
+                fix="the message is the compile child's own; on Neuron, compare the torch-neuronx and neuronx-cc "
+                "versions (install step) with constraints-neuron.txt",
+            ),
             Check("core-released", self.core_released, needs=("neuron-ls", "compile")),
             Check("second-loader-refused", self.second_loader_refused, needs=("neuron-ls", "compile")),
-            Check("serve", self.serve, needs=("java", "compile", "core-released"),
-                  fix="read TorchServe's logs in the report's server/logs/"),
+            Check(
+                "serve",
+                self.serve,
+                needs=("java", "compile", "core-released"),
+                fix="read TorchServe's logs in the report's server/logs/",
+            ),
             Check("worker-replaced", self.worker_replaced, needs=("serve",)),
             Check("telemetry", self.telemetry, needs=("backend",)),
             Check("stop", self.stop, always=True),
@@ -127,8 +155,9 @@ class Doctor:
     def install(self) -> str:
         """The packages import, pip sees no broken requirement, and TorchServe's tools are in the environment."""
         # pip check takes seconds of its own: it runs while the imports are timed.
-        pip = subprocess.Popen([sys.executable, "-m", "pip", "check"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+        pip = subprocess.Popen(
+            [sys.executable, "-m", "pip", "check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         try:
             _import_all()
             missing = [name for name in TOOLS if tools.environment_tool(name) is None]
@@ -158,8 +187,10 @@ class Doctor:
         r = self.resolved
         count = f"{r.cores} {({'neuron': 'NeuronCores', 'cuda': 'GPUs', 'cpu': 'physical cores'})[r.backend]}"
         device = "" if r.device_name == count else f"{r.device_name}; "
-        return (f"{r.backend}: {device}{count} (from {r.cores_source}); "
-                f"{r.initial_workers} workers x {r.threads_per_worker} threads")
+        return (
+            f"{r.backend}: {device}{count} (from {r.cores_source}); "
+            f"{r.initial_workers} workers x {r.threads_per_worker} threads"
+        )
 
     # --- 4-7: NeuronCores ---------------------------------------------------------------------------
 
@@ -175,13 +206,17 @@ class Doctor:
         self._neuron_only()
         path = backends.neuron_ls_path()
         if path is None:
-            raise DoctorError(f"neuron-ls is not on PATH nor in {tools.NEURON_TOOLS_DIR}",
-                              fix="install aws-neuronx-tools (the Neuron DLAMI has it in /opt/aws/neuron/bin)")
+            raise DoctorError(
+                f"neuron-ls is not on PATH nor in {tools.NEURON_TOOLS_DIR}",
+                fix="install aws-neuronx-tools (the Neuron DLAMI has it in /opt/aws/neuron/bin)",
+            )
         listing = backends.neuron_ls()
         if listing is None:
-            raise DoctorError(f"{path} does not answer as user {_user()} (neither --json-output nor -j)",
-                              fix=f"run {path} --json-output as {_user()}: it needs the Neuron driver loaded "
-                              "and read access to /dev/neuron*")
+            raise DoctorError(
+                f"{path} does not answer as user {_user()} (neither --json-output nor -j)",
+                fix=f"run {path} --json-output as {_user()}: it needs the Neuron driver loaded "
+                "and read access to /dev/neuron*",
+            )
         cores.ensure_free(self.sized.initial_workers)
         self.cores_were_free = True
         return f"{listing.source} ({path}): {listing.cores} NeuronCores; no process holds a core the workers need"
@@ -194,12 +229,22 @@ class Doctor:
         if backend == "neuron":
             _compiler_in_environment()
         tolerance = self.config.checks.parity_tolerance_for(backend, model.compiler_args)
-        self.traced = trace(model, BATCH_SIZE, MAX_LENGTH, [MAX_LENGTH], self.work / "model", backend=backend,
-                            parity_tolerance=tolerance, cache_dir=None)
+        self.traced = trace(
+            model,
+            BATCH_SIZE,
+            MAX_LENGTH,
+            [MAX_LENGTH],
+            self.work / "model",
+            backend=backend,
+            parity_tolerance=tolerance,
+            cache_dir=None,
+        )
         info = self.traced.info
         args = f" with {' '.join(info.compiler_args)}" if info.compiler_args else ""
-        return (f"{info.model_name} ({info.kind}, {model.source}) compiled for {backend}{args} in a child process; "
-                f"parity max |diff| {info.parity_max_abs_diff:.1e} (tolerance {tolerance:g})")
+        return (
+            f"{info.model_name} ({info.kind}, {model.source}) compiled for {backend}{args} in a child process; "
+            f"parity max |diff| {info.parity_max_abs_diff:.1e} (tolerance {tolerance:g})"
+        )
 
     def core_released(self) -> str:
         """The compile child's NeuronCore is free once it has exited (the driver releases it in its exit path)."""
@@ -223,13 +268,17 @@ class Doctor:
             measure(self.compiled.model_dir, pairs, 1, 1, seconds=0.1, neuron_core=0)
         except CeilingUnavailable as refused:
             if not NEURON_CORE_REFUSED.search(refused.message):
-                raise DoctorError(f"the second loader failed, but not in words the pipeline recognises: "
-                                  f"{refused.message}", fix="update serving.claims.NEURON_CORE_REFUSED to this "
-                                  "runtime's text, or the workers will not wait for a core being released") from None
+                raise DoctorError(
+                    f"the second loader failed, but not in words the pipeline recognises: {refused.message}",
+                    fix="update serving.claims.NEURON_CORE_REFUSED to this "
+                    "runtime's text, or the workers will not wait for a core being released",
+                ) from None
         else:
-            raise DoctorError(f"a second process loaded a graph on NeuronCore 0 while pid {holder.pid} held it",
-                              fix="the runtime shares cores here: serve fewer workers, and report it (docs/neuron.md, "
-                              "'Who holds the NeuronCores')")
+            raise DoctorError(
+                f"a second process loaded a graph on NeuronCore 0 while pid {holder.pid} held it",
+                fix="the runtime shares cores here: serve fewer workers, and report it (docs/neuron.md, "
+                "'Who holds the NeuronCores')",
+            )
         finally:
             _release(holder)
         return f"NeuronCore 0, held by pid {holder.pid}, was refused to a second loader: the runtime's words recognised"
@@ -247,8 +296,10 @@ class Doctor:
         waited = wait_healthy(server, self.serving.startup_timeout)
         workers = self.sized.initial_workers
         register(server, mar, max_batch_delay=5, workers=workers, timeout=REGISTER_TIMEOUT_S)
-        return (f"{mar.mar_file.name}; TorchServe Healthy in {waited:.1f} s; {workers} workers READY"
-                f"{self._placement()}; {self._answer()}")
+        return (
+            f"{mar.mar_file.name}; TorchServe Healthy in {waited:.1f} s; {workers} workers READY"
+            f"{self._placement()}; {self._answer()}"
+        )
 
     def worker_replaced(self) -> str:
         """A worker killed outright (a crash, the OOM killer) is replaced by TorchServe, which answers again."""
@@ -262,8 +313,10 @@ class Doctor:
         started = time.monotonic()
         os.kill(ready[0], signal.SIGKILL)
         new = sorted(set(wait_replaced(server, name, ready[0], workers, timeout=REPLACE_TIMEOUT_S)) - set(ready))
-        return (f"killed worker pid {ready[0]}; replaced by pid {', '.join(map(str, new)) or '?'} in "
-                f"{time.monotonic() - started:.1f} s{self._placement()}; {self._answer()}")
+        return (
+            f"killed worker pid {ready[0]}; replaced by pid {', '.join(map(str, new)) or '?'} in "
+            f"{time.monotonic() - started:.1f} s{self._placement()}; {self._answer()}"
+        )
 
     def telemetry(self) -> str:
         """The accelerator's own tool answers: what the benchmark's telemetry reads during the load."""
@@ -278,8 +331,10 @@ class Doctor:
             smi.sample()
             result = smi.result()
             if not result.samples:
-                raise DoctorError(f"nvidia-smi gave no reading: {result.note}",
-                                  fix="install the NVIDIA driver's nvidia-smi and put it on the worker's PATH")
+                raise DoctorError(
+                    f"nvidia-smi gave no reading: {result.note}",
+                    fix="install the NVIDIA driver's nvidia-smi and put it on the worker's PATH",
+                )
             return f"nvidia-smi: {len(result.per_unit_pct)} GPUs, {result.device_memory_used_mib:.0f} MiB in use"
         raise NotApplicable(f"no accelerator tool on {backend}")
 
@@ -297,8 +352,10 @@ class Doctor:
             left = [ref.pid for ref in self.server.processes if ref.alive()]
             left += [ref.pid for ref in group_members(self.server.processes[0]) if ref.pid not in left]
             if left:
-                raise DoctorError(f"TorchServe processes {left} are still running after stop",
-                                  fix=f"ps -o pid,stat,cmd -p {','.join(map(str, left))}; kill them")
+                raise DoctorError(
+                    f"TorchServe processes {left} are still running after stop",
+                    fix=f"ps -o pid,stat,cmd -p {','.join(map(str, left))}; kill them",
+                )
             done.append(f"TorchServe stopped ({stopped['stopped']} processes), none left")
         else:
             done.append("no TorchServe was started")
@@ -322,8 +379,10 @@ class Doctor:
             held = placement.core_map(self.started, self.archived.model_name, self.sized.initial_workers).cores
             return "; cores " + ", ".join(f"{core}: pid {pid}" for core, pid in held.items())
         if self.backend_name == "cuda":
-            return "; GPUs " + ", ".join(f"pid {pid}: {gpu}" for pid, gpu in
-                                         placement.gpu_map(self.started, self.archived.model_name).workers.items())
+            return "; GPUs " + ", ".join(
+                f"pid {pid}: {gpu}"
+                for pid, gpu in placement.gpu_map(self.started, self.archived.model_name).workers.items()
+            )
         return ""
 
     def _answer(self) -> str:
@@ -338,9 +397,11 @@ class Doctor:
         finally:
             inference.close()
         if not answer.correct:
-            raise DoctorError(f"{pair[0]!r} / {pair[1]!r}: expected {answer.expected!r}, got HTTP "
-                              f"{answer.status_code} {answer.answer!r}",
-                              fix="read server/logs/model_log.log in the report's directory")
+            raise DoctorError(
+                f"{pair[0]!r} / {pair[1]!r}: expected {answer.expected!r}, got HTTP "
+                f"{answer.status_code} {answer.answer!r}",
+                fix="read server/logs/model_log.log in the report's directory",
+            )
         return f"{pair[0]!r} / {pair[1]!r} -> {answer.answer} ({answer.latency_ms:.0f} ms)"
 
 
@@ -370,8 +431,10 @@ def _compiler_in_environment() -> None:
         return
     elsewhere = shutil.which("neuronx-cc")
     seen = f" (this shell finds {elsewhere}, which a service's PATH does not)" if elsewhere else ""
-    raise DoctorError(f"neuronx-cc is not in this environment's bin ({tools.environment_bin()}){seen}",
-                      fix="./setup.sh --neuron: it installs neuronx-cc from Neuron's package index into .venv")
+    raise DoctorError(
+        f"neuronx-cc is not in this environment's bin ({tools.environment_bin()}){seen}",
+        fix="./setup.sh --neuron: it installs neuronx-cc from Neuron's package index into .venv",
+    )
 
 
 def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
@@ -380,16 +443,25 @@ def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     # Its stderr to a file: the runtime's log lines must not fill a pipe nobody reads while it holds the core.
     with tempfile.TemporaryFile("w+") as said:
-        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(model_dir)], env=env, cwd=REPO_ROOT,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=said, text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(model_dir)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=said,
+            text=True,
+        )
         assert holder.stdout is not None  # stdout=PIPE
         ready, _, _ = select.select([holder.stdout], [], [], HOLDER_START_S)
         if ready and holder.stdout.readline().strip() == "held":
             return holder
         _release(holder)
         said.seek(0)
-        raise DoctorError(f"the holder could not load the graph on NeuronCore {core}:\n{said.read()[-2000:]}",
-                          fix=f"is NeuronCore {core} free? neuron-ls --json-output lists its holder")
+        raise DoctorError(
+            f"the holder could not load the graph on NeuronCore {core}:\n{said.read()[-2000:]}",
+            fix=f"is NeuronCore {core} free? neuron-ls --json-output lists its holder",
+        )
 
 
 def _release(holder: subprocess.Popen) -> None:
@@ -409,16 +481,21 @@ def _neuron_monitor(monitor: NeuronMonitor) -> str:
     monitor.start()
     try:
         if monitor.note:
-            raise DoctorError(monitor.note, fix="install aws-neuronx-tools (the Neuron DLAMI has it in "
-                              "/opt/aws/neuron/bin)")
+            raise DoctorError(
+                monitor.note, fix="install aws-neuronx-tools (the Neuron DLAMI has it in /opt/aws/neuron/bin)"
+            )
         try:
             wait_until(lambda: bool(monitor.reports), MONITOR_WAIT_S, "a neuron-monitor report", most=0.5)
         except TimedOut:
-            raise DoctorError(f"neuron-monitor printed no report within {MONITOR_WAIT_S:g} s",
-                              fix=f"run neuron-monitor by hand as {_user()}: it needs the Neuron driver and "
-                              "read access to /dev/neuron*") from None
+            raise DoctorError(
+                f"neuron-monitor printed no report within {MONITOR_WAIT_S:g} s",
+                fix=f"run neuron-monitor by hand as {_user()}: it needs the Neuron driver and "
+                "read access to /dev/neuron*",
+            ) from None
     finally:
         monitor.stop()
     result = monitor.result()
-    return (f"neuron-monitor: {result.samples} report(s), {len(result.per_unit_pct)} NeuronCores reported, "
-            f"device memory {result.device_memory_used_mib or 0:.0f} MiB")
+    return (
+        f"neuron-monitor: {result.samples} report(s), {len(result.per_unit_pct)} NeuronCores reported, "
+        f"device memory {result.device_memory_used_mib or 0:.0f} MiB"
+    )

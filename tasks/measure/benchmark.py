@@ -54,8 +54,10 @@ DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.
 GOLDEN_PAIRS_FILE = REPO_ROOT / "configs" / "golden_pairs.yaml"
 BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
-REGRESSION_FIX = ("find what made this run slower than earlier nights (the summary's regression line names the "
-                  "figure), or run with --regression warn to report it without failing")
+REGRESSION_FIX = (
+    "find what made this run slower than earlier nights (the summary's regression line names the "
+    "figure), or run with --regression warn to report it without failing"
+)
 
 
 CEILING_START_S = 10.0  # the ceiling's child process: start, import torch, load the graphs, warm up
@@ -79,8 +81,10 @@ def load_pool(path: Path | None) -> tuple[list[tuple[str, str]], str]:
     else:
         found = next((p for p in (Path(path), REPO_ROOT / path) if p.is_file()), None)
         if found is None:
-            raise BenchmarkError(f"benchmark.pairs_file {path} does not exist",
-                                 fix="give an MRPC TSV, a golden-pairs YAML, or null for the default")
+            raise BenchmarkError(
+                f"benchmark.pairs_file {path} does not exist",
+                fix="give an MRPC TSV, a golden-pairs YAML, or null for the default",
+            )
         path = found
     if path.suffix.lower() in (".yaml", ".yml"):
         pairs = [(a, b) for a, b, _ in load_golden(path)]
@@ -100,9 +104,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def measure_ceiling(server: Server, model_dir: Path, pairs: list[tuple[str, str]], resolved: ResolvedServing,
-                    seconds: float, log: Log,
-                    windows: int = 1) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
+def measure_ceiling(
+    server: Server,
+    model_dir: Path,
+    pairs: list[tuple[str, str]],
+    resolved: ResolvedServing,
+    seconds: float,
+    log: Log,
+    windows: int = 1,
+) -> ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None:
     """The ceiling; a NoCeiling saying why when this host cannot measure it; None when not asked for."""
     if seconds <= 0:
         return None
@@ -111,11 +121,18 @@ def measure_ceiling(server: Server, model_dir: Path, pairs: list[tuple[str, str]
     except ceiling_stage.CeilingUnavailable as error:
         log.warning("ceiling unavailable: %s", error)
         return ceiling_stage.NoCeiling(unavailable=error.message)
-    log.info("ceiling (the traced model in-process, no server, %d threads, buckets %s): %.1f inferences/s (%s); "
-             "one full batch %.0f ms; a lone request's batch %.0f ms (%.0f ms at one worker's %d threads)",
-             ceiling.threads, ceiling.buckets, ceiling.inferences_per_s, ceiling.best_layout,
-             ceiling.batch_latency_ms, ceiling.lone_batch_latency_ms, ceiling.worker_lone_batch_latency_ms,
-             resolved.threads_per_worker)
+    log.info(
+        "ceiling (the traced model in-process, no server, %d threads, buckets %s): %.1f inferences/s (%s); "
+        "one full batch %.0f ms; a lone request's batch %.0f ms (%.0f ms at one worker's %d threads)",
+        ceiling.threads,
+        ceiling.buckets,
+        ceiling.inferences_per_s,
+        ceiling.best_layout,
+        ceiling.batch_latency_ms,
+        ceiling.lone_batch_latency_ms,
+        ceiling.worker_lone_batch_latency_ms,
+        resolved.threads_per_worker,
+    )
     return ceiling
 
 
@@ -125,22 +142,39 @@ def client_capacity(pairs: list[tuple[str, str]], settings: BenchmarkConfig, log
     if settings.client_check_seconds <= 0:
         return None
     with loadgen.TrivialEndpoint() as endpoint:
-        trivial = loadgen.load(endpoint.url, {}, pairs, concurrency=settings.concurrency,
-                               duration=settings.client_check_seconds, warmup=0.5, progress_every=None)
-    log.info("load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
-             settings.concurrency, trivial.requests_per_s)
-    return ClientCapacity(requests_per_s=trivial.requests_per_s, concurrency=settings.concurrency,
-                          seconds=trivial.seconds, latency_ms=trivial.latency())
+        trivial = loadgen.load(
+            endpoint.url,
+            {},
+            pairs,
+            concurrency=settings.concurrency,
+            duration=settings.client_check_seconds,
+            warmup=0.5,
+            progress_every=None,
+        )
+    log.info(
+        "load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
+        settings.concurrency,
+        trivial.requests_per_s,
+    )
+    return ClientCapacity(
+        requests_per_s=trivial.requests_per_s,
+        concurrency=settings.concurrency,
+        seconds=trivial.seconds,
+        latency_ms=trivial.latency(),
+    )
 
 
-def _single_client(url: str, headers: dict, pairs: list[tuple[str, str]], seconds: float,
-                   ceiling: ceiling_stage.Ceiling | None) -> SingleClient | None:
+def _single_client(
+    url: str, headers: dict, pairs: list[tuple[str, str]], seconds: float, ceiling: ceiling_stage.Ceiling | None
+) -> SingleClient | None:
     if seconds <= 0:
         return None
     lone = loadgen.load(url, headers, pairs, concurrency=1, duration=seconds, progress_every=None)
     latency = lone.latency()
     return SingleClient(
-        requests=len(lone.measured), seconds=lone.seconds, latency_ms=latency,
+        requests=len(lone.measured),
+        seconds=lone.seconds,
+        latency_ms=latency,
         over_batch_latency=_ratio(latency.p50, ceiling.lone_batch_latency_ms if ceiling else None),
         over_worker_batch_latency=_ratio(latency.p50, ceiling.worker_lone_batch_latency_ms if ceiling else None),
     )
@@ -170,25 +204,44 @@ def accuracy_of(checks: list[CheckResult] | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def run(server: Server, mar: Archive, traced: TracedModel | None, config: RunConfig, resolved: ResolvedServing,
-        run_dir: Path, log: Log | None = None, accuracy: float | None = None) -> BenchmarkResult:
+def run(
+    server: Server,
+    mar: Archive,
+    traced: TracedModel | None,
+    config: RunConfig,
+    resolved: ResolvedServing,
+    run_dir: Path,
+    log: Log | None = None,
+    accuracy: float | None = None,
+) -> BenchmarkResult:
     """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression.
     accuracy: the check stage's (accuracy_of(checks)), compared with earlier nights with the rest."""
     log = log or stage_logger(__name__)
     settings, model_name = config.benchmark, mar.model_name
     pairs, pool = load_pool(settings.pairs_file)
-    log.info("benchmark: %s, %s loop, %s", pool, settings.mode,
-             f"{settings.concurrency} clients" if settings.mode == "closed"
-             else f"{settings.rate:g} requests/s (at most {settings.concurrency} open)")
+    log.info(
+        "benchmark: %s, %s loop, %s",
+        pool,
+        settings.mode,
+        f"{settings.concurrency} clients"
+        if settings.mode == "closed"
+        else f"{settings.rate:g} requests/s (at most {settings.concurrency} open)",
+    )
     with StageProgress("benchmark", planned_seconds(settings, resolved, traced is not None), log=log) as progress:
         bench = _measure(server, model_name, pairs, pool, traced, config, resolved, log, accuracy, progress)
         progress.phase("wrap-up", "regression against earlier runs, the chart, benchmark.json")
         bench.fingerprint = regression.fingerprint(config, resolved)
-        bench.regression = regression.check(bench, bench.fingerprint, settings.regression_runs,
-                                            settings.regression_tolerance, settings.regression_action,
-                                            settings.regression_tolerances)
-        (log.warning if bench.regression.status == "regressed" else log.info)("regression: %s",
-                                                                              bench.regression.message)
+        bench.regression = regression.check(
+            bench,
+            bench.fingerprint,
+            settings.regression_runs,
+            settings.regression_tolerance,
+            settings.regression_action,
+            settings.regression_tolerances,
+        )
+        (log.warning if bench.regression.status == "regressed" else log.info)(
+            "regression: %s", bench.regression.message
+        )
 
         chart = write_chart(bench, run_dir / CHART_FILE, log)
         bench.chart = str(chart) if chart else None
@@ -196,21 +249,36 @@ def run(server: Server, mar: Archive, traced: TracedModel | None, config: RunCon
     return bench
 
 
-def _measure(server: Server, model_name: str, pairs: list[tuple[str, str]], pool: str, traced: TracedModel | None,
-             config: RunConfig, resolved: ResolvedServing, log: Log, accuracy: float | None,
-             progress: StageProgress) -> BenchmarkResult:
+def _measure(
+    server: Server,
+    model_name: str,
+    pairs: list[tuple[str, str]],
+    pool: str,
+    traced: TracedModel | None,
+    config: RunConfig,
+    resolved: ResolvedServing,
+    log: Log,
+    accuracy: float | None,
+    progress: StageProgress,
+) -> BenchmarkResult:
     """The stage's measurements, each part announced to `progress` as it starts."""
     settings = config.benchmark
     # A brought .mar: no graph to load in-process, so no ceiling (nor a served / in-process ratio).
     if traced is not None and settings.ceiling_seconds > 0:
         progress.phase("ceiling", "ceiling: the traced model in-process, no server")
-    bench_ceiling = (measure_ceiling(server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log,
-                                     settings.ceiling_windows) if traced else None)
+    bench_ceiling = (
+        measure_ceiling(
+            server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log, settings.ceiling_windows
+        )
+        if traced
+        else None
+    )
     if settings.client_check_seconds > 0:
         progress.phase("client check", "client check: the load generator against a trivial local endpoint")
     client = client_capacity(pairs, settings, log)
-    bench = measure_setting(server, model_name, pairs, settings, resolved, log, ceiling=bench_ceiling, client=client,
-                            progress=progress)
+    bench = measure_setting(
+        server, model_name, pairs, settings, resolved, log, ceiling=bench_ceiling, client=client, progress=progress
+    )
     bench.pairs, bench.accuracy = pool, accuracy
     return bench
 
@@ -219,10 +287,18 @@ def _no_phase(name: str, what: str | None = None) -> None:
     """measure_setting without a progress: nothing to announce."""
 
 
-def measure_setting(server: Server, model_name: str, pairs: list[tuple[str, str]], settings: BenchmarkConfig,
-                    resolved: ResolvedServing, log: Log, *,
-                    ceiling: ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None = None,
-                    client: ClientCapacity | None = None, progress: StageProgress | None = None) -> BenchmarkResult:
+def measure_setting(
+    server: Server,
+    model_name: str,
+    pairs: list[tuple[str, str]],
+    settings: BenchmarkConfig,
+    resolved: ResolvedServing,
+    log: Log,
+    *,
+    ceiling: ceiling_stage.Ceiling | ceiling_stage.NoCeiling | None = None,
+    client: ClientCapacity | None = None,
+    progress: StageProgress | None = None,
+) -> BenchmarkResult:
     """One serving setting, measured against the registered `model_name`: the load as `settings` (the
     config's benchmark section) say -- mode, concurrency, duration or requests, warm-up; where the CPU,
     memory and accelerator went meanwhile; TorchServe's own account from its logs; a lone client; the
@@ -236,13 +312,23 @@ def measure_setting(server: Server, model_name: str, pairs: list[tuple[str, str]
     wall_0 = time.time()
     cpu_0 = cpu_snapshot(server)
     with Telemetry(server, resolved.backend, settings.telemetry_every) as telemetry:
-        result = loadgen.load(url, server.inference_headers(), pairs, mode=settings.mode,
-                              concurrency=settings.concurrency, duration=settings.duration,
-                              requests=settings.requests, rate=settings.rate, warmup=settings.warmup,
-                              arrivals=settings.arrivals, seed=settings.capacity.seed,
-                              progress_every=settings.progress_every if progress is not None else None, log=log,
-                              on_progress=progress.load("load") if progress is not None else None,
-                              max_backlog=settings.concurrency if settings.mode == "open" else None)
+        result = loadgen.load(
+            url,
+            server.inference_headers(),
+            pairs,
+            mode=settings.mode,
+            concurrency=settings.concurrency,
+            duration=settings.duration,
+            requests=settings.requests,
+            rate=settings.rate,
+            warmup=settings.warmup,
+            arrivals=settings.arrivals,
+            seed=settings.capacity.seed,
+            progress_every=settings.progress_every if progress is not None else None,
+            log=log,
+            on_progress=progress.load("load") if progress is not None else None,
+            max_backlog=settings.concurrency if settings.mode == "open" else None,
+        )
         cpu_1 = cpu_snapshot(server)
     bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
     bench.ceiling, bench.client = ceiling, client
@@ -250,8 +336,11 @@ def measure_setting(server: Server, model_name: str, pairs: list[tuple[str, str]
     # Warm-up included: the snapshots bracket the whole load, so this is per request sent.
     bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling_measured)
     # Open loop: the load is an offered rate, not what the server can do -- no ratio to the ceiling.
-    bench.served_over_ceiling = None if settings.mode == "open" else _ratio(
-        bench.inferences_per_s, ceiling_measured.inferences_per_s if ceiling_measured else None)
+    bench.served_over_ceiling = (
+        None
+        if settings.mode == "open"
+        else _ratio(bench.inferences_per_s, ceiling_measured.inferences_per_s if ceiling_measured else None)
+    )
     bench.comparison_unreliable = unreliable_comparison(bench, ceiling_measured, settings.stability_cv)
     if client is not None:
         client.over_served = _ratio(client.requests_per_s, bench.requests_per_s)
@@ -263,11 +352,15 @@ def measure_setting(server: Server, model_name: str, pairs: list[tuple[str, str]
     bench.model_load = model_load(logs, model_name)
     if settings.single_client_seconds > 0:
         phase("lone client", "a lone client: latency at concurrency 1")
-    bench.single_client = _single_client(url, server.inference_headers(), pairs, settings.single_client_seconds,
-                                         ceiling_measured)
+    bench.single_client = _single_client(
+        url, server.inference_headers(), pairs, settings.single_client_seconds, ceiling_measured
+    )
     if settings.capacity.enabled:
-        phase("capacity", f"capacity: Poisson load, the highest rate with p{settings.capacity.percentile:g} "
-                          f"within {settings.capacity.bound_ms:g} ms")
+        phase(
+            "capacity",
+            f"capacity: Poisson load, the highest rate with p{settings.capacity.percentile:g} "
+            f"within {settings.capacity.bound_ms:g} ms",
+        )
         bench.capacity = measure_capacity(url, server.inference_headers(), pairs, settings, bench.requests_per_s, log)
     log.info(figures.headline(bench))
     bench.warnings = _warnings(bench)
@@ -283,8 +376,9 @@ def unreliable_comparison(bench: BenchmarkResult, ceiling: ceiling_stage.Ceiling
         return None
     reasons = []
     if bench.windows is not None and not bench.windows.stable:
-        reasons.append(f"the load's throughput varied {bench.windows.cv:.1%} over {len(bench.windows.requests_per_s)} "
-                       f"windows")
+        reasons.append(
+            f"the load's throughput varied {bench.windows.cv:.1%} over {len(bench.windows.requests_per_s)} windows"
+        )
     if ceiling.cv is not None and ceiling.cv > limit:
         reasons.append(f"the ceiling varied {ceiling.cv:.1%} over {ceiling.windows} windows")
     return f"{' and '.join(reasons)}, over the {limit:.0%} allowed" if reasons else None
@@ -294,31 +388,62 @@ def _warnings(bench: BenchmarkResult) -> list[str]:
     """Figures a reader should not trust, and why: a busy host, an unstable load, an unsteady comparison."""
     warnings = regression.busy_host_warnings(bench)
     if bench.comparison_unreliable:
-        warnings.append(f"served / in-process {bench.served_over_ceiling:.2f} is unreliable tonight: "
-                        f"{bench.comparison_unreliable}; it is shown, not compared with earlier nights")
+        warnings.append(
+            f"served / in-process {bench.served_over_ceiling:.2f} is unreliable tonight: "
+            f"{bench.comparison_unreliable}; it is shown, not compared with earlier nights"
+        )
     if bench.windows is not None and not bench.windows.stable:
         warnings.append(
             f"throughput varied by {bench.windows.cv:.1%} (std / mean) across {len(bench.windows.requests_per_s)} "
             f"windows of {bench.windows.seconds:g} s, over the {bench.windows.threshold:.0%} allowed: the run "
-            f"was unstable, its figures are not a steady state")
+            f"was unstable, its figures are not a steady state"
+        )
     return warnings
 
 
-def measure_capacity(url: str, headers: dict, pairs: list[tuple[str, str]], settings: BenchmarkConfig,
-                     start_rate: float, log: Log) -> Capacity:
+def measure_capacity(
+    url: str, headers: dict, pairs: list[tuple[str, str]], settings: BenchmarkConfig, start_rate: float, log: Log
+) -> Capacity:
     """The capacity search (capacity.py), from the rate the load just served, within its own time budget."""
     search = settings.capacity
-    measure = poisson_steps(url, headers, pairs, concurrency=settings.concurrency, bound_ms=search.bound_ms,
-                            percentile=search.percentile, seed=search.seed, warmup=search.step_warmup)
-    found = Search(measure, bound_ms=search.bound_ms, percentile=search.percentile, precision=search.precision,
-                   min_step_seconds=search.min_step_seconds, beyond=search.beyond,
-                   budget_seconds=search.budget_seconds, step_overhead_s=search.step_warmup).run(start_rate)
+    measure = poisson_steps(
+        url,
+        headers,
+        pairs,
+        concurrency=settings.concurrency,
+        bound_ms=search.bound_ms,
+        percentile=search.percentile,
+        seed=search.seed,
+        warmup=search.step_warmup,
+    )
+    found = Search(
+        measure,
+        bound_ms=search.bound_ms,
+        percentile=search.percentile,
+        precision=search.precision,
+        min_step_seconds=search.min_step_seconds,
+        beyond=search.beyond,
+        budget_seconds=search.budget_seconds,
+        step_overhead_s=search.step_warmup,
+    ).run(start_rate)
     for step in found.steps:
-        log.info("capacity step: %.1f requests/s offered (Poisson), %.1f answered, p%g %.0f ms, %d errors, "
-                 "%d dropped: %s", step.rate, step.achieved, search.percentile, step.percentile_ms, step.errors,
-                 step.dropped, "passed" if step.passed else "failed")
-    log.info("capacity at p%g <= %g ms: %s (%s)", search.percentile, search.bound_ms,
-             f"{found.rate:.1f} requests/s" if found.rate is not None else "none", found.stopped)
+        log.info(
+            "capacity step: %.1f requests/s offered (Poisson), %.1f answered, p%g %.0f ms, %d errors, %d dropped: %s",
+            step.rate,
+            step.achieved,
+            search.percentile,
+            step.percentile_ms,
+            step.errors,
+            step.dropped,
+            "passed" if step.passed else "failed",
+        )
+    log.info(
+        "capacity at p%g <= %g ms: %s (%s)",
+        search.percentile,
+        search.bound_ms,
+        f"{found.rate:.1f} requests/s" if found.rate is not None else "none",
+        found.stopped,
+    )
     return found
 
 

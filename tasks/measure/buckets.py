@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from pydantic import BaseModel
 
-from serving.contract import CLASS_NAMES
+from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common.config import RunConfig
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
@@ -72,8 +72,9 @@ def _afterwards(undo: Callable[[], object], log: Log) -> Iterator[None]:
     undo()
 
 
-def compare(server: Server, bucketed: Archive, traced: TracedModel, config: RunConfig, workers: int,
-            log: Log | None = None) -> BucketComparison:
+def compare(
+    server: Server, bucketed: Archive, traced: TracedModel, config: RunConfig, workers: int, log: Log | None = None
+) -> BucketComparison:
     """The compare-buckets stage: the same graphs registered again narrowed to max_length (the
     tutorial's padding), then the same load against both; inferences/s and labels of both.
 
@@ -90,8 +91,14 @@ def compare(server: Server, bucketed: Archive, traced: TracedModel, config: RunC
     phases = {names[0]: each, "register": REGISTER_S, names[1]: each, "restore": REGISTER_S}
     pairs, pool = load_pool(settings.pairs_file)
     sample = pairs[:LABEL_SAMPLE]
-    options = dict(mode=settings.mode, concurrency=settings.concurrency, duration=settings.compare_seconds,
-                   rate=settings.rate, warmup=settings.warmup, progress_every=settings.progress_every)
+    options = dict(
+        mode=settings.mode,
+        concurrency=settings.concurrency,
+        duration=settings.compare_seconds,
+        rate=settings.rate,
+        warmup=settings.warmup,
+        progress_every=settings.progress_every,
+    )
     results: dict[str, loadgen.LoadResult] = {}
     labels: dict[str, list[str]] = {}
 
@@ -101,8 +108,7 @@ def compare(server: Server, bucketed: Archive, traced: TracedModel, config: RunC
         # first calls are slow), as the benchmark warmed the bucketed one, so the timed loads compare alike.
         labels[name] = [p.answer for p in _answers(server, name, sample)]
         url = f"{server.inference_url}/predictions/{name}"
-        results[name] = loadgen.load(url, server.inference_headers(), pairs, **options,
-                                     on_progress=progress.load(name))
+        results[name] = loadgen.load(url, server.inference_headers(), pairs, **options, on_progress=progress.load(name))
         if results[name].errors:
             log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
 
@@ -112,24 +118,53 @@ def compare(server: Server, bucketed: Archive, traced: TracedModel, config: RunC
 
     with StageProgress("compare-buckets", phases, log=log) as progress:
         measure(bucketed.model_name)
-        progress.phase("register", f"{bucketed.model_name}'s workers stopped; registering {single_name} "
-                                   f"(max_length {info.max_length} only)")
+        progress.phase(
+            "register",
+            f"{bucketed.model_name}'s workers stopped; registering {single_name} (max_length {info.max_length} only)",
+        )
         single = archive(traced, bucketed.model_store, name=single_name, length_buckets=[info.max_length])
         scale(server, bucketed.model_name, 0)
         with _afterwards(restore, log), _afterwards(lambda: unregister(server, single_name), log):
             register(server, single, config.serving.max_batch_delay, workers)
             measure(single_name)
-    many, one = results[bucketed.model_name], results[single_name]
+    return _compared(info, pool, results[bucketed.model_name], results[single_name], labels, len(sample), log)
+
+
+def _compared(
+    info: ModelInfo,
+    pool: str,
+    many: loadgen.LoadResult,
+    one: loadgen.LoadResult,
+    labels: dict[str, list[str]],
+    sampled: int,
+    log: Log,
+) -> BucketComparison:
+    """Both registrations' figures side by side, and how many of the sampled pairs got the same label."""
     identical = sum(a == b for a, b in zip(*labels.values(), strict=True))
     comparison = BucketComparison(
-        buckets=info.buckets, max_length=info.max_length, pairs=pool,
-        bucketed_inferences_per_s=many.requests_per_s, single_inferences_per_s=one.requests_per_s,
+        buckets=info.buckets,
+        max_length=info.max_length,
+        pairs=pool,
+        bucketed_inferences_per_s=many.requests_per_s,
+        single_inferences_per_s=one.requests_per_s,
         speedup=many.requests_per_s / one.requests_per_s if one.requests_per_s else 0.0,
-        bucketed_p90_ms=many.latency().p90, single_p90_ms=one.latency().p90,
-        seconds_each=many.seconds, labels_compared=len(sample), labels_identical=identical,
+        bucketed_p90_ms=many.latency().p90,
+        single_p90_ms=one.latency().p90,
+        seconds_each=many.seconds,
+        labels_compared=sampled,
+        labels_identical=identical,
     )
-    log.info("length buckets %s: %.1f inferences/s vs %.1f with max_length %d only (%.2fx); p90 %.0f vs %.0f ms; "
-             "labels identical on %d/%d pairs", info.buckets, comparison.bucketed_inferences_per_s,
-             comparison.single_inferences_per_s, info.max_length, comparison.speedup, comparison.bucketed_p90_ms,
-             comparison.single_p90_ms, identical, len(sample))
+    log.info(
+        "length buckets %s: %.1f inferences/s vs %.1f with max_length %d only (%.2fx); p90 %.0f vs %.0f ms; "
+        "labels identical on %d/%d pairs",
+        info.buckets,
+        comparison.bucketed_inferences_per_s,
+        comparison.single_inferences_per_s,
+        info.max_length,
+        comparison.speedup,
+        comparison.bucketed_p90_ms,
+        comparison.single_p90_ms,
+        identical,
+        sampled,
+    )
     return comparison

@@ -91,9 +91,20 @@ def step_of(result: LoadResult, percentile: float, bound_ms: float) -> CapacityS
     sent = len(result.measured) / result.seconds if result.seconds > 0 else 0.0
     kept_up = result.requests_per_s >= KEPT_UP * sent
     passed = bool(latencies) and at <= bound_ms and result.errors == 0 and result.dropped == 0 and kept_up
-    return CapacityStep(rate=result.rate, achieved=result.requests_per_s, sent=sent, seconds=result.seconds,
-                        requests=len(result.measured), p50=figures.p50, p90=figures.p90, p99=figures.p99,
-                        percentile_ms=at, errors=result.errors, dropped=result.dropped, passed=passed)
+    return CapacityStep(
+        rate=result.rate,
+        achieved=result.requests_per_s,
+        sent=sent,
+        seconds=result.seconds,
+        requests=len(result.measured),
+        p50=figures.p50,
+        p90=figures.p90,
+        p99=figures.p99,
+        percentile_ms=at,
+        errors=result.errors,
+        dropped=result.dropped,
+        passed=passed,
+    )
 
 
 def percentiles_at(latencies: list[float], percentile: float) -> float:
@@ -104,9 +115,18 @@ def percentiles_at(latencies: list[float], percentile: float) -> float:
 class Search:
     """The bracketing and bisection, around a `measure(rate, seconds) -> CapacityStep` callback."""
 
-    def __init__(self, measure: Callable[[float, float], CapacityStep], *, bound_ms: float, percentile: float = 99,
-                 precision: float = 0.1, min_step_seconds: float = 5.0, beyond: int = 5,
-                 budget_seconds: float = 60.0, step_overhead_s: float = 0.0):
+    def __init__(
+        self,
+        measure: Callable[[float, float], CapacityStep],
+        *,
+        bound_ms: float,
+        percentile: float = 99,
+        precision: float = 0.1,
+        min_step_seconds: float = 5.0,
+        beyond: int = 5,
+        budget_seconds: float = 60.0,
+        step_overhead_s: float = 0.0,
+    ):
         self.measure, self.bound_ms, self.percentile, self.precision = measure, bound_ms, percentile, precision
         self.min_step_seconds, self.beyond, self.budget_seconds = min_step_seconds, beyond, budget_seconds
         self.step_overhead_s = step_overhead_s  # per step, besides its measured seconds (its warm-up)
@@ -119,14 +139,24 @@ class Search:
         stopped = self._bracket(max(start_rate, MIN_RATE))
         if stopped is None:
             stopped = self._bisect()
-        return Capacity(percentile=self.percentile, bound_ms=self.bound_ms, rate=self.passing,
-                        failed_rate=self.failing, start_rate=start_rate, precision=self.precision, stopped=stopped,
-                        rule=self.rule(), steps=self.steps)
+        return Capacity(
+            percentile=self.percentile,
+            bound_ms=self.bound_ms,
+            rate=self.passing,
+            failed_rate=self.failing,
+            start_rate=start_rate,
+            precision=self.precision,
+            stopped=stopped,
+            rule=self.rule(),
+            steps=self.steps,
+        )
 
     def rule(self) -> str:
-        return (f"each step at least {self.min_step_seconds:g} s and "
-                f"{min_requests(self.percentile, self.beyond)} requests ({self.beyond} expected past "
-                f"p{self.percentile:g}), within a budget of {self.budget_seconds:g} s")
+        return (
+            f"each step at least {self.min_step_seconds:g} s and "
+            f"{min_requests(self.percentile, self.beyond)} requests ({self.beyond} expected past "
+            f"p{self.percentile:g}), within a budget of {self.budget_seconds:g} s"
+        )
 
     def _step(self, rate: float) -> bool | None:
         """Measure at `rate`: whether it passed; None when the budget has no room for it."""
@@ -161,15 +191,36 @@ class Search:
         return f"within {self.precision:.0%}"
 
 
-def poisson_steps(url: str, headers: dict, pairs: list[tuple[str, str]], *, concurrency: int, bound_ms: float,
-                  percentile: float, seed: int = 0, warmup: float = 1.0) -> Callable[[float, float], CapacityStep]:
+def poisson_steps(
+    url: str,
+    headers: dict,
+    pairs: list[tuple[str, str]],
+    *,
+    concurrency: int,
+    bound_ms: float,
+    percentile: float,
+    seed: int = 0,
+    warmup: float = 1.0,
+) -> Callable[[float, float], CapacityStep]:
     """The search's measure: Poisson load at a rate for a number of seconds, after `warmup` s sent unmeasured
     (each step starts from an idle server; the warm-up lets its queue reach the rate's steady state).
     `concurrency` caps the open connections, and as many requests may wait for one; more are dropped."""
+
     def measure(rate: float, seconds: float) -> CapacityStep:
-        result = loadgen.load(url, headers, pairs, mode="open", arrivals="poisson", seed=seed, rate=rate,
-                              duration=seconds, warmup=warmup, concurrency=concurrency, max_backlog=concurrency,
-                              progress_every=None)
+        result = loadgen.load(
+            url,
+            headers,
+            pairs,
+            mode="open",
+            arrivals="poisson",
+            seed=seed,
+            rate=rate,
+            duration=seconds,
+            warmup=warmup,
+            concurrency=concurrency,
+            max_backlog=concurrency,
+            progress_every=None,
+        )
         return step_of(result, percentile, bound_ms)
 
     return measure

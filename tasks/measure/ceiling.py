@@ -112,18 +112,20 @@ def load_models(model_dir: Path) -> tuple[dict[int, torch.nn.Module], ModelInfo,
         raise CeilingUnavailable("backend cuda: no CUDA GPU visible to this process")
     device = torch.device("cuda" if info.backend == "cuda" else "cpu")
     try:
-        models = {length: torch.jit.load(str(model_dir / name), map_location=device).eval()
-                  for length, name in info.model_files.items()}
+        models = {
+            length: torch.jit.load(str(model_dir / name), map_location=device).eval()
+            for length, name in info.model_files.items()
+        }
     except Exception as error:
         if info.backend != "neuron":
             raise
         # Whatever the runtime says ("could not be initialized", its NRT line is in the log above): the
         # ceiling is a comparison figure, and a core it cannot have must not fail the benchmark.
         core = os.environ.get("NEURON_RT_VISIBLE_CORES", "a free one")
-        raise CeilingUnavailable(f"backend neuron: the graphs did not load on NeuronCore {core}: "
-                                 f"{type(error).__name__}: {error}",
-                                 fix="read the runtime's lines above; serve with fewer workers than NeuronCores "
-                                 "to leave one spare") from None
+        raise CeilingUnavailable(
+            f"backend neuron: the graphs did not load on NeuronCore {core}: {type(error).__name__}: {error}",
+            fix="read the runtime's lines above; serve with fewer workers than NeuronCores to leave one spare",
+        ) from None
     return models, info, device
 
 
@@ -134,8 +136,10 @@ def build_batches(model_dir: Path, info: ModelInfo, buckets: list[int], pairs: l
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     size = info.batch_size
     pool = PairPool(pairs).pairs  # the order the load generator sends them in
-    full = [_encode(tokenizer, info, [pool[(i * size + j) % len(pool)] for j in range(size)], buckets)
-            for i in range(min(MAX_BATCHES, max(1, len(pool) // size)))]
+    full = [
+        _encode(tokenizer, info, [pool[(i * size + j) % len(pool)] for j in range(size)], buckets)
+        for i in range(min(MAX_BATCHES, max(1, len(pool) // size)))
+    ]
     lone = [_encode(tokenizer, info, [pool[i % len(pool)]], buckets) for i in range(min(MAX_BATCHES, len(pool)))]
     return full, lone
 
@@ -150,8 +154,7 @@ def _call(models, device, inputs):
     return models[inputs[0].shape[1]](*(t.to(device) for t in inputs))
 
 
-def _stream(models, device, batches, offset: int, threads: int, stop_at: float, go: threading.Event,
-            out: list) -> None:
+def _stream(models, device, batches, offset: int, threads: int, stop_at: float, go: threading.Event, out: list) -> None:
     torch.set_num_threads(threads)
     latencies = []
     index = offset
@@ -167,8 +170,16 @@ def _stream(models, device, batches, offset: int, threads: int, stop_at: float, 
     out.append(latencies)
 
 
-def time_layout(models, device, batches, name: str, streams: int, threads: int, seconds: float,
-                requests_per_batch: int | None = None) -> Layout:
+def time_layout(
+    models,
+    device,
+    batches,
+    name: str,
+    streams: int,
+    threads: int,
+    seconds: float,
+    requests_per_batch: int | None = None,
+) -> Layout:
     """`streams` threads each calling the graphs with `threads` intra-op threads, for `seconds`.
     requests_per_batch: real requests in each batch (default: all of it; a lone request's: 1)."""
     batch_size = requests_per_batch or int(batches[0][0].shape[0])
@@ -178,10 +189,14 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
     cpu_before = _cpu_seconds()
     began = time.perf_counter()
     stop_at = began + seconds
-    workers = [threading.Thread(target=_stream, daemon=True,
-                                args=(models, device, batches, k * len(batches) // streams, threads, stop_at, go,
-                                      results))
-               for k in range(streams)]
+    workers = [
+        threading.Thread(
+            target=_stream,
+            daemon=True,
+            args=(models, device, batches, k * len(batches) // streams, threads, stop_at, go, results),
+        )
+        for k in range(streams)
+    ]
     for worker in workers:
         worker.start()
     go.set()
@@ -193,11 +208,15 @@ def time_layout(models, device, batches, name: str, streams: int, threads: int, 
     batches_done = int(latencies.size)
     rate = batches_done / elapsed if elapsed > 0 else 0.0
     return Layout(
-        name=name, streams=streams, threads_per_stream=threads, batches_per_s=rate,
+        name=name,
+        streams=streams,
+        threads_per_stream=threads,
+        batches_per_s=rate,
         inferences_per_s=rate * batch_size,
         batch_latency_ms_p50=float(np.percentile(latencies, 50)) if batches_done else float("nan"),
         batch_latency_ms_mean=float(latencies.mean()) if batches_done else float("nan"),
-        batches=batches_done, seconds=elapsed,
+        batches=batches_done,
+        seconds=elapsed,
         # Measured, not threads / rate: on a busy host the threads wait for CPUs they don't get.
         cpu_ms_per_inference=cpu_used * 1000 / (batches_done * batch_size) if batches_done else None,
     )
@@ -208,8 +227,14 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def measure_beside(server_dir: Path, resolved: ResolvedServing, model_dir: Path, pairs: list[tuple[str, str]],
-                   seconds: float, windows: int = 1) -> Ceiling:
+def measure_beside(
+    server_dir: Path,
+    resolved: ResolvedServing,
+    model_dir: Path,
+    pairs: list[tuple[str, str]],
+    seconds: float,
+    windows: int = 1,
+) -> Ceiling:
     """The ceiling while a server's workers are registered and idle. On Neuron its child gets a core no
     process holds, named before it starts; with none spare the ceiling is unavailable, saying why."""
     core = None
@@ -221,27 +246,56 @@ def measure_beside(server_dir: Path, resolved: ResolvedServing, model_dir: Path,
     return measure(model_dir, pairs, resolved.initial_workers, resolved.threads_per_worker, seconds, core, windows)
 
 
-def measure(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
-            seconds: float = 3.0, neuron_core: int | None = None, windows: int = 1) -> Ceiling:
+def measure(
+    model_dir: Path,
+    pairs: list[tuple[str, str]],
+    workers: int,
+    threads_per_worker: int,
+    seconds: float = 3.0,
+    neuron_core: int | None = None,
+    windows: int = 1,
+) -> Ceiling:
     """Time the traced graphs in a child process; the better throughput layout is the ceiling.
     neuron_core: the NeuronCore the child loads on (default: one the runtime picks among the free)."""
-    request = {"model_dir": str(model_dir), "pairs": [list(pair) for pair in pairs], "workers": workers,
-               "threads_per_worker": threads_per_worker, "seconds": seconds, "windows": windows}
-    env = child.one_core_env() if neuron_core is None else {**child.without_neuron_runtime_settings(),
-                                                             "NEURON_RT_VISIBLE_CORES": str(neuron_core)}
-    result = child.run("tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=env,
-                       known=(CeilingUnavailable,))
+    request = {
+        "model_dir": str(model_dir),
+        "pairs": [list(pair) for pair in pairs],
+        "workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "seconds": seconds,
+        "windows": windows,
+    }
+    env = (
+        child.one_core_env()
+        if neuron_core is None
+        else {**child.without_neuron_runtime_settings(), "NEURON_RT_VISIBLE_CORES": str(neuron_core)}
+    )
+    result = child.run(
+        "tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=env, known=(CeilingUnavailable,)
+    )
     return Ceiling.model_validate(result)
 
 
 def _measure_request(request: dict) -> dict:
     pairs = [tuple(pair) for pair in request["pairs"]]
-    return measure_here(Path(request["model_dir"]), pairs, request["workers"], request["threads_per_worker"],
-                        request["seconds"], request.get("windows", 1)).model_dump(mode="json")
+    return measure_here(
+        Path(request["model_dir"]),
+        pairs,
+        request["workers"],
+        request["threads_per_worker"],
+        request["seconds"],
+        request.get("windows", 1),
+    ).model_dump(mode="json")
 
 
-def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, threads_per_worker: int,
-                 seconds: float = 3.0, windows: int = 1) -> Ceiling:
+def measure_here(
+    model_dir: Path,
+    pairs: list[tuple[str, str]],
+    workers: int,
+    threads_per_worker: int,
+    seconds: float = 3.0,
+    windows: int = 1,
+) -> Ceiling:
     """Time the traced graphs in this process (the ceiling's child); the better throughput layout wins.
     seconds: per layout, split into `windows` windows taken in turn across the layouts."""
     previous = torch.get_num_threads()
@@ -258,27 +312,40 @@ def measure_here(model_dir: Path, pairs: list[tuple[str, str]], workers: int, th
                     _call(models, device, batch)
         layouts = throughput_layouts(models, device, full, workers, threads_per_worker, seconds, windows)
         alone = time_layout(models, device, lone, "lone request, all threads", 1, total, seconds / 2, 1)
-        worker_alone = alone if threads_per_worker == total else time_layout(
-            models, device, lone, "lone request, one worker's threads", 1, threads_per_worker, seconds / 2, 1)
+        worker_alone = (
+            alone
+            if threads_per_worker == total
+            else time_layout(
+                models, device, lone, "lone request, one worker's threads", 1, threads_per_worker, seconds / 2, 1
+            )
+        )
     finally:
         torch.set_num_threads(previous)
     busy_1, wall_1 = _busy(), time.monotonic()
     other = ((busy_1[0] - busy_0[0]) - (busy_1[1] - busy_0[1])) / (wall_1 - wall_0)
     best = max(layouts, key=lambda layout: layout.inferences_per_s)  # throughput layouts only
     return Ceiling(
-        batch_size=info.batch_size, max_length=info.max_length, buckets=buckets, threads=total,
-        batches_per_s=best.batches_per_s, inferences_per_s=best.inferences_per_s, best_layout=best.name,
+        batch_size=info.batch_size,
+        max_length=info.max_length,
+        buckets=buckets,
+        threads=total,
+        batches_per_s=best.batches_per_s,
+        inferences_per_s=best.inferences_per_s,
+        best_layout=best.name,
         batch_latency_ms=layouts[0].batch_latency_ms_p50,
         lone_batch_latency_ms=alone.batch_latency_ms_p50,
         worker_lone_batch_latency_ms=worker_alone.batch_latency_ms_p50,
         other_cores=max(0.0, other),
-        cpu_ms_per_inference=best.cpu_ms_per_inference, windows=windows, cv=best.cv,
+        cpu_ms_per_inference=best.cpu_ms_per_inference,
+        windows=windows,
+        cv=best.cv,
         layouts=layouts + [alone] + ([worker_alone] if worker_alone is not alone else []),
     )
 
 
-def throughput_layouts(models, device, batches, workers: int, threads_per_worker: int, seconds: float,
-                       windows: int) -> list[Layout]:
+def throughput_layouts(
+    models, device, batches, workers: int, threads_per_worker: int, seconds: float, windows: int
+) -> list[Layout]:
     """Each throughput layout timed in `windows` windows of seconds / windows, taken in turn, after a first
     round that is not counted: each layout's first window ran slower than its others (its threads' first turn
     at these shapes; seen here as 73 -> 80 -> 85 inferences/s), which the median of three does not hide."""
@@ -302,11 +369,15 @@ def combined(windows: list[Layout]) -> Layout:
     per_inference = [w.cpu_ms_per_inference for w in windows if w.cpu_ms_per_inference is not None]
     first = windows[0]
     return Layout(
-        name=first.name, streams=first.streams, threads_per_stream=first.threads_per_stream,
+        name=first.name,
+        streams=first.streams,
+        threads_per_stream=first.threads_per_stream,
         batches_per_s=median / (first.inferences_per_s / first.batches_per_s) if first.batches_per_s else 0.0,
-        inferences_per_s=median, batch_latency_ms_p50=float(np.median([w.batch_latency_ms_p50 for w in windows])),
+        inferences_per_s=median,
+        batch_latency_ms_p50=float(np.median([w.batch_latency_ms_p50 for w in windows])),
         batch_latency_ms_mean=float(np.mean([w.batch_latency_ms_mean for w in windows])),
-        batches=sum(w.batches for w in windows), seconds=sum(w.seconds for w in windows),
+        batches=sum(w.batches for w in windows),
+        seconds=sum(w.seconds for w in windows),
         cpu_ms_per_inference=float(np.mean(per_inference)) if per_inference else None,
         window_inferences_per_s=[float(r) for r in rates],
         cv=float(rates.std() / rates.mean()) if len(rates) > 1 and rates.mean() > 0 else None,

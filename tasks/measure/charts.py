@@ -55,11 +55,21 @@ def timeline_chart(bench, path: Path, size: dict = LARGE) -> Path:
     rows = bench.timeline
     figure, throughput = plt.subplots(**size)
     t = [row["t"] for row in rows]
-    throughput.bar(t, [row["requests_per_s"] for row in rows], width=0.9, align="edge", color="#8ab4f8",
-                   label="answered requests/s (each s)")
+    throughput.bar(
+        t,
+        [row["requests_per_s"] for row in rows],
+        width=0.9,
+        align="edge",
+        color="#8ab4f8",
+        label="answered requests/s (each s)",
+    )
     if bench.measured_ceiling is not None:
-        throughput.axhline(bench.measured_ceiling.inferences_per_s, color="#188038", linestyle="--",
-                           label=f"in-process ceiling {bench.measured_ceiling.inferences_per_s:.1f} inferences/s")
+        throughput.axhline(
+            bench.measured_ceiling.inferences_per_s,
+            color="#188038",
+            linestyle="--",
+            label=f"in-process ceiling {bench.measured_ceiling.inferences_per_s:.1f} inferences/s",
+        )
     errors = [(row["t"], row["errors"]) for row in rows if row["errors"]]
     if errors:
         throughput.scatter([x for x, _ in errors], [n for _, n in errors], color="#d93025", marker="x", label="errors")
@@ -83,8 +93,14 @@ def sweep_chart(rows: list[dict], path: Path, p90_limit_ms: float | None) -> Pat
     throughput.bar(x, [row["inferences_per_s"] for row in rows], color=colors)
     ceilings = [row.get("ceiling_inferences_per_s") for row in rows]
     if any(c is not None for c in ceilings):
-        throughput.scatter(x, [c if c is not None else math.nan for c in ceilings], marker="_", s=400,
-                           color="#188038", label="in-process ceiling")
+        throughput.scatter(
+            x,
+            [c if c is not None else math.nan for c in ceilings],
+            marker="_",
+            s=400,
+            color="#188038",
+            label="in-process ceiling",
+        )
     throughput.set_ylabel("inferences/s (green: best under the limit; grey: over it)")
     throughput.set_xticks(list(x))
     throughput.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
@@ -107,8 +123,15 @@ def histogram_chart(bench, path: Path, size: dict = SMALL) -> Path | None:
         return None
     edges, counts = histogram.edges_ms, histogram.counts
     figure, axes = plt.subplots(**size)
-    axes.bar(edges[:-1], counts, width=[b - a for a, b in itertools.pairwise(edges)], align="edge", color="#8ab4f8",
-             edgecolor="#5f6368", linewidth=0.3)
+    axes.bar(
+        edges[:-1],
+        counts,
+        width=[b - a for a, b in itertools.pairwise(edges)],
+        align="edge",
+        color="#8ab4f8",
+        edgecolor="#5f6368",
+        linewidth=0.3,
+    )
     latency = bench.latency_ms
     for name, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
         value = getattr(latency, name, None)
@@ -130,13 +153,21 @@ def capacity_chart(bench, path: Path, size: dict = SMALL) -> Path | None:
     figure, axes = plt.subplots(**size)
     for passed, colour, label in ((True, "#188038", "passed"), (False, "#d93025", "failed")):
         steps = [s for s in capacity.steps if s.passed == passed]
-        axes.scatter([s.rate for s in steps], [max(s.percentile_ms, 0.1) for s in steps], color=colour,
-                     marker="o" if passed else "x", label=f"{label} ({len(steps)})", zorder=3)
-    axes.axhline(capacity.bound_ms, color="#5f6368", linestyle="--", linewidth=1,
-                 label=f"bound {capacity.bound_ms:g} ms")
+        axes.scatter(
+            [s.rate for s in steps],
+            [max(s.percentile_ms, 0.1) for s in steps],
+            color=colour,
+            marker="o" if passed else "x",
+            label=f"{label} ({len(steps)})",
+            zorder=3,
+        )
+    axes.axhline(
+        capacity.bound_ms, color="#5f6368", linestyle="--", linewidth=1, label=f"bound {capacity.bound_ms:g} ms"
+    )
     if capacity.rate is not None:
-        axes.axvline(capacity.rate, color="#188038", linestyle=":", linewidth=1,
-                     label=f"capacity {capacity.rate:.1f} requests/s")
+        axes.axvline(
+            capacity.rate, color="#188038", linestyle=":", linewidth=1, label=f"capacity {capacity.rate:.1f} requests/s"
+        )
     axes.set_yscale("log")
     axes.set_xlabel("offered rate, requests/s (Poisson arrivals)")
     axes.set_ylabel(f"p{capacity.percentile:g} latency, ms")
@@ -162,8 +193,16 @@ def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
         throughput.plot(x, capacity, "--^", color="#188038", markersize=4, label="capacity requests/s")
     regressed = [i for i, row in enumerate(rows) if row.get("regressed")]
     if regressed:
-        throughput.scatter(regressed, [rate[i] for i in regressed], s=60, facecolors="none", edgecolors="#d93025",
-                           linewidths=1.5, zorder=3, label="regressed")
+        throughput.scatter(
+            regressed,
+            [rate[i] for i in regressed],
+            s=60,
+            facecolors="none",
+            edgecolors="#d93025",
+            linewidths=1.5,
+            zorder=3,
+            label="regressed",
+        )
     failed = [i for i, row in enumerate(rows) if row.get("status") not in ("ok", "completed")]
     if failed:
         throughput.scatter(failed, [0] * len(failed), marker="x", color="#d93025", zorder=3, label="not ok")
@@ -172,8 +211,9 @@ def trend_chart(rows: list[dict], path: Path, size: dict = SMALL) -> Path:
     throughput.set_xticks(x)
     # Month-day under each night, upright; with many nights every other one, so the labels stay readable.
     every = 1 if len(rows) <= 7 else 2
-    throughput.set_xticklabels([str(row.get("started") or "")[5:10] if i % every == 0 else ""
-                                for i, row in enumerate(rows)], fontsize=7)
+    throughput.set_xticklabels(
+        [str(row.get("started") or "")[5:10] if i % every == 0 else "" for i, row in enumerate(rows)], fontsize=7
+    )
     latency = throughput.twinx()
     latency.plot(x, series("p90_ms"), ":s", color="#5f6368", markersize=3, label="p90 ms")
     latency.set_ylabel("p90 latency, ms")

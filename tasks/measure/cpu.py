@@ -63,9 +63,12 @@ def cpu_use(before: dict, after: dict, requests: int, ceiling: Ceiling | None) -
     used = {key: (after[key] - before[key]) / seconds if seconds > 0 else 0.0 for key in after if key != "wall"}
     ours = used["workers"] + used["frontend"] + used["launcher"] + used["client"]
     return CpuUse(
-        seconds=seconds, host_cores=psutil.cpu_count() or 1,
-        workers_cores=used["workers"], frontend_cores=used["frontend"] + used["launcher"],
-        client_cores=used["client"], other_cores=max(0.0, used["host_busy"] - ours),
+        seconds=seconds,
+        host_cores=psutil.cpu_count() or 1,
+        workers_cores=used["workers"],
+        frontend_cores=used["frontend"] + used["launcher"],
+        client_cores=used["client"],
+        other_cores=max(0.0, used["host_busy"] - ours),
         worker_cpu_ms_per_request=(after["workers"] - before["workers"]) / requests * 1000 if requests else None,
         ceiling_cpu_ms_per_inference=ceiling.cpu_ms_per_inference if ceiling else None,
     )

@@ -60,15 +60,22 @@ def _of(section: Callable[[BenchmarkResult], Any], read: Callable[[Any], Value])
 
 def _latency(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
     """p50, p90, p95, p99, mean, max of a LatencyMs."""
-    return tuple(Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False,
-                        f"{label}{key}", ".0f") for key in ("p50", "p90", "p95", "p99", "mean", "max"))
+    return tuple(
+        Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False, f"{label}{key}", ".0f")
+        for key in ("p50", "p90", "p95", "p99", "mean", "max")
+    )
 
 
 def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
     """count, p50, p90, p95, p99, mean, max of a Stat of TorchServe's times (ms) over the measured window."""
     count = Figure(f"{prefix} count", _of(section, lambda stat: stat.count), label=f"{label} count", fmt="d")
-    return (count, *(Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False,
-                            f"{label} {key}", ".0f") for key in ("p50", "p90", "p95", "p99", "mean", "max")))
+    return (
+        count,
+        *(
+            Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False, f"{label} {key}", ".0f")
+            for key in ("p50", "p90", "p95", "p99", "mean", "max")
+        ),
+    )
 
 
 def _ceiling(read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
@@ -132,24 +139,26 @@ MODE = Figure("mode", lambda b: b.mode, "loop")
 RATE = Figure("rate", lambda b: b.rate, "requests/s", label="asked for", fmt="g")
 FIRST_ERROR = Figure("first_error", lambda b: b.first_error, label="first error")
 PAIRS = Figure("pairs", lambda b: b.pairs, label="pairs")
-SERVED_OVER_CEILING = Figure("served_over_ceiling", lambda b: b.served_over_ceiling, "", True,
-                             "served / in-process", ".2f")
+SERVED_OVER_CEILING = Figure(
+    "served_over_ceiling", lambda b: b.served_over_ceiling, "", True, "served / in-process", ".2f"
+)
 FINGERPRINT = Figure("fingerprint", lambda b: b.fingerprint, label="fingerprint")
-COMPARISON_UNRELIABLE = Figure("served_over_ceiling unreliable", lambda b: b.comparison_unreliable,
-                               label="unreliable")
+COMPARISON_UNRELIABLE = Figure("served_over_ceiling unreliable", lambda b: b.comparison_unreliable, label="unreliable")
 LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX = _latency(
-    "latency_ms", lambda b: b.latency_ms, "")
+    "latency_ms", lambda b: b.latency_ms, ""
+)
 ACCURACY = Figure("accuracy", lambda b: b.accuracy, "", True, "accuracy", ".4f")
 
 # --- open loop: asked for against what happened -------------------------------------------------------
-OPEN_OFFERED = Figure("open_loop offered_per_s", _open(lambda o: o.offered_per_s), "requests/s", label="offered",
-                      fmt="g")
+OPEN_OFFERED = Figure(
+    "open_loop offered_per_s", _open(lambda o: o.offered_per_s), "requests/s", label="offered", fmt="g"
+)
 OPEN_SENT = Figure("open_loop sent_per_s", _open(lambda o: o.sent_per_s), "requests/s", label="sent", fmt=".1f")
-OPEN_ACHIEVED = Figure("open_loop achieved_per_s", _open(lambda o: o.achieved_per_s), "requests/s", True,
-                       "achieved", ".1f")
+OPEN_ACHIEVED = Figure(
+    "open_loop achieved_per_s", _open(lambda o: o.achieved_per_s), "requests/s", True, "achieved", ".1f"
+)
 OPEN_LATE = Figure("open_loop late", _open(lambda o: o.late), "requests", False, "late", "d")
-OPEN_LATE_AFTER = Figure("open_loop late_after_ms", _open(lambda o: o.late_after_ms), "ms", label="late after",
-                         fmt="g")
+OPEN_LATE_AFTER = Figure("open_loop late_after_ms", _open(lambda o: o.late_after_ms), "ms", label="late after", fmt="g")
 OPEN_DROPPED = Figure("open_loop dropped", _open(lambda o: o.dropped), "requests", False, "dropped", "d")
 
 # --- throughput per window: is the measurement stable? ----------------------------------------------------
@@ -159,74 +168,121 @@ WINDOW_CV = Figure("windows cv", _windows(lambda w: w.cv), "", False, "throughpu
 WINDOW_STABLE = Figure("windows stable", _windows(lambda w: "stable" if w.stable else "UNSTABLE"))
 
 # --- model load, per worker (the slowest), from TorchServe's log -----------------------------------------
-LOAD_READY = Figure("model_load register_to_ready_s", _load(lambda m: m.register_to_ready_s), "s", False,
-                    "load to READY", ".1f")
-LOAD_WORKER = Figure("model_load worker_load_ms", _load(lambda m: m.worker_load_ms), "ms", False,
-                     "worker's own load", ".0f")
+LOAD_READY = Figure(
+    "model_load register_to_ready_s", _load(lambda m: m.register_to_ready_s), "s", False, "load to READY", ".1f"
+)
+LOAD_WORKER = Figure(
+    "model_load worker_load_ms", _load(lambda m: m.worker_load_ms), "ms", False, "worker's own load", ".0f"
+)
 
 # --- host memory: TorchServe's RSS during the load, peaks ---------------------------------------------------
-MEMORY_FRONTEND = Figure("memory frontend_rss_mib", _memory(lambda m: m.frontend_rss_mib), "MiB", False,
-                         "frontend", ".0f")
-MEMORY_WORKERS = Figure("memory workers_rss_mib", _memory(lambda m: m.workers_rss_mib), "MiB", False, "workers",
-                        ".0f")
-MEMORY_WORKER = Figure("memory worker_rss_mib", _memory(lambda m: m.worker_rss_mib), "MiB", False,
-                       "largest worker", ".0f")
-MEMORY_TOTAL = Figure("memory total_rss_mib", _memory(lambda m: m.total_rss_mib), "MiB", False, "TorchServe RSS",
-                      ".0f")
+MEMORY_FRONTEND = Figure(
+    "memory frontend_rss_mib", _memory(lambda m: m.frontend_rss_mib), "MiB", False, "frontend", ".0f"
+)
+MEMORY_WORKERS = Figure("memory workers_rss_mib", _memory(lambda m: m.workers_rss_mib), "MiB", False, "workers", ".0f")
+MEMORY_WORKER = Figure(
+    "memory worker_rss_mib", _memory(lambda m: m.worker_rss_mib), "MiB", False, "largest worker", ".0f"
+)
+MEMORY_TOTAL = Figure("memory total_rss_mib", _memory(lambda m: m.total_rss_mib), "MiB", False, "TorchServe RSS", ".0f")
 
 # --- the accelerator (or the workers' CPU) during the load ------------------------------------------------------
 ACCEL_KIND = Figure("accelerator kind", _accelerator(lambda a: a.kind), label="from")
 ACCEL_SOURCE = Figure("accelerator source", _accelerator(lambda a: a.source), label="source")
-ACCEL_UTIL_MEAN = Figure("accelerator utilization_pct_mean", _accelerator(lambda a: a.utilization_pct_mean), "%",
-                         True, "utilisation mean", ".1f")
-ACCEL_UTIL_MAX = Figure("accelerator utilization_pct_max", _accelerator(lambda a: a.utilization_pct_max), "%",
-                        label="max", fmt=".1f")
-ACCEL_DEVICE_MEMORY = Figure("accelerator device_memory_used_mib", _accelerator(lambda a: a.device_memory_used_mib),
-                             "MiB", False, "device memory peak", ".0f")
-ACCEL_DEVICE_TOTAL = Figure("accelerator device_memory_total_mib",
-                            _accelerator(lambda a: a.device_memory_total_mib), "MiB", label="of", fmt=".0f")
+ACCEL_UTIL_MEAN = Figure(
+    "accelerator utilization_pct_mean",
+    _accelerator(lambda a: a.utilization_pct_mean),
+    "%",
+    True,
+    "utilisation mean",
+    ".1f",
+)
+ACCEL_UTIL_MAX = Figure(
+    "accelerator utilization_pct_max", _accelerator(lambda a: a.utilization_pct_max), "%", label="max", fmt=".1f"
+)
+ACCEL_DEVICE_MEMORY = Figure(
+    "accelerator device_memory_used_mib",
+    _accelerator(lambda a: a.device_memory_used_mib),
+    "MiB",
+    False,
+    "device memory peak",
+    ".0f",
+)
+ACCEL_DEVICE_TOTAL = Figure(
+    "accelerator device_memory_total_mib",
+    _accelerator(lambda a: a.device_memory_total_mib),
+    "MiB",
+    label="of",
+    fmt=".0f",
+)
 
 # --- the ceiling: the traced model in-process, no server --------------------------------------------
 CEILING_BATCH_SIZE = Figure("ceiling batch_size", _ceiling(lambda c: c.batch_size), label="batch size", fmt="d")
 CEILING_MAX_LENGTH = Figure("ceiling max_length", _ceiling(lambda c: c.max_length), label="max length", fmt="d")
 CEILING_THREADS = Figure("ceiling threads", _ceiling(lambda c: c.threads), "threads", fmt="d")
 CEILING_LAYOUT = Figure("ceiling best_layout", _ceiling(lambda c: c.best_layout), label="best layout")
-CEILING_BATCHES_PER_S = Figure("ceiling batches_per_s", _ceiling(lambda c: c.batches_per_s), "batches/s", True,
-                               fmt=".1f")
-CEILING_INFERENCES_PER_S = Figure("ceiling inferences_per_s", _ceiling(lambda c: c.inferences_per_s),
-                                  "inferences/s", True, fmt=".1f")
-CEILING_BATCH_MS = Figure("ceiling batch_latency_ms", _ceiling(lambda c: c.batch_latency_ms), "ms", False,
-                          "one full batch", ".0f")
-CEILING_LONE_BATCH_MS = Figure("ceiling lone_batch_latency_ms", _ceiling(lambda c: c.lone_batch_latency_ms),
-                               "ms", False, "a lone request's batch", ".0f")
-CEILING_WORKER_LONE_BATCH_MS = Figure("ceiling worker_lone_batch_latency_ms",
-                                      _ceiling(lambda c: c.worker_lone_batch_latency_ms), "ms", False,
-                                      "the same at one worker's threads", ".0f")
-CEILING_OTHER_CORES = Figure("ceiling other_cores", _ceiling(lambda c: c.other_cores), "cores", False,
-                             "other work on the host meanwhile", ".2f")
+CEILING_BATCHES_PER_S = Figure(
+    "ceiling batches_per_s", _ceiling(lambda c: c.batches_per_s), "batches/s", True, fmt=".1f"
+)
+CEILING_INFERENCES_PER_S = Figure(
+    "ceiling inferences_per_s", _ceiling(lambda c: c.inferences_per_s), "inferences/s", True, fmt=".1f"
+)
+CEILING_BATCH_MS = Figure(
+    "ceiling batch_latency_ms", _ceiling(lambda c: c.batch_latency_ms), "ms", False, "one full batch", ".0f"
+)
+CEILING_LONE_BATCH_MS = Figure(
+    "ceiling lone_batch_latency_ms",
+    _ceiling(lambda c: c.lone_batch_latency_ms),
+    "ms",
+    False,
+    "a lone request's batch",
+    ".0f",
+)
+CEILING_WORKER_LONE_BATCH_MS = Figure(
+    "ceiling worker_lone_batch_latency_ms",
+    _ceiling(lambda c: c.worker_lone_batch_latency_ms),
+    "ms",
+    False,
+    "the same at one worker's threads",
+    ".0f",
+)
+CEILING_OTHER_CORES = Figure(
+    "ceiling other_cores", _ceiling(lambda c: c.other_cores), "cores", False, "other work on the host meanwhile", ".2f"
+)
 CEILING_CV = Figure("ceiling cv", _ceiling(lambda c: c.cv), "", False, "CV over its windows", ".3f")
 
 # --- the load generator alone, against a trivial local endpoint ----------------------------------------
-CLIENT_REQUESTS_PER_S = Figure("client requests_per_s", _client(lambda c: c.requests_per_s), "requests/s",
-                               fmt=".0f")
+CLIENT_REQUESTS_PER_S = Figure("client requests_per_s", _client(lambda c: c.requests_per_s), "requests/s", fmt=".0f")
 CLIENT_CONCURRENCY = Figure("client concurrency", _client(lambda c: c.concurrency), label="concurrency", fmt="d")
 CLIENT_SECONDS = Figure("client seconds", _client(lambda c: c.seconds), "s", label="measured", fmt=".1f")
 CLIENT_LATENCY = _latency("client latency_ms", lambda b: b.client and b.client.latency_ms, "")
-CLIENT_OVER_SERVED = Figure("client over_served", _client(lambda c: c.over_served), "x",
-                            label="load generator / served", fmt=".0f")
+CLIENT_OVER_SERVED = Figure(
+    "client over_served", _client(lambda c: c.over_served), "x", label="load generator / served", fmt=".0f"
+)
 
 # --- a lone client ------------------------------------------------------------------------------------
 SINGLE_REQUESTS = Figure("single_client requests", _single(lambda s: s.requests), label="requests", fmt="d")
 SINGLE_SECONDS = Figure("single_client seconds", _single(lambda s: s.seconds), "s", label="measured", fmt=".1f")
-SINGLE_LATENCY = _latency("single_client latency_ms", lambda b: b.single_client and b.single_client.latency_ms,
-                          "lone client ")
+SINGLE_LATENCY = _latency(
+    "single_client latency_ms", lambda b: b.single_client and b.single_client.latency_ms, "lone client "
+)
 SINGLE_P50 = SINGLE_LATENCY[0]
 SINGLE_P90 = SINGLE_LATENCY[1]
-SINGLE_OVER_BATCH = Figure("single_client over_batch_latency", _single(lambda s: s.over_batch_latency), "x", False,
-                           "lone p50 / the same batch in-process", ".2f")
-SINGLE_OVER_WORKER_BATCH = Figure("single_client over_worker_batch_latency",
-                                  _single(lambda s: s.over_worker_batch_latency), "x", False,
-                                  "lone p50 / the same batch at one worker's threads", ".2f")
+SINGLE_OVER_BATCH = Figure(
+    "single_client over_batch_latency",
+    _single(lambda s: s.over_batch_latency),
+    "x",
+    False,
+    "lone p50 / the same batch in-process",
+    ".2f",
+)
+SINGLE_OVER_WORKER_BATCH = Figure(
+    "single_client over_worker_batch_latency",
+    _single(lambda s: s.over_worker_batch_latency),
+    "x",
+    False,
+    "lone p50 / the same batch at one worker's threads",
+    ".2f",
+)
 
 # --- TorchServe's own times ---------------------------------------------------------------------------
 QUEUE = _stat("server queue_ms", lambda b: b.server and b.server.queue_ms, "queue")
@@ -236,8 +292,9 @@ HANDLER = _stat("server handler_ms", lambda b: b.server and b.server.handler_ms,
 PREPROCESS = _stat("server preprocess_ms", lambda b: b.server and b.server.preprocess_ms, "preprocess")
 MODEL = _stat("server model_ms", lambda b: b.server and b.server.model_ms, "model")
 POSTPROCESS = _stat("server postprocess_ms", lambda b: b.server and b.server.postprocess_ms, "postprocess")
-WORKER_THREAD = _stat("server worker_thread_ms", lambda b: b.server and b.server.worker_thread_ms,
-                      "frontend around the worker")
+WORKER_THREAD = _stat(
+    "server worker_thread_ms", lambda b: b.server and b.server.worker_thread_ms, "frontend around the worker"
+)
 BATCHES = Figure("server batches", _server(lambda s: s.batches), "batches", fmt="d")
 BATCH_FILL = Figure("server mean_batch_fill", _server(lambda s: s.mean_batch_fill), "requests per batch", fmt=".1f")
 
@@ -245,25 +302,38 @@ BATCH_FILL = Figure("server mean_batch_fill", _server(lambda s: s.mean_batch_fil
 CPU_SECONDS = Figure("cpu seconds", _cpu(lambda c: c.seconds), "s", label="measured", fmt=".1f")
 CPU_HOST_CORES = Figure("cpu host_cores", _cpu(lambda c: c.host_cores), "CPUs", label="host", fmt="d")
 CPU_WORKERS_CORES = Figure("cpu workers_cores", _cpu(lambda c: c.workers_cores), "cores", label="workers", fmt=".2f")
-CPU_FRONTEND_CORES = Figure("cpu frontend_cores", _cpu(lambda c: c.frontend_cores), "cores", label="frontend",
-                            fmt=".2f")
+CPU_FRONTEND_CORES = Figure(
+    "cpu frontend_cores", _cpu(lambda c: c.frontend_cores), "cores", label="frontend", fmt=".2f"
+)
 CPU_CLIENT_CORES = Figure("cpu client_cores", _cpu(lambda c: c.client_cores), "cores", label="client", fmt=".2f")
-CPU_OTHER_CORES = Figure("cpu other_cores", _cpu(lambda c: c.other_cores), "cores", False,
-                         "other work on the host", ".2f")
-CPU_WORKER_MS_PER_REQUEST = Figure("cpu worker_cpu_ms_per_request", _cpu(lambda c: c.worker_cpu_ms_per_request),
-                                   "CPU-ms", False, "workers per request", ".1f")
-CPU_CEILING_MS_PER_INFERENCE = Figure("cpu ceiling_cpu_ms_per_inference",
-                                      _cpu(lambda c: c.ceiling_cpu_ms_per_inference), "CPU-ms", False,
-                                      "in-process per inference", ".1f")
+CPU_OTHER_CORES = Figure(
+    "cpu other_cores", _cpu(lambda c: c.other_cores), "cores", False, "other work on the host", ".2f"
+)
+CPU_WORKER_MS_PER_REQUEST = Figure(
+    "cpu worker_cpu_ms_per_request",
+    _cpu(lambda c: c.worker_cpu_ms_per_request),
+    "CPU-ms",
+    False,
+    "workers per request",
+    ".1f",
+)
+CPU_CEILING_MS_PER_INFERENCE = Figure(
+    "cpu ceiling_cpu_ms_per_inference",
+    _cpu(lambda c: c.ceiling_cpu_ms_per_inference),
+    "CPU-ms",
+    False,
+    "in-process per inference",
+    ".1f",
+)
 
-CPU_WORKER_OVER_CEILING = Figure("cpu worker_over_ceiling", _cpu(_cpu_ratio), "x", False,
-                                 "workers / in-process", ".3f")
+CPU_WORKER_OVER_CEILING = Figure("cpu worker_over_ceiling", _cpu(_cpu_ratio), "x", False, "workers / in-process", ".3f")
 
 REGRESSION = Figure("regression", lambda b: b.regression.status if b.regression else None, label="regression")
 
 CAPACITY_RATE = Figure("capacity rate", _capacity(lambda c: c.rate), "requests/s", True, "capacity", ".1f")
-CAPACITY_FAILED = Figure("capacity failed_rate", _capacity(lambda c: c.failed_rate), "requests/s",
-                         label="failed at", fmt=".1f")
+CAPACITY_FAILED = Figure(
+    "capacity failed_rate", _capacity(lambda c: c.failed_rate), "requests/s", label="failed at", fmt=".1f"
+)
 CAPACITY_BOUND = Figure("capacity bound_ms", _capacity(lambda c: c.bound_ms), "ms", label="bound", fmt="g")
 CAPACITY_PERCENTILE = Figure("capacity percentile", _capacity(lambda c: c.percentile), label="percentile", fmt="g")
 CAPACITY_STEPS = Figure("capacity steps", _capacity(lambda c: len(c.steps)), label="steps", fmt="d")
@@ -273,28 +343,106 @@ CAPACITY_STOPPED = Figure("capacity stopped", _capacity(lambda c: c.stopped), la
 # published numbers): SingleStream's p90 of one query at a time, Offline's throughput with all the work
 # available at once (our closed loop), Server's Poisson rate within a tail-latency bound (the capacity).
 MLPERF_SINGLE_STREAM = Figure("mlperf SingleStream", SINGLE_P90.read, "ms", False, "SingleStream p90", ".0f")
-MLPERF_OFFLINE = Figure("mlperf Offline", lambda b: b.inferences_per_s if b.mode == "closed" else None,
-                        "inferences/s", True, "Offline", ".1f")
+MLPERF_OFFLINE = Figure(
+    "mlperf Offline",
+    lambda b: b.inferences_per_s if b.mode == "closed" else None,
+    "inferences/s",
+    True,
+    "Offline",
+    ".1f",
+)
 MLPERF_SERVER = Figure("mlperf Server", CAPACITY_RATE.read, "requests/s", True, "Server", ".1f")
 
 FIGURES: tuple[Figure, ...] = (
-    REQUESTS_PER_S, INFERENCES_PER_S, REQUESTS, ERRORS, CONCURRENCY, SECONDS, ERROR_RATE, MODE, RATE, FIRST_ERROR,
-    PAIRS, SERVED_OVER_CEILING, COMPARISON_UNRELIABLE, FINGERPRINT, LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99,
-    LATENCY_MEAN, LATENCY_MAX, ACCURACY,
-    OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE, OPEN_LATE_AFTER, OPEN_DROPPED,
-    WINDOW_SECONDS, WINDOW_COUNT, WINDOW_CV, WINDOW_STABLE, LOAD_READY, LOAD_WORKER,
-    MEMORY_FRONTEND, MEMORY_WORKERS, MEMORY_WORKER, MEMORY_TOTAL,
-    ACCEL_KIND, ACCEL_SOURCE, ACCEL_UTIL_MEAN, ACCEL_UTIL_MAX, ACCEL_DEVICE_MEMORY, ACCEL_DEVICE_TOTAL,
-    CEILING_BATCH_SIZE, CEILING_MAX_LENGTH, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCHES_PER_S,
-    CEILING_INFERENCES_PER_S, CEILING_BATCH_MS, CEILING_LONE_BATCH_MS, CEILING_WORKER_LONE_BATCH_MS,
-    CEILING_OTHER_CORES, CEILING_CV,
-    CLIENT_REQUESTS_PER_S, CLIENT_CONCURRENCY, CLIENT_SECONDS, *CLIENT_LATENCY, CLIENT_OVER_SERVED,
-    SINGLE_REQUESTS, SINGLE_SECONDS, *SINGLE_LATENCY, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH,
-    CAPACITY_RATE, CAPACITY_FAILED, CAPACITY_BOUND, CAPACITY_PERCENTILE, CAPACITY_STEPS, CAPACITY_STOPPED,
-    *QUEUE, *REQUEST, HANDLER_METRIC, *HANDLER, *PREPROCESS, *MODEL, *POSTPROCESS, *WORKER_THREAD, BATCHES,
+    REQUESTS_PER_S,
+    INFERENCES_PER_S,
+    REQUESTS,
+    ERRORS,
+    CONCURRENCY,
+    SECONDS,
+    ERROR_RATE,
+    MODE,
+    RATE,
+    FIRST_ERROR,
+    PAIRS,
+    SERVED_OVER_CEILING,
+    COMPARISON_UNRELIABLE,
+    FINGERPRINT,
+    LATENCY_P50,
+    LATENCY_P90,
+    LATENCY_P95,
+    LATENCY_P99,
+    LATENCY_MEAN,
+    LATENCY_MAX,
+    ACCURACY,
+    OPEN_OFFERED,
+    OPEN_SENT,
+    OPEN_ACHIEVED,
+    OPEN_LATE,
+    OPEN_LATE_AFTER,
+    OPEN_DROPPED,
+    WINDOW_SECONDS,
+    WINDOW_COUNT,
+    WINDOW_CV,
+    WINDOW_STABLE,
+    LOAD_READY,
+    LOAD_WORKER,
+    MEMORY_FRONTEND,
+    MEMORY_WORKERS,
+    MEMORY_WORKER,
+    MEMORY_TOTAL,
+    ACCEL_KIND,
+    ACCEL_SOURCE,
+    ACCEL_UTIL_MEAN,
+    ACCEL_UTIL_MAX,
+    ACCEL_DEVICE_MEMORY,
+    ACCEL_DEVICE_TOTAL,
+    CEILING_BATCH_SIZE,
+    CEILING_MAX_LENGTH,
+    CEILING_THREADS,
+    CEILING_LAYOUT,
+    CEILING_BATCHES_PER_S,
+    CEILING_INFERENCES_PER_S,
+    CEILING_BATCH_MS,
+    CEILING_LONE_BATCH_MS,
+    CEILING_WORKER_LONE_BATCH_MS,
+    CEILING_OTHER_CORES,
+    CEILING_CV,
+    CLIENT_REQUESTS_PER_S,
+    CLIENT_CONCURRENCY,
+    CLIENT_SECONDS,
+    *CLIENT_LATENCY,
+    CLIENT_OVER_SERVED,
+    SINGLE_REQUESTS,
+    SINGLE_SECONDS,
+    *SINGLE_LATENCY,
+    SINGLE_OVER_BATCH,
+    SINGLE_OVER_WORKER_BATCH,
+    CAPACITY_RATE,
+    CAPACITY_FAILED,
+    CAPACITY_BOUND,
+    CAPACITY_PERCENTILE,
+    CAPACITY_STEPS,
+    CAPACITY_STOPPED,
+    *QUEUE,
+    *REQUEST,
+    HANDLER_METRIC,
+    *HANDLER,
+    *PREPROCESS,
+    *MODEL,
+    *POSTPROCESS,
+    *WORKER_THREAD,
+    BATCHES,
     BATCH_FILL,
-    CPU_SECONDS, CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
-    CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING,
+    CPU_SECONDS,
+    CPU_HOST_CORES,
+    CPU_WORKERS_CORES,
+    CPU_FRONTEND_CORES,
+    CPU_CLIENT_CORES,
+    CPU_OTHER_CORES,
+    CPU_WORKER_MS_PER_REQUEST,
+    CPU_CEILING_MS_PER_INFERENCE,
+    CPU_WORKER_OVER_CEILING,
     REGRESSION,
 )
 
@@ -319,42 +467,119 @@ class Line:
         return f"**{text}**" if self.strong else text
 
 
-HEADLINE = (INFERENCES_PER_S, MODE, CONCURRENCY, OPEN_OFFERED, OPEN_ACHIEVED, LATENCY_P50, LATENCY_P90, LATENCY_P95,
-            LATENCY_P99, LATENCY_MAX, ERRORS, ERROR_RATE, OPEN_LATE, OPEN_DROPPED, WINDOW_CV, SERVED_OVER_CEILING,
-            CLIENT_OVER_SERVED, SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH, QUEUE[1], HANDLER[1],
-            MODEL[1], BATCH_FILL, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES, CPU_OTHER_CORES,
-            CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, MEMORY_TOTAL, LOAD_READY, CAPACITY_RATE,
-            CAPACITY_BOUND)
+HEADLINE = (
+    INFERENCES_PER_S,
+    MODE,
+    CONCURRENCY,
+    OPEN_OFFERED,
+    OPEN_ACHIEVED,
+    LATENCY_P50,
+    LATENCY_P90,
+    LATENCY_P95,
+    LATENCY_P99,
+    LATENCY_MAX,
+    ERRORS,
+    ERROR_RATE,
+    OPEN_LATE,
+    OPEN_DROPPED,
+    WINDOW_CV,
+    SERVED_OVER_CEILING,
+    CLIENT_OVER_SERVED,
+    SINGLE_P50,
+    SINGLE_OVER_BATCH,
+    SINGLE_OVER_WORKER_BATCH,
+    QUEUE[1],
+    HANDLER[1],
+    MODEL[1],
+    BATCH_FILL,
+    CPU_WORKERS_CORES,
+    CPU_FRONTEND_CORES,
+    CPU_CLIENT_CORES,
+    CPU_OTHER_CORES,
+    CPU_WORKER_MS_PER_REQUEST,
+    CPU_CEILING_MS_PER_INFERENCE,
+    MEMORY_TOTAL,
+    LOAD_READY,
+    CAPACITY_RATE,
+    CAPACITY_BOUND,
+)
 TITLE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, SERVED_OVER_CEILING)
 SUMMARY = Line("Benchmark", (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, ERRORS))
 DETAILS = (
     Line("MLPerf's scenarios, as measured here", (MLPERF_SINGLE_STREAM, MLPERF_OFFLINE, MLPERF_SERVER), strong=True),
     Line("Served / in-process", (SERVED_OVER_CEILING, COMPARISON_UNRELIABLE), labelled=False, strong=True),
-    Line("Latency (client)", (LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MAX, LATENCY_MEAN,
-                              ERROR_RATE)),
-    Line("Open loop (latency from the intended send)", (OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE,
-                                                        OPEN_DROPPED)),
+    Line(
+        "Latency (client)", (LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MAX, LATENCY_MEAN, ERROR_RATE)
+    ),
+    Line(
+        "Open loop (latency from the intended send)", (OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE, OPEN_DROPPED)
+    ),
     Line("Throughput per window", (WINDOW_SECONDS, WINDOW_COUNT, WINDOW_CV, WINDOW_STABLE)),
-    Line("Worker CPU per request vs in-process per inference",
-         (CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING), strong=True),
-    Line("Ceiling (the traced model in-process, no server)",
-         (CEILING_INFERENCES_PER_S, CEILING_CV, CEILING_THREADS, CEILING_LAYOUT, CEILING_BATCH_MS,
-          CEILING_LONE_BATCH_MS, CEILING_WORKER_LONE_BATCH_MS)),
-    Line("Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
-         (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED)),
+    Line(
+        "Worker CPU per request vs in-process per inference",
+        (CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING),
+        strong=True,
+    ),
+    Line(
+        "Ceiling (the traced model in-process, no server)",
+        (
+            CEILING_INFERENCES_PER_S,
+            CEILING_CV,
+            CEILING_THREADS,
+            CEILING_LAYOUT,
+            CEILING_BATCH_MS,
+            CEILING_LONE_BATCH_MS,
+            CEILING_WORKER_LONE_BATCH_MS,
+        ),
+    ),
+    Line(
+        "Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
+        (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED),
+    ),
     Line("Lone client (concurrency 1)", (SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH)),
-    Line("Capacity (Poisson arrivals; the highest offered rate within the bound)",
-         (CAPACITY_RATE, CAPACITY_PERCENTILE, CAPACITY_BOUND, CAPACITY_FAILED, CAPACITY_STEPS, CAPACITY_STOPPED)),
-    Line("TorchServe (queue per request; the handler and its phases per batch)",
-         (QUEUE[1], QUEUE[2], QUEUE[4], HANDLER_METRIC, HANDLER[1], HANDLER[2], HANDLER[4], PREPROCESS[1],
-          PREPROCESS[2], MODEL[1], MODEL[2], MODEL[4], POSTPROCESS[1], POSTPROCESS[2], BATCH_FILL)),
+    Line(
+        "Capacity (Poisson arrivals; the highest offered rate within the bound)",
+        (CAPACITY_RATE, CAPACITY_PERCENTILE, CAPACITY_BOUND, CAPACITY_FAILED, CAPACITY_STEPS, CAPACITY_STOPPED),
+    ),
+    Line(
+        "TorchServe (queue per request; the handler and its phases per batch)",
+        (
+            QUEUE[1],
+            QUEUE[2],
+            QUEUE[4],
+            HANDLER_METRIC,
+            HANDLER[1],
+            HANDLER[2],
+            HANDLER[4],
+            PREPROCESS[1],
+            PREPROCESS[2],
+            MODEL[1],
+            MODEL[2],
+            MODEL[4],
+            POSTPROCESS[1],
+            POSTPROCESS[2],
+            BATCH_FILL,
+        ),
+    ),
     Line("Model load (slowest worker)", (LOAD_READY, LOAD_WORKER)),
     Line("Memory (RSS peak during the load)", (MEMORY_FRONTEND, MEMORY_WORKERS, MEMORY_WORKER, MEMORY_TOTAL)),
-    Line("Accelerator during the load", (ACCEL_KIND, ACCEL_UTIL_MEAN, ACCEL_UTIL_MAX, ACCEL_DEVICE_MEMORY,
-                                         ACCEL_DEVICE_TOTAL)),
+    Line(
+        "Accelerator during the load",
+        (ACCEL_KIND, ACCEL_UTIL_MEAN, ACCEL_UTIL_MAX, ACCEL_DEVICE_MEMORY, ACCEL_DEVICE_TOTAL),
+    ),
     Line("Accuracy (the check stage's accuracy file)", (ACCURACY,)),
-    Line("CPU during the load", (CPU_HOST_CORES, CPU_WORKERS_CORES, CPU_FRONTEND_CORES, CPU_CLIENT_CORES,
-                                 CPU_OTHER_CORES, CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE)),
+    Line(
+        "CPU during the load",
+        (
+            CPU_HOST_CORES,
+            CPU_WORKERS_CORES,
+            CPU_FRONTEND_CORES,
+            CPU_CLIENT_CORES,
+            CPU_OTHER_CORES,
+            CPU_WORKER_MS_PER_REQUEST,
+            CPU_CEILING_MS_PER_INFERENCE,
+        ),
+    ),
 )
 
 
@@ -381,8 +606,13 @@ def table_rows(bench: BenchmarkResult | dict) -> list[dict]:
             value = None if math.isnan(value) else round(value, 3)
         rows.append({"figure": figure.name, "value": value, "unit": figure.unit})
     for layout in bench.measured_ceiling.layouts if bench.measured_ceiling else []:
-        rows.append({"figure": f"ceiling layout {layout.name} inferences_per_s",
-                     "value": round(layout.inferences_per_s, 3), "unit": "inferences/s"})
+        rows.append(
+            {
+                "figure": f"ceiling layout {layout.name} inferences_per_s",
+                "value": round(layout.inferences_per_s, 3),
+                "unit": "inferences/s",
+            }
+        )
     return rows
 
 
@@ -416,12 +646,19 @@ def capacity_table(capacity) -> list[str]:
     """The capacity search's steps, in the order they ran: one markdown row each."""
     if capacity is None or not capacity.steps:
         return []
-    lines = ["", f"Capacity search ({capacity.rule}):", "",
-             f"| offered requests/s | answered requests/s | p50 ms | p90 ms | p99 ms | errors | dropped | "
-             f"p{capacity.percentile:g} within {capacity.bound_ms:g} ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Capacity search ({capacity.rule}):",
+        "",
+        f"| offered requests/s | answered requests/s | p50 ms | p90 ms | p99 ms | errors | dropped | "
+        f"p{capacity.percentile:g} within {capacity.bound_ms:g} ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for step in capacity.steps:
-        lines.append(f"| {step.rate:.1f} | {step.achieved:.1f} | {step.p50:.0f} | {step.p90:.0f} | {step.p99:.0f} | "
-                     f"{step.errors} | {step.dropped} | {'**passed**' if step.passed else 'failed'} |")
+        lines.append(
+            f"| {step.rate:.1f} | {step.achieved:.1f} | {step.p50:.0f} | {step.p90:.0f} | {step.p99:.0f} | "
+            f"{step.errors} | {step.dropped} | {'**passed**' if step.passed else 'failed'} |"
+        )
     return lines
 
 
@@ -433,6 +670,8 @@ def regression_table(verdict) -> list[str]:
     for row in verdict.table:
         change = f"{row.relative:+.1%}" if row.relative is not None and not row.absolute else f"{row.change:+.4g}"
         allowed = f"{row.allowed:.4g} {row.unit}".strip()
-        lines.append(f"| {row.figure} | {row.current:.4g} | {row.baseline:.4g} | {change} | {allowed} | "
-                     f"{'**regressed**' if row.regressed else 'ok'} |")
+        lines.append(
+            f"| {row.figure} | {row.current:.4g} | {row.baseline:.4g} | {change} | {allowed} | "
+            f"{'**regressed**' if row.regressed else 'ok'} |"
+        )
     return lines

@@ -167,8 +167,15 @@ class LoadResult:
             inside = [s for s in window if index * step <= s.done < (index + 1) * step]
             good = [s.latency for s in inside if s.ok]
             lat = percentiles(good)
-            rows.append({"t": round((index + 1) * step, 3), "requests_per_s": len(good) / step,
-                         "p50_ms": lat.p50, "p90_ms": lat.p90, "errors": len(inside) - len(good)})
+            rows.append(
+                {
+                    "t": round((index + 1) * step, 3),
+                    "requests_per_s": len(good) / step,
+                    "p50_ms": lat.p50,
+                    "p90_ms": lat.p90,
+                    "errors": len(inside) - len(good),
+                }
+            )
         return rows
 
 
@@ -214,7 +221,7 @@ class _Tally:
         self.latencies: list[float] = []  # s, of the measured answers
 
     def add(self, samples: list[Sample]) -> None:
-        for sample in samples[self.seen:]:  # samples only grows
+        for sample in samples[self.seen :]:  # samples only grows
             self.answered += sample.ok and sample.done >= 0  # an answer in the measured window
             if sample.measured and sample.ok:
                 self.latencies.append(sample.latency)
@@ -223,8 +230,16 @@ class _Tally:
         self.seen = len(samples)
 
 
-def _snapshot(tally: _Tally, elapsed: float, warmup: float, duration: float, requests: int | None,
-              counted: int, last: float, done: bool = False) -> LoadProgress:
+def _snapshot(
+    tally: _Tally,
+    elapsed: float,
+    warmup: float,
+    duration: float,
+    requests: int | None,
+    counted: int,
+    last: float,
+    done: bool = False,
+) -> LoadProgress:
     measured_s = max(0.0, elapsed - warmup)
     if done:
         fraction = 1.0
@@ -232,13 +247,21 @@ def _snapshot(tally: _Tally, elapsed: float, warmup: float, duration: float, req
         fraction = min(counted / requests, 0.99)
     else:
         fraction = min(elapsed / (warmup + duration), 0.99) if warmup + duration > 0 else 0.99
-    p50, p90 = ((float(v) * 1000 for v in np.percentile(tally.latencies, [50, 90])) if tally.latencies
-                else (float("nan"),) * 2)
+    p50, p90 = (
+        (float(v) * 1000 for v in np.percentile(tally.latencies, [50, 90])) if tally.latencies else (float("nan"),) * 2
+    )
     return LoadProgress(
-        elapsed=elapsed, planned=None if requests is not None else warmup + duration, fraction=max(fraction, last),
-        warming_up=elapsed < warmup, measured_s=measured_s,
-        requests_per_s=tally.answered / measured_s if measured_s > 0 else 0.0, p50_ms=p50, p90_ms=p90,
-        errors=tally.errors, done=done)
+        elapsed=elapsed,
+        planned=None if requests is not None else warmup + duration,
+        fraction=max(fraction, last),
+        warming_up=elapsed < warmup,
+        measured_s=measured_s,
+        requests_per_s=tally.answered / measured_s if measured_s > 0 else 0.0,
+        p50_ms=p50,
+        p90_ms=p90,
+        errors=tally.errors,
+        done=done,
+    )
 
 
 def _progress_line(samples: list[Sample], now: float, window: float) -> str:
@@ -248,8 +271,10 @@ def _progress_line(samples: list[Sample], now: float, window: float) -> str:
     lat = percentiles(good_recent)
     overall = sum(s.ok and 0 <= s.done <= now for s in samples) / now if now > 0 else 0.0
     errors = sum(s.measured and not s.ok for s in samples)
-    return (f"{now:5.0f} s: {len(good_recent) / window:.1f} requests/s over the last {window:.3g} s "
-            f"(p50 {lat.p50:.0f} ms, p90 {lat.p90:.0f} ms); overall {overall:.1f} requests/s, errors {errors}")
+    return (
+        f"{now:5.0f} s: {len(good_recent) / window:.1f} requests/s over the last {window:.3g} s "
+        f"(p50 {lat.p50:.0f} ms, p90 {lat.p90:.0f} ms); overall {overall:.1f} requests/s, errors {errors}"
+    )
 
 
 ARRIVALS = ("fixed", "poisson")
@@ -271,12 +296,27 @@ def arrival_times(rate: float, arrivals: str = "fixed", seed: int = 0) -> Iterat
 class LoadGenerator:
     """One load: its settings, and the state its clients share while it runs (run() once)."""
 
-    def __init__(self, url: str, headers: dict | None, pairs: list[tuple[str, str]], *, mode: str = "closed",
-                 concurrency: int = 64, duration: float = 30.0, requests: int | None = None,
-                 rate: float | None = None, arrivals: str = "fixed", seed: int = 0, warmup: float = 0.0,
-                 progress_every: float | None = DEFAULT_PROGRESS_EVERY, log: Log | None = None,
-                 label: str = "benchmark", timeout: float = 120.0, max_backlog: int | None = None,
-                 on_progress: Callable[[LoadProgress], None] | None = None):
+    def __init__(
+        self,
+        url: str,
+        headers: dict | None,
+        pairs: list[tuple[str, str]],
+        *,
+        mode: str = "closed",
+        concurrency: int = 64,
+        duration: float = 30.0,
+        requests: int | None = None,
+        rate: float | None = None,
+        arrivals: str = "fixed",
+        seed: int = 0,
+        warmup: float = 0.0,
+        progress_every: float | None = DEFAULT_PROGRESS_EVERY,
+        log: Log | None = None,
+        label: str = "benchmark",
+        timeout: float = 120.0,
+        max_backlog: int | None = None,
+        on_progress: Callable[[LoadProgress], None] | None = None,
+    ):
         if mode not in ("closed", "open"):
             raise ValueError(f"mode must be 'closed' or 'open', not {mode!r}")
         if mode == "open" and not (rate and rate > 0):
@@ -317,10 +357,15 @@ class LoadGenerator:
         if self.on_progress is not None:
             self._tell(done=True)
         seconds = (end - self.measure_from) if self.requests is not None else self.duration
-        return LoadResult(mode=self.mode, concurrency=self.concurrency, rate=self.rate if self.mode == "open" else None,
-                          seconds=max(seconds, 0.0), samples=self.samples,
-                          first_error=self.errors[0] if self.errors else None,
-                          arrivals=self.arrivals if self.mode == "open" else None)
+        return LoadResult(
+            mode=self.mode,
+            concurrency=self.concurrency,
+            rate=self.rate if self.mode == "open" else None,
+            seconds=max(seconds, 0.0),
+            samples=self.samples,
+            first_error=self.errors[0] if self.errors else None,
+            arrivals=self.arrivals if self.mode == "open" else None,
+        )
 
     def _clients(self) -> list[httpx.AsyncClient]:
         # One client with one connection per virtual user: httpcore's shared pool spends O(connections)
@@ -328,8 +373,10 @@ class LoadGenerator:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         timeout = httpx.Timeout(self.timeout, pool=None)
         tls = ssl.create_default_context()  # one context for all clients (http:// never uses it)
-        return [httpx.AsyncClient(headers=self.headers, timeout=timeout, limits=limits, verify=tls)
-                for _ in range(self.concurrency)]
+        return [
+            httpx.AsyncClient(headers=self.headers, timeout=timeout, limits=limits, verify=tls)
+            for _ in range(self.concurrency)
+        ]
 
     def _claim(self, now: float) -> bool | None:
         """Whether a request sent at `now` is measured; None: no more requests."""
@@ -401,15 +448,27 @@ class LoadGenerator:
     def _tell(self, done: bool = False) -> None:
         assert self.on_progress is not None
         self.tally.add(self.samples)
-        snapshot = _snapshot(self.tally, time.monotonic() - self.start, self.warmup, self.duration, self.requests,
-                             self.counted, self.last, done)
+        snapshot = _snapshot(
+            self.tally,
+            time.monotonic() - self.start,
+            self.warmup,
+            self.duration,
+            self.requests,
+            self.counted,
+            self.last,
+            done,
+        )
         self.last = snapshot.fraction
         try:
             self.on_progress(snapshot)
         except Exception as error:  # progress is for people: it never fails the measurement
             if not self.callback_failed:
-                self.log.warning("%s: the progress callback failed (%s: %s); the load goes on", self.label,
-                                 type(error).__name__, error)
+                self.log.warning(
+                    "%s: the progress callback failed (%s: %s); the load goes on",
+                    self.label,
+                    type(error).__name__,
+                    error,
+                )
             self.callback_failed = True
 
     async def _progress(self) -> None:
@@ -478,8 +537,10 @@ class TrivialEndpoint:
                     await asyncio.sleep(self.delay)
                 self.served += 1
                 reason = b"OK" if self.status == 200 else b"Error"
-                writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (self.status, reason, len(self.BODY), self.BODY))
+                writer.write(
+                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (self.status, reason, len(self.BODY), self.BODY)
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass

@@ -235,8 +235,13 @@ class BenchmarkResult(BaseModel):
         return self.regression is not None and self.regression.failed
 
     @classmethod
-    def from_load(cls, result: LoadResult, window_s: float = WINDOW_S, stability_cv: float = STABILITY_CV,
-                  late_after_s: float = LATE_AFTER_S) -> BenchmarkResult:
+    def from_load(
+        cls,
+        result: LoadResult,
+        window_s: float = WINDOW_S,
+        stability_cv: float = STABILITY_CV,
+        late_after_s: float = LATE_AFTER_S,
+    ) -> BenchmarkResult:
         """Percentiles and errors of the measured requests; throughput from every answer in the
         window (each request is one pair, so one inference), and per `window_s` window; the error
         rate counts dropped requests (open loop) as failed."""
@@ -258,10 +263,15 @@ class BenchmarkResult(BaseModel):
             windows=windows(result.windows(window_s), window_s, stability_cv),
             histogram=Histogram(edges_ms=edges, counts=counts) if counts else None,
             open_loop=OpenLoop(
-                offered_per_s=result.rate, achieved_per_s=result.requests_per_s,
+                offered_per_s=result.rate,
+                achieved_per_s=result.requests_per_s,
                 sent_per_s=(requests - result.dropped) / result.seconds if result.seconds > 0 else 0.0,
-                late=result.late(late_after_s), late_after_ms=late_after_s * 1000, dropped=result.dropped,
-            ) if result.mode == "open" and result.rate else None,
+                late=result.late(late_after_s),
+                late_after_ms=late_after_s * 1000,
+                dropped=result.dropped,
+            )
+            if result.mode == "open" and result.rate
+            else None,
         )
 
 
@@ -269,5 +279,10 @@ def windows(rates: list[float], seconds: float, threshold: float) -> Windows:
     """The windows' coefficient of variation (numpy: population std / mean); above threshold: unstable."""
     values = np.asarray(rates, dtype=float)
     cv = float(values.std() / values.mean()) if values.size >= 2 and values.mean() > 0 else None
-    return Windows(seconds=seconds, requests_per_s=[round(v, 3) for v in rates], cv=cv, threshold=threshold,
-                   stable=cv is None or cv <= threshold)
+    return Windows(
+        seconds=seconds,
+        requests_per_s=[round(v, 3) for v in rates],
+        cv=cv,
+        threshold=threshold,
+        stable=cv is None or cv <= threshold,
+    )

@@ -66,8 +66,15 @@ def _stat(values: list[float], scale: float = 1.0) -> Stat | None:
     if not values:
         return None
     summary = percentiles(values, scale)
-    return Stat(count=len(values), p50=summary.p50, p90=summary.p90, p95=summary.p95, p99=summary.p99,
-                mean=summary.mean, max=summary.max)
+    return Stat(
+        count=len(values),
+        p50=summary.p50,
+        p90=summary.p90,
+        p95=summary.p95,
+        p99=summary.p99,
+        mean=summary.mean,
+        max=summary.max,
+    )
 
 
 def server_times(log_dir: Path, since: float, until: float, model_name: str | None = None) -> ServerTimes:
@@ -79,8 +86,10 @@ def server_times(log_dir: Path, since: float, until: float, model_name: str | No
     queue = values.get("ts_queue_latency_microseconds")
     notes = []
     if not values.get(INFERENCE):
-        notes.append("pre/model/post times: the handler logged no ts_handler_* metrics "
-                     "(TorchServe's @timed profiling off: model-config.yaml handler.profile)")
+        notes.append(
+            "pre/model/post times: the handler logged no ts_handler_* metrics "
+            "(TorchServe's @timed profiling off: model-config.yaml handler.profile)"
+        )
     if handler_metric == "PredictionTime":
         notes.append("handler time is TorchServe's PredictionTime: the worker's whole handle() per batch")
     return ServerTimes(
@@ -126,10 +135,14 @@ def model_load(log_dir: Path, model_name: str) -> ModelLoad | None:
         elif (metric := WORKER_LOAD_TIME.search(line)) and worker.fullmatch(metric.group(2)):
             load_ms.setdefault(metric.group(2), float(metric.group(1)))
     names = sorted(set(ready) | set(load_ms))
-    workers = [WorkerLoad(worker=name, register_to_ready_s=ready.get(name), worker_load_ms=load_ms.get(name))
-               for name in names]
-    return ModelLoad(workers=workers, register_to_ready_s=max(ready.values()) if ready else None,
-                     worker_load_ms=max(load_ms.values()) if load_ms else None)
+    workers = [
+        WorkerLoad(worker=name, register_to_ready_s=ready.get(name), worker_load_ms=load_ms.get(name)) for name in names
+    ]
+    return ModelLoad(
+        workers=workers,
+        register_to_ready_s=max(ready.values()) if ready else None,
+        worker_load_ms=max(load_ms.values()) if load_ms else None,
+    )
 
 
 def _log_time(stamp: str) -> float:

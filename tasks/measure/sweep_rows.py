@@ -45,13 +45,19 @@ class SweepRow(BaseModel):
     def table_row(self) -> dict:
         """The row flat and rounded, its keys as sweep.json's `rows` have always had them."""
         bench, ceiling = self.benchmark, self.benchmark.measured_ceiling
-        return {"label": self.label, **self.setting.model_dump(), **_load_figures(bench),
-                **_ceiling_figures(bench), **_server_figures(bench),
-                # CPU other work on the host used meanwhile (> 0.1 x CPUs: the row is not reliable)
-                "other_cores": _round(bench.cpu.other_cores if bench.cpu else None, 2),
-                "other_cores_ceiling": _round(ceiling.other_cores if ceiling else None, 2),
-                "capacity_per_s": _round(self.capacity, 2),
-                "within_limit": self.within_limit, "best": self.best}
+        return {
+            "label": self.label,
+            **self.setting.model_dump(),
+            **_load_figures(bench),
+            **_ceiling_figures(bench),
+            **_server_figures(bench),
+            # CPU other work on the host used meanwhile (> 0.1 x CPUs: the row is not reliable)
+            "other_cores": _round(bench.cpu.other_cores if bench.cpu else None, 2),
+            "other_cores_ceiling": _round(ceiling.other_cores if ceiling else None, 2),
+            "capacity_per_s": _round(self.capacity, 2),
+            "within_limit": self.within_limit,
+            "best": self.best,
+        }
 
     @property
     def capacity(self) -> float | None:
@@ -65,25 +71,36 @@ def _round(value: float | None, digits: int) -> float | None:
 
 def _load_figures(bench: BenchmarkResult) -> dict:
     lat = bench.latency_ms
-    return {"requests_per_s": round(bench.requests_per_s, 2), "inferences_per_s": round(bench.inferences_per_s, 2),
-            "p50_ms": round(lat.p50, 1), "p90_ms": round(lat.p90, 1), "p99_ms": round(lat.p99, 1),
-            "max_ms": round(lat.max, 1), "mean_ms": round(lat.mean, 1),
-            "errors": bench.errors, "error_rate": round(bench.error_rate, 4)}
+    return {
+        "requests_per_s": round(bench.requests_per_s, 2),
+        "inferences_per_s": round(bench.inferences_per_s, 2),
+        "p50_ms": round(lat.p50, 1),
+        "p90_ms": round(lat.p90, 1),
+        "p99_ms": round(lat.p99, 1),
+        "max_ms": round(lat.max, 1),
+        "mean_ms": round(lat.mean, 1),
+        "errors": bench.errors,
+        "error_rate": round(bench.error_rate, 4),
+    }
 
 
 def _ceiling_figures(bench: BenchmarkResult) -> dict:
     ceiling = bench.measured_ceiling
-    return {"ceiling_inferences_per_s": _round(ceiling.inferences_per_s if ceiling else None, 2),
-            "served_over_ceiling": _round(bench.served_over_ceiling, 3),
-            "lone_batch_ms": _round(ceiling.lone_batch_latency_ms if ceiling else None, 1),
-            "worker_lone_batch_ms": _round(ceiling.worker_lone_batch_latency_ms if ceiling else None, 1)}
+    return {
+        "ceiling_inferences_per_s": _round(ceiling.inferences_per_s if ceiling else None, 2),
+        "served_over_ceiling": _round(bench.served_over_ceiling, 3),
+        "lone_batch_ms": _round(ceiling.lone_batch_latency_ms if ceiling else None, 1),
+        "worker_lone_batch_ms": _round(ceiling.worker_lone_batch_latency_ms if ceiling else None, 1),
+    }
 
 
 def _server_figures(bench: BenchmarkResult) -> dict:
     server = bench.server
-    return {"queue_ms_p50": _round(server.queue_ms.p50 if server and server.queue_ms else None, 1),
-            "handler_ms_p50": _round(server.handler_ms.p50 if server and server.handler_ms else None, 1),
-            "mean_batch_fill": _round(server.mean_batch_fill if server and server.mean_batch_fill else None, 2)}
+    return {
+        "queue_ms_p50": _round(server.queue_ms.p50 if server and server.queue_ms else None, 1),
+        "handler_ms_p50": _round(server.handler_ms.p50 if server and server.handler_ms else None, 1),
+        "mean_batch_fill": _round(server.mean_batch_fill if server and server.mean_batch_fill else None, 2),
+    }
 
 
 # --- the ranking --------------------------------------------------------------------------------------
@@ -126,8 +143,11 @@ def verdict(best: SweepRow | None, p90_limit_ms: float | None, by: str = "throug
         return "no configuration met the limit without errors"
     if by == "capacity" and best.benchmark.capacity is not None:
         capacity = best.benchmark.capacity
-        return (f"best by capacity at p{capacity.percentile:g} <= {capacity.bound_ms:g} ms: {best.label} "
-                f"({capacity.rate:.1f} requests/s; {best.benchmark.inferences_per_s:.1f} inferences/s closed loop)")
-    figures = (f"{best.label} ({best.benchmark.inferences_per_s:.1f} inferences/s, "
-               f"p90 {best.benchmark.latency_ms.p90:.0f} ms)")
+        return (
+            f"best by capacity at p{capacity.percentile:g} <= {capacity.bound_ms:g} ms: {best.label} "
+            f"({capacity.rate:.1f} requests/s; {best.benchmark.inferences_per_s:.1f} inferences/s closed loop)"
+        )
+    figures = (
+        f"{best.label} ({best.benchmark.inferences_per_s:.1f} inferences/s, p90 {best.benchmark.latency_ms.p90:.0f} ms)"
+    )
     return f"best within p90 <= {p90_limit_ms:g} ms: {figures}" if p90_limit_ms is not None else f"best: {figures}"

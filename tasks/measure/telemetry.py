@@ -88,9 +88,12 @@ class NeuronMonitor:
         self._config: tempfile.TemporaryDirectory | None = None
 
     def config(self) -> dict:
-        return {"period": f"{self.period}s",
-                "neuron_runtimes": [{"tag_filter": ".*", "metrics": [{"type": "neuroncore_counters"},
-                                                                     {"type": "memory_used"}]}]}
+        return {
+            "period": f"{self.period}s",
+            "neuron_runtimes": [
+                {"tag_filter": ".*", "metrics": [{"type": "neuroncore_counters"}, {"type": "memory_used"}]}
+            ],
+        }
 
     def start(self) -> None:
         path = tools.neuron_tool(self.tool)
@@ -100,8 +103,9 @@ class NeuronMonitor:
         self._config = tempfile.TemporaryDirectory(prefix="neuron-monitor-")
         config = Path(self._config.name) / "monitor.json"
         config.write_text(json.dumps(self.config()))
-        self._process = subprocess.Popen([path, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         text=True)
+        self._process = subprocess.Popen(
+            [path, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         self._reader = threading.Thread(target=self._read, name="neuron-monitor", daemon=True)
         self._reader.start()
 
@@ -132,11 +136,15 @@ class NeuronMonitor:
         used = [device for _, device in self.reports]
         note = self.note or (None if self.reports else "neuron-monitor printed no report during the load")
         return Accelerator(
-            kind=self.kind, source=self.tool, samples=len(self.reports),
+            kind=self.kind,
+            source=self.tool,
+            samples=len(self.reports),
             utilization_pct_mean=float(np.mean(each)) if each else None,
             utilization_pct_max=max((max(v) for v in per_core.values()), default=None),
             per_unit_pct={core: round(float(np.mean(v)), 2) for core, v in per_core.items()},
-            device_memory_used_mib=max(used) / MIB if used else None, note=note)
+            device_memory_used_mib=max(used) / MIB if used else None,
+            note=note,
+        )
 
 
 class NvidiaSmi:
@@ -172,18 +180,23 @@ class NvidiaSmi:
         pass
 
     def result(self) -> Accelerator:
-        gpus = {str(i): [sample[i][0] for sample in self.rows if i < len(sample)]
-                for i in range(max((len(s) for s in self.rows), default=0))}
+        gpus = {
+            str(i): [sample[i][0] for sample in self.rows if i < len(sample)]
+            for i in range(max((len(s) for s in self.rows), default=0))
+        }
         each = [float(np.mean(v)) for v in gpus.values() if v]
         used = [sum(row[1] for row in sample) for sample in self.rows]
         return Accelerator(
-            kind=self.kind, source=f"{self.tool} {' '.join(NVIDIA_SMI_QUERY)}", samples=len(self.rows),
+            kind=self.kind,
+            source=f"{self.tool} {' '.join(NVIDIA_SMI_QUERY)}",
+            samples=len(self.rows),
             utilization_pct_mean=float(np.mean(each)) if each else None,
             utilization_pct_max=max((max(v) for v in gpus.values() if v), default=None),
             per_unit_pct={gpu: round(float(np.mean(v)), 2) for gpu, v in gpus.items() if v},
             device_memory_used_mib=max(used) if used else None,
             device_memory_total_mib=sum(row[2] for row in self.rows[-1]) if self.rows else None,
-            note=self.note or (None if self.rows else "nvidia-smi gave no reading during the load"))
+            note=self.note or (None if self.rows else "nvidia-smi gave no reading during the load"),
+        )
 
 
 class ProcessCpu:
@@ -218,11 +231,14 @@ class ProcessCpu:
         each = {str(pid): float(np.mean(v)) for pid, v in self.per_worker.items() if v}
         every = [x for v in self.per_worker.values() for x in v]
         return Accelerator(
-            kind=self.kind, source="psutil cpu_percent per worker process (100 = one core)",
+            kind=self.kind,
+            source="psutil cpu_percent per worker process (100 = one core)",
             samples=max((len(v) for v in self.per_worker.values()), default=0),
             utilization_pct_mean=float(np.mean(list(each.values()))) if each else None,
-            utilization_pct_max=max(every, default=None), per_unit_pct={k: round(v, 1) for k, v in each.items()},
-            note=None if each else "no worker process found")
+            utilization_pct_max=max(every, default=None),
+            per_unit_pct={k: round(v, 1) for k, v in each.items()},
+            note=None if each else "no worker process found",
+        )
 
 
 # --- the sampler -------------------------------------------------------------------------------------
@@ -275,8 +291,13 @@ class Telemetry:
                 except psutil.Error:
                     pass
             sizes[role] = values
-        self.rss.append({"frontend": sum(sizes["frontend"]), "workers": sum(sizes["workers"]),
-                         "worker": max(sizes["workers"], default=0.0)})
+        self.rss.append(
+            {
+                "frontend": sum(sizes["frontend"]),
+                "workers": sum(sizes["workers"]),
+                "worker": max(sizes["workers"], default=0.0),
+            }
+        )
 
     def _run(self) -> None:
         while not _wait(self._stop, self.period):
@@ -298,10 +319,13 @@ class Telemetry:
     def memory(self) -> Memory | None:
         if not self.rss:
             return None
-        return Memory(samples=len(self.rss), frontend_rss_mib=max(s["frontend"] for s in self.rss),
-                      workers_rss_mib=max(s["workers"] for s in self.rss),
-                      worker_rss_mib=max(s["worker"] for s in self.rss),
-                      total_rss_mib=max(s["frontend"] + s["workers"] for s in self.rss))
+        return Memory(
+            samples=len(self.rss),
+            frontend_rss_mib=max(s["frontend"] for s in self.rss),
+            workers_rss_mib=max(s["workers"] for s in self.rss),
+            worker_rss_mib=max(s["worker"] for s in self.rss),
+            total_rss_mib=max(s["frontend"] + s["workers"] for s in self.rss),
+        )
 
     def accelerator(self) -> Accelerator:
         return self.adapter.result()

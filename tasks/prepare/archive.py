@@ -35,8 +35,14 @@ class Archive(BaseModel):
     info: ModelInfo
 
 
-def archive(traced: TracedModel, model_store: Path, name: str | None = None, handler: Path = HANDLER_FILE,
-            length_buckets: list[int] | None = None, extra_files: tuple[Path, ...] = ()) -> Archive:
+def archive(
+    traced: TracedModel,
+    model_store: Path,
+    name: str | None = None,
+    handler: Path = HANDLER_FILE,
+    length_buckets: list[int] | None = None,
+    extra_files: tuple[Path, ...] = (),
+) -> Archive:
     """The .mar. length_buckets narrows the graphs the handler loads (model-config.yaml), e.g. to
     [max_length] for the tutorial's single-length serving of the same graphs. extra_files: more files
     beside the handler (a handler that builds on ours ships ours too)."""
@@ -62,17 +68,25 @@ def archive(traced: TracedModel, model_store: Path, name: str | None = None, han
         files = traced.info.files(traced.model_dir)
         command = [
             archiver,
-            "--model-name", name,
-            "--version", "1.0",
-            "--serialized-file", str(files[1]),  # the first graph; the others are extra files
-            "--handler", str(handler),
-            "--extra-files", ",".join(str(path) for path in [files[0], *files[2:], *extra_files, staging]),
-            "--export-path", str(model_store),
-            "--config-file", str(config_file),
+            "--model-name",
+            name,
+            "--version",
+            "1.0",
+            "--serialized-file",
+            str(files[1]),  # the first graph; the others are extra files
+            "--handler",
+            str(handler),
+            "--extra-files",
+            ",".join(str(path) for path in [files[0], *files[2:], *extra_files, staging]),
+            "--export-path",
+            str(model_store),
+            "--config-file",
+            str(config_file),
             "--force",
             # Uncompressed: deflating several graphs of float weights gains little and costs seconds
             # both here and when TorchServe unpacks the archive at registration.
-            "--archive-format", "zip-store",
+            "--archive-format",
+            "zip-store",
         ]
         # The archiver gathers the files in $TMPDIR/<model name>, deleting whatever is there first: two runs
         # archiving the same model at once on one host (two workers of a pool, a smoke check beside a night)

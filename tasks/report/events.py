@@ -35,18 +35,30 @@ def emit_regression(regression, run_dir: Path) -> None:
     if not flow_run_id:
         return  # not in a flow run: nothing to attach the event to
     deployment = runtime.deployment.name
-    resource = {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                "prefect.resource.name": runtime.flow_run.name or ""}
+    resource = {
+        "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+        "prefect.resource.name": runtime.flow_run.name or "",
+    }
     related = []
     if runtime.deployment.id:
-        related.append({"prefect.resource.id": f"prefect.deployment.{runtime.deployment.id}",
-                        "prefect.resource.role": "deployment", "prefect.resource.name": deployment or ""})
-    emit_event(event=REGRESSED, resource=resource, related=related, payload={
-        "deployment": deployment or "(no deployment)",
-        "run_name": runtime.flow_run.name,
-        "stage": "benchmark",
-        "error": (regression.message or regression.status).splitlines()[0][:500],
-        "action": regression.action,
-        "ui_url": run_page(flow_run_id),
-        "run_dir": str(run_dir),
-    })
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.deployment.{runtime.deployment.id}",
+                "prefect.resource.role": "deployment",
+                "prefect.resource.name": deployment or "",
+            }
+        )
+    emit_event(
+        event=REGRESSED,
+        resource=resource,
+        related=related,
+        payload={
+            "deployment": deployment or "(no deployment)",
+            "run_name": runtime.flow_run.name,
+            "stage": "benchmark",
+            "error": (regression.message or regression.status).splitlines()[0][:500],
+            "action": regression.action,
+            "ui_url": run_page(flow_run_id),
+            "run_dir": str(run_dir),
+        },
+    )

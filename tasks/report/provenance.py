@@ -27,9 +27,11 @@ EC2_VENDOR = "Amazon EC2"  # sys_vendor on Nitro instances, whose product_name i
 
 def git_state(repo: Path = REPO_ROOT) -> dict:
     """{commit, dirty, changed, untracked}; dirty: tracked files differ from the commit."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -65,7 +67,9 @@ def provenance(config: dict, model: dict | None, repo: Path = REPO_ROOT, dmi: Pa
     compiler_args = (model or {}).get("compiler_args")
     if compiler_args is None:
         compiler_args = (config.get("model") or {}).get("compiler_args")
-    return {"git": git_state(repo),
-            **instance_type((config.get("serving") or {}).get("instance_type"), dmi),
-            "compiler_args": compiler_args,
-            "config_hash": config_hash(config)}
+    return {
+        "git": git_state(repo),
+        **instance_type((config.get("serving") or {}).get("instance_type"), dmi),
+        "compiler_args": compiler_args,
+        "config_hash": config_hash(config),
+    }

@@ -29,8 +29,11 @@ from tasks.report.provenance import provenance
 from tasks.verify.checks import CheckResult
 
 SUMMARY_FILE = "summary.json"
-PICTURES = {"throughput and latency": "throughput-latency.png", "latency histogram": "latency-histogram.png",
-            "capacity search": "capacity.png"}
+PICTURES = {
+    "throughput and latency": "throughput-latency.png",
+    "latency histogram": "latency-histogram.png",
+    "capacity search": "capacity.png",
+}
 
 
 def new_run_dir(runs_dir: Path) -> Path:
@@ -46,9 +49,21 @@ def new_run_dir(runs_dir: Path) -> Path:
 
 
 def versions() -> dict[str, str]:
-    return {"python": platform.python_version(),
-            **package_versions("torch", "transformers", "torchserve", "torch-model-archiver", "prefect",
-                               "torch-neuronx", "neuronx-cc", "numpy", "pydantic", "httpx")}
+    return {
+        "python": platform.python_version(),
+        **package_versions(
+            "torch",
+            "transformers",
+            "torchserve",
+            "torch-model-archiver",
+            "prefect",
+            "torch-neuronx",
+            "neuronx-cc",
+            "numpy",
+            "pydantic",
+            "httpx",
+        ),
+    }
 
 
 def host() -> dict:
@@ -107,10 +122,11 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
         log.warning("no pictures in the summary: %s (install matplotlib)", error)
         return {}
     drawn = {}
-    for alt, draw in (("throughput and latency", lambda path: timeline_chart(bench, path, SMALL) if bench.timeline
-                       else None),
-                      ("latency histogram", lambda path: histogram_chart(bench, path, SMALL)),
-                      ("capacity search", lambda path: capacity_chart(bench, path, SMALL))):
+    for alt, draw in (
+        ("throughput and latency", lambda path: timeline_chart(bench, path, SMALL) if bench.timeline else None),
+        ("latency histogram", lambda path: histogram_chart(bench, path, SMALL)),
+        ("capacity search", lambda path: capacity_chart(bench, path, SMALL)),
+    ):
         try:
             path = draw(run_dir / PICTURES[alt])
         except Exception as error:  # a picture is not worth a failed run
@@ -137,14 +153,21 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
 
 
 def markdown(summary: dict, run_dir: Path) -> str:
-    lines = [f"# BERT serving validation: **{summary['status']}**", "", f"Run directory: `{run_dir}`", "",
-             "| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s['name']} | {s['status']}{' (' + s['reason'] + ')' if s.get('reason') else ''} "
-              f"| {s['seconds']:.1f} |" for s in summary["stages"]]
+    lines = [
+        f"# BERT serving validation: **{summary['status']}**",
+        "",
+        f"Run directory: `{run_dir}`",
+        "",
+        "| stage | status | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {s['name']} | {s['status']}{' (' + s['reason'] + ')' if s.get('reason') else ''} | {s['seconds']:.1f} |"
+        for s in summary["stages"]
+    ]
     cache = summary.get("trace") or {}
     if cache.get("cache") in ("hit", "miss"):
-        saved = (f", {cache['seconds_saved']:.1f} s saved" if cache["cache"] == "hit"
-                 else f" ({cache.get('reason')})")
+        saved = f", {cache['seconds_saved']:.1f} s saved" if cache["cache"] == "hit" else f" ({cache.get('reason')})"
         lines += ["", f"Compile cache: **{cache['cache']}**" + saved]
     errors = [s for s in summary["stages"] if s.get("error")]
     if errors:
@@ -152,8 +175,10 @@ def markdown(summary: dict, run_dir: Path) -> str:
     if summary["checks"]:
         # A list, not a table: the UI keeps a table's cells on one line and cuts a long detail off at its edge.
         lines += ["", "## Checks", ""]
-        lines += [f"- ✓ {c['name']}: {c['detail']}" if c["passed"] else f"- ✗ **{c['name']}: failed**: {c['detail']}"
-                  for c in summary["checks"]]
+        lines += [
+            f"- ✓ {c['name']}: {c['detail']}" if c["passed"] else f"- ✗ **{c['name']}: failed**: {c['detail']}"
+            for c in summary["checks"]
+        ]
     bench = summary.get("benchmark")
     if bench:
         lines += figures.markdown_lines(bench)
@@ -165,56 +190,88 @@ def markdown(summary: dict, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def publish_artifacts(summary: dict, checks: list[CheckResult], run_dir: Path,
-                      buckets: BucketComparison | None = None, suffix: str = "adhoc-unknown") -> None:
+def publish_artifacts(
+    summary: dict,
+    checks: list[CheckResult],
+    run_dir: Path,
+    buckets: BucketComparison | None = None,
+    suffix: str = "adhoc-unknown",
+) -> None:
     """The summary, the predictions, the benchmark, the bucket comparison and the outcome (read back
     by the trend) as artifacts of the flow run, keyed `<kind>-<suffix>`."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from tasks.report.trend import outcome_rows
 
-    create_markdown_artifact(key=keys.key(keys.SUMMARY, suffix), markdown=markdown(summary, run_dir),
-                             description="Run summary")
-    create_table_artifact(key=keys.key(keys.OUTCOME, suffix), table=outcome_rows(summary),
-                          description="Status, each stage's status and the regressed figures (the trend reads it)")
+    create_markdown_artifact(
+        key=keys.key(keys.SUMMARY, suffix), markdown=markdown(summary, run_dir), description="Run summary"
+    )
+    create_table_artifact(
+        key=keys.key(keys.OUTCOME, suffix),
+        table=outcome_rows(summary),
+        description="Status, each stage's status and the regressed figures (the trend reads it)",
+    )
     rows = [
-        {"check": c.name, "seq_0": p.seq_0[:120], "seq_1": p.seq_1[:120], "expected": p.expected,
-         "answer": p.answer, "http": p.status_code, "probability": p.probability, "truncated": p.truncated,
-         "latency_ms": round(p.latency_ms, 1)}
-        for c in checks for p in c.predictions
+        {
+            "check": c.name,
+            "seq_0": p.seq_0[:120],
+            "seq_1": p.seq_1[:120],
+            "expected": p.expected,
+            "answer": p.answer,
+            "http": p.status_code,
+            "probability": p.probability,
+            "truncated": p.truncated,
+            "latency_ms": round(p.latency_ms, 1),
+        }
+        for c in checks
+        for p in c.predictions
     ]
     if rows:
-        create_table_artifact(key=keys.key(keys.PREDICTIONS, suffix), table=rows,
-                              description="Predictions from the check stage")
+        create_table_artifact(
+            key=keys.key(keys.PREDICTIONS, suffix), table=rows, description="Predictions from the check stage"
+        )
     accuracy = next((c for c in checks if c.name == "accuracy"), None)
     if accuracy is not None:
         (tn, fp), (fn, tp) = accuracy.metrics["confusion"]
         table = [{"figure": k, "value": v} for k, v in accuracy.metrics.items() if k != "confusion"]
-        table += [{"figure": "true not paraphrase / predicted not paraphrase (tn)", "value": tn},
-                  {"figure": "true not paraphrase / predicted paraphrase (fp)", "value": fp},
-                  {"figure": "true paraphrase / predicted not paraphrase (fn)", "value": fn},
-                  {"figure": "true paraphrase / predicted paraphrase (tp)", "value": tp}]
+        table += [
+            {"figure": "true not paraphrase / predicted not paraphrase (tn)", "value": tn},
+            {"figure": "true not paraphrase / predicted paraphrase (fp)", "value": fp},
+            {"figure": "true paraphrase / predicted not paraphrase (fn)", "value": fn},
+            {"figure": "true paraphrase / predicted paraphrase (tp)", "value": tp},
+        ]
         create_table_artifact(key=keys.key(keys.ACCURACY, suffix), table=table, description=accuracy.detail)
     bench = summary.get("benchmark")
     if bench:
-        create_table_artifact(key=keys.key(keys.BENCHMARK, suffix), table=figures.table_rows(bench),
-                              description="Benchmark figures")
+        create_table_artifact(
+            key=keys.key(keys.BENCHMARK, suffix), table=figures.table_rows(bench), description="Benchmark figures"
+        )
     if buckets is not None:
-        rows = [{"graphs": f"buckets {buckets.buckets}",
-                 "inferences_per_s": round(buckets.bucketed_inferences_per_s, 2),
-                 "p90_ms": round(buckets.bucketed_p90_ms, 1)},
-                {"graphs": f"max_length {buckets.max_length} only",
-                 "inferences_per_s": round(buckets.single_inferences_per_s, 2),
-                 "p90_ms": round(buckets.single_p90_ms, 1)}]
-        create_table_artifact(key=keys.key(keys.LENGTH_BUCKETS, suffix), table=rows,
-                              description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; "
-                              f"labels identical on {buckets.labels_identical}/{buckets.labels_compared} pairs")
+        rows = [
+            {
+                "graphs": f"buckets {buckets.buckets}",
+                "inferences_per_s": round(buckets.bucketed_inferences_per_s, 2),
+                "p90_ms": round(buckets.bucketed_p90_ms, 1),
+            },
+            {
+                "graphs": f"max_length {buckets.max_length} only",
+                "inferences_per_s": round(buckets.single_inferences_per_s, 2),
+                "p90_ms": round(buckets.single_p90_ms, 1),
+            },
+        ]
+        create_table_artifact(
+            key=keys.key(keys.LENGTH_BUCKETS, suffix),
+            table=rows,
+            description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; "
+            f"labels identical on {buckets.labels_identical}/{buckets.labels_compared} pairs",
+        )
 
 
 def _flatten(prefix: str, value) -> list[tuple[str, object]]:
     if isinstance(value, dict) and value:
-        return [pair for key in sorted(value)
-                for pair in _flatten(f"{prefix}.{key}" if prefix else str(key), value[key])]
+        return [
+            pair for key in sorted(value) for pair in _flatten(f"{prefix}.{key}" if prefix else str(key), value[key])
+        ]
     return [(prefix, value)]
 
 
@@ -224,9 +281,14 @@ def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
     arguments, config hash), the configuration they gave, what `auto` resolved to, package versions
     and the host. Built from the summary and parameters only, which hold no key."""
     sections = [
-        ("parameter", {"config_file": parameters.get("config_file"),
-                       "settings": json.dumps(parameters.get("settings") or {}, sort_keys=True, default=str),
-                       "overrides": json.dumps(parameters.get("overrides") or {}, sort_keys=True, default=str)}),
+        (
+            "parameter",
+            {
+                "config_file": parameters.get("config_file"),
+                "settings": json.dumps(parameters.get("settings") or {}, sort_keys=True, default=str),
+                "overrides": json.dumps(parameters.get("overrides") or {}, sort_keys=True, default=str),
+            },
+        ),
         ("provenance", summary.get("provenance") or {}),
         ("config", summary.get("config") or {}),
         ("resolved", summary.get("resolved") or {}),
@@ -234,9 +296,13 @@ def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
         ("host", summary.get("host") or {}),
     ]
     return [
-        {"section": section, "name": name,
-         "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)}
-        for section, values in sections for name, value in _flatten("", values)
+        {
+            "section": section,
+            "name": name,
+            "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str),
+        }
+        for section, values in sections
+        for name, value in _flatten("", values)
     ]
 
 
@@ -244,6 +310,9 @@ def publish_run_config(parameters: dict, summary: dict, suffix: str = "adhoc-unk
     """The run's parameters, provenance, resolved configuration, versions and host as a table artifact."""
     from prefect.artifacts import create_table_artifact
 
-    create_table_artifact(key=keys.key(keys.RUN_CONFIG, suffix), table=run_config_rows(parameters, summary),
-                          description="Parameters, provenance (git commit, dirty?, instance type, compiler "
-                                      "arguments, config hash), resolved configuration, package versions and host")
+    create_table_artifact(
+        key=keys.key(keys.RUN_CONFIG, suffix),
+        table=run_config_rows(parameters, summary),
+        description="Parameters, provenance (git commit, dirty?, instance type, compiler "
+        "arguments, config hash), resolved configuration, package versions and host",
+    )

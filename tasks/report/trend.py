@@ -34,9 +34,15 @@ from tasks.measure.figures import (
 )
 
 RUNS = 14
-FIGURES = {"inferences_per_s": INFERENCES_PER_S, "p50_ms": LATENCY_P50, "p90_ms": LATENCY_P90,
-           "p99_ms": LATENCY_P99, "accuracy": ACCURACY, "served_over_ceiling": SERVED_OVER_CEILING,
-           "capacity": CAPACITY_RATE}
+FIGURES = {
+    "inferences_per_s": INFERENCES_PER_S,
+    "p50_ms": LATENCY_P50,
+    "p90_ms": LATENCY_P90,
+    "p99_ms": LATENCY_P99,
+    "accuracy": ACCURACY,
+    "served_over_ceiling": SERVED_OVER_CEILING,
+    "capacity": CAPACITY_RATE,
+}
 STAGE_MARK = {"ok": "✓", "failed": "✗", "interrupted": "!", "skipped": "·"}
 FAILED_STAGE = re.compile(r"stage (\S+) failed")
 
@@ -49,14 +55,19 @@ def outcome_rows(summary: dict) -> list[dict]:
     for each stage, regression, `regressed <figure>` for each regressed figure."""
     stages = summary.get("stages") or []
     failed = [s["name"] for s in stages if s.get("status") == "failed"]
-    rows = [{"item": "status", "value": summary.get("status")},
-            {"item": "failed stage", "value": failed[0] if failed else None}]
+    rows = [
+        {"item": "status", "value": summary.get("status")},
+        {"item": "failed stage", "value": failed[0] if failed else None},
+    ]
     rows += [{"item": f"stage {s['name']}", "value": s.get("status")} for s in stages]
     regression = (summary.get("benchmark") or {}).get("regression") or {}
     if regression:
         rows.append({"item": "regression", "value": regression.get("status")})
-        rows += [{"item": f"regressed {row['figure']}", "value": row.get("current")}
-                 for row in regression.get("table") or [] if row.get("regressed")]
+        rows += [
+            {"item": f"regressed {row['figure']}", "value": row.get("current")}
+            for row in regression.get("table") or []
+            if row.get("regressed")
+        ]
     return rows
 
 
@@ -80,16 +91,21 @@ def row(name: str, started, state: str | None, message: str | None, outcome, ben
     rows = _table(outcome) if outcome is not None else []
     items = {item: r.get("value") for r in rows if isinstance(item := r.get("item"), str)}
     figures = figures_of(benchmark) if benchmark is not None else {}
-    stages = {item[len("stage "):]: value for item, value in items.items() if item.startswith("stage ")}
+    stages = {item[len("stage ") :]: value for item, value in items.items() if item.startswith("stage ")}
     failed = items.get("failed stage")
     if failed is None and message:
         found = FAILED_STAGE.search(message)
         failed = found.group(1) if found else None
     status = items.get("status") or (state or "unknown").lower()
-    return {"run": name, "started": _when(started), "status": "ok" if status == "completed" else status,
-            "failed_stage": failed, **{column: figures.get(figure.name) for column, figure in FIGURES.items()},
-            "stages": stages,
-            "regressed": sorted(item[len("regressed "):] for item in items if item.startswith("regressed "))}
+    return {
+        "run": name,
+        "started": _when(started),
+        "status": "ok" if status == "completed" else status,
+        "failed_stage": failed,
+        **{column: figures.get(figure.name) for column, figure in FIGURES.items()},
+        "stages": stages,
+        "regressed": sorted(item[len("regressed ") :] for item in items if item.startswith("regressed ")),
+    }
 
 
 def _when(started) -> str | None:
@@ -103,19 +119,30 @@ def row_now(name: str, started, summary: dict) -> dict:
     from tasks.measure import figures
 
     bench = summary.get("benchmark")
-    return row(name, started, summary.get("status"), None, outcome_rows(summary),
-               figures.table_rows(bench) if bench else None)
+    return row(
+        name, started, summary.get("status"), None, outcome_rows(summary), figures.table_rows(bench) if bench else None
+    )
 
 
 def earlier_rows(suffix: str, limit: int = RUNS - 1) -> list[dict]:
     """Rows of this deployment's earlier ended runs, newest first; [] outside a flow run."""
     from tasks.measure.regression import earlier_runs
 
-    earlier = earlier_runs((keys.OUTCOME, keys.BENCHMARK), limit, suffix=suffix, completed_only=False,
-                           same_parameters=False) or []
-    return [row(e.run.name, e.run.start_time, e.run.state.type.value if e.run.state else None,
-                e.run.state.message if e.run.state else None,
-                e.artifacts.get(keys.OUTCOME), e.artifacts.get(keys.BENCHMARK)) for e in earlier]
+    earlier = (
+        earlier_runs((keys.OUTCOME, keys.BENCHMARK), limit, suffix=suffix, completed_only=False, same_parameters=False)
+        or []
+    )
+    return [
+        row(
+            e.run.name,
+            e.run.start_time,
+            e.run.state.type.value if e.run.state else None,
+            e.run.state.message if e.run.state else None,
+            e.artifacts.get(keys.OUTCOME),
+            e.artifacts.get(keys.BENCHMARK),
+        )
+        for e in earlier
+    ]
 
 
 # --- the artifact ----------------------------------------------------------------------------------
@@ -132,6 +159,7 @@ def table(rows: list[dict]) -> list[str]:
     the table is kept narrow: what a person scans first -- status (with what regressed), stages -- comes
     before the figures; the three latencies share a cell, as do throughput and its ratio to the in-process
     ceiling; a column no run has a figure for (accuracy without an accuracy file) is left out."""
+
     def cell(r: dict, column: str, fmt: str) -> str:
         text = _number(r.get(column), fmt)
         return f"**{text} ▼**" if FIGURES[column].name in r["regressed"] and text != "–" else text
@@ -166,16 +194,18 @@ def markdown(name: str, rows: list[dict], chart_uri: str | None) -> str:
     lines = [f"# Trend: {name}", ""]
     if chart_uri:
         lines += [f"![trend]({chart_uri})", ""]
-    lines += [f"The last {len(rows)} run{'s' if len(rows) != 1 else ''} of {name}, newest first. Stages "
-              f"{' '.join(f'{mark} {status}' for status, mark in STAGE_MARK.items())} in pipeline order; "
-              "▼ a figure that regressed against earlier nights; in brackets after inferences/s: served ÷ "
-              "in-process (the traced model alone, no server).", ""]
+    lines += [
+        f"The last {len(rows)} run{'s' if len(rows) != 1 else ''} of {name}, newest first. Stages "
+        f"{' '.join(f'{mark} {status}' for status, mark in STAGE_MARK.items())} in pipeline order; "
+        "▼ a figure that regressed against earlier nights; in brackets after inferences/s: served ÷ "
+        "in-process (the traced model alone, no server).",
+        "",
+    ]
     lines += table(rows)
     return "\n".join(lines)
 
 
-def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict, run_dir: Path,
-                  log=None) -> str | None:
+def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict, run_dir: Path, log=None) -> str | None:
     """Publish the trend artifact (`trend-<suffix>`) with this run's row (from its summary) on top;
     returns its markdown. Never raises: without an API history the trend is this run alone, and a failure to
     draw or publish it is a warning, not a failed run (to `log`, else the run's logger). Outside a flow run:
@@ -190,8 +220,11 @@ def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict,
         try:
             rows = [now] + earlier_rows(suffix)
         except Exception as error:  # an unreadable history: this run alone, and the warning says so
-            log.warning("trend: could not read earlier runs (%s: %s): the trend shows this run alone",
-                        type(error).__name__, error)
+            log.warning(
+                "trend: could not read earlier runs (%s: %s): the trend shows this run alone",
+                type(error).__name__,
+                error,
+            )
             rows = [now]
         rows = rows[:RUNS]
         chart_uri = None
@@ -205,10 +238,15 @@ def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict,
         text = markdown(name, rows, chart_uri)
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(key=keys.key(keys.TREND, suffix), markdown=text,
-                                 description=f"The last {len(rows)} runs of {name}")
+        create_markdown_artifact(
+            key=keys.key(keys.TREND, suffix), markdown=text, description=f"The last {len(rows)} runs of {name}"
+        )
         return text
     except Exception as error:  # a trend is not worth a failed run; the warning names what is missing
-        log.warning("trend not published (%s: %s): no %s artifact for this run", type(error).__name__, error,
-                    keys.key(keys.TREND, suffix))
+        log.warning(
+            "trend not published (%s: %s): no %s artifact for this run",
+            type(error).__name__,
+            error,
+            keys.key(keys.TREND, suffix),
+        )
         return None

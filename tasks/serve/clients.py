@@ -30,7 +30,6 @@ class Prediction(BaseModel):
         return self.status_code == 200 and self.answer == self.expected
 
 
-
 class Inference:
     """The inference API as the tutorial's client used it, answers turned into Predictions."""
 
@@ -51,12 +50,22 @@ class Inference:
         try:
             answer = self.client.post(self.url, **request)
         except httpx.HTTPError as error:
-            return Prediction(check=check, seq_0=seq_0, seq_1=seq_1, expected=self.names.get(expected, expected),
-                              answer=f"{type(error).__name__}: {error}", status_code=0,
-                              latency_ms=(time.monotonic() - started) * 1000)
+            return Prediction(
+                check=check,
+                seq_0=seq_0,
+                seq_1=seq_1,
+                expected=self.names.get(expected, expected),
+                answer=f"{type(error).__name__}: {error}",
+                status_code=0,
+                latency_ms=(time.monotonic() - started) * 1000,
+            )
         return Prediction(
-            check=check, seq_0=seq_0, seq_1=seq_1, expected=self.names.get(expected, expected),
-            answer=_answer_text(answer), status_code=answer.status_code,
+            check=check,
+            seq_0=seq_0,
+            seq_1=seq_1,
+            expected=self.names.get(expected, expected),
+            answer=_answer_text(answer),
+            status_code=answer.status_code,
             latency_ms=(time.monotonic() - started) * 1000,
             probability=_float(answer.headers.get("X-Paraphrase-Probability")),
             truncated={"true": True, "false": False}.get(answer.headers.get("X-Truncated", "")),
@@ -65,6 +74,7 @@ class Inference:
     def send_all(self, cases: list[tuple[str, str, str]], check: str, workers: int) -> list[Prediction]:
         """All at once (seq_0, seq_1, the expected label each), so TorchServe batches them together as the
         tutorial's threads did."""
+
         def one(case: tuple[str, str, str]) -> Prediction:
             seq_0, seq_1, expected = case
             return self.send(seq_0, seq_1, expected, check=check)
@@ -88,5 +98,3 @@ def _float(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-

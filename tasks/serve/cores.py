@@ -60,10 +60,12 @@ def ensure_free(workers: int, release_wait: float = RELEASE_WAIT_S) -> None:
     try:
         wait_until(released, release_wait, "the NeuronCores of exited processes to be released")
     except TimedOut as late:
-        raise CoresError(f"NeuronCores this run needs are still held by processes that have exited ({late.last}) "
-                         f"{release_wait:g} s on; TorchServe was not started",
-                         fix="check the Neuron driver (dmesg, neuron-ls); the Neuron runtime guide's last resort "
-                         "is reloading it: sudo rmmod neuron && sudo modprobe neuron") from None
+        raise CoresError(
+            f"NeuronCores this run needs are still held by processes that have exited ({late.last}) "
+            f"{release_wait:g} s on; TorchServe was not started",
+            fix="check the Neuron driver (dmesg, neuron-ls); the Neuron runtime guide's last resort "
+            "is reloading it: sudo rmmod neuron && sudo modprobe neuron",
+        ) from None
 
 
 def _running(pid: int) -> bool:
@@ -90,5 +92,7 @@ def spare_core(server_dir: Path, cores: int) -> int:
         return free[0]
     held = [f"NeuronCore {core}: worker pid {pid}" for core, pid in sorted(claimed.items())]
     held += [f"pid {p.pid} ({p.command or '?'}) on Neuron device {p.device}" for p in others]
-    raise CoresError(f"no NeuronCore is free: all {cores} are held ({'; '.join(held)})",
-                     fix="serve with fewer workers than NeuronCores to measure the ceiling on a spare one")
+    raise CoresError(
+        f"no NeuronCore is free: all {cores} are held ({'; '.join(held)})",
+        fix="serve with fewer workers than NeuronCores to measure the ceiling on a spare one",
+    )

@@ -51,8 +51,10 @@ def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
             if not any(p.pid == pid and core in p.cores for p in listing.processes):
                 problems.append(f"{listing.source} does not list worker pid {pid} on the device of NeuronCore {core}")
     if problems:
-        raise CoresError(f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
-                         fix="read the workers' log (server/logs/model_log.log): each says which core it took")
+        raise CoresError(
+            f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
+            fix="read the workers' log (server/logs/model_log.log): each says which core it took",
+        )
     return CoreMap(cores=dict(sorted(cores.items())), checked_with=checked)
 
 

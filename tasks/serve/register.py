@@ -35,8 +35,9 @@ class Registration(BaseModel):
     action: str  # "registered", "scaled existing", "re-registered"
 
 
-def register(server: Server, archive: Archive, max_batch_delay: int, workers: int,
-             timeout: float = 300.0) -> Registration:
+def register(
+    server: Server, archive: Archive, max_batch_delay: int, workers: int, timeout: float = 300.0
+) -> Registration:
     """Register the .mar at the batch_size it was traced for, and wait until every worker is READY."""
     batch_size = archive.info.batch_size
     params = {
@@ -59,8 +60,11 @@ def register(server: Server, archive: Archive, max_batch_delay: int, workers: in
             # A refusal is final: give the reader the workers' own account of it.
             raise RegisterError(f"{error.message}\n{model_log_tail(server)}", fix=error.fix) from None
     return Registration(
-        model_name=archive.model_name, batch_size=batch_size, max_batch_delay=max_batch_delay,
-        workers=workers, action=action,
+        model_name=archive.model_name,
+        batch_size=batch_size,
+        max_batch_delay=max_batch_delay,
+        workers=workers,
+        action=action,
     )
 
 
@@ -118,8 +122,9 @@ def unregister(server: Server, model_name: str, timeout: float = 300.0) -> None:
 
 
 def _scale(client: httpx.Client, name: str, workers: int) -> None:
-    scaled = _call(client, "PUT", f"/models/{name}",
-                   params={"min_worker": workers, "max_worker": workers, "synchronous": "true"})
+    scaled = _call(
+        client, "PUT", f"/models/{name}", params={"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+    )
     if scaled.status_code not in (200, 202):
         raise RegisterError(f"scaling {name} to {workers} workers: HTTP {scaled.status_code} {scaled.text[:300]}")
 
@@ -147,8 +152,10 @@ def _wait_exited(refs: list[ProcessRef], what: str, timeout: float) -> None:
     try:
         wait_until(exited, timeout, f"{what} exited", most=0.5)
     except TimedOut as late:
-        raise RegisterError(f"{what} still running after {timeout:g} s ({late.last})",
-                            fix="TorchServe did not stop them; read its log (server/logs/ts_log.log)") from None
+        raise RegisterError(
+            f"{what} still running after {timeout:g} s ({late.last})",
+            fix="TorchServe did not stop them; read its log (server/logs/ts_log.log)",
+        ) from None
 
 
 def wait_workers_ready(client: httpx.Client, name: str, workers: int, timeout: float) -> None:
@@ -161,8 +168,10 @@ def wait_workers_ready(client: httpx.Client, name: str, workers: int, timeout: f
     try:
         wait_until(ready, timeout, f"{workers} {name} workers READY", most=1.0)
     except TimedOut as late:
-        raise RegisterError(f"{name}: workers not READY after {timeout:g} s (states: {late.last})",
-                            fix="read the workers' log below: a worker that keeps restarting says why there") from None
+        raise RegisterError(
+            f"{name}: workers not READY after {timeout:g} s (states: {late.last})",
+            fix="read the workers' log below: a worker that keeps restarting says why there",
+        ) from None
 
 
 def wait_replaced(server: Server, name: str, dead_pid: int, workers: int, timeout: float = 60.0) -> list[int]:
@@ -179,9 +188,11 @@ def wait_replaced(server: Server, name: str, dead_pid: int, workers: int, timeou
     try:
         return wait_until(replaced, timeout, f"worker {dead_pid} of {name} replaced", most=1.0)
     except TimedOut as late:
-        raise RegisterError(f"{name}: worker {dead_pid} was not replaced by a READY worker within {timeout:g} s "
-                            f"(workers: {late.last})\n{model_log_tail(server)}",
-                            fix="read the workers' log above: the replacement says why it could not load") from None
+        raise RegisterError(
+            f"{name}: worker {dead_pid} was not replaced by a READY worker within {timeout:g} s "
+            f"(workers: {late.last})\n{model_log_tail(server)}",
+            fix="read the workers' log above: the replacement says why it could not load",
+        ) from None
 
 
 def describe_workers(server: Server, name: str) -> list[dict]:
@@ -202,10 +213,14 @@ def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.R
         raise RegisterError(f"management API unreachable ({type(error).__name__}: {error})", retryable=True) from None
     if answer.status_code == 500 and "Failed to start workers" in answer.text:
         # TorchServe already retried the workers itself; their traceback says why they can't load.
-        raise RegisterError(f"workers could not load the model: {answer.json().get('message')}",
-                            fix="read the worker traceback below", retryable=False)
+        raise RegisterError(
+            f"workers could not load the model: {answer.json().get('message')}",
+            fix="read the worker traceback below",
+            retryable=False,
+        )
     if answer.status_code >= 500 and answer.status_code != 507:
         # 5xx while starting is a race, not a verdict; the task's retry condition acts on this.
-        raise RegisterError(f"management API {method} {url}: HTTP {answer.status_code} {answer.text[:500]}",
-                            retryable=True)
+        raise RegisterError(
+            f"management API {method} {url}: HTTP {answer.status_code} {answer.text[:500]}", retryable=True
+        )
     return answer

@@ -150,8 +150,9 @@ def _free_ports(address: str, names: list[str]) -> dict[str, int]:
         return {name: probe.getsockname()[1] for name, probe in zip(names, probes, strict=True)}
 
 
-def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path,
-                 gpus: int = 0) -> Path:
+def write_config(
+    serving: ServingConfig, ports: dict[str, int], model_store: Path, server_dir: Path, gpus: int = 0
+) -> Path:
     host = serving.address
     lines = [
         f"inference_address=http://{host}:{ports['inference']}",
@@ -180,9 +181,7 @@ def write_config(serving: ServingConfig, ports: dict[str, int], model_store: Pat
     return path
 
 
-def start(
-    serving: ServingConfig, resolved: ResolvedServing, model_store: Path, server_dir: Path
-) -> Server:
+def start(serving: ServingConfig, resolved: ResolvedServing, model_store: Path, server_dir: Path) -> Server:
     """Start TorchServe in the run's server_dir and return once it is up (not yet Healthy)."""
     java = check_java()
     torchserve = environment_tool("torchserve")
@@ -214,13 +213,25 @@ def start(
         **({NEURON_CORES_ENV: str(resolved.cores)} if resolved.backend == "neuron" else {}),
         **({CORE_CLAIMS_ENV: str(cores.claims_dir(server_dir))} if resolved.backend in ("neuron", "cuda") else {}),
     )
-    command = [torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
-               "--ts-config", str(config_file)]
+    command = [
+        torchserve,
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(model_store),
+        "--ts-config",
+        str(config_file),
+    ]
     # Ctrl-C waits until the launcher is recorded in server.json, so stop can always find it; a SIGTERM
     # (Prefect's TerminationSignal) in between kills the launcher's group here.
     with open(logs / "torchserve.out", "ab") as out, ctrl_c_deferred():
         launcher = subprocess.Popen(
-            command, cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            command,
+            cwd=server_dir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             # Own process group: Ctrl-C in the terminal reaches us, and we stop TorchServe in order.
             start_new_session=True,
@@ -294,8 +305,10 @@ def wait_healthy(server: Server, timeout: float) -> float:
 
     def healthy() -> bool | Pending:
         if not any(ref.alive() for ref in server.processes):
-            raise ServerError(f"TorchServe exited during start-up\n{server.log_tail()}",
-                              fix="read TorchServe's log above: it says why it stopped")
+            raise ServerError(
+                f"TorchServe exited during start-up\n{server.log_tail()}",
+                fix="read TorchServe's log above: it says why it stopped",
+            )
         _adopt_children(server)
         return _ping(server, timeout=min(5.0, max(0.1, deadline - time.monotonic())))
 
@@ -342,8 +355,10 @@ def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
         result.stopped += swept.stopped
     if result.survivors:
         pids = ",".join(map(str, result.survivors))
-        raise ServerError(f"TorchServe processes {result.survivors} survived SIGKILL",
-                          fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {pids}")
+        raise ServerError(
+            f"TorchServe processes {result.survivors} survived SIGKILL",
+            fix=f"see what holds them: ps -o pid,stat,wchan,cmd -p {pids}",
+        )
     server.key_file.unlink(missing_ok=True)
     shutil.rmtree(server.temp_dir, ignore_errors=True)
     return {"stopped": result.stopped, "escalated": result.escalated}

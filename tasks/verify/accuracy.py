@@ -34,5 +34,9 @@ def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
     fp = int(np.sum((predicted == 1) & (truth == 0)))
     fn = int(np.sum((predicted == 0) & (truth == 1)))
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"pairs": int(truth.size), "accuracy": float(np.mean(truth == predicted)) if truth.size else 0.0,
-            "f1": f1, "confusion": [[tn, fp], [fn, tp]]}
+    return {
+        "pairs": int(truth.size),
+        "accuracy": float(np.mean(truth == predicted)) if truth.size else 0.0,
+        "f1": f1,
+        "confusion": [[tn, fp], [fn, tp]],
+    }

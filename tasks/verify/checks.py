@@ -65,8 +65,9 @@ def partial_batch(inference: Inference, batch_size: int, max_batch_delay_ms: int
     result = _verdict("partial batch", predictions)
     slowest = max(p.latency_ms for p in predictions)
     limit_ms = max_batch_delay_ms + PARTIAL_BATCH_SLACK_S * 1000
-    result.detail += (f"; {count} of batch_size {batch_size}, slowest {slowest:.0f} ms "
-                      f"(max_batch_delay {max_batch_delay_ms} ms)")
+    result.detail += (
+        f"; {count} of batch_size {batch_size}, slowest {slowest:.0f} ms (max_batch_delay {max_batch_delay_ms} ms)"
+    )
     if slowest > limit_ms:
         result.passed = False
         result.detail += f"; slower than max_batch_delay + {PARTIAL_BATCH_SLACK_S:.0f} s: the batch is stuck"
@@ -78,8 +79,11 @@ def golden_pairs(inference: Inference, golden: list[tuple[str, str, str]], worke
     predictions = inference.send_all(golden, "golden", workers)
     result = _verdict("golden pairs", predictions)
     # A foreign handler sends no probability: its answers' text is all there is to judge.
-    bad_scores = [p for p in predictions if p.status_code == 200 and not _finite(p.probability)
-                  and any(q.probability is not None for q in predictions)]
+    bad_scores = [
+        p
+        for p in predictions
+        if p.status_code == 200 and not _finite(p.probability) and any(q.probability is not None for q in predictions)
+    ]
     if bad_scores:
         result.passed = False
         result.detail += f"; {len(bad_scores)} answers without a finite score (NaN/Inf)"
@@ -94,14 +98,22 @@ def parity(predictions: list[Prediction], reference: Reference, tolerance: float
     """Served answers equal the original model's in-process: same labels, scores within tolerance."""
     expected = reference.predict([(p.seq_0, p.seq_1) for p in predictions])
     label_mismatch = sum(p.answer != label for p, (label, _) in zip(predictions, expected, strict=True))
-    diffs = [abs(p.probability - prob) if _finite(p.probability) else math.inf
-             for p, (_, prob) in zip(predictions, expected, strict=True)]
+    diffs = [
+        abs(p.probability - prob) if _finite(p.probability) else math.inf
+        for p, (_, prob) in zip(predictions, expected, strict=True)
+    ]
     worst = max(diffs, default=0.0)
     passed = label_mismatch == 0 and worst <= tolerance
-    detail = (f"{len(predictions) - label_mismatch}/{len(predictions)} labels equal in-process; "
-              f"largest probability difference {worst:.2e} (tolerance {tolerance:g})")
-    return CheckResult(name="parity with in-process model", passed=passed, detail=detail,
-                       metrics={"label_mismatches": label_mismatch, "max_abs_diff": worst})
+    detail = (
+        f"{len(predictions) - label_mismatch}/{len(predictions)} labels equal in-process; "
+        f"largest probability difference {worst:.2e} (tolerance {tolerance:g})"
+    )
+    return CheckResult(
+        name="parity with in-process model",
+        passed=passed,
+        detail=detail,
+        metrics={"label_mismatches": label_mismatch, "max_abs_diff": worst},
+    )
 
 
 def not_applicable(name: str, why: str) -> CheckResult:
@@ -141,8 +153,10 @@ def isolation(inference: Inference, batch_size: int) -> CheckResult:
     for p in refused:
         p.expected, p.answer = "4xx", f"{p.status_code}: {p.answer}"
     passed = not (not_4xx or unclear or wrong)
-    detail = (f"{len(refused) - len(not_4xx)}/{len(refused)} malformed requests got a 4xx; "
-              f"{len(answered) - len(wrong)}/{len(answered)} batch-mates answered right")
+    detail = (
+        f"{len(refused) - len(not_4xx)}/{len(refused)} malformed requests got a 4xx; "
+        f"{len(answered) - len(wrong)}/{len(answered)} batch-mates answered right"
+    )
     detail += "".join(f"; {p.seq_0}: HTTP {p.status_code}" for p in not_4xx)
     detail += "".join(f"; batch-mate got {p.answer!r} (HTTP {p.status_code})" for p in wrong[:2])
     return CheckResult(name="malformed requests isolated", passed=passed, detail=detail, predictions=refused + answered)
@@ -152,14 +166,17 @@ def truncation(inference: Inference, max_length: int) -> CheckResult:
     """Texts longer than max_length are truncated, not refused, and the answer says so."""
     p = inference.send(LONG_TEXT, LONG_TEXT, "paraphrase", check="truncation")
     passed = p.status_code == 200 and p.truncated is True and p.answer == p.expected
-    detail = (f"a {len(LONG_TEXT.split())}-word pair: HTTP {p.status_code}, X-Truncated {p.truncated}, "
-              f"answer {p.answer!r}")
-    return CheckResult(name=f"texts over max_length {max_length} truncated", passed=passed, detail=detail,
-                       predictions=[p])
+    detail = (
+        f"a {len(LONG_TEXT.split())}-word pair: HTTP {p.status_code}, X-Truncated {p.truncated}, answer {p.answer!r}"
+    )
+    return CheckResult(
+        name=f"texts over max_length {max_length} truncated", passed=passed, detail=detail, predictions=[p]
+    )
 
 
-def accuracy_check(inference: Inference, reference: Reference, path: Path, min_accuracy: float | None,
-                   concurrency: int) -> CheckResult:
+def accuracy_check(
+    inference: Inference, reference: Reference, path: Path, min_accuracy: float | None, concurrency: int
+) -> CheckResult:
     """A labelled file through the server: accuracy, F1, confusion matrix -- and every served label
     equal to the original model's in-process label (the same model, not just as good a one)."""
     pairs, truth, skipped = read_mrpc_lenient(path)
@@ -173,8 +190,10 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
     metrics["http_errors"] = len(failed)
     agree = metrics["agreement_with_in_process"] == len(pairs)
     good_enough = min_accuracy is None or metrics["accuracy"] >= min_accuracy
-    detail = (f"{path.name}: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f} on {len(pairs)} pairs; "
-              f"{metrics['agreement_with_in_process']}/{len(pairs)} equal to in-process")
+    detail = (
+        f"{path.name}: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f} on {len(pairs)} pairs; "
+        f"{metrics['agreement_with_in_process']}/{len(pairs)} equal to in-process"
+    )
     if not good_enough:
         detail += f"; below min_accuracy {min_accuracy}"
     if failed:
@@ -185,37 +204,49 @@ def accuracy_check(inference: Inference, reference: Reference, path: Path, min_a
     return CheckResult(name="accuracy", passed=agree and good_enough and not failed, detail=detail, metrics=metrics)
 
 
-def run_checks(server: Server, archive: Archive, model: ModelConfig, checks: ChecksConfig,
-               max_batch_delay: int) -> list[CheckResult]:
+def run_checks(
+    server: Server, archive: Archive, model: ModelConfig, checks: ChecksConfig, max_batch_delay: int
+) -> list[CheckResult]:
     """Every check, in order; none stops the others, so the summary shows all that failed.
     Batch size, max_length and the label names are the archived model's own."""
     info = archive.info
     foreign = info.handler == "foreign"  # a brought .mar's handler: judged by its answers' text alone
     inference = Inference(server, archive.model_name, info.class_names)
-    reference = Reference(model, info.max_length) if not foreign and (checks.golden_pairs or
-                                                                       checks.accuracy_file) else None
+    reference = (
+        Reference(model, info.max_length) if not foreign and (checks.golden_pairs or checks.accuracy_file) else None
+    )
     try:
-        results = [full_batch(inference, info.batch_size),
-                   partial_batch(inference, info.batch_size, max_batch_delay)]
+        results = [full_batch(inference, info.batch_size), partial_batch(inference, info.batch_size, max_batch_delay)]
         if checks.golden_pairs is not None:
             golden = golden_pairs(inference, load_golden(checks.golden_pairs), info.batch_size)
             # A graph compiled with 16-bit casting is held to the looser tolerance; labels must still agree.
             tolerance = checks.parity_tolerance_for(info.backend, info.compiler_args)
             if reference is None:  # a foreign handler: no in-process model to hold it to
-                results += [golden, not_applicable("parity with in-process model",
-                                                   "the handler sends no probability (X-Paraphrase-Probability)")]
+                results += [
+                    golden,
+                    not_applicable(
+                        "parity with in-process model", "the handler sends no probability (X-Paraphrase-Probability)"
+                    ),
+                ]
             else:
                 results += [golden, parity(golden.predictions, reference, tolerance)]
         if foreign:
-            results += [not_applicable("malformed requests isolated", "the handler is not ours; it makes no "
-                                       "promise of a 4xx per malformed request"),
-                        not_applicable(f"texts over max_length {info.max_length} truncated",
-                                       "the handler is not ours and sends no X-Truncated")]
+            results += [
+                not_applicable(
+                    "malformed requests isolated",
+                    "the handler is not ours; it makes no promise of a 4xx per malformed request",
+                ),
+                not_applicable(
+                    f"texts over max_length {info.max_length} truncated",
+                    "the handler is not ours and sends no X-Truncated",
+                ),
+            ]
         else:
             results += [isolation(inference, info.batch_size), truncation(inference, info.max_length)]
         if checks.accuracy_file is not None and reference is not None:  # not foreign
-            results.append(accuracy_check(inference, reference, checks.accuracy_file, checks.min_accuracy,
-                                          checks.concurrency))
+            results.append(
+                accuracy_check(inference, reference, checks.accuracy_file, checks.min_accuracy, checks.concurrency)
+            )
     finally:
         inference.close()
     return results

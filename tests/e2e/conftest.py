@@ -41,8 +41,14 @@ def trace_small(out_dir: Path) -> TracedModel:
 def trace_default(out_dir: Path) -> TracedModel:
     """What a run of configs/default.yaml traces (6 x 128, its buckets), through the session's compile cache."""
     config = load_config(DEFAULT_CONFIG_FILE)
-    return trace(config.model, DEFAULT_BATCH, DEFAULT_LENGTH, config.serving.length_buckets, out_dir,
-                 cache_dir=cache.default_dir())
+    return trace(
+        config.model,
+        DEFAULT_BATCH,
+        DEFAULT_LENGTH,
+        config.serving.length_buckets,
+        out_dir,
+        cache_dir=cache.default_dir(),
+    )
 
 
 @pytest.fixture(scope="session")

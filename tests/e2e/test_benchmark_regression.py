@@ -7,11 +7,11 @@ import pytest
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from tasks.common import keys
 from tasks.measure import figures, regression
 from tasks.measure.figures import INFERENCES_PER_S, LATENCY_P90
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult, Memory
-from tasks.common import keys
 
 pytestmark = pytest.mark.e2e
 
@@ -20,19 +20,35 @@ TONIGHT: dict = {}
 
 
 def _bench(served: float, latency_s: float, fingerprint: str, rss_mib: float = 1200.0) -> BenchmarkResult:
-    return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
-                           requests=10, errors=0, concurrency=4, seconds=10 / served, fingerprint=fingerprint,
-                           memory=Memory(samples=10, frontend_rss_mib=300.0, workers_rss_mib=rss_mib - 300.0,
-                                         worker_rss_mib=(rss_mib - 300.0) / 2, total_rss_mib=rss_mib))
+    return BenchmarkResult(
+        requests_per_s=served,
+        inferences_per_s=served,
+        latency_ms=percentiles([latency_s] * 10),
+        requests=10,
+        errors=0,
+        concurrency=4,
+        seconds=10 / served,
+        fingerprint=fingerprint,
+        memory=Memory(
+            samples=10,
+            frontend_rss_mib=300.0,
+            workers_rss_mib=rss_mib - 300.0,
+            worker_rss_mib=(rss_mib - 300.0) / 2,
+            total_rss_mib=rss_mib,
+        ),
+    )
 
 
 @flow(name="regression-probe")
 def night(config_file: str = "configs/default.yaml", overrides: dict | None = None):
     if TONIGHT.get("publish"):
-        bench = _bench(TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"),
-                       TONIGHT.get("rss", 1200.0))
-        create_table_artifact(key=keys.key(keys.BENCHMARK, keys.suffix(None, TONIGHT.get("backend", "cpu"))),
-                              table=figures.table_rows(bench))
+        bench = _bench(
+            TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"), TONIGHT.get("rss", 1200.0)
+        )
+        create_table_artifact(
+            key=keys.key(keys.BENCHMARK, keys.suffix(None, TONIGHT.get("backend", "cpu"))),
+            table=figures.table_rows(bench),
+        )
     if TONIGHT.get("fail"):
         raise RuntimeError("a failed night")
     if TONIGHT.get("check"):

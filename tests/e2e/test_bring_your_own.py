@@ -15,10 +15,19 @@ from tasks.common.config import DEFAULT_CONFIG_FILE
 
 pytestmark = pytest.mark.e2e
 TUTORIAL_HANDLER = Path(__file__).parent / "tutorial_handler.py"
-QUICK = {"serving.free_ports": True, "serving.initial_workers": 1, "serving.length_buckets": [],
-         "benchmark.concurrency": 6, "benchmark.duration": 2, "benchmark.warmup": 0, "benchmark.capacity.enabled": False,
-         "benchmark.ceiling_seconds": 0.5, "benchmark.client_check_seconds": 0.2,
-         "benchmark.single_client_seconds": 0.5, "benchmark.compare_buckets": False}
+QUICK = {
+    "serving.free_ports": True,
+    "serving.initial_workers": 1,
+    "serving.length_buckets": [],
+    "benchmark.concurrency": 6,
+    "benchmark.duration": 2,
+    "benchmark.warmup": 0,
+    "benchmark.capacity.enabled": False,
+    "benchmark.ceiling_seconds": 0.5,
+    "benchmark.client_check_seconds": 0.2,
+    "benchmark.single_client_seconds": 0.5,
+    "benchmark.compare_buckets": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +47,33 @@ def _tutorial_archive(graph: Path, handler: Path, name: str, out: Path) -> Path:
     """torch-model-archiver as the tutorial runs it: the graph, its handler, the tokenizer files."""
     info = ModelInfo.read(graph)
     archiver = Path(sys.executable).parent / "torch-model-archiver"
-    subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
-                    "--serialized-file", str(graph / "model_128.pt"), "--handler", str(handler),
-                    "--extra-files", ",".join(str(graph / file) for file in info.tokenizer_files),
-                    "--export-path", str(out)], check=True)
+    subprocess.run(
+        [
+            str(archiver),
+            "--model-name",
+            name,
+            "--version",
+            "1.0",
+            "--serialized-file",
+            str(graph / "model_128.pt"),
+            "--handler",
+            str(handler),
+            "--extra-files",
+            ",".join(str(graph / file) for file in info.tokenizer_files),
+            "--export-path",
+            str(out),
+        ],
+        check=True,
+    )
     return out / f"{name}.mar"
 
 
 def _run(tmp_path, **overrides) -> dict:
-    validate(config_file=str(DEFAULT_CONFIG_FILE),
-             overrides={**QUICK, "runs_dir": str(tmp_path), **overrides}, return_state=True)
+    validate(
+        config_file=str(DEFAULT_CONFIG_FILE),
+        overrides={**QUICK, "runs_dir": str(tmp_path), **overrides},
+        return_state=True,
+    )
     # What a reader reads: the run's summary.json, whether it passed or failed.
     return json.loads((tmp_path / "latest" / "summary.json").read_text())
 
@@ -61,8 +87,12 @@ def _check(summary: dict, name: str) -> dict:
 
 
 def test_a_second_run_with_the_same_config_is_a_cache_hit_and_skips_the_trace(prefect_server, tmp_path):
-    small = {"serving.batch_size": 2, "serving.max_length": 32, "benchmark.enabled": False,
-             "build.cache_dir": str(tmp_path / "cache")}
+    small = {
+        "serving.batch_size": 2,
+        "serving.max_length": 32,
+        "benchmark.enabled": False,
+        "build.cache_dir": str(tmp_path / "cache"),
+    }
     cold = _run(tmp_path / "cold", **small)
     warm = _run(tmp_path / "warm", **small)
     assert cold["status"] == warm["status"] == "ok"
@@ -99,8 +129,9 @@ def test_a_tutorial_mar_is_served_as_is_and_checked_by_its_answers(prefect_serve
 def test_a_tutorial_mar_that_answers_wrong_fails_the_check(prefect_server, tmp_path, graph):
     """The answer text is what is judged: a tutorial handler with its labels swapped fails the run."""
     swapped = tmp_path / "swapped_handler.py"
-    swapped.write_text(TUTORIAL_HANDLER.read_text().replace('["not paraphrase", "paraphrase"]',
-                                                            '["paraphrase", "not paraphrase"]'))
+    swapped.write_text(
+        TUTORIAL_HANDLER.read_text().replace('["not paraphrase", "paraphrase"]', '["paraphrase", "not paraphrase"]')
+    )
     mar = _tutorial_archive(graph, swapped, "bert-swapped", tmp_path)
     summary = _run(tmp_path / "runs", **{"model.mar": str(mar), "benchmark.enabled": False})
     assert summary["status"] == "failed"

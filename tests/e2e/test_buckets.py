@@ -12,13 +12,24 @@ pytestmark = pytest.mark.e2e
 
 
 def test_buckets_serve_the_same_labels_as_max_length_only_and_are_compared_in_the_run(prefect_server, tmp_path):
-    overrides = {"runs_dir": str(tmp_path), "serving.free_ports": True, "serving.batch_size": 2,
-                 "serving.max_length": 64, "serving.length_buckets": [16, 32], "serving.initial_workers": 1,
-                 "benchmark.concurrency": 4, "benchmark.duration": 2, "benchmark.warmup": 0, "benchmark.capacity.enabled": False,
-                 "benchmark.ceiling_seconds": 0, "benchmark.client_check_seconds": 0,
-                 "benchmark.single_client_seconds": 0, "benchmark.regression_runs": 0,
-                 # Both registrations measured, labels compared on the same sample: 1 s of load each is enough.
-                 "benchmark.compare_seconds": 1}
+    overrides = {
+        "runs_dir": str(tmp_path),
+        "serving.free_ports": True,
+        "serving.batch_size": 2,
+        "serving.max_length": 64,
+        "serving.length_buckets": [16, 32],
+        "serving.initial_workers": 1,
+        "benchmark.concurrency": 4,
+        "benchmark.duration": 2,
+        "benchmark.warmup": 0,
+        "benchmark.capacity.enabled": False,
+        "benchmark.ceiling_seconds": 0,
+        "benchmark.client_check_seconds": 0,
+        "benchmark.single_client_seconds": 0,
+        "benchmark.regression_runs": 0,
+        # Both registrations measured, labels compared on the same sample: 1 s of load each is enough.
+        "benchmark.compare_seconds": 1,
+    }
     summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
 

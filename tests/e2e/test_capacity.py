@@ -19,15 +19,16 @@ PAIRS = [("a sentence", "another sentence")] * 10
 
 def test_the_search_finds_the_capacity_of_a_server_with_a_known_curve_and_a_higher_step_that_failed():
     with TrivialEndpoint(delay=SERVICE_S, serial=True) as endpoint:
-        measure = poisson_steps(endpoint.url, {}, PAIRS, concurrency=16, bound_ms=BOUND_MS, percentile=99,
-                                warmup=0.5)
-        capacity = Search(measure, bound_ms=BOUND_MS, min_step_seconds=3, beyond=2, budget_seconds=40,
-                          step_overhead_s=0.5).run(start_rate=1 / SERVICE_S)
+        measure = poisson_steps(endpoint.url, {}, PAIRS, concurrency=16, bound_ms=BOUND_MS, percentile=99, warmup=0.5)
+        capacity = Search(
+            measure, bound_ms=BOUND_MS, min_step_seconds=3, beyond=2, budget_seconds=40, step_overhead_s=0.5
+        ).run(start_rate=1 / SERVICE_S)
     assert capacity.arrivals == "poisson" and capacity.percentile == 99
     assert capacity.steps[0].rate == 50.0 and not capacity.steps[0].passed  # saturated: the queue only grows
     assert capacity.rate is not None and 25 <= capacity.rate < 50  # ~70 % of the service rate passes
     assert capacity.failed_rate is not None and capacity.failed_rate > capacity.rate
     for step in capacity.steps:
-        assert step.passed == (step.p99 <= BOUND_MS and step.errors == step.dropped == 0
-                               and step.achieved >= KEPT_UP * step.sent)
+        assert step.passed == (
+            step.p99 <= BOUND_MS and step.errors == step.dropped == 0 and step.achieved >= KEPT_UP * step.sent
+        )
     assert max(s.rate for s in capacity.steps if s.passed) == capacity.rate

@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 
-from tasks.prepare.archive import HANDLER_FILE, archive
-from tasks.verify.checks import run_checks
 from tasks.common.config import DEFAULT_CONFIG_FILE, ChecksConfig, ServingConfig, load_config, resolve_serving
+from tasks.prepare.archive import HANDLER_FILE, archive
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
+from tasks.verify.checks import run_checks
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone, trace_small
 
 pytestmark = pytest.mark.e2e
@@ -72,11 +72,14 @@ def server_with_faults(small_model, tmp_path_factory):
     archives = {"real": archive(traced, store)}
     for fault, body in FAULTS.items():
         handler = work / f"{fault.replace('-', '_')}.py"
-        handler.write_text("from handler import ParaphraseHandler, parse_request\n\n\n"
-                           "class Faulty(ParaphraseHandler):" + textwrap.indent(textwrap.dedent(body), "    "))
+        handler.write_text(
+            "from handler import ParaphraseHandler, parse_request\n\n\n"
+            "class Faulty(ParaphraseHandler):" + textwrap.indent(textwrap.dedent(body), "    ")
+        )
         archives[fault] = archive(traced, store, name=fault, handler=handler, extra_files=(HANDLER_FILE,))
-    serving = ServingConfig(batch_size=BATCH, max_length=LENGTH, max_batch_delay=DELAY, free_ports=True,
-                            initial_workers=1)
+    serving = ServingConfig(
+        batch_size=BATCH, max_length=LENGTH, max_batch_delay=DELAY, free_ports=True, initial_workers=1
+    )
     server = start(serving, resolve_serving(serving), store, work / "server")
     try:
         wait_healthy(server, timeout=120)

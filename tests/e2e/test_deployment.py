@@ -26,9 +26,9 @@ import psutil
 import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
+from tasks.common.config import REPO_ROOT
 from tasks.common.ports import listeners
 from tasks.serve import server as server_stage
-from tasks.common.config import REPO_ROOT
 from tests.browser import needs_chromium
 from tests.e2e.conftest import SMALL_SHAPE, assert_server_gone
 from tools.screenshots import RUN_DIRECTORY, Browser, find_chromium, wait
@@ -38,10 +38,19 @@ pytestmark = pytest.mark.e2e
 DEPLOYMENT = "bert-serving-validation/nightly-cpu-embedded"
 SMOKE = "bert-serving-validation/smoke-cpu-embedded"
 POOL = "bert-validation-cpu"
-TINY = {"serving.free_ports": True, **SMALL_SHAPE, "serving.initial_workers": 1,
-        "benchmark.duration": 2, "benchmark.concurrency": 4, "benchmark.warmup": 0, "benchmark.capacity.enabled": False,
-        # What this file tests is the fleet, not the figures: no in-process ceiling, client check or lone client.
-        "benchmark.ceiling_seconds": 0, "benchmark.client_check_seconds": 0, "benchmark.single_client_seconds": 0}
+TINY = {
+    "serving.free_ports": True,
+    **SMALL_SHAPE,
+    "serving.initial_workers": 1,
+    "benchmark.duration": 2,
+    "benchmark.concurrency": 4,
+    "benchmark.warmup": 0,
+    "benchmark.capacity.enabled": False,
+    # What this file tests is the fleet, not the figures: no in-process ceiling, client check or lone client.
+    "benchmark.ceiling_seconds": 0,
+    "benchmark.client_check_seconds": 0,
+    "benchmark.single_client_seconds": 0,
+}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 WORKERS = [f"{socket.gethostname()}-worker-{i}" for i in (1, 2)]
 
@@ -58,12 +67,20 @@ def _free_port() -> int:
 
 
 def _local(command: str, state: Path, port: int, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ,
-               # Quick turnarounds for a test; the defaults are 10 s polls and a 30 s wait for a slot.
-               PREFECT_WORKER_QUERY_SECONDS="2",
-               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2")
-    return subprocess.run([sys.executable, "deployments/local.py", command, "--dir", str(state), "--port", str(port),
-                           *extra], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        # Quick turnarounds for a test; the defaults are 10 s polls and a 30 s wait for a slot.
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
+    )
+    return subprocess.run(
+        [sys.executable, "deployments/local.py", command, "--dir", str(state), "--port", str(port), *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _time(text: str) -> datetime:
@@ -102,8 +119,9 @@ def _recorded_processes(state: Path) -> list[psutil.Process]:
 class Api:
     def __init__(self, port: int):
         # Prefect's own client retries a 503 (the server's answer while its database is busy), as a worker does.
-        self.client = PrefectHttpxSyncClient(base_url=f"http://127.0.0.1:{port}/api", timeout=30,
-                                             raise_on_all_errors=False)
+        self.client = PrefectHttpxSyncClient(
+            base_url=f"http://127.0.0.1:{port}/api", timeout=30, raise_on_all_errors=False
+        )
 
     def get(self, path: str):
         answer = self.client.get(path)
@@ -121,17 +139,27 @@ class Api:
 
     def why(self, flow_run: dict, lines: int = 60) -> str:
         """A run's state message and its last log lines: what a failed assertion on its state should show."""
-        logs = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}},
-                                          "sort": "TIMESTAMP_DESC", "limit": lines})
-        return "\n".join([f"{flow_run['name']}: {flow_run['state_type']}: {flow_run['state'].get('message')}",
-                          *(entry["message"] for entry in reversed(logs))])
+        logs = self.post(
+            "/logs/filter",
+            {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}, "sort": "TIMESTAMP_DESC", "limit": lines},
+        )
+        return "\n".join(
+            [
+                f"{flow_run['name']}: {flow_run['state_type']}: {flow_run['state'].get('message')}",
+                *(entry["message"] for entry in reversed(logs)),
+            ]
+        )
 
     def history(self, flow_run_ids: list[str]) -> dict:
         """What a user reads of these runs: each run's state and times, and its artifacts' contents."""
         kept = ("id", "name", "deployment_id", "state_type", "start_time", "end_time", "parameters")
-        return {i: ({k: self.get(f"/flow_runs/{i}")[k] for k in kept},
-                    {k: (a["id"], a["type"], a["data"]) for k, a in self.artifacts(i).items()})
-                for i in flow_run_ids}
+        return {
+            i: (
+                {k: self.get(f"/flow_runs/{i}")[k] for k in kept},
+                {k: (a["id"], a["type"], a["data"]) for k, a in self.artifacts(i).items()},
+            )
+            for i in flow_run_ids
+        }
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +171,25 @@ def nightly(small_model):
     base = Path(tempfile.mkdtemp(prefix="bert-deployment-"))
     base.chmod(0o711)
     state, runs_dir, port = base / "state", base / "runs", _free_port()
-    env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_HOME=str(state / "home"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_HOME=str(state / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     good = json.dumps({"overrides": {**TINY, "runs_dir": str(runs_dir)}})
     failing = json.dumps({"overrides": {**TINY, "runs_dir": str(runs_dir), "serving.startup_timeout": 0.01}})
     started = time.monotonic()
 
     def run(deployment: str, params: str) -> str:
-        done = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", deployment,
-                               "--params", params], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [str(REPO_ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", deployment, "--params", params],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout).group(1)
 
@@ -175,15 +212,21 @@ def nightly(small_model):
                     final[name] = flow_run
             if time.monotonic() > deadline:
                 logs = "\n".join((state / "logs" / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
-                raise AssertionError(f"runs not finished in time: { {n: r['state_type'] for n, r in final.items()} }"
-                                     f"\n{logs}")
+                raise AssertionError(
+                    f"runs not finished in time: { {n: r['state_type'] for n, r in final.items()} }\n{logs}"
+                )
             time.sleep(1)
         ran = time.monotonic()
         workers = api.post(f"/work_pools/{POOL}/workers/filter", {})
         # Read before the restart: its `up` deploys again, after which the scheduler re-plans within a minute.
         deployment_id = api.get(f"/deployments/name/{DEPLOYMENT}")["id"]
-        scheduled = api.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
-                                                   "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        scheduled = api.post(
+            "/flow_runs/filter",
+            {
+                "deployments": {"id": {"any_": [deployment_id]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            },
+        )
         before = api.history(list(ids.values()))
         # A restart on the same state: everything stops, then the server comes back on the same PostgreSQL.
         first_processes = _recorded_processes(state)
@@ -191,12 +234,25 @@ def nightly(small_model):
         left_by_restart = _live(first_processes)
         restart_up = _local("up", state, port, "--database", "postgres", "--no-run", "--workers", "0")
         assert restart_up.returncode == 0, restart_up.stdout + restart_up.stderr
-        print(f"deployment e2e: up {up_done - started:.0f} s, runs {ran - up_done:.0f} s, "
-              f"restart {time.monotonic() - ran:.0f} s")
-        yield {"api": api, "runs": final, "workers": workers, "scheduled": scheduled, "state": state, "port": port,
-               "runs_dir": runs_dir, "up": up, "before": before, "after": api.history(list(ids.values())),
-               "restart": (restart_down, left_by_restart, restart_up),
-               "processes": first_processes + _recorded_processes(state), "started": started}
+        print(
+            f"deployment e2e: up {up_done - started:.0f} s, runs {ran - up_done:.0f} s, "
+            f"restart {time.monotonic() - ran:.0f} s"
+        )
+        yield {
+            "api": api,
+            "runs": final,
+            "workers": workers,
+            "scheduled": scheduled,
+            "state": state,
+            "port": port,
+            "runs_dir": runs_dir,
+            "up": up,
+            "before": before,
+            "after": api.history(list(ids.values())),
+            "restart": (restart_down, left_by_restart, restart_up),
+            "processes": first_processes + _recorded_processes(state),
+            "started": started,
+        }
     finally:
         leftovers = _recorded_processes(state)
         _local("down", state, port, timeout=300)
@@ -230,14 +286,17 @@ def test_run_config_artifact_holds_parameters_resolved_config_versions_and_host(
     assert rows[("host", "name")] == platform.node() and rows[("host", "cpus")] == str(os.cpu_count())
     # Two nights line up row by row: the same rows in the same order.
     second = nightly["api"].artifacts(nightly["runs"]["second"]["id"])
-    assert [(r["section"], r["name"]) for r in json.loads(second[key("run-config")]["data"])] == \
-        [(r["section"], r["name"]) for r in json.loads(artifacts[key("run-config")]["data"])]
+    assert [(r["section"], r["name"]) for r in json.loads(second[key("run-config")]["data"])] == [
+        (r["section"], r["name"]) for r in json.loads(artifacts[key("run-config")]["data"])
+    ]
 
 
 def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nightly):
-    expected = {"nightly-cpu-embedded": ("configs/default.yaml", POOL),
-                "nightly-inf2-xlarge": ("configs/inf2-xlarge.yaml", "bert-validation-inf2"),
-                "nightly-gpu": ("configs/gpu.yaml", "bert-validation-gpu")}
+    expected = {
+        "nightly-cpu-embedded": ("configs/default.yaml", POOL),
+        "nightly-inf2-xlarge": ("configs/inf2-xlarge.yaml", "bert-validation-inf2"),
+        "nightly-gpu": ("configs/gpu.yaml", "bert-validation-gpu"),
+    }
     for name, (config_file, pool) in expected.items():
         deployment = nightly["api"].get(f"/deployments/name/bert-serving-validation/{name}")
         (schedule,) = deployment["schedules"]
@@ -250,7 +309,8 @@ def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nigh
         assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         # Resolved by each worker at run time, not baked in at deploy time.
         assert deployment["pull_steps"] == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}]
+            {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}
+        ]
     # The scheduler had planned the next nights (read before the restart).
     starts = [_time(r["expected_start_time"]).astimezone(timezone.utc) for r in nightly["scheduled"]]
     assert starts and all((t.hour, t.minute, t.second) == (2, 0, 0) for t in starts), starts
@@ -347,8 +407,21 @@ def test_a_person_sees_the_summary_charts_and_the_trend_in_the_prefect_ui(nightl
     pages (tools/screenshots.py), on the restarted server: the rendered pages hold the summary's chart image
     and the trend table with this run in it; the screenshots land in the run directory."""
     run = nightly["runs"]["first"]
-    looked = subprocess.run([sys.executable, "-m", "tools.screenshots", "--ui", f"http://127.0.0.1:{nightly['port']}",
-                             "--flow-run", run["id"]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    looked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.screenshots",
+            "--ui",
+            f"http://127.0.0.1:{nightly['port']}",
+            "--flow-run",
+            run["id"],
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert looked.returncode == 0, looked.stdout + looked.stderr
     summary = nightly["api"].artifacts(run["id"])[key("summary")]["data"]
     run_dir = Path(RUN_DIRECTORY.search(summary).group(1))
@@ -358,8 +431,10 @@ def test_a_person_sees_the_summary_charts_and_the_trend_in_the_prefect_ui(nightl
     assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and p.stat().st_size > 10_000 for p in shots)
 
 
-FIELD = "[...document.querySelectorAll('.schema-form-property')].find(p => p.querySelector(" \
-        "'.schema-form-property__label')?.innerText.startsWith({label}))"
+FIELD = (
+    "[...document.querySelectorAll('.schema-form-property')].find(p => p.querySelector("
+    "'.schema-form-property__label')?.innerText.startsWith({label}))"
+)
 
 
 @needs_chromium
@@ -379,10 +454,12 @@ def test_the_run_form_shows_each_setting_as_a_typed_field(nightly, tmp_path):
         found = api.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
         return [r for r in found if "settings" in r["parameters"] and r["id"] not in earlier]
 
-
     try:
-        assert browser.open(f"http://127.0.0.1:{nightly['port']}/deployments/deployment/{deployment['id']}/run",
-                            "document.body.innerText.includes('Batch Size')", 120), "the Run form did not render"
+        assert browser.open(
+            f"http://127.0.0.1:{nightly['port']}/deployments/deployment/{deployment['id']}/run",
+            "document.body.innerText.includes('Batch Size')",
+            120,
+        ), "the Run form did not render"
         browser.save(tmp_path / "run-form.png")  # for a person; kept with the test's tmp_path
         assert field("Batch Size", "f.querySelector('input').type") == "number"
         assert "configs/default.yaml: 6" in field("Batch Size", "f.innerText")

@@ -25,8 +25,14 @@ NEURON_ONLY = ("neuron-ls", "core-released", "second-loader-refused")
 
 def run_command(out, *args, env=None) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "flows.doctor", "--out", str(out), *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.doctor", "--out", str(out), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done, time.monotonic() - started
 
 
@@ -46,9 +52,17 @@ def test_the_doctor_passes_on_this_hosts_cpu_and_writes_its_report(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "doctor" / "doctor.json").read_text())
     assert report["ok"] and report["backend"] == "cpu"
-    assert statuses(report) == {"install": "pass", "java": "pass", "backend": "pass", **dict.fromkeys(NEURON_ONLY, "skipped"),
-                                "compile": "pass", "serve": "pass", "worker-replaced": "pass", "telemetry": "skipped",
-                                "stop": "pass"}
+    assert statuses(report) == {
+        "install": "pass",
+        "java": "pass",
+        "backend": "pass",
+        **dict.fromkeys(NEURON_ONLY, "skipped"),
+        "compile": "pass",
+        "serve": "pass",
+        "worker-replaced": "pass",
+        "telemetry": "skipped",
+        "stop": "pass",
+    }
     step = {s["name"]: s for s in report["steps"]}
     assert step["neuron-ls"]["detail"] == "Neuron only (backend cpu)"
     assert step["telemetry"]["detail"] == "no accelerator tool on cpu"
@@ -62,7 +76,8 @@ def test_the_doctor_passes_on_this_hosts_cpu_and_writes_its_report(tmp_path):
 
 
 def test_the_doctor_passes_on_the_neuron_stand_in_and_never_touches_a_core_itself(
-        prefect_server, neuron_host, tmp_path):
+    prefect_server, neuron_host, tmp_path
+):
     said, started = [], time.monotonic()
     report = doctor(load_config(), backend="neuron", out_dir=tmp_path / "doctor", say=said.append)
     took = time.monotonic() - started
@@ -85,7 +100,9 @@ def test_the_doctor_passes_on_the_neuron_stand_in_and_never_touches_a_core_itsel
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(report.host)])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(report.host)]))
+        )
     assert found and "ready for tonight's run" in found[0].data
     assert said[-2].startswith(f"published the Prefect artifact {artifact_key(report.host)}")
 
@@ -110,8 +127,13 @@ def test_without_the_compiler_in_the_environment_the_compile_step_fails_with_its
 
 def test_a_core_held_by_another_process_fails_the_neuron_ls_step_naming_it(neuron_host, tmp_path):
     code = "import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); sys.stdin.read()"
-    holder = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "NEURON_RT_VISIBLE_CORES": "0"},
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "NEURON_RT_VISIBLE_CORES": "0"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         report = doctor(load_config(), backend="neuron", out_dir=tmp_path / "doctor")

@@ -27,12 +27,16 @@ class Kept(logging.Handler):
         self.lines.append(self.format(record))
 
 
-@pytest.mark.parametrize("planted, traceback", [
-    (TraceError("no such directory /models/bert", fix="give an existing checkpoint directory"), False),
-    (ZeroDivisionError("division by zero"), True),
-])
+@pytest.mark.parametrize(
+    "planted, traceback",
+    [
+        (TraceError("no such directory /models/bert", fix="give an existing checkpoint directory"), False),
+        (ZeroDivisionError("division by zero"), True),
+    ],
+)
 def test_the_engines_log_an_expected_failure_without_a_traceback_and_a_bug_with_one(
-        planted, traceback, prefect_server, tmp_path, monkeypatch):
+    planted, traceback, prefect_server, tmp_path, monkeypatch
+):
     def fail(*args, **kwargs):
         raise planted
 
@@ -42,20 +46,23 @@ def test_the_engines_log_an_expected_failure_without_a_traceback_and_a_bug_with_
     for logger in loggers:
         logger.addHandler(kept)
     try:
-        state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)},
-                         return_state=True)
+        state = validate(
+            config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True
+        )
     finally:
         for logger in loggers:
             logger.removeHandler(kept)
     assert state.is_failed()
-    assert state.message.startswith("Flow run encountered an exception: StageFailed: stage trace failed: "
-                                    f"{type(planted).__name__}: {planted}")  # Prefect's message, unchanged
+    assert state.message.startswith(
+        f"Flow run encountered an exception: StageFailed: stage trace failed: {type(planted).__name__}: {planted}"
+    )  # Prefect's message, unchanged
     errors = [line for line in kept.lines if " ERROR " in line.split("\n")[0]]
     task_line = next(line for line in errors if "Task run failed with exception" in line)
     flow_line = next(line for line in errors if "Encountered exception during execution" in line)
     for line in (task_line, flow_line):
         assert ("Traceback (most recent call last)" in line) is traceback, line
     if not traceback:
-        assert task_line.endswith("TraceError: no such directory /models/bert -- fix: give an existing checkpoint "
-                                  "directory")
+        assert task_line.endswith(
+            "TraceError: no such directory /models/bert -- fix: give an existing checkpoint directory"
+        )
         assert "-- fix: give an existing checkpoint directory" in flow_line

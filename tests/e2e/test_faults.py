@@ -16,16 +16,22 @@ from prefect.settings import PREFECT_API_URL
 
 import flows.pipeline
 from flows.pipeline import STAGES, validate
+from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT
 from tasks.common.processes import group_members
 from tasks.serve import server as server_stage
-from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {**SMALL_SHAPE, "serving.free_ports": True, "serving.initial_workers": 1,
-         "benchmark.concurrency": 4, "benchmark.duration": 1, "benchmark.warmup": 0,
-         "benchmark.capacity.enabled": False}
+SMALL = {
+    **SMALL_SHAPE,
+    "serving.free_ports": True,
+    "serving.initial_workers": 1,
+    "benchmark.concurrency": 4,
+    "benchmark.duration": 1,
+    "benchmark.warmup": 0,
+    "benchmark.capacity.enabled": False,
+}
 SERVER_STAGES = ["start", "register", "check", "benchmark"]
 
 
@@ -34,15 +40,18 @@ def _planted(stage):
         if stage == "start":
             server_stage.start(*args, **kwargs)  # the server is up, then the stage dies before returning it
         raise RuntimeError(f"planted fault in {stage}")
+
     return fail
 
 
 @pytest.mark.parametrize("stage", ["trace", "archive", *SERVER_STAGES])
-def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(stage, prefect_server, small_model, tmp_path,
-                                                               monkeypatch):
+def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(
+    stage, prefect_server, small_model, tmp_path, monkeypatch
+):
     monkeypatch.setattr(flows.pipeline, f"{stage}_task", _planted(stage))
-    state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)},
-                     return_state=True)
+    state = validate(
+        config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True
+    )
     assert state.is_failed()
     run_dir = tmp_path / "latest"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -98,8 +107,16 @@ def _no_ceiling_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how, when", [("Ctrl-C", "start"), ("Ctrl-C", "benchmark"), ("SIGTERM", "start"),
-                                       ("SIGTERM", "benchmark"), ("Ctrl-C twice", "benchmark")])
+@pytest.mark.parametrize(
+    "how, when",
+    [
+        ("Ctrl-C", "start"),
+        ("Ctrl-C", "benchmark"),
+        ("SIGTERM", "start"),
+        ("SIGTERM", "benchmark"),
+        ("Ctrl-C twice", "benchmark"),
+    ],
+)
 def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, small_model, tmp_path, request):
     """Ctrl-C reaches the whole process group, as a terminal sends it (the temporary Prefect API
     server included); SIGTERM goes to the process group too, as a job scheduler or a Prefect worker sends
@@ -115,14 +132,31 @@ def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, sm
     if how == "SIGTERM":
         request.getfixturevalue("prefect_server")
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    command = [sys.executable, "-m", "flows.validate", "--config", str(_no_ceiling_config(tmp_path)),
-               "--runs-dir", str(tmp_path), "--free-ports",
-               "--batch-size", str(SMALL_BATCH), "--max-length", str(SMALL_LENGTH), "--workers", "1",
-               "--concurrency", "4", "--duration", "600"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.validate",
+        "--config",
+        str(_no_ceiling_config(tmp_path)),
+        "--runs-dir",
+        str(tmp_path),
+        "--free-ports",
+        "--batch-size",
+        str(SMALL_BATCH),
+        "--max-length",
+        str(SMALL_LENGTH),
+        "--workers",
+        "1",
+        "--concurrency",
+        "4",
+        "--duration",
+        "600",
+    ]
     output = tmp_path / "flow.log"
     with output.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # a group of its own, like a terminal's job
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )  # a group of its own, like a terminal's job
     signum = signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM
     try:
         _wait_for(when, tmp_path, output, process)
@@ -143,8 +177,10 @@ def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, sm
     assert code != 0
     written = tmp_path / "latest" / "summary.json"
     stopped = written.stat().st_mtime - sent_at
-    timings = (f"{how} at {when}: TorchServe stopped and the summary written {stopped:.1f} s after the signal; "
-               f"exited after {took:.1f} s with code {code}")
+    timings = (
+        f"{how} at {when}: TorchServe stopped and the summary written {stopped:.1f} s after the signal; "
+        f"exited after {took:.1f} s with code {code}"
+    )
     assert stopped < 20, f"{timings}\n{log[-3000:]}"
     print(timings)
     summary = json.loads(written.read_text())
@@ -154,5 +190,5 @@ def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, sm
     assert status["stop"]["status"] == "ok"
     assert_server_gone(server_stage.load_record(tmp_path / "latest" / "server"))
     if how.startswith("Ctrl-C"):
-        (line,) = [l for l in log.splitlines() if l.startswith("interrupted: ")]
+        (line,) = [each for each in log.splitlines() if each.startswith("interrupted: ")]
         assert "TorchServe stopped" in line and "summary.json" in line

@@ -20,14 +20,21 @@ import pytest
 
 from flows.pipeline import validate
 from serving.contract import CLASS_NAMES, ModelInfo
+from tasks.common import tools
+from tasks.common.config import (
+    DEFAULT_CONFIG_FILE,
+    REPO_ROOT,
+    ChecksConfig,
+    ModelConfig,
+    ResolvedServing,
+    ServingConfig,
+)
+from tasks.common.processes import ProcessRef
 from tasks.prepare.archive import archive
 from tasks.prepare.trace import TraceError, trace
-from tasks.common import tools
-from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT, ChecksConfig, ModelConfig, ResolvedServing, ServingConfig
 from tasks.serve import placement
 from tasks.serve.clients import Inference
 from tasks.serve.register import wait_replaced
-from tasks.common.processes import ProcessRef
 from tasks.serve.server import load_record, record, stop
 from tasks.verify.pairs import load_golden
 from tests.e2e.conftest import assert_server_gone, register_refusal
@@ -35,13 +42,26 @@ from tests.e2e.conftest import assert_server_gone, register_refusal
 pytestmark = pytest.mark.e2e
 
 GOLDEN_PAIRS = REPO_ROOT / "configs" / "golden_pairs.yaml"
-OVERRIDES = {"serving.backend": "neuron", "serving.free_ports": True, "serving.batch_size": 2,
-             "serving.max_length": 32, "benchmark.enabled": False,
-             # Every run here compiles in its child process (the stand-in's log is read), never from the cache.
-             "build.compile_cache": False}
-SHORT_BENCHMARK = {"benchmark.enabled": True, "benchmark.capacity.enabled": False, "benchmark.duration": 3, "benchmark.warmup": 0.5,
-                   "benchmark.concurrency": 4, "benchmark.ceiling_seconds": 1, "benchmark.client_check_seconds": 0,
-                   "benchmark.single_client_seconds": 0, "benchmark.regression_runs": 0}
+OVERRIDES = {
+    "serving.backend": "neuron",
+    "serving.free_ports": True,
+    "serving.batch_size": 2,
+    "serving.max_length": 32,
+    "benchmark.enabled": False,
+    # Every run here compiles in its child process (the stand-in's log is read), never from the cache.
+    "build.compile_cache": False,
+}
+SHORT_BENCHMARK = {
+    "benchmark.enabled": True,
+    "benchmark.capacity.enabled": False,
+    "benchmark.duration": 3,
+    "benchmark.warmup": 0.5,
+    "benchmark.concurrency": 4,
+    "benchmark.ceiling_seconds": 1,
+    "benchmark.client_check_seconds": 0,
+    "benchmark.single_client_seconds": 0,
+    "benchmark.regression_runs": 0,
+}
 
 
 def events(log: Path) -> list[dict]:
@@ -49,11 +69,14 @@ def events(log: Path) -> list[dict]:
 
 
 def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_an_inherited_core(
-        prefect_server, neuron_host, tmp_path, monkeypatch):
+    prefect_server, neuron_host, tmp_path, monkeypatch
+):
     # Inherited by the flow: it would put every worker on core 0 if the server passed it through.
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
-    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"),
-                                                                         **OVERRIDES, **SHORT_BENCHMARK})
+    summary = validate(
+        config_file=str(DEFAULT_CONFIG_FILE),
+        overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, **SHORT_BENCHMARK},
+    )
 
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
     assert (summary["resolved"]["cores"], summary["resolved"]["initial_workers"]) == (2, 2)
@@ -84,24 +107,30 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     assert info["compiler_args"] == summary["model"]["compiler_args"]
 
 
-def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched(prefect_server, neuron_host,
-                                                                                tmp_path):
+def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched(prefect_server, neuron_host, tmp_path):
     """Before any work: on Neuron a compile takes minutes, and the workers could not load anyway."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); "
-         "sys.stdin.read()"], env={**os.environ, "NEURON_RT_VISIBLE_CORES": "1"},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); sys.stdin.read()",
+        ],
+        env={**os.environ, "NEURON_RT_VISIBLE_CORES": "1"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(Exception, match=f"stage trace failed.*pid {holder.pid}"):
-            validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"),
-                                                                       **OVERRIDES})
+            validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES})
         assert holder.poll() is None  # not ours: named, never stopped
         assert [e for e in events(neuron_host) if e["event"] == "trace"] == []  # nothing compiled
         run_dir = tmp_path / "runs" / "latest"
         assert not (run_dir / "server" / "server.json").exists()  # TorchServe was never started
-        assert not [p for p in psutil.process_iter(["cmdline"])
-                    if str(run_dir.resolve()) in " ".join(p.info["cmdline"] or [])]
+        assert not [
+            p for p in psutil.process_iter(["cmdline"]) if str(run_dir.resolve()) in " ".join(p.info["cmdline"] or [])
+        ]
     finally:
         holder.stdin.close()
         holder.wait()
@@ -112,31 +141,49 @@ def test_a_broken_bf16_compile_fails_parity(neuron_host, tmp_path, monkeypatch, 
     monkeypatch.setenv("TORCH_NEURONX_STAND_IN_FAULT", fault)
     tolerance = ChecksConfig().bf16_parity_tolerance
     with pytest.raises(TraceError, match="differ|NaN"):
-        trace(ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="neuron",
-              parity_tolerance=tolerance)
+        trace(
+            ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="neuron", parity_tolerance=tolerance
+        )
     assert not (tmp_path / "model" / "model_info.json").exists()
 
 
 def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(small_model, neuron_host, tmp_path):
     mar = archive(small_model, tmp_path / "model_store")  # the session's small model, traced for cpu
     serving = ServingConfig(batch_size=2, max_length=32, free_ports=True, backend="neuron")
-    resolved = ResolvedServing(backend="neuron", device_name="2 NeuronCores", cores=2,
-                               cores_source="neuron-ls --json-output", initial_workers=1, threads_per_worker=1)
+    resolved = ResolvedServing(
+        backend="neuron",
+        device_name="2 NeuronCores",
+        cores=2,
+        cores_source="neuron-ls --json-output",
+        initial_workers=1,
+        threads_per_worker=1,
+    )
     error = register_refusal(serving, resolved, mar, tmp_path / "server")
     assert "traced for backend 'cpu' but the server runs the 'neuron' backend" in str(error)
 
 
 def test_compare_buckets_lends_the_cores_to_the_single_bucket_registration_and_takes_them_back(
-        prefect_server, neuron_host, tmp_path):
+    prefect_server, neuron_host, tmp_path
+):
     """Each NeuronCore is held by one worker process until it exits, so the bucketed registration's two
     workers must let go of both cores before the max_length-only registration's two can load, and the
     bucketed model must be served again afterwards (as --keep-serving leaves it)."""
-    short = {"benchmark.enabled": True, "benchmark.capacity.enabled": False, "benchmark.duration": 2, "benchmark.warmup": 0.5,
-             "benchmark.compare_seconds": 2, "benchmark.concurrency": 4, "benchmark.ceiling_seconds": 0,
-             "benchmark.client_check_seconds": 0, "benchmark.single_client_seconds": 0,
-             "benchmark.regression_runs": 0}
-    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={
-        "runs_dir": str(tmp_path / "runs"), **OVERRIDES, **short, "serving.length_buckets": [16]})
+    short = {
+        "benchmark.enabled": True,
+        "benchmark.capacity.enabled": False,
+        "benchmark.duration": 2,
+        "benchmark.warmup": 0.5,
+        "benchmark.compare_seconds": 2,
+        "benchmark.concurrency": 4,
+        "benchmark.ceiling_seconds": 0,
+        "benchmark.client_check_seconds": 0,
+        "benchmark.single_client_seconds": 0,
+        "benchmark.regression_runs": 0,
+    }
+    summary = validate(
+        config_file=str(DEFAULT_CONFIG_FILE),
+        overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, **short, "serving.length_buckets": [16]},
+    )
 
     status = {s["name"]: s for s in summary["stages"]}
     assert status["compare-buckets"]["status"] == "ok", status["compare-buckets"]["error"]
@@ -150,18 +197,21 @@ def test_compare_buckets_lends_the_cores_to_the_single_bucket_registration_and_t
     trace_pid = next(e["pid"] for e in log if e["event"] == "trace")
     reserves = [(e["pid"], e["cores"]) for e in log if e["event"] == "reserve" and e["pid"] != trace_pid]
     # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again
-    assert [sorted(c for _, cs in reserves[i:i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
+    assert [sorted(c for _, cs in reserves[i : i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
     assert len(reserves) == 6 and len({pid for pid, _ in reserves}) == 6
 
 
-def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(prefect_server, neuron_host, tmp_path,
-                                                                                monkeypatch):
+def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
+    prefect_server, neuron_host, tmp_path, monkeypatch
+):
     """kill -9 of a READY worker: TorchServe starts a replacement at once, while the driver still holds the dead
     worker's core for a moment (the stand-in's release delay); the replacement claims that core, waits for the
     runtime to let it load, and serves -- one worker per core throughout."""
     monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "2")
-    summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={
-        "runs_dir": str(tmp_path / "runs"), **OVERRIDES, "build.compile_cache": True, "keep_serving": True})
+    summary = validate(
+        config_file=str(DEFAULT_CONFIG_FILE),
+        overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, "build.compile_cache": True, "keep_serving": True},
+    )
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
     server = load_record(tmp_path / "runs" / "latest" / "server")
     model_name = ModelInfo.read(tmp_path / "runs" / "latest" / "model").model_name
@@ -185,15 +235,18 @@ def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
     assert_server_gone(server)
 
 
-def test_a_crashed_nights_server_holding_every_core_is_stopped_before_tonights_trace(prefect_server, neuron_host,
-                                                                                     tmp_path):
+def test_a_crashed_nights_server_holding_every_core_is_stopped_before_tonights_trace(
+    prefect_server, neuron_host, tmp_path
+):
     """A night whose process died (its record names an owner that is gone) left TorchServe with a worker on each
     core. Tonight's compile child needs a core: the stale server must be stopped in the trace stage, before it."""
     import neuron_runtime_stand_in
 
     runs = {"runs_dir": str(tmp_path / "runs")}
-    last_night = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={
-        **runs, **OVERRIDES, "build.compile_cache": True, "keep_serving": True})
+    last_night = validate(
+        config_file=str(DEFAULT_CONFIG_FILE),
+        overrides={**runs, **OVERRIDES, "build.compile_cache": True, "keep_serving": True},
+    )
     assert last_night["status"] == "ok", [s for s in last_night["stages"] if s["error"]]
     stale = load_record(Path(last_night["run_dir"]) / "server")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -7,22 +7,20 @@ naming the deployment, the run, the stage with its error, and the link."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from tasks.common.config import REPO_ROOT
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import assert_server_gone
-from tests.scripts import deployments_script
 from tests.e2e.test_deployment import DEPLOYMENT, TERMINAL, TINY, Api, _free_port, _local, _recorded_processes
+from tests.scripts import deployments_script
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +63,24 @@ def night(small_model, tmp_path_factory):  # small_model: TINY's shape is in the
     state, runs_dir, port = base / "state", base / "runs", _free_port()
     receiver = Receiver()
     os.environ["BERT_VALIDATION_ALERT_WEBHOOK"] = receiver.url  # read by `up`: stored in a block, nowhere else
-    env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_HOME=str(state / "home"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_HOME=str(state / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     try:
         up = _local("up", state, port, "--no-run")
         assert up.returncode == 0, up.stdout + up.stderr
-        yield {"api": Api(port), "env": env, "state": state, "runs_dir": runs_dir, "port": port,
-               "receiver": receiver, "up": up.stdout}
+        yield {
+            "api": Api(port),
+            "env": env,
+            "state": state,
+            "runs_dir": runs_dir,
+            "port": port,
+            "receiver": receiver,
+            "up": up.stdout,
+        }
     finally:
         os.environ.pop("BERT_VALIDATION_ALERT_WEBHOOK", None)
         leftovers = _recorded_processes(state)
@@ -84,8 +93,14 @@ def night(small_model, tmp_path_factory):  # small_model: TINY's shape is in the
 
 def _run(night, overrides: dict) -> str:
     params = json.dumps({"overrides": {**TINY, "runs_dir": str(night["runs_dir"]), **overrides}})
-    run = subprocess.run([str(PREFECT), "deployment", "run", DEPLOYMENT, "--params", params], cwd=REPO_ROOT,
-                         env=night["env"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(PREFECT), "deployment", "run", DEPLOYMENT, "--params", params],
+        cwd=REPO_ROOT,
+        env=night["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1)
 
@@ -109,8 +124,10 @@ def _client(night):
 
 
 def test_up_pauses_targets_without_a_worker_here_and_says_how_to_resume(night):
-    schedules = {name: night["api"].get(f"/deployments/name/bert-serving-validation/{name}")["schedules"][0]["active"]
-                 for name in ("nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu")}
+    schedules = {
+        name: night["api"].get(f"/deployments/name/bert-serving-validation/{name}")["schedules"][0]["active"]
+        for name in ("nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu")
+    }
     assert schedules == {"nightly-cpu-embedded": True, "nightly-inf2-xlarge": False, "nightly-gpu": False}
     assert "deployments/local.py resume nightly-gpu" in night["up"]
     resumed = _local("resume", night["state"], night["port"], "nightly-gpu")
@@ -141,12 +158,17 @@ def test_a_run_cancelled_through_the_worker_ends_cancelled_with_no_torchserve_le
     run = _final(night, flow_run_id, timeout=120)
     took = time.monotonic() - asked
     assert run["state_type"] == "CANCELLED", run["state"]
-    history = [s["type"] for s in night["api"].client.get("/flow_run_states/",
-                                                          params={"flow_run_id": flow_run_id}).json()]
+    history = [
+        s["type"] for s in night["api"].client.get("/flow_run_states/", params={"flow_run_id": flow_run_id}).json()
+    ]
     assert "CRASHED" not in history, history
-    run_dir = next(d for d in night["runs_dir"].iterdir() if not d.is_symlink()
-                   and (d / "summary.json").is_file()
-                   and json.loads((d / "summary.json").read_text())["status"] == "interrupted")
+    run_dir = next(
+        d
+        for d in night["runs_dir"].iterdir()
+        if not d.is_symlink()
+        and (d / "summary.json").is_file()
+        and json.loads((d / "summary.json").read_text())["status"] == "interrupted"
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {s["name"]: s["status"] for s in summary["stages"]}["benchmark"] == "interrupted"
     assert_server_gone(server_stage.load_record(run_dir / "server"))
@@ -162,11 +184,18 @@ def test_a_failed_run_is_told_with_its_deployment_stage_error_and_link(night):
     body = message["body"]
     print(f"failure notification:\n{message['text']}")
     assert "deployment: nightly-cpu-embedded" in body and f"run: {run['name']}" in body
-    assert re.search(r"stage and error: stage start failed: ServerError: TorchServe did not answer /ping.*\n", body), body
+    assert re.search(r"stage and error: stage start failed: ServerError: TorchServe did not answer /ping.*\n", body), (
+        body
+    )
     assert f"/runs/flow-run/{flow_run_id}" in body
     # Stopped at once after start, TorchServe leaves nothing behind (not even a Java its launcher was starting).
-    run_dir = next(d for d in night["runs_dir"].iterdir() if not d.is_symlink() and (d / "summary.json").is_file()
-                   and "did not answer /ping" in (d / "summary.json").read_text())
+    run_dir = next(
+        d
+        for d in night["runs_dir"].iterdir()
+        if not d.is_symlink()
+        and (d / "summary.json").is_file()
+        and "did not answer /ping" in (d / "summary.json").read_text()
+    )
     assert_server_gone(server_stage.load_record(run_dir / "server"))
 
 
@@ -194,8 +223,14 @@ regressed_night()
 
 
 def test_a_benchmark_regression_is_told(night):
-    done = subprocess.run([sys.executable, "-c", REGRESSED_NIGHT], cwd=REPO_ROOT, env=night["env"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", REGRESSED_NIGHT],
+        cwd=REPO_ROOT,
+        env=night["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     flow_run_id = re.search(r"flow run ([0-9a-f-]{36})", done.stdout).group(1)
     message = night["receiver"].wait_for("Regressed")

@@ -28,11 +28,19 @@ def api(prefect_server, tmp_path_factory):
     answer = client.post("/work_pools/", json=pool)
     assert answer.status_code in (201, 409), answer.text  # 409: already there from another test
     env = {key: value for key, value in os.environ.items() if key != "BERT_VALIDATION_HOME"}
-    env.update(PREFECT_API_URL=url, PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    deployed = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy",
-                               "--name", "smoke-cpu-embedded"],
-                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env.update(
+        PREFECT_API_URL=url,
+        PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    deployed = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--name", "smoke-cpu-embedded"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     yield client
     client.close()
@@ -61,21 +69,30 @@ def test_the_run_form_has_typed_settings_with_descriptions(api):
     assert (batch["type"], batch["minimum"], batch["maximum"]) == ("integer", 1, 256)
     assert batch["description"].startswith("requests TorchServe batches into one inference")
     enums = {name: settings[name]["enum"] for name in ("backend", "load", "regression", "benchmark")}
-    assert enums == {"backend": ["auto", "neuron", "cuda", "cpu", None], "load": ["closed", "open", None],
-                     "regression": ["warn", "fail", None], "benchmark": [True, False, None]}
+    assert enums == {
+        "backend": ["auto", "neuron", "cuda", "cpu", None],
+        "load": ["closed", "open", None],
+        "regression": ["warn", "fail", None],
+        "benchmark": [True, False, None],
+    }
     assert all(prop.get("description") for prop in settings.values())
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"batch_size": 0}, "settings.batch_size"),
-    ({"batchsize": 4}, "batchsize"),
-    ({"backend": "tpu"}, "settings.backend"),
-    ({"benchmark": "yes"}, "settings.benchmark"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"batch_size": 0}, "settings.batch_size"),
+        ({"batchsize": 4}, "batchsize"),
+        ({"backend": "tpu"}, "settings.backend"),
+        ({"benchmark": "yes"}, "settings.benchmark"),
+    ],
+)
 def test_a_bad_setting_is_refused_before_any_run_exists(api, settings, field):
     deployment = _deployment(api)
-    answer = api.post(f"/deployments/{deployment['id']}/create_flow_run",
-                      json={"parameters": {"config_file": "configs/default.yaml", "settings": settings}})
+    answer = api.post(
+        f"/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": {"config_file": "configs/default.yaml", "settings": settings}},
+    )
     assert answer.status_code == 409, answer.text
     assert field in answer.json()["detail"], answer.text
     assert _runs(api, deployment["id"]) == []
@@ -83,14 +100,18 @@ def test_a_bad_setting_is_refused_before_any_run_exists(api, settings, field):
 
 def test_a_good_setting_makes_a_run_with_it(api):
     deployment = _deployment(api)
-    answer = api.post(f"/deployments/{deployment['id']}/create_flow_run",
-                      json={"parameters": {"settings": {"batch_size": 4, "workers": "auto"}}})
+    answer = api.post(
+        f"/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": {"settings": {"batch_size": 4, "workers": "auto"}}},
+    )
     assert answer.status_code == 201, answer.text
     run = answer.json()
     try:
         # The run's settings replace the deployment's as a whole (Prefect merges parameters one level deep).
-        assert run["parameters"] == {"config_file": "configs/default.yaml",
-                                     "settings": {"batch_size": 4, "workers": "auto"}}
+        assert run["parameters"] == {
+            "config_file": "configs/default.yaml",
+            "settings": {"batch_size": 4, "workers": "auto"},
+        }
         assert [r["id"] for r in _runs(api, deployment["id"])] == [run["id"]]
     finally:
         api.delete(f"/flow_runs/{run['id']}").raise_for_status()

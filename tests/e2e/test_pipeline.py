@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 import tasks.serve.server
-from tasks.common import backends
 from flows import stop as stop_cli
 from flows.pipeline import STAGES, validate
+from tasks.common import backends
 from tasks.common.config import DEFAULT_CONFIG_FILE
 from tasks.measure.capacity import KEPT_UP
 from tasks.measure.regression import figures_of
@@ -43,8 +43,10 @@ def run(prefect_server, tmp_path_factory):
         "benchmark.client_check_seconds": 1,
         "benchmark.single_client_seconds": 2,
         # A short capacity search: steps of 2 s (and 100 requests), 16 s in all.
-        "benchmark.capacity.min_step_seconds": 2, "benchmark.capacity.beyond": 1,
-        "benchmark.capacity.step_warmup": 0.5, "benchmark.capacity.budget_seconds": 16,
+        "benchmark.capacity.min_step_seconds": 2,
+        "benchmark.capacity.beyond": 1,
+        "benchmark.capacity.step_warmup": 0.5,
+        "benchmark.capacity.budget_seconds": 16,
         # compare-buckets runs (the default's four buckets) and is timed; what it finds is test_buckets.py's.
         "benchmark.compare_seconds": 1,
     }
@@ -76,8 +78,14 @@ def test_every_stage_completes_and_is_timed(run):
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in summary["stages"]), summary["stages"]
 
 
-CHECKS = ["tutorial pairs (full batch)", "partial batch", "golden pairs", "parity with in-process model",
-          "malformed requests isolated", "texts over max_length 128 truncated"]
+CHECKS = [
+    "tutorial pairs (full batch)",
+    "partial batch",
+    "golden pairs",
+    "parity with in-process model",
+    "malformed requests isolated",
+    "texts over max_length 128 truncated",
+]
 
 
 def test_every_correctness_check_runs_and_passes(run):
@@ -121,8 +129,9 @@ def test_the_capacity_search_starts_where_the_closed_loop_was_and_reports_the_hi
     assert steps and steps[0]["rate"] == pytest.approx(bench["requests_per_s"]) == capacity["start_rate"]
     for step in steps:  # a step passes on its p99, with no error and no dropped request
         kept_up = step["achieved"] >= KEPT_UP * step["sent"]
-        assert step["passed"] == (step["p99"] <= capacity["bound_ms"] and step["errors"] == step["dropped"] == 0
-                                  and kept_up)
+        assert step["passed"] == (
+            step["p99"] <= capacity["bound_ms"] and step["errors"] == step["dropped"] == 0 and kept_up
+        )
         assert step["seconds"] == pytest.approx(max(2, 100 / step["rate"])) and step["achieved"] > 0  # the rule
     passing = [step["rate"] for step in steps if step["passed"]]
     assert capacity["rate"] == (max(passing) if passing else None)
@@ -134,8 +143,15 @@ def test_run_directory_holds_model_archive_server_files_and_summary(run):
     run_dir = run["run_dir"]
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "ok" and on_disk["run_dir"] == str(run_dir.resolve())
-    for path in ["model/model_128.pt", "model/model_40.pt", "model/model_info.json", "model_store/bert-max_length128-batch_size6.mar",
-                 "server/config.properties", "server/logs/ts_log.log", "server/logs/model_log.log"]:
+    for path in [
+        "model/model_128.pt",
+        "model/model_40.pt",
+        "model/model_info.json",
+        "model_store/bert-max_length128-batch_size6.mar",
+        "server/config.properties",
+        "server/logs/ts_log.log",
+        "server/logs/model_log.log",
+    ]:
         assert (run_dir / path).is_file(), path
     assert set(on_disk["versions"]) >= {"python", "torch", "transformers", "torchserve", "prefect"}
     assert len(on_disk["provenance"]["git"]["commit"]) == 40 and on_disk["provenance"]["config_hash"]
@@ -166,8 +182,11 @@ def test_results_are_artifacts_of_the_flow_run(run):
     assert "- Chart: `" not in summary
     figures = figures_of(by_key["benchmark"].data)
     assert figures["inferences_per_s"] > 0 and figures["latency_ms p90"] > 0 and figures["fingerprint"]
-    predictions = json.loads(by_key["predictions"].data) if isinstance(by_key["predictions"].data, str) \
+    predictions = (
+        json.loads(by_key["predictions"].data)
+        if isinstance(by_key["predictions"].data, str)
         else by_key["predictions"].data
+    )
     assert sum(row["check"] == "tutorial pairs (full batch)" for row in predictions) == 6
     assert {row["check"] for row in predictions} >= {"golden pairs", "malformed requests isolated"}
     trend = by_key["trend"].data
@@ -176,15 +195,17 @@ def test_results_are_artifacts_of_the_flow_run(run):
         name = client.read_flow_run(flow_run_id).name
     first = [line for line in trend.splitlines() if line.startswith("| ")][1]
     assert first.startswith(f"| {name} | ") and "| ok |" in first  # this run on top
-    config = json.loads(by_key["run-config"].data) if isinstance(by_key["run-config"].data, str) \
+    config = (
+        json.loads(by_key["run-config"].data)
+        if isinstance(by_key["run-config"].data, str)
         else by_key["run-config"].data
+    )
     provenance = {row["name"]: row["value"] for row in config if row["section"] == "provenance"}
     assert {"git.commit", "git.dirty", "instance_type", "compiler_args", "config_hash"} <= set(provenance)
 
 
 def test_no_key_in_summary_artifacts_or_flow_log(run):
-    keys = {secret for k in run["keys"] for secret in
-            (k.inference.get_secret_value(), k.management.get_secret_value())}
+    keys = {secret for k in run["keys"] for secret in (k.inference.get_secret_value(), k.management.get_secret_value())}
     assert keys, "the run read no keys: token auth was not on"
     flow_run_id = run["state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:
@@ -210,8 +231,14 @@ def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
 
 
 def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, small_model, tmp_path):
-    overrides = {"runs_dir": str(tmp_path), "serving.free_ports": True, "benchmark.enabled": False,
-                 "keep_serving": True, **SMALL_SHAPE, "serving.initial_workers": 1}
+    overrides = {
+        "runs_dir": str(tmp_path),
+        "serving.free_ports": True,
+        "benchmark.enabled": False,
+        "keep_serving": True,
+        **SMALL_SHAPE,
+        "serving.initial_workers": 1,
+    }
     try:
         summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
@@ -219,9 +246,12 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_serve
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
         assert summary["server"]["inference_url"] == server.inference_url
         model_name = f"bert-max_length{SMALL_LENGTH}-batch_size{SMALL_BATCH}"
-        answer = httpx.post(f"{server.inference_url}/predictions/{model_name}",
-                            data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
-                            headers=server.inference_headers(), timeout=60)
+        answer = httpx.post(
+            f"{server.inference_url}/predictions/{model_name}",
+            data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
+            headers=server.inference_headers(),
+            timeout=60,
+        )
         assert answer.status_code == 200 and answer.json() == ["not paraphrase"]
     finally:
         assert stop_cli.main([str(tmp_path / "latest")]) == 0

@@ -17,16 +17,21 @@ PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 
 def _progress_artifacts(flow_run_id):
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])))
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])
+            )
+        )
 
 
 def _read_once(flow_run_id, updated) -> list[tuple]:
     """The run's progress artifacts as (data, description), read again until one shows `updated(data, description)`:
     the artifact is updated at most once a second, from a thread of its own."""
+
     def check():
         found = [(a.data, a.description) for a in _progress_artifacts(flow_run_id)]
         return found if any(updated(*artifact) for artifact in found) else Pending(repr(found))
+
     return wait_until(check, 30, "the progress artifact's update", first=0.1, most=0.5)
 
 
@@ -39,8 +44,16 @@ def stage() -> dict:
         seen = _read_once(flow_run_id, lambda data, description: data > 0)  # moved with the clock
         progress.phase("load", "load: starting the clients")
         with TrivialEndpoint(delay=0.01) as endpoint:
-            load(endpoint.url, {}, PAIRS, concurrency=2, duration=2.5, warmup=0.5, progress_every=0.2,
-                 on_progress=progress.load("load"))
+            load(
+                endpoint.url,
+                {},
+                PAIRS,
+                concurrency=2,
+                duration=2.5,
+                warmup=0.5,
+                progress_every=0.2,
+                on_progress=progress.load("load"),
+            )
         later = _read_once(flow_run_id, lambda data, description: "load done: " in description)
     return {"flow_run_id": flow_run_id, "early": seen, "late": later}
 

@@ -12,11 +12,11 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from serving.contract import encode_pairs
-from tasks.prepare.archive import archive
 from tasks.common.config import ModelConfig, ServingConfig, resolve_serving
+from tasks.prepare.archive import archive
+from tasks.prepare.trace import PairClassifier, embedded_model_dir, trace
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
-from tasks.prepare.trace import PairClassifier, embedded_model_dir, trace
 from tests.e2e.conftest import assert_server_gone
 
 pytestmark = pytest.mark.e2e
@@ -32,8 +32,15 @@ PAIRS = [
 def tiny_checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-bert-mrpc")
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()), local_files_only=True)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=2, architectures=["BertForSequenceClassification"])
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+        architectures=["BertForSequenceClassification"],
+    )
     torch.manual_seed(0)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(directory)
@@ -43,7 +50,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_sequence_classification_checkpoint_serves_what_it_computes_in_process(tiny_checkpoint, tmp_path):
     directory, in_process, tokenizer = tiny_checkpoint
-    traced = trace(ModelConfig(source=str(directory)), batch_size=4, max_length=32, buckets=[], out_dir=tmp_path / "model")
+    traced = trace(
+        ModelConfig(source=str(directory)), batch_size=4, max_length=32, buckets=[], out_dir=tmp_path / "model"
+    )
     assert traced.info.kind == "sequence-classification"
     mar = archive(traced, tmp_path / "model_store")
     assert mar.model_name == "bert-max_length32-batch_size4"

@@ -13,18 +13,21 @@ import time
 import httpx
 import pytest
 
-from tasks.prepare.archive import archive
 from tasks.common.config import REPO_ROOT, ServingConfig, resolve_serving
+from tasks.prepare.archive import archive
 from tasks.serve.register import describe, register
 from tasks.serve.server import ServerError, find_stale, load_record, start, stop, stop_stale, wait_healthy
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone, register_refusal, trace_small
 
 pytestmark = pytest.mark.e2e
 
-SERVING = ServingConfig(batch_size=SMALL_BATCH, max_length=SMALL_LENGTH, max_batch_delay=20, free_ports=True,
-                        initial_workers=1)
-PAIR = {"seq_0": "The company HuggingFace is based in New York City",
-        "seq_1": "HuggingFace's headquarters are situated in Manhattan"}
+SERVING = ServingConfig(
+    batch_size=SMALL_BATCH, max_length=SMALL_LENGTH, max_batch_delay=20, free_ports=True, initial_workers=1
+)
+PAIR = {
+    "seq_0": "The company HuggingFace is based in New York City",
+    "seq_1": "HuggingFace's headquarters are situated in Manhattan",
+}
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +121,15 @@ def test_no_token_or_wrong_token_is_refused_while_the_server_keeps_serving(share
 
 def test_a_handler_that_cannot_load_fails_register_with_its_traceback(traced, tmp_path, mar):
     broken = tmp_path / "broken_handler.py"
-    broken.write_text(textwrap.dedent("""
+    broken.write_text(
+        textwrap.dedent("""
         from ts.torch_handler.base_handler import BaseHandler
 
         class Broken(BaseHandler):
             def initialize(self, context):
                 raise RuntimeError("planted failure: tokenizer files missing")
-    """))
+    """)
+    )
     broken_mar = archive(traced, tmp_path / "broken_store", handler=broken)
     error = register_refusal(SERVING, resolve_serving(SERVING), broken_mar, tmp_path / "server")
     assert "planted failure: tokenizer files missing" in str(error)
@@ -137,9 +142,16 @@ def test_a_port_in_use_is_named_before_anything_starts(mar, tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        serving = SERVING.model_copy(update={"free_ports": False, "inference_port": taken, "management_port": taken + 1,
-                                             "metrics_port": taken + 2, "grpc_inference_port": taken + 3,
-                                             "grpc_management_port": taken + 4})
+        serving = SERVING.model_copy(
+            update={
+                "free_ports": False,
+                "inference_port": taken,
+                "management_port": taken + 1,
+                "metrics_port": taken + 2,
+                "grpc_inference_port": taken + 3,
+                "grpc_management_port": taken + 4,
+            }
+        )
         with pytest.raises(ServerError) as caught:
             start(serving, resolve_serving(serving), mar.model_store, tmp_path / "server")
     assert f"port {taken} on 127.0.0.1 is already in use" in str(caught.value)
@@ -203,8 +215,11 @@ def test_a_server_whose_run_is_alive_is_not_stale(shared):
 def test_a_frontend_that_ignores_the_graceful_stop_is_killed(mar, tmp_path):
     server = start(SERVING, resolve_serving(SERVING), mar.model_store, tmp_path / "server")
     wait_healthy(server, timeout=120)
-    frontend = next(p for p in (ref.alive() for ref in server.processes)
-                    if p is not None and "org.pytorch.serve.ModelServer" in " ".join(p.cmdline()))
+    frontend = next(
+        p
+        for p in (ref.alive() for ref in server.processes)
+        if p is not None and "org.pytorch.serve.ModelServer" in " ".join(p.cmdline())
+    )
     frontend.suspend()  # SIGSTOP: it cannot act on SIGTERM
     result = stop(server, grace=2)
     assert frontend.pid in result["escalated"]

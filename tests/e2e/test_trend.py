@@ -14,9 +14,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.flow_engine import run_flow_sync
 
 from flows.stages import Stages
+from tasks.common import keys
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
-from tasks.common import keys
 from tasks.report.summary import build_summary, publish_artifacts
 from tasks.report.trend import publish_trend
 
@@ -32,14 +32,26 @@ def night(rate: float = 0.0, backend: str = "cpu", fail_stage: str = "") -> str 
     for name in stages.records:
         with stages.run(name):
             pass
-    bench = BenchmarkResult(requests_per_s=rate, inferences_per_s=rate, latency_ms=percentiles([0.5] * 10),
-                            requests=10, errors=0, concurrency=4, seconds=1.0) if rate else None
+    bench = (
+        BenchmarkResult(
+            requests_per_s=rate,
+            inferences_per_s=rate,
+            latency_ms=percentiles([0.5] * 10),
+            requests=10,
+            errors=0,
+            concurrency=4,
+            seconds=1.0,
+        )
+        if rate
+        else None
+    )
     run_dir = Path(mkdtemp())
     summary = build_summary(stages, [], bench, {}, {"run_dir": str(run_dir)})
     suffix = keys.current_suffix(backend)
     publish_artifacts(summary, [], run_dir, None, suffix)
-    return publish_trend(keys.deployment_name() or suffix, suffix, runtime.flow_run.name, "2026-11-25 02:00",
-                         summary, run_dir)
+    return publish_trend(
+        keys.deployment_name() or suffix, suffix, runtime.flow_run.name, "2026-11-25 02:00", summary, run_dir
+    )
 
 
 def _deployment(client, name: str):
@@ -69,12 +81,14 @@ def test_each_deployments_trend_lists_its_own_runs_only(prefect_server):
         a4, text = _run(client, alpha, rate=18.0)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["trend-trend-alpha"])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[a4.id])))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[a4.id])),
+        )
 
     assert text.splitlines()[0] == "# Trend: trend-alpha"
     assert _names(text) == [a4.name, a3.name, a2.name, a1.name]  # newest first, none of beta's
     assert b1.name not in text and b2.name not in text and "99.0" not in text
-    rows = {name: line for name, line in zip(_names(text), [l for l in text.splitlines() if l.startswith("| ")][1:])}
+    table = [each for each in text.splitlines() if each.startswith("| ")][1:]  # after the header row
+    rows = dict(zip(_names(text), table, strict=True))
     assert "**failed: start**" in rows[a2.name]
     assert "18.0" in rows[a4.name] and "20.0" in rows[a1.name]
     assert "![trend](data:image/png;base64," in text

@@ -33,8 +33,12 @@ class BertEmbeddingHandler(BaseHandler, ABC):
             second.append(row.get("seq_1").decode("utf-8"))
         self.count = len(first)
         pad = BATCH_SIZE - len(first)  # the graph is traced at a fixed batch: pad it
-        encode = lambda texts: self.tokenizer(texts + [""] * pad, max_length=MAX_LENGTH, padding="max_length",
-                                              truncation=True, return_tensors="pt")
+
+        def encode(texts):
+            return self.tokenizer(
+                texts + [""] * pad, max_length=MAX_LENGTH, padding="max_length", truncation=True, return_tensors="pt"
+            )
+
         a, b = encode(first), encode(second)
         return a["input_ids"], a["attention_mask"], b["input_ids"], b["attention_mask"]
 

@@ -86,9 +86,11 @@ def owners() -> dict[int, int]:
 LOG_ENV = "TORCH_NEURONX_STAND_IN_LOG"
 _held: list[int] | None = None  # this process's cores, once reserved
 # What torch-neuronx raises when the runtime cannot take the cores (the NRT log line goes to stderr).
-RUNTIME_NOT_INITIALIZED = ("The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged "
-                           "to your system logs. See the Neuron Runtime's troubleshooting guide for help on "
-                           "this topic.")
+RUNTIME_NOT_INITIALIZED = (
+    "The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged "
+    "to your system logs. See the Neuron Runtime's troubleshooting guide for help on "
+    "this topic."
+)
 
 
 def _record(event: str, **facts) -> None:
@@ -119,9 +121,12 @@ def reserve() -> list[int]:
             wanted = list(range(total_cores()))
         if any(core in taken or core >= total_cores() for core in wanted):
             _record("reserve-failed", requested=wanted, holders=taken)
-            print(f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}  ERROR  NRT:nrt_allocate_neuron_cores "
-                  f"NeuronCore(s) not available - Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}  ERROR  NRT:nrt_allocate_neuron_cores "
+                f"NeuronCore(s) not available - Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}",
+                file=sys.stderr,
+                flush=True,
+            )
             raise RuntimeError(RUNTIME_NOT_INITIALIZED)
         for core in wanted:
             (directory / f"nc{core}").write_text(str(os.getpid()))

@@ -23,8 +23,7 @@ def work(request: dict) -> dict:
         raise KeyError("model_files")
     if what == "die":
         os._exit(3)
-    return {"echo": request["echo"], "env": os.environ.get("CHILD_TEST_VALUE"), "cwd": os.getcwd(),
-            "path": sys.path}
+    return {"echo": request["echo"], "env": os.environ.get("CHILD_TEST_VALUE"), "cwd": os.getcwd(), "path": sys.path}
 
 
 if __name__ == "__main__":

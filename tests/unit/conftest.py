@@ -44,11 +44,15 @@ class _Guard:
         on_test_thread = threading.current_thread() is threading.main_thread()
         if not (ours or (on_test_thread and seconds > LIBRARY_POLL_S)):
             return
-        where = f"{what}({seconds:g}) at {code}:{frame.f_lineno} ({frame.f_code.co_name}), thread " \
-                f"{threading.current_thread().name}"
+        where = (
+            f"{what}({seconds:g}) at {code}:{frame.f_lineno} ({frame.f_code.co_name}), thread "
+            f"{threading.current_thread().name}"
+        )
         self.seen.append(where)
-        raise RealSleep(f"a real sleep in a unit test: {where}. Give the code a fake clock "
-                        "(tests/unit/fake_time.py) or wait for an event instead")
+        raise RealSleep(
+            f"a real sleep in a unit test: {where}. Give the code a fake clock "
+            "(tests/unit/fake_time.py) or wait for an event instead"
+        )
 
 
 _guard: _Guard | None = None  # the running unit test's

@@ -87,13 +87,18 @@ class FakeClock:
         """(holding the lock) Until every woken thread is waiting again or has ended."""
         give_up = real_time.monotonic() + SETTLE_S
         while True:
-            self._woken = {thread for thread in self._woken
-                           if thread.is_alive() and self._waiting.get(thread, self.now) <= self.now}
+            self._woken = {
+                thread
+                for thread in self._woken
+                if thread.is_alive() and self._waiting.get(thread, self.now) <= self.now
+            }
             if not self._woken:
                 return
             if real_time.monotonic() > give_up:
-                raise AssertionError(f"{sorted(t.name for t in self._woken)} did not come back to wait on the "
-                                     f"fake clock within {SETTLE_S} s")
+                raise AssertionError(
+                    f"{sorted(t.name for t in self._woken)} did not come back to wait on the "
+                    f"fake clock within {SETTLE_S} s"
+                )
             # Woken by a thread that waits again; the timeout only notices a thread that ended instead.
             self._cond.wait(0.01)
 

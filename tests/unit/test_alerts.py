@@ -29,10 +29,16 @@ def test_failed_crashed_regressed_and_one_missed_night_watch_per_active_deployme
 
 def test_the_failure_message_names_deployment_run_stage_first_error_line_and_link():
     alerts = deployments_script("alerts")
-    state = SimpleNamespace(name="Failed", message="Flow run encountered an exception: StageFailed: stage start "
-                            "failed: ServerError: no ping\nfix: read the log")
-    context = {"flow_run": SimpleNamespace(name="quirky-doberman", state=state), "flow": SimpleNamespace(name="f"),
-               "deployment": SimpleNamespace(name="nightly-cpu-embedded")}
+    state = SimpleNamespace(
+        name="Failed",
+        message="Flow run encountered an exception: StageFailed: stage start "
+        "failed: ServerError: no ping\nfix: read the log",
+    )
+    context = {
+        "flow_run": SimpleNamespace(name="quirky-doberman", state=state),
+        "flow": SimpleNamespace(name="f"),
+        "deployment": SimpleNamespace(name="nightly-cpu-embedded"),
+    }
     environment = _sync_template_environment.overlay()
     environment.filters["ui_url"] = lambda run: "http://127.0.0.1:4200/runs/flow-run/1"
     body = environment.from_string(alerts.FAILED_BODY).render(context)
@@ -61,7 +67,8 @@ def test_the_ctrl_c_line_says_what_was_stopped(tmp_path):
     (tmp_path / "latest").symlink_to(run_dir.name)
     (run_dir / "summary.json").write_text(
         '{"status": "interrupted", "interrupted": {"by": "Ctrl-C (SIGINT)", "stopped": {"stopped": 3}},'
-        ' "stages": [{"name": "stop", "status": "ok"}]}')
+        ' "stages": [{"name": "stop", "status": "ok"}]}'
+    )
     line = _interrupted(tmp_path, started=0)
     assert line == f"interrupted: TorchServe stopped (3 processes); summary: {(run_dir / 'summary.json').resolve()}"
     assert _interrupted(Path(tmp_path / "none"), started=0) == "interrupted before the run started: nothing to stop"

@@ -9,8 +9,16 @@ from tasks.prepare.trace import TracedModel
 
 
 def _info(**shape) -> ModelInfo:
-    return ModelInfo(kind="bi-encoder", backend="cpu", buckets=[shape["max_length"]], model_files={},
-                     class_names=list(CLASS_NAMES), source="test", parity_max_abs_diff=0.0, **shape)
+    return ModelInfo(
+        kind="bi-encoder",
+        backend="cpu",
+        buckets=[shape["max_length"]],
+        model_files={},
+        class_names=list(CLASS_NAMES),
+        source="test",
+        parity_max_abs_diff=0.0,
+        **shape,
+    )
 
 
 def test_the_registered_name_follows_the_tutorial_pattern():
@@ -18,8 +26,11 @@ def test_the_registered_name_follows_the_tutorial_pattern():
 
 
 def test_each_traced_shape_gets_its_own_name():
-    names = {_info(max_length=128, batch_size=6).model_name, _info(max_length=64, batch_size=6).model_name,
-             _info(max_length=128, batch_size=8).model_name}
+    names = {
+        _info(max_length=128, batch_size=6).model_name,
+        _info(max_length=64, batch_size=6).model_name,
+        _info(max_length=128, batch_size=8).model_name,
+    }
     assert len(names) == 3
 
 
@@ -28,7 +39,8 @@ def _traced(tmp_path: Path) -> TracedModel:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     info = _info(max_length=32, batch_size=2).model_copy(
-        update={"model_files": {32: "model_32.pt"}, "tokenizer_files": ["vocab.txt"]})
+        update={"model_files": {32: "model_32.pt"}, "tokenizer_files": ["vocab.txt"]}
+    )
     info.write(model_dir)
     (model_dir / "model_32.pt").write_bytes(os.urandom(2_000_000))
     (model_dir / "vocab.txt").write_text("[PAD]\n[UNK]\n")

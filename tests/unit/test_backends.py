@@ -15,8 +15,15 @@ from tasks.prepare.compile import compile_for
 STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"
 
 # The tutorial's table (plus trn1n.32xlarge): the spec the code must follow.
-TUTORIAL_CORES = {"inf2.xlarge": 2, "inf2.8xlarge": 2, "inf2.24xlarge": 12, "inf2.48xlarge": 24,
-                  "trn1.2xlarge": 2, "trn1.32xlarge": 32, "trn1n.32xlarge": 32}
+TUTORIAL_CORES = {
+    "inf2.xlarge": 2,
+    "inf2.8xlarge": 2,
+    "inf2.24xlarge": 12,
+    "inf2.48xlarge": 24,
+    "trn1.2xlarge": 2,
+    "trn1.32xlarge": 32,
+    "trn1n.32xlarge": 32,
+}
 
 
 @pytest.fixture
@@ -82,7 +89,10 @@ def test_auto_picks_neuron_when_torch_neuronx_imports_and_a_core_is_visible(neur
 def test_workers_default_to_neuroncores_and_more_are_refused_early(neuron_host):
     resolved = resolve_serving(ServingConfig(backend="neuron"))
     assert (resolved.backend, resolved.initial_workers, resolved.cores_source) == (
-        "neuron", 2, "neuron-ls --json-output")
+        "neuron",
+        2,
+        "neuron-ls --json-output",
+    )
     assert resolved.threads_per_worker >= 1
     with pytest.raises(ConfigError) as caught:
         resolve_serving(ServingConfig(backend="neuron", initial_workers=3))

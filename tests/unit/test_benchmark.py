@@ -18,8 +18,14 @@ def load(latencies_s=(), errors=0, warmup_answers=(), seconds=10.0, concurrency=
     samples = [Sample(0.0, 0.0, latency, True) for latency in latencies_s]
     samples += [Sample(0.0, 0.0, 0.5, False) for _ in range(errors)]
     samples += [Sample(-1.0, -1.0, done, True, measured=False) for done in warmup_answers]
-    return LoadResult(mode="closed", concurrency=concurrency, rate=None, seconds=seconds, samples=samples,
-                      first_error="HTTP 503: busy" if errors else None)
+    return LoadResult(
+        mode="closed",
+        concurrency=concurrency,
+        rate=None,
+        seconds=seconds,
+        samples=samples,
+        first_error="HTTP 503: busy" if errors else None,
+    )
 
 
 def test_percentiles_are_of_the_measured_answers():
@@ -79,8 +85,10 @@ def test_missing_pool_file_is_a_clear_error_with_the_fix(tmp_path):
     assert isinstance(caught.value, PipelineError) and "golden-pairs YAML" in caught.value.fix
 
 
-@pytest.mark.parametrize("status, action, fails", [("regressed", "fail", True), ("regressed", "warn", False),
-                                                   ("ok", "fail", False), ("no history", "fail", False)])
+@pytest.mark.parametrize(
+    "status, action, fails",
+    [("regressed", "fail", True), ("regressed", "warn", False), ("ok", "fail", False), ("no history", "fail", False)],
+)
 def test_only_a_regression_with_action_fail_fails_the_stage(status, action, fails):
     bench = BenchmarkResult.from_load(load([0.1]))
     bench.regression = Regression(status=status, action=action, tolerance=0.2, message="p90 slower")
@@ -128,8 +136,7 @@ def test_cpu_use_splits_the_load_window_by_process_role(fake_clock, monkeypatch)
 def test_open_loop_reports_offered_against_achieved_late_and_dropped():
     samples = [Sample(i / 10, i / 10 + (0.05 if i % 4 == 0 else 0.0), i / 10 + 0.2, True) for i in range(40)]
     samples += [Sample(4.0, 4.0, 4.0, False, dropped=True) for _ in range(10)]
-    result = BenchmarkResult.from_load(LoadResult(mode="open", concurrency=4, rate=12.5, seconds=4.0,
-                                                  samples=samples))
+    result = BenchmarkResult.from_load(LoadResult(mode="open", concurrency=4, rate=12.5, seconds=4.0, samples=samples))
     opened = result.open_loop
     assert opened.offered_per_s == 12.5 and opened.achieved_per_s == pytest.approx(39 / 4)  # one answer after 4 s
     assert opened.sent_per_s == pytest.approx(10.0) and opened.late == 10 and opened.dropped == 10
@@ -141,8 +148,9 @@ def test_a_closed_loop_has_no_open_loop_figures_and_windows_say_whether_it_was_s
     assert steady.open_loop is None and steady.windows.requests_per_s == [40.0, 0.0, 0.0, 0.0]
     assert not steady.windows.stable and steady.windows.cv > 1  # all answers in the first second
     spread = [Sample(0.0, 0.0, t / 10 + 0.01, True) for t in range(40)]
-    even = BenchmarkResult.from_load(LoadResult(mode="closed", concurrency=4, rate=None, seconds=4.0,
-                                                samples=spread), window_s=1.0, stability_cv=0.1)
+    even = BenchmarkResult.from_load(
+        LoadResult(mode="closed", concurrency=4, rate=None, seconds=4.0, samples=spread), window_s=1.0, stability_cv=0.1
+    )
     assert even.windows.stable and even.windows.cv == pytest.approx(0.0)
     assert sum(even.histogram.counts) == 40
 
@@ -150,8 +158,10 @@ def test_a_closed_loop_has_no_open_loop_figures_and_windows_say_whether_it_was_s
 def test_accuracy_comes_from_the_check_stages_accuracy_check_only():
     from tasks.verify.checks import CheckResult
 
-    checks = [CheckResult(name="golden pairs", passed=True, detail="", metrics={"accuracy": 1.0}),
-              CheckResult(name="accuracy", passed=True, detail="", metrics={"accuracy": 0.7402, "f1": 0.8})]
+    checks = [
+        CheckResult(name="golden pairs", passed=True, detail="", metrics={"accuracy": 1.0}),
+        CheckResult(name="accuracy", passed=True, detail="", metrics={"accuracy": 0.7402, "f1": 0.8}),
+    ]
     assert bench_module.accuracy_of(checks) == 0.7402
     assert bench_module.accuracy_of(checks[:1]) is None and bench_module.accuracy_of([]) is None
 
@@ -161,9 +171,16 @@ def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
 
     from tasks.common.config import load_config
 
-    settings = load_config().benchmark.model_copy(update={"warmup": 2, "duration": 30, "ceiling_seconds": 2,
-                                                          "ceiling_windows": 4, "client_check_seconds": 1,
-                                                          "single_client_seconds": 3})
+    settings = load_config().benchmark.model_copy(
+        update={
+            "warmup": 2,
+            "duration": 30,
+            "ceiling_seconds": 2,
+            "ceiling_windows": 4,
+            "client_check_seconds": 1,
+            "single_client_seconds": 3,
+        }
+    )
     one_worker = SimpleNamespace(initial_workers=1, threads_per_worker=2)
     plan = bench_module.planned_seconds(settings, one_worker)
     assert list(plan) == ["ceiling", "client check", "load", "server logs", "lone client", "capacity", "wrap-up"]
@@ -193,21 +210,50 @@ def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given
     load_in_virtual_time(monkeypatch, fake_clock)
     monkeypatch.setattr(telemetry, "_wait", fake_clock.wait)
     monkeypatch.setattr(bench_module, "LOG_SETTLE_S", 0.0)
-    settings = load_config(overrides={"benchmark.duration": 0.5, "benchmark.warmup": 0.1,
-                                      "benchmark.concurrency": 2, "benchmark.single_client_seconds": 0,
-                                      "benchmark.capacity.enabled": False}).benchmark
+    settings = load_config(
+        overrides={
+            "benchmark.duration": 0.5,
+            "benchmark.warmup": 0.1,
+            "benchmark.concurrency": 2,
+            "benchmark.single_client_seconds": 0,
+            "benchmark.capacity.enabled": False,
+        }
+    ).benchmark
     resolved = SimpleNamespace(backend="cpu", threads_per_worker=1)
-    ceiling = Ceiling(batch_size=2, max_length=32, buckets=[32], threads=1, batches_per_s=1e6, inferences_per_s=2e6,
-                      best_layout="1x1", batch_latency_ms=1.0, lone_batch_latency_ms=1.0,
-                      worker_lone_batch_latency_ms=1.0, layouts=[])
-    client = bench_module.ClientCapacity(requests_per_s=1e6, concurrency=2, seconds=1.0,
-                                         latency_ms=BenchmarkResult.from_load(load([0.001])).latency_ms)
+    ceiling = Ceiling(
+        batch_size=2,
+        max_length=32,
+        buckets=[32],
+        threads=1,
+        batches_per_s=1e6,
+        inferences_per_s=2e6,
+        best_layout="1x1",
+        batch_latency_ms=1.0,
+        lone_batch_latency_ms=1.0,
+        worker_lone_batch_latency_ms=1.0,
+        layouts=[],
+    )
+    client = bench_module.ClientCapacity(
+        requests_per_s=1e6, concurrency=2, seconds=1.0, latency_ms=BenchmarkResult.from_load(load([0.001])).latency_ms
+    )
     (tmp_path / "logs").mkdir()
     with FakeEndpoint() as endpoint:
-        server = SimpleNamespace(inference_url=endpoint.url.removesuffix("/predictions/trivial"), processes=[],
-                                 inference_headers=dict, server_dir=tmp_path)
-        bench = bench_module.measure_setting(server, "trivial", [("a", "b")], settings, resolved,
-                                             logging.getLogger("test"), ceiling=ceiling, client=client)
+        server = SimpleNamespace(
+            inference_url=endpoint.url.removesuffix("/predictions/trivial"),
+            processes=[],
+            inference_headers=dict,
+            server_dir=tmp_path,
+        )
+        bench = bench_module.measure_setting(
+            server,
+            "trivial",
+            [("a", "b")],
+            settings,
+            resolved,
+            logging.getLogger("test"),
+            ceiling=ceiling,
+            client=client,
+        )
     assert bench.concurrency == 2 and bench.mode == "closed" and bench.errors == 0 and bench.inferences_per_s > 0
     assert bench.requests_per_s == pytest.approx(2 / 0.01, rel=0.05)  # 2 clients, each answered in 10 ms
     assert bench.ceiling is ceiling and bench.served_over_ceiling == bench.inferences_per_s / 2e6
@@ -220,20 +266,37 @@ def test_served_over_in_process_is_unreliable_when_either_side_varied_and_is_the
     from tasks.measure.results import windows as windows_of
 
     def ceiling_with(cv):
-        return Ceiling(batch_size=6, max_length=128, buckets=[128], threads=2, batches_per_s=10.0,
-                       inferences_per_s=60.0, best_layout="all threads", batch_latency_ms=100.0,
-                       lone_batch_latency_ms=50.0, worker_lone_batch_latency_ms=80.0, windows=3, cv=cv, layouts=[])
+        return Ceiling(
+            batch_size=6,
+            max_length=128,
+            buckets=[128],
+            threads=2,
+            batches_per_s=10.0,
+            inferences_per_s=60.0,
+            best_layout="all threads",
+            batch_latency_ms=100.0,
+            lone_batch_latency_ms=50.0,
+            worker_lone_batch_latency_ms=80.0,
+            windows=3,
+            cv=cv,
+            layouts=[],
+        )
 
     steady, unsteady = windows_of([50.0, 51.0, 50.5], 10.0, 0.1), windows_of([30.0, 60.0, 45.0], 10.0, 0.1)
     bench = BenchmarkResult.from_load(load([0.2] * 10)).model_copy(
-        update={"served_over_ceiling": 0.83, "windows": steady})
+        update={"served_over_ceiling": 0.83, "windows": steady}
+    )
     assert bench_module.unreliable_comparison(bench, ceiling_with(0.02), 0.1) is None
     said = bench_module.unreliable_comparison(bench, ceiling_with(0.15), 0.1)
     assert said == "the ceiling varied 15.0% over 3 windows, over the 10% allowed"
     load_varied = bench.model_copy(update={"windows": unsteady})
     assert "the load's throughput varied" in bench_module.unreliable_comparison(load_varied, ceiling_with(0.02), 0.1)
-    assert bench_module.unreliable_comparison(bench.model_copy(update={"served_over_ceiling": None}),
-                                              ceiling_with(0.5), 0.1) is None  # no ratio, nothing to doubt
+    assert (
+        bench_module.unreliable_comparison(
+            bench.model_copy(update={"served_over_ceiling": None}), ceiling_with(0.5), 0.1
+        )
+        is None
+    )  # no ratio, nothing to doubt
 
     # Tonight's unreliable ratio is not compared; an earlier night's unreliable one is no baseline.
     history = [{"served_over_ceiling": 0.9}] * 4 + [{"served_over_ceiling": 0.2, "served_over_ceiling unreliable": "x"}]

@@ -18,8 +18,10 @@ def _mar(path, files):
 
 
 def test_a_foreign_mar_is_copied_into_the_run_store_named_by_its_manifest_with_the_tutorial_labels(tmp_path):
-    mar = _mar(tmp_path / "x.mar", {"MAR-INF/MANIFEST.json": '{"model": {"modelName": "bert-tutorial"}}',
-                                     "handler.py": "", "model.pt": ""})
+    mar = _mar(
+        tmp_path / "x.mar",
+        {"MAR-INF/MANIFEST.json": '{"model": {"modelName": "bert-tutorial"}}', "handler.py": "", "model.pt": ""},
+    )
     brought = from_mar(mar, tmp_path / "store", 6, 128, "cpu")
     assert brought.model_name == "bert-tutorial" and brought.mar_file == tmp_path / "store" / "bert-tutorial.mar"
     assert brought.mar_file.read_bytes() == mar.read_bytes()
@@ -29,11 +31,21 @@ def test_a_foreign_mar_is_copied_into_the_run_store_named_by_its_manifest_with_t
 
 
 def test_a_mar_of_ours_keeps_its_own_model_info(tmp_path):
-    info = ModelInfo(kind="bi-encoder", backend="cpu", batch_size=4, max_length=64, buckets=[64],
-                     model_files={64: "model_64.pt"}, class_names=["no", "yes"], source="embedded",
-                     parity_max_abs_diff=1e-6)
-    mar = _mar(tmp_path / "ours.mar", {"MAR-INF/MANIFEST.json": '{"model": {"modelName": "bert"}}',
-                                        "model_info.json": info.model_dump_json()})
+    info = ModelInfo(
+        kind="bi-encoder",
+        backend="cpu",
+        batch_size=4,
+        max_length=64,
+        buckets=[64],
+        model_files={64: "model_64.pt"},
+        class_names=["no", "yes"],
+        source="embedded",
+        parity_max_abs_diff=1e-6,
+    )
+    mar = _mar(
+        tmp_path / "ours.mar",
+        {"MAR-INF/MANIFEST.json": '{"model": {"modelName": "bert"}}', "model_info.json": info.model_dump_json()},
+    )
     brought = from_mar(mar, tmp_path / "store", 6, 128, "cpu")
     assert brought.info == info and brought.info.handler == "ours"
 

@@ -22,11 +22,21 @@ def compiles(monkeypatch):
         out = trace_module.Path(request["out_dir"])
         (out / f"model_{request['max_length']}.pt").write_bytes(b"graph" * 1000)
         (out / "vocab.txt").write_text("[PAD]\n")
-        info = ModelInfo(kind="bi-encoder", backend=request["backend"], batch_size=request["batch_size"],
-                         max_length=request["max_length"], buckets=request["buckets"],
-                         model_files={request["max_length"]: f"model_{request['max_length']}.pt"},
-                         tokenizer_files=["vocab.txt"], class_names=["not paraphrase", "paraphrase"],
-                         threshold=0.5, source="embedded", compiler_args=[], parity_max_abs_diff=0.0, versions={})
+        info = ModelInfo(
+            kind="bi-encoder",
+            backend=request["backend"],
+            batch_size=request["batch_size"],
+            max_length=request["max_length"],
+            buckets=request["buckets"],
+            model_files={request["max_length"]: f"model_{request['max_length']}.pt"},
+            tokenizer_files=["vocab.txt"],
+            class_names=["not paraphrase", "paraphrase"],
+            threshold=0.5,
+            source="embedded",
+            compiler_args=[],
+            parity_max_abs_diff=0.0,
+            versions={},
+        )
         info.write(out)
         return info
 
@@ -35,8 +45,9 @@ def compiles(monkeypatch):
 
 
 def traced(tmp_path, run, cache_dir, batch_size=6, **model):
-    return trace_module.trace(ModelConfig(**model), batch_size, 128, [128], tmp_path / run / "model",
-                              cache_dir=cache_dir)
+    return trace_module.trace(
+        ModelConfig(**model), batch_size, 128, [128], tmp_path / run / "model", cache_dir=cache_dir
+    )
 
 
 def test_second_trace_with_the_same_inputs_is_a_hit_and_skips_compiling(tmp_path, compiles):

@@ -20,9 +20,10 @@ def test_read_mrpc_dev_split():
 
 def test_read_mrpc_keeps_quotes_and_columns(tmp_path):
     path = tmp_path / "mini.tsv"
-    path.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-                    '1\t1\t2\t"Quoted" start\tplain\n'
-                    '0\t3\t4\tan "inner\tother side\n', encoding="utf-8")
+    path.write_text(
+        'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\t"Quoted" start\tplain\n0\t3\t4\tan "inner\tother side\n',
+        encoding="utf-8",
+    )
     pairs, labels = read_mrpc(path)
     assert pairs == [('"Quoted" start', "plain"), ('an "inner', "other side")]
     assert labels.tolist() == [1, 0]

@@ -25,9 +25,19 @@ def known_server(curve, errors_from: float = math.inf):
         asked.append((rate, seconds))
         p99 = curve(rate)
         errors = int(rate >= errors_from)
-        return CapacityStep(rate=rate, achieved=min(rate, SERVICE_RATE), seconds=seconds, requests=int(rate * seconds),
-                            p50=p99 / 4, p90=p99 / 2, p99=p99, percentile_ms=p99, errors=errors, dropped=0,
-                            passed=p99 <= BOUND_MS and errors == 0)
+        return CapacityStep(
+            rate=rate,
+            achieved=min(rate, SERVICE_RATE),
+            seconds=seconds,
+            requests=int(rate * seconds),
+            p50=p99 / 4,
+            p90=p99 / 2,
+            p99=p99,
+            percentile_ms=p99,
+            errors=errors,
+            dropped=0,
+            passed=p99 <= BOUND_MS and errors == 0,
+        )
 
     measure.asked = asked
     return measure
@@ -96,8 +106,10 @@ def test_a_step_lasts_long_enough_for_its_percentile():
 def _result(rate: float, sent: int, answered: int, latency_s: float = 0.2, seconds: float = 10.0):
     from tasks.measure.loadgen import LoadResult, Sample
 
-    samples = [Sample(i * seconds / sent, i * seconds / sent, i * seconds / sent + latency_s, i < answered)
-               for i in range(sent)]
+    samples = [
+        Sample(i * seconds / sent, i * seconds / sent, i * seconds / sent + latency_s, i < answered)
+        for i in range(sent)
+    ]
     return LoadResult(mode="open", concurrency=8, rate=rate, seconds=seconds, samples=samples, arrivals="poisson")
 
 
@@ -109,8 +121,10 @@ def test_a_step_the_server_did_not_keep_up_with_fails_though_its_percentile_is_w
     assert kept_up.passed and kept_up.sent == 50.0 and kept_up.achieved == pytest.approx(49.0, abs=1.5)
     # The same sends, the last 60 answered 900 ms after they were sent (within the bound), so those sent in
     # the window's last 0.9 s are answered after it: the answers fell behind the sends.
-    behind = [Sample(s.intended, s.sent, s.intended + (0.9 if i >= 440 else 0.2), True)
-              for i, s in enumerate(_result(50.0, 500, 500).samples)]
+    behind = [
+        Sample(s.intended, s.sent, s.intended + (0.9 if i >= 440 else 0.2), True)
+        for i, s in enumerate(_result(50.0, 500, 500).samples)
+    ]
     step = step_of(LoadResult(mode="open", concurrency=8, rate=50.0, seconds=10.0, samples=behind), 99, 1000)
     assert step.percentile_ms == pytest.approx(900.0) and step.errors == step.dropped == 0
     assert step.achieved < 0.95 * step.sent and not step.passed

@@ -17,9 +17,11 @@ from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import child
 from tasks.measure import ceiling
 
-PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."),
-         ("The committee reviewed the long proposal in great detail and asked for revisions.", "Rain."),
-         ("How old are you?", "What is your age?")] * 4
+PAIRS = [
+    ("A cat sat on the mat.", "A cat was sitting on the mat."),
+    ("The committee reviewed the long proposal in great detail and asked for revisions.", "Rain."),
+    ("How old are you?", "What is your age?"),
+] * 4
 
 
 class Tiny(torch.nn.Module):
@@ -38,8 +40,17 @@ def model_dir(tmp_path_factory, tokenizer):
         files[length] = f"model_{length}.pt"
         torch.jit.save(torch.jit.trace(Tiny(), example), str(path / files[length]))
     tokenizer.save_pretrained(str(path))
-    ModelInfo(kind="bi-encoder", backend="cpu", batch_size=2, max_length=16, buckets=[8, 16], model_files=files,
-              class_names=list(CLASS_NAMES), source="test", parity_max_abs_diff=0.0).write(path)
+    ModelInfo(
+        kind="bi-encoder",
+        backend="cpu",
+        batch_size=2,
+        max_length=16,
+        buckets=[8, 16],
+        model_files=files,
+        class_names=list(CLASS_NAMES),
+        source="test",
+        parity_max_abs_diff=0.0,
+    ).write(path)
     return path
 
 
@@ -153,9 +164,17 @@ def test_windows_are_interleaved_so_a_slow_stretch_of_the_host_falls_on_every_la
 
     def timed(models, device, batches, name, streams, threads, seconds, requests_per_batch=None):
         order.append(name)
-        return ceiling.Layout(name=name, streams=streams, threads_per_stream=threads, batches_per_s=10.0,
-                              inferences_per_s=20.0 * len(order), batch_latency_ms_p50=50.0,
-                              batch_latency_ms_mean=50.0, batches=10, seconds=seconds)
+        return ceiling.Layout(
+            name=name,
+            streams=streams,
+            threads_per_stream=threads,
+            batches_per_s=10.0,
+            inferences_per_s=20.0 * len(order),
+            batch_latency_ms_p50=50.0,
+            batch_latency_ms_mean=50.0,
+            batches=10,
+            seconds=seconds,
+        )
 
     monkeypatch.setattr(ceiling, "time_layout", timed)
     layouts = ceiling.throughput_layouts(None, None, [], workers=2, threads_per_worker=1, seconds=3.0, windows=3)

@@ -11,8 +11,15 @@ from tasks.verify.checks import Prediction, _verdict, load_golden, parity
 
 
 def _prediction(answer="paraphrase", expected="paraphrase", status=200, probability=0.9):
-    return Prediction(seq_0="a", seq_1="b", expected=expected, answer=answer, status_code=status,
-                      latency_ms=1.0, probability=probability)
+    return Prediction(
+        seq_0="a",
+        seq_1="b",
+        expected=expected,
+        answer=answer,
+        status_code=status,
+        latency_ms=1.0,
+        probability=probability,
+    )
 
 
 class FakeReference:

@@ -23,8 +23,13 @@ class CoreRefused(PipelineError):
 def test_the_result_comes_back_and_the_child_gets_the_env_given_and_this_checkout(caplog, monkeypatch):
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("CHILD_TEST_VALUE", "inherited")
-    result = child.run(MODULE, {"echo": [1, "two"]}, StageError, logging.getLogger("stage"),
-                       env={"CHILD_TEST_VALUE": "given", "PATH": "/usr/bin:/bin"})
+    result = child.run(
+        MODULE,
+        {"echo": [1, "two"]},
+        StageError,
+        logging.getLogger("stage"),
+        env={"CHILD_TEST_VALUE": "given", "PATH": "/usr/bin:/bin"},
+    )
     assert result["echo"] == [1, "two"] and result["env"] == "given"  # the env given, not this process's
     assert result["cwd"] == str(REPO_ROOT) and str(REPO_ROOT) in result["path"]
     assert "[child_work] a line for the stage's log" in caplog.text  # its stderr, in the stage's log
@@ -33,8 +38,11 @@ def test_the_result_comes_back_and_the_child_gets_the_env_given_and_this_checkou
 def test_a_pipeline_error_in_the_child_is_raised_as_the_callers_class_with_its_message_and_fix():
     with pytest.raises(StageError) as caught:
         child.run(MODULE, {"do": "refuse"}, StageError)
-    assert (caught.value.message, caught.value.fix, caught.value.retryable) == ("no NeuronCore is free", "free one",
-                                                                                True)
+    assert (caught.value.message, caught.value.fix, caught.value.retryable) == (
+        "no NeuronCore is free",
+        "free one",
+        True,
+    )
 
 
 def test_a_known_kind_of_error_is_raised_as_the_callers_class_of_that_name():

@@ -11,6 +11,7 @@ from tasks.common.config import REPO_ROOT, load_config
 @pytest.fixture
 def no_flow(monkeypatch):
     """Fail the test if main gets as far as starting the Prefect flow (or even importing it)."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the flow was started despite a bad configuration")
 
@@ -40,33 +41,36 @@ def test_help_shows_the_default_config_files_values():
     assert "[model.kind; default: bi-encoder]" in text  # configs/default.yaml, not the field's "auto"
 
 
-@pytest.mark.parametrize("argv, key, value", [
-    (["--model", "/ckpt"], "model.source", "/ckpt"),
-    (["--kind", "sequence-classification"], "model.kind", "sequence-classification"),
-    (["--batch-size", "4"], "serving.batch_size", 4),
-    (["--max-length", "64"], "serving.max_length", 64),
-    (["--max-batch-delay", "10"], "serving.max_batch_delay", 10),
-    (["--backend", "cpu"], "serving.backend", "cpu"),
-    (["--instance-type", "inf2.xlarge"], "serving.instance_type", "inf2.xlarge"),
-    (["--workers", "3"], "serving.initial_workers", 3),
-    (["--workers", "auto"], "serving.initial_workers", "auto"),
-    (["--address", "0.0.0.0"], "serving.address", "0.0.0.0"),
-    (["--no-token-auth"], "serving.token_auth", False),
-    (["--free-ports"], "serving.free_ports", True),
-    (["--accuracy-file", "dev.tsv"], "checks.accuracy_file", "dev.tsv"),
-    (["--min-accuracy", "0.7"], "checks.min_accuracy", 0.7),
-    (["--concurrency", "8"], "benchmark.concurrency", 8),
-    (["--duration", "60"], "benchmark.duration", 60.0),
-    (["--warmup", "1"], "benchmark.warmup", 1.0),
-    (["--no-benchmark"], "benchmark.enabled", False),
-    (["--load", "open"], "benchmark.mode", "open"),
-    (["--rate", "12.5"], "benchmark.rate", 12.5),
-    (["--requests", "300"], "benchmark.requests", 300),
-    (["--pairs-file", "pairs.yaml"], "benchmark.pairs_file", "pairs.yaml"),
-    (["--regression", "fail"], "benchmark.regression_action", "fail"),
-    (["--runs-dir", "/tmp/runs"], "runs_dir", "/tmp/runs"),
-    (["--keep-serving"], "keep_serving", True),
-])
+@pytest.mark.parametrize(
+    "argv, key, value",
+    [
+        (["--model", "/ckpt"], "model.source", "/ckpt"),
+        (["--kind", "sequence-classification"], "model.kind", "sequence-classification"),
+        (["--batch-size", "4"], "serving.batch_size", 4),
+        (["--max-length", "64"], "serving.max_length", 64),
+        (["--max-batch-delay", "10"], "serving.max_batch_delay", 10),
+        (["--backend", "cpu"], "serving.backend", "cpu"),
+        (["--instance-type", "inf2.xlarge"], "serving.instance_type", "inf2.xlarge"),
+        (["--workers", "3"], "serving.initial_workers", 3),
+        (["--workers", "auto"], "serving.initial_workers", "auto"),
+        (["--address", "0.0.0.0"], "serving.address", "0.0.0.0"),
+        (["--no-token-auth"], "serving.token_auth", False),
+        (["--free-ports"], "serving.free_ports", True),
+        (["--accuracy-file", "dev.tsv"], "checks.accuracy_file", "dev.tsv"),
+        (["--min-accuracy", "0.7"], "checks.min_accuracy", 0.7),
+        (["--concurrency", "8"], "benchmark.concurrency", 8),
+        (["--duration", "60"], "benchmark.duration", 60.0),
+        (["--warmup", "1"], "benchmark.warmup", 1.0),
+        (["--no-benchmark"], "benchmark.enabled", False),
+        (["--load", "open"], "benchmark.mode", "open"),
+        (["--rate", "12.5"], "benchmark.rate", 12.5),
+        (["--requests", "300"], "benchmark.requests", 300),
+        (["--pairs-file", "pairs.yaml"], "benchmark.pairs_file", "pairs.yaml"),
+        (["--regression", "fail"], "benchmark.regression_action", "fail"),
+        (["--runs-dir", "/tmp/runs"], "runs_dir", "/tmp/runs"),
+        (["--keep-serving"], "keep_serving", True),
+    ],
+)
 def test_a_flag_becomes_its_dotted_override(argv, key, value):
     assert config_overrides(parse_args(argv)) == {key: value}
 
@@ -80,8 +84,19 @@ def test_flags_not_given_leave_the_file_in_charge():
 def test_flags_reach_the_validated_config(tmp_path):
     pool = tmp_path / "pairs.yaml"
     pool.write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
-    args = parse_args(["--workers", "3", "--free-ports", "--keep-serving", "--no-benchmark", "--load", "open",
-                       "--pairs-file", str(pool)])
+    args = parse_args(
+        [
+            "--workers",
+            "3",
+            "--free-ports",
+            "--keep-serving",
+            "--no-benchmark",
+            "--load",
+            "open",
+            "--pairs-file",
+            str(pool),
+        ]
+    )
     config = load_config(args.config, config_overrides(args))
     assert config.serving.initial_workers == 3
     assert config.serving.free_ports is True and config.keep_serving is True
@@ -89,13 +104,16 @@ def test_flags_reach_the_validated_config(tmp_path):
     assert config.benchmark.pairs_file == pool
 
 
-@pytest.mark.parametrize("argv, field, fix", [
-    (["--batch-size", "0"], "serving.batch_size", "greater than or equal to 1"),
-    (["--batch-size", "four"], "serving.batch_size", "give a whole number"),
-    (["--workers", "many"], "serving.initial_workers", "give a whole number or auto"),
-    (["--load", "sideways"], "benchmark.mode", "give one of closed, open"),
-    (["--min-accuracy", "70"], "checks.min_accuracy", "less than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "argv, field, fix",
+    [
+        (["--batch-size", "0"], "serving.batch_size", "greater than or equal to 1"),
+        (["--batch-size", "four"], "serving.batch_size", "give a whole number"),
+        (["--workers", "many"], "serving.initial_workers", "give a whole number or auto"),
+        (["--load", "sideways"], "benchmark.mode", "give one of closed, open"),
+        (["--min-accuracy", "70"], "checks.min_accuracy", "less than or equal to 1"),
+    ],
+)
 def test_a_bad_value_is_refused_naming_the_field_and_the_fix_before_the_flow(argv, field, fix, no_flow, capsys):
     code, err = exit_code(argv, capsys)
     assert code == 2
@@ -112,8 +130,13 @@ def test_missing_config_file_is_refused(no_flow, capsys, tmp_path):
 
 @pytest.mark.parametrize("module, flag", [("flows.validate", "--batch-size"), ("flows.stop", "run_dir")])
 def test_help_answers_without_importing_prefect_torch_or_transformers(module, flag):
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert flag in done.stdout
     imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
@@ -124,8 +147,20 @@ def test_help_answers_without_importing_prefect_torch_or_transformers(module, fl
 def test_sweep_cli_parses_its_grid():
     from flows.sweep import parse_args as sweep_args
 
-    args = sweep_args(["--batch-sizes", "2,6", "--workers", "1,2", "--delays", "10,50", "--concurrency", "8,64",
-                       "--p90-limit-ms", "2000"])
+    args = sweep_args(
+        [
+            "--batch-sizes",
+            "2,6",
+            "--workers",
+            "1,2",
+            "--delays",
+            "10,50",
+            "--concurrency",
+            "8,64",
+            "--p90-limit-ms",
+            "2000",
+        ]
+    )
     assert (args.batch_sizes, args.workers, args.delays, args.concurrency) == ([2, 6], [1, 2], [10, 50], [8, 64])
     assert args.p90_limit_ms == 2000
 
@@ -133,10 +168,16 @@ def test_sweep_cli_parses_its_grid():
 def test_sweep_offers_the_configs_flags_as_overrides():
     from flows.sweep import parse_args as sweep_args
 
-    args = sweep_args(["--max-length", "64", "--duration", "5", "--warmup", "1", "--free-ports",
-                       "--runs-dir", "/tmp/runs"])
-    assert config_overrides(args) == {"serving.max_length": 64, "benchmark.duration": 5.0, "benchmark.warmup": 1.0,
-                                      "serving.free_ports": True, "runs_dir": "/tmp/runs"}
+    args = sweep_args(
+        ["--max-length", "64", "--duration", "5", "--warmup", "1", "--free-ports", "--runs-dir", "/tmp/runs"]
+    )
+    assert config_overrides(args) == {
+        "serving.max_length": 64,
+        "benchmark.duration": 5.0,
+        "benchmark.warmup": 1.0,
+        "serving.free_ports": True,
+        "runs_dir": "/tmp/runs",
+    }
 
 
 def test_sweep_marks_the_best_configuration_within_the_p90_limit():

@@ -59,8 +59,9 @@ def test_same_port_for_inference_and_management_is_refused():
 
 
 def test_same_ports_allowed_when_free_ports_is_set():
-    config = load_config(None, {"serving.inference_port": 9000, "serving.management_port": 9000,
-                                "serving.free_ports": True})
+    config = load_config(
+        None, {"serving.inference_port": 9000, "serving.management_port": 9000, "serving.free_ports": True}
+    )
     assert config.serving.free_ports is True
 
 

@@ -47,8 +47,10 @@ def full_lengths(tokenizer, kind, pairs):
     firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
     if kind == "sequence-classification":
         return [len(ids) for ids in tokenizer(firsts, seconds)["input_ids"]]
-    return [max(len(a), len(b))
-            for a, b in zip(tokenizer(firsts)["input_ids"], tokenizer(seconds)["input_ids"], strict=True)]
+    return [
+        max(len(a), len(b))
+        for a, b in zip(tokenizer(firsts)["input_ids"], tokenizer(seconds)["input_ids"], strict=True)
+    ]
 
 
 @pytest.fixture(scope="module", params=["fast", "slow"])

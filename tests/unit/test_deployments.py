@@ -72,7 +72,8 @@ def test_inf2_xlarge_serves_one_worker_per_neuron_core(monkeypatch, tmp_path):
 
 def test_pull_step_moves_the_run_into_the_workers_checkout():
     assert PREFECT_YAML["pull"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}]
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}
+    ]
 
 
 def test_pull_step_placeholder_is_resolved_from_the_environment_at_run_time(monkeypatch, tmp_path):
@@ -81,15 +82,17 @@ def test_pull_step_placeholder_is_resolved_from_the_environment_at_run_time(monk
     monkeypatch.setenv("BERT_VALIDATION_HOME", str(tmp_path))
     # What prefect's run_step does with a step's inputs on the worker.
     assert apply_values(PREFECT_YAML["pull"][0], os.environ) == {
-        "prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}
+        "prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}
+    }
 
 
 def test_work_pool_template_is_a_process_template_and_the_helper_creates_every_pool():
     template = json.loads((REPO_ROOT / "deployments" / "process-pool.json").read_text())
     assert set(template) == {"job_configuration", "variables"}
     assert template["job_configuration"]["working_dir"] == "{{ working_dir }}"
-    assert deployments_script("local").work_pools() == list(dict.fromkeys(
-        d["work_pool"]["name"] for d in DEPLOYMENTS.values()))
+    assert deployments_script("local").work_pools() == list(
+        dict.fromkeys(d["work_pool"]["name"] for d in DEPLOYMENTS.values())
+    )
 
 
 def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
@@ -126,14 +129,20 @@ def _summary():
     for name in ("trace", "stop"):
         with stages.run(name):
             pass
-    config = {"model": {"source": "embedded"}, "serving": {"batch_size": 6, "initial_workers": "auto"},
-              "runs_dir": "/tmp/runs"}
+    config = {
+        "model": {"source": "embedded"},
+        "serving": {"batch_size": 6, "initial_workers": "auto"},
+        "runs_dir": "/tmp/runs",
+    }
     return build_summary(stages, [], None, config, {"resolved": {"initial_workers": 2, "threads_per_worker": 1}})
 
 
 def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
-    parameters = {"config_file": "configs/default.yaml", "settings": {"batch_size": 4},
-                  "overrides": {"serving.free_ports": True}}
+    parameters = {
+        "config_file": "configs/default.yaml",
+        "settings": {"batch_size": 4},
+        "overrides": {"serving.free_ports": True},
+    }
     rows = run_config_rows(parameters, _summary())
     table = {(r["section"], r["name"]): r["value"] for r in rows}
     assert table[("parameter", "config_file")] == "configs/default.yaml"
@@ -145,8 +154,9 @@ def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
     assert table[("version", "prefect")] == "3.8.8"
     assert table[("host", "name")] == platform.node()
     assert table[("host", "cpus")] == str(os.cpu_count())
-    assert [r["section"] for r in rows] == sorted([r["section"] for r in rows], key=[
-        "parameter", "provenance", "config", "resolved", "version", "host"].index)
+    assert [r["section"] for r in rows] == sorted(
+        [r["section"] for r in rows], key=["parameter", "provenance", "config", "resolved", "version", "host"].index
+    )
     assert all(set(r) == {"section", "name", "value"} and isinstance(r["value"], str) for r in rows)
 
 

@@ -46,10 +46,15 @@ def test_checks_run_in_order_and_what_needs_a_failed_step_is_skipped_naming_it()
 
         return Check(name, wrapped)
 
-    checks = [track("install", passes()), track("java", fails("no Java", "install Java 17")),
-              track("compile", passes()), Check("serve", passes(), needs=("java", "compile")),
-              Check("worker-replaced", passes(), needs=("serve",)), track("telemetry", passes()),
-              Check("stop", passes("nothing to stop"), always=True)]
+    checks = [
+        track("install", passes()),
+        track("java", fails("no Java", "install Java 17")),
+        track("compile", passes()),
+        Check("serve", passes(), needs=("java", "compile")),
+        Check("worker-replaced", passes(), needs=("serve",)),
+        track("telemetry", passes()),
+        Check("stop", passes("nothing to stop"), always=True),
+    ]
     outcome = run_checks(checks, on_step=told.append)
 
     assert ran == ["install", "java", "compile", "telemetry"]
@@ -65,8 +70,7 @@ def test_checks_run_in_order_and_what_needs_a_failed_step_is_skipped_naming_it()
 
 def test_a_step_that_does_not_apply_is_skipped_saying_why_and_blocks_nothing():
     outcome = run_checks([Check("neuron-ls", not_here()), Check("core-released", passes(), needs=("neuron-ls",))])
-    assert [(s.status, s.detail) for s in outcome.steps] == [("skipped", "Neuron only (backend cpu)"),
-                                                              ("pass", "fine")]
+    assert [(s.status, s.detail) for s in outcome.steps] == [("skipped", "Neuron only (backend cpu)"), ("pass", "fine")]
     assert outcome.ok
 
 
@@ -74,8 +78,13 @@ def test_a_failure_without_a_fix_gets_the_checks_own_and_a_bug_gets_its_tracebac
     def bug():
         raise KeyError("model_files")
 
-    outcome = run_checks([Check("compile", fails("child crashed", fix=None), fix="read the child's lines"),
-                          Check("serve", bug), Check("telemetry", passes())])
+    outcome = run_checks(
+        [
+            Check("compile", fails("child crashed", fix=None), fix="read the child's lines"),
+            Check("serve", bug),
+            Check("telemetry", passes()),
+        ]
+    )
     compile_, serve, telemetry = outcome.steps
     assert compile_.fix == "read the child's lines"
     assert (serve.status, serve.detail, serve.fix) == ("fail", "KeyError: 'model_files'", BUG_FIX)
@@ -88,8 +97,13 @@ def test_ctrl_c_fails_the_step_it_interrupts_skips_the_rest_and_still_stops():
         raise KeyboardInterrupt
 
     stopped = []
-    outcome = run_checks([Check("serve", interrupted), Check("telemetry", passes()),
-                          Check("stop", lambda: stopped.append(1) or "stopped", always=True)])
+    outcome = run_checks(
+        [
+            Check("serve", interrupted),
+            Check("telemetry", passes()),
+            Check("stop", lambda: stopped.append(1) or "stopped", always=True),
+        ]
+    )
     assert [s.status for s in outcome.steps] == ["fail", "skipped", "pass"]
     assert "interrupted" in outcome.steps[0].detail
     assert outcome.steps[1].detail == "not run: the doctor was interrupted"
@@ -97,22 +111,48 @@ def test_ctrl_c_fails_the_step_it_interrupts_skips_the_rest_and_still_stops():
 
 
 def test_the_terminal_line_has_status_name_seconds_detail_and_a_fix_under_a_failure():
-    assert line(Step(name="java", status="pass", seconds=0.08, detail="Java 11+ at /usr/bin/java")) == \
-        "pass    java                      0.1 s  Java 11+ at /usr/bin/java"
-    failed = line(Step(name="install", status="fail", seconds=4.0,
-                       detail="python -m pip check found broken requirements:\nfoo 1.0 requires bar", fix="./setup.sh"))
+    assert (
+        line(Step(name="java", status="pass", seconds=0.08, detail="Java 11+ at /usr/bin/java"))
+        == "pass    java                      0.1 s  Java 11+ at /usr/bin/java"
+    )
+    failed = line(
+        Step(
+            name="install",
+            status="fail",
+            seconds=4.0,
+            detail="python -m pip check found broken requirements:\nfoo 1.0 requires bar",
+            fix="./setup.sh",
+        )
+    )
     assert failed.splitlines() == [
         "fail    install                   4.0 s  python -m pip check found broken requirements:",
-        "        foo 1.0 requires bar", "        fix: ./setup.sh"]
+        "        foo 1.0 requires bar",
+        "        fix: ./setup.sh",
+    ]
 
 
 def report(ok=False, interrupted=False) -> Report:
-    steps = [Step(name="install", status="pass", seconds=3.2, detail="torch 2.13.0 | x"),
-             Step(name="java", status="fail" if not ok else "pass", seconds=0.1, detail="Java is not installed",
-                  fix="apt-get install openjdk-17-jre-headless"),
-             Step(name="serve", status="skipped", detail="needs java, which failed")]
-    return Report(host="ip-10-0-0-1.ec2.internal", backend="cpu", requested_backend="auto",
-                  started="2026-12-04T20:00:00+00:00", seconds=3.3, ok=ok, interrupted=interrupted, steps=steps)
+    steps = [
+        Step(name="install", status="pass", seconds=3.2, detail="torch 2.13.0 | x"),
+        Step(
+            name="java",
+            status="fail" if not ok else "pass",
+            seconds=0.1,
+            detail="Java is not installed",
+            fix="apt-get install openjdk-17-jre-headless",
+        ),
+        Step(name="serve", status="skipped", detail="needs java, which failed"),
+    ]
+    return Report(
+        host="ip-10-0-0-1.ec2.internal",
+        backend="cpu",
+        requested_backend="auto",
+        started="2026-12-04T20:00:00+00:00",
+        seconds=3.3,
+        ok=ok,
+        interrupted=interrupted,
+        steps=steps,
+    )
 
 
 def test_doctor_json_and_doctor_md_hold_every_step_in_order_and_the_fixes(tmp_path):
@@ -121,8 +161,11 @@ def test_doctor_json_and_doctor_md_hold_every_step_in_order_and_the_fixes(tmp_pa
     assert set(data) >= {"steps", "backend", "host", "started", "seconds", "ok"}
     assert data["ok"] is False and data["backend"] == "cpu"
     assert [set(s) for s in data["steps"]] == [{"name", "status", "seconds", "detail", "fix"}] * 3
-    assert [(s["name"], s["status"]) for s in data["steps"]] == [("install", "pass"), ("java", "fail"),
-                                                                  ("serve", "skipped")]
+    assert [(s["name"], s["status"]) for s in data["steps"]] == [
+        ("install", "pass"),
+        ("java", "fail"),
+        ("serve", "skipped"),
+    ]
     text = markdown_file.read_text()
     rows = [row for row in text.splitlines() if row.startswith("| ") and not row.startswith("| step")]
     assert [row.split(" | ")[0] for row in rows] == ["| install", "| java", "| serve"]
@@ -146,11 +189,17 @@ def test_publishing_is_skipped_without_an_api_and_a_dead_one_is_a_warning_not_a_
     assert said.startswith("warning:") and "doctor-ip-10-0-0-1-ec2-internal" in said
 
 
-@pytest.mark.parametrize("steps, code", [([Check("java", passes()), Check("compile", not_here())], 0),
-                                         ([Check("java", fails())], 1),
-                                         ([Check("java", lambda: (_ for _ in ()).throw(KeyboardInterrupt))], 130)])
+@pytest.mark.parametrize(
+    "steps, code",
+    [
+        ([Check("java", passes()), Check("compile", not_here())], 0),
+        ([Check("java", fails())], 1),
+        ([Check("java", lambda: (_ for _ in ()).throw(KeyboardInterrupt))], 130),
+    ],
+)
 def test_the_command_exits_1_on_a_failed_step_130_when_interrupted_and_writes_the_report(
-        steps, code, tmp_path, monkeypatch, capsys):
+    steps, code, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(tasks.doctor.Doctor, "checks", lambda self: steps)
     assert command.main(["--backend", "cpu", "--out", str(tmp_path)]) == code
     out = capsys.readouterr().out
@@ -175,8 +224,18 @@ def test_the_doctors_serving_is_tonights_at_a_small_shape_on_free_ports():
         assert serving.free_ports and serving.backend == "cpu" and serving.instance_type == "inf2.xlarge"
         assert serving.initial_workers == config.serving.initial_workers
         assert [c.name for c in doctor.checks()] == [
-            "install", "java", "backend", "neuron-ls", "compile", "core-released", "second-loader-refused", "serve",
-            "worker-replaced", "telemetry", "stop"]
+            "install",
+            "java",
+            "backend",
+            "neuron-ls",
+            "compile",
+            "core-released",
+            "second-loader-refused",
+            "serve",
+            "worker-replaced",
+            "telemetry",
+            "stop",
+        ]
     finally:
         doctor.close()
 
@@ -189,14 +248,19 @@ def doctor_on(backend: str, monkeypatch, path: str):
     monkeypatch.setenv("PATH", path)
     monkeypatch.setattr(tools, "NEURON_TOOLS_DIR", REPO_ROOT / "no-such-directory")
     doctor = tasks.doctor.Doctor(load_config(), backend=backend)
-    doctor.resolved = ResolvedServing(backend=backend, device_name="a device", cores=2, cores_source="test",
-                                      initial_workers=2, threads_per_worker=1)
+    doctor.resolved = ResolvedServing(
+        backend=backend, device_name="a device", cores=2, cores_source="test", initial_workers=2, threads_per_worker=1
+    )
     return doctor
 
 
-@pytest.mark.parametrize("backend, said", [("cuda", "nvidia-smi: 1 GPUs, 2048 MiB in use"),
-                                           ("neuron", "neuron-monitor: 1 report(s), 2 NeuronCores reported, device "
-                                                      "memory 1024 MiB")])
+@pytest.mark.parametrize(
+    "backend, said",
+    [
+        ("cuda", "nvidia-smi: 1 GPUs, 2048 MiB in use"),
+        ("neuron", "neuron-monitor: 1 report(s), 2 NeuronCores reported, device memory 1024 MiB"),
+    ],
+)
 def test_the_telemetry_step_reads_the_accelerators_own_tool(backend, said, monkeypatch, fake_clock):
     doctor = doctor_on(backend, monkeypatch, f"{STAND_IN_BIN}:{os.environ['PATH']}")
     # The stand-in neuron-monitor prints its report at once and exits. The doctor's wait for it is on a fake

@@ -25,6 +25,7 @@ def in_a_flow_run(monkeypatch):
 def _fails(message):
     def fail(*args, **kwargs):
         raise ConnectionError(message)
+
     return fail
 
 
@@ -67,13 +68,23 @@ def test_a_picture_that_cannot_be_drawn_is_warned_about_without_a_log_passed(mon
     from tasks.measure.loadgen import percentiles
     from tasks.measure.results import BenchmarkResult
 
-    bench = BenchmarkResult(requests_per_s=1.0, inferences_per_s=1.0, latency_ms=percentiles([0.1] * 4),
-                            requests=4, errors=0, concurrency=1, seconds=1.0)
+    bench = BenchmarkResult(
+        requests_per_s=1.0,
+        inferences_per_s=1.0,
+        latency_ms=percentiles([0.1] * 4),
+        requests=4,
+        errors=0,
+        concurrency=1,
+        seconds=1.0,
+    )
     monkeypatch.setattr(charts, "histogram_chart", _fails("no histogram today"))
     with caplog.at_level(logging.WARNING):
         assert "latency histogram" not in summary.pictures(bench, tmp_path)
-    assert any("latency histogram" in r.getMessage() and "no histogram today" in r.getMessage()
-               for r in caplog.records if r.name == "tasks.report.summary")
+    assert any(
+        "latency histogram" in r.getMessage() and "no histogram today" in r.getMessage()
+        for r in caplog.records
+        if r.name == "tasks.report.summary"
+    )
 
 
 def test_the_ctrl_c_line_says_an_unreadable_summary_is_unreadable_and_why(tmp_path):
@@ -146,8 +157,10 @@ def _stage_failed(cause: BaseException, during: BaseException | None = None) -> 
 def _trace_error():
     from tasks.prepare.trace import TraceError
 
-    return TraceError("cannot load checkpoint '/models/bert': no such directory",
-                      fix="point model.source at a directory with config.json, weights and tokenizer files")
+    return TraceError(
+        "cannot load checkpoint '/models/bert': no such directory",
+        fix="point model.source at a directory with config.json, weights and tokenizer files",
+    )
 
 
 @pytest.mark.parametrize("logger", ["prefect.task_runs", "prefect.flow_runs"])
@@ -162,8 +175,10 @@ def test_a_pipeline_error_is_logged_by_the_engines_as_its_message_and_fix_withou
 def test_a_stage_failed_on_a_pipeline_error_is_logged_without_a_traceback(monkeypatch):
     text, _ = _engine_logs("prefect.flow_runs", _stage_failed(_trace_error()), monkeypatch)
     assert "Traceback" not in text
-    assert text.startswith("ERROR Encountered exception during execution: StageFailed: stage trace failed: "
-                           "TraceError: cannot load checkpoint")
+    assert text.startswith(
+        "ERROR Encountered exception during execution: StageFailed: stage trace failed: "
+        "TraceError: cannot load checkpoint"
+    )
     assert "-- fix: point model.source at a directory" in text
 
 
@@ -174,11 +189,14 @@ def test_a_bug_keeps_its_traceback(logger, monkeypatch):
     assert "Traceback (most recent call last)" in text and "ZeroDivisionError: division by zero" in text
 
 
-@pytest.mark.parametrize("error", [
-    lambda: _stage_failed(ZeroDivisionError("division by zero")),  # a bug in a stage
-    # the stop failed (expected) after a bug: the bug was being handled, and its traceback stays
-    lambda: _stage_failed(_trace_error(), during=ZeroDivisionError("division by zero")),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: _stage_failed(ZeroDivisionError("division by zero")),  # a bug in a stage
+        # the stop failed (expected) after a bug: the bug was being handled, and its traceback stays
+        lambda: _stage_failed(_trace_error(), during=ZeroDivisionError("division by zero")),
+    ],
+)
 def test_a_stage_failed_that_carries_a_bug_keeps_its_traceback(error, monkeypatch):
     text, _ = _engine_logs("prefect.flow_runs", error(), monkeypatch)
     assert "Traceback (most recent call last)" in text and "ZeroDivisionError: division by zero" in text
@@ -202,6 +220,7 @@ HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 @pytest.fixture
 def no_flow(monkeypatch):
     """Fail the test if the command line gets as far as the flow (or importing it)."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the flow was started despite a bad configuration")
 
@@ -215,8 +234,17 @@ def _command(argv, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("source", ["/nonexistent/dir", "./no-such-model", "../no-such-model", "~/no-such-model",
-                                    "models/bert/base", "tests/no-such-model"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/nonexistent/dir",
+        "./no-such-model",
+        "../no-such-model",
+        "~/no-such-model",
+        "models/bert/base",
+        "tests/no-such-model",
+    ],
+)
 def test_a_local_model_directory_that_does_not_exist_is_refused_before_the_run(source, no_flow, capsys):
     code, err = _command(["--model", source], capsys)
     assert code == 2
@@ -240,16 +268,20 @@ def test_a_home_directory_is_expanded_for_trace(tmp_path, monkeypatch):
     assert ModelConfig(source="~/bert").source == str(tmp_path / "bert")
 
 
-@pytest.mark.parametrize("text, said", [
-    ("- {label: paraphrase, seq_0: a, seq_1: b}\n", "line 1 is not the header"),
-    ("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta\tb\n", "line 1 is not the header"),  # GLUE's test split
-    ("", "the file is empty"),
-    (HEADER + "yes\t1\t2\ta\tb\n", "line 2: expected 5 tab-separated fields"),
-    (HEADER, "nothing after the header"),
-    (b"Quality\t#1 ID\n\xff\xfe\n", "line 2 is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("- {label: paraphrase, seq_0: a, seq_1: b}\n", "line 1 is not the header"),
+        ("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta\tb\n", "line 1 is not the header"),  # GLUE's test split
+        ("", "the file is empty"),
+        (HEADER + "yes\t1\t2\ta\tb\n", "line 2: expected 5 tab-separated fields"),
+        (HEADER, "nothing after the header"),
+        (b"Quality\t#1 ID\n\xff\xfe\n", "line 2 is not UTF-8 text"),
+    ],
+)
 def test_an_accuracy_file_that_is_not_mrpc_is_refused_before_the_run_naming_the_field_and_line(
-        text, said, tmp_path, no_flow, capsys):
+    text, said, tmp_path, no_flow, capsys
+):
     path = tmp_path / "pairs.tsv"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     code, err = _command(["--accuracy-file", str(path)], capsys)
@@ -276,10 +308,13 @@ def test_an_mrpc_file_with_a_malformed_line_among_good_ones_passes_as_the_check_
         assert load_config(None, {"checks.accuracy_file": str(MRPC_DEV)}).checks.accuracy_file == MRPC_DEV
 
 
-@pytest.mark.parametrize("script, why", [
-    ("echo 'neuron driver not loaded' >&2; exit 3", "exit status 3: 'neuron driver not loaded'"),
-    ("echo 'not json'", "its output is not JSON: 'not json'"),
-])
+@pytest.mark.parametrize(
+    "script, why",
+    [
+        ("echo 'neuron driver not loaded' >&2; exit 3", "exit status 3: 'neuron driver not loaded'"),
+        ("echo 'not json'", "its output is not JSON: 'not json'"),
+    ],
+)
 def test_a_neuron_ls_that_does_not_answer_is_warned_about_naming_why(script, why, tmp_path, monkeypatch, caplog):
     from tasks.common import backends
 

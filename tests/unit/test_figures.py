@@ -31,50 +31,152 @@ from tasks.measure.results import (
 
 def night(served: float, latency_s: float, **more) -> BenchmarkResult:
     """A benchmark whose every request took latency_s, at `served` inferences/s."""
-    return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
-                           requests=10, errors=0, concurrency=4, seconds=10 / served, **more)
+    return BenchmarkResult(
+        requests_per_s=served,
+        inferences_per_s=served,
+        latency_ms=percentiles([latency_s] * 10),
+        requests=10,
+        errors=0,
+        concurrency=4,
+        seconds=10 / served,
+        **more,
+    )
 
 
 def full() -> BenchmarkResult:
     """A result with every part measured."""
-    layout = Layout(name="all threads", streams=1, threads_per_stream=2, batches_per_s=14.0, inferences_per_s=84.0,
-                    batch_latency_ms_p50=70.0, batch_latency_ms_mean=71.0, batches=40, seconds=3.0)
+    layout = Layout(
+        name="all threads",
+        streams=1,
+        threads_per_stream=2,
+        batches_per_s=14.0,
+        inferences_per_s=84.0,
+        batch_latency_ms_p50=70.0,
+        batch_latency_ms_mean=71.0,
+        batches=40,
+        seconds=3.0,
+    )
     stat = Stat(count=10, p50=5.0, p90=8.0, mean=6.0)
     return night(
-        67.0, 1.0, mode="open", rate=70.0, first_error="HTTP 503: busy", pairs="dev.tsv (408 pairs)",
-        fingerprint="abc", served_over_ceiling=0.8,
-        ceiling=Ceiling(batch_size=6, max_length=128, buckets=[40, 128], threads=2, batches_per_s=14.0,
-                        inferences_per_s=84.0, best_layout="all threads", batch_latency_ms=70.0,
-                        lone_batch_latency_ms=30.0, worker_lone_batch_latency_ms=50.0, other_cores=0.01,
-                        windows=3, cv=0.12, layouts=[layout]),
-        client=ClientCapacity(requests_per_s=900.0, concurrency=64, seconds=2.0, latency_ms=percentiles([0.01]),
-                              over_served=13.4),
-        server=ServerTimes(source="logs", queue_ms=stat, request_ms=stat, handler_ms=stat,
-                           handler_metric="HandlerTime", preprocess_ms=stat, model_ms=stat, postprocess_ms=stat,
-                           worker_thread_ms=stat, batches=300, mean_batch_fill=5.5),
-        single_client=SingleClient(requests=20, seconds=5.0, latency_ms=percentiles([0.12]), over_batch_latency=1.2,
-                                   over_worker_batch_latency=0.9),
-        capacity=Capacity(percentile=99, bound_ms=1500, rate=52.5, failed_rate=56.0, start_rate=67.0, precision=0.1,
-                          stopped="within 10%", rule="each step at least 5 s and 500 requests",
-                          steps=[CapacityStep(rate=67.0, achieved=60.0, seconds=7.5, requests=500, p50=900.0,
-                                              p90=1900.0, p99=2500.0, percentile_ms=2500.0, errors=0, dropped=0,
-                                              passed=False),
-                                 CapacityStep(rate=52.5, achieved=52.4, seconds=9.5, requests=500, p50=300.0, p90=800.0,
-                                              p99=1200.0, percentile_ms=1200.0, errors=0, dropped=0, passed=True)]),
-        cpu=CpuUse(seconds=30.0, host_cores=2, workers_cores=1.8, frontend_cores=0.1, client_cores=0.05,
-                   other_cores=0.01, worker_cpu_ms_per_request=26.0, ceiling_cpu_ms_per_inference=23.8),
+        67.0,
+        1.0,
+        mode="open",
+        rate=70.0,
+        first_error="HTTP 503: busy",
+        pairs="dev.tsv (408 pairs)",
+        fingerprint="abc",
+        served_over_ceiling=0.8,
+        ceiling=Ceiling(
+            batch_size=6,
+            max_length=128,
+            buckets=[40, 128],
+            threads=2,
+            batches_per_s=14.0,
+            inferences_per_s=84.0,
+            best_layout="all threads",
+            batch_latency_ms=70.0,
+            lone_batch_latency_ms=30.0,
+            worker_lone_batch_latency_ms=50.0,
+            other_cores=0.01,
+            windows=3,
+            cv=0.12,
+            layouts=[layout],
+        ),
+        client=ClientCapacity(
+            requests_per_s=900.0, concurrency=64, seconds=2.0, latency_ms=percentiles([0.01]), over_served=13.4
+        ),
+        server=ServerTimes(
+            source="logs",
+            queue_ms=stat,
+            request_ms=stat,
+            handler_ms=stat,
+            handler_metric="HandlerTime",
+            preprocess_ms=stat,
+            model_ms=stat,
+            postprocess_ms=stat,
+            worker_thread_ms=stat,
+            batches=300,
+            mean_batch_fill=5.5,
+        ),
+        single_client=SingleClient(
+            requests=20,
+            seconds=5.0,
+            latency_ms=percentiles([0.12]),
+            over_batch_latency=1.2,
+            over_worker_batch_latency=0.9,
+        ),
+        capacity=Capacity(
+            percentile=99,
+            bound_ms=1500,
+            rate=52.5,
+            failed_rate=56.0,
+            start_rate=67.0,
+            precision=0.1,
+            stopped="within 10%",
+            rule="each step at least 5 s and 500 requests",
+            steps=[
+                CapacityStep(
+                    rate=67.0,
+                    achieved=60.0,
+                    seconds=7.5,
+                    requests=500,
+                    p50=900.0,
+                    p90=1900.0,
+                    p99=2500.0,
+                    percentile_ms=2500.0,
+                    errors=0,
+                    dropped=0,
+                    passed=False,
+                ),
+                CapacityStep(
+                    rate=52.5,
+                    achieved=52.4,
+                    seconds=9.5,
+                    requests=500,
+                    p50=300.0,
+                    p90=800.0,
+                    p99=1200.0,
+                    percentile_ms=1200.0,
+                    errors=0,
+                    dropped=0,
+                    passed=True,
+                ),
+            ],
+        ),
+        cpu=CpuUse(
+            seconds=30.0,
+            host_cores=2,
+            workers_cores=1.8,
+            frontend_cores=0.1,
+            client_cores=0.05,
+            other_cores=0.01,
+            worker_cpu_ms_per_request=26.0,
+            ceiling_cpu_ms_per_inference=23.8,
+        ),
         regression=Regression(status="no history", action="warn", tolerance=0.2, message="nothing to compare"),
-        open_loop=OpenLoop(offered_per_s=70.0, sent_per_s=69.5, achieved_per_s=67.0, late=12, late_after_ms=10.0,
-                           dropped=3),
-        windows=windows([66.0, 68.0, 67.0], 10.0, 0.1), accuracy=0.74,
-        model_load=ModelLoad(workers=[WorkerLoad(worker="W-9000-m_1.0", register_to_ready_s=6.5,
-                                                 worker_load_ms=6400.0)], register_to_ready_s=6.5,
-                             worker_load_ms=6400.0),
-        memory=Memory(samples=30, frontend_rss_mib=300.0, workers_rss_mib=900.0, worker_rss_mib=460.0,
-                      total_rss_mib=1200.0),
-        accelerator=Accelerator(kind="neuron", source="neuron-monitor", samples=6, utilization_pct_mean=37.5,
-                                utilization_pct_max=40.0, per_unit_pct={"4242/0": 37.5},
-                                device_memory_used_mib=1024.0, device_memory_total_mib=32768.0),
+        open_loop=OpenLoop(
+            offered_per_s=70.0, sent_per_s=69.5, achieved_per_s=67.0, late=12, late_after_ms=10.0, dropped=3
+        ),
+        windows=windows([66.0, 68.0, 67.0], 10.0, 0.1),
+        accuracy=0.74,
+        model_load=ModelLoad(
+            workers=[WorkerLoad(worker="W-9000-m_1.0", register_to_ready_s=6.5, worker_load_ms=6400.0)],
+            register_to_ready_s=6.5,
+            worker_load_ms=6400.0,
+        ),
+        memory=Memory(
+            samples=30, frontend_rss_mib=300.0, workers_rss_mib=900.0, worker_rss_mib=460.0, total_rss_mib=1200.0
+        ),
+        accelerator=Accelerator(
+            kind="neuron",
+            source="neuron-monitor",
+            samples=6,
+            utilization_pct_mean=37.5,
+            utilization_pct_max=40.0,
+            per_unit_pct={"4242/0": 37.5},
+            device_memory_used_mib=1024.0,
+            device_memory_total_mib=32768.0,
+        ),
     )
 
 
@@ -151,12 +253,16 @@ def test_values_are_the_table_rows_unrounded():
 def test_headline_and_chart_title_show_the_figures_with_their_units():
     bench = full()
     headline = figures.headline(bench)
-    assert headline.startswith("benchmark: 67.0 inferences/s, open loop, concurrency 4, offered 70 requests/s, "
-                               "achieved 67.0 requests/s, p50 1000 ms, p90 1000 ms, p95 1000 ms")
+    assert headline.startswith(
+        "benchmark: 67.0 inferences/s, open loop, concurrency 4, offered 70 requests/s, "
+        "achieved 67.0 requests/s, p50 1000 ms, p90 1000 ms, p95 1000 ms"
+    )
     assert "served / in-process 0.80" in headline and "model p50 5 ms" in headline
     assert "late 12 requests, dropped 3 requests" in headline and "TorchServe RSS 1200 MiB" in headline
-    assert figures.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, " \
-                                   "served / in-process 0.80"
+    assert (
+        figures.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, "
+        "served / in-process 0.80"
+    )
 
 
 def test_a_figure_not_measured_is_left_out_and_nan_reads_n_a():
@@ -175,8 +281,10 @@ def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_re
     assert "lone client p50 120 ms" in text and "lone p50 / the same batch in-process 1.20x" in text
     assert "preprocess p50 5 ms, preprocess p90 8 ms, model p50 5 ms, model p90 8 ms, model p99" in text
     assert "Throughput per window: window 10 s, windows 3, throughput CV 0.012, stable" in text
-    assert "**Worker CPU per request vs in-process per inference: workers per request 26.0 CPU-ms, " \
-           "in-process per inference 23.8 CPU-ms, workers / in-process 1.092x**" in text
+    assert (
+        "**Worker CPU per request vs in-process per inference: workers per request 26.0 CPU-ms, "
+        "in-process per inference 23.8 CPU-ms, workers / in-process 1.092x**" in text
+    )
     assert "load to READY 6.5 s, worker's own load 6400 ms" in text and "largest worker 460 MiB" in text
     assert "from neuron, utilisation mean 37.5 %, max 40.0 %, device memory peak 1024 MiB" in text
     assert "accuracy 0.7400" in text and "offered 70 requests/s, sent 69.5 requests/s" in text
@@ -186,19 +294,21 @@ def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_re
 
 def test_markdown_lines_of_a_bare_benchmark_have_no_empty_sections():
     lines = figures.markdown_lines(night(20.0, 1.0))
-    assert [line for line in lines if line] == ["Benchmark: 20.0 inferences/s, closed loop, concurrency 4, "
-                                                "p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0",
-                                                "- **MLPerf's scenarios, as measured here: Offline 20.0 "
-                                                "inferences/s**",
-                                                "- Latency (client): p50 1000 ms, p90 1000 ms, p95 1000 ms, "
-                                                "p99 1000 ms, max 1000 ms, mean 1000 ms, error rate 0.0%"]
+    assert [line for line in lines if line] == [
+        "Benchmark: 20.0 inferences/s, closed loop, concurrency 4, p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0",
+        "- **MLPerf's scenarios, as measured here: Offline 20.0 inferences/s**",
+        "- Latency (client): p50 1000 ms, p90 1000 ms, p95 1000 ms, "
+        "p99 1000 ms, max 1000 ms, mean 1000 ms, error rate 0.0%",
+    ]
 
 
 def test_the_summary_names_mlperfs_scenarios_and_tabulates_the_capacity_search():
     closed = full().model_copy(update={"mode": "closed"})
     lines = figures.markdown_lines(closed)
-    assert ("- **MLPerf's scenarios, as measured here: SingleStream p90 120 ms, Offline 67.0 inferences/s, "
-            "Server 52.5 requests/s**") in lines
+    assert (
+        "- **MLPerf's scenarios, as measured here: SingleStream p90 120 ms, Offline 67.0 inferences/s, "
+        "Server 52.5 requests/s**"
+    ) in lines
     assert "| 67.0 | 60.0 | 900 | 1900 | 2500 | 0 | 0 | failed |" in lines
     assert "| 52.5 | 52.4 | 300 | 800 | 1200 | 0 | 0 | **passed** |" in lines
     assert "capacity 52.5 requests/s" in figures.headline(closed)
@@ -208,6 +318,8 @@ def test_the_summary_names_mlperfs_scenarios_and_tabulates_the_capacity_search()
 def test_an_unreliable_served_over_in_process_says_why_beside_the_ratio():
     bench = full()
     bench.comparison_unreliable = "the ceiling varied 12.0% over 3 windows, over the 10% allowed"
-    assert ("- **Served / in-process: 0.80, the ceiling varied 12.0% over 3 windows, over the 10% allowed**"
-            in figures.markdown_lines(bench))
+    assert (
+        "- **Served / in-process: 0.80, the ceiling varied 12.0% over 3 windows, over the 10% allowed**"
+        in figures.markdown_lines(bench)
+    )
     assert "CV over its windows 0.120" in "\n".join(figures.markdown_lines(bench))

@@ -15,6 +15,7 @@ LONG = " ".join(["paraphrase"] * 60)
 
 # --- parse_request -------------------------------------------------------------------------
 
+
 def test_form_fields_as_bytearray():
     request = {"seq_0": bytearray("Zürich is big".encode()), "seq_1": bytearray(b"It is large")}
     assert parse_request(request) == ("Zürich is big", "It is large")
@@ -68,6 +69,7 @@ def test_invalid_json_bytes_are_refused(body):
 
 
 # --- ParaphraseHandler, driven through BaseHandler.handle ---------------------------------------
+
 
 class FakeMetrics:
     def __init__(self):
@@ -123,16 +125,32 @@ class StandInPairClassifier:
         return torch.stack([-margin, margin], dim=-1)
 
 
-def model_info(kind="bi-encoder", batch_size=4, max_length=16, buckets=None,
-               class_names=("not paraphrase", "paraphrase")) -> ModelInfo:
+def model_info(
+    kind="bi-encoder", batch_size=4, max_length=16, buckets=None, class_names=("not paraphrase", "paraphrase")
+) -> ModelInfo:
     buckets = buckets or [max_length]
-    return ModelInfo(kind=kind, backend="cpu", batch_size=batch_size, max_length=max_length, buckets=buckets,
-                     model_files={b: f"model_{b}.pt" for b in buckets}, class_names=list(class_names),
-                     source="stand-in", parity_max_abs_diff=0.0)
+    return ModelInfo(
+        kind=kind,
+        backend="cpu",
+        batch_size=batch_size,
+        max_length=max_length,
+        buckets=buckets,
+        model_files={b: f"model_{b}.pt" for b in buckets},
+        class_names=list(class_names),
+        source="stand-in",
+        parity_max_abs_diff=0.0,
+    )
 
 
-def make_handler(tokenizer, model, kind="bi-encoder", batch_size=4, max_length=16, models=None,
-                 class_names=("not paraphrase", "paraphrase")):
+def make_handler(
+    tokenizer,
+    model,
+    kind="bi-encoder",
+    batch_size=4,
+    max_length=16,
+    models=None,
+    class_names=("not paraphrase", "paraphrase"),
+):
     """A handler as initialize leaves it, with stand-in graphs instead of traced ones."""
     models = models or {max_length: model}
     handler = ParaphraseHandler()
@@ -151,10 +169,13 @@ DIFFERENT = {"seq_0": bytearray(b"The sky is blue"), "seq_1": bytearray(b"Apples
 MALFORMED = {"seq_0": bytearray(b"no partner")}
 
 
-@pytest.mark.parametrize("first, last, first_label, last_label", [
-    (SAME, DIFFERENT, "paraphrase", "not paraphrase"),
-    (DIFFERENT, SAME, "not paraphrase", "paraphrase"),
-])
+@pytest.mark.parametrize(
+    "first, last, first_label, last_label",
+    [
+        (SAME, DIFFERENT, "paraphrase", "not paraphrase"),
+        (DIFFERENT, SAME, "not paraphrase", "paraphrase"),
+    ],
+)
 def test_bad_request_gets_its_own_400_and_others_are_answered(tokenizer, first, last, first_label, last_label):
     model = StandInBiEncoder()
     handler = make_handler(tokenizer, model)
@@ -172,13 +193,16 @@ def test_bad_request_gets_its_own_400_and_others_are_answered(tokenizer, first, 
     assert set(context.headers) == {0, 2}
 
 
-@pytest.mark.parametrize("request_, reason", [
-    ({"seq_0": bytearray(b"no partner")}, "missing field seq_1"),
-    ({"seq_0": bytearray(b"fine"), "seq_1": bytearray(b"  ")}, "seq_1 is empty"),
-    ({"seq_0": bytearray(b"\xff\xfe"), "seq_1": bytearray(b"ok")}, "not valid UTF-8"),
-    ({"body": {"seq_0": "a" * 20_001, "seq_1": "b"}}, "the limit is 20,000"),
-    ({"body": json.dumps({"seq_0": 5, "seq_1": ["x"]}).encode()}, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "request_, reason",
+    [
+        ({"seq_0": bytearray(b"no partner")}, "missing field seq_1"),
+        ({"seq_0": bytearray(b"fine"), "seq_1": bytearray(b"  ")}, "seq_1 is empty"),
+        ({"seq_0": bytearray(b"\xff\xfe"), "seq_1": bytearray(b"ok")}, "not valid UTF-8"),
+        ({"body": {"seq_0": "a" * 20_001, "seq_1": "b"}}, "the limit is 20,000"),
+        ({"body": json.dumps({"seq_0": 5, "seq_1": ["x"]}).encode()}, "must be a string"),
+    ],
+)
 def test_each_kind_of_malformed_request_gets_a_400_naming_the_problem(tokenizer, request_, reason):
     context = FakeContext()
     answers = make_handler(tokenizer, StandInBiEncoder()).handle([SAME, request_], context)
@@ -293,10 +317,13 @@ def model_dir(tmp_path, tokenizer, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("config, loaded", [
-    ({"handler": {"profile": True}}, [8, 16, 32]),
-    ({"handler": {"profile": True, "length_buckets": [32, 16]}}, [16, 32]),
-])
+@pytest.mark.parametrize(
+    "config, loaded",
+    [
+        ({"handler": {"profile": True}}, [8, 16, 32]),
+        ({"handler": {"profile": True, "length_buckets": [32, 16]}}, [16, 32]),
+    ],
+)
 def test_model_config_length_buckets_narrow_the_graphs_loaded(model_dir, config, loaded):
     handler = ParaphraseHandler()
     handler.initialize(FakeContext(config, model_dir))

@@ -33,8 +33,9 @@ def pairs_in(bodies: list[bytes]) -> list[tuple[str, str]]:
 
 def test_closed_loop_measures_every_answer_and_draws_pairs_from_the_pool(clock):
     with FakeEndpoint(delay=0.01, record=True) as endpoint:
-        result = load(endpoint.url, {"Authorization": "Bearer x"}, PAIRS, concurrency=4, duration=0.5,
-                      progress_every=None)
+        result = load(
+            endpoint.url, {"Authorization": "Bearer x"}, PAIRS, concurrency=4, duration=0.5, progress_every=None
+        )
     assert result.mode == "closed" and result.concurrency == 4 and result.rate is None
     assert result.errors == 0 and len(result.measured) > 20 and result.warmup_requests == 0
     assert result.requests_per_s == pytest.approx(len(result.measured) / result.seconds, rel=0.1)
@@ -124,8 +125,18 @@ def test_poisson_arrivals_have_exponential_gaps_at_the_rate_and_repeat_with_thei
 
 def test_an_open_loop_with_poisson_arrivals_sends_on_the_seeded_schedule(clock):
     with FakeEndpoint() as endpoint:
-        result = load(endpoint.url, {}, PAIRS, mode="open", rate=40, arrivals="poisson", seed=3, concurrency=8,
-                      duration=1.0, progress_every=None)
+        result = load(
+            endpoint.url,
+            {},
+            PAIRS,
+            mode="open",
+            rate=40,
+            arrivals="poisson",
+            seed=3,
+            concurrency=8,
+            duration=1.0,
+            progress_every=None,
+        )
     assert result.arrivals == "poisson"
     schedule = [t for t in first(arrival_times(40, "poisson", seed=3), 200) if t < 1.0]
     assert sorted(s.intended for s in result.samples) == pytest.approx(schedule, abs=1e-9)
@@ -135,8 +146,7 @@ def test_open_loop_latency_counts_the_queue_from_the_intended_send_time(clock):
     # The endpoint serves 20/s one at a time; we ask 40/s over one connection. A closed-loop view
     # (from the real send) sees ~50 ms per request; from the intended time the wait grows steadily.
     with FakeEndpoint(delay=0.05, serial=True) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, mode="open", rate=40, concurrency=1, duration=1.0,
-                      progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, mode="open", rate=40, concurrency=1, duration=1.0, progress_every=None)
     service = percentiles([s.service for s in result.samples])
     latency = result.latency()
     assert service.p50 < 80
@@ -194,8 +204,13 @@ def test_percentiles_in_ms_and_nan_when_empty():
 
 
 def test_timeline_bins_completions_per_second():
-    samples = [Sample(-1, -1, -0.5, True, False), Sample(-0.5, -0.5, 0.5, True, False), Sample(0, 0, 0.9, True),
-               Sample(1, 1, 1.2, False), Sample(1, 1, 1.5, True)]
+    samples = [
+        Sample(-1, -1, -0.5, True, False),
+        Sample(-0.5, -0.5, 0.5, True, False),
+        Sample(0, 0, 0.9, True),
+        Sample(1, 1, 1.2, False),
+        Sample(1, 1, 1.5, True),
+    ]
     result = LoadResult(mode="closed", concurrency=1, rate=None, seconds=2, samples=samples)
     rows = result.timeline()
     assert [r["t"] for r in rows] == [1.0, 2.0]
@@ -239,8 +254,17 @@ def test_throughput_per_window_and_the_latency_histogram():
 def test_open_loop_with_a_bounded_backlog_drops_what_cannot_wait_and_counts_late_requests(clock):
     # 20/s served one at a time, 80/s asked over one connection with room for 2 waiting: most are dropped.
     with FakeEndpoint(delay=0.05, serial=True) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, mode="open", rate=80, concurrency=1, duration=1.0,
-                      progress_every=None, max_backlog=2)
+        result = load(
+            endpoint.url,
+            {},
+            PAIRS,
+            mode="open",
+            rate=80,
+            concurrency=1,
+            duration=1.0,
+            progress_every=None,
+            max_backlog=2,
+        )
     assert result.dropped > 20 and result.errors == 0
     assert result.late(0.01) >= 2  # those that waited for the connection
     assert all(s.measured and not s.ok for s in result.samples if s.dropped)

@@ -101,7 +101,8 @@ def test_database_is_sqlite_unless_asked_and_only_the_server_gets_a_database_url
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://someone:pw@elsewhere/db")
     assert "PREFECT_API_DATABASE_CONNECTION_URL" not in local.prefect_env(tmp_path, 4200)  # workers, CLI
     assert local.start_database(tmp_path, "sqlite") == {
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"}
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    }
 
 
 def test_down_with_no_postgres_cluster_stops_nothing(tmp_path):
@@ -116,8 +117,10 @@ def test_only_deployments_with_a_schedule_get_a_missed_night_watch(monkeypatch):
 
     import prefect.client.orchestration as orchestration
 
-    deployments = {name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())])
-                   for name in local.deployments_by_pool()}
+    deployments = {
+        name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())])
+        for name in local.deployments_by_pool()
+    }
     deployments["bert-serving-validation/smoke-cpu-embedded"].schedules = []  # as prefect.yaml has it
     changed = []
 

@@ -36,10 +36,16 @@ PAIRS = [("A cat sat on the mat.", "A cat was sitting on the mat."), ("How old a
 def hold_core(core: int) -> subprocess.Popen:
     """Another process that reserved `core` through the (stand-in) runtime, as running a Neuron graph does, and is
     still running. The runtime is standard library only: no torch to import."""
-    code = ("import neuron_runtime_stand_in as runtime, sys; runtime.reserve(); print('held', flush=True); "
-            "sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "NEURON_RT_VISIBLE_CORES": str(core)},
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (
+        "import neuron_runtime_stand_in as runtime, sys; runtime.reserve(); print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "NEURON_RT_VISIBLE_CORES": str(core)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -70,7 +76,8 @@ def as_a_new_process(monkeypatch) -> None:
 
 
 def test_a_held_core_is_refused_with_torch_neuronxs_text_and_freed_a_moment_after_its_owner_exits(
-        neuron_host, release_clock, monkeypatch, capfd):
+    neuron_host, release_clock, monkeypatch, capfd
+):
     holder = hold_core(1)
     import torch_neuronx
 
@@ -101,8 +108,7 @@ def test_neuron_ls_names_the_process_holding_a_core_and_start_refuses_naming_it(
         ends(holder)
 
 
-def test_neuron_ls_and_neuron_monitor_are_found_where_the_dlami_puts_them_off_a_service_path(neuron_host,
-                                                                                              monkeypatch):
+def test_neuron_ls_and_neuron_monitor_are_found_where_the_dlami_puts_them_off_a_service_path(neuron_host, monkeypatch):
     assert os.environ["PATH"] == host.SERVICE_PATH  # neither the environment's bin nor Neuron's tools
     monkeypatch.setenv("STAND_IN_NEURON_LS_NO_LONG_FLAG", "1")
     assert backends.neuron_core_count() == (2, "neuron-ls -j")
@@ -113,8 +119,12 @@ def test_a_child_finds_the_environments_tools_first_on_a_service_path(neuron_hos
     path = tools.with_environment_bin({"PATH": host.SERVICE_PATH})["PATH"].split(os.pathsep)
     assert path[0] == str(tools.environment_bin()) and path[1:] == host.SERVICE_PATH.split(os.pathsep)
     assert tools.with_environment_bin({"PATH": os.pathsep.join(path)})["PATH"].split(os.pathsep) == path  # once
-    found = subprocess.run([sys.executable, "-c", "import shutil; print(shutil.which('neuronx-cc'))"],
-                           env=tools.with_environment_bin(dict(os.environ)), capture_output=True, text=True)
+    found = subprocess.run(
+        [sys.executable, "-c", "import shutil; print(shutil.which('neuronx-cc'))"],
+        env=tools.with_environment_bin(dict(os.environ)),
+        capture_output=True,
+        text=True,
+    )
     assert found.stdout.strip() == str(tools.environment_bin() / "neuronx-cc")
 
 
@@ -172,23 +182,39 @@ def neuron_model_dir(neuron_host, tokenizer, monkeypatch):
     example = (torch.ones(2, 16, dtype=torch.long),) * 4
     torch.jit.save(torch_neuronx.trace(Tiny(), example), str(model_dir / "model_16.pt"))
     tokenizer.save_pretrained(str(model_dir))
-    ModelInfo(kind="bi-encoder", backend="neuron", batch_size=2, max_length=16, buckets=[16],
-              model_files={16: "model_16.pt"}, class_names=list(CLASS_NAMES), source="test",
-              parity_max_abs_diff=0.0).write(model_dir)
+    ModelInfo(
+        kind="bi-encoder",
+        backend="neuron",
+        batch_size=2,
+        max_length=16,
+        buckets=[16],
+        model_files={16: "model_16.pt"},
+        class_names=list(CLASS_NAMES),
+        source="test",
+        parity_max_abs_diff=0.0,
+    ).write(model_dir)
     monkeypatch.delenv("NEURON_RT_VISIBLE_CORES")
     return model_dir
 
 
-def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(neuron_model_dir, neuron_host,
-                                                                                 tmp_path, monkeypatch):
+def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(
+    neuron_model_dir, neuron_host, tmp_path, monkeypatch
+):
     server_dir = tmp_path / "server"
     assert claim_core(cores.claims_dir(server_dir), 2, os.getpid()) == 0  # this process compiled on core 0: a worker
     held = hold_core(1)  # a process that is not ours, on the same device
     try:
-        resolved = ResolvedServing(backend="neuron", device_name="2 NeuronCores", cores=2, cores_source="neuron-ls",
-                                   initial_workers=1, threads_per_worker=1)
-        with pytest.raises(ceiling.CeilingUnavailable,
-                           match=f"no NeuronCore is free.*worker pid {os.getpid()}.*pid {held.pid}"):
+        resolved = ResolvedServing(
+            backend="neuron",
+            device_name="2 NeuronCores",
+            cores=2,
+            cores_source="neuron-ls",
+            initial_workers=1,
+            threads_per_worker=1,
+        )
+        with pytest.raises(
+            ceiling.CeilingUnavailable, match=f"no NeuronCore is free.*worker pid {os.getpid()}.*pid {held.pid}"
+        ):
             ceiling.measure_beside(server_dir, resolved, neuron_model_dir, PAIRS, seconds=0.1)
         # The runtime refusing the core it was given (whatever neuron-ls said) is the same verdict, with its words:
         # what the ceiling's child does on NeuronCore 1, here in this process as a fresh one.
@@ -210,8 +236,9 @@ def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(
 
 def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_path, fake_clock, monkeypatch):
     claims = tmp_path / "claims"
-    staying, dying, another = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-                               for _ in range(3))
+    staying, dying, another = (
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(3)
+    )
 
     def sleep(seconds: float) -> None:  # the dying worker exits while the new one waits
         fake_clock.sleep(seconds)
@@ -232,8 +259,9 @@ def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_pa
             process.wait()
 
 
-def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its_bound(neuron_model_dir, release_clock,
-                                                                                       monkeypatch, caplog):
+def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its_bound(
+    neuron_model_dir, release_clock, monkeypatch, caplog
+):
     """serving/handler.load_graphs as a fresh worker runs it, on NeuronCore 1 of a process that held it."""
     caplog.set_level(logging.WARNING)
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
@@ -252,8 +280,7 @@ def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its
     assert "NeuronCore 1 refused" in caplog.text
 
 
-def test_cuda_workers_record_the_gpu_torchserve_gave_them_and_a_dead_workers_record_is_dropped(tmp_path,
-                                                                                               monkeypatch):
+def test_cuda_workers_record_the_gpu_torchserve_gave_them_and_a_dead_workers_record_is_dropped(tmp_path, monkeypatch):
     """prepare_backend as a cuda worker runs it (torch's view of a GPU faked: none here); gpu_claims is what the
     summary's gpu_map reads."""
     claims = tmp_path / "claims"

@@ -71,8 +71,12 @@ def test_the_api_accepts_empty_settings_given_as_null_and_refuses_a_bad_one_nami
     schema = form()
     validate({"settings": {name: None for name in SETTINGS}}, schema, raise_on_error=True)
     validate({"settings": {"benchmark": False, "workers": "auto", "backend": "cpu"}}, schema, raise_on_error=True)
-    for settings, field in (({"batch_size": 0}, "settings.batch_size"), ({"backend": "tpu"}, "settings.backend"),
-                            ({"benchmark": "yes"}, "settings.benchmark"), ({"batchsize": 4}, "batchsize")):
+    for settings, field in (
+        ({"batch_size": 0}, "settings.batch_size"),
+        ({"backend": "tpu"}, "settings.backend"),
+        ({"benchmark": "yes"}, "settings.benchmark"),
+        ({"batchsize": 4}, "batchsize"),
+    ):
         with pytest.raises(Refused, match=field):
             validate({"settings": settings}, schema, raise_on_error=True)
 
@@ -134,15 +138,18 @@ def test_settings_are_named_like_the_command_line_flags():
         assert name == flags.get(dotted, dotted.rsplit(".", 1)[1]), name
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"batch_size": "four"}, "batch_size"),
-    ({"workers": "many"}, "workers"),
-    ({"backend": "tpu"}, "backend"),
-    ({"min_accuracy": 70}, "min_accuracy"),
-    ({"length_buckets": [4]}, "length_buckets"),
-    ({"batchsize": 4}, "batchsize"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": "four"}, "batch_size"),
+        ({"workers": "many"}, "workers"),
+        ({"backend": "tpu"}, "backend"),
+        ({"min_accuracy": 70}, "min_accuracy"),
+        ({"length_buckets": [4]}, "length_buckets"),
+        ({"batchsize": 4}, "batchsize"),
+    ],
+)
 def test_a_bad_setting_is_refused_naming_it(settings, field):
     with pytest.raises(ValidationError) as caught:
         RunSettings.model_validate(settings)
@@ -160,8 +167,13 @@ def test_empty_settings_leave_the_config_file_in_charge():
 def test_settings_become_dotted_overrides_and_win_over_overrides():
     settings = RunSettings(batch_size=4, workers="auto", benchmark=False, length_buckets=[40])
     applied, replaced = merged(settings, {"serving.batch_size": 2, "benchmark.warmup": 1, "benchmark.enabled": False})
-    assert applied == {"serving.batch_size": 4, "serving.initial_workers": "auto", "benchmark.enabled": False,
-                       "serving.length_buckets": [40], "benchmark.warmup": 1}
+    assert applied == {
+        "serving.batch_size": 4,
+        "serving.initial_workers": "auto",
+        "benchmark.enabled": False,
+        "serving.length_buckets": [40],
+        "benchmark.warmup": 1,
+    }
     # Only a real contradiction is worth a line in the run's log.
     assert replaced == ["settings.batch_size = 4 replaces overrides['serving.batch_size'] = 2"]
     config = load_config(None, applied)
@@ -191,9 +203,11 @@ def test_the_cancellation_hook_finds_the_runs_directory_of_a_run_with_settings(m
 
     looked_in = []
     monkeypatch.setattr(flows.run, "stop_stale", lambda runs_dir: looked_in.append(runs_dir) or [])
-    stored = {"config_file": "configs/inf2-xlarge.yaml", "settings": {**{name: None for name in SETTINGS},
-                                                                     "batch_size": 4, "benchmark": False},
-              "overrides": {"runs_dir": str(tmp_path)}}
+    stored = {
+        "config_file": "configs/inf2-xlarge.yaml",
+        "settings": {**{name: None for name in SETTINGS}, "batch_size": 4, "benchmark": False},
+        "overrides": {"runs_dir": str(tmp_path)},
+    }
     flow_run = types.SimpleNamespace(parameters=stored, name="a-run")
     flows.run.stop_what_the_run_left(None, flow_run, types.SimpleNamespace(name="Cancelled"))
     assert looked_in == [tmp_path]

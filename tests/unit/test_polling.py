@@ -52,12 +52,14 @@ def test_a_check_called_at_the_deadline_can_still_pass(clock):
 def test_the_timeout_names_what_it_waited_for_how_long_and_the_last_state_seen(clock):
     states = iter([Pending("no key file yet"), Pending("ConnectError"), Pending("HTTP 503")])
     with pytest.raises(TimedOut) as caught:
-        wait_until(lambda: next(states), timeout=0.5, what="TorchServe to answer /ping Healthy", first=0.25,
-                   factor=1.0)
+        wait_until(lambda: next(states), timeout=0.5, what="TorchServe to answer /ping Healthy", first=0.25, factor=1.0)
     message = str(caught.value)
     assert "TorchServe to answer /ping Healthy" in message and "0.5 s" in message and "HTTP 503" in message
     assert (caught.value.what, caught.value.timeout, caught.value.last) == (
-        "TorchServe to answer /ping Healthy", 0.5, "HTTP 503")
+        "TorchServe to answer /ping Healthy",
+        0.5,
+        "HTTP 503",
+    )
     assert isinstance(caught.value, PipelineError)
 
 

@@ -15,8 +15,9 @@ from tasks.common.ports import listeners
 from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
 from tests.unit.fake_time import ended
 
-IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-                   "time.sleep(60)")
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+)
 SLEEPS = "import time; print('ready', flush=True); time.sleep(60)"
 
 
@@ -26,8 +27,9 @@ def spawn():
     children = []
 
     def _spawn(code: str, new_session: bool = False) -> subprocess.Popen:
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                                 start_new_session=new_session)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=new_session
+        )
         children.append(child)
         assert child.stdout.readline().strip() == "ready"
         return child
@@ -106,8 +108,11 @@ def test_a_recycled_pid_with_a_different_create_time_is_never_signalled(spawn, g
 
 
 def test_a_process_group_is_stopped_whole(spawn, ending_processes):
-    leader = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
-                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)", new_session=True)
+    leader = spawn(
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+        "time.sleep(60)']); print('ready', flush=True); time.sleep(60)",
+        new_session=True,
+    )
     (grandchild,) = descendants([_ref(leader)])
     result = stop([_ref(leader)], grace=10, group=True)
     assert result.survivors == []
@@ -161,8 +166,11 @@ def test_ctrl_c_during_a_deferred_section_arrives_right_after_it():
 
 
 def test_kill_group_kills_a_session_leader_and_what_it_started(spawn):
-    leader = spawn("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
-                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)", new_session=True)
+    leader = spawn(
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+        "time.sleep(60)']); print('ready', flush=True); time.sleep(60)",
+        new_session=True,
+    )
     (child,) = psutil.Process(leader.pid).children()  # started before it said 'ready'
     kill_group(leader.pid)
     ended(child.pid)
@@ -172,8 +180,10 @@ def test_kill_group_kills_a_session_leader_and_what_it_started(spawn):
 def test_an_orphan_that_exited_is_stopped_even_before_pid_1_reaps_it(spawn, ending_processes):
     """A Java whose launcher was killed first is PID 1's child; once it exits it is a zombie until PID 1
     reaps it (over a second here), and a zombie holds nothing: the stop has succeeded, not failed."""
-    parent = spawn("import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', 'import time; "
-                   "time.sleep(60)']); print('ready', flush=True); print(child.pid, flush=True)")
+    parent = spawn(
+        "import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', 'import time; "
+        "time.sleep(60)']); print('ready', flush=True); print(child.pid, flush=True)"
+    )
     orphan = psutil.Process(int(parent.stdout.readline()))
     parent.wait(timeout=10)
     assert orphan.ppid() != parent.pid  # reparented as its parent exited: not our child, not its parent's
@@ -200,8 +210,7 @@ MAIN_THREAD_EXITS_FIRST = (
 
 
 @pytest.mark.skipif(SYS_EXIT is None, reason=f"no exit(2) syscall number known for {platform.machine()}")
-def test_a_zombie_whose_other_threads_still_run_has_not_ended_and_its_port_is_free_after_stop(spawn,
-                                                                                             ending_processes):
+def test_a_zombie_whose_other_threads_still_run_has_not_ended_and_its_port_is_free_after_stop(spawn, ending_processes):
     """A killed Java's main thread can be a zombie while its other threads are still exiting, holding its
     sockets: seen in CI as a port still listening after stop had reported every process gone."""
     child = spawn(MAIN_THREAD_EXITS_FIRST)

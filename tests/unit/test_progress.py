@@ -35,9 +35,18 @@ def clock(fake_clock, monkeypatch):
 
 
 def told(fraction: float, warming_up: bool = False) -> LoadProgress:
-    return LoadProgress(elapsed=fraction * 30, planned=30.0, fraction=fraction, warming_up=warming_up,
-                        measured_s=fraction * 30, requests_per_s=20.0, p50_ms=100.0, p90_ms=180.0, errors=0,
-                        done=fraction >= 1.0)
+    return LoadProgress(
+        elapsed=fraction * 30,
+        planned=30.0,
+        fraction=fraction,
+        warming_up=warming_up,
+        measured_s=fraction * 30,
+        requests_per_s=20.0,
+        p50_ms=100.0,
+        p90_ms=180.0,
+        errors=0,
+        done=fraction >= 1.0,
+    )
 
 
 def told_by_a_load(endpoint: dict, **options):
@@ -84,8 +93,16 @@ def test_a_failing_callback_is_logged_once_and_the_load_goes_on(caplog):
         raise RuntimeError("the API is down")
 
     with FakeEndpoint(delay=0.01) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, progress_every=0.1,
-                      log=logging.getLogger("test-load"), on_progress=broken)
+        result = load(
+            endpoint.url,
+            {},
+            PAIRS,
+            concurrency=2,
+            duration=0.5,
+            progress_every=0.1,
+            log=logging.getLogger("test-load"),
+            on_progress=broken,
+        )
     assert len(calls) >= 4 and result.errors == 0 and len(result.measured) > 10
     warnings = [r.getMessage() for r in caplog.records if r.name == "test-load"]
     assert len(warnings) == 1 and "the API is down" in warnings[0]
@@ -101,8 +118,15 @@ def test_without_a_terminal_a_long_load_logs_a_handful_of_lines_and_writes_nothi
         progress.phase("load", "load: starting the clients")
         callback, calls = progress.load("load"), []
         with FakeEndpoint(delay=0.01) as endpoint:
-            load(endpoint.url, {}, PAIRS, concurrency=2, duration=1.2, progress_every=0.02,
-                 on_progress=lambda told: calls.append(told) or callback(told))
+            load(
+                endpoint.url,
+                {},
+                PAIRS,
+                concurrency=2,
+                duration=1.2,
+                progress_every=0.02,
+                on_progress=lambda told: calls.append(told) or callback(told),
+            )
     lines = [r.getMessage() for r in caplog.records if r.name == "test-stage"]
     assert stream.getvalue() == ""
     # The load's start and its quarters (a quarter a stalled tick jumped over is not made up): not one per update.
@@ -110,7 +134,8 @@ def test_without_a_terminal_a_long_load_logs_a_handful_of_lines_and_writes_nothi
     assert lines[0].startswith("benchmark ") and "load: starting the clients" in lines[0]
     assert all("requests/s" in line and "p90" in line for line in lines[1:])
     assert [int(line.split("%")[0].split()[-1]) for line in lines] == sorted(
-        int(line.split("%")[0].split()[-1]) for line in lines)
+        int(line.split("%")[0].split()[-1]) for line in lines
+    )
 
 
 def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end(monkeypatch, clock):
@@ -120,8 +145,16 @@ def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end(mon
         clock.until_waiting(1)  # the line's thread, waiting for its first update
         progress.phase("load")
         with FakeEndpoint(delay=0.01) as endpoint:
-            load(endpoint.url, {}, PAIRS, concurrency=2, duration=1.0, warmup=0.2, progress_every=0.05,
-                 on_progress=progress.load("load"))
+            load(
+                endpoint.url,
+                {},
+                PAIRS,
+                concurrency=2,
+                duration=1.0,
+                warmup=0.2,
+                progress_every=0.05,
+                on_progress=progress.load("load"),
+            )
     out = terminal.getvalue()
     assert "\n" not in out  # one line, never a scrolling list
     drawn = [part for part in out.split(CLEAR) if part]
@@ -148,13 +181,32 @@ def test_the_expected_time_grows_when_a_phase_overruns_its_plan(clock):
 
 
 def test_a_load_says_measuring_until_a_rate_means_something_and_waits_for_its_last_answers():
-    draining = LoadProgress(elapsed=14, planned=10, fraction=0.99, warming_up=False, measured_s=12,
-                            requests_per_s=5, p50_ms=float("nan"), p90_ms=float("nan"), errors=0)
-    started = LoadProgress(elapsed=2.3, planned=10, fraction=0.23, warming_up=False, measured_s=0.3,
-                           requests_per_s=650, p50_ms=float("nan"), p90_ms=float("nan"), errors=0)
+    draining = LoadProgress(
+        elapsed=14,
+        planned=10,
+        fraction=0.99,
+        warming_up=False,
+        measured_s=12,
+        requests_per_s=5,
+        p50_ms=float("nan"),
+        p90_ms=float("nan"),
+        errors=0,
+    )
+    started = LoadProgress(
+        elapsed=2.3,
+        planned=10,
+        fraction=0.23,
+        warming_up=False,
+        measured_s=0.3,
+        requests_per_s=650,
+        p50_ms=float("nan"),
+        p90_ms=float("nan"),
+        errors=0,
+    )
     assert describe_load(started) == "load 0 of 8 s: measuring"  # no rate from a third of a second
-    assert describe_load(draining) == ("load 8 s sent, waiting for the last answers: 5.0 requests/s, p50 -, p90 -, "
-                                       "errors 0")
+    assert describe_load(draining) == (
+        "load 8 s sent, waiting for the last answers: 5.0 requests/s, p50 -, p90 -, errors 0"
+    )
 
 
 def test_the_line_never_wraps_on_a_narrow_terminal(monkeypatch, clock):
@@ -210,8 +262,15 @@ def test_the_artifact_moves_to_100_with_what_is_running(clock):
         assert artifact_id == "artifact-id"
         updates.append((progress, description))
 
-    with StageProgress("benchmark", {"ceiling": 1, "load": 3}, stream=io.StringIO(), artifact=True, every=0.02,
-                       create=create, update=update) as progress:
+    with StageProgress(
+        "benchmark",
+        {"ceiling": 1, "load": 3},
+        stream=io.StringIO(),
+        artifact=True,
+        every=0.02,
+        create=create,
+        update=update,
+    ) as progress:
         clock.until_waiting(1)  # the artifact's thread: created, waiting for its next update
         progress.phase("ceiling", "ceiling: in-process")
         clock.advance(0.2)
@@ -244,12 +303,14 @@ def test_a_failing_artifact_neither_fails_nor_slows_the_load(broken, caplog):
         raise ConnectionError("the Prefect API is unreachable")
 
     log = logging.getLogger("test-artifact")
-    with StageProgress("benchmark", {"load": 1}, log=log, stream=io.StringIO(), artifact=True, every=0.02,
-                       create=create, update=update) as progress:
+    with StageProgress(
+        "benchmark", {"load": 1}, log=log, stream=io.StringIO(), artifact=True, every=0.02, create=create, update=update
+    ) as progress:
         progress.phase("load")
         with FakeEndpoint(delay=0.01) as endpoint:
-            result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.6, progress_every=0.02,
-                          on_progress=progress.load())
+            result = load(
+                endpoint.url, {}, PAIRS, concurrency=2, duration=0.6, progress_every=0.02, on_progress=progress.load()
+            )
     assert result.errors == 0 and len(result.measured) > 10 and progress.fraction == 1.0
     assert calls["create"] == 1 and calls["update"] == (1 if broken == "update" else 0)  # given up, not retried
     warnings = [r.getMessage() for r in caplog.records if r.name == "test-artifact"]
@@ -268,12 +329,20 @@ def test_a_hanging_api_does_not_hold_the_stage(monkeypatch):
         return "artifact-id"
 
     try:
-        with StageProgress("benchmark", {"load": 1}, stream=io.StringIO(), artifact=True, every=0.02,
-                           create=hang, update=hang) as progress:
+        with StageProgress(
+            "benchmark", {"load": 1}, stream=io.StringIO(), artifact=True, every=0.02, create=hang, update=hang
+        ) as progress:
             progress.phase("load")
             with FakeEndpoint(delay=0.01) as endpoint:
-                result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.5, progress_every=0.02,
-                              on_progress=progress.load())
+                result = load(
+                    endpoint.url,
+                    {},
+                    PAIRS,
+                    concurrency=2,
+                    duration=0.5,
+                    progress_every=0.02,
+                    on_progress=progress.load(),
+                )
         assert not answered.is_set()  # the stage ended while the API still hung
     finally:
         release.set()
@@ -284,9 +353,15 @@ def test_a_hanging_api_does_not_hold_the_stage(monkeypatch):
 def test_a_failed_stage_stays_where_it_stopped_and_says_so(error, word, clock):
     updates = []
     with pytest.raises(error):
-        with StageProgress("benchmark", {"ceiling": 1, "load": 1}, stream=io.StringIO(), artifact=True,
-                           every=0.02, create=lambda **kw: updates.append(kw) or "id",
-                           update=lambda **kw: updates.append(kw)) as progress:
+        with StageProgress(
+            "benchmark",
+            {"ceiling": 1, "load": 1},
+            stream=io.StringIO(),
+            artifact=True,
+            every=0.02,
+            create=lambda **kw: updates.append(kw) or "id",
+            update=lambda **kw: updates.append(kw),
+        ) as progress:
             progress.phase("ceiling")
             progress.phase("load")
             progress.load()(told(0.4))

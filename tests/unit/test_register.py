@@ -10,8 +10,14 @@ from tasks.serve.register import RegisterError, _call, _register, scale, wait_wo
 from tests.unit.fake_time import TimeOn
 
 NAME = "bert-max_length128-batch_size6"
-PARAMS = {"url": f"{NAME}.mar", "model_name": NAME, "batch_size": 6, "max_batch_delay": 50,
-          "initial_workers": 4, "synchronous": "true"}
+PARAMS = {
+    "url": f"{NAME}.mar",
+    "model_name": NAME,
+    "batch_size": 6,
+    "max_batch_delay": 50,
+    "initial_workers": 4,
+    "synchronous": "true",
+}
 
 
 @pytest.fixture
@@ -72,8 +78,9 @@ def test_unreachable_api_is_retryable():
 
 
 def test_server_error_is_retryable_but_not_insufficient_storage():
-    api = FakeManagement({("GET", "/a"): [httpx.Response(503, text="starting")],
-                          ("GET", "/b"): [httpx.Response(507, text="full")]})
+    api = FakeManagement(
+        {("GET", "/a"): [httpx.Response(503, text="starting")], ("GET", "/b"): [httpx.Response(507, text="full")]}
+    )
     with pytest.raises(RegisterError) as caught:
         _call(api.client(), "GET", "/a")
     assert caught.value.retryable is True and "503" in str(caught.value)
@@ -81,8 +88,20 @@ def test_server_error_is_retryable_but_not_insufficient_storage():
 
 
 def test_workers_that_cannot_load_are_final():
-    api = FakeManagement({("POST", "/models"): [httpx.Response(
-        500, json={"code": 500, "type": "InternalServerException", "message": "Failed to start workers for model x"})]})
+    api = FakeManagement(
+        {
+            ("POST", "/models"): [
+                httpx.Response(
+                    500,
+                    json={
+                        "code": 500,
+                        "type": "InternalServerException",
+                        "message": "Failed to start workers for model x",
+                    },
+                )
+            ]
+        }
+    )
     with pytest.raises(RegisterError) as caught:
         _call(api.client(), "POST", "/models")
     assert caught.value.retryable is False
@@ -120,12 +139,20 @@ def test_refused_registration_is_final_and_says_why():
 
 
 def test_409_with_same_batching_scales_the_existing_model():
-    api = FakeManagement({
-        ("POST", "/models"): [httpx.Response(409, text="already registered")],
-        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
-            {"modelName": NAME, "modelVersion": "1.0", "batchSize": 6, "maxBatchDelay": 50, "workers": []}])],
-        ("PUT", f"/models/{NAME}"): [httpx.Response(202, json={"status": "scaled"})],
-    })
+    api = FakeManagement(
+        {
+            ("POST", "/models"): [httpx.Response(409, text="already registered")],
+            ("GET", f"/models/{NAME}"): [
+                httpx.Response(
+                    200,
+                    json=[
+                        {"modelName": NAME, "modelVersion": "1.0", "batchSize": 6, "maxBatchDelay": 50, "workers": []}
+                    ],
+                )
+            ],
+            ("PUT", f"/models/{NAME}"): [httpx.Response(202, json={"status": "scaled"})],
+        }
+    )
     assert _register(api.client(), PARAMS) == "scaled existing"
     methods = [method for method, _, _ in api.calls]
     assert "DELETE" not in methods and methods.count("POST") == 1
@@ -135,53 +162,76 @@ def test_409_with_same_batching_scales_the_existing_model():
 
 @pytest.mark.parametrize("registered", [{"batchSize": 8, "maxBatchDelay": 50}, {"batchSize": 6, "maxBatchDelay": 5000}])
 def test_409_with_other_batching_replaces_the_model(registered):
-    api = FakeManagement({
-        ("POST", "/models"): [httpx.Response(409, text="already registered"), httpx.Response(200, json={})],
-        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "2.0", **registered}])],
-        ("DELETE", f"/models/{NAME}/2.0"): [httpx.Response(200, json={})],
-    })
+    api = FakeManagement(
+        {
+            ("POST", "/models"): [httpx.Response(409, text="already registered"), httpx.Response(200, json={})],
+            ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "2.0", **registered}])],
+            ("DELETE", f"/models/{NAME}/2.0"): [httpx.Response(200, json={})],
+        }
+    )
     assert _register(api.client(), PARAMS) == "re-registered"
     assert [(m, p) for m, p, _ in api.calls] == [
-        ("POST", "/models"), ("GET", f"/models/{NAME}"), ("DELETE", f"/models/{NAME}/2.0"), ("POST", "/models")]
+        ("POST", "/models"),
+        ("GET", f"/models/{NAME}"),
+        ("DELETE", f"/models/{NAME}/2.0"),
+        ("POST", "/models"),
+    ]
 
 
 def test_a_replaced_models_workers_have_exited_before_it_is_registered_again(worker, clock, monkeypatch):
     """On Neuron the new workers need the cores the old ones hold until their processes exit."""
     exits_during_the_wait(worker, clock, monkeypatch)
     at_second_post = []
-    api = FakeManagement({
-        ("POST", "/models"): [httpx.Response(409, text="already registered"),
-                              lambda: at_second_post.append(worker.poll()) or httpx.Response(200, json={})],
-        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "1.0", "batchSize": 2,
-                                                                "workers": [{"pid": worker.pid}]}])],
-        ("DELETE", f"/models/{NAME}/1.0"): [httpx.Response(200, json={})],
-    })
+    api = FakeManagement(
+        {
+            ("POST", "/models"): [
+                httpx.Response(409, text="already registered"),
+                lambda: at_second_post.append(worker.poll()) or httpx.Response(200, json={}),
+            ],
+            ("GET", f"/models/{NAME}"): [
+                httpx.Response(200, json=[{"modelVersion": "1.0", "batchSize": 2, "workers": [{"pid": worker.pid}]}])
+            ],
+            ("DELETE", f"/models/{NAME}/1.0"): [httpx.Response(200, json={})],
+        }
+    )
     assert _register(api.client(), PARAMS) == "re-registered"
     assert at_second_post != [None]  # the old worker had exited when the model was registered again
     assert len(clock.sleeps) == 1  # it was waited for
 
 
 def test_failed_unregister_stops_with_an_error():
-    api = FakeManagement({
-        ("POST", "/models"): [httpx.Response(409)],
-        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "1.0", "batchSize": 1}])],
-        ("DELETE", f"/models/{NAME}/1.0"): [httpx.Response(400, text="in use")],
-    })
+    api = FakeManagement(
+        {
+            ("POST", "/models"): [httpx.Response(409)],
+            ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"modelVersion": "1.0", "batchSize": 1}])],
+            ("DELETE", f"/models/{NAME}/1.0"): [httpx.Response(400, text="in use")],
+        }
+    )
     with pytest.raises(RegisterError, match="unregistering"):
         _register(api.client(), PARAMS)
     assert [m for m, _, _ in api.calls].count("POST") == 1
 
 
 def test_wait_workers_ready_returns_when_all_ready(clock):
-    api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
-        {"workers": [{"status": "READY"}, {"status": "READY"}]}])]})
+    api = FakeManagement(
+        {
+            ("GET", f"/models/{NAME}"): [
+                httpx.Response(200, json=[{"workers": [{"status": "READY"}, {"status": "READY"}]}])
+            ]
+        }
+    )
     wait_workers_ready(api.client(), NAME, 2, timeout=5)
     assert clock.sleeps == []
 
 
 def test_wait_workers_ready_times_out_naming_states(clock):
-    api = FakeManagement({("GET", f"/models/{NAME}"): [httpx.Response(200, json=[
-        {"workers": [{"status": "READY"}, {"status": "UNLOADING"}]}])]})
+    api = FakeManagement(
+        {
+            ("GET", f"/models/{NAME}"): [
+                httpx.Response(200, json=[{"workers": [{"status": "READY"}, {"status": "UNLOADING"}]}])
+            ]
+        }
+    )
     with pytest.raises(RegisterError, match="UNLOADING") as caught:
         wait_workers_ready(api.client(), NAME, 2, timeout=0.1)
     assert clock.now == pytest.approx(0.1)  # asked until the deadline
@@ -208,11 +258,15 @@ class _Server:
 
 
 def _scaled_to_none(worker_pid: int) -> FakeManagement:
-    return FakeManagement({
-        ("GET", f"/models/{NAME}"): [httpx.Response(200, json=[{"workers": [{"pid": worker_pid, "status": "READY"}]}]),
-                                     httpx.Response(200, json=[{"workers": []}])],
-        ("PUT", f"/models/{NAME}"): [httpx.Response(200, json={"status": "scaled"})],
-    })
+    return FakeManagement(
+        {
+            ("GET", f"/models/{NAME}"): [
+                httpx.Response(200, json=[{"workers": [{"pid": worker_pid, "status": "READY"}]}]),
+                httpx.Response(200, json=[{"workers": []}]),
+            ],
+            ("PUT", f"/models/{NAME}"): [httpx.Response(200, json={"status": "scaled"})],
+        }
+    )
 
 
 def test_scaling_to_no_workers_returns_only_once_their_processes_have_exited(worker, clock, monkeypatch):

@@ -18,13 +18,31 @@ NIGHTS = [{RATE: v, P90: p} for v, p in ((20, 3000), (21, 2900), (19, 3100), (5,
 
 def night(served: float, latency_s: float, **more) -> BenchmarkResult:
     """A benchmark whose every request took latency_s, at `served` inferences/s."""
-    return BenchmarkResult(requests_per_s=served, inferences_per_s=served, latency_ms=percentiles([latency_s] * 10),
-                           requests=10, errors=0, concurrency=4, seconds=10 / served, **more)
+    return BenchmarkResult(
+        requests_per_s=served,
+        inferences_per_s=served,
+        latency_ms=percentiles([latency_s] * 10),
+        requests=10,
+        errors=0,
+        concurrency=4,
+        seconds=10 / served,
+        **more,
+    )
 
 
 def with_cpu(other_cores: float, host_cores: int) -> BenchmarkResult:
-    return night(20.0, 1.0, cpu=CpuUse(seconds=30.0, host_cores=host_cores, workers_cores=1.0, frontend_cores=0.1,
-                                       client_cores=0.1, other_cores=other_cores))
+    return night(
+        20.0,
+        1.0,
+        cpu=CpuUse(
+            seconds=30.0,
+            host_cores=host_cores,
+            workers_cores=1.0,
+            frontend_cores=0.1,
+            client_cores=0.1,
+            other_cores=other_cores,
+        ),
+    )
 
 
 def test_no_history_says_so_and_passes():
@@ -106,8 +124,15 @@ def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
 def test_fingerprint_ignores_ports_and_log_cadence_but_not_batching():
     base = load_config()
     resolved = resolve_serving(base.serving)
-    same = load_config(None, {"serving.free_ports": True, "serving.inference_port": 9999,
-                              "benchmark.progress_every": 1, "benchmark.regression_action": "fail"})
+    same = load_config(
+        None,
+        {
+            "serving.free_ports": True,
+            "serving.inference_port": 9999,
+            "benchmark.progress_every": 1,
+            "benchmark.regression_action": "fail",
+        },
+    )
     other = load_config(None, {"serving.max_batch_delay": 7})
     assert fingerprint(base, resolved) == fingerprint(same, resolved)
     assert fingerprint(base, resolved) != fingerprint(other, resolved)
@@ -139,9 +164,20 @@ def test_a_busy_host_during_the_ceiling_is_called_out_separately():
     from tasks.measure.ceiling import Ceiling
 
     bench = with_cpu(0.0, 2)
-    bench.ceiling = Ceiling(batch_size=6, max_length=128, buckets=[128], threads=2, batches_per_s=1.0,
-                            inferences_per_s=6.0, best_layout="all threads", batch_latency_ms=1.0,
-                            lone_batch_latency_ms=1.0, worker_lone_batch_latency_ms=1.0, other_cores=1.5, layouts=[])
+    bench.ceiling = Ceiling(
+        batch_size=6,
+        max_length=128,
+        buckets=[128],
+        threads=2,
+        batches_per_s=1.0,
+        inferences_per_s=6.0,
+        best_layout="all threads",
+        batch_latency_ms=1.0,
+        lone_batch_latency_ms=1.0,
+        worker_lone_batch_latency_ms=1.0,
+        other_cores=1.5,
+        layouts=[],
+    )
     warnings = busy_host_warnings(bench)
     assert len(warnings) == 1 and "ceiling" in warnings[0] and "1.50 of 2 CPUs" in warnings[0]
 
@@ -150,12 +186,30 @@ def test_a_busy_host_during_the_ceiling_is_called_out_separately():
 
 from tasks.measure.regression import COMPARED  # noqa: E402
 
-TYPICAL = {"inferences_per_s": 68.0, "latency_ms p50": 900.0, "latency_ms p90": 1100.0, "latency_ms p99": 1300.0,
-           "error_rate": 0.0, "model_load register_to_ready_s": 6.0, "memory total_rss_mib": 1200.0,
-           "accuracy": 0.74, "served_over_ceiling": 0.82, "capacity rate": 60.0}
-WORSE = {"inferences_per_s": 50.0, "latency_ms p50": 1200.0, "latency_ms p90": 1500.0, "latency_ms p99": 2000.0,
-         "error_rate": 0.05, "model_load register_to_ready_s": 12.0, "memory total_rss_mib": 1500.0,
-         "accuracy": 0.70, "served_over_ceiling": 0.65, "capacity rate": 40.0}  # a capacity that falls
+TYPICAL = {
+    "inferences_per_s": 68.0,
+    "latency_ms p50": 900.0,
+    "latency_ms p90": 1100.0,
+    "latency_ms p99": 1300.0,
+    "error_rate": 0.0,
+    "model_load register_to_ready_s": 6.0,
+    "memory total_rss_mib": 1200.0,
+    "accuracy": 0.74,
+    "served_over_ceiling": 0.82,
+    "capacity rate": 60.0,
+}
+WORSE = {
+    "inferences_per_s": 50.0,
+    "latency_ms p50": 1200.0,
+    "latency_ms p90": 1500.0,
+    "latency_ms p99": 2000.0,
+    "error_rate": 0.05,
+    "model_load register_to_ready_s": 12.0,
+    "memory total_rss_mib": 1500.0,
+    "accuracy": 0.70,
+    "served_over_ceiling": 0.65,
+    "capacity rate": 40.0,
+}  # a capacity that falls
 
 
 def _nights(wobble: float = 0.01) -> list[dict]:

@@ -38,10 +38,10 @@ def _bench(latencies_s: list[float], errors: int, concurrency: int, seconds: flo
 
 
 def _check(passed):
-    prediction = Prediction(seq_0="a", seq_1="b", expected="paraphrase", answer="paraphrase",
-                            status_code=200, latency_ms=3.0)
-    return CheckResult(name="tutorial", passed=passed, detail="6/6" if passed else "3/6",
-                       predictions=[prediction])
+    prediction = Prediction(
+        seq_0="a", seq_1="b", expected="paraphrase", answer="paraphrase", status_code=200, latency_ms=3.0
+    )
+    return CheckResult(name="tutorial", passed=passed, detail="6/6" if passed else "3/6", predictions=[prediction])
 
 
 def test_summary_ok_when_all_stages_and_checks_pass():

@@ -22,30 +22,38 @@ src="{PNG_SRC}" alt="latency histogram" class="markdown-renderer__image" data-de
 
 
 def trend(first_column=("prophetic-cuckoo", "ruby-lion"), decoded="true"):
-    rows = "".join(f'<tr class="p-table-row"><!----><td class="p-table-data p-table-column--first">{name}</td>'
-                   f'<td class="p-table-data">completed</td><td class="p-table-data">10</td></tr><!---->'
-                   for name in first_column)
-    return (f'<article class="markdown-renderer artifact-data-markdown"><h1 class="p-heading">Trend: '
-            f'nightly-cpu-embedded</h1><div class="markdown-renderer__text--paragraph"><img src="{PNG_SRC}" '
-            f'alt="trend" class="markdown-renderer__image" data-decoded="{decoded}"></div><div class="p-table '
-            f'markdown-renderer__table"><table class="p-table__table"><thead class="p-table-head"><tr '
-            f'class="p-table-row"><!----><th class="p-table-header"><div class="markdown-renderer__table-heading">'
-            f'run</div></th><th class="p-table-header"><div>status</div></th><th class="p-table-header"><div>'
-            f'requests/s</div></th></tr></thead><tbody class="p-table-body">{rows}</tbody></table></div></article>')
+    rows = "".join(
+        f'<tr class="p-table-row"><!----><td class="p-table-data p-table-column--first">{name}</td>'
+        f'<td class="p-table-data">completed</td><td class="p-table-data">10</td></tr><!---->'
+        for name in first_column
+    )
+    return (
+        f'<article class="markdown-renderer artifact-data-markdown"><h1 class="p-heading">Trend: '
+        f'nightly-cpu-embedded</h1><div class="markdown-renderer__text--paragraph"><img src="{PNG_SRC}" '
+        f'alt="trend" class="markdown-renderer__image" data-decoded="{decoded}"></div><div class="p-table '
+        f'markdown-renderer__table"><table class="p-table__table"><thead class="p-table-head"><tr '
+        f'class="p-table-row"><!----><th class="p-table-header"><div class="markdown-renderer__table-heading">'
+        f'run</div></th><th class="p-table-header"><div>status</div></th><th class="p-table-header"><div>'
+        f'requests/s</div></th></tr></thead><tbody class="p-table-body">{rows}</tbody></table></div></article>'
+    )
 
 
 def test_a_summary_with_its_chart_passes():
     assert screenshots.check_summary(SUMMARY) == []
 
 
-@pytest.mark.parametrize("broken", [
-    SUMMARY.replace('data-decoded="true"', 'data-decoded="false"'),  # in the DOM, but the browser could not draw it
-    SUMMARY.replace("data:image/png", "https://example.invalid/chart.png"),  # not the embedded picture
-    f"<p>![throughput and latency]({PNG_SRC})</p>",  # markdown shown as text, never rendered
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        SUMMARY.replace('data-decoded="true"', 'data-decoded="false"'),  # in the DOM, but the browser could not draw it
+        SUMMARY.replace("data:image/png", "https://example.invalid/chart.png"),  # not the embedded picture
+        f"<p>![throughput and latency]({PNG_SRC})</p>",  # markdown shown as text, never rendered
+    ],
+)
 def test_a_summary_without_a_drawn_chart_is_named(broken):
     assert screenshots.check_summary(broken) == [
-        "summary page: no chart image (a decoded <img> with a data:image/png src)"]
+        "summary page: no chart image (a decoded <img> with a data:image/png src)"
+    ]
 
 
 def test_a_trend_with_its_chart_and_this_run_in_the_first_column_passes():
@@ -54,7 +62,8 @@ def test_a_trend_with_its_chart_and_this_run_in_the_first_column_passes():
 
 def test_a_trend_that_lacks_this_run_is_named():
     assert screenshots.check_trend(trend(first_column=["ruby-lion"]), "prophetic-cuckoo") == [
-        "trend page: no trend table whose first column lists this run, 'prophetic-cuckoo'"]
+        "trend page: no trend table whose first column lists this run, 'prophetic-cuckoo'"
+    ]
 
 
 def test_the_run_name_elsewhere_than_the_first_column_or_the_header_is_no_trend_row():
@@ -62,31 +71,37 @@ def test_the_run_name_elsewhere_than_the_first_column_or_the_header_is_no_trend_
     header = trend(first_column=[]).replace(">run</div>", ">prophetic-cuckoo</div>")
     for dom in (elsewhere, header):
         assert screenshots.check_trend(dom, "prophetic-cuckoo") == [
-            "trend page: no trend table whose first column lists this run, 'prophetic-cuckoo'"]
+            "trend page: no trend table whose first column lists this run, 'prophetic-cuckoo'"
+        ]
 
 
 def test_a_trend_whose_chart_was_not_drawn_is_named():
     assert screenshots.check_trend(trend(decoded="false"), "ruby-lion") == [
-        'trend page: no trend chart (a decoded <img alt="trend"> with a data:image/png src)']
+        'trend page: no trend chart (a decoded <img alt="trend"> with a data:image/png src)'
+    ]
 
 
 def test_the_run_page_and_deployment_page_list_what_they_should():
-    cards = ('<div class="artifact-card__title">summary-nightly-cpu-embedded</div>'
-             '<div class="artifact-card__title">trend-nightly-cpu-embedded</div>')
+    cards = (
+        '<div class="artifact-card__title">summary-nightly-cpu-embedded</div>'
+        '<div class="artifact-card__title">trend-nightly-cpu-embedded</div>'
+    )
     keys = ["summary-nightly-cpu-embedded", "trend-nightly-cpu-embedded"]
     assert screenshots.check_run_page(cards, keys) == []
     assert screenshots.check_run_page(cards, [*keys, "run-config-nightly-cpu-embedded"]) == [
-        "run page's Artifacts tab: no artifact 'run-config-nightly-cpu-embedded'"]
+        "run page's Artifacts tab: no artifact 'run-config-nightly-cpu-embedded'"
+    ]
     listed = '<span>bert-serving-validation</span><a href="/runs/flow-run/1">prophetic-cuckoo</a>'
     assert screenshots.check_deployment_page(listed, "prophetic-cuckoo") == []
-    assert screenshots.check_deployment_page(listed, "ruby-lion") == [
-        "deployment page: run 'ruby-lion' is not listed"]
+    assert screenshots.check_deployment_page(listed, "ruby-lion") == ["deployment page: run 'ruby-lion' is not listed"]
 
 
 def test_a_ui_that_cannot_reach_its_api_says_so():
-    toast = ('<p class="p-toast__message"><article class="markdown-renderer"><div>Can\'t connect to Server API at '
-             '<a href="http://127.0.0.1:4200/api">http://127.0.0.1:4200/api</a>. Check that it\'s accessible from '
-             'your machine.</div></article></p>')
+    toast = (
+        '<p class="p-toast__message"><article class="markdown-renderer"><div>Can\'t connect to Server API at '
+        '<a href="http://127.0.0.1:4200/api">http://127.0.0.1:4200/api</a>. Check that it\'s accessible from '
+        "your machine.</div></article></p>"
+    )
     problems = screenshots.check_deployment_page(toast, "ruby-lion")
     assert problems[0].startswith("deployment page: the UI cannot reach its API") and len(problems) == 2
 
@@ -105,6 +120,7 @@ def test_no_chromium_is_a_clear_message_and_exit_2(monkeypatch, capsys):
 
 class _BusyOnce(BaseHTTPRequestHandler):
     """A Prefect API that answers its first request as a server with a locked SQLite database does (503)."""
+
     answered: list[str] = []
 
     def _send(self, code: int, body) -> None:

@@ -33,8 +33,7 @@ def _properties(path):
     return {key: value for key, value in pairs}
 
 
-PORTS = {"inference": 18080, "management": 18081, "metrics": 18082, "grpc_inference": 17070,
-         "grpc_management": 17071}
+PORTS = {"inference": 18080, "management": 18081, "metrics": 18082, "grpc_inference": 17070, "grpc_management": 17071}
 
 
 def test_write_config_uses_loopback_and_given_ports(tmp_path):
@@ -143,9 +142,15 @@ def test_read_keys_from_torchserve_key_file(tmp_path):
 
 
 def _server(server_dir):
-    return Server(server_dir=server_dir, temp_dir=server_dir / "tmp", inference_url="http://127.0.0.1:1",
-                  management_url="http://127.0.0.1:2", ports={},
-                  key_file=server_dir / "key_file.json", processes=[])
+    return Server(
+        server_dir=server_dir,
+        temp_dir=server_dir / "tmp",
+        inference_url="http://127.0.0.1:1",
+        management_url="http://127.0.0.1:2",
+        ports={},
+        key_file=server_dir / "key_file.json",
+        processes=[],
+    )
 
 
 def test_a_servers_logs_live_in_its_logs_directory(tmp_path):
@@ -158,8 +163,11 @@ def test_the_log_tail_quotes_torchserves_own_log_first(tmp_path):
     (server.logs_dir / "torchserve.out").write_text("launcher says hello\n")
     (server.logs_dir / "ts_log.log").write_text("".join(f"frontend line {n}\n" for n in range(100)))
     tail = server.log_tail(lines=2)
-    assert tail.splitlines() == [f"--- {server.logs_dir / 'ts_log.log'} (last 2 lines) ---",
-                                 "frontend line 98", "frontend line 99"]
+    assert tail.splitlines() == [
+        f"--- {server.logs_dir / 'ts_log.log'} (last 2 lines) ---",
+        "frontend line 98",
+        "frontend line 99",
+    ]
 
 
 def test_before_torchserve_logs_anything_the_tail_is_the_launchers_output(tmp_path):
@@ -177,10 +185,12 @@ def test_with_no_log_at_all_the_tail_says_where_it_looked(tmp_path):
 def _fake_java_home(tmp_path, version_line):
     java = tmp_path / "jdk" / "bin" / "java"
     java.parent.mkdir(parents=True)
-    java.write_text(textwrap.dedent(f"""\
+    java.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         echo '{version_line}' >&2
-        """))
+        """)
+    )
     java.chmod(java.stat().st_mode | stat.S_IXUSR)
     return tmp_path / "jdk", java
 
@@ -231,8 +241,12 @@ def _in_group(pgid: int) -> list[int]:
 
 
 def test_a_java_the_launcher_started_as_it_died_is_stopped_too(tmp_path, ending_processes):
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_STARTS_JAVA_AS_IT_DIES], stdout=subprocess.PIPE,
-                                text=True, start_new_session=True)  # as start() launches it
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_STARTS_JAVA_AS_IT_DIES],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # as start() launches it
     try:
         assert launcher.stdout.readline().strip() == "ready"
         server = _server(tmp_path).model_copy(update={"processes": [ProcessRef.of(psutil.Process(launcher.pid))]})
@@ -248,9 +262,17 @@ def test_a_crashed_runs_java_whose_launcher_is_gone_is_still_found_and_stopped(t
     """No recorded process is alive, but the launcher's group still holds its Java: the next run stops it."""
     owner = subprocess.Popen([sys.executable, "-c", "pass"])  # the crashed pipeline process
     owner_ref = ProcessRef.of(psutil.Process(owner.pid))
-    launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, "
-                                 "'-c', 'import time; time.sleep(60)']); print('ready', flush=True)"],
-                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; subprocess.Popen([sys.executable, "
+            "'-c', 'import time; time.sleep(60)']); print('ready', flush=True)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         launcher_ref = ProcessRef.of(psutil.Process(launcher.pid))
         assert launcher.stdout.readline().strip() == "ready" and launcher.wait(timeout=10) == 0

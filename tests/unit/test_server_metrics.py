@@ -17,8 +17,10 @@ def _stamp(epoch: float) -> str:
 
 def _model_line(t: float, name: str, value: float, requests: list[str], model: str = MODEL) -> str:
     """A worker metric as the frontend writes it to model_metrics.log."""
-    return (f"{_stamp(t)} - {name}.Milliseconds:{value}|#ModelName:{model},Level:Model|"
-            f"#hostname:vm,requestID:{','.join(requests)},timestamp:{int(t)}")
+    return (
+        f"{_stamp(t)} - {name}.Milliseconds:{value}|#ModelName:{model},Level:Model|"
+        f"#hostname:vm,requestID:{','.join(requests)},timestamp:{int(t)}"
+    )
 
 
 def test_server_times_from_torchserve_metric_logs_inside_the_window(tmp_path):
@@ -26,10 +28,14 @@ def test_server_times_from_torchserve_metric_logs_inside_the_window(tmp_path):
     ts_lines, model_lines = [], []
     for offset, queue_us in ((-30, 9e6), (1, 2000.0), (2, 4000.0), (3, 6000.0)):  # the first is before the window
         t = now + offset
-        ts_lines.append(f"{_stamp(t)} - ts_queue_latency_microseconds.Microseconds:{queue_us}|#model_name:{MODEL},"
-                        f"model_version:default|#hostname:vm,timestamp:{int(t)}")
-        ts_lines.append(f"{_stamp(t)} - ts_inference_latency_microseconds.Microseconds:{queue_us + 100000}|"
-                        f"#model_name:{MODEL},model_version:default|#hostname:vm,timestamp:{int(t)}")
+        ts_lines.append(
+            f"{_stamp(t)} - ts_queue_latency_microseconds.Microseconds:{queue_us}|#model_name:{MODEL},"
+            f"model_version:default|#hostname:vm,timestamp:{int(t)}"
+        )
+        ts_lines.append(
+            f"{_stamp(t)} - ts_inference_latency_microseconds.Microseconds:{queue_us + 100000}|"
+            f"#model_name:{MODEL},model_version:default|#hostname:vm,timestamp:{int(t)}"
+        )
         ts_lines.append(f"{_stamp(t)} - WorkerThreadTime.Milliseconds:3.0|#Level:Host|#hostname:vm,timestamp:{int(t)}")
         model_lines.append(_model_line(t, "PredictionTime", 100 + offset, ["a", "b", "c"] + ["d"] * (offset > 1)))
     model_lines.append(_model_line(now + 2, "PredictionTime", 999, ["x"], model="other-model"))
@@ -50,11 +56,13 @@ def test_the_handlers_profiled_phases_are_pre_model_and_post_times_per_batch(tmp
     lines = []
     for offset, (pre, model, post) in enumerate(((4.0, 60.0, 1.0), (6.0, 80.0, 2.0), (5.0, 70.0, 3.0)), start=1):
         t, batch = now + offset, [f"req-{offset}-{i}" for i in range(6)]
-        lines += [_model_line(t, "ts_handler_preprocess", pre, batch),
-                  _model_line(t, "ts_handler_inference", model, batch),
-                  _model_line(t, "ts_handler_postprocess", post, batch),
-                  _model_line(t, "HandlerTime", pre + model + post + 0.5, batch),
-                  _model_line(t, "PredictionTime", pre + model + post + 1.0, batch)]
+        lines += [
+            _model_line(t, "ts_handler_preprocess", pre, batch),
+            _model_line(t, "ts_handler_inference", model, batch),
+            _model_line(t, "ts_handler_postprocess", post, batch),
+            _model_line(t, "HandlerTime", pre + model + post + 0.5, batch),
+            _model_line(t, "PredictionTime", pre + model + post + 1.0, batch),
+        ]
     (tmp_path / "model_metrics.log").write_text("\n".join(lines) + "\n")
     assert all(METRIC_LINE.match(line) for line in lines)
     times = server_times(tmp_path, now, now + 10, MODEL)
@@ -92,10 +100,16 @@ def test_model_load_per_worker_from_torchserve_log(tmp_path):
         line("45,000", f"W-9000-{MODEL}_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),  # logged twice
         line("46,500", f"W-9001-{MODEL}_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),
         line("46,600", f"W-9002-{MODEL}-single-bucket_1.0 State change WORKER_STARTED -> WORKER_MODEL_LOADED"),
-        line("45,001", f"TS_METRICS - WorkerLoadTime.Milliseconds:4990.0|#WorkerName:W-9000-{MODEL}_1.0,Level:Host|"
-                       "#hostname:vm,timestamp:1795610393"),
-        line("46,501", f"TS_METRICS - WorkerLoadTime.Milliseconds:6480.0|#WorkerName:W-9001-{MODEL}_1.0,Level:Host|"
-                       "#hostname:vm,timestamp:1795610393"),
+        line(
+            "45,001",
+            f"TS_METRICS - WorkerLoadTime.Milliseconds:4990.0|#WorkerName:W-9000-{MODEL}_1.0,Level:Host|"
+            "#hostname:vm,timestamp:1795610393",
+        ),
+        line(
+            "46,501",
+            f"TS_METRICS - WorkerLoadTime.Milliseconds:6480.0|#WorkerName:W-9001-{MODEL}_1.0,Level:Host|"
+            "#hostname:vm,timestamp:1795610393",
+        ),
     ]
     (tmp_path / "ts_log.log").write_text("\n".join(lines) + "\n")
     load = model_load(tmp_path, MODEL)

@@ -65,10 +65,9 @@ def test_register_retries_only_retryable_errors():
     assert retry_when_retryable(None, None, _State(KeyError("x"))) is False
 
 
-
-
-@pytest.mark.parametrize("signal_error", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)],
-                         ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signal_error", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)], ids=["Ctrl-C", "SIGTERM"]
+)
 def test_a_stage_stopped_from_outside_is_recorded_as_interrupted_not_failed(signal_error):
     stages = Stages(["benchmark"])
     with pytest.raises(type(signal_error)):

@@ -118,5 +118,7 @@ def test_no_production_function_is_longer_than_a_screen():
 def test_the_length_check_sees_a_long_function_and_a_nested_one(tmp_path):
     body = "\n".join(f"        x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     (tmp_path / "long.py").write_text(f"def outer():\n    def inner():\n{body}\n")
-    assert long_functions({"long": tmp_path / "long.py"}) == [f"long.outer: {MAX_FUNCTION_LINES + 2} lines",
-                                                               f"long.inner: {MAX_FUNCTION_LINES + 1} lines"]
+    assert long_functions({"long": tmp_path / "long.py"}) == [
+        f"long.outer: {MAX_FUNCTION_LINES + 2} lines",
+        f"long.inner: {MAX_FUNCTION_LINES + 1} lines",
+    ]

@@ -38,8 +38,12 @@ def test_neuron_monitor_reports_are_parsed_per_core_with_device_memory(tmp_path)
     config = tmp_path / "monitor.json"
     config.write_text(json.dumps(telemetry.NeuronMonitor(period=1).config()))
     env = {**os.environ, "STAND_IN_NEURON_UTILIZATION": "62.5", "STAND_IN_NEURON_MONITOR_REPORTS": "1"}
-    process = subprocess.Popen([sys.executable, str(STAND_INS / "neuron-monitor"), "-c", str(config)],
-                               stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, str(STAND_INS / "neuron-monitor"), "-c", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = process.stdout.readline()
     finally:
@@ -60,8 +64,7 @@ def _server():
     return SimpleNamespace(processes=[])
 
 
-def test_neuron_adapter_runs_neuron_monitor_from_the_dlami_directory_at_its_own_period(neuron_host, monkeypatch,
-                                                                                       clock):
+def test_neuron_adapter_runs_neuron_monitor_from_the_dlami_directory_at_its_own_period(neuron_host, monkeypatch, clock):
     """A service's PATH (tests/stand_ins/host.py): neuron-monitor is found where the DLAMI installs it, and
     asked for a report a second, not its default five. Every report it printed is read, up to its stop."""
     monkeypatch.setenv("STAND_IN_NEURON_UTILIZATION", "37.5")
@@ -101,8 +104,9 @@ def test_cpu_adapter_and_memory_follow_torchserve_processes_by_role(monkeypatch,
     # A child stands in for a TorchServe worker: _role() calls it a worker by its command line. Its CPU % is
     # psutil's reading (faked: a reading over a real interval would need real time to pass), taken per worker.
     code = "import sys\nx = bytearray(64 * 2**20)\nprint('ready', flush=True)\nsys.stdin.read()"
-    worker = subprocess.Popen([sys.executable, "-c", code, "model_service_worker"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code, "model_service_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     readings = iter(range(10, 100, 10))
     monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: float(next(readings)))
     try:

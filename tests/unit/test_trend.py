@@ -15,18 +15,44 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _bench(rate: float, p90_s: float, regressed: tuple[str, ...] = ()) -> BenchmarkResult:
-    bench = BenchmarkResult(requests_per_s=rate, inferences_per_s=rate, latency_ms=percentiles([p90_s] * 10),
-                            requests=10, errors=0, concurrency=4, seconds=1.0, accuracy=0.84,
-                            served_over_ceiling=0.9)
-    bench.regression = Regression(status="regressed" if regressed else "ok", action="warn", tolerance=0.1, table=[
-        Moved(figure=name, higher_is_better=True, current=rate, baseline=rate, change=0, tolerance=0.1, spread=0,
-              allowed=1, regressed=True) for name in regressed])
+    bench = BenchmarkResult(
+        requests_per_s=rate,
+        inferences_per_s=rate,
+        latency_ms=percentiles([p90_s] * 10),
+        requests=10,
+        errors=0,
+        concurrency=4,
+        seconds=1.0,
+        accuracy=0.84,
+        served_over_ceiling=0.9,
+    )
+    bench.regression = Regression(
+        status="regressed" if regressed else "ok",
+        action="warn",
+        tolerance=0.1,
+        table=[
+            Moved(
+                figure=name,
+                higher_is_better=True,
+                current=rate,
+                baseline=rate,
+                change=0,
+                tolerance=0.1,
+                spread=0,
+                allowed=1,
+                regressed=True,
+            )
+            for name in regressed
+        ],
+    )
     return bench
 
 
 def _summary(status="ok", failed=None, bench=None) -> dict:
-    stages = [{"name": name, "status": "failed" if name == failed else ("skipped" if failed else "ok"),
-               "seconds": 1.0} for name in ("trace", "archive", "start", "benchmark", "stop")]
+    stages = [
+        {"name": name, "status": "failed" if name == failed else ("skipped" if failed else "ok"), "seconds": 1.0}
+        for name in ("trace", "archive", "start", "benchmark", "stop")
+    ]
     if failed:
         stages[0]["status"] = "ok"
     return {"status": status, "stages": stages, "benchmark": bench.model_dump() if bench else None}
@@ -34,19 +60,36 @@ def _summary(status="ok", failed=None, bench=None) -> dict:
 
 def _earlier(name, day, state, message=None, summary=None, bench=None):
     outcome = trend.outcome_rows(summary) if summary else None
-    return trend.row(name, datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc), state, message, outcome,
-                     figures.table_rows(bench) if bench else None)
+    return trend.row(
+        name,
+        datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc),
+        state,
+        message,
+        outcome,
+        figures.table_rows(bench) if bench else None,
+    )
 
 
 def _history() -> list[dict]:
     """Tonight first, then earlier nights newest first: a crash with no artifacts, a regressed night."""
     tonight = trend.row_now("calm-otter", "2026-11-25 02:00", _summary(bench=_bench(18.0, 1.3)))
-    return [tonight,
-            _earlier("brave-lynx", 24, "FAILED", "Flow run encountered an exception: StageFailed: stage start "
-                     "failed: TorchServeError: port busy"),
-            _earlier("slow-heron", 23, "COMPLETED", summary=_summary(bench=_bench(12.0, 2.0, ("inferences_per_s",))),
-                     bench=_bench(12.0, 2.0, ("inferences_per_s",))),
-            _earlier("fine-crow", 22, "COMPLETED", summary=_summary(bench=_bench(20.0, 1.0)), bench=_bench(20.0, 1.0))]
+    return [
+        tonight,
+        _earlier(
+            "brave-lynx",
+            24,
+            "FAILED",
+            "Flow run encountered an exception: StageFailed: stage start failed: TorchServeError: port busy",
+        ),
+        _earlier(
+            "slow-heron",
+            23,
+            "COMPLETED",
+            summary=_summary(bench=_bench(12.0, 2.0, ("inferences_per_s",))),
+            bench=_bench(12.0, 2.0, ("inferences_per_s",)),
+        ),
+        _earlier("fine-crow", 22, "COMPLETED", summary=_summary(bench=_bench(20.0, 1.0)), bench=_bench(20.0, 1.0)),
+    ]
 
 
 def test_rows_carry_the_figures_status_failed_stage_and_regressions():
@@ -64,8 +107,13 @@ def test_a_failed_stage_is_read_from_the_outcome_first():
     summary = _summary(status="failed", failed="archive")
     row = trend.row("x", None, "FAILED", "stage start failed: not this one", trend.outcome_rows(summary), None)
     assert row["failed_stage"] == "archive" and row["status"] == "failed"
-    assert row["stages"] == {"trace": "ok", "archive": "failed", "start": "skipped", "benchmark": "skipped",
-                             "stop": "skipped"}
+    assert row["stages"] == {
+        "trace": "ok",
+        "archive": "failed",
+        "start": "skipped",
+        "benchmark": "skipped",
+        "stop": "skipped",
+    }
 
 
 def test_table_lists_each_run_once_newest_first_and_marks_what_slid():
@@ -116,14 +164,24 @@ def test_the_capacity_is_a_column_of_the_trend_a_line_of_its_chart_and_a_fall_is
 
     def with_capacity(rate: float, regressed: tuple[str, ...] = ()) -> BenchmarkResult:
         bench = _bench(18.0, 1.3, regressed)
-        bench.capacity = Capacity(percentile=99, bound_ms=1500, rate=rate, failed_rate=rate * 1.1, start_rate=18.0,
-                                  precision=0.1, stopped="within 10%", rule="", steps=[])
+        bench.capacity = Capacity(
+            percentile=99,
+            bound_ms=1500,
+            rate=rate,
+            failed_rate=rate * 1.1,
+            start_rate=18.0,
+            precision=0.1,
+            stopped="within 10%",
+            rule="",
+            steps=[],
+        )
         return bench
 
     fell = with_capacity(9.0, ("capacity rate",))
-    rows = [trend.row_now("calm-otter", "2026-11-25 02:00", _summary(bench=fell)),
-            _earlier("fine-crow", 22, "COMPLETED", summary=_summary(bench=with_capacity(15.0)),
-                     bench=with_capacity(15.0))]
+    rows = [
+        trend.row_now("calm-otter", "2026-11-25 02:00", _summary(bench=fell)),
+        _earlier("fine-crow", 22, "COMPLETED", summary=_summary(bench=with_capacity(15.0)), bench=with_capacity(15.0)),
+    ]
     lines = trend.table(rows)
     assert "capacity requests/s" in lines[0]
     assert "**9.0 ▼**" in lines[2] and "| 15.0 |" in lines[3]

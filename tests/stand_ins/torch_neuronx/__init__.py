@@ -51,8 +51,9 @@ def _compile(compiler_args) -> str:
     if compiler is None:
         raise RuntimeError("neuronx-cc compiler binary does not exist")
     args = compiler_args.split() if isinstance(compiler_args, str) else list(compiler_args or [])
-    subprocess.run([compiler, "compile", "--framework", "XLA", "--target", "inf2", *args], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [compiler, "compile", "--framework", "XLA", "--target", "inf2", *args], check=True, stdout=subprocess.DEVNULL
+    )
     return compiler
 
 
@@ -126,10 +127,17 @@ def trace(func, example_inputs, *args, compiler_workdir=None, compiler_args=None
     fault = os.environ.get(FAULT_ENV) or None
     cast, precision = _cast(func, compiler_args)
     compiler = _compile(compiler_args)
-    _record("trace", compiler=compiler, shapes=[list(t.shape) for t in example_inputs],
-            dtypes=[str(t.dtype) for t in example_inputs],
-            module=type(func).__name__, options=sorted(kwargs) + ["compiler_args"] * bool(compiler_args),
-            compiler_args=compiler_args, precision=precision, fault=fault)
+    _record(
+        "trace",
+        compiler=compiler,
+        shapes=[list(t.shape) for t in example_inputs],
+        dtypes=[str(t.dtype) for t in example_inputs],
+        module=type(func).__name__,
+        options=sorted(kwargs) + ["compiler_args"] * bool(compiler_args),
+        compiler_args=compiler_args,
+        precision=precision,
+        fault=fault,
+    )
     graph = torch.jit.trace(_OnNeuron(cast, fault), tuple(example_inputs))
     graph(*example_inputs)  # torch_neuronx loads the compiled graph: this process now holds cores
     return graph

@@ -69,8 +69,9 @@ def build_wheel(out_dir: Path, name: str, version: str, requires_python: str, re
             *(f"Requires-Dist: {requirement}\n" for requirement in requires),
         ]
     )
-    wheel = ("Wheel-Version: 1.0\nGenerator: bert-serving-validation stub wheels\nRoot-Is-Purelib: true\n"
-             "Tag: py3-none-any\n")
+    wheel = (
+        "Wheel-Version: 1.0\nGenerator: bert-serving-validation stub wheels\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     files = {f"{info}/METADATA": metadata.encode(), f"{info}/WHEEL": wheel.encode()}
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())
     files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
