@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
-
 from flows.sweep import sweep
+from prefect.client.orchestration import get_client
 
 pytestmark = pytest.mark.e2e
 
@@ -17,23 +16,36 @@ def _artifact_keys(flow_run_id) -> set[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        return {a.key for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+        return {
+            a.key
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+        }
 
 
 def test_a_sweep_measures_every_setting_reuses_compiled_models_and_keys_its_artifacts(prefect_server, tmp_path):
-    overrides = {"runs_dir": str(tmp_path / "runs"), "serving.free_ports": True, "serving.max_length": 32,
-                 "build.compile_cache": True, "build.cache_dir": str(tmp_path / "cache"),
-                 "benchmark.duration": 1, "benchmark.capacity.enabled": False,
-                 # The rows' own loads are what is checked here; the ceiling beside a live server is test_pipeline's.
-                 # Without it a row's load follows its registration at once: a warm-up of 1 s takes the fresh
-                 # workers' first (slow) calls of the graph.
-                 "benchmark.ceiling_seconds": 0, "benchmark.client_check_seconds": 0, "benchmark.warmup": 1}
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "serving.free_ports": True,
+        "serving.max_length": 32,
+        "build.compile_cache": True,
+        "build.cache_dir": str(tmp_path / "cache"),
+        "benchmark.duration": 1,
+        "benchmark.capacity.enabled": False,
+        # The rows' own loads are what is checked here; the ceiling beside a live server is test_pipeline's.
+        # Without it a row's load follows its registration at once: a warm-up of 1 s takes the fresh
+        # workers' first (slow) calls of the graph.
+        "benchmark.ceiling_seconds": 0,
+        "benchmark.client_check_seconds": 0,
+        "benchmark.warmup": 1,
+    }
     first = sweep(overrides=overrides, batch_sizes=[2], workers=[1], delays=[5], concurrency=[2])
     assert first["compile_cache"][2]["cache"] == "miss"
 
-    state = sweep(overrides=overrides, batch_sizes=[2, 4], workers=[1], delays=[5, 20], concurrency=[2],
-                  return_state=True)
+    state = sweep(
+        overrides=overrides, batch_sizes=[2, 4], workers=[1], delays=[5, 20], concurrency=[2], return_state=True
+    )
     second = state.result()
     assert {b: c["cache"] for b, c in second["compile_cache"].items()} == {2: "hit", 4: "miss"}
     rows = second["rows"]
