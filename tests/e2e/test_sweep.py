@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from flows.sweep import sweep
 from prefect.client.orchestration import get_client
+
+from flows.sweep import sweep
 
 pytestmark = pytest.mark.e2e
 
