@@ -11,6 +11,7 @@ every tool the way it must on a real host, not through a PATH the test arranged.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import os
 import sys
@@ -26,18 +27,31 @@ STAND_IN_MARK = "Stand-in for neuronx-cc"
 
 @contextlib.contextmanager
 def compiler_installed():
-    """The stand-in neuronx-cc in this environment's bin for the duration; a real one is left alone."""
+    """The stand-in neuronx-cc in this environment's bin for the duration; a real one is left alone.
+
+    Two test sessions on one checkout (a developer's run beside CI's, or a helper's) share that bin, so each
+    holds a shared lock on a file beside it while it uses the stand-in, and only the last one out removes it:
+    the first session's teardown used to delete the compiler under the second one's running pipeline."""
     target = tools.environment_bin() / "neuronx-cc"
     if target.exists() and STAND_IN_MARK not in target.read_text(errors="replace"):
         yield target  # a Neuron host's own compiler: not ours to replace
         return
-    # Its interpreter named in full: a service's PATH may have no python3 on it.
-    target.write_text(COMPILER.read_text().replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
-    target.chmod(0o755)
-    try:
-        yield target
-    finally:
-        target.unlink(missing_ok=True)
+    with open(target.with_name(".neuronx-cc-stand-in.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        # Its interpreter named in full: a service's PATH may have no python3 on it. Written whole, then renamed,
+        # so a session starting beside this one never runs half a script.
+        staged = target.with_name(f".neuronx-cc.{os.getpid()}")
+        staged.write_text(COMPILER.read_text().replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
+        staged.chmod(0o755)
+        staged.replace(target)
+        try:
+            yield target
+        finally:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no other session uses it
+                target.unlink(missing_ok=True)
+            except BlockingIOError:
+                pass  # another session still runs it: the last one out removes it
 
 
 def set_up(monkeypatch, tmp_path: Path, log: Path | None = None) -> None:
