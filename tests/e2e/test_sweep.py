@@ -1,6 +1,6 @@
 """The sweep end to end, on a real TorchServe and a real Prefect server: every setting measured, each
-batch size's model dropped before the next one's (its workers gone), the compile cache of the pipeline
-reused, and the artifacts keyed like the pipeline's."""
+batch size's model dropped before the next one's (its workers gone), the compile cache of the pipeline's
+trace stage reused, and the artifacts keyed like the pipeline's."""
 
 import json
 from pathlib import Path
@@ -9,6 +9,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.sweep import sweep
+from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.prepare.trace import trace
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +43,19 @@ def test_a_sweep_measures_every_setting_reuses_compiled_models_and_keys_its_arti
         "benchmark.client_check_seconds": 0,
         "benchmark.warmup": 1,
     }
-    first = sweep(overrides=overrides, batch_sizes=[2], workers=[1], delays=[5], concurrency=[2])
-    assert first["compile_cache"][2]["cache"] == "miss"
+    # Batch size 2 built before, as a pipeline run's trace stage builds it (the same function, the same config):
+    # the sweep must find it in the cache and build only batch size 4.
+    config = load_config(DEFAULT_CONFIG_FILE, overrides)
+    before = trace(
+        config.model,
+        2,
+        config.serving.max_length,
+        config.serving.buckets(),
+        tmp_path / "pipeline-model",
+        parity_tolerance=config.checks.parity_tolerance_for("cpu", config.model.compiler_args),
+        cache_dir=config.build.cache_dir,
+    )
+    assert before.cache["cache"] == "miss"
 
     state = sweep(
         overrides=overrides, batch_sizes=[2, 4], workers=[1], delays=[5, 20], concurrency=[2], return_state=True
