@@ -128,7 +128,7 @@ def stop_database(state: Path) -> list[int]:
     return stop_processes(refs, grace=30).survivors if refs else []
 
 
-# -- pid files: a ProcessRef ("pid create_time"), so a recycled pid is never taken for ours ----
+# -- pid files: a ProcessRef ("pid create_time boot_time"), so a recycled pid is never taken for ours --
 
 
 def _pid_file(state: Path, name: str) -> Path:

@@ -21,34 +21,49 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
-# create_time is read from /proc with jiffy resolution; two readings of one process agree to well within this.
+# A start time is read from /proc with jiffy resolution; two readings of one process agree to well within this.
 SAME_START_S = 0.01
 
 
 class ProcessRef(BaseModel):
-    """A pid plus its start time, so a recycled pid is never mistaken for ours."""
+    """A pid plus its start time, so a recycled pid is never mistaken for ours.
+
+    The start is compared in seconds after boot. psutil's create_time is the kernel's start in ticks after boot
+    plus the boot time as the wall clock reads it now, so a step of the clock (NTP on a nightly host; 30 s seen
+    on this project's test host) moved every create_time: a server's record then named no live process, and its
+    stop left TorchServe running. boot_time is read with create_time and kept beside it."""
 
     pid: int
-    create_time: float
+    create_time: float  # s since the epoch, as the clock read when recorded
+    boot_time: float | None = None  # the boot time read with it; None in a record written before it was kept
 
     @classmethod
     def of(cls, process: psutil.Process) -> ProcessRef:
-        return cls(pid=process.pid, create_time=process.create_time())
+        return cls(pid=process.pid, create_time=process.create_time(), boot_time=psutil.boot_time())
 
     @classmethod
     def parse(cls, line: str) -> ProcessRef:
-        """From "pid create_time", the form of a pid file."""
-        pid, created = line.split()
-        return cls(pid=int(pid), create_time=float(created))
+        """From "pid create_time boot_time" (or an older "pid create_time"), the form of a pid file."""
+        pid, created, *boot = line.split()
+        return cls(pid=int(pid), create_time=float(created), boot_time=float(boot[0]) if boot else None)
 
     def line(self) -> str:
-        return f"{self.pid} {self.create_time}"
+        return f"{self.pid} {self.create_time}" + ("" if self.boot_time is None else f" {self.boot_time}")
+
+    @property
+    def start(self) -> float:
+        """When it started: s after boot; an older record's create_time as it is."""
+        return self.create_time if self.boot_time is None else self.create_time - self.boot_time
+
+    def start_of(self, process: psutil.Process) -> float:
+        """`process`'s start on the scale of `start`."""
+        return process.create_time() - (0.0 if self.boot_time is None else psutil.boot_time())
 
     def alive(self) -> psutil.Process | None:
         """The running process this names, or None if it ended (see `running`) or the pid was reused."""
         try:
             process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.create_time) < SAME_START_S and running(process):
+            if abs(self.start_of(process) - self.start) < SAME_START_S and running(process):
                 return process
         except psutil.Error:
             pass
@@ -83,14 +98,14 @@ def group_members(leader: ProcessRef) -> list[ProcessRef]:
     its group. Empty when the leader's pid now names another process (then its group is gone too: the
     kernel hands out no pid that is still some group's id)."""
     try:
-        if abs(psutil.Process(leader.pid).create_time() - leader.create_time) >= SAME_START_S:
+        if abs(leader.start_of(psutil.Process(leader.pid)) - leader.start) >= SAME_START_S:
             return []  # its pid was reused, so its group is gone
     except psutil.Error:
         pass  # the leader is gone; its group may live on
     members = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(process.pid) == leader.pid and process.create_time() >= leader.create_time - SAME_START_S:
+            if os.getpgid(process.pid) == leader.pid and leader.start_of(process) >= leader.start - SAME_START_S:
                 ref = ProcessRef.of(process)
                 if ref.alive():
                     members.append(ref)

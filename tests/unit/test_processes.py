@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tasks.common.ports import listeners
-from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, kill_group, stop, tail
+from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, stop, tail
 from tests.unit.fake_time import ended
 
 IGNORES_SIGTERM = (
@@ -52,7 +52,8 @@ def test_process_ref_finds_a_running_process():
 
 def test_a_process_ref_whose_pid_now_belongs_to_another_process_is_not_ours():
     me = psutil.Process()
-    assert ProcessRef(pid=me.pid, create_time=me.create_time() - 5.0).alive() is None
+    ref = ProcessRef.of(me)
+    assert ref.model_copy(update={"create_time": ref.create_time - 5.0}).alive() is None
 
 
 def test_a_process_that_ended_is_not_alive_even_before_it_is_reaped():
@@ -67,6 +68,34 @@ def test_a_process_that_ended_is_not_alive_even_before_it_is_reaped():
 def test_a_process_ref_reads_back_from_its_pid_file_line():
     ref = ProcessRef.of(psutil.Process())
     assert ProcessRef.parse(ref.line() + "\n") == ref
+
+
+def _step_the_wall_clock(monkeypatch, seconds: float) -> None:
+    """What NTP stepping the clock does to psutil: the boot time it reads from /proc/stat moves, and with it
+    every process's create_time (ticks after boot + that boot time)."""
+    platform_boot_time = psutil._psplatform.boot_time
+    monkeypatch.setattr(psutil._psplatform, "boot_time", lambda: platform_boot_time() + seconds)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the clock step is simulated through psutil's Linux module")
+@pytest.mark.parametrize("seconds", [30.0, -30.0])
+def test_a_step_of_the_wall_clock_does_not_lose_a_running_process(spawn, monkeypatch, ending_processes, seconds):
+    """Seen on the test host: a run recorded its TorchServe, the clock stepped 30 s, and the run's stop found
+    no process of its record alive and left TorchServe running."""
+    child = spawn(SLEEPS, new_session=True)
+    ref = _ref(child)
+    _step_the_wall_clock(monkeypatch, seconds)
+    assert psutil.Process(child.pid).create_time() == pytest.approx(ref.create_time + seconds)  # the step took
+    assert ref.alive() is not None
+    assert [member.pid for member in group_members(ref)] == [child.pid]
+    assert stop([ref], grace=1).stopped == 1 and child.poll() is not None
+
+
+def test_a_record_written_before_the_boot_time_was_kept_still_names_its_process():
+    me = psutil.Process()
+    older = ProcessRef.parse(f"{me.pid} {me.create_time()}")
+    assert older.boot_time is None and older.alive() is not None
+    assert ProcessRef.model_validate({"pid": me.pid, "create_time": me.create_time()}).alive() is not None
 
 
 def test_a_child_that_ignores_sigterm_is_killed(spawn, ending_processes, fake_clock):
@@ -100,7 +129,8 @@ def test_processes_not_picked_first_get_the_grace_period_before_their_sigterm(sp
 @pytest.mark.parametrize("group", [False, True], ids=["process", "process group"])
 def test_a_recycled_pid_with_a_different_create_time_is_never_signalled(spawn, group, ending_processes):
     child = spawn(SLEEPS, new_session=group)
-    stale = ProcessRef(pid=child.pid, create_time=_ref(child).create_time - 100.0)
+    ref = _ref(child)
+    stale = ref.model_copy(update={"create_time": ref.create_time - 100.0})
     result = stop([stale], grace=0.2, group=group)
     assert result.stopped == 0
     assert ending_processes.sent == [], "a process that merely reuses the pid must be left alone"
