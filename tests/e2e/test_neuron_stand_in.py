@@ -61,6 +61,9 @@ SHORT_BENCHMARK = {
     "benchmark.client_check_seconds": 0,
     "benchmark.single_client_seconds": 0,
     "benchmark.regression_runs": 0,
+    # compare-buckets too: buckets 16 and 32 against 32 alone, 2 s of load each.
+    "serving.length_buckets": [16],
+    "benchmark.compare_seconds": 2,
 }
 
 
@@ -71,6 +74,9 @@ def events(log: Path) -> list[dict]:
 def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_an_inherited_core(
     prefect_server, neuron_host, tmp_path, monkeypatch
 ):
+    """A night on two NeuronCores, its bucket comparison included. Each core is held by one worker process until
+    it exits, so compare-buckets must have the bucketed registration's two workers let go of both cores before the
+    max_length-only registration's two can load, and must serve the bucketed model again afterwards."""
     # Inherited by the flow: it would put every worker on core 0 if the server passed it through.
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
     summary = validate(
@@ -97,14 +103,22 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     assert [e for e in log if e["pid"] == os.getpid()] == []  # the flow's own process never touched Neuron
     # Under a service's PATH the compile child ran the compiler pip installed beside its interpreter.
     compiles = [e for e in log if e["event"] == "neuronx-cc"]
-    assert [e["path"] for e in compiles] == [str(tools.environment_bin() / "neuronx-cc")]
+    assert [e["path"] for e in compiles] == [str(tools.environment_bin() / "neuronx-cc")] * 2  # a graph per bucket
     traces = [e for e in log if e["event"] == "trace"]
-    assert len(traces) == 1 and traces[0]["precision"] == "bf16" and traces[0]["shapes"] == [[2, 32]] * 4
-    reserved = {e["pid"]: e["cores"] for e in log if e["event"] == "reserve" and e["pid"] != traces[0]["pid"]}
-    assert sorted(reserved.values()) == [[0], [1]]  # two workers, two distinct cores
-    assert {int(pid) for pid in core_map.values()} == set(reserved)
+    assert [t["shapes"] for t in traces] == [[[2, 16]] * 4, [[2, 32]] * 4]  # each of the four inputs, per bucket
+    assert {t["precision"] for t in traces} == {"bf16"} and len({t["pid"] for t in traces}) == 1  # one child
+    reserves = [(e["pid"], e["cores"]) for e in log if e["event"] == "reserve" and e["pid"] != traces[0]["pid"]]
+    # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again
+    assert [sorted(c for _, cs in reserves[i : i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
+    assert len(reserves) == 6 and len({pid for pid, _ in reserves}) == 6  # a worker process per core each time
+    assert {int(pid) for pid in core_map.values()} == {pid for pid, _ in reserves[:2]}  # mapped once registered
     info = json.loads((tmp_path / "runs" / "latest" / "model" / "model_info.json").read_text())
     assert info["compiler_args"] == summary["model"]["compiler_args"]
+
+    buckets = summary["bucket_comparison"]
+    assert buckets["buckets"] == [16, 32]
+    assert buckets["bucketed_inferences_per_s"] > 0 and buckets["single_inferences_per_s"] > 0
+    assert buckets["labels_identical"] == buckets["labels_compared"] > 0
 
 
 def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched(prefect_server, neuron_host, tmp_path):
@@ -160,45 +174,6 @@ def test_a_model_traced_for_cpu_is_refused_by_a_neuron_server(small_model, neuro
     )
     error = register_refusal(serving, resolved, mar, tmp_path / "server")
     assert "traced for backend 'cpu' but the server runs the 'neuron' backend" in str(error)
-
-
-def test_compare_buckets_lends_the_cores_to_the_single_bucket_registration_and_takes_them_back(
-    prefect_server, neuron_host, tmp_path
-):
-    """Each NeuronCore is held by one worker process until it exits, so the bucketed registration's two
-    workers must let go of both cores before the max_length-only registration's two can load, and the
-    bucketed model must be served again afterwards (as --keep-serving leaves it)."""
-    short = {
-        "benchmark.enabled": True,
-        "benchmark.capacity.enabled": False,
-        "benchmark.duration": 2,
-        "benchmark.warmup": 0.5,
-        "benchmark.compare_seconds": 2,
-        "benchmark.concurrency": 4,
-        "benchmark.ceiling_seconds": 0,
-        "benchmark.client_check_seconds": 0,
-        "benchmark.single_client_seconds": 0,
-        "benchmark.regression_runs": 0,
-    }
-    summary = validate(
-        config_file=str(DEFAULT_CONFIG_FILE),
-        overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, **short, "serving.length_buckets": [16]},
-    )
-
-    status = {s["name"]: s for s in summary["stages"]}
-    assert status["compare-buckets"]["status"] == "ok", status["compare-buckets"]["error"]
-    assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
-    buckets = summary["bucket_comparison"]
-    assert buckets["buckets"] == [16, 32]
-    assert buckets["bucketed_inferences_per_s"] > 0 and buckets["single_inferences_per_s"] > 0
-    assert buckets["labels_identical"] == buckets["labels_compared"] > 0
-
-    log = events(neuron_host)
-    trace_pid = next(e["pid"] for e in log if e["event"] == "trace")
-    reserves = [(e["pid"], e["cores"]) for e in log if e["event"] == "reserve" and e["pid"] != trace_pid]
-    # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again
-    assert [sorted(c for _, cs in reserves[i : i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
-    assert len(reserves) == 6 and len({pid for pid, _ in reserves}) == 6
 
 
 def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
