@@ -1,7 +1,10 @@
+import contextlib
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.stand_ins import host
@@ -43,3 +46,28 @@ def neuron_host(monkeypatch, tmp_path):
         host.set_up(monkeypatch, tmp_path, log)
         yield log
     host.tear_down()
+
+
+def _torchserve_under(base: Path) -> list[psutil.Process]:
+    """TorchServe's launcher, frontend and workers running in a directory under `base` (a run's server directory)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        command, cwd = " ".join(process.info["cmdline"] or []), process.info["cwd"] or ""
+        if ("torchserve" in command or "org.pytorch.serve" in command or "model_service_worker" in command) and (
+            Path(cwd).is_relative_to(base)
+        ):
+            found.append(process)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_torchserve_outlives_the_tests(tmp_path_factory):
+    """Whatever a test asserts, a TorchServe one of its runs started and left behind fails the session (and is
+    stopped): a leak once passed unseen, in a test that did not look for it."""
+    yield
+    base = tmp_path_factory.getbasetemp().resolve()
+    left = _torchserve_under(base)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    assert not left, f"TorchServe processes outlived the tests: {[(p.pid, p.info['cwd']) for p in left]}"
