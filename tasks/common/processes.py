@@ -28,10 +28,10 @@ SAME_START_S = 0.01
 class ProcessRef(BaseModel):
     """A pid plus its start time, so a recycled pid is never mistaken for ours.
 
-    The start is compared in seconds after boot. psutil's create_time is the kernel's start in ticks after boot
-    plus the boot time as the wall clock reads it now, so a step of the clock (NTP on a nightly host; 30 s seen
-    on this project's test host) moved every create_time: a server's record then named no live process, and its
-    stop left TorchServe running. boot_time is read with create_time and kept beside it."""
+    The start is compared as seconds after boot (see created_now). psutil's create_time is the kernel's start in
+    ticks after boot plus the boot time as the wall clock reads it now, so a step of the clock (NTP on a nightly
+    host; 30 s seen on this project's test host) moved every create_time: a server's record then named no live
+    process, and its stop left TorchServe running. boot_time is read with create_time and kept beside it."""
 
     pid: int
     create_time: float  # s since the epoch, as the clock read when recorded
@@ -50,20 +50,16 @@ class ProcessRef(BaseModel):
     def line(self) -> str:
         return f"{self.pid} {self.create_time}" + ("" if self.boot_time is None else f" {self.boot_time}")
 
-    @property
-    def start(self) -> float:
-        """When it started: s after boot; an older record's create_time as it is."""
-        return self.create_time if self.boot_time is None else self.create_time - self.boot_time
-
-    def start_of(self, process: psutil.Process) -> float:
-        """`process`'s start on the scale of `start`."""
-        return process.create_time() - (0.0 if self.boot_time is None else psutil.boot_time())
+    def created_now(self) -> float:
+        """Its create_time as psutil reads it now: the start after boot plus today's boot time (an older record's
+        create_time as it is). Read once per comparison, not once per process compared."""
+        return self.create_time if self.boot_time is None else self.create_time - self.boot_time + psutil.boot_time()
 
     def alive(self) -> psutil.Process | None:
         """The running process this names, or None if it ended (see `running`) or the pid was reused."""
         try:
             process = psutil.Process(self.pid)
-            if abs(self.start_of(process) - self.start) < SAME_START_S and running(process):
+            if abs(process.create_time() - self.created_now()) < SAME_START_S and running(process):
                 return process
         except psutil.Error:
             pass
@@ -97,15 +93,16 @@ def group_members(leader: ProcessRef) -> list[ProcessRef]:
     orphans included: a child it spawned just before it died is no longer its descendant, but stays in
     its group. Empty when the leader's pid now names another process (then its group is gone too: the
     kernel hands out no pid that is still some group's id)."""
+    leader_created = leader.created_now()
     try:
-        if abs(leader.start_of(psutil.Process(leader.pid)) - leader.start) >= SAME_START_S:
+        if abs(psutil.Process(leader.pid).create_time() - leader_created) >= SAME_START_S:
             return []  # its pid was reused, so its group is gone
     except psutil.Error:
         pass  # the leader is gone; its group may live on
     members = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(process.pid) == leader.pid and leader.start_of(process) >= leader.start - SAME_START_S:
+            if os.getpgid(process.pid) == leader.pid and process.create_time() >= leader_created - SAME_START_S:
                 ref = ProcessRef.of(process)
                 if ref.alive():
                     members.append(ref)
