@@ -10,8 +10,8 @@ from prefect.artifacts import create_table_artifact
 from tasks.common import keys
 from tasks.measure import figures, regression
 from tasks.measure.figures import INFERENCES_PER_S, LATENCY_P90
-from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult, Memory
+from tests import nights
 
 pytestmark = pytest.mark.e2e
 
@@ -20,14 +20,9 @@ TONIGHT: dict = {}
 
 
 def _bench(served: float, latency_s: float, fingerprint: str, rss_mib: float = 1200.0) -> BenchmarkResult:
-    return BenchmarkResult(
-        requests_per_s=served,
-        inferences_per_s=served,
-        latency_ms=percentiles([latency_s] * 10),
-        requests=10,
-        errors=0,
-        concurrency=4,
-        seconds=10 / served,
+    return nights.night(
+        served,
+        latency_s,
         fingerprint=fingerprint,
         memory=Memory(
             samples=10,

@@ -27,20 +27,7 @@ from tasks.measure.results import (
     WorkerLoad,
     windows,
 )
-
-
-def night(served: float, latency_s: float, **more) -> BenchmarkResult:
-    """A benchmark whose every request took latency_s, at `served` inferences/s."""
-    return BenchmarkResult(
-        requests_per_s=served,
-        inferences_per_s=served,
-        latency_ms=percentiles([latency_s] * 10),
-        requests=10,
-        errors=0,
-        concurrency=4,
-        seconds=10 / served,
-        **more,
-    )
+from tests.nights import night
 
 
 def full() -> BenchmarkResult:

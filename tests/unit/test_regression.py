@@ -8,26 +8,12 @@ import pytest
 from tasks.common.config import load_config, resolve_serving
 from tasks.measure import figures
 from tasks.measure.figures import CPU_HOST_CORES, CPU_OTHER_CORES, INFERENCES_PER_S, LATENCY_P90
-from tasks.measure.loadgen import percentiles
 from tasks.measure.regression import BUSY_SHARE, busy, busy_host_warnings, check, compare, figures_of, fingerprint
 from tasks.measure.results import BenchmarkResult, CpuUse
+from tests.nights import night
 
 RATE, P90 = INFERENCES_PER_S.name, LATENCY_P90.name
 NIGHTS = [{RATE: v, P90: p} for v, p in ((20, 3000), (21, 2900), (19, 3100), (5, 9000))]
-
-
-def night(served: float, latency_s: float, **more) -> BenchmarkResult:
-    """A benchmark whose every request took latency_s, at `served` inferences/s."""
-    return BenchmarkResult(
-        requests_per_s=served,
-        inferences_per_s=served,
-        latency_ms=percentiles([latency_s] * 10),
-        requests=10,
-        errors=0,
-        concurrency=4,
-        seconds=10 / served,
-        **more,
-    )
 
 
 def with_cpu(other_cores: float, host_cores: int) -> BenchmarkResult:
