@@ -16,7 +16,7 @@ the engine: Cancelled for a cancellation, Crashed otherwise.
 from __future__ import annotations
 
 import signal
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,7 +65,7 @@ class Run:
         # {"config_file": str, "settings": {name: value, the given ones only}, "overrides": dict | None}
         self.config, self.resolved, self.parameters = config, resolved, parameters
         self.log = get_run_logger()
-        self.started = datetime.now(timezone.utc)  # the trend's "started" for this run, as Prefect's for the others
+        self.started = datetime.now(UTC)  # the trend's "started" for this run, as Prefect's for the others
         self.dir = new_run_dir(config.runs_dir)
         self.stages = Stages()
         self.server: Server | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.common.config import RunConfig
@@ -25,7 +25,7 @@ from tasks.doctor.steps import Doctor
 
 def default_out_dir(runs_dir: Path) -> Path:
     """runs/doctor-<UTC time>: beside the nights' run directories (runs/latest is left to them)."""
-    return runs_dir / f"doctor-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return runs_dir / f"doctor-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
 def doctor(
@@ -38,7 +38,7 @@ def doctor(
     """Run every check on this host, write doctor.md and doctor.json to out_dir, publish where a Prefect API
     is configured; `say` gets each step's line as it finishes. Returns the report (ok: no step failed)."""
     out_dir = out_dir or default_out_dir(config.runs_dir)
-    started, clock = datetime.now(timezone.utc), time.monotonic()
+    started, clock = datetime.now(UTC), time.monotonic()
     checks = Doctor(config, backend, instance_type, out_dir)
     say(f"doctor: {platform.node()}, backend {checks.requested}; report in {out_dir}")
     try:

@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +38,7 @@ PICTURES = {
 
 def new_run_dir(runs_dir: Path) -> Path:
     """runs/<UTC time>-<id>, with runs/latest pointing at it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True)
     latest = runs_dir / "latest"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 
@@ -281,7 +281,7 @@ def test_run_config_artifact_holds_parameters_resolved_config_versions_and_host(
     assert json.loads(rows[("parameter", "overrides")])["runs_dir"] == str(nightly["runs_dir"])
     assert rows[("config", "serving.batch_size")] == "2" and rows[("config", "model.source")] == "embedded"
     assert rows[("resolved", "initial_workers")] == "1"  # what "auto" or the override became on this host
-    assert rows[("version", "prefect")] == "3.8.8" and rows[("version", "torchserve")] == "0.12.0"
+    assert rows[("version", "prefect")] == "3.9.1" and rows[("version", "torchserve")] == "0.12.0"
     assert rows[("host", "name")] == platform.node() and rows[("host", "cpus")] == str(os.cpu_count())
     # Two nights line up row by row: the same rows in the same order, even when the second failed at start.
     second = nightly["api"].artifacts(nightly["runs"]["failing"]["id"])
@@ -311,7 +311,7 @@ def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nigh
             {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}
         ]
     # The scheduler had planned the next nights (read before the restart).
-    starts = [_time(r["expected_start_time"]).astimezone(timezone.utc) for r in nightly["scheduled"]]
+    starts = [_time(r["expected_start_time"]).astimezone(UTC) for r in nightly["scheduled"]]
     assert starts and all((t.hour, t.minute, t.second) == (2, 0, 0) for t in starts), starts
 
 

@@ -151,7 +151,7 @@ def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
     assert table[("config", "serving.batch_size")] == "6"
     assert table[("config", "serving.initial_workers")] == "auto"
     assert table[("resolved", "initial_workers")] == "2"
-    assert table[("version", "prefect")] == "3.8.8"
+    assert table[("version", "prefect")] == "3.9.1"
     assert table[("host", "name")] == platform.node()
     assert table[("host", "cpus")] == str(os.cpu_count())
     assert [r["section"] for r in rows] == sorted(

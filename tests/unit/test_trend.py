@@ -3,7 +3,7 @@ regressed figures marked, a chart that decodes as a small PNG; and the outcome a
 
 import base64
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tasks.measure import figures
 from tasks.measure.charts import SMALL, data_uri, trend_chart
@@ -62,7 +62,7 @@ def _earlier(name, day, state, message=None, summary=None, bench=None):
     outcome = trend.outcome_rows(summary) if summary else None
     return trend.row(
         name,
-        datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc),
+        datetime(2026, 11, day, 2, 0, tzinfo=UTC),
         state,
         message,
         outcome,
