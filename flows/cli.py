@@ -12,12 +12,10 @@ at once, and Prefect (and the run) start only for a configuration that validates
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shlex
 import signal
 import sys
-import time
 import types
 import typing
 from collections.abc import Iterable
@@ -28,6 +26,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from tasks.common.config import ConfigError, RunConfig, load_config, resolve_serving
+from tasks.common.errors import PipelineError
 from tasks.common.parameters import file_defaults, shown, value_at
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -128,17 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from flows.interrupts import WATCH
     from flows.pipeline import validate  # Prefect loads here, for a run that will start
+    from flows.temporary_api import temporary_api
 
-    started = time.time()
+    WATCH.install(dedicated=True)  # this process exists for the night (flows/interrupts.py)
+    _sigterm_ends_the_command()
     try:
-        with _temporary_api_fails_fast():
+        with temporary_api():
             state = validate(config_file=config_file, overrides=overrides, return_state=True)
+    except PipelineError as error:  # the run's own API could not start: its message and fix, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except BaseException as error:
-        signum = _signal_of(error)
+        signum = WATCH.first.signum if WATCH.first else _signal_of(error)
         if signum is None:
             raise
-        print(_interrupted(Path(config.runs_dir), started), file=sys.stderr)
+        print(_interrupted(WATCH.run_dir, signum), file=sys.stderr)
         return 128 + signum
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
@@ -156,14 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary["status"] == "ok" else 1
 
 
-def _temporary_api_fails_fast() -> contextlib.AbstractContextManager[object]:
-    """Without PREFECT_API_URL the run uses a temporary API server, a child in this terminal's process
-    group: a Ctrl-C stops it too, and Prefect's client would retry it for ~30 s. Don't retry it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+def _sigterm_ends_the_command() -> None:
+    """SIGTERM outside the flow run raises Prefect's TerminationSignal, as its engine's handler does inside, so
+    the command ends the same way wherever the signal lands. Once: a repeat -- Prefect's engine passing the
+    signal on to this handler after its own, or a second SIGTERM -- is the interrupt watch's to act on."""
+    from prefect.exceptions import TerminationSignal
 
-    if PREFECT_API_URL.value():
-        return contextlib.nullcontext()
-    return temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0})
+    raised: list[int] = []
+
+    def terminate(signum: int, frame: object) -> None:
+        if not raised:
+            raised.append(signum)
+            raise TerminationSignal(signal=signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _signal_of(error: BaseException) -> int | None:
@@ -181,31 +192,26 @@ def _signal_of(error: BaseException) -> int | None:
     return None
 
 
-def _interrupted(runs_dir: Path, started: float) -> str:
-    """The one line a Ctrl-C ends with: what the run stopped, from the summary it wrote. No summary from
-    this run: it had not started. A summary that cannot be read says so and why -- whether TorchServe
-    was stopped is then unknown, and the line does not guess."""
-    path = runs_dir / "latest" / "summary.json"
+def _interrupted(run_dir: Path | None, signum: int) -> str:
+    """The one line an interrupted command ends with, told by the run's own summary: what stopped it, where
+    it was, what became of TorchServe. No run directory: the run had not started. A summary that is missing
+    or cannot be read says so -- whether TorchServe was stopped is then unknown, and the line does not guess."""
+    from flows.interrupts import said
+
+    if run_dir is None:
+        return f"interrupted by {said(signum)} before the run started: nothing to stop"
+    path = run_dir / "summary.json"
     try:
-        if path.stat().st_mtime < started:
-            return "interrupted before the run started: nothing to stop"
         summary = json.loads(path.read_text())
-        stopped = (summary.get("interrupted") or {}).get("stopped")
-        done = (
-            f"TorchServe stopped ({stopped['stopped']} processes)"
-            if stopped
-            else "TorchServe NOT stopped: see the summary"
-            if summary.get("status") != "interrupted"
-            or any(s["name"] == "stop" and s["status"] == "failed" for s in summary["stages"])
-            else "no TorchServe was running"
-        )
-        return f"interrupted: {done}; summary: {path.resolve()}"
-    except FileNotFoundError:
-        return "interrupted before the run started: nothing to stop"
+        told = summary.get("interrupted")
+        if told is None:  # the signal came once the run had ended: its summary stands as written
+            return f"interrupted by {said(signum)} after the run ended (status {summary['status']}); summary: {path}"
+        return f"interrupted: {told['by']} {told['during']}: {told['server']}; summary: {path}"
     except (OSError, ValueError, KeyError, TypeError) as error:
         return (
-            f"interrupted: the run's summary {path} is unreadable ({type(error).__name__}: {error}), so "
-            f"whether TorchServe was stopped is unknown; python -m flows.stop {path.parent} stops one it left"
+            f"interrupted by {said(signum)}: the run's summary {path} is missing or unreadable "
+            f"({type(error).__name__}: {error}), so whether TorchServe was stopped is unknown; "
+            f"python -m flows.stop {run_dir} stops one it left"
         )
 
 

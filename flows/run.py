@@ -6,16 +6,20 @@ summary and artifacts are written, and a failure ends the flow run naming its st
             ...
 
 Interruptions go through Prefect's own machinery, not around it: Ctrl-C raises KeyboardInterrupt, and
-SIGTERM -- a worker cancelling the run, a killed job -- raises Prefect's TerminationSignal from the
-handler its engine installs (which is how it acknowledges a cancellation). Either passes through
-__exit__, which stops TorchServe without the Prefect API (a Ctrl-C in a terminal also stops the
-temporary API server), writes summary.json with status "interrupted", and lets the exception go on to
-the engine: Cancelled for a cancellation, Crashed otherwise.
+SIGTERM -- a worker cancelling the run, a killed job -- raises Prefect's TerminationSignal from the handler
+its engine installs (which is how it acknowledges a cancellation). Which exception surfaces, and where, is
+luck (flows/interrupts.py); what the run reports is the signal its watch saw. __exit__ runs shielded -- a
+further signal is recorded, and kills TorchServe at once, but cuts nothing short -- stops TorchServe, writes
+summary.json with status "interrupted" and the stage that was running, publishes the artifacts, and hands
+Prefect's engine the signal's own exception: Cancelled for a worker's cancellation, Crashed otherwise. The
+watch backs each step up should the main thread not get there.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -23,15 +27,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from prefect import get_run_logger
-from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL
 
-from flows.stages import INTERRUPTS, StageFailed, Stages, stop_task
+from flows.interrupts import WATCH, Arrival
+from flows.stages import INTERRUPTS, StageFailed, Stages, interruption_of, stop_task
 from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
 from tasks.common.parameters import merged
 from tasks.report.events import emit_regression, run_page
-from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
-from tasks.serve.server import Server, load_record, stop_stale
+from tasks.report.summary import (
+    build_summary,
+    make_run_dir,
+    next_run_dir,
+    publish_artifacts,
+    publish_run_config,
+    write_summary,
+)
+from tasks.serve.server import STOP_GRACE_S, Server, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
 
 if TYPE_CHECKING:
@@ -48,15 +59,6 @@ if TYPE_CHECKING:
     from tasks.verify.checks import CheckResult
 
 
-def interruption(error: BaseException | None) -> str | None:
-    """How the run was stopped from outside, in words; None if it was not."""
-    if isinstance(error, KeyboardInterrupt):
-        return "Ctrl-C (SIGINT)"
-    if isinstance(error, TerminationSignal):
-        return f"{signal.Signals(error.signal).name} (a cancellation or a stopped job)"
-    return None
-
-
 class Run:
     """The run directory, each stage's record, and the typed results so far."""
 
@@ -66,7 +68,7 @@ class Run:
         self.config, self.resolved, self.parameters = config, resolved, parameters
         self.log = get_run_logger()
         self.started = datetime.now(UTC)  # the trend's "started" for this run, as Prefect's for the others
-        self.dir = new_run_dir(config.runs_dir)
+        self.dir = next_run_dir(config.runs_dir)  # made on entry
         self.stages = Stages()
         self.server: Server | None = None
         self.checks: list[CheckResult] = []
@@ -78,10 +80,16 @@ class Run:
         self.gpu_map: GpuMap | None = None  # cuda: which GPU each worker was given, once registered
         self.trace_cache: dict | None = None  # the compile cache's verdict: hit or miss, seconds saved
         self.summary: dict = {}  # summary.json's content, once written (on the way out)
-        self.interrupted: str | None = None  # how the run was stopped from outside, if it was
+        self.interrupted: Arrival | None = None  # how the run was stopped from outside, if it was
         self.stopped: dict | None = None  # what stop did: processes stopped, escalated
+        self.exiting = False  # the main thread has begun the exit (the watch's backstop then holds back)
+        self._stop_lock = threading.Lock()
+        self._summary_lock = threading.Lock()
 
     def stage(self, name: str) -> AbstractContextManager[None]:
+        interrupted = WATCH.sync()
+        if interrupted is not None:  # interrupted between stages: no stage starts after a signal
+            raise interrupted.vehicle()
         return self.stages.run(name)
 
     @property
@@ -90,6 +98,13 @@ class Run:
         return self.config.keep_serving and self.stages.records["check"].status == "ok"
 
     def __enter__(self) -> Run:
+        # A process that exists for this flow run (a worker's) may be ended by the watch's last backstop.
+        from prefect import runtime
+
+        WATCH.install(dedicated=os.environ.get("PREFECT__FLOW_RUN_ID") == str(runtime.flow_run.id))
+        with WATCH.shielded():  # the directory made and the watch attached, or neither
+            make_run_dir(self.dir)
+            WATCH.attach(self)
         self.log.info(
             "run directory %s; %d workers x %d threads (%s)",
             self.dir,
@@ -104,97 +119,105 @@ class Run:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> Literal[False]:
-        self.interrupted = interruption(error)
-        stop_error, again = self._stop()
-        self._report()
-        if not self.interrupted:
-            self._tell()
-        if self.interrupted:
+        self.exiting = True
+        try:
+            with WATCH.shielded():
+                self.interrupted = interruption_of(error, *self.running_stage())
+                stop_error = self._stop()
+                self.interrupted = self.interrupted or WATCH.sync()  # one that came while stopping
+                self._report()
+                if not self.interrupted:
+                    self._tell()
+        finally:
+            WATCH.detach(self)
+        if self.interrupted and not self.stages.failed():
             self.log.warning(self.interruption_line())
-            if again is not None and interruption(error) is None:
-                raise again  # interrupted while stopping: TorchServe is down, now stop the run too
-            return False  # on to Prefect's engine: Cancelled (a cancellation) or Crashed
+            if isinstance(error, INTERRUPTS):
+                return False  # on to Prefect's engine: Cancelled (a worker's cancellation) or Crashed
+            # It surfaced as another exception (Prefect's own, mid-set-up), or as none: the signal's own instead.
+            raise self.interrupted.vehicle() from error
         if stop_error is not None:
             raise StageFailed(self.stages) from stop_error
         if isinstance(error, Exception) and self.stages.failed():
             raise StageFailed(self.stages) from error  # the Failed state then names the stage
+        if self.stages.failed():  # failed, then interrupted while stopping: the failure is the night's verdict
+            raise StageFailed(self.stages)
         if self.keep_serving and self.server is not None:
             self.log.info(
                 "TorchServe kept serving at %s; stop it with: python -m flows.stop", self.server.inference_url
             )
         return False
 
-    def _stop(self) -> tuple[BaseException | None, BaseException | None]:
-        """Stop TorchServe; return (the stop's error, an interruption that arrived during it).
+    # -- what the interrupt watch needs (flows/interrupts.Night), callable from its thread -----------------
 
-        After an interruption the plain function runs, not the Prefect task: the Prefect API may be
-        gone (a Ctrl-C in a terminal stops the temporary one). A further Ctrl-C or SIGTERM while
-        stopping restarts the stop with no grace -- straight to kill -- so no process is left either way.
-        """
+    def running_stage(self) -> tuple[str | None, str | None]:
+        return self.stages.current, self.stages.last_ended
+
+    def stop_now(self, grace: float) -> None:
+        """Stop TorchServe with the plain function, not the Prefect task (its API may be gone); from any thread.
+        A stop under way is not waited for: a second one with no grace overtakes it (a second Ctrl-C)."""
+        server = self.server or load_record(self.dir / "server")
+        if server is None or (self.keep_serving and not self.interrupted):
+            return
+        result = stop_server(server, grace=grace)
+        with self._stop_lock:
+            if self.stopped is None or result["stopped"] > self.stopped["stopped"]:
+                self.stopped = result
+
+    def write_summary_now(self) -> None:
+        """summary.json from what the run knows now, if the main thread has not written it (the watch's backstop)."""
+        with self._summary_lock:
+            if self.summary:
+                return
+        self.interrupted = self.interrupted or WATCH.first
+        self._write_summary({})
+
+    def end_state_now(self, arrival: Arrival) -> None:
+        """The flow run's final state, proposed from here when its engine could not (the watch's last step):
+        Cancelled when Prefect asked for the cancellation, else Crashed."""
+        from prefect import runtime
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled, Crashed
+
+        if runtime.flow_run.id is None:
+            return
+        message = f"interrupted by {arrival.by} {arrival.during}; ended by its interrupt watch"
+        with get_client(sync_client=True, httpx_settings={"timeout": 3}) as client:
+            state = client.read_flow_run(runtime.flow_run.id).state
+            if state is not None and state.is_final():
+                return
+            cancelled = state is not None and state.is_cancelling()
+            ended: State[Any] = Cancelled(message=message) if cancelled else Crashed(message=message)
+            client.set_flow_run_state(runtime.flow_run.id, ended, force=True)
+
+    # -- the exit's steps ---------------------------------------------------------------------------------
+
+    def _stop(self) -> BaseException | None:
+        """Stop TorchServe; return the stop's error. Interrupted: the plain function, at once (see stop_now);
+        otherwise the Prefect task, so the stop shows in the run's graph."""
         # The run directory records a started server even when start itself did not return.
         self.server = self.server or load_record(self.dir / "server")
         if self.server is None or (self.keep_serving and not self.interrupted):
-            return None, None
-        again: list[BaseException] = []
+            return None
         if self.interrupted:
-            self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted)
+            self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted.by)
         try:
-            with self.stage("stop"):
-                self._stop_surely(self.server, again)
+            with self.stages.run("stop"):
+                if self.interrupted:
+                    self.stop_now(grace=0.0 if WATCH.repeated else STOP_GRACE_S)
+                else:
+                    self.stopped = stop_task(self.server)
         except Exception as error:  # recorded; raised once the summary and artifacts are out
-            return error, again[0] if again else None
-        return None, again[0] if again else None
-
-    def _stop_surely(self, server: Server, again: list[BaseException]) -> None:
-        while True:
-            try:
-                try:
-                    if again or self.interrupted:
-                        self.stopped = stop_server(server, **({"grace": 0.0} if again else {}))
-                    else:
-                        self.stopped = stop_task(server)
-                    return
-                except INTERRUPTS as signalled:
-                    again.append(signalled)
-            except INTERRUPTS as signalled:  # arrived while handling the one before
-                again.append(signalled)
-            self.interrupted = self.interrupted or interruption(again[0])
-            self.log.warning("interrupted again while stopping TorchServe: killing it now")
+            return error
+        return None
 
     def _report(self) -> None:
         from tasks.common.keys import current_suffix, deployment_name
         from tasks.report.summary import pictures
         from tasks.report.trend import publish_trend
 
-        serving = self.config.serving
         drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
-        self.summary = build_summary(
-            self.stages,
-            self.checks,
-            self.benchmark,
-            self.config.model_dump(mode="json"),
-            {
-                "run_dir": str(self.dir),
-                "resolved": self.resolved.model_dump(),
-                "kept_serving": self.keep_serving,
-                "security": {
-                    "token_auth": serving.token_auth,
-                    "address": serving.address,
-                    "warnings": serving.security_warnings(),
-                },
-                "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
-                "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
-                "model": _model_facts(self.model_info, self.config.checks),
-                "trace": self.trace_cache,
-                "core_map": self.core_map.model_dump() if self.core_map else None,
-                "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
-                "pictures": drawn,
-            },
-        )
-        if self.interrupted:
-            self.summary["status"] = "interrupted"
-            self.summary["interrupted"] = {"by": self.interrupted, "stopped": self.stopped}
-        write_summary(self.dir, self.summary)
+        self._write_summary(drawn)
         if self.interrupted and not _api_answers():
             self.log.warning(
                 "the Prefect API does not answer: artifacts not published; the summary is in %s",
@@ -209,6 +232,45 @@ class Run:
         )  # never raises: a trend is not worth a failed run
         self.log.info("summary: %s", self.dir / "summary.json")
 
+    def _write_summary(self, drawn: dict[str, str]) -> None:
+        serving = self.config.serving
+        with self._summary_lock:
+            self.summary = build_summary(
+                self.stages,
+                self.checks,
+                self.benchmark,
+                self.config.model_dump(mode="json"),
+                {
+                    "run_dir": str(self.dir),
+                    "resolved": self.resolved.model_dump(),
+                    "kept_serving": self.keep_serving,
+                    "security": {
+                        "token_auth": serving.token_auth,
+                        "address": serving.address,
+                        "warnings": serving.security_warnings(),
+                    },
+                    "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
+                    "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
+                    "model": _model_facts(self.model_info, self.config.checks),
+                    "trace": self.trace_cache,
+                    "core_map": self.core_map.model_dump() if self.core_map else None,
+                    "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
+                    "pictures": drawn,
+                },
+            )
+            if self.interrupted:
+                if self.summary["status"] != "failed":  # a failure before the signal stays the verdict
+                    self.summary["status"] = "interrupted"
+                stage, during = self._where_interrupted()
+                self.summary["interrupted"] = {
+                    "by": _cancelled_or(self.interrupted),
+                    "stage": stage,
+                    "during": during,
+                    "stopped": self.stopped,
+                    "server": self._server_outcome(),
+                }
+            write_summary(self.dir, self.summary)
+
     def _tell(self) -> None:
         """Emit the benchmark's regression verdict as a Prefect event (an Automation notifies on it);
         name the run's page in the UI, when there is one to open."""
@@ -219,17 +281,54 @@ class Run:
         if page:
             self.log.info("run page: %s", page)
 
-    def interruption_line(self) -> str:
-        """One line: what stopped the run, during which stage, and what was stopped."""
-        stages = [r.name for r in self.stages.records.values() if r.status == "interrupted" and r.name != "stop"]
-        during = f" during {stages[0]}" if stages else ""
+    def _server_outcome(self) -> str:
+        """What became of TorchServe, in words (the console's interrupted line says this)."""
         if self.stopped is not None:
-            done = f"TorchServe stopped ({self.stopped['stopped']} processes)"
-        elif self.server is None:
-            done = "no TorchServe was running"
-        else:
-            done = "TorchServe could NOT be stopped: see the stop stage in the summary"
-        return f"interrupted by {self.interrupted}{during}: {done}; summary: {self.dir / 'summary.json'}"
+            count = self.stopped["stopped"]
+            return f"TorchServe stopped ({count} process{'' if count == 1 else 'es'})"
+        if self.server is None:
+            return "no TorchServe was running"
+        return "TorchServe could NOT be stopped: see the stop stage in the summary"
+
+    def _where_interrupted(self) -> tuple[str | None, str]:
+        """(the stage the interruption stopped, where the run was in words): the stage its record says was
+        interrupted -- where the work stopped -- else where the signal found the run."""
+        assert self.interrupted is not None
+        stopped = [r.name for r in self.stages.records.values() if r.status == "interrupted" and r.name != "stop"]
+        if stopped:
+            return stopped[0], f"during {stopped[0]}"
+        return self.interrupted.stage, self.interrupted.during
+
+    def interruption_line(self) -> str:
+        """One line: what stopped the run, where it was, and what became of TorchServe."""
+        assert self.interrupted is not None
+        return (
+            f"interrupted by {_cancelled_or(self.interrupted)} {self._where_interrupted()[1]}: "
+            f"{self._server_outcome()}; summary: {self.dir / 'summary.json'}"
+        )
+
+
+def _cancelled_or(arrival: Arrival) -> str:
+    """The interruption in words; a SIGTERM that a cancellation in Prefect sent (the flow run is Cancelling)
+    says so."""
+    if arrival.signum == signal.SIGTERM and _cancelling():
+        return "a cancellation in Prefect (SIGTERM from its worker)"
+    return arrival.by
+
+
+def _cancelling() -> bool:
+    """Whether this flow run is being cancelled in Prefect (the UI's Cancel, `prefect flow-run cancel`)."""
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+
+    if runtime.flow_run.id is None or not PREFECT_API_URL.value():
+        return False
+    try:
+        with get_client(sync_client=True, httpx_settings={"timeout": 2}) as client:
+            state = client.read_flow_run(runtime.flow_run.id).state
+    except Exception:  # the API gone: the words fall back to the signal's
+        return False
+    return state is not None and state.is_cancelling()
 
 
 def stop_what_the_run_left(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:

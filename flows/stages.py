@@ -8,6 +8,7 @@ use it, so a reader sees a stage's whole policy in one line.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel
 
+from flows.interrupts import WATCH, Arrival
 from tasks.measure.benchmark import run as benchmark
 from tasks.measure.buckets import compare as compare_buckets
 from tasks.prepare.archive import archive
@@ -36,8 +38,21 @@ if TYPE_CHECKING:
 STAGES = ["trace", "archive", "start", "register", "check", "benchmark", "compare-buckets", "stop"]
 
 # How a run is stopped from outside: Ctrl-C (KeyboardInterrupt), or SIGTERM -- a worker cancelling the
-# run, a killed job -- which Prefect's own handler raises as TerminationSignal.
+# run, a killed job -- which Prefect's own handler raises as TerminationSignal. These are only the vehicles:
+# the record of an interruption is the signal the watch saw (flows/interrupts.py).
 INTERRUPTS = (KeyboardInterrupt, TerminationSignal)
+
+
+def interruption_of(error: BaseException | None, stage: str | None = None, after: str | None = None) -> Arrival | None:
+    """The interruption behind an error: the first signal the watch saw -- whatever exception it surfaced as
+    (Prefect's task engine turns a Ctrl-C during its set-up into `ValueError: Task run is not set`) -- else
+    an interrupt raised where no watch runs (a flow called off the main thread, a test raising one)."""
+    if WATCH.sync() is not None:
+        return WATCH.first
+    if isinstance(error, INTERRUPTS):
+        signum = error.signal if isinstance(error, TerminationSignal) else signal.SIGINT
+        return Arrival(signum=signum, at=time.monotonic(), wall=time.time(), stage=stage, after=after)
+    return None
 
 
 def retry_when_retryable(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -83,24 +98,30 @@ class StageRecord(BaseModel):
 
 
 class Stages:
-    """Times each stage and records how it ended; a failure is recorded, then re-raised."""
+    """Times each stage and records how it ended; a failure is recorded, then re-raised. An exception that
+    ends a stage after a Ctrl-C or SIGTERM came is the interruption's, whatever its type."""
 
     def __init__(self, names: list[str] = STAGES):
         self.records = {name: StageRecord(name=name) for name in names}
+        self.current: str | None = None  # the stage running now
+        self.last_ended: str | None = None
 
     @contextlib.contextmanager
     def run(self, name: str) -> Iterator[None]:
         started = time.monotonic()
         record = self.records[name]
+        self.current = name
         try:
             yield
             record.status = "ok"
         except BaseException as error:
-            record.status = "interrupted" if isinstance(error, INTERRUPTS) else "failed"
-            record.error = f"{type(error).__name__}: {error}"
+            interrupted = interruption_of(error, name)
+            record.status = "interrupted" if interrupted else "failed"
+            record.error = f"interrupted by {interrupted.by}" if interrupted else f"{type(error).__name__}: {error}"
             raise
         finally:
             record.seconds = round(time.monotonic() - started, 3)
+            self.current, self.last_ended = None, name
 
     def skip(self, name: str, reason: str) -> None:
         """Skipped on purpose, not after a failure: the summary says why."""

@@ -71,6 +71,10 @@ def run(
             process.kill()
             process.wait()
             raise error(f"{module} did not finish within {timeout:g} s", fix="see its log lines above") from None
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM to this process alone): the child ends with the run
+            process.kill()
+            process.wait()
+            raise
         finally:
             reader.join(timeout=5)
         answer = json.loads(result_file.read_text()) if result_file.is_file() else None

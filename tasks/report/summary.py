@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +39,18 @@ PICTURES = {
 
 def new_run_dir(runs_dir: Path) -> Path:
     """runs/<UTC time>-<id>, with runs/latest pointing at it."""
+    return make_run_dir(next_run_dir(runs_dir))
+
+
+def next_run_dir(runs_dir: Path) -> Path:
+    """The name of a new run's directory, runs/<UTC time>-<id>; nothing made yet."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    return runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def make_run_dir(run_dir: Path) -> Path:
+    """Make a run's directory, and point runs/latest at it."""
+    runs_dir = run_dir.parent
     run_dir.mkdir(parents=True)
     latest = runs_dir / "latest"
     temporary = runs_dir / f".latest-{uuid.uuid4().hex[:6]}"
@@ -147,8 +158,12 @@ def _embedded(alt: str, path: str) -> str:
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
+    """summary.json, written whole or not at all: a reader -- the command line's last line, an interrupt's
+    backstop writing it again -- never sees half of it."""
     path = run_dir / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    partial = path.with_name(f".{SUMMARY_FILE}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(partial, path)
     return path
 
 

@@ -2,7 +2,6 @@
 
 import signal
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -61,14 +60,22 @@ def test_an_interruption_is_found_behind_the_error_prefect_raised_while_reportin
     assert _signal_of(ValueError("plain")) is None
 
 
-def test_the_ctrl_c_line_says_what_was_stopped(tmp_path):
+def test_the_ctrl_c_line_says_what_the_run_said_it_stopped_and_no_more(tmp_path):
     run_dir = tmp_path / "20261124-000000-abcdef"
     run_dir.mkdir()
-    (tmp_path / "latest").symlink_to(run_dir.name)
-    (run_dir / "summary.json").write_text(
-        '{"status": "interrupted", "interrupted": {"by": "Ctrl-C (SIGINT)", "stopped": {"stopped": 3}},'
-        ' "stages": [{"name": "stop", "status": "ok"}]}'
+    summary = run_dir / "summary.json"
+    summary.write_text(
+        '{"status": "interrupted", "interrupted": {"by": "Ctrl-C (SIGINT)", "during": "during benchmark",'
+        ' "server": "TorchServe stopped (3 processes)", "stopped": {"stopped": 3}}}'
     )
-    line = _interrupted(tmp_path, started=0)
-    assert line == f"interrupted: TorchServe stopped (3 processes); summary: {(run_dir / 'summary.json').resolve()}"
-    assert _interrupted(Path(tmp_path / "none"), started=0) == "interrupted before the run started: nothing to stop"
+    assert _interrupted(run_dir, signal.SIGINT) == (
+        f"interrupted: Ctrl-C (SIGINT) during benchmark: TorchServe stopped (3 processes); summary: {summary}"
+    )
+    summary.write_text('{"status": "ok", "interrupted": null}')
+    assert _interrupted(run_dir, signal.SIGTERM).startswith(
+        "interrupted by SIGTERM (a cancellation or a stopped job) after the run ended (status ok)"
+    )
+    summary.unlink()  # no summary: whether TorchServe was stopped is unknown, and the line does not guess
+    line = _interrupted(run_dir, signal.SIGINT)
+    assert "is missing or unreadable" in line and "unknown" in line and f"python -m flows.stop {run_dir}" in line
+    assert _interrupted(None, signal.SIGINT) == "interrupted by Ctrl-C (SIGINT) before the run started: nothing to stop"

@@ -88,16 +88,16 @@ def test_a_picture_that_cannot_be_drawn_is_warned_about_without_a_log_passed(mon
 
 
 def test_the_ctrl_c_line_says_an_unreadable_summary_is_unreadable_and_why(tmp_path):
+    import signal
+
     from flows.cli import _interrupted
 
     run_dir = tmp_path / "20261124-000000-abcdef"
     run_dir.mkdir()
-    (tmp_path / "latest").symlink_to(run_dir.name)
     (run_dir / "summary.json").write_text('{"status": "interrupted", "stag')  # cut off mid-write
-    line = _interrupted(tmp_path, started=0)
+    line = _interrupted(run_dir, signal.SIGINT)
     assert "nothing to stop" not in line
     assert "unreadable" in line and "JSONDecodeError" in line and "python -m flows.stop" in line
-    assert _interrupted(tmp_path / "none", started=0) == "interrupted before the run started: nothing to stop"
 
 
 # --- an expected failure in the run's log: its message and fix, no traceback; a bug: its traceback -------
