@@ -121,6 +121,7 @@ class Watch:
         self.arrivals: list[Arrival] = []
         self.dedicated = False  # this process exists for the night: the watch may end it
         self.night: Night | None = None
+        self.shielding = 0  # depth of shielded blocks the main thread is in
         self.run_dir: Path | None = None  # the last night attached: where its summary is
         self._installed = False
         self._self_sent: Counter[int] = Counter()
@@ -180,9 +181,11 @@ class Watch:
         previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
         for signum in SIGNALS:
             signal.signal(signum, _recorded_only)
+        self.shielding += 1
         try:
             yield
         finally:
+            self.shielding -= 1
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 

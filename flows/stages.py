@@ -115,7 +115,8 @@ class Stages:
             yield
             record.status = "ok"
         except BaseException as error:
-            interrupted = interruption_of(error, name)
+            # In the run's shielded exit no signal raises: an error there (a stop that failed) is the stage's own.
+            interrupted = interruption_of(error, name) if isinstance(error, INTERRUPTS) or not WATCH.shielding else None
             record.status = "interrupted" if interrupted else "failed"
             record.error = f"interrupted by {interrupted.by}" if interrupted else f"{type(error).__name__}: {error}"
             raise

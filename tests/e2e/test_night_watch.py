@@ -171,6 +171,7 @@ def test_a_run_cancelled_through_the_worker_ends_cancelled_with_no_torchserve_le
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {s["name"]: s["status"] for s in summary["stages"]}["benchmark"] == "interrupted"
+    assert summary["interrupted"]["by"] == "a cancellation in Prefect (SIGTERM from its worker)"
     assert_server_gone(server_stage.load_record(run_dir / "server"))
     print(f"cancel through the worker: Cancelled {took:.1f} s after Cancelling was set")
 

@@ -121,3 +121,16 @@ def test_the_temporary_api_server_is_started_as_prefect_starts_its_own(monkeypat
     prefect_server.SubprocessASGIServer._instances.pop(4999, None)
     assert started["args"] == server_command(4999)
     assert {key: started["env"][key] for key in SERVER_ENV} == SERVER_ENV
+
+
+def test_a_stop_that_fails_in_the_shielded_exit_of_an_interrupted_run_is_a_failure_not_the_signal(monkeypatch):
+    """No signal raises inside the run's shielded exit, so an error there is the stage's own: TorchServe
+    processes that survived SIGKILL must read as a failed stop, not as an interruption."""
+    watch = Watch()
+    watch.arrivals.append(Arrival(signum=signal.SIGTERM, at=0.0, wall=0.0, stage="benchmark", after="check"))
+    watch.shielding = 1
+    monkeypatch.setattr(stages_module, "WATCH", watch)
+    stages = Stages(["stop"])
+    with pytest.raises(RuntimeError), stages.run("stop"):
+        raise RuntimeError("TorchServe processes [42] survived SIGKILL")
+    assert stages.records["stop"].status == "failed" and "survived SIGKILL" in stages.records["stop"].error
