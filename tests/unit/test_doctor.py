@@ -2,8 +2,8 @@
 step, the exit code, and what doctor.md / doctor.json hold."""
 
 import json
-import re
 import os
+import re
 import threading
 
 import pytest
@@ -325,4 +325,3 @@ def test_the_host_step_names_the_os_glibc_and_python_and_fails_first_with_the_fi
     monkeypatch.setattr(steps.platform, "python_version", lambda: "3.10.12")
     old = host_step("cpu")
     assert old.status == "fail" and "Python 3.10.12: this project needs Python <3.13,>=3.11" in old.detail
-

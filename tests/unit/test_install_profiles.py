@@ -10,7 +10,6 @@ PIP_FIND_LINKS, with Neuron's index switched off (NEURON_INDEX_URL=).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
