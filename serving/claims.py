@@ -14,10 +14,15 @@ from pathlib import Path
 # How long a starting worker waits for a core that a dying worker still holds (see claim_core and
 # serving/handler.py's load_graphs): well inside TorchServe's own worker start-up timeout.
 CLAIM_WAIT_S = 30.0
-# What torch-neuronx raises when the runtime cannot have the cores it was given (held by another process):
-# "The PyTorch Neuron Runtime could not be initialized", or from its placement API "Neuron runtime cannot be
-# initialized"; the runtime's own NRT line ("NeuronCore(s) not available") goes to the log, not the exception.
-NEURON_CORE_REFUSED = re.compile(r"(could not|cannot) be initialized|NeuronCore\(s\) not available", re.I)
+# The words of a refused NeuronCore (held by another process), in the exception or in the process's last lines
+# when the refusal aborted it (c10::Error, SIGABRT): torch-neuronx's "The PyTorch Neuron Runtime could not be
+# initialized" (aws-neuron-sdk#718; huggingface/optimum-neuron#377), its placement API's "Neuron runtime cannot be
+# initialized" (aws-neuron-samples#44), and the runtime's own NRT line as its versions word it: "NeuronCore(s) not
+# available" (nrt-troubleshoot.rst), "Virtual Neuron Core(s) not available" (aws-neuron-sdk#1065), "Logical Neuron
+# Core(s) not available - Requested:lnc0-lnc0 ... (cores busy, ret=-16)" (users' 2026 logs).
+NEURON_CORE_REFUSED = re.compile(
+    r"(could not|cannot) be initialized|Neuron ?Core\(s\) not available|cores busy, ret=-16", re.I
+)
 
 
 def claim_core(claims_dir: Path, cores: int, pid: int, wait_s: float = CLAIM_WAIT_S, poll_s: float = 0.25) -> int:

@@ -8,7 +8,13 @@ path runs for every backend, so the nightly CPU run proves it.
 
 A child module ends with `if __name__ == "__main__": child.main(work)`, where work(request: dict) ->
 dict. A PipelineError raised in the child comes back as the same message and fix, raised in the parent
-as the class the caller names.
+as the class the caller names. The child's stdout joins its stderr in the log: neuronx-cc writes why a
+compile failed on stdout (NCC_ISMP902, users' reports), and the exception torch_neuronx raises does not say.
+
+A child the Neuron runtime refused a NeuronCore may not live to report it: torch-neuronx can end the process
+with an uncaught c10::Error (SIGABRT) instead of raising (huggingface/optimum-neuron#377, on Inf2). A caller
+that treats a refusal as an outcome names the class to raise for it (`refused`), and the child's death with the
+runtime's refusal in its last lines is raised as that class, with those lines.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +31,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from serving.claims import NEURON_CORE_REFUSED
 from tasks.common.config import REPO_ROOT
 from tasks.common.errors import PipelineError
 from tasks.common.runlog import Log
@@ -42,9 +50,11 @@ def run(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     known: tuple[type[PipelineError], ...] = (),
+    refused: type[PipelineError] | None = None,
 ) -> dict:
     """Run `python -m module` on request; return its result, or raise `error` with the child's message
-    (or the class in `known` the child raised, matched by name)."""
+    (or the class in `known` the child raised, matched by name; or `refused` when the Neuron runtime's refusal
+    of a core ended the child)."""
     log = log or logging.getLogger(module)
     with tempfile.TemporaryDirectory(prefix="child-") as work:
         request_file, result_file = Path(work) / "request.json", Path(work) / "result.json"
@@ -58,12 +68,12 @@ def run(
             cwd=REPO_ROOT,
             env=child_env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         lines: list[str] = []
-        reader = threading.Thread(target=_stream, args=(process.stderr, log, module, lines), daemon=True)
+        reader = threading.Thread(target=_stream, args=(process.stdout, log, module, lines), daemon=True)
         reader.start()
         try:
             code = process.wait(timeout=timeout)
@@ -84,11 +94,29 @@ def run(
         raised = answer["error"]
         error = next((kind for kind in known if kind.__name__ == raised.get("kind")), error)
         raise error(raised["message"], fix=raised.get("fix"), retryable=raised.get("retryable", False))
-    last = "\n".join(lines[-20:])
+    last = lines[-20:]
+    first = next((i for i, line in enumerate(last) if NEURON_CORE_REFUSED.search(line)), None)
+    if refused is not None and first is not None:
+        said = [line.strip() for line in last[first : first + 4]]  # the runtime's line and how the process ended
+        raise refused(
+            f"the Neuron runtime refused {module} a NeuronCore, and the process died of it ({_ending(code)}): "
+            + " / ".join(said),
+            fix="another process holds the core, or held it a moment ago: neuron-ls --json-output names it",
+        )
     raise error(
-        f"{module} exited with code {code} and no result\n{last}",
+        f"{module} exited with code {code} and no result\n" + "\n".join(last),
         fix="read the child's log lines above; a negative code is the signal that killed it",
     )
+
+
+def _ending(code: int) -> str:
+    """How a process ended, from its exit status: a signal's name when it was killed by one."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def without_neuron_runtime_settings() -> dict[str, str]:

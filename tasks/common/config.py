@@ -98,7 +98,8 @@ class ModelConfig(_Section):
         list(TUTORIAL_COMPILER_ARGS),
         description="neuronx-cc arguments, backend neuron only (recorded in model_info.json and the summary); "
         "default: matrix multiplies auto-cast to BF16, what the tutorial's compiler did by default and "
-        "neuronx-cc >= 2.27 (--auto-cast none) no longer does. e.g. --compiler-args='--auto-cast none'",
+        "the compiler of Neuron 2.27 (neuronx-cc 2.22) and later no longer does (--auto-cast none). "
+        "e.g. --compiler-args='--auto-cast none'",
         json_schema_extra={"flag": "compiler-args"},
     )
     traced: Path | None = Field(
@@ -430,10 +431,14 @@ def existing_file(path: Path | None) -> Path | None:
     raise ValueError(f"{path} does not exist; give an existing file or null")
 
 
-# python -m tools.bf16_tolerance (stand-in BF16 graph of the embedded model, 216 golden + MRPC dev pairs
-# at 128 tokens): healthy, largest |score diff| 2.0e-3 and |probability diff| 9.6e-4; x5 for margin.
-# A dropped attention mask moves scores by 0.81 (probabilities 0.36). docs/neuron.md, "Compiler arguments and parity".
-BF16_PARITY_TOLERANCE = 0.01
+# python -m tools.bf16_tolerance: --auto-cast matmult --auto-cast-type bf16 emulated on the CPU (every matrix
+# multiply with bf16 operands, fp32 accumulation) on the embedded model over the MSR Paraphrase training split
+# (3,674 pairs): largest |score diff| 2.18e-3, |probability diff| 1.09e-3. The tolerance is BF16_MARGIN x the
+# larger, rounded up to two significant figures; a dropped attention mask moves scores by up to 0.47. docs/neuron.md,
+# "Compiler arguments and parity", has the method.
+BF16_MARGIN = 5
+BF16_EMULATED_DRIFT = 2.18e-3
+BF16_PARITY_TOLERANCE = 0.011
 
 
 def auto_cast_type(backend: str, compiler_args: list[str]) -> str | None:
@@ -467,8 +472,8 @@ class ChecksConfig(_Section):
     bf16_parity_tolerance: float = Field(
         BF16_PARITY_TOLERANCE,
         gt=0,
-        description="the same for graphs compiled with --auto-cast to BF16/FP16 "
-        "(calibrated on the embedded model, docs/neuron.md 'Compiler arguments and parity'); labels must still agree",
+        description="the same for graphs compiled with --auto-cast to BF16/FP16 (derived from a CPU emulation of "
+        "the casting on the embedded model, docs/neuron.md 'Compiler arguments and parity'); labels must still agree",
     )
     accuracy_file: Path | None = Field(
         None,

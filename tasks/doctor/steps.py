@@ -10,7 +10,10 @@ tokens, one bucket, never from the compile cache.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
+import platform
 import select
 import shutil
 import signal
@@ -23,7 +26,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 from serving.claims import NEURON_CORE_REFUSED
 from tasks.common import child, tools
-from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, ServingConfig, resolve_serving
+from tasks.common.config import (
+    BF16_EMULATED_DRIFT,
+    BF16_MARGIN,
+    REPO_ROOT,
+    ResolvedServing,
+    RunConfig,
+    ServingConfig,
+    auto_cast_type,
+    resolve_serving,
+)
 from tasks.common.errors import PipelineError
 from tasks.common.processes import group_members
 from tasks.common.versions import package_versions
@@ -48,6 +60,14 @@ IMPORTS = {
     "pydantic": "pydantic",
 }  # module -> distribution
 TOOLS = ("torchserve", "torch-model-archiver")  # console scripts the night runs from this environment's bin
+# torch-neuronx 2.9 is built against GLIBC 2.35: on Amazon Linux 2023 (GLIBC 2.34) it fails to import with
+# "version `GLIBC_2.35' not found", and Neuron's answer is Ubuntu 24.04 (aws-neuron-sdk deploy/environments/dlami.rst;
+# its PT 2.9 app note). docs/neuron.md, "Running on Inf2 / Trn1".
+NEURON_GLIBC = (2, 35)
+HOST_FIX = (
+    "run the Neuron path on Ubuntu 24.04 (GLIBC 2.39) with Python 3.11 or 3.12: the Deep Learning AMI Neuron "
+    "(Ubuntu 24.04) or the Deep Learning Base AMI Neuron (Ubuntu 24.04), not Amazon Linux 2023 (GLIBC 2.34)"
+)
 SETUP_FIX = "run ./setup.sh (./setup.sh --neuron on a Neuron host): it installs the pinned set into .venv"
 MONITOR_WAIT_S = 5.0
 REPLACE_TIMEOUT_S = 60.0
@@ -102,6 +122,7 @@ class Doctor:
 
     def checks(self) -> list[Check]:
         return [
+            Check("host", self.host, fix=HOST_FIX),
             Check("install", self.install, fix=SETUP_FIX),
             Check("java", self.java),
             Check("backend", self.backend, needs=("install",)),
@@ -150,7 +171,26 @@ class Doctor:
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
-    # --- 1-3: what the run is made of ------------------------------------------------------------------
+    # --- 1-4: what the run is made of ------------------------------------------------------------------
+
+    def host(self) -> str:
+        """The OS, its GLIBC and this Python, named; a host the night cannot run on fails here, first."""
+        libc, libc_version = platform.libc_ver()
+        seen = (
+            f"{_os_name()}; {(libc or 'libc').upper()} {libc_version or 'unknown'}; Python {platform.python_version()}"
+        )
+        wanted = _requires_python()
+        if not wanted.contains(platform.python_version()):
+            raise DoctorError(f"{seen}: this project needs Python {wanted}")
+        neuron = self.requested == "neuron" or (
+            self.requested == "auto" and importlib.util.find_spec("torch_neuronx") is not None
+        )
+        if neuron and libc == "glibc" and _major_minor(libc_version) < NEURON_GLIBC:
+            raise DoctorError(
+                f"{seen}: torch-neuronx 2.9 needs GLIBC {'.'.join(map(str, NEURON_GLIBC))} or newer "
+                "(it would fail to import: version `GLIBC_2.35' not found)"
+            )
+        return seen
 
     def install(self) -> str:
         """The packages import, pip sees no broken requirement, and TorchServe's tools are in the environment."""
@@ -241,9 +281,17 @@ class Doctor:
         )
         info = self.traced.info
         args = f" with {' '.join(info.compiler_args)}" if info.compiler_args else ""
+        # Cast to 16 bits, the drift measured here stands beside what the tolerance was derived from: a CPU
+        # emulation of the casting (tools/bf16_tolerance.py). Far above it, the emulation missed something.
+        emulated = (
+            f"; a CPU emulation of this casting drifts up to {BF16_EMULATED_DRIFT:.1e} on the MSR Paraphrase training "
+            f"split, x{BF16_MARGIN:g} and rounded up for the tolerance"
+            if auto_cast_type(backend, model.compiler_args)
+            else ""
+        )
         return (
             f"{info.model_name} ({info.kind}, {model.source}) compiled for {backend}{args} in a child process; "
-            f"parity max |diff| {info.parity_max_abs_diff:.1e} (tolerance {tolerance:g})"
+            f"parity max |diff| {info.parity_max_abs_diff:.1e} (tolerance {tolerance:g}{emulated})"
         )
 
     def core_released(self) -> str:
@@ -257,8 +305,9 @@ class Doctor:
 
     def second_loader_refused(self) -> str:
         """A graph loaded on a core another process holds is refused, in words the pipeline recognises (the
-        handler retries on them, the ceiling reports itself unavailable)."""
-        from tasks.measure.ceiling import CeilingUnavailable, measure
+        handler retries on them, the ceiling reports itself unavailable), whether torch-neuronx raised them or
+        the refusal ended the loader's process (c10::Error, SIGABRT): the detail says which, in the runtime's words."""
+        from tasks.measure.ceiling import CeilingError, CeilingUnavailable, measure
         from tasks.verify.pairs import load_golden
 
         self._neuron_only()
@@ -267,12 +316,9 @@ class Doctor:
         try:
             measure(self.compiled.model_dir, pairs, 1, 1, seconds=0.1, neuron_core=0)
         except CeilingUnavailable as refused:
-            if not NEURON_CORE_REFUSED.search(refused.message):
-                raise DoctorError(
-                    f"the second loader failed, but not in words the pipeline recognises: {refused.message}",
-                    fix="update serving.claims.NEURON_CORE_REFUSED to this "
-                    "runtime's text, or the workers will not wait for a core being released",
-                ) from None
+            said = refused.message
+        except CeilingError as failed:  # the loader died, and not in the words of a refusal
+            said = failed.message
         else:
             raise DoctorError(
                 f"a second process loaded a graph on NeuronCore 0 while pid {holder.pid} held it",
@@ -281,7 +327,13 @@ class Doctor:
             )
         finally:
             _release(holder)
-        return f"NeuronCore 0, held by pid {holder.pid}, was refused to a second loader: the runtime's words recognised"
+        if not NEURON_CORE_REFUSED.search(said):
+            raise DoctorError(
+                f"the second loader failed, but not in words the pipeline recognises: {said}",
+                fix="update serving.claims.NEURON_CORE_REFUSED to this runtime's text, or the workers will not "
+                "wait for a core being released nor the ceiling report itself unavailable",
+            )
+        return f"NeuronCore 0, held by pid {holder.pid}, was refused to a second loader: {said}"
 
     # --- 8-11: TorchServe ---------------------------------------------------------------------------
 
@@ -411,6 +463,24 @@ def _made(value: T | None, check: str) -> T:
     return value
 
 
+def _os_name() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME") or platform.platform()
+    except OSError:  # no /etc/os-release
+        return platform.platform()
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def _requires_python():
+    """pyproject's requires-python, as this installed project declares it."""
+    from packaging.specifiers import SpecifierSet
+
+    return SpecifierSet(importlib.metadata.metadata("bert-serving-validation")["Requires-Python"] or "")
+
+
 def _import_all() -> None:
     for module, distribution in IMPORTS.items():
         try:
@@ -439,7 +509,9 @@ def _compiler_in_environment() -> None:
 
 def _hold_core(model_dir: Path, core: int) -> subprocess.Popen:
     """A process not ours that loaded the graph on `core` and holds it until its stdin closes."""
-    env = {**child.without_neuron_runtime_settings(), "NEURON_RT_VISIBLE_CORES": str(core)}
+    # This environment's bin on PATH, as every child that imports torch_neuronx gets it: the import runs
+    # libneuronpjrt-path from there (without it, FileNotFoundError, which would read as a busy core).
+    env = tools.with_environment_bin({**child.without_neuron_runtime_settings(), "NEURON_RT_VISIBLE_CORES": str(core)})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     # Its stderr to a file: the runtime's log lines must not fill a pipe nobody reads while it holds the core.
     with tempfile.TemporaryFile("w+") as said:

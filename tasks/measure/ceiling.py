@@ -24,7 +24,8 @@ process (tasks/common/child.py), for every backend: on Neuron the process that l
 NeuronCore until it exits, so the flow process never does. There the child is given a core no process
 holds, decided before it starts (tasks/serve/cores.spare_core: the workers' claims and neuron-ls); with
 a worker on every core there is none, and the ceiling is reported unavailable, saying so -- as it is when
-the runtime refuses the load for any reason. It never fails the benchmark on Neuron.
+the runtime refuses the load for any reason, whether torch-neuronx raises or the refusal ends the child
+(tasks/common/child.py). It never fails the benchmark on Neuron.
 """
 
 from __future__ import annotations
@@ -271,7 +272,13 @@ def measure(
         else {**child.without_neuron_runtime_settings(), "NEURON_RT_VISIBLE_CORES": str(neuron_core)}
     )
     result = child.run(
-        "tasks.measure.ceiling", request, CeilingError, stage_logger(__name__), env=env, known=(CeilingUnavailable,)
+        "tasks.measure.ceiling",
+        request,
+        CeilingError,
+        stage_logger(__name__),
+        env=env,
+        known=(CeilingUnavailable,),
+        refused=CeilingUnavailable,  # a refusal that ends the process is the same verdict as one it reports
     )
     return Ceiling.model_validate(result)
 

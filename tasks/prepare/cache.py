@@ -3,7 +3,8 @@
 An entry is reused only when everything that shapes the graph is equal: the checkpoint's files (their
 sha256), the model kind and threshold, batch_size, max_length, the length buckets, the backend, the
 compiler arguments, the parity tolerance it passed, the code that builds the graph, and the versions of
-python, torch, transformers, torch-neuronx and neuronx-cc. The key is the sha256 of all of that.
+python, torch, transformers, torch-neuronx and neuronx-cc -- and, on Neuron, of what the compiler resolved beside
+it that changes what it builds (COMPILER_DEPENDENCIES). The key is the sha256 of all of that.
 
     <cache_dir>/<key>/            model_<length>.pt, tokenizer files, model_info.json
     <cache_dir>/<key>/manifest.json   every file's sha256, and the seconds the build took
@@ -34,6 +35,14 @@ GRAPH_CODE = [
     REPO_ROOT / "tasks" / "prepare" / "compile.py",
     REPO_ROOT / "serving" / "contract.py",
 ]
+
+
+# Packages installed beside neuronx-cc whose version changes the graph it builds, though neuronx-cc's own does not
+# change: islpy, the integer-set library its scheduler and Simplifier call (neuronx-cc 2.27 admits islpy~=2026.1,
+# and 2026.2 changed its API enough to break every compile, NCC_ISMP902: constraints-neuron.txt); nki, whose
+# kernels it may compile in; torch-xla and libneuronxla, which lower the traced model to the HLO it reads. Not
+# numpy, scipy or ml-dtypes: the compiler's helpers, with no report of them changing its output.
+COMPILER_DEPENDENCIES = ("islpy", "nki", "torch-xla", "libneuronxla")
 
 
 def default_dir() -> Path:
@@ -78,6 +87,8 @@ def key_of(request: dict, source_dir: Path | None) -> tuple[str, dict]:
             **package_versions("torch", "transformers", "torch-neuronx", "neuronx-cc"),
         },
     }
+    if request["backend"] == "neuron":  # off Neuron nothing compiles with them: the key stays as it was
+        parts["compiler_dependencies"] = package_versions(*COMPILER_DEPENDENCIES)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32], parts
 
 

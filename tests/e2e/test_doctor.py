@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tasks.common import tools
-from tasks.common.config import REPO_ROOT, load_config
+from tasks.common.config import BF16_PARITY_TOLERANCE, REPO_ROOT, load_config
 from tasks.doctor import doctor
 from tasks.doctor.report import artifact_key
 
@@ -53,6 +53,7 @@ def test_the_doctor_passes_on_this_hosts_cpu_and_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "doctor" / "doctor.json").read_text())
     assert report["ok"] and report["backend"] == "cpu"
     assert statuses(report) == {
+        "host": "pass",
         "install": "pass",
         "java": "pass",
         "backend": "pass",
@@ -64,6 +65,7 @@ def test_the_doctor_passes_on_this_hosts_cpu_and_writes_its_report(tmp_path):
         "stop": "pass",
     }
     step = {s["name"]: s for s in report["steps"]}
+    assert "GLIBC" in step["host"]["detail"] and "Python 3.1" in step["host"]["detail"]
     assert step["neuron-ls"]["detail"] == "Neuron only (backend cpu)"
     assert step["telemetry"]["detail"] == "no accelerator tool on cpu"
     assert "-> paraphrase" in step["serve"]["detail"] and "killed worker pid" in step["worker-replaced"]["detail"]
@@ -71,13 +73,16 @@ def test_the_doctor_passes_on_this_hosts_cpu_and_writes_its_report(tmp_path):
     # On the terminal, a line per step as it finished, in order; the same rows in doctor.md.
     printed = [line.split()[1] for line in done.stdout.splitlines() if line.split()[:1] in (["pass"], ["skipped"])]
     assert printed == list(statuses(report))
-    assert (tmp_path / "doctor" / "doctor.md").read_text().count("| ✓ pass |") == 7
+    assert (tmp_path / "doctor" / "doctor.md").read_text().count("| ✓ pass |") == 8
     assert "Traceback" not in done.stderr
 
 
 def test_the_doctor_passes_on_the_neuron_stand_in_and_never_touches_a_core_itself(
-    prefect_server, neuron_host, tmp_path
+    prefect_server, neuron_host, tmp_path, monkeypatch
 ):
+    # A refused core ends the loader's process (c10::Error, SIGABRT), as on Inf2 in huggingface/optimum-neuron#377:
+    # the second loader's step must still see a refusal, and say so; the replaced worker must still come back.
+    monkeypatch.setenv("STAND_IN_NEURON_REFUSAL", "abort")
     said, started = [], time.monotonic()
     report = doctor(load_config(), backend="neuron", out_dir=tmp_path / "doctor", say=said.append)
     took = time.monotonic() - started
@@ -88,7 +93,10 @@ def test_the_doctor_passes_on_the_neuron_stand_in_and_never_touches_a_core_itsel
     step = {s.name: s for s in report.steps}
     assert "2 NeuronCores (from neuron-ls --json-output); 2 workers" in step["backend"].detail
     assert "--auto-cast matmult --auto-cast-type bf16" in step["compile"].detail
-    assert "(tolerance 0.01)" in step["compile"].detail  # the BF16 tolerance
+    # The BF16 tolerance, and beside it what it was derived from.
+    assert f"(tolerance {BF16_PARITY_TOLERANCE:g}; a CPU emulation of this casting drifts" in step["compile"].detail
+    assert "was refused to a second loader: the Neuron runtime refused" in step["second-loader-refused"].detail
+    assert "died of it (killed by SIGABRT)" in step["second-loader-refused"].detail
     assert "cores 0: pid" in step["serve"].detail and "1: pid" in step["serve"].detail
     log = events(neuron_host)
     assert [e for e in log if e["pid"] == os.getpid()] == []  # the doctor's process never loaded a graph
@@ -129,7 +137,7 @@ def test_a_core_held_by_another_process_fails_the_neuron_ls_step_naming_it(neuro
     code = "import torch_neuronx, sys; torch_neuronx.reserve(); print('held', flush=True); sys.stdin.read()"
     holder = subprocess.Popen(
         [sys.executable, "-c", code],
-        env={**os.environ, "NEURON_RT_VISIBLE_CORES": "0"},
+        env=tools.with_environment_bin({**os.environ, "NEURON_RT_VISIBLE_CORES": "0"}),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -84,6 +84,9 @@ def owners() -> dict[int, int]:
 
 
 LOG_ENV = "TORCH_NEURONX_STAND_IN_LOG"
+# How a refused process learns of it: "raise" (default), torch-neuronx's RuntimeError; "abort", the process dies of
+# the uncaught c10::Error, SIGABRT, as huggingface/optimum-neuron#377 shows on Inf2 (README.md, "refusals").
+REFUSAL_ENV = "STAND_IN_NEURON_REFUSAL"
 _held: list[int] | None = None  # this process's cores, once reserved
 # What torch-neuronx raises when the runtime cannot take the cores (the NRT log line goes to stderr).
 RUNTIME_NOT_INITIALIZED = (
@@ -104,7 +107,8 @@ def reserve() -> list[int]:
     """The runtime's nrt_init: take this process's cores, or fail as torch-neuronx does.
 
     Refused, the runtime logs its NRT line to stderr and Python sees torch-neuronx's own text, not the
-    log line (README.md, "exception texts"). Nothing is kept from a refusal: a later load tries again.
+    log line -- or, with STAND_IN_NEURON_REFUSAL=abort, the process dies of it (README.md, "refusals").
+    Nothing is kept from a refusal: a later load tries again.
     """
     global _held
     if _held is not None:
@@ -120,19 +124,35 @@ def reserve() -> list[int]:
         else:
             wanted = list(range(total_cores()))
         if any(core in taken or core >= total_cores() for core in wanted):
-            _record("reserve-failed", requested=wanted, holders=taken)
-            print(
-                f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}  ERROR  NRT:nrt_allocate_neuron_cores "
-                f"NeuronCore(s) not available - Requested:nc{wanted[0]}-nc{wanted[-1]} Available:{len(free)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise RuntimeError(RUNTIME_NOT_INITIALIZED)
+            _refuse(wanted, taken, len(free))
         for core in wanted:
             (directory / f"nc{core}").write_text(str(os.getpid()))
     _held = wanted
     _record("reserve", cores=wanted)
     return wanted
+
+
+def _refuse(wanted: list[int], taken: dict[int, int], available: int) -> None:
+    """The runtime's NRT line on stderr (today's wording: users' 2026 logs), then torch-neuronx's error: raised, or
+    the process aborted by it."""
+    abort = os.environ.get(REFUSAL_ENV) == "abort"
+    _record("reserve-failed", requested=wanted, holders=taken, refusal="abort" if abort else "raise")
+    print(
+        f"{time.strftime('%Y-%b-%d %H:%M:%S')} {os.getpid()}:{os.getpid()} ERROR  NRT:nrt_allocate_neuron_cores  "
+        f"Logical Neuron Core(s) not available - Requested:lnc{wanted[0]}-lnc{wanted[-1]} Available:{available} "
+        "Logical Core size:1 (cores busy, ret=-16)",
+        file=sys.stderr,
+        flush=True,
+    )
+    if abort:
+        print(
+            f"terminate called after throwing an instance of 'c10::Error'\n  what():  {RUNTIME_NOT_INITIALIZED}\n"
+            "Exception raised from initialize at neuron_op/runtime.cpp (most recent call first):",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.abort()
+    raise RuntimeError(RUNTIME_NOT_INITIALIZED)
 
 
 def _parse_visible(text: str) -> list[int]:

@@ -14,6 +14,7 @@ class CoreRefused(PipelineError):
 
 def work(request: dict) -> dict:
     print("a line for the stage's log", file=sys.stderr, flush=True)
+    print("a compiler's line on stdout", flush=True)  # neuronx-cc says why a compile failed there
     what = request.get("do")
     if what == "refuse":
         raise PipelineError("no NeuronCore is free", fix="free one", retryable=True)

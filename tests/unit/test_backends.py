@@ -1,16 +1,16 @@
 """Backend choice and NeuronCore counting: the tutorial's table, neuron-ls, and the refusals."""
 
 import json
-import os
 import sys
 
 import pytest
 import torch
 
 from serving.handler import BACKEND_ENV, prepare_backend
-from tasks.common import backends, tools
+from tasks.common import backends
 from tasks.common.config import ConfigError, ServingConfig, resolve_serving
 from tasks.prepare.compile import compile_for
+from tests.stand_ins import host
 
 STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"
 
@@ -108,7 +108,7 @@ def test_a_backend_that_is_not_there_is_refused_before_anything_starts(no_neuron
 
 
 def test_neuron_compilation_goes_through_torch_neuronx_trace(neuron_host, monkeypatch):
-    monkeypatch.setenv("PATH", tools.with_environment_bin(dict(os.environ))["PATH"])  # as the compile child has it
+    host.as_the_pipeline_starts_it(monkeypatch)  # as the compile child has it
     module = torch.nn.Linear(4, 2)
     inputs = (torch.ones(3, 4),)
     traced, moved = compile_for("neuron", module, inputs, ["--auto-cast", "none"])
@@ -133,6 +133,7 @@ def test_the_handler_needs_torch_neuronx_for_a_neuron_model(monkeypatch, no_neur
 def test_a_neuron_worker_takes_one_core_before_torch_neuronx_loads(neuron_host, monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "neuron")
     monkeypatch.delenv("NEURON_RT_NUM_CORES", raising=False)
+    host.as_the_pipeline_starts_it(monkeypatch)  # as TorchServe starts its workers
     sys.modules.pop("torch_neuronx", None)
     assert prepare_backend("neuron", None) == torch.device("cpu")
     imports = [json.loads(line) for line in neuron_host.read_text().splitlines()]

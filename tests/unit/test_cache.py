@@ -44,9 +44,9 @@ def compiles(monkeypatch):
     return calls
 
 
-def traced(tmp_path, run, cache_dir, batch_size=6, **model):
+def traced(tmp_path, run, cache_dir, batch_size=6, backend="cpu", **model):
     return trace_module.trace(
-        ModelConfig(**model), batch_size, 128, [128], tmp_path / run / "model", cache_dir=cache_dir
+        ModelConfig(**model), batch_size, 128, [128], tmp_path / run / "model", backend=backend, cache_dir=cache_dir
     )
 
 
@@ -72,6 +72,20 @@ def test_other_package_versions_are_a_miss(tmp_path, compiles, monkeypatch):
     traced(tmp_path, "night1", tmp_path / "cache")
     monkeypatch.setattr(cache, "package_versions", lambda *names: {name: "9.9" for name in names})
     assert traced(tmp_path, "night2", tmp_path / "cache").cache["cache"] == "miss"
+
+
+def test_on_neuron_another_islpy_beside_the_same_compiler_is_a_miss(tmp_path, compiles, monkeypatch):
+    """islpy 2026.2 under neuronx-cc 2.27 breaks its compiles (NCC_ISMP902): a graph built with one islpy is not
+    the graph another would build, though neuronx-cc's own version is the same."""
+    installed = {"neuronx-cc": "2.27.5334.0", "torch-neuronx": "2.9.0.2.15.32035", "islpy": "2026.1"}
+    monkeypatch.setattr(cache, "package_versions", lambda *names: {name: installed.get(name, "1.0") for name in names})
+    assert traced(tmp_path, "night1", tmp_path / "cache", backend="neuron").cache["cache"] == "miss"
+    assert traced(tmp_path, "night2", tmp_path / "cache", backend="neuron").cache["cache"] == "hit"
+    installed["islpy"] = "2026.2.2"
+    night3 = traced(tmp_path, "night3", tmp_path / "cache", backend="neuron")
+    assert night3.cache["cache"] == "miss" and len(compiles) == 2
+    parts = json.loads((tmp_path / "cache" / night3.cache["key"] / "manifest.json").read_text())["parts"]
+    assert parts["compiler_dependencies"]["islpy"] == "2026.2.2"
 
 
 @pytest.mark.parametrize("damage", ["truncate a graph", "remove the manifest", "half-written"])

@@ -123,15 +123,15 @@ def test_measure_hands_its_child_the_request_and_reads_the_ceiling_back(model_di
     child's side is _measure_request, run here."""
     asked = []
 
-    def run_here(module, request, error, log=None, env=None, timeout=None, known=()):
-        asked.append((module, request, env, error, known))
+    def run_here(module, request, error, log=None, env=None, timeout=None, known=(), refused=None):
+        asked.append((module, request, env, error, known, refused))
         return ceiling._measure_request(request)
 
     monkeypatch.setattr(child, "run", run_here)
     result = ceiling.measure(model_dir, PAIRS, workers=2, threads_per_worker=1, seconds=0.3, windows=3)
-    ((module, request, env, error, known),) = asked
+    ((module, request, env, error, known, refused),) = asked
     assert module == "tasks.measure.ceiling" and error is ceiling.CeilingError
-    assert known == (ceiling.CeilingUnavailable,)
+    assert known == (ceiling.CeilingUnavailable,) and refused is ceiling.CeilingUnavailable
     assert (request["workers"], request["threads_per_worker"], request["seconds"], request["windows"]) == (2, 1, 0.3, 3)
     assert [tuple(pair) for pair in request["pairs"]] == PAIRS and request["model_dir"] == str(model_dir)
     assert env["NEURON_RT_NUM_CORES"] == "1"  # a child loads on one core, the runtime's pick

@@ -33,6 +33,7 @@ def test_the_result_comes_back_and_the_child_gets_the_env_given_and_this_checkou
     assert result["echo"] == [1, "two"] and result["env"] == "given"  # the env given, not this process's
     assert result["cwd"] == str(REPO_ROOT) and str(REPO_ROOT) in result["path"]
     assert "[child_work] a line for the stage's log" in caplog.text  # its stderr, in the stage's log
+    assert "[child_work] a compiler's line on stdout" in caplog.text  # and its stdout
 
 
 def test_a_pipeline_error_in_the_child_is_raised_as_the_callers_class_with_its_message_and_fix():

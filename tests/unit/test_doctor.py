@@ -3,6 +3,7 @@ step, the exit code, and what doctor.md / doctor.json hold."""
 
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -224,6 +225,7 @@ def test_the_doctors_serving_is_tonights_at_a_small_shape_on_free_ports():
         assert serving.free_ports and serving.backend == "cpu" and serving.instance_type == "inf2.xlarge"
         assert serving.initial_workers == config.serving.initial_workers
         assert [c.name for c in doctor.checks()] == [
+            "host",
             "install",
             "java",
             "backend",
@@ -299,3 +301,27 @@ def test_on_cuda_the_neuron_steps_do_not_apply_and_say_so(monkeypatch):
                 step()
     finally:
         doctor.close()
+
+
+def test_the_host_step_names_the_os_glibc_and_python_and_fails_first_with_the_fix_where_the_night_cannot_run(
+    monkeypatch,
+):
+    from tasks.doctor import steps
+
+    def host_step(backend: str) -> Step:
+        doctor = steps.Doctor(load_config(), backend=backend)
+        try:
+            return run_checks([check for check in doctor.checks() if check.name == "host"]).steps[0]
+        finally:
+            doctor.close()
+
+    here = host_step("neuron")
+    assert here.status == "pass" and re.fullmatch(r".+; GLIBC \d+\.\d+; Python 3\.1[12]\.\d+", here.detail)
+    monkeypatch.setattr(steps.platform, "libc_ver", lambda: ("glibc", "2.34"))  # Amazon Linux 2023's
+    al2023 = host_step("neuron")
+    assert al2023.status == "fail" and "GLIBC 2.34" in al2023.detail and "needs GLIBC 2.35" in al2023.detail
+    assert "Ubuntu 24.04" in al2023.fix
+    assert host_step("cpu").status == "pass"  # only torch-neuronx 2.9 needs 2.35
+    monkeypatch.setattr(steps.platform, "python_version", lambda: "3.10.12")
+    old = host_step("cpu")
+    assert old.status == "fail" and "Python 3.10.12: this project needs Python <3.13,>=3.11" in old.detail

@@ -79,12 +79,14 @@ def test_a_held_core_is_refused_with_torch_neuronxs_text_and_freed_a_moment_afte
     neuron_host, release_clock, monkeypatch, capfd
 ):
     holder = hold_core(1)
+    host.as_the_pipeline_starts_it(monkeypatch)
     import torch_neuronx
 
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
     with pytest.raises(RuntimeError, match="The PyTorch Neuron Runtime could not be initialized"):
         torch_neuronx.reserve()
-    assert "NRT:nrt_allocate_neuron_cores NeuronCore(s) not available - Requested:nc1-nc1" in capfd.readouterr().err
+    said = capfd.readouterr().err
+    assert "NRT:nrt_allocate_neuron_cores  Logical Neuron Core(s) not available - Requested:lnc1-lnc1" in said
     ends(holder)
     with pytest.raises(RuntimeError, match="could not be initialized"):
         torch_neuronx.reserve()  # the owner is gone, its core not yet released
@@ -149,7 +151,7 @@ def test_compiler_args_decide_the_precision_and_so_the_parity_tolerance():
     checks = ChecksConfig()
     assert auto_cast_type("neuron", ["--auto-cast", "matmult", "--auto-cast-type", "bf16"]) == "bf16"
     assert auto_cast_type("neuron", ["--auto-cast=all", "--auto-cast-type=fp16"]) == "fp16"
-    assert auto_cast_type("neuron", []) is None  # neuronx-cc >= 2.27 casts nothing by default
+    assert auto_cast_type("neuron", []) is None  # Neuron 2.27's compiler (2.22) and later cast nothing by default
     assert auto_cast_type("cpu", ["--auto-cast", "matmult"]) is None
     assert checks.parity_tolerance_for("neuron", ["--auto-cast", "matmult"]) == checks.bf16_parity_tolerance
     assert checks.parity_tolerance_for("neuron", ["--auto-cast", "none"]) == checks.parity_tolerance
@@ -172,11 +174,11 @@ class Tiny(torch.nn.Module):
 
 @pytest.fixture
 def neuron_model_dir(neuron_host, tokenizer, monkeypatch):
-    """Tiny graphs compiled by the stand-in (in this test's process, on core 0 only)."""
+    """Tiny graphs compiled by the stand-in, in this test's process (trace loads nothing: no core is taken)."""
+    host.as_the_pipeline_starts_it(monkeypatch)  # as the compile child has it
     import torch_neuronx
 
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
-    monkeypatch.setenv("PATH", tools.with_environment_bin(dict(os.environ))["PATH"])  # as the compile child has it
     model_dir = neuron_host.parent / "model"
     model_dir.mkdir()
     example = (torch.ones(2, 16, dtype=torch.long),) * 4
@@ -232,6 +234,61 @@ def test_the_ceiling_takes_a_core_no_process_holds_or_is_unavailable_saying_why(
         assert children == [[2]]  # the child's reservation: the core it was given
     finally:
         ends(held)
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "RuntimeError: The PyTorch Neuron Runtime could not be initialized. Neuron Driver issues are logged",  # #718
+        "RuntimeError: Neuron runtime cannot be initialized; cannot determine the number of available NeuronCores",
+        "ERROR   NRT:nrt_allocate_neuron_cores               NeuronCore(s) not available - Requested:1 Available:0",
+        "ERROR   NRT:nrt_allocate_neuron_cores               Virtual Neuron Core(s) not available - Requested:2 "
+        "Available:0 Virtual Core size 1",  # aws-neuron-sdk#1065
+        "NRT:nrt_allocate_neuron_cores  Logical Neuron Core(s) not available - Requested:lnc0-lnc0 Available:0 "
+        "Logical Core size:2 (cores busy, ret=-16)",  # users' 2026 logs
+        "terminate called after throwing an instance of 'c10::Error'\n  what():  The PyTorch Neuron Runtime could "
+        "not be initialized. Neuron Driver issues are logged",  # huggingface/optimum-neuron#377, on Inf2
+    ],
+)
+def test_every_wording_of_a_refused_core_is_recognised(said):
+    assert claims_module.NEURON_CORE_REFUSED.search(said)
+
+
+def test_a_refusal_that_aborts_the_ceilings_child_is_an_unavailable_ceiling_in_the_runtimes_words(
+    neuron_model_dir, monkeypatch
+):
+    """torch-neuronx may die of the refusal (c10::Error, SIGABRT) rather than raise it: the child then leaves no
+    result, only its last lines."""
+    monkeypatch.setenv("STAND_IN_NEURON_REFUSAL", "abort")
+    held = hold_core(1)
+    try:
+        with pytest.raises(ceiling.CeilingUnavailable) as caught:
+            ceiling.measure(neuron_model_dir, PAIRS, 1, 1, seconds=0.1, neuron_core=1)
+    finally:
+        ends(held)
+    said = caught.value.message
+    assert "the process died of it (killed by SIGABRT)" in said
+    assert "Logical Neuron Core(s) not available - Requested:lnc1-lnc1" in said and "c10::Error" in said
+    assert ceiling.NoCeiling(unavailable=said).unavailable == said  # what summary.json's benchmark.ceiling says
+
+
+def test_torch_neuronx_imports_only_with_the_environments_bin_on_path_as_the_doctors_holder_has_it(
+    neuron_model_dir, monkeypatch
+):
+    """torch-neuronx runs libneuronpjrt-path from PATH as it imports (users' reports). The flow's service PATH
+    lacks it; every Neuron child the pipeline and the doctor start is given it -- the doctor's core holder too,
+    which would otherwise fail and be read as a busy core."""
+    from tasks.doctor import steps
+
+    monkeypatch.setenv("PATH", host.SERVICE_PATH)  # the flow's own, under systemd
+    monkeypatch.delitem(sys.modules, "torch_neuronx")
+    with pytest.raises(FileNotFoundError, match="libneuronpjrt-path"):
+        import torch_neuronx  # noqa: F401
+    holder = steps._hold_core(neuron_model_dir, 1)
+    try:
+        assert [(p.pid, p.device) for p in backends.neuron_ls().processes] == [(holder.pid, 0)]
+    finally:
+        steps._release(holder)
 
 
 def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_path, fake_clock, monkeypatch):

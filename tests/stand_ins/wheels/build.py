@@ -2,11 +2,11 @@
 
     python tests/stand_ins/wheels/build.py OUT_DIR
 
-writes one tiny wheel per package below into OUT_DIR (made if missing) and prints their paths. A stub
-carries only its *.dist-info (no module: installed by mistake, it shadows nothing): METADATA declares the
-name, version, Requires-Python and Requires-Dist the real package declares, as far as public evidence
-shows -- tests/stand_ins/README.md ("Stub wheels (install profiles)") cites where each line comes from and
-which of the real requirements are left out. The point is the resolve: `PIP_FIND_LINKS=OUT_DIR
+writes one tiny wheel per Neuron package below (those not on PyPI) into OUT_DIR (made if missing) and
+prints their paths. A stub carries only its *.dist-info (no module: installed by mistake, it shadows
+nothing): METADATA declares the name, version, Requires-Python and Requires-Dist the real package declares,
+as far as public evidence shows -- tests/stand_ins/README.md ("Stub wheels (install profiles)") cites where
+each line comes from and which of the real requirements are left out. The point is the resolve: `PIP_FIND_LINKS=OUT_DIR
 NEURON_INDEX_URL= ./setup.sh --neuron --dry-run` proves pyproject's extra [neuron] + constraints-neuron.txt
 resolve together with what torch-neuronx / neuronx-cc ask for, without Neuron's index.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 # (name, version, Requires-Python, Requires-Dist). Neuron SDK 2.32.0 pairs its compiler with the last
 # torch-neuronx shipped (Neuron 2.31.0): `pip install neuronx-cc==2.27.5334.0 torch-neuronx==2.9.0.2.15.32035`.
+# tests/stand_ins/README.md ("Stub wheels") cites each requirement.
 STUBS: list[tuple[str, str, str, list[str]]] = [
     (
         "torch-neuronx",
@@ -35,14 +36,26 @@ STUBS: list[tuple[str, str, str, list[str]]] = [
         "libneuronxla",
         "2.2.17544.0",
         ">=3.11",
-        ["neuronx-cc~=2.0"],
+        ["neuronx-cc~=2.0", "boto3", "botocore"],
     ),
     (
         "neuronx-cc",
         "2.27.5334.0",
         ">=3.11",
-        ["numpy==1.26.4", "scipy>=1.13"],
+        [
+            "numpy>=1.21.6",
+            "scipy>=1.13",
+            # Loose: ~=2026.1 admits islpy 2026.2.x, which breaks every compile (NCC_ISMP902); the profile pins it.
+            "islpy~=2026.1",
+            "nki~=0.6.0",
+            "ml_dtypes>=0.2.0",
+            "python-daemon>=2.2.4",
+            "requests-unixsocket>=0.1.5",
+            "pgzip>=0.3.0",
+            "ec2-metadata~=2.10",
+        ],
     ),
+    ("nki", "0.6.0", ">=3.11", []),
 ]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
