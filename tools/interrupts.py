@@ -15,12 +15,12 @@ at its default. One uninterrupted night first gives the timeline; then each run 
         between       just after a task run ends (0-50 ms after Prefect logs it), where Prefect sets up the next
         startup       an instant uniform over the process's start, before the run directory exists
 
-A run ends clean when: it exits within 30 s of the signal; nothing it started is left (TorchServe, its
-workers, compile and ceiling children, the temporary Prefect server); its summary says "interrupted" with the
-stage that was running and every interrupted stage's error names the signal, never a Prefect-internal error
--- or, for a signal that came before the run directory existed or after the run had ended, the console says
-so; and the console's last line says what the summary says of TorchServe. The exit code is the number of
-runs that did not end clean.
+A run ends clean when: TorchServe is stopped and the summary written within 20 s of the signal, and the
+process exits within 30 s; nothing it started is left (TorchServe, its workers, compile and ceiling children,
+the temporary Prefect server); its summary says "interrupted" with the stage that was running and every
+interrupted stage's error names the signal, never a Prefect-internal error -- or, for a signal that came
+before the run directory existed or after the run had ended, the console says so; and the console's last
+line says what the summary says of TorchServe. The exit code is the number of runs that did not end clean.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from tasks.serve import server as server_stage
 HOWS = ("ctrl-c", "ctrl-c-twice", "sigterm", "sigterm-pid")
 AIMS = ("night", "between", "startup")
 EXIT_BOUND_S = 30.0
+STOPPED_BOUND_S = 20.0
 TASK_ENDED = re.compile(r"Task run '[^']+' - Finished in state")
 RUN_STARTED = "run directory "
 SMALL_NIGHT = [
@@ -81,6 +82,7 @@ class Outcome:
     fired: bool = False
     code: int | None = None
     exit_after: float | None = None  # s from the signal to the exit
+    sent_at: float = 0.0  # the signal's wall-clock time (summary.json's mtime is compared with it)
     category: str = ""  # interrupted / before the run / after the end / never fired
     stage: str | None = None
     line: str = ""
@@ -216,7 +218,7 @@ def interrupt(chosen: Plan, work: Path, index: int, env: dict[str, str] | None =
             process.wait()
             return outcome
         _fire(process, chosen.how)
-        sent = time.monotonic()
+        sent, outcome.sent_at = time.monotonic(), time.time()
         again = sent + chosen.again_after if chosen.how == "ctrl-c-twice" else None
         while process.poll() is None and time.monotonic() - sent < EXIT_BOUND_S + 30:
             family.look()
@@ -282,6 +284,9 @@ def _judge_summary(outcome: Outcome, path: Path, server_started: bool) -> None:
             problems.append(f"the run ended {summary['status']}, but the console said: {outcome.line!r}")
         return
     outcome.category, outcome.stage = "interrupted", told.get("stage")
+    written = path.stat().st_mtime - outcome.sent_at  # TorchServe is stopped before the summary is written
+    if written > STOPPED_BOUND_S:
+        problems.append(f"TorchServe stopped and the summary written {written:.1f} s after the signal (bound 20 s)")
     if summary["status"] != "interrupted":
         problems.append(f"summary status {summary['status']!r}, not 'interrupted'")
     for stage in summary["stages"]:

@@ -6,6 +6,7 @@ naming the deployment, the run, the stage with its error, and the link."""
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.scripts import deployments_script
 pytestmark = pytest.mark.e2e
 
 PREFECT = REPO_ROOT / ".venv" / "bin" / "prefect"
+TASK_ENDED = re.compile(r"Task run '[^']+' - Finished in state")
 
 
 class Receiver:
@@ -141,39 +143,46 @@ def test_the_webhook_url_is_kept_as_a_secret_of_the_block(night):
     assert night["receiver"].url not in json.dumps(block)  # read back masked
 
 
-def test_a_run_cancelled_through_the_worker_ends_cancelled_with_no_torchserve_left(night):
+def test_a_run_cancelled_through_the_worker_at_a_random_instant_ends_cancelled_with_no_torchserve_left(night):
+    """Cancelled from Prefect (as the UI's Cancel does) just after a task run of its night ends -- the k-th, drawn
+    at random, then up to 2 s later: where Prefect sets up the next task, or inside it. A new seed each run,
+    printed: INTERRUPT_SEED=<seed> replays it."""
     from prefect.states import Cancelling
 
-    flow_run_id = _run(night, {"benchmark.duration": 600})
+    seed = int(os.environ.get("INTERRUPT_SEED") or random.SystemRandom().randrange(2**32))
+    rng = random.Random(seed)
+    after_task, delay = rng.randint(1, 8), rng.uniform(0.0, 2.0)  # 7 task runs end before the 600 s benchmark
+    print(f"INTERRUPT_SEED={seed}: cancel {delay:.2f} s after task run {after_task} ends")
     worker_log = night["state"] / "logs" / "worker-1.log"
+    seen = len(worker_log.read_text(errors="replace")) if worker_log.exists() else 0
+    earlier = set(night["runs_dir"].iterdir()) if night["runs_dir"].is_dir() else set()
+    flow_run_id = _run(night, {"benchmark.duration": 600})
     deadline = time.monotonic() + 400
-    while not re.search(r"benchmark +\d+ s:", worker_log.read_text(errors="replace")):
-        assert time.monotonic() < deadline, "the benchmark never started"
+    while len(TASK_ENDED.findall(worker_log.read_text(errors="replace")[seen:])) < after_task:
+        assert time.monotonic() < deadline, f"task run {after_task} never ended (INTERRUPT_SEED={seed})"
         assert night["api"].get(f"/flow_runs/{flow_run_id}")["state_type"] not in TERMINAL
-        time.sleep(0.5)
+        time.sleep(0.02)
+    time.sleep(delay)
     settings, get_client = _client(night)
     with settings, get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run_id, Cancelling(message="cancelled by the test"))
     asked = time.monotonic()
     run = _final(night, flow_run_id, timeout=120)
     took = time.monotonic() - asked
-    assert run["state_type"] == "CANCELLED", run["state"]
+    assert run["state_type"] == "CANCELLED", (run["state"], f"INTERRUPT_SEED={seed}")
     history = [
         s["type"] for s in night["api"].client.get("/flow_run_states/", params={"flow_run_id": flow_run_id}).json()
     ]
-    assert "CRASHED" not in history, history
-    run_dir = next(
-        d
-        for d in night["runs_dir"].iterdir()
-        if not d.is_symlink()
-        and (d / "summary.json").is_file()
-        and json.loads((d / "summary.json").read_text())["status"] == "interrupted"
-    )
+    assert "CRASHED" not in history, (history, f"INTERRUPT_SEED={seed}")
+    (run_dir,) = [d for d in night["runs_dir"].iterdir() if not d.is_symlink() and d not in earlier]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert {s["name"]: s["status"] for s in summary["stages"]}["benchmark"] == "interrupted"
+    assert summary["status"] == "interrupted", f"INTERRUPT_SEED={seed}"
     assert summary["interrupted"]["by"] == "a cancellation in Prefect (SIGTERM from its worker)"
-    assert_server_gone(server_stage.load_record(run_dir / "server"))
-    print(f"cancel through the worker: Cancelled {took:.1f} s after Cancelling was set")
+    assert all(s["status"] != "failed" for s in summary["stages"]), summary["stages"]
+    server = server_stage.load_record(run_dir / "server")
+    if server is not None:
+        assert_server_gone(server)
+    print(f"cancel through the worker: Cancelled {took:.1f} s after Cancelling was set ({summary['interrupted']})")
 
 
 def test_a_failed_run_is_told_with_its_deployment_stage_error_and_link(night):
