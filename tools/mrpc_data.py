@@ -40,7 +40,9 @@ from tasks.common.errors import PipelineError
 # is not pinned: no copy was reachable when this was written. What is pinned is the training file inside it.
 MICROSOFT_MSI = "MSRParaphraseCorpus.msi"
 MICROSOFT_URL = "https://download.microsoft.com/download/D/4/6/D46FF87A-F6B9-4252-AA8B-3604ED519838/" + MICROSOFT_MSI
-# msr_paraphrase_train.txt's name in the installer's cabinet (GLUE's download instructions extract it by it).
+# msr_paraphrase_train.txt's name in the installer's cabinet: GLUE's download_glue_data.py (nyu-mll/GLUE-baselines)
+# takes it out with cabextract by this name. (GLUE's script itself downloads SentEval's copy, which is tokenized --
+# 1,047,044 bytes, tensorflow/datasets url_checksums/glue.txt -- and so another text than Microsoft's.)
 TRAIN_MEMBER = "_2DEC3DBE877E4DB192D17C0256E90F1D"
 # SHA-256 of that file with CR LF made LF (BOM kept): three public copies agree -- magsail/MRPC's
 # MRPC/msr_paraphrase_train.txt (`cabextract | tr -d '\r'`), wasiahmad/paraphrase_identification's, and
