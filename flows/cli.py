@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_interrupted(WATCH.run_dir, signum), file=sys.stderr)
         return 128 + signum
     summary = state.result(raise_on_failure=False)
+    late = WATCH.sync()
+    if late is not None:  # it came as the run was ending: the run's verdict stands, the signal is obeyed
+        print(_interrupted(WATCH.run_dir, late.signum), file=sys.stderr)
+        return 128 + late.signum
     if not isinstance(summary, dict):
         print(f"error: {summary}\nsummary: {Path(config.runs_dir) / 'latest'}", file=sys.stderr)
         return 1

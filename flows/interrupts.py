@@ -228,7 +228,9 @@ class Watch:
         stage, after = night.running_stage() if night else (None, None)
         arrival = Arrival(signum=signum, at=time.monotonic(), wall=time.time(), stage=stage, after=after)
         self.arrivals.append(arrival)
-        if len(self.arrivals) == 1:
+        if len(self.arrivals) == 1 and night is not None and night.exiting:
+            log.warning("interrupted by %s as the run ends: its stop and summary finish first", arrival.by)
+        elif len(self.arrivals) == 1:
             log.warning("interrupted by %s %s", arrival.by, arrival.during)
         elif night is not None:
             log.warning("interrupted again by %s: killing TorchServe now", arrival.by)

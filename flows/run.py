@@ -122,9 +122,11 @@ class Run:
         self.exiting = True
         try:
             with WATCH.shielded():
+                # Only a signal that came before the exit began interrupts the run: once its stages are over, the
+                # stop and the summary finish under the shield and the run's verdict stands (the command line
+                # then says the signal came after the run ended).
                 self.interrupted = interruption_of(error, *self.running_stage())
                 stop_error = self._stop()
-                self.interrupted = self.interrupted or WATCH.sync()  # one that came while stopping
                 self._report()
                 if not self.interrupted:
                     self._tell()
