@@ -11,7 +11,7 @@ at its default. One uninterrupted night first gives the timeline; then each run 
         ctrl-c-twice  the same, and again 0.5-3 s later (an impatient user)
         sigterm       SIGTERM to the process group, as a Prefect worker's cancel or systemd
         sigterm-pid   SIGTERM to the pipeline's process alone, as `kill PID`
-  aim   night         an instant uniform over the reference night, from its run directory to its exit
+  aim   night         an instant uniform over the reference night's length, counted from this night's run directory
         between       just after a task run ends (0-50 ms after Prefect logs it), where Prefect sets up the next
         startup       an instant uniform over the process's start, before the run directory exists
 
@@ -73,7 +73,7 @@ class Timeline:
 class Plan:
     how: str
     aim: str
-    at: float = 0.0  # s after the process started (night, startup)
+    at: float = 0.0  # s after the process started (startup), after its run directory appeared (night)
     after_task: int = 0  # the task-run end to fire after (between)
     delay: float = 0.0  # s after that end
     again_after: float = 0.0  # ctrl-c-twice: s between the two
@@ -175,8 +175,8 @@ def plan(rng: random.Random, timeline: Timeline, hows: list[str], aims: list[str
     """One interruption, drawn: how, and when (see the module's docstring)."""
     how, aim = rng.choice(hows), rng.choice(aims)
     chosen = Plan(how=how, aim=aim, again_after=rng.uniform(0.5, 3.0))
-    if aim == "night":
-        chosen.at = rng.uniform(timeline.run_started, timeline.ended)
+    if aim == "night":  # after this night's own run directory appears: its start-up varies more than its night
+        chosen.at = rng.uniform(0.0, timeline.ended - timeline.run_started)
     elif aim == "startup":
         chosen.at = rng.uniform(0.0, timeline.run_started)
     else:
@@ -194,18 +194,23 @@ def _fire(process: subprocess.Popen, how: str) -> None:
 
 def _wait_for_instant(chosen: Plan, process: subprocess.Popen, log: Path, family: Family, started: float) -> bool:
     """Until the planned instant; False if the night ended first."""
+    run_started: float | None = None
     while process.poll() is None:
         family.look()
         now = time.monotonic() - started
+        said = log.read_text(errors="replace")
         if chosen.aim == "between":
-            if len(TASK_ENDED.findall(log.read_text(errors="replace"))) >= chosen.after_task:
+            if len(TASK_ENDED.findall(said)) >= chosen.after_task:
                 time.sleep(chosen.delay)
                 return process.poll() is None
-            time.sleep(0.005)
-        elif now >= chosen.at:
+        elif chosen.aim == "startup":
+            if now >= chosen.at:
+                return True
+        elif run_started is None:
+            run_started = now if RUN_STARTED in said else None
+        elif now - run_started >= chosen.at:
             return True
-        else:
-            time.sleep(min(0.01, chosen.at - now))
+        time.sleep(0.005)
     return False
 
 
