@@ -21,13 +21,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.common import mrpc
+from tasks.common import embedded, mrpc
+from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
-EMBEDDED_MODEL = "embedded"
 # Spelled out, so a run compiles the same on old and new neuronx-cc (its --auto-cast default changed).
 TUTORIAL_COMPILER_ARGS = ("--auto-cast", "matmult", "--auto-cast-type", "bf16")
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
@@ -84,15 +84,17 @@ class ModelConfig(_Section):
     )
     kind: Literal["auto", "bi-encoder", "sequence-classification"] = Field(
         "auto",
-        description="auto: sequence-classification when the checkpoint has a 2-label "
-        "classification head, bi-encoder otherwise",
+        description="auto: sequence-classification when the checkpoint has a sequence-classification head "
+        "(it must have 2 labels), bi-encoder when it has none (the embedded model)",
         json_schema_extra={"flag": "kind"},
     )
-    threshold: float = Field(
-        0.5,
+    threshold: float | None = Field(
+        None,
         ge=-1.0,
         le=1.0,
-        description="bi-encoder only: cosine similarity at or above which a pair is a paraphrase",
+        description=f"bi-encoder only: cosine similarity at or above which a pair is a paraphrase; none: the "
+        f"embedded model's calibrated {embedded.THRESHOLD} (tasks/common/embedded.py), and a bi-encoder checkpoint "
+        "of your own must be given its own (python -m tools.calibrate --model DIR)",
     )
     compiler_args: list[str] = Field(
         list(TUTORIAL_COMPILER_ARGS),
@@ -129,6 +131,13 @@ class ModelConfig(_Section):
     def _one_brought(self) -> ModelConfig:
         if self.traced is not None and self.mar is not None:
             raise ValueError("give model.traced or model.mar, not both: a .mar already holds its graph")
+        return self
+
+    @model_validator(mode="after")
+    def _embedded_threshold(self) -> ModelConfig:
+        """The embedded model's threshold is its own fact: recorded in the run's config as the threshold it ran at."""
+        if self.threshold is None and self.source == EMBEDDED_MODEL:
+            self.threshold = embedded.THRESHOLD
         return self
 
 

