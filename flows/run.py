@@ -262,10 +262,14 @@ def _api_answers() -> bool:
 
 
 def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> dict | None:
-    """What the graphs were compiled with and the parity they were held to (casting loosens it)."""
+    """What was served -- the kind the checkpoint decided, its labels and threshold -- what the graphs were compiled
+    with and the parity they were held to (casting loosens it)."""
     if info is None:
         return None
     return {
+        "kind": info.kind,
+        "class_names": info.class_names,
+        "threshold": info.threshold,
         "backend": info.backend,
         "compiler_args": info.compiler_args,
         "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
