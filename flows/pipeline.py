@@ -41,8 +41,8 @@ from flows.stages import (
     stop_stale_task,
     trace_task,
 )
-from tasks.common.config import ResolvedServing, RunConfig, load_config, resolve_serving
-from tasks.common.parameters import RunSettings, given, merged
+from tasks.common.config import ResolvedServing, RunConfig, resolve_serving
+from tasks.common.parameters import RunSettings, given, read
 from tasks.measure.benchmark import accuracy_of, raise_if_regressed
 from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
@@ -66,13 +66,12 @@ def validate(
     """Prove a BERT model still serves correctly and fast on TorchServe.
 
     Args:
-        config_file: YAML run config (configs/), relative to the checkout or absolute; settings and
-            overrides change it for this run.
+        config_file: YAML run config (configs/), relative to the checkout or absolute (a path in it: relative
+            to it); settings and overrides change it for this run.
         settings: this run's settings; each one left empty keeps the config file's value.
         overrides: any config field by dotted key, e.g. {"benchmark.warmup": 1}; the settings win over them.
     """
-    applied, replaced = merged(settings, overrides)
-    config = load_config(config_file, applied)  # a bad config stops here, before anything starts
+    config, replaced = read(config_file, settings, overrides)  # a bad config stops here, before anything starts
     resolved = resolve_serving(config.serving)
     serving, model = config.serving, config.model
     parameters = {"config_file": config_file, "settings": given(settings), "overrides": overrides}

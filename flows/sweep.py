@@ -42,6 +42,7 @@ from flows.stages import (
 )
 from tasks.common import keys
 from tasks.common.config import BenchmarkConfig, ConfigError, ResolvedServing, RunConfig, load_config, resolve_serving
+from tasks.common.parameters import read
 from tasks.common.runlog import Log
 from tasks.measure import benchmark as benchmark_stage
 from tasks.measure.results import ClientCapacity
@@ -254,7 +255,7 @@ def sweep(
     """Benchmark every combination; mark the best one: by throughput within the p90 limit, or by capacity at
     the capacity's latency bound (rank_by="capacity": each row then runs the capacity search)."""
     log = get_run_logger()
-    config = load_config(config_file, overrides)
+    config, _ = read(config_file, None, overrides)
     grid = Grid.of(config, batch_sizes, workers, delays, concurrency, rank_by)
     run_dir = new_run_dir(config.runs_dir)
     pairs, pool = benchmark_stage.load_pool(config.benchmark.pairs_file)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -390,28 +391,19 @@ class BenchmarkConfig(_Section):
 
 
 def checkpoint_source(source: str) -> str:
-    """model.source as trace reads it (tasks/prepare/trace.py): 'embedded', a directory that exists (relative
-    to where the command runs), else a Hugging Face hub id. What is clearly a local path -- absolute, ./ ../ ~,
-    more than one / (a hub id has one), or in a directory that exists -- must be a directory: refused here,
-    before anything starts, not by the hub's "Repo id must be in the form ..." once trace runs."""
-    if source == EMBEDDED_MODEL:
+    """model.source as trace reads it (tasks/prepare/trace.py): 'embedded', a directory that exists, else a
+    Hugging Face hub id. load_config has made a local one absolute (local_checkpoint); a local path that is not a
+    directory is refused here, before anything starts, not by the hub's "Repo id must be in the form ..." once
+    trace runs."""
+    if source == EMBEDDED_MODEL or Path(source).is_dir():
         return source
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return str(path) if source.startswith("~") else source  # trace does not expand ~ itself
     wanted = (
         f"give a checkpoint directory (config.json, weights and tokenizer files), a Hugging Face hub id "
         f"such as org/name, or {EMBEDDED_MODEL}"
     )
-    if path.exists():
+    if Path(source).exists():
         raise ValueError(f"{source} is a file, not a checkpoint directory; {wanted}")
-    local = (
-        source.startswith(("/", "./", "../", "~"))
-        or source in (".", "..")
-        or source.count("/") > 1
-        or ("/" in source and path.parent.is_dir())
-    )
-    if local:
+    if _local(source, Path.cwd()):
         raise ValueError(f"no such directory {source}; {wanted}")
     return source
 
@@ -432,10 +424,8 @@ def existing_file(path: Path | None) -> Path | None:
     """A file the run will read, checked before anything starts."""
     if path is None:
         return None
-    # Relative to where the command runs, else to the checkout (deployments run from there).
-    for candidate in (path, REPO_ROOT / path):
-        if candidate.is_file():
-            return candidate.resolve()
+    if path.is_file():
+        return path.resolve()
     raise ValueError(f"{path} does not exist; give an existing file or null")
 
 
@@ -553,21 +543,106 @@ class ResolvedServing(BaseModel):
     versions: dict[str, str] = {}
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config and apply dotted overrides such as {"serving.batch_size": 4}."""
-    path = Path(path) if path else DEFAULT_CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", fix="pass an existing file (see configs/)")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: Path = REPO_ROOT
+) -> RunConfig:
+    """The run's configuration: what the YAML file at `path` (none: configs/default.yaml) sets, then dotted
+    overrides such as {"serving.batch_size": 4}.
+
+    One path rule: a relative path is relative to the file that names it. Inside the YAML file, to that file's
+    folder; `path` itself and the overrides' paths, to `base` -- the checkout, the folder of prefect.yaml, which
+    names the deployments' parameters. The command line passes its paths absolute, made from where it runs
+    (flows/cli.py)."""
+    file = (base / Path(path).expanduser()).resolve() if path else DEFAULT_CONFIG_FILE
+    data = _read(file)
+    anchor_tree(data, file.parent)
+    for dotted, value in anchored(overrides or {}, base).items():
         if value is not None:
             _set_dotted(data, dotted, value)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_explain(error, path)) from None
+        raise ConfigError(_explain(error, str(file))) from None
+
+
+def _read(file: Path) -> dict[str, Any]:
+    """A config file's sections; a missing or unreadable one is refused, never replaced by the defaults."""
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist", fix="pass an existing file (see configs/)") from None
+    except OSError as error:
+        raise ConfigError(
+            f"config file {file} cannot be read: {error.strerror or error}",
+            fix="pass an existing file (see configs/)",
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {file} is not valid YAML: {error}", fix="correct the line it names") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _path_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys of the fields that hold a path."""
+    found: list[str] = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _path_keys(field.annotation, f"{prefix}{name}.")
+        elif field.annotation is Path or Path in typing.get_args(field.annotation):
+            found.append(prefix + name)
+    return tuple(found)
+
+
+PATH_KEYS = _path_keys()  # runs_dir, model.traced, checks.golden_pairs, benchmark.pairs_file ...
+
+
+def anchored(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Dotted values with each relative path made absolute against `base` (model.source only where it names a
+    local directory, not a hub id)."""
+    return {dotted: _anchor(dotted, value, base) for dotted, value in values.items()}
+
+
+def anchor_tree(data: dict[str, Any], base: Path) -> None:
+    """The same, in place, for a config file's nested sections."""
+    for dotted in (*PATH_KEYS, "model.source"):
+        *sections, leaf = dotted.split(".")
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = _anchor(dotted, node[leaf], base)
+
+
+def _anchor(dotted: str, value: Any, base: Path) -> Any:
+    if not isinstance(value, (str, Path)):
+        return value
+    if dotted == "model.source":
+        return local_checkpoint(str(value), base)
+    if dotted in PATH_KEYS:
+        return str((base / Path(value).expanduser()).resolve())
+    return value
+
+
+def local_checkpoint(source: str, base: Path) -> str:
+    """model.source with a local checkpoint directory made absolute against `base`; 'embedded' and a hub id as
+    they are, so a missing local one is refused by its full path."""
+    if source == EMBEDDED_MODEL or not _local(source, base):
+        return source
+    return str((base / Path(source).expanduser()).resolve())
+
+
+def _local(source: str, base: Path) -> bool:
+    """Clearly a local path, not a hub id: one that exists, absolute, ./ ../ ~, more than one / (a hub id has
+    one), or in a directory that exists."""
+    path = base / Path(source).expanduser()
+    return (
+        path.exists()
+        or source.startswith(("/", "./", "../", "~"))
+        or source in (".", "..")
+        or source.count("/") > 1
+        or ("/" in source and path.parent.is_dir())
+    )
 
 
 def resolve_serving(serving: ServingConfig) -> ResolvedServing:
@@ -625,8 +700,8 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _explain(error: ValidationError, path: Path) -> str:
-    lines = [f"invalid configuration ({path}):"]
+def _explain(error: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration ({where}):"]
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":

@@ -214,3 +214,13 @@ def given(settings: BaseModel | dict | None) -> dict[str, Any]:
     if isinstance(settings, dict):
         settings = RunSettings.model_validate(settings)
     return settings.model_dump(mode="json", exclude_none=True)
+
+
+def read(
+    config_file: str | Path | None, settings: BaseModel | dict | None, overrides: dict[str, Any] | None
+) -> tuple[RunConfig, list[str]]:
+    """A run's configuration from the flow's three parameters -- the one reading the flow, its crash hook and the
+    command line's early check share (relative paths: tasks/common/config.py load_config) -- and the lines naming
+    each override a setting replaced."""
+    applied, replaced = merged(settings, overrides)
+    return load_config(config_file, applied), replaced

@@ -1,9 +1,18 @@
+import re
+
 import pytest
 import torch
 import yaml
 
 from tasks.common import backends
-from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
+from tasks.common.config import (
+    DEFAULT_CONFIG_FILE,
+    REPO_ROOT,
+    ConfigError,
+    ServingConfig,
+    load_config,
+    resolve_serving,
+)
 
 
 def test_defaults_come_from_default_yaml():
@@ -16,6 +25,39 @@ def test_defaults_come_from_default_yaml():
                 assert {k: getattr(got, key).model_dump()[k] for k in value} == value, f"{section}.{key}"
             else:
                 assert getattr(got, key) == value, f"{section}.{key}"
+
+
+def test_a_relative_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "pairs.yaml").write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    (folder / "night.yaml").write_text(
+        "model:\n  source: ./checkpoint\n  threshold: 0.7\nchecks:\n  golden_pairs: pairs.yaml\nruns_dir: runs\n"
+    )
+    monkeypatch.chdir(tmp_path)  # elsewhere: the file's folder decides, not where the command runs
+    config = load_config(folder / "night.yaml")
+    assert config.model.source == str(folder / "checkpoint")
+    assert (config.checks.golden_pairs, config.runs_dir) == (folder / "pairs.yaml", folder / "runs")
+
+
+def test_the_flows_parameters_are_relative_to_the_checkout_wherever_it_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a worker's hook may run anywhere
+    config = load_config("configs/gpu.yaml", {"checks.golden_pairs": "configs/golden_pairs.yaml"})
+    assert config.serving.backend == "cuda"
+    assert config.checks.golden_pairs == REPO_ROOT / "configs" / "golden_pairs.yaml"
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [("serving: [batch_size\n", "not valid YAML"), ("- serving\n", "must hold a mapping of sections")],
+)
+def test_a_broken_config_file_is_an_error(tmp_path, text, says):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=says):
+        load_config(path)
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_config(tmp_path / "missing.yaml")
 
 
 def test_dotted_overrides_apply_and_leave_the_rest():
@@ -143,7 +185,8 @@ def test_buckets_end_at_max_length_and_ignore_longer_ones():
 
 @pytest.mark.parametrize("field", ["checks.accuracy_file", "benchmark.pairs_file"])
 def test_a_missing_input_file_is_refused_before_anything_starts(field):
-    with pytest.raises(ConfigError, match=rf"{field} = 'no-such.tsv'.*does not exist"):
+    full = re.escape(str(REPO_ROOT / "no-such.tsv"))  # a parameter's relative path: relative to the checkout
+    with pytest.raises(ConfigError, match=rf"{field} = '{full}'.*does not exist"):
         load_config(None, {field: "no-such.tsv"})
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from pathlib import Path
 
 import prefect.main  # noqa: F401  -- Prefect sets up its logging here: before caplog's handler, not over it
 import pytest
@@ -247,9 +248,10 @@ def _command(argv, capsys) -> tuple[int, str]:
 )
 def test_a_local_model_directory_that_does_not_exist_is_refused_before_the_run(source, no_flow, capsys):
     code, err = _command(["--model", source], capsys)
+    full = str((Path.cwd() / Path(source).expanduser()).resolve())  # named by its full path, wherever it was typed
     assert code == 2
-    assert err.startswith("error:") and f"model.source = {source!r}" in err
-    assert f"no such directory {source}" in err and "give a checkpoint directory" in err
+    assert err.startswith("error:") and f"model.source = {full!r}" in err
+    assert f"no such directory {full}" in err and "give a checkpoint directory" in err
 
 
 def test_a_model_file_is_refused_as_not_a_directory(no_flow, capsys):
@@ -265,7 +267,7 @@ def test_the_embedded_model_a_hub_id_and_an_existing_directory_pass(source):
 def test_a_home_directory_is_expanded_for_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "bert").mkdir()
-    assert ModelConfig(source="~/bert").source == str(tmp_path / "bert")
+    assert load_config(None, {"model.source": "~/bert"}).model.source == str(tmp_path / "bert")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.cli import config_fields, flag_of
-from tasks.common.config import ConfigError, RunConfig, load_config
+from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, load_config
 from tasks.common.parameters import SETTINGS, RunSettings, config_field, given, merged
 
 
@@ -191,7 +191,7 @@ def test_settings_as_stored_in_a_flow_run_are_read_back():
 def test_a_setting_the_file_check_refuses_is_refused_when_the_run_loads_its_config():
     """The form checks types and bounds; whether a file exists is known only on the worker's host."""
     applied, _ = merged(RunSettings(accuracy_file="no-such.tsv"), None)
-    with pytest.raises(ConfigError, match=r"checks\.accuracy_file = 'no-such.tsv'.*does not exist"):
+    with pytest.raises(ConfigError, match=rf"checks\.accuracy_file = '{REPO_ROOT}/no-such.tsv'.*does not exist"):
         load_config(None, applied)
 
 
