@@ -27,8 +27,8 @@ from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL
 
 from flows.stages import INTERRUPTS, StageFailed, Stages, stop_task
-from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
-from tasks.common.parameters import merged
+from tasks.common.config import ResolvedServing, RunConfig
+from tasks.common.parameters import read
 from tasks.report.events import emit_regression, run_page
 from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
 from tasks.serve.server import Server, load_record, stop_stale
@@ -241,11 +241,9 @@ def stop_what_the_run_left(flow: Flow[..., Any], flow_run: FlowRun, state: State
     from prefect.logging import get_logger
 
     parameters = flow_run.parameters or {}
-    config_file = Path(parameters.get("config_file") or "configs/default.yaml")
-    applied, _ = merged(parameters.get("settings"), parameters.get("overrides"))  # the run's own runs_dir
-    config = load_config(config_file if config_file.is_absolute() else REPO_ROOT / config_file, applied)
-    runs_dir = config.runs_dir if config.runs_dir.is_absolute() else REPO_ROOT / config.runs_dir
-    for line in stop_stale(runs_dir):
+    # The run's own runs_dir, read as the run read it: the same parameters, the same function and path rule.
+    config, _ = read(parameters.get("config_file"), parameters.get("settings"), parameters.get("overrides"))
+    for line in stop_stale(config.runs_dir):
         get_logger("bert-validation").warning("%s (flow run %s, %s)", line, flow_run.name, state.name)
 
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from flows.cli import config_fields, flag_of
 from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, load_config
-from tasks.common.parameters import SETTINGS, RunSettings, config_field, given, merged
+from tasks.common.parameters import SETTINGS, RunSettings, config_field, given, merged, read
 
 
 def form():
@@ -211,3 +211,17 @@ def test_the_cancellation_hook_finds_the_runs_directory_of_a_run_with_settings(m
     flow_run = types.SimpleNamespace(parameters=stored, name="a-run")
     flows.run.stop_what_the_run_left(None, flow_run, types.SimpleNamespace(name="Cancelled"))
     assert looked_in == [tmp_path]
+
+
+def test_the_cancellation_hook_reads_a_relative_path_as_the_run_did_wherever_the_worker_runs(monkeypatch, tmp_path):
+    import types
+
+    import flows.run
+
+    looked_in = []
+    monkeypatch.setattr(flows.run, "stop_stale", lambda runs_dir: looked_in.append(runs_dir) or [])
+    stored = {"config_file": "configs/gpu.yaml", "settings": {}, "overrides": {"runs_dir": "runs-of-a-deployment"}}
+    monkeypatch.chdir(tmp_path)  # a worker's process, started anywhere
+    flows.run.stop_what_the_run_left(None, types.SimpleNamespace(parameters=stored, name="a-run"), None)
+    the_run, _ = read(stored["config_file"], stored["settings"], stored["overrides"])
+    assert looked_in == [the_run.runs_dir] == [REPO_ROOT / "runs-of-a-deployment"]
