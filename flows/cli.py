@@ -27,8 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tasks.common.config import ConfigError, RunConfig, load_config, resolve_serving
-from tasks.common.parameters import file_defaults, shown, value_at
+from tasks.common.config import ConfigError, RunConfig, anchored, resolve_serving
+from tasks.common.parameters import file_defaults, read, shown, value_at
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -64,9 +64,8 @@ def flag_of(field: FieldInfo) -> str | None:
 def add_config_file_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        default=DEFAULT_CONFIG,
         metavar="FILE",
-        help="YAML run config; the options below override it (default: %(default)s)",
+        help=f"YAML run config; the options below override it (default: {DEFAULT_CONFIG})",
     )
 
 
@@ -98,9 +97,15 @@ def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | No
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given, as dotted overrides for load_config."""
+    """The flags given, as dotted overrides for load_config, a relative path made absolute from where the
+    command runs: the flow reads parameters relative to the checkout."""
     values = vars(args)
-    return {key: values[key] for key in config_fields() if values.get(key) is not None}
+    return anchored({key: values[key] for key in config_fields() if values.get(key) is not None}, Path.cwd())
+
+
+def config_file(args: argparse.Namespace) -> str | None:
+    """--config as the flow's config_file: absolute, made from where the command runs; None: the default."""
+    return str(Path(args.config).expanduser().resolve()) if args.config else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,10 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config_file, overrides = args.config, config_overrides(args)
+    chosen, overrides = config_file(args), config_overrides(args)
     try:
-        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything.
-        config = load_config(config_file, overrides)
+        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything: the
+        # flow's own reading of the same parameters.
+        config, _ = read(chosen, None, overrides)
         resolve_serving(config.serving)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         with _temporary_api_fails_fast():
-            state = validate(config_file=config_file, overrides=overrides, return_state=True)
+            state = validate(config_file=chosen, overrides=overrides, return_state=True)
     except BaseException as error:
         signum = _signal_of(error)
         if signum is None:

@@ -61,13 +61,13 @@ install_expected_failures()
     on_crashed=[stop_what_the_run_left],
 )
 def validate(
-    config_file: str = "configs/default.yaml", settings: RunSettings = RunSettings(), overrides: dict | None = None
+    config_file: str | None = None, settings: RunSettings = RunSettings(), overrides: dict | None = None
 ) -> dict:
     """Prove a BERT model still serves correctly and fast on TorchServe.
 
     Args:
-        config_file: YAML run config (configs/), relative to the checkout or absolute (a path in it: relative
-            to it); settings and overrides change it for this run.
+        config_file: YAML run config (configs/; none: configs/default.yaml), relative to the checkout or
+            absolute (a path in it: relative to it); settings and overrides change it for this run.
         settings: this run's settings; each one left empty keeps the config file's value.
         overrides: any config field by dotted key, e.g. {"benchmark.warmup": 1}; the settings win over them.
     """

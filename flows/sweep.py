@@ -41,7 +41,7 @@ from flows.stages import (
     trace_task,
 )
 from tasks.common import keys
-from tasks.common.config import BenchmarkConfig, ConfigError, ResolvedServing, RunConfig, load_config, resolve_serving
+from tasks.common.config import BenchmarkConfig, ConfigError, ResolvedServing, RunConfig, resolve_serving
 from tasks.common.parameters import read
 from tasks.common.runlog import Log
 from tasks.measure import benchmark as benchmark_stage
@@ -243,7 +243,7 @@ def _artifacts(table: list[dict], line: str, run_dir: Path, client: ClientCapaci
 
 @flow(name="bert-serving-sweep", log_prints=True)
 def sweep(
-    config_file: str = "configs/default.yaml",
+    config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     batch_sizes: list[int] | None = None,
     workers: list[int] | None = None,
@@ -324,19 +324,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import config_overrides
+    from flows.cli import config_file, config_overrides
 
     args = parse_args(argv)
-    overrides = config_overrides(args)
+    chosen, overrides = config_file(args), config_overrides(args)
     try:
-        config = load_config(args.config, overrides)
+        config, _ = read(chosen, None, overrides)
         for count in args.workers or []:
             resolve_serving(config.serving.model_copy(update={"initial_workers": count}))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = sweep(
-        config_file=args.config,
+        config_file=chosen,
         overrides=overrides,
         batch_sizes=args.batch_sizes,
         workers=args.workers,

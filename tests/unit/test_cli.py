@@ -1,11 +1,12 @@
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, config_fields, config_overrides, flag_of, main, parse_args
-from tasks.common.config import REPO_ROOT, load_config
+from flows.cli import build_parser, config_fields, config_file, config_overrides, flag_of, main, parse_args
+from tasks.common.config import PATH_KEYS, REPO_ROOT, load_config
 
 
 @pytest.fixture
@@ -72,13 +73,27 @@ def test_help_shows_the_default_config_files_values():
     ],
 )
 def test_a_flag_becomes_its_dotted_override(argv, key, value):
+    if key in PATH_KEYS:  # a path as the flow reads it: absolute, from where the command runs
+        value = str(Path.cwd() / value)
     assert config_overrides(parse_args(argv)) == {key: value}
 
 
 def test_flags_not_given_leave_the_file_in_charge():
     args = parse_args([])
-    assert args.config == "configs/default.yaml"
+    assert args.config is None and config_file(args) is None
     assert config_overrides(args) == {}
+
+
+def test_a_relative_path_on_the_command_line_is_relative_to_where_it_runs(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("serving:\n  batch_size: 4\n")
+    (tmp_path / "pairs.yaml").write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(["--config", "mine.yaml", "--pairs-file", "pairs.yaml", "--runs-dir", "runs"])
+    assert config_file(args) == str(tmp_path / "mine.yaml")
+    # The flow reads its parameters relative to the checkout, wherever this command ran: they reach it absolute.
+    config = load_config(config_file(args), config_overrides(args))
+    assert config.serving.batch_size == 4
+    assert (config.benchmark.pairs_file, config.runs_dir) == (tmp_path / "pairs.yaml", tmp_path / "runs")
 
 
 def test_flags_reach_the_validated_config(tmp_path):
