@@ -28,9 +28,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from tasks.common.config import ConfigError, RunConfig, anchored, resolve_serving
-from tasks.common.parameters import file_defaults, read, shown, value_at
-
-DEFAULT_CONFIG = "configs/default.yaml"
+from tasks.common.parameters import read, shown, value_at
 
 # How a value given on the command line is read, described and shown, per annotated type. A path
 # stays text: pydantic makes it a Path, and the overrides go to Prefect as flow parameters.
@@ -65,14 +63,15 @@ def add_config_file_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help=f"YAML run config; the options below override it (default: {DEFAULT_CONFIG})",
+        help="YAML run config holding what differs from the defaults (configs/gpu.yaml ...); the options below "
+        "override it (default: none, the defaults shown below)",
     )
 
 
 def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     """An option per flagged field of RunConfig, grouped by section; `only`: just these flag names."""
     wanted = set(only) if only is not None else None
-    defaults = file_defaults()
+    defaults = RunConfig()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for key, field in config_fields().items():
         flag = flag_of(field)
@@ -104,7 +103,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_file(args: argparse.Namespace) -> str | None:
-    """--config as the flow's config_file: absolute, made from where the command runs; None: the default."""
+    """--config as the flow's config_file: absolute, made from where the command runs; None: the defaults."""
     return str(Path(args.config).expanduser().resolve()) if args.config else None
 
 
@@ -112,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.validate",
         description="Trace, archive, serve, check and benchmark a BERT paraphrase model on TorchServe. "
-        f"Each option overrides its key (in brackets) in the --config file; the defaults shown are {DEFAULT_CONFIG}'s.",
+        "Each option overrides its key (in brackets) in the --config file; the defaults shown are the night's own "
+        "(docs/configuration.md).",
     )
     add_config_file_option(parser)
     add_config_options(parser)

@@ -1,11 +1,12 @@
 """The validation flow: the tutorial's steps, each checked.
 
     python -m flows.validate [--config FILE] [--batch-size N] ... (see --help; flows/validate.py)
-    validate(config_file="configs/default.yaml", settings={"batch_size": 4}, overrides={"runs_dir": "/tmp/r"})
+    validate(settings={"batch_size": 4}, overrides={"runs_dir": "/tmp/r"})
+    validate(config_file="configs/gpu.yaml")
 
-The parameters: a config file, the typed settings a person sets in the UI's Run form
-(tasks/common/parameters.py RunSettings, checked by Prefect before a deployment's run is created), and
-dotted overrides of any RunConfig field; later ones win.
+The parameters: a config file (none: the defaults, the documented night), the typed settings a person sets in
+the UI's Run form (tasks/common/parameters.py RunSettings, checked by Prefect before a deployment's run is
+created), and dotted overrides of any RunConfig field; later ones win.
 
 trace -> archive -> start -> register -> check -> benchmark -> compare-buckets -> stop. The DAG
 only: the work is in tasks/, the stages' Prefect policy in flows/stages.py, and flows/run.py makes
@@ -66,8 +67,8 @@ def validate(
     """Prove a BERT model still serves correctly and fast on TorchServe.
 
     Args:
-        config_file: YAML run config (configs/; none: configs/default.yaml), relative to the checkout or
-            absolute (a path in it: relative to it); settings and overrides change it for this run.
+        config_file: YAML run config holding what differs from the defaults (configs/), relative to the
+            checkout or absolute; none: the defaults. Settings and overrides change it for this run.
         settings: this run's settings; each one left empty keeps the config file's value.
         overrides: any config field by dotted key, e.g. {"benchmark.warmup": 1}; the settings win over them.
     """

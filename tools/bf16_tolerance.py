@@ -32,7 +32,7 @@ def drift(fault: str | None, pairs, max_length: int, batch: int = 8) -> tuple[fl
 
     os.environ.pop(torch_neuronx.FAULT_ENV, None)
     os.environ.update({torch_neuronx.FAULT_ENV: fault} if fault else {})
-    model, tokenizer, kind = load_checkpoint(load_config().model)  # configs/default.yaml's model and threshold
+    model, tokenizer, kind = load_checkpoint(load_config().model)  # the default night's model and threshold
     pairs = pairs[: len(pairs) // batch * batch]
     graph, score, prob, flipped = None, 0.0, 0.0, 0
     with torch.inference_mode():

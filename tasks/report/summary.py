@@ -284,7 +284,7 @@ def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
         (
             "parameter",
             {
-                "config_file": parameters.get("config_file"),
+                "config_file": parameters.get("config_file") or "none: the defaults",
                 "settings": json.dumps(parameters.get("settings") or {}, sort_keys=True, default=str),
                 "overrides": json.dumps(parameters.get("overrides") or {}, sort_keys=True, default=str),
             },

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.common.config import load_config
 from tasks.common.ports import listeners
 from tasks.common.processes import group_members
 from tasks.prepare import cache
@@ -28,19 +28,19 @@ def prefect_server():
 # share one entry of the session's compile cache.
 SMALL_BATCH, SMALL_LENGTH = 2, 32
 SMALL_SHAPE = {"serving.batch_size": SMALL_BATCH, "serving.max_length": SMALL_LENGTH}
-# The tutorial's shape with the default config's length buckets: what a run of configs/default.yaml traces.
+# The tutorial's shape with the default length buckets: what a default run traces.
 DEFAULT_BATCH, DEFAULT_LENGTH = 6, 128
 
 
 def trace_small(out_dir: Path) -> TracedModel:
     """The default config's model at the small shape, into out_dir, through the session's compile cache."""
-    model = load_config(DEFAULT_CONFIG_FILE).model
+    model = load_config().model
     return trace(model, SMALL_BATCH, SMALL_LENGTH, [], out_dir, cache_dir=cache.default_dir())
 
 
 def trace_default(out_dir: Path) -> TracedModel:
-    """What a run of configs/default.yaml traces (6 x 128, its buckets), through the session's compile cache."""
-    config = load_config(DEFAULT_CONFIG_FILE)
+    """What a default run traces (6 x 128, the default buckets), through the session's compile cache."""
+    config = load_config()
     return trace(
         config.model,
         DEFAULT_BATCH,
@@ -60,7 +60,7 @@ def small_model(tmp_path_factory) -> TracedModel:
 
 @pytest.fixture(scope="session")
 def default_model(tmp_path_factory) -> TracedModel:
-    """configs/default.yaml's model and shapes traced once per session, for the runs and tests that need them."""
+    """The default model and shapes traced once per session, for the runs and tests that need them."""
     return trace_default(tmp_path_factory.mktemp("default-model"))
 
 

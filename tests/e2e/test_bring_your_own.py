@@ -11,7 +11,6 @@ import pytest
 
 from flows.pipeline import validate
 from serving.contract import ModelInfo
-from tasks.common.config import DEFAULT_CONFIG_FILE
 
 pytestmark = pytest.mark.e2e
 TUTORIAL_HANDLER = Path(__file__).parent / "tutorial_handler.py"
@@ -72,7 +71,6 @@ def _tutorial_archive(graph: Path, handler: Path, name: str, out: Path) -> Path:
 
 def _run(tmp_path, **overrides) -> dict:
     validate(
-        config_file=str(DEFAULT_CONFIG_FILE),
         overrides={**QUICK, "runs_dir": str(tmp_path), **overrides},
         return_state=True,
     )

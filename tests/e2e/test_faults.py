@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL
 
 import flows.pipeline
 from flows.pipeline import STAGES, validate
-from tasks.common.config import DEFAULT_CONFIG_FILE, REPO_ROOT
+from tasks.common.config import REPO_ROOT
 from tasks.common.processes import group_members
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
@@ -49,9 +49,7 @@ def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(
     stage, prefect_server, small_model, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(flows.pipeline, f"{stage}_task", _planted(stage))
-    state = validate(
-        config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True
-    )
+    state = validate(overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True)
     assert state.is_failed()
     run_dir = tmp_path / "latest"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -98,12 +96,10 @@ def _left_running(run_dir: Path) -> list[int]:
 
 
 def _no_ceiling_config(tmp_path: Path) -> Path:
-    """configs/default.yaml less the benchmark's in-process ceiling and client check: the run goes from check
-    straight to its load, where "benchmark" interrupts it. The same model and shapes: the trace is a cache hit."""
-    config = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
-    config["benchmark"].update(ceiling_seconds=0, client_check_seconds=0)
+    """The defaults less the benchmark's in-process ceiling and client check: the run goes from check straight to
+    its load, where "benchmark" interrupts it. The same model and shapes: the trace is a cache hit."""
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump({"benchmark": {"ceiling_seconds": 0, "client_check_seconds": 0}}))
     return path
 
 

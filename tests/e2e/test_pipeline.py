@@ -13,7 +13,6 @@ import tasks.serve.server
 from flows import stop as stop_cli
 from flows.pipeline import STAGES, validate
 from tasks.common import backends
-from tasks.common.config import DEFAULT_CONFIG_FILE
 from tasks.measure.capacity import KEPT_UP
 from tasks.measure.regression import figures_of
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
@@ -53,7 +52,7 @@ def run(prefect_server, tmp_path_factory):
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
-        state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides, return_state=True)
+        state = validate(overrides=overrides, return_state=True)
     summary = state.result()
     return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
 
@@ -259,7 +258,7 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_serve
         "serving.initial_workers": 1,
     }
     try:
-        summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
+        summary = validate(overrides=overrides)
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"

@@ -9,7 +9,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.sweep import sweep
-from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.common.config import load_config
 from tasks.prepare.trace import trace
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def test_a_sweep_measures_every_setting_reuses_compiled_models_and_keys_its_arti
     }
     # Batch size 2 built before, as a pipeline run's trace stage builds it (the same function, the same config):
     # the sweep must find it in the cache and build only batch size 4.
-    config = load_config(DEFAULT_CONFIG_FILE, overrides)
+    config = load_config(None, overrides)
     before = trace(
         config.model,
         2,

@@ -37,9 +37,10 @@ def test_every_flag_in_help_carries_its_fields_description():
         assert f"[{key};default:" in unwrapped
 
 
-def test_help_shows_the_default_config_files_values():
+def test_help_shows_the_nights_own_defaults():
     text = " ".join(build_parser().format_help().split())
     assert "[model.kind; default: auto]" in text  # the checkpoint decides: no file pins a kind
+    assert "[serving.batch_size; default: 6]" in text
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_a_flag_becomes_its_dotted_override(argv, key, value):
 
 def test_flags_not_given_leave_the_file_in_charge():
     args = parse_args([])
-    assert args.config is None and config_file(args) is None
+    assert args.config is None and config_file(args) is None  # no file: the defaults
     assert config_overrides(args) == {}
 
 

@@ -49,18 +49,18 @@ def test_each_deployments_parameters_make_a_valid_run_config(name):
     from flows.pipeline import validate
     from tasks.common.parameters import RunSettings, merged
 
-    parameters = DEPLOYMENTS[name]["parameters"]
+    parameters = DEPLOYMENTS[name].get("parameters", {})
     # What the API checks when the deployment's run is created ...
     schema_validate(parameters, parameter_schema(validate).model_dump(), raise_on_error=True)
     # ... and what the flow then builds.
     applied, _ = merged(RunSettings.model_validate(parameters.get("settings") or {}), parameters.get("overrides"))
-    config = load_config(REPO_ROOT / parameters["config_file"], applied)
+    config = load_config(parameters.get("config_file"), applied)
     assert config.serving.address == "127.0.0.1" and config.serving.token_auth
 
 
 def test_smoke_deployment_skips_the_benchmark_through_its_typed_setting():
     parameters = DEPLOYMENTS["smoke-cpu-embedded"]["parameters"]
-    assert parameters == {"config_file": "configs/default.yaml", "settings": {"benchmark": False}}
+    assert parameters == {"settings": {"benchmark": False}}  # no config file: the default night
 
 
 def test_inf2_xlarge_serves_one_worker_per_neuron_core(monkeypatch, tmp_path):
@@ -139,13 +139,13 @@ def _summary():
 
 def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
     parameters = {
-        "config_file": "configs/default.yaml",
+        "config_file": "configs/gpu.yaml",
         "settings": {"batch_size": 4},
         "overrides": {"serving.free_ports": True},
     }
     rows = run_config_rows(parameters, _summary())
     table = {(r["section"], r["name"]): r["value"] for r in rows}
-    assert table[("parameter", "config_file")] == "configs/default.yaml"
+    assert table[("parameter", "config_file")] == "configs/gpu.yaml"
     assert json.loads(table[("parameter", "settings")]) == {"batch_size": 4}
     assert json.loads(table[("parameter", "overrides")]) == {"serving.free_ports": True}
     assert table[("config", "serving.batch_size")] == "6"

@@ -255,7 +255,7 @@ def test_a_local_model_directory_that_does_not_exist_is_refused_before_the_run(s
 
 
 def test_a_model_file_is_refused_as_not_a_directory(no_flow, capsys):
-    code, err = _command(["--model", "configs/default.yaml"], capsys)
+    code, err = _command(["--model", "configs/gpu.yaml"], capsys)
     assert code == 2 and "is a file, not a checkpoint directory" in err
 
 

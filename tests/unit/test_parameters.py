@@ -51,7 +51,7 @@ def test_the_run_form_shows_each_setting_as_a_typed_field_with_a_description():
     props = settings["properties"]
     # A plain field, not a switch between a number and None (how the form draws `X or null`).
     assert _kinds(props["batch_size"]) == [{"type": "integer", "minimum": 1, "maximum": 256}]
-    assert "(configs/default.yaml: 6)" in props["batch_size"]["description"]
+    assert "else the default (6)" in props["batch_size"]["description"]
     # A choice the form can leave empty; a toggle could not be, and the UI sends an untouched one as false.
     assert _kinds(props["benchmark"]) == [{"enum": [True, False, None]}]
     assert _kinds(props["backend"]) == [{"type": "string", "enum": ["auto", "neuron", "cuda", "cpu", None]}]
