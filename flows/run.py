@@ -15,6 +15,7 @@ the engine: Cancelled for a cancellation, Crashed otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from serving.contract import ModelInfo
     from tasks.common.config import ChecksConfig
+    from tasks.common.processes import Stopped
     from tasks.measure.buckets import BucketComparison
     from tasks.measure.results import BenchmarkResult
     from tasks.serve.placement import CoreMap, GpuMap
@@ -79,7 +81,7 @@ class Run:
         self.trace_cache: dict | None = None  # the compile cache's verdict: hit or miss, seconds saved
         self.summary: dict = {}  # summary.json's content, once written (on the way out)
         self.interrupted: str | None = None  # how the run was stopped from outside, if it was
-        self.stopped: dict | None = None  # what stop did: processes stopped, escalated
+        self.stopped: Stopped | None = None  # what stop did: processes stopped, escalated
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         return self.stages.run(name)
@@ -193,7 +195,8 @@ class Run:
         )
         if self.interrupted:
             self.summary["status"] = "interrupted"
-            self.summary["interrupted"] = {"by": self.interrupted, "stopped": self.stopped}
+            stopped = dataclasses.asdict(self.stopped) if self.stopped else None
+            self.summary["interrupted"] = {"by": self.interrupted, "stopped": stopped}
         write_summary(self.dir, self.summary)
         if self.interrupted and not _api_answers():
             self.log.warning(
@@ -224,7 +227,7 @@ class Run:
         stages = [r.name for r in self.stages.records.values() if r.status == "interrupted" and r.name != "stop"]
         during = f" during {stages[0]}" if stages else ""
         if self.stopped is not None:
-            done = f"TorchServe stopped ({self.stopped['stopped']} processes)"
+            done = f"TorchServe stopped ({self.stopped.stopped} processes)"
         elif self.server is None:
             done = "no TorchServe was running"
         else:

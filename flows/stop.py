@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"stopped TorchServe of {args.run_dir.resolve()} ({result['stopped']} processes)")
+    print(f"stopped TorchServe of {args.run_dir.resolve()} ({result.stopped} processes)")
     return 0
 
 

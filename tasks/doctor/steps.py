@@ -356,7 +356,7 @@ class Doctor:
                     f"TorchServe processes {left} are still running after stop",
                     fix=f"ps -o pid,stat,cmd -p {','.join(map(str, left))}; kill them",
                 )
-            done.append(f"TorchServe stopped ({stopped['stopped']} processes), none left")
+            done.append(f"TorchServe stopped ({stopped.stopped} processes), none left")
         else:
             done.append("no TorchServe was started")
         if self.backend_name == "neuron" and self.cores_were_free:

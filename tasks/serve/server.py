@@ -30,7 +30,7 @@ from tasks.common.config import ResolvedServing, ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import owner, port_free
-from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, tail
+from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
 from tasks.common.processes import stop as stop_processes
 from tasks.common.tools import environment_tool, with_environment_bin
 from tasks.serve import cores
@@ -340,7 +340,7 @@ def _adopt_children(server: Server) -> None:
     record(server)
 
 
-def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
+def stop(server: Server, grace: float = STOP_GRACE_S) -> Stopped:
     """Graceful stop (SIGTERM to the frontend), then terminate, then kill whatever of its tree is left.
 
     Takes at most grace + 2 x STOP_SETTLE_S; grace=0 kills at once (a second Ctrl-C)."""
@@ -361,7 +361,7 @@ def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
         )
     server.key_file.unlink(missing_ok=True)
     shutil.rmtree(server.temp_dir, ignore_errors=True)
-    return {"stopped": result.stopped, "escalated": result.escalated}
+    return result
 
 
 def _frontend_first(alive: list[psutil.Process]) -> list[psutil.Process]:

@@ -222,7 +222,7 @@ def test_a_frontend_that_ignores_the_graceful_stop_is_killed(mar, tmp_path):
     )
     frontend.suspend()  # SIGSTOP: it cannot act on SIGTERM
     result = stop(server, grace=2)
-    assert frontend.pid in result["escalated"]
+    assert frontend.pid in result.escalated and result.survivors == []
     assert_server_gone(server)
 
 
