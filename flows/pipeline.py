@@ -108,7 +108,8 @@ def validate(
             if config.benchmark.compare_buckets and len(mar.info.buckets) > 1 and traced is not None:
                 with run.stage("compare-buckets"):
                     run.buckets = compare_buckets_task(run.server, mar, traced, config, resolved.initial_workers)
-    return run.summary
+    assert run.summary is not None  # written on the way out of the run, whatever happened
+    return run.summary.as_json()
 
 
 def stop_stale_servers(run: Run, config: RunConfig, resolved: ResolvedServing) -> None:

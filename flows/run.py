@@ -15,7 +15,6 @@ the engine: Cancelled for a cancellation, Crashed otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +30,8 @@ from flows.stages import INTERRUPTS, StageFailed, Stages, stop_task
 from tasks.common.config import ResolvedServing, RunConfig
 from tasks.common.parameters import read
 from tasks.report.events import emit_regression, run_page
-from tasks.report.summary import build_summary, new_run_dir, publish_artifacts, publish_run_config, write_summary
+from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
+from tasks.report.summary import new_run_dir, publish_artifacts, publish_run_config
 from tasks.serve.server import Server, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
 
@@ -79,7 +79,7 @@ class Run:
         self.core_map: CoreMap | None = None  # neuron: which worker holds which NeuronCore, once registered
         self.gpu_map: GpuMap | None = None  # cuda: which GPU each worker was given, once registered
         self.trace_cache: dict | None = None  # the compile cache's verdict: hit or miss, seconds saved
-        self.summary: dict = {}  # summary.json's content, once written (on the way out)
+        self.summary: RunSummary | None = None  # summary.json, once written (on the way out)
         self.interrupted: str | None = None  # how the run was stopped from outside, if it was
         self.stopped: Stopped | None = None  # what stop did: processes stopped, escalated
 
@@ -168,36 +168,25 @@ class Run:
         from tasks.report.summary import pictures
         from tasks.report.trend import publish_trend
 
-        serving = self.config.serving
         drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
-        self.summary = build_summary(
+        self.summary = summarize(
             self.stages,
             self.checks,
             self.benchmark,
-            self.config.model_dump(mode="json"),
-            {
-                "run_dir": str(self.dir),
-                "resolved": self.resolved.model_dump(),
-                "kept_serving": self.keep_serving,
-                "security": {
-                    "token_auth": serving.token_auth,
-                    "address": serving.address,
-                    "warnings": serving.security_warnings(),
-                },
-                "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
-                "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
-                "model": _model_facts(self.model_info, self.config.checks),
-                "trace": self.trace_cache,
-                "core_map": self.core_map.model_dump() if self.core_map else None,
-                "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
-                "pictures": drawn,
-            },
+            self.config,
+            self.resolved,
+            run_dir=self.dir,
+            kept_serving=self.keep_serving,
+            server=_server_facts(self.server) if self.keep_serving and self.server is not None else None,
+            bucket_comparison=self.buckets,
+            model=_model_facts(self.model_info, self.config.checks),
+            trace=self.trace_cache,
+            core_map=self.core_map,
+            gpu_map=self.gpu_map,
+            pictures=drawn,
+            interrupted=Interrupted(by=self.interrupted, stopped=self.stopped) if self.interrupted else None,
         )
-        if self.interrupted:
-            self.summary["status"] = "interrupted"
-            stopped = dataclasses.asdict(self.stopped) if self.stopped else None
-            self.summary["interrupted"] = {"by": self.interrupted, "stopped": stopped}
-        write_summary(self.dir, self.summary)
+        self.summary.write(self.dir)
         if self.interrupted and not _api_answers():
             self.log.warning(
                 "the Prefect API does not answer: artifacts not published; the summary is in %s",
@@ -262,20 +251,20 @@ def _api_answers() -> bool:
         return False
 
 
-def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> dict | None:
+def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> ModelFacts | None:
     """What was served -- the kind the checkpoint decided, its labels and threshold -- what the graphs were compiled
     with and the parity they were held to (casting loosens it)."""
     if info is None:
         return None
-    return {
-        "kind": info.kind,
-        "class_names": info.class_names,
-        "threshold": info.threshold,
-        "backend": info.backend,
-        "compiler_args": info.compiler_args,
-        "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
-        "parity_max_abs_diff": info.parity_max_abs_diff,
-    }
+    return ModelFacts(
+        kind=info.kind,
+        class_names=info.class_names,
+        threshold=info.threshold,
+        backend=info.backend,
+        compiler_args=info.compiler_args,
+        parity_tolerance=checks.parity_tolerance_for(info.backend, info.compiler_args),
+        parity_max_abs_diff=info.parity_max_abs_diff,
+    )
 
 
 def _run_name(run_dir: Path) -> str:
@@ -285,10 +274,8 @@ def _run_name(run_dir: Path) -> str:
     return runtime.flow_run.name or run_dir.name
 
 
-def _server_facts(server: Server) -> dict:
+def _server_facts(server: Server) -> KeptServer:
     """Where a kept server is; the key file's path, never a key."""
-    return {
-        "inference_url": server.inference_url,
-        "management_url": server.management_url,
-        "key_file": str(server.key_file),
-    }
+    return KeptServer(
+        inference_url=server.inference_url, management_url=server.management_url, key_file=str(server.key_file)
+    )

@@ -32,6 +32,7 @@ from tasks.measure.figures import (
     LATENCY_P99,
     SERVED_OVER_CEILING,
 )
+from tasks.report.run_summary import RunSummary
 
 RUNS = 14
 FIGURES = {
@@ -50,24 +51,19 @@ FAILED_STAGE = re.compile(r"stage (\S+) failed")
 # --- this run's outcome, machine-readable ------------------------------------------------------
 
 
-def outcome_rows(summary: dict) -> list[dict]:
+def outcome_rows(summary: RunSummary) -> list[dict]:
     """The outcome table artifact: {"item", "value"} rows -- status, failed stage, `stage <name>`
     for each stage, regression, `regressed <figure>` for each regressed figure."""
-    stages = summary.get("stages") or []
-    failed = [s["name"] for s in stages if s.get("status") == "failed"]
-    rows = [
-        {"item": "status", "value": summary.get("status")},
-        {"item": "failed stage", "value": failed[0] if failed else None},
+    failed = summary.failed_stages()
+    rows: list[dict] = [
+        {"item": "status", "value": summary.status},
+        {"item": "failed stage", "value": failed[0].name if failed else None},
     ]
-    rows += [{"item": f"stage {s['name']}", "value": s.get("status")} for s in stages]
-    regression = (summary.get("benchmark") or {}).get("regression") or {}
-    if regression:
-        rows.append({"item": "regression", "value": regression.get("status")})
-        rows += [
-            {"item": f"regressed {row['figure']}", "value": row.get("current")}
-            for row in regression.get("table") or []
-            if row.get("regressed")
-        ]
+    rows += [{"item": f"stage {s.name}", "value": s.status} for s in summary.stages]
+    regression = summary.benchmark.regression if summary.benchmark else None
+    if regression is not None:
+        rows.append({"item": "regression", "value": regression.status})
+        rows += [{"item": f"regressed {row.figure}", "value": row.current} for row in regression.table if row.regressed]
     return rows
 
 
@@ -114,14 +110,12 @@ def _when(started) -> str | None:
     return started.strftime("%Y-%m-%d %H:%M") if hasattr(started, "strftime") else str(started)[:16]
 
 
-def row_now(name: str, started, summary: dict) -> dict:
+def row_now(name: str, started, summary: RunSummary) -> dict:
     """This run's row, from its summary (its artifacts are not read back)."""
     from tasks.measure import figures
 
-    bench = summary.get("benchmark")
-    return row(
-        name, started, summary.get("status"), None, outcome_rows(summary), figures.table_rows(bench) if bench else None
-    )
+    bench = summary.benchmark
+    return row(name, started, summary.status, None, outcome_rows(summary), figures.table_rows(bench) if bench else None)
 
 
 def earlier_rows(suffix: str, limit: int = RUNS - 1) -> list[dict]:
@@ -205,7 +199,9 @@ def markdown(name: str, rows: list[dict], chart_uri: str | None) -> str:
     return "\n".join(lines)
 
 
-def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict, run_dir: Path, log=None) -> str | None:
+def publish_trend(
+    name: str, suffix: str, run_name: str, started, summary: RunSummary, run_dir: Path, log=None
+) -> str | None:
     """Publish the trend artifact (`trend-<suffix>`) with this run's row (from its summary) on top;
     returns its markdown. Never raises: without an API history the trend is this run alone, and a failure to
     draw or publish it is a warning, not a failed run (to `log`, else the run's logger). Outside a flow run:

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
@@ -13,9 +14,12 @@ import tasks.serve.server
 from flows import stop as stop_cli
 from flows.pipeline import STAGES, validate
 from tasks.common import backends
+from tasks.common.parameters import read
 from tasks.measure.capacity import KEPT_UP
 from tasks.measure.regression import figures_of
-from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone
+from tests.nights import config_leaves
+from tools.summary_schema import DOC, published
 
 pytestmark = pytest.mark.e2e
 
@@ -32,29 +36,32 @@ def run(prefect_server, tmp_path_factory):
         return keys
 
     runs_dir = tmp_path_factory.mktemp("runs")
-    overrides = {
-        "runs_dir": str(runs_dir),
-        "serving.free_ports": True,
-        "benchmark.concurrency": 12,
-        "benchmark.duration": 4,
-        "benchmark.warmup": 1,
-        "benchmark.ceiling_seconds": 1,
-        "benchmark.client_check_seconds": 1,
-        "benchmark.single_client_seconds": 2,
-        # A short capacity search: steps of 2 s (and 100 requests), 8 s in all.
-        "benchmark.capacity.min_step_seconds": 2,
-        "benchmark.capacity.beyond": 1,
-        "benchmark.capacity.step_warmup": 0.5,
-        "benchmark.capacity.budget_seconds": 8,
-        # compare-buckets runs: the default's four buckets against 128 alone, 1 s of load each (labels are compared
-        # on a fixed sample whatever the seconds).
-        "benchmark.compare_seconds": 1,
-    }
+    overrides = OVERRIDES | {"runs_dir": str(runs_dir)}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
         state = validate(overrides=overrides, return_state=True)
     summary = state.result()
     return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
+
+
+# The module's run: the default night, shortened.
+OVERRIDES = {
+    "serving.free_ports": True,
+    "benchmark.concurrency": 12,
+    "benchmark.duration": 4,
+    "benchmark.warmup": 1,
+    "benchmark.ceiling_seconds": 1,
+    "benchmark.client_check_seconds": 1,
+    "benchmark.single_client_seconds": 2,
+    # A short capacity search: steps of 2 s (and 100 requests), 8 s in all.
+    "benchmark.capacity.min_step_seconds": 2,
+    "benchmark.capacity.beyond": 1,
+    "benchmark.capacity.step_warmup": 0.5,
+    "benchmark.capacity.budget_seconds": 8,
+    # compare-buckets runs: the default's four buckets against 128 alone, 1 s of load each (labels are compared
+    # on a fixed sample whatever the seconds).
+    "benchmark.compare_seconds": 1,
+}
 
 
 def test_auto_backend_is_cpu_here_with_one_worker_per_physical_core(run):
@@ -236,6 +243,13 @@ def test_no_key_in_summary_artifacts_or_flow_log(run):
     assert leaked == []
 
 
+def test_summary_json_passes_its_published_schema_and_records_the_config_the_run_read(run):
+    on_disk = json.loads((run["run_dir"] / "summary.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(published(DOC.read_text()))).validate(on_disk)
+    read_again, _ = read(None, None, OVERRIDES | {"runs_dir": str(run["run_dir"].parent)})
+    assert on_disk["config"] == read_again.model_dump(mode="json")
+
+
 def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
     flow_run_id = run["state"].state_details.flow_run_id
     pages, deadline = [], time.monotonic() + 60
@@ -248,17 +262,20 @@ def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
     assert "/flow-runs/" not in pages[0]  # not the old UI's route
 
 
-def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, small_model, tmp_path):
+def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(run, small_model, tmp_path):
+    """Run from a user's own minimal config file (the small shape, nothing else): in every key neither it nor an
+    override sets, its summary.json records the default night, as the module's default run does."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"serving:\n  batch_size: {SMALL_BATCH}\n  max_length: {SMALL_LENGTH}\n")
     overrides = {
         "runs_dir": str(tmp_path),
         "serving.free_ports": True,
         "benchmark.enabled": False,
         "keep_serving": True,
-        **SMALL_SHAPE,
         "serving.initial_workers": 1,
     }
     try:
-        summary = validate(overrides=overrides)
+        summary = validate(config_file=str(mine), overrides=overrides)
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
@@ -274,3 +291,7 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_serve
     finally:
         assert stop_cli.main([str(tmp_path / "latest")]) == 0
     assert_server_gone(server)
+    night, default = config_leaves(summary["config"]), config_leaves(run["summary"]["config"])
+    given = {"serving.batch_size", "serving.max_length", *overrides, *OVERRIDES}
+    assert {key for key in default if night[key] != default[key]} - given == set()
+    assert night["model.threshold"] == 0.6821 and night["serving.length_buckets"] == [40, 56, 80, 128]

@@ -6,23 +6,16 @@ import yaml
 
 from tasks.common import backends
 from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, ServingConfig, load_config, resolve_serving
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    """{dotted key: value} of a dumped config (a dict field such as regression_tolerances is one leaf)."""
-    found = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "regression_tolerances":
-            found.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            found[prefix + key] = value
-    return found
+from tests.nights import config_leaves
 
 
 def test_a_minimal_own_config_runs_the_default_night_in_every_key_it_does_not_set(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("serving:\n  batch_size: 4\n  max_length: 64\n")
-    night, default = _leaves(load_config(mine).model_dump(mode="json")), _leaves(load_config().model_dump(mode="json"))
+    night, default = (
+        config_leaves(load_config(mine).model_dump(mode="json")),
+        config_leaves(load_config().model_dump(mode="json")),
+    )
     assert {key for key in default if night[key] != default[key]} == {"serving.batch_size", "serving.max_length"}
     # The night the README documents: the embedded model's calibrated threshold, the kind its checkpoint decides,
     # the length buckets, the capacity search at 1 s, 30 s of load by 64 clients.
@@ -67,8 +60,8 @@ def test_a_broken_config_file_is_an_error_never_the_defaults(tmp_path, text, say
 
 @pytest.mark.parametrize("name", ["gpu.yaml", "inf2-xlarge.yaml"])
 def test_a_shipped_config_holds_only_what_differs_from_the_defaults(name):
-    given = _leaves(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
-    default = _leaves(RunConfig().model_dump(mode="json"))
+    given = config_leaves(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
+    default = config_leaves(RunConfig().model_dump(mode="json"))
     assert [key for key, value in given.items() if default[key] == value] == []
 
 

@@ -12,9 +12,11 @@ import yaml
 
 from flows.stages import Stages
 from tasks.common.backends import neuron_core_count
-from tasks.common.config import REPO_ROOT, load_config
+from tasks.common.config import REPO_ROOT, RunConfig, load_config
 from tasks.common.processes import ProcessRef
-from tasks.report.summary import build_summary, host, run_config_rows
+from tasks.report.run_summary import host
+from tasks.report.summary import run_config_rows
+from tests.nights import summary
 from tests.scripts import deployments_script
 
 PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
@@ -129,12 +131,7 @@ def _summary():
     for name in ("trace", "stop"):
         with stages.run(name):
             pass
-    config = {
-        "model": {"source": "embedded"},
-        "serving": {"batch_size": 6, "initial_workers": "auto"},
-        "runs_dir": "/tmp/runs",
-    }
-    return build_summary(stages, [], None, config, {"resolved": {"initial_workers": 2, "threads_per_worker": 1}})
+    return summary(stages, config=RunConfig.model_validate({"runs_dir": "/tmp/runs"}))
 
 
 def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
@@ -169,5 +166,5 @@ def test_run_config_rows_line_up_between_runs_and_tolerate_no_overrides():
 
 def test_host_names_the_machine_os_and_cpus():
     facts = host()
-    assert facts["name"] == platform.node() and facts["cpus"] == os.cpu_count()
-    assert facts["os"] and facts["physical_cores"] >= 1 and facts["memory_gib"] > 0
+    assert facts.name == platform.node() and facts.cpus == os.cpu_count()
+    assert facts.os and (facts.physical_cores or 0) >= 1 and facts.memory_gib > 0

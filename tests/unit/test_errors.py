@@ -15,6 +15,8 @@ from prefect.runtime import deployment, flow_run
 from tasks.common import keys
 from tasks.common.config import REPO_ROOT, ConfigError, ModelConfig, load_config
 from tasks.report import summary, trend
+from tests.nights import StagesAs
+from tests.nights import summary as summary_of
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_the_trend_warns_without_a_log_passed_what_it_goes_on_without(in_a_flow_
     monkeypatch.setattr(trend, "earlier_rows", _fails("history unreadable"))
     monkeypatch.setattr(charts, "trend_chart", _fails("no chart today"))
     monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", _fails("artifact refused"))
-    summary_ = {"status": "ok", "stages": [{"name": "trace", "status": "ok"}], "benchmark": None}
+    summary_ = summary_of(StagesAs([{"name": "trace", "status": "ok"}]))
     with caplog.at_level(logging.WARNING):
         assert trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_, tmp_path) is None
     said = [r.getMessage() for r in caplog.records if r.name == "tasks.report.trend"]
