@@ -27,6 +27,7 @@ import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
 from tasks.common.config import REPO_ROOT
+from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import listeners
 from tasks.serve import server as server_stage
 from tests.browser import needs_chromium
@@ -202,19 +203,17 @@ def nightly(small_model):
         ids["smoke"] = run(SMOKE, good)
         ids["failing"] = run(DEPLOYMENT, failing)
         api = Api(port)
-        deadline = time.monotonic() + 900  # a guard, not a target: CI hosts and busy ones are slow
-        final = {}
-        while len(final) < len(ids):
-            for name, flow_run_id in ids.items():
-                flow_run = api.get(f"/flow_runs/{flow_run_id}")
-                if flow_run["state_type"] in TERMINAL:
-                    final[name] = flow_run
-            if time.monotonic() > deadline:
-                logs = "\n".join((state / "logs" / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
-                raise AssertionError(
-                    f"runs not finished in time: { {n: r['state_type'] for n, r in final.items()} }\n{logs}"
-                )
-            time.sleep(1)
+
+        def ended() -> dict | Pending:
+            runs = {name: api.get(f"/flow_runs/{flow_run_id}") for name, flow_run_id in ids.items()}
+            done = all(run["state_type"] in TERMINAL for run in runs.values())
+            return runs if done else Pending(str({name: run["state_type"] for name, run in runs.items()}))
+
+        try:
+            final = wait_until(ended, 900, "the three runs to end")  # a guard, not a target: CI hosts are slow
+        except TimedOut:
+            logs = "\n".join((state / "logs" / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
+            raise AssertionError(f"runs not finished in time\n{logs}") from None
         ran = time.monotonic()
         workers = api.post(f"/work_pools/{POOL}/workers/filter", {})
         # Read before the restart: its `up` deploys again, after which the scheduler re-plans within a minute.

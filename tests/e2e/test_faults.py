@@ -17,6 +17,7 @@ from prefect.settings import PREFECT_API_URL
 import flows.pipeline
 from flows.pipeline import STAGES, validate
 from tasks.common.config import REPO_ROOT
+from tasks.common.polling import wait_until
 from tasks.common.processes import group_members
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
@@ -70,15 +71,14 @@ def _wait_for(when: str, run_dir: Path, output: Path, process, timeout=300):
     """Until the run is in the stage `when`: for start, TorchServe's launcher is recorded (the run
     then waits for /ping); for benchmark, the progress's line as the load starts ("benchmark    19 s:  36% of
     ~49 s, load: starting the clients") is in the flow log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reached() -> bool:
         assert process.poll() is None, "the pipeline ended before it could be interrupted"
         if when == "start" and (run_dir / "latest" / "server" / "server.json").is_file():
-            return
-        if output.is_file() and re.search(r"benchmark +\d+ s:", output.read_text(errors="replace")):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the run never reached {when}")
+            return True
+        return output.is_file() and bool(re.search(r"benchmark +\d+ s:", output.read_text(errors="replace")))
+
+    wait_until(reached, timeout, f"the run to reach {when}", first=0.1, factor=1.0, most=0.1)
 
 
 def _left_running(run_dir: Path) -> list[int]:
@@ -158,9 +158,15 @@ def test_an_interrupted_run_stops_torchserve_within_20_s_and_exits(how, when, sm
         _wait_for(when, tmp_path, output, process)
         os.killpg(process.pid, signum)
         sent, sent_at = time.monotonic(), time.time()  # time.time(): to compare with summary.json's mtime
-        if how == "Ctrl-C twice":
-            while process.poll() is None and "stopping TorchServe" not in output.read_text(errors="replace"):
-                time.sleep(0.05)
+        if how == "Ctrl-C twice":  # the second while TorchServe is being stopped: looked for every 50 ms
+            wait_until(
+                lambda: process.poll() is not None or "stopping TorchServe" in output.read_text(errors="replace"),
+                60,
+                "the run to say it is stopping TorchServe",
+                first=0.05,
+                factor=1.0,
+                most=0.05,
+            )
             os.killpg(process.pid, signum)
         code = process.wait(timeout=60)
         took = time.monotonic() - sent

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tasks.common.config import REPO_ROOT
+from tasks.common.polling import Pending, wait_until
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import assert_server_gone
 from tests.e2e.test_deployment import DEPLOYMENT, TERMINAL, TINY, Api, _free_port, _local, _recorded_processes
@@ -48,13 +49,11 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, text: str, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.received:
-                if text in message.get("text", ""):
-                    return message
-            time.sleep(0.5)
-        raise AssertionError(f"no notification with {text!r} within {timeout:g} s; got {self.received}")
+        def told() -> dict | Pending:
+            found = [message for message in self.received if text in message.get("text", "")]
+            return found[0] if found else Pending(f"{len(self.received)} other notifications: {self.received}")
+
+        return wait_until(told, timeout, f"a notification with {text!r}", most=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +105,12 @@ def _run(night, overrides: dict) -> str:
 
 
 def _final(night, flow_run_id: str, timeout: float = 400) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended() -> dict | Pending:
         run = night["api"].get(f"/flow_runs/{flow_run_id}")
-        if run["state_type"] in TERMINAL:
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"flow run {flow_run_id} did not finish: {run['state_type']}")
+        return run if run["state_type"] in TERMINAL else Pending(run["state_type"])
+
+    # Polled every 0.5 s at most: the cancellation test times how long the run took to end.
+    return wait_until(ended, timeout, f"flow run {flow_run_id} to end", most=0.5)
 
 
 def _client(night):
@@ -146,11 +144,13 @@ def test_a_run_cancelled_through_the_worker_ends_cancelled_with_no_torchserve_le
 
     flow_run_id = _run(night, {"benchmark.duration": 600})
     worker_log = night["state"] / "logs" / "worker-1.log"
-    deadline = time.monotonic() + 400
-    while not re.search(r"benchmark +\d+ s:", worker_log.read_text(errors="replace")):
-        assert time.monotonic() < deadline, "the benchmark never started"
-        assert night["api"].get(f"/flow_runs/{flow_run_id}")["state_type"] not in TERMINAL
-        time.sleep(0.5)
+
+    def benchmarking() -> bool:
+        state = night["api"].get(f"/flow_runs/{flow_run_id}")["state_type"]
+        assert state not in TERMINAL, f"the run ended ({state}) before its benchmark could be cancelled"
+        return bool(re.search(r"benchmark +\d+ s:", worker_log.read_text(errors="replace")))
+
+    wait_until(benchmarking, 400, "the benchmark to start", most=0.5)
     settings, get_client = _client(night)
     with settings, get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run_id, Cancelling(message="cancelled by the test"))
