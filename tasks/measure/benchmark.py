@@ -39,8 +39,10 @@ from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figures, loadgen, regression
+from tasks.measure.busy_host import busy_host_warnings
 from tasks.measure.capacity import Capacity, Search, poisson_steps
 from tasks.measure.cpu import cpu_snapshot, cpu_use
+from tasks.measure.fingerprint import fingerprint
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
@@ -230,7 +232,7 @@ def run(
     with StageProgress("benchmark", planned_seconds(settings, resolved, traced is not None), log=log) as progress:
         bench = _measure(server, model_name, pairs, pool, traced, config, resolved, log, accuracy, progress)
         progress.phase("wrap-up", "regression against earlier runs, the chart, benchmark.json")
-        bench.fingerprint = regression.fingerprint(config, resolved)
+        bench.fingerprint = fingerprint(config, resolved)
         bench.regression = regression.check(
             bench,
             bench.fingerprint,
@@ -386,7 +388,7 @@ def unreliable_comparison(bench: BenchmarkResult, ceiling: ceiling_stage.Ceiling
 
 def _warnings(bench: BenchmarkResult) -> list[str]:
     """Figures a reader should not trust, and why: a busy host, an unstable load, an unsteady comparison."""
-    warnings = regression.busy_host_warnings(bench)
+    warnings = busy_host_warnings(bench)
     if bench.comparison_unreliable:
         warnings.append(
             f"served / in-process {bench.served_over_ceiling:.2f} is unreliable tonight: "

@@ -82,7 +82,7 @@ def _table(data) -> list[dict]:
 def row(name: str, started, state: str | None, message: str | None, outcome, benchmark) -> dict:
     """One trend row from a run's name, start, Prefect state (type name, message) and the data of its
     outcome and benchmark artifacts (either may be None)."""
-    from tasks.measure.regression import figures_of
+    from tasks.measure.history import figures_of
 
     rows = _table(outcome) if outcome is not None else []
     items = {item: r.get("value") for r in rows if isinstance(item := r.get("item"), str)}
@@ -120,7 +120,7 @@ def row_now(name: str, started, summary: RunSummary) -> dict:
 
 def earlier_rows(suffix: str, limit: int = RUNS - 1) -> list[dict]:
     """Rows of this deployment's earlier ended runs, newest first; [] outside a flow run."""
-    from tasks.measure.regression import earlier_runs
+    from tasks.measure.history import earlier_runs
 
     earlier = (
         earlier_runs((keys.OUTCOME, keys.BENCHMARK), limit, suffix=suffix, completed_only=False, same_parameters=False)

@@ -15,7 +15,7 @@ from flows.pipeline import STAGES, validate
 from tasks.common import backends
 from tasks.common.parameters import read
 from tasks.common.polling import wait_until
-from tasks.measure.regression import figures_of
+from tasks.measure.history import figures_of
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone
 from tests.nights import config_leaves
 from tools.summary_schema import DOC, published

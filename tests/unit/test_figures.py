@@ -10,8 +10,9 @@ from tasks.measure import regression as regression_module
 from tasks.measure.capacity import Capacity, CapacityStep
 from tasks.measure.ceiling import Ceiling, Layout
 from tasks.measure.figures import FIGURES, INFERENCES_PER_S, LATENCY_P90
+from tasks.measure.history import figures_of
 from tasks.measure.loadgen import percentiles
-from tasks.measure.regression import compare, figures_of
+from tasks.measure.regression import compare
 from tasks.measure.results import (
     Accelerator,
     BenchmarkResult,
