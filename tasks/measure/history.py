@@ -3,8 +3,8 @@ of their artifacts by kind (tasks/common/keys.py).
 
 The regression reads the benchmark figures of comparable completed nights (`history`: same flow, deployment and
 parameters, same fingerprint, the host not busy); the trend (tasks/report/trend.py) reads every ended night's
-outcome and figures with `earlier_runs`. API_ERRORS are what an unreachable or refusing API raises: a caller that
-goes on without the history catches those, never a bug.
+outcome and figures with `earlier_runs`. A caller that goes on without the history catches API_ERRORS
+(tasks/common/prefect_api.py), never a bug.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
-from prefect.exceptions import PrefectException
-
+from tasks.common.prefect_api import API_ERRORS
 from tasks.measure.busy_host import busy
 from tasks.measure.figures import FINGERPRINT
 
@@ -23,8 +21,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
 POOL = 200  # earlier runs read at most (the API's page): the newest comparable ones are among them
-# The API unreachable (connection refused, a timeout: httpx, or the socket below it) or refusing (Prefect's errors).
-API_ERRORS = (httpx.HTTPError, PrefectException, OSError)
+__all__ = ["API_ERRORS", "POOL", "Earlier", "earlier_runs", "figures_of", "history"]
 
 
 def figures_of(rows) -> dict:

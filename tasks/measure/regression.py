@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.common.config import REGRESSION_TOLERANCES
+from tasks.common.prefect_api import API_ERRORS
 from tasks.measure import figures
 from tasks.measure.busy_host import number
 from tasks.measure.figures import (
@@ -37,7 +38,7 @@ from tasks.measure.figures import (
     SERVED_OVER_CEILING,
     Figure,
 )
-from tasks.measure.history import API_ERRORS, history
+from tasks.measure.history import history
 from tasks.measure.results import BenchmarkResult, Moved, Regression
 
 NOISE_SIGMAS = 3.0  # a change within this many robust standard deviations of the earlier nights is noise

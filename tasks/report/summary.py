@@ -23,6 +23,7 @@ from tasks.measure import figures
 from tasks.measure.buckets import BucketComparison
 from tasks.measure.results import BenchmarkResult
 from tasks.report.run_summary import RunSummary
+from tasks.report.trend import CHART_ERRORS
 from tasks.verify.checks import CheckResult
 
 PICTURES = {
@@ -64,7 +65,7 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
     ):
         try:
             path = draw(run_dir / PICTURES[alt])
-        except Exception as error:  # a picture is not worth a failed run
+        except CHART_ERRORS as error:  # a picture is not worth a failed run; a bug raises
             log.warning("no %s picture: %s: %s", alt, type(error).__name__, error)
             continue
         if path is not None:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tasks.common import keys
+from tasks.common.prefect_api import API_ERRORS
 from tasks.common.runlog import stage_logger
 from tasks.measure.figures import (
     ACCURACY,
@@ -35,6 +36,9 @@ from tasks.measure.figures import (
 from tasks.report.run_summary import RunSummary
 
 RUNS = 14
+# What drawing a chart may raise short of a bug: matplotlib missing, a file that cannot be written, values it
+# refuses.
+CHART_ERRORS = (ImportError, OSError, ValueError)
 FIGURES = {
     "inferences_per_s": INFERENCES_PER_S,
     "p50_ms": LATENCY_P50,
@@ -203,42 +207,40 @@ def publish_trend(
     name: str, suffix: str, run_name: str, started, summary: RunSummary, run_dir: Path, log=None
 ) -> str | None:
     """Publish the trend artifact (`trend-<suffix>`) with this run's row (from its summary) on top;
-    returns its markdown. Never raises: without an API history the trend is this run alone, and a failure to
-    draw or publish it is a warning, not a failed run (to `log`, else the run's logger). Outside a flow run:
-    nothing to attach it to."""
+    returns its markdown. The API's failures are not a failed run: without its history the trend is this run
+    alone, a chart that cannot be drawn leaves the table, and an artifact the API refuses is a warning (to `log`,
+    else the run's logger). A bug raises. Outside a flow run: nothing to attach it to."""
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return None
     log = log or stage_logger(__name__)
+    now = row_now(run_name, started, summary)
     try:
-        now = row_now(run_name, started, summary)
-        try:
-            rows = [now] + earlier_rows(suffix)
-        except Exception as error:  # an unreadable history: this run alone, and the warning says so
-            log.warning(
-                "trend: could not read earlier runs (%s: %s): the trend shows this run alone",
-                type(error).__name__,
-                error,
-            )
-            rows = [now]
-        rows = rows[:RUNS]
-        chart_uri = None
-        try:
-            from tasks.measure.charts import SMALL, data_uri, trend_chart
+        rows = [now] + earlier_rows(suffix)
+    except API_ERRORS as error:  # an unreadable history: this run alone, and the warning says so
+        log.warning(
+            "trend: could not read earlier runs (%s: %s): the trend shows this run alone", type(error).__name__, error
+        )
+        rows = [now]
+    rows = rows[:RUNS]
+    chart_uri = None
+    try:
+        from tasks.measure.charts import SMALL, data_uri, trend_chart
 
-            directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
-            chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))
-        except Exception as error:  # a chart is not worth a lost trend: the table goes out without it
-            log.warning("trend: no chart (%s: %s): the trend artifact has the table only", type(error).__name__, error)
-        text = markdown(name, rows, chart_uri)
-        from prefect.artifacts import create_markdown_artifact
+        directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
+        chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))
+    except CHART_ERRORS as error:  # a chart is not worth a lost trend: the table goes out without it
+        log.warning("trend: no chart (%s: %s): the trend artifact has the table only", type(error).__name__, error)
+    text = markdown(name, rows, chart_uri)
+    from prefect.artifacts import create_markdown_artifact
 
+    try:
         create_markdown_artifact(
             key=keys.key(keys.TREND, suffix), markdown=text, description=f"The last {len(rows)} runs of {name}"
         )
         return text
-    except Exception as error:  # a trend is not worth a failed run; the warning names what is missing
+    except API_ERRORS as error:  # a trend is not worth a failed run; the warning names what is missing
         log.warning(
             "trend not published (%s: %s): no %s artifact for this run",
             type(error).__name__,

@@ -90,6 +90,37 @@ def test_a_picture_that_cannot_be_drawn_is_warned_about_without_a_log_passed(mon
     )
 
 
+def _bug(*args, **kwargs):
+    raise KeyError("a bug in the reporting code")
+
+
+def test_a_bug_in_reporting_fails_it_instead_of_becoming_a_warning(in_a_flow_run, monkeypatch, tmp_path):
+    """What the API or a chart may do is warned about and gone around (above); a bug is not: it must fail the test
+    that meets it (and the run), not turn into a warning while CI stays green."""
+    import prefect.artifacts
+
+    from tasks.measure import charts, regression
+    from tests.nights import night
+
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda **kwargs: None)
+    monkeypatch.setattr(trend, "earlier_rows", _bug)
+    with pytest.raises(KeyError):
+        trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_of(StagesAs([])), tmp_path)
+    monkeypatch.setattr(trend, "earlier_rows", lambda suffix: [])
+    monkeypatch.setattr(charts, "trend_chart", _bug)
+    with pytest.raises(KeyError):
+        trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_of(StagesAs([])), tmp_path)
+    monkeypatch.setattr(regression, "history", _bug)
+    with pytest.raises(KeyError):
+        regression.check(night(10.0, 0.1), "abc", 5, 0.2, "warn")
+    monkeypatch.setattr(charts, "histogram_chart", _bug)
+    with pytest.raises(KeyError):
+        summary.pictures(night(10.0, 0.1), tmp_path)
+    monkeypatch.setitem(deployment.FIELDS, "name", _bug)
+    with pytest.raises(KeyError):
+        keys.deployment_name()
+
+
 def test_the_ctrl_c_line_says_an_unreadable_summary_is_unreadable_and_why(tmp_path):
     from flows.cli import _interrupted
 
