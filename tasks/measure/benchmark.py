@@ -38,7 +38,7 @@ from tasks.common.errors import PipelineError
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.measure import ceiling as ceiling_stage
-from tasks.measure import figures, loadgen, regression
+from tasks.measure import figure_text, loadgen, regression
 from tasks.measure.busy_host import busy_host_warnings
 from tasks.measure.capacity import Capacity, Search, poisson_steps
 from tasks.measure.cpu import cpu_snapshot, cpu_use
@@ -364,7 +364,7 @@ def measure_setting(
             f"within {settings.capacity.bound_ms:g} ms",
         )
         bench.capacity = measure_capacity(url, server.inference_headers(), pairs, settings, bench.requests_per_s, log)
-    log.info(figures.headline(bench))
+    log.info(figure_text.headline(bench))
     bench.warnings = _warnings(bench)
     for warning in bench.warnings:
         log.warning(warning)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tasks.common import keys
 from tasks.common.runlog import stage_logger
-from tasks.measure import figures
+from tasks.measure import figure_text, figures
 from tasks.measure.buckets import BucketComparison
 from tasks.measure.results import BenchmarkResult
 from tasks.report.run_summary import RunSummary
@@ -109,7 +109,7 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
         ]
     bench = summary.benchmark
     if bench:
-        lines += figures.markdown_lines(bench)
+        lines += figure_text.markdown_lines(bench)
     if summary.pictures:
         lines += [""] + [line for alt, path in summary.pictures.items() for line in (_embedded(alt, path), "")]
         files = [*summary.pictures.values(), *([bench.chart] if bench and bench.chart else [])]
