@@ -38,11 +38,12 @@ from tasks.common.errors import PipelineError
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.measure import ceiling as ceiling_stage
-from tasks.measure import figure_text, loadgen, regression
+from tasks.measure import figure_text, loadgen, regression, trivial_endpoint
 from tasks.measure.busy_host import busy_host_warnings
 from tasks.measure.capacity import Capacity, Search, poisson_steps
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.fingerprint import fingerprint
+from tasks.measure.loadgen import QUIET, Load, Watch
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
@@ -143,15 +144,12 @@ def client_capacity(pairs: list[tuple[str, str]], settings: BenchmarkConfig, log
     settings.client_check_seconds s; None when that is 0."""
     if settings.client_check_seconds <= 0:
         return None
-    with loadgen.TrivialEndpoint() as endpoint:
+    with trivial_endpoint.TrivialEndpoint() as endpoint:
         trivial = loadgen.load(
             endpoint.url,
             {},
             pairs,
-            concurrency=settings.concurrency,
-            duration=settings.client_check_seconds,
-            warmup=0.5,
-            progress_every=None,
+            Load(concurrency=settings.concurrency, duration=settings.client_check_seconds, warmup=0.5),
         )
     log.info(
         "load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
@@ -171,7 +169,7 @@ def _single_client(
 ) -> SingleClient | None:
     if seconds <= 0:
         return None
-    lone = loadgen.load(url, headers, pairs, concurrency=1, duration=seconds, progress_every=None)
+    lone = loadgen.load(url, headers, pairs, Load(concurrency=1, duration=seconds))
     latency = lone.latency()
     return SingleClient(
         requests=len(lone.measured),
@@ -318,18 +316,18 @@ def measure_setting(
             url,
             server.inference_headers(),
             pairs,
-            mode=settings.mode,
-            concurrency=settings.concurrency,
-            duration=settings.duration,
-            requests=settings.requests,
-            rate=settings.rate,
-            warmup=settings.warmup,
-            arrivals=settings.arrivals,
-            seed=settings.capacity.seed,
-            progress_every=settings.progress_every if progress is not None else None,
-            log=log,
-            on_progress=progress.load("load") if progress is not None else None,
-            max_backlog=settings.concurrency if settings.mode == "open" else None,
+            Load(
+                mode=settings.mode,
+                concurrency=settings.concurrency,
+                duration=settings.duration,
+                requests=settings.requests,
+                rate=settings.rate if settings.mode == "open" else None,
+                warmup=settings.warmup,
+                arrivals=settings.arrivals,
+                seed=settings.capacity.seed,
+                max_backlog=settings.concurrency if settings.mode == "open" else None,
+            ),
+            Watch(settings.progress_every, log, on_progress=progress.load("load")) if progress is not None else QUIET,
         )
         cpu_1 = cpu_snapshot(server)
     bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)

@@ -91,13 +91,12 @@ def compare(
     phases = {names[0]: each, "register": REGISTER_S, names[1]: each, "restore": REGISTER_S}
     pairs, pool = load_pool(settings.pairs_file)
     sample = pairs[:LABEL_SAMPLE]
-    options = dict(
+    load = loadgen.Load(
         mode=settings.mode,
         concurrency=settings.concurrency,
         duration=settings.compare_seconds,
-        rate=settings.rate,
+        rate=settings.rate if settings.mode == "open" else None,
         warmup=settings.warmup,
-        progress_every=settings.progress_every,
     )
     results: dict[str, loadgen.LoadResult] = {}
     labels: dict[str, list[str]] = {}
@@ -108,7 +107,8 @@ def compare(
         # first calls are slow), as the benchmark warmed the bucketed one, so the timed loads compare alike.
         labels[name] = [p.answer for p in _answers(server, name, sample)]
         url = f"{server.inference_url}/predictions/{name}"
-        results[name] = loadgen.load(url, server.inference_headers(), pairs, **options, on_progress=progress.load(name))
+        watch = loadgen.Watch(settings.progress_every, log, on_progress=progress.load(name))
+        results[name] = loadgen.load(url, server.inference_headers(), pairs, load, watch)
         if results[name].errors:
             log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.measure.capacity import Search, poisson_steps
-from tasks.measure.loadgen import TrivialEndpoint
+from tasks.measure.trivial_endpoint import TrivialEndpoint
 
 pytestmark = pytest.mark.e2e
 
