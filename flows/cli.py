@@ -27,8 +27,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tasks.common.config import ConfigError, RunConfig, anchored, resolve_serving
+from tasks.common.config import ConfigError, RunConfig, anchored
 from tasks.common.parameters import read, shown, value_at
+from tasks.common.sizing import resolve_serving
 
 # How a value given on the command line is read, described and shown, per annotated type. A path
 # stays text: pydantic makes it a Path, and the overrides go to Prefect as flow parameters.

@@ -42,8 +42,9 @@ from flows.stages import (
     stop_stale_task,
     trace_task,
 )
-from tasks.common.config import ResolvedServing, RunConfig, resolve_serving
+from tasks.common.config import RunConfig
 from tasks.common.parameters import RunSettings, given, read
+from tasks.common.sizing import ResolvedServing, resolve_serving
 from tasks.measure.benchmark import accuracy_of, raise_if_regressed
 from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel

@@ -27,8 +27,9 @@ from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL
 
 from flows.stages import INTERRUPTS, StageFailed, Stages, stop_task
-from tasks.common.config import ResolvedServing, RunConfig
+from tasks.common.config import RunConfig
 from tasks.common.parameters import read
+from tasks.common.sizing import ResolvedServing
 from tasks.report.events import emit_regression, run_page
 from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
 from tasks.report.summary import new_run_dir, publish_artifacts, publish_run_config

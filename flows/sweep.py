@@ -41,9 +41,10 @@ from flows.stages import (
     trace_task,
 )
 from tasks.common import keys
-from tasks.common.config import BenchmarkConfig, ConfigError, ResolvedServing, RunConfig, resolve_serving
+from tasks.common.config import BenchmarkConfig, ConfigError, RunConfig
 from tasks.common.parameters import read
 from tasks.common.runlog import Log
+from tasks.common.sizing import ResolvedServing, resolve_serving
 from tasks.measure import benchmark as benchmark_stage
 from tasks.measure.results import ClientCapacity
 from tasks.measure.sweep_rows import RANKINGS, Setting, SweepRow, rank, verdict

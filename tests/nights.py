@@ -3,7 +3,8 @@ regression, trend, the summary and its artifacts)."""
 
 from pathlib import Path
 
-from tasks.common.config import ResolvedServing, RunConfig
+from tasks.common.config import RunConfig
+from tasks.common.sizing import ResolvedServing
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
 from tasks.report.run_summary import RunSummary, summarize

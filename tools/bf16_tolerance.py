@@ -18,7 +18,8 @@ import os
 import torch
 
 from serving.contract import encode_pairs
-from tasks.common.config import REPO_ROOT, TUTORIAL_COMPILER_ARGS, ServingConfig, load_config
+from tasks.common.compiler import TUTORIAL_COMPILER_ARGS
+from tasks.common.config import REPO_ROOT, ServingConfig, load_config
 from tasks.prepare.trace import load_checkpoint
 from tasks.verify.accuracy import read_mrpc_lenient
 from tasks.verify.pairs import load_golden

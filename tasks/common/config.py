@@ -1,10 +1,11 @@
-"""RunConfig: the one typed object a run is driven by.
+"""RunConfig: the one typed object a run is driven by, and its reading.
 
-It is built once at flow start from a YAML file in configs/ plus dotted overrides (CLI flags,
-the flow's `overrides` parameter, and its typed `settings`, tasks/common/parameters.py, whose fields
-are made from the fields here), validated by pydantic, and then resolved: anything left on "auto"
-is detected on this host. A bad value is refused here, before any stage starts, with the
-field, the value and the fix.
+Every default is a field's default here, once: the documented night. A run's configuration is read once at flow
+start (load_config; tasks/common/parameters.py read) -- the defaults, what a YAML file sets (only what differs),
+then dotted overrides (CLI flags, the flow's `overrides` parameter, and its typed `settings`, whose fields are
+made from the fields here) -- with one path rule, and validated by pydantic. A bad value is refused here, before
+any stage starts, with the field, the value and the fix. What "auto" turns into on this host is
+tasks/common/sizing.py's; the Neuron compiler's arguments and their parity, tasks/common/compiler.py's.
 
 A field with json_schema_extra={"flag": NAME} is also the command-line option --NAME of
 `python -m flows.validate` (flows/cli.py builds the options from these fields; a bool gives
@@ -23,13 +24,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.common import embedded, mrpc
+from tasks.common.compiler import BF16_PARITY_TOLERANCE, TUTORIAL_COMPILER_ARGS, auto_cast_type
 from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Spelled out, so a run compiles the same on old and new neuronx-cc (its --auto-cast default changed).
-TUTORIAL_COMPILER_ARGS = ("--auto-cast", "matmult", "--auto-cast-type", "bf16")
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 # The figures the regression compares with earlier nights (tasks/measure/regression.py COMPARED, by name).
 COMPARED_FIGURES = (
@@ -438,30 +438,6 @@ def existing_file(path: Path | None) -> Path | None:
     raise ValueError(f"{path} does not exist; give an existing file or null")
 
 
-# python -m tools.bf16_tolerance (stand-in BF16 graph of the embedded model, 216 golden + MRPC dev pairs
-# at 128 tokens): healthy, largest |score diff| 2.0e-3 and |probability diff| 9.6e-4; x5 for margin.
-# A dropped attention mask moves scores by 0.81 (probabilities 0.36). docs/neuron.md, "Compiler arguments and parity".
-BF16_PARITY_TOLERANCE = 0.01
-
-
-def auto_cast_type(backend: str, compiler_args: list[str]) -> str | None:
-    """The 16-bit type neuronx-cc casts to under these arguments, or None when the graph stays fp32.
-
-    Read the way neuronx-cc reads them: --auto-cast none|matmult|all (absent: none, since Neuron 2.27),
-    --auto-cast-type bf16|fp16|tf32|fp8_e4m3 (absent: bf16). Only the neuron backend compiles with them.
-    """
-    if backend != "neuron":
-        return None
-    values: dict[str, str] = {}
-    for index, arg in enumerate(compiler_args):
-        name, _, inline = arg.partition("=")
-        if name in ("--auto-cast", "--auto-cast-type"):
-            values[name] = inline or (compiler_args[index + 1] if index + 1 < len(compiler_args) else "")
-    if values.get("--auto-cast", "none") == "none":
-        return None
-    return values.get("--auto-cast-type") or "bf16"
-
-
 class ChecksConfig(_Section):
     golden_pairs: Path | None = Field(
         REPO_ROOT / "configs" / "golden_pairs.yaml", description="labelled pairs every answer must match"
@@ -538,18 +514,6 @@ class RunConfig(_Section):
         description="stop after check, leave TorchServe up (python -m flows.stop ends it)",
         json_schema_extra={"flag": "keep-serving"},
     )
-
-
-class ResolvedServing(BaseModel):
-    """What 'auto' turned into on this host, and where each number came from."""
-
-    backend: str
-    device_name: str
-    cores: int
-    cores_source: str
-    initial_workers: int
-    threads_per_worker: int
-    versions: dict[str, str] = {}
 
 
 def load_config(
@@ -657,51 +621,6 @@ def _local(source: str, base: Path) -> bool:
         or source.count("/") > 1
         or ("/" in source and path.parent.is_dir())
     )
-
-
-def resolve_serving(serving: ServingConfig) -> ResolvedServing:
-    """Pick the backend and size the workers to it, before anything starts.
-
-    One worker per NeuronCore / GPU / physical core by default; asking for more is refused,
-    naming the count and its source. CPU threads are split so workers don't oversubscribe.
-    """
-    from tasks.common.backends import BackendError, detect, physical_cores
-
-    try:
-        accelerator = detect(serving.backend, serving.instance_type)
-    except BackendError as error:
-        raise ConfigError(f"serving.backend = {serving.backend!r}: {error.message}", fix=error.fix) from None
-    cpus = physical_cores()
-    most = worker_limit(accelerator.backend, accelerator.cores, cpus)
-    workers = most if serving.initial_workers == "auto" else serving.initial_workers
-    if workers > most:
-        unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical CPU cores"}[accelerator.backend]
-        why = (
-            f"{accelerator.cores} {unit} (from {accelerator.cores_source}) and {cpus} physical CPU cores: "
-            f"at most {most} workers, each with a CPU core of its own"
-            if accelerator.backend == "cuda"
-            else f"{accelerator.cores} {unit} (from {accelerator.cores_source}), and each worker needs one of its own"
-        )
-        raise ConfigError(
-            f"serving.initial_workers = {workers}: this host has {why}",
-            fix=f"set serving.initial_workers to {most} or fewer, or to auto",
-        )
-    return ResolvedServing(
-        **accelerator.model_dump(),
-        initial_workers=workers,
-        threads_per_worker=max(1, cpus // workers),
-    )
-
-
-def worker_limit(backend: str, cores: int, cpus: int) -> int:
-    """The most workers a host serves with, and the default (auto).
-
-    neuron: one per NeuronCore (the runtime gives a core to one process). cpu: one per physical core.
-    cuda: what the CPU cores per GPU allow -- several workers share a GPU (TorchServe hands gpu_id
-    round-robin), so one worker's tokenization overlaps another's GPU work -- at least one per GPU."""
-    if backend == "cuda":
-        return cores * max(1, cpus // cores)
-    return cores
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 from serving.claims import NEURON_CORE_REFUSED
 from tasks.common import child, tools
-from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, ServingConfig, resolve_serving
+from tasks.common.config import REPO_ROOT, RunConfig, ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.processes import group_members
+from tasks.common.sizing import ResolvedServing, resolve_serving
 from tasks.common.versions import package_versions
 from tasks.doctor.runner import Check, NotApplicable
 

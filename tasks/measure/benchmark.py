@@ -33,10 +33,11 @@ import math
 import time
 from pathlib import Path
 
-from tasks.common.config import REPO_ROOT, BenchmarkConfig, ResolvedServing, RunConfig
+from tasks.common.config import REPO_ROOT, BenchmarkConfig, RunConfig
 from tasks.common.errors import PipelineError
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
+from tasks.common.sizing import ResolvedServing
 from tasks.measure import ceiling as ceiling_stage
 from tasks.measure import figure_text, loadgen, regression, trivial_endpoint
 from tasks.measure.busy_host import busy_host_warnings

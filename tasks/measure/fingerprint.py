@@ -13,7 +13,8 @@ import json
 import os
 import platform
 
-from tasks.common.config import ResolvedServing, RunConfig
+from tasks.common.config import RunConfig
+from tasks.common.sizing import ResolvedServing
 
 NOT_COMPARED = {
     "serving": {

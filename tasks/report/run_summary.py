@@ -19,8 +19,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.common.config import ResolvedServing, RunConfig, ServingConfig
+from tasks.common.config import RunConfig, ServingConfig
 from tasks.common.processes import Stopped
+from tasks.common.sizing import ResolvedServing
 from tasks.common.versions import package_versions
 from tasks.measure.buckets import BucketComparison
 from tasks.measure.results import BenchmarkResult

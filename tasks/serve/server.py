@@ -26,12 +26,13 @@ from pydantic import BaseModel, SecretStr
 
 from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THREADS_ENV
 from tasks.common.child import without_neuron_runtime_settings
-from tasks.common.config import ResolvedServing, ServingConfig
+from tasks.common.config import ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import owner, port_free
 from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
 from tasks.common.processes import stop as stop_processes
+from tasks.common.sizing import ResolvedServing
 from tasks.common.tools import environment_tool, with_environment_bin
 from tasks.serve import cores
 

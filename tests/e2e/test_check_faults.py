@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from tasks.common.config import ChecksConfig, ServingConfig, load_config, resolve_serving
+from tasks.common.config import ChecksConfig, ServingConfig, load_config
+from tasks.common.sizing import resolve_serving
 from tasks.prepare.archive import HANDLER_FILE, archive
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy

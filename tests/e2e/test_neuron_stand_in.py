@@ -21,14 +21,9 @@ import pytest
 from flows.pipeline import validate
 from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import tools
-from tasks.common.config import (
-    REPO_ROOT,
-    ChecksConfig,
-    ModelConfig,
-    ResolvedServing,
-    ServingConfig,
-)
+from tasks.common.config import REPO_ROOT, ChecksConfig, ModelConfig, ServingConfig
 from tasks.common.processes import ProcessRef
+from tasks.common.sizing import ResolvedServing
 from tasks.prepare.archive import archive
 from tasks.prepare.trace import TraceError, trace
 from tasks.serve import placement

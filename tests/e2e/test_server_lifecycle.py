@@ -13,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from tasks.common.config import REPO_ROOT, ServingConfig, resolve_serving
+from tasks.common.config import REPO_ROOT, ServingConfig
+from tasks.common.sizing import resolve_serving
 from tasks.prepare.archive import archive
 from tasks.serve.register import describe, register
 from tasks.serve.server import ServerError, find_stale, load_record, start, stop, stop_stale, wait_healthy

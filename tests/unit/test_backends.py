@@ -9,7 +9,8 @@ import torch
 
 from serving.handler import BACKEND_ENV, prepare_backend
 from tasks.common import backends, tools
-from tasks.common.config import ConfigError, ServingConfig, resolve_serving
+from tasks.common.config import ConfigError, ServingConfig
+from tasks.common.sizing import resolve_serving
 from tasks.prepare.compile import compile_for
 
 STAND_INS = backends.NEURON_CORES_FILE.parent.parent / "tests" / "stand_ins"

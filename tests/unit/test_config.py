@@ -5,7 +5,8 @@ import torch
 import yaml
 
 from tasks.common import backends
-from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, ServingConfig, load_config, resolve_serving
+from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, ServingConfig, load_config
+from tasks.common.sizing import resolve_serving
 from tests.nights import config_leaves
 
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tasks.common.config import load_config, resolve_serving
+from tasks.common.config import load_config
+from tasks.common.sizing import resolve_serving
 from tasks.measure import figures
 from tasks.measure.busy_host import BUSY_SHARE, busy, busy_host_warnings
 from tasks.measure.figures import CPU_HOST_CORES, CPU_OTHER_CORES, INFERENCES_PER_S, LATENCY_P90
