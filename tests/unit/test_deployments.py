@@ -92,38 +92,38 @@ def test_work_pool_template_is_a_process_template_and_the_helper_creates_every_p
     template = json.loads((REPO_ROOT / "deployments" / "process-pool.json").read_text())
     assert set(template) == {"job_configuration", "variables"}
     assert template["job_configuration"]["working_dir"] == "{{ working_dir }}"
-    assert deployments_script("local").work_pools() == list(
+    assert deployments_script("prefect_cli").work_pools() == list(
         dict.fromkeys(d["work_pool"]["name"] for d in DEPLOYMENTS.values())
     )
 
 
 def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
-    local = deployments_script("local")
+    pids = deployments_script("pids")
     (tmp_path / "pids").mkdir()
     (tmp_path / "pids" / "server.pid").write_text("999999999 1.0\n")
-    assert local._recorded(tmp_path, "server") is None
+    assert pids.recorded(tmp_path, "server") is None
     assert not (tmp_path / "pids" / "server.pid").exists()
 
 
 def test_local_helper_does_not_take_a_recycled_pid_for_its_own(tmp_path):
-    local = deployments_script("local")
+    pids = deployments_script("pids")
     (tmp_path / "pids").mkdir()
     me = psutil.Process()
     (tmp_path / "pids" / "worker-1.pid").write_text(f"{me.pid} {me.create_time() - 100.0}\n")
-    assert local._recorded(tmp_path, "worker-1") is None
-    assert local._names(tmp_path, "worker-") == []
+    assert pids.recorded(tmp_path, "worker-1") is None
+    assert pids.names(tmp_path, "worker-") == []
 
 
 def test_local_helper_finds_a_process_it_recorded(tmp_path):
-    local = deployments_script("local")
+    pids = deployments_script("pids")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        local._record(tmp_path, "worker-1", ProcessRef.of(psutil.Process(child.pid)))
-        assert local._recorded(tmp_path, "worker-1").pid == child.pid
+        pids.record(tmp_path, "worker-1", ProcessRef.of(psutil.Process(child.pid)))
+        assert pids.recorded(tmp_path, "worker-1").pid == child.pid
     finally:
         child.kill()
         child.wait()
-    assert local._recorded(tmp_path, "worker-1") is None
+    assert pids.recorded(tmp_path, "worker-1") is None
 
 
 def _summary():
