@@ -26,7 +26,6 @@ from prefect import flow
 from flows.logs import install_expected_failures
 from flows.run import Run, stop_what_the_run_left
 from flows.stages import (
-    STAGES,  # noqa: F401  (the order a run's summary lists its stages in)
     archive_task,
     benchmark_task,
     check_task,

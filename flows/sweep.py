@@ -53,6 +53,7 @@ from tasks.prepare.trace import TracedModel
 from tasks.report.summary import new_run_dir
 from tasks.serve.register import unregister
 from tasks.serve.server import Server
+from tasks.verify.pairs import load_pool
 
 Pairs = list[tuple[str, str]]
 
@@ -259,7 +260,7 @@ def sweep(
     config, _ = read(config_file, None, overrides)
     grid = Grid.of(config, batch_sizes, workers, delays, concurrency, rank_by)
     run_dir = new_run_dir(config.runs_dir)
-    pairs, pool = benchmark_stage.load_pool(config.benchmark.pairs_file)
+    pairs, pool = load_pool(config.benchmark.pairs_file)
     log.info(
         "sweep in %s: batch sizes %s x workers %s x delays %s ms x concurrency %s (%d rows), %s",
         run_dir,

@@ -19,12 +19,12 @@ import torch
 
 from serving.contract import encode_pairs
 from tasks.common.compiler import TUTORIAL_COMPILER_ARGS
-from tasks.common.config import REPO_ROOT, ServingConfig, load_config
+from tasks.common.config import MRPC_DEV_FILE, REPO_ROOT, ServingConfig, load_config
 from tasks.prepare.trace import load_checkpoint
 from tasks.verify.accuracy import read_mrpc_lenient
 from tasks.verify.pairs import load_golden
 
-DEV = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
+DEV = MRPC_DEV_FILE
 
 
 def drift(fault: str | None, pairs, max_length: int, batch: int = 8) -> tuple[float, float, int]:

@@ -29,6 +29,9 @@ from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_PAIRS_FILE = REPO_ROOT / "configs" / "golden_pairs.yaml"
+# The MSR Paraphrase dev split beside the checkout, where a host has it: the benchmark's default pool of pairs.
+MRPC_DEV_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
 
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 # The figures the regression compares with earlier nights (tasks/measure/regression.py COMPARED, by name).
@@ -439,9 +442,7 @@ def existing_file(path: Path | None) -> Path | None:
 
 
 class ChecksConfig(_Section):
-    golden_pairs: Path | None = Field(
-        REPO_ROOT / "configs" / "golden_pairs.yaml", description="labelled pairs every answer must match"
-    )
+    golden_pairs: Path | None = Field(GOLDEN_PAIRS_FILE, description="labelled pairs every answer must match")
     parity_tolerance: float = Field(
         1e-3,
         gt=0,

@@ -33,7 +33,7 @@ import math
 import time
 from pathlib import Path
 
-from tasks.common.config import REPO_ROOT, BenchmarkConfig, RunConfig
+from tasks.common.config import BenchmarkConfig, RunConfig
 from tasks.common.errors import PipelineError
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
@@ -52,10 +52,8 @@ from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
 from tasks.serve.server import Server
 from tasks.verify.checks import CheckResult
-from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
+from tasks.verify.pairs import load_pool
 
-DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
-GOLDEN_PAIRS_FILE = REPO_ROOT / "configs" / "golden_pairs.yaml"
 BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
 REGRESSION_FIX = (
@@ -70,33 +68,6 @@ WRAP_UP_S = 1.0  # regression (a query to the Prefect API), the chart, benchmark
 
 class BenchmarkError(PipelineError):
     """The benchmark could not run as configured, or regressed with regression_action: fail."""
-
-
-# --- the pool of pairs (moves to tasks/verify/pairs.py) ----------------------------------------------
-
-
-def load_pool(path: Path | None) -> tuple[list[tuple[str, str]], str]:
-    """Real pairs to send: an MRPC TSV or a golden-pairs YAML. None: the MRPC dev split where this
-    checkout has ../shared/data, else configs/golden_pairs.yaml."""
-    from tasks.verify.accuracy import read_mrpc_lenient
-
-    if path is None:
-        path = DEFAULT_PAIRS_FILE if DEFAULT_PAIRS_FILE.is_file() else GOLDEN_PAIRS_FILE
-    else:
-        found = next((p for p in (Path(path), REPO_ROOT / path) if p.is_file()), None)
-        if found is None:
-            raise BenchmarkError(
-                f"benchmark.pairs_file {path} does not exist",
-                fix="give an MRPC TSV, a golden-pairs YAML, or null for the default",
-            )
-        path = found
-    if path.suffix.lower() in (".yaml", ".yml"):
-        pairs = [(a, b) for a, b, _ in load_golden(path)]
-    else:
-        pairs = read_mrpc_lenient(path)[0]
-    if not pairs:
-        pairs = [PARAPHRASE[:2], NOT_PARAPHRASE[:2]]
-    return pairs, f"{path.name} ({len(pairs)} pairs)"
 
 
 # --- the stage ------------------------------------------------------------------------------------

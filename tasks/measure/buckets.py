@@ -20,12 +20,12 @@ from tasks.common.config import RunConfig
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.measure import loadgen
-from tasks.measure.benchmark import load_pool
 from tasks.prepare.archive import Archive, archive
 from tasks.prepare.trace import TracedModel
 from tasks.serve.clients import Inference, Prediction
 from tasks.serve.register import register, scale, unregister
 from tasks.serve.server import Server
+from tasks.verify.pairs import load_pool
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
 LABEL_SAMPLE = 60

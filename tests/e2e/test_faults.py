@@ -15,7 +15,8 @@ import yaml
 from prefect.settings import PREFECT_API_URL
 
 import flows.pipeline
-from flows.pipeline import STAGES, validate
+from flows.pipeline import validate
+from flows.stages import STAGES
 from tasks.common.config import REPO_ROOT
 from tasks.common.polling import wait_until
 from tasks.common.processes import group_members

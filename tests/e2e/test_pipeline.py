@@ -11,7 +11,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 
 import tasks.serve.server
 from flows import stop as stop_cli
-from flows.pipeline import STAGES, validate
+from flows.pipeline import validate
+from flows.stages import STAGES
 from tasks.common import backends
 from tasks.common.parameters import read
 from tasks.common.polling import wait_until

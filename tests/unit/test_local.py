@@ -120,8 +120,7 @@ def test_only_deployments_with_a_schedule_get_a_missed_night_watch(monkeypatch):
     import prefect.client.orchestration as orchestration
 
     deployments = {
-        name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())])
-        for name in cli.deployments_by_pool()
+        name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())]) for name in cli.deployments_by_pool()
     }
     deployments["bert-serving-validation/smoke-cpu-embedded"].schedules = []  # as prefect.yaml has it
     changed = []
