@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from flows.stop import command as stop_command
 from tasks.common.config import ConfigError, RunConfig, anchored
 from tasks.common.parameters import read, shown, value_at
 from tasks.common.sizing import resolve_serving
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
             f"  management: {facts['management_url']}\n"
             f'  keys:       {facts["key_file"]} ("inference" and "management" keys; send as Bearer tokens)\n'
-            "  stop it:    python -m flows.stop"
+            f"  stop it:    {stop_command(Path(summary['run_dir']))}"
         )
     return 0 if summary["status"] == "ok" else 1
 

@@ -27,6 +27,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL
 
 from flows.stages import INTERRUPTS, StageFailed, Stages, stop_task
+from flows.stop import command as stop_command
 from tasks.common.config import RunConfig
 from tasks.common.parameters import read
 from tasks.common.sizing import ResolvedServing
@@ -123,7 +124,7 @@ class Run:
             raise StageFailed(self.stages) from error  # the Failed state then names the stage
         if self.keep_serving and self.server is not None:
             self.log.info(
-                "TorchServe kept serving at %s; stop it with: python -m flows.stop", self.server.inference_url
+                "TorchServe kept serving at %s; stop it with: %s", self.server.inference_url, stop_command(self.dir)
             )
         return False
 

@@ -206,3 +206,17 @@ def test_sweep_marks_the_best_configuration_within_the_p90_limit():
     assert [r.within_limit for r in rows] == [False, True, False, True]
     assert rank(rows, None)[0].setting.concurrency == 1
     assert rank(rows, 50.0) == [] and not any(r.best for r in rows)
+
+
+def test_a_kept_server_is_told_with_the_command_that_stops_it_wherever_its_runs_dir_is(monkeypatch, tmp_path, capsys):
+    """With --runs-dir, `python -m flows.stop` alone would look in runs/latest and leave this TorchServe running."""
+    run_dir = tmp_path / "elsewhere" / "20261205-020000-abcdef"
+    summary = {
+        "status": "ok",
+        "run_dir": str(run_dir),
+        "server": {"inference_url": "http://127.0.0.1:1", "management_url": "http://127.0.0.1:2", "key_file": "k"},
+    }
+    state = types.SimpleNamespace(result=lambda raise_on_failure: summary)
+    monkeypatch.setitem(sys.modules, "flows.pipeline", types.SimpleNamespace(validate=lambda **kwargs: state))
+    assert main(["--runs-dir", str(tmp_path / "elsewhere"), "--keep-serving", "--workers", "1"]) == 0
+    assert f"stop it:    python -m flows.stop {run_dir}\n" in capsys.readouterr().out
