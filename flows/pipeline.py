@@ -31,14 +31,13 @@ from flows.stages import (
     check_task,
     compare_buckets_task,
     core_map_task,
-    ensure_free_task,
+    free_for_tonight_task,
     from_mar_task,
     from_traced_task,
     gpu_map_task,
     ping_task,
     register_task,
     start_task,
-    stop_stale_task,
     trace_task,
 )
 from tasks.common.config import RunConfig
@@ -113,13 +112,10 @@ def validate(
 
 
 def stop_stale_servers(run: Run, config: RunConfig, resolved: ResolvedServing) -> None:
-    """Stop what a crashed night left serving, in the run's first stage: on Neuron its workers still hold
-    the NeuronCores that tonight's compile and parity child needs -- until a moment after they exit, so
-    the cores are waited for (and a process that is not ours holding them is named, before any work)."""
-    for line in stop_stale_task(config.runs_dir):
+    """In the run's first stage: what a crashed night left serving is stopped, and on Neuron the cores waited for
+    (tasks/serve/server.py free_for_tonight)."""
+    for line in free_for_tonight_task(config.runs_dir, resolved.backend, resolved.initial_workers):
         run.log.warning(line)
-    if resolved.backend == "neuron":
-        ensure_free_task(resolved.initial_workers)
 
 
 def build(run: Run, config: RunConfig, resolved: ResolvedServing) -> tuple[TracedModel | None, Archive | None]:
@@ -133,25 +129,15 @@ def build(run: Run, config: RunConfig, resolved: ResolvedServing) -> tuple[Trace
         return None, None
     if model.traced is not None:
         run.stages.skip("trace", f"--traced {model.traced} given")
-        with run.stage("archive"):
-            stop_stale_servers(run, config, resolved)
+    with run.stage("trace" if model.traced is None else "archive"):  # the first stage: stale servers first
+        stop_stale_servers(run, config, resolved)
+        if model.traced is not None:
             traced = from_traced_task(
                 model, serving.batch_size, serving.max_length, resolved.backend, run.dir / "model"
             )
             run.model_info = traced.info
             return traced, archive_task(traced, run.dir / "model_store")
-    with run.stage("trace"):
-        stop_stale_servers(run, config, resolved)
-        traced = trace_task(
-            model,
-            serving.batch_size,
-            serving.max_length,
-            serving.buckets(),
-            run.dir / "model",
-            resolved.backend,
-            config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
-            config.build.cache_dir if config.build.compile_cache else None,
-        )
+        traced = trace_task(config, resolved.backend, run.dir / "model")
         run.model_info, run.trace_cache = traced.info, traced.cache
     with run.stage("archive"):
         return traced, archive_task(traced, run.dir / "model_store")

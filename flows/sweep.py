@@ -32,11 +32,10 @@ from prefect import flow, get_run_logger
 from flows.logs import install_expected_failures
 from flows.stages import (
     archive_task,
-    ensure_free_task,
+    free_for_tonight_task,
     ping_task,
     register_task,
     start_task,
-    stop_stale_task,
     stop_task,
     trace_task,
 )
@@ -124,10 +123,8 @@ def row_settings(settings: BenchmarkConfig, concurrency: int, capacity: bool = F
 
 def _free_cores(config: RunConfig, grid: Grid, log: Log) -> None:
     """Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs."""
-    for line in stop_stale_task(config.runs_dir):
+    for line in free_for_tonight_task(config.runs_dir, grid.backend, max(grid.workers)):
         log.warning(line)
-    if grid.backend == "neuron":  # released a moment after the workers exit
-        ensure_free_task(max(grid.workers))
 
 
 Model = tuple[TracedModel, Archive]  # one batch size, traced and archived
@@ -136,21 +133,12 @@ Model = tuple[TracedModel, Archive]  # one batch size, traced and archived
 def _trace(config: RunConfig, grid: Grid, run_dir: Path) -> tuple[dict[int, Model], dict[int, dict | None]]:
     """Each batch size traced and archived once: {batch size: (traced, archive)}, and the compile cache's
     verdict per batch size (sweep.json)."""
-    serving, backend = config.serving, grid.backend
+    backend = grid.backend
     models: dict[int, Model] = {}
     compile_cache: dict[int, dict | None] = {}
     for batch_size in grid.batch_sizes:
-        traced = trace_task(
-            config.model,
-            batch_size,
-            serving.max_length,
-            serving.buckets(),
-            run_dir / f"model-b{batch_size}",
-            backend,
-            config.checks.parity_tolerance_for(backend, config.model.compiler_args),
-            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
-            config.build.cache_dir if config.build.compile_cache else None,
-        )
+        # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
+        traced = trace_task(config, backend, run_dir / f"model-b{batch_size}", batch_size=batch_size)
         compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
         models[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
     return models, compile_cache

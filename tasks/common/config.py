@@ -484,8 +484,12 @@ class ChecksConfig(_Section):
         return mrpc_file(path)
 
 
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("BERT_COMPILE_CACHE") or REPO_ROOT / ".cache" / "compile")
+CACHE_ENV = "BERT_COMPILE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$BERT_COMPILE_CACHE, else .cache/compile in the checkout (git-ignored)."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "compile")
 
 
 class BuildConfig(_Section):
@@ -496,7 +500,7 @@ class BuildConfig(_Section):
         json_schema_extra={"flag": "compile-cache"},
     )
     cache_dir: Path = Field(
-        default_factory=_default_cache_dir,
+        default_factory=default_cache_dir,
         description="where the compile cache lives: $BERT_COMPILE_CACHE, else .cache/compile in the checkout",
     )
 

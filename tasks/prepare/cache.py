@@ -27,18 +27,12 @@ from tasks.common.config import REPO_ROOT
 from tasks.common.versions import package_versions
 
 MANIFEST = "manifest.json"
-CACHE_ENV = "BERT_COMPILE_CACHE"
 # The code whose change changes the graph (the wrappers, the example inputs, the encoding).
 GRAPH_CODE = [
     REPO_ROOT / "tasks" / "prepare" / "trace.py",
     REPO_ROOT / "tasks" / "prepare" / "compile.py",
     REPO_ROOT / "serving" / "contract.py",
 ]
-
-
-def default_dir() -> Path:
-    """$BERT_COMPILE_CACHE, else .cache/compile in the checkout (git-ignored)."""
-    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "compile")
 
 
 def file_hash(path: Path) -> str:

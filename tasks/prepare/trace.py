@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import child, embedded
-from tasks.common.config import ModelConfig
+from tasks.common.config import ModelConfig, RunConfig
 from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 from tasks.common.runlog import Log, stage_logger
@@ -174,31 +174,31 @@ def threshold_of(model: ModelConfig) -> float:
 
 
 def trace(
-    model: ModelConfig,
-    batch_size: int,
-    max_length: int,
-    buckets: list[int],
-    out_dir: Path,
-    backend: str = "cpu",
-    parity_tolerance: float = 1e-3,
-    cache_dir: Path | None = None,
+    config: RunConfig, backend: str, out_dir: Path, *, batch_size: int | None = None, use_cache: bool = True
 ) -> TracedModel:
-    """Compile one graph per length bucket at batch_size for the backend, check each against the
-    untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
+    """Compile the config's model, one graph per length bucket (serving.buckets()) at serving.batch_size (or
+    `batch_size`: the sweep traces each of its own) for the backend; check each against the untraced model within
+    the parity tolerance the config holds the backend's casting to; write them with the tokenizer and
+    model_info.json (the carrier) to out_dir.
 
-    With cache_dir, an equal earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child
-    process (tasks/prepare/compile.py) for every backend: on Neuron the process that compiles and runs a graph
-    keeps its NeuronCores until it exits, and this one lives all night.
+    With the config's compile cache on (build; use_cache=False: never, as the doctor's compile step), an equal
+    earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child process
+    (tasks/prepare/compile.py) for every backend: on Neuron the process that compiles and runs a graph keeps its
+    NeuronCores until it exits, and this one lives all night.
     """
+    model, serving = config.model, config.serving
+    batch_size = batch_size or serving.batch_size
+    max_length = serving.max_length
+    cache_dir = config.build.cache_dir if use_cache and config.build.compile_cache else None
     out_dir.mkdir(parents=True, exist_ok=True)
     request = {
         "model": model.model_dump(mode="json"),
         "batch_size": batch_size,
         "max_length": max_length,
-        "buckets": sorted({b for b in buckets if b < max_length} | {max_length}),
+        "buckets": serving.buckets(),
         "out_dir": str(out_dir),
         "backend": backend,
-        "parity_tolerance": parity_tolerance,
+        "parity_tolerance": config.checks.parity_tolerance_for(backend, model.compiler_args),
         "compiler_args": model.compiler_args,
     }
     log, started = stage_logger(__name__), time.monotonic()

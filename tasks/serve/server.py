@@ -296,6 +296,17 @@ def stop_stale(runs_dir: Path) -> list[str]:
     return stopped
 
 
+def free_for_tonight(runs_dir: Path, backend: str, workers: int) -> list[str]:
+    """Before tonight's work, in its first stage: stop what crashed nights left serving (stop_stale) -- on Neuron
+    their workers still hold the NeuronCores tonight's compile child needs, until a moment after they exit -- and
+    on Neuron wait for `workers` cores to be free (a process not ours that holds one is named, before any work).
+    A line per server stopped, for the log."""
+    stopped = stop_stale(runs_dir)
+    if backend == "neuron":
+        cores.ensure_free(workers)
+    return stopped
+
+
 def wait_healthy(server: Server, timeout: float) -> float:
     """Poll /ping with backoff until Healthy: the ping races start-up, so a refusal is expected at first.
 

@@ -9,7 +9,6 @@ from prefect.testing.utilities import prefect_test_harness
 from tasks.common.config import load_config
 from tasks.common.ports import listeners
 from tasks.common.processes import group_members
-from tasks.prepare import cache
 from tasks.prepare.trace import TracedModel, trace
 from tasks.serve.register import RegisterError, register
 from tasks.serve.server import Server, start, stop, wait_healthy
@@ -33,22 +32,13 @@ DEFAULT_BATCH, DEFAULT_LENGTH = 6, 128
 
 
 def trace_small(out_dir: Path) -> TracedModel:
-    """The default config's model at the small shape, into out_dir, through the session's compile cache."""
-    model = load_config().model
-    return trace(model, SMALL_BATCH, SMALL_LENGTH, [], out_dir, cache_dir=cache.default_dir())
+    """What a run at the small shape traces, into out_dir, through the session's compile cache."""
+    return trace(load_config(None, SMALL_SHAPE), "cpu", out_dir)
 
 
 def trace_default(out_dir: Path) -> TracedModel:
     """What a default run traces (6 x 128, the default buckets), through the session's compile cache."""
-    config = load_config()
-    return trace(
-        config.model,
-        DEFAULT_BATCH,
-        DEFAULT_LENGTH,
-        config.serving.length_buckets,
-        out_dir,
-        cache_dir=cache.default_dir(),
-    )
+    return trace(load_config(), "cpu", out_dir)
 
 
 @pytest.fixture(scope="session")

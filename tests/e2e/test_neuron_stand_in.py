@@ -21,7 +21,7 @@ import pytest
 from flows.pipeline import validate
 from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import tools
-from tasks.common.config import REPO_ROOT, ChecksConfig, ModelConfig, ServingConfig
+from tasks.common.config import REPO_ROOT, ChecksConfig, ServingConfig, load_config
 from tasks.common.processes import ProcessRef
 from tasks.common.sizing import ResolvedServing
 from tasks.prepare.archive import archive
@@ -146,11 +146,11 @@ def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched
 @pytest.mark.parametrize("fault", ["drop-attention-mask", "swap-inputs", "nan"])
 def test_a_broken_bf16_compile_fails_parity(neuron_host, tmp_path, monkeypatch, fault):
     monkeypatch.setenv("TORCH_NEURONX_STAND_IN_FAULT", fault)
-    tolerance = ChecksConfig().bf16_parity_tolerance
+    config = load_config(None, {"serving.batch_size": 2, "serving.max_length": 32})
+    tolerance = config.checks.parity_tolerance_for("neuron", config.model.compiler_args)
+    assert tolerance == ChecksConfig().bf16_parity_tolerance  # the default compiler arguments cast to BF16
     with pytest.raises(TraceError, match="differ|NaN"):
-        trace(
-            ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="neuron", parity_tolerance=tolerance
-        )
+        trace(config, "neuron", tmp_path / "model", use_cache=False)  # compiled, not a good build from the cache
     assert not (tmp_path / "model" / "model_info.json").exists()
 
 

@@ -46,15 +46,7 @@ def test_a_sweep_measures_every_setting_reuses_compiled_models_and_keys_its_arti
     # Batch size 2 built before, as a pipeline run's trace stage builds it (the same function, the same config):
     # the sweep must find it in the cache and build only batch size 4.
     config = load_config(None, overrides)
-    before = trace(
-        config.model,
-        2,
-        config.serving.max_length,
-        config.serving.buckets(),
-        tmp_path / "pipeline-model",
-        parity_tolerance=config.checks.parity_tolerance_for("cpu", config.model.compiler_args),
-        cache_dir=config.build.cache_dir,
-    )
+    before = trace(config, "cpu", tmp_path / "pipeline-model", batch_size=2)
     assert before.cache["cache"] == "miss"
 
     state = sweep(
