@@ -11,7 +11,7 @@ run's benchmark artifact; status, failed stage, each stage's status and the regr
 outcome artifact (`outcome_rows`, published by every run for this). An earlier run without them --
 a crash, a run from before this artifact -- still gets a row from its Prefect state: "stage start
 failed: ..." in a Failed state's message names the stage. Earlier runs are read with the regression
-history's query (tasks/measure/regression.py `earlier_runs`): any parameters, any end state.
+history's query (tasks/measure/history.py `earlier_runs`): any parameters, any end state.
 """
 
 from __future__ import annotations

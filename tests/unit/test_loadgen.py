@@ -1,7 +1,7 @@
 """The load generator: closed and open loop, warm-up, counts, errors.
 
 The loads run in virtual time (tests/unit/fake_time.py): on an event loop whose clock jumps to its next timer,
-against a FakeEndpoint that answers as loadgen.TrivialEndpoint does after a set service time. So "a 1 s load"
+against a FakeEndpoint that answers as trivial_endpoint.TrivialEndpoint does after a set service time. So "a 1 s load"
 takes no second, and its figures are exact, not a busy host's. One test drives the real TrivialEndpoint over
 real HTTP (a count of requests, no timers), one a refused connection; what the client alone sustains on this
 host is a real-time measurement, in tests/e2e/test_loadgen.py."""
