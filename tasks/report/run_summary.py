@@ -220,6 +220,8 @@ def summarize(
     failed = any(stage.status == "failed" for stage in outcomes) or not all(check.passed for check in checks)
     model = ModelFacts.model_validate(facts["model"]) if facts.get("model") is not None else None
     dumped = config.model_dump(mode="json")
+    # Security follows the config; a run keeps no server unless it says so.
+    facts = {"security": Security.of(config.serving), "kept_serving": False, **facts, "model": model}
     return RunSummary(
         status="interrupted" if facts.get("interrupted") else "failed" if failed else "ok",
         stages=outcomes,
@@ -230,7 +232,7 @@ def summarize(
         provenance=Provenance.model_validate(provenance(dumped, model.model_dump() if model else None)),
         config=config,
         resolved=resolved,
-        **{"security": Security.of(config.serving), "kept_serving": False, **facts, "model": model},
+        **facts,
     )
 
 
