@@ -180,7 +180,8 @@ def test_a_server_left_by_a_crashed_run_is_found_and_stopped_at_the_next_start(m
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from tasks.common.config import ServingConfig, resolve_serving
+        from tasks.common.config import ServingConfig
+        from tasks.common.sizing import resolve_serving
         from tasks.serve.server import start, wait_healthy
         serving = ServingConfig.model_validate_json({SERVING.model_dump_json()!r})
         server = start(serving, resolve_serving(serving), Path({str(mar.model_store)!r}), Path({str(server_dir)!r}))
