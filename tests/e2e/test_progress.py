@@ -3,6 +3,7 @@ runs and ends at 100 %, saying what ran."""
 
 import io
 
+import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
@@ -12,6 +13,8 @@ from tasks.common.polling import Pending, wait_until
 from tasks.common.progress import StageProgress
 from tasks.measure.loadgen import Load, Watch, load
 from tasks.measure.trivial_endpoint import TrivialEndpoint
+
+pytestmark = pytest.mark.e2e  # a real Prefect server, real time: not the fast tier
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 
