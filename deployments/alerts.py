@@ -38,7 +38,6 @@ from prefect.events.schemas.automations import AutomationCore as Automation
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.settings import PREFECT_UI_URL
 
-from tasks.common.errors import PipelineError
 from tasks.report.events import REGRESSED
 
 FLOW = "bert-serving-validation"
@@ -63,10 +62,6 @@ deployment: {{ event.payload.deployment }}
 run: {{ event.payload.run_name }}
 stage and error: {{ event.payload.stage }}: {{ event.payload.error }}
 link: {{ event.payload.ui_url }}"""
-
-
-class AlertsError(PipelineError):
-    """Alerts cannot be set up; the message says why, `fix` what to do."""
 
 
 def save_webhook(url: str, block_name: str = BLOCK_NAME) -> UUID:
@@ -175,6 +170,18 @@ def set_up(
     if notify is None:
         return None
     return apply(notify, missed, missed_after)
+
+
+def announce(env: dict[str, str], missed: dict[str, UUID]) -> None:
+    """set_up against the server `env` names (deployments/local.py up), saying what it did."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        names = set_up(missed)
+    if names is None:
+        print(f"alerts: off (set {WEBHOOK_ENV} to a webhook URL: Slack, Teams or any POST endpoint)")
+    else:
+        print(f"alerts: {len(names)} automations notify through block {BLOCK_NAME!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,11 +25,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tasks.common.config import ConfigError, RunConfig, load_config, resolve_serving
+from flows.stop import command as stop_command
+from tasks.common.config import ConfigError, RunConfig, anchored
 from tasks.common.errors import PipelineError
-from tasks.common.parameters import file_defaults, shown, value_at
-
-DEFAULT_CONFIG = "configs/default.yaml"
+from tasks.common.parameters import read, shown, value_at
+from tasks.common.sizing import resolve_serving
 
 # How a value given on the command line is read, described and shown, per annotated type. A path
 # stays text: pydantic makes it a Path, and the overrides go to Prefect as flow parameters.
@@ -63,16 +63,16 @@ def flag_of(field: FieldInfo) -> str | None:
 def add_config_file_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        default=DEFAULT_CONFIG,
         metavar="FILE",
-        help="YAML run config; the options below override it (default: %(default)s)",
+        help="YAML run config holding what differs from the defaults (configs/gpu.yaml ...); the options below "
+        "override it (default: none, the defaults shown below)",
     )
 
 
 def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
     """An option per flagged field of RunConfig, grouped by section; `only`: just these flag names."""
     wanted = set(only) if only is not None else None
-    defaults = file_defaults()
+    defaults = RunConfig()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for key, field in config_fields().items():
         flag = flag_of(field)
@@ -97,16 +97,23 @@ def add_config_options(parser: argparse.ArgumentParser, only: Iterable[str] | No
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given, as dotted overrides for load_config."""
+    """The flags given, as dotted overrides for load_config, a relative path made absolute from where the
+    command runs: the flow reads parameters relative to the checkout."""
     values = vars(args)
-    return {key: values[key] for key in config_fields() if values.get(key) is not None}
+    return anchored({key: values[key] for key in config_fields() if values.get(key) is not None}, Path.cwd())
+
+
+def config_file(args: argparse.Namespace) -> str | None:
+    """--config as the flow's config_file: absolute, made from where the command runs; None: the defaults."""
+    return str(Path(args.config).expanduser().resolve()) if args.config else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.validate",
         description="Trace, archive, serve, check and benchmark a BERT paraphrase model on TorchServe. "
-        f"Each option overrides its key (in brackets) in the --config file; the defaults shown are {DEFAULT_CONFIG}'s.",
+        "Each option overrides its key (in brackets) in the --config file; the defaults shown are the night's own "
+        "(docs/configuration.md).",
     )
     add_config_file_option(parser)
     add_config_options(parser)
@@ -119,10 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config_file, overrides = args.config, config_overrides(args)
+    chosen, overrides = config_file(args), config_overrides(args)
     try:
-        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything.
-        config = load_config(config_file, overrides)
+        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything: the
+        # flow's own reading of the same parameters.
+        config, _ = read(chosen, None, overrides)
         resolve_serving(config.serving)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     _sigterm_ends_the_command()
     try:
         with temporary_api():
-            state = validate(config_file=config_file, overrides=overrides, return_state=True)
+            state = validate(config_file=chosen, overrides=overrides, return_state=True)
     except PipelineError as error:  # the run's own API could not start: its message and fix, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
             f"  management: {facts['management_url']}\n"
             f'  keys:       {facts["key_file"]} ("inference" and "management" keys; send as Bearer tokens)\n'
-            "  stop it:    python -m flows.stop"
+            f"  stop it:    {stop_command(Path(summary['run_dir']))}"
         )
     return 0 if summary["status"] == "ok" else 1
 
@@ -215,7 +223,7 @@ def _interrupted(run_dir: Path | None, signum: int) -> str:
         return (
             f"interrupted by {said(signum)}: the run's summary {path} is missing or unreadable "
             f"({type(error).__name__}: {error}), so whether TorchServe was stopped is unknown; "
-            f"python -m flows.stop {run_dir} stops one it left"
+            f"{stop_command(run_dir)} stops one it left"
         )
 
 

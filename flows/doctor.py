@@ -19,7 +19,7 @@ from typing import NoReturn
 # No network on many validation hosts: Prefect must not try to phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, load_config
+from tasks.common.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,14 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config",
-        default=str(DEFAULT_CONFIG_FILE),
+        type=Path,
         metavar="FILE",
-        help="the run config whose model and serving settings are checked (default: %(default)s)",
+        help="the run config whose model and serving settings are checked (default: none, the defaults)",
     )
     parser.add_argument(
         "--backend",
         choices=["auto", "neuron", "cuda", "cpu"],
-        help="the backend to check (default: the config's serving.backend, auto in default.yaml)",
+        help="the backend to check (default: the config's serving.backend, auto by default)",
     )
     parser.add_argument(
         "--instance-type",
@@ -61,7 +61,7 @@ def _terminated(signum: int, frame: FrameType | None) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config and args.config.expanduser().resolve())
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

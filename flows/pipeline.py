@@ -1,11 +1,12 @@
 """The validation flow: the tutorial's steps, each checked.
 
     python -m flows.validate [--config FILE] [--batch-size N] ... (see --help; flows/validate.py)
-    validate(config_file="configs/default.yaml", settings={"batch_size": 4}, overrides={"runs_dir": "/tmp/r"})
+    validate(settings={"batch_size": 4}, overrides={"runs_dir": "/tmp/r"})
+    validate(config_file="configs/gpu.yaml")
 
-The parameters: a config file, the typed settings a person sets in the UI's Run form
-(tasks/common/parameters.py RunSettings, checked by Prefect before a deployment's run is created), and
-dotted overrides of any RunConfig field; later ones win.
+The parameters: a config file (none: the defaults, the documented night), the typed settings a person sets in
+the UI's Run form (tasks/common/parameters.py RunSettings, checked by Prefect before a deployment's run is
+created), and dotted overrides of any RunConfig field; later ones win.
 
 trace -> archive -> start -> register -> check -> benchmark -> compare-buckets -> stop. The DAG
 only: the work is in tasks/, the stages' Prefect policy in flows/stages.py, and flows/run.py makes
@@ -25,24 +26,23 @@ from prefect import flow
 from flows.logs import install_expected_failures
 from flows.run import Run, stop_what_the_run_left
 from flows.stages import (
-    STAGES,  # noqa: F401  (the order a run's summary lists its stages in)
     archive_task,
     benchmark_task,
     check_task,
     compare_buckets_task,
     core_map_task,
-    ensure_free_task,
+    free_for_tonight_task,
     from_mar_task,
     from_traced_task,
     gpu_map_task,
     ping_task,
     register_task,
     start_task,
-    stop_stale_task,
     trace_task,
 )
-from tasks.common.config import ResolvedServing, RunConfig, load_config, resolve_serving
-from tasks.common.parameters import RunSettings, given, merged
+from tasks.common.config import RunConfig
+from tasks.common.parameters import RunSettings, given, read
+from tasks.common.sizing import ResolvedServing, resolve_serving
 from tasks.measure.benchmark import accuracy_of, raise_if_regressed
 from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
@@ -61,18 +61,17 @@ install_expected_failures()
     on_crashed=[stop_what_the_run_left],
 )
 def validate(
-    config_file: str = "configs/default.yaml", settings: RunSettings = RunSettings(), overrides: dict | None = None
+    config_file: str | None = None, settings: RunSettings = RunSettings(), overrides: dict | None = None
 ) -> dict:
     """Prove a BERT model still serves correctly and fast on TorchServe.
 
     Args:
-        config_file: YAML run config (configs/), relative to the checkout or absolute; settings and
-            overrides change it for this run.
+        config_file: YAML run config holding what differs from the defaults (configs/), relative to the
+            checkout or absolute; none: the defaults. Settings and overrides change it for this run.
         settings: this run's settings; each one left empty keeps the config file's value.
         overrides: any config field by dotted key, e.g. {"benchmark.warmup": 1}; the settings win over them.
     """
-    applied, replaced = merged(settings, overrides)
-    config = load_config(config_file, applied)  # a bad config stops here, before anything starts
+    config, replaced = read(config_file, settings, overrides)  # a bad config stops here, before anything starts
     resolved = resolve_serving(config.serving)
     serving, model = config.serving, config.model
     parameters = {"config_file": config_file, "settings": given(settings), "overrides": overrides}
@@ -108,17 +107,15 @@ def validate(
             if config.benchmark.compare_buckets and len(mar.info.buckets) > 1 and traced is not None:
                 with run.stage("compare-buckets"):
                     run.buckets = compare_buckets_task(run.server, mar, traced, config, resolved.initial_workers)
-    return run.summary
+    assert run.summary is not None  # written on the way out of the run, whatever happened
+    return run.summary.as_json()
 
 
 def stop_stale_servers(run: Run, config: RunConfig, resolved: ResolvedServing) -> None:
-    """Stop what a crashed night left serving, in the run's first stage: on Neuron its workers still hold
-    the NeuronCores that tonight's compile and parity child needs -- until a moment after they exit, so
-    the cores are waited for (and a process that is not ours holding them is named, before any work)."""
-    for line in stop_stale_task(config.runs_dir):
+    """In the run's first stage: what a crashed night left serving is stopped, and on Neuron the cores waited for
+    (tasks/serve/server.py free_for_tonight)."""
+    for line in free_for_tonight_task(config.runs_dir, resolved.backend, resolved.initial_workers):
         run.log.warning(line)
-    if resolved.backend == "neuron":
-        ensure_free_task(resolved.initial_workers)
 
 
 def build(run: Run, config: RunConfig, resolved: ResolvedServing) -> tuple[TracedModel | None, Archive | None]:
@@ -132,25 +129,15 @@ def build(run: Run, config: RunConfig, resolved: ResolvedServing) -> tuple[Trace
         return None, None
     if model.traced is not None:
         run.stages.skip("trace", f"--traced {model.traced} given")
-        with run.stage("archive"):
-            stop_stale_servers(run, config, resolved)
+    with run.stage("trace" if model.traced is None else "archive"):  # the first stage: stale servers first
+        stop_stale_servers(run, config, resolved)
+        if model.traced is not None:
             traced = from_traced_task(
                 model, serving.batch_size, serving.max_length, resolved.backend, run.dir / "model"
             )
             run.model_info = traced.info
             return traced, archive_task(traced, run.dir / "model_store")
-    with run.stage("trace"):
-        stop_stale_servers(run, config, resolved)
-        traced = trace_task(
-            model,
-            serving.batch_size,
-            serving.max_length,
-            serving.buckets(),
-            run.dir / "model",
-            resolved.backend,
-            config.checks.parity_tolerance_for(resolved.backend, model.compiler_args),
-            config.build.cache_dir if config.build.compile_cache else None,
-        )
+        traced = trace_task(config, resolved.backend, run.dir / "model")
         run.model_info, run.trace_cache = traced.info, traced.cache
     with run.stage("archive"):
         return traced, archive_task(traced, run.dir / "model_store")

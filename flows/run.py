@@ -31,17 +31,13 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.interrupts import WATCH, Arrival
 from flows.stages import INTERRUPTS, StageFailed, Stages, interruption_of, stop_task
-from tasks.common.config import REPO_ROOT, ResolvedServing, RunConfig, load_config
-from tasks.common.parameters import merged
+from flows.stop import command as stop_command
+from tasks.common.config import RunConfig
+from tasks.common.parameters import read
+from tasks.common.sizing import ResolvedServing
 from tasks.report.events import emit_regression, run_page
-from tasks.report.summary import (
-    build_summary,
-    make_run_dir,
-    next_run_dir,
-    publish_artifacts,
-    publish_run_config,
-    write_summary,
-)
+from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
+from tasks.report.summary import make_run_dir, next_run_dir, publish_artifacts, publish_run_config
 from tasks.serve.server import STOP_GRACE_S, Server, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
 
@@ -53,6 +49,7 @@ if TYPE_CHECKING:
 
     from serving.contract import ModelInfo
     from tasks.common.config import ChecksConfig
+    from tasks.common.processes import Stopped
     from tasks.measure.buckets import BucketComparison
     from tasks.measure.results import BenchmarkResult
     from tasks.serve.placement import CoreMap, GpuMap
@@ -79,9 +76,9 @@ class Run:
         self.core_map: CoreMap | None = None  # neuron: which worker holds which NeuronCore, once registered
         self.gpu_map: GpuMap | None = None  # cuda: which GPU each worker was given, once registered
         self.trace_cache: dict | None = None  # the compile cache's verdict: hit or miss, seconds saved
-        self.summary: dict = {}  # summary.json's content, once written (on the way out)
+        self.summary: RunSummary | None = None  # summary.json, once written (on the way out)
         self.interrupted: Arrival | None = None  # how the run was stopped from outside, if it was
-        self.stopped: dict | None = None  # what stop did: processes stopped, escalated
+        self.stopped: Stopped | None = None  # what stop did: processes stopped, escalated
         self.exiting = False  # the main thread has begun the exit (the watch's backstop then holds back)
         self._stop_lock = threading.Lock()
         self._summary_lock = threading.Lock()
@@ -146,7 +143,7 @@ class Run:
             raise StageFailed(self.stages)
         if self.keep_serving and self.server is not None:
             self.log.info(
-                "TorchServe kept serving at %s; stop it with: python -m flows.stop", self.server.inference_url
+                "TorchServe kept serving at %s; stop it with: %s", self.server.inference_url, stop_command(self.dir)
             )
         return False
 
@@ -163,7 +160,7 @@ class Run:
             return
         result = stop_server(server, grace=grace)
         with self._stop_lock:
-            if self.stopped is None or result["stopped"] > self.stopped["stopped"]:
+            if self.stopped is None or result.stopped > self.stopped.stopped:
                 self.stopped = result
 
     def write_summary_now(self) -> None:
@@ -219,7 +216,7 @@ class Run:
         from tasks.report.trend import publish_trend
 
         drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
-        self._write_summary(drawn)
+        summary = self._write_summary(drawn)
         if self.interrupted and not _api_answers():
             self.log.warning(
                 "the Prefect API does not answer: artifacts not published; the summary is in %s",
@@ -227,51 +224,45 @@ class Run:
             )
             return
         suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
-        publish_artifacts(self.summary, self.checks, self.dir, self.buckets, suffix)
-        publish_run_config(self.parameters, self.summary, suffix)
-        publish_trend(
-            deployment_name() or suffix, suffix, _run_name(self.dir), self.started, self.summary, self.dir, self.log
-        )  # never raises: a trend is not worth a failed run
+        publish_artifacts(summary, self.checks, self.dir, self.buckets, suffix)
+        publish_run_config(self.parameters, summary, suffix)
+        # never raises: a trend is not worth a failed run
+        name = deployment_name() or suffix
+        publish_trend(name, suffix, _run_name(self.dir), self.started, summary, self.dir, self.log)
         self.log.info("summary: %s", self.dir / "summary.json")
 
-    def _write_summary(self, drawn: dict[str, str]) -> None:
-        serving = self.config.serving
+    def _write_summary(self, drawn: dict[str, str]) -> RunSummary:
         with self._summary_lock:
-            self.summary = build_summary(
+            self.summary = summary = summarize(
                 self.stages,
                 self.checks,
                 self.benchmark,
-                self.config.model_dump(mode="json"),
-                {
-                    "run_dir": str(self.dir),
-                    "resolved": self.resolved.model_dump(),
-                    "kept_serving": self.keep_serving,
-                    "security": {
-                        "token_auth": serving.token_auth,
-                        "address": serving.address,
-                        "warnings": serving.security_warnings(),
-                    },
-                    "server": _server_facts(self.server) if self.keep_serving and self.server is not None else None,
-                    "bucket_comparison": self.buckets.model_dump() if self.buckets else None,
-                    "model": _model_facts(self.model_info, self.config.checks),
-                    "trace": self.trace_cache,
-                    "core_map": self.core_map.model_dump() if self.core_map else None,
-                    "gpu_map": self.gpu_map.model_dump() if self.gpu_map else None,
-                    "pictures": drawn,
-                },
+                self.config,
+                self.resolved,
+                run_dir=self.dir,
+                kept_serving=self.keep_serving,
+                server=_server_facts(self.server) if self.keep_serving and self.server is not None else None,
+                bucket_comparison=self.buckets,
+                model=_model_facts(self.model_info, self.config.checks),
+                trace=self.trace_cache,
+                core_map=self.core_map,
+                gpu_map=self.gpu_map,
+                pictures=drawn,
+                interrupted=self._interrupted() if self.interrupted else None,
             )
-            if self.interrupted:
-                if self.summary["status"] != "failed":  # a failure before the signal stays the verdict
-                    self.summary["status"] = "interrupted"
-                stage, during = self._where_interrupted()
-                self.summary["interrupted"] = {
-                    "by": _cancelled_or(self.interrupted),
-                    "stage": stage,
-                    "during": during,
-                    "stopped": self.stopped,
-                    "server": self._server_outcome(),
-                }
-            write_summary(self.dir, self.summary)
+            summary.write(self.dir)
+        return summary
+
+    def _interrupted(self) -> Interrupted:
+        assert self.interrupted is not None
+        stage, during = self._where_interrupted()
+        return Interrupted(
+            by=_cancelled_or(self.interrupted),
+            stage=stage,
+            during=during,
+            stopped=self.stopped,
+            server=self._server_outcome(),
+        )
 
     def _tell(self) -> None:
         """Emit the benchmark's regression verdict as a Prefect event (an Automation notifies on it);
@@ -286,7 +277,7 @@ class Run:
     def _server_outcome(self) -> str:
         """What became of TorchServe, in words (the console's interrupted line says this)."""
         if self.stopped is not None:
-            count = self.stopped["stopped"]
+            count = self.stopped.stopped
             return f"TorchServe stopped ({count} process{'' if count == 1 else 'es'})"
         if self.server is None:
             return "no TorchServe was running"
@@ -342,11 +333,9 @@ def stop_what_the_run_left(flow: Flow[..., Any], flow_run: FlowRun, state: State
     from prefect.logging import get_logger
 
     parameters = flow_run.parameters or {}
-    config_file = Path(parameters.get("config_file") or "configs/default.yaml")
-    applied, _ = merged(parameters.get("settings"), parameters.get("overrides"))  # the run's own runs_dir
-    config = load_config(config_file if config_file.is_absolute() else REPO_ROOT / config_file, applied)
-    runs_dir = config.runs_dir if config.runs_dir.is_absolute() else REPO_ROOT / config.runs_dir
-    for line in stop_stale(runs_dir):
+    # The run's own runs_dir, read as the run read it: the same parameters, the same function and path rule.
+    config, _ = read(parameters.get("config_file"), parameters.get("settings"), parameters.get("overrides"))
+    for line in stop_stale(config.runs_dir):
         get_logger("bert-validation").warning("%s (flow run %s, %s)", line, flow_run.name, state.name)
 
 
@@ -362,16 +351,20 @@ def _api_answers() -> bool:
         return False
 
 
-def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> dict | None:
-    """What the graphs were compiled with and the parity they were held to (casting loosens it)."""
+def _model_facts(info: ModelInfo | None, checks: ChecksConfig) -> ModelFacts | None:
+    """What was served -- the kind the checkpoint decided, its labels and threshold -- what the graphs were compiled
+    with and the parity they were held to (casting loosens it)."""
     if info is None:
         return None
-    return {
-        "backend": info.backend,
-        "compiler_args": info.compiler_args,
-        "parity_tolerance": checks.parity_tolerance_for(info.backend, info.compiler_args),
-        "parity_max_abs_diff": info.parity_max_abs_diff,
-    }
+    return ModelFacts(
+        kind=info.kind,
+        class_names=info.class_names,
+        threshold=info.threshold,
+        backend=info.backend,
+        compiler_args=info.compiler_args,
+        parity_tolerance=checks.parity_tolerance_for(info.backend, info.compiler_args),
+        parity_max_abs_diff=info.parity_max_abs_diff,
+    )
 
 
 def _run_name(run_dir: Path) -> str:
@@ -381,10 +374,8 @@ def _run_name(run_dir: Path) -> str:
     return runtime.flow_run.name or run_dir.name
 
 
-def _server_facts(server: Server) -> dict:
+def _server_facts(server: Server) -> KeptServer:
     """Where a kept server is; the key file's path, never a key."""
-    return {
-        "inference_url": server.inference_url,
-        "management_url": server.management_url,
-        "key_file": str(server.key_file),
-    }
+    return KeptServer(
+        inference_url=server.inference_url, management_url=server.management_url, key_file=str(server.key_file)
+    )

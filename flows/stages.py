@@ -24,10 +24,9 @@ from tasks.measure.buckets import compare as compare_buckets
 from tasks.prepare.archive import archive
 from tasks.prepare.bring import from_mar, from_traced
 from tasks.prepare.trace import trace
-from tasks.serve.cores import ensure_free
 from tasks.serve.placement import core_map, gpu_map
 from tasks.serve.register import register
-from tasks.serve.server import start, stop, stop_stale, wait_healthy
+from tasks.serve.server import free_for_tonight, start, stop, wait_healthy
 from tasks.verify.checks import run_checks
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ trace_task = task(name="trace", cache_policy=NO_CACHE)(trace)
 archive_task = task(name="archive", cache_policy=NO_CACHE)(archive)
 from_traced_task = task(name="bring-traced", cache_policy=NO_CACHE)(from_traced)
 from_mar_task = task(name="bring-mar", cache_policy=NO_CACHE)(from_mar)
-stop_stale_task = task(name="stop-stale", cache_policy=NO_CACHE)(stop_stale)
+free_for_tonight_task = task(name="stop-stale", cache_policy=NO_CACHE)(free_for_tonight)
 start_task = task(name="start", cache_policy=NO_CACHE)(start)
 ping_task = task(name="wait-healthy", cache_policy=NO_CACHE)(wait_healthy)
 register_task = task(
@@ -86,7 +85,6 @@ compare_buckets_task = task(name="compare-buckets", cache_policy=NO_CACHE)(compa
 stop_task = task(name="stop", cache_policy=NO_CACHE)(stop)
 core_map_task = task(name="core-map", cache_policy=NO_CACHE)(core_map)
 gpu_map_task = task(name="gpu-map", cache_policy=NO_CACHE)(gpu_map)
-ensure_free_task = task(name="cores-free", cache_policy=NO_CACHE)(ensure_free)
 
 
 class StageRecord(BaseModel):

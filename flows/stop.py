@@ -1,6 +1,6 @@
 """Stop a TorchServe left up by `python -m flows.validate --keep-serving`.
 
-python -m flows.stop [RUN_DIR]      (default: runs/latest)
+python -m flows.stop [RUN_DIR]      (default: the latest run under the default runs_dir, runs/latest)
 """
 
 from __future__ import annotations
@@ -9,14 +9,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from tasks.common.config import REPO_ROOT
+from tasks.common.config import RunConfig
+
+LATEST = RunConfig.model_fields["runs_dir"].default / "latest"
+
+
+def command(run_dir: Path) -> str:
+    """What stops the server a run kept up: its own run directory named, so it holds with any --runs-dir and
+    after later runs have moved runs/latest."""
+    return f"python -m flows.stop {run_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.stop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("run_dir", nargs="?", type=Path, default=REPO_ROOT / "runs" / "latest")
+    parser.add_argument("run_dir", nargs="?", type=Path, default=LATEST)
     args = parser.parse_args(argv)
     # After parsing: --help answers without loading the server module and what it imports.
     from tasks.serve.server import ServerError, load_record, stop
@@ -30,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"stopped TorchServe of {args.run_dir.resolve()} ({result['stopped']} processes)")
+    print(f"stopped TorchServe of {args.run_dir.resolve()} ({result.stopped} processes)")
     return 0
 
 

@@ -32,17 +32,18 @@ from prefect import flow, get_run_logger
 from flows.logs import install_expected_failures
 from flows.stages import (
     archive_task,
-    ensure_free_task,
+    free_for_tonight_task,
     ping_task,
     register_task,
     start_task,
-    stop_stale_task,
     stop_task,
     trace_task,
 )
 from tasks.common import keys
-from tasks.common.config import BenchmarkConfig, ConfigError, ResolvedServing, RunConfig, load_config, resolve_serving
+from tasks.common.config import BenchmarkConfig, ConfigError, RunConfig
+from tasks.common.parameters import read
 from tasks.common.runlog import Log
+from tasks.common.sizing import ResolvedServing, resolve_serving
 from tasks.measure import benchmark as benchmark_stage
 from tasks.measure.results import ClientCapacity
 from tasks.measure.sweep_rows import RANKINGS, Setting, SweepRow, rank, verdict
@@ -51,6 +52,7 @@ from tasks.prepare.trace import TracedModel
 from tasks.report.summary import new_run_dir
 from tasks.serve.register import unregister
 from tasks.serve.server import Server
+from tasks.verify.pairs import load_pool
 
 Pairs = list[tuple[str, str]]
 
@@ -121,10 +123,8 @@ def row_settings(settings: BenchmarkConfig, concurrency: int, capacity: bool = F
 
 def _free_cores(config: RunConfig, grid: Grid, log: Log) -> None:
     """Before trace: on Neuron a crashed night's workers still hold the cores the compile child needs."""
-    for line in stop_stale_task(config.runs_dir):
+    for line in free_for_tonight_task(config.runs_dir, grid.backend, max(grid.workers)):
         log.warning(line)
-    if grid.backend == "neuron":  # released a moment after the workers exit
-        ensure_free_task(max(grid.workers))
 
 
 Model = tuple[TracedModel, Archive]  # one batch size, traced and archived
@@ -133,21 +133,12 @@ Model = tuple[TracedModel, Archive]  # one batch size, traced and archived
 def _trace(config: RunConfig, grid: Grid, run_dir: Path) -> tuple[dict[int, Model], dict[int, dict | None]]:
     """Each batch size traced and archived once: {batch size: (traced, archive)}, and the compile cache's
     verdict per batch size (sweep.json)."""
-    serving, backend = config.serving, grid.backend
+    backend = grid.backend
     models: dict[int, Model] = {}
     compile_cache: dict[int, dict | None] = {}
     for batch_size in grid.batch_sizes:
-        traced = trace_task(
-            config.model,
-            batch_size,
-            serving.max_length,
-            serving.buckets(),
-            run_dir / f"model-b{batch_size}",
-            backend,
-            config.checks.parity_tolerance_for(backend, config.model.compiler_args),
-            # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
-            config.build.cache_dir if config.build.compile_cache else None,
-        )
+        # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
+        traced = trace_task(config, backend, run_dir / f"model-b{batch_size}", batch_size=batch_size)
         compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
         models[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
     return models, compile_cache
@@ -242,7 +233,7 @@ def _artifacts(table: list[dict], line: str, run_dir: Path, client: ClientCapaci
 
 @flow(name="bert-serving-sweep", log_prints=True)
 def sweep(
-    config_file: str = "configs/default.yaml",
+    config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     batch_sizes: list[int] | None = None,
     workers: list[int] | None = None,
@@ -254,10 +245,10 @@ def sweep(
     """Benchmark every combination; mark the best one: by throughput within the p90 limit, or by capacity at
     the capacity's latency bound (rank_by="capacity": each row then runs the capacity search)."""
     log = get_run_logger()
-    config = load_config(config_file, overrides)
+    config, _ = read(config_file, None, overrides)
     grid = Grid.of(config, batch_sizes, workers, delays, concurrency, rank_by)
     run_dir = new_run_dir(config.runs_dir)
-    pairs, pool = benchmark_stage.load_pool(config.benchmark.pairs_file)
+    pairs, pool = load_pool(config.benchmark.pairs_file)
     log.info(
         "sweep in %s: batch sizes %s x workers %s x delays %s ms x concurrency %s (%d rows), %s",
         run_dir,
@@ -323,19 +314,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import config_overrides
+    from flows.cli import config_file, config_overrides
 
     args = parse_args(argv)
-    overrides = config_overrides(args)
+    chosen, overrides = config_file(args), config_overrides(args)
     try:
-        config = load_config(args.config, overrides)
+        config, _ = read(chosen, None, overrides)
         for count in args.workers or []:
             resolve_serving(config.serving.model_copy(update={"initial_workers": count}))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = sweep(
-        config_file=args.config,
+        config_file=chosen,
         overrides=overrides,
         batch_sizes=args.batch_sizes,
         workers=args.workers,

@@ -20,7 +20,7 @@ served-parity check compares), and the labels that flip. On the first --variant-
 variant and a broken compile -- the attention mask dropped -- which the tolerance must stay far below.
 
 The tolerance is BF16_MARGIN times the larger of the primary variant's two largest differences, rounded up to two
-significant figures: tasks/common/config.py's BF16_EMULATED_DRIFT and BF16_PARITY_TOLERANCE, which this prints
+significant figures: tasks/common/compiler.py's BF16_EMULATED_DRIFT and BF16_PARITY_TOLERANCE, which this prints
 beside it. What the margin covers: the real compiler fuses and reorders operations, approximates GELU and exp on
 its own hardware, and may cast matmult-based transposes; none of that is emulated here. docs/neuron.md,
 "Compiler arguments and parity", records the figures.
@@ -37,11 +37,12 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from serving.contract import encode_pairs
-from tasks.common.config import BF16_EMULATED_DRIFT, BF16_MARGIN, BF16_PARITY_TOLERANCE, REPO_ROOT, load_config
+from tasks.common.compiler import BF16_EMULATED_DRIFT, BF16_MARGIN, BF16_PARITY_TOLERANCE
+from tasks.common.config import MRPC_TRAIN_FILE, load_config
 from tasks.prepare.trace import load_checkpoint
 from tasks.verify.accuracy import read_mrpc_lenient
 
-TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
+TRAIN = MRPC_TRAIN_FILE
 BATCH = 32  # pairs per forward pass: the scores do not depend on it
 MATMULS = {torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm}
 
@@ -170,7 +171,7 @@ def main() -> None:
     started = time.monotonic()
     pairs = read_mrpc_lenient(TRAIN)[0][: args.pairs]
     rows = measure(pairs, args.variant_pairs)
-    print(f"MSR Paraphrase training split ({TRAIN.name}), the embedded model at configs/default.yaml's buckets:")
+    print(f"MSR Paraphrase training split ({TRAIN.name}), the embedded model at the default night's buckets:")
     for name, row in rows.items():
         print(
             f"  {name:13} {row['pairs']:5} pairs: max |score diff| {row['score_max']:.2e} "
@@ -181,7 +182,7 @@ def main() -> None:
     derived = tolerance_from(rows["bf16 matmult"])
     print(
         f"tolerance: {BF16_MARGIN:g} x the larger largest difference of bf16 matmult, rounded up: {derived:g} "
-        f"(tasks/common/config.py: BF16_EMULATED_DRIFT {BF16_EMULATED_DRIFT:g}, BF16_PARITY_TOLERANCE "
+        f"(tasks/common/compiler.py: BF16_EMULATED_DRIFT {BF16_EMULATED_DRIFT:g}, BF16_PARITY_TOLERANCE "
         f"{BF16_PARITY_TOLERANCE:g}{'' if math.isclose(derived, BF16_PARITY_TOLERANCE) else ': DIFFERS'}); "
         f"{time.monotonic() - started:.0f} s"
     )

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from tasks.common.config import default_cache_dir
 from tasks.prepare import cache
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.cache", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["list", "clear"])
     args = parser.parse_args(argv)
-    where = cache.default_dir()
+    where = default_cache_dir()
     if args.command == "clear":
         print(f"compile cache {where}: {cache.clear(where)} entries deleted")
         return 0

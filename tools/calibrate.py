@@ -1,10 +1,11 @@
-"""Choose the embedded bi-encoder's cosine threshold on the MSR Paraphrase TRAINING split.
+"""Choose a bi-encoder's cosine threshold on the MSR Paraphrase TRAINING split.
 
-    python -m tools.calibrate [TRAIN_TSV]
+    python -m tools.calibrate [TRAIN_TSV] [--model DIR]
 
-Prints the threshold that maximises training accuracy, and that accuracy. The result is
-written by hand into configs/default.yaml (model.threshold) and the README, so a run never
-tunes itself: the dev split stays a measurement, and no test split is ever looked at.
+Prints the threshold that maximises training accuracy, and that accuracy. For the embedded model (the
+default) the result is written by hand into tasks/common/embedded.py (THRESHOLD) and the README; for a
+bi-encoder checkpoint of your own, into your config's model.threshold. So a run never tunes itself: the dev
+split stays a measurement, and no test split is ever looked at.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ import numpy as np
 import torch
 
 from serving.contract import encode_pairs
-from tasks.common.config import REPO_ROOT, ModelConfig, ServingConfig
+from tasks.common.config import MRPC_TRAIN_FILE, ModelConfig, ServingConfig
+from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.prepare.trace import load_checkpoint
 from tasks.verify.accuracy import read_mrpc_lenient
 
-DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
+DEFAULT_TRAIN = MRPC_TRAIN_FILE
 
 
-def cosines(pairs: list[tuple[str, str]], max_length: int | None = None, chunk: int = 64) -> np.ndarray:
-    """Cosine similarity of each pair under the embedded model (threshold 0 -> margin = cosine)."""
+def cosines(
+    pairs: list[tuple[str, str]], max_length: int | None = None, chunk: int = 64, source: str = EMBEDDED_MODEL
+) -> np.ndarray:
+    """Cosine similarity of each pair under the model (threshold 0 -> margin = cosine)."""
     max_length = max_length or ServingConfig().max_length  # what a run serves at, unless told otherwise
-    scorer, tokenizer, kind = load_checkpoint(ModelConfig(kind="bi-encoder", threshold=0.0))
+    scorer, tokenizer, kind = load_checkpoint(ModelConfig(source=source, kind="bi-encoder", threshold=0.0))
     out = []
     with torch.inference_mode():
         for start in range(0, len(pairs), chunk):
@@ -47,11 +51,14 @@ def best_threshold(similarity: np.ndarray, labels: np.ndarray) -> tuple[float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train_tsv", nargs="?", type=Path, default=DEFAULT_TRAIN)
+    parser.add_argument(
+        "--model", default=EMBEDDED_MODEL, help="the bi-encoder checkpoint directory (default: %(default)s)"
+    )
     args = parser.parse_args()
     pairs, labels, skipped = read_mrpc_lenient(args.train_tsv)
     if skipped:
         print(f"skipped malformed lines {skipped} of {args.train_tsv}")
-    threshold, accuracy = best_threshold(cosines(pairs), labels)
+    threshold, accuracy = best_threshold(cosines(pairs, source=args.model), labels)
     print(f"pairs={len(pairs)} threshold={threshold:.4f} training_accuracy={accuracy:.4f}")
 
 

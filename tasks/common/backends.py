@@ -1,9 +1,10 @@
-"""Which accelerator a run serves on, and how many workers it can hold.
+"""Which accelerator a run serves on, and how many of its units this host has: NeuronCores, GPUs, physical CPU
+cores (`detect`). How many workers that makes is tasks/common/sizing.py's.
 
-neuron: torch_neuronx compiles for one NeuronCore; each TorchServe worker holds one copy, so
-workers may never outnumber NeuronCores. cuda: GPUs are shared, as many workers as the CPU cores
-per GPU allow (tasks/config.worker_limit). cpu: one worker per physical core. backend=auto picks
-neuron when torch_neuronx imports and a NeuronCore is visible, else cuda when available, else cpu.
+neuron: torch_neuronx compiles for one NeuronCore; each TorchServe worker holds one copy, so workers may never
+outnumber NeuronCores. cuda: GPUs are shared, as many workers as the CPU cores per GPU allow. cpu: one worker per
+physical core. backend=auto picks neuron when torch_neuronx imports and a NeuronCore is visible, else cuda when
+available, else cpu.
 """
 
 from __future__ import annotations

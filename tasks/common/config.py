@@ -1,10 +1,11 @@
-"""RunConfig: the one typed object a run is driven by.
+"""RunConfig: the one typed object a run is driven by, and its reading.
 
-It is built once at flow start from a YAML file in configs/ plus dotted overrides (CLI flags,
-the flow's `overrides` parameter, and its typed `settings`, tasks/common/parameters.py, whose fields
-are made from the fields here), validated by pydantic, and then resolved: anything left on "auto"
-is detected on this host. A bad value is refused here, before any stage starts, with the
-field, the value and the fix.
+Every default is a field's default here, once: the documented night. A run's configuration is read once at flow
+start (load_config; tasks/common/parameters.py read) -- the defaults, what a YAML file sets (only what differs),
+then dotted overrides (CLI flags, the flow's `overrides` parameter, and its typed `settings`, whose fields are
+made from the fields here) -- with one path rule, and validated by pydantic. A bad value is refused here, before
+any stage starts, with the field, the value and the fix. What "auto" turns into on this host is
+tasks/common/sizing.py's; the Neuron compiler's arguments and their parity, tasks/common/compiler.py's.
 
 A field with json_schema_extra={"flag": NAME} is also the command-line option --NAME of
 `python -m flows.validate` (flows/cli.py builds the options from these fields; a bool gives
@@ -15,21 +16,25 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.common import mrpc
+from tasks.common import embedded, mrpc
+from tasks.common.compiler import BF16_PARITY_TOLERANCE, TUTORIAL_COMPILER_ARGS, auto_cast_type
+from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
+GOLDEN_PAIRS_FILE = REPO_ROOT / "configs" / "golden_pairs.yaml"
+# The MSR Paraphrase splits beside the checkout, where a host has them (docs/data.md): the dev split is the
+# benchmark's default pool of pairs; the training split calibrates (tools.calibrate, tools.bf16_tolerance).
+MRPC_DEV_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
+MRPC_TRAIN_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
 
-EMBEDDED_MODEL = "embedded"
-# Spelled out, so a run compiles the same on old and new neuronx-cc (its --auto-cast default changed).
-TUTORIAL_COMPILER_ARGS = ("--auto-cast", "matmult", "--auto-cast-type", "bf16")
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 # The figures the regression compares with earlier nights (tasks/measure/regression.py COMPARED, by name).
 COMPARED_FIGURES = (
@@ -84,15 +89,17 @@ class ModelConfig(_Section):
     )
     kind: Literal["auto", "bi-encoder", "sequence-classification"] = Field(
         "auto",
-        description="auto: sequence-classification when the checkpoint has a 2-label "
-        "classification head, bi-encoder otherwise",
+        description="auto: sequence-classification when the checkpoint has a sequence-classification head "
+        "(it must have 2 labels), bi-encoder when it has none (the embedded model)",
         json_schema_extra={"flag": "kind"},
     )
-    threshold: float = Field(
-        0.5,
+    threshold: float | None = Field(
+        None,
         ge=-1.0,
         le=1.0,
-        description="bi-encoder only: cosine similarity at or above which a pair is a paraphrase",
+        description=f"bi-encoder only: cosine similarity at or above which a pair is a paraphrase; none: the "
+        f"embedded model's calibrated {embedded.THRESHOLD} (tasks/common/embedded.py), and a bi-encoder checkpoint "
+        "of your own must be given its own (python -m tools.calibrate --model DIR)",
     )
     compiler_args: list[str] = Field(
         list(TUTORIAL_COMPILER_ARGS),
@@ -132,6 +139,13 @@ class ModelConfig(_Section):
             raise ValueError("give model.traced or model.mar, not both: a .mar already holds its graph")
         return self
 
+    @model_validator(mode="after")
+    def _embedded_threshold(self) -> ModelConfig:
+        """The embedded model's threshold is its own fact: recorded in the run's config as the threshold it ran at."""
+        if self.threshold is None and self.source == EMBEDDED_MODEL:
+            self.threshold = embedded.THRESHOLD
+        return self
+
 
 class ServingConfig(_Section):
     batch_size: int = Field(
@@ -144,11 +158,17 @@ class ServingConfig(_Section):
     max_length: int = Field(
         128, ge=8, le=512, description="tokens per sequence, padded", json_schema_extra={"flag": "max-length"}
     )
+    # Chosen on the MSR Paraphrase training split: the longest sentence in a batch of 6 has 38 tokens at p50 and 49
+    # at p99, so ~3/4 of batches run at 40 and the rest at 56; 80 serves pair-encoded (sequence-classification)
+    # traffic. docs/benchmark.md, "Length buckets".
     length_buckets: list[Annotated[int, Field(ge=8)]] | None = Field(
-        None,
+        [40, 56, 80, 128],
         description="one static graph per length; each batch runs in the smallest that holds it "
         "(max_length is always the last bucket, longer ones are ignored); none: max_length only",
     )
+    # The tutorial used 5000, which makes a lone request wait 5 s for batch-mates. Measured (python -m flows.sweep,
+    # batch 6, 2 workers): 5 ms gives 68.6 inferences/s at 64 clients (batches still fill to 6) vs 66.3 at 50 ms,
+    # and a lone request's p50 138 ms vs 197 ms.
     max_batch_delay: int = Field(
         5,
         ge=0,
@@ -231,13 +251,16 @@ class CapacityConfig(_Section):
     stays within a bound -- MLPerf's Server scenario."""
 
     enabled: bool = Field(
-        False,
+        True,
         description="after the load, search the highest rate of Poisson arrivals whose percentile "
         "latency stays within bound_ms",
         json_schema_extra={"flag": "capacity"},
     )
+    # One second at p99: an interactive request's patience. MLPerf's BERT bound (130 ms) is for datacenter
+    # accelerators (configs/gpu.yaml and inf2-xlarge.yaml use it): two CPU cores take ~70 ms for one batch, so no
+    # useful rate meets it on a CPU.
     bound_ms: float = Field(
-        1500.0,
+        1000.0,
         gt=0,
         description="the capacity's latency bound, ms at `percentile`",
         json_schema_extra={"flag": "capacity-bound-ms"},
@@ -258,6 +281,7 @@ class CapacityConfig(_Section):
     min_step_seconds: float = Field(5.0, gt=0, description="s of measured load per step, at least")
     beyond: int = Field(5, ge=1, description="per step, at least this many requests expected past the percentile")
     step_warmup: float = Field(1.0, ge=0, description="s of load before each step is measured")
+    # A step: >= 5 s and >= 500 requests (5 expected past p99), then 1 s of warm-up: ~4 steps on a 2-core CPU.
     budget_seconds: float = Field(
         32.0, gt=0, description="s the whole search may take; a step that would not fit is not started"
     )
@@ -382,28 +406,19 @@ class BenchmarkConfig(_Section):
 
 
 def checkpoint_source(source: str) -> str:
-    """model.source as trace reads it (tasks/prepare/trace.py): 'embedded', a directory that exists (relative
-    to where the command runs), else a Hugging Face hub id. What is clearly a local path -- absolute, ./ ../ ~,
-    more than one / (a hub id has one), or in a directory that exists -- must be a directory: refused here,
-    before anything starts, not by the hub's "Repo id must be in the form ..." once trace runs."""
-    if source == EMBEDDED_MODEL:
+    """model.source as trace reads it (tasks/prepare/trace.py): 'embedded', a directory that exists, else a
+    Hugging Face hub id. load_config has made a local one absolute (local_checkpoint); a local path that is not a
+    directory is refused here, before anything starts, not by the hub's "Repo id must be in the form ..." once
+    trace runs."""
+    if source == EMBEDDED_MODEL or Path(source).is_dir():
         return source
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return str(path) if source.startswith("~") else source  # trace does not expand ~ itself
     wanted = (
         f"give a checkpoint directory (config.json, weights and tokenizer files), a Hugging Face hub id "
         f"such as org/name, or {EMBEDDED_MODEL}"
     )
-    if path.exists():
+    if Path(source).exists():
         raise ValueError(f"{source} is a file, not a checkpoint directory; {wanted}")
-    local = (
-        source.startswith(("/", "./", "../", "~"))
-        or source in (".", "..")
-        or source.count("/") > 1
-        or ("/" in source and path.parent.is_dir())
-    )
-    if local:
+    if _local(source, Path.cwd()):
         raise ValueError(f"no such directory {source}; {wanted}")
     return source
 
@@ -424,45 +439,13 @@ def existing_file(path: Path | None) -> Path | None:
     """A file the run will read, checked before anything starts."""
     if path is None:
         return None
-    # Relative to where the command runs, else to the checkout (deployments run from there).
-    for candidate in (path, REPO_ROOT / path):
-        if candidate.is_file():
-            return candidate.resolve()
+    if path.is_file():
+        return path.resolve()
     raise ValueError(f"{path} does not exist; give an existing file or null")
 
 
-# python -m tools.bf16_tolerance: --auto-cast matmult --auto-cast-type bf16 emulated on the CPU (every matrix
-# multiply with bf16 operands, fp32 accumulation) on the embedded model over the MSR Paraphrase training split
-# (3,674 pairs): largest |score diff| 2.18e-3, |probability diff| 1.09e-3. The tolerance is BF16_MARGIN x the
-# larger, rounded up to two significant figures; a dropped attention mask moves scores by up to 0.47. docs/neuron.md,
-# "Compiler arguments and parity", has the method.
-BF16_MARGIN = 5
-BF16_EMULATED_DRIFT = 2.18e-3
-BF16_PARITY_TOLERANCE = 0.011
-
-
-def auto_cast_type(backend: str, compiler_args: list[str]) -> str | None:
-    """The 16-bit type neuronx-cc casts to under these arguments, or None when the graph stays fp32.
-
-    Read the way neuronx-cc reads them: --auto-cast none|matmult|all (absent: none, since Neuron 2.27),
-    --auto-cast-type bf16|fp16|tf32|fp8_e4m3 (absent: bf16). Only the neuron backend compiles with them.
-    """
-    if backend != "neuron":
-        return None
-    values: dict[str, str] = {}
-    for index, arg in enumerate(compiler_args):
-        name, _, inline = arg.partition("=")
-        if name in ("--auto-cast", "--auto-cast-type"):
-            values[name] = inline or (compiler_args[index + 1] if index + 1 < len(compiler_args) else "")
-    if values.get("--auto-cast", "none") == "none":
-        return None
-    return values.get("--auto-cast-type") or "bf16"
-
-
 class ChecksConfig(_Section):
-    golden_pairs: Path | None = Field(
-        REPO_ROOT / "configs" / "golden_pairs.yaml", description="labelled pairs every answer must match"
-    )
+    golden_pairs: Path | None = Field(GOLDEN_PAIRS_FILE, description="labelled pairs every answer must match")
     parity_tolerance: float = Field(
         1e-3,
         gt=0,
@@ -504,8 +487,12 @@ class ChecksConfig(_Section):
         return mrpc_file(path)
 
 
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("BERT_COMPILE_CACHE") or REPO_ROOT / ".cache" / "compile")
+CACHE_ENV = "BERT_COMPILE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$BERT_COMPILE_CACHE, else .cache/compile in the checkout (git-ignored)."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "compile")
 
 
 class BuildConfig(_Section):
@@ -516,7 +503,7 @@ class BuildConfig(_Section):
         json_schema_extra={"flag": "compile-cache"},
     )
     cache_dir: Path = Field(
-        default_factory=_default_cache_dir,
+        default_factory=default_cache_dir,
         description="where the compile cache lives: $BERT_COMPILE_CACHE, else .cache/compile in the checkout",
     )
 
@@ -537,78 +524,111 @@ class RunConfig(_Section):
     )
 
 
-class ResolvedServing(BaseModel):
-    """What 'auto' turned into on this host, and where each number came from."""
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: Path = REPO_ROOT
+) -> RunConfig:
+    """The run's configuration: the fields' defaults (the documented night), what the YAML file at `path` sets,
+    then dotted overrides such as {"serving.batch_size": 4}. A file holds only what differs from the defaults.
 
-    backend: str
-    device_name: str
-    cores: int
-    cores_source: str
-    initial_workers: int
-    threads_per_worker: int
-    versions: dict[str, str] = {}
-
-
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config and apply dotted overrides such as {"serving.batch_size": 4}."""
-    path = Path(path) if path else DEFAULT_CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", fix="pass an existing file (see configs/)")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
+    One path rule: a relative path is relative to the file that names it. Inside the YAML file, to that file's
+    folder; `path` itself and the overrides' paths, to `base` -- the checkout, the folder of prefect.yaml, which
+    names the deployments' parameters. The command line passes its paths absolute, made from where it runs
+    (flows/cli.py)."""
+    data: dict[str, Any] = {}
+    shown = "the defaults"
+    if path is not None:
+        file = (base / Path(path).expanduser()).resolve()
+        data, shown = _read(file), str(file)
+        anchor_tree(data, file.parent)
+    for dotted, value in anchored(overrides or {}, base).items():
         if value is not None:
             _set_dotted(data, dotted, value)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_explain(error, path)) from None
+        raise ConfigError(_explain(error, shown)) from None
 
 
-def resolve_serving(serving: ServingConfig) -> ResolvedServing:
-    """Pick the backend and size the workers to it, before anything starts.
-
-    One worker per NeuronCore / GPU / physical core by default; asking for more is refused,
-    naming the count and its source. CPU threads are split so workers don't oversubscribe.
-    """
-    from tasks.common.backends import BackendError, detect, physical_cores
-
+def _read(file: Path) -> dict[str, Any]:
+    """A config file's sections; a missing or unreadable one is refused, never replaced by the defaults."""
     try:
-        accelerator = detect(serving.backend, serving.instance_type)
-    except BackendError as error:
-        raise ConfigError(f"serving.backend = {serving.backend!r}: {error.message}", fix=error.fix) from None
-    cpus = physical_cores()
-    most = worker_limit(accelerator.backend, accelerator.cores, cpus)
-    workers = most if serving.initial_workers == "auto" else serving.initial_workers
-    if workers > most:
-        unit = {"neuron": "NeuronCores", "cuda": "GPUs", "cpu": "physical CPU cores"}[accelerator.backend]
-        why = (
-            f"{accelerator.cores} {unit} (from {accelerator.cores_source}) and {cpus} physical CPU cores: "
-            f"at most {most} workers, each with a CPU core of its own"
-            if accelerator.backend == "cuda"
-            else f"{accelerator.cores} {unit} (from {accelerator.cores_source}), and each worker needs one of its own"
-        )
+        data = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
         raise ConfigError(
-            f"serving.initial_workers = {workers}: this host has {why}",
-            fix=f"set serving.initial_workers to {most} or fewer, or to auto",
-        )
-    return ResolvedServing(
-        **accelerator.model_dump(),
-        initial_workers=workers,
-        threads_per_worker=max(1, cpus // workers),
+            f"config file {file} does not exist", fix="pass an existing file, or no --config for the defaults"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"config file {file} cannot be read: {error.strerror or error}",
+            fix="pass an existing file, or no --config for the defaults",
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {file} is not valid YAML: {error}", fix="correct the line it names") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _path_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys of the fields that hold a path."""
+    found: list[str] = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _path_keys(field.annotation, f"{prefix}{name}.")
+        elif field.annotation is Path or Path in typing.get_args(field.annotation):
+            found.append(prefix + name)
+    return tuple(found)
+
+
+PATH_KEYS = _path_keys()  # runs_dir, model.traced, checks.golden_pairs, benchmark.pairs_file ...
+
+
+def anchored(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Dotted values with each relative path made absolute against `base` (model.source only where it names a
+    local directory, not a hub id)."""
+    return {dotted: _anchor(dotted, value, base) for dotted, value in values.items()}
+
+
+def anchor_tree(data: dict[str, Any], base: Path) -> None:
+    """The same, in place, for a config file's nested sections."""
+    for dotted in (*PATH_KEYS, "model.source"):
+        *sections, leaf = dotted.split(".")
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = _anchor(dotted, node[leaf], base)
+
+
+def _anchor(dotted: str, value: Any, base: Path) -> Any:
+    if not isinstance(value, (str, Path)):
+        return value
+    if dotted == "model.source":
+        return local_checkpoint(str(value), base)
+    if dotted in PATH_KEYS:
+        return str((base / Path(value).expanduser()).resolve())
+    return value
+
+
+def local_checkpoint(source: str, base: Path) -> str:
+    """model.source with a local checkpoint directory made absolute against `base`; 'embedded' and a hub id as
+    they are, so a missing local one is refused by its full path."""
+    if source == EMBEDDED_MODEL or not _local(source, base):
+        return source
+    return str((base / Path(source).expanduser()).resolve())
+
+
+def _local(source: str, base: Path) -> bool:
+    """Clearly a local path, not a hub id: one that exists, absolute, ./ ../ ~, more than one / (a hub id has
+    one), or in a directory that exists."""
+    path = base / Path(source).expanduser()
+    return (
+        path.exists()
+        or source.startswith(("/", "./", "../", "~"))
+        or source in (".", "..")
+        or source.count("/") > 1
+        or ("/" in source and path.parent.is_dir())
     )
-
-
-def worker_limit(backend: str, cores: int, cpus: int) -> int:
-    """The most workers a host serves with, and the default (auto).
-
-    neuron: one per NeuronCore (the runtime gives a core to one process). cpu: one per physical core.
-    cuda: what the CPU cores per GPU allow -- several workers share a GPU (TorchServe hands gpu_id
-    round-robin), so one worker's tokenization overlaps another's GPU work -- at least one per GPU."""
-    if backend == "cuda":
-        return cores * max(1, cpus // cores)
-    return cores
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -621,8 +641,8 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _explain(error: ValidationError, path: Path) -> str:
-    lines = [f"invalid configuration ({path}):"]
+def _explain(error: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration ({where}):"]
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":

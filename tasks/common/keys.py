@@ -47,9 +47,11 @@ def deployment_name() -> str | None:
     history then miss this run)."""
     from prefect.runtime import deployment
 
+    from tasks.common.prefect_api import API_ERRORS
+
     try:
         return deployment.name or None
-    except Exception as error:  # the API failed to answer: say what the keys lose, then go on as ad-hoc
+    except API_ERRORS as error:  # the API failed to answer: say what the keys lose, then go on as ad-hoc
         stage_logger(__name__).warning(
             "could not read this flow run's deployment name from the Prefect API (%s: %s): its artifacts go "
             "under the ad-hoc keys (%s-<backend>), not the deployment's, so the deployment's trend and "

@@ -12,7 +12,7 @@ Every setting defaults to empty (None): an empty setting leaves the config file'
 deployment's config file (configs/inf2-xlarge.yaml: backend neuron) is never overridden by a form
 default. What a run gets, later winning:
 
-    config file  <  overrides (dotted keys, any field)  <  settings
+    the defaults  <  config file  <  overrides (dotted keys, any field)  <  settings
 
 The settings win over the overrides because they are what a person typed into the form last; the
 overrides are the open-ended escape hatch (and what `python -m flows.validate` passes) for every
@@ -34,10 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 from pydantic.fields import FieldInfo
 
 from tasks.common.config import (
-    DEFAULT_CONFIG_FILE,
     REPO_ROOT,
     Backend,
-    ConfigError,
     LoadMode,
     RegressionAction,
     RunConfig,
@@ -95,23 +93,13 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def file_defaults() -> RunConfig:
-    """What a run gets with nothing given: the default config file, else the fields' own defaults."""
-    try:
-        return load_config(DEFAULT_CONFIG_FILE)
-    except ConfigError:
-        return RunConfig()
-
-
 def _setting(dotted: str, defaults: RunConfig) -> tuple[Any, Any]:
     """(annotation, Field) of one setting: the RunConfig field's type and constraints, or None."""
     field = config_field(dotted)
     # The field's own ge/le/gt travel in its metadata; Annotated keeps them on the non-empty value.
     kind: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    description = (
-        f"{field.description}. Empty: the config file's {dotted} "
-        f"({DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)}: {shown(value_at(defaults, dotted))})"
-    )
+    default = shown(value_at(defaults, dotted))
+    description = f"{field.description}. Empty: the config file's {dotted}, else the default ({default})"
     return kind | None, Field(None, description=description)
 
 
@@ -174,7 +162,7 @@ class RunSettings(_Settings):
 
 def _settings_model(declared: type[RunSettings]) -> type[RunSettings]:
     """`declared` with each field's type, constraints and description taken from its RunConfig field."""
-    defaults = file_defaults()
+    defaults = RunConfig()
     fields: dict[str, Any] = {name: _setting(dotted, defaults) for name, dotted in SETTINGS.items()}
     return create_model("RunSettings", __base__=declared, __doc__=declared.__doc__, __module__=__name__, **fields)
 
@@ -214,3 +202,13 @@ def given(settings: BaseModel | dict | None) -> dict[str, Any]:
     if isinstance(settings, dict):
         settings = RunSettings.model_validate(settings)
     return settings.model_dump(mode="json", exclude_none=True)
+
+
+def read(
+    config_file: str | Path | None, settings: BaseModel | dict | None, overrides: dict[str, Any] | None
+) -> tuple[RunConfig, list[str]]:
+    """A run's configuration from the flow's three parameters -- the one reading the flow, its crash hook and the
+    command line's early check share (relative paths: tasks/common/config.py load_config) -- and the lines naming
+    each override a setting replaced."""
+    applied, replaced = merged(settings, overrides)
+    return load_config(config_file, applied), replaced

@@ -281,6 +281,8 @@ class StageProgress:
                     self._shown = True
 
     def _publish_loop(self) -> None:
+        from tasks.common.prefect_api import API_ERRORS  # Prefect loads in the stage's thread, not at import
+
         create, update = self._create, self._update
         if create is None or update is None:
             from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -302,7 +304,7 @@ class StageProgress:
                     else:
                         update(artifact_id=self.artifact_id, progress=state[0], description=state[1])
                     sent = state
-                except Exception as error:  # the API is down or refuses: the stage goes on without it
+                except API_ERRORS as error:  # the API is down or refuses: the stage goes on without it
                     self.log.warning(
                         "%s: the progress artifact stops here (%s: %s); the stage goes on",
                         self.stage,

@@ -26,18 +26,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from serving.claims import NEURON_CORE_REFUSED
 from tasks.common import child, tools
-from tasks.common.config import (
-    BF16_EMULATED_DRIFT,
-    BF16_MARGIN,
-    REPO_ROOT,
-    ResolvedServing,
-    RunConfig,
-    ServingConfig,
-    auto_cast_type,
-    resolve_serving,
-)
+from tasks.common.compiler import BF16_EMULATED_DRIFT, BF16_MARGIN, auto_cast_type
+from tasks.common.config import REPO_ROOT, RunConfig, ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.processes import group_members
+from tasks.common.sizing import ResolvedServing, resolve_serving
 from tasks.common.versions import package_versions
 from tasks.doctor.runner import Check, NotApplicable
 
@@ -269,16 +262,9 @@ class Doctor:
         if backend == "neuron":
             _compiler_in_environment()
         tolerance = self.config.checks.parity_tolerance_for(backend, model.compiler_args)
-        self.traced = trace(
-            model,
-            BATCH_SIZE,
-            MAX_LENGTH,
-            [MAX_LENGTH],
-            self.work / "model",
-            backend=backend,
-            parity_tolerance=tolerance,
-            cache_dir=None,
-        )
+        # Tonight's model and checks at the doctor's small shape, never from the cache: the compiler is what is checked.
+        small = self.config.model_copy(update={"serving": self.serving})
+        self.traced = trace(small, backend, self.work / "model", use_cache=False)
         info = self.traced.info
         args = f" with {' '.join(info.compiler_args)}" if info.compiler_args else ""
         # Cast to 16 bits, the drift measured here stands beside what the tolerance was derived from: a CPU
@@ -408,7 +394,7 @@ class Doctor:
                     f"TorchServe processes {left} are still running after stop",
                     fix=f"ps -o pid,stat,cmd -p {','.join(map(str, left))}; kill them",
                 )
-            done.append(f"TorchServe stopped ({stopped['stopped']} processes), none left")
+            done.append(f"TorchServe stopped ({stopped.stopped} processes), none left")
         else:
             done.append("no TorchServe was started")
         if self.backend_name == "neuron" and self.cores_were_free:

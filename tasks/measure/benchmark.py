@@ -33,14 +33,18 @@ import math
 import time
 from pathlib import Path
 
-from tasks.common.config import REPO_ROOT, BenchmarkConfig, ResolvedServing, RunConfig
+from tasks.common.config import BenchmarkConfig, RunConfig
 from tasks.common.errors import PipelineError
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
+from tasks.common.sizing import ResolvedServing
 from tasks.measure import ceiling as ceiling_stage
-from tasks.measure import figures, loadgen, regression
+from tasks.measure import figure_text, loadgen, regression, trivial_endpoint
+from tasks.measure.busy_host import busy_host_warnings
 from tasks.measure.capacity import Capacity, Search, poisson_steps
 from tasks.measure.cpu import cpu_snapshot, cpu_use
+from tasks.measure.fingerprint import fingerprint
+from tasks.measure.loadgen import QUIET, Load, Watch
 from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.measure.telemetry import Telemetry
@@ -48,10 +52,8 @@ from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
 from tasks.serve.server import Server
 from tasks.verify.checks import CheckResult
-from tasks.verify.pairs import NOT_PARAPHRASE, PARAPHRASE, load_golden
+from tasks.verify.pairs import load_pool
 
-DEFAULT_PAIRS_FILE = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_dev.tsv"
-GOLDEN_PAIRS_FILE = REPO_ROOT / "configs" / "golden_pairs.yaml"
 BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
 REGRESSION_FIX = (
@@ -66,33 +68,6 @@ WRAP_UP_S = 1.0  # regression (a query to the Prefect API), the chart, benchmark
 
 class BenchmarkError(PipelineError):
     """The benchmark could not run as configured, or regressed with regression_action: fail."""
-
-
-# --- the pool of pairs (moves to tasks/verify/pairs.py) ----------------------------------------------
-
-
-def load_pool(path: Path | None) -> tuple[list[tuple[str, str]], str]:
-    """Real pairs to send: an MRPC TSV or a golden-pairs YAML. None: the MRPC dev split where this
-    checkout has ../shared/data, else configs/golden_pairs.yaml."""
-    from tasks.verify.accuracy import read_mrpc_lenient
-
-    if path is None:
-        path = DEFAULT_PAIRS_FILE if DEFAULT_PAIRS_FILE.is_file() else GOLDEN_PAIRS_FILE
-    else:
-        found = next((p for p in (Path(path), REPO_ROOT / path) if p.is_file()), None)
-        if found is None:
-            raise BenchmarkError(
-                f"benchmark.pairs_file {path} does not exist",
-                fix="give an MRPC TSV, a golden-pairs YAML, or null for the default",
-            )
-        path = found
-    if path.suffix.lower() in (".yaml", ".yml"):
-        pairs = [(a, b) for a, b, _ in load_golden(path)]
-    else:
-        pairs = read_mrpc_lenient(path)[0]
-    if not pairs:
-        pairs = [PARAPHRASE[:2], NOT_PARAPHRASE[:2]]
-    return pairs, f"{path.name} ({len(pairs)} pairs)"
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -141,15 +116,12 @@ def client_capacity(pairs: list[tuple[str, str]], settings: BenchmarkConfig, log
     settings.client_check_seconds s; None when that is 0."""
     if settings.client_check_seconds <= 0:
         return None
-    with loadgen.TrivialEndpoint() as endpoint:
+    with trivial_endpoint.TrivialEndpoint() as endpoint:
         trivial = loadgen.load(
             endpoint.url,
             {},
             pairs,
-            concurrency=settings.concurrency,
-            duration=settings.client_check_seconds,
-            warmup=0.5,
-            progress_every=None,
+            Load(concurrency=settings.concurrency, duration=settings.client_check_seconds, warmup=0.5),
         )
     log.info(
         "load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
@@ -169,7 +141,7 @@ def _single_client(
 ) -> SingleClient | None:
     if seconds <= 0:
         return None
-    lone = loadgen.load(url, headers, pairs, concurrency=1, duration=seconds, progress_every=None)
+    lone = loadgen.load(url, headers, pairs, Load(concurrency=1, duration=seconds))
     latency = lone.latency()
     return SingleClient(
         requests=len(lone.measured),
@@ -230,7 +202,7 @@ def run(
     with StageProgress("benchmark", planned_seconds(settings, resolved, traced is not None), log=log) as progress:
         bench = _measure(server, model_name, pairs, pool, traced, config, resolved, log, accuracy, progress)
         progress.phase("wrap-up", "regression against earlier runs, the chart, benchmark.json")
-        bench.fingerprint = regression.fingerprint(config, resolved)
+        bench.fingerprint = fingerprint(config, resolved)
         bench.regression = regression.check(
             bench,
             bench.fingerprint,
@@ -316,18 +288,18 @@ def measure_setting(
             url,
             server.inference_headers(),
             pairs,
-            mode=settings.mode,
-            concurrency=settings.concurrency,
-            duration=settings.duration,
-            requests=settings.requests,
-            rate=settings.rate,
-            warmup=settings.warmup,
-            arrivals=settings.arrivals,
-            seed=settings.capacity.seed,
-            progress_every=settings.progress_every if progress is not None else None,
-            log=log,
-            on_progress=progress.load("load") if progress is not None else None,
-            max_backlog=settings.concurrency if settings.mode == "open" else None,
+            Load(
+                mode=settings.mode,
+                concurrency=settings.concurrency,
+                duration=settings.duration,
+                requests=settings.requests,
+                rate=settings.rate if settings.mode == "open" else None,
+                warmup=settings.warmup,
+                arrivals=settings.arrivals,
+                seed=settings.capacity.seed,
+                max_backlog=settings.concurrency if settings.mode == "open" else None,
+            ),
+            Watch(settings.progress_every, log, on_progress=progress.load("load")) if progress is not None else QUIET,
         )
         cpu_1 = cpu_snapshot(server)
     bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
@@ -362,7 +334,7 @@ def measure_setting(
             f"within {settings.capacity.bound_ms:g} ms",
         )
         bench.capacity = measure_capacity(url, server.inference_headers(), pairs, settings, bench.requests_per_s, log)
-    log.info(figures.headline(bench))
+    log.info(figure_text.headline(bench))
     bench.warnings = _warnings(bench)
     for warning in bench.warnings:
         log.warning(warning)
@@ -386,7 +358,7 @@ def unreliable_comparison(bench: BenchmarkResult, ceiling: ceiling_stage.Ceiling
 
 def _warnings(bench: BenchmarkResult) -> list[str]:
     """Figures a reader should not trust, and why: a busy host, an unstable load, an unsteady comparison."""
-    warnings = regression.busy_host_warnings(bench)
+    warnings = busy_host_warnings(bench)
     if bench.comparison_unreliable:
         warnings.append(
             f"served / in-process {bench.served_over_ceiling:.2f} is unreliable tonight: "

@@ -20,12 +20,12 @@ from tasks.common.config import RunConfig
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.measure import loadgen
-from tasks.measure.benchmark import load_pool
 from tasks.prepare.archive import Archive, archive
 from tasks.prepare.trace import TracedModel
 from tasks.serve.clients import Inference, Prediction
 from tasks.serve.register import register, scale, unregister
 from tasks.serve.server import Server
+from tasks.verify.pairs import load_pool
 
 # Pairs of the pool sent to both registrations to compare labels (after the timed loads).
 LABEL_SAMPLE = 60
@@ -91,13 +91,12 @@ def compare(
     phases = {names[0]: each, "register": REGISTER_S, names[1]: each, "restore": REGISTER_S}
     pairs, pool = load_pool(settings.pairs_file)
     sample = pairs[:LABEL_SAMPLE]
-    options = dict(
+    load = loadgen.Load(
         mode=settings.mode,
         concurrency=settings.concurrency,
         duration=settings.compare_seconds,
-        rate=settings.rate,
+        rate=settings.rate if settings.mode == "open" else None,
         warmup=settings.warmup,
-        progress_every=settings.progress_every,
     )
     results: dict[str, loadgen.LoadResult] = {}
     labels: dict[str, list[str]] = {}
@@ -108,7 +107,8 @@ def compare(
         # first calls are slow), as the benchmark warmed the bucketed one, so the timed loads compare alike.
         labels[name] = [p.answer for p in _answers(server, name, sample)]
         url = f"{server.inference_url}/predictions/{name}"
-        results[name] = loadgen.load(url, server.inference_headers(), pairs, **options, on_progress=progress.load(name))
+        watch = loadgen.Watch(settings.progress_every, log, on_progress=progress.load(name))
+        results[name] = loadgen.load(url, server.inference_headers(), pairs, load, watch)
         if results[name].errors:
             log.warning("bucket comparison: %d errors from %s", results[name].errors, name)
 

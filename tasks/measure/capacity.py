@@ -207,10 +207,7 @@ def poisson_steps(
     `concurrency` caps the open connections, and as many requests may wait for one; more are dropped."""
 
     def measure(rate: float, seconds: float) -> CapacityStep:
-        result = loadgen.load(
-            url,
-            headers,
-            pairs,
+        poisson = loadgen.Load(
             mode="open",
             arrivals="poisson",
             seed=seed,
@@ -219,8 +216,8 @@ def poisson_steps(
             warmup=warmup,
             concurrency=concurrency,
             max_backlog=concurrency,
-            progress_every=None,
         )
+        result = loadgen.load(url, headers, pairs, poisson)
         return step_of(result, percentile, bound_ms)
 
     return measure

@@ -42,9 +42,9 @@ from pydantic import BaseModel
 
 from serving.contract import ModelInfo, encode_pairs, pad_to_batch
 from tasks.common import child
-from tasks.common.config import ResolvedServing
 from tasks.common.errors import PipelineError
 from tasks.common.runlog import stage_logger
+from tasks.common.sizing import ResolvedServing
 from tasks.measure.loadgen import PairPool
 from tasks.serve import cores
 

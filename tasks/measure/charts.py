@@ -27,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from tasks.measure import figures
+from tasks.measure import figure_text
 
 SMALL = {"figsize": (6.4, 3.2), "dpi": 72}  # ~460 x 230 px: legible in the UI, ~20-40 KB
 LARGE = {"figsize": (10, 5), "dpi": 100}
@@ -81,7 +81,7 @@ def timeline_chart(bench, path: Path, size: dict = LARGE) -> Path:
     latency.set_ylabel("latency, ms")
     latency.set_ylim(bottom=0)
     _legend(throughput, latency, "lower right", 8)
-    throughput.set_title(figures.title(bench), fontsize=10 if size is LARGE else 7, wrap=True)
+    throughput.set_title(figure_text.title(bench), fontsize=10 if size is LARGE else 7, wrap=True)
     return _save(figure, path)
 
 

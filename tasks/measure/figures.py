@@ -1,10 +1,10 @@
-"""figures: every benchmark figure -- its name, how it is read off a BenchmarkResult, its unit, which way is
-better, its label -- and every way the figures are shown.
+"""figures: the catalogue of every benchmark figure -- its name, how it is read off a BenchmarkResult, its unit,
+which way is better, its label.
 
 FIGURES is the one list. From it come: the benchmark table artifact (`table_rows`, one row per figure,
-named by `Figure.name`), the flow log's headline (`headline`), the summary artifact's lines
-(`markdown_lines`), the chart's title (`title`), and the figures tasks/measure/regression.py compares
-and filters on (it imports the Figure objects, never their names).
+named by `Figure.name`), the figures tasks/measure/regression.py compares and filters on (it imports the Figure
+objects, never their names), and every way they are shown in words (tasks/measure/figure_text.py: the flow log's
+headline, the summary artifact's lines, the chart's title).
 
 A figure's `name` is the row name in the table artifacts of earlier nights, which the regression reads
 back: renaming one cuts tonight off from its history. Rename a field of BenchmarkResult freely; keep
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -28,24 +28,11 @@ Value = float | int | str | None
 class Figure:
     name: str  # the table artifact's row: stable from night to night
     read: Callable[[BenchmarkResult], Value]  # None: not measured in this run
+    _: KW_ONLY
     unit: str = ""
     higher_is_better: bool | None = None  # None: context for a reader, not a performance figure
     label: str = ""  # what a line of text calls it
     fmt: str = ".3g"
-
-    def value(self, bench: BenchmarkResult) -> Value:
-        return self.read(bench)
-
-    def text(self, bench: BenchmarkResult, labelled: bool = True) -> str | None:
-        """'p90 1070 ms'; None when not measured."""
-        value = self.read(bench)
-        if value is None:
-            return None
-        if isinstance(value, float) and math.isnan(value):
-            return f"{self.label} n/a".strip()
-        shown = value if isinstance(value, str) else format(value, self.fmt)
-        shown += self.unit if self.unit == "x" else f" {self.unit}" if self.unit else ""
-        return f"{self.label} {shown}" if labelled and self.label else shown
 
 
 def _of(section: Callable[[BenchmarkResult], Any], read: Callable[[Any], Value]) -> Callable[[BenchmarkResult], Value]:
@@ -61,7 +48,14 @@ def _of(section: Callable[[BenchmarkResult], Any], read: Callable[[Any], Value])
 def _latency(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
     """p50, p90, p95, p99, mean, max of a LatencyMs."""
     return tuple(
-        Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False, f"{label}{key}", ".0f")
+        Figure(
+            f"{prefix} {key}",
+            _of(section, attrgetter(key)),
+            unit="ms",
+            higher_is_better=False,
+            label=f"{label}{key}",
+            fmt=".0f",
+        )
         for key in ("p50", "p90", "p95", "p99", "mean", "max")
     )
 
@@ -72,7 +66,14 @@ def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) ->
     return (
         count,
         *(
-            Figure(f"{prefix} {key}", _of(section, attrgetter(key)), "ms", False, f"{label} {key}", ".0f")
+            Figure(
+                f"{prefix} {key}",
+                _of(section, attrgetter(key)),
+                unit="ms",
+                higher_is_better=False,
+                label=f"{label} {key}",
+                fmt=".0f",
+            )
             for key in ("p50", "p90", "p95", "p99", "mean", "max")
         ),
     )
@@ -128,62 +129,118 @@ def _cpu_ratio(cpu) -> Value:
 
 
 # --- the load ---------------------------------------------------------------------------------------
-REQUESTS_PER_S = Figure("requests_per_s", lambda b: b.requests_per_s, "requests/s", True, fmt=".1f")
-INFERENCES_PER_S = Figure("inferences_per_s", lambda b: b.inferences_per_s, "inferences/s", True, fmt=".1f")
+REQUESTS_PER_S = Figure(
+    "requests_per_s", lambda b: b.requests_per_s, unit="requests/s", higher_is_better=True, fmt=".1f"
+)
+INFERENCES_PER_S = Figure(
+    "inferences_per_s", lambda b: b.inferences_per_s, unit="inferences/s", higher_is_better=True, fmt=".1f"
+)
 REQUESTS = Figure("requests", lambda b: b.requests, label="requests", fmt="d")
 ERRORS = Figure("errors", lambda b: b.errors, higher_is_better=False, label="errors", fmt="d")
 CONCURRENCY = Figure("concurrency", lambda b: b.concurrency, label="concurrency", fmt="d")
-SECONDS = Figure("seconds", lambda b: b.seconds, "s", label="measured", fmt=".1f")
+SECONDS = Figure("seconds", lambda b: b.seconds, unit="s", label="measured", fmt=".1f")
 ERROR_RATE = Figure("error_rate", lambda b: b.error_rate, higher_is_better=False, label="error rate", fmt=".1%")
-MODE = Figure("mode", lambda b: b.mode, "loop")
-RATE = Figure("rate", lambda b: b.rate, "requests/s", label="asked for", fmt="g")
+MODE = Figure("mode", lambda b: b.mode, unit="loop")
+RATE = Figure("rate", lambda b: b.rate, unit="requests/s", label="asked for", fmt="g")
 FIRST_ERROR = Figure("first_error", lambda b: b.first_error, label="first error")
 PAIRS = Figure("pairs", lambda b: b.pairs, label="pairs")
 SERVED_OVER_CEILING = Figure(
-    "served_over_ceiling", lambda b: b.served_over_ceiling, "", True, "served / in-process", ".2f"
+    "served_over_ceiling",
+    lambda b: b.served_over_ceiling,
+    unit="",
+    higher_is_better=True,
+    label="served / in-process",
+    fmt=".2f",
 )
 FINGERPRINT = Figure("fingerprint", lambda b: b.fingerprint, label="fingerprint")
 COMPARISON_UNRELIABLE = Figure("served_over_ceiling unreliable", lambda b: b.comparison_unreliable, label="unreliable")
 LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX = _latency(
     "latency_ms", lambda b: b.latency_ms, ""
 )
-ACCURACY = Figure("accuracy", lambda b: b.accuracy, "", True, "accuracy", ".4f")
+ACCURACY = Figure("accuracy", lambda b: b.accuracy, unit="", higher_is_better=True, label="accuracy", fmt=".4f")
 
 # --- open loop: asked for against what happened -------------------------------------------------------
 OPEN_OFFERED = Figure(
-    "open_loop offered_per_s", _open(lambda o: o.offered_per_s), "requests/s", label="offered", fmt="g"
+    "open_loop offered_per_s", _open(lambda o: o.offered_per_s), unit="requests/s", label="offered", fmt="g"
 )
-OPEN_SENT = Figure("open_loop sent_per_s", _open(lambda o: o.sent_per_s), "requests/s", label="sent", fmt=".1f")
+OPEN_SENT = Figure("open_loop sent_per_s", _open(lambda o: o.sent_per_s), unit="requests/s", label="sent", fmt=".1f")
 OPEN_ACHIEVED = Figure(
-    "open_loop achieved_per_s", _open(lambda o: o.achieved_per_s), "requests/s", True, "achieved", ".1f"
+    "open_loop achieved_per_s",
+    _open(lambda o: o.achieved_per_s),
+    unit="requests/s",
+    higher_is_better=True,
+    label="achieved",
+    fmt=".1f",
 )
-OPEN_LATE = Figure("open_loop late", _open(lambda o: o.late), "requests", False, "late", "d")
-OPEN_LATE_AFTER = Figure("open_loop late_after_ms", _open(lambda o: o.late_after_ms), "ms", label="late after", fmt="g")
-OPEN_DROPPED = Figure("open_loop dropped", _open(lambda o: o.dropped), "requests", False, "dropped", "d")
+OPEN_LATE = Figure(
+    "open_loop late", _open(lambda o: o.late), unit="requests", higher_is_better=False, label="late", fmt="d"
+)
+OPEN_LATE_AFTER = Figure(
+    "open_loop late_after_ms", _open(lambda o: o.late_after_ms), unit="ms", label="late after", fmt="g"
+)
+OPEN_DROPPED = Figure(
+    "open_loop dropped", _open(lambda o: o.dropped), unit="requests", higher_is_better=False, label="dropped", fmt="d"
+)
 
 # --- throughput per window: is the measurement stable? ----------------------------------------------------
-WINDOW_SECONDS = Figure("windows seconds", _windows(lambda w: w.seconds), "s", label="window", fmt="g")
+WINDOW_SECONDS = Figure("windows seconds", _windows(lambda w: w.seconds), unit="s", label="window", fmt="g")
 WINDOW_COUNT = Figure("windows count", _windows(lambda w: len(w.requests_per_s)), label="windows", fmt="d")
-WINDOW_CV = Figure("windows cv", _windows(lambda w: w.cv), "", False, "throughput CV", ".3f")
+WINDOW_CV = Figure(
+    "windows cv", _windows(lambda w: w.cv), unit="", higher_is_better=False, label="throughput CV", fmt=".3f"
+)
 WINDOW_STABLE = Figure("windows stable", _windows(lambda w: "stable" if w.stable else "UNSTABLE"))
 
 # --- model load, per worker (the slowest), from TorchServe's log -----------------------------------------
 LOAD_READY = Figure(
-    "model_load register_to_ready_s", _load(lambda m: m.register_to_ready_s), "s", False, "load to READY", ".1f"
+    "model_load register_to_ready_s",
+    _load(lambda m: m.register_to_ready_s),
+    unit="s",
+    higher_is_better=False,
+    label="load to READY",
+    fmt=".1f",
 )
 LOAD_WORKER = Figure(
-    "model_load worker_load_ms", _load(lambda m: m.worker_load_ms), "ms", False, "worker's own load", ".0f"
+    "model_load worker_load_ms",
+    _load(lambda m: m.worker_load_ms),
+    unit="ms",
+    higher_is_better=False,
+    label="worker's own load",
+    fmt=".0f",
 )
 
 # --- host memory: TorchServe's RSS during the load, peaks ---------------------------------------------------
 MEMORY_FRONTEND = Figure(
-    "memory frontend_rss_mib", _memory(lambda m: m.frontend_rss_mib), "MiB", False, "frontend", ".0f"
+    "memory frontend_rss_mib",
+    _memory(lambda m: m.frontend_rss_mib),
+    unit="MiB",
+    higher_is_better=False,
+    label="frontend",
+    fmt=".0f",
 )
-MEMORY_WORKERS = Figure("memory workers_rss_mib", _memory(lambda m: m.workers_rss_mib), "MiB", False, "workers", ".0f")
+MEMORY_WORKERS = Figure(
+    "memory workers_rss_mib",
+    _memory(lambda m: m.workers_rss_mib),
+    unit="MiB",
+    higher_is_better=False,
+    label="workers",
+    fmt=".0f",
+)
 MEMORY_WORKER = Figure(
-    "memory worker_rss_mib", _memory(lambda m: m.worker_rss_mib), "MiB", False, "largest worker", ".0f"
+    "memory worker_rss_mib",
+    _memory(lambda m: m.worker_rss_mib),
+    unit="MiB",
+    higher_is_better=False,
+    label="largest worker",
+    fmt=".0f",
 )
-MEMORY_TOTAL = Figure("memory total_rss_mib", _memory(lambda m: m.total_rss_mib), "MiB", False, "TorchServe RSS", ".0f")
+MEMORY_TOTAL = Figure(
+    "memory total_rss_mib",
+    _memory(lambda m: m.total_rss_mib),
+    unit="MiB",
+    higher_is_better=False,
+    label="TorchServe RSS",
+    fmt=".0f",
+)
 
 # --- the accelerator (or the workers' CPU) during the load ------------------------------------------------------
 ACCEL_KIND = Figure("accelerator kind", _accelerator(lambda a: a.kind), label="from")
@@ -191,26 +248,26 @@ ACCEL_SOURCE = Figure("accelerator source", _accelerator(lambda a: a.source), la
 ACCEL_UTIL_MEAN = Figure(
     "accelerator utilization_pct_mean",
     _accelerator(lambda a: a.utilization_pct_mean),
-    "%",
-    True,
-    "utilisation mean",
-    ".1f",
+    unit="%",
+    higher_is_better=True,
+    label="utilisation mean",
+    fmt=".1f",
 )
 ACCEL_UTIL_MAX = Figure(
-    "accelerator utilization_pct_max", _accelerator(lambda a: a.utilization_pct_max), "%", label="max", fmt=".1f"
+    "accelerator utilization_pct_max", _accelerator(lambda a: a.utilization_pct_max), unit="%", label="max", fmt=".1f"
 )
 ACCEL_DEVICE_MEMORY = Figure(
     "accelerator device_memory_used_mib",
     _accelerator(lambda a: a.device_memory_used_mib),
-    "MiB",
-    False,
-    "device memory peak",
-    ".0f",
+    unit="MiB",
+    higher_is_better=False,
+    label="device memory peak",
+    fmt=".0f",
 )
 ACCEL_DEVICE_TOTAL = Figure(
     "accelerator device_memory_total_mib",
     _accelerator(lambda a: a.device_memory_total_mib),
-    "MiB",
+    unit="MiB",
     label="of",
     fmt=".0f",
 )
@@ -218,50 +275,68 @@ ACCEL_DEVICE_TOTAL = Figure(
 # --- the ceiling: the traced model in-process, no server --------------------------------------------
 CEILING_BATCH_SIZE = Figure("ceiling batch_size", _ceiling(lambda c: c.batch_size), label="batch size", fmt="d")
 CEILING_MAX_LENGTH = Figure("ceiling max_length", _ceiling(lambda c: c.max_length), label="max length", fmt="d")
-CEILING_THREADS = Figure("ceiling threads", _ceiling(lambda c: c.threads), "threads", fmt="d")
+CEILING_THREADS = Figure("ceiling threads", _ceiling(lambda c: c.threads), unit="threads", fmt="d")
 CEILING_LAYOUT = Figure("ceiling best_layout", _ceiling(lambda c: c.best_layout), label="best layout")
 CEILING_BATCHES_PER_S = Figure(
-    "ceiling batches_per_s", _ceiling(lambda c: c.batches_per_s), "batches/s", True, fmt=".1f"
+    "ceiling batches_per_s", _ceiling(lambda c: c.batches_per_s), unit="batches/s", higher_is_better=True, fmt=".1f"
 )
 CEILING_INFERENCES_PER_S = Figure(
-    "ceiling inferences_per_s", _ceiling(lambda c: c.inferences_per_s), "inferences/s", True, fmt=".1f"
+    "ceiling inferences_per_s",
+    _ceiling(lambda c: c.inferences_per_s),
+    unit="inferences/s",
+    higher_is_better=True,
+    fmt=".1f",
 )
 CEILING_BATCH_MS = Figure(
-    "ceiling batch_latency_ms", _ceiling(lambda c: c.batch_latency_ms), "ms", False, "one full batch", ".0f"
+    "ceiling batch_latency_ms",
+    _ceiling(lambda c: c.batch_latency_ms),
+    unit="ms",
+    higher_is_better=False,
+    label="one full batch",
+    fmt=".0f",
 )
 CEILING_LONE_BATCH_MS = Figure(
     "ceiling lone_batch_latency_ms",
     _ceiling(lambda c: c.lone_batch_latency_ms),
-    "ms",
-    False,
-    "a lone request's batch",
-    ".0f",
+    unit="ms",
+    higher_is_better=False,
+    label="a lone request's batch",
+    fmt=".0f",
 )
 CEILING_WORKER_LONE_BATCH_MS = Figure(
     "ceiling worker_lone_batch_latency_ms",
     _ceiling(lambda c: c.worker_lone_batch_latency_ms),
-    "ms",
-    False,
-    "the same at one worker's threads",
-    ".0f",
+    unit="ms",
+    higher_is_better=False,
+    label="the same at one worker's threads",
+    fmt=".0f",
 )
 CEILING_OTHER_CORES = Figure(
-    "ceiling other_cores", _ceiling(lambda c: c.other_cores), "cores", False, "other work on the host meanwhile", ".2f"
+    "ceiling other_cores",
+    _ceiling(lambda c: c.other_cores),
+    unit="cores",
+    higher_is_better=False,
+    label="other work on the host meanwhile",
+    fmt=".2f",
 )
-CEILING_CV = Figure("ceiling cv", _ceiling(lambda c: c.cv), "", False, "CV over its windows", ".3f")
+CEILING_CV = Figure(
+    "ceiling cv", _ceiling(lambda c: c.cv), unit="", higher_is_better=False, label="CV over its windows", fmt=".3f"
+)
 
 # --- the load generator alone, against a trivial local endpoint ----------------------------------------
-CLIENT_REQUESTS_PER_S = Figure("client requests_per_s", _client(lambda c: c.requests_per_s), "requests/s", fmt=".0f")
+CLIENT_REQUESTS_PER_S = Figure(
+    "client requests_per_s", _client(lambda c: c.requests_per_s), unit="requests/s", fmt=".0f"
+)
 CLIENT_CONCURRENCY = Figure("client concurrency", _client(lambda c: c.concurrency), label="concurrency", fmt="d")
-CLIENT_SECONDS = Figure("client seconds", _client(lambda c: c.seconds), "s", label="measured", fmt=".1f")
+CLIENT_SECONDS = Figure("client seconds", _client(lambda c: c.seconds), unit="s", label="measured", fmt=".1f")
 CLIENT_LATENCY = _latency("client latency_ms", lambda b: b.client and b.client.latency_ms, "")
 CLIENT_OVER_SERVED = Figure(
-    "client over_served", _client(lambda c: c.over_served), "x", label="load generator / served", fmt=".0f"
+    "client over_served", _client(lambda c: c.over_served), unit="x", label="load generator / served", fmt=".0f"
 )
 
 # --- a lone client ------------------------------------------------------------------------------------
 SINGLE_REQUESTS = Figure("single_client requests", _single(lambda s: s.requests), label="requests", fmt="d")
-SINGLE_SECONDS = Figure("single_client seconds", _single(lambda s: s.seconds), "s", label="measured", fmt=".1f")
+SINGLE_SECONDS = Figure("single_client seconds", _single(lambda s: s.seconds), unit="s", label="measured", fmt=".1f")
 SINGLE_LATENCY = _latency(
     "single_client latency_ms", lambda b: b.single_client and b.single_client.latency_ms, "lone client "
 )
@@ -270,18 +345,18 @@ SINGLE_P90 = SINGLE_LATENCY[1]
 SINGLE_OVER_BATCH = Figure(
     "single_client over_batch_latency",
     _single(lambda s: s.over_batch_latency),
-    "x",
-    False,
-    "lone p50 / the same batch in-process",
-    ".2f",
+    unit="x",
+    higher_is_better=False,
+    label="lone p50 / the same batch in-process",
+    fmt=".2f",
 )
 SINGLE_OVER_WORKER_BATCH = Figure(
     "single_client over_worker_batch_latency",
     _single(lambda s: s.over_worker_batch_latency),
-    "x",
-    False,
-    "lone p50 / the same batch at one worker's threads",
-    ".2f",
+    unit="x",
+    higher_is_better=False,
+    label="lone p50 / the same batch at one worker's threads",
+    fmt=".2f",
 )
 
 # --- TorchServe's own times ---------------------------------------------------------------------------
@@ -295,46 +370,64 @@ POSTPROCESS = _stat("server postprocess_ms", lambda b: b.server and b.server.pos
 WORKER_THREAD = _stat(
     "server worker_thread_ms", lambda b: b.server and b.server.worker_thread_ms, "frontend around the worker"
 )
-BATCHES = Figure("server batches", _server(lambda s: s.batches), "batches", fmt="d")
-BATCH_FILL = Figure("server mean_batch_fill", _server(lambda s: s.mean_batch_fill), "requests per batch", fmt=".1f")
+BATCHES = Figure("server batches", _server(lambda s: s.batches), unit="batches", fmt="d")
+BATCH_FILL = Figure(
+    "server mean_batch_fill", _server(lambda s: s.mean_batch_fill), unit="requests per batch", fmt=".1f"
+)
 
 # --- where the CPU went during the load ----------------------------------------------------------------
-CPU_SECONDS = Figure("cpu seconds", _cpu(lambda c: c.seconds), "s", label="measured", fmt=".1f")
-CPU_HOST_CORES = Figure("cpu host_cores", _cpu(lambda c: c.host_cores), "CPUs", label="host", fmt="d")
-CPU_WORKERS_CORES = Figure("cpu workers_cores", _cpu(lambda c: c.workers_cores), "cores", label="workers", fmt=".2f")
-CPU_FRONTEND_CORES = Figure(
-    "cpu frontend_cores", _cpu(lambda c: c.frontend_cores), "cores", label="frontend", fmt=".2f"
+CPU_SECONDS = Figure("cpu seconds", _cpu(lambda c: c.seconds), unit="s", label="measured", fmt=".1f")
+CPU_HOST_CORES = Figure("cpu host_cores", _cpu(lambda c: c.host_cores), unit="CPUs", label="host", fmt="d")
+CPU_WORKERS_CORES = Figure(
+    "cpu workers_cores", _cpu(lambda c: c.workers_cores), unit="cores", label="workers", fmt=".2f"
 )
-CPU_CLIENT_CORES = Figure("cpu client_cores", _cpu(lambda c: c.client_cores), "cores", label="client", fmt=".2f")
+CPU_FRONTEND_CORES = Figure(
+    "cpu frontend_cores", _cpu(lambda c: c.frontend_cores), unit="cores", label="frontend", fmt=".2f"
+)
+CPU_CLIENT_CORES = Figure("cpu client_cores", _cpu(lambda c: c.client_cores), unit="cores", label="client", fmt=".2f")
 CPU_OTHER_CORES = Figure(
-    "cpu other_cores", _cpu(lambda c: c.other_cores), "cores", False, "other work on the host", ".2f"
+    "cpu other_cores",
+    _cpu(lambda c: c.other_cores),
+    unit="cores",
+    higher_is_better=False,
+    label="other work on the host",
+    fmt=".2f",
 )
 CPU_WORKER_MS_PER_REQUEST = Figure(
     "cpu worker_cpu_ms_per_request",
     _cpu(lambda c: c.worker_cpu_ms_per_request),
-    "CPU-ms",
-    False,
-    "workers per request",
-    ".1f",
+    unit="CPU-ms",
+    higher_is_better=False,
+    label="workers per request",
+    fmt=".1f",
 )
 CPU_CEILING_MS_PER_INFERENCE = Figure(
     "cpu ceiling_cpu_ms_per_inference",
     _cpu(lambda c: c.ceiling_cpu_ms_per_inference),
-    "CPU-ms",
-    False,
-    "in-process per inference",
-    ".1f",
+    unit="CPU-ms",
+    higher_is_better=False,
+    label="in-process per inference",
+    fmt=".1f",
 )
 
-CPU_WORKER_OVER_CEILING = Figure("cpu worker_over_ceiling", _cpu(_cpu_ratio), "x", False, "workers / in-process", ".3f")
+CPU_WORKER_OVER_CEILING = Figure(
+    "cpu worker_over_ceiling",
+    _cpu(_cpu_ratio),
+    unit="x",
+    higher_is_better=False,
+    label="workers / in-process",
+    fmt=".3f",
+)
 
 REGRESSION = Figure("regression", lambda b: b.regression.status if b.regression else None, label="regression")
 
-CAPACITY_RATE = Figure("capacity rate", _capacity(lambda c: c.rate), "requests/s", True, "capacity", ".1f")
-CAPACITY_FAILED = Figure(
-    "capacity failed_rate", _capacity(lambda c: c.failed_rate), "requests/s", label="failed at", fmt=".1f"
+CAPACITY_RATE = Figure(
+    "capacity rate", _capacity(lambda c: c.rate), unit="requests/s", higher_is_better=True, label="capacity", fmt=".1f"
 )
-CAPACITY_BOUND = Figure("capacity bound_ms", _capacity(lambda c: c.bound_ms), "ms", label="bound", fmt="g")
+CAPACITY_FAILED = Figure(
+    "capacity failed_rate", _capacity(lambda c: c.failed_rate), unit="requests/s", label="failed at", fmt=".1f"
+)
+CAPACITY_BOUND = Figure("capacity bound_ms", _capacity(lambda c: c.bound_ms), unit="ms", label="bound", fmt="g")
 CAPACITY_PERCENTILE = Figure("capacity percentile", _capacity(lambda c: c.percentile), label="percentile", fmt="g")
 CAPACITY_STEPS = Figure("capacity steps", _capacity(lambda c: len(c.steps)), label="steps", fmt="d")
 CAPACITY_STOPPED = Figure("capacity stopped", _capacity(lambda c: c.stopped), label="search ended")
@@ -342,16 +435,20 @@ CAPACITY_STOPPED = Figure("capacity stopped", _capacity(lambda c: c.stopped), la
 # MLPerf's inference scenarios, where a figure here answers the same question (so a reader can set them beside
 # published numbers): SingleStream's p90 of one query at a time, Offline's throughput with all the work
 # available at once (our closed loop), Server's Poisson rate within a tail-latency bound (the capacity).
-MLPERF_SINGLE_STREAM = Figure("mlperf SingleStream", SINGLE_P90.read, "ms", False, "SingleStream p90", ".0f")
+MLPERF_SINGLE_STREAM = Figure(
+    "mlperf SingleStream", SINGLE_P90.read, unit="ms", higher_is_better=False, label="SingleStream p90", fmt=".0f"
+)
 MLPERF_OFFLINE = Figure(
     "mlperf Offline",
     lambda b: b.inferences_per_s if b.mode == "closed" else None,
-    "inferences/s",
-    True,
-    "Offline",
-    ".1f",
+    unit="inferences/s",
+    higher_is_better=True,
+    label="Offline",
+    fmt=".1f",
 )
-MLPERF_SERVER = Figure("mlperf Server", CAPACITY_RATE.read, "requests/s", True, "Server", ".1f")
+MLPERF_SERVER = Figure(
+    "mlperf Server", CAPACITY_RATE.read, unit="requests/s", higher_is_better=True, label="Server", fmt=".1f"
+)
 
 FIGURES: tuple[Figure, ...] = (
     REQUESTS_PER_S,
@@ -447,159 +544,16 @@ FIGURES: tuple[Figure, ...] = (
 )
 
 
-# --- the ways they are shown ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Line:
-    """One line of text: a title and figures, shown when at least one of them was measured."""
-
-    title: str
-    figures: tuple[Figure, ...]
-    labelled: bool = True
-    strong: bool = False
-
-    def text(self, bench: BenchmarkResult) -> str | None:
-        shown = [t for t in (f.text(bench, self.labelled) for f in self.figures) if t is not None]
-        if not shown:
-            return None
-        text = f"{self.title}: {', '.join(shown)}"
-        return f"**{text}**" if self.strong else text
-
-
-HEADLINE = (
-    INFERENCES_PER_S,
-    MODE,
-    CONCURRENCY,
-    OPEN_OFFERED,
-    OPEN_ACHIEVED,
-    LATENCY_P50,
-    LATENCY_P90,
-    LATENCY_P95,
-    LATENCY_P99,
-    LATENCY_MAX,
-    ERRORS,
-    ERROR_RATE,
-    OPEN_LATE,
-    OPEN_DROPPED,
-    WINDOW_CV,
-    SERVED_OVER_CEILING,
-    CLIENT_OVER_SERVED,
-    SINGLE_P50,
-    SINGLE_OVER_BATCH,
-    SINGLE_OVER_WORKER_BATCH,
-    QUEUE[1],
-    HANDLER[1],
-    MODEL[1],
-    BATCH_FILL,
-    CPU_WORKERS_CORES,
-    CPU_FRONTEND_CORES,
-    CPU_CLIENT_CORES,
-    CPU_OTHER_CORES,
-    CPU_WORKER_MS_PER_REQUEST,
-    CPU_CEILING_MS_PER_INFERENCE,
-    MEMORY_TOTAL,
-    LOAD_READY,
-    CAPACITY_RATE,
-    CAPACITY_BOUND,
-)
-TITLE = (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, SERVED_OVER_CEILING)
-SUMMARY = Line("Benchmark", (INFERENCES_PER_S, MODE, CONCURRENCY, LATENCY_P50, LATENCY_P90, LATENCY_P99, ERRORS))
-DETAILS = (
-    Line("MLPerf's scenarios, as measured here", (MLPERF_SINGLE_STREAM, MLPERF_OFFLINE, MLPERF_SERVER), strong=True),
-    Line("Served / in-process", (SERVED_OVER_CEILING, COMPARISON_UNRELIABLE), labelled=False, strong=True),
-    Line(
-        "Latency (client)", (LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MAX, LATENCY_MEAN, ERROR_RATE)
-    ),
-    Line(
-        "Open loop (latency from the intended send)", (OPEN_OFFERED, OPEN_SENT, OPEN_ACHIEVED, OPEN_LATE, OPEN_DROPPED)
-    ),
-    Line("Throughput per window", (WINDOW_SECONDS, WINDOW_COUNT, WINDOW_CV, WINDOW_STABLE)),
-    Line(
-        "Worker CPU per request vs in-process per inference",
-        (CPU_WORKER_MS_PER_REQUEST, CPU_CEILING_MS_PER_INFERENCE, CPU_WORKER_OVER_CEILING),
-        strong=True,
-    ),
-    Line(
-        "Ceiling (the traced model in-process, no server)",
-        (
-            CEILING_INFERENCES_PER_S,
-            CEILING_CV,
-            CEILING_THREADS,
-            CEILING_LAYOUT,
-            CEILING_BATCH_MS,
-            CEILING_LONE_BATCH_MS,
-            CEILING_WORKER_LONE_BATCH_MS,
-        ),
-    ),
-    Line(
-        "Load generator alone (trivial local endpoint; far above 1x: the client was not the limit)",
-        (CLIENT_REQUESTS_PER_S, CLIENT_OVER_SERVED),
-    ),
-    Line("Lone client (concurrency 1)", (SINGLE_P50, SINGLE_OVER_BATCH, SINGLE_OVER_WORKER_BATCH)),
-    Line(
-        "Capacity (Poisson arrivals; the highest offered rate within the bound)",
-        (CAPACITY_RATE, CAPACITY_PERCENTILE, CAPACITY_BOUND, CAPACITY_FAILED, CAPACITY_STEPS, CAPACITY_STOPPED),
-    ),
-    Line(
-        "TorchServe (queue per request; the handler and its phases per batch)",
-        (
-            QUEUE[1],
-            QUEUE[2],
-            QUEUE[4],
-            HANDLER_METRIC,
-            HANDLER[1],
-            HANDLER[2],
-            HANDLER[4],
-            PREPROCESS[1],
-            PREPROCESS[2],
-            MODEL[1],
-            MODEL[2],
-            MODEL[4],
-            POSTPROCESS[1],
-            POSTPROCESS[2],
-            BATCH_FILL,
-        ),
-    ),
-    Line("Model load (slowest worker)", (LOAD_READY, LOAD_WORKER)),
-    Line("Memory (RSS peak during the load)", (MEMORY_FRONTEND, MEMORY_WORKERS, MEMORY_WORKER, MEMORY_TOTAL)),
-    Line(
-        "Accelerator during the load",
-        (ACCEL_KIND, ACCEL_UTIL_MEAN, ACCEL_UTIL_MAX, ACCEL_DEVICE_MEMORY, ACCEL_DEVICE_TOTAL),
-    ),
-    Line("Accuracy (the check stage's accuracy file)", (ACCURACY,)),
-    Line(
-        "CPU during the load",
-        (
-            CPU_HOST_CORES,
-            CPU_WORKERS_CORES,
-            CPU_FRONTEND_CORES,
-            CPU_CLIENT_CORES,
-            CPU_OTHER_CORES,
-            CPU_WORKER_MS_PER_REQUEST,
-            CPU_CEILING_MS_PER_INFERENCE,
-        ),
-    ),
-)
-
-
-def _result(bench: BenchmarkResult | dict) -> BenchmarkResult:
-    """summary.json's `benchmark` is the result's dump: read it back typed."""
-    return bench if isinstance(bench, BenchmarkResult) else BenchmarkResult.model_validate(bench)
-
-
-def values(bench: BenchmarkResult | dict) -> dict[str, Value]:
+def values(bench: BenchmarkResult) -> dict[str, Value]:
     """{figure name: value} of every measured figure: what the table artifact holds, unrounded."""
-    bench = _result(bench)
-    return {f.name: value for f in FIGURES if (value := f.value(bench)) is not None}
+    return {f.name: value for f in FIGURES if (value := f.read(bench)) is not None}
 
 
-def table_rows(bench: BenchmarkResult | dict) -> list[dict]:
+def table_rows(bench: BenchmarkResult) -> list[dict]:
     """The benchmark table artifact: one row per measured figure (NaN as null), plus one per ceiling layout."""
-    bench = _result(bench)
     rows = []
     for figure in FIGURES:
-        value = figure.value(bench)
+        value = figure.read(bench)
         if value is None:
             continue
         if isinstance(value, float):
@@ -614,64 +568,3 @@ def table_rows(bench: BenchmarkResult | dict) -> list[dict]:
             }
         )
     return rows
-
-
-def headline(bench: BenchmarkResult) -> str:
-    """The flow log's one line on the benchmark."""
-    return "benchmark: " + ", ".join(t for f in HEADLINE if (t := f.text(bench)) is not None)
-
-
-def title(bench: BenchmarkResult) -> str:
-    """benchmark.png's title."""
-    return ", ".join(t for f in TITLE if (t := f.text(bench)) is not None)
-
-
-def markdown_lines(bench: BenchmarkResult | dict) -> list[str]:
-    """The summary artifact's benchmark section: the figures, the warnings, the regression verdict. (The
-    summary embeds the pictures and names their files itself: a path on the worker's disk is no picture.)"""
-    bench = _result(bench)
-    lines = ["", SUMMARY.text(bench) or "", ""]
-    lines += [f"- {text}" for line in DETAILS if (text := line.text(bench)) is not None]
-    lines += [f"- **Warning**: {warning}" for warning in bench.warnings]
-    if bench.server is not None and bench.server.note:
-        lines.append(f"- TorchServe's times: {bench.server.note}")
-    lines += capacity_table(bench.capacity)
-    if bench.regression is not None:
-        lines.append(f"- Regression check: **{bench.regression.status}** — {bench.regression.message}")
-        lines += regression_table(bench.regression)
-    return lines
-
-
-def capacity_table(capacity) -> list[str]:
-    """The capacity search's steps, in the order they ran: one markdown row each."""
-    if capacity is None or not capacity.steps:
-        return []
-    lines = [
-        "",
-        f"Capacity search ({capacity.rule}):",
-        "",
-        f"| offered requests/s | answered requests/s | p50 ms | p90 ms | p99 ms | errors | dropped | "
-        f"p{capacity.percentile:g} within {capacity.bound_ms:g} ms |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for step in capacity.steps:
-        lines.append(
-            f"| {step.rate:.1f} | {step.achieved:.1f} | {step.p50:.0f} | {step.p90:.0f} | {step.p99:.0f} | "
-            f"{step.errors} | {step.dropped} | {'**passed**' if step.passed else 'failed'} |"
-        )
-    return lines
-
-
-def regression_table(verdict) -> list[str]:
-    """What moved against earlier nights: one markdown row per compared figure."""
-    if not verdict.table:
-        return []
-    lines = ["", "| figure | tonight | median of earlier nights | change | allowed | |", "|---|---|---|---|---|---|"]
-    for row in verdict.table:
-        change = f"{row.relative:+.1%}" if row.relative is not None and not row.absolute else f"{row.change:+.4g}"
-        allowed = f"{row.allowed:.4g} {row.unit}".strip()
-        lines.append(
-            f"| {row.figure} | {row.current:.4g} | {row.baseline:.4g} | {change} | {allowed} | "
-            f"{'**regressed**' if row.regressed else 'ok'} |"
-        )
-    return lines

@@ -24,8 +24,8 @@ LoadProgress as the load begins, every `progress_every` s after (warm-up include
 once the load is over; without it, `log` gets a line every `progress_every` s of measured load. The
 callback runs on the load's event loop: it must be quick, and an error in it is logged, never raised.
 
-TrivialEndpoint answers ["paraphrase"] to any POST from a thread of its own: the same load
-generator against it shows what the client alone can sustain.
+The settings are one Load; who hears how it goes, one Watch. The trivial endpoint the client check measures it
+against is tasks/measure/trivial_endpoint.py.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ import itertools
 import logging
 import random
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.common.runlog import Log
 
@@ -277,9 +277,6 @@ def _progress_line(samples: list[Sample], now: float, window: float) -> str:
     )
 
 
-ARRIVALS = ("fixed", "poisson")
-
-
 def arrival_times(rate: float, arrivals: str = "fixed", seed: int = 0) -> Iterator[float]:
     """Open loop: the intended send times, in s from the start. fixed: every 1/rate s. poisson: exponential
     gaps of mean 1/rate (the bursts real traffic has, as MLPerf's Server scenario sends), from a seeded
@@ -293,41 +290,51 @@ def arrival_times(rate: float, arrivals: str = "fixed", seed: int = 0) -> Iterat
         now += generator.expovariate(rate)
 
 
+class Load(BaseModel):
+    """One load's settings: what it sends, how fast and for how long (the module's docstring says how each is
+    measured)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["closed", "open"] = "closed"
+    concurrency: int = Field(64, ge=1)  # closed: the clients; open: the connections, at most
+    duration: float = Field(30.0, ge=0)  # s of measured load (ignored with `requests`)
+    requests: int | None = Field(None, ge=1)  # measure this many requests instead of `duration` s
+    rate: float | None = Field(None, gt=0)  # open loop: requests/s
+    arrivals: Literal["fixed", "poisson"] = "fixed"  # open loop
+    seed: int = 0  # the Poisson arrivals': the same schedule every night
+    warmup: float = Field(0.0, ge=0)  # s sent, not measured
+    timeout: float = Field(120.0, gt=0)  # s one request may take
+    max_backlog: int | None = Field(None, ge=0)  # open loop: requests waiting for a connection before one is dropped
+
+    @model_validator(mode="after")
+    def _open_needs_a_rate(self) -> Load:
+        if self.mode == "open" and self.rate is None:
+            raise ValueError("open loop needs a rate > 0 (requests/s)")
+        return self
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Who hears how a load goes: `on_progress` a LoadProgress every `progress_every` s (warm-up included) and a
+    last one once it is over; without it, `log` a line every `progress_every` s of measured load. None: silent."""
+
+    progress_every: float | None = DEFAULT_PROGRESS_EVERY
+    log: Log | None = None
+    label: str = "benchmark"
+    on_progress: Callable[[LoadProgress], None] | None = None
+
+
+QUIET = Watch(progress_every=None)
+
+
 class LoadGenerator:
     """One load: its settings, and the state its clients share while it runs (run() once)."""
 
-    def __init__(
-        self,
-        url: str,
-        headers: dict | None,
-        pairs: list[tuple[str, str]],
-        *,
-        mode: str = "closed",
-        concurrency: int = 64,
-        duration: float = 30.0,
-        requests: int | None = None,
-        rate: float | None = None,
-        arrivals: str = "fixed",
-        seed: int = 0,
-        warmup: float = 0.0,
-        progress_every: float | None = DEFAULT_PROGRESS_EVERY,
-        log: Log | None = None,
-        label: str = "benchmark",
-        timeout: float = 120.0,
-        max_backlog: int | None = None,
-        on_progress: Callable[[LoadProgress], None] | None = None,
-    ):
-        if mode not in ("closed", "open"):
-            raise ValueError(f"mode must be 'closed' or 'open', not {mode!r}")
-        if mode == "open" and not (rate and rate > 0):
-            raise ValueError("open loop needs a rate > 0 (requests/s)")
-        if arrivals not in ARRIVALS:
-            raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
+    def __init__(self, url: str, headers: dict | None, pairs: list[tuple[str, str]], load: Load, watch: Watch = QUIET):
         self.url, self.headers, self.pool = url, headers or {}, PairPool(pairs)
-        self.mode, self.concurrency, self.duration, self.requests = mode, concurrency, duration, requests
-        self.rate, self.arrivals, self.seed, self.warmup = rate, arrivals, seed, warmup
-        self.progress_every, self.log, self.label = progress_every, log or logging.getLogger(__name__), label
-        self.timeout, self.max_backlog, self.on_progress = timeout, max_backlog, on_progress
+        self.load, self.watch = load, watch
+        self.log = watch.log or logging.getLogger(__name__)
         self.samples: list[Sample] = []
         self.errors: list[str] = []
         self.start = self.measure_from = self.stop_at = 0.0  # set once the clients are ready
@@ -342,11 +349,11 @@ class LoadGenerator:
         async with contextlib.AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(client) for client in self._clients()]
             self.start = time.monotonic()
-            self.measure_from = self.start + self.warmup
-            self.stop_at = self.measure_from + self.duration  # unused with `requests`
-            reporter = asyncio.create_task(self._progress()) if self.progress_every else None
+            self.measure_from = self.start + self.load.warmup
+            self.stop_at = self.measure_from + self.load.duration  # unused with `requests`
+            reporter = asyncio.create_task(self._progress()) if self.watch.progress_every else None
             try:
-                if self.mode == "closed":
+                if self.load.mode == "closed":
                     await asyncio.gather(*(self._closed_client(client) for client in clients))
                 else:
                     await self._open_schedule(clients)
@@ -354,36 +361,36 @@ class LoadGenerator:
                 if reporter is not None:
                     reporter.cancel()
         end = time.monotonic()
-        if self.on_progress is not None:
+        if self.watch.on_progress is not None:
             self._tell(done=True)
-        seconds = (end - self.measure_from) if self.requests is not None else self.duration
+        seconds = (end - self.measure_from) if self.load.requests is not None else self.load.duration
         return LoadResult(
-            mode=self.mode,
-            concurrency=self.concurrency,
-            rate=self.rate if self.mode == "open" else None,
+            mode=self.load.mode,
+            concurrency=self.load.concurrency,
+            rate=self.load.rate if self.load.mode == "open" else None,
             seconds=max(seconds, 0.0),
             samples=self.samples,
             first_error=self.errors[0] if self.errors else None,
-            arrivals=self.arrivals if self.mode == "open" else None,
+            arrivals=self.load.arrivals if self.load.mode == "open" else None,
         )
 
     def _clients(self) -> list[httpx.AsyncClient]:
         # One client with one connection per virtual user: httpcore's shared pool spends O(connections)
         # per request finding a free one, which at 64 connections makes the client, not the server, the limit.
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        timeout = httpx.Timeout(self.timeout, pool=None)
+        timeout = httpx.Timeout(self.load.timeout, pool=None)
         tls = ssl.create_default_context()  # one context for all clients (http:// never uses it)
         return [
             httpx.AsyncClient(headers=self.headers, timeout=timeout, limits=limits, verify=tls)
-            for _ in range(self.concurrency)
+            for _ in range(self.load.concurrency)
         ]
 
     def _claim(self, now: float) -> bool | None:
         """Whether a request sent at `now` is measured; None: no more requests."""
         if now < self.measure_from:
             return False
-        if self.requests is not None:
-            if self.counted >= self.requests:
+        if self.load.requests is not None:
+            if self.counted >= self.load.requests:
                 return None
         elif now >= self.stop_at:
             return None
@@ -415,8 +422,8 @@ class LoadGenerator:
         for client in clients:
             free.put_nowait(client)
         in_flight: set[asyncio.Task] = set()
-        assert self.rate is not None  # checked in __init__
-        for offset in arrival_times(self.rate, self.arrivals, self.seed):
+        assert self.load.rate is not None  # Load refuses an open loop without one
+        for offset in arrival_times(self.load.rate, self.load.arrivals, self.load.seed):
             intended = self.start + offset
             measured = self._claim(intended)
             if measured is None:
@@ -431,7 +438,8 @@ class LoadGenerator:
             await asyncio.gather(*in_flight)
 
     async def _send(self, free: asyncio.Queue[httpx.AsyncClient], intended: float, measured: bool) -> None:
-        if self.max_backlog is not None and free.empty() and self.waiting >= self.max_backlog:  # full: dropped
+        backlog = self.load.max_backlog
+        if backlog is not None and free.empty() and self.waiting >= backlog:  # full: dropped
             now = time.monotonic() - self.measure_from
             self.samples.append(Sample(intended - self.measure_from, now, now, False, measured, dropped=True))
             return
@@ -446,26 +454,26 @@ class LoadGenerator:
             free.put_nowait(client)
 
     def _tell(self, done: bool = False) -> None:
-        assert self.on_progress is not None
+        assert self.watch.on_progress is not None
         self.tally.add(self.samples)
         snapshot = _snapshot(
             self.tally,
             time.monotonic() - self.start,
-            self.warmup,
-            self.duration,
-            self.requests,
+            self.load.warmup,
+            self.load.duration,
+            self.load.requests,
             self.counted,
             self.last,
             done,
         )
         self.last = snapshot.fraction
         try:
-            self.on_progress(snapshot)
+            self.watch.on_progress(snapshot)
         except Exception as error:  # progress is for people: it never fails the measurement
             if not self.callback_failed:
                 self.log.warning(
                     "%s: the progress callback failed (%s: %s); the load goes on",
-                    self.label,
+                    self.watch.label,
                     type(error).__name__,
                     error,
                 )
@@ -474,8 +482,8 @@ class LoadGenerator:
     async def _progress(self) -> None:
         """The callback every progress_every s from the start; without one, a log line every progress_every s
         of measured load."""
-        every = self.progress_every or DEFAULT_PROGRESS_EVERY
-        if self.on_progress is not None:
+        every = self.watch.progress_every or DEFAULT_PROGRESS_EVERY
+        if self.watch.on_progress is not None:
             self._tell()  # the clients are ready: the load has begun
             tick = self.start
             while True:
@@ -486,93 +494,18 @@ class LoadGenerator:
         while True:
             tick += every
             await asyncio.sleep(max(0.0, tick - time.monotonic()))
-            self.log.info("%s %s", self.label, _progress_line(self.samples, tick - self.measure_from, every))
+            self.log.info("%s %s", self.watch.label, _progress_line(self.samples, tick - self.measure_from, every))
 
 
-async def run_load(url: str, headers: dict | None, pairs: list[tuple[str, str]], **options) -> LoadResult:
-    """One load (LoadGenerator's keyword options) from async code."""
-    return await LoadGenerator(url, headers, pairs, **options).run()
+async def run_load(
+    url: str, headers: dict | None, pairs: list[tuple[str, str]], load: Load, watch: Watch = QUIET
+) -> LoadResult:
+    """One load from async code."""
+    return await LoadGenerator(url, headers, pairs, load, watch).run()
 
 
-def load(url: str, headers: dict | None, pairs: list[tuple[str, str]], **options) -> LoadResult:
+def load(
+    url: str, headers: dict | None, pairs: list[tuple[str, str]], settings: Load, watch: Watch = QUIET
+) -> LoadResult:
     """run_load from synchronous code (a Prefect task, a test)."""
-    return asyncio.run(run_load(url, headers, pairs, **options))
-
-
-class TrivialEndpoint:
-    """A minimal HTTP/1.1 keep-alive server on 127.0.0.1 in a thread of its own.
-
-    Answers every request with `status` ["paraphrase"] after `delay` s. `serial=True` answers one
-    request at a time (a server with a single worker), so requests queue behind each other.
-    """
-
-    BODY = b'["paraphrase"]'
-
-    def __init__(self, delay: float = 0.0, serial: bool = False, status: int = 200, record: bool = False):
-        self.delay, self.serial, self.status, self.record = delay, serial, status, record
-        self.url = ""
-        self.served = 0
-        self.bodies: list[bytes] = []  # with record=True: every request body, in arrival order
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stopped: asyncio.Event | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                body = await reader.readexactly(length) if length else b""
-                if self.record:
-                    self.bodies.append(body)
-                if self.serial:
-                    async with self._lock:
-                        await asyncio.sleep(self.delay)
-                elif self.delay:
-                    await asyncio.sleep(self.delay)
-                self.served += 1
-                reason = b"OK" if self.status == 200 else b"Error"
-                writer.write(
-                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                    % (self.status, reason, len(self.BODY), self.BODY)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
-
-    def _serve(self) -> None:
-        async def main() -> None:
-            self._lock = asyncio.Lock()
-            self._stopped = asyncio.Event()
-            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
-            port = server.sockets[0].getsockname()[1]
-            self.url = f"http://127.0.0.1:{port}/predictions/trivial"
-            self._ready.set()
-            async with server:
-                await self._stopped.wait()
-
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(main())
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> TrivialEndpoint:
-        self._thread = threading.Thread(target=self._serve, name="trivial-endpoint", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the trivial endpoint did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
-        if self._thread is not None:
-            self._thread.join(10)
+    return asyncio.run(run_load(url, headers, pairs, settings, watch))

@@ -18,10 +18,10 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer
 
 from serving.contract import CLASS_NAMES, MODEL_INFO_FILE, ModelInfo
-from tasks.common.config import EMBEDDED_MODEL, ModelConfig
+from tasks.common.config import ModelConfig
 from tasks.common.errors import PipelineError
 from tasks.prepare.archive import Archive
-from tasks.prepare.trace import TracedModel, _detect_kind, class_names, embedded_model_dir
+from tasks.prepare.trace import TracedModel, checkpoint, class_names, detect_kind
 
 
 class BringError(PipelineError):
@@ -33,8 +33,7 @@ def from_traced(model: ModelConfig, batch_size: int, max_length: int, backend: s
     if model.traced is None:
         raise BringError("no graph to bring: model.traced is not set", fix="give --traced PATH.pt")
     out_dir.mkdir(parents=True, exist_ok=True)
-    source = str(embedded_model_dir()) if model.source == EMBEDDED_MODEL else model.source
-    local = model.source == EMBEDDED_MODEL or Path(model.source).is_dir()
+    source, local = checkpoint(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         config = AutoConfig.from_pretrained(source, local_files_only=local)
@@ -43,7 +42,7 @@ def from_traced(model: ModelConfig, batch_size: int, max_length: int, backend: s
             f"--traced {model.traced}: no tokenizer at model.source {model.source!r}: {error}",
             fix="give --model the tokenizer directory (or hub id) the graph was traced with",
         ) from None
-    kind = model.kind if model.kind != "auto" else _detect_kind(config)
+    kind = model.kind if model.kind != "auto" else detect_kind(config)
     graph = f"model_{max_length}.pt"
     shutil.copy2(model.traced, out_dir / graph)
     tokenizer_files = [Path(p).name for p in tokenizer.save_pretrained(str(out_dir)) if Path(p).is_file()]

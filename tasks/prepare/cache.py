@@ -28,7 +28,6 @@ from tasks.common.config import REPO_ROOT
 from tasks.common.versions import package_versions
 
 MANIFEST = "manifest.json"
-CACHE_ENV = "BERT_COMPILE_CACHE"
 # The code whose change changes the graph (the wrappers, the example inputs, the encoding).
 GRAPH_CODE = [
     REPO_ROOT / "tasks" / "prepare" / "trace.py",
@@ -43,11 +42,6 @@ GRAPH_CODE = [
 # kernels it may compile in; torch-xla and libneuronxla, which lower the traced model to the HLO it reads. Not
 # numpy, scipy or ml-dtypes: the compiler's helpers, with no report of them changing its output.
 COMPILER_DEPENDENCIES = ("islpy", "nki", "torch-xla", "libneuronxla")
-
-
-def default_dir() -> Path:
-    """$BERT_COMPILE_CACHE, else .cache/compile in the checkout (git-ignored)."""
-    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "compile")
 
 
 def file_hash(path: Path) -> str:

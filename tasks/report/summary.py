@@ -1,10 +1,10 @@
-"""report: the run directory, summary.json, and the same results as Prefect artifacts.
+"""report: the run directory, and the run's results (its RunSummary, tasks/report/run_summary.py) as Prefect
+artifacts.
 
 The artifacts' keys are per deployment (tasks/common/keys.py): `summary-nightly-cpu-embedded`,
 `benchmark-adhoc-cpu`. The summary artifact embeds its pictures (the throughput/latency chart and the
 latency histogram) as small data-URI PNGs, which the Prefect UI renders; the PNG files stay in the
-run directory too. summary.json and the run-config artifact carry the run's provenance
-(tasks/report/provenance.py).
+run directory too. The run-config artifact carries the run's provenance (tasks/report/provenance.py).
 
 Nothing here reads a key: the summary is built from typed results that never hold one.
 """
@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from tasks.common import keys
 from tasks.common.runlog import stage_logger
-from tasks.common.versions import package_versions
-from tasks.measure import figures
+from tasks.measure import figure_text, figures
 from tasks.measure.buckets import BucketComparison
 from tasks.measure.results import BenchmarkResult
-from tasks.report.provenance import provenance
+from tasks.report.run_summary import RunSummary
+from tasks.report.trend import CHART_ERRORS
 from tasks.verify.checks import CheckResult
 
-SUMMARY_FILE = "summary.json"
 PICTURES = {
     "throughput and latency": "throughput-latency.png",
     "latency histogram": "latency-histogram.png",
@@ -59,67 +55,6 @@ def make_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        **package_versions(
-            "torch",
-            "transformers",
-            "torchserve",
-            "torch-model-archiver",
-            "prefect",
-            "torch-neuronx",
-            "neuronx-cc",
-            "numpy",
-            "pydantic",
-            "httpx",
-        ),
-    }
-
-
-def host() -> dict:
-    """Which machine ran: enough to tell two nightly hosts (or a changed host) apart."""
-    import psutil
-
-    return {
-        "name": platform.node(),
-        "os": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-    }
-
-
-class StagesRecord(Protocol):
-    """How each stage ended (flows/stages.py Stages: flows/ imports tasks/, never the other way)."""
-
-    def failed(self) -> list: ...
-
-    def as_list(self) -> list[dict]: ...
-
-
-def build_summary(
-    stages: StagesRecord,
-    checks: list[CheckResult],
-    bench: BenchmarkResult | None,
-    config: dict,
-    extra: dict,
-) -> dict:
-    failed = stages.failed() or [c for c in checks if not c.passed]
-    return {
-        "status": "failed" if failed else "ok",
-        "stages": stages.as_list(),
-        "checks": [c.model_dump(exclude={"predictions"}) for c in checks],
-        "benchmark": bench.model_dump() if bench else None,
-        "versions": versions(),
-        "host": host(),
-        "provenance": provenance(config, extra.get("model")),
-        "config": config,
-        **extra,
-    }
-
-
 def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str, str]:
     """The summary's small PNGs in the run directory, {alt text: path}: the throughput/latency chart
     (bench.timeline, which only the typed result holds) and the latency histogram. A chart that cannot
@@ -140,7 +75,7 @@ def pictures(bench: BenchmarkResult | None, run_dir: Path, log=None) -> dict[str
     ):
         try:
             path = draw(run_dir / PICTURES[alt])
-        except Exception as error:  # a picture is not worth a failed run
+        except CHART_ERRORS as error:  # a picture is not worth a failed run; a bug raises
             log.warning("no %s picture: %s: %s", alt, type(error).__name__, error)
             continue
         if path is not None:
@@ -157,56 +92,43 @@ def _embedded(alt: str, path: str) -> str:
         return f"- {alt}: `{path}` (unreadable)"
 
 
-def write_summary(run_dir: Path, summary: dict) -> Path:
-    """summary.json, written whole or not at all: a reader -- the command line's last line, an interrupt's
-    backstop writing it again -- never sees half of it."""
-    path = run_dir / SUMMARY_FILE
-    partial = path.with_name(f".{SUMMARY_FILE}.{os.getpid()}.{threading.get_ident()}")
-    partial.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(partial, path)
-    return path
-
-
-def markdown(summary: dict, run_dir: Path) -> str:
+def markdown(summary: RunSummary, run_dir: Path) -> str:
     lines = [
-        f"# BERT serving validation: **{summary['status']}**",
+        f"# BERT serving validation: **{summary.status}**",
         "",
         f"Run directory: `{run_dir}`",
         "",
         "| stage | status | seconds |",
         "|---|---|---|",
     ]
-    lines += [
-        f"| {s['name']} | {s['status']}{' (' + s['reason'] + ')' if s.get('reason') else ''} | {s['seconds']:.1f} |"
-        for s in summary["stages"]
-    ]
-    cache = summary.get("trace") or {}
-    if cache.get("cache") in ("hit", "miss"):
-        saved = f", {cache['seconds_saved']:.1f} s saved" if cache["cache"] == "hit" else f" ({cache.get('reason')})"
-        lines += ["", f"Compile cache: **{cache['cache']}**" + saved]
-    errors = [s for s in summary["stages"] if s.get("error")]
-    if errors:
-        lines += ["", "## Failure", "", f"Stage **{errors[0]['name']}**:", "", "```", errors[0]["error"][-3000:], "```"]
-    if summary["checks"]:
+    for stage in summary.stages:
+        why = f" ({stage.reason})" if stage.reason else ""
+        lines.append(f"| {stage.name} | {stage.status}{why} | {stage.seconds:.1f} |")
+    cache = summary.trace
+    if cache is not None and cache.cache in ("hit", "miss"):
+        saved = f", {cache.seconds_saved or 0:.1f} s saved" if cache.cache == "hit" else f" ({cache.reason})"
+        lines += ["", f"Compile cache: **{cache.cache}**" + saved]
+    failed = next((s for s in summary.stages if s.error), None)
+    if failed is not None:
+        lines += ["", "## Failure", "", f"Stage **{failed.name}**:", "", "```", (failed.error or "")[-3000:], "```"]
+    if summary.checks:
         # A list, not a table: the UI keeps a table's cells on one line and cuts a long detail off at its edge.
         lines += ["", "## Checks", ""]
         lines += [
-            f"- ✓ {c['name']}: {c['detail']}" if c["passed"] else f"- ✗ **{c['name']}: failed**: {c['detail']}"
-            for c in summary["checks"]
+            f"- ✓ {c.name}: {c.detail}" if c.passed else f"- ✗ **{c.name}: failed**: {c.detail}" for c in summary.checks
         ]
-    bench = summary.get("benchmark")
+    bench = summary.benchmark
     if bench:
-        lines += figures.markdown_lines(bench)
-    drawn = summary.get("pictures") or {}
-    if drawn:
-        lines += [""] + [line for alt, path in drawn.items() for line in (_embedded(alt, path), "")]
-        files = [*drawn.values(), *([bench["chart"]] if bench and bench.get("chart") else [])]
+        lines += figure_text.markdown_lines(bench)
+    if summary.pictures:
+        lines += [""] + [line for alt, path in summary.pictures.items() for line in (_embedded(alt, path), "")]
+        files = [*summary.pictures.values(), *([bench.chart] if bench and bench.chart else [])]
         lines.append("In the run directory: " + ", ".join(f"`{Path(path).name}`" for path in files))
     return "\n".join(lines)
 
 
 def publish_artifacts(
-    summary: dict,
+    summary: RunSummary,
     checks: list[CheckResult],
     run_dir: Path,
     buckets: BucketComparison | None = None,
@@ -256,7 +178,7 @@ def publish_artifacts(
             {"figure": "true paraphrase / predicted paraphrase (tp)", "value": tp},
         ]
         create_table_artifact(key=keys.key(keys.ACCURACY, suffix), table=table, description=accuracy.detail)
-    bench = summary.get("benchmark")
+    bench = summary.benchmark
     if bench:
         create_table_artifact(
             key=keys.key(keys.BENCHMARK, suffix), table=figures.table_rows(bench), description="Benchmark figures"
@@ -290,7 +212,7 @@ def _flatten(prefix: str, value) -> list[tuple[str, object]]:
     return [(prefix, value)]
 
 
-def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
+def run_config_rows(parameters: dict, summary: RunSummary) -> list[dict]:
     """One row per setting, in a fixed order, so two runs' tables line up side by side:
     the flow's parameters, the run's provenance (git commit and dirty flag, instance type, compiler
     arguments, config hash), the configuration they gave, what `auto` resolved to, package versions
@@ -299,16 +221,16 @@ def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
         (
             "parameter",
             {
-                "config_file": parameters.get("config_file"),
+                "config_file": parameters.get("config_file") or "none: the defaults",
                 "settings": json.dumps(parameters.get("settings") or {}, sort_keys=True, default=str),
                 "overrides": json.dumps(parameters.get("overrides") or {}, sort_keys=True, default=str),
             },
         ),
-        ("provenance", summary.get("provenance") or {}),
-        ("config", summary.get("config") or {}),
-        ("resolved", summary.get("resolved") or {}),
-        ("version", summary.get("versions") or {}),
-        ("host", summary.get("host") or {}),
+        ("provenance", summary.provenance.model_dump(mode="json")),
+        ("config", summary.config.model_dump(mode="json")),
+        ("resolved", summary.resolved.model_dump(mode="json")),
+        ("version", summary.versions),
+        ("host", summary.host.model_dump(mode="json")),
     ]
     return [
         {
@@ -321,7 +243,7 @@ def run_config_rows(parameters: dict, summary: dict) -> list[dict]:
     ]
 
 
-def publish_run_config(parameters: dict, summary: dict, suffix: str = "adhoc-unknown") -> None:
+def publish_run_config(parameters: dict, summary: RunSummary, suffix: str = "adhoc-unknown") -> None:
     """The run's parameters, provenance, resolved configuration, versions and host as a table artifact."""
     from prefect.artifacts import create_table_artifact
 

@@ -11,7 +11,7 @@ run's benchmark artifact; status, failed stage, each stage's status and the regr
 outcome artifact (`outcome_rows`, published by every run for this). An earlier run without them --
 a crash, a run from before this artifact -- still gets a row from its Prefect state: "stage start
 failed: ..." in a Failed state's message names the stage. Earlier runs are read with the regression
-history's query (tasks/measure/regression.py `earlier_runs`): any parameters, any end state.
+history's query (tasks/measure/history.py `earlier_runs`): any parameters, any end state.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tasks.common import keys
+from tasks.common.prefect_api import API_ERRORS
 from tasks.common.runlog import stage_logger
 from tasks.measure.figures import (
     ACCURACY,
@@ -32,8 +33,12 @@ from tasks.measure.figures import (
     LATENCY_P99,
     SERVED_OVER_CEILING,
 )
+from tasks.report.run_summary import RunSummary
 
 RUNS = 14
+# What drawing a chart may raise short of a bug: matplotlib missing, a file that cannot be written, values it
+# refuses.
+CHART_ERRORS = (ImportError, OSError, ValueError)
 FIGURES = {
     "inferences_per_s": INFERENCES_PER_S,
     "p50_ms": LATENCY_P50,
@@ -50,24 +55,19 @@ FAILED_STAGE = re.compile(r"stage (\S+) failed")
 # --- this run's outcome, machine-readable ------------------------------------------------------
 
 
-def outcome_rows(summary: dict) -> list[dict]:
+def outcome_rows(summary: RunSummary) -> list[dict]:
     """The outcome table artifact: {"item", "value"} rows -- status, failed stage, `stage <name>`
     for each stage, regression, `regressed <figure>` for each regressed figure."""
-    stages = summary.get("stages") or []
-    failed = [s["name"] for s in stages if s.get("status") == "failed"]
-    rows = [
-        {"item": "status", "value": summary.get("status")},
-        {"item": "failed stage", "value": failed[0] if failed else None},
+    failed = summary.failed_stages()
+    rows: list[dict] = [
+        {"item": "status", "value": summary.status},
+        {"item": "failed stage", "value": failed[0].name if failed else None},
     ]
-    rows += [{"item": f"stage {s['name']}", "value": s.get("status")} for s in stages]
-    regression = (summary.get("benchmark") or {}).get("regression") or {}
-    if regression:
-        rows.append({"item": "regression", "value": regression.get("status")})
-        rows += [
-            {"item": f"regressed {row['figure']}", "value": row.get("current")}
-            for row in regression.get("table") or []
-            if row.get("regressed")
-        ]
+    rows += [{"item": f"stage {s.name}", "value": s.status} for s in summary.stages]
+    regression = summary.benchmark.regression if summary.benchmark else None
+    if regression is not None:
+        rows.append({"item": "regression", "value": regression.status})
+        rows += [{"item": f"regressed {row.figure}", "value": row.current} for row in regression.table if row.regressed]
     return rows
 
 
@@ -86,7 +86,7 @@ def _table(data) -> list[dict]:
 def row(name: str, started, state: str | None, message: str | None, outcome, benchmark) -> dict:
     """One trend row from a run's name, start, Prefect state (type name, message) and the data of its
     outcome and benchmark artifacts (either may be None)."""
-    from tasks.measure.regression import figures_of
+    from tasks.measure.history import figures_of
 
     rows = _table(outcome) if outcome is not None else []
     items = {item: r.get("value") for r in rows if isinstance(item := r.get("item"), str)}
@@ -114,19 +114,17 @@ def _when(started) -> str | None:
     return started.strftime("%Y-%m-%d %H:%M") if hasattr(started, "strftime") else str(started)[:16]
 
 
-def row_now(name: str, started, summary: dict) -> dict:
+def row_now(name: str, started, summary: RunSummary) -> dict:
     """This run's row, from its summary (its artifacts are not read back)."""
     from tasks.measure import figures
 
-    bench = summary.get("benchmark")
-    return row(
-        name, started, summary.get("status"), None, outcome_rows(summary), figures.table_rows(bench) if bench else None
-    )
+    bench = summary.benchmark
+    return row(name, started, summary.status, None, outcome_rows(summary), figures.table_rows(bench) if bench else None)
 
 
 def earlier_rows(suffix: str, limit: int = RUNS - 1) -> list[dict]:
     """Rows of this deployment's earlier ended runs, newest first; [] outside a flow run."""
-    from tasks.measure.regression import earlier_runs
+    from tasks.measure.history import earlier_runs
 
     earlier = (
         earlier_runs((keys.OUTCOME, keys.BENCHMARK), limit, suffix=suffix, completed_only=False, same_parameters=False)
@@ -205,44 +203,44 @@ def markdown(name: str, rows: list[dict], chart_uri: str | None) -> str:
     return "\n".join(lines)
 
 
-def publish_trend(name: str, suffix: str, run_name: str, started, summary: dict, run_dir: Path, log=None) -> str | None:
+def publish_trend(
+    name: str, suffix: str, run_name: str, started, summary: RunSummary, run_dir: Path, log=None
+) -> str | None:
     """Publish the trend artifact (`trend-<suffix>`) with this run's row (from its summary) on top;
-    returns its markdown. Never raises: without an API history the trend is this run alone, and a failure to
-    draw or publish it is a warning, not a failed run (to `log`, else the run's logger). Outside a flow run:
-    nothing to attach it to."""
+    returns its markdown. The API's failures are not a failed run: without its history the trend is this run
+    alone, a chart that cannot be drawn leaves the table, and an artifact the API refuses is a warning (to `log`,
+    else the run's logger). A bug raises. Outside a flow run: nothing to attach it to."""
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return None
     log = log or stage_logger(__name__)
+    now = row_now(run_name, started, summary)
     try:
-        now = row_now(run_name, started, summary)
-        try:
-            rows = [now] + earlier_rows(suffix)
-        except Exception as error:  # an unreadable history: this run alone, and the warning says so
-            log.warning(
-                "trend: could not read earlier runs (%s: %s): the trend shows this run alone",
-                type(error).__name__,
-                error,
-            )
-            rows = [now]
-        rows = rows[:RUNS]
-        chart_uri = None
-        try:
-            from tasks.measure.charts import SMALL, data_uri, trend_chart
+        rows = [now] + earlier_rows(suffix)
+    except API_ERRORS as error:  # an unreadable history: this run alone, and the warning says so
+        log.warning(
+            "trend: could not read earlier runs (%s: %s): the trend shows this run alone", type(error).__name__, error
+        )
+        rows = [now]
+    rows = rows[:RUNS]
+    chart_uri = None
+    try:
+        from tasks.measure.charts import SMALL, data_uri, trend_chart
 
-            directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
-            chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))
-        except Exception as error:  # a chart is not worth a lost trend: the table goes out without it
-            log.warning("trend: no chart (%s: %s): the trend artifact has the table only", type(error).__name__, error)
-        text = markdown(name, rows, chart_uri)
-        from prefect.artifacts import create_markdown_artifact
+        directory = run_dir if run_dir.is_dir() else Path(tempfile.mkdtemp())
+        chart_uri = data_uri(trend_chart(rows, directory / "trend.png", SMALL))
+    except CHART_ERRORS as error:  # a chart is not worth a lost trend: the table goes out without it
+        log.warning("trend: no chart (%s: %s): the trend artifact has the table only", type(error).__name__, error)
+    text = markdown(name, rows, chart_uri)
+    from prefect.artifacts import create_markdown_artifact
 
+    try:
         create_markdown_artifact(
             key=keys.key(keys.TREND, suffix), markdown=text, description=f"The last {len(rows)} runs of {name}"
         )
         return text
-    except Exception as error:  # a trend is not worth a failed run; the warning names what is missing
+    except API_ERRORS as error:  # a trend is not worth a failed run; the warning names what is missing
         log.warning(
             "trend not published (%s: %s): no %s artifact for this run",
             type(error).__name__,

@@ -26,12 +26,13 @@ from pydantic import BaseModel, SecretStr
 
 from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THREADS_ENV
 from tasks.common.child import without_neuron_runtime_settings
-from tasks.common.config import ResolvedServing, ServingConfig
+from tasks.common.config import ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import owner, port_free
-from tasks.common.processes import ProcessRef, ctrl_c_deferred, descendants, group_members, kill_group, tail
+from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
 from tasks.common.processes import stop as stop_processes
+from tasks.common.sizing import ResolvedServing
 from tasks.common.tools import environment_tool, with_environment_bin
 from tasks.serve import cores
 
@@ -295,6 +296,17 @@ def stop_stale(runs_dir: Path) -> list[str]:
     return stopped
 
 
+def free_for_tonight(runs_dir: Path, backend: str, workers: int) -> list[str]:
+    """Before tonight's work, in its first stage: stop what crashed nights left serving (stop_stale) -- on Neuron
+    their workers still hold the NeuronCores tonight's compile child needs, until a moment after they exit -- and
+    on Neuron wait for `workers` cores to be free (a process not ours that holds one is named, before any work).
+    A line per server stopped, for the log."""
+    stopped = stop_stale(runs_dir)
+    if backend == "neuron":
+        cores.ensure_free(workers)
+    return stopped
+
+
 def wait_healthy(server: Server, timeout: float) -> float:
     """Poll /ping with backoff until Healthy: the ping races start-up, so a refusal is expected at first.
 
@@ -340,7 +352,7 @@ def _adopt_children(server: Server) -> None:
     record(server)
 
 
-def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
+def stop(server: Server, grace: float = STOP_GRACE_S) -> Stopped:
     """Graceful stop (SIGTERM to the frontend), then terminate, then kill whatever of its tree is left.
 
     Takes at most grace + 2 x STOP_SETTLE_S; grace=0 kills at once (a second Ctrl-C)."""
@@ -361,7 +373,7 @@ def stop(server: Server, grace: float = STOP_GRACE_S) -> dict:
         )
     server.key_file.unlink(missing_ok=True)
     shutil.rmtree(server.temp_dir, ignore_errors=True)
-    return {"stopped": result.stopped, "escalated": result.escalated}
+    return result
 
 
 def _frontend_first(alive: list[psutil.Process]) -> list[psutil.Process]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from serving.contract import CLASS_NAMES
+from tasks.common.config import GOLDEN_PAIRS_FILE, MRPC_DEV_FILE
 
 # The tutorial's three sentences.
 SEQUENCE_0 = "The company HuggingFace is based in New York City"
@@ -27,3 +28,20 @@ def load_golden(path: Path) -> list[tuple[str, str, str]]:
             raise ValueError(f"{path} entry {number}: needs seq_0, seq_1 and label 'paraphrase' or 'not paraphrase'")
         pairs.append((row["seq_0"], row["seq_1"], row["label"]))
     return pairs
+
+
+def load_pool(path: Path | None) -> tuple[list[tuple[str, str]], str]:
+    """Real pairs to send, and what they are: an MRPC TSV or a golden-pairs YAML (benchmark.pairs_file, checked
+    to exist before anything starts). None: the MRPC dev split where this checkout has ../shared/data, else the
+    golden pairs. A pool with no pair in it falls back to the tutorial's two."""
+    from tasks.verify.accuracy import read_mrpc_lenient
+
+    if path is None:
+        path = MRPC_DEV_FILE if MRPC_DEV_FILE.is_file() else GOLDEN_PAIRS_FILE
+    if path.suffix.lower() in (".yaml", ".yml"):
+        pairs = [(a, b) for a, b, _ in load_golden(path)]
+    else:
+        pairs = read_mrpc_lenient(path)[0]
+    if not pairs:
+        pairs = [PARAPHRASE[:2], NOT_PARAPHRASE[:2]]
+    return pairs, f"{path.name} ({len(pairs)} pairs)"

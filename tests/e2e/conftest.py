@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.common.config import load_config
 from tasks.common.ports import listeners
 from tasks.common.processes import group_members
-from tasks.prepare import cache
 from tasks.prepare.trace import TracedModel, trace
 from tasks.serve.register import RegisterError, register
 from tasks.serve.server import Server, start, stop, wait_healthy
@@ -28,27 +27,18 @@ def prefect_server():
 # share one entry of the session's compile cache.
 SMALL_BATCH, SMALL_LENGTH = 2, 32
 SMALL_SHAPE = {"serving.batch_size": SMALL_BATCH, "serving.max_length": SMALL_LENGTH}
-# The tutorial's shape with the default config's length buckets: what a run of configs/default.yaml traces.
+# The tutorial's shape with the default length buckets: what a default run traces.
 DEFAULT_BATCH, DEFAULT_LENGTH = 6, 128
 
 
 def trace_small(out_dir: Path) -> TracedModel:
-    """The default config's model at the small shape, into out_dir, through the session's compile cache."""
-    model = load_config(DEFAULT_CONFIG_FILE).model
-    return trace(model, SMALL_BATCH, SMALL_LENGTH, [], out_dir, cache_dir=cache.default_dir())
+    """What a run at the small shape traces, into out_dir, through the session's compile cache."""
+    return trace(load_config(None, SMALL_SHAPE), "cpu", out_dir)
 
 
 def trace_default(out_dir: Path) -> TracedModel:
-    """What a run of configs/default.yaml traces (6 x 128, its buckets), through the session's compile cache."""
-    config = load_config(DEFAULT_CONFIG_FILE)
-    return trace(
-        config.model,
-        DEFAULT_BATCH,
-        DEFAULT_LENGTH,
-        config.serving.length_buckets,
-        out_dir,
-        cache_dir=cache.default_dir(),
-    )
+    """What a default run traces (6 x 128, the default buckets), through the session's compile cache."""
+    return trace(load_config(), "cpu", out_dir)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +50,7 @@ def small_model(tmp_path_factory) -> TracedModel:
 
 @pytest.fixture(scope="session")
 def default_model(tmp_path_factory) -> TracedModel:
-    """configs/default.yaml's model and shapes traced once per session, for the runs and tests that need them."""
+    """The default model and shapes traced once per session, for the runs and tests that need them."""
     return trace_default(tmp_path_factory.mktemp("default-model"))
 
 

@@ -35,7 +35,7 @@ def _bench(served: float, latency_s: float, fingerprint: str, rss_mib: float = 1
 
 
 @flow(name="regression-probe")
-def night(config_file: str = "configs/default.yaml", overrides: dict | None = None):
+def night(config_file: str | None = None, overrides: dict | None = None):
     if TONIGHT.get("publish"):
         bench = _bench(
             TONIGHT["rate"], TONIGHT["p90_s"], TONIGHT.get("fingerprint", "fp-a"), TONIGHT.get("rss", 1200.0)

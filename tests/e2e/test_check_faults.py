@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from tasks.common.config import DEFAULT_CONFIG_FILE, ChecksConfig, ServingConfig, load_config, resolve_serving
+from tasks.common.config import ChecksConfig, ServingConfig, load_config
+from tasks.common.sizing import resolve_serving
 from tasks.prepare.archive import HANDLER_FILE, archive
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
@@ -21,7 +22,7 @@ from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone, tr
 pytestmark = pytest.mark.e2e
 
 BATCH, LENGTH, DELAY = SMALL_BATCH, SMALL_LENGTH, 100
-MODEL = load_config(DEFAULT_CONFIG_FILE).model
+MODEL = load_config().model
 
 FAULTS = {
     # postprocess answers with the other class's name.

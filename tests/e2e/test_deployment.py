@@ -27,6 +27,7 @@ import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
 from tasks.common.config import REPO_ROOT
+from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import listeners
 from tasks.serve import server as server_stage
 from tests.browser import needs_chromium
@@ -202,19 +203,17 @@ def nightly(small_model):
         ids["smoke"] = run(SMOKE, good)
         ids["failing"] = run(DEPLOYMENT, failing)
         api = Api(port)
-        deadline = time.monotonic() + 900  # a guard, not a target: CI hosts and busy ones are slow
-        final = {}
-        while len(final) < len(ids):
-            for name, flow_run_id in ids.items():
-                flow_run = api.get(f"/flow_runs/{flow_run_id}")
-                if flow_run["state_type"] in TERMINAL:
-                    final[name] = flow_run
-            if time.monotonic() > deadline:
-                logs = "\n".join((state / "logs" / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
-                raise AssertionError(
-                    f"runs not finished in time: { {n: r['state_type'] for n, r in final.items()} }\n{logs}"
-                )
-            time.sleep(1)
+
+        def ended() -> dict | Pending:
+            runs = {name: api.get(f"/flow_runs/{flow_run_id}") for name, flow_run_id in ids.items()}
+            done = all(run["state_type"] in TERMINAL for run in runs.values())
+            return runs if done else Pending(str({name: run["state_type"] for name, run in runs.items()}))
+
+        try:
+            final = wait_until(ended, 900, "the three runs to end")  # a guard, not a target: CI hosts are slow
+        except TimedOut:
+            logs = "\n".join((state / "logs" / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
+            raise AssertionError(f"runs not finished in time\n{logs}") from None
         ran = time.monotonic()
         workers = api.post(f"/work_pools/{POOL}/workers/filter", {})
         # Read before the restart: its `up` deploys again, after which the scheduler re-plans within a minute.
@@ -277,7 +276,7 @@ def test_deployment_run_completes_and_its_artifacts_come_back_through_the_api(ni
 def test_run_config_artifact_holds_parameters_resolved_config_versions_and_host(nightly):
     artifacts = nightly["api"].artifacts(nightly["runs"]["first"]["id"])
     rows = {(r["section"], r["name"]): r["value"] for r in json.loads(artifacts[key("run-config")]["data"])}
-    assert rows[("parameter", "config_file")] == "configs/default.yaml"  # the deployment's own parameter
+    assert rows[("parameter", "config_file")] == "none: the defaults"  # the deployment's own parameter
     assert json.loads(rows[("parameter", "overrides")])["runs_dir"] == str(nightly["runs_dir"])
     assert rows[("config", "serving.batch_size")] == "2" and rows[("config", "model.source")] == "embedded"
     assert rows[("resolved", "initial_workers")] == "1"  # what "auto" or the override became on this host
@@ -292,7 +291,7 @@ def test_run_config_artifact_holds_parameters_resolved_config_versions_and_host(
 
 def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nightly):
     expected = {
-        "nightly-cpu-embedded": ("configs/default.yaml", POOL),
+        "nightly-cpu-embedded": (None, POOL),
         "nightly-inf2-xlarge": ("configs/inf2-xlarge.yaml", "bert-validation-inf2"),
         "nightly-gpu": ("configs/gpu.yaml", "bert-validation-gpu"),
     }
@@ -302,7 +301,7 @@ def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nigh
         # Only the target with a worker on this host runs nightly here; the others wait, paused.
         assert schedule["active"] is (pool == POOL)
         assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
-        assert deployment["parameters"] == {"config_file": config_file}
+        assert deployment["parameters"] == ({"config_file": config_file} if config_file else {})
         assert deployment["work_pool_name"] == pool
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
@@ -460,7 +459,7 @@ def test_the_run_form_shows_each_setting_as_a_typed_field(nightly, tmp_path):
         ), "the Run form did not render"
         browser.save(tmp_path / "run-form.png")  # for a person; kept with the test's tmp_path
         assert field("Batch Size", "f.querySelector('input').type") == "number"
-        assert "configs/default.yaml: 6" in field("Batch Size", "f.innerText")
+        assert "else the default (6)" in field("Batch Size", "f.innerText")
         options = "[...f.querySelectorAll('option')].map(o => o.innerText)"
         assert field("Backend", options)[:4] == ["auto", "neuron", "cuda", "cpu"]
         assert field("Load", options)[:2] == ["closed", "open"]
@@ -474,7 +473,7 @@ def test_the_run_form_shows_each_setting_as_a_typed_field(nightly, tmp_path):
         browser.close()
     (submitted,) = from_the_form()
     assert submitted["parameters"]["settings"] == {}
-    assert submitted["parameters"]["config_file"] == "configs/default.yaml"
+    assert submitted["parameters"].get("config_file") is None  # the deployment's: no file, the defaults
 
 
 def test_down_stops_postgres_the_server_the_workers_and_every_torchserve(nightly):

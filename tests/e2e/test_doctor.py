@@ -14,7 +14,8 @@ import time
 import pytest
 
 from tasks.common import tools
-from tasks.common.config import BF16_PARITY_TOLERANCE, REPO_ROOT, load_config
+from tasks.common.compiler import BF16_PARITY_TOLERANCE
+from tasks.common.config import REPO_ROOT, load_config
 from tasks.doctor import doctor
 from tasks.doctor.report import artifact_key
 

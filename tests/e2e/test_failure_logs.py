@@ -9,7 +9,6 @@ from prefect import task
 
 import flows.pipeline
 from flows.pipeline import validate
-from tasks.common.config import DEFAULT_CONFIG_FILE
 from tasks.prepare.trace import TraceError
 
 pytestmark = pytest.mark.e2e
@@ -46,9 +45,7 @@ def test_the_engines_log_an_expected_failure_without_a_traceback_and_a_bug_with_
     for logger in loggers:
         logger.addHandler(kept)
     try:
-        state = validate(
-            config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True
-        )
+        state = validate(overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True)
     finally:
         for logger in loggers:
             logger.removeHandler(kept)

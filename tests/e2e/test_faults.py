@@ -9,8 +9,8 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 import flows.pipeline
-from flows.pipeline import STAGES, validate
-from tasks.common.config import DEFAULT_CONFIG_FILE
+from flows.pipeline import validate
+from flows.stages import STAGES
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import SMALL_SHAPE, assert_server_gone
 from tools import interrupts
@@ -43,9 +43,7 @@ def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(
     stage, prefect_server, small_model, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(flows.pipeline, f"{stage}_task", _planted(stage))
-    state = validate(
-        config_file=str(DEFAULT_CONFIG_FILE), overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True
-    )
+    state = validate(overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True)
     assert state.is_failed()
     run_dir = tmp_path / "latest"
     summary = json.loads((run_dir / "summary.json").read_text())

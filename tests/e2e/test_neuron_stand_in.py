@@ -21,15 +21,9 @@ import pytest
 from flows.pipeline import validate
 from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common import tools
-from tasks.common.config import (
-    DEFAULT_CONFIG_FILE,
-    REPO_ROOT,
-    ChecksConfig,
-    ModelConfig,
-    ResolvedServing,
-    ServingConfig,
-)
+from tasks.common.config import REPO_ROOT, ChecksConfig, ServingConfig, load_config
 from tasks.common.processes import ProcessRef
+from tasks.common.sizing import ResolvedServing
 from tasks.prepare.archive import archive
 from tasks.prepare.trace import TraceError, trace
 from tasks.serve import placement
@@ -80,7 +74,6 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     # Inherited by the flow: it would put every worker on core 0 if the server passed it through.
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
     summary = validate(
-        config_file=str(DEFAULT_CONFIG_FILE),
         overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, **SHORT_BENCHMARK},
     )
 
@@ -137,7 +130,7 @@ def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(Exception, match=f"stage trace failed.*pid {holder.pid}"):
-            validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES})
+            validate(overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES})
         assert holder.poll() is None  # not ours: named, never stopped
         assert [e for e in events(neuron_host) if e["event"] == "trace"] == []  # nothing compiled
         run_dir = tmp_path / "runs" / "latest"
@@ -153,11 +146,11 @@ def test_a_process_holding_a_core_stops_the_run_before_trace_named_and_untouched
 @pytest.mark.parametrize("fault", ["drop-attention-mask", "swap-inputs", "nan"])
 def test_a_broken_bf16_compile_fails_parity(neuron_host, tmp_path, monkeypatch, fault):
     monkeypatch.setenv("TORCH_NEURONX_STAND_IN_FAULT", fault)
-    tolerance = ChecksConfig().bf16_parity_tolerance
+    config = load_config(None, {"serving.batch_size": 2, "serving.max_length": 32})
+    tolerance = config.checks.parity_tolerance_for("neuron", config.model.compiler_args)
+    assert tolerance == ChecksConfig().bf16_parity_tolerance  # the default compiler arguments cast to BF16
     with pytest.raises(TraceError, match="differ|NaN"):
-        trace(
-            ModelConfig(threshold=0.6821), 2, 32, [], tmp_path / "model", backend="neuron", parity_tolerance=tolerance
-        )
+        trace(config, "neuron", tmp_path / "model", use_cache=False)  # compiled, not a good build from the cache
     assert not (tmp_path / "model" / "model_info.json").exists()
 
 
@@ -188,7 +181,6 @@ def test_a_worker_killed_mid_night_is_replaced_on_the_core_it_freed_and_answers(
     monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "2")
     monkeypatch.setenv("STAND_IN_NEURON_REFUSAL", "abort")
     summary = validate(
-        config_file=str(DEFAULT_CONFIG_FILE),
         overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, "build.compile_cache": True, "keep_serving": True},
     )
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
@@ -224,7 +216,6 @@ def test_a_crashed_nights_server_holding_every_core_is_stopped_before_tonights_t
 
     runs = {"runs_dir": str(tmp_path / "runs")}
     last_night = validate(
-        config_file=str(DEFAULT_CONFIG_FILE),
         overrides={**runs, **OVERRIDES, "build.compile_cache": True, "keep_serving": True},
     )
     assert last_night["status"] == "ok", [s for s in last_night["stages"] if s["error"]]
@@ -237,7 +228,7 @@ def test_a_crashed_nights_server_holding_every_core_is_stopped_before_tonights_t
     tonight_began = time.time()
 
     try:
-        tonight = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides={**runs, **OVERRIDES})
+        tonight = validate(overrides={**runs, **OVERRIDES})
         left = [ref.pid for ref in stale.processes if ref.alive()]
     finally:
         stop(stale)  # nothing to do when tonight stopped it; the test's cleanup when it did not

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tasks.common.config import REPO_ROOT
+from tasks.common.polling import Pending, wait_until
 from tasks.serve import server as server_stage
 from tests.e2e.conftest import assert_server_gone
 from tests.e2e.test_deployment import DEPLOYMENT, TERMINAL, TINY, Api, _free_port, _local, _recorded_processes
@@ -50,13 +51,11 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, text: str, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.received:
-                if text in message.get("text", ""):
-                    return message
-            time.sleep(0.5)
-        raise AssertionError(f"no notification with {text!r} within {timeout:g} s; got {self.received}")
+        def told() -> dict | Pending:
+            found = [message for message in self.received if text in message.get("text", "")]
+            return found[0] if found else Pending(f"{len(self.received)} other notifications: {self.received}")
+
+        return wait_until(told, timeout, f"a notification with {text!r}", most=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +107,12 @@ def _run(night, overrides: dict) -> str:
 
 
 def _final(night, flow_run_id: str, timeout: float = 400) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended() -> dict | Pending:
         run = night["api"].get(f"/flow_runs/{flow_run_id}")
-        if run["state_type"] in TERMINAL:
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"flow run {flow_run_id} did not finish: {run['state_type']}")
+        return run if run["state_type"] in TERMINAL else Pending(run["state_type"])
+
+    # Polled every 0.5 s at most: the cancellation test times how long the run took to end.
+    return wait_until(ended, timeout, f"flow run {flow_run_id} to end", most=0.5)
 
 
 def _client(night):
@@ -157,11 +155,13 @@ def test_a_run_cancelled_through_the_worker_at_a_random_instant_ends_cancelled_w
     seen = len(worker_log.read_text(errors="replace")) if worker_log.exists() else 0
     earlier = set(night["runs_dir"].iterdir()) if night["runs_dir"].is_dir() else set()
     flow_run_id = _run(night, {"benchmark.duration": 600})
-    deadline = time.monotonic() + 400
-    while len(TASK_ENDED.findall(worker_log.read_text(errors="replace")[seen:])) < after_task:
-        assert time.monotonic() < deadline, f"task run {after_task} never ended (INTERRUPT_SEED={seed})"
-        assert night["api"].get(f"/flow_runs/{flow_run_id}")["state_type"] not in TERMINAL
-        time.sleep(0.02)
+
+    def task_ended() -> bool:
+        state = night["api"].get(f"/flow_runs/{flow_run_id}")["state_type"]
+        assert state not in TERMINAL, f"the run ended ({state}) before it could be cancelled (INTERRUPT_SEED={seed})"
+        return len(TASK_ENDED.findall(worker_log.read_text(errors="replace")[seen:])) >= after_task
+
+    wait_until(task_ended, 400, f"task run {after_task} to end", first=0.05, factor=1.0)
     time.sleep(delay)
     settings, get_client = _client(night)
     with settings, get_client(sync_client=True) as client:

@@ -61,7 +61,7 @@ def _runs(api, deployment_id: str) -> list[dict]:
 def test_the_run_form_has_typed_settings_with_descriptions(api):
     deployment = _deployment(api)
     assert deployment["enforce_parameter_schema"] is True
-    assert deployment["parameters"] == {"config_file": "configs/default.yaml", "settings": {"benchmark": False}}
+    assert deployment["parameters"] == {"settings": {"benchmark": False}}  # no config file: the defaults
     schema = deployment["parameter_openapi_schema"]
     assert schema["properties"]["settings"]["$ref"] == "#/definitions/RunSettings"
     settings = schema["definitions"]["RunSettings"]["properties"]
@@ -91,7 +91,7 @@ def test_a_bad_setting_is_refused_before_any_run_exists(api, settings, field):
     deployment = _deployment(api)
     answer = api.post(
         f"/deployments/{deployment['id']}/create_flow_run",
-        json={"parameters": {"config_file": "configs/default.yaml", "settings": settings}},
+        json={"parameters": {"settings": settings}},
     )
     assert answer.status_code == 409, answer.text
     assert field in answer.json()["detail"], answer.text
@@ -108,10 +108,7 @@ def test_a_good_setting_makes_a_run_with_it(api):
     run = answer.json()
     try:
         # The run's settings replace the deployment's as a whole (Prefect merges parameters one level deep).
-        assert run["parameters"] == {
-            "config_file": "configs/default.yaml",
-            "settings": {"batch_size": 4, "workers": "auto"},
-        }
+        assert run["parameters"] == {"settings": {"batch_size": 4, "workers": "auto"}}
         assert [r["id"] for r in _runs(api, deployment["id"])] == [run["id"]]
     finally:
         api.delete(f"/flow_runs/{run['id']}").raise_for_status()

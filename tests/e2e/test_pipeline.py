@@ -1,22 +1,25 @@
 """The whole pipeline once, for real: traced embedded model, real TorchServe, real Prefect server."""
 
 import json
-import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 import tasks.serve.server
 from flows import stop as stop_cli
-from flows.pipeline import STAGES, validate
+from flows.pipeline import validate
+from flows.stages import STAGES
 from tasks.common import backends
-from tasks.common.config import DEFAULT_CONFIG_FILE
-from tasks.measure.capacity import KEPT_UP
-from tasks.measure.regression import figures_of
-from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, SMALL_SHAPE, assert_server_gone
+from tasks.common.parameters import read
+from tasks.common.polling import wait_until
+from tasks.measure.history import figures_of
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone
+from tests.nights import config_leaves
+from tools.summary_schema import DOC, published
 
 pytestmark = pytest.mark.e2e
 
@@ -33,29 +36,35 @@ def run(prefect_server, tmp_path_factory):
         return keys
 
     runs_dir = tmp_path_factory.mktemp("runs")
-    overrides = {
-        "runs_dir": str(runs_dir),
-        "serving.free_ports": True,
-        "benchmark.concurrency": 12,
-        "benchmark.duration": 4,
-        "benchmark.warmup": 1,
-        "benchmark.ceiling_seconds": 1,
-        "benchmark.client_check_seconds": 1,
-        "benchmark.single_client_seconds": 2,
-        # A short capacity search: steps of 2 s (and 100 requests), 8 s in all.
-        "benchmark.capacity.min_step_seconds": 2,
-        "benchmark.capacity.beyond": 1,
-        "benchmark.capacity.step_warmup": 0.5,
-        "benchmark.capacity.budget_seconds": 8,
-        # compare-buckets runs: the default's four buckets against 128 alone, 1 s of load each (labels are compared
-        # on a fixed sample whatever the seconds).
-        "benchmark.compare_seconds": 1,
-    }
+    overrides = OVERRIDES | {"runs_dir": str(runs_dir)}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
-        state = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides, return_state=True)
+        state = validate(overrides=overrides, return_state=True)
     summary = state.result()
     return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
+
+
+# The module's run: the default night, shortened.
+OVERRIDES = {
+    "serving.free_ports": True,
+    "benchmark.concurrency": 12,
+    "benchmark.duration": 4,
+    "benchmark.warmup": 1,
+    "benchmark.ceiling_seconds": 1,
+    "benchmark.client_check_seconds": 1,
+    "benchmark.single_client_seconds": 2,
+    # A short capacity search: steps of 2 s, 8 s in all. At p90 (the night's is p99) a step needs 10 requests
+    # (beyond / (1 - 0.9)), so a step fits however slow a busy host serves; at p99 it needs 100, which at ~10
+    # requests/s (seen on a busy host) no step of the 8 s fits.
+    "benchmark.capacity.percentile": 90,
+    "benchmark.capacity.min_step_seconds": 2,
+    "benchmark.capacity.beyond": 1,
+    "benchmark.capacity.step_warmup": 0.5,
+    "benchmark.capacity.budget_seconds": 8,
+    # compare-buckets runs: the default's four buckets against 128 alone, 1 s of load each (labels are compared
+    # on a fixed sample whatever the seconds).
+    "benchmark.compare_seconds": 1,
+}
 
 
 def test_auto_backend_is_cpu_here_with_one_worker_per_physical_core(run):
@@ -116,7 +125,8 @@ def test_benchmark_measures_the_ceiling_the_client_the_server_and_a_lone_request
     assert 1 <= server["mean_batch_fill"] <= 6
     assert bench["single_client"]["requests"] > 0 and bench["single_client"]["over_batch_latency"] > 0
     assert bench["cpu"]["workers_cores"] > 0
-    assert bench["regression"]["status"] in ("no history", "ok")  # runs of other tests may be history
+    # Its parameters (a runs_dir of its own) are no earlier run's, whichever tests ran before it.
+    assert bench["regression"]["status"] == "no history"
     on_disk = json.loads((run["run_dir"] / "benchmark.json").read_text())
     assert on_disk["requests"] == bench["requests"] and on_disk["timeline"]
     assert (run["run_dir"] / "benchmark.png").read_bytes().startswith(b"\x89PNG")
@@ -124,16 +134,14 @@ def test_benchmark_measures_the_ceiling_the_client_the_server_and_a_lone_request
 
 def test_the_capacity_search_starts_where_the_closed_loop_was_and_reports_the_highest_passing_step(run):
     bench = run["summary"]["benchmark"]
-    capacity = bench["capacity"]  # the default config searches it: a night's figure
-    assert capacity["arrivals"] == "poisson" and capacity["percentile"] == 99 and capacity["bound_ms"] == 1000
+    """A night searches it (the default, not an override). Its pass rule and step length are checked against a server
+    with a known latency curve (tests/e2e/test_capacity.py, tests/unit/test_capacity.py); here, what the night
+    makes of it."""
+    capacity = bench["capacity"]
+    assert capacity["arrivals"] == "poisson" and capacity["percentile"] == 90 and capacity["bound_ms"] == 1000
     steps = capacity["steps"]
     assert steps and steps[0]["rate"] == pytest.approx(bench["requests_per_s"]) == capacity["start_rate"]
-    for step in steps:  # a step passes on its p99, with no error and no dropped request
-        kept_up = step["achieved"] >= KEPT_UP * step["sent"]
-        assert step["passed"] == (
-            step["p99"] <= capacity["bound_ms"] and step["errors"] == step["dropped"] == 0 and kept_up
-        )
-        assert step["seconds"] == pytest.approx(max(2, 100 / step["rate"])) and step["achieved"] > 0  # the rule
+    assert all(step["achieved"] > 0 and step["p90"] <= step["p99"] for step in steps)
     passing = [step["rate"] for step in steps if step["passed"]]
     assert capacity["rate"] == (max(passing) if passing else None)
     assert sum(step["seconds"] + 0.5 for step in steps) <= 8 + 1  # its own budget (measured, give or take a batch)
@@ -237,29 +245,41 @@ def test_no_key_in_summary_artifacts_or_flow_log(run):
     assert leaked == []
 
 
+def test_summary_json_passes_its_published_schema_and_records_the_config_the_run_read(run):
+    on_disk = json.loads((run["run_dir"] / "summary.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(published(DOC.read_text()))).validate(on_disk)
+    read_again, _ = read(None, None, OVERRIDES | {"runs_dir": str(run["run_dir"].parent)})
+    assert on_disk["config"] == read_again.model_dump(mode="json")
+
+
+def _run_page_lines(flow_run_id) -> list[str]:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs if log.message.startswith("run page: ")]
+
+
 def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
     flow_run_id = run["state"].state_details.flow_run_id
-    pages, deadline = [], time.monotonic() + 60
-    while not pages and time.monotonic() < deadline:  # the flow's last log lines reach the API in a batch
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        pages = [log.message for log in logs if log.message.startswith("run page: ")]
-        time.sleep(0 if pages else 1)
+    # The flow's last log lines reach the API in a batch.
+    pages = wait_until(lambda: _run_page_lines(flow_run_id), 60, "the run page in the flow's log")
     assert len(pages) == 1 and pages[0].endswith(f"/runs/flow-run/{flow_run_id}"), pages
     assert "/flow-runs/" not in pages[0]  # not the old UI's route
 
 
-def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_server, small_model, tmp_path):
+def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(run, small_model, tmp_path):
+    """Run from a user's own minimal config file (the small shape, nothing else): in every key neither it nor an
+    override sets, its summary.json records the default night, as the module's default run does."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"serving:\n  batch_size: {SMALL_BATCH}\n  max_length: {SMALL_LENGTH}\n")
     overrides = {
         "runs_dir": str(tmp_path),
         "serving.free_ports": True,
         "benchmark.enabled": False,
         "keep_serving": True,
-        **SMALL_SHAPE,
         "serving.initial_workers": 1,
     }
     try:
-        summary = validate(config_file=str(DEFAULT_CONFIG_FILE), overrides=overrides)
+        summary = validate(config_file=str(mine), overrides=overrides)
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
@@ -275,3 +295,7 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(prefect_serve
     finally:
         assert stop_cli.main([str(tmp_path / "latest")]) == 0
     assert_server_gone(server)
+    night, default = config_leaves(summary["config"]), config_leaves(run["summary"]["config"])
+    given = {"serving.batch_size", "serving.max_length", *overrides, *OVERRIDES}
+    assert {key for key in default if night[key] != default[key]} - given == set()
+    assert night["model.threshold"] == 0.6821 and night["serving.length_buckets"] == [40, 56, 80, 128]

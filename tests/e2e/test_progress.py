@@ -3,6 +3,7 @@ runs and ends at 100 %, saying what ran."""
 
 import io
 
+import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
@@ -10,7 +11,10 @@ from prefect.context import get_run_context
 
 from tasks.common.polling import Pending, wait_until
 from tasks.common.progress import StageProgress
-from tasks.measure.loadgen import TrivialEndpoint, load
+from tasks.measure.loadgen import Load, Watch, load
+from tasks.measure.trivial_endpoint import TrivialEndpoint
+
+pytestmark = pytest.mark.e2e  # a real Prefect server, real time: not the fast tier
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
 
@@ -48,11 +52,8 @@ def stage() -> dict:
                 endpoint.url,
                 {},
                 PAIRS,
-                concurrency=2,
-                duration=2.5,
-                warmup=0.5,
-                progress_every=0.2,
-                on_progress=progress.load("load"),
+                Load(concurrency=2, duration=2.5, warmup=0.5),
+                Watch(progress_every=0.2, on_progress=progress.load("load")),
             )
         later = _read_once(flow_run_id, lambda data, description: "load done: " in description)
     return {"flow_run_id": flow_run_id, "early": seen, "late": later}

@@ -1,77 +1,67 @@
-"""The tutorial's other model kind -- a BERT sequence-classification checkpoint from a local
-directory -- through trace, archive, start, register and real TorchServe requests.
+"""The tutorial's other model kind -- a BERT sequence-classification checkpoint in a local directory -- given to
+the command line with --model and nothing that names its kind, through the whole night on a real TorchServe.
 
-No such checkpoint can be downloaded here, so the test builds a tiny randomly initialised
-BertForSequenceClassification. Its labels are arbitrary, so the test compares the served
-answers with the same model run in-process, rather than with the tutorial's expected labels.
+No such checkpoint can be downloaded here, so the test builds a tiny randomly initialised one with labels of its
+own (tests/checkpoints.py). What it computes is arbitrary -- its answers fail the golden pairs, so the run ends
+failed at check -- and the test compares the served answers with the same checkpoint run in-process, not with the
+tutorial's expected labels.
 """
 
-import httpx
+import json
+
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import FlowRunSort
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from flows import cli
 from serving.contract import encode_pairs
-from tasks.common.config import ModelConfig, ServingConfig, resolve_serving
-from tasks.prepare.archive import archive
-from tasks.prepare.trace import PairClassifier, embedded_model_dir, trace
-from tasks.serve.register import register
-from tasks.serve.server import start, stop, wait_healthy
-from tests.e2e.conftest import assert_server_gone
+from tests.checkpoints import tiny
+from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH
 
 pytestmark = pytest.mark.e2e
 
-PAIRS = [
-    ("The company HuggingFace is based in New York City", "HuggingFace's headquarters are situated in Manhattan"),
-    ("The company HuggingFace is based in New York City", "Apples are especially bad for your health"),
-    ("Shares rose 5 percent on Monday.", "On Monday the stock gained five percent."),
-]
+LABELS = {0: "different", 1: "equivalent"}
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-bert-mrpc")
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()), local_files_only=True)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        architectures=["BertForSequenceClassification"],
+def _served_predictions() -> list[dict]:
+    """The check stage's answers, from the predictions artifact of this process's newest flow run."""
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        artifacts = client.read_artifacts()
+    (rows,) = [a.data for a in artifacts if a.flow_run_id == flow_run.id and (a.key or "").startswith("predictions-")]
+    return json.loads(rows) if isinstance(rows, str) else rows
+
+
+def test_a_checkpoint_given_with_model_alone_is_traced_and_served_as_the_classifier_it_is(prefect_server, tmp_path):
+    checkpoint = tiny(tmp_path / "mrpc", labels=LABELS)
+    runs = tmp_path / "runs"
+    quick = ["--batch-size", str(SMALL_BATCH), "--max-length", str(SMALL_LENGTH), "--workers", "1", "--no-benchmark"]
+    assert cli.main(["--model", str(checkpoint), "--runs-dir", str(runs), "--free-ports", *quick]) == 1
+
+    info = json.loads((runs / "latest" / "model" / "model_info.json").read_text())
+    assert info["kind"] == "sequence-classification" and info["class_names"] == list(LABELS.values())
+    assert info["threshold"] is None
+    summary = json.loads((runs / "latest" / "summary.json").read_text())
+    assert summary["model"]["kind"] == "sequence-classification"
+    assert [s["status"] for s in summary["stages"] if s["name"] in ("trace", "register", "check", "stop")] == [
+        "ok",
+        "ok",
+        "failed",  # a random head's answers are not the golden pairs'
+        "ok",
+    ]
+
+    # Every whole pair the server answered (the artifact cuts a text at 120 characters), against the checkpoint.
+    served = [
+        row for row in _served_predictions() if row["http"] == 200 and max(map(len, (row["seq_0"], row["seq_1"]))) < 120
+    ]
+    assert len(served) >= SMALL_BATCH
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    inputs, _ = encode_pairs(
+        tokenizer, "sequence-classification", [(r["seq_0"], r["seq_1"]) for r in served], SMALL_LENGTH
     )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory, PairClassifier(model).eval(), tokenizer
-
-
-def test_sequence_classification_checkpoint_serves_what_it_computes_in_process(tiny_checkpoint, tmp_path):
-    directory, in_process, tokenizer = tiny_checkpoint
-    traced = trace(
-        ModelConfig(source=str(directory)), batch_size=4, max_length=32, buckets=[], out_dir=tmp_path / "model"
-    )
-    assert traced.info.kind == "sequence-classification"
-    mar = archive(traced, tmp_path / "model_store")
-    assert mar.model_name == "bert-max_length32-batch_size4"
-
-    serving = ServingConfig(batch_size=4, max_length=32, free_ports=True, max_batch_delay=20, initial_workers=1)
-    server = start(serving, resolve_serving(serving), mar.model_store, tmp_path / "server")
-    try:
-        wait_healthy(server, timeout=120)
-        register(server, mar, max_batch_delay=20, workers=1)
-        url = f"{server.inference_url}/predictions/{mar.model_name}"
-        headers = server.inference_headers()
-        served = [httpx.post(url, json={"seq_0": a, "seq_1": b}, headers=headers, timeout=60) for a, b in PAIRS]
-    finally:
-        stop(server)
-    assert_server_gone(server)
-
-    inputs, _ = encode_pairs(tokenizer, "sequence-classification", PAIRS, 32)
     with torch.inference_mode():
-        expected = in_process(*inputs).argmax(-1).tolist()
-    names = ["not paraphrase", "paraphrase"]
-    assert [answer.status_code for answer in served] == [200, 200, 200]
-    assert [answer.json() for answer in served] == [[names[label]] for label in expected]
+        logits = model(input_ids=inputs[0], attention_mask=inputs[1], token_type_ids=inputs[2]).logits
+    assert [row["answer"] for row in served] == [LABELS[int(label)] for label in logits.argmax(-1)]

@@ -13,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from tasks.common.config import REPO_ROOT, ServingConfig, resolve_serving
+from tasks.common.config import REPO_ROOT, ServingConfig
+from tasks.common.sizing import resolve_serving
 from tasks.prepare.archive import archive
 from tasks.serve.register import describe, register
 from tasks.serve.server import ServerError, find_stale, load_record, start, stop, stop_stale, wait_healthy
@@ -179,7 +180,8 @@ def test_a_server_left_by_a_crashed_run_is_found_and_stopped_at_the_next_start(m
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from tasks.common.config import ServingConfig, resolve_serving
+        from tasks.common.config import ServingConfig
+        from tasks.common.sizing import resolve_serving
         from tasks.serve.server import start, wait_healthy
         serving = ServingConfig.model_validate_json({SERVING.model_dump_json()!r})
         server = start(serving, resolve_serving(serving), Path({str(mar.model_store)!r}), Path({str(server_dir)!r}))
@@ -222,7 +224,7 @@ def test_a_frontend_that_ignores_the_graceful_stop_is_killed(mar, tmp_path):
     )
     frontend.suspend()  # SIGSTOP: it cannot act on SIGTERM
     result = stop(server, grace=2)
-    assert frontend.pid in result["escalated"]
+    assert frontend.pid in result.escalated and result.survivors == []
     assert_server_gone(server)
 
 

@@ -9,7 +9,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.sweep import sweep
-from tasks.common.config import DEFAULT_CONFIG_FILE, load_config
+from tasks.common.config import load_config
 from tasks.prepare.trace import trace
 
 pytestmark = pytest.mark.e2e
@@ -45,16 +45,8 @@ def test_a_sweep_measures_every_setting_reuses_compiled_models_and_keys_its_arti
     }
     # Batch size 2 built before, as a pipeline run's trace stage builds it (the same function, the same config):
     # the sweep must find it in the cache and build only batch size 4.
-    config = load_config(DEFAULT_CONFIG_FILE, overrides)
-    before = trace(
-        config.model,
-        2,
-        config.serving.max_length,
-        config.serving.buckets(),
-        tmp_path / "pipeline-model",
-        parity_tolerance=config.checks.parity_tolerance_for("cpu", config.model.compiler_args),
-        cache_dir=config.build.cache_dir,
-    )
+    config = load_config(None, overrides)
+    before = trace(config, "cpu", tmp_path / "pipeline-model", batch_size=2)
     assert before.cache["cache"] == "miss"
 
     state = sweep(

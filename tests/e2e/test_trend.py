@@ -17,8 +17,9 @@ from flows.stages import Stages
 from tasks.common import keys
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult
-from tasks.report.summary import build_summary, publish_artifacts
+from tasks.report.summary import publish_artifacts
 from tasks.report.trend import publish_trend
+from tests.nights import summary as summary_of
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,7 @@ def night(rate: float = 0.0, backend: str = "cpu", fail_stage: str = "") -> str 
         else None
     )
     run_dir = Path(mkdtemp())
-    summary = build_summary(stages, [], bench, {}, {"run_dir": str(run_dir)})
+    summary = summary_of(stages, bench=bench, run_dir=run_dir)
     suffix = keys.current_suffix(backend)
     publish_artifacts(summary, [], run_dir, None, suffix)
     return publish_trend(

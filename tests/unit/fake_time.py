@@ -170,9 +170,9 @@ def run_virtual(clock: FakeClock, main):
 
 
 class FakeEndpoint(httpx.AsyncBaseTransport):
-    """loadgen.TrivialEndpoint's behaviour inside the load's own event loop: every POST answered `status`
+    """trivial_endpoint.TrivialEndpoint's behaviour inside the load's own event loop: every POST answered `status`
     ["paraphrase"] after `delay` s (of the loop's clock), one request at a time when `serial` (requests queue in
-    arrival order, as on the real one's lock). Use as loadgen.TrivialEndpoint is: `with ... as e: load(e.url)`.
+    arrival order, as on the real one's lock). Use as trivial_endpoint.TrivialEndpoint is: `with ... as e: load(e.url)`.
     The delay must be > 0 for a load of a duration: with answers in no time, the clock would never move."""
 
     BODY = b'["paraphrase"]'
@@ -244,13 +244,13 @@ class _AsyncioOn:
 
 def load_in_virtual_time(monkeypatch, clock: FakeClock) -> None:
     """tasks.measure.loadgen on `clock`: loads run on a VirtualTimeLoop against FakeEndpoints, which stand in
-    for its TrivialEndpoint (loadgen.TrivialEndpoint is one, for the code that starts its own)."""
-    from tasks.measure import loadgen
+    for its TrivialEndpoint (trivial_endpoint.TrivialEndpoint is one, for the code that starts its own)."""
+    from tasks.measure import loadgen, trivial_endpoint
 
     monkeypatch.setattr(loadgen, "time", TimeOn(clock))
     monkeypatch.setattr(loadgen, "asyncio", _AsyncioOn(clock))
     monkeypatch.setattr(loadgen, "httpx", _HttpxToFakeEndpoints())
-    monkeypatch.setattr(loadgen, "TrivialEndpoint", FakeEndpoint)
+    monkeypatch.setattr(trivial_endpoint, "TrivialEndpoint", FakeEndpoint)
 
 
 def progress_on(monkeypatch, clock: FakeClock) -> None:

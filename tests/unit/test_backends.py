@@ -8,7 +8,8 @@ import torch
 
 from serving.handler import BACKEND_ENV, prepare_backend
 from tasks.common import backends
-from tasks.common.config import ConfigError, ServingConfig, resolve_serving
+from tasks.common.config import ConfigError, ServingConfig
+from tasks.common.sizing import resolve_serving
 from tasks.prepare.compile import compile_for
 from tests.stand_ins import host
 

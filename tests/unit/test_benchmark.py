@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from tasks.common.errors import PipelineError
 from tasks.measure import benchmark as bench_module
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.loadgen import LoadResult, Sample
@@ -68,21 +67,17 @@ def test_the_timeline_goes_to_benchmark_json_only(tmp_path):
 
 
 def test_pool_is_the_mrpc_dev_split_when_present_else_golden_pairs(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_module, "DEFAULT_PAIRS_FILE", tmp_path / "missing.tsv")
-    pairs, described = bench_module.load_pool(None)
+    from tasks.verify import pairs as pairs_module
+
+    monkeypatch.setattr(pairs_module, "MRPC_DEV_FILE", tmp_path / "missing.tsv")
+    pairs, described = pairs_module.load_pool(None)
     assert described.startswith("golden_pairs.yaml") and len(pairs) >= 10
     tsv = tmp_path / "dev.tsv"
     tsv.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA cat.\tA feline.\n0\t3\t4\tRain.\tSun.\n")
-    monkeypatch.setattr(bench_module, "DEFAULT_PAIRS_FILE", tsv)
-    pairs, described = bench_module.load_pool(None)
+    monkeypatch.setattr(pairs_module, "MRPC_DEV_FILE", tsv)
+    pairs, described = pairs_module.load_pool(None)
     assert pairs == [("A cat.", "A feline."), ("Rain.", "Sun.")] and described == "dev.tsv (2 pairs)"
-    assert bench_module.load_pool(tsv)[0] == pairs
-
-
-def test_missing_pool_file_is_a_clear_error_with_the_fix(tmp_path):
-    with pytest.raises(bench_module.BenchmarkError, match="pairs_file") as caught:
-        bench_module.load_pool(tmp_path / "nope.tsv")
-    assert isinstance(caught.value, PipelineError) and "golden-pairs YAML" in caught.value.fix
+    assert pairs_module.load_pool(tsv)[0] == pairs
 
 
 @pytest.mark.parametrize(

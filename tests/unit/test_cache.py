@@ -6,7 +6,7 @@ import json
 import pytest
 
 from serving.contract import ModelInfo
-from tasks.common.config import ModelConfig
+from tasks.common.config import CACHE_ENV, RunConfig
 from tasks.prepare import cache
 from tasks.prepare import trace as trace_module
 from tools import cache as cache_tool
@@ -45,9 +45,14 @@ def compiles(monkeypatch):
 
 
 def traced(tmp_path, run, cache_dir, batch_size=6, backend="cpu", **model):
-    return trace_module.trace(
-        ModelConfig(**model), batch_size, 128, [128], tmp_path / run / "model", backend=backend, cache_dir=cache_dir
+    config = RunConfig.model_validate(
+        {
+            "model": model,
+            "serving": {"batch_size": batch_size, "max_length": 128, "length_buckets": None},
+            "build": {"cache_dir": str(cache_dir)} if cache_dir else {"compile_cache": False},
+        }
     )
+    return trace_module.trace(config, backend, tmp_path / run / "model")
 
 
 def test_second_trace_with_the_same_inputs_is_a_hit_and_skips_compiling(tmp_path, compiles):
@@ -110,7 +115,7 @@ def test_no_cache_dir_always_traces(tmp_path, compiles):
 
 
 def test_clear_command_empties_the_cache(tmp_path, compiles, monkeypatch, capsys):
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     traced(tmp_path, "night1", tmp_path / "cache")
     cache_tool.main(["list"])
     assert "built in" in capsys.readouterr().out

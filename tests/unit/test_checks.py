@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.common.config import DEFAULT_CONFIG_FILE
+from tasks.common.config import REPO_ROOT
 from tasks.verify.accuracy import read_mrpc, read_mrpc_lenient, scores
 from tasks.verify.checks import Prediction, _verdict, load_golden, parity
 
@@ -63,7 +63,7 @@ def test_scores_give_accuracy_f1_and_the_confusion_matrix():
 
 
 def test_the_golden_file_loads_and_a_bad_entry_is_refused(tmp_path):
-    golden = load_golden(DEFAULT_CONFIG_FILE.parent / "golden_pairs.yaml")
+    golden = load_golden(REPO_ROOT / "configs" / "golden_pairs.yaml")
     assert len(golden) >= 10 and {label for _, _, label in golden} == {"paraphrase", "not paraphrase"}
     bad = tmp_path / "golden.yaml"
     bad.write_text('- {label: same, seq_0: "a", seq_1: "b"}\n')
@@ -79,7 +79,7 @@ def test_an_mrpc_file_with_a_bad_row_is_refused_with_its_line(tmp_path):
 
 
 def test_the_training_split_has_one_broken_line_which_is_skipped_and_reported():
-    train = DEFAULT_CONFIG_FILE.parent.parent.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
+    train = REPO_ROOT.parent / "shared" / "data" / "msr_paraphrase_train.tsv"
     if not train.is_file():
         pytest.skip("../shared/data is not beside this checkout")
     with pytest.raises(ValueError, match="line 2124"):

@@ -1,11 +1,13 @@
+import contextlib
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, config_fields, config_overrides, flag_of, main, parse_args
-from tasks.common.config import REPO_ROOT, load_config
+from flows.cli import build_parser, config_fields, config_file, config_overrides, flag_of, main, parse_args
+from tasks.common.config import PATH_KEYS, REPO_ROOT, load_config
 
 
 @pytest.fixture
@@ -36,9 +38,10 @@ def test_every_flag_in_help_carries_its_fields_description():
         assert f"[{key};default:" in unwrapped
 
 
-def test_help_shows_the_default_config_files_values():
+def test_help_shows_the_nights_own_defaults():
     text = " ".join(build_parser().format_help().split())
-    assert "[model.kind; default: bi-encoder]" in text  # configs/default.yaml, not the field's "auto"
+    assert "[model.kind; default: auto]" in text  # the checkpoint decides: no file pins a kind
+    assert "[serving.batch_size; default: 6]" in text
 
 
 @pytest.mark.parametrize(
@@ -72,13 +75,27 @@ def test_help_shows_the_default_config_files_values():
     ],
 )
 def test_a_flag_becomes_its_dotted_override(argv, key, value):
+    if key in PATH_KEYS:  # a path as the flow reads it: absolute, from where the command runs
+        value = str(Path.cwd() / value)
     assert config_overrides(parse_args(argv)) == {key: value}
 
 
 def test_flags_not_given_leave_the_file_in_charge():
     args = parse_args([])
-    assert args.config == "configs/default.yaml"
+    assert args.config is None and config_file(args) is None  # no file: the defaults
     assert config_overrides(args) == {}
+
+
+def test_a_relative_path_on_the_command_line_is_relative_to_where_it_runs(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("serving:\n  batch_size: 4\n")
+    (tmp_path / "pairs.yaml").write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(["--config", "mine.yaml", "--pairs-file", "pairs.yaml", "--runs-dir", "runs"])
+    assert config_file(args) == str(tmp_path / "mine.yaml")
+    # The flow reads its parameters relative to the checkout, wherever this command ran: they reach it absolute.
+    config = load_config(config_file(args), config_overrides(args))
+    assert config.serving.batch_size == 4
+    assert (config.benchmark.pairs_file, config.runs_dir) == (tmp_path / "pairs.yaml", tmp_path / "runs")
 
 
 def test_flags_reach_the_validated_config(tmp_path):
@@ -190,3 +207,21 @@ def test_sweep_marks_the_best_configuration_within_the_p90_limit():
     assert [r.within_limit for r in rows] == [False, True, False, True]
     assert rank(rows, None)[0].setting.concurrency == 1
     assert rank(rows, 50.0) == [] and not any(r.best for r in rows)
+
+
+def test_a_kept_server_is_told_with_the_command_that_stops_it_wherever_its_runs_dir_is(monkeypatch, tmp_path, capsys):
+    """With --runs-dir, `python -m flows.stop` alone would look in runs/latest and leave this TorchServe running."""
+    run_dir = tmp_path / "elsewhere" / "20261205-020000-abcdef"
+    summary = {
+        "status": "ok",
+        "run_dir": str(run_dir),
+        "server": {"inference_url": "http://127.0.0.1:1", "management_url": "http://127.0.0.1:2", "key_file": "k"},
+    }
+    state = types.SimpleNamespace(result=lambda raise_on_failure: summary)
+    monkeypatch.setitem(sys.modules, "flows.pipeline", types.SimpleNamespace(validate=lambda **kwargs: state))
+    # No night runs here: no temporary Prefect server, no signal handling of the command's own in this process.
+    monkeypatch.setitem(sys.modules, "flows.temporary_api", types.SimpleNamespace(temporary_api=contextlib.nullcontext))
+    monkeypatch.setattr("flows.interrupts.WATCH.install", lambda dedicated: None)
+    monkeypatch.setattr("flows.cli._sigterm_ends_the_command", lambda: None)
+    assert main(["--runs-dir", str(tmp_path / "elsewhere"), "--keep-serving", "--workers", "1"]) == 0
+    assert f"stop it:    python -m flows.stop {run_dir}\n" in capsys.readouterr().out

@@ -1,21 +1,69 @@
+import re
+
 import pytest
 import torch
 import yaml
 
 from tasks.common import backends
-from tasks.common.config import DEFAULT_CONFIG_FILE, ConfigError, ServingConfig, load_config, resolve_serving
+from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, ServingConfig, load_config
+from tasks.common.sizing import resolve_serving
+from tests.nights import config_leaves
 
 
-def test_defaults_come_from_default_yaml():
-    expected = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
-    config = load_config()
-    for section in ("model", "serving", "benchmark"):
-        got = getattr(config, section)
-        for key, value in expected[section].items():
-            if isinstance(value, dict) and hasattr(getattr(got, key), "model_dump"):  # a nested section
-                assert {k: getattr(got, key).model_dump()[k] for k in value} == value, f"{section}.{key}"
-            else:
-                assert getattr(got, key) == value, f"{section}.{key}"
+def test_a_minimal_own_config_runs_the_default_night_in_every_key_it_does_not_set(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("serving:\n  batch_size: 4\n  max_length: 64\n")
+    night, default = (
+        config_leaves(load_config(mine).model_dump(mode="json")),
+        config_leaves(load_config().model_dump(mode="json")),
+    )
+    assert {key for key in default if night[key] != default[key]} == {"serving.batch_size", "serving.max_length"}
+    # The night the README documents: the embedded model's calibrated threshold, the kind its checkpoint decides,
+    # the length buckets, the capacity search at 1 s, 30 s of load by 64 clients.
+    assert (night["model.source"], night["model.kind"], night["model.threshold"]) == ("embedded", "auto", 0.6821)
+    assert night["serving.length_buckets"] == [40, 56, 80, 128] and night["serving.max_batch_delay"] == 5
+    assert (night["benchmark.capacity.enabled"], night["benchmark.capacity.bound_ms"]) == (True, 1000)
+    assert (night["benchmark.concurrency"], night["benchmark.duration"]) == (64, 30)
+
+
+def test_a_relative_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "pairs.yaml").write_text("- {label: paraphrase, seq_0: a, seq_1: b}\n")
+    (folder / "night.yaml").write_text(
+        "model:\n  source: ./checkpoint\n  threshold: 0.7\nchecks:\n  golden_pairs: pairs.yaml\nruns_dir: runs\n"
+    )
+    monkeypatch.chdir(tmp_path)  # elsewhere: the file's folder decides, not where the command runs
+    config = load_config(folder / "night.yaml")
+    assert config.model.source == str(folder / "checkpoint")
+    assert (config.checks.golden_pairs, config.runs_dir) == (folder / "pairs.yaml", folder / "runs")
+
+
+def test_the_flows_parameters_are_relative_to_the_checkout_wherever_it_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a worker's hook may run anywhere
+    config = load_config("configs/gpu.yaml", {"checks.golden_pairs": "configs/golden_pairs.yaml"})
+    assert config.serving.backend == "cuda"
+    assert config.checks.golden_pairs == REPO_ROOT / "configs" / "golden_pairs.yaml"
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [("serving: [batch_size\n", "not valid YAML"), ("- serving\n", "must hold a mapping of sections")],
+)
+def test_a_broken_config_file_is_an_error_never_the_defaults(tmp_path, text, says):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=says):
+        load_config(path)
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["gpu.yaml", "inf2-xlarge.yaml"])
+def test_a_shipped_config_holds_only_what_differs_from_the_defaults(name):
+    given = config_leaves(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
+    default = config_leaves(RunConfig().model_dump(mode="json"))
+    assert [key for key, value in given.items() if default[key] == value] == []
 
 
 def test_dotted_overrides_apply_and_leave_the_rest():
@@ -136,14 +184,16 @@ def test_unknown_physical_cores_falls_back_to_logical(cores):
 def test_buckets_end_at_max_length_and_ignore_longer_ones():
     assert ServingConfig(max_length=128, length_buckets=[64, 40, 256]).buckets() == [40, 64, 128]
     assert ServingConfig(max_length=32, length_buckets=[40, 56, 80, 128]).buckets() == [32]
-    assert ServingConfig(max_length=128).buckets() == [128]
+    assert ServingConfig(max_length=128, length_buckets=None).buckets() == [128]
+    assert ServingConfig(max_length=128).buckets() == [40, 56, 80, 128]  # the default's
     with pytest.raises(ValueError, match="length_buckets"):
         ServingConfig(length_buckets=[4])
 
 
 @pytest.mark.parametrize("field", ["checks.accuracy_file", "benchmark.pairs_file"])
 def test_a_missing_input_file_is_refused_before_anything_starts(field):
-    with pytest.raises(ConfigError, match=rf"{field} = 'no-such.tsv'.*does not exist"):
+    full = re.escape(str(REPO_ROOT / "no-such.tsv"))  # a parameter's relative path: relative to the checkout
+    with pytest.raises(ConfigError, match=rf"{field} = '{full}'.*does not exist"):
         load_config(None, {field: "no-such.tsv"})
 
 

@@ -12,9 +12,11 @@ import yaml
 
 from flows.stages import Stages
 from tasks.common.backends import neuron_core_count
-from tasks.common.config import REPO_ROOT, load_config
+from tasks.common.config import REPO_ROOT, RunConfig, load_config
 from tasks.common.processes import ProcessRef
-from tasks.report.summary import build_summary, host, run_config_rows
+from tasks.report.run_summary import host
+from tasks.report.summary import run_config_rows
+from tests.nights import summary
 from tests.scripts import deployments_script
 
 PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
@@ -49,18 +51,18 @@ def test_each_deployments_parameters_make_a_valid_run_config(name):
     from flows.pipeline import validate
     from tasks.common.parameters import RunSettings, merged
 
-    parameters = DEPLOYMENTS[name]["parameters"]
+    parameters = DEPLOYMENTS[name].get("parameters", {})
     # What the API checks when the deployment's run is created ...
     schema_validate(parameters, parameter_schema(validate).model_dump(), raise_on_error=True)
     # ... and what the flow then builds.
     applied, _ = merged(RunSettings.model_validate(parameters.get("settings") or {}), parameters.get("overrides"))
-    config = load_config(REPO_ROOT / parameters["config_file"], applied)
+    config = load_config(parameters.get("config_file"), applied)
     assert config.serving.address == "127.0.0.1" and config.serving.token_auth
 
 
 def test_smoke_deployment_skips_the_benchmark_through_its_typed_setting():
     parameters = DEPLOYMENTS["smoke-cpu-embedded"]["parameters"]
-    assert parameters == {"config_file": "configs/default.yaml", "settings": {"benchmark": False}}
+    assert parameters == {"settings": {"benchmark": False}}  # no config file: the default night
 
 
 def test_inf2_xlarge_serves_one_worker_per_neuron_core(monkeypatch, tmp_path):
@@ -90,38 +92,38 @@ def test_work_pool_template_is_a_process_template_and_the_helper_creates_every_p
     template = json.loads((REPO_ROOT / "deployments" / "process-pool.json").read_text())
     assert set(template) == {"job_configuration", "variables"}
     assert template["job_configuration"]["working_dir"] == "{{ working_dir }}"
-    assert deployments_script("local").work_pools() == list(
+    assert deployments_script("prefect_cli").work_pools() == list(
         dict.fromkeys(d["work_pool"]["name"] for d in DEPLOYMENTS.values())
     )
 
 
 def test_local_helper_ignores_a_pid_file_whose_process_is_gone(tmp_path):
-    local = deployments_script("local")
+    pids = deployments_script("pids")
     (tmp_path / "pids").mkdir()
     (tmp_path / "pids" / "server.pid").write_text("999999999 1.0\n")
-    assert local._recorded(tmp_path, "server") is None
+    assert pids.recorded(tmp_path, "server") is None
     assert not (tmp_path / "pids" / "server.pid").exists()
 
 
 def test_local_helper_does_not_take_a_recycled_pid_for_its_own(tmp_path):
-    local = deployments_script("local")
+    pids = deployments_script("pids")
     (tmp_path / "pids").mkdir()
     me = psutil.Process()
     (tmp_path / "pids" / "worker-1.pid").write_text(f"{me.pid} {me.create_time() - 100.0}\n")
-    assert local._recorded(tmp_path, "worker-1") is None
-    assert local._names(tmp_path, "worker-") == []
+    assert pids.recorded(tmp_path, "worker-1") is None
+    assert pids.names(tmp_path, "worker-") == []
 
 
 def test_local_helper_finds_a_process_it_recorded(tmp_path):
-    local = deployments_script("local")
+    pids = deployments_script("pids")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        local._record(tmp_path, "worker-1", ProcessRef.of(psutil.Process(child.pid)))
-        assert local._recorded(tmp_path, "worker-1").pid == child.pid
+        pids.record(tmp_path, "worker-1", ProcessRef.of(psutil.Process(child.pid)))
+        assert pids.recorded(tmp_path, "worker-1").pid == child.pid
     finally:
         child.kill()
         child.wait()
-    assert local._recorded(tmp_path, "worker-1") is None
+    assert pids.recorded(tmp_path, "worker-1") is None
 
 
 def _summary():
@@ -129,23 +131,18 @@ def _summary():
     for name in ("trace", "stop"):
         with stages.run(name):
             pass
-    config = {
-        "model": {"source": "embedded"},
-        "serving": {"batch_size": 6, "initial_workers": "auto"},
-        "runs_dir": "/tmp/runs",
-    }
-    return build_summary(stages, [], None, config, {"resolved": {"initial_workers": 2, "threads_per_worker": 1}})
+    return summary(stages, config=RunConfig.model_validate({"runs_dir": "/tmp/runs"}))
 
 
 def test_run_config_rows_hold_parameters_config_resolved_versions_and_host():
     parameters = {
-        "config_file": "configs/default.yaml",
+        "config_file": "configs/gpu.yaml",
         "settings": {"batch_size": 4},
         "overrides": {"serving.free_ports": True},
     }
     rows = run_config_rows(parameters, _summary())
     table = {(r["section"], r["name"]): r["value"] for r in rows}
-    assert table[("parameter", "config_file")] == "configs/default.yaml"
+    assert table[("parameter", "config_file")] == "configs/gpu.yaml"
     assert json.loads(table[("parameter", "settings")]) == {"batch_size": 4}
     assert json.loads(table[("parameter", "overrides")]) == {"serving.free_ports": True}
     assert table[("config", "serving.batch_size")] == "6"
@@ -169,5 +166,5 @@ def test_run_config_rows_line_up_between_runs_and_tolerate_no_overrides():
 
 def test_host_names_the_machine_os_and_cpus():
     facts = host()
-    assert facts["name"] == platform.node() and facts["cpus"] == os.cpu_count()
-    assert facts["os"] and facts["physical_cores"] >= 1 and facts["memory_gib"] > 0
+    assert facts.name == platform.node() and facts.cpus == os.cpu_count()
+    assert facts.os and (facts.physical_cores or 0) >= 1 and facts.memory_gib > 0

@@ -11,8 +11,9 @@ import pytest
 import tasks.doctor
 from flows import doctor as command
 from tasks.common import polling, tools
-from tasks.common.config import REPO_ROOT, ResolvedServing, load_config
+from tasks.common.config import REPO_ROOT, load_config
 from tasks.common.errors import PipelineError
+from tasks.common.sizing import ResolvedServing
 from tasks.doctor.report import Report, artifact_key, markdown, publish, write
 from tasks.doctor.runner import BUG_FIX, Check, NotApplicable, Step, line, run_checks
 from tasks.doctor.steps import DoctorError

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from pathlib import Path
 
 import prefect.main  # noqa: F401  -- Prefect sets up its logging here: before caplog's handler, not over it
 import pytest
@@ -14,6 +15,8 @@ from prefect.runtime import deployment, flow_run
 from tasks.common import keys
 from tasks.common.config import REPO_ROOT, ConfigError, ModelConfig, load_config
 from tasks.report import summary, trend
+from tests.nights import StagesAs
+from tests.nights import summary as summary_of
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def test_the_trend_warns_without_a_log_passed_what_it_goes_on_without(in_a_flow_
     monkeypatch.setattr(trend, "earlier_rows", _fails("history unreadable"))
     monkeypatch.setattr(charts, "trend_chart", _fails("no chart today"))
     monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", _fails("artifact refused"))
-    summary_ = {"status": "ok", "stages": [{"name": "trace", "status": "ok"}], "benchmark": None}
+    summary_ = summary_of(StagesAs([{"name": "trace", "status": "ok"}]))
     with caplog.at_level(logging.WARNING):
         assert trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_, tmp_path) is None
     said = [r.getMessage() for r in caplog.records if r.name == "tasks.report.trend"]
@@ -85,6 +88,37 @@ def test_a_picture_that_cannot_be_drawn_is_warned_about_without_a_log_passed(mon
         for r in caplog.records
         if r.name == "tasks.report.summary"
     )
+
+
+def _bug(*args, **kwargs):
+    raise KeyError("a bug in the reporting code")
+
+
+def test_a_bug_in_reporting_fails_it_instead_of_becoming_a_warning(in_a_flow_run, monkeypatch, tmp_path):
+    """What the API or a chart may do is warned about and gone around (above); a bug is not: it must fail the test
+    that meets it (and the run), not turn into a warning while CI stays green."""
+    import prefect.artifacts
+
+    from tasks.measure import charts, regression
+    from tests.nights import night
+
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda **kwargs: None)
+    monkeypatch.setattr(trend, "earlier_rows", _bug)
+    with pytest.raises(KeyError):
+        trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_of(StagesAs([])), tmp_path)
+    monkeypatch.setattr(trend, "earlier_rows", lambda suffix: [])
+    monkeypatch.setattr(charts, "trend_chart", _bug)
+    with pytest.raises(KeyError):
+        trend.publish_trend("adhoc-cpu", "adhoc-cpu", "calm-otter", None, summary_of(StagesAs([])), tmp_path)
+    monkeypatch.setattr(regression, "history", _bug)
+    with pytest.raises(KeyError):
+        regression.check(night(10.0, 0.1), "abc", 5, 0.2, "warn")
+    monkeypatch.setattr(charts, "histogram_chart", _bug)
+    with pytest.raises(KeyError):
+        summary.pictures(night(10.0, 0.1), tmp_path)
+    monkeypatch.setitem(deployment.FIELDS, "name", _bug)
+    with pytest.raises(KeyError):
+        keys.deployment_name()
 
 
 def test_the_ctrl_c_line_says_an_unreadable_summary_is_unreadable_and_why(tmp_path):
@@ -247,13 +281,14 @@ def _command(argv, capsys) -> tuple[int, str]:
 )
 def test_a_local_model_directory_that_does_not_exist_is_refused_before_the_run(source, no_flow, capsys):
     code, err = _command(["--model", source], capsys)
+    full = str((Path.cwd() / Path(source).expanduser()).resolve())  # named by its full path, wherever it was typed
     assert code == 2
-    assert err.startswith("error:") and f"model.source = {source!r}" in err
-    assert f"no such directory {source}" in err and "give a checkpoint directory" in err
+    assert err.startswith("error:") and f"model.source = {full!r}" in err
+    assert f"no such directory {full}" in err and "give a checkpoint directory" in err
 
 
 def test_a_model_file_is_refused_as_not_a_directory(no_flow, capsys):
-    code, err = _command(["--model", "configs/default.yaml"], capsys)
+    code, err = _command(["--model", "configs/gpu.yaml"], capsys)
     assert code == 2 and "is a file, not a checkpoint directory" in err
 
 
@@ -265,7 +300,7 @@ def test_the_embedded_model_a_hub_id_and_an_existing_directory_pass(source):
 def test_a_home_directory_is_expanded_for_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "bert").mkdir()
-    assert ModelConfig(source="~/bert").source == str(tmp_path / "bert")
+    assert load_config(None, {"model.source": "~/bert"}).model.source == str(tmp_path / "bert")
 
 
 @pytest.mark.parametrize(
@@ -305,7 +340,8 @@ def test_an_mrpc_file_with_a_malformed_line_among_good_ones_passes_as_the_check_
     path.write_text(HEADER + "1\t1\t2\ta\tb\nbroken line\n0\t3\t4\tc\td\n")
     assert load_config(None, {"checks.accuracy_file": str(path)}).checks.accuracy_file == path
     if MRPC_DEV.is_file():
-        assert load_config(None, {"checks.accuracy_file": str(MRPC_DEV)}).checks.accuracy_file == MRPC_DEV
+        # ../shared may be a link: the config holds the file's real path.
+        assert load_config(None, {"checks.accuracy_file": str(MRPC_DEV)}).checks.accuracy_file == MRPC_DEV.resolve()
 
 
 @pytest.mark.parametrize(

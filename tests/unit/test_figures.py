@@ -1,17 +1,18 @@
 """One list of figures: the table artifact, the headline, the summary's lines, the chart's title and the
-regression's compared figures all come from tasks/measure/figures.py."""
+regression's compared figures all come from tasks/measure/figures.py (shown in words by figure_text.py)."""
 
 import json
 
 import pytest
 
-from tasks.measure import figures
+from tasks.measure import figure_text, figures
 from tasks.measure import regression as regression_module
 from tasks.measure.capacity import Capacity, CapacityStep
 from tasks.measure.ceiling import Ceiling, Layout
 from tasks.measure.figures import FIGURES, INFERENCES_PER_S, LATENCY_P90
+from tasks.measure.history import figures_of
 from tasks.measure.loadgen import percentiles
-from tasks.measure.regression import compare, figures_of
+from tasks.measure.regression import compare
 from tasks.measure.results import (
     Accelerator,
     BenchmarkResult,
@@ -178,7 +179,7 @@ def test_figures_compared_and_filtered_on_keep_the_row_names_of_earlier_nights_a
 def test_every_figure_reads_a_fully_measured_result():
     bench = full()
     bench.comparison_unreliable = "the ceiling varied"  # read only when there is something to say
-    unread = [f.name for f in FIGURES if f.value(bench) is None]
+    unread = [f.name for f in FIGURES if f.read(bench) is None]
     assert unread == []  # a renamed field of BenchmarkResult fails here, not silently in tomorrow's table
 
 
@@ -239,7 +240,7 @@ def test_values_are_the_table_rows_unrounded():
 
 def test_headline_and_chart_title_show_the_figures_with_their_units():
     bench = full()
-    headline = figures.headline(bench)
+    headline = figure_text.headline(bench)
     assert headline.startswith(
         "benchmark: 67.0 inferences/s, open loop, concurrency 4, offered 70 requests/s, "
         "achieved 67.0 requests/s, p50 1000 ms, p90 1000 ms, p95 1000 ms"
@@ -247,7 +248,7 @@ def test_headline_and_chart_title_show_the_figures_with_their_units():
     assert "served / in-process 0.80" in headline and "model p50 5 ms" in headline
     assert "late 12 requests, dropped 3 requests" in headline and "TorchServe RSS 1200 MiB" in headline
     assert (
-        figures.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, "
+        figure_text.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, "
         "served / in-process 0.80"
     )
 
@@ -255,14 +256,14 @@ def test_headline_and_chart_title_show_the_figures_with_their_units():
 def test_a_figure_not_measured_is_left_out_and_nan_reads_n_a():
     bench = night(20.0, 1.0)
     bench.latency_ms = percentiles([])
-    assert "served / in-process" not in figures.headline(bench)
-    assert LATENCY_P90.text(bench) == "p90 n/a"
+    assert "served / in-process" not in figure_text.headline(bench)
+    assert figure_text.words(LATENCY_P90, bench) == "p90 n/a"
 
 
 def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_regression():
     bench = full()
     bench.warnings = ["the host was busy"]
-    text = "\n".join(figures.markdown_lines(bench.model_dump()))  # as summary.json holds it
+    text = "\n".join(figure_text.markdown_lines(bench))
     assert "Benchmark: 67.0 inferences/s, open loop, concurrency 4" in text and "errors 0" in text
     assert "**Served / in-process: 0.80**" in text and "load generator / served 13x" in text
     assert "lone client p50 120 ms" in text and "lone p50 / the same batch in-process 1.20x" in text
@@ -280,7 +281,7 @@ def test_markdown_lines_report_ceiling_client_lone_client_server_warnings_and_re
 
 
 def test_markdown_lines_of_a_bare_benchmark_have_no_empty_sections():
-    lines = figures.markdown_lines(night(20.0, 1.0))
+    lines = figure_text.markdown_lines(night(20.0, 1.0))
     assert [line for line in lines if line] == [
         "Benchmark: 20.0 inferences/s, closed loop, concurrency 4, p50 1000 ms, p90 1000 ms, p99 1000 ms, errors 0",
         "- **MLPerf's scenarios, as measured here: Offline 20.0 inferences/s**",
@@ -291,15 +292,15 @@ def test_markdown_lines_of_a_bare_benchmark_have_no_empty_sections():
 
 def test_the_summary_names_mlperfs_scenarios_and_tabulates_the_capacity_search():
     closed = full().model_copy(update={"mode": "closed"})
-    lines = figures.markdown_lines(closed)
+    lines = figure_text.markdown_lines(closed)
     assert (
         "- **MLPerf's scenarios, as measured here: SingleStream p90 120 ms, Offline 67.0 inferences/s, "
         "Server 52.5 requests/s**"
     ) in lines
     assert "| 67.0 | 60.0 | 900 | 1900 | 2500 | 0 | 0 | failed |" in lines
     assert "| 52.5 | 52.4 | 300 | 800 | 1200 | 0 | 0 | **passed** |" in lines
-    assert "capacity 52.5 requests/s" in figures.headline(closed)
-    assert "Offline" not in "\n".join(figures.markdown_lines(full()))  # an open loop is not MLPerf's Offline
+    assert "capacity 52.5 requests/s" in figure_text.headline(closed)
+    assert "Offline" not in "\n".join(figure_text.markdown_lines(full()))  # an open loop is not MLPerf's Offline
 
 
 def test_an_unreliable_served_over_in_process_says_why_beside_the_ratio():
@@ -307,6 +308,6 @@ def test_an_unreliable_served_over_in_process_says_why_beside_the_ratio():
     bench.comparison_unreliable = "the ceiling varied 12.0% over 3 windows, over the 10% allowed"
     assert (
         "- **Served / in-process: 0.80, the ceiling varied 12.0% over 3 windows, over the 10% allowed**"
-        in figures.markdown_lines(bench)
+        in figure_text.markdown_lines(bench)
     )
-    assert "CV over its windows 0.120" in "\n".join(figures.markdown_lines(bench))
+    assert "CV over its windows 0.120" in "\n".join(figure_text.markdown_lines(bench))

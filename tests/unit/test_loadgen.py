@@ -1,7 +1,7 @@
 """The load generator: closed and open loop, warm-up, counts, errors.
 
 The loads run in virtual time (tests/unit/fake_time.py): on an event loop whose clock jumps to its next timer,
-against a FakeEndpoint that answers as loadgen.TrivialEndpoint does after a set service time. So "a 1 s load"
+against a FakeEndpoint that answers as trivial_endpoint.TrivialEndpoint does after a set service time. So "a 1 s load"
 takes no second, and its figures are exact, not a busy host's. One test drives the real TrivialEndpoint over
 real HTTP (a count of requests, no timers), one a refused connection; what the client alone sustains on this
 host is a real-time measurement, in tests/e2e/test_loadgen.py."""
@@ -14,7 +14,8 @@ from urllib.parse import parse_qs
 import numpy as np
 import pytest
 
-from tasks.measure.loadgen import LoadResult, PairPool, Sample, TrivialEndpoint, arrival_times, load, percentiles
+from tasks.measure.loadgen import Load, LoadResult, PairPool, Sample, Watch, arrival_times, load, percentiles
+from tasks.measure.trivial_endpoint import TrivialEndpoint
 from tests.unit.fake_time import FakeEndpoint, load_in_virtual_time
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
@@ -33,9 +34,7 @@ def pairs_in(bodies: list[bytes]) -> list[tuple[str, str]]:
 
 def test_closed_loop_measures_every_answer_and_draws_pairs_from_the_pool(clock):
     with FakeEndpoint(delay=0.01, record=True) as endpoint:
-        result = load(
-            endpoint.url, {"Authorization": "Bearer x"}, PAIRS, concurrency=4, duration=0.5, progress_every=None
-        )
+        result = load(endpoint.url, {"Authorization": "Bearer x"}, PAIRS, Load(concurrency=4, duration=0.5))
     assert result.mode == "closed" and result.concurrency == 4 and result.rate is None
     assert result.errors == 0 and len(result.measured) > 20 and result.warmup_requests == 0
     assert result.requests_per_s == pytest.approx(len(result.measured) / result.seconds, rel=0.1)
@@ -49,7 +48,7 @@ def test_a_real_trivial_endpoint_answers_the_load_over_http():
     """TrivialEndpoint itself (the benchmark's client check runs against it): real sockets, keep-alive
     connections, the form-encoded pairs; a count of requests, so no clock is involved."""
     with TrivialEndpoint(record=True) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=3, requests=30, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=3, requests=30))
         served = endpoint.served
     assert len(result.measured) == 30 == served and result.errors == 0 and result.first_error is None
     assert sorted(pairs_in(endpoint.bodies)) == sorted(PAIRS * 3)  # the pool, round-robin
@@ -60,7 +59,7 @@ def test_closed_loop_keeps_exactly_concurrency_requests_in_flight(clock):
     # A serial endpoint with a 50 ms service time: 4 clients queue behind each other,
     # so each sees 4 x 50 ms once all four are in, and throughput is the endpoint's 20/s.
     with FakeEndpoint(delay=0.05, serial=True) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=4, requests=24, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=4, requests=24))
     assert len(result.measured) == 24
     lat = result.latency()
     assert sorted(s.latency for s in result.samples)[:4] == pytest.approx([0.05, 0.1, 0.15, 0.2])  # the first four
@@ -70,7 +69,7 @@ def test_closed_loop_keeps_exactly_concurrency_requests_in_flight(clock):
 
 def test_request_count_instead_of_duration(clock):
     with FakeEndpoint(delay=0.01) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=3, requests=17, duration=1000, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=3, requests=17, duration=1000))
     assert len(result.measured) == 17
     assert result.seconds == pytest.approx(0.06)  # six rounds of 3 clients, the last answer's time: not 1000 s
 
@@ -79,7 +78,7 @@ def test_warmup_requests_are_sent_but_not_measured(clock):
     with FakeEndpoint() as endpoint:
         # A count of measured requests, not a duration: a slow first answer on a busy host cannot
         # leave the measured window empty.
-        result = load(endpoint.url, {}, PAIRS, concurrency=2, requests=5, warmup=0.3, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=2, requests=5, warmup=0.3))
         served = endpoint.served
     assert served == len(result.samples) > len(result.measured) == 5
     assert result.warmup_requests == served - len(result.measured)
@@ -92,7 +91,7 @@ def test_throughput_counts_answers_in_the_window_so_the_warm_pipeline_is_not_los
     # warm-up over a window that starts at the warm-up's end would miss the answers to requests
     # already in flight then, and read low by about one latency (200 ms of 1.2 s here).
     with FakeEndpoint(delay=0.05, serial=True) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=4, duration=1.0, warmup=0.5, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=4, duration=1.0, warmup=0.5))
     assert result.requests_per_s == pytest.approx(20, rel=0.12)
     # The old estimate (measured requests over warm-up end -> last answer) reads low:
     assert len(result.ok) / max(s.done for s in result.ok) < 0.9 * result.requests_per_s
@@ -100,7 +99,7 @@ def test_throughput_counts_answers_in_the_window_so_the_warm_pipeline_is_not_los
 
 def test_open_loop_sends_at_the_rate_asked(clock):
     with FakeEndpoint(delay=0.01) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, mode="open", rate=40, concurrency=8, duration=1.0, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(mode="open", rate=40, concurrency=8, duration=1.0))
     assert result.mode == "open" and result.rate == 40
     assert len(result.measured) == 40
     starts = sorted(s.intended for s in result.measured)
@@ -126,16 +125,7 @@ def test_poisson_arrivals_have_exponential_gaps_at_the_rate_and_repeat_with_thei
 def test_an_open_loop_with_poisson_arrivals_sends_on_the_seeded_schedule(clock):
     with FakeEndpoint() as endpoint:
         result = load(
-            endpoint.url,
-            {},
-            PAIRS,
-            mode="open",
-            rate=40,
-            arrivals="poisson",
-            seed=3,
-            concurrency=8,
-            duration=1.0,
-            progress_every=None,
+            endpoint.url, {}, PAIRS, Load(mode="open", rate=40, arrivals="poisson", seed=3, concurrency=8, duration=1.0)
         )
     assert result.arrivals == "poisson"
     schedule = [t for t in first(arrival_times(40, "poisson", seed=3), 200) if t < 1.0]
@@ -146,7 +136,7 @@ def test_open_loop_latency_counts_the_queue_from_the_intended_send_time(clock):
     # The endpoint serves 20/s one at a time; we ask 40/s over one connection. A closed-loop view
     # (from the real send) sees ~50 ms per request; from the intended time the wait grows steadily.
     with FakeEndpoint(delay=0.05, serial=True) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, mode="open", rate=40, concurrency=1, duration=1.0, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(mode="open", rate=40, concurrency=1, duration=1.0))
     service = percentiles([s.service for s in result.samples])
     latency = result.latency()
     assert service.p50 < 80
@@ -157,7 +147,7 @@ def test_open_loop_latency_counts_the_queue_from_the_intended_send_time(clock):
 
 def test_http_errors_are_counted_with_the_first_error_kept(clock):
     with FakeEndpoint(status=503) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.2, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=2, duration=0.2))
     assert result.errors == len(result.measured) > 0
     assert result.requests_per_s == 0
     assert result.first_error.startswith("HTTP 503")
@@ -168,7 +158,7 @@ def test_connection_refused_is_an_error_not_a_crash():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = load(f"http://127.0.0.1:{port}/", {}, PAIRS, concurrency=2, requests=4, progress_every=None)
+    result = load(f"http://127.0.0.1:{port}/", {}, PAIRS, Load(concurrency=2, requests=4))
     assert result.errors == 4 and "ConnectError" in result.first_error
 
 
@@ -176,7 +166,13 @@ def test_progress_lines_go_to_the_log(caplog, clock):
     caplog.set_level(logging.INFO)
     log = logging.getLogger("test-progress")
     with FakeEndpoint() as endpoint:
-        load(endpoint.url, {}, PAIRS, concurrency=2, duration=0.65, progress_every=0.2, log=log, label="bench")
+        load(
+            endpoint.url,
+            {},
+            PAIRS,
+            Load(concurrency=2, duration=0.65),
+            Watch(progress_every=0.2, log=log, label="bench"),
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "test-progress"]
     assert len(lines) == 3  # at 0.2, 0.4 and 0.6 s
     assert all(line.startswith("bench ") and "requests/s" in line and "p90" in line for line in lines)
@@ -184,14 +180,14 @@ def test_progress_lines_go_to_the_log(caplog, clock):
 
 def test_bad_arrivals_are_refused():
     with pytest.raises(ValueError, match="arrivals"):
-        load("http://127.0.0.1:9/x", {}, PAIRS, mode="open", rate=1, arrivals="bursty")
+        Load(mode="open", rate=1, arrivals="bursty")
 
 
 def test_bad_mode_or_rate_is_refused():
     with pytest.raises(ValueError, match="mode"):
-        load("http://127.0.0.1:1/", {}, PAIRS, mode="sideways")
+        Load(mode="sideways")
     with pytest.raises(ValueError, match="rate"):
-        load("http://127.0.0.1:1/", {}, PAIRS, mode="open", rate=None)
+        Load(mode="open", rate=None)
 
 
 def test_percentiles_in_ms_and_nan_when_empty():
@@ -235,7 +231,7 @@ def test_the_drain_after_the_window_does_not_dilute_throughput(clock):
     # A lone last request waits for batch-mates (like max_batch_delay) long after the window: its
     # latency is measured, but the wait is not spread over the window's throughput.
     with FakeEndpoint(delay=0.4) as endpoint:
-        result = load(endpoint.url, {}, PAIRS, concurrency=1, duration=1.0, progress_every=None)
+        result = load(endpoint.url, {}, PAIRS, Load(concurrency=1, duration=1.0))
     assert result.seconds == 1.0
     assert result.requests_per_s == pytest.approx(2.0)  # answers at 0.4 and 0.8 s; the third at 1.2 s is out
     assert len(result.measured) == 3 and result.latency().max >= 400
@@ -254,17 +250,7 @@ def test_throughput_per_window_and_the_latency_histogram():
 def test_open_loop_with_a_bounded_backlog_drops_what_cannot_wait_and_counts_late_requests(clock):
     # 20/s served one at a time, 80/s asked over one connection with room for 2 waiting: most are dropped.
     with FakeEndpoint(delay=0.05, serial=True) as endpoint:
-        result = load(
-            endpoint.url,
-            {},
-            PAIRS,
-            mode="open",
-            rate=80,
-            concurrency=1,
-            duration=1.0,
-            progress_every=None,
-            max_backlog=2,
-        )
+        result = load(endpoint.url, {}, PAIRS, Load(mode="open", rate=80, concurrency=1, duration=1.0, max_backlog=2))
     assert result.dropped > 20 and result.errors == 0
     assert result.late(0.01) >= 2  # those that waited for the connection
     assert all(s.measured and not s.ok for s in result.samples if s.dropped)

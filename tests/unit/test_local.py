@@ -9,6 +9,8 @@ from tests.scripts import deployments_script
 
 postgres = deployments_script("postgres")
 local = deployments_script("local")
+cli = deployments_script("prefect_cli")
+schedules = deployments_script("schedules")
 
 
 def test_the_database_url_never_shows_its_password_when_printed():
@@ -99,7 +101,7 @@ def test_database_is_sqlite_unless_asked_and_only_the_server_gets_a_database_url
     with pytest.raises(SystemExit):
         local.parse_args(["up", "--database", "mysql"])
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://someone:pw@elsewhere/db")
-    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in local.prefect_env(tmp_path, 4200)  # workers, CLI
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in cli.prefect_env(tmp_path, 4200)  # workers, CLI
     assert local.start_database(tmp_path, "sqlite") == {
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
     }
@@ -110,7 +112,7 @@ def test_down_with_no_postgres_cluster_stops_nothing(tmp_path):
 
 
 def test_only_deployments_with_a_schedule_get_a_missed_night_watch(monkeypatch):
-    """schedule_targets' answer is what set_up_alerts makes missed-night automations for: the on-demand
+    """schedule_targets' answer is what alerts.announce makes missed-night automations for: the on-demand
     smoke-cpu-embedded (no schedule) must not be in it, or every quiet day would raise an alert."""
     from types import SimpleNamespace
     from uuid import uuid4
@@ -118,8 +120,7 @@ def test_only_deployments_with_a_schedule_get_a_missed_night_watch(monkeypatch):
     import prefect.client.orchestration as orchestration
 
     deployments = {
-        name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())])
-        for name in local.deployments_by_pool()
+        name: SimpleNamespace(id=uuid4(), schedules=[SimpleNamespace(id=uuid4())]) for name in cli.deployments_by_pool()
     }
     deployments["bert-serving-validation/smoke-cpu-embedded"].schedules = []  # as prefect.yaml has it
     changed = []
@@ -138,7 +139,8 @@ def test_only_deployments_with_a_schedule_get_a_missed_night_watch(monkeypatch):
             changed.append((deployment_id, active))
 
     monkeypatch.setattr(orchestration, "get_client", lambda sync_client: Client())
-    active = local.schedule_targets({"PREFECT_API_URL": "http://127.0.0.1:9/api"}, local.DEFAULT_POOL)
+    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    active = schedules.schedule_targets(env, local.DEFAULT_POOL, cli.deployments_by_pool())
     assert set(active) == {"nightly-cpu-embedded"}
     assert active["nightly-cpu-embedded"] == deployments["bert-serving-validation/nightly-cpu-embedded"].id
     # The other families' nights are paused, this host's is on.

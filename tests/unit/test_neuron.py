@@ -22,7 +22,9 @@ from serving.claims import claim_core, core_claims, gpu_claims, record_gpu
 from serving.contract import CLASS_NAMES, ModelInfo
 from serving.handler import load_graphs, pin_neuron_core, prepare_backend
 from tasks.common import backends, tools
-from tasks.common.config import ChecksConfig, ResolvedServing, auto_cast_type
+from tasks.common.compiler import auto_cast_type
+from tasks.common.config import ChecksConfig
+from tasks.common.sizing import ResolvedServing
 from tasks.measure import ceiling
 from tasks.prepare.compile import parity
 from tasks.prepare.trace import TraceError

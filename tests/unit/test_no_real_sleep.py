@@ -1,5 +1,6 @@
 """The unit suite's guard against real sleeps (tests/unit/conftest.py): what it fails, what it lets pass."""
 
+import ast
 import asyncio
 import sys
 import threading
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.common.config import REPO_ROOT
 from tests.unit import conftest
 from tests.unit.fake_time import FakeClock, run_virtual
 
@@ -73,3 +75,27 @@ def test_a_librarys_short_poll_and_its_own_threads_pass_but_not_its_back_off_on_
 
 def test_sleeping_nothing_passes():
     time.sleep(0)
+
+
+def _sleeps_in_loops(path: Path, root: Path = REPO_ROOT) -> list[str]:
+    found = []
+    for loop in ast.walk(ast.parse(path.read_text())):
+        if isinstance(loop, (ast.While, ast.For, ast.AsyncFor)):
+            for node in ast.walk(loop):
+                func = node.func if isinstance(node, ast.Call) else None
+                if (isinstance(func, ast.Attribute) and func.attr == "sleep") or (
+                    isinstance(func, ast.Name) and func.id == "sleep"
+                ):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_no_end_to_end_test_polls_with_a_sleep():
+    """Real time is theirs, but a wait is wait_until (tasks/common/polling.py): a deadline, backoff, and what it last
+    saw in the message -- not a loop around a sleep."""
+    assert [spot for path in (REPO_ROOT / "tests" / "e2e").rglob("*.py") for spot in _sleeps_in_loops(path)] == []
+
+
+def test_the_poll_finder_finds_a_sleep_in_a_loop(tmp_path):
+    (tmp_path / "t.py").write_text("import time\nwhile True:\n    if x():\n        time.sleep(1)\n")
+    assert _sleeps_in_loops(tmp_path / "t.py", tmp_path) == ["t.py:4"]

@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from flows.cli import config_fields, flag_of
-from tasks.common.config import ConfigError, RunConfig, load_config
-from tasks.common.parameters import SETTINGS, RunSettings, config_field, given, merged
+from tasks.common.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from tasks.common.parameters import SETTINGS, RunSettings, config_field, given, merged, read
 
 
 def form():
@@ -51,7 +51,7 @@ def test_the_run_form_shows_each_setting_as_a_typed_field_with_a_description():
     props = settings["properties"]
     # A plain field, not a switch between a number and None (how the form draws `X or null`).
     assert _kinds(props["batch_size"]) == [{"type": "integer", "minimum": 1, "maximum": 256}]
-    assert "(configs/default.yaml: 6)" in props["batch_size"]["description"]
+    assert "else the default (6)" in props["batch_size"]["description"]
     # A choice the form can leave empty; a toggle could not be, and the UI sends an untouched one as false.
     assert _kinds(props["benchmark"]) == [{"enum": [True, False, None]}]
     assert _kinds(props["backend"]) == [{"type": "string", "enum": ["auto", "neuron", "cuda", "cpu", None]}]
@@ -191,7 +191,7 @@ def test_settings_as_stored_in_a_flow_run_are_read_back():
 def test_a_setting_the_file_check_refuses_is_refused_when_the_run_loads_its_config():
     """The form checks types and bounds; whether a file exists is known only on the worker's host."""
     applied, _ = merged(RunSettings(accuracy_file="no-such.tsv"), None)
-    with pytest.raises(ConfigError, match=r"checks\.accuracy_file = 'no-such.tsv'.*does not exist"):
+    with pytest.raises(ConfigError, match=rf"checks\.accuracy_file = '{REPO_ROOT}/no-such.tsv'.*does not exist"):
         load_config(None, applied)
 
 
@@ -211,3 +211,17 @@ def test_the_cancellation_hook_finds_the_runs_directory_of_a_run_with_settings(m
     flow_run = types.SimpleNamespace(parameters=stored, name="a-run")
     flows.run.stop_what_the_run_left(None, flow_run, types.SimpleNamespace(name="Cancelled"))
     assert looked_in == [tmp_path]
+
+
+def test_the_cancellation_hook_reads_a_relative_path_as_the_run_did_wherever_the_worker_runs(monkeypatch, tmp_path):
+    import types
+
+    import flows.run
+
+    looked_in = []
+    monkeypatch.setattr(flows.run, "stop_stale", lambda runs_dir: looked_in.append(runs_dir) or [])
+    stored = {"config_file": "configs/gpu.yaml", "settings": {}, "overrides": {"runs_dir": "runs-of-a-deployment"}}
+    monkeypatch.chdir(tmp_path)  # a worker's process, started anywhere
+    flows.run.stop_what_the_run_left(None, types.SimpleNamespace(parameters=stored, name="a-run"), None)
+    the_run, _ = read(stored["config_file"], stored["settings"], stored["overrides"])
+    assert looked_in == [the_run.runs_dir] == [REPO_ROOT / "runs-of-a-deployment"]

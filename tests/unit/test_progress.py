@@ -13,7 +13,7 @@ import pytest
 
 from tasks.common import progress as progress_module
 from tasks.common.progress import CLEAR, StageProgress, describe_load, in_run
-from tasks.measure.loadgen import LoadProgress, load
+from tasks.measure.loadgen import Load, LoadProgress, Watch, load
 from tests.unit.fake_time import FakeEndpoint, load_in_virtual_time, progress_on
 
 PAIRS = [(f"first sentence {i}", f"second sentence {i}") for i in range(10)]
@@ -49,11 +49,14 @@ def told(fraction: float, warming_up: bool = False) -> LoadProgress:
     )
 
 
-def told_by_a_load(endpoint: dict, **options):
-    """What a 2-client load against a FakeEndpoint(**endpoint) told its on_progress, and its result."""
+def told_by_a_load(endpoint: dict, progress_every: float, **options):
+    """What a 2-client load (Load(**options)) against a FakeEndpoint(**endpoint) told its on_progress, and its
+    result."""
     seen: list[LoadProgress] = []
     with FakeEndpoint(**endpoint) as trivial:
-        result = load(trivial.url, {}, PAIRS, concurrency=2, on_progress=seen.append, **options)
+        result = load(
+            trivial.url, {}, PAIRS, Load(concurrency=2, **options), Watch(progress_every, on_progress=seen.append)
+        )
     return seen, result
 
 
@@ -97,11 +100,8 @@ def test_a_failing_callback_is_logged_once_and_the_load_goes_on(caplog):
             endpoint.url,
             {},
             PAIRS,
-            concurrency=2,
-            duration=0.5,
-            progress_every=0.1,
-            log=logging.getLogger("test-load"),
-            on_progress=broken,
+            Load(concurrency=2, duration=0.5),
+            Watch(progress_every=0.1, log=logging.getLogger("test-load"), on_progress=broken),
         )
     assert len(calls) >= 4 and result.errors == 0 and len(result.measured) > 10
     warnings = [r.getMessage() for r in caplog.records if r.name == "test-load"]
@@ -122,10 +122,8 @@ def test_without_a_terminal_a_long_load_logs_a_handful_of_lines_and_writes_nothi
                 endpoint.url,
                 {},
                 PAIRS,
-                concurrency=2,
-                duration=1.2,
-                progress_every=0.02,
-                on_progress=lambda told: calls.append(told) or callback(told),
+                Load(concurrency=2, duration=1.2),
+                Watch(progress_every=0.02, on_progress=lambda told: calls.append(told) or callback(told)),
             )
     lines = [r.getMessage() for r in caplog.records if r.name == "test-stage"]
     assert stream.getvalue() == ""
@@ -149,11 +147,8 @@ def test_on_a_terminal_one_line_is_rewritten_in_place_and_cleared_at_the_end(mon
                 endpoint.url,
                 {},
                 PAIRS,
-                concurrency=2,
-                duration=1.0,
-                warmup=0.2,
-                progress_every=0.05,
-                on_progress=progress.load("load"),
+                Load(concurrency=2, duration=1.0, warmup=0.2),
+                Watch(progress_every=0.05, on_progress=progress.load("load")),
             )
     out = terminal.getvalue()
     assert "\n" not in out  # one line, never a scrolling list
@@ -309,7 +304,11 @@ def test_a_failing_artifact_neither_fails_nor_slows_the_load(broken, caplog):
         progress.phase("load")
         with FakeEndpoint(delay=0.01) as endpoint:
             result = load(
-                endpoint.url, {}, PAIRS, concurrency=2, duration=0.6, progress_every=0.02, on_progress=progress.load()
+                endpoint.url,
+                {},
+                PAIRS,
+                Load(concurrency=2, duration=0.6),
+                Watch(progress_every=0.02, on_progress=progress.load()),
             )
     assert result.errors == 0 and len(result.measured) > 10 and progress.fraction == 1.0
     assert calls["create"] == 1 and calls["update"] == (1 if broken == "update" else 0)  # given up, not retried
@@ -338,10 +337,8 @@ def test_a_hanging_api_does_not_hold_the_stage(monkeypatch):
                     endpoint.url,
                     {},
                     PAIRS,
-                    concurrency=2,
-                    duration=0.5,
-                    progress_every=0.02,
-                    on_progress=progress.load(),
+                    Load(concurrency=2, duration=0.5),
+                    Watch(progress_every=0.02, on_progress=progress.load()),
                 )
         assert not answered.is_set()  # the stage ended while the API still hung
     finally:

@@ -5,10 +5,14 @@ import json
 
 import pytest
 
-from tasks.common.config import load_config, resolve_serving
+from tasks.common.config import load_config
+from tasks.common.sizing import resolve_serving
 from tasks.measure import figures
+from tasks.measure.busy_host import BUSY_SHARE, busy, busy_host_warnings
 from tasks.measure.figures import CPU_HOST_CORES, CPU_OTHER_CORES, INFERENCES_PER_S, LATENCY_P90
-from tasks.measure.regression import BUSY_SHARE, busy, busy_host_warnings, check, compare, figures_of, fingerprint
+from tasks.measure.fingerprint import fingerprint
+from tasks.measure.history import figures_of
+from tasks.measure.regression import check, compare
 from tasks.measure.results import BenchmarkResult, CpuUse
 from tests.nights import night
 

@@ -9,13 +9,16 @@ import pytest
 
 from flows.stages import Stages
 from tasks.common import keys
+from tasks.common.config import RunConfig
 from tasks.measure.loadgen import LoadResult, Sample
 from tasks.measure.results import BenchmarkResult
 from tasks.report.events import run_page
 from tasks.report.provenance import git_state, instance_type, provenance
-from tasks.report.summary import build_summary, markdown, new_run_dir, pictures, run_config_rows
+from tasks.report.run_summary import Provenance
+from tasks.report.summary import markdown, new_run_dir, pictures, run_config_rows
 from tasks.serve.clients import Prediction
 from tasks.verify.checks import CheckResult
+from tests.nights import summary as summary_of
 
 
 def _ran(names=("trace", "check", "stop"), fail=None):
@@ -44,29 +47,30 @@ def _check(passed):
     return CheckResult(name="tutorial", passed=passed, detail="6/6" if passed else "3/6", predictions=[prediction])
 
 
-def test_summary_ok_when_all_stages_and_checks_pass():
-    summary = build_summary(_ran(), [_check(True)], _bench([0.1], 0, 1, 1.0), {"k": 1}, {"run_dir": "x"})
-    assert summary["status"] == "ok"
-    assert {"python", "torch", "transformers", "torchserve", "prefect"} <= set(summary["versions"])
-    assert summary["config"] == {"k": 1} and summary["run_dir"] == "x"
-    assert summary["benchmark"]["requests"] == 1
+def test_summary_ok_when_all_stages_and_checks_pass(tmp_path):
+    summary = summary_of(_ran(), [_check(True)], _bench([0.1], 0, 1, 1.0), run_dir=tmp_path)
+    assert summary.status == "ok"
+    assert {"python", "torch", "transformers", "torchserve", "prefect"} <= set(summary.versions)
+    on_disk = json.loads(summary.write(tmp_path).read_text())
+    assert on_disk["config"] == RunConfig().model_dump(mode="json") and on_disk["run_dir"] == str(tmp_path)
+    assert on_disk["benchmark"]["requests"] == 1
     # Predictions go to their own artifact, not into the summary.
-    assert "predictions" not in summary["checks"][0]
+    assert "predictions" not in on_disk["checks"][0]
 
 
 def test_summary_failed_when_a_stage_failed():
-    summary = build_summary(_ran(fail="check"), [], None, {}, {})
-    assert summary["status"] == "failed"
-    assert summary["benchmark"] is None
+    summary = summary_of(_ran(fail="check"))
+    assert summary.status == "failed"
+    assert summary.benchmark is None
 
 
 def test_summary_failed_when_a_check_failed():
-    summary = build_summary(_ran(), [_check(True), _check(False)], None, {}, {})
-    assert summary["status"] == "failed"
+    summary = summary_of(_ran(), [_check(True), _check(False)])
+    assert summary.status == "failed"
 
 
 def test_markdown_names_the_failing_stage_and_its_error(tmp_path):
-    summary = build_summary(_ran(names=("trace", "register", "stop"), fail="register"), [], None, {}, {})
+    summary = summary_of(_ran(names=("trace", "register", "stop"), fail="register"))
     text = markdown(summary, tmp_path)
     assert "**failed**" in text
     assert "Stage **register**" in text
@@ -76,7 +80,7 @@ def test_markdown_names_the_failing_stage_and_its_error(tmp_path):
 
 def test_markdown_reports_checks_and_benchmark(tmp_path):
     bench = _bench([0.1, 0.2], 1, 64, 2.0)
-    summary = build_summary(_ran(), [_check(False), _check(True)], bench, {}, {})
+    summary = summary_of(_ran(), [_check(False), _check(True)], bench)
     text = markdown(summary, tmp_path)
     assert "- ✗ **tutorial: failed**: 3/6" in text.splitlines()
     assert "- ✓ tutorial: 6/6" in text.splitlines()
@@ -99,11 +103,11 @@ def test_latest_points_to_the_newest_run(tmp_path):
 def test_markdown_says_whether_the_compile_cache_hit_and_why_a_stage_was_skipped(tmp_path):
     stages = _ran(names=("trace", "archive", "stop"))
     stages.records["trace"].status, stages.records["trace"].reason = "skipped", "--traced g.pt given"
-    hit = build_summary(stages, [], None, {}, {"trace": {"cache": "hit", "seconds_saved": 31.96}})
+    hit = summary_of(stages, trace={"cache": "hit", "seconds_saved": 31.96})
     text = markdown(hit, tmp_path)
     assert "Compile cache: **hit**, 32.0 s saved" in text
     assert "| trace | skipped (--traced g.pt given) |" in text
-    miss = build_summary(_ran(), [], None, {}, {"trace": {"cache": "miss", "seconds_saved": 0.0, "reason": "no entry"}})
+    miss = summary_of(_ran(), trace={"cache": "miss", "seconds_saved": 0.0, "reason": "no entry"})
     assert "Compile cache: **miss** (no entry)" in markdown(miss, tmp_path)
 
 
@@ -123,7 +127,7 @@ def test_summary_embeds_both_pictures_as_small_pngs_and_keeps_the_files(tmp_path
     bench = _loaded_bench()
     drawn = pictures(bench, tmp_path)
     assert set(drawn) == {"throughput and latency", "latency histogram"}
-    summary = build_summary(_ran(), [], bench, {"k": 1}, {"run_dir": str(tmp_path), "pictures": drawn})
+    summary = summary_of(_ran(), [], bench, run_dir=tmp_path, pictures=drawn)
     text = markdown(summary, tmp_path)
     found = {alt: base64.b64decode(data) for alt, data in DATA_URI.findall(text)}
     assert set(found) == {"throughput and latency", "latency histogram"}
@@ -135,7 +139,7 @@ def test_summary_embeds_both_pictures_as_small_pngs_and_keeps_the_files(tmp_path
 
 def test_no_benchmark_no_pictures(tmp_path):
     assert pictures(None, tmp_path) == {}
-    summary = build_summary(_ran(fail="check"), [], None, {"k": 1}, {"run_dir": "x", "pictures": {}})
+    summary = summary_of(_ran(fail="check"), pictures={})
     assert "data:image" not in markdown(summary, tmp_path)
 
 
@@ -188,8 +192,10 @@ def test_run_config_rows_carry_the_provenance(tmp_path):
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
     (tmp_path / "a.py").write_text("x = 2\n")
     config = {"model": {"compiler_args": ["--auto-cast", "matmult"]}, "serving": {"instance_type": None}}
-    summary = build_summary(_ran(), [], None, config, {"run_dir": "x"})
-    summary["provenance"] = provenance(config, {"compiler_args": ["--auto-cast", "none"]}, tmp_path, tmp_path / "dmi")
+    summary = summary_of(_ran())
+    summary.provenance = Provenance.model_validate(
+        provenance(config, {"compiler_args": ["--auto-cast", "none"]}, tmp_path, tmp_path / "dmi")
+    )
     table = {(r["section"], r["name"]): r["value"] for r in run_config_rows({"config_file": "c.yaml"}, summary)}
     assert table[("provenance", "git.dirty")] == "true"
     assert len(table[("provenance", "git.commit")]) == 40
@@ -197,15 +203,15 @@ def test_run_config_rows_carry_the_provenance(tmp_path):
     assert json.loads(table[("provenance", "compiler_args")]) == ["--auto-cast", "none"]  # what was compiled
     assert re.fullmatch(r"[0-9a-f]{16}", table[("provenance", "config_hash")])
     other = provenance({**config, "runs_dir": "elsewhere"}, None, tmp_path, tmp_path / "dmi")
-    assert other["config_hash"] != summary["provenance"]["config_hash"]
+    assert other["config_hash"] != summary.provenance.config_hash
     assert other["compiler_args"] == ["--auto-cast", "matmult"]  # not traced: the config's
 
 
 def test_summary_json_holds_the_provenance():
-    summary = build_summary(_ran(), [], None, {"serving": {"instance_type": "trn1.2xlarge"}}, {"run_dir": "x"})
-    assert summary["provenance"]["instance_type"] == "trn1.2xlarge"
-    assert summary["provenance"]["git"]["commit"]  # this checkout's, or "unknown" without git
-    assert {"prefect", "torch", "torchserve"} <= set(summary["versions"])
+    summary = summary_of(_ran(), config=RunConfig.model_validate({"serving": {"instance_type": "trn1.2xlarge"}}))
+    assert summary.provenance.instance_type == "trn1.2xlarge"
+    assert summary.provenance.git.commit  # this checkout's, or "unknown" without git
+    assert {"prefect", "torch", "torchserve"} <= set(summary.versions)
 
 
 def test_run_page_is_the_current_ui_route(monkeypatch):

@@ -10,6 +10,8 @@ from tasks.measure.charts import SMALL, data_uri, trend_chart
 from tasks.measure.loadgen import percentiles
 from tasks.measure.results import BenchmarkResult, Moved, Regression
 from tasks.report import trend
+from tasks.report.run_summary import RunSummary
+from tests.nights import StagesAs, summary
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -48,14 +50,16 @@ def _bench(rate: float, p90_s: float, regressed: tuple[str, ...] = ()) -> Benchm
     return bench
 
 
-def _summary(status="ok", failed=None, bench=None) -> dict:
+def _summary(status="ok", failed=None, bench=None) -> RunSummary:
     stages = [
         {"name": name, "status": "failed" if name == failed else ("skipped" if failed else "ok"), "seconds": 1.0}
         for name in ("trace", "archive", "start", "benchmark", "stop")
     ]
     if failed:
         stages[0]["status"] = "ok"
-    return {"status": status, "stages": stages, "benchmark": bench.model_dump() if bench else None}
+    made = summary(StagesAs(stages), bench=bench)
+    assert made.status == status  # as the stages say
+    return made
 
 
 def _earlier(name, day, state, message=None, summary=None, bench=None):
