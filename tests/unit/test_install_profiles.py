@@ -45,10 +45,11 @@ def project() -> dict:
 
 def test_pyproject_asks_ranges_and_every_profile_pins_each_within_them():
     extras = project()["optional-dependencies"]
+    # --ray adds the extra [ray] to any profile, so each constraints file pins it too.
     wanted = {
-        "constraints.txt": project()["dependencies"] + extras["test"],
-        "constraints-transformers4.txt": project()["dependencies"] + extras["test"],
-        "constraints-neuron.txt": project()["dependencies"] + extras["test"] + extras["neuron"],
+        "constraints.txt": project()["dependencies"] + extras["test"] + extras["ray"],
+        "constraints-transformers4.txt": project()["dependencies"] + extras["test"] + extras["ray"],
+        "constraints-neuron.txt": project()["dependencies"] + extras["test"] + extras["neuron"] + extras["ray"],
     }
     for constraints_file, requirements in wanted.items():
         pinned = pins(constraints_file)
@@ -75,12 +76,18 @@ def test_the_neuron_profile_is_neuron_sdk_2_32():
 
 @pytest.mark.parametrize(
     "flags",
-    [["--bogus"], ["--neuron", "--transformers4"], ["--dry-run", "--tests", "--neuron"], ["neuron"]],
+    [
+        ["--bogus"],
+        ["--neuron", "--transformers4"],
+        ["--dry-run", "--tests", "--neuron"],
+        ["neuron"],
+        ["--ray", "--bogus"],
+    ],
 )
 def test_setup_refuses_unknown_or_conflicting_flags_before_doing_anything(flags):
     done = subprocess.run([str(ROOT / "setup.sh"), *flags], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--dry-run]" in done.stderr
+    assert "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--ray] [--dry-run]" in done.stderr
 
 
 def _index_url() -> str:
@@ -114,19 +121,22 @@ def stub_wheels(tmp_path_factory) -> Path:
     return out
 
 
-def neuron_dry_run(tree: Path, stub_wheels: Path) -> subprocess.CompletedProcess:
+def neuron_dry_run(tree: Path, stub_wheels: Path, *flags: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PIP_FIND_LINKS"] = " ".join(filter(None, [str(stub_wheels), os.environ.get("PIP_FIND_LINKS")]))
     env["NEURON_INDEX_URL"] = ""  # Neuron's index: not reachable here; the stubs stand in
     env["PYTHON"] = sys.executable  # resolve for this interpreter's Python
     return subprocess.run(
-        ["./setup.sh", "--dry-run", "--neuron"], cwd=tree, env=env, capture_output=True, text=True, timeout=300
+        ["./setup.sh", "--dry-run", "--neuron", *flags], cwd=tree, env=env, capture_output=True, text=True, timeout=300
     )
 
 
 @pytest.mark.e2e  # pip resolves against PyPI (tens of seconds): once per CI run, not per environment
-def test_the_neuron_profile_resolves_with_what_neurons_packages_require(index_reachable, tree, stub_wheels):
-    done = neuron_dry_run(tree, stub_wheels)
+def test_the_neuron_profile_resolves_with_what_neurons_packages_require_and_with_ray(
+    index_reachable, tree, stub_wheels
+):
+    # With --ray, the largest set the profile installs: ray[serve] beside torch 2.9.0 and numpy 1.26.4.
+    done = neuron_dry_run(tree, stub_wheels, "--ray")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines == sorted(lines, key=str.lower)
@@ -138,6 +148,7 @@ def test_the_neuron_profile_resolves_with_what_neurons_packages_require(index_re
     assert resolved["libneuronxla"] == "2.2.17544.0"
     assert resolved["torch"].startswith("2.9.")
     assert resolved["numpy"] == pinned["numpy"]
+    assert resolved["ray"] == "2.60.0"
     # A consistent set: pip took every pin, and nothing it installs is left unpinned but what torch 2.9.0
     # pins itself (its CUDA libraries, triton), this project, and setuptools (torch's, on Python >= 3.12).
     assert {name: resolved[name] for name in pinned} == pinned
