@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from serving.handler import BACKEND_ENV, prepare_backend
+from serving.contract import BACKEND_ENV
+from serving.model import prepare_backend
 from tasks.common import backends, tools
 from tasks.common.config import ConfigError, ServingConfig, resolve_serving
 from tasks.prepare.compile import compile_for
