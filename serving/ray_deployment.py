@@ -19,16 +19,17 @@ The graph runs in a thread of its own, so the replica's event loop keeps taking 
 Where @serve.batch and TorchServe differ: TorchServe's frontend forms a batch when a worker is free to take it;
 Serve's batch queue forms the next batch as soon as the current one starts, then holds it until the model is
 free (ray/serve/batching.py, _BatchQueue._process_batches: wait_for_batch, then the max_concurrent_batches
-semaphore). With a max_batch_delay shorter than one batch on the model (5 ms against ~250 ms here), that
-batch closes with the one or two requests that came in its first 5 ms, and so does each after it: measured at
-64 clients, 2.2-2.4 requests per batch of 6. So, with admit_when_idle, a request joins the batch queue only while
-the model is idle; one that comes while a batch runs waits for it to end, and joins with the others that waited:
-the batch forms when the model can take it, as TorchServe's does (4.2-4.9 per batch in the same sitting).
+semaphore). With a max_batch_delay shorter than one batch on the model (5 ms against ~300 ms here), that batch
+closes with the one or two requests that came in its first 5 ms, and so does each after it: measured at 64
+clients, 1.9-2.4 requests per batch of 6. So, with admit_when_idle, a request joins the batch queue through a
+BatchGate (serving/batch_gate.py): none while a batch is on the model, up to batch_size of those that waited
+once it is done -- the next batch forms from them, when the model can take it, as TorchServe's does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -45,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from transformers import AutoTokenizer
 
+from serving.batch_gate import BatchGate
 from serving.claims import record_core
 from serving.contract import THREADS_ENV, ModelInfo, encode_pairs, pad_to_batch
 from serving.model import load_graphs, parse_request, predictions, prepare_backend, run_graph
@@ -144,9 +146,7 @@ class ParaphraseReplica:
         batching.set_max_batch_size(self.info.batch_size)
         batching.set_batch_wait_timeout_s(max_batch_delay / 1000)
         self.graph_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph")
-        self.admit_when_idle = admit_when_idle
-        self.idle = asyncio.Event()  # set while no batch is on the model
-        self.idle.set()
+        self.gate = BatchGate(self.info.batch_size) if admit_when_idle else None
         self.run_batch([WARM_UP_PAIR])  # a replica that cannot answer fails here, and Serve says why
         load_ms = (time.monotonic() - started) * 1000
         record = {"pid": os.getpid(), "unit": _unit(self.info.backend, torch.get_num_threads()), "load_ms": load_ms}
@@ -168,9 +168,14 @@ class ParaphraseReplica:
         except ValueError as error:
             logger.warning("request refused: %s", error)
             return error_response(400, "BadRequest", str(error))
-        if self.admit_when_idle:
-            await self.idle.wait()  # a batch is on the model: join the next one when it is done (module docstring)
-        answer = await self.answer(pair)
+        if self.gate is None:
+            answer = await self.answer((None, pair))
+        else:
+            ticket = await self.gate.admit()  # a batch on the model: join the next, formed as this one ends
+            try:
+                answer = await self.answer((ticket, pair))
+            finally:
+                await self.gate.leave(ticket)  # cancelled before its batch: its place is given back
         if answer is None:
             return error_response(500, "InternalServerError", "the model returned NaN or Inf scores for this request")
         label, probability, truncated = answer
@@ -178,12 +183,12 @@ class ParaphraseReplica:
         return JSONResponse([label], headers=headers)
 
     @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_WAIT_S)
-    async def answer(self, pairs: list[tuple[str, str]]) -> list[Answer]:
-        self.idle.clear()
-        try:
+    async def answer(self, requests: list[tuple[object | None, tuple[str, str]]]) -> list[Answer]:
+        """One batch: (ticket, pair) per request, the ticket its BatchGate's (None without one)."""
+        pairs = [pair for _, pair in requests]
+        on_model = self.gate.batch(t for t, _ in requests) if self.gate else contextlib.nullcontext()
+        async with on_model:
             return await asyncio.get_running_loop().run_in_executor(self.graph_thread, self.run_batch, pairs)
-        finally:
-            self.idle.set()  # the requests that waited now join the queue, together
 
     def run_batch(self, pairs: list[tuple[str, str]]) -> list[Answer]:
         """Tokenize into the smallest bucket, pad to the traced batch_size, one call of the graph, labels."""

@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, SerializeAsAny
 
 from serving.contract import ModelInfo
 from tasks.common.config import ResolvedServing, ServingConfig
@@ -129,7 +129,8 @@ class Mark(BaseModel):
 class Figures(BaseModel):
     """An engine's own account of a load window and of the model's load; None where it has no such figure."""
 
-    times: ServerTimes | None = None
+    # SerializeAsAny: an engine's own subclass (Ray's RayServeTimes) keeps its extra figures when dumped.
+    times: SerializeAsAny[ServerTimes] | None = None
     model_load: ModelLoad | None = None
 
 

@@ -117,7 +117,7 @@ def test_every_ray_process_gets_the_runs_token_file_loopback_and_no_inherited_to
     monkeypatch.setenv("RAY_AUTH_TOKEN", "someone-elses")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
-    env = head.head_env(resolved("neuron", threads=3), tmp_path / "ray_token", "marker")
+    env = head.head_env(resolved("neuron", threads=3), tmp_path / "ray_token", "marker", batch_size=6)
     assert "RAY_AUTH_TOKEN" not in env and "RAY_ADDRESS" not in env  # either would win over the run's own
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "ray_token")
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # Ray then takes 127.0.0.1 as the node's address
@@ -125,6 +125,7 @@ def test_every_ray_process_gets_the_runs_token_file_loopback_and_no_inherited_to
     assert "NEURON_RT_VISIBLE_CORES" not in env  # inherited, it would put every replica on core 0
     assert (env[THREADS_ENV], env["OMP_NUM_THREADS"], env[BACKEND_ENV]) == ("3", "3", "neuron")
     assert env[head.MARKER_ENV] == "marker"
+    assert env["RAY_SERVE_BATCH_SIZE_BUCKETS"] == "1,2,3,4,5,6"  # each batch size counted apart
 
 
 def test_a_missing_ray_is_named_with_the_setup_command(monkeypatch):
@@ -251,6 +252,20 @@ def test_a_window_is_the_difference_of_two_scrapes_of_this_deployment_alone():
     assert 10.0 < stat_.p50 < 100.0 and math.isnan(stat_.max)
     served = after.histograms["replica_ms"].minus(before.histograms["replica_ms"])
     assert served.count / (after.batches - before.batches) == pytest.approx(5.0)  # 100 requests in 20 batches
+
+
+def test_batch_sizes_are_counted_per_size_from_a_bucket_each():
+    histogram = metrics.Histogram(buckets={1.0: 2.0, 2.0: 2.0, 3.0: 5.0, 4.0: 5.0, 5.0: 5.0, 6.0: 12.0, math.inf: 12.0})
+    assert metrics.sizes(histogram) == {1: 2, 3: 3, 6: 7}
+    assert metrics.fill({1: 2, 3: 3, 6: 7}) == pytest.approx((2 + 9 + 42) / 12)
+
+
+def test_rays_own_figures_survive_a_dump_of_the_engine_figures():
+    from tasks.engines.seam import Figures
+
+    times = metrics.RayServeTimes(source="test", batch_sizes={6: 3}, proxy_ms=2.0)
+    dumped = Figures(times=times).model_dump(mode="json")["times"]
+    assert dumped["batch_sizes"] == {"6": 3} and dumped["proxy_ms"] == 2.0
 
 
 def test_a_quantile_is_read_linearly_inside_its_bucket_and_no_requests_means_no_figure():

@@ -42,7 +42,7 @@ class RayEngine:
         self, serving: ServingConfig, resolved: ResolvedServing, package: Package, server_dir: Path
     ) -> RayStarted:
         """Ray and Serve's proxy up. A start that fails half way stops what it started before it raises."""
-        started = head.start(serving, resolved, server_dir)
+        started = head.start(serving, resolved, server_dir, package.info.batch_size)
         try:
             head.wait_up(started, serving.startup_timeout)
         except BaseException:

@@ -140,7 +140,7 @@ def ray_env(token_file: Path, base: dict[str, str] | None = None) -> dict[str, s
     }
 
 
-def head_env(resolved: ResolvedServing, token_file: Path, marker: str) -> dict[str, str]:
+def head_env(resolved: ResolvedServing, token_file: Path, marker: str, batch_size: int) -> dict[str, str]:
     """The head's environment, which Ray passes on to every process it starts, the replicas included: no inherited
     NEURON_RT_* (a replica takes the core Ray gives it), this environment's bin on PATH, the threads per replica."""
     return {
@@ -149,6 +149,9 @@ def head_env(resolved: ResolvedServing, token_file: Path, marker: str) -> dict[s
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         "DASHBOARD_METRIC_PORT": "0",
         "AUTOSCALER_METRIC_PORT": "0",
+        # Serve's batch-size histogram with a bucket per size up to the traced batch_size (its default buckets are
+        # 1, 2, 4, 8...): the batches' sizes are then counted exactly, the fill's distribution with them.
+        "RAY_SERVE_BATCH_SIZE_BUCKETS": ",".join(str(size) for size in range(1, batch_size + 1)),
         "OMP_NUM_THREADS": str(resolved.threads_per_worker),
         THREADS_ENV: str(resolved.threads_per_worker),
         BACKEND_ENV: resolved.backend,
@@ -185,8 +188,9 @@ def head_request(resolved: ResolvedServing, temp_link: Path, ports: dict[str, in
     }
 
 
-def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path) -> RayStarted:
-    """Launch the run's Ray instance in server_dir and return once it is recorded (not yet up: wait_up)."""
+def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path, batch_size: int) -> RayStarted:
+    """Launch the run's Ray instance in server_dir for a model traced at batch_size, and return once it is
+    recorded (not yet up: wait_up)."""
     require_ray()
     logs = server_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -206,7 +210,7 @@ def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path) -
         head = subprocess.Popen(
             command,
             cwd=server_dir,
-            env=head_env(resolved, token_file, marker),
+            env=head_env(resolved, token_file, marker, batch_size),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

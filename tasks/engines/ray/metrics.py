@@ -6,7 +6,8 @@ endpoint once per METRICS_REPORT_MS (head.py), so the end waits for two reports 
 exact. Everything else comes from the buckets: Ray records a histogram's observations at its buckets' midpoints
 (ray/_private/telemetry/open_telemetry_metric_recorder.py), so a sum -- hence a mean -- is the midpoints', and
 percentiles are estimated linearly inside the bucket a rank falls in, as Prometheus' histogram_quantile does;
-a maximum is not known (NaN). The batch fill is exact: the replicas' requests over the batches they ran.
+a maximum is not known (NaN). The batch sizes are exact: head.py gives Serve's batch-size histogram a bucket per
+size, so its counts are the number of batches of each size, and the fill their mean.
 
 Where the time of one request goes (ray/serve/_private: request_ingress_metrics.py, request_router, replica.py,
 batching.py):
@@ -15,7 +16,8 @@ batching.py):
     replica_ms   ray_serve_deployment_processing_latency_ms    the replica: batch wait + model + answer
     batch_wait_ms ray_serve_batch_wait_time_ms            per batch: the wait for batch-mates
     handler_ms   ray_serve_batch_execution_time_ms        per batch: tokenize + graph + labels
-    batches      ray_serve_batches_processed             mean_batch_fill: replica requests / batches
+    batches      ray_serve_batches_processed
+    batch_sizes  ray_serve_actual_batch_size             batches of each size, and mean_batch_fill
 The proxy's own share is request_ms less the replica's and the router's; TorchServe's handler phases
 (preprocess / model / postprocess) have no Ray counterpart here and stay absent.
 """
@@ -38,6 +40,7 @@ HISTOGRAMS = {
     "replica_ms": "ray_serve_deployment_processing_latency_ms",
     "batch_wait_ms": "ray_serve_batch_wait_time_ms",
     "handler_ms": "ray_serve_batch_execution_time_ms",
+    "batch_size": "ray_serve_actual_batch_size",  # a bucket per size (head.py): counts of each size, exact
 }
 BATCHES = "ray_serve_batches_processed"
 # Labels that name the application or deployment a sample is of; a sample with none of them is the process's own.
@@ -99,6 +102,7 @@ class RayServeTimes(ServerTimes):
     replica_ms: Stat | None = None  # per request, in the replica: batch wait + model + answer
     batch_wait_ms: Stat | None = None  # per batch: how long it waited for batch-mates
     proxy_ms: float | None = None  # mean per request in the proxy itself: request - router - replica (bucket means)
+    batch_sizes: dict[int, int] = {}  # batches of each size that ran in the window
 
 
 def _ours(labels: dict, name: str) -> bool:
@@ -151,6 +155,7 @@ def window(started: RayStarted, model_name: str, since: Scrape) -> RayServeTimes
     delta = {key: now.histograms[key].minus(since.histograms.get(key, Histogram())) for key in HISTOGRAMS}
     stats = {key: histogram.stat() for key, histogram in delta.items()}
     batches = int(round(now.batches - since.batches))
+    by_size = sizes(delta["batch_size"])
     parts = [stats[key] for key in ("request_ms", "queue_ms", "replica_ms")]
     means = [part.mean for part in parts if part is not None]
     proxy_ms = means[0] - means[1] - means[2] if len(means) == len(parts) else None
@@ -163,11 +168,28 @@ def window(started: RayStarted, model_name: str, since: Scrape) -> RayServeTimes
         handler_ms=stats["handler_ms"],
         handler_metric=HISTOGRAMS["handler_ms"],
         batches=batches,
-        mean_batch_fill=delta["replica_ms"].count / batches if batches > 0 else None,
+        mean_batch_fill=fill(by_size),
         proxy_ms=proxy_ms,
+        batch_sizes=by_size,
         note="means and percentiles from Ray's histogram buckets (counts exact, no maximum); the handler's "
         "preprocess / model / postprocess phases are TorchServe's and absent here",
     )
+
+
+def sizes(histogram: Histogram) -> dict[int, int]:
+    """{size: batches} from the batch-size histogram, whose buckets are the sizes 1..batch_size (head.py)."""
+    found, below = {}, 0.0
+    for le, cumulative in sorted(histogram.buckets.items()):
+        if not math.isinf(le) and cumulative - below > 0:
+            found[int(le)] = int(round(cumulative - below))
+        below = cumulative
+    return found
+
+
+def fill(by_size: dict[int, int]) -> float | None:
+    """Requests per batch, from the batches of each size."""
+    batches = sum(by_size.values())
+    return sum(size * count for size, count in by_size.items()) / batches if batches else None
 
 
 def model_load(replicas: list[Replica], deploy_s: float | None) -> ModelLoad:

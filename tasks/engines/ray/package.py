@@ -4,7 +4,8 @@ The .mar's counterpart for Ray Serve, in the run's model store:
 
     <store>/<model name>.serve/
         model/      model_info.json, one graph per length bucket, the tokenizer files: what the replica loads
-        serving/    the deployment (serving/ray_deployment.py) and what it imports (model, contract, claims)
+        serving/    the deployment (serving/ray_deployment.py) and what it imports (model, contract, claims,
+                    batch_gate)
         package.json  what is inside: the entry point, each file's size and sha256
 
 Each replica imports serving/ from here (deploy puts the package first on its PYTHONPATH), not from the checkout,
@@ -28,7 +29,7 @@ from tasks.prepare.trace import TracedModel
 SUFFIX = ".serve"
 ENTRY_POINT = "serving.ray_deployment:ParaphraseReplica"
 # The deployment and what it imports, shipped as the package serving/.
-SERVING_FILES = ("__init__.py", "contract.py", "claims.py", "model.py", "ray_deployment.py")
+SERVING_FILES = ("__init__.py", "contract.py", "claims.py", "model.py", "batch_gate.py", "ray_deployment.py")
 MANIFEST = "package.json"
 
 
