@@ -21,9 +21,10 @@ Serve's batch queue forms the next batch as soon as the current one starts, then
 free (ray/serve/batching.py, _BatchQueue._process_batches: wait_for_batch, then the max_concurrent_batches
 semaphore). With a max_batch_delay shorter than one batch on the model (5 ms against ~300 ms here), that batch
 closes with the one or two requests that came in its first 5 ms, and so does each after it: measured at 64
-clients, 1.9-2.4 requests per batch of 6. So, with admit_when_idle, a request joins the batch queue through a
-BatchGate (serving/batch_gate.py): none while a batch is on the model, up to batch_size of those that waited
-once it is done -- the next batch forms from them, when the model can take it, as TorchServe's does.
+clients, 1.75 requests per batch of 6 (179 of 279 batches held one), each batch costing a full one's CPU. So,
+with admit_when_idle, a request joins the batch queue through a BatchGate (serving/batch_gate.py): none while a
+batch is on the model, up to batch_size of those that waited once it is done -- the next batch forms from them,
+when the model can take it, as TorchServe's does (then 486 of 490 batches were full).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ batching.py):
     handler_ms   ray_serve_batch_execution_time_ms        per batch: tokenize + graph + labels
     batches      ray_serve_batches_processed
     batch_sizes  ray_serve_actual_batch_size             batches of each size, and mean_batch_fill
-The proxy's own share is request_ms less the replica's and the router's; TorchServe's handler phases
-(preprocess / model / postprocess) have no Ray counterpart here and stay absent.
+The proxy's own time is not one of them, and request_ms less the others would be a difference of means taken
+from bucket midpoints (it came out negative): absent. TorchServe's handler phases (preprocess / model /
+postprocess) have no Ray counterpart here and stay absent too.
 """
 
 from __future__ import annotations
@@ -101,7 +102,6 @@ class RayServeTimes(ServerTimes):
 
     replica_ms: Stat | None = None  # per request, in the replica: batch wait + model + answer
     batch_wait_ms: Stat | None = None  # per batch: how long it waited for batch-mates
-    proxy_ms: float | None = None  # mean per request in the proxy itself: request - router - replica (bucket means)
     batch_sizes: dict[int, int] = {}  # batches of each size that ran in the window
 
 
@@ -156,9 +156,6 @@ def window(started: RayStarted, model_name: str, since: Scrape) -> RayServeTimes
     stats = {key: histogram.stat() for key, histogram in delta.items()}
     batches = int(round(now.batches - since.batches))
     by_size = sizes(delta["batch_size"])
-    parts = [stats[key] for key in ("request_ms", "queue_ms", "replica_ms")]
-    means = [part.mean for part in parts if part is not None]
-    proxy_ms = means[0] - means[1] - means[2] if len(means) == len(parts) else None
     return RayServeTimes(
         source=f"{started.metrics_url} (Ray Serve's Prometheus metrics, {now.at - since.at:.1f} s window)",
         request_ms=stats["request_ms"],
@@ -169,7 +166,6 @@ def window(started: RayStarted, model_name: str, since: Scrape) -> RayServeTimes
         handler_metric=HISTOGRAMS["handler_ms"],
         batches=batches,
         mean_batch_fill=fill(by_size),
-        proxy_ms=proxy_ms,
         batch_sizes=by_size,
         note="means and percentiles from Ray's histogram buckets (counts exact, no maximum); the handler's "
         "preprocess / model / postprocess phases are TorchServe's and absent here",
