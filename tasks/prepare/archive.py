@@ -19,7 +19,7 @@ from tasks.prepare.trace import TracedModel
 
 HANDLER_FILE = REPO_ROOT / "serving" / "handler.py"
 # What the handler imports, shipped beside it as the package serving/.
-SERVING_FILES = (REPO_ROOT / "serving" / "contract.py", REPO_ROOT / "serving" / "claims.py")
+SERVING_FILES = tuple(REPO_ROOT / "serving" / name for name in ("contract.py", "claims.py", "model.py"))
 
 
 class ArchiveError(PipelineError):
@@ -58,7 +58,7 @@ def archive(
     if archiver is None:
         raise ArchiveError("torch-model-archiver is not installed in this environment", fix="run ./setup.sh")
     with tempfile.TemporaryDirectory() as staging, tempfile.TemporaryDirectory() as archiver_temp:
-        # The handler imports serving.contract and serving.claims: ship them as serving/ (a directory given as an
+        # The handler imports serving.contract, .claims and .model: ship them as serving/ (a directory given as an
         # extra file is copied by its contents, so the staging folder holds serving/).
         package = Path(staging) / "serving"
         package.mkdir()

@@ -3,6 +3,8 @@ read from TorchServe's management API, the workers' claims (serving/contract) an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel
 
 from serving.claims import core_claims, gpu_claims
@@ -35,26 +37,35 @@ def ready_worker_pids(server: Server, model_name: str) -> list[int]:
 
 def core_map(server: Server, model_name: str, workers: int) -> CoreMap:
     """Every READY worker holds a NeuronCore of its own; fail naming the workers that do not."""
-    pids = ready_worker_pids(server, model_name)
-    claimed = {pid: core for core, pid in core_claims(claims_dir(server.server_dir)).items()}
+    return core_map_of(
+        ready_worker_pids(server, model_name),
+        claims_dir(server.server_dir),
+        workers,
+        fix="read the workers' log (server/logs/model_log.log): each says which core it took",
+    )
+
+
+def core_map_of(pids: list[int], claims: Path, wanted: int, fix: str, who: str = "workers") -> CoreMap:
+    """Each of `pids` (a server's serving processes: TorchServe's workers, Ray Serve's replicas) holds a NeuronCore
+    of its own, by its claim in `claims` and, where neuron-ls is there, by the runtime's own account."""
+    claimed = {pid: core for core, pid in core_claims(claims).items()}
     cores = {claimed[pid]: pid for pid in pids if pid in claimed}
     problems = []
-    if len(pids) != workers:
-        problems.append(f"{len(pids)} READY workers, {workers} wanted")
+    if len(pids) != wanted:
+        problems.append(f"{len(pids)} ready {who}, {wanted} wanted")
     if len(cores) != len(pids):
-        problems.append(f"workers without a core of their own: {sorted(set(pids) - set(cores.values()))}")
-    checked = ["worker core claims"]
+        problems.append(f"{who} without a core of their own: {sorted(set(pids) - set(cores.values()))}")
+    checked = [f"{who.rstrip('s')} core claims"]
     listing = neuron_ls()
     if listing is not None:
         checked.append(listing.source)
         for core, pid in cores.items():
             if not any(p.pid == pid and core in p.cores for p in listing.processes):
-                problems.append(f"{listing.source} does not list worker pid {pid} on the device of NeuronCore {core}")
+                problems.append(
+                    f"{listing.source} does not list {who.rstrip('s')} pid {pid} on the device of NeuronCore {core}"
+                )
     if problems:
-        raise CoresError(
-            f"workers are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})",
-            fix="read the workers' log (server/logs/model_log.log): each says which core it took",
-        )
+        raise CoresError(f"{who} are not one per NeuronCore: {'; '.join(problems)} (claims: {claimed})", fix=fix)
     return CoreMap(cores=dict(sorted(cores.items())), checked_with=checked)
 
 

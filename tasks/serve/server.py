@@ -9,12 +9,10 @@ and a server.json recording the processes, so stop -- or the next run -- can alw
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,7 +27,7 @@ from tasks.common.child import without_neuron_runtime_settings
 from tasks.common.config import ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.polling import Pending, TimedOut, wait_until
-from tasks.common.ports import owner, port_free
+from tasks.common.ports import free_ports, owner, port_free
 from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
 from tasks.common.processes import stop as stop_processes
 from tasks.common.sizing import ResolvedServing
@@ -143,12 +141,7 @@ def pick_ports(serving: ServingConfig) -> dict[str, int]:
 
 
 def _free_ports(address: str, names: list[str]) -> dict[str, int]:
-    # All probes stay open until every port is picked, so the OS can't hand out one port twice.
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in names]
-        for probe in probes:
-            probe.bind((address, 0))
-        return {name: probe.getsockname()[1] for name, probe in zip(names, probes, strict=True)}
+    return dict(zip(names, free_ports(address, len(names)), strict=True))
 
 
 def write_config(
@@ -201,7 +194,7 @@ def start(serving: ServingConfig, resolved: ResolvedServing, model_store: Path, 
     # A short path of its own: TorchServe's pid file and worker unix sockets (<=108 chars) go here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ts-"))
     env = dict(
-        # No inherited NEURON_RT_*: each worker pins its own core (serving/handler.py). This environment's
+        # No inherited NEURON_RT_*: each worker pins its own core (serving/model.py). This environment's
         # bin on PATH, as for the compile child: a worker may run its tools (tasks/common/tools.py).
         with_environment_bin(without_neuron_runtime_settings()),
         TMPDIR=str(temp_dir),

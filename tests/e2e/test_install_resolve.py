@@ -57,18 +57,21 @@ def stub_wheels(tmp_path_factory) -> Path:
     return out
 
 
-def neuron_dry_run(tree: Path, stub_wheels: Path) -> subprocess.CompletedProcess:
+def neuron_dry_run(tree: Path, stub_wheels: Path, *flags: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PIP_FIND_LINKS"] = " ".join(filter(None, [str(stub_wheels), os.environ.get("PIP_FIND_LINKS")]))
     env["NEURON_INDEX_URL"] = ""  # Neuron's index: not reachable here; the stubs stand in
     env["PYTHON"] = sys.executable  # resolve for this interpreter's Python
     return subprocess.run(
-        ["./setup.sh", "--dry-run", "--neuron"], cwd=tree, env=env, capture_output=True, text=True, timeout=300
+        ["./setup.sh", "--dry-run", "--neuron", *flags], cwd=tree, env=env, capture_output=True, text=True, timeout=300
     )
 
 
-def test_the_neuron_profile_resolves_with_what_neurons_packages_require(index_reachable, tree, stub_wheels):
-    done = neuron_dry_run(tree, stub_wheels)
+def test_the_neuron_profile_resolves_with_what_neurons_packages_require_and_with_ray(
+    index_reachable, tree, stub_wheels
+):
+    # With --ray, the largest set the profile installs: ray[serve] beside torch 2.9.0 and the profile's numpy.
+    done = neuron_dry_run(tree, stub_wheels, "--ray")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines == sorted(lines, key=str.lower)
@@ -80,6 +83,7 @@ def test_the_neuron_profile_resolves_with_what_neurons_packages_require(index_re
     assert resolved["libneuronxla"] == "2.2.17544.0"
     assert resolved["torch"].startswith("2.9.")
     assert resolved["numpy"] == pinned["numpy"]
+    assert resolved["ray"] == "2.60.0"
     # neuronx-cc asks for islpy~=2026.1, which a resolve left to itself meets with 2026.2.x: the pin holds it.
     assert resolved["islpy"] == pinned["islpy"] and Version(resolved["islpy"]).release[:2] == (2026, 1)
     # A consistent set: pip took every pin, and nothing it installs is left unpinned but what torch 2.9.0

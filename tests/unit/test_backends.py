@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from serving.handler import BACKEND_ENV, prepare_backend
+from serving.contract import BACKEND_ENV
+from serving.model import prepare_backend
 from tasks.common import backends
 from tasks.common.config import ConfigError, ServingConfig
 from tasks.common.sizing import resolve_serving

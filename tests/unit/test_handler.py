@@ -8,7 +8,8 @@ import torch
 
 import serving.handler
 from serving.contract import BACKEND_ENV, THREADS_ENV, ModelInfo
-from serving.handler import ParaphraseHandler, parse_request
+from serving.handler import ParaphraseHandler
+from serving.model import parse_request
 
 LONG = " ".join(["paraphrase"] * 60)
 

@@ -39,10 +39,11 @@ def project() -> dict:
 
 def test_pyproject_asks_ranges_and_every_profile_pins_each_within_them():
     extras = project()["optional-dependencies"]
+    # --ray adds the extra [ray] to any profile, so each constraints file pins it too.
     wanted = {
-        "constraints.txt": project()["dependencies"] + extras["test"],
-        "constraints-transformers4.txt": project()["dependencies"] + extras["test"],
-        "constraints-neuron.txt": project()["dependencies"] + extras["test"] + extras["neuron"],
+        "constraints.txt": project()["dependencies"] + extras["test"] + extras["ray"],
+        "constraints-transformers4.txt": project()["dependencies"] + extras["test"] + extras["ray"],
+        "constraints-neuron.txt": project()["dependencies"] + extras["test"] + extras["neuron"] + extras["ray"],
     }
     for constraints_file, requirements in wanted.items():
         pinned = pins(constraints_file)
@@ -70,12 +71,18 @@ def test_the_neuron_profile_is_neuron_sdk_2_32():
 
 @pytest.mark.parametrize(
     "flags",
-    [["--bogus"], ["--neuron", "--transformers4"], ["--dry-run", "--tests", "--neuron"], ["neuron"]],
+    [
+        ["--bogus"],
+        ["--neuron", "--transformers4"],
+        ["--dry-run", "--tests", "--neuron"],
+        ["neuron"],
+        ["--ray", "--bogus"],
+    ],
 )
 def test_setup_refuses_unknown_or_conflicting_flags_before_doing_anything(flags):
     done = subprocess.run([str(ROOT / "setup.sh"), *flags], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--dry-run]" in done.stderr
+    assert "usage: ./setup.sh [--neuron | --transformers4 | --tests] [--ray] [--dry-run]" in done.stderr
 
 
 def _with_islpy(tmp_path: Path, version: str) -> dict[str, str]:

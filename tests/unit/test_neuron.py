@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from serving import claims as claims_module
-from serving import handler
+from serving import model
 from serving.claims import claim_core, core_claims, gpu_claims, record_gpu
 from serving.contract import CLASS_NAMES, ModelInfo
-from serving.handler import load_graphs, pin_neuron_core, prepare_backend
+from serving.model import load_graphs, pin_neuron_core, prepare_backend
 from tasks.common import backends, tools
 from tasks.common.compiler import auto_cast_type
 from tasks.common.config import ChecksConfig
@@ -60,12 +60,12 @@ def ends(holder: subprocess.Popen) -> None:
 @pytest.fixture
 def release_clock(neuron_host, monkeypatch):
     """The stand-in runtime's clock (a dead owner's core is released STAND_IN_CORE_RELEASE_S after it was first
-    seen dead) on a fake clock at the real time, shared with the worker's retries (serving/handler.py)."""
+    seen dead) on a fake clock at the real time, shared with the worker's retries (serving/model.py)."""
     import neuron_runtime_stand_in
 
     clock = FakeClock(start=time.time())
     monkeypatch.setattr(neuron_runtime_stand_in, "time", TimeOn(clock))
-    monkeypatch.setattr(handler, "time", TimeOn(clock))
+    monkeypatch.setattr(model, "time", TimeOn(clock))
     monkeypatch.setenv("STAND_IN_CORE_RELEASE_S", "0.5")
     return clock
 
@@ -321,7 +321,7 @@ def test_a_starting_worker_waits_for_the_core_a_dying_worker_still_claims(tmp_pa
 def test_a_worker_loads_once_the_runtime_releases_its_core_and_gives_up_past_its_bound(
     neuron_model_dir, release_clock, monkeypatch, caplog
 ):
-    """serving/handler.load_graphs as a fresh worker runs it, on NeuronCore 1 of a process that held it."""
+    """serving/model.load_graphs as a fresh worker runs it, on NeuronCore 1 of a process that held it."""
     caplog.set_level(logging.WARNING)
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "1")
     as_a_new_process(monkeypatch)
