@@ -36,7 +36,7 @@ def test_the_seam_drives_torchserve_from_package_to_stop(small_model, tmp_path):
     assert replicas[0].unit == f"CPU ({resolved.threads_per_worker} threads)"
     assert figures.times is not None and figures.times.handler_ms is not None and figures.times.batches > 0
     assert figures.model_load is not None and figures.model_load.register_to_ready_s
-    assert outcome["stopped"] >= 2
+    assert outcome.stopped >= 2
     recorded = load_record(tmp_path / "server")
     assert recorded is not None
     assert_server_gone(recorded)

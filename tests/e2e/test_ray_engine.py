@@ -169,7 +169,7 @@ def test_stop_ends_serve_and_ray_and_leaves_nothing(served):
     started, _, _, replicas = served
     assert all(psutil.pid_exists(replica.pid) for replica in replicas)
     outcome = ENGINE.stop(started)
-    assert outcome["stopped"] > len(replicas)
+    assert outcome.stopped > len(replicas)
     assert_nothing_left(started)
     assert not any(psutil.pid_exists(replica.pid) for replica in replicas)
 
