@@ -38,7 +38,7 @@ from tasks.common.sizing import ResolvedServing
 from tasks.report.events import emit_regression, run_page
 from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
 from tasks.report.summary import make_run_dir, next_run_dir, publish_artifacts, publish_run_config
-from tasks.serve.server import STOP_GRACE_S, Server, load_record, stop_stale
+from tasks.serve.server import STOP_GRACE_S, Server, keep, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
 
 if TYPE_CHECKING:
@@ -196,7 +196,10 @@ class Run:
         otherwise the Prefect task, so the stop shows in the run's graph."""
         # The run directory records a started server even when start itself did not return.
         self.server = self.server or load_record(self.dir / "server")
-        if self.server is None or (self.keep_serving and not self.interrupted):
+        if self.server is None:
+            return None
+        if self.keep_serving and not self.interrupted:
+            keep(self.server)  # this command exits, the server stays: no later run's sweep may take it for a crash's
             return None
         if self.interrupted:
             self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted.by)

@@ -15,9 +15,10 @@ LATEST = RunConfig.model_fields["runs_dir"].default / "latest"
 
 
 def command(run_dir: Path) -> str:
-    """What stops the server a run kept up: its own run directory named, so it holds with any --runs-dir and
-    after later runs have moved runs/latest."""
-    return f"python -m flows.stop {run_dir}"
+    """What stops the server a run kept up (tasks/serve/server.py stop_command, the one wording)."""
+    from tasks.serve.server import stop_command
+
+    return stop_command(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from tasks.common import backends
 from tasks.common.parameters import read
 from tasks.common.polling import wait_until
 from tasks.measure.history import figures_of
+from tasks.serve.server import load_record
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone
 from tests.nights import config_leaves
 from tools.summary_schema import DOC, published
@@ -266,9 +267,12 @@ def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
     assert "/flow-runs/" not in pages[0]  # not the old UI's route
 
 
-def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(run, small_model, tmp_path):
+def test_keep_serving_leaves_a_working_server_that_the_next_night_leaves_and_flows_stop_ends(
+    run, small_model, tmp_path
+):
     """Run from a user's own minimal config file (the small shape, nothing else): in every key neither it nor an
-    override sets, its summary.json records the default night, as the module's default run does."""
+    override sets, its summary.json records the default night, as the module's default run does. The next night
+    in the same runs directory does not take the kept server for a crashed run's: it still answers after it."""
     mine = tmp_path / "mine.yaml"
     mine.write_text(f"serving:\n  batch_size: {SMALL_BATCH}\n  max_length: {SMALL_LENGTH}\n")
     overrides = {
@@ -278,22 +282,33 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(run, small_mo
         "keep_serving": True,
         "serving.initial_workers": 1,
     }
+    kept_dir = tmp_path / "latest"
     try:
         summary = validate(config_file=str(mine), overrides=overrides)
+        kept_dir = Path(summary["run_dir"])  # runs/latest moves on with the next night
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
         assert summary["server"]["inference_url"] == server.inference_url
         model_name = f"bert-max_length{SMALL_LENGTH}-batch_size{SMALL_BATCH}"
-        answer = httpx.post(
-            f"{server.inference_url}/predictions/{model_name}",
-            data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
-            headers=server.inference_headers(),
-            timeout=60,
-        )
-        assert answer.status_code == 200 and answer.json() == ["not paraphrase"]
+
+        def answer() -> list:
+            answered = httpx.post(
+                f"{server.inference_url}/predictions/{model_name}",
+                data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
+                headers=server.inference_headers(),
+                timeout=60,
+            )
+            assert answered.status_code == 200, answered.text
+            return answered.json()
+
+        assert answer() == ["not paraphrase"]
+        next_night = validate(config_file=str(mine), overrides={**overrides, "keep_serving": False})
+        assert next_night["status"] == "ok", [s for s in next_night["stages"] if s["error"]]
+        assert answer() == ["not paraphrase"]  # left serving
+        assert load_record(kept_dir / "server").kept is True
     finally:
-        assert stop_cli.main([str(tmp_path / "latest")]) == 0
+        assert stop_cli.main([str(kept_dir)]) == 0
     assert_server_gone(server)
     night, default = config_leaves(summary["config"]), config_leaves(run["summary"]["config"])
     given = {"serving.batch_size", "serving.max_length", *overrides, *OVERRIDES}
