@@ -30,6 +30,7 @@ from prefect import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
 from flows.interrupts import WATCH, Arrival
+from flows.logs import RunLogFile
 from flows.stages import INTERRUPTS, StageFailed, Stages, interruption_of, stop_task
 from flows.stop import command as stop_command
 from tasks.common.config import RunConfig
@@ -66,6 +67,7 @@ class Run:
         self.log = get_run_logger()
         self.started = datetime.now(UTC)  # the trend's "started" for this run, as Prefect's for the others
         self.dir = next_run_dir(config.runs_dir)  # made on entry
+        self.log_file = RunLogFile(self.dir)  # flow.log there, from entry to the end of the exit
         self.stages = Stages()
         self.server: Server | None = None
         self.checks: list[CheckResult] = []
@@ -101,6 +103,7 @@ class Run:
         WATCH.install(dedicated=os.environ.get("PREFECT__FLOW_RUN_ID") == str(runtime.flow_run.id))
         with WATCH.shielded():  # the directory made and the watch attached, or neither
             make_run_dir(self.dir)
+            self.log_file.attach()
             WATCH.attach(self)
         self.log.info(
             "run directory %s; %d workers x %d threads (%s)",
@@ -116,6 +119,12 @@ class Run:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> Literal[False]:
+        try:
+            return self._exit(error)
+        finally:
+            self.log_file.detach()
+
+    def _exit(self, error: BaseException | None) -> Literal[False]:
         self.exiting = True
         try:
             with WATCH.shielded():

@@ -1,6 +1,7 @@
 """The whole pipeline once, for real: traced embedded model, real TorchServe, real Prefect server."""
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -239,11 +240,20 @@ def test_no_key_in_summary_artifacts_or_flow_log(run):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    texts = [(run["run_dir"] / "summary.json").read_text(), (run["run_dir"] / "server" / "server.json").read_text()]
+    texts = [(run["run_dir"] / name).read_text() for name in ("summary.json", "server/server.json", "flow.log")]
     texts += [str(a.data) for a in artifacts] + [log.message for log in logs]
     assert logs, "no flow log came back from the Prefect API"
     leaked = [key for key in keys for text in texts if key in text]
     assert leaked == []
+
+
+def test_the_run_directory_holds_the_runs_own_log_from_its_first_stage_to_its_summary(run):
+    """flow.log: what the terminal showed of the run -- Prefect's lines and ours -- beside its summary."""
+    lines = (run["run_dir"] / "flow.log").read_text().splitlines()
+    assert f"run directory {run['run_dir'].resolve()}" in lines[0] and re.match(r"\d{4}-\d\d-\d\d ", lines[0])
+    for stage in STAGES:
+        assert any(re.search(rf"Task run '{stage}-\w+' - Finished in state Completed", line) for line in lines), stage
+    assert any(line.endswith(f"summary: {run['run_dir'].resolve() / 'summary.json'}") for line in lines)
 
 
 def test_summary_json_passes_its_published_schema_and_records_the_config_the_run_read(run):
