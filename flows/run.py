@@ -136,6 +136,7 @@ class Run:
                 self._report()
                 if not self.interrupted:
                     self._tell()
+                    self._retain()
         finally:
             WATCH.detach(self)
         if self.interrupted and not self.stages.failed():
@@ -285,6 +286,21 @@ class Run:
         page = run_page()
         if page:
             self.log.info("run page: %s", page)
+
+    def _retain(self) -> None:
+        """At the end of the run, its records written: runs_dir pruned and the compile cache bounded
+        (tasks/report/retention.py). A disk that refuses costs a warning, never the night's verdict."""
+        from tasks.report import retention
+
+        if not self.config.retention.prune:
+            return
+        try:
+            pruned = retention.apply(self.config)
+        except OSError as error:
+            self.log.warning("retention: not applied: %s: %s", type(error).__name__, error)
+            return
+        for line in retention.describe(pruned, self.config):
+            self.log.info(line)
 
     def _server_outcome(self) -> str:
         """What became of TorchServe, in words (the console's interrupted line says this)."""

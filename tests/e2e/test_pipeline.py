@@ -166,6 +166,10 @@ def test_buckets_serve_the_same_labels_as_max_length_only_and_are_compared_in_th
     assert comparison["bucketed_inferences_per_s"] > 0 and comparison["single_inferences_per_s"] > 0
     model_log = (run["run_dir"] / "server" / "logs" / "model_log.log").read_text()
     assert "loaded buckets [40, 56, 80, 128]" in model_log and "loaded buckets [128]" in model_log
+    # The single-bucket archive, measured and dropped, is not kept beside the bucketed one (its graph is model/'s).
+    assert sorted(p.name for p in (run["run_dir"] / "model_store").glob("*.mar")) == [
+        "bert-max_length128-batch_size6.mar"
+    ]
 
 
 def test_run_directory_holds_model_archive_server_files_and_summary(run):
@@ -254,6 +258,7 @@ def test_the_run_directory_holds_the_runs_own_log_from_its_first_stage_to_its_su
     for stage in STAGES:
         assert any(re.search(rf"Task run '{stage}-\w+' - Finished in state Completed", line) for line in lines), stage
     assert any(line.endswith(f"summary: {run['run_dir'].resolve() / 'summary.json'}") for line in lines)
+    assert any("retention: " in line for line in lines)  # the night's last act: runs/ pruned, the cache bounded
 
 
 def test_summary_json_passes_its_published_schema_and_records_the_config_the_run_read(run):
