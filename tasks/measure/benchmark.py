@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tasks.common.config import BenchmarkConfig, RunConfig
 from tasks.common.errors import PipelineError
+from tasks.common.keys import current_suffix
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.common.sizing import ResolvedServing
@@ -210,6 +211,7 @@ def run(
             settings.regression_tolerance,
             settings.regression_action,
             settings.regression_tolerances,
+            suffix=current_suffix(resolved.backend),  # the deployment's accepted baseline (tools.baseline)
         )
         (log.warning if bench.regression.status == "regressed" else log.info)(
             "regression: %s", bench.regression.message
