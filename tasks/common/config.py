@@ -441,7 +441,9 @@ def existing_file(path: Path | None) -> Path | None:
         return None
     if path.is_file():
         return path.resolve()
-    raise ValueError(f"{path} does not exist; give an existing file or null")
+    # One of the MSR Paraphrase splits (docs/data.md): say how to get it.
+    hint = f"; {mrpc.rebuild_hint(path.parent)}" if path.name.startswith("msr_paraphrase") else ""
+    raise ValueError(f"{path} does not exist; give an existing file or null{hint}")
 
 
 class ChecksConfig(_Section):

@@ -53,7 +53,7 @@ from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
 from tasks.serve.server import Server
 from tasks.verify.checks import CheckResult
-from tasks.verify.pairs import load_pool
+from tasks.verify.pairs import load_pool, missing_dev_split
 
 BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
@@ -192,6 +192,8 @@ def run(
     log = log or stage_logger(__name__)
     settings, model_name = config.benchmark, mar.model_name
     pairs, pool = load_pool(settings.pairs_file)
+    if settings.pairs_file is None and (missing := missing_dev_split()):
+        log.warning(missing)
     log.info(
         "benchmark: %s, %s loop, %s",
         pool,

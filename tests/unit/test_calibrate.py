@@ -53,3 +53,34 @@ def test_best_threshold_on_overlapping_data():
     threshold, accuracy = best_threshold(np.array([0.1, 0.6, 0.4, 0.9]), np.array([0, 0, 1, 1]))
     assert accuracy == pytest.approx(0.75)
     assert ((np.array([0.1, 0.6, 0.4, 0.9]) >= threshold) == np.array([0, 0, 1, 1])).mean() == accuracy
+
+
+def test_without_the_msr_paraphrase_files_each_reader_says_what_it_cannot_measure_and_how_to_get_them(
+    tmp_path, monkeypatch, capsys
+):
+    """No traceback: the tools name the missing file, what cannot be measured, and the command that builds it; the
+    benchmark says what its fallback pool cannot measure; a config naming a missing split says how to get it."""
+    from tasks.common import config as config_module
+    from tasks.common.config import ConfigError, load_config
+    from tasks.verify import pairs
+    from tools import bf16_tolerance, calibrate
+
+    gone = tmp_path / "data" / "msr_paraphrase_train.tsv"
+    rebuild = f".venv/bin/python -m tools.mrpc_data --out {gone.parent}"
+    assert calibrate.main([str(gone)]) == 2
+    said = capsys.readouterr().err
+    assert f"{gone} does not exist: without it a threshold" in said and rebuild in said
+    monkeypatch.setattr(bf16_tolerance, "TRAIN", gone)
+    assert bf16_tolerance.main([]) == 2
+    said = capsys.readouterr().err
+    assert "the BF16 drift the parity tolerance is derived from cannot be measured" in said and rebuild in said
+
+    monkeypatch.setattr(pairs, "MRPC_DEV_FILE", tmp_path / "data" / "msr_paraphrase_dev.tsv")
+    warning = pairs.missing_dev_split()
+    assert warning is not None and "golden pairs" in warning and "do not compare" in warning and rebuild in warning
+    monkeypatch.setattr(pairs, "MRPC_DEV_FILE", config_module.GOLDEN_PAIRS_FILE)  # any file that exists
+    assert pairs.missing_dev_split() is None
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {"checks.accuracy_file": str(gone.with_name("msr_paraphrase_dev.tsv"))})
+    assert "does not exist" in str(refused.value) and "tools.mrpc_data" in str(refused.value)
