@@ -308,7 +308,7 @@ def status(args) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "resume"])
     parser.add_argument(
@@ -340,7 +340,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--params", help='JSON parameters for the run, e.g. \'{"overrides": {"benchmark.duration": 5}}\''
     )
     parser.add_argument("--no-run", action="store_true", help="set up, but trigger no run")
-    return parser.parse_intermixed_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,12 +21,16 @@ def command(run_dir: Path) -> str:
     return stop_command(run_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.stop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir", nargs="?", type=Path, default=LATEST)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     # After parsing: --help answers without loading the server module and what it imports.
     from tasks.serve.server import ServerError, load_record, stop
 
