@@ -84,3 +84,20 @@ def test_without_the_msr_paraphrase_files_each_reader_says_what_it_cannot_measur
     with pytest.raises(ConfigError) as refused:
         load_config(None, {"checks.accuracy_file": str(gone.with_name("msr_paraphrase_dev.tsv"))})
     assert "does not exist" in str(refused.value) and "tools.mrpc_data" in str(refused.value)
+
+
+def test_token_lengths_counts_what_the_handler_pads_to_and_which_bucket_a_batch_runs_at(tmp_path, capsys):
+    """The figures behind the default length buckets (docs/benchmark.md): a batch runs at the bucket holding its
+    longest sentence, special tokens included."""
+    from tools import token_lengths
+
+    short, long = "A cat sat.", " ".join(["word"] * 45)  # 5 and 47 tokens with [CLS] and [SEP]
+    rows = [f"1\t{i}\t{i + 100}\t{short}\t{short}" for i in range(6)] + [f"0\t7\t8\t{long}\t{short}"]
+    data = tmp_path / "train.tsv"
+    data.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows) + "\n")
+    assert token_lengths.main([str(data), "--batch-size", "7", "--batches", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "longest sentence of a batch of 7 (3 random batches, seed 0): p50 47, p99 47" in out
+    assert "40: 0.0%, 56: 100.0%" in out  # every batch holds the long pair: all at 56
+    assert token_lengths.main([str(tmp_path / "msr_paraphrase_train.tsv")]) == 2
+    assert "tools.mrpc_data --out" in capsys.readouterr().err
