@@ -3,6 +3,7 @@ itself parses it (tests/commands.py: argparse through the modules' own parsers, 
 usage), and the systemd units run commands that exist and parse. Nothing is run: a night's command is parsed, not
 started."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,3 +82,28 @@ def test_each_systemd_unit_runs_commands_that_exist_and_parse(unit, tmp_path):
             ["systemd-analyze", "verify", str(installed)], capture_output=True, text=True, timeout=60
         )
         assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens and underscores kept), a hyphen
+    per space."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_resolves_to_a_file_and_a_heading():
+    broken = []
+    for page in [*commands.PAGES, REPO_ROOT / "tests" / "stand_ins" / "README.md"]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(REPO_ROOT)}: {target}: no such file")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.S), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.relative_to(REPO_ROOT)}: {target}: no heading #{anchor}")
+    assert broken == [], "\n".join(broken)
