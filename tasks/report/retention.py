@@ -26,8 +26,9 @@ from tasks.prepare import cache
 from tasks.serve.server import find_kept
 
 # The heavy parts of a run directory: the night's graphs (a sweep's: model-b<batch size>), its archives, TorchServe's
-# logs (a sweep's servers: server-w<workers>). Everything else in it is a record and stays.
-HEAVY = ("model", "model-b*", "model_store", "server*/logs")
+# logs (a sweep's servers: server-w<workers>), and Ray's session logs where the Ray engine served the night
+# (server/ray: the path issue 33's second part writes them to). Everything else in it is a record and stays.
+HEAVY = ("model", "model-b*", "model_store", "server*/logs", "server*/ray")
 # A run that wrote one of these has ended: the night's summary, the doctor's report, the sweep's rows.
 RECORDS = ("summary.json", "doctor.json", "sweep.json")
 # runs/<UTC time>-<id> (flows.validate, flows.sweep), runs/doctor-<UTC time> (flows.doctor): the time orders them.
