@@ -30,6 +30,7 @@ from prefect import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
 from flows.interrupts import WATCH, Arrival
+from flows.logs import RunLogFile
 from flows.stages import INTERRUPTS, StageFailed, Stages, interruption_of, stop_task
 from flows.stop import command as stop_command
 from tasks.common.config import RunConfig
@@ -38,7 +39,7 @@ from tasks.common.sizing import ResolvedServing
 from tasks.report.events import emit_regression, run_page
 from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
 from tasks.report.summary import make_run_dir, next_run_dir, publish_artifacts, publish_run_config
-from tasks.serve.server import STOP_GRACE_S, Server, load_record, stop_stale
+from tasks.serve.server import STOP_GRACE_S, Server, keep, load_record, stop_stale
 from tasks.serve.server import stop as stop_server
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Run:
         self.log = get_run_logger()
         self.started = datetime.now(UTC)  # the trend's "started" for this run, as Prefect's for the others
         self.dir = next_run_dir(config.runs_dir)  # made on entry
+        self.log_file = RunLogFile(self.dir)  # flow.log there, from entry to the end of the exit
         self.stages = Stages()
         self.server: Server | None = None
         self.checks: list[CheckResult] = []
@@ -101,6 +103,7 @@ class Run:
         WATCH.install(dedicated=os.environ.get("PREFECT__FLOW_RUN_ID") == str(runtime.flow_run.id))
         with WATCH.shielded():  # the directory made and the watch attached, or neither
             make_run_dir(self.dir)
+            self.log_file.attach()
             WATCH.attach(self)
         self.log.info(
             "run directory %s; %d workers x %d threads (%s)",
@@ -116,6 +119,12 @@ class Run:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> Literal[False]:
+        try:
+            return self._exit(error)
+        finally:
+            self.log_file.detach()
+
+    def _exit(self, error: BaseException | None) -> Literal[False]:
         self.exiting = True
         try:
             with WATCH.shielded():
@@ -127,6 +136,7 @@ class Run:
                 self._report()
                 if not self.interrupted:
                     self._tell()
+                    self._retain()
         finally:
             WATCH.detach(self)
         if self.interrupted and not self.stages.failed():
@@ -196,7 +206,10 @@ class Run:
         otherwise the Prefect task, so the stop shows in the run's graph."""
         # The run directory records a started server even when start itself did not return.
         self.server = self.server or load_record(self.dir / "server")
-        if self.server is None or (self.keep_serving and not self.interrupted):
+        if self.server is None:
+            return None
+        if self.keep_serving and not self.interrupted:
+            keep(self.server)  # this command exits, the server stays: no later run's sweep may take it for a crash's
             return None
         if self.interrupted:
             self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted.by)
@@ -273,6 +286,21 @@ class Run:
         page = run_page()
         if page:
             self.log.info("run page: %s", page)
+
+    def _retain(self) -> None:
+        """At the end of the run, its records written: runs_dir pruned and the compile cache bounded
+        (tasks/report/retention.py). A disk that refuses costs a warning, never the night's verdict."""
+        from tasks.report import retention
+
+        if not self.config.retention.prune:
+            return
+        try:
+            pruned = retention.apply(self.config)
+        except OSError as error:
+            self.log.warning("retention: not applied: %s: %s", type(error).__name__, error)
+            return
+        for line in retention.describe(pruned, self.config):
+            self.log.info(line)
 
     def _server_outcome(self) -> str:
         """What became of TorchServe, in words (the console's interrupted line says this)."""

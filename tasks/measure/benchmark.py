@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tasks.common.config import BenchmarkConfig, RunConfig
 from tasks.common.errors import PipelineError
+from tasks.common.keys import current_suffix
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.common.sizing import ResolvedServing
@@ -52,7 +53,7 @@ from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
 from tasks.serve.server import Server
 from tasks.verify.checks import CheckResult
-from tasks.verify.pairs import load_pool
+from tasks.verify.pairs import load_pool, missing_dev_split
 
 BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
@@ -191,6 +192,8 @@ def run(
     log = log or stage_logger(__name__)
     settings, model_name = config.benchmark, mar.model_name
     pairs, pool = load_pool(settings.pairs_file)
+    if settings.pairs_file is None and (missing := missing_dev_split()):
+        log.warning(missing)
     log.info(
         "benchmark: %s, %s loop, %s",
         pool,
@@ -210,6 +213,7 @@ def run(
             settings.regression_tolerance,
             settings.regression_action,
             settings.regression_tolerances,
+            suffix=current_suffix(resolved.backend),  # the deployment's accepted baseline (tools.baseline)
         )
         (log.warning if bench.regression.status == "regressed" else log.info)(
             "regression: %s", bench.regression.message
