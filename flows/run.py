@@ -17,6 +17,7 @@ watch backs each step up should the main thread not get there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -237,11 +238,22 @@ class Run:
             )
             return
         suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
-        publish_artifacts(summary, self.checks, self.dir, self.buckets, suffix)
-        publish_run_config(self.parameters, summary, suffix)
-        # never raises: a trend is not worth a failed run
-        name = deployment_name() or suffix
-        publish_trend(name, suffix, _run_name(self.dir), self.started, summary, self.dir, self.log)
+        try:
+            with _best_effort() if self.interrupted else contextlib.nullcontext():
+                publish_artifacts(summary, self.checks, self.dir, self.buckets, suffix)
+                publish_run_config(self.parameters, summary, suffix)
+                # never raises: a trend is not worth a failed run
+                name = deployment_name() or suffix
+                publish_trend(name, suffix, _run_name(self.dir), self.started, summary, self.dir, self.log)
+        except httpx.HTTPError as error:
+            if not self.interrupted:
+                raise
+            self.log.warning(
+                "the Prefect API did not take this interrupted run's artifacts (%s); the summary is in %s",
+                error,
+                self.dir / "summary.json",
+            )
+            return
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _write_summary(self, drawn: dict[str, str]) -> RunSummary:
@@ -327,6 +339,16 @@ class Run:
             f"interrupted by {_cancelled_or(self.interrupted)} {self._where_interrupted()[1]}: "
             f"{self._server_outcome()}; summary: {self.dir / 'summary.json'}"
         )
+
+
+def _best_effort() -> contextlib.AbstractContextManager[object]:
+    """An interrupted run's artifacts, tried once each: its exit is bounded (a worker kills it 30 s after its
+    SIGTERM) and its summary.json is on disk already, so a struggling API -- a SQLite database locked by a busy
+    host answers 503, which Prefect's client retries with growing waits -- costs no more than one answer each.
+    (Measured: 20 s of retries before the exit of a Ctrl-C'd night on a host at load 8.)"""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    return temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0})
 
 
 def _cancelled_or(arrival: Arrival) -> str:
