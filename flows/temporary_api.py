@@ -100,9 +100,12 @@ def temporary_api() -> Iterator[str | None]:
             try:
                 yield url
             finally:
-                drain(DRAIN_S if WATCH.sync() is None else INTERRUPTED_DRAIN_S)
+                # Bounded either way; a Ctrl-C pressed again meanwhile is recorded, and cuts neither short.
+                with WATCH.shielded():
+                    drain(DRAIN_S if WATCH.sync() is None else INTERRUPTED_DRAIN_S)
     finally:
-        end(server, grace=STOP_S)
+        with WATCH.shielded():
+            end(server, grace=STOP_S)
 
 
 def drain(timeout: float = DRAIN_S) -> None:

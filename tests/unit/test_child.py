@@ -36,6 +36,29 @@ def test_the_result_comes_back_and_the_child_gets_the_env_given_and_this_checkou
     assert "[child_work] a compiler's line on stdout" in caplog.text  # and its stdout
 
 
+def test_the_childs_lines_are_logged_under_the_callers_prefect_settings():
+    """Prefect's log handler sends a record to the API of the settings where it is logged: the child's lines go to
+    the run's own API (the command line's temporary server, set in its context, not in the environment), never
+    to a Prefect server of no context's (Prefect then starts one of its own for them)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    seen: list[str | None] = []
+
+    class ApiOfTheRecord(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(PREFECT_API_URL.value())
+
+    log = logging.getLogger("stage-of-a-run")
+    log.addHandler(handler := ApiOfTheRecord())
+    log.setLevel(logging.INFO)
+    try:
+        with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+            child.run(MODULE, {"echo": 1}, StageError, log)
+    finally:
+        log.removeHandler(handler)
+    assert len(seen) == 2 and set(seen) == {"http://127.0.0.1:9/api"}
+
+
 def test_a_pipeline_error_in_the_child_is_raised_as_the_callers_class_with_its_message_and_fix():
     with pytest.raises(StageError) as caught:
         child.run(MODULE, {"do": "refuse"}, StageError)
