@@ -122,7 +122,12 @@ def client_capacity(pairs: list[tuple[str, str]], settings: BenchmarkConfig, log
             endpoint.url,
             {},
             pairs,
-            Load(concurrency=settings.concurrency, duration=settings.client_check_seconds, warmup=0.5),
+            Load(
+                concurrency=settings.concurrency,
+                duration=settings.client_check_seconds,
+                at_least=settings.concurrency,
+                warmup=0.5,
+            ),
         )
     log.info(
         "load generator alone (trivial local endpoint, %d clients): %.0f requests/s",
@@ -142,7 +147,7 @@ def _single_client(
 ) -> SingleClient | None:
     if seconds <= 0:
         return None
-    lone = loadgen.load(url, headers, pairs, Load(concurrency=1, duration=seconds))
+    lone = loadgen.load(url, headers, pairs, Load(concurrency=1, duration=seconds, at_least=1))
     latency = lone.latency()
     return SingleClient(
         requests=len(lone.measured),
@@ -296,6 +301,7 @@ def measure_setting(
                 mode=settings.mode,
                 concurrency=settings.concurrency,
                 duration=settings.duration,
+                at_least=settings.concurrency,  # one answer per client: a short window on a busy host holds some
                 requests=settings.requests,
                 rate=settings.rate if settings.mode == "open" else None,
                 warmup=settings.warmup,

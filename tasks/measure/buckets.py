@@ -95,6 +95,7 @@ def compare(
         mode=settings.mode,
         concurrency=settings.concurrency,
         duration=settings.compare_seconds,
+        at_least=settings.concurrency,  # a 1-2 s window on a busy host may otherwise hold no answer: 0/s
         rate=settings.rate if settings.mode == "open" else None,
         warmup=settings.warmup,
     )

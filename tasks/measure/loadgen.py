@@ -16,8 +16,10 @@ awaited. Latency percentiles and errors are of the measured requests. Throughput
 second inside the measured window -- the `duration` s after the warm-up (with `requests`: up to the
 last answer) -- counting every answer in it: answers to the warm-up's last requests are in (the
 window does not start with an empty pipeline), and the drain after it is out (the last partial
-batches, which may wait max_batch_delay for batch-mates that never come). Pairs come from a pool of real
-pairs, round-robin from a seeded shuffle, never one pair repeated.
+batches, which may wait max_batch_delay for batch-mates that never come). A window shorter than one
+request's latency holds no answer and would read as 0/s: with `at_least`, it runs on past `duration`
+until that many requests have come back in it (at most `timeout` s more), and is that long. Pairs come
+from a pool of real pairs, round-robin from a seeded shuffle, never one pair repeated.
 
 Progress: with `on_progress`, a callback (tasks/common/progress.py's StageProgress.load()) gets a
 LoadProgress as the load begins, every `progress_every` s after (warm-up included) and a last one, fraction 1.0,
@@ -300,6 +302,7 @@ class Load(BaseModel):
     concurrency: int = Field(64, ge=1)  # closed: the clients; open: the connections, at most
     duration: float = Field(30.0, ge=0)  # s of measured load (ignored with `requests`)
     requests: int | None = Field(None, ge=1)  # measure this many requests instead of `duration` s
+    at_least: int = Field(0, ge=0)  # duration: the window runs on until this many requests came back in it
     rate: float | None = Field(None, gt=0)  # open loop: requests/s
     arrivals: Literal["fixed", "poisson"] = "fixed"  # open loop
     seed: int = 0  # the Poisson arrivals': the same schedule every night
@@ -343,6 +346,8 @@ class LoadGenerator:
         self.last = 0.0  # the last fraction told: never goes back
         self.callback_failed = False
         self.tally = _Tally()
+        self.back = 0  # requests come back (answered or not) since measure_from
+        self.enough_at: float | None = None  # when `at_least` had come back (the window may end from then on)
 
     async def run(self) -> LoadResult:
         """Drive the url with form-encoded pairs (seq_0, seq_1) and measure every answer."""
@@ -351,6 +356,7 @@ class LoadGenerator:
             self.start = time.monotonic()
             self.measure_from = self.start + self.load.warmup
             self.stop_at = self.measure_from + self.load.duration  # unused with `requests`
+            self.enough_at = self.start if self.load.at_least == 0 else None
             reporter = asyncio.create_task(self._progress()) if self.watch.progress_every else None
             try:
                 if self.load.mode == "closed":
@@ -363,7 +369,11 @@ class LoadGenerator:
         end = time.monotonic()
         if self.watch.on_progress is not None:
             self._tell(done=True)
-        seconds = (end - self.measure_from) if self.load.requests is not None else self.load.duration
+        if self.load.requests is not None:
+            seconds = end - self.measure_from
+        else:  # `duration`, or longer where `at_least` requests came back only later
+            closed = self.stop_at + self.load.timeout if self.enough_at is None else self.enough_at
+            seconds = max(self.load.duration, closed - self.measure_from)
         return LoadResult(
             mode=self.load.mode,
             concurrency=self.load.concurrency,
@@ -392,7 +402,7 @@ class LoadGenerator:
         if self.load.requests is not None:
             if self.counted >= self.load.requests:
                 return None
-        elif now >= self.stop_at:
+        elif now >= self.stop_at and (self.enough_at is not None or now >= self.stop_at + self.load.timeout):
             return None
         self.counted += 1
         return True
@@ -410,8 +420,12 @@ class LoadGenerator:
             ok = False
             if not self.errors:
                 self.errors.append(f"{type(error).__name__}: {error}")
-        origin = self.measure_from
-        self.samples.append(Sample(intended - origin, sent - origin, time.monotonic() - origin, ok, measured))
+        origin, back = self.measure_from, time.monotonic()
+        self.samples.append(Sample(intended - origin, sent - origin, back - origin, ok, measured))
+        if back >= origin:
+            self.back += 1
+            if self.enough_at is None and self.back >= self.load.at_least:
+                self.enough_at = back
 
     async def _closed_client(self, client: httpx.AsyncClient) -> None:
         while (measured := self._claim(time.monotonic())) is not None:

@@ -237,6 +237,29 @@ def test_the_drain_after_the_window_does_not_dilute_throughput(clock):
     assert len(result.measured) == 3 and result.latency().max >= 400
 
 
+def test_a_window_shorter_than_a_request_runs_on_until_enough_came_back_and_is_that_long(clock):
+    """A 1 s window on a server that takes 2.5 s per answer (a busy host) holds no answer: 0/s, a model that
+    seemed to serve nothing. With at_least, the window runs on until that many came back, and is that long."""
+    with FakeEndpoint(delay=2.5) as endpoint:
+        short = load(endpoint.url, {}, PAIRS, Load(concurrency=2, duration=1.0))
+        enough = load(endpoint.url, {}, PAIRS, Load(concurrency=2, duration=1.0, at_least=2))
+    assert short.requests_per_s == 0.0 and short.seconds == 1.0
+    assert enough.seconds == pytest.approx(2.5) and enough.answered == 2
+    assert enough.requests_per_s == pytest.approx(2 / 2.5)  # 2 clients, 2.5 s each: the server's true rate
+    with FakeEndpoint(delay=0.1) as endpoint:  # enough came back well inside the window: it is as asked
+        quick = load(endpoint.url, {}, PAIRS, Load(concurrency=2, duration=1.0, at_least=2))
+    assert quick.seconds == 1.0 and quick.requests_per_s == pytest.approx(20, rel=0.1)
+
+
+def test_a_window_that_never_gets_enough_back_ends_within_its_timeout(clock):
+    with FakeEndpoint(delay=0.2, status=503) as endpoint:  # answers, all errors: they count as come back
+        failing = load(endpoint.url, {}, PAIRS, Load(concurrency=1, duration=1.0, at_least=3))
+    assert failing.seconds == 1.0 and failing.errors > 0
+    with FakeEndpoint(delay=50.0) as endpoint:  # nothing back for far longer than the timeout allows
+        stuck = load(endpoint.url, {}, PAIRS, Load(concurrency=1, duration=1.0, at_least=3, timeout=5.0))
+    assert stuck.seconds <= 1.0 + 5.0 and stuck.answered == 0
+
+
 def test_throughput_per_window_and_the_latency_histogram():
     # 10 answers per s for 3 s, then 30 in the 4th: the windows show the jump.
     samples = [Sample(0.0, 0.0, t / 10 + 0.01, True) for t in range(30)]
