@@ -21,7 +21,8 @@ the temporary Prefect server); its summary says "interrupted" with the stage tha
 interrupted stage's error names the signal, never a Prefect-internal error -- or, for a signal that came
 before the run directory existed or after the run had ended, the console says so (a signal sent once the
 command has printed its final status line finds a process already ending: it only has to leave nothing); and
-the console's last line says what the summary says of TorchServe. The exit code is the number of runs that
+the console's last line says what the summary says of TorchServe; and Prefect never starts a temporary server
+of its own (a thread that logs without the run's context). The exit code is the number of runs that
 did not end clean.
 """
 
@@ -256,6 +257,8 @@ def judge(outcome: Outcome, runs_dir: Path, text: str, family: Family) -> None:
         problems.append(f"exited {outcome.exit_after:.1f} s after the signal (bound {EXIT_BOUND_S:g} s)")
     lines = [each for each in text.splitlines() if each.startswith("interrupted")]
     outcome.line = lines[-1] if lines else ""
+    if "Starting temporary server" in text:  # Prefect's own: something logged or called with no API in its context
+        problems.append("Prefect started a temporary server of its own: a thread without the run's context used it")
     run_dirs = [d for d in runs_dir.glob("*") if d.is_dir() and not d.is_symlink()] if runs_dir.is_dir() else []
     server = server_stage.load_record(run_dirs[0] / "server") if run_dirs else None
     if server is not None:
