@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seed {seed} (replay: python -m tools.interrupts --seed {seed} --runs {args.runs})", flush=True)
     rng = random.Random(seed)
     work = args.dir or Path(tempfile.mkdtemp(prefix="interrupts-"))
+    work.mkdir(parents=True, exist_ok=True)  # --dir may name a folder not made yet
     timeline = reference(work)
     print(
         f"reference night: run started at {timeline.run_started:.1f} s, ended at {timeline.ended:.1f} s, "
