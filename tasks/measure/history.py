@@ -153,11 +153,12 @@ def _artifacts_by_run(client, runs: list, kinds: tuple[str, ...], suffix: str | 
     return found
 
 
-def history(fingerprint: str, limit: int) -> list[dict] | None:
-    """Figures of the last `limit` comparable completed runs, newest first; None outside a flow run."""
+def history(fingerprint: str, limit: int, suffix: str | None = None) -> list[dict] | None:
+    """Figures of the last `limit` comparable completed runs, newest first; None outside a flow run. suffix: whose
+    benchmark artifacts (an engine's: tasks/common/keys.py engine_suffix); None: this run's deployment's."""
     from tasks.common.keys import BENCHMARK
 
-    earlier = earlier_runs((BENCHMARK,), POOL, need=BENCHMARK)
+    earlier = earlier_runs((BENCHMARK,), POOL, suffix=suffix, need=BENCHMARK)
     if earlier is None:
         return None
     found = [figures_of(night.artifacts[BENCHMARK]) for night in earlier]

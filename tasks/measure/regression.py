@@ -184,13 +184,15 @@ def check(
     tolerance: float,
     action: str,
     tolerances: Mapping[str, float] | None = None,
+    suffix: str | None = None,
 ) -> Regression:
     """The stage's verdict: skipped when not asked for or outside a flow run; an API that fails to answer is no
-    reason to fail a benchmark (API_ERRORS), a bug is."""
+    reason to fail a benchmark (API_ERRORS), a bug is. suffix: the engine's artifact keys (tasks/common/keys.py),
+    whose earlier nights are read; None: this run's deployment's."""
     if runs <= 0:
         return Regression(status="skipped", action=action, tolerance=tolerance, message="regression_runs is 0")
     try:
-        found = history(fingerprint, runs)
+        found = history(fingerprint, runs, suffix)
     except API_ERRORS as error:
         return Regression(
             status="skipped",
