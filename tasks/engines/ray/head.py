@@ -52,7 +52,9 @@ from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descend
 from tasks.common.processes import stop as stop_processes
 from tasks.common.sizing import ResolvedServing
 from tasks.common.tools import with_environment_bin
+from tasks.engines.installed import RAY_FIX
 from tasks.engines.seam import KEY_FILE, Endpoints, EngineError, Started
+from tasks.measure.served import FRONTEND, WORKERS
 
 RAY_RECORD = "ray.json"  # in the server directory: what stop (or a later run) needs to find every process
 UP_FILE = "ray-up.json"  # written by the head once Ray and Serve are up
@@ -105,8 +107,7 @@ def require_ray() -> None:
     """Ray is an install extra: say how to add it rather than fail on an import."""
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
         raise EngineError(
-            "Ray Serve is not installed in this environment (the ray engine needs the extra [ray])",
-            fix="./setup.sh --ray (adds ray[serve] 2.60.0 to this checkout's .venv, pinned)",
+            "Ray Serve is not installed in this environment (the ray engine needs the extra [ray])", fix=RAY_FIX
         )
 
 
@@ -304,6 +305,22 @@ def marked(marker: str) -> list[ProcessRef]:
         except (psutil.Error, OSError):
             continue  # gone, or another user's
     return found
+
+
+def processes(started: RayStarted) -> dict[str, list[psutil.Process]]:
+    """The instance's live processes by role: its replicas (Ray names a replica's worker ray::ServeReplica...) run
+    the model; the rest -- the head, GCS, raylet, Serve's controller and proxy, the agents -- serve it."""
+    roles: dict[str, list[psutil.Process]] = {WORKERS: [], FRONTEND: []}
+    for ref in {ref.pid: ref for ref in [*started.processes, *marked(started.marker)]}.values():
+        process = ref.alive()
+        if process is None:
+            continue
+        try:
+            replica = "ServeReplica" in " ".join(process.cmdline()) or "ServeReplica" in process.name()
+        except psutil.Error:
+            continue
+        roles[WORKERS if replica else FRONTEND].append(process)
+    return roles
 
 
 def leftovers(started: RayStarted) -> list[int]:
