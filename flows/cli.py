@@ -168,11 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"status: {summary['status']}  summary: {Path(summary['run_dir']) / 'summary.json'}")
     if summary["server"]:
         facts = summary["server"]
-        management = f"  management: {facts['management_url']}\n" if facts["management_url"] else ""
         print(
-            f"{'Ray Serve' if facts['engine'] == 'ray' else 'TorchServe'} is still serving.\n"
-            f"  inference:  {facts['inference_url']}\n{management}"
-            f'  keys:       {facts["key_file"]} (the "inference" key; send it as a Bearer token)\n'
+            f"TorchServe is still serving.\n  inference:  {facts['inference_url']}\n"
+            f"  management: {facts['management_url']}\n"
+            f'  keys:       {facts["key_file"]} ("inference" and "management" keys; send as Bearer tokens)\n'
             f"  stop it:    {stop_command(Path(summary['run_dir']))}"
         )
     return 0 if summary["status"] == "ok" else 1

@@ -468,14 +468,13 @@ def _run_name(run_dir: Path) -> str:
 
 
 def _server_facts(night: EngineNight) -> KeptServer | None:
-    """Where a kept server is; the key file's path, never a key."""
+    """Where a kept server is (TorchServe's: keep_serving is TorchServe's, tasks/common/config.py); the key file's
+    path, never a key."""
     started = night.started
-    if started is None:
+    if started is None or started.management_url is None or started.endpoints.key_file is None:
         return None
-    key_file = started.endpoints.key_file
     return KeptServer(
         inference_url=started.inference_url,
         management_url=started.management_url,
-        key_file=str(key_file) if key_file else "",
-        engine=night.name,
+        key_file=str(started.endpoints.key_file),
     )

@@ -1,4 +1,4 @@
-"""Stop a server -- TorchServe or Ray Serve -- left up by `python -m flows.validate --keep-serving`.
+"""Stop a TorchServe left up by `python -m flows.validate --keep-serving`.
 
 python -m flows.stop [RUN_DIR]      (default: the latest run under the default runs_dir, runs/latest)
 """
@@ -26,24 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", nargs="?", type=Path, default=LATEST)
     args = parser.parse_args(argv)
-    # After parsing: --help answers without loading the engines and what they import.
-    from tasks.common.errors import PipelineError
-    from tasks.engines.night import SERVER_DIR
-    from tasks.engines.registry import ENGINES, engine_named
+    # After parsing: --help answers without loading the server module and what it imports.
+    from tasks.serve.server import ServerError, load_record, stop
 
-    # A kept server is the night's only one: its directory is server/, and its record says which engine.
-    for engine in map(engine_named, ENGINES):
-        started = engine.recorded(args.run_dir / SERVER_DIR)
-        if started is None:
-            continue
-        try:
-            result = engine.stop(started)
-        except PipelineError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        print(f"stopped {engine.label} of {args.run_dir.resolve()} ({result.stopped} processes)")
+    server = load_record(args.run_dir / "server")
+    if server is None:
+        print(f"no TorchServe recorded in {args.run_dir}; nothing to stop")
         return 0
-    print(f"no server recorded in {args.run_dir}; nothing to stop")
+    try:
+        result = stop(server)
+    except ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"stopped TorchServe of {args.run_dir.resolve()} ({result.stopped} processes)")
     return 0
 
 

@@ -560,10 +560,10 @@ class RunConfig(_Section):
     def _engines_fit(self) -> RunConfig:
         """What only one engine, or only TorchServe, can do, refused before anything starts."""
         engines = self.serving.night_engines()
-        if self.keep_serving and len(engines) > 1:
+        if self.keep_serving and engines != ["torchserve"]:
             raise ValueError(
-                f"keep_serving keeps one server up, and serving.engines names {len(engines)}: give one engine "
-                "(serving.engine) with keep_serving, or drop keep_serving"
+                f"keep_serving keeps a TorchServe up (python -m flows.stop ends it), and this night serves "
+                f"{', '.join(engines)}: give serving.engine torchserve alone with keep_serving, or drop keep_serving"
             )
         if self.model.mar is not None and engines != ["torchserve"]:
             raise ValueError(

@@ -109,9 +109,8 @@ class KeptServer(_Part):
     """Where a server kept up by --keep-serving answers; its key file's path, never a key."""
 
     inference_url: str
-    management_url: str | None = Field(description="TorchServe's management API; null: Ray Serve has none")
+    management_url: str
     key_file: str
-    engine: str = "torchserve"
 
 
 class Interrupted(_Part):

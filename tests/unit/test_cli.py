@@ -154,8 +154,9 @@ def test_engines_are_given_comma_separated_and_each_once(no_flow, capsys):
     assert config.serving.night_engines() == ["torchserve", "ray"]
     code, err = exit_code(["--engines", "ray,ray"], capsys)
     assert code == 2 and "serving.engines" in err and "give each engine once" in err
-    code, err = exit_code(["--engines", "torchserve,ray", "--keep-serving"], capsys)
-    assert code == 2 and "keep_serving keeps one server up" in err
+    for argv in (["--engines", "torchserve,ray", "--keep-serving"], ["--engine", "ray", "--keep-serving"]):
+        code, err = exit_code(argv, capsys)
+        assert code == 2 and "keep_serving keeps a TorchServe up" in err
 
 
 def test_missing_config_file_is_refused(no_flow, capsys, tmp_path):
@@ -235,12 +236,7 @@ def test_a_kept_server_is_told_with_the_command_that_stops_it_wherever_its_runs_
     summary = {
         "status": "ok",
         "run_dir": str(run_dir),
-        "server": {
-            "inference_url": "http://127.0.0.1:1",
-            "management_url": "http://127.0.0.1:2",
-            "key_file": "k",
-            "engine": "torchserve",
-        },
+        "server": {"inference_url": "http://127.0.0.1:1", "management_url": "http://127.0.0.1:2", "key_file": "k"},
     }
     state = types.SimpleNamespace(result=lambda raise_on_failure: summary)
     monkeypatch.setitem(sys.modules, "flows.pipeline", types.SimpleNamespace(validate=lambda **kwargs: state))
