@@ -104,6 +104,11 @@ class Run:
             self._stop_engine(night)
 
     @property
+    def reference(self) -> EngineNight:
+        """The engine the summary's top-level results are of (tasks/common/config.py reference_engine)."""
+        return next(n for n in self.nights if n.name == self.config.serving.reference_engine())
+
+    @property
     def checks(self) -> list:
         """Every engine's checks, in the order they served."""
         return [check for night in self.nights for check in night.checks]
@@ -161,11 +166,11 @@ class Run:
             raise StageFailed(self.stages) from error  # the Failed state then names the stage
         if self.stages.failed():  # a failed engine's part, or failed then interrupted while stopping
             raise StageFailed(self.stages)
-        kept = self.nights[0].started
+        kept = self.reference.started
         if self.keep_serving and kept is not None:
             self.log.info(
                 "%s kept serving at %s; stop it with: %s",
-                self.nights[0].label,
+                self.reference.label,
                 kept.inference_url,
                 stop_command(self.dir),
             )
@@ -259,7 +264,7 @@ class Run:
         from tasks.report.summary import pictures, publish_side_by_side
         from tasks.report.trend import publish_trend
 
-        drawn = pictures(self.nights[0].benchmark, self.dir, self.log)  # before the summary: it names them
+        drawn = pictures(self.reference.benchmark, self.dir, self.log)  # before the summary: it names them
         summary = self._write_summary(drawn)
         if self.interrupted and not _api_answers():
             self.log.warning(
@@ -274,14 +279,14 @@ class Run:
             publish_artifacts(view, night.checks, self.dir, night.buckets, suffix)
             # never raises: a trend is not worth a failed run
             publish_trend(engine_suffix(name, night.name), suffix, _run_name(self.dir), self.started, view, self.dir)
-        first = engine_suffix(base, self.nights[0].name)
+        first = engine_suffix(base, self.reference.name)
         if summary.side_by_side is not None:
             publish_side_by_side(summary.side_by_side, first)
         publish_run_config(self.parameters, summary, first)
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _write_summary(self, drawn: dict[str, str]) -> RunSummary:
-        first = self.nights[0]
+        first = self.reference
         with self._summary_lock:
             self.summary = summary = summarize(
                 self.stages,

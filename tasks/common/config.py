@@ -248,10 +248,17 @@ class ServingConfig(_Section):
         """The engines tonight serves, in order: `engines` when given, else `engine` alone."""
         return list(self.engines) if self.engines else [self.engine]
 
+    def reference_engine(self) -> EngineName:
+        """The engine a night of several is read against: TorchServe, the one a team moves from, when it serves;
+        the summary's top-level benchmark and the plain file names are its."""
+        engines = self.night_engines()
+        return "torchserve" if "torchserve" in engines else engines[0]
+
     def engine_file(self, name: str, engine: EngineName) -> str:
-        """The name of an engine's file or directory in the run directory: the night's first engine keeps the plain
-        name (server/, benchmark.json), each other engine's carries its own (server-ray/, benchmark-ray.json)."""
-        if engine == self.night_engines()[0]:
+        """The name of an engine's file or directory in the run directory: the reference engine's is the plain name
+        (server/, benchmark.json: where a crashed night's TorchServe is looked for), each other engine's carries its
+        own (server-ray/, benchmark-ray.json)."""
+        if engine == self.reference_engine():
             return name
         stem, dot, suffix = name.partition(".")
         return f"{stem}-{engine}{dot}{suffix}"

@@ -20,7 +20,7 @@ from tasks.measure.results import BenchmarkResult
 from tasks.serve.placement import CoreMap, GpuMap
 from tasks.verify.checks import CheckResult
 
-SERVER_DIR = "server"  # in the run directory: the night's first engine's server; server-<engine>/ for the others
+SERVER_DIR = "server"  # in the run directory: the reference engine's server; server-<engine>/ for another
 
 
 @dataclass

@@ -163,7 +163,8 @@ class RunSummary(_Part):
 
     status: Literal["ok", "failed", "interrupted"]
     engine: str = Field(
-        "torchserve", description="the engine the benchmark, core_map and gpu_map are of: the night's first"
+        "torchserve",
+        description="the engine the benchmark, core_map and gpu_map are of: TorchServe when it serves, else the one",
     )
     stages: list[StageOutcome]
     checks: list[CheckOutcome] = Field(description="every engine's, each naming its engine")
@@ -274,7 +275,7 @@ def summarize(
     facts = {
         "security": Security.of(config.serving),
         "kept_serving": False,
-        "engine": config.serving.night_engines()[0],
+        "engine": config.serving.reference_engine(),
         **facts,
         "model": model,
     }
