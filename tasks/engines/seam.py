@@ -172,6 +172,10 @@ class Engine(Protocol[S]):
 
     def stop_stale(self, runs_dir: Path) -> list[str]: ...
 
+    def leftovers(self, started: S) -> list[int]:
+        """The pids of the server still running: what must be empty once stop returned."""
+        ...
+
     def processes(self, started: S) -> dict[str, list[psutil.Process]]:
         """{"workers": the processes that run the model, "frontend": the rest of the server}."""
         ...

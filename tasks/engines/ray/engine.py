@@ -87,6 +87,9 @@ class RayEngine:
     def stop_stale(self, runs_dir: Path) -> list[str]:
         return head.stop_stale(runs_dir)
 
+    def leftovers(self, started: RayStarted) -> list[int]:
+        return head.leftovers(started)
+
     def processes(self, started: RayStarted) -> dict[str, list[psutil.Process]]:
         return head.processes(started)
 

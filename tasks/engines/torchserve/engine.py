@@ -22,7 +22,7 @@ import psutil
 
 from serving.claims import core_claims, gpu_claims
 from tasks.common.config import RunConfig, ServingConfig
-from tasks.common.processes import Stopped
+from tasks.common.processes import Stopped, group_members
 from tasks.common.runlog import Log
 from tasks.common.sizing import ResolvedServing
 from tasks.engines.seam import Deployment, Endpoints, EngineError, EngineName, Package, Replica, Started
@@ -153,6 +153,11 @@ class TorchServeEngine:
 
     def stop_stale(self, runs_dir: Path) -> list[str]:
         return server_step.stop_stale(runs_dir)
+
+    def leftovers(self, started: TorchServeStarted) -> list[int]:
+        """Its recorded processes, and its launcher's process group (a Java whose launcher died is in no record)."""
+        refs = [*started.processes, *group_members(started.processes[0])] if started.processes else []
+        return sorted({ref.pid for ref in refs if ref.alive()})
 
     def processes(self, started: TorchServeStarted) -> dict[str, list[psutil.Process]]:
         """Its workers, and the rest: the Java frontend and the launcher."""
