@@ -47,11 +47,12 @@ class RayEngine:
     def start(
         self, serving: ServingConfig, resolved: ResolvedServing, package: Package, server_dir: Path
     ) -> RayStarted:
-        """Ray and Serve's proxy up. A start that fails half way stops what it started before it raises."""
+        """Ray and Serve's proxy up. A start that fails half way stops what it started before it raises; one that is
+        interrupted leaves that to its caller's exit, with the instance recorded (ray.json)."""
         started = head.start(serving, resolved, server_dir, package.info.batch_size)
         try:
             head.wait_up(started, serving.startup_timeout)
-        except BaseException:
+        except Exception:  # an interruption goes on up: the caller's exit stops it (the run's, shielded), by its record
             head.stop(started)
             raise
         return started

@@ -96,7 +96,7 @@ class TorchServeEngine:
         server = server_step.start(serving, resolved, package.path.parent, server_dir)
         try:
             server_step.wait_healthy(server, serving.startup_timeout)
-        except BaseException:
+        except Exception:  # an interruption goes on up: the caller's exit stops it (the run's, shielded), by its record
             server_step.stop(server)
             raise
         return started_from(server, resolved.threads_per_worker)
