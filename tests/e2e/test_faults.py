@@ -29,10 +29,22 @@ SMALL = {
 SERVER_STAGES = ["start", "register", "check", "benchmark"]
 
 
+# The stage -> the task the flow calls for it (flows/stages.py).
+TASKS = {
+    "trace": "trace_task",
+    "archive": "package_task",
+    "start": "start_task",
+    "register": "deploy_task",
+    "check": "check_task",
+    "benchmark": "benchmark_task",
+}
+
+
 def _planted(stage):
     def fail(*args, **kwargs):
         if stage == "start":
-            server_stage.start(*args, **kwargs)  # the server is up, then the stage dies before returning it
+            engine, *rest = args
+            engine.start(*rest, **kwargs)  # the server is up, then the stage dies before returning it
         raise RuntimeError(f"planted fault in {stage}")
 
     return fail
@@ -42,7 +54,7 @@ def _planted(stage):
 def test_a_failing_stage_fails_the_run_and_leaves_no_torchserve(
     stage, prefect_server, small_model, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(flows.pipeline, f"{stage}_task", _planted(stage))
+    monkeypatch.setattr(flows.pipeline, TASKS[stage], _planted(stage))
     state = validate(overrides={**SMALL, "runs_dir": str(tmp_path)}, return_state=True)
     assert state.is_failed()
     run_dir = tmp_path / "latest"
