@@ -52,6 +52,7 @@ def test_an_instance_is_loopback_but_token_guarded_grpc_and_a_crashed_nights_is_
         replicas = ENGINE.ready(started, ENGINE.deploy(started, package, DELAY, 1, timeout=240), timeout=60)
         _exposes_only_what_wants_the_token(started, [replica.pid for replica in replicas])
         assert _mode(started.endpoints.key_file) == _mode(started.token_file) == 0o600
+        assert _mode(started.server_dir) == 0o700  # Ray's own directories in it are 0777
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
         started.owner = ProcessRef(pid=gone.pid, create_time=0.0)  # the night's process, dead

@@ -22,8 +22,9 @@ Ray's security page warns that anyone who reaches its dashboard or job API can r
   never ~/.ray/auth_token, where Ray would write one of its own). It guards Ray's control plane -- the GCS,
   raylets, dashboard and agents (docs.ray.io, ray-core/internals/token-authentication) -- not Serve's routes:
   the inference token (key_file.json, TorchServe's shape) is checked by the replicas themselves.
-- Ray's temp dir (session, logs, sockets) under the run directory, server_dir/ray, 0700, reached through a short
-  link in /tmp: a unix socket's path may not pass 107 bytes, and Ray's sockets live in its session directory.
+- Ray's temp dir (session, logs, sockets) under the run directory, server_dir/ray, inside the server directory
+  (0700: Ray makes its own directories 0777), reached through a short link in /tmp: a unix socket's path may not
+  pass 107 bytes, and Ray's sockets live in its session directory.
 """
 
 from __future__ import annotations
@@ -196,8 +197,10 @@ def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path, b
     require_ray()
     logs = server_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ray_dir(server_dir).mkdir(mode=0o700, exist_ok=True)
-    os.chmod(ray_dir(server_dir), 0o700)  # Ray makes its own directories 0777: none is reachable through this one
+    ray_dir(server_dir).mkdir(exist_ok=True)
+    # Ray makes its temp dir and each directory in it 0777, its own as well (ray/_common/utils.py
+    # try_make_directory_shared): the server directory, 0700, is what keeps other users out of its sockets and logs.
+    os.chmod(server_dir, 0o700)
     ports = {"http": pick_http_port(serving), "metrics": free_ports(LOOPBACK, 1)[0]}
     temp_link = Path(tempfile.mkdtemp(prefix="ray-")) / "t"
     temp_link.symlink_to(ray_dir(server_dir))
