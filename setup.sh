@@ -28,6 +28,12 @@
 #                               a line, sorted, and install nothing: no venv made or changed (pip runs in a
 #                               throwaway venv in a temporary directory), no apt-get (--tests names what it
 #                               would install), no stamp. Java is not checked: a dry run only resolves.
+# The Python: $PYTHON (default python3), 3.11 or 3.12 (Prefect 3.9 needs 3.11+; 3.13 is not tested), with its venv
+# module (Debian/Ubuntu: the python3-venv package); checked before anything else. An existing .venv made by a Python
+# outside 3.11-3.12, or by another version than a $PYTHON given, is refused: pip would keep installing into it.
+# pip's own settings apply: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu ./setup.sh takes torch's CPU
+# build (2.13.0+cpu meets the pin 2.13.0: PEP 440 ignores a local label the pin does not name, and ranks it higher)
+# instead of the multi-GB CUDA one.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -89,11 +95,34 @@ if [ "$ray" = true ]; then
   extras=$extras,ray
 fi
 
+# The Python, first: a wrong one fails pip's resolve minutes later, or makes a .venv that is reused until deleted.
+python=${PYTHON:-python3}
+python_version() {  # "3.11" of an interpreter, or nothing
+  "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true
+}
+wanted_python() {  # 3.11 or 3.12
+  case "$1" in 3.11 | 3.12) return 0 ;; *) return 1 ;; esac
+}
+found=$(python_version "$python")
+if ! wanted_python "$found"; then
+  echo "error: setup.sh needs Python 3.11 or 3.12 (Prefect 3.9 needs 3.11+; 3.13 is not tested); $python is ${found:-not there}" >&2
+  echo "fix:   install one (Debian/Ubuntu: apt-get install python3.12 python3.12-venv) and run PYTHON=python3.12 ./setup.sh" >&2
+  exit 1
+fi
+if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  echo "error: $python ($found) has no venv module with pip (ensurepip): it cannot make .venv" >&2
+  echo "fix:   Debian/Ubuntu: apt-get install python3-venv (or python$found-venv for $python)" >&2
+  exit 1
+fi
+
 if [ "$tests" = true ]; then
-  # What the tests run for real: Debian's PostgreSQL server binaries and a headless browser.
+  # What the tests run for real: Debian's PostgreSQL server binaries, a headless browser, and the tools that make
+  # and open a cabinet like the MSR Paraphrase installer's (tests/unit/test_mrpc_data.py).
   missing=()
   compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" > /dev/null || missing+=(postgresql)
   command -v chromium > /dev/null || missing+=(chromium fonts-liberation)  # a font, or pages render without text
+  command -v cabextract > /dev/null || missing+=(cabextract)
+  command -v gcab > /dev/null || missing+=(gcab)
   if [ ${#missing[@]} -gt 0 ] && [ "$dry_run" = true ]; then
     echo "setup: dry run: would apt-get install ${missing[*]}" >&2
   elif [ ${#missing[@]} -gt 0 ]; then
@@ -111,7 +140,6 @@ if [ "$tests" = true ]; then
   fi
 fi
 
-python=${PYTHON:-python3}
 if [ "$dry_run" = true ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -168,6 +196,15 @@ if [ "$venv" = .venv-tf4 ] && [ ! -e "$venv" ] && [ -f .venv/.installed-from ]; 
     sed -i "s#$PWD/.venv\b#$PWD/$venv#g" "$file"
   done
 fi
+if [ -e "$venv" ]; then
+  # A .venv made by another Python stays that Python's: refuse it rather than keep installing into it.
+  made_by=$(python_version "$venv/bin/python")
+  if ! wanted_python "$made_by" || { [ -n "${PYTHON:-}" ] && [ "$made_by" != "$found" ]; }; then
+    echo "error: $venv was made by Python ${made_by:-(none: it is broken)}; this setup runs $python, Python $found" >&2
+    echo "fix:   rm -rf $venv and run this again (it makes a new one with $python)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
@@ -176,8 +213,8 @@ stamp=$venv/.installed-from
 # The extras are part of what was installed: ./setup.sh --ray after ./setup.sh must install Ray.
 wanted=$( (echo "$constraints [$extras]"; cat pyproject.toml "$constraints") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  # torch comes pinned from the constraints file; elsewhere add --extra-index-url for a CPU-only build
-  # (see README) or pip takes a multi-GB CUDA build.
+  # torch comes pinned from the constraints file; on Linux pip takes its multi-GB CUDA build unless
+  # PIP_EXTRA_INDEX_URL names PyTorch's CPU index (see the header).
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ${extra_index[@]+"${extra_index[@]}"} \
     -c "$constraints" -e ".[$extras]"
   echo "$wanted" > "$stamp"

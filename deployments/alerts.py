@@ -184,7 +184,7 @@ def announce(env: dict[str, str], missed: dict[str, UUID]) -> None:
         print(f"alerts: {len(names)} automations notify through block {BLOCK_NAME!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deployments/alerts.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--block",
@@ -198,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FLOW/DEPLOYMENT",
         help="tell when this deployment has no completed run within 26 h (repeatable)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     with get_client(sync_client=True) as client:
         missed = {name.split("/")[-1]: client.read_deployment_by_name(name).id for name in args.missed_night}
     names = set_up(missed, args.block)

@@ -5,6 +5,8 @@
     .venv/bin/python deployments/local.py down    # stop exactly what `up` started
     .venv/bin/python deployments/local.py status
     .venv/bin/python deployments/local.py resume [DEPLOYMENT ...]   # turn paused schedules on
+    PREFECT_API_URL=http://prefect.internal:4200/api .venv/bin/python deployments/local.py resume nightly-gpu
+                                                     # ... on a fleet's server (another host)
 
 `up` starts a Prefect server on 127.0.0.1 (SQLite under .prefect-local/, or with `--database
 postgres` a PostgreSQL cluster of its own there, started first: deployments/postgres.py), creates the process
@@ -214,11 +216,21 @@ def start_workers(state: Path, env: dict[str, str], pool: str, count: int) -> No
 
 
 def resume(args) -> int:
-    env = cli.prefect_env(_state_dir(args), args.port)
+    """Turn schedules on, on the server PREFECT_API_URL names when it is set (a fleet's, on another host), else on
+    the one `up` started here (127.0.0.1:--port)."""
+    given = os.environ.get("PREFECT_API_URL")
+    api = given or cli.api_url(args.port)
+    env = cli.prefect_env(_state_dir(args), args.port, api=api)
     flow = cli.prefect_yaml()["name"]
     names = [n if "/" in n else f"{flow}/{n}" for n in args.names] or list(cli.deployments_by_pool())
-    if not cli.healthy(args.port):
-        raise LocalError(f"no Prefect server answers at {cli.api_url(args.port)}", fix="run `up` first, or pass --port")
+    if not cli.answers(api):
+        fix = (
+            "check PREFECT_API_URL: the server's API, e.g. http://prefect.internal:4200/api, reachable from here"
+            if given
+            else "run `up` first, or pass --port; for a server on another host set PREFECT_API_URL to its API"
+        )
+        raise LocalError(f"no Prefect server answers at {api}", fix=fix)
+    print(f"server: {api}")
     for name in schedules.set_schedules(env, names, True):
         print(f"schedule active: {name}")
     return 0
@@ -296,10 +308,15 @@ def status(args) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "resume"])
-    parser.add_argument("names", nargs="*", help="resume: deployments whose schedules to turn on (default: all)")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help="resume: deployments whose schedules to turn on (default: all), on the server $PREFECT_API_URL names "
+        "when set (a fleet's), else on this host's",
+    )
     parser.add_argument(
         "--dir", help="state directory: SQLite database, logs, pid files (default: $BERT_LOCAL_DIR or .prefect-local/)"
     )
@@ -323,7 +340,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--params", help='JSON parameters for the run, e.g. \'{"overrides": {"benchmark.duration": 5}}\''
     )
     parser.add_argument("--no-run", action="store_true", help="set up, but trigger no run")
-    return parser.parse_intermixed_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,20 +28,26 @@ def api_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/api"
 
 
-def healthy(port: int) -> bool:
+def answers(api: str) -> bool:
+    """Whether a Prefect server answers at this API URL (http://HOST:PORT/api)."""
     try:
-        return httpx.get(f"{api_url(port)}/health", timeout=2).status_code == 200
+        return httpx.get(f"{api.rstrip('/')}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
 
-def prefect_env(state: Path, port: int) -> dict[str, str]:
-    """The environment of every Prefect process here: this server, this state directory, no analytics.
-    No database URL: only the server gets one (local.py start_server), so no worker or flow run holds the password."""
+def healthy(port: int) -> bool:
+    return answers(api_url(port))
+
+
+def prefect_env(state: Path, port: int, api: str | None = None) -> dict[str, str]:
+    """The environment of every Prefect process here: this server (`api`: another one, given by the user's
+    PREFECT_API_URL), this state directory, no analytics. No database URL: only the server gets one
+    (local.py start_server), so no worker or flow run holds the password."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
     env.update(
         PREFECT_HOME=str(state / "home"),
-        PREFECT_API_URL=api_url(port),
+        PREFECT_API_URL=api or api_url(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),

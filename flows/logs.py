@@ -1,4 +1,5 @@
-"""How Prefect's engines log a failure: an expected one as its message and fix, a bug with its traceback.
+"""How Prefect's engines log a failure: an expected one as its message and fix, a bug with its traceback; and
+the run's own log as a file in its run directory (RunLogFile, flow.log).
 
 A PipelineError (tasks/common/errors.py) is a failure a user acts on -- the input, the host -- and its text
 already says what went wrong and what to do. Prefect's task and flow engines log every exception they end
@@ -15,11 +16,13 @@ is Failed with the same message either way.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flows.stages import StageFailed
 from tasks.common.errors import PipelineError
 
 ENGINE_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+RUN_LOG = "flow.log"  # in the run directory: the run's log lines, as the terminal showed them
 
 
 def expected(error: BaseException) -> bool:
@@ -58,3 +61,38 @@ def install_expected_failures() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, ExpectedFailures) for existing in logger.filters):
             logger.addFilter(ExpectedFailures())
+
+
+class RunLogFile:
+    """The run's log lines -- Prefect's and ours (get_run_logger's flow-run and task-run records, and any library's
+    warning) -- also written to <run dir>/flow.log while the run lasts, so a night run by a worker, whose terminal
+    nobody reads, leaves its log beside its summary. A handler on the root logger, where Prefect's console handler
+    is (its logging.yml): every record the terminal shows reaches it, after ExpectedFailures has shortened it. Lines
+    in Prefect's console format with the date, as a night crosses midnight. Before the run directory exists (the
+    flow run's first line) and after the run's exit (Prefect's final state line) there is no file: those lines are
+    in Prefect's own log of the flow run."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / RUN_LOG
+        self.handler: logging.Handler | None = None
+
+    def attach(self) -> None:
+        from prefect.logging.formatters import PrefectFormatter
+
+        handler = logging.FileHandler(self.path, encoding="utf-8")
+        handler.setFormatter(
+            PrefectFormatter(
+                "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
+                datefmt="%Y-%m-%d %H:%M:%S",
+                flow_run_fmt="%(asctime)s.%(msecs)03d | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s",
+                task_run_fmt="%(asctime)s.%(msecs)03d | %(levelname)-7s | Task run %(task_run_name)r - %(message)s",
+            )
+        )
+        logging.getLogger().addHandler(handler)
+        self.handler = handler
+
+    def detach(self) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None

@@ -36,6 +36,7 @@ from prefect import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
 from flows.interrupts import WATCH, Arrival
+from flows.logs import RunLogFile
 from flows.stages import INTERRUPTS, StageFailed, Stages, interruption_of, stop_task
 from flows.stop import command as stop_command
 from tasks.common.config import RunConfig
@@ -48,6 +49,7 @@ from tasks.report.events import emit_regression, run_page
 from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
 from tasks.report.side_by_side import EngineColumn, SideBySide, labels_compared
 from tasks.report.summary import make_run_dir, next_run_dir, publish_artifacts, publish_run_config
+from tasks.serve.server import keep, load_record
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -70,6 +72,7 @@ class Run:
         self.started = datetime.now(UTC)  # the trend's "started" for this run, as Prefect's for the others
         self.dir = next_run_dir(config.runs_dir)  # made on entry
         self.nights = EngineNight.of(config, self.dir)  # one per engine, in the order they serve
+        self.log_file = RunLogFile(self.dir)  # flow.log there, from entry to the end of the exit
         self.stages = Stages(engines=[night.name for night in self.nights])
         # the traced model's facts (compiler arguments, parity) once trace is done
         self.model_info: ModelInfo | None = None
@@ -125,6 +128,7 @@ class Run:
         WATCH.install(dedicated=os.environ.get("PREFECT__FLOW_RUN_ID") == str(runtime.flow_run.id))
         with WATCH.shielded():  # the directory made and the watch attached, or neither
             make_run_dir(self.dir)
+            self.log_file.attach()
             WATCH.attach(self)
         self.log.info(
             "run directory %s; %s, %d workers x %d threads (%s)",
@@ -141,6 +145,12 @@ class Run:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> Literal[False]:
+        try:
+            return self._exit(error)
+        finally:
+            self.log_file.detach()
+
+    def _exit(self, error: BaseException | None) -> Literal[False]:
         self.exiting = True
         try:
             with WATCH.shielded():
@@ -152,6 +162,7 @@ class Run:
                 self._report()
                 if not self.interrupted:
                     self._tell()
+                    self._retain()
         finally:
             WATCH.detach(self)
         if self.interrupted and not self.stages.failed():
@@ -240,6 +251,10 @@ class Run:
         """Stop what is still up -- a night that failed, or was interrupted, before its stop stage -- and return
         the stop's error. Interrupted: the plain functions, at once (see stop_now)."""
         if self.keep_serving and not self.interrupted:
+            # this command exits, the server stays: no later run's sweep may take it for a crash's
+            kept = load_record(self.reference.server_dir)
+            if kept is not None:
+                keep(kept)
             return None
         left = [night for night in self.nights if night.recorded() is not None and night.stopped is None]
         if not left:
@@ -274,15 +289,34 @@ class Run:
             return
         base = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
         name = deployment_name() or base
-        for night in self.nights:  # each engine's artifacts under its own keys: its history is its own
-            suffix, view = engine_suffix(base, night.name), summary.for_engine(night.name)
-            publish_artifacts(view, night.checks, self.dir, night.buckets, suffix)
-            # never raises: a trend is not worth a failed run
-            publish_trend(engine_suffix(name, night.name), suffix, _run_name(self.dir), self.started, view, self.dir)
-        first = engine_suffix(base, self.reference.name)
-        if summary.side_by_side is not None:
-            publish_side_by_side(summary.side_by_side, first)
-        publish_run_config(self.parameters, summary, first)
+        try:
+            with _best_effort() if self.interrupted else contextlib.nullcontext():
+                for night in self.nights:  # each engine's artifacts under its own keys: its history is its own
+                    suffix, view = engine_suffix(base, night.name), summary.for_engine(night.name)
+                    publish_artifacts(view, night.checks, self.dir, night.buckets, suffix)
+                    # never raises: a trend is not worth a failed run
+                    publish_trend(
+                        engine_suffix(name, night.name),
+                        suffix,
+                        _run_name(self.dir),
+                        self.started,
+                        view,
+                        self.dir,
+                        self.log,
+                    )
+                first = engine_suffix(base, self.reference.name)
+                if summary.side_by_side is not None:
+                    publish_side_by_side(summary.side_by_side, first)
+                publish_run_config(self.parameters, summary, first)
+        except httpx.HTTPError as error:
+            if not self.interrupted:
+                raise
+            self.log.warning(
+                "the Prefect API did not take this interrupted run's artifacts (%s); the summary is in %s",
+                error,
+                self.dir / "summary.json",
+            )
+            return
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _write_summary(self, drawn: dict[str, str]) -> RunSummary:
@@ -370,6 +404,21 @@ class Run:
         if page:
             self.log.info("run page: %s", page)
 
+    def _retain(self) -> None:
+        """At the end of the run, its records written: runs_dir pruned and the compile cache bounded
+        (tasks/report/retention.py). A disk that refuses costs a warning, never the night's verdict."""
+        from tasks.report import retention
+
+        if not self.config.retention.prune:
+            return
+        try:
+            pruned = retention.apply(self.config)
+        except OSError as error:
+            self.log.warning("retention: not applied: %s: %s", type(error).__name__, error)
+            return
+        for line in retention.describe(pruned, self.config):
+            self.log.info(line)
+
     def _server_outcome(self) -> str:
         """What became of the servers, in words (the console's interrupted line says this)."""
         said = []
@@ -397,6 +446,16 @@ class Run:
             f"interrupted by {_cancelled_or(self.interrupted)} {self._where_interrupted()[1]}: "
             f"{self._server_outcome()}; summary: {self.dir / 'summary.json'}"
         )
+
+
+def _best_effort() -> contextlib.AbstractContextManager[object]:
+    """An interrupted run's artifacts, tried once each: its exit is bounded (a worker kills it 30 s after its
+    SIGTERM) and its summary.json is on disk already, so a struggling API -- a SQLite database locked by a busy
+    host answers 503, which Prefect's client retries with growing waits -- costs no more than one answer each.
+    (Measured: 20 s of retries before the exit of a Ctrl-C'd night on a host at load 8.)"""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    return temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0})
 
 
 def _cancelled_or(arrival: Arrival) -> str:

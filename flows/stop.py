@@ -15,17 +15,22 @@ LATEST = RunConfig.model_fields["runs_dir"].default / "latest"
 
 
 def command(run_dir: Path) -> str:
-    """What stops the server a run kept up: its own run directory named, so it holds with any --runs-dir and
-    after later runs have moved runs/latest."""
-    return f"python -m flows.stop {run_dir}"
+    """What stops the server a run kept up (tasks/serve/server.py stop_command, the one wording)."""
+    from tasks.serve.server import stop_command
+
+    return stop_command(run_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.stop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir", nargs="?", type=Path, default=LATEST)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     # After parsing: --help answers without loading the server module and what it imports.
     from tasks.serve.server import ServerError, load_record, stop
 

@@ -302,7 +302,7 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     from flows.cli import add_config_file_option, add_config_options
 
     parser = argparse.ArgumentParser(
@@ -325,7 +325,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "rate whose p99 stays within --capacity-bound-ms)",
     )
     add_config_options(parser, only=["max-length", "duration", "warmup", "free-ports", "runs-dir", "capacity-bound-ms"])
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from flows.interrupts import WATCH
 from tasks.common.errors import PipelineError
 from tasks.common.polling import TimedOut, wait_until
 from tasks.common.processes import end
@@ -37,7 +38,8 @@ SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREF
 # At least this long for the server to answer: Prefect's own default (20 s) is too short for a busy 2-core host,
 # where a start took 24 s; a larger PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is honoured.
 STARTUP_S = 90.0
-DRAIN_S = 10.0  # per queue (events, logs): what an interrupted run's last moments send takes well under this
+DRAIN_S = 10.0  # per queue (events, logs): what a run's last moments send takes well under this
+INTERRUPTED_DRAIN_S = 3.0  # after a signal: the exit is bounded (a worker kills at 30 s), the summary is on disk
 STOP_S = 5.0  # the server's graceful exit, as Prefect allows its own
 
 
@@ -98,7 +100,7 @@ def temporary_api() -> Iterator[str | None]:
             try:
                 yield url
             finally:
-                drain()
+                drain(DRAIN_S if WATCH.sync() is None else INTERRUPTED_DRAIN_S)
     finally:
         end(server, grace=STOP_S)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import torch
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from serving.contract import encode_pairs
+from tasks.common import mrpc
 from tasks.common.compiler import BF16_EMULATED_DRIFT, BF16_MARGIN, BF16_PARITY_TOLERANCE
 from tasks.common.config import MRPC_TRAIN_FILE, load_config
 from tasks.prepare.trace import load_checkpoint
@@ -163,11 +165,20 @@ def measure(pairs: list[tuple[str, str]], variant_pairs: int) -> dict[str, dict]
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.bf16_tolerance", description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=None, help="the first N training pairs (default: all)")
     parser.add_argument("--variant-pairs", type=int, default=512, help="pairs for the bf16-results and mask rows")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        mrpc.require(TRAIN, "the BF16 drift the parity tolerance is derived from")
+    except mrpc.DataMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     pairs = read_mrpc_lenient(TRAIN)[0][: args.pairs]
     rows = measure(pairs, args.variant_pairs)
@@ -186,7 +197,8 @@ def main() -> None:
         f"{BF16_PARITY_TOLERANCE:g}{'' if math.isclose(derived, BF16_PARITY_TOLERANCE) else ': DIFFERS'}); "
         f"{time.monotonic() - started:.0f} s"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,10 +16,14 @@ from tasks.common.config import default_cache_dir
 from tasks.prepare import cache
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.cache", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["list", "clear"])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     where = default_cache_dir()
     if args.command == "clear":
         print(f"compile cache {where}: {cache.clear(where)} entries deleted")

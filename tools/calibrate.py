@@ -11,12 +11,14 @@ split stays a measurement, and no test split is ever looked at.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from serving.contract import encode_pairs
+from tasks.common import mrpc
 from tasks.common.config import MRPC_TRAIN_FILE, ModelConfig, ServingConfig
 from tasks.common.embedded import EMBEDDED_MODEL
 from tasks.prepare.trace import load_checkpoint
@@ -48,19 +50,31 @@ def best_threshold(similarity: np.ndarray, labels: np.ndarray) -> tuple[float, f
     return float(candidates[best]), float(accuracy[best])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("train_tsv", nargs="?", type=Path, default=DEFAULT_TRAIN)
     parser.add_argument(
         "--model", default=EMBEDDED_MODEL, help="the bi-encoder checkpoint directory (default: %(default)s)"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        mrpc.require(args.train_tsv, "a threshold (the training pairs it is chosen on)")
+    except mrpc.DataMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     pairs, labels, skipped = read_mrpc_lenient(args.train_tsv)
     if skipped:
         print(f"skipped malformed lines {skipped} of {args.train_tsv}")
     threshold, accuracy = best_threshold(cosines(pairs, source=args.model), labels)
     print(f"pairs={len(pairs)} threshold={threshold:.4f} training_accuracy={accuracy:.4f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

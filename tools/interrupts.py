@@ -340,7 +340,7 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.interrupts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -350,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aim", choices=AIMS, action="append", help="default: night and between, at random")
     parser.add_argument("--dir", type=Path, default=None, help="where the runs go (default: a temporary one)")
     parser.add_argument("--engine", choices=("torchserve", "ray"), default="torchserve", help="the nights' engine")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     replay = f"python -m tools.interrupts --seed {seed} --runs {args.runs} --engine {args.engine}"
     print(f"seed {seed} (replay: {replay})", flush=True)

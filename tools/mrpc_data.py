@@ -269,11 +269,15 @@ def sources_folder(given: Path | None):
         yield Path(folder)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.mrpc_data", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the two .tsv files into")
     parser.add_argument("--sources", type=Path, help="folder for the downloads (kept); files there are used")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         with sources_folder(args.sources) as sources, httpx.Client(timeout=TIMEOUT_S, follow_redirects=True) as client:
             written = write(args.out, rebuild(client, sources))

@@ -294,13 +294,17 @@ def take(ui: str, facts: dict, out: Path, browser: Browser, timeout: float = 60)
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.screenshots", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ui", required=True, help="the Prefect server, e.g. http://127.0.0.1:4200")
     parser.add_argument("--flow-run", required=True, help="flow run id")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: <run directory>/screenshots)")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for each page (default: 60)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     executable = find_chromium()
     if executable is None:

@@ -481,7 +481,9 @@ def existing_file(path: Path | None) -> Path | None:
         return None
     if path.is_file():
         return path.resolve()
-    raise ValueError(f"{path} does not exist; give an existing file or null")
+    # One of the MSR Paraphrase splits (docs/data.md): say how to get it.
+    hint = f"; {mrpc.rebuild_hint(path.parent)}" if path.name.startswith("msr_paraphrase") else ""
+    raise ValueError(f"{path} does not exist; give an existing file or null{hint}")
 
 
 class ChecksConfig(_Section):
@@ -548,6 +550,24 @@ class BuildConfig(_Section):
     )
 
 
+class RetentionConfig(_Section):
+    """What the nights leave on disk: applied at the end of every run (tasks/report/retention.py) and by hand
+    (python -m tools.prune). Measured sizes and the bound they give: docs/operations.md, "Disk"."""
+
+    prune: bool = Field(True, description="prune runs_dir and bound the compile cache at the end of each run")
+    full_runs: int = Field(
+        5,
+        ge=1,
+        description="run directories, newest first, that keep everything; an older one keeps its records -- "
+        "summary.json, benchmark.json, flow.log, charts -- and loses its graphs (model/), archives "
+        "(model_store/) and server logs",
+    )
+    cache_entries: int = Field(4, ge=1, description="compile cache entries kept, the least recently used out")
+    cache_gib: float = Field(
+        2.0, gt=0, description="GiB the compile cache entries may hold; the most recently used one stays, however large"
+    )
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     build: BuildConfig = BuildConfig()
@@ -562,6 +582,7 @@ class RunConfig(_Section):
         description="stop after check, leave the server up (python -m flows.stop ends it)",
         json_schema_extra={"flag": "keep-serving"},
     )
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _engines_fit(self) -> RunConfig:

@@ -13,6 +13,8 @@ import csv
 import io
 from pathlib import Path
 
+from tasks.common.errors import PipelineError
+
 MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
 FIX = (
     "give an MSR Paraphrase / GLUE MRPC file: tab-separated UTF-8 text, line 1 the header "
@@ -20,6 +22,28 @@ FIX = (
     + ", then a line per pair with Quality 0 or 1 "
     "(e.g. ../shared/data/msr_paraphrase_dev.tsv)"
 )
+
+
+# The command that builds the MSR Paraphrase splits from their public sources (docs/data.md).
+REBUILD = "python -m tools.mrpc_data --out"
+
+
+class DataMissing(PipelineError):
+    """The MSR Paraphrase split a measurement needs is not on this host."""
+
+
+def rebuild_hint(folder: Path) -> str:
+    return (
+        f"build it from the public sources: .venv/bin/python -m tools.mrpc_data --out {folder} (needs internet and "
+        "cabextract; docs/data.md), or give another MRPC TSV"
+    )
+
+
+def require(path: Path, measures: str) -> Path:
+    """The split at `path`, or DataMissing naming what cannot be measured without it and how to get it."""
+    if path.is_file():
+        return path
+    raise DataMissing(f"{path} does not exist: without it {measures} cannot be measured", fix=rebuild_hint(path.parent))
 
 
 def read(path: Path) -> tuple[list[tuple[str, str]], list[int], list[int]]:

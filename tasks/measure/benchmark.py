@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tasks.common.config import BenchmarkConfig, RunConfig
 from tasks.common.errors import PipelineError
+from tasks.common.keys import current_suffix
 from tasks.common.progress import StageProgress
 from tasks.common.runlog import Log, stage_logger
 from tasks.common.sizing import ResolvedServing
@@ -51,7 +52,7 @@ from tasks.measure.served import ServedModel
 from tasks.measure.telemetry import Telemetry
 from tasks.prepare.trace import TracedModel
 from tasks.verify.checks import CheckResult
-from tasks.verify.pairs import load_pool
+from tasks.verify.pairs import load_pool, missing_dev_split
 
 BENCHMARK_FILE = "benchmark.json"
 CHART_FILE = "benchmark.png"
@@ -193,6 +194,8 @@ def run(
     log = log or stage_logger(__name__)
     settings = config.benchmark
     pairs, pool = load_pool(settings.pairs_file)
+    if settings.pairs_file is None and (missing := missing_dev_split()):
+        log.warning(missing)
     log.info(
         "benchmark: %s, %s loop, %s",
         pool,
@@ -212,7 +215,8 @@ def run(
             settings.regression_tolerance,
             settings.regression_action,
             settings.regression_tolerances,
-            suffix,
+            # the engine's artifact keys: its earlier nights, and its accepted baseline (tools.baseline)
+            suffix if suffix is not None else current_suffix(resolved.backend),
         )
         (log.warning if bench.regression.status == "regressed" else log.info)(
             "regression: %s", bench.regression.message

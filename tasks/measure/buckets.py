@@ -124,9 +124,12 @@ def compare(
         )
         single = archive(traced, bucketed.model_store, name=single_name, length_buckets=[info.max_length])
         scale(server, bucketed.model_name, 0)
-        with _afterwards(restore, log), _afterwards(lambda: unregister(server, single_name), log):
-            register(server, single, config.serving.max_batch_delay, workers)
-            measure(single_name)
+        try:
+            with _afterwards(restore, log), _afterwards(lambda: unregister(server, single_name), log):
+                register(server, single, config.serving.max_batch_delay, workers)
+                measure(single_name)
+        finally:  # measured and dropped: its one graph is model/'s max_length graph again, not worth keeping twice
+            single.mar_file.unlink(missing_ok=True)
     return _compared(info, pool, results[bucketed.model_name], results[single_name], labels, len(sample), log)
 
 

@@ -2,15 +2,23 @@
 of their artifacts by kind (tasks/common/keys.py).
 
 The regression reads the benchmark figures of comparable completed nights (`history`: same flow, deployment and
-parameters, same fingerprint, the host not busy); the trend (tasks/report/trend.py) reads every ended night's
-outcome and figures with `earlier_runs`. A caller that goes on without the history catches API_ERRORS
-(tasks/common/prefect_api.py), never a bug.
+parameters, same fingerprint, the host not busy, started since the accepted baseline); the trend
+(tasks/report/trend.py) reads every ended night's outcome and figures with `earlier_runs`. A caller that goes on
+without the history catches API_ERRORS (tasks/common/prefect_api.py), never a bug.
+
+The accepted baseline: a real change (a slower library, a new host type that fingerprints the same) regresses every
+night until it is accepted -- with regression_action "fail" the regressed nights fail, so they never become history
+themselves. `python -m tools.baseline accept <deployment>` writes the time it is accepted from into the Prefect
+Variable `bert-validation-baseline-<deployment>` (the artifact keys' suffix: tasks/common/keys.py); nights that
+started before it are then no baseline. On the server, for the whole fleet, with no redeploy and no change to the
+deployment's parameters.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tasks.common.prefect_api import API_ERRORS
@@ -21,7 +29,9 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
 POOL = 200  # earlier runs read at most (the API's page): the newest comparable ones are among them
-__all__ = ["API_ERRORS", "POOL", "Earlier", "earlier_runs", "figures_of", "history"]
+BASELINE_VARIABLE = "bert-validation-baseline-"  # + the artifact keys' suffix: a Prefect Variable, an ISO time
+__all__ = ["API_ERRORS", "BASELINE_VARIABLE", "POOL", "Earlier", "accepted_since", "earlier_runs", "figures_of"]
+__all__ += ["history", "when"]
 
 
 def figures_of(rows) -> dict:
@@ -153,13 +163,34 @@ def _artifacts_by_run(client, runs: list, kinds: tuple[str, ...], suffix: str | 
     return found
 
 
+def when(text: str) -> datetime:
+    """An ISO 8601 time (2026-12-06T02:00:00Z, 2026-12-06); one without a zone is UTC. ValueError otherwise."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def accepted_since(suffix: str | None) -> datetime | None:
+    """When the baseline of the deployment with this artifact-key suffix was last accepted (tools.baseline), or
+    None: every comparable night counts."""
+    from prefect.variables import Variable
+
+    if not suffix:
+        return None
+    value = Variable.get(BASELINE_VARIABLE + suffix, default=None)
+    return when(value) if isinstance(value, str) else None
+
+
 def history(fingerprint: str, limit: int, suffix: str | None = None) -> list[dict] | None:
-    """Figures of the last `limit` comparable completed runs, newest first; None outside a flow run. suffix: whose
+    """Figures of the last `limit` comparable completed runs, newest first, none from before the accepted baseline
+    of `suffix`; None outside a flow run. suffix: whose
     benchmark artifacts (an engine's: tasks/common/keys.py engine_suffix); None: this run's deployment's."""
     from tasks.common.keys import BENCHMARK
 
     earlier = earlier_runs((BENCHMARK,), POOL, suffix=suffix, need=BENCHMARK)
     if earlier is None:
         return None
+    since = accepted_since(suffix)
+    if since is not None:
+        earlier = [night for night in earlier if night.run.start_time is not None and night.run.start_time >= since]
     found = [figures_of(night.artifacts[BENCHMARK]) for night in earlier]
     return [night for night in found if night.get(FINGERPRINT.name) == fingerprint and not busy(night)][:limit]

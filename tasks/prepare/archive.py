@@ -44,8 +44,9 @@ def archive(
     extra_files: tuple[Path, ...] = (),
 ) -> Archive:
     """The .mar. length_buckets narrows the graphs the handler loads (model-config.yaml), e.g. to
-    [max_length] for the tutorial's single-length serving of the same graphs. extra_files: more files
-    beside the handler (a handler that builds on ours ships ours too)."""
+    [max_length] for the tutorial's single-length serving of the same graphs; only those graphs are packed (the
+    others would be copies no worker loads). extra_files: more files beside the handler (a handler that builds on
+    ours ships ours too)."""
     model_store.mkdir(parents=True, exist_ok=True)
     name = name or traced.info.model_name
     # TorchServe's own @timed profiling of preprocess / inference / postprocess (ts_handler_* metrics).
@@ -66,6 +67,9 @@ def archive(
             shutil.copy(source, package / source.name)
         (package / "__init__.py").touch()
         files = traced.info.files(traced.model_dir)
+        if length_buckets:
+            unused = {traced.model_dir / name for b, name in traced.info.model_files.items() if b not in length_buckets}
+            files = [path for path in files if path not in unused]
         command = [
             archiver,
             "--model-name",

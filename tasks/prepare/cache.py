@@ -12,6 +12,12 @@ it that changes what it builds (COMPILER_DEPENDENCIES). The key is the sha256 of
 An entry is written whole or not at all (built in a temporary directory, then renamed); one whose
 manifest is missing or whose files do not match it (a killed copy, a disk fault, a hand edit) is
 deleted and rebuilt. `python -m tools.cache clear` empties the cache.
+
+A run's model directory and the entry share their files (hard links, where both are on one file system; a
+copy where not): a graph is on disk once however many nights restored it, and a changed file in either is a
+changed file in both, which the hashes checked at every hit find. A hit marks its entry used (the directory's
+mtime), so `bound` removes the least recently used entries first, keeping the cache within a number of entries
+and of bytes (retention.cache_entries, retention.cache_gib: tasks/common/config.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from tasks.common.config import REPO_ROOT
 from tasks.common.versions import package_versions
@@ -100,14 +107,25 @@ def lookup(cache_dir: Path, key: str) -> tuple[dict | None, str]:
     except (OSError, ValueError, KeyError, TypeError) as error:
         shutil.rmtree(entry, ignore_errors=True)
         return None, f"corrupt entry deleted and rebuilt ({type(error).__name__}: {error})"
+    os.utime(entry)  # used now: the last to go when the cache is bounded
     return manifest, "hit"
 
 
+def share(source: Path, target: Path) -> None:
+    """target as the same file as source (a hard link), or a copy of it where a link cannot be made (another file
+    system, a file system without links)."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def restore(cache_dir: Path, key: str, manifest: dict, out_dir: Path) -> None:
-    """Copy a whole entry's files into the run's model directory."""
+    """A whole entry's files into the run's model directory (shared with the entry: see `share`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in manifest["files"]:
-        shutil.copy2(cache_dir / key / name, out_dir / name)
+        share(cache_dir / key / name, out_dir / name)
 
 
 def store(cache_dir: Path, key: str, parts: dict, model_dir: Path, files: list[str], seconds: float) -> None:
@@ -118,7 +136,7 @@ def store(cache_dir: Path, key: str, parts: dict, model_dir: Path, files: list[s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     for name in files:
-        shutil.copy2(model_dir / name, staging / name)
+        share(model_dir / name, staging / name)
     manifest = {
         "key": key,
         "parts": parts,
@@ -141,3 +159,49 @@ def clear(cache_dir: Path) -> int:
     for path in entries:
         shutil.rmtree(path, ignore_errors=True)
     return len([p for p in entries if not p.name.startswith(".tmp-")])
+
+
+# A staging directory this old was left by a killed store (a store takes seconds): `bound` removes it.
+STALE_STAGING_S = 3600.0
+
+
+class Entry(NamedTuple):
+    key: str
+    path: Path
+    bytes: int  # its files' sizes (shared with run directories or not)
+    used: float  # when a run last stored or restored it (s since the epoch)
+
+
+def entries(cache_dir: Path) -> list[Entry]:
+    """The cache's entries, most recently used first (staging directories of stores under way are not entries)."""
+    found = []
+    for path in cache_dir.iterdir() if cache_dir.is_dir() else []:
+        if path.is_dir() and not path.name.startswith(".tmp-"):
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            found.append(Entry(path.name, path, size, path.stat().st_mtime))
+    return sorted(found, key=lambda entry: entry.used, reverse=True)
+
+
+def over_bound(cache_dir: Path, max_entries: int, max_bytes: int) -> list[Entry]:
+    """The entries `bound` removes: the least recently used ones, until at most `max_entries` remain holding at
+    most `max_bytes` -- the most recently used one always stays, however large."""
+    over: list[Entry] = []
+    kept, held = 0, 0
+    for entry in entries(cache_dir):
+        if not over and (kept == 0 or (kept < max_entries and held + entry.bytes <= max_bytes)):
+            kept, held = kept + 1, held + entry.bytes
+        else:
+            over.append(entry)  # and every entry used before it
+    return over
+
+
+def bound(cache_dir: Path, max_entries: int, max_bytes: int) -> list[Entry]:
+    """Remove the entries over the bound (over_bound) and the staging directories of killed stores; returns the
+    entries removed."""
+    removed = over_bound(cache_dir, max_entries, max_bytes)
+    for entry in removed:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    for staging in cache_dir.glob(".tmp-*") if cache_dir.is_dir() else []:
+        if time.time() - staging.stat().st_mtime > STALE_STAGING_S:
+            shutil.rmtree(staging, ignore_errors=True)
+    return removed

@@ -72,6 +72,9 @@ class Server(BaseModel):
     token_auth: bool = True
     owner: ProcessRef | None = None  # the pipeline process that started it
     processes: list[ProcessRef]
+    # Left up on purpose (--keep-serving): its owner, the command, exits and the server lives on until
+    # `python -m flows.stop` (stop_command); no later run's sweep stops it.
+    kept: bool = False
 
     def credentials(self) -> Keys:
         return read_keys(self.key_file)
@@ -261,12 +264,22 @@ def load_record(server_dir: Path) -> Server | None:
     return Server.model_validate_json(path.read_text()) if path.is_file() else None
 
 
-def find_stale(runs_dir: Path) -> list[Server]:
-    """TorchServes recorded under runs_dir whose pipeline process is gone: left by a crashed run.
+def stop_command(run_dir: Path) -> str:
+    """What stops the server a run kept up: its own run directory named, so it holds with any --runs-dir and
+    after later runs have moved runs/latest (flows/stop.py is the command)."""
+    return f"python -m flows.stop {run_dir}"
 
-    A server whose owner is still alive belongs to a run in progress and is never touched.
-    """
-    stale = []
+
+def keep(server: Server) -> None:
+    """Record that the server stays up on purpose (--keep-serving): the sweep of later runs leaves it."""
+    server.kept = True
+    record(server)
+
+
+def _left_running(runs_dir: Path) -> list[Server]:
+    """TorchServes recorded under runs_dir whose pipeline process is gone and that still run. A server whose owner
+    is still alive belongs to a run in progress and is never among them."""
+    found = []
     for record_file in sorted(runs_dir.glob(f"*/server/{SERVER_RECORD}")):
         try:
             server = Server.model_validate_json(record_file.read_text())
@@ -276,24 +289,58 @@ def find_stale(runs_dir: Path) -> list[Server]:
             continue  # a run in progress
         # A Java whose launcher died is in no record, but still in the launcher's process group.
         if any(ref.alive() for ref in server.processes) or (server.processes and group_members(server.processes[0])):
-            stale.append(server)
-    return stale
+            found.append(server)
+    return found
+
+
+def find_stale(runs_dir: Path) -> list[Server]:
+    """TorchServes left by a crashed run: their pipeline process is gone, they were not kept on purpose."""
+    return [server for server in _left_running(runs_dir) if not server.kept]
+
+
+def find_kept(runs_dir: Path) -> list[Server]:
+    """TorchServes a finished run left up on purpose (--keep-serving) that still run."""
+    return [server for server in _left_running(runs_dir) if server.kept]
+
+
+def kept_line(server: Server) -> str:
+    run_dir = server.server_dir.parent
+    return (
+        f"a TorchServe kept serving by --keep-serving is left running: {run_dir} ({server.inference_url}); "
+        f"stop it with: {stop_command(run_dir)}"
+    )
 
 
 def stop_stale(runs_dir: Path) -> list[str]:
-    """Stop what crashed runs left behind; return a line per server for the log."""
-    stopped = []
+    """Stop what crashed runs left behind, leave what a run kept up on purpose; return a line per server for the
+    log."""
+    lines = []
     for server in find_stale(runs_dir):
         stop(server)
-        stopped.append(f"stopped a TorchServe left by a crashed run: {server.server_dir} ({server.inference_url})")
-    return stopped
+        lines.append(f"stopped a TorchServe left by a crashed run: {server.server_dir} ({server.inference_url})")
+    return lines + [kept_line(server) for server in find_kept(runs_dir)]
+
+
+def refuse_kept(runs_dir: Path) -> None:
+    """On Neuron a kept server's workers hold NeuronCores until they exit, and the pipeline never stops what a user
+    kept: tonight's run stops here, before anything starts, naming it and the command that stops it."""
+    kept = find_kept(runs_dir)
+    if kept:
+        where = "; ".join(f"{server.server_dir.parent} ({server.inference_url})" for server in kept)
+        raise ServerError(
+            f"a TorchServe kept serving by --keep-serving holds NeuronCores tonight's run needs: {where}",
+            fix="stop it first: " + "; ".join(stop_command(server.server_dir.parent) for server in kept),
+        )
 
 
 def free_for_tonight(runs_dir: Path, backend: str, workers: int) -> list[str]:
     """Before tonight's work, in its first stage: stop what crashed nights left serving (stop_stale) -- on Neuron
     their workers still hold the NeuronCores tonight's compile child needs, until a moment after they exit -- and
     on Neuron wait for `workers` cores to be free (a process not ours that holds one is named, before any work).
-    A line per server stopped, for the log."""
+    A server kept on purpose is left running; on Neuron, where it holds cores, the run is refused (refuse_kept).
+    A line per server stopped or left, for the log."""
+    if backend == "neuron":
+        refuse_kept(runs_dir)
     stopped = stop_stale(runs_dir)
     if backend == "neuron":
         cores.ensure_free(workers)

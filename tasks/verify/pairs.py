@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from serving.contract import CLASS_NAMES
+from tasks.common import mrpc
 from tasks.common.config import GOLDEN_PAIRS_FILE, MRPC_DEV_FILE
 
 # The tutorial's three sentences.
@@ -45,3 +46,16 @@ def load_pool(path: Path | None) -> tuple[list[tuple[str, str]], str]:
     if not pairs:
         pairs = [PARAPHRASE[:2], NOT_PARAPHRASE[:2]]
     return pairs, f"{path.name} ({len(pairs)} pairs)"
+
+
+def missing_dev_split() -> str | None:
+    """Where benchmark.pairs_file is null and the MSR Paraphrase dev split is not on this host: what the load cannot
+    measure without it, and how to get it (None when it is there)."""
+    if MRPC_DEV_FILE.is_file():
+        return None
+    get_it = mrpc.rebuild_hint(MRPC_DEV_FILE.parent)
+    return (
+        f"the MSR Paraphrase dev split is not at {MRPC_DEV_FILE}: the load sends the golden pairs "
+        f"({GOLDEN_PAIRS_FILE.name}) instead, too few and too alike to measure real traffic's mix of lengths, so "
+        f"tonight's figures do not compare with nights measured on the dev split; {get_it}"
+    )

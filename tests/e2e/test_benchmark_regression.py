@@ -48,7 +48,9 @@ def night(config_file: str | None = None, overrides: dict | None = None):
         raise RuntimeError("a failed night")
     if TONIGHT.get("check"):
         tonight = _bench(TONIGHT["rate"], TONIGHT["p90_s"], "fp-a", TONIGHT.get("rss", 1200.0))
-        return regression.check(tonight, "fp-a", 3, 0.2, "fail", {"memory total_rss_mib": 0.15}).model_dump()
+        tolerances = {"memory total_rss_mib": 0.15}
+        suffix = keys.suffix(None, TONIGHT.get("backend", "cpu"))  # as the benchmark stage passes it
+        return regression.check(tonight, "fp-a", 3, 0.2, "fail", tolerances, suffix=suffix).model_dump()
     return None
 
 
@@ -90,3 +92,25 @@ def test_regression_compares_with_the_median_of_comparable_completed_runs(prefec
 def test_no_comparable_history_passes(prefect_server):
     verdict = _night(check=True, rate=20.0, p90_s=1.0, overrides={"never": "seen"})
     assert verdict["status"] == "no history" and verdict["runs"] == 0
+
+
+def test_an_accepted_baseline_leaves_the_nights_before_it_out(prefect_server, capsys):
+    """A real slow-down, accepted with tools.baseline: the nights before it no longer count, the next night has no
+    history and passes, and the baseline builds up from the nights since. Cleared, every night counts again."""
+    from tools import baseline
+
+    accepted = {"overrides": {"x": "accepted"}}  # parameters of their own: no other test's nights
+    for rate in (20.0, 21.0, 22.0):
+        _night(publish=True, rate=rate, p90_s=1.0, **accepted)
+    assert _night(check=True, rate=12.0, p90_s=1.0, **accepted)["status"] == "regressed"
+
+    assert baseline.main(["accept", "adhoc-cpu"]) == 0
+    assert "adhoc-cpu: the regression compares only with nights started at or after" in capsys.readouterr().out
+    assert _night(check=True, rate=12.0, p90_s=1.0, **accepted)["status"] == "no history"
+    _night(publish=True, rate=12.0, p90_s=1.0, **accepted)  # the first night since
+    since = _night(check=True, rate=12.5, p90_s=1.0, **accepted)
+    assert since["status"] == "ok" and since["runs"] == 1
+
+    assert baseline.main(["show", "adhoc-cpu"]) == 0 and "baseline since 20" in capsys.readouterr().out
+    assert baseline.main(["clear", "adhoc-cpu"]) == 0
+    assert _night(check=True, rate=12.0, p90_s=1.0, **accepted)["status"] == "regressed"  # 12 vs median 21

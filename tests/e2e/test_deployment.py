@@ -69,7 +69,7 @@ def _free_port() -> int:
 
 def _local(command: str, state: Path, port: int, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(
-        os.environ,
+        {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},  # `resume` would go to a server it names
         # Quick turnarounds for a test; the defaults are 10 s polls and a 30 s wait for a slot.
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",

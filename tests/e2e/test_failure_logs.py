@@ -63,3 +63,7 @@ def test_the_engines_log_an_expected_failure_without_a_traceback_and_a_bug_with_
             "TraceError: no such directory /models/bert -- fix: give an existing checkpoint directory"
         )
         assert "-- fix: give an existing checkpoint directory" in flow_line
+    # The run's own log file says the same, the same way (flows/logs.py RunLogFile).
+    in_file = (tmp_path / "latest" / "flow.log").read_text()
+    assert "Task run failed with exception" in in_file
+    assert ("Traceback (most recent call last)" in in_file) is traceback

@@ -5,6 +5,7 @@ the side by side a team moving off TorchServe reads -- real Prefect server."""
 import filecmp
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ from tasks.common.parameters import read
 from tasks.common.polling import wait_until
 from tasks.common.ports import listeners
 from tasks.measure.history import figures_of
+from tasks.serve.server import load_record
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone
 from tests.nights import config_leaves
 from tools.summary_schema import DOC, published
@@ -201,6 +203,10 @@ def test_buckets_serve_the_same_labels_as_max_length_only_and_are_compared_in_th
     assert comparison["bucketed_inferences_per_s"] > 0 and comparison["single_inferences_per_s"] > 0
     model_log = (run["run_dir"] / "server" / "logs" / "model_log.log").read_text()
     assert "loaded buckets [40, 56, 80, 128]" in model_log and "loaded buckets [128]" in model_log
+    # The single-bucket archive, measured and dropped, is not kept beside the bucketed one (its graph is model/'s).
+    assert sorted(p.name for p in (run["run_dir"] / "model_store").glob("*.mar")) == [
+        "bert-max_length128-batch_size6.mar"
+    ]
 
 
 def test_run_directory_holds_model_archive_server_files_and_summary(run):
@@ -326,12 +332,22 @@ def test_no_key_in_summary_artifacts_or_flow_log(run):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    texts = [(run["run_dir"] / "summary.json").read_text(), (run["run_dir"] / "server" / "server.json").read_text()]
+    texts = [(run["run_dir"] / name).read_text() for name in ("summary.json", "server/server.json", "flow.log")]
     texts += [(run["run_dir"] / "server-ray" / "ray.json").read_text()] if RAY else []
     texts += [str(a.data) for a in artifacts] + [log.message for log in logs]
     assert logs, "no flow log came back from the Prefect API"
     leaked = [key for key in keys for text in texts if key in text]
     assert leaked == []
+
+
+def test_the_run_directory_holds_the_runs_own_log_from_its_first_stage_to_its_summary(run):
+    """flow.log: what the terminal showed of the run -- Prefect's lines and ours -- beside its summary."""
+    lines = (run["run_dir"] / "flow.log").read_text().splitlines()
+    assert f"run directory {run['run_dir'].resolve()}" in lines[0] and re.match(r"\d{4}-\d\d-\d\d ", lines[0])
+    for stage in STAGES:
+        assert any(re.search(rf"Task run '{stage}-\w+' - Finished in state Completed", line) for line in lines), stage
+    assert any(line.endswith(f"summary: {run['run_dir'].resolve() / 'summary.json'}") for line in lines)
+    assert any("retention: " in line for line in lines)  # the night's last act: runs/ pruned, the cache bounded
 
 
 def test_summary_json_passes_its_published_schema_and_records_the_config_the_run_read(run):
@@ -363,9 +379,12 @@ def test_the_flow_log_ends_with_the_run_page_in_the_current_ui(run):
     assert "/flow-runs/" not in pages[0]  # not the old UI's route
 
 
-def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(run, small_model, tmp_path):
+def test_keep_serving_leaves_a_working_server_that_the_next_night_leaves_and_flows_stop_ends(
+    run, small_model, tmp_path
+):
     """Run from a user's own minimal config file (the small shape, nothing else): in every key neither it nor an
-    override sets, its summary.json records the default night, as the module's default run does."""
+    override sets, its summary.json records the default night, as the module's default run does. The next night
+    in the same runs directory does not take the kept server for a crashed run's: it still answers after it."""
     mine = tmp_path / "mine.yaml"
     mine.write_text(f"serving:\n  batch_size: {SMALL_BATCH}\n  max_length: {SMALL_LENGTH}\n")
     overrides = {
@@ -375,22 +394,33 @@ def test_keep_serving_leaves_a_working_server_that_flows_stop_ends(run, small_mo
         "keep_serving": True,
         "serving.initial_workers": 1,
     }
+    kept_dir = tmp_path / "latest"
     try:
         summary = validate(config_file=str(mine), overrides=overrides)
+        kept_dir = Path(summary["run_dir"])  # runs/latest moves on with the next night
         server = tasks.serve.server.load_record(tmp_path / "latest" / "server")
         assert summary["status"] == "ok" and summary["kept_serving"] is True
         assert next(s for s in summary["stages"] if s["name"] == "stop")["status"] == "skipped"
         assert summary["server"]["inference_url"] == server.inference_url
         model_name = f"bert-max_length{SMALL_LENGTH}-batch_size{SMALL_BATCH}"
-        answer = httpx.post(
-            f"{server.inference_url}/predictions/{model_name}",
-            data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
-            headers=server.inference_headers(),
-            timeout=60,
-        )
-        assert answer.status_code == 200 and answer.json() == ["not paraphrase"]
+
+        def answer() -> list:
+            answered = httpx.post(
+                f"{server.inference_url}/predictions/{model_name}",
+                data={"seq_0": "A cat sat on the mat.", "seq_1": "Stock markets fell sharply today."},
+                headers=server.inference_headers(),
+                timeout=60,
+            )
+            assert answered.status_code == 200, answered.text
+            return answered.json()
+
+        assert answer() == ["not paraphrase"]
+        next_night = validate(config_file=str(mine), overrides={**overrides, "keep_serving": False})
+        assert next_night["status"] == "ok", [s for s in next_night["stages"] if s["error"]]
+        assert answer() == ["not paraphrase"]  # left serving
+        assert load_record(kept_dir / "server").kept is True
     finally:
-        assert stop_cli.main([str(tmp_path / "latest")]) == 0
+        assert stop_cli.main([str(kept_dir)]) == 0
     assert_server_gone(server)
     night, default = config_leaves(summary["config"]), config_leaves(run["summary"]["config"])
     given = {"serving.batch_size", "serving.max_length", *overrides, *OVERRIDES}

@@ -75,3 +75,25 @@ def test_two_runs_archiving_the_same_model_at_once_both_get_a_whole_mar(tmp_path
     with ThreadPoolExecutor(2) as pool:
         mars = list(pool.map(lambda i: archive(traced, tmp_path / f"model_store{i}"), range(4)))
     assert all(_whole(mar.mar_file, traced) for mar in mars)
+
+
+def test_an_archive_narrowed_to_max_length_packs_only_that_graph(tmp_path):
+    """compare-buckets' single-bucket registration loads the max_length graph only: the other buckets' graphs in
+    its .mar were ~270 MB of copies no worker loaded, beside the same graphs in the bucketed .mar and model/."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    graphs = {16: "model_16.pt", 32: "model_32.pt"}
+    info = _info(max_length=32, batch_size=2).model_copy(
+        update={"buckets": [16, 32], "model_files": graphs, "tokenizer_files": ["vocab.txt"]}
+    )
+    info.write(model_dir)
+    for name in graphs.values():
+        (model_dir / name).write_bytes(os.urandom(500_000))
+    (model_dir / "vocab.txt").write_text("[PAD]\n")
+    traced = TracedModel(model_dir=model_dir, info=info)
+    single = archive(traced, tmp_path / "model_store", name="single", length_buckets=[32])
+    bucketed = archive(traced, tmp_path / "model_store")
+    with zipfile.ZipFile(single.mar_file) as packed:
+        names = {Path(name).name for name in packed.namelist()}
+    assert "model_32.pt" in names and "model_16.pt" not in names and "model_info.json" in names
+    assert _whole(bucketed.mar_file, traced)

@@ -104,3 +104,41 @@ def test_the_profiles_islpy_compiles_and_the_islpy_a_loose_resolve_takes_breaks_
     pinned = pins("constraints-neuron.txt")["islpy"]
     fine = subprocess.run(compiler, env=_with_islpy(tmp_path, pinned), capture_output=True, text=True)
     assert fine.returncode == 0, fine.stdout + fine.stderr
+
+
+def _python(tmp_path: Path, version: str, venv_module: bool = True) -> Path:
+    """An interpreter as setup.sh sees one: it answers the version query, and the venv check when it has the module."""
+    fake = tmp_path / f"python{version}"
+    fake.write_text(f'#!/bin/sh\ncase "$2" in *ensurepip*) exit {0 if venv_module else 1} ;; esac\necho {version}\n')
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.13", ""])
+def test_setup_refuses_a_python_outside_3_11_to_3_12_before_doing_anything(tmp_path, version):
+    python = _python(tmp_path, version) if version else tmp_path / "no-such-python"
+    env = {**os.environ, "PYTHON": str(python)}
+    done = subprocess.run([str(ROOT / "setup.sh")], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 1
+    assert f"needs Python 3.11 or 3.12 (Prefect 3.9 needs 3.11+; 3.13 is not tested); {python} is " in done.stderr
+    assert "PYTHON=python3.12 ./setup.sh" in done.stderr
+
+
+def test_setup_names_the_debian_package_when_the_python_has_no_venv_module(tmp_path):
+    env = {**os.environ, "PYTHON": str(_python(tmp_path, "3.12", venv_module=False))}
+    done = subprocess.run([str(ROOT / "setup.sh"), "--dry-run"], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 1 and "apt-get install python3-venv" in done.stderr
+
+
+def test_setup_refuses_a_venv_another_python_made(tmp_path):
+    """A .venv made by Python 3.10 (an older setup, or a wrong python3) is not reused: pip would go on installing
+    into it. Run in a copy of the checkout's set-up files, so the real .venv is not touched."""
+    for name in SETUP_FILES:
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "setup.sh").chmod(0o755)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    _python(tmp_path, "3.10").rename(tmp_path / ".venv" / "bin" / "python")
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run([str(tmp_path / "setup.sh")], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ".venv was made by Python 3.10" in done.stderr and "rm -rf .venv" in done.stderr

@@ -93,7 +93,7 @@ def test_check_outside_a_flow_run_is_skipped_and_zero_runs_turns_it_off():
 def test_check_compares_this_runs_figures_with_the_history_it_reads(monkeypatch):
     import tasks.measure.regression as regression
 
-    monkeypatch.setattr(regression, "history", lambda fingerprint, limit, suffix: NIGHTS[:limit])
+    monkeypatch.setattr(regression, "history", lambda fingerprint, limit, suffix=None: NIGHTS[:limit])
     verdict = check(night(10.0, 4.0), "abc", 3, 0.2, "fail")  # 10 inferences/s, p90 4000 ms
     assert verdict.runs == 3 and verdict.status == "regressed" and verdict.failed
     assert verdict.current[RATE] == 10.0 and verdict.current[P90] == pytest.approx(4000.0)
@@ -103,7 +103,7 @@ def test_check_compares_this_runs_figures_with_the_history_it_reads(monkeypatch)
 def test_an_unreadable_history_does_not_fail_the_benchmark(monkeypatch):
     import tasks.measure.regression as regression
 
-    def broken(fingerprint, limit, suffix):
+    def broken(fingerprint, limit, suffix=None):
         raise ConnectionError("API down")
 
     monkeypatch.setattr(regression, "history", broken)

@@ -19,6 +19,9 @@ from tasks.serve.server import (
     ServerError,
     check_java,
     find_stale,
+    free_for_tonight,
+    keep,
+    load_record,
     pick_ports,
     read_keys,
     record,
@@ -312,3 +315,52 @@ def test_the_engine_tells_torchserves_workers_from_the_rest_of_it(tmp_path):
         kill_group(launcher.pid)
         launcher.kill()
         launcher.wait()
+
+
+@pytest.fixture
+def kept_server(tmp_path, ending_processes):
+    """A TorchServe that a finished --keep-serving run left up: its owner (the command) has exited, its process
+    still runs, and the run recorded it as kept. Stands in for Java with a sleeping process in its own group."""
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner_ref = ProcessRef.of(psutil.Process(owner.pid))
+    owner.wait()
+    serving = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    server_dir = tmp_path / "runs" / "20261205-020000-abcdef" / "server"
+    server_dir.mkdir(parents=True)
+    server = _server(server_dir).model_copy(
+        update={"owner": owner_ref, "processes": [ProcessRef.of(psutil.Process(serving.pid))]}
+    )
+    keep(server)
+    try:
+        yield server
+    finally:
+        kill_group(serving.pid)
+        serving.wait()
+
+
+def test_a_server_kept_on_purpose_survives_the_next_runs_sweep_which_names_it(kept_server, tmp_path):
+    """Its owner exited on purpose: it is no crash's leftover. The sweep leaves it and says how to stop it."""
+    runs_dir = tmp_path / "runs"
+    assert load_record(kept_server.server_dir).kept is True
+    assert find_stale(runs_dir) == []
+    lines = free_for_tonight(runs_dir, "cpu", workers=2)
+    assert kept_server.processes[0].alive() is not None
+    run_dir = kept_server.server_dir.parent
+    assert lines == [
+        f"a TorchServe kept serving by --keep-serving is left running: {run_dir} (http://127.0.0.1:1); "
+        f"stop it with: python -m flows.stop {run_dir}"
+    ]
+
+
+def test_on_neuron_a_kept_server_refuses_tonights_run_before_anything_starts(kept_server, tmp_path, monkeypatch):
+    """Its workers hold NeuronCores until they exit: the run stops before stopping or waiting for anything, naming
+    the kept server and the command that stops it."""
+    from tasks.serve import cores
+
+    monkeypatch.setattr(cores, "ensure_free", lambda workers: pytest.fail("the cores were waited for"))
+    with pytest.raises(ServerError) as refused:
+        free_for_tonight(tmp_path / "runs", "neuron", workers=2)
+    run_dir = kept_server.server_dir.parent
+    assert f"kept serving by --keep-serving holds NeuronCores tonight's run needs: {run_dir}" in str(refused.value)
+    assert refused.value.fix == f"stop it first: python -m flows.stop {run_dir}"
+    assert kept_server.processes[0].alive() is not None  # never stopped by the pipeline
