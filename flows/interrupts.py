@@ -17,11 +17,12 @@ the main thread is.
 After the first signal the watch is also the night's backstop, each step only if the main thread has not done
 it yet (it normally has, well before):
   - every 3 s until the run has begun its exit: the signal again (a swallowed exception does not end a night);
-  - at 6 s: TorchServe stopped from here (a stop takes <= 12 s, so it is gone within 20 s of the signal);
+  - at 6 s: the night's server stopped from here (a stop takes <= 12 s for TorchServe, <= 14 s for Ray Serve, so
+    it is gone within 20 s of the signal);
   - at 19 s: the summary written from what the run knows;
   - at 27 s, in a process of its own for the night: the run's Prefect state set and the process ended, before
     a Prefect worker's SIGKILL 30 s after its SIGTERM.
-A second Ctrl-C or SIGTERM kills TorchServe at once.
+A second Ctrl-C or SIGTERM kills the server at once.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Night(Protocol):
 
     def running_stage(self) -> tuple[str | None, str | None]: ...  # (running, last ended)
 
-    def stop_now(self, grace: float) -> None: ...  # stop TorchServe from any thread; idempotent
+    def stop_now(self, grace: float) -> None: ...  # stop the night's servers from any thread; idempotent
 
     def write_summary_now(self) -> None: ...  # summary.json from any thread, if not yet written
 
@@ -172,7 +173,7 @@ class Watch:
 
     @contextlib.contextmanager
     def shielded(self) -> Iterator[None]:
-        """Inside, Ctrl-C and SIGTERM are recorded (a second one kills TorchServe from the watch) but raise
+        """Inside, Ctrl-C and SIGTERM are recorded (a second one kills the server from the watch) but raise
         nothing: a run's exit -- stop, summary, artifacts -- is not cut short. Their Python handlers are
         swapped for the block's duration (main thread only) and put back after."""
         if threading.current_thread() is not threading.main_thread():
@@ -233,7 +234,7 @@ class Watch:
         elif len(self.arrivals) == 1:
             log.warning("interrupted by %s %s", arrival.by, arrival.during)
         elif night is not None:
-            log.warning("interrupted again by %s: killing TorchServe now", arrival.by)
+            log.warning("interrupted again by %s: killing the server now", arrival.by)
             self._act("kill", lambda: night.stop_now(grace=0.0))
 
     def _backstop(self, first: Arrival) -> None:

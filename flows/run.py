@@ -1,15 +1,19 @@
-"""One validation run as a context: whatever happens inside `with Run(...)`, TorchServe is stopped, the
-summary and artifacts are written, and a failure ends the flow run naming its stage.
+"""One validation run as a context: whatever happens inside `with Run(...)`, every server it started is stopped,
+the summary and artifacts are written, and a failure ends the flow run naming its stage.
 
     with Run(config, resolved, parameters) as run:
         with run.stage("trace"):
             ...
+        for night in run.nights:            # one engine after the other (serving.engines)
+            with run.serving(night):        # its server stopped as its stages end
+                with run.stage("start"):
+                    ...
 
 Interruptions go through Prefect's own machinery, not around it: Ctrl-C raises KeyboardInterrupt, and
 SIGTERM -- a worker cancelling the run, a killed job -- raises Prefect's TerminationSignal from the handler
 its engine installs (which is how it acknowledges a cancellation). Which exception surfaces, and where, is
 luck (flows/interrupts.py); what the run reports is the signal its watch saw. __exit__ runs shielded -- a
-further signal is recorded, and kills TorchServe at once, but cuts nothing short -- stops TorchServe, writes
+further signal is recorded, and kills the server at once, but cuts nothing short -- stops the server, writes
 summary.json with status "interrupted" and the stage that was running, publishes the artifacts, and hands
 Prefect's engine the signal's own exception: Cancelled for a worker's cancellation, Crashed otherwise. The
 watch backs each step up should the main thread not get there.
@@ -21,6 +25,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -36,12 +41,15 @@ from flows.stages import INTERRUPTS, StageFailed, Stages, interruption_of, stop_
 from flows.stop import command as stop_command
 from tasks.common.config import RunConfig
 from tasks.common.parameters import read
+from tasks.common.processes import Stopped
 from tasks.common.sizing import ResolvedServing
+from tasks.engines.night import EngineNight
+from tasks.engines.registry import stop_stale
 from tasks.report.events import emit_regression, run_page
 from tasks.report.run_summary import Interrupted, KeptServer, ModelFacts, RunSummary, summarize
+from tasks.report.side_by_side import EngineColumn, SideBySide, labels_compared
 from tasks.report.summary import make_run_dir, next_run_dir, publish_artifacts, publish_run_config
-from tasks.serve.server import STOP_GRACE_S, Server, keep, load_record, stop_stale
-from tasks.serve.server import stop as stop_server
+from tasks.serve.server import keep, load_record
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -51,15 +59,10 @@ if TYPE_CHECKING:
 
     from serving.contract import ModelInfo
     from tasks.common.config import ChecksConfig
-    from tasks.common.processes import Stopped
-    from tasks.measure.buckets import BucketComparison
-    from tasks.measure.results import BenchmarkResult
-    from tasks.serve.placement import CoreMap, GpuMap
-    from tasks.verify.checks import CheckResult
 
 
 class Run:
-    """The run directory, each stage's record, and the typed results so far."""
+    """The run directory, each stage's record, each engine's part of the night, and the typed results so far."""
 
     def __init__(self, config: RunConfig, resolved: ResolvedServing, parameters: dict):
         # parameters: the flow run's, as a reader of the run-config artifact needs them --
@@ -68,20 +71,14 @@ class Run:
         self.log = get_run_logger()
         self.started = datetime.now(UTC)  # the trend's "started" for this run, as Prefect's for the others
         self.dir = next_run_dir(config.runs_dir)  # made on entry
+        self.nights = EngineNight.of(config, self.dir)  # one per engine, in the order they serve
         self.log_file = RunLogFile(self.dir)  # flow.log there, from entry to the end of the exit
-        self.stages = Stages()
-        self.server: Server | None = None
-        self.checks: list[CheckResult] = []
-        self.benchmark: BenchmarkResult | None = None
-        self.buckets: BucketComparison | None = None
+        self.stages = Stages(engines=[night.name for night in self.nights])
         # the traced model's facts (compiler arguments, parity) once trace is done
         self.model_info: ModelInfo | None = None
-        self.core_map: CoreMap | None = None  # neuron: which worker holds which NeuronCore, once registered
-        self.gpu_map: GpuMap | None = None  # cuda: which GPU each worker was given, once registered
         self.trace_cache: dict | None = None  # the compile cache's verdict: hit or miss, seconds saved
         self.summary: RunSummary | None = None  # summary.json, once written (on the way out)
         self.interrupted: Arrival | None = None  # how the run was stopped from outside, if it was
-        self.stopped: Stopped | None = None  # what stop did: processes stopped, escalated
         self.exiting = False  # the main thread has begun the exit (the watch's backstop then holds back)
         self._stop_lock = threading.Lock()
         self._summary_lock = threading.Lock()
@@ -92,9 +89,36 @@ class Run:
             raise interrupted.vehicle()
         return self.stages.run(name)
 
+    @contextlib.contextmanager
+    def serving(self, night: EngineNight) -> Iterator[EngineNight]:
+        """One engine's stages, start to compare-buckets; its server stopped as they end (the stop stage). A stage
+        that fails ends this engine's part: the next engine still serves, and the night fails. An interruption
+        goes on up: the run's exit stops what is running, shielded."""
+        self.stages.begin(night.name)
+        try:
+            yield night
+        except Exception as error:
+            if interruption_of(error) is not None or night is self.nights[-1]:
+                raise
+            self._stop_engine(night)  # recorded as its stop stage; raises if the server could not be stopped
+            self.log.warning("%s: %s; the next engine serves", night.label, type(error).__name__)
+            return
+        if not self.keep_serving:
+            self._stop_engine(night)
+
+    @property
+    def reference(self) -> EngineNight:
+        """The engine the summary's top-level results are of (tasks/common/config.py reference_engine)."""
+        return next(n for n in self.nights if n.name == self.config.serving.reference_engine())
+
+    @property
+    def checks(self) -> list:
+        """Every engine's checks, in the order they served."""
+        return [check for night in self.nights for check in night.checks]
+
     @property
     def keep_serving(self) -> bool:
-        """--keep-serving leaves TorchServe up only for a model that passed its checks."""
+        """--keep-serving leaves the server up only for a model that passed its checks (one engine only)."""
         return self.config.keep_serving and self.stages.records["check"].status == "ok"
 
     def __enter__(self) -> Run:
@@ -107,8 +131,9 @@ class Run:
             self.log_file.attach()
             WATCH.attach(self)
         self.log.info(
-            "run directory %s; %d workers x %d threads (%s)",
+            "run directory %s; %s, %d workers x %d threads (%s)",
             self.dir,
+            " then ".join(night.label for night in self.nights),
             self.resolved.initial_workers,
             self.resolved.threads_per_worker,
             self.resolved.cores_source,
@@ -150,11 +175,15 @@ class Run:
             raise StageFailed(self.stages) from stop_error
         if isinstance(error, Exception) and self.stages.failed():
             raise StageFailed(self.stages) from error  # the Failed state then names the stage
-        if self.stages.failed():  # failed, then interrupted while stopping: the failure is the night's verdict
+        if self.stages.failed():  # a failed engine's part, or failed then interrupted while stopping
             raise StageFailed(self.stages)
-        if self.keep_serving and self.server is not None:
+        kept = self.reference.started
+        if self.keep_serving and kept is not None:
             self.log.info(
-                "TorchServe kept serving at %s; stop it with: %s", self.server.inference_url, stop_command(self.dir)
+                "%s kept serving at %s; stop it with: %s",
+                self.reference.label,
+                kept.inference_url,
+                stop_command(self.dir),
             )
         return False
 
@@ -163,16 +192,23 @@ class Run:
     def running_stage(self) -> tuple[str | None, str | None]:
         return self.stages.current, self.stages.last_ended
 
-    def stop_now(self, grace: float) -> None:
-        """Stop TorchServe with the plain function, not the Prefect task (its API may be gone); from any thread.
-        A stop under way is not waited for: a second one with no grace overtakes it (a second Ctrl-C)."""
-        server = self.server or load_record(self.dir / "server")
-        if server is None or (self.keep_serving and not self.interrupted):
+    def stop_now(self, grace: float | None = None) -> None:
+        """Stop every server of the run still up, with the plain functions, not the Prefect task (its API may be
+        gone); from any thread. grace: s for its orderly exit (None: the engine's own). A stop under way is not
+        waited for: a second one with no grace overtakes it (a second Ctrl-C)."""
+        if self.keep_serving and not self.interrupted:
             return
-        result = stop_server(server, grace=grace)
+        for night in self.nights:
+            self._stop_night_now(night, grace)
+
+    def _stop_night_now(self, night: EngineNight, grace: float | None) -> None:
+        started = night.recorded()
+        if started is None or (night.stopped is not None and not night.stopped.survivors):
+            return
+        result = night.engine.stop(started, grace=grace)
         with self._stop_lock:
-            if self.stopped is None or result.stopped > self.stopped.stopped:
-                self.stopped = result
+            if night.stopped is None or result.stopped > night.stopped.stopped:
+                night.stopped = result
 
     def write_summary_now(self) -> None:
         """summary.json from what the run knows now, if the main thread has not written it (the watch's backstop)."""
@@ -202,34 +238,48 @@ class Run:
 
     # -- the exit's steps ---------------------------------------------------------------------------------
 
+    def _stop_engine(self, night: EngineNight) -> None:
+        """An engine's stop stage, through the Prefect task (so it shows in the run's graph)."""
+        started = night.recorded()
+        if started is None:
+            return
+        self.stages.begin(night.name)
+        with self.stages.run("stop"):
+            night.stopped = stop_task(night.engine, started)
+
     def _stop(self) -> BaseException | None:
-        """Stop TorchServe; return the stop's error. Interrupted: the plain function, at once (see stop_now);
-        otherwise the Prefect task, so the stop shows in the run's graph."""
-        # The run directory records a started server even when start itself did not return.
-        self.server = self.server or load_record(self.dir / "server")
-        if self.server is None:
-            return None
+        """Stop what is still up -- a night that failed, or was interrupted, before its stop stage -- and return
+        the stop's error. Interrupted: the plain functions, at once (see stop_now)."""
         if self.keep_serving and not self.interrupted:
-            keep(self.server)  # this command exits, the server stays: no later run's sweep may take it for a crash's
+            # this command exits, the server stays: no later run's sweep may take it for a crash's
+            kept = load_record(self.reference.server_dir)
+            if kept is not None:
+                keep(kept)
+            return None
+        left = [night for night in self.nights if night.recorded() is not None and night.stopped is None]
+        if not left:
             return None
         if self.interrupted:
-            self.log.warning("interrupted by %s: stopping TorchServe", self.interrupted.by)
+            self.log.warning("interrupted by %s: stopping %s", self.interrupted.by, left[0].label)
         try:
-            with self.stages.run("stop"):
-                if self.interrupted:
-                    self.stop_now(grace=0.0 if WATCH.repeated else STOP_GRACE_S)
-                else:
-                    self.stopped = stop_task(self.server)
+            for night in left:
+                self.stages.begin(night.name)
+                started = night.recorded()
+                with self.stages.run("stop"):
+                    if self.interrupted:
+                        self._stop_night_now(night, grace=0.0 if WATCH.repeated else None)
+                    elif started is not None:
+                        night.stopped = stop_task(night.engine, started)
         except Exception as error:  # recorded; raised once the summary and artifacts are out
             return error
         return None
 
     def _report(self) -> None:
-        from tasks.common.keys import current_suffix, deployment_name
-        from tasks.report.summary import pictures
+        from tasks.common.keys import current_suffix, deployment_name, engine_suffix
+        from tasks.report.summary import pictures, publish_side_by_side
         from tasks.report.trend import publish_trend
 
-        drawn = pictures(self.benchmark, self.dir, self.log)  # before the summary: it names them
+        drawn = pictures(self.reference.benchmark, self.dir, self.log)  # before the summary: it names them
         summary = self._write_summary(drawn)
         if self.interrupted and not _api_answers():
             self.log.warning(
@@ -237,14 +287,27 @@ class Run:
                 self.dir / "summary.json",
             )
             return
-        suffix = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
+        base = current_suffix(self.resolved.backend)  # artifact keys per deployment (ad-hoc: per backend)
+        name = deployment_name() or base
         try:
             with _best_effort() if self.interrupted else contextlib.nullcontext():
-                publish_artifacts(summary, self.checks, self.dir, self.buckets, suffix)
-                publish_run_config(self.parameters, summary, suffix)
-                # never raises: a trend is not worth a failed run
-                name = deployment_name() or suffix
-                publish_trend(name, suffix, _run_name(self.dir), self.started, summary, self.dir, self.log)
+                for night in self.nights:  # each engine's artifacts under its own keys: its history is its own
+                    suffix, view = engine_suffix(base, night.name), summary.for_engine(night.name)
+                    publish_artifacts(view, night.checks, self.dir, night.buckets, suffix)
+                    # never raises: a trend is not worth a failed run
+                    publish_trend(
+                        engine_suffix(name, night.name),
+                        suffix,
+                        _run_name(self.dir),
+                        self.started,
+                        view,
+                        self.dir,
+                        self.log,
+                    )
+                first = engine_suffix(base, self.reference.name)
+                if summary.side_by_side is not None:
+                    publish_side_by_side(summary.side_by_side, first)
+                publish_run_config(self.parameters, summary, first)
         except httpx.HTTPError as error:
             if not self.interrupted:
                 raise
@@ -257,26 +320,56 @@ class Run:
         self.log.info("summary: %s", self.dir / "summary.json")
 
     def _write_summary(self, drawn: dict[str, str]) -> RunSummary:
+        first = self.reference
         with self._summary_lock:
             self.summary = summary = summarize(
                 self.stages,
                 self.checks,
-                self.benchmark,
+                first.benchmark,
                 self.config,
                 self.resolved,
                 run_dir=self.dir,
                 kept_serving=self.keep_serving,
-                server=_server_facts(self.server) if self.keep_serving and self.server is not None else None,
-                bucket_comparison=self.buckets,
+                server=_server_facts(first) if self.keep_serving else None,
+                bucket_comparison=first.buckets,
                 model=_model_facts(self.model_info, self.config.checks),
                 trace=self.trace_cache,
-                core_map=self.core_map,
-                gpu_map=self.gpu_map,
+                core_map=first.core_map,
+                gpu_map=first.gpu_map,
                 pictures=drawn,
                 interrupted=self._interrupted() if self.interrupted else None,
+                side_by_side=self._side_by_side() if len(self.nights) > 1 else None,
             )
             summary.write(self.dir)
         return summary
+
+    def _side_by_side(self) -> SideBySide:
+        """The engines' figures side by side, and the labels each gave the pairs they all answered."""
+        columns = []
+        for night in self.nights:
+            self.stages.begin(night.name)
+            records = self.stages.records
+            statuses = {records[name].status for name in ("start", "register", "check", "benchmark")}
+            status = "failed" if "failed" in statuses or not all(c.passed for c in night.checks) else "ok"
+            if records["start"].status == "skipped":
+                status = "skipped"
+            elif "interrupted" in statuses:
+                status = "interrupted"
+            columns.append(
+                EngineColumn(
+                    engine=night.name,
+                    status=status,
+                    checks_passed=sum(c.passed for c in night.checks),
+                    checks=len(night.checks),
+                    start_s=records["start"].seconds if records["start"].status == "ok" else None,
+                    register_s=records["register"].seconds if records["register"].status == "ok" else None,
+                    benchmark=night.benchmark,
+                    core_map=night.core_map,
+                    gpu_map=night.gpu_map,
+                )
+            )
+        labels = labels_compared([night.checks for night in self.nights], [night.name for night in self.nights])
+        return SideBySide(engines=columns, labels=labels)
 
     def _interrupted(self) -> Interrupted:
         assert self.interrupted is not None
@@ -285,16 +378,28 @@ class Run:
             by=_cancelled_or(self.interrupted),
             stage=stage,
             during=during,
-            stopped=self.stopped,
+            stopped=self._stopped(),
             server=self._server_outcome(),
         )
 
+    def _stopped(self) -> Stopped | None:
+        """What the stops did, every engine's together; None: no server was stopped."""
+        done = [night.stopped for night in self.nights if night.stopped is not None]
+        if not done:
+            return None
+        return Stopped(
+            stopped=sum(each.stopped for each in done),
+            escalated=[pid for each in done for pid in each.escalated],
+            survivors=[pid for each in done for pid in each.survivors],
+        )
+
     def _tell(self) -> None:
-        """Emit the benchmark's regression verdict as a Prefect event (an Automation notifies on it);
-        name the run's page in the UI, when there is one to open."""
-        regression = getattr(self.benchmark, "regression", None)
-        if regression is not None and regression.status == "regressed":
-            emit_regression(regression, self.dir)
+        """Emit each engine's regression verdict as a Prefect event (an Automation notifies on it); name the run's
+        page in the UI, when there is one to open."""
+        for night in self.nights:
+            regression = getattr(night.benchmark, "regression", None)
+            if regression is not None and regression.status == "regressed":
+                emit_regression(regression, self.dir)
         page = run_page()
         if page:
             self.log.info("run page: %s", page)
@@ -315,25 +420,27 @@ class Run:
             self.log.info(line)
 
     def _server_outcome(self) -> str:
-        """What became of TorchServe, in words (the console's interrupted line says this)."""
-        if self.stopped is not None:
-            count = self.stopped.stopped
-            return f"TorchServe stopped ({count} process{'' if count == 1 else 'es'})"
-        if self.server is None:
-            return "no TorchServe was running"
-        return "TorchServe could NOT be stopped: see the stop stage in the summary"
+        """What became of the servers, in words (the console's interrupted line says this)."""
+        said = []
+        for night in self.nights:
+            if night.stopped is not None and not night.stopped.survivors:
+                count = night.stopped.stopped
+                said.append(f"{night.label} stopped ({count} process{'' if count == 1 else 'es'})")
+            elif night.recorded() is not None:
+                said.append(f"{night.label} could NOT be stopped: see the stop stage in the summary")
+        return ", ".join(said) or f"no {' or '.join(night.label for night in self.nights)} was running"
 
     def _where_interrupted(self) -> tuple[str | None, str]:
         """(the stage the interruption stopped, where the run was in words): the stage its record says was
         interrupted -- where the work stopped -- else where the signal found the run."""
         assert self.interrupted is not None
-        stopped = [r.name for r in self.stages.records.values() if r.status == "interrupted" and r.name != "stop"]
+        stopped = [r.name for r in self.stages.all() if r.status == "interrupted" and r.name != "stop"]
         if stopped:
             return stopped[0], f"during {stopped[0]}"
         return self.interrupted.stage, self.interrupted.during
 
     def interruption_line(self) -> str:
-        """One line: what stopped the run, where it was, and what became of TorchServe."""
+        """One line: what stopped the run, where it was, and what became of the servers."""
         assert self.interrupted is not None
         return (
             f"interrupted by {_cancelled_or(self.interrupted)} {self._where_interrupted()[1]}: "
@@ -375,7 +482,7 @@ def _cancelling() -> bool:
 
 
 def stop_what_the_run_left(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """on_cancellation / on_crashed hook: stop a TorchServe whose run was killed before it could.
+    """on_cancellation / on_crashed hook: stop a server, of any engine, whose run was killed before it could.
 
     For a cancellation through a worker Prefect runs this in the worker, once the run's process has
     exited (after its grace, killed if need be); it stops only servers whose pipeline process is gone.
@@ -424,8 +531,14 @@ def _run_name(run_dir: Path) -> str:
     return runtime.flow_run.name or run_dir.name
 
 
-def _server_facts(server: Server) -> KeptServer:
-    """Where a kept server is; the key file's path, never a key."""
+def _server_facts(night: EngineNight) -> KeptServer | None:
+    """Where a kept server is (TorchServe's: keep_serving is TorchServe's, tasks/common/config.py); the key file's
+    path, never a key."""
+    started = night.started
+    if started is None or started.management_url is None or started.endpoints.key_file is None:
+        return None
     return KeptServer(
-        inference_url=server.inference_url, management_url=server.management_url, key_file=str(server.key_file)
+        inference_url=started.inference_url,
+        management_url=started.management_url,
+        key_file=str(started.endpoints.key_file),
     )

@@ -4,8 +4,8 @@
         --p90-limit-ms 2000 [--duration 10] [--warmup 3] [--config FILE] [--free-ports]
 
 Reuses the validation flow's tasks: each batch size is traced and archived once; each worker
-count gets its own TorchServe (threads per worker follow the worker count); each setting is
-registered anew. Per (batch size, workers), the in-process ceiling is measured while that
+count gets its own TorchServe (the sweep measures TorchServe; threads per worker follow the worker count);
+each setting is registered anew. Per (batch size, workers), the in-process ceiling is measured while that
 TorchServe is idle. Each row is measured by the benchmark stage's own code (tasks/measure/benchmark.py
 measure_setting: closed loop at the row's concurrency, no lone client) and holds its typed result
 (tasks/measure/sweep_rows.py). The best configuration -- most inferences/s with p90 within the limit
@@ -31,10 +31,9 @@ from prefect import flow, get_run_logger
 
 from flows.logs import install_expected_failures
 from flows.stages import (
-    archive_task,
+    deploy_task,
     free_for_tonight_task,
-    ping_task,
-    register_task,
+    package_task,
     start_task,
     stop_task,
     trace_task,
@@ -44,14 +43,16 @@ from tasks.common.config import BenchmarkConfig, ConfigError, RunConfig
 from tasks.common.parameters import read
 from tasks.common.runlog import Log
 from tasks.common.sizing import ResolvedServing, resolve_serving
+from tasks.engines.seam import Package, Started
+from tasks.engines.served import Served
+from tasks.engines.torchserve.engine import TorchServeEngine
 from tasks.measure import benchmark as benchmark_stage
 from tasks.measure.results import ClientCapacity
 from tasks.measure.sweep_rows import RANKINGS, Setting, SweepRow, rank, verdict
-from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
 from tasks.report.summary import new_run_dir
 from tasks.serve.register import unregister
-from tasks.serve.server import Server
+from tasks.serve.server import load_record
 from tasks.verify.pairs import load_pool
 
 Pairs = list[tuple[str, str]]
@@ -61,6 +62,8 @@ install_expected_failures()
 
 SWEEP_FILE = "sweep.json"
 CHART_FILE = "sweep.png"
+# The sweep re-registers TorchServe's model per setting through its management API: it measures TorchServe.
+ENGINE = TorchServeEngine()
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def _free_cores(config: RunConfig, grid: Grid, log: Log) -> None:
         log.warning(line)
 
 
-Model = tuple[TracedModel, Archive]  # one batch size, traced and archived
+Model = tuple[TracedModel, Package]  # one batch size, traced and archived
 
 
 def _trace(config: RunConfig, grid: Grid, run_dir: Path) -> tuple[dict[int, Model], dict[int, dict | None]]:
@@ -140,22 +143,22 @@ def _trace(config: RunConfig, grid: Grid, run_dir: Path) -> tuple[dict[int, Mode
         # the pipeline's compile cache: on Neuron a batch size compiled before is not compiled again
         traced = trace_task(config, backend, run_dir / f"model-b{batch_size}", batch_size=batch_size)
         compile_cache[batch_size] = traced.cache  # trace logs the verdict, naming the batch size
-        models[batch_size] = (traced, archive_task(traced, run_dir / "model_store"))
+        models[batch_size] = (traced, package_task(ENGINE, traced, run_dir / "model_store"))
     return models, compile_cache
 
 
 def _measure_model(
-    server: Server, config: RunConfig, grid: Grid, count: int, batch_size: int, model: Model, pairs: Pairs, log: Log
+    started: Started, config: RunConfig, grid: Grid, count: int, batch_size: int, model: Model, pairs: Pairs, log: Log
 ) -> list[SweepRow]:
     """Every delay x concurrency of one model on a TorchServe with `count` workers."""
     (traced, mar), resolved = model, grid.resolved[count]
     rows: list[SweepRow] = []
     ceiling = None
     for index, delay in enumerate(grid.delays):
-        register_task(server, mar, delay, count)
+        served = Served(ENGINE, started, mar, deploy_task(ENGINE, started, mar, delay, count))
         if index == 0:  # workers registered and idle: the ceiling now, once per model
             ceiling = benchmark_stage.measure_ceiling(
-                server,
+                started.server_dir,
                 traced.model_dir,
                 pairs,
                 resolved,
@@ -173,8 +176,7 @@ def _measure_model(
             )
             log.info("sweep: %s", setting.label)
             bench = benchmark_stage.measure_setting(
-                server,
-                mar.model_name,
+                served,
                 pairs,
                 row_settings(config.benchmark, clients, grid.by == "capacity"),
                 resolved,
@@ -189,19 +191,22 @@ def _measure_workers(
     config: RunConfig, grid: Grid, count: int, models: dict[int, Model], pairs: Pairs, run_dir: Path, log: Log
 ) -> list[SweepRow]:
     """One TorchServe with `count` workers, every model measured on it in turn; stopped whatever happens."""
-    server: Server | None = None
     rows: list[SweepRow] = []
+    server_dir = run_dir / f"server-w{count}"
     try:
-        server = start_task(config.serving, grid.resolved[count], run_dir / "model_store", run_dir / f"server-w{count}")
-        ping_task(server, config.serving.startup_timeout)
+        first = models[grid.batch_sizes[0]][1]  # every package is in the one model store
+        started = start_task(ENGINE, config.serving, grid.resolved[count], first, server_dir)
         for batch_size in grid.batch_sizes:
-            rows += _measure_model(server, config, grid, count, batch_size, models[batch_size], pairs, log)
+            rows += _measure_model(started, config, grid, count, batch_size, models[batch_size], pairs, log)
             # Its workers' processes exit before the next batch size's model loads: on Neuron each holds
             # its NeuronCore until then.
+            server = load_record(server_dir)
+            assert server is not None  # started above
             unregister(server, models[batch_size][1].model_name)
     finally:
-        if server is not None:
-            stop_task(server)
+        recorded = ENGINE.recorded(server_dir)
+        if recorded is not None:
+            stop_task(ENGINE, recorded)
     return rows
 
 
@@ -246,6 +251,7 @@ def sweep(
     the capacity's latency bound (rank_by="capacity": each row then runs the capacity search)."""
     log = get_run_logger()
     config, _ = read(config_file, None, overrides)
+    torchserve_only(config)
     grid = Grid.of(config, batch_sizes, workers, delays, concurrency, rank_by)
     run_dir = new_run_dir(config.runs_dir)
     pairs, pool = load_pool(config.benchmark.pairs_file)
@@ -281,6 +287,15 @@ def sweep(
     _write(result, rows, run_dir, log)
     _artifacts(table, line, run_dir, client, grid.backend)
     return result
+
+
+def torchserve_only(config: RunConfig) -> None:
+    if config.serving.night_engines() != ["torchserve"]:
+        raise ConfigError(
+            f"the sweep measures TorchServe (it re-registers the model per setting through TorchServe's management "
+            f"API), not {', '.join(config.serving.night_engines())}",
+            fix="leave serving.engine at torchserve for the sweep; a night compares engines (--engines torchserve,ray)",
+        )
 
 
 def _ints(text: str) -> list[int]:
@@ -324,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen, overrides = config_file(args), config_overrides(args)
     try:
         config, _ = read(chosen, None, overrides)
+        torchserve_only(config)
         for count in args.workers or []:
             resolve_serving(config.serving.model_copy(update={"initial_workers": count}))
     except ConfigError as error:

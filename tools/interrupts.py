@@ -2,6 +2,7 @@
 
     python -m tools.interrupts --runs 50              # a new seed, printed; --seed S replays a set
     python -m tools.interrupts --runs 5 --how ctrl-c --aim between
+    python -m tools.interrupts --runs 20 --engine ray  # Ray Serve's nights (the extra [ray])
 
 Each run is `python -m flows.validate` on a small night (the embedded model at 2 x 32, one worker, a few
 seconds of each benchmark step), started as a terminal starts a job: in a process group of its own, SIGINT
@@ -15,13 +16,14 @@ at its default. One uninterrupted night first gives the timeline; then each run 
         between       just after a task run ends (0-50 ms after Prefect logs it), where Prefect sets up the next
         startup       an instant uniform over the process's start, before the run directory exists
 
-A run ends clean when: TorchServe is stopped and the summary written within 20 s of the signal, and the
-process exits within 30 s; nothing it started is left (TorchServe, its workers, compile and ceiling children,
+A run ends clean when: the server (TorchServe, or Ray Serve with --engine ray) is stopped and the summary written
+within 20 s of the signal, and the process exits within 30 s; nothing it started is left (the server and its
+workers or replicas -- Ray's found by its record, process group and marker too -- compile and ceiling children,
 the temporary Prefect server); its summary says "interrupted" with the stage that was running and every
 interrupted stage's error names the signal, never a Prefect-internal error -- or, for a signal that came
 before the run directory existed or after the run had ended, the console says so (a signal sent once the
 command has printed its final status line finds a process already ending: it only has to leave nothing); and
-the console's last line says what the summary says of TorchServe; and Prefect never starts a temporary server
+the console's last line says what the summary says of the server; and Prefect never starts a temporary server
 of its own (a thread that logs without the run's context). The exit code is the number of runs that
 did not end clean.
 """
@@ -45,7 +47,8 @@ import psutil
 
 from tasks.common.config import REPO_ROOT
 from tasks.common.processes import ProcessRef
-from tasks.serve import server as server_stage
+from tasks.engines.night import SERVER_DIR
+from tasks.engines.registry import engine_named
 
 HOWS = ("ctrl-c", "ctrl-c-twice", "sigterm", "sigterm-pid")
 AIMS = ("night", "between", "startup")
@@ -99,14 +102,16 @@ class Outcome:
         return not self.problems
 
 
-def night_command(runs_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.validate", *SMALL_NIGHT, "--runs-dir", str(runs_dir)]
+def night_command(runs_dir: Path, engine: str = "torchserve") -> list[str]:
+    return [sys.executable, "-m", "flows.validate", *SMALL_NIGHT, "--engine", engine, "--runs-dir", str(runs_dir)]
 
 
-def _start(runs_dir: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _start(
+    runs_dir: Path, log: Path, env: dict[str, str] | None = None, engine: str = "torchserve"
+) -> subprocess.Popen:
     with log.open("wb") as sink:
         return subprocess.Popen(
-            night_command(runs_dir),
+            night_command(runs_dir, engine),
             cwd=REPO_ROOT,
             # Unbuffered: what the log holds when the signal is sent is what the night had said by then.
             env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
@@ -146,18 +151,18 @@ class Family:
         return left
 
 
-def reference(work: Path, env: dict[str, str] | None = None) -> Timeline:
+def reference(work: Path, env: dict[str, str] | None = None, engine: str = "torchserve") -> Timeline:
     """One uninterrupted small night with its graph in the compile cache: its timeline. (A first night that
     traced adds the compile to the timeline, which no later night has: it is run again.)"""
-    timeline = _reference(work / "reference", work / "reference.log", env)
+    timeline = _reference(work / "reference", work / "reference.log", env, engine)
     if not timeline.cache_hit:
-        timeline = _reference(work / "reference-2", work / "reference-2.log", env)
+        timeline = _reference(work / "reference-2", work / "reference-2.log", env, engine)
     return timeline
 
 
-def _reference(runs_dir: Path, log: Path, env: dict[str, str] | None) -> Timeline:
+def _reference(runs_dir: Path, log: Path, env: dict[str, str] | None, engine: str) -> Timeline:
     started = time.monotonic()
-    process = _start(runs_dir, log, env)
+    process = _start(runs_dir, log, env, engine)
     run_started = None
     while process.poll() is None:
         if run_started is None and RUN_STARTED in log.read_text(errors="replace"):
@@ -215,12 +220,14 @@ def _wait_for_instant(chosen: Plan, process: subprocess.Popen, log: Path, family
     return False
 
 
-def interrupt(chosen: Plan, work: Path, index: int, env: dict[str, str] | None = None) -> Outcome:
-    """One small night, interrupted as planned, judged."""
+def interrupt(
+    chosen: Plan, work: Path, index: int, env: dict[str, str] | None = None, engine: str = "torchserve"
+) -> Outcome:
+    """One small night on `engine`, interrupted as planned, judged."""
     runs_dir, log = work / f"run-{index}", work / f"run-{index}.log"
     outcome = Outcome(plan=chosen)
     started = time.monotonic()
-    process = _start(runs_dir, log, env)
+    process = _start(runs_dir, log, env, engine)
     family = Family(process.pid)
     try:
         outcome.fired = _wait_for_instant(chosen, process, log, family, started)
@@ -246,11 +253,11 @@ def interrupt(chosen: Plan, work: Path, index: int, env: dict[str, str] | None =
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    judge(outcome, runs_dir, log.read_text(errors="replace"), family)
+    judge(outcome, runs_dir, log.read_text(errors="replace"), family, engine)
     return outcome
 
 
-def judge(outcome: Outcome, runs_dir: Path, text: str, family: Family) -> None:
+def judge(outcome: Outcome, runs_dir: Path, text: str, family: Family, engine_name: str = "torchserve") -> None:
     """What a user would notice, written into outcome.problems (none: clean)."""
     problems = outcome.problems
     if outcome.exit_after is not None and outcome.exit_after > EXIT_BOUND_S:
@@ -260,13 +267,13 @@ def judge(outcome: Outcome, runs_dir: Path, text: str, family: Family) -> None:
     if "Starting temporary server" in text:  # Prefect's own: something logged or called with no API in its context
         problems.append("Prefect started a temporary server of its own: a thread without the run's context used it")
     run_dirs = [d for d in runs_dir.glob("*") if d.is_dir() and not d.is_symlink()] if runs_dir.is_dir() else []
-    server = server_stage.load_record(run_dirs[0] / "server") if run_dirs else None
+    engine = engine_named(engine_name)  # type: ignore[arg-type]
+    server = engine.recorded(run_dirs[0] / SERVER_DIR) if run_dirs else None
     if server is not None:
-        left = [ref.pid for ref in server.processes if ref.alive()]
-        left += [ref.pid for ref in server_stage.group_members(server.processes[0])]
+        left = engine.leftovers(server)
         if left:
-            outcome.left.append(f"TorchServe {sorted(set(left))}")
-            server_stage.stop(server, grace=0)
+            outcome.left.append(f"{engine.label} {left}")
+            engine.stop(server, grace=0)
     deadline = time.monotonic() + 5  # the temporary API server's own exit, after a kill of its parent
     while family.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -300,9 +307,9 @@ def _judge_summary(outcome: Outcome, path: Path, server_started: bool) -> None:
             problems.append(f"the run ended {summary['status']}, but the console said: {outcome.line!r}")
         return
     outcome.category, outcome.stage = "interrupted", told.get("stage")
-    written = path.stat().st_mtime - outcome.sent_at  # TorchServe is stopped before the summary is written
+    written = path.stat().st_mtime - outcome.sent_at  # the server is stopped before the summary is written
     if written > STOPPED_BOUND_S:
-        problems.append(f"TorchServe stopped and the summary written {written:.1f} s after the signal (bound 20 s)")
+        problems.append(f"the server stopped and the summary written {written:.1f} s after the signal (bound 20 s)")
     if summary["status"] != "interrupted":
         problems.append(f"summary status {summary['status']!r}, not 'interrupted'")
     for stage in summary["stages"]:
@@ -312,8 +319,8 @@ def _judge_summary(outcome: Outcome, path: Path, server_started: bool) -> None:
             problems.append(f"stage {stage['name']} failed: {stage['error']}")
     if told["server"] not in outcome.line:
         problems.append(f"the console said {outcome.line!r}; the summary says {told['server']!r}")
-    if not server_started and "no TorchServe" not in told["server"]:
-        problems.append(f"no TorchServe was started, but the summary says {told['server']!r}")
+    if not server_started and not told["server"].startswith("no "):
+        problems.append(f"no server was started, but the summary says {told['server']!r}")
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -345,17 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--how", choices=HOWS, action="append", help="default: all, at random")
     parser.add_argument("--aim", choices=AIMS, action="append", help="default: night and between, at random")
     parser.add_argument("--dir", type=Path, default=None, help="where the runs go (default: a temporary one)")
+    parser.add_argument("--engine", choices=("torchserve", "ray"), default="torchserve", help="the nights' engine")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    print(f"seed {seed} (replay: python -m tools.interrupts --seed {seed} --runs {args.runs})", flush=True)
+    replay = f"python -m tools.interrupts --seed {seed} --runs {args.runs} --engine {args.engine}"
+    print(f"seed {seed} (replay: {replay})", flush=True)
     rng = random.Random(seed)
     work = args.dir or Path(tempfile.mkdtemp(prefix="interrupts-"))
     work.mkdir(parents=True, exist_ok=True)  # --dir may name a folder not made yet
-    timeline = reference(work)
+    timeline = reference(work, engine=args.engine)
     print(
         f"reference night: run started at {timeline.run_started:.1f} s, ended at {timeline.ended:.1f} s, "
         f"{timeline.tasks} task runs",
@@ -364,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for index in range(1, args.runs + 1):
         chosen = plan(rng, timeline, args.how or list(HOWS), args.aim or ["night", "between"])
-        outcomes.append(interrupt(chosen, work, index))
+        outcomes.append(interrupt(chosen, work, index, engine=args.engine))
         last = outcomes[-1]
         print(f"{index}/{args.runs}: {'clean' if last.clean else 'NOT CLEAN'}: {table([last]).splitlines()[-1]}")
     print(table(outcomes))

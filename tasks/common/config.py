@@ -66,6 +66,8 @@ REGRESSION_TOLERANCES = {
 # The kinds of value of the fields a run's settings set too: RunSettings declares its settings with these
 # (tasks/common/parameters.py), so a choice is written once.
 Backend = Literal["auto", "neuron", "cuda", "cpu"]
+# The serving engines (tasks/engines/): TorchServe, the default install, and Ray Serve, the extra [ray].
+EngineName = Literal["torchserve", "ray"]
 Workers = Annotated[int, Field(ge=1)] | Literal["auto"]
 LoadMode = Literal["closed", "open"]
 RegressionAction = Literal["warn", "fail"]
@@ -148,11 +150,22 @@ class ModelConfig(_Section):
 
 
 class ServingConfig(_Section):
+    engine: EngineName = Field(
+        "torchserve",
+        description="the server that serves the model: torchserve, or ray (Ray Serve; needs ./setup.sh --ray)",
+        json_schema_extra={"flag": "engine"},
+    )
+    engines: list[EngineName] | None = Field(
+        None,
+        description="several engines in one night, one after the other, on the same graph, with a side-by-side "
+        "of their figures (e.g. torchserve,ray); none: `engine` alone",
+        json_schema_extra={"flag": "engines"},
+    )
     batch_size: int = Field(
         6,
         ge=1,
         le=256,
-        description="requests TorchServe batches into one inference; the model is traced for this batch size",
+        description="requests the server batches into one inference; the model is traced for this batch size",
         json_schema_extra={"flag": "batch-size"},
     )
     max_length: int = Field(
@@ -173,7 +186,7 @@ class ServingConfig(_Section):
         5,
         ge=0,
         le=60_000,
-        description="ms TorchServe waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
+        description="ms the server waits to fill a batch (the tutorial's 5000 makes a lone request wait 5 s)",
         json_schema_extra={"flag": "max-batch-delay"},
     )
     backend: Backend = Field(
@@ -188,18 +201,19 @@ class ServingConfig(_Section):
     )
     initial_workers: Workers = Field(
         "auto",
-        description="TorchServe workers, a number or auto: one per NeuronCore / GPU / physical CPU core; "
-        "never more than that",
+        description="TorchServe workers (Ray Serve replicas), a number or auto: one per NeuronCore / GPU / "
+        "physical CPU core; never more than that",
         json_schema_extra={"flag": "workers"},
     )
     address: str = Field(
         "127.0.0.1",
-        description="address TorchServe binds to; not loopback warns",
+        description="address the server's inference endpoint binds to; not loopback warns",
         json_schema_extra={"flag": "address"},
     )
     token_auth: bool = Field(
         True,
-        description="TorchServe token authorization; off only for legacy clients that send no token (warns)",
+        description="token authorization on the server's endpoints; off only for legacy clients that send no "
+        "token (warns)",
         json_schema_extra={"flag": "token-auth"},
     )
     inference_port: int = Field(8080, ge=1, le=65535)
@@ -225,10 +239,36 @@ class ServingConfig(_Section):
         except ValueError:
             loopback = self.address == "localhost"
         if not loopback:
-            warnings.append(f"TorchServe binds to {self.address}, not loopback: other hosts can reach it")
+            warnings.append(f"the server binds to {self.address}, not loopback: other hosts can reach it")
         if not self.token_auth:
             warnings.append("token authorization is OFF: anyone who reaches the ports can call every API")
         return warnings
+
+    def night_engines(self) -> list[EngineName]:
+        """The engines tonight serves, in order: `engines` when given, else `engine` alone."""
+        return list(self.engines) if self.engines else [self.engine]
+
+    def reference_engine(self) -> EngineName:
+        """The engine a night of several is read against: TorchServe, the one a team moves from, when it serves;
+        the summary's top-level benchmark and the plain file names are its."""
+        engines = self.night_engines()
+        return "torchserve" if "torchserve" in engines else engines[0]
+
+    def engine_file(self, name: str, engine: EngineName) -> str:
+        """The name of an engine's file or directory in the run directory: the reference engine's is the plain name
+        (server/, benchmark.json: where a crashed night's TorchServe is looked for), each other engine's carries its
+        own (server-ray/, benchmark-ray.json)."""
+        if engine == self.reference_engine():
+            return name
+        stem, dot, suffix = name.partition(".")
+        return f"{stem}-{engine}{dot}{suffix}"
+
+    @field_validator("engines")
+    @classmethod
+    def _distinct_engines(cls, engines: list[EngineName] | None) -> list[EngineName] | None:
+        if engines is not None and (not engines or len(set(engines)) != len(engines)):
+            raise ValueError("give each engine once (e.g. torchserve,ray), or none for `engine` alone")
+        return engines
 
     def buckets(self) -> list[int]:
         """The lengths to trace. Buckets at or above max_length add nothing (max_length is always
@@ -539,10 +579,26 @@ class RunConfig(_Section):
     )
     keep_serving: bool = Field(
         False,
-        description="stop after check, leave TorchServe up (python -m flows.stop ends it)",
+        description="stop after check, leave the server up (python -m flows.stop ends it)",
         json_schema_extra={"flag": "keep-serving"},
     )
     retention: RetentionConfig = RetentionConfig()
+
+    @model_validator(mode="after")
+    def _engines_fit(self) -> RunConfig:
+        """What only one engine, or only TorchServe, can do, refused before anything starts."""
+        engines = self.serving.night_engines()
+        if self.keep_serving and engines != ["torchserve"]:
+            raise ValueError(
+                f"keep_serving keeps a TorchServe up (python -m flows.stop ends it), and this night serves "
+                f"{', '.join(engines)}: give serving.engine torchserve alone with keep_serving, or drop keep_serving"
+            )
+        if self.model.mar is not None and engines != ["torchserve"]:
+            raise ValueError(
+                "model.mar is TorchServe's archive: it serves on serving.engine torchserve only; give the graph "
+                "(model.traced) to serve it on Ray Serve"
+            )
+        return self
 
 
 def load_config(

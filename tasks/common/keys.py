@@ -17,8 +17,21 @@ from tasks.common.runlog import stage_logger
 SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK = "summary", "predictions", "accuracy", "benchmark"
 LENGTH_BUCKETS, RUN_CONFIG, TREND = "length-buckets", "run-config", "trend"
 OUTCOME = "outcome"  # machine-readable: status, each stage's status, regressed figures (the trend reads it back)
+ENGINES = "engines"  # a night of several engines: their figures side by side
 SWEEP, SWEEP_SUMMARY = "sweep", "sweep-summary"  # flows/sweep.py's table and verdict
-KINDS = (SUMMARY, PREDICTIONS, ACCURACY, BENCHMARK, LENGTH_BUCKETS, RUN_CONFIG, TREND, OUTCOME, SWEEP, SWEEP_SUMMARY)
+KINDS = (
+    SUMMARY,
+    PREDICTIONS,
+    ACCURACY,
+    BENCHMARK,
+    LENGTH_BUCKETS,
+    RUN_CONFIG,
+    TREND,
+    OUTCOME,
+    SWEEP,
+    SWEEP_SUMMARY,
+    ENGINES,
+)
 ADHOC = "adhoc"
 LEGACY = {BENCHMARK: "benchmark"}  # the one global key before keys were per deployment: history still reads it
 
@@ -31,6 +44,13 @@ def slug(name: str) -> str:
 def suffix(deployment: str | None, backend: str | None) -> str:
     """The deployment's slug; for a run without a deployment, adhoc-<backend>."""
     return slug(deployment) if deployment else f"{ADHOC}-{slug(backend or 'unknown')}"
+
+
+def engine_suffix(suffix_: str, engine: str) -> str:
+    """An engine's own artifact keys (its predictions, benchmark, outcome, trend): a Ray Serve night's never mix
+    with a TorchServe night's in a history. TorchServe's keep the plain suffix, as before there were engines, so
+    the nights already recorded stay its history."""
+    return suffix_ if engine == "torchserve" else f"{suffix_}-{slug(engine)}"
 
 
 def key(kind: str, suffix_: str) -> str:

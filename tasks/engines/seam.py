@@ -28,23 +28,25 @@ register.py, placement.py, tasks/measure/server_metrics.py) without moving them;
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from pydantic import BaseModel, SecretStr, SerializeAsAny
+import psutil
+from pydantic import BaseModel, SecretStr
 
 from serving.contract import ModelInfo
-from tasks.common.config import ServingConfig
+from tasks.common.config import EngineName, ServingConfig
 from tasks.common.errors import PipelineError
 from tasks.common.processes import ProcessRef, Stopped
 from tasks.common.sizing import ResolvedServing
-from tasks.measure.results import ModelLoad, ServerTimes
+from tasks.measure.results import Figures, Mark
+from tasks.serve.placement import CoreMap, GpuMap
 
 if TYPE_CHECKING:
     from tasks.prepare.trace import TracedModel
 
-EngineName = Literal["torchserve", "ray"]
-ENGINES: tuple[EngineName, ...] = ("torchserve", "ray")
+ENGINES: tuple[EngineName, ...] = typing.get_args(EngineName)
 KEY_FILE = "key_file.json"  # in the server's directory, 0600: {"inference": {"key": ...}, ...} (TorchServe's shape)
 
 
@@ -71,6 +73,10 @@ class Endpoints(BaseModel):
 
     inference_url: str  # http://127.0.0.1:8080; the model answers at {inference_url}/predictions/{model_name}
     key_file: Path | None = None  # the inference token's file (0600); None: token authentication off
+    # The status the engine refuses a request without the right token with: TorchServe 0.12 answers 400
+    # (InvalidKeyException), Ray Serve's replicas 401 (serving/ray_deployment.py). The check stage holds each to
+    # its own.
+    refused_with: int = 401
 
     def predictions_url(self, model_name: str) -> str:
         return f"{self.inference_url}/predictions/{model_name}"
@@ -89,6 +95,7 @@ class Started(BaseModel):
     endpoints: Endpoints
     owner: ProcessRef | None = None  # the pipeline process that started it
     processes: list[ProcessRef] = []
+    management_url: str | None = None  # TorchServe's management API; Ray Serve exposes none
 
     # The two things the check stage's client (tasks/serve/clients.Inference) and the benchmark's load read
     # from a server, so they run unchanged against any engine.
@@ -98,6 +105,15 @@ class Started(BaseModel):
 
     def inference_headers(self) -> dict[str, str]:
         return self.endpoints.inference_headers()
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine
+
+    @property
+    def refused_with(self) -> int | None:
+        """What a request without the token gets; None: token authentication is off."""
+        return self.endpoints.refused_with if self.endpoints.key_file is not None else None
 
 
 class Deployment(BaseModel):
@@ -119,22 +135,6 @@ class Replica(BaseModel):
     load_ms: float | None = None  # its own start and model load, as it measured them; None: not known
 
 
-class Mark(BaseModel):
-    """Where a measured window begins, as an engine needs to know it: the time, and what its cumulative counters
-    said then (an engine that reads timestamped logs needs only the time)."""
-
-    at: float  # s since the epoch
-    counters: dict = {}  # the engine's own
-
-
-class Figures(BaseModel):
-    """An engine's own account of a load window and of the model's load; None where it has no such figure."""
-
-    # SerializeAsAny: an engine's own subclass (Ray's RayServeTimes) keeps its extra figures when dumped.
-    times: SerializeAsAny[ServerTimes] | None = None
-    model_load: ModelLoad | None = None
-
-
 S = TypeVar("S", bound=Started)
 
 
@@ -142,6 +142,7 @@ class Engine(Protocol[S]):
     """What an engine implements; S is its own record of a started server (a Started with what it needs more)."""
 
     name: EngineName
+    label: str  # as a reader knows it: "TorchServe", "Ray Serve"
 
     def package(self, traced: TracedModel, store: Path) -> Package: ...
 
@@ -159,4 +160,26 @@ class Engine(Protocol[S]):
 
     def metrics(self, started: S, deployment: Deployment, since: Mark) -> Figures: ...
 
-    def stop(self, started: S) -> Stopped: ...
+    def stop(self, started: S, grace: float | None = None) -> Stopped:
+        """grace: s for an orderly exit before the escalation (None: the engine's own; 0: kill at once)."""
+        ...
+
+    # What a night needs beyond the seven: the server its run directory records (stop, after an interruption
+    # or from `python -m flows.stop`), the servers crashed runs left, its processes by role (where the CPU and
+    # memory went), and where the replicas landed (Neuron: a NeuronCore each; CUDA: which GPU).
+
+    def recorded(self, server_dir: Path) -> S | None: ...
+
+    def stop_stale(self, runs_dir: Path) -> list[str]: ...
+
+    def leftovers(self, started: S) -> list[int]:
+        """The pids of the server still running: what must be empty once stop returned."""
+        ...
+
+    def processes(self, started: S) -> dict[str, list[psutil.Process]]:
+        """{"workers": the processes that run the model, "frontend": the rest of the server}."""
+        ...
+
+    def core_map(self, started: S, replicas: list[Replica]) -> CoreMap: ...
+
+    def gpu_map(self, started: S, replicas: list[Replica]) -> GpuMap: ...

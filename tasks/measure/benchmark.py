@@ -1,6 +1,7 @@
 """benchmark: load on the served model, measured against what the hardware does without a server.
 
-In one run, in this order (TorchServe idle for the first two):
+The served model is a ServedModel (served.py): HTTP, and what the engine says of itself; nothing here names an
+engine. In one run, in this order (the server idle for the first two):
   1. the ceiling: the run's traced model.pt called in this process at the same batch_size x
      max_length and thread budget, no server (ceiling.py);
   2. the client's own capacity: the same load generator against a trivial local endpoint, so a
@@ -9,14 +10,14 @@ In one run, in this order (TorchServe idle for the first two):
      (latency from the intended send time; offered against achieved, late and dropped requests),
      warm-up excluded, real pairs from a pool; throughput per
      window and its variation (stable or not), the latency histogram; where the CPU went meanwhile
-     (cpu.py), TorchServe's memory and the accelerator's use (telemetry.py);
-  4. TorchServe's own account of the load window, from its metric logs, and how long the model took
-     to load per worker, from its log (server_metrics.py);
+     (cpu.py), the server's memory and the accelerator's use (telemetry.py);
+  4. the serving engine's own account of the load window (TorchServe's metric logs, Ray Serve's Prometheus
+     metrics) and how long the model took to load per worker or replica (served.py, tasks/engines/);
   5. a lone client: p50 at concurrency 1, against the latency of one batch in-process;
      then, with benchmark.capacity.enabled, the capacity: the highest rate of Poisson arrivals whose p99
      stays within a bound (capacity.py; MLPerf's Server scenario);
   6. regression: every headline figure against the median of the last N completed runs of the same
-     deployment and parameters, read through the Prefect API (regression.py).
+     deployment, parameters and engine, read through the Prefect API (regression.py).
 While it runs, tasks/common/progress.py shows where the stage stands (a Prefect progress artifact,
 one live terminal line, a log line as the load starts and at each quarter of it), each part
 weighted by its planned seconds (planned_seconds).
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
+from dataclasses import replace
 from pathlib import Path
 
 from tasks.common.config import BenchmarkConfig, RunConfig
@@ -46,12 +47,10 @@ from tasks.measure.capacity import Capacity, Search, poisson_steps
 from tasks.measure.cpu import cpu_snapshot, cpu_use
 from tasks.measure.fingerprint import fingerprint
 from tasks.measure.loadgen import QUIET, Load, Watch
-from tasks.measure.results import BenchmarkResult, ClientCapacity, SingleClient
-from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
+from tasks.measure.results import BenchmarkResult, ClientCapacity, Figures, Mark, SingleClient
+from tasks.measure.served import ServedModel
 from tasks.measure.telemetry import Telemetry
-from tasks.prepare.archive import Archive
 from tasks.prepare.trace import TracedModel
-from tasks.serve.server import Server
 from tasks.verify.checks import CheckResult
 from tasks.verify.pairs import load_pool, missing_dev_split
 
@@ -64,6 +63,7 @@ REGRESSION_FIX = (
 
 
 CEILING_START_S = 10.0  # the ceiling's child process: start, import torch, load the graphs, warm up
+SERVER_FIGURES_S = 2.0  # the engine's account of the window: its logs settle, or its metrics are reported
 WRAP_UP_S = 1.0  # regression (a query to the Prefect API), the chart, benchmark.json
 
 
@@ -81,7 +81,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def measure_ceiling(
-    server: Server,
+    server_dir: Path,
     model_dir: Path,
     pairs: list[tuple[str, str]],
     resolved: ResolvedServing,
@@ -93,7 +93,7 @@ def measure_ceiling(
     if seconds <= 0:
         return None
     try:
-        ceiling = ceiling_stage.measure_beside(server.server_dir, resolved, model_dir, pairs, seconds, windows)
+        ceiling = ceiling_stage.measure_beside(server_dir, resolved, model_dir, pairs, seconds, windows)
     except ceiling_stage.CeilingUnavailable as error:
         log.warning("ceiling unavailable: %s", error)
         return ceiling_stage.NoCeiling(unavailable=error.message)
@@ -168,7 +168,7 @@ def planned_seconds(settings: BenchmarkConfig, resolved: ResolvedServing, ceilin
         "ceiling": CEILING_START_S + layouts * settings.ceiling_seconds if ceiling and settings.ceiling_seconds else 0,
         "client check": settings.client_check_seconds + 0.5 if settings.client_check_seconds > 0 else 0,
         "load": settings.warmup + settings.duration,
-        "server logs": LOG_SETTLE_S,
+        "server figures": SERVER_FIGURES_S,
         "lone client": settings.single_client_seconds,
         "capacity": settings.capacity.budget_seconds if settings.capacity.enabled else 0,
         "wrap-up": WRAP_UP_S,
@@ -183,19 +183,21 @@ def accuracy_of(checks: list[CheckResult] | None) -> float | None:
 
 
 def run(
-    server: Server,
-    mar: Archive,
+    served: ServedModel,
     traced: TracedModel | None,
     config: RunConfig,
     resolved: ResolvedServing,
     run_dir: Path,
     log: Log | None = None,
     accuracy: float | None = None,
+    suffix: str | None = None,
 ) -> BenchmarkResult:
     """The benchmark stage: ceiling, client capacity, load, server times, lone client, regression.
-    accuracy: the check stage's (accuracy_of(checks)), compared with earlier nights with the rest."""
+    accuracy: the check stage's (accuracy_of(checks)), compared with earlier nights with the rest. config: the
+    night's, its serving.engine the served model's (the fingerprint's); suffix: the engine's artifact keys, whose
+    earlier nights the regression reads (tasks/common/keys.py; None: this run's deployment's)."""
     log = log or stage_logger(__name__)
-    settings, model_name = config.benchmark, mar.model_name
+    settings = config.benchmark
     pairs, pool = load_pool(settings.pairs_file)
     if settings.pairs_file is None and (missing := missing_dev_split()):
         log.warning(missing)
@@ -208,7 +210,7 @@ def run(
         else f"{settings.rate:g} requests/s (at most {settings.concurrency} open)",
     )
     with StageProgress("benchmark", planned_seconds(settings, resolved, traced is not None), log=log) as progress:
-        bench = _measure(server, model_name, pairs, pool, traced, config, resolved, log, accuracy, progress)
+        bench = _measure(served, pairs, pool, traced, config, resolved, log, accuracy, progress)
         progress.phase("wrap-up", "regression against earlier runs, the chart, benchmark.json")
         bench.fingerprint = fingerprint(config, resolved)
         bench.regression = regression.check(
@@ -218,21 +220,21 @@ def run(
             settings.regression_tolerance,
             settings.regression_action,
             settings.regression_tolerances,
-            suffix=current_suffix(resolved.backend),  # the deployment's accepted baseline (tools.baseline)
+            # the engine's artifact keys: its earlier nights, and its accepted baseline (tools.baseline)
+            suffix if suffix is not None else current_suffix(resolved.backend),
         )
         (log.warning if bench.regression.status == "regressed" else log.info)(
             "regression: %s", bench.regression.message
         )
 
-        chart = write_chart(bench, run_dir / CHART_FILE, log)
+        chart = write_chart(bench, run_dir / config.serving.engine_file(CHART_FILE, config.serving.engine), log)
         bench.chart = str(chart) if chart else None
-        write_json(bench, run_dir / BENCHMARK_FILE)
+        write_json(bench, run_dir / config.serving.engine_file(BENCHMARK_FILE, config.serving.engine))
     return bench
 
 
 def _measure(
-    server: Server,
-    model_name: str,
+    served: ServedModel,
     pairs: list[tuple[str, str]],
     pool: str,
     traced: TracedModel | None,
@@ -249,7 +251,13 @@ def _measure(
         progress.phase("ceiling", "ceiling: the traced model in-process, no server")
     bench_ceiling = (
         measure_ceiling(
-            server, traced.model_dir, pairs, resolved, settings.ceiling_seconds, log, settings.ceiling_windows
+            served.server_dir,
+            traced.model_dir,
+            pairs,
+            resolved,
+            settings.ceiling_seconds,
+            log,
+            settings.ceiling_windows,
         )
         if traced
         else None
@@ -258,7 +266,7 @@ def _measure(
         progress.phase("client check", "client check: the load generator against a trivial local endpoint")
     client = client_capacity(pairs, settings, log)
     bench = measure_setting(
-        server, model_name, pairs, settings, resolved, log, ceiling=bench_ceiling, client=client, progress=progress
+        served, pairs, settings, resolved, log, ceiling=bench_ceiling, client=client, progress=progress
     )
     bench.pairs, bench.accuracy = pool, accuracy
     return bench
@@ -269,8 +277,7 @@ def _no_phase(name: str, what: str | None = None) -> None:
 
 
 def measure_setting(
-    server: Server,
-    model_name: str,
+    served: ServedModel,
     pairs: list[tuple[str, str]],
     settings: BenchmarkConfig,
     resolved: ResolvedServing,
@@ -280,43 +287,18 @@ def measure_setting(
     client: ClientCapacity | None = None,
     progress: StageProgress | None = None,
 ) -> BenchmarkResult:
-    """One serving setting, measured against the registered `model_name`: the load as `settings` (the
-    config's benchmark section) say -- mode, concurrency, duration or requests, warm-up; where the CPU,
-    memory and accelerator went meanwhile; TorchServe's own account from its logs; a lone client; the
-    headline and the warnings. `ceiling` (measured beforehand, TorchServe idle) and `client` (the load
-    generator's own capacity) give the ratios. The benchmark stage calls it once; flows/sweep.py once per
-    setting. progress: each part announced as it starts; None: no progress, nor the load's progress log lines."""
+    """One serving setting, measured against the served model: the load as `settings` (the config's benchmark
+    section) say -- mode, concurrency, duration or requests, warm-up; where the CPU, memory and accelerator went
+    meanwhile; the engine's own account of the window; a lone client; the headline and the warnings. `ceiling`
+    (measured beforehand, the server idle) and `client` (the load generator's own capacity) give the ratios. The
+    benchmark stage calls it once; flows/sweep.py once per setting. progress: each part announced as it starts;
+    None: no progress, nor the load's progress log lines."""
     phase = progress.phase if progress is not None else _no_phase
-    url = f"{server.inference_url}/predictions/{model_name}"
+    url, headers = served.predictions_url, served.inference_headers()
     ceiling_measured = ceiling if isinstance(ceiling, ceiling_stage.Ceiling) else None
     phase("load", "load: starting the clients")
-    wall_0 = time.time()
-    cpu_0 = cpu_snapshot(server)
-    with Telemetry(server, resolved.backend, settings.telemetry_every) as telemetry:
-        result = loadgen.load(
-            url,
-            server.inference_headers(),
-            pairs,
-            Load(
-                mode=settings.mode,
-                concurrency=settings.concurrency,
-                duration=settings.duration,
-                at_least=settings.concurrency,  # one answer per client: a short window on a busy host holds some
-                requests=settings.requests,
-                rate=settings.rate if settings.mode == "open" else None,
-                warmup=settings.warmup,
-                arrivals=settings.arrivals,
-                seed=settings.capacity.seed,
-                max_backlog=settings.concurrency if settings.mode == "open" else None,
-            ),
-            Watch(settings.progress_every, log, on_progress=progress.load("load")) if progress is not None else QUIET,
-        )
-        cpu_1 = cpu_snapshot(server)
-    bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
-    bench.ceiling, bench.client = ceiling, client
-    bench.memory, bench.accelerator = telemetry.memory(), telemetry.accelerator()
-    # Warm-up included: the snapshots bracket the whole load, so this is per request sent.
-    bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling_measured)
+    bench, mark = _load(served, pairs, settings, resolved, log, progress, ceiling_measured)
+    bench.ceiling, bench.client, bench.engine = ceiling, client, served.engine_name
     # Open loop: the load is an offered rate, not what the server can do -- no ratio to the ceiling.
     bench.served_over_ceiling = (
         None
@@ -326,29 +308,90 @@ def measure_setting(
     bench.comparison_unreliable = unreliable_comparison(bench, ceiling_measured, settings.stability_cv)
     if client is not None:
         client.over_served = _ratio(client.requests_per_s, bench.requests_per_s)
-    phase("server logs", "TorchServe's own account of the load, from its metric logs")
-    time.sleep(LOG_SETTLE_S)
-    since = wall_0 + settings.warmup
-    logs = Path(server.server_dir) / "logs"
-    bench.server = server_times(logs, since, since + result.seconds + LOG_SETTLE_S, model_name)
-    bench.model_load = model_load(logs, model_name)
+    phase("server figures", f"{served.engine_name}'s own account of the load")
+    figures = mark.figures()
+    bench.server, bench.model_load = figures.times, figures.model_load
     if settings.single_client_seconds > 0:
         phase("lone client", "a lone client: latency at concurrency 1")
-    bench.single_client = _single_client(
-        url, server.inference_headers(), pairs, settings.single_client_seconds, ceiling_measured
-    )
+    bench.single_client = _single_client(url, headers, pairs, settings.single_client_seconds, ceiling_measured)
     if settings.capacity.enabled:
         phase(
             "capacity",
             f"capacity: Poisson load, the highest rate with p{settings.capacity.percentile:g} "
             f"within {settings.capacity.bound_ms:g} ms",
         )
-        bench.capacity = measure_capacity(url, server.inference_headers(), pairs, settings, bench.requests_per_s, log)
+        bench.capacity = measure_capacity(url, headers, pairs, settings, bench.requests_per_s, log)
     log.info(figure_text.headline(bench))
     bench.warnings = _warnings(bench)
     for warning in bench.warnings:
         log.warning(warning)
     return bench
+
+
+def _load(
+    served: ServedModel,
+    pairs: list[tuple[str, str]],
+    settings: BenchmarkConfig,
+    resolved: ResolvedServing,
+    log: Log,
+    progress: StageProgress | None,
+    ceiling: ceiling_stage.Ceiling | None,
+) -> tuple[BenchmarkResult, WindowMark]:
+    """The load, with the CPU, memory and accelerator use around it, and the engine's mark as its warm-up ends."""
+    load = Load(
+        mode=settings.mode,
+        concurrency=settings.concurrency,
+        duration=settings.duration,
+        at_least=settings.concurrency,  # one answer per client: a short window on a busy host holds some
+        requests=settings.requests,
+        rate=settings.rate if settings.mode == "open" else None,
+        warmup=settings.warmup,
+        arrivals=settings.arrivals,
+        seed=settings.capacity.seed,
+        max_backlog=settings.concurrency if settings.mode == "open" else None,
+    )
+    mark = WindowMark(served, log)
+    watch = (
+        Watch(settings.progress_every, log, on_progress=progress.load("load"), on_measuring=mark.take)
+        if progress is not None
+        else replace(QUIET, on_measuring=mark.take)
+    )
+    cpu_0 = cpu_snapshot(served.processes())
+    with Telemetry(served.processes, resolved.backend, settings.telemetry_every) as telemetry:
+        result = loadgen.load(served.predictions_url, served.inference_headers(), pairs, load, watch)
+        cpu_1 = cpu_snapshot(served.processes())
+    bench = BenchmarkResult.from_load(result, settings.window, settings.stability_cv)
+    bench.memory, bench.accelerator = telemetry.memory(), telemetry.accelerator()
+    # Warm-up included: the snapshots bracket the whole load, so this is per request sent.
+    bench.cpu = cpu_use(cpu_0, cpu_1, len(result.samples) - result.dropped, ceiling)
+    return bench, mark
+
+
+class WindowMark:
+    """The engine's mark, taken as the load's warm-up ends (the load generator calls `take` then: an engine with
+    cumulative counters reads them at that moment), and its account of the window from there. A mark or an
+    account the engine could not give costs those figures only, with a warning: absent, never guessed."""
+
+    def __init__(self, served: ServedModel, log: Log):
+        self.served, self.log = served, log
+        self.mark: Mark | None = None
+        self.error: str | None = None
+
+    def take(self) -> None:
+        try:
+            self.mark = self.served.mark()
+        except PipelineError as error:
+            self.error = str(error)
+
+    def figures(self) -> Figures:
+        if self.mark is None:
+            self.log.warning("no server figures: %s", self.error or "the load ended before its warm-up")
+            return Figures()
+        try:
+            return self.served.figures(self.mark)
+        except PipelineError as error:
+            self.log.warning("no server figures: %s", error)
+            return Figures()
 
 
 def unreliable_comparison(bench: BenchmarkResult, ceiling: ceiling_stage.Ceiling | None, limit: float) -> str | None:

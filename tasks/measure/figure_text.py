@@ -16,6 +16,7 @@ from tasks.measure.figures import (
     ACCEL_UTIL_MEAN,
     ACCURACY,
     BATCH_FILL,
+    BATCH_WAIT,
     CAPACITY_BOUND,
     CAPACITY_FAILED,
     CAPACITY_PERCENTILE,
@@ -41,6 +42,7 @@ from tasks.measure.figures import (
     CPU_WORKER_MS_PER_REQUEST,
     CPU_WORKER_OVER_CEILING,
     CPU_WORKERS_CORES,
+    ENGINE,
     ERROR_RATE,
     ERRORS,
     HANDLER,
@@ -71,6 +73,7 @@ from tasks.measure.figures import (
     POSTPROCESS,
     PREPROCESS,
     QUEUE,
+    REPLICA,
     SERVED_OVER_CEILING,
     SINGLE_OVER_BATCH,
     SINGLE_OVER_WORKER_BATCH,
@@ -188,8 +191,10 @@ DETAILS = (
         (CAPACITY_RATE, CAPACITY_PERCENTILE, CAPACITY_BOUND, CAPACITY_FAILED, CAPACITY_STEPS, CAPACITY_STOPPED),
     ),
     Line(
-        "TorchServe (queue per request; the handler and its phases per batch)",
+        "The engine's own account (TorchServe: queue per request, the handler and its phases per batch; Ray Serve: "
+        "the router's queue, the replica per request, the batch wait and the handler per batch)",
         (
+            ENGINE,
             QUEUE[1],
             QUEUE[2],
             QUEUE[4],
@@ -204,6 +209,9 @@ DETAILS = (
             MODEL[4],
             POSTPROCESS[1],
             POSTPROCESS[2],
+            REPLICA[1],
+            REPLICA[2],
+            BATCH_WAIT[1],
             BATCH_FILL,
         ),
     ),
@@ -246,7 +254,7 @@ def markdown_lines(bench: BenchmarkResult) -> list[str]:
     lines += [f"- {text}" for line in DETAILS if (text := line.text(bench)) is not None]
     lines += [f"- **Warning**: {warning}" for warning in bench.warnings]
     if bench.server is not None and bench.server.note:
-        lines.append(f"- TorchServe's times: {bench.server.note}")
+        lines.append(f"- {bench.engine or 'the server'}'s times: {bench.server.note}")
     lines += capacity_table(bench.capacity)
     if bench.regression is not None:
         lines.append(f"- Regression check: **{bench.regression.status}** — {bench.regression.message}")

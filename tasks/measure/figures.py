@@ -61,7 +61,7 @@ def _latency(prefix: str, section: Callable[[BenchmarkResult], Any], label: str)
 
 
 def _stat(prefix: str, section: Callable[[BenchmarkResult], Any], label: str) -> tuple[Figure, ...]:
-    """count, p50, p90, p95, p99, mean, max of a Stat of TorchServe's times (ms) over the measured window."""
+    """count, p50, p90, p95, p99, mean, max of a Stat of the engine's own times (ms) over the measured window."""
     count = Figure(f"{prefix} count", _of(section, lambda stat: stat.count), label=f"{label} count", fmt="d")
     return (
         count,
@@ -153,6 +153,7 @@ SERVED_OVER_CEILING = Figure(
     fmt=".2f",
 )
 FINGERPRINT = Figure("fingerprint", lambda b: b.fingerprint, label="fingerprint")
+ENGINE = Figure("engine", lambda b: b.engine, label="engine")
 COMPARISON_UNRELIABLE = Figure("served_over_ceiling unreliable", lambda b: b.comparison_unreliable, label="unreliable")
 LATENCY_P50, LATENCY_P90, LATENCY_P95, LATENCY_P99, LATENCY_MEAN, LATENCY_MAX = _latency(
     "latency_ms", lambda b: b.latency_ms, ""
@@ -190,7 +191,7 @@ WINDOW_CV = Figure(
 )
 WINDOW_STABLE = Figure("windows stable", _windows(lambda w: "stable" if w.stable else "UNSTABLE"))
 
-# --- model load, per worker (the slowest), from TorchServe's log -----------------------------------------
+# --- model load, per worker or replica (the slowest), as the engine tells it ----------------------------------
 LOAD_READY = Figure(
     "model_load register_to_ready_s",
     _load(lambda m: m.register_to_ready_s),
@@ -208,7 +209,7 @@ LOAD_WORKER = Figure(
     fmt=".0f",
 )
 
-# --- host memory: TorchServe's RSS during the load, peaks ---------------------------------------------------
+# --- host memory: the server's RSS during the load, peaks -----------------------------------------------
 MEMORY_FRONTEND = Figure(
     "memory frontend_rss_mib",
     _memory(lambda m: m.frontend_rss_mib),
@@ -238,7 +239,7 @@ MEMORY_TOTAL = Figure(
     _memory(lambda m: m.total_rss_mib),
     unit="MiB",
     higher_is_better=False,
-    label="TorchServe RSS",
+    label="server RSS",
     fmt=".0f",
 )
 
@@ -359,7 +360,7 @@ SINGLE_OVER_WORKER_BATCH = Figure(
     fmt=".2f",
 )
 
-# --- TorchServe's own times ---------------------------------------------------------------------------
+# --- the engine's own times: TorchServe's metric logs, Ray Serve's metrics; what one lacks is absent -------------
 QUEUE = _stat("server queue_ms", lambda b: b.server and b.server.queue_ms, "queue")
 REQUEST = _stat("server request_ms", lambda b: b.server and b.server.request_ms, "request")
 HANDLER_METRIC = Figure("server handler_metric", _server(lambda s: s.handler_metric), label="handler time from")
@@ -370,6 +371,8 @@ POSTPROCESS = _stat("server postprocess_ms", lambda b: b.server and b.server.pos
 WORKER_THREAD = _stat(
     "server worker_thread_ms", lambda b: b.server and b.server.worker_thread_ms, "frontend around the worker"
 )
+REPLICA = _stat("server replica_ms", lambda b: b.server and b.server.replica_ms, "replica")
+BATCH_WAIT = _stat("server batch_wait_ms", lambda b: b.server and b.server.batch_wait_ms, "batch wait")
 BATCHES = Figure("server batches", _server(lambda s: s.batches), unit="batches", fmt="d")
 BATCH_FILL = Figure(
     "server mean_batch_fill", _server(lambda s: s.mean_batch_fill), unit="requests per batch", fmt=".1f"
@@ -465,6 +468,7 @@ FIGURES: tuple[Figure, ...] = (
     SERVED_OVER_CEILING,
     COMPARISON_UNRELIABLE,
     FINGERPRINT,
+    ENGINE,
     LATENCY_P50,
     LATENCY_P90,
     LATENCY_P95,
@@ -529,6 +533,8 @@ FIGURES: tuple[Figure, ...] = (
     *MODEL,
     *POSTPROCESS,
     *WORKER_THREAD,
+    *REPLICA,
+    *BATCH_WAIT,
     BATCHES,
     BATCH_FILL,
     CPU_SECONDS,

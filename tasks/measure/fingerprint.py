@@ -1,9 +1,10 @@
 """fingerprint: which nights' benchmark figures may be compared with each other.
 
-A short hash of everything that shapes the figures -- model, batching, workers, load, accuracy file, and the host's
-type (architecture, CPU model, CPUs, memory), not its name, so a fleet of identical hosts shares its nights -- and
-of nothing that does not (ports, run directory, log cadence, the regression's own settings). The benchmark stage
-records it in its table artifact; the regression (tasks/measure/regression.py) compares only nights that share it.
+A short hash of everything that shapes the figures -- the engine, model, batching, workers, load, accuracy file, and
+the host's type (architecture, CPU model, CPUs, memory), not its name, so a fleet of identical hosts shares its
+nights -- and of nothing that does not (ports, run directory, log cadence, the regression's own settings). The
+benchmark stage records it in its table artifact; the regression (tasks/measure/regression.py) compares only nights
+that share it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+from typing import Any
 
 from tasks.common.config import RunConfig
 from tasks.common.sizing import ResolvedServing
@@ -24,6 +26,7 @@ NOT_COMPARED = {
         "grpc_inference_port",
         "grpc_management_port",
         "free_ports",
+        "engines",  # the night's list; a benchmark is of one engine, serving.engine
         "startup_timeout",
         "response_timeout",
     },
@@ -66,7 +69,7 @@ def fingerprint(config: RunConfig, resolved: ResolvedServing) -> str:
     """A short hash of everything that shapes the figures (model, batching, workers, load, accuracy
     file, host type), not of what does not (ports, run directory, log cadence, host name)."""
     accuracy_file = config.checks.accuracy_file
-    data = {
+    data: dict[str, Any] = {
         "host": host_type(),
         "resolved": resolved.model_dump(mode="json"),
         "accuracy_file": accuracy_file.name if accuracy_file else None,
@@ -74,5 +77,10 @@ def fingerprint(config: RunConfig, resolved: ResolvedServing) -> str:
     for section in ("model", "serving", "benchmark"):
         values = getattr(config, section).model_dump(mode="json")
         data[section] = {k: v for k, v in values.items() if k not in NOT_COMPARED.get(section, set())}
+    # A Ray Serve night is never compared with a TorchServe night. TorchServe's hash is the one it had before there
+    # were engines, so the nights already recorded stay comparable.
+    serving = data["serving"]
+    if serving.get("engine") == "torchserve":
+        del serving["engine"]
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -182,10 +182,11 @@ def accepted_since(suffix: str | None) -> datetime | None:
 
 def history(fingerprint: str, limit: int, suffix: str | None = None) -> list[dict] | None:
     """Figures of the last `limit` comparable completed runs, newest first, none from before the accepted baseline
-    of `suffix` (this run's artifact-key suffix); None outside a flow run."""
+    of `suffix`; None outside a flow run. suffix: whose
+    benchmark artifacts (an engine's: tasks/common/keys.py engine_suffix); None: this run's deployment's."""
     from tasks.common.keys import BENCHMARK
 
-    earlier = earlier_runs((BENCHMARK,), POOL, need=BENCHMARK)
+    earlier = earlier_runs((BENCHMARK,), POOL, suffix=suffix, need=BENCHMARK)
     if earlier is None:
         return None
     since = accepted_since(suffix)

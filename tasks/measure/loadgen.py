@@ -326,6 +326,9 @@ class Watch:
     log: Log | None = None
     label: str = "benchmark"
     on_progress: Callable[[LoadProgress], None] | None = None
+    # Called once as the warm-up ends, in the load's own time, in a thread of its own (the clients never wait on
+    # it): where a server's own account of the measured window begins (tasks/measure/benchmark.py WindowMark).
+    on_measuring: Callable[[], None] | None = None
 
 
 QUIET = Watch(progress_every=None)
@@ -358,6 +361,7 @@ class LoadGenerator:
             self.stop_at = self.measure_from + self.load.duration  # unused with `requests`
             self.enough_at = self.start if self.load.at_least == 0 else None
             reporter = asyncio.create_task(self._progress()) if self.watch.progress_every else None
+            measuring = asyncio.create_task(self._measuring()) if self.watch.on_measuring else None
             try:
                 if self.load.mode == "closed":
                     await asyncio.gather(*(self._closed_client(client) for client in clients))
@@ -366,6 +370,8 @@ class LoadGenerator:
             finally:
                 if reporter is not None:
                     reporter.cancel()
+            if measuring is not None:  # ended before its warm-up did: no call; else the call's own end
+                await measuring
         end = time.monotonic()
         if self.watch.on_progress is not None:
             self._tell(done=True)
@@ -466,6 +472,11 @@ class LoadGenerator:
             await self._one(client, intended, measured)
         finally:
             free.put_nowait(client)
+
+    async def _measuring(self) -> None:
+        await asyncio.sleep(max(0.0, self.measure_from - time.monotonic()))
+        assert self.watch.on_measuring is not None
+        await asyncio.to_thread(self.watch.on_measuring)
 
     def _tell(self, done: bool = False) -> None:
         assert self.watch.on_progress is not None

@@ -187,8 +187,9 @@ def check(
     suffix: str | None = None,
 ) -> Regression:
     """The stage's verdict: skipped when not asked for or outside a flow run; an API that fails to answer is no
-    reason to fail a benchmark (API_ERRORS), a bug is. suffix: this run's artifact-key suffix, whose accepted
-    baseline (tools.baseline) the history starts at."""
+    reason to fail a benchmark (API_ERRORS), a bug is. suffix: the engine's artifact keys (tasks/common/keys.py),
+    whose earlier nights are read and whose accepted baseline (tools.baseline) the history starts at; None: this
+    run's deployment's."""
     if runs <= 0:
         return Regression(status="skipped", action=action, tolerance=tolerance, message="regression_runs is 0")
     try:

@@ -29,42 +29,65 @@ class Stat(BaseModel):
 
 
 class ServerTimes(BaseModel):
-    """TorchServe's own account of the measured window, from its metric logs."""
+    """The serving engine's own account of the measured window: TorchServe's from its metric logs, Ray Serve's from
+    its Prometheus metrics (tasks/engines/*/metrics.py). A figure the engine does not have is None, never made up."""
 
     source: str
-    queue_ms: Stat | None = None  # per request: waiting in the frontend's queue for a batch / a worker
-    request_ms: Stat | None = None  # per request: the frontend's whole time, received -> answered
+    queue_ms: Stat | None = None  # per request: waiting for a batch / a worker (TorchServe's frontend queue;
+    # Ray Serve's router, waiting for a replica with room)
+    request_ms: Stat | None = (
+        None  # per request: the frontend's (Ray: the HTTP proxy's) whole time, received -> answered
+    )
     handler_ms: Stat | None = None  # per batch: the worker's handle() (preprocess + model + postprocess)
     handler_metric: str | None = None  # HandlerTime, or PredictionTime when the handler emits no HandlerTime
     # per batch, the handler's phases (TorchServe's @timed profiling: ts_handler_preprocess / _inference / ...)
     preprocess_ms: Stat | None = None
     model_ms: Stat | None = None
     postprocess_ms: Stat | None = None
-    worker_thread_ms: Stat | None = None  # per batch: the frontend's own time around the worker
+    worker_thread_ms: Stat | None = None  # per batch: TorchServe's frontend's own time around the worker
+    replica_ms: Stat | None = None  # per request, in a Ray Serve replica: batch wait + model + answer
+    batch_wait_ms: Stat | None = None  # per batch (Ray Serve): how long it waited for batch-mates
     batches: int = 0
-    mean_batch_fill: float | None = None  # requests per batch TorchServe actually formed
+    mean_batch_fill: float | None = None  # requests per batch the server actually formed
+    batch_sizes: dict[int, int] = {}  # batches of each size (Ray Serve: exact counts); empty where not known
     note: str | None = None
 
 
 class WorkerLoad(BaseModel):
-    worker: str  # TorchServe's worker thread name, W-<port>-<model>_<version>
+    worker: str  # TorchServe's worker thread name, W-<port>-<model>_<version>; Ray: the replica's pid and unit
     register_to_ready_s: float | None = None  # "Model ... loaded." (registered) -> this worker WORKER_MODEL_LOADED
-    worker_load_ms: float | None = None  # TorchServe's WorkerLoadTime: the worker's own start + model load
+    worker_load_ms: float | None = None  # its own start + model load (TorchServe's WorkerLoadTime; a replica's record)
 
 
 class ModelLoad(BaseModel):
-    """How long the model took to load, per worker, from TorchServe's log (ts_log.log)."""
+    """How long the model took to load, per worker (replica): TorchServe's log (ts_log.log), Ray Serve's replicas'
+    own records."""
 
     workers: list[WorkerLoad] = []
     register_to_ready_s: float | None = None  # the slowest worker: when the model could serve at full width
     worker_load_ms: float | None = None  # the slowest worker's own load
 
 
+class Mark(BaseModel):
+    """Where a measured window begins, as an engine needs to know it: the time, and what its cumulative counters
+    said then (an engine that reads timestamped logs needs only the time)."""
+
+    at: float  # s since the epoch
+    counters: dict = {}  # the engine's own
+
+
+class Figures(BaseModel):
+    """An engine's own account of a load window and of the model's load; None where it has no such figure."""
+
+    times: ServerTimes | None = None
+    model_load: ModelLoad | None = None
+
+
 class Memory(BaseModel):
-    """Resident memory (RSS) of TorchServe's processes, sampled during the load; peaks in MiB."""
+    """Resident memory (RSS) of the server's processes, sampled during the load; peaks in MiB."""
 
     samples: int
-    frontend_rss_mib: float  # the Java frontend, peak
+    frontend_rss_mib: float  # the rest of the server, peak: TorchServe's Java frontend; Ray's proxy, controller, GCS...
     workers_rss_mib: float  # all workers together, peak of the sum
     worker_rss_mib: float  # the largest single worker, peak
     total_rss_mib: float  # frontend + workers, peak of the sum
@@ -189,6 +212,7 @@ class Regression(BaseModel):
 
 
 class BenchmarkResult(BaseModel):
+    engine: str | None = None  # the engine that served the load (serving.engine): its night's figures only
     requests_per_s: float
     inferences_per_s: float
     latency_ms: LatencyMs

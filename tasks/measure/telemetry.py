@@ -1,14 +1,14 @@
-"""Telemetry while the load runs: TorchServe's memory, and the accelerator through its own tool.
+"""Telemetry while the load runs: the server's memory, and the accelerator through its own tool.
 
 One sampler thread, every `period` s between start() and stop():
-  memory       RSS of TorchServe's frontend and each worker (psutil), peaks;
+  memory       RSS of the server's workers (replicas) and of the rest of it (psutil), peaks;
   accelerator  one adapter per backend, each reading its tool's real output shape:
     neuron  `neuron-monitor -c <config>` prints one JSON object per period on stdout; NeuronCore utilisation from
             neuron_runtime_data[].report.neuroncore_counters.neuroncores_in_use.<core>.neuroncore_utilization,
             device memory from ...memory_used.neuron_runtime_used_bytes.neuron_device;
     cuda    `nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits`,
             one line per GPU (MiB);
-    cpu     the workers' own CPU % (psutil), per worker process: 100 = one core busy.
+    cpu     the workers' (replicas') own CPU % (psutil), per process: 100 = one core busy.
 A tool that is missing or fails costs its figures only: the result says why in `note`.
 """
 
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import psutil
 from tasks.common import tools
 from tasks.common.processes import end
 from tasks.measure.results import Accelerator, Memory
+from tasks.measure.served import FRONTEND, WORKERS
 
 NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]
 MIB = 2**20
@@ -249,53 +251,47 @@ def _wait(event: threading.Event, seconds: float) -> bool:
     return event.wait(seconds)
 
 
-def _processes(server) -> dict[str, dict[int, psutil.Process]]:
-    """TorchServe's processes now, by role: {"frontend": {...}, "workers": {...}}."""
-    from tasks.measure.cpu import _role, server_processes
-
-    found = server_processes(server)
-    roles: dict[str, dict[int, psutil.Process]] = {"frontend": {}, "workers": {}}
-    for pid, process in found.items():
-        role = _role(process)
-        if role in roles:
-            roles[role][pid] = process
-    return roles
+Roles = Callable[[], dict[str, list[psutil.Process]]]  # the server's live processes by role (ServedModel.processes)
 
 
-def adapter_for(backend: str, server, period: float = 1.0):
+def by_pid(processes: Roles, role: str) -> dict[int, psutil.Process]:
+    return {process.pid: process for process in processes().get(role, [])}
+
+
+def adapter_for(backend: str, processes: Roles, period: float = 1.0):
     if backend == "neuron":
         return NeuronMonitor(period)
     if backend == "cuda":
         return NvidiaSmi()
-    return ProcessCpu(lambda: _processes(server)["workers"])
+    return ProcessCpu(lambda: by_pid(processes, WORKERS))
 
 
 class Telemetry:
-    """with Telemetry(server, backend, period) as telemetry: <the load>; then .memory(), .accelerator()."""
+    """with Telemetry(processes, backend, period) as telemetry: <the load>; then .memory(), .accelerator().
+    processes: the server's live processes by role, asked at every sample (replicas may come and go)."""
 
-    def __init__(self, server, backend: str, period: float = 1.0):
-        self.server, self.period = server, period
-        self.adapter = adapter_for(backend, server, period)
+    def __init__(self, processes: Roles, backend: str, period: float = 1.0):
+        self.processes, self.period = processes, period
+        self.adapter = adapter_for(backend, processes, period)
         self.rss: list[dict[str, float]] = []  # MiB per sample: frontend, workers, largest worker
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
 
     def _sample_memory(self) -> None:
-        roles = _processes(self.server)
-        sizes = {}
+        roles = self.processes()
+        sizes: dict[str, list[float]] = {WORKERS: [], FRONTEND: []}
         for role, processes in roles.items():
-            values = []
-            for process in processes.values():
+            values = sizes.setdefault(role, [])
+            for process in processes:
                 try:
                     values.append(process.memory_info().rss / MIB)
                 except psutil.Error:
                     pass
-            sizes[role] = values
         self.rss.append(
             {
-                "frontend": sum(sizes["frontend"]),
-                "workers": sum(sizes["workers"]),
-                "worker": max(sizes["workers"], default=0.0),
+                "frontend": sum(sizes[FRONTEND]),
+                "workers": sum(sizes[WORKERS]),
+                "worker": max(sizes[WORKERS], default=0.0),
             }
         )
 

@@ -27,6 +27,7 @@ from tasks.common.versions import package_versions
 from tasks.measure.buckets import BucketComparison
 from tasks.measure.results import BenchmarkResult
 from tasks.report.provenance import provenance
+from tasks.report.side_by_side import SideBySide
 from tasks.serve.placement import CoreMap, GpuMap
 from tasks.verify.checks import CheckResult
 
@@ -36,6 +37,7 @@ VERSIONS = (
     "transformers",
     "torchserve",
     "torch-model-archiver",
+    "ray",
     "prefect",
     "torch-neuronx",
     "neuronx-cc",
@@ -57,6 +59,7 @@ class StageOutcome(_Part):
     seconds: float = 0.0
     error: str | None = Field(None, description="the exception that failed or interrupted it")
     reason: str | None = Field(None, description="why it was skipped on purpose (--traced, --mar)")
+    engine: str | None = Field(None, description="the engine a server stage ran on; null: trace and archive")
 
 
 class CheckOutcome(_Part):
@@ -66,6 +69,7 @@ class CheckOutcome(_Part):
     passed: bool
     detail: str
     metrics: dict[str, Any] = {}
+    engine: str | None = Field(None, description="the engine that served the answers")
 
 
 class CompileCache(_Part):
@@ -110,7 +114,7 @@ class KeptServer(_Part):
 
 
 class Interrupted(_Part):
-    """How a signal stopped the run (flows/interrupts.py): what it was, where the run was, what became of TorchServe."""
+    """How a signal stopped the run (flows/interrupts.py): what it was, where the run was, what became of the server."""
 
     by: str = Field(
         description="Ctrl-C (SIGINT), SIGTERM (a cancellation or a stopped job), or a cancellation in Prefect "
@@ -119,7 +123,10 @@ class Interrupted(_Part):
     stage: str | None = Field(description="the stage it stopped; null when it came between stages")
     during: str = Field(description="where the run was, in words: 'during benchmark', 'after check, before ...'")
     stopped: Stopped | None = Field(None, description="what stop did; null: no server was stopped")
-    server: str = Field(description="what became of TorchServe, in the words the command line's last line repeats")
+    server: str = Field(
+        description="what became of the server (TorchServe, Ray Serve), in the words the command line's last line "
+        "repeats"
+    )
 
 
 class Git(_Part):
@@ -155,8 +162,12 @@ class RunSummary(_Part):
     """summary.json."""
 
     status: Literal["ok", "failed", "interrupted"]
+    engine: str = Field(
+        "torchserve",
+        description="the engine the benchmark, core_map and gpu_map are of: TorchServe when it serves, else the one",
+    )
     stages: list[StageOutcome]
-    checks: list[CheckOutcome]
+    checks: list[CheckOutcome] = Field(description="every engine's, each naming its engine")
     benchmark: BenchmarkResult | None = Field(description="every benchmark figure (docs/benchmark.md); null: none")
     versions: dict[str, str]
     host: Host
@@ -174,9 +185,35 @@ class RunSummary(_Part):
     gpu_map: GpuMap | None = Field(None, description="cuda: which GPU each worker was given")
     pictures: dict[str, str] = Field({}, description="the summary's small PNGs in the run directory, by alt text")
     interrupted: Interrupted | None = Field(None, description="how the run was stopped from outside; null if not")
+    side_by_side: SideBySide | None = Field(
+        None, description="a night of several engines (serving.engines): each one's figures, and their labels compared"
+    )
 
     def failed_stages(self) -> list[StageOutcome]:
         return [stage for stage in self.stages if stage.status == "failed"]
+
+    def for_engine(self, engine: str) -> RunSummary:
+        """One engine's night out of a night of several: the night's own stages and that engine's, its checks, its
+        benchmark and placement, its status -- what that engine's artifacts (outcome, benchmark, trend) are of."""
+        if self.side_by_side is None or engine == self.engine:
+            picked = self.model_copy(update={"side_by_side": None})
+        else:
+            column = next(c for c in self.side_by_side.engines if c.engine == engine)
+            picked = self.model_copy(
+                update={
+                    "benchmark": column.benchmark,
+                    "core_map": column.core_map,
+                    "gpu_map": column.gpu_map,
+                    "bucket_comparison": None,
+                    "pictures": {},
+                    "side_by_side": None,
+                }
+            )
+        stages = [stage for stage in self.stages if stage.engine in (None, engine)]
+        checks = [check for check in self.checks if check.engine in (None, engine)]
+        failed = any(stage.status == "failed" for stage in stages) or not all(check.passed for check in checks)
+        status = "failed" if failed else "interrupted" if self.interrupted else "ok"
+        return picked.model_copy(update={"engine": engine, "stages": stages, "checks": checks, "status": status})
 
     def write(self, run_dir: Path) -> Path:
         """summary.json, written whole or not at all: a reader -- the command line's last line, an interrupt's
@@ -235,7 +272,13 @@ def summarize(
     model = ModelFacts.model_validate(facts["model"]) if facts.get("model") is not None else None
     dumped = config.model_dump(mode="json")
     # Security follows the config; a run keeps no server unless it says so.
-    facts = {"security": Security.of(config.serving), "kept_serving": False, **facts, "model": model}
+    facts = {
+        "security": Security.of(config.serving),
+        "kept_serving": False,
+        "engine": config.serving.reference_engine(),
+        **facts,
+        "model": model,
+    }
     return RunSummary(
         status="failed" if failed else "interrupted" if facts.get("interrupted") else "ok",
         stages=outcomes,

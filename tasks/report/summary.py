@@ -22,7 +22,9 @@ from tasks.common.runlog import stage_logger
 from tasks.measure import figure_text, figures
 from tasks.measure.buckets import BucketComparison
 from tasks.measure.results import BenchmarkResult
+from tasks.report import side_by_side
 from tasks.report.run_summary import RunSummary
+from tasks.report.side_by_side import SideBySide
 from tasks.report.trend import CHART_ERRORS
 from tasks.verify.checks import CheckResult
 
@@ -111,12 +113,15 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
     failed = next((s for s in summary.stages if s.error), None)
     if failed is not None:
         lines += ["", "## Failure", "", f"Stage **{failed.name}**:", "", "```", (failed.error or "")[-3000:], "```"]
+    if summary.side_by_side is not None:
+        lines += ["", *side_by_side.markdown_lines(summary.side_by_side)]
     if summary.checks:
         # A list, not a table: the UI keeps a table's cells on one line and cuts a long detail off at its edge.
         lines += ["", "## Checks", ""]
-        lines += [
-            f"- ✓ {c.name}: {c.detail}" if c.passed else f"- ✗ **{c.name}: failed**: {c.detail}" for c in summary.checks
-        ]
+        several = len({c.engine for c in summary.checks}) > 1
+        for c in summary.checks:
+            name = f"{c.name} ({c.engine})" if several else c.name
+            lines.append(f"- ✓ {name}: {c.detail}" if c.passed else f"- ✗ **{name}: failed**: {c.detail}")
     bench = summary.benchmark
     if bench:
         lines += figure_text.markdown_lines(bench)
@@ -202,6 +207,17 @@ def publish_artifacts(
             description=f"Same traffic ({buckets.pairs}): {buckets.speedup:.2f}x with buckets; "
             f"labels identical on {buckets.labels_identical}/{buckets.labels_compared} pairs",
         )
+
+
+def publish_side_by_side(side: SideBySide, suffix: str) -> None:
+    """A night of several engines: their figures side by side, and their labels compared (`engines-<suffix>`)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key=keys.key(keys.ENGINES, suffix),
+        markdown="\n".join(side_by_side.markdown_lines(side)),
+        description="The engines of one night side by side: the same graph, the same checks and benchmark",
+    )
 
 
 def _flatten(prefix: str, value) -> list[tuple[str, object]]:

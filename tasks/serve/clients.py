@@ -1,17 +1,26 @@
-"""Clients of TorchServe's inference API as the tutorial's client used it: form fields seq_0 / seq_1,
-answers read back as Predictions (label text, HTTP status, latency, the handler's headers if any)."""
+"""Clients of the served model's inference endpoint as the tutorial's client used TorchServe's: form fields
+seq_0 / seq_1, answers read back as Predictions (label text, HTTP status, latency, the handler's headers if any).
+Any engine: the endpoint is all they know (tasks/engines/seam.py, the HTTP contract)."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from pydantic import BaseModel
 
 from serving.contract import CLASS_NAMES
-from tasks.serve.server import Server
+
+
+class Endpoint(Protocol):
+    """Where the served model answers and the header that carries the token: a started server of any engine."""
+
+    @property
+    def inference_url(self) -> str: ...
+
+    def inference_headers(self) -> dict[str, str]: ...
 
 
 class Prediction(BaseModel):
@@ -31,9 +40,9 @@ class Prediction(BaseModel):
 
 
 class Inference:
-    """The inference API as the tutorial's client used it, answers turned into Predictions."""
+    """The inference endpoint as the tutorial's client used it, answers turned into Predictions."""
 
-    def __init__(self, server: Server, model_name: str, class_names: list[str], timeout: float = 120.0):
+    def __init__(self, server: Endpoint, model_name: str, class_names: list[str], timeout: float = 120.0):
         self.url = f"{server.inference_url}/predictions/{model_name}"
         self.client = httpx.Client(headers=server.inference_headers(), timeout=timeout)
         # Checks speak the tutorial's labels; a model with its own id2label answers in those (its first two:
@@ -72,7 +81,7 @@ class Inference:
         )
 
     def send_all(self, cases: list[tuple[str, str, str]], check: str, workers: int) -> list[Prediction]:
-        """All at once (seq_0, seq_1, the expected label each), so TorchServe batches them together as the
+        """All at once (seq_0, seq_1, the expected label each), so the server batches them together as the
         tutorial's threads did."""
 
         def one(case: tuple[str, str, str]) -> Prediction:

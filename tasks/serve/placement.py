@@ -71,9 +71,16 @@ def core_map_of(pids: list[int], claims: Path, wanted: int, fix: str, who: str =
 
 def gpu_map(server: Server, model_name: str) -> GpuMap:
     """The GPU of every READY worker, as each recorded it (serving/claims.record_gpu): for the summary."""
-    pids = ready_worker_pids(server, model_name)
-    recorded = gpu_claims(claims_dir(server.server_dir))
-    workers = {pid: recorded[pid] for pid in pids if pid in recorded}
+    return gpu_map_of(ready_worker_pids(server, model_name), claims_dir(server.server_dir))
+
+
+def gpu_map_of(pids: list[int], claims: Path) -> GpuMap:
+    """The GPU each of `pids` recorded in `claims` (serving/claims.record_gpu)."""
+    return gpu_map_from({pid: gpu for pid, gpu in gpu_claims(claims).items() if pid in pids})
+
+
+def gpu_map_from(workers: dict[int, int]) -> GpuMap:
+    """{pid: GPU} -> the map, with the count per GPU."""
     per_gpu: dict[int, int] = {}
     for gpu in workers.values():
         per_gpu[gpu] = per_gpu.get(gpu, 0) + 1

@@ -3,7 +3,8 @@
 The tutorial's check was a person reading six printed labels. Here every answer is compared
 with what it must be -- the golden label, and the original untraced model run in-process --
 and the faults a server really has are provoked on purpose: partial batches, malformed
-requests batched with good ones, over-long texts.
+requests batched with good ones, over-long texts, a request without the token. The served model is
+any engine's (tasks/engines/seam.py, the HTTP contract): the same checks, the same pass rules.
 """
 
 from __future__ import annotations
@@ -11,23 +12,43 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeGuard
+from typing import Protocol, TypeGuard
 
+import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from serving.contract import CLASS_NAMES
+from serving.contract import CLASS_NAMES, ModelInfo
 from tasks.common.config import ChecksConfig, ModelConfig
 from tasks.common.errors import PipelineError
-from tasks.prepare.archive import Archive
-from tasks.serve.clients import Inference, Prediction
-from tasks.serve.server import Server
+from tasks.serve.clients import Endpoint, Inference, Prediction
 from tasks.verify.accuracy import read_mrpc_lenient, scores
 from tasks.verify.pairs import LONG_TEXT, NOT_PARAPHRASE, PARAPHRASE, SEQUENCE_0, SEQUENCE_2, load_golden
 from tasks.verify.reference import Reference
 
 # How late a partial batch may come back, beyond max_batch_delay, before we call it lost.
 PARTIAL_BATCH_SLACK_S = 30.0
+
+
+class Packaged(Protocol):
+    """The model as served: the name it answers at, and its facts (a .mar, a Serve package, a Served)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+
+class Guarded(Endpoint, Protocol):
+    """A served model's endpoint, its engine, and the status that engine refuses a request without the token with
+    (None: token authentication off)."""
+
+    @property
+    def engine_name(self) -> str: ...
+
+    @property
+    def refused_with(self) -> int | None: ...
 
 
 class CheckFailed(PipelineError):
@@ -40,6 +61,7 @@ class CheckResult(BaseModel):
     detail: str
     metrics: dict = {}
     predictions: list[Prediction] = []
+    engine: str | None = None  # the engine that served the answers
 
 
 def _verdict(name: str, predictions: list[Prediction], what: str = "labels right") -> CheckResult:
@@ -174,6 +196,31 @@ def truncation(inference: Inference, max_length: int) -> CheckResult:
     )
 
 
+TOKEN_CHECK = "requests without the token refused"
+
+
+def token_refused(inference: Inference, refused_with: int | None) -> CheckResult:
+    """A request without the token, and one with a wrong one, get the engine's refusal -- TorchServe 0.12's 400
+    (InvalidKeyException), Ray Serve's 401 -- never an answer."""
+    if refused_with is None:
+        return not_applicable(TOKEN_CHECK, "token authorization is off (serving.token_auth)")
+    pair = {"seq_0": PARAPHRASE[0], "seq_1": PARAPHRASE[1]}
+    statuses: dict[str, int] = {}
+    for what, headers in (("no token", {}), ("a wrong token", {"Authorization": "Bearer not-the-token"})):
+        try:
+            statuses[what] = httpx.post(inference.url, data=pair, headers=headers, timeout=30.0).status_code
+        except httpx.HTTPError:
+            statuses[what] = 0  # no answer is no refusal: it fails
+    passed = all(status == refused_with for status in statuses.values())
+    detail = "; ".join(f"{what}: HTTP {status}" for what, status in statuses.items())
+    return CheckResult(
+        name=TOKEN_CHECK,
+        passed=passed,
+        detail=f"{detail} (the engine refuses with {refused_with})",
+        metrics={"statuses": statuses, "refused_with": refused_with},
+    )
+
+
 def accuracy_check(
     inference: Inference, reference: Reference, path: Path, min_accuracy: float | None, concurrency: int
 ) -> CheckResult:
@@ -201,14 +248,16 @@ def accuracy_check(
     if skipped:
         detail += f"; skipped malformed lines {skipped[:5]}"
         metrics["skipped_lines"] = skipped
-    return CheckResult(name="accuracy", passed=agree and good_enough and not failed, detail=detail, metrics=metrics)
+    return CheckResult(
+        name="accuracy", passed=agree and good_enough and not failed, detail=detail, metrics=metrics, predictions=served
+    )
 
 
 def run_checks(
-    server: Server, archive: Archive, model: ModelConfig, checks: ChecksConfig, max_batch_delay: int
+    server: Guarded, archive: Packaged, model: ModelConfig, checks: ChecksConfig, max_batch_delay: int
 ) -> list[CheckResult]:
     """Every check, in order; none stops the others, so the summary shows all that failed.
-    Batch size, max_length and the label names are the archived model's own."""
+    Batch size, max_length and the label names are the packaged model's own."""
     info = archive.info
     foreign = info.handler == "foreign"  # a brought .mar's handler: judged by its answers' text alone
     inference = Inference(server, archive.model_name, info.class_names)
@@ -243,12 +292,15 @@ def run_checks(
             ]
         else:
             results += [isolation(inference, info.batch_size), truncation(inference, info.max_length)]
+        results.append(token_refused(inference, server.refused_with))
         if checks.accuracy_file is not None and reference is not None:  # not foreign
             results.append(
                 accuracy_check(inference, reference, checks.accuracy_file, checks.min_accuracy, checks.concurrency)
             )
     finally:
         inference.close()
+    for result in results:
+        result.engine = server.engine_name
     return results
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tasks.common.config import ChecksConfig, ServingConfig, load_config
 from tasks.common.sizing import resolve_serving
+from tasks.engines.torchserve.engine import started_from
 from tasks.prepare.archive import HANDLER_FILE, archive
 from tasks.serve.register import register
 from tasks.serve.server import start, stop, wait_healthy
@@ -93,7 +94,7 @@ def server_with_faults(small_model, tmp_path_factory):
 
 
 def _checks(server, mar):
-    results = run_checks(server, mar, MODEL, ChecksConfig(), DELAY)
+    results = run_checks(started_from(server, 1), mar, MODEL, ChecksConfig(), DELAY)
     return {result.name: result for result in results}
 
 
@@ -102,7 +103,8 @@ def test_the_real_handler_passes_every_check(server_with_faults):
     assert archives["real"].model_name == "bert-max_length32-batch_size2"
     results = _checks(server, archives["real"])
     assert {name: r.passed for name, r in results.items()} == {name: True for name in results}
-    assert len(results) == 6
+    assert len(results) == 7
+    assert results["requests without the token refused"].detail.startswith("no token: HTTP 400")
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))

@@ -309,6 +309,11 @@ def test_nightly_schedules_and_per_target_parameters_are_on_the_deployments(nigh
         assert deployment["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $BERT_VALIDATION_HOME }}"}}
         ]
+    # The engines night: on the pool of hosts set up with Ray, which no worker polls here -- paused, an hour later.
+    engines = nightly["api"].get("/deployments/name/bert-serving-validation/nightly-cpu-engines")
+    assert engines["work_pool_name"] == "bert-validation-cpu-ray" and not engines["schedules"][0]["active"]
+    assert engines["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert engines["parameters"] == {"overrides": {"serving.engines": ["torchserve", "ray"]}}
     # The scheduler had planned the next nights (read before the restart).
     starts = [_time(r["expected_start_time"]).astimezone(UTC) for r in nightly["scheduled"]]
     assert starts and all((t.hour, t.minute, t.second) == (2, 0, 0) for t in starts), starts

@@ -1,12 +1,14 @@
 """The whole pipeline on backend=neuron, through the stand-in torch_neuronx runtime and neuron-ls.
 
-Real TorchServe, real workers, the real handler; only torch_neuronx and neuron-ls are stand-ins
+Real TorchServe, real workers, the real handler -- and real Ray Serve replicas, where the extra [ray] is
+installed; only torch_neuronx and neuron-ls are stand-ins
 (tests/stand_ins/README.md). The stand-in runtime keeps Neuron's rule that a process owns the cores
 of its first graph until it exits, so these prove who touches the cores and when, each worker's core,
 and that parity holds BF16 graphs to a tolerance that still catches a broken compile -- not that Neuron
 compiles or runs BERT.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -61,6 +63,12 @@ SHORT_BENCHMARK = {
 }
 
 
+# TorchServe, then Ray Serve on the same cores where Ray is installed: its replicas take them through Ray's
+# `neuron_cores` once TorchServe's workers have let them go.
+RAY = importlib.util.find_spec("ray") is not None
+ENGINES = ["torchserve", "ray"] if RAY else ["torchserve"]
+
+
 def events(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -68,13 +76,15 @@ def events(log: Path) -> list[dict]:
 def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_an_inherited_core(
     prefect_server, neuron_host, tmp_path, monkeypatch
 ):
-    """A night on two NeuronCores, its bucket comparison included. Each core is held by one worker process until
-    it exits, so compare-buckets must have the bucketed registration's two workers let go of both cores before the
-    max_length-only registration's two can load, and must serve the bucketed model again afterwards."""
+    """A night on two NeuronCores, its bucket comparison included, then (where Ray is installed) the same night on
+    Ray Serve. Each core is held by one worker process until it exits, so compare-buckets must have the bucketed
+    registration's two workers let go of both cores before the max_length-only registration's two can load, and
+    must serve the bucketed model again afterwards; then Ray's two replicas, asking `neuron_cores: 1` each, get a
+    core each from Ray once TorchServe's workers have let them go -- one owner per core throughout."""
     # Inherited by the flow: it would put every worker on core 0 if the server passed it through.
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0")
     summary = validate(
-        overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, **SHORT_BENCHMARK},
+        overrides={"runs_dir": str(tmp_path / "runs"), **OVERRIDES, **SHORT_BENCHMARK, "serving.engines": ENGINES},
     )
 
     assert summary["status"] == "ok", [s for s in summary["stages"] if s["error"]]
@@ -101,10 +111,24 @@ def test_the_pipeline_serves_on_neuron_with_each_worker_on_its_own_core_despite_
     assert [t["shapes"] for t in traces] == [[[2, 16]] * 4, [[2, 32]] * 4]  # each of the four inputs, per bucket
     assert {t["precision"] for t in traces} == {"bf16"} and len({t["pid"] for t in traces}) == 1  # one child
     reserves = [(e["pid"], e["cores"]) for e in log if e["event"] == "reserve" and e["pid"] != traces[0]["pid"]]
-    # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again
-    assert [sorted(c for _, cs in reserves[i : i + 2] for c in cs) for i in (0, 2, 4)] == [[0, 1]] * 3, reserves
-    assert len(reserves) == 6 and len({pid for pid, _ in reserves}) == 6  # a worker process per core each time
+    # bucketed workers, then the single-bucket ones on the same two cores, then the bucketed ones again; then Ray's
+    # replicas on the same two
+    served = 4 if RAY else 3
+    assert [sorted(c for _, cs in reserves[i : i + 2] for c in cs) for i in range(0, 2 * served, 2)] == [
+        [0, 1]
+    ] * served
+    assert (
+        len(reserves) == 2 * served and len({pid for pid, _ in reserves}) == 2 * served
+    )  # a process per core each time
     assert {int(pid) for pid in core_map.values()} == {pid for pid, _ in reserves[:2]}  # mapped once registered
+    if RAY:
+        ray = summary["side_by_side"]["engines"][1]
+        assert ray["engine"] == "ray" and ray["status"] == "ok" and ray["checks_passed"] == ray["checks"]
+        replicas = {int(core): pid for core, pid in ray["core_map"]["cores"].items()}
+        assert sorted(replicas) == [0, 1] and set(replicas.values()) == {pid for pid, _ in reserves[6:]}
+        assert "neuron-ls --json-output" in ray["core_map"]["checked_with"]
+        assert ray["benchmark"]["requests"] > 0 and ray["benchmark"]["errors"] == 0
+        assert "no NeuronCore is free" in ray["benchmark"]["ceiling"]["unavailable"]  # the replicas hold both
     info = json.loads((tmp_path / "runs" / "latest" / "model" / "model_info.json").read_text())
     assert info["compiler_args"] == summary["model"]["compiler_args"]
 

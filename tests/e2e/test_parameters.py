@@ -67,7 +67,7 @@ def test_the_run_form_has_typed_settings_with_descriptions(api):
     settings = schema["definitions"]["RunSettings"]["properties"]
     batch = settings["batch_size"]
     assert (batch["type"], batch["minimum"], batch["maximum"]) == ("integer", 1, 256)
-    assert batch["description"].startswith("requests TorchServe batches into one inference")
+    assert batch["description"].startswith("requests the server batches into one inference")
     enums = {name: settings[name]["enum"] for name in ("backend", "load", "regression", "benchmark")}
     assert enums == {
         "backend": ["auto", "neuron", "cuda", "cpu", None],

@@ -1,5 +1,9 @@
-"""The whole pipeline once, for real: traced embedded model, real TorchServe, real Prefect server."""
+"""The whole pipeline once, for real: traced embedded model, real TorchServe -- and, where the extra [ray] is
+installed (./setup.sh --tests installs it), real Ray Serve after it on the same graph: `--engines torchserve,ray`,
+the side by side a team moving off TorchServe reads -- real Prefect server."""
 
+import filecmp
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -10,6 +14,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
+import tasks.engines.ray.head
 import tasks.serve.server
 from flows import stop as stop_cli
 from flows.pipeline import validate
@@ -17,6 +22,7 @@ from flows.stages import STAGES
 from tasks.common import backends
 from tasks.common.parameters import read
 from tasks.common.polling import wait_until
+from tasks.common.ports import listeners
 from tasks.measure.history import figures_of
 from tasks.serve.server import load_record
 from tests.e2e.conftest import SMALL_BATCH, SMALL_LENGTH, assert_server_gone
@@ -28,26 +34,44 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def run(prefect_server, tmp_path_factory):
-    """One real pipeline run; every TorchServe key it read is remembered for the leak checks."""
+    """One real pipeline run; every key it read or wrote is remembered for the leak checks: TorchServe's, Ray's
+    inference token and Ray's own."""
     seen_keys = []
-    real_read_keys = tasks.serve.server.read_keys
+    real_read_keys, real_write_tokens = tasks.serve.server.read_keys, tasks.engines.ray.head.write_tokens
 
     def spy(path):
         keys = real_read_keys(path)
         seen_keys.append(keys)
         return keys
 
+    def spy_ray(server_dir, inference):
+        written = real_write_tokens(server_dir, inference)
+        ray_tokens.extend(path.read_text() for path in written if path is not None)
+        return written
+
+    ray_tokens: list[str] = []
     runs_dir = tmp_path_factory.mktemp("runs")
     overrides = OVERRIDES | {"runs_dir": str(runs_dir)}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
+        patch.setattr(tasks.engines.ray.head, "write_tokens", spy_ray)
         state = validate(overrides=overrides, return_state=True)
     summary = state.result()
-    return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys}
+    return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys, "ray": ray_tokens}
 
 
-# The module's run: the default night, shortened.
+def engine_checks(summary: dict, engine: str) -> list[dict]:
+    return [c for c in summary["checks"] if c["engine"] == engine]
+
+
+# Both engines where Ray is installed; TorchServe alone where it is not (Ray's assertions then skip, saying why).
+RAY = importlib.util.find_spec("ray") is not None
+ENGINES = ["torchserve", "ray"] if RAY else ["torchserve"]
+needs_ray = pytest.mark.skipif(not RAY, reason="Ray Serve is not installed here: ./setup.sh --ray (--tests adds it)")
+
+# The module's run: the default night, shortened, on each engine.
 OVERRIDES = {
+    "serving.engines": ENGINES,
     "serving.free_ports": True,
     "benchmark.concurrency": 12,
     "benchmark.duration": 4,
@@ -84,10 +108,17 @@ def test_the_archive_carries_the_traced_shape_so_register_serves_it_at_that_batc
 
 
 def test_every_stage_completes_and_is_timed(run):
+    """trace and archive once; then each engine's stages, TorchServe's then Ray Serve's, each named with its engine.
+    compare-buckets is TorchServe's (it registers a second model through its management API): skipped on Ray,
+    saying so."""
     summary = run["summary"]
     assert summary["status"] == "ok"
-    assert [s["name"] for s in summary["stages"]] == STAGES
-    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in summary["stages"]), summary["stages"]
+    expected = [(name, None) for name in STAGES[:2]] + [(name, e) for e in ENGINES for name in STAGES[2:]]
+    assert [(s["name"], s["engine"]) for s in summary["stages"]] == expected
+    skipped = [s for s in summary["stages"] if s["status"] != "ok"]
+    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in summary["stages"] if s not in skipped)
+    assert [(s["name"], s["engine"]) for s in skipped] == [("compare-buckets", "ray")] * RAY, skipped
+    assert all("TorchServe only" in s["reason"] for s in skipped)
 
 
 CHECKS = [
@@ -97,14 +128,20 @@ CHECKS = [
     "parity with in-process model",
     "malformed requests isolated",
     "texts over max_length 128 truncated",
+    "requests without the token refused",
 ]
 
 
-def test_every_correctness_check_runs_and_passes(run):
-    checks = run["summary"]["checks"]
-    assert [c["name"] for c in checks] == CHECKS
-    assert all(c["passed"] for c in checks), [c["detail"] for c in checks if not c["passed"]]
-    assert checks[0]["detail"].startswith("6/6")
+def test_every_correctness_check_runs_and_passes_on_each_engine(run):
+    """The same checks with the same pass rules on both engines; a request without the token gets each engine's
+    own refusal: TorchServe 0.12's 400 (InvalidKeyException), Ray Serve's 401."""
+    for engine, refusal in zip(ENGINES, (400, 401), strict=False):
+        checks = engine_checks(run["summary"], engine)
+        assert [c["name"] for c in checks] == CHECKS, engine
+        assert all(c["passed"] for c in checks), [c["detail"] for c in checks if not c["passed"]]
+        assert checks[0]["detail"].startswith("6/6")
+        token = checks[-1]
+        assert token["metrics"]["statuses"] == {"no token": refusal, "a wrong token": refusal}, engine
 
 
 def test_benchmark_reports_throughput_and_latency(run):
@@ -198,15 +235,64 @@ def test_no_torchserve_process_outlives_the_run(run):
     assert_server_gone(server)
 
 
+@needs_ray
+def test_nothing_of_ray_outlives_the_run(run):
+    """Serve and the Ray instance stopped: no process of it by record, process group or marker, nothing listening
+    on its ports, its short temp link and its tokens gone; its logs stay under the run's server-ray/ray."""
+    started = tasks.engines.ray.head.load_record(run["run_dir"] / "server-ray")
+    assert len(started.processes) >= 5  # the head, GCS, raylet, Serve's controller and proxy, the replicas
+    assert tasks.engines.ray.head.leftovers(started) == []
+    assert listeners(started.ports.values()) == {}
+    assert not started.temp_link.exists() and not started.token_file.exists()
+    assert list((started.server_dir / "ray").glob("session_2*/logs/serve/replica_*.log"))
+
+
+@needs_ray
+def test_both_engines_serve_the_same_graph_side_by_side(run):
+    """The night's side by side: one graph from one trace (Ray's package holds the traced files themselves), the
+    same labels from both engines on every checked pair, each engine's figures -- Ray's own queue, replica and
+    batch figures in place of TorchServe's handler phases, which it lacks: absent, never faked."""
+    summary, run_dir = run["summary"], run["run_dir"]
+    served = run_dir / "model_store" / "bert-max_length128-batch_size6.serve" / "model" / "model_128.pt"
+    assert filecmp.cmp(run_dir / "model" / "model_128.pt", served, shallow=False)
+    side = summary["side_by_side"]
+    assert [c["engine"] for c in side["engines"]] == ENGINES and summary["engine"] == "torchserve"
+    assert side["labels"]["pairs"] >= 20 and side["labels"]["equal"] == side["labels"]["pairs"]
+    torchserve, ray = side["engines"]
+    assert torchserve["benchmark"] == json.loads(json.dumps(summary["benchmark"]))  # the top level is TorchServe's
+    for column in (torchserve, ray):
+        bench = column["benchmark"]
+        assert column["status"] == "ok" and column["checks_passed"] == column["checks"] == len(CHECKS)
+        assert bench["engine"] == column["engine"] and bench["errors"] == 0 and bench["inferences_per_s"] > 0
+        assert bench["served_over_ceiling"] > 0 and bench["capacity"]["steps"]
+        assert column["start_s"] > 0 and column["register_s"] > 0 and bench["memory"]["total_rss_mib"] > 0
+        assert bench["model_load"]["worker_load_ms"] > 0
+    assert torchserve["benchmark"]["fingerprint"] != ray["benchmark"]["fingerprint"]  # never compared
+    times = ray["benchmark"]["server"]
+    assert times["source"].endswith("window)") and times["queue_ms"]["count"] > 0 and times["replica_ms"]["p50"] > 0
+    assert sum(times["batch_sizes"].values()) == times["batches"] > 0 and times["preprocess_ms"] is None
+    assert torchserve["benchmark"]["server"]["preprocess_ms"]["count"] > 0
+    assert ray["benchmark"]["cpu"]["workers_cores"] > 0 and ray["benchmark"]["cpu"]["frontend_cores"] > 0
+    assert json.loads((run_dir / "benchmark-ray.json").read_text())["engine"] == "ray"
+
+
 def test_results_are_artifacts_of_the_flow_run(run):
     flow_run_id = run["state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    # An ad-hoc run on the CPU: every key ends in adhoc-cpu, so a deployment's artifacts are not overwritten.
+    # An ad-hoc run on the CPU: every key ends in adhoc-cpu, so a deployment's artifacts are not overwritten; Ray
+    # Serve's own in adhoc-cpu-ray, so its history is its own.
     keyed = [a for a in artifacts if a.key]  # progress artifacts have no key
     by_key = {a.key.removesuffix("-adhoc-cpu"): a for a in keyed}
-    assert all(a.key.endswith("-adhoc-cpu") for a in keyed), [a.key for a in keyed]
-    assert {"summary", "predictions", "benchmark", "run-config", "outcome", "trend"} <= set(by_key)
+    assert all(a.key.endswith(("-adhoc-cpu", "-adhoc-cpu-ray")) for a in keyed), [a.key for a in keyed]
+    kinds = {"summary", "predictions", "benchmark", "outcome", "trend"}
+    assert kinds | {"run-config"} <= set(by_key)
+    if RAY:
+        assert {f"{kind}-adhoc-cpu-ray" for kind in kinds} | {"engines-adhoc-cpu"} <= {a.key for a in keyed}
+        side = by_key["engines"].data
+        assert "| figure | torchserve | ray |" in side and "checked pairs every engine answered: equal" in side
+        ray_summary = next(a.data for a in keyed if a.key == "summary-adhoc-cpu-ray")
+        assert "**ok**" in ray_summary and "ray's times:" in ray_summary
     summary = by_key["summary"].data
     assert "**ok**" in summary and "Served / in-process" in summary
     assert "MLPerf's scenarios, as measured here: SingleStream p90" in summary and "| offered requests/s |" in summary
@@ -240,11 +326,14 @@ def test_results_are_artifacts_of_the_flow_run(run):
 def test_no_key_in_summary_artifacts_or_flow_log(run):
     keys = {secret for k in run["keys"] for secret in (k.inference.get_secret_value(), k.management.get_secret_value())}
     assert keys, "the run read no keys: token auth was not on"
+    assert len(run["ray"]) == 2 * RAY  # Ray's key file (the inference token's) and Ray's own token
+    keys |= {secret for text in run["ray"] for secret in _secrets(text)}
     flow_run_id = run["state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     texts = [(run["run_dir"] / name).read_text() for name in ("summary.json", "server/server.json", "flow.log")]
+    texts += [(run["run_dir"] / "server-ray" / "ray.json").read_text()] if RAY else []
     texts += [str(a.data) for a in artifacts] + [log.message for log in logs]
     assert logs, "no flow log came back from the Prefect API"
     leaked = [key for key in keys for text in texts if key in text]
@@ -266,6 +355,14 @@ def test_summary_json_passes_its_published_schema_and_records_the_config_the_run
     jsonschema.Draft202012Validator(json.loads(published(DOC.read_text()))).validate(on_disk)
     read_again, _ = read(None, None, OVERRIDES | {"runs_dir": str(run["run_dir"].parent)})
     assert on_disk["config"] == read_again.model_dump(mode="json")
+
+
+def _secrets(text: str) -> list[str]:
+    """The keys in a key file (TorchServe's JSON shape), or a token file's text."""
+    try:
+        return [entry["key"] for entry in json.loads(text).values()]
+    except ValueError:
+        return [text]
 
 
 def _run_page_lines(flow_run_id) -> list[str]:

@@ -103,17 +103,14 @@ def test_no_regression_check_never_fails_the_stage():
 
 
 def test_cpu_use_splits_the_load_window_by_process_role(fake_clock, monkeypatch):
-    from types import SimpleNamespace
-
     import psutil
 
     from tasks.measure import cpu
-    from tasks.serve.server import ProcessRef
     from tests.unit.fake_time import TimeOn
 
     monkeypatch.setattr(cpu, "time", TimeOn(fake_clock))  # the window's length: 0.3 s on a fake clock
     me = psutil.Process()
-    server = SimpleNamespace(processes=[ProcessRef.of(me)])
+    server = {"workers": [], "frontend": []}  # no server process: this process is the client
     before = cpu_snapshot(server)
     burned = sum(me.cpu_times()[:2])
     while sum(me.cpu_times()[:2]) - burned < 0.05:
@@ -178,7 +175,7 @@ def test_the_progress_weighs_each_part_of_the_stage_by_its_planned_seconds():
     )
     one_worker = SimpleNamespace(initial_workers=1, threads_per_worker=2)
     plan = bench_module.planned_seconds(settings, one_worker)
-    assert list(plan) == ["ceiling", "client check", "load", "server logs", "lone client", "capacity", "wrap-up"]
+    assert list(plan) == ["ceiling", "client check", "load", "server figures", "lone client", "capacity", "wrap-up"]
     assert plan["load"] == 32 and plan["client check"] == 1.5 and plan["lone client"] == 3
     # all threads, one stream per thread (each 4 windows of 0.5 s after a first round: 2.5 s), then the lone
     # batch (half the time), after the child starts
@@ -204,7 +201,6 @@ def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given
 
     load_in_virtual_time(monkeypatch, fake_clock)
     monkeypatch.setattr(telemetry, "_wait", fake_clock.wait)
-    monkeypatch.setattr(bench_module, "LOG_SETTLE_S", 0.0)
     settings = load_config(
         overrides={
             "benchmark.duration": 0.5,
@@ -231,29 +227,47 @@ def test_one_setting_is_measured_against_the_served_model_with_the_ceiling_given
     client = bench_module.ClientCapacity(
         requests_per_s=1e6, concurrency=2, seconds=1.0, latency_ms=BenchmarkResult.from_load(load([0.001])).latency_ms
     )
-    (tmp_path / "logs").mkdir()
     with FakeEndpoint() as endpoint:
-        server = SimpleNamespace(
-            inference_url=endpoint.url.removesuffix("/predictions/trivial"),
-            processes=[],
-            inference_headers=dict,
-            server_dir=tmp_path,
-        )
+        served = FakeServed(endpoint.url, fake_clock)
         bench = bench_module.measure_setting(
-            server,
-            "trivial",
-            [("a", "b")],
-            settings,
-            resolved,
-            logging.getLogger("test"),
-            ceiling=ceiling,
-            client=client,
+            served, [("a", "b")], settings, resolved, logging.getLogger("test"), ceiling=ceiling, client=client
         )
     assert bench.concurrency == 2 and bench.mode == "closed" and bench.errors == 0 and bench.inferences_per_s > 0
     assert bench.requests_per_s == pytest.approx(2 / 0.01, rel=0.05)  # 2 clients, each answered in 10 ms
     assert bench.ceiling is ceiling and bench.served_over_ceiling == bench.inferences_per_s / 2e6
     assert bench.client.over_served == 1e6 / bench.requests_per_s
-    assert bench.single_client is None and bench.cpu is not None and bench.server is not None
+    assert bench.single_client is None and bench.cpu is not None and bench.engine == "fake"
+    # The engine's own account is of the window from its mark, taken once the warm-up (0.1 s) was over and
+    # before the load's end (0.6 s), on the load's own clock.
+    assert 0.1 - 1e-9 <= served.marked_at - served.created_at < 0.6 and bench.server.source == "the fake's"
+
+
+class FakeServed:
+    """A served model (tasks/measure/served.py) with no server process: the FakeEndpoint answers; its engine's
+    account of a window says where the window began."""
+
+    engine_name = "fake"
+
+    def __init__(self, url: str, clock):
+        self.predictions_url, self.server_dir, self.clock = url, None, clock
+        self.created_at, self.marked_at = clock.monotonic(), None
+
+    def inference_headers(self) -> dict[str, str]:
+        return {}
+
+    def processes(self) -> dict:
+        return {"workers": [], "frontend": []}
+
+    def mark(self):
+        from tasks.measure.results import Mark
+
+        self.marked_at = self.clock.monotonic()
+        return Mark(at=self.marked_at)
+
+    def figures(self, since):
+        from tasks.measure.results import Figures, ServerTimes
+
+        return Figures(times=ServerTimes(source="the fake's"))
 
 
 def test_served_over_in_process_is_unreliable_when_either_side_varied_and_is_then_not_compared():

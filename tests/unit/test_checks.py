@@ -86,3 +86,26 @@ def test_the_training_split_has_one_broken_line_which_is_skipped_and_reported():
         read_mrpc(train)
     pairs, labels, skipped = read_mrpc_lenient(train)
     assert skipped == [2124] and len(pairs) == len(labels) == 3674
+
+
+def test_a_server_that_answers_without_the_token_fails_the_token_check_and_with_auth_off_it_is_not_held_to_it():
+    """The check holds each engine to its own refusal; a server that answers a request without the token -- an
+    engine whose replicas forgot to check it -- fails it, naming what it answered."""
+    from types import SimpleNamespace
+
+    from tasks.measure.trivial_endpoint import TrivialEndpoint  # answers 200 to anything
+    from tasks.serve.clients import Inference
+    from tasks.verify.checks import token_refused
+
+    with TrivialEndpoint() as endpoint:
+        served = SimpleNamespace(
+            inference_url=endpoint.url.removesuffix("/predictions/trivial"), inference_headers=dict
+        )
+        inference = Inference(served, "trivial", ["not paraphrase", "paraphrase"])
+        try:
+            open_door = token_refused(inference, 401)
+            off = token_refused(inference, None)
+        finally:
+            inference.close()
+    assert not open_door.passed and open_door.detail.startswith("no token: HTTP 200; a wrong token: HTTP 200")
+    assert off.passed and off.detail.startswith("not applicable: token authorization is off")

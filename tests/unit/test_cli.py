@@ -138,6 +138,27 @@ def test_a_bad_value_is_refused_naming_the_field_and_the_fix_before_the_flow(arg
     assert field in err and fix in err
 
 
+def test_the_ray_engine_without_ray_installed_is_refused_naming_the_setup_that_adds_it(no_flow, capsys, monkeypatch):
+    from tasks.engines import installed
+
+    real = installed.importlib.util.find_spec
+    monkeypatch.setattr(installed.importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
+    for argv in (["--engine", "ray"], ["--engines", "torchserve,ray"]):
+        code, err = exit_code(argv, capsys)
+        assert code == 2 and "Ray Serve is not installed" in err and "./setup.sh --ray" in err
+    assert exit_code(["--engines", "torchserve,ray", "--batch-size", "0"], capsys)[0] == 2  # the config first
+
+
+def test_engines_are_given_comma_separated_and_each_once(no_flow, capsys):
+    config = load_config(None, config_overrides(parse_args(["--engines", "torchserve, ray"])))
+    assert config.serving.night_engines() == ["torchserve", "ray"]
+    code, err = exit_code(["--engines", "ray,ray"], capsys)
+    assert code == 2 and "serving.engines" in err and "give each engine once" in err
+    for argv in (["--engines", "torchserve,ray", "--keep-serving"], ["--engine", "ray", "--keep-serving"]):
+        code, err = exit_code(argv, capsys)
+        assert code == 2 and "keep_serving keeps a TorchServe up" in err
+
+
 def test_missing_config_file_is_refused(no_flow, capsys, tmp_path):
     missing = tmp_path / "missing.yaml"
     code, err = exit_code(["--config", str(missing)], capsys)

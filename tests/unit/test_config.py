@@ -210,3 +210,16 @@ def test_cuda_workers_share_the_gpus_as_the_cpu_cores_allow_and_more_are_refused
         resolve_serving(ServingConfig(backend="cuda", initial_workers=9))
     message = str(caught.value)
     assert "2 GPUs" in message and "8 physical CPU cores" in message and "8 or fewer" in message
+
+
+def test_the_reference_engine_keeps_the_plain_names_whichever_serves_first():
+    """TorchServe is what a night of several is read against, and where a crashed night's TorchServe is looked
+    for (runs/*/server/): its files keep the plain names in either order; Ray alone keeps them too."""
+    for order in (["torchserve", "ray"], ["ray", "torchserve"]):
+        serving = load_config(None, {"serving.engines": order}).serving
+        assert serving.reference_engine() == "torchserve"
+        assert serving.engine_file("server", "torchserve") == "server"
+        assert serving.engine_file("server", "ray") == "server-ray"
+        assert serving.engine_file("benchmark.json", "ray") == "benchmark-ray.json"
+    alone = load_config(None, {"serving.engine": "ray"}).serving
+    assert alone.night_engines() == ["ray"] and alone.engine_file("server", "ray") == "server"

@@ -24,10 +24,11 @@ DEPLOYMENTS = {d["name"]: d for d in PREFECT_YAML["deployments"]}
 
 
 NIGHTLY = {"nightly-cpu-embedded", "nightly-inf2-xlarge", "nightly-gpu"}
+ENGINES_NIGHT = "nightly-cpu-engines"
 
 
 def test_one_nightly_deployment_per_target_each_on_its_own_pool_and_a_smoke_check_on_demand():
-    assert set(DEPLOYMENTS) == NIGHTLY | {"smoke-cpu-embedded"}
+    assert set(DEPLOYMENTS) == NIGHTLY | {"smoke-cpu-embedded", ENGINES_NIGHT}
     pools = [DEPLOYMENTS[name]["work_pool"]["name"] for name in NIGHTLY]
     assert len(set(pools)) == 3
     assert DEPLOYMENTS["smoke-cpu-embedded"]["work_pool"] == DEPLOYMENTS["nightly-cpu-embedded"]["work_pool"]
@@ -39,6 +40,9 @@ def test_one_nightly_deployment_per_target_each_on_its_own_pool_and_a_smoke_chec
         if name in NIGHTLY:
             (schedule,) = deployment["schedules"]
             assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "UTC"
+        elif name == ENGINES_NIGHT:  # an hour later: a host running both never measures the two side by side
+            (schedule,) = deployment["schedules"]
+            assert schedule["cron"] == "0 3 * * *" and schedule["timezone"] == "UTC"
         else:
             assert not deployment.get("schedules")  # on demand only
 
@@ -58,6 +62,16 @@ def test_each_deployments_parameters_make_a_valid_run_config(name):
     applied, _ = merged(RunSettings.model_validate(parameters.get("settings") or {}), parameters.get("overrides"))
     config = load_config(parameters.get("config_file"), applied)
     assert config.serving.address == "127.0.0.1" and config.serving.token_auth
+
+
+def test_the_engines_night_serves_torchserve_then_ray_on_a_pool_of_hosts_set_up_with_ray():
+    """On the CPU pool a host set up without --ray would fail the night every night; on a pool of its own it is
+    off wherever no worker polls it (deployments/local.py up pauses it)."""
+    deployment = DEPLOYMENTS[ENGINES_NIGHT]
+    config = load_config(None, deployment["parameters"]["overrides"])
+    assert config.serving.night_engines() == ["torchserve", "ray"] and config.benchmark.enabled
+    assert deployment["work_pool"]["name"] == "bert-validation-cpu-ray"
+    assert deployment["work_pool"]["name"] not in {DEPLOYMENTS[name]["work_pool"]["name"] for name in NIGHTLY}
 
 
 def test_smoke_deployment_skips_the_benchmark_through_its_typed_setting():

@@ -53,6 +53,7 @@ def full() -> BenchmarkResult:
         first_error="HTTP 503: busy",
         pairs="dev.tsv (408 pairs)",
         fingerprint="abc",
+        engine="ray",
         served_over_ceiling=0.8,
         ceiling=Ceiling(
             batch_size=6,
@@ -83,6 +84,8 @@ def full() -> BenchmarkResult:
             model_ms=stat,
             postprocess_ms=stat,
             worker_thread_ms=stat,
+            replica_ms=stat,
+            batch_wait_ms=stat,
             batches=300,
             mean_batch_fill=5.5,
         ),
@@ -246,7 +249,7 @@ def test_headline_and_chart_title_show_the_figures_with_their_units():
         "achieved 67.0 requests/s, p50 1000 ms, p90 1000 ms, p95 1000 ms"
     )
     assert "served / in-process 0.80" in headline and "model p50 5 ms" in headline
-    assert "late 12 requests, dropped 3 requests" in headline and "TorchServe RSS 1200 MiB" in headline
+    assert "late 12 requests, dropped 3 requests" in headline and "server RSS 1200 MiB" in headline
     assert (
         figure_text.title(bench) == "67.0 inferences/s, open loop, concurrency 4, p50 1000 ms, p90 1000 ms, "
         "served / in-process 0.80"

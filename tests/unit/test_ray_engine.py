@@ -262,9 +262,9 @@ def test_batch_sizes_are_counted_per_size_from_a_bucket_each():
 
 
 def test_rays_own_figures_survive_a_dump_of_the_engine_figures():
-    from tasks.engines.seam import Figures
+    from tasks.measure.results import Figures, ServerTimes
 
-    times = metrics.RayServeTimes(source="test", batch_sizes={6: 3}, batch_wait_ms=None)
+    times = ServerTimes(source="test", batch_sizes={6: 3}, batch_wait_ms=None)
     dumped = Figures(times=times).model_dump(mode="json")["times"]
     assert dumped["batch_sizes"] == {"6": 3} and "batch_wait_ms" in dumped and "replica_ms" in dumped
 

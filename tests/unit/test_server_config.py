@@ -293,6 +293,30 @@ def test_a_crashed_runs_java_whose_launcher_is_gone_is_still_found_and_stopped(t
         kill_group(launcher.pid)
 
 
+def test_the_engine_tells_torchserves_workers_from_the_rest_of_it(tmp_path):
+    """Where the CPU and the memory went (tasks/measure/cpu.py, telemetry.py) is by role: a process whose command
+    line is a TorchServe worker's (model_service_worker) runs the model; the launcher and the Java frontend serve it."""
+    from tasks.engines.torchserve.engine import TorchServeEngine
+
+    # The word is made at run time: the launcher's own command line must not hold it.
+    code = "import subprocess, sys\nw = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+    code += "'model_service_' + 'worker'])\nprint(w.pid, flush=True)\nsys.stdin.read()"
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(launcher.stdout.readline())
+        server = _server(tmp_path).model_copy(update={"processes": [ProcessRef.of(psutil.Process(launcher.pid))]})
+        record(server)
+        engine = TorchServeEngine()
+        started = engine.recorded(tmp_path)
+        roles = engine.processes(started)
+        assert [p.pid for p in roles["workers"]] == [worker]
+        assert [p.pid for p in roles["frontend"]] == [launcher.pid]
+    finally:
+        kill_group(launcher.pid)
+        launcher.kill()
+        launcher.wait()
+
+
 @pytest.fixture
 def kept_server(tmp_path, ending_processes):
     """A TorchServe that a finished --keep-serving run left up: its owner (the command) has exited, its process

@@ -24,7 +24,14 @@ def test_stages_record_ok_failed_skipped_and_reraise(fake_clock, monkeypatch):
     assert records["trace"]["error"] is None
     assert records["archive"]["status"] == "failed"
     assert records["archive"]["error"] == "ValueError: bad archive"
-    assert records["start"] == {"name": "start", "status": "skipped", "seconds": 0.0, "error": None, "reason": None}
+    assert records["start"] == {
+        "name": "start",
+        "status": "skipped",
+        "seconds": 0.0,
+        "error": None,
+        "reason": None,
+        "engine": None,
+    }
     assert [r.name for r in stages.failed()] == ["archive"]
 
 
@@ -75,3 +82,22 @@ def test_a_stage_stopped_from_outside_is_recorded_as_interrupted_not_failed(sign
             raise signal_error
     assert stages.records["benchmark"].status == "interrupted"
     assert stages.failed() == []
+
+
+def test_a_night_of_two_engines_records_its_own_stages_once_and_each_engines_in_turn():
+    """trace and archive once; start..stop once per engine, in the order the engines serve, each naming its
+    engine -- a failure on one engine is that engine's, and the night's failed stages name it."""
+    stages = Stages(engines=["torchserve", "ray"])
+    with stages.run("trace"):
+        pass
+    with stages.run("start"):
+        pass
+    stages.begin("ray")
+    with pytest.raises(ValueError):
+        with stages.run("start"):
+            raise ValueError("port taken")
+    listed = [(r["name"], r["engine"], r["status"]) for r in stages.as_list()]
+    assert listed[:3] == [("trace", None, "ok"), ("archive", None, "skipped"), ("start", "torchserve", "ok")]
+    assert ("start", "ray", "failed") in listed and len(listed) == 2 + 2 * 6
+    assert [(r.name, r.engine) for r in stages.failed()] == [("start", "ray")]
+    assert stages.records["start"].engine == "ray"  # the current engine's

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -60,8 +59,8 @@ def test_nvidia_smi_lines_are_parsed_per_gpu_and_na_is_skipped():
 
 
 def _server():
-    """No TorchServe: the sampler finds no processes, so only the adapter is exercised."""
-    return SimpleNamespace(processes=[])
+    """No server: the sampler finds no processes, so only the adapter is exercised."""
+    return lambda: {"workers": [], "frontend": []}
 
 
 def test_neuron_adapter_runs_neuron_monitor_from_the_dlami_directory_at_its_own_period(neuron_host, monkeypatch, clock):
@@ -100,9 +99,10 @@ def test_a_missing_tool_costs_its_figures_only(monkeypatch, tmp_path, clock):
         assert used.utilization_pct_mean is None and tool in used.note
 
 
-def test_cpu_adapter_and_memory_follow_torchserve_processes_by_role(monkeypatch, clock):
-    # A child stands in for a TorchServe worker: _role() calls it a worker by its command line. Its CPU % is
-    # psutil's reading (faked: a reading over a real interval would need real time to pass), taken per worker.
+def test_cpu_adapter_and_memory_follow_the_servers_processes_by_role(monkeypatch, clock):
+    # A child stands in for a worker (TorchServe's engine calls one a worker by its command line:
+    # tests/unit/test_server_config.py). Its CPU % is psutil's reading (faked: a reading over a real interval
+    # would need real time to pass), taken per worker.
     code = "import sys\nx = bytearray(64 * 2**20)\nprint('ready', flush=True)\nsys.stdin.read()"
     worker = subprocess.Popen(
         [sys.executable, "-c", code, "model_service_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -111,8 +111,8 @@ def test_cpu_adapter_and_memory_follow_torchserve_processes_by_role(monkeypatch,
     monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: float(next(readings)))
     try:
         assert worker.stdout.readline().strip() == "ready"  # allocated
-        server = SimpleNamespace(processes=[SimpleNamespace(alive=lambda: psutil.Process(worker.pid))])
-        with Telemetry(server, "cpu", period=0.1) as sampler:
+        roles = lambda: {"workers": [psutil.Process(worker.pid)], "frontend": []}  # noqa: E731
+        with Telemetry(roles, "cpu", period=0.1) as sampler:
             clock.until_waiting(1)
             clock.advance(0.45)  # four periods
     finally:

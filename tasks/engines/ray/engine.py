@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from tasks.common.config import ServingConfig
 from tasks.common.processes import Stopped
 from tasks.common.sizing import ResolvedServing
@@ -21,8 +23,9 @@ from tasks.engines.ray import deploy as deploy_step
 from tasks.engines.ray import head, metrics
 from tasks.engines.ray import package as package_step
 from tasks.engines.ray.head import RayStarted
-from tasks.engines.seam import Deployment, Endpoints, EngineName, Figures, Mark, Package, Replica
-from tasks.serve.placement import CoreMap
+from tasks.engines.seam import Deployment, Endpoints, EngineName, Package, Replica
+from tasks.measure.results import Figures, Mark
+from tasks.serve.placement import CoreMap, GpuMap, gpu_map_from
 
 if TYPE_CHECKING:
     from tasks.prepare.trace import TracedModel
@@ -32,6 +35,7 @@ class RayEngine:
     """The seam's Engine for Ray Serve 2.60 (the extra [ray]: ./setup.sh --ray)."""
 
     name: EngineName = "ray"
+    label = "Ray Serve"
 
     def __init__(self, replica_queue: int = deploy_step.REPLICA_QUEUE, admit_when_idle: bool = True) -> None:
         """The defaults are the night's; the others exist to measure what the defaults buy (tools/compare_engines)."""
@@ -43,11 +47,12 @@ class RayEngine:
     def start(
         self, serving: ServingConfig, resolved: ResolvedServing, package: Package, server_dir: Path
     ) -> RayStarted:
-        """Ray and Serve's proxy up. A start that fails half way stops what it started before it raises."""
+        """Ray and Serve's proxy up. A start that fails half way stops what it started before it raises; one that is
+        interrupted leaves that to its caller's exit, with the instance recorded (ray.json)."""
         started = head.start(serving, resolved, server_dir, package.info.batch_size)
         try:
             head.wait_up(started, serving.startup_timeout)
-        except BaseException:
+        except Exception:  # an interruption goes on up: the caller's exit stops it (the run's, shielded), by its record
             head.stop(started)
             raise
         return started
@@ -74,9 +79,27 @@ class RayEngine:
         load = metrics.model_load(deploy_step.live_replicas(started), deployment.seconds)
         return Figures(times=times, model_load=load)
 
-    def stop(self, started: RayStarted) -> Stopped:
-        return head.stop(started)
+    def stop(self, started: RayStarted, grace: float | None = None) -> Stopped:
+        return head.stop(started) if grace is None else head.stop(started, grace=grace)
+
+    def recorded(self, server_dir: Path) -> RayStarted | None:
+        return head.load_record(server_dir)
+
+    def stop_stale(self, runs_dir: Path) -> list[str]:
+        return head.stop_stale(runs_dir)
+
+    def leftovers(self, started: RayStarted) -> list[int]:
+        return head.leftovers(started)
+
+    def processes(self, started: RayStarted) -> dict[str, list[psutil.Process]]:
+        return head.processes(started)
 
     def core_map(self, started: RayStarted, replicas: list[Replica]) -> CoreMap:
         """Neuron only: each replica on a NeuronCore of its own (the night's core map)."""
         return deploy_step.core_map(started, replicas)
+
+    def gpu_map(self, started: RayStarted, replicas: list[Replica]) -> GpuMap:
+        """CUDA: the GPU(s) Ray gave each replica, as the replica recorded them ("GPU 0")."""
+        return gpu_map_from(
+            {r.pid: int(r.unit.split()[1].split(",")[0]) for r in replicas if r.unit.startswith("GPU ") and r.unit[4:]}
+        )

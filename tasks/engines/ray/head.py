@@ -22,8 +22,9 @@ Ray's security page warns that anyone who reaches its dashboard or job API can r
   never ~/.ray/auth_token, where Ray would write one of its own). It guards Ray's control plane -- the GCS,
   raylets, dashboard and agents (docs.ray.io, ray-core/internals/token-authentication) -- not Serve's routes:
   the inference token (key_file.json, TorchServe's shape) is checked by the replicas themselves.
-- Ray's temp dir (session, logs, sockets) under the run directory, server_dir/ray, 0700, reached through a short
-  link in /tmp: a unix socket's path may not pass 107 bytes, and Ray's sockets live in its session directory.
+- Ray's temp dir (session, logs, sockets) under the run directory, server_dir/ray, inside the server directory
+  (0700: Ray makes its own directories 0777), reached through a short link in /tmp: a unix socket's path may not
+  pass 107 bytes, and Ray's sockets live in its session directory.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descend
 from tasks.common.processes import stop as stop_processes
 from tasks.common.sizing import ResolvedServing
 from tasks.common.tools import with_environment_bin
+from tasks.engines.installed import RAY_FIX
 from tasks.engines.seam import KEY_FILE, Endpoints, EngineError, Started
+from tasks.measure.served import FRONTEND, WORKERS
 
 RAY_RECORD = "ray.json"  # in the server directory: what stop (or a later run) needs to find every process
 UP_FILE = "ray-up.json"  # written by the head once Ray and Serve are up
@@ -105,8 +108,7 @@ def require_ray() -> None:
     """Ray is an install extra: say how to add it rather than fail on an import."""
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
         raise EngineError(
-            "Ray Serve is not installed in this environment (the ray engine needs the extra [ray])",
-            fix="./setup.sh --ray (adds ray[serve] 2.60.0 to this checkout's .venv, pinned)",
+            "Ray Serve is not installed in this environment (the ray engine needs the extra [ray])", fix=RAY_FIX
         )
 
 
@@ -195,8 +197,10 @@ def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path, b
     require_ray()
     logs = server_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ray_dir(server_dir).mkdir(mode=0o700, exist_ok=True)
-    os.chmod(ray_dir(server_dir), 0o700)  # Ray makes its own directories 0777: none is reachable through this one
+    ray_dir(server_dir).mkdir(exist_ok=True)
+    # Ray makes its temp dir and each directory in it 0777, its own as well (ray/_common/utils.py
+    # try_make_directory_shared): the server directory, 0700, is what keeps other users out of its sockets and logs.
+    os.chmod(server_dir, 0o700)
     ports = {"http": pick_http_port(serving), "metrics": free_ports(LOOPBACK, 1)[0]}
     temp_link = Path(tempfile.mkdtemp(prefix="ray-")) / "t"
     temp_link.symlink_to(ray_dir(server_dir))
@@ -304,6 +308,22 @@ def marked(marker: str) -> list[ProcessRef]:
         except (psutil.Error, OSError):
             continue  # gone, or another user's
     return found
+
+
+def processes(started: RayStarted) -> dict[str, list[psutil.Process]]:
+    """The instance's live processes by role: its replicas (Ray names a replica's worker ray::ServeReplica...) run
+    the model; the rest -- the head, GCS, raylet, Serve's controller and proxy, the agents -- serve it."""
+    roles: dict[str, list[psutil.Process]] = {WORKERS: [], FRONTEND: []}
+    for ref in {ref.pid: ref for ref in [*started.processes, *marked(started.marker)]}.values():
+        process = ref.alive()
+        if process is None:
+            continue
+        try:
+            replica = "ServeReplica" in " ".join(process.cmdline()) or "ServeReplica" in process.name()
+        except psutil.Error:
+            continue
+        roles[WORKERS if replica else FRONTEND].append(process)
+    return roles
 
 
 def leftovers(started: RayStarted) -> list[int]:

@@ -97,14 +97,6 @@ class Scrape(BaseModel):
     batches: float = 0.0
 
 
-class RayServeTimes(ServerTimes):
-    """ServerTimes with what Ray Serve measures and TorchServe does not."""
-
-    replica_ms: Stat | None = None  # per request, in the replica: batch wait + model + answer
-    batch_wait_ms: Stat | None = None  # per batch: how long it waited for batch-mates
-    batch_sizes: dict[int, int] = {}  # batches of each size that ran in the window
-
-
 def _ours(labels: dict, name: str) -> bool:
     owners = [labels[key] for key in OWNER_LABELS if labels.get(key)]
     return not owners or name in owners
@@ -148,7 +140,7 @@ def scrape(started: RayStarted, model_name: str) -> Scrape:
     return parse(answer.text, model_name)
 
 
-def window(started: RayStarted, model_name: str, since: Scrape) -> RayServeTimes:
+def window(started: RayStarted, model_name: str, since: Scrape) -> ServerTimes:
     """Serve's figures from the mark `since` to now, once every process has reported what it saw until now."""
     time.sleep(REPORTS_TO_WAIT * METRICS_REPORT_MS / 1000)
     now = scrape(started, model_name)
@@ -156,7 +148,7 @@ def window(started: RayStarted, model_name: str, since: Scrape) -> RayServeTimes
     stats = {key: histogram.stat() for key, histogram in delta.items()}
     batches = int(round(now.batches - since.batches))
     by_size = sizes(delta["batch_size"])
-    return RayServeTimes(
+    return ServerTimes(
         source=f"{started.metrics_url} (Ray Serve's Prometheus metrics, {now.at - since.at:.1f} s window)",
         request_ms=stats["request_ms"],
         queue_ms=stats["queue_ms"],

@@ -18,17 +18,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import psutil
+
 from serving.claims import core_claims, gpu_claims
-from tasks.common.config import ServingConfig
-from tasks.common.processes import Stopped
+from tasks.common.config import RunConfig, ServingConfig
+from tasks.common.processes import Stopped, group_members
+from tasks.common.runlog import Log
 from tasks.common.sizing import ResolvedServing
-from tasks.engines.seam import Deployment, Endpoints, EngineError, EngineName, Figures, Mark, Package, Replica, Started
+from tasks.engines.seam import Deployment, Endpoints, EngineError, EngineName, Package, Replica, Started
+from tasks.engines.served import Served
+from tasks.measure import buckets
+from tasks.measure.buckets import BucketComparison
+from tasks.measure.results import Figures, Mark
+from tasks.measure.served import FRONTEND, WORKERS
 from tasks.measure.server_metrics import LOG_SETTLE_S, model_load, server_times
 from tasks.prepare.archive import Archive, archive
 from tasks.serve import register as register_step
 from tasks.serve import server as server_step
 from tasks.serve.cores import claims_dir
-from tasks.serve.placement import ready_worker_pids
+from tasks.serve.placement import CoreMap, GpuMap, core_map_of, gpu_map_of, ready_worker_pids
 
 if TYPE_CHECKING:
     from tasks.prepare.trace import TracedModel
@@ -37,6 +45,26 @@ if TYPE_CHECKING:
 class TorchServeStarted(Started):
     engine: Literal["torchserve"] = "torchserve"
     threads_per_worker: int
+
+
+# TorchServe 0.12 refuses a request without the right token with 400 (InvalidKeyException), not 401.
+REFUSED_WITH = 400
+
+
+def started_from(server: server_step.Server, threads_per_worker: int) -> TorchServeStarted:
+    """The seam's record of a TorchServe the stages' own code started (server.json's Server)."""
+    return TorchServeStarted(
+        server_dir=server.server_dir,
+        endpoints=Endpoints(
+            inference_url=server.inference_url,
+            key_file=server.key_file if server.token_auth else None,
+            refused_with=REFUSED_WITH,
+        ),
+        owner=server.owner,
+        processes=server.processes,
+        management_url=server.management_url,
+        threads_per_worker=threads_per_worker,
+    )
 
 
 def _server(started: TorchServeStarted) -> server_step.Server:
@@ -56,6 +84,7 @@ class TorchServeEngine:
     """The seam's Engine for TorchServe 0.12 (the default install)."""
 
     name: EngineName = "torchserve"
+    label = "TorchServe"
 
     def package(self, traced: TracedModel, store: Path) -> Package:
         made = archive(traced, store)
@@ -67,18 +96,10 @@ class TorchServeEngine:
         server = server_step.start(serving, resolved, package.path.parent, server_dir)
         try:
             server_step.wait_healthy(server, serving.startup_timeout)
-        except BaseException:
+        except Exception:  # an interruption goes on up: the caller's exit stops it (the run's, shielded), by its record
             server_step.stop(server)
             raise
-        return TorchServeStarted(
-            server_dir=server.server_dir,
-            endpoints=Endpoints(
-                inference_url=server.inference_url, key_file=server.key_file if server.token_auth else None
-            ),
-            owner=server.owner,
-            processes=server.processes,
-            threads_per_worker=resolved.threads_per_worker,
-        )
+        return started_from(server, resolved.threads_per_worker)
 
     def deploy(
         self, started: TorchServeStarted, package: Package, max_batch_delay: int, replicas: int, timeout: float
@@ -121,8 +142,71 @@ class TorchServeEngine:
             model_load=model_load(logs, deployment.model_name),
         )
 
-    def stop(self, started: TorchServeStarted) -> Stopped:
-        return server_step.stop(_server(started))
+    def stop(self, started: TorchServeStarted, grace: float | None = None) -> Stopped:
+        server = _server(started)
+        return server_step.stop(server) if grace is None else server_step.stop(server, grace=grace)
+
+    def recorded(self, server_dir: Path) -> TorchServeStarted | None:
+        """The TorchServe server.json records in server_dir (threads per worker are not recorded there: 0)."""
+        server = server_step.load_record(server_dir)
+        return started_from(server, 0) if server is not None else None
+
+    def stop_stale(self, runs_dir: Path) -> list[str]:
+        return server_step.stop_stale(runs_dir)
+
+    def leftovers(self, started: TorchServeStarted) -> list[int]:
+        """Its recorded processes, and its launcher's process group (a Java whose launcher died is in no record)."""
+        refs = [*started.processes, *group_members(started.processes[0])] if started.processes else []
+        return sorted({ref.pid for ref in refs if ref.alive()})
+
+    def processes(self, started: TorchServeStarted) -> dict[str, list[psutil.Process]]:
+        """Its workers, and the rest: the Java frontend and the launcher."""
+        roles: dict[str, list[psutil.Process]] = {WORKERS: [], FRONTEND: []}
+        for process in _live_tree(_server(started)):
+            roles[WORKERS if _is_worker(process) else FRONTEND].append(process)
+        return roles
+
+    def core_map(self, started: TorchServeStarted, replicas: list[Replica]) -> CoreMap:
+        return core_map_of(
+            [replica.pid for replica in replicas],
+            claims_dir(started.server_dir),
+            len(replicas),
+            fix="read the workers' log (server/logs/model_log.log): each says which core it took",
+        )
+
+    def gpu_map(self, started: TorchServeStarted, replicas: list[Replica]) -> GpuMap:
+        return gpu_map_of([replica.pid for replica in replicas], claims_dir(started.server_dir))
+
+
+def compare_buckets(
+    served: Served, traced: TracedModel, config: RunConfig, workers: int, log: Log | None = None
+) -> BucketComparison:
+    """The compare-buckets stage (tasks/measure/buckets.py) on the TorchServe that serves `served`."""
+    started = served.started
+    assert isinstance(started, TorchServeStarted)
+    return buckets.compare(_server(started), _archive(served.package), traced, config, workers, log)
+
+
+def _live_tree(server: server_step.Server) -> list[psutil.Process]:
+    """Every live process of a TorchServe: those it recorded and all their children."""
+    found: dict[int, psutil.Process] = {}
+    for ref in server.processes:
+        process = ref.alive()
+        if process is None:
+            continue
+        found[process.pid] = process
+        try:
+            found.update({child.pid: child for child in process.children(recursive=True)})
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+def _is_worker(process: psutil.Process) -> bool:
+    try:
+        return "model_service_worker" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _unit(pid: int, cores: dict[int, int], gpus: dict[int, int], threads: int) -> str:
