@@ -173,8 +173,9 @@ def where_time_goes(times: dict | None) -> str:
     return ", ".join(parts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function: tests/commands.py parses the docs' commands with it, running nothing)."""
+    parser = argparse.ArgumentParser(prog="python -m tools.compare_engines", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="ABBA... rounds: each engine this many times")
     parser.add_argument("--duration", type=float, default=30.0, help="s of measured load")
     parser.add_argument("--warmup", type=float, default=2.0, help="s of load before the measured one")
@@ -189,7 +190,11 @@ def main() -> None:
         help="let a request join Serve's batch queue while a batch runs (@serve.batch alone)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     config = load_config()  # the default night
     work = args.out.with_suffix("")
     traced = trace(config, "cpu", work / "model")
