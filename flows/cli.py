@@ -114,9 +114,9 @@ def config_file(args: argparse.Namespace) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.validate",
-        description="Trace, archive, serve, check and benchmark a BERT paraphrase model on TorchServe. "
-        "Each option overrides its key (in brackets) in the --config file; the defaults shown are the night's own "
-        "(docs/configuration.md).",
+        description="Trace, archive, serve, check and benchmark a BERT paraphrase model on TorchServe or Ray Serve "
+        "(--engine, --engines). Each option overrides its key (in brackets) in the --config file; the defaults shown "
+        "are the night's own (docs/configuration.md).",
     )
     add_config_file_option(parser)
     add_config_options(parser)

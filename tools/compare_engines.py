@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast, get_args
 
 import psutil
 
@@ -173,14 +174,29 @@ def where_time_goes(times: dict | None) -> str:
     return ", ".join(parts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _engines(text: str) -> list[EngineName]:
+    """--engines: known names only -- a misspelt one is refused, never dropped."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in get_args(EngineName)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown engine {', '.join(unknown)}: one of {', '.join(get_args(EngineName))}"
+        )
+    return cast(list[EngineName], names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function: tests/commands.py parses the docs' commands with it, running nothing)."""
+    parser = argparse.ArgumentParser(prog="python -m tools.compare_engines", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="ABBA... rounds: each engine this many times")
     parser.add_argument("--duration", type=float, default=30.0, help="s of measured load")
     parser.add_argument("--warmup", type=float, default=2.0, help="s of load before the measured one")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
-        "--engines", default="torchserve,ray", help="one or both, in the order the first round takes them"
+        "--engines",
+        type=_engines,
+        default="torchserve,ray",
+        help="one or both, in the order the first round takes them",
     )
     parser.add_argument("--ray-queue", type=int, default=REPLICA_QUEUE, help="Serve's max_ongoing_requests")
     parser.add_argument(
@@ -189,12 +205,16 @@ def main() -> None:
         help="let a request join Serve's batch queue while a batch runs (@serve.batch alone)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     config = load_config()  # the default night
     work = args.out.with_suffix("")
     traced = trace(config, "cpu", work / "model")
     pairs, source = load_pool(None)
-    names: list[EngineName] = [name for name in args.engines.split(",") if name in ("torchserve", "ray")]
+    names: list[EngineName] = args.engines
     order: list[EngineName] = []
     for index in range(args.rounds):  # ABBA...: each engine as often first as second
         order += names if index % 2 == 0 else names[::-1]

@@ -113,8 +113,6 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
     failed = next((s for s in summary.stages if s.error), None)
     if failed is not None:
         lines += ["", "## Failure", "", f"Stage **{failed.name}**:", "", "```", (failed.error or "")[-3000:], "```"]
-    if summary.side_by_side is not None:
-        lines += ["", *side_by_side.markdown_lines(summary.side_by_side)]
     if summary.checks:
         # A list, not a table: the UI keeps a table's cells on one line and cuts a long detail off at its edge.
         lines += ["", "## Checks", ""]

@@ -61,9 +61,7 @@ def replica_options(
         actor = {"num_cpus": 1}
     # The packed serving/ first on the replica's path: it imports the code the night packed, not the checkout's.
     python_path = os.pathsep.join(filter(None, [str(package_dir), os.environ.get("PYTHONPATH")]))
-    actor["runtime_env"] = {
-        "env_vars": {"PYTHONPATH": python_path, "BERT_RAY_GATE": os.environ.get("BERT_RAY_GATE", "0")}
-    }
+    actor["runtime_env"] = {"env_vars": {"PYTHONPATH": python_path}}
     return {
         "num_replicas": replicas,
         "ray_actor_options": actor,

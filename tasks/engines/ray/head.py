@@ -179,7 +179,8 @@ def head_request(resolved: ResolvedServing, temp_link: Path, ports: dict[str, in
     """ray.init's and serve.start's settings: replicas are sized by resolve_serving, as TorchServe's workers."""
     resources = {"neuron_cores": resolved.cores} if resolved.backend == "neuron" else {}
     return {
-        "address": address,
+        "node_address": LOOPBACK,  # Ray's own servers (GCS, raylet, object manager), whatever serving.address says
+        "address": address,  # Serve's HTTP proxy: the model's route
         "temp_dir": str(temp_link),
         "num_cpus": resolved.initial_workers,
         "num_gpus": resolved.cores if resolved.backend == "cuda" else 0,

@@ -30,7 +30,8 @@ def start_ray(request: dict) -> dict:
     from ray import serve
 
     ray.init(
-        _node_ip_address=request["address"],
+        # Not serving.address: with --address set, Ray's own servers would bind it too (head.py's docstring).
+        _node_ip_address=request["node_address"],
         include_dashboard=False,
         _temp_dir=request["temp_dir"],
         num_cpus=request["num_cpus"],
