@@ -20,6 +20,7 @@ from flows import stop as stop_cli
 from flows.pipeline import validate
 from flows.stages import STAGES
 from tasks.common import backends
+from tasks.common.config import MRPC_DEV_FILE
 from tasks.common.parameters import read
 from tasks.common.polling import wait_until
 from tasks.common.ports import listeners
@@ -51,7 +52,10 @@ def run(prefect_server, tmp_path_factory):
 
     ray_tokens: list[str] = []
     runs_dir = tmp_path_factory.mktemp("runs")
-    overrides = OVERRIDES | {"runs_dir": str(runs_dir)}
+    # --accuracy-file: the MRPC dev split's first pairs (a user's MRPC file), scored on each engine.
+    accuracy_file = tmp_path_factory.mktemp("accuracy") / "msr_paraphrase_dev_head.tsv"
+    accuracy_file.write_text("".join(MRPC_DEV_FILE.read_text().splitlines(keepends=True)[: 1 + ACCURACY_PAIRS]))
+    overrides = OVERRIDES | {"runs_dir": str(runs_dir), "checks.accuracy_file": str(accuracy_file)}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tasks.serve.server, "read_keys", spy)
         patch.setattr(tasks.engines.ray.head, "write_tokens", spy_ray)
@@ -129,7 +133,9 @@ CHECKS = [
     "malformed requests isolated",
     "texts over max_length 128 truncated",
     "requests without the token refused",
+    "accuracy",
 ]
+ACCURACY_PAIRS = 36
 
 
 def test_every_correctness_check_runs_and_passes_on_each_engine(run):
@@ -140,7 +146,7 @@ def test_every_correctness_check_runs_and_passes_on_each_engine(run):
         assert [c["name"] for c in checks] == CHECKS, engine
         assert all(c["passed"] for c in checks), [c["detail"] for c in checks if not c["passed"]]
         assert checks[0]["detail"].startswith("6/6")
-        token = checks[-1]
+        token = checks[-2]
         assert token["metrics"]["statuses"] == {"no token": refusal, "a wrong token": refusal}, engine
 
 
@@ -268,6 +274,12 @@ def test_both_engines_serve_the_same_graph_side_by_side(run):
         assert column["start_s"] > 0 and column["register_s"] > 0 and bench["memory"]["total_rss_mib"] > 0
         assert bench["model_load"]["worker_load_ms"] > 0
     assert torchserve["benchmark"]["fingerprint"] != ray["benchmark"]["fingerprint"]  # never compared
+    # One graph, one threshold: an MRPC file given with --accuracy-file scores the same on both engines.
+    accuracy = [engine_checks(summary, engine)[-1] for engine in ENGINES]
+    agreed = [c["metrics"]["agreement_with_in_process"] for c in accuracy]
+    assert agreed == [ACCURACY_PAIRS] * len(ENGINES), accuracy  # every pair scored, each label the in-process one
+    assert len({c["metrics"]["accuracy"] for c in accuracy}) == 1 and 0 < accuracy[0]["metrics"]["accuracy"] <= 1
+    assert torchserve["benchmark"]["accuracy"] == ray["benchmark"]["accuracy"] == accuracy[0]["metrics"]["accuracy"]
     times = ray["benchmark"]["server"]
     assert times["source"].endswith("window)") and times["queue_ms"]["count"] > 0 and times["replica_ms"]["p50"] > 0
     assert sum(times["batch_sizes"].values()) == times["batches"] > 0 and times["preprocess_ms"] is None
