@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import threading
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.common.config import RunConfig, ServingConfig
+from tasks.common.files import write_whole
 from tasks.common.processes import Stopped
 from tasks.common.sizing import ResolvedServing
 from tasks.common.versions import package_versions
@@ -220,11 +220,7 @@ class RunSummary(_Part):
         backstop writing it again -- never sees half of it."""
         # Python's json, as summary.json was always written: a figure not measured stays NaN (pydantic's own JSON
         # would write null, which a reader's float no longer is), a path its text.
-        path = run_dir / SUMMARY_FILE
-        partial = path.with_name(f".{SUMMARY_FILE}.{os.getpid()}.{threading.get_ident()}")
-        partial.write_text(json.dumps(self.model_dump(), indent=2, default=str))
-        os.replace(partial, path)
-        return path
+        return write_whole(run_dir / SUMMARY_FILE, json.dumps(self.model_dump(), indent=2, default=str))
 
     def as_json(self) -> dict[str, Any]:
         """The same as summary.json holds it: what the flow returns."""

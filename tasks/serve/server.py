@@ -26,6 +26,7 @@ from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THR
 from tasks.common.child import without_neuron_runtime_settings
 from tasks.common.config import ServingConfig
 from tasks.common.errors import PipelineError
+from tasks.common.files import write_whole
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import free_ports, owner, port_free
 from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
@@ -256,7 +257,7 @@ def start(serving: ServingConfig, resolved: ResolvedServing, model_store: Path, 
 
 def record(server: Server) -> None:
     """server.json: enough for stop (or a later run) to find every process. No keys in it."""
-    (server.server_dir / SERVER_RECORD).write_text(server.model_dump_json(indent=2))
+    write_whole(server.server_dir / SERVER_RECORD, server.model_dump_json(indent=2))
 
 
 def load_record(server_dir: Path) -> Server | None:

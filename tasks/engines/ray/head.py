@@ -47,6 +47,7 @@ import psutil
 from serving.contract import BACKEND_ENV, THREADS_ENV
 from tasks.common.child import without_neuron_runtime_settings
 from tasks.common.config import ServingConfig
+from tasks.common.files import write_whole
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import free_ports, owner, port_free
 from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
@@ -245,7 +246,7 @@ def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path, b
 
 
 def record(started: RayStarted) -> None:
-    (started.server_dir / RAY_RECORD).write_text(started.model_dump_json(indent=2))
+    write_whole(started.server_dir / RAY_RECORD, started.model_dump_json(indent=2))
 
 
 def load_record(server_dir: Path) -> RayStarted | None:
