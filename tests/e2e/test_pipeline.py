@@ -61,7 +61,14 @@ def run(prefect_server, tmp_path_factory):
         patch.setattr(tasks.engines.ray.head, "write_tokens", spy_ray)
         state = validate(overrides=overrides, return_state=True)
     summary = state.result()
-    return {"state": state, "summary": summary, "run_dir": runs_dir / "latest", "keys": seen_keys, "ray": ray_tokens}
+    return {
+        "state": state,
+        "summary": summary,
+        "run_dir": runs_dir / "latest",
+        "overrides": overrides,
+        "keys": seen_keys,
+        "ray": ray_tokens,
+    }
 
 
 def engine_checks(summary: dict, engine: str) -> list[dict]:
@@ -365,7 +372,7 @@ def test_the_run_directory_holds_the_runs_own_log_from_its_first_stage_to_its_su
 def test_summary_json_passes_its_published_schema_and_records_the_config_the_run_read(run):
     on_disk = json.loads((run["run_dir"] / "summary.json").read_text())
     jsonschema.Draft202012Validator(json.loads(published(DOC.read_text()))).validate(on_disk)
-    read_again, _ = read(None, None, OVERRIDES | {"runs_dir": str(run["run_dir"].parent)})
+    read_again, _ = read(None, None, run["overrides"])
     assert on_disk["config"] == read_again.model_dump(mode="json")
 
 
@@ -435,6 +442,6 @@ def test_keep_serving_leaves_a_working_server_that_the_next_night_leaves_and_flo
         assert stop_cli.main([str(kept_dir)]) == 0
     assert_server_gone(server)
     night, default = config_leaves(summary["config"]), config_leaves(run["summary"]["config"])
-    given = {"serving.batch_size", "serving.max_length", *overrides, *OVERRIDES}
+    given = {"serving.batch_size", "serving.max_length", *overrides, *run["overrides"]}
     assert {key for key in default if night[key] != default[key]} - given == set()
     assert night["model.threshold"] == 0.6821 and night["serving.length_buckets"] == [40, 56, 80, 128]
