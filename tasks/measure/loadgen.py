@@ -302,7 +302,9 @@ class Load(BaseModel):
     concurrency: int = Field(64, ge=1)  # closed: the clients; open: the connections, at most
     duration: float = Field(30.0, ge=0)  # s of measured load (ignored with `requests`)
     requests: int | None = Field(None, ge=1)  # measure this many requests instead of `duration` s
-    at_least: int = Field(0, ge=0)  # duration: the window runs on until this many requests came back in it
+    # closed loop, duration: the window runs on until this many requests came back in it (an open loop's window is
+    # its schedule's: what it offers in `duration` s)
+    at_least: int = Field(0, ge=0)
     rate: float | None = Field(None, gt=0)  # open loop: requests/s
     arrivals: Literal["fixed", "poisson"] = "fixed"  # open loop
     seed: int = 0  # the Poisson arrivals': the same schedule every night
@@ -359,7 +361,7 @@ class LoadGenerator:
             self.start = time.monotonic()
             self.measure_from = self.start + self.load.warmup
             self.stop_at = self.measure_from + self.load.duration  # unused with `requests`
-            self.enough_at = self.start if self.load.at_least == 0 else None
+            self.enough_at = self.start if self.load.at_least == 0 or self.load.mode == "open" else None
             reporter = asyncio.create_task(self._progress()) if self.watch.progress_every else None
             measuring = asyncio.create_task(self._measuring()) if self.watch.on_measuring else None
             try:

@@ -251,6 +251,12 @@ def test_a_window_shorter_than_a_request_runs_on_until_enough_came_back_and_is_t
     assert quick.seconds == 1.0 and quick.requests_per_s == pytest.approx(20, rel=0.1)
 
 
+def test_an_open_loops_window_is_its_schedules_whatever_at_least_says(clock):
+    with FakeEndpoint(delay=2.5) as endpoint:
+        offered = load(endpoint.url, {}, PAIRS, Load(mode="open", rate=4.0, concurrency=8, duration=1.0, at_least=8))
+    assert offered.seconds == 1.0 and len(offered.measured) == 4
+
+
 def test_a_window_that_never_gets_enough_back_ends_within_its_timeout(clock):
     with FakeEndpoint(delay=0.2, status=503) as endpoint:  # answers, all errors: they count as come back
         failing = load(endpoint.url, {}, PAIRS, Load(concurrency=1, duration=1.0, at_least=3))
