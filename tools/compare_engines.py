@@ -27,6 +27,7 @@ from typing import cast, get_args
 import psutil
 
 from tasks.common.config import REPO_ROOT, load_config
+from tasks.common.processes import live_tree
 from tasks.common.sizing import resolve_serving
 from tasks.engines.ray.deploy import REPLICA_QUEUE
 from tasks.engines.ray.engine import RayEngine
@@ -66,17 +67,7 @@ def server_processes(started: Started) -> list[psutil.Process]:
     """Every live process of the server: its recorded ones and their descendants (Ray's by marker too)."""
     from tasks.engines.ray.head import RayStarted, marked
 
-    refs = list(started.processes) + (marked(started.marker) if isinstance(started, RayStarted) else [])
-    found: dict[int, psutil.Process] = {}
-    for ref in refs:
-        process = ref.alive()
-        if process is not None:
-            found[process.pid] = process
-            try:
-                found.update({child.pid: child for child in process.children(recursive=True)})
-            except psutil.Error:
-                pass
-    return list(found.values())
+    return live_tree(list(started.processes) + (marked(started.marker) if isinstance(started, RayStarted) else []))
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> dict[str, float]:

@@ -88,6 +88,17 @@ def descendants(refs: Iterable[ProcessRef], recursive: bool = True) -> list[Proc
     return found
 
 
+def live_tree(refs: Iterable[ProcessRef]) -> list[psutil.Process]:
+    """The live processes named and all their live descendants, each once (where a server's CPU and memory go)."""
+    refs = list(refs)
+    found: dict[int, psutil.Process] = {}
+    for ref in [*refs, *descendants(refs)]:
+        process = ref.alive()
+        if process is not None:
+            found.setdefault(process.pid, process)
+    return list(found.values())
+
+
 def group_members(leader: ProcessRef) -> list[ProcessRef]:
     """The live processes of the process group that `leader`, a session leader we started, leads -- its
     orphans included: a child it spawned just before it died is no longer its descendant, but stays in

@@ -22,7 +22,7 @@ import psutil
 
 from serving.claims import core_claims, gpu_claims
 from tasks.common.config import RunConfig, ServingConfig
-from tasks.common.processes import Stopped, group_members
+from tasks.common.processes import Stopped, group_members, live_tree
 from tasks.common.runlog import Log
 from tasks.common.sizing import ResolvedServing
 from tasks.engines.seam import Deployment, Endpoints, EngineError, EngineName, Package, Replica, Started
@@ -162,7 +162,7 @@ class TorchServeEngine:
     def processes(self, started: TorchServeStarted) -> dict[str, list[psutil.Process]]:
         """Its workers, and the rest: the Java frontend and the launcher."""
         roles: dict[str, list[psutil.Process]] = {WORKERS: [], FRONTEND: []}
-        for process in _live_tree(_server(started)):
+        for process in live_tree(_server(started).processes):
             roles[WORKERS if _is_worker(process) else FRONTEND].append(process)
         return roles
 
@@ -185,21 +185,6 @@ def compare_buckets(
     started = served.started
     assert isinstance(started, TorchServeStarted)
     return buckets.compare(_server(started), _archive(served.package), traced, config, workers, log)
-
-
-def _live_tree(server: server_step.Server) -> list[psutil.Process]:
-    """Every live process of a TorchServe: those it recorded and all their children."""
-    found: dict[int, psutil.Process] = {}
-    for ref in server.processes:
-        process = ref.alive()
-        if process is None:
-            continue
-        found[process.pid] = process
-        try:
-            found.update({child.pid: child for child in process.children(recursive=True)})
-        except psutil.Error:
-            pass
-    return list(found.values())
 
 
 def _is_worker(process: psutil.Process) -> bool:
