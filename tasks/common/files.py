@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+Record = TypeVar("Record", bound=BaseModel)
 
 
 def write_whole(path: Path, text: str) -> Path:
@@ -15,3 +20,13 @@ def write_whole(path: Path, text: str) -> Path:
     partial.write_text(text)
     os.replace(partial, path)
     return path
+
+
+def write_record(path: Path, record: BaseModel) -> None:
+    """A server's record (server.json, ray.json): its JSON, written whole."""
+    write_whole(path, record.model_dump_json(indent=2))
+
+
+def read_record(path: Path, kind: type[Record]) -> Record | None:
+    """The record of `kind` at `path`; None where there is none. ValueError where it is not one."""
+    return kind.model_validate_json(path.read_text()) if path.is_file() else None

@@ -26,7 +26,7 @@ from serving.contract import BACKEND_ENV, CORE_CLAIMS_ENV, NEURON_CORES_ENV, THR
 from tasks.common.child import without_neuron_runtime_settings
 from tasks.common.config import ServingConfig
 from tasks.common.errors import PipelineError
-from tasks.common.files import write_whole
+from tasks.common.files import read_record, write_record
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import free_ports, owner, port_free
 from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
@@ -257,12 +257,11 @@ def start(serving: ServingConfig, resolved: ResolvedServing, model_store: Path, 
 
 def record(server: Server) -> None:
     """server.json: enough for stop (or a later run) to find every process. No keys in it."""
-    write_whole(server.server_dir / SERVER_RECORD, server.model_dump_json(indent=2))
+    write_record(server.server_dir / SERVER_RECORD, server)
 
 
 def load_record(server_dir: Path) -> Server | None:
-    path = server_dir / SERVER_RECORD
-    return Server.model_validate_json(path.read_text()) if path.is_file() else None
+    return read_record(server_dir / SERVER_RECORD, Server)
 
 
 def stop_command(run_dir: Path) -> str:

@@ -47,7 +47,7 @@ import psutil
 from serving.contract import BACKEND_ENV, THREADS_ENV
 from tasks.common.child import without_neuron_runtime_settings
 from tasks.common.config import ServingConfig
-from tasks.common.files import write_whole
+from tasks.common.files import read_record, write_record
 from tasks.common.polling import Pending, TimedOut, wait_until
 from tasks.common.ports import free_ports, owner, port_free
 from tasks.common.processes import ProcessRef, Stopped, ctrl_c_deferred, descendants, group_members, kill_group, tail
@@ -246,12 +246,11 @@ def start(serving: ServingConfig, resolved: ResolvedServing, server_dir: Path, b
 
 
 def record(started: RayStarted) -> None:
-    write_whole(started.server_dir / RAY_RECORD, started.model_dump_json(indent=2))
+    write_record(started.server_dir / RAY_RECORD, started)
 
 
 def load_record(server_dir: Path) -> RayStarted | None:
-    path = Path(server_dir) / RAY_RECORD
-    return RayStarted.model_validate_json(path.read_text()) if path.is_file() else None
+    return read_record(Path(server_dir) / RAY_RECORD, RayStarted)
 
 
 def adopt(started: RayStarted) -> None:
